@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (virtualenv + install) and run the whole test suite.
+# Integration tests skip when a server is unreachable unless COEXIST_REQUIRE_SERVICES=1.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/bootstrap.sh
+source "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+ruff check bus coexistence workers tests scripts
+exec python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,95 @@
+"""Fixtures shared by every tier.
+
+Integration fixtures give each test run its own RabbitMQ vhost, Redis key
+prefix and PostgreSQL database (and a schema per test), and remove them after.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.support import services
+
+RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def pg_database_url():
+    """A PostgreSQL database private to this test run, dropped at the end."""
+    pytest.importorskip("psycopg")
+    services.need("PostgreSQL", services.port_open("127.0.0.1", 5432))
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(services.PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"coexist_test_{RUN_ID}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = services.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_database_url):
+    """A fresh schema in the run's database, selected through ``search_path``."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(pg_database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{pg_database_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost():
+    """A RabbitMQ vhost private to this test run; yields its AMQP URL."""
+    services.need("RabbitMQ", services.port_open(services.AMQP_HOST, services.AMQP_PORT))
+    vhost = f"coexist_test_{RUN_ID}"
+    services.rabbitmqctl("add_vhost", vhost)
+    services.rabbitmqctl("set_permissions", "-p", vhost, services.AMQP_USER, ".*", ".*", ".*")
+    try:
+        yield services.amqp_url(vhost)
+    finally:
+        services.rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def fresh_rabbit_vhost():
+    """A vhost for one test (costs about a second); yields (amqp_url, vhost name)."""
+    services.need("RabbitMQ", services.port_open(services.AMQP_HOST, services.AMQP_PORT))
+    vhost = f"coexist_test_{RUN_ID}_{uuid.uuid4().hex[:6]}"
+    services.rabbitmqctl("add_vhost", vhost)
+    services.rabbitmqctl("set_permissions", "-p", vhost, services.AMQP_USER, ".*", ".*", ".*")
+    try:
+        yield services.amqp_url(vhost), vhost
+    finally:
+        services.rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def redis_prefix():
+    """(redis URL, key prefix) private to one test; every key under it is deleted after."""
+    services.need("Redis", services.port_open("127.0.0.1", 6379))
+    import redis
+
+    prefix = f"coexist_test:{RUN_ID}:{uuid.uuid4().hex[:6]}:"
+    client = redis.Redis.from_url(services.REDIS_URL)
+    try:
+        yield services.REDIS_URL, prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()

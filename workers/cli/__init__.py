@@ -1,0 +1,30 @@
+"""The ``coexist`` command line.
+
+Each command group lives in its own module and is registered here; ``coexist
+--help`` lists exactly what is built.  User errors are reported as one clear
+line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from workers.cli.common import run_cli
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="coexist")
+def cli() -> None:
+    """coexist: keep a legacy ERP, a cloud ERP and their channels consistent during migration."""
+
+
+def _register() -> None:
+    # One import + add_command per command module; keep them in CLI order.
+    pass
+
+
+_register()
+
+
+def main() -> None:
+    run_cli(cli)
