@@ -1,0 +1,98 @@
+"""Ports the domain needs from the two ERPs.  Implementations live in ``workers``.
+
+Both ERPs answer the same small protocol in canonical terms, so the router and
+reconciliation never see a legacy row or a cloud JSON document.
+
+Versions: every write carries the ``source_version`` of the change that caused
+it.  A target applies a write only when that version is newer than the last
+one it applied for the record (kept by the target, in the same transaction or
+compare-and-set as the write), so duplicates and reordered deliveries never
+regress state.  The router builds ``source_version`` so that it increases
+across a switch of the system of record (see ``coexistence.router``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from coexistence.canonical import CanonicalRecord
+
+#: The change user / client id that coexist writes under in both ERPs, so that
+#: change capture can tell coexist's own writes (echoes) from people's writes.
+COEXIST_WRITER = "COEXIST"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The write changed the target; ``version`` is now the record's applied version."""
+
+    domain: str
+    key: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """The write was refused because the target already holds ``current`` >= ``incoming``."""
+
+    domain: str
+    key: str
+    incoming: int
+    current: int
+
+
+WriteResult = Applied | Stale
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of an ERP's change feed (legacy change-log row, cloud change-feed entry)."""
+
+    #: Position in the feed; strictly increasing.  Checkpoints store it.
+    cursor: int
+    domain: str
+    key: str
+    op: Literal["upsert", "delete"]
+    #: Who wrote it: a person's user id, or ``COEXIST_WRITER`` for coexist's own writes.
+    writer: str
+    at: datetime
+    #: The record's version after this change in its own system (its source version).
+    version: int
+
+
+class Erp(Protocol):
+    """One ERP seen in canonical terms (legacy SQL or cloud HTTP)."""
+
+    #: ``"legacy"`` or ``"cloud"``.
+    system: str
+
+    def get(self, domain: str, key: str) -> CanonicalRecord | None:
+        """The record as the ERP holds it now, or ``None``."""
+        ...
+
+    def stream(self, domain: str) -> Iterator[CanonicalRecord]:
+        """Every record of ``domain``, sorted by canonical key, in bounded memory."""
+        ...
+
+    def upsert(
+        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        """Create or replace ``record`` if ``source_version`` is newer than the applied one."""
+        ...
+
+    def delete(
+        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        """Delete the record if ``source_version`` is newer than the applied one."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """An ERP's change capture, read in cursor order after a checkpoint."""
+
+    def read(self, after: int, limit: int) -> list[Change]:
+        """Up to ``limit`` changes with ``cursor > after``, in cursor order."""
+        ...

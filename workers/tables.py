@@ -1,0 +1,4 @@
+"""Imports every module that declares a StateTable so ``create_state_schema`` sees them all.
+
+Add one import line per module that declares state tables.
+"""
