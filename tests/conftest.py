@@ -57,13 +57,8 @@ def pg_url(pg_database_url):
 def rabbit_vhost():
     """A RabbitMQ vhost private to this test run; yields its AMQP URL."""
     services.need("RabbitMQ", services.port_open(services.AMQP_HOST, services.AMQP_PORT))
-    vhost = f"coexist_test_{RUN_ID}"
-    services.rabbitmqctl("add_vhost", vhost)
-    services.rabbitmqctl("set_permissions", "-p", vhost, services.AMQP_USER, ".*", ".*", ".*")
-    try:
-        yield services.amqp_url(vhost)
-    finally:
-        services.rabbitmqctl("delete_vhost", vhost)
+    with services.private_vhost(f"coexist_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture
@@ -71,25 +66,13 @@ def fresh_rabbit_vhost():
     """A vhost for one test (costs about a second); yields (amqp_url, vhost name)."""
     services.need("RabbitMQ", services.port_open(services.AMQP_HOST, services.AMQP_PORT))
     vhost = f"coexist_test_{RUN_ID}_{uuid.uuid4().hex[:6]}"
-    services.rabbitmqctl("add_vhost", vhost)
-    services.rabbitmqctl("set_permissions", "-p", vhost, services.AMQP_USER, ".*", ".*", ".*")
-    try:
-        yield services.amqp_url(vhost), vhost
-    finally:
-        services.rabbitmqctl("delete_vhost", vhost)
+    with services.private_vhost(vhost) as url:
+        yield url, vhost
 
 
 @pytest.fixture
 def redis_prefix():
     """(redis URL, key prefix) private to one test; every key under it is deleted after."""
     services.need("Redis", services.port_open("127.0.0.1", 6379))
-    import redis
-
-    prefix = f"coexist_test:{RUN_ID}:{uuid.uuid4().hex[:6]}:"
-    client = redis.Redis.from_url(services.REDIS_URL)
-    try:
-        yield services.REDIS_URL, prefix
-    finally:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+    with services.private_redis_prefix(f"coexist_test:{RUN_ID}:{uuid.uuid4().hex[:6]}:") as pair:
+        yield pair

@@ -8,6 +8,7 @@ a red suite green.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -54,3 +55,28 @@ def amqp_url(vhost: str) -> str:
     from urllib.parse import quote
 
     return f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+
+
+@contextlib.contextmanager
+def private_vhost(name: str):
+    """Create vhost ``name`` with full permissions for the test user; delete it on exit."""
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, AMQP_USER, ".*", ".*", ".*")
+        yield amqp_url(name)
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+@contextlib.contextmanager
+def private_redis_prefix(prefix: str):
+    """Yield (url, prefix); delete every key under ``prefix`` on exit."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield REDIS_URL, prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
