@@ -22,7 +22,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 #: ISO 4217 codes the distributor trades in.  A code outside this set is bad input.
 ISO_CURRENCIES: frozenset[str] = frozenset(
@@ -47,7 +47,7 @@ def _finite(value: Decimal) -> Decimal:
 
 
 Currency = Annotated[str, AfterValidator(_currency)]
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Amount = Annotated[Decimal, AfterValidator(_finite), Field(ge=0)]
 SignedAmount = Annotated[Decimal, AfterValidator(_finite)]
 Key = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
