@@ -1,0 +1,184 @@
+"""An ERP held in memory: the fake behind ``coexistence.ports.Erp`` and ``ChangeFeed``.
+
+It is the reference the contract tests hold the real adapters to (legacy SQL,
+cloud HTTP), so it implements the ports' rules exactly and nothing more:
+
+* a write applies only when its ``source_version`` is newer than the record's
+  applied version; the applied version survives a delete (a tombstone), so a
+  late, older upsert never resurrects a deleted record;
+* the same ``idempotency_key`` with the same write returns the first result and
+  changes nothing; with a different write it is a ``BusinessError``;
+* every change is appended to a feed with a strictly increasing cursor and the
+  writer's name: ``COEXIST_WRITER`` for port writes, the person's user id for
+  ``person_upsert`` / ``person_delete`` (how tests simulate someone typing into
+  the ERP);
+* a person's write does not touch the applied version: only coexist's writes
+  carry a source version.
+
+Thread-safe (one lock), so a fake can stand in for an ERP shared by threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bus.errors import BusinessError
+from coexistence.canonical import DOMAINS, CanonicalRecord, model_for
+from coexistence.ports import COEXIST_WRITER, Applied, Change, Stale, WriteResult
+
+__all__ = ["InMemoryErp", "IdempotencyConflict"]
+
+
+class IdempotencyConflict(BusinessError):
+    """An idempotency key reused for a different write."""
+
+
+@dataclass
+class _Slot:
+    """What the ERP knows of one record: its data (None once deleted) and versions."""
+
+    record: CanonicalRecord | None = None
+    #: Last source version coexist applied (0 = never written by coexist).
+    applied: int = 0
+    #: The record's own revision, bumped by every write (coexist's or a person's).
+    revision: int = 0
+
+
+class InMemoryErp:
+    """``Erp`` + ``ChangeFeed`` in memory.  ``system`` names it in results and logs."""
+
+    def __init__(self, system: str = "memory", clock: Callable[[], datetime] | None = None):
+        self.system = system
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._slots: dict[str, dict[str, _Slot]] = {domain: {} for domain in DOMAINS}
+        self._changes: list[Change] = []
+        self._idempotency: dict[str, tuple[tuple, WriteResult]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ Erp
+
+    def get(self, domain: str, key: str) -> CanonicalRecord | None:
+        with self._lock:
+            slot = self._domain(domain).get(key)
+            return slot.record if slot else None
+
+    def stream(self, domain: str) -> Iterator[CanonicalRecord]:
+        # A snapshot of the keys keeps iteration safe against concurrent writes;
+        # records are looked up one by one so memory holds keys, not copies.
+        with self._lock:
+            keys = sorted(k for k, s in self._domain(domain).items() if s.record is not None)
+        for key in keys:
+            record = self.get(domain, key)
+            if record is not None:
+                yield record
+
+    def upsert(
+        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        domain = record.domain
+        model_for(domain)  # unknown domain -> TranslationError (a business error)
+        fingerprint = ("upsert", domain, record.key, source_version, record.model_dump_json())
+        with self._lock:
+            replay = self._replay(idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
+            slot = self._domain(domain).setdefault(record.key, _Slot())
+            if slot.applied >= source_version:
+                result: WriteResult = Stale(domain, record.key, source_version, slot.applied)
+            else:
+                slot.record = record
+                slot.applied = source_version
+                self._append(domain, record.key, "upsert", COEXIST_WRITER, slot)
+                result = Applied(domain, record.key, source_version)
+            self._idempotency[idempotency_key] = (fingerprint, result)
+            return result
+
+    def delete(
+        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        model_for(domain)
+        fingerprint = ("delete", domain, key, source_version)
+        with self._lock:
+            replay = self._replay(idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
+            slot = self._domain(domain).setdefault(key, _Slot())
+            if slot.applied >= source_version:
+                result: WriteResult = Stale(domain, key, source_version, slot.applied)
+            else:
+                existed = slot.record is not None
+                slot.record = None
+                slot.applied = source_version
+                if existed:
+                    self._append(domain, key, "delete", COEXIST_WRITER, slot)
+                result = Applied(domain, key, source_version)
+            self._idempotency[idempotency_key] = (fingerprint, result)
+            return result
+
+    # ------------------------------------------------------------------ ChangeFeed
+
+    def read(self, after: int, limit: int) -> list[Change]:
+        with self._lock:
+            # Cursors are 1-based list positions, so ``after`` is also a list index.
+            start = max(after, 0)
+            return self._changes[start : start + max(limit, 0)]
+
+    # ------------------------------------------------------------------ people
+
+    def person_upsert(self, record: CanonicalRecord, writer: str) -> None:
+        """Someone typed ``record`` into the ERP by hand (no source version)."""
+        with self._lock:
+            slot = self._domain(record.domain).setdefault(record.key, _Slot())
+            slot.record = record
+            self._append(record.domain, record.key, "upsert", writer, slot)
+
+    def person_delete(self, domain: str, key: str, writer: str) -> None:
+        """Someone deleted the record by hand."""
+        with self._lock:
+            slot = self._domain(domain).get(key)
+            if slot is None or slot.record is None:
+                return
+            slot.record = None
+            self._append(domain, key, "delete", writer, slot)
+
+    def applied_version(self, domain: str, key: str) -> int:
+        """The last source version coexist applied to the record (0 if none)."""
+        with self._lock:
+            slot = self._domain(domain).get(key)
+            return slot.applied if slot else 0
+
+    # ------------------------------------------------------------------ internals
+
+    def _domain(self, domain: str) -> dict[str, _Slot]:
+        try:
+            return self._slots[domain]
+        except KeyError:
+            model_for(domain)  # raises the domain's TranslationError
+            raise
+
+    def _replay(self, idempotency_key: str, fingerprint: tuple) -> WriteResult | None:
+        seen = self._idempotency.get(idempotency_key)
+        if seen is None:
+            return None
+        if seen[0] != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was already used for another write"
+            )
+        return seen[1]
+
+    def _append(self, domain: str, key: str, op: str, writer: str, slot: _Slot) -> None:
+        slot.revision += 1
+        self._changes.append(
+            Change(
+                cursor=len(self._changes) + 1,
+                domain=domain,
+                key=key,
+                op=op,  # type: ignore[arg-type]
+                writer=writer,
+                at=self._clock(),
+                version=slot.revision,
+            )
+        )
