@@ -36,8 +36,8 @@ def upcast_customer_v1_v2(payload: Payload) -> Payload:
     v2 states the currency and keeps the limit as a decimal amount.
     """
     out = {k: v for k, v in payload.items() if k != "credit_limit_cents"}
-    cents = payload.get("credit_limit_cents", 0)
-    out["credit_limit"] = str(Decimal(int(cents)) / 100)
+    if "credit_limit_cents" in payload:
+        out["credit_limit"] = str(Decimal(int(payload["credit_limit_cents"])) / 100)
     out.setdefault("currency", "USD")
     out["schema_version"] = 2
     return out
