@@ -1,0 +1,413 @@
+"""Transactional outbox: a state change and the messages it causes commit together.
+
+A writer calls ``add_to_outbox(session, envelope, ...)`` inside the transaction
+that changes its state; both commit or neither does.  An ``OutboxRelay`` then
+publishes unsent rows in id order, in batches, through a ``publish_batch``
+callable that returns only once the broker has confirmed every message, and
+marks them sent.  A failed publish leaves the rows unsent (retried with capped
+backoff), so a message is never lost; a crash between publish and mark
+publishes it again, which consumers absorb through the inbox.
+
+Ordering.  Rows of one partition key (the envelope key) are published in id
+order.  On PostgreSQL several relays run at once: each claims rows with
+``FOR UPDATE SKIP LOCKED`` and holds the locks while it publishes; before
+publishing it computes, per key, the first unsent row it does *not* hold (held
+by another relay) and publishes only its rows of that key below it, leaving the
+rest for a later round.  So no relay ever publishes a key's row while an
+earlier row of that key is still unpublished by someone else.  Id order equals
+commit order for one key as long as writers of a key serialise on its state
+row (they do: they update it first); beyond that, consumers apply only newer
+versions (``bus.monotonic``).
+
+On SQLite one relay publishes at a time, enforced by a lease row, and no write
+lock is held while publishing (the embedded broker may live in the same file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlmodel import Field
+
+from bus.db import BusTable
+from bus.envelope import Envelope, encode
+from bus.errors import TechnicalError
+
+log = logging.getLogger(__name__)
+
+#: Backoff after a failed publish: doubles from MIN to MAX, with full jitter.
+RELAY_BACKOFF_MIN_S = 0.2
+RELAY_BACKOFF_MAX_S = 30.0
+#: How long an idle relay sleeps before looking again (``wake()`` cuts it short).
+RELAY_IDLE_POLL_S = 0.1
+#: SQLite: a relay's lease lasts this long and is renewed on every round.
+RELAY_LEASE_S = 30.0
+#: Longest error text kept on a row.
+MAX_ERROR_CHARS = 2000
+
+RELAYED = Counter("coexist_outbox_published_total", "Outbox rows published and confirmed")
+PUBLISH_FAILURES = Counter("coexist_outbox_publish_failures_total", "Failed outbox batches")
+
+
+class OutboxRecord(BusTable, table=True):
+    """One message waiting to be (or already) published."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # Partial indexes keep the relay's scans proportional to the backlog, not history.
+        Index("ix_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL"),
+              sqlite_where=text("sent_at IS NULL")),
+        Index("ix_outbox_unsent_key", "partition_key", "id",
+              postgresql_where=text("sent_at IS NULL"), sqlite_where=text("sent_at IS NULL")),
+        Index("ix_outbox_sent_at", "sent_at"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                         autoincrement=True),
+    )
+    message_id: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    queue_name: str = Field(sa_column=Column(String(200), nullable=False))
+    actor_name: str = Field(sa_column=Column(String(200), nullable=False))
+    domain: str = Field(sa_column=Column(String(64), nullable=False))
+    partition_key: str = Field(sa_column=Column(String(256), nullable=False))
+    #: The envelope as JSON text.
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    sent_at: datetime | None = Field(default=None,
+                                     sa_column=Column(DateTime(timezone=True), nullable=True))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class OutboxLease(BusTable, table=True):
+    """SQLite only: which relay may publish right now."""
+
+    __tablename__ = "outbox_lease"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    holder: str = Field(sa_column=Column(String(200), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+_T = OutboxRecord.__table__
+_LEASE = OutboxLease.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A claimed outbox row, as handed to ``publish_batch``."""
+
+    id: int
+    message_id: str
+    queue_name: str
+    actor_name: str
+    domain: str
+    partition_key: str
+    #: The envelope as JSON text.
+    payload: str
+    created_at: datetime
+    attempts: int
+
+    def envelope_dict(self) -> dict[str, Any]:
+        return json.loads(self.payload)
+
+    def to_message(self):
+        """The dramatiq message to publish: the envelope dict in ``args[0]``.
+
+        The dramatiq message id is the envelope's message id, so a dead letter,
+        an exception record and an inbox row all name the same id.
+        """
+        import dramatiq
+
+        return dramatiq.Message(
+            queue_name=self.queue_name,
+            actor_name=self.actor_name,
+            args=(self.envelope_dict(),),
+            kwargs={},
+            options={},
+            message_id=self.message_id,
+        )
+
+
+#: Publishes every row and returns only after the broker confirmed all of them;
+#: raises on any failure (the relay then leaves all of them unsent).
+PublishBatch = Callable[[list[OutboxRow]], Any]
+
+
+class OutboxPublishError(TechnicalError):
+    """A batch could not be published; its rows stay unsent and will be retried."""
+
+
+def add_to_outbox(session: Any, envelope: Envelope, *, actor_name: str, queue_name: str) -> None:
+    """Queue ``envelope`` for ``actor_name`` on ``queue_name`` in the CALLER's transaction.
+
+    ``session`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``; nothing
+    is committed here.  Raises ``EnvelopeTooLarge`` for an oversized envelope, so
+    the state change fails with it instead of leaving a message that can never be sent.
+    """
+    add_all_to_outbox(session, [envelope], actor_name=actor_name, queue_name=queue_name)
+
+
+def add_all_to_outbox(
+    session: Any, envelopes: Sequence[Envelope], *, actor_name: str, queue_name: str
+) -> None:
+    """``add_to_outbox`` for several envelopes in one statement (same actor and queue)."""
+    if not envelopes:
+        return
+    now = datetime.now(UTC)
+    session.execute(
+        insert(_T),
+        [
+            {
+                "message_id": env.message_id,
+                "queue_name": queue_name,
+                "actor_name": actor_name,
+                "domain": env.domain,
+                "partition_key": env.key,
+                "payload": encode(env).decode(),
+                "created_at": now,
+                "attempts": 0,
+            }
+            for env in envelopes
+        ],
+    )
+
+
+def backlog(engine: Engine, domain: str | None = None) -> int:
+    """Number of rows not yet published (for one domain, or all)."""
+    stmt = select(func.count()).select_from(_T).where(_T.c.sent_at.is_(None))
+    if domain is not None:
+        stmt = stmt.where(_T.c.domain == domain)
+    with engine.connect() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def purge_sent(engine: Engine, older_than: timedelta, *, chunk: int = 5000) -> int:
+    """Delete rows sent more than ``older_than`` ago, in chunks; returns how many."""
+    cutoff = datetime.now(UTC) - older_than
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = select(_T.c.id).where(_T.c.sent_at.is_not(None), _T.c.sent_at < cutoff)
+            ids = [r[0] for r in conn.execute(ids.limit(chunk))]
+            if not ids:
+                return total
+            conn.execute(delete(_T).where(_T.c.id.in_(ids)))
+            total += len(ids)
+
+
+class OutboxRelay:
+    """Publishes outbox rows in id order, in confirmed batches; safe to run several on PG."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        publish_batch: PublishBatch,
+        *,
+        name: str | None = None,
+        idle_poll_s: float = RELAY_IDLE_POLL_S,
+        backoff_min_s: float = RELAY_BACKOFF_MIN_S,
+        backoff_max_s: float = RELAY_BACKOFF_MAX_S,
+    ) -> None:
+        self.engine = engine
+        self.publish_batch = publish_batch
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.idle_poll_s = idle_poll_s
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self._wake = threading.Event()
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    def wake(self) -> None:
+        """Cut the idle sleep short (a producer in the same process just committed)."""
+        self._wake.set()
+
+    def purge_sent(self, older_than: timedelta) -> int:
+        return purge_sent(self.engine, older_than)
+
+    def run_once(self, batch_size: int = 500) -> int:
+        """Publish up to ``batch_size`` rows; returns how many were published.
+
+        Raises ``OutboxPublishError`` when the publish failed (rows stay unsent,
+        their ``attempts`` and ``last_error`` are updated).
+        """
+        if self._sqlite:
+            return self._run_once_leased(batch_size)
+        return self._run_once_locked(batch_size)
+
+    def run_forever(self, stop_event: threading.Event, batch_size: int = 500) -> None:
+        """Relay until ``stop_event`` is set; backs off (capped, jittered) after failures."""
+        failures = 0
+        try:
+            while not stop_event.is_set():
+                try:
+                    published = self.run_once(batch_size)
+                    failures = 0
+                except Exception as exc:  # never let the relay die: rows are safe, retry later
+                    failures += 1
+                    delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** (failures - 1))
+                    delay = random.uniform(delay / 2, delay)
+                    log.warning("outbox relay %s: %s; retrying in %.1fs", self.name, exc, delay,
+                                extra={"failures": failures})
+                    stop_event.wait(delay)
+                    continue
+                if published < batch_size:
+                    self._wake.wait(self.idle_poll_s)
+                    self._wake.clear()
+        finally:
+            try:
+                self.release_lease()
+            except Exception as exc:  # the lease expires on its own
+                log.warning("outbox relay %s could not release its lease: %s", self.name, exc)
+
+    # -- PostgreSQL (and other databases with SKIP LOCKED): concurrent relays ------------
+
+    def _run_once_locked(self, batch_size: int) -> int:
+        with self.engine.connect() as conn:
+            conn.begin()
+            claimed = conn.execute(
+                select(_T)
+                .where(_T.c.sent_at.is_(None))
+                .order_by(_T.c.id)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not claimed:
+                conn.rollback()
+                return 0
+            rows = [_row(r) for r in claimed]
+            held = [r.id for r in rows]
+            keys = {r.partition_key for r in rows}
+            # Per key, the first unsent row this relay does not hold: another relay
+            # holds it, so this relay's later rows of that key must wait.
+            barrier = dict(
+                conn.execute(
+                    select(_T.c.partition_key, func.min(_T.c.id))
+                    .where(
+                        _T.c.sent_at.is_(None),
+                        _T.c.partition_key.in_(keys),
+                        _T.c.id.not_in(held),
+                        _T.c.id < held[-1],
+                    )
+                    .group_by(_T.c.partition_key)
+                ).all()
+            )
+            publishable = [r for r in rows if r.id < barrier.get(r.partition_key, r.id + 1)]
+            if not publishable:
+                conn.rollback()
+                return 0
+            # The row locks are held while publishing, so no other relay can take them.
+            self._publish_and_mark(conn, publishable)
+            return len(publishable)
+
+    # -- SQLite: one relay at a time, no lock held while publishing -----------------------
+
+    def _run_once_leased(self, batch_size: int) -> int:
+        if not self._take_lease():
+            return 0
+        with self.engine.connect() as conn:
+            rows = [
+                _row(r)
+                for r in conn.execute(
+                    select(_T).where(_T.c.sent_at.is_(None)).order_by(_T.c.id).limit(batch_size)
+                )
+            ]
+            # End the read transaction: on SQLite it holds the database write lock.
+            conn.rollback()
+            if not rows:
+                return 0
+            self._publish_and_mark(conn, rows)
+        return len(rows)
+
+    def _take_lease(self) -> bool:
+        now = datetime.now(UTC)
+        expires = now + timedelta(seconds=RELAY_LEASE_S)
+        with self.engine.begin() as conn:
+            current = conn.execute(select(_LEASE).where(_LEASE.c.name == "relay")).first()
+            if current is None:
+                conn.execute(insert(_LEASE).values(name="relay", holder=self.name,
+                                                   expires_at=expires))
+                return True
+            if current.holder != self.name and _aware(current.expires_at) > now:
+                return False
+            conn.execute(update(_LEASE).where(_LEASE.c.name == "relay")
+                         .values(holder=self.name, expires_at=expires))
+            return True
+
+    def release_lease(self) -> None:
+        """SQLite: give the lease up at shutdown so another relay need not wait for expiry."""
+        if not self._sqlite:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(delete(_LEASE).where(_LEASE.c.name == "relay",
+                                              _LEASE.c.holder == self.name))
+
+    # -- shared --------------------------------------------------------------------------
+
+    def _publish_and_mark(self, conn, rows: list[OutboxRow]) -> None:
+        """Publish ``rows``, then mark them sent (or count the failed attempt) and commit."""
+        ids = [r.id for r in rows]
+        try:
+            self.publish_batch(rows)
+        except Exception as exc:
+            PUBLISH_FAILURES.inc()
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            conn.execute(update(_T).where(_T.c.id.in_(ids))
+                         .values(attempts=_T.c.attempts + 1, last_error=error))
+            conn.commit()
+            raise OutboxPublishError(
+                f"publishing {len(rows)} outbox rows (ids {ids[0]}..{ids[-1]}) failed: {error}"
+            ) from exc
+        conn.execute(update(_T).where(_T.c.id.in_(ids))
+                     .values(sent_at=datetime.now(UTC), attempts=_T.c.attempts + 1,
+                             last_error=None))
+        conn.commit()
+        RELAYED.inc(len(rows))
+
+
+def _row(r) -> OutboxRow:
+    return OutboxRow(
+        id=r.id,
+        message_id=r.message_id,
+        queue_name=r.queue_name,
+        actor_name=r.actor_name,
+        domain=r.domain,
+        partition_key=r.partition_key,
+        payload=r.payload,
+        created_at=r.created_at,
+        attempts=r.attempts,
+    )
+
+
+def _aware(ts: datetime) -> datetime:
+    # SQLite returns naive datetimes for DateTime(timezone=True); they were written in UTC.
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

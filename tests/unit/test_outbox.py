@@ -1,0 +1,203 @@
+"""The transactional outbox and its relay, on SQLite files."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import text, update
+from sqlmodel import Session, select
+
+from bus.db import create_bus_schema, create_state_engine
+from bus.envelope import MAX_ENVELOPE_BYTES, EnvelopeTooLarge, envelope_from_message, new_envelope
+from bus.outbox import (
+    OutboxPublishError,
+    OutboxRecord,
+    OutboxRelay,
+    add_all_to_outbox,
+    add_to_outbox,
+    backlog,
+    purge_sent,
+)
+
+
+class FakePublisher:
+    """Records what it published; fails the next ``fail_next`` batches."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []  # (key, message_id)
+        self.fail_next = 0
+        self.batches = 0
+
+    def __call__(self, rows) -> None:
+        self.batches += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("broker unreachable")
+        self.published.extend((r.partition_key, r.message_id) for r in rows)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    create_bus_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def env(key="C001", domain="customer", version=1, **kw):
+    return new_envelope(domain=domain, kind="upserted", key=key, payload={"v": version},
+                        source_system="legacy", source_version=version, **kw)
+
+
+def put(engine, *envelopes):
+    with Session(engine) as session:
+        for e in envelopes:
+            add_to_outbox(session, e, actor_name="sync_crm", queue_name="crm")
+        session.commit()
+
+
+def test_a_message_commits_only_with_the_state_change_that_caused_it(engine):
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE account (id TEXT PRIMARY KEY, name TEXT)"))
+    with Session(engine) as session:
+        session.execute(text("INSERT INTO account VALUES ('C001', 'Acme')"))
+        add_to_outbox(session, env(), actor_name="sync_crm", queue_name="crm")
+        session.rollback()
+    assert backlog(engine) == 0
+    with Session(engine) as session:
+        session.execute(text("INSERT INTO account VALUES ('C001', 'Acme')"))
+        add_to_outbox(session, env(), actor_name="sync_crm", queue_name="crm")
+        session.commit()
+    assert backlog(engine) == 1
+
+
+def test_an_oversized_envelope_fails_the_state_change_instead_of_being_stuck(engine):
+    with Session(engine) as session, pytest.raises(EnvelopeTooLarge):
+        big = new_envelope(domain="customer", kind="upserted", key="C1",
+                           payload={"x": "y" * MAX_ENVELOPE_BYTES}, source_system="legacy",
+                           source_version=1)
+        add_to_outbox(session, big, actor_name="a", queue_name="q")
+
+
+def test_the_relay_publishes_every_row_once_in_id_order_and_marks_it_sent(engine):
+    envelopes = [env(key=f"K{i % 3}", version=i) for i in range(10)]
+    put(engine, *envelopes)
+    publisher = FakePublisher()
+    relay = OutboxRelay(engine, publisher)
+    assert relay.run_once(batch_size=4) == 4
+    assert relay.run_once(batch_size=4) == 4
+    assert relay.run_once(batch_size=4) == 2
+    assert relay.run_once(batch_size=4) == 0
+    assert [mid for _, mid in publisher.published] == [e.message_id for e in envelopes]
+    assert backlog(engine) == 0
+
+
+def test_a_failed_publish_leaves_rows_unsent_and_counts_the_attempt(engine):
+    put(engine, env(key="A"), env(key="B"))
+    publisher = FakePublisher()
+    publisher.fail_next = 2
+    relay = OutboxRelay(engine, publisher)
+    for _ in range(2):
+        with pytest.raises(OutboxPublishError, match="broker unreachable"):
+            relay.run_once()
+    assert backlog(engine) == 2
+    with Session(engine) as session:
+        rows = session.exec(select(OutboxRecord)).all()
+        assert {r.attempts for r in rows} == {2}
+        assert all("ConnectionError: broker unreachable" in r.last_error for r in rows)
+    assert relay.run_once() == 2
+    assert backlog(engine) == 0
+    assert [k for k, _ in publisher.published] == ["A", "B"]
+
+
+def test_backlog_counts_unsent_rows_per_domain(engine):
+    put(engine, env(domain="customer"), env(domain="customer", key="C2"), env(domain="order"))
+    assert backlog(engine) == 3
+    assert backlog(engine, domain="customer") == 2
+    assert backlog(engine, domain="invoice") == 0
+
+
+def test_a_second_relay_on_sqlite_waits_for_the_first_ones_lease(engine):
+    put(engine, env())
+    first, second = FakePublisher(), FakePublisher()
+    relay_a = OutboxRelay(engine, first, name="a")
+    relay_b = OutboxRelay(engine, second, name="b")
+    assert relay_a.run_once() == 1
+    put(engine, env(key="C2"))
+    assert relay_b.run_once() == 0
+    relay_a.release_lease()
+    assert relay_b.run_once() == 1
+    assert len(first.published) == len(second.published) == 1
+
+
+def test_purge_deletes_only_rows_sent_long_enough_ago(engine):
+    put(engine, env(key="old"), env(key="recent"), env(key="unsent"))
+    with engine.begin() as conn:
+        now = datetime.now(UTC)
+        t = OutboxRecord.__table__
+        conn.execute(update(t).where(t.c.partition_key == "old")
+                     .values(sent_at=now - timedelta(days=8)))
+        conn.execute(update(t).where(t.c.partition_key == "recent").values(sent_at=now))
+    assert purge_sent(engine, timedelta(days=7)) == 1
+    with Session(engine) as session:
+        left = sorted(r.partition_key for r in session.exec(select(OutboxRecord)))
+    assert left == ["recent", "unsent"]
+
+
+def test_run_forever_publishes_backs_off_on_failure_and_stops_when_asked(engine):
+    put(engine, env(key="A"))
+    publisher = FakePublisher()
+    publisher.fail_next = 1
+    relay = OutboxRelay(engine, publisher, idle_poll_s=0.01, backoff_min_s=0.01)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run_forever, args=(stop,))
+    thread.start()
+    try:
+        put(engine, env(key="B"))
+        relay.wake()
+        deadline = datetime.now(UTC) + timedelta(seconds=5)
+        while backlog(engine) and datetime.now(UTC) < deadline:
+            stop.wait(0.01)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert backlog(engine) == 0
+    assert publisher.batches >= 2
+    assert sorted(k for k, _ in publisher.published) == ["A", "B"]
+
+
+def test_relayed_rows_reach_a_dramatiq_actor_with_their_envelope(engine):
+    broker = StubBroker()
+    received = []
+
+    @dramatiq.actor(broker=broker, queue_name="crm", actor_name="sync_crm")
+    def sync_crm(envelope_dict):
+        received.append(envelope_dict)
+
+    def publish(rows):
+        for row in rows:
+            broker.enqueue(row.to_message())
+
+    sent = [env(key="C1"), env(key="C2")]
+    with Session(engine) as session:
+        add_all_to_outbox(session, sent, actor_name="sync_crm", queue_name="crm")
+        session.commit()
+    assert OutboxRelay(engine, publish).run_once() == 2
+    worker = dramatiq.Worker(broker, worker_timeout=10)
+    worker.start()
+    try:
+        broker.join("crm", timeout=5000)
+        worker.join()
+    finally:
+        worker.stop()
+    assert sorted(r["message_id"] for r in received) == sorted(e.message_id for e in sent)
+    assert broker.queues["crm"].qsize() == 0
+    assert envelope_from_message(
+        dramatiq.Message(queue_name="crm", actor_name="sync_crm", args=(received[0],),
+                         kwargs={}, options={})
+    ).key in {"C1", "C2"}
