@@ -1,0 +1,1 @@
+"""Translators between the legacy, canonical and cloud models (pure functions)."""
