@@ -1,0 +1,290 @@
+"""Change capture for the legacy ERP: the change-log table and its triggers.
+
+Every insert, update and delete on a captured table appends one row to
+``CHGLOG`` from a database trigger (SQLite and PostgreSQL), so that changes made
+by *anyone* - coexist, a person at a green screen, a nightly batch job - are
+captured, in the same transaction as the change itself.
+
+``CHGLOG`` columns (legacy habits: fixed-width upper-case names):
+
+* ``SEQ``      monotonic sequence; the feed's cursor and the change's version;
+* ``TABNAME``  the table that changed;
+* ``CHGKEY``   the *header* key of the affected record (key columns joined with
+  ``KEY_SEPARATOR``), so a change of an order line is a change of its order;
+* ``OP``       ``I`` / ``U`` / ``D`` on that table;
+* ``CHGTS``    UTC time of the change, epoch milliseconds;
+* ``LCHGUSER`` the header's last-change user: ``COEXIST`` for coexist's writes,
+  a person's user id otherwise (how echoes are told apart from people's writes).
+
+Commit order.  A reader that checkpoints ``SEQ = N`` must never later see a
+change with ``SEQ < N`` commit: that change would be skipped for good.  SQLite
+has a single writer, so sequence order is commit order.  PostgreSQL hands out
+sequence values to concurrent transactions that may commit in another order,
+so on PostgreSQL every captured table also has a ``BEFORE ... FOR EACH
+STATEMENT`` trigger that takes a transaction-scoped advisory lock before the
+first row is touched: writers to the legacy tables are serialized from their
+first write to their commit, hence sequence order is commit order there too.
+The price is that legacy writes do not run in parallel (as on SQLite); the lock
+is taken before any row lock of the statement, so it adds no deadlock between
+writers that only write.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    text,
+)
+
+from coexistence.ports import COEXIST_WRITER
+
+#: Metadata of the tables coexist adds to the legacy database (change log, versions).
+CAPTURE_METADATA = MetaData()
+
+#: Joins the columns of a composite header key in ``CHGLOG.CHGKEY``.
+KEY_SEPARATOR = "|"
+
+#: Writer recorded when a child row changes and its header (with the last-change
+#: user) cannot be found: treated as a person's write, never as an echo.
+UNKNOWN_WRITER = "?"
+
+CHGLOG = Table(
+    "CHGLOG",
+    CAPTURE_METADATA,
+    # AUTOINCREMENT on SQLite: a sequence value is never reused, even after the
+    # highest row is deleted (log pruning), so cursors stay strictly monotonic.
+    Column("SEQ", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("TABNAME", String(10), nullable=False),
+    Column("CHGKEY", String(120), nullable=False),
+    Column("OP", String(1), nullable=False),
+    Column("CHGTS", BigInteger, nullable=False),
+    Column("LCHGUSER", String(10), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+#: Last source version coexist applied per record (a tombstone survives a delete).
+XCOEXVER = Table(
+    "XCOEXVER",
+    CAPTURE_METADATA,
+    Column("DOMAIN", String(12), primary_key=True),
+    Column("RECKEY", String(60), primary_key=True),
+    Column("SRCVER", BigInteger, nullable=False),
+)
+
+#: Idempotency keys of coexist's writes with their first result.
+XCOEXIDM = Table(
+    "XCOEXIDM",
+    CAPTURE_METADATA,
+    Column("IDEMKEY", String(200), primary_key=True),
+    #: sha256 of the write (operation, domain, key, version, payload).
+    Column("FPRINT", String(64), nullable=False),
+    Column("DOMAIN", String(12), nullable=False),
+    Column("RECKEY", String(60), nullable=False),
+    #: ``A`` applied / ``S`` stale.
+    Column("RESULT", String(1), nullable=False),
+    Column("SRCVER", BigInteger, nullable=False),
+    Column("CURVER", BigInteger, nullable=False),
+    Column("CRTTS", BigInteger, nullable=False),
+)
+Index("XCOEXIDM_CRTTS", XCOEXIDM.c.CRTTS)
+
+
+#: Marks coexist's own write transactions: a row inserted first thing and deleted
+#: before commit, so only that transaction ever sees it (MVCC on PostgreSQL, one
+#: writer on SQLite).  The triggers attribute changes made while it is present
+#: to ``COEXIST_WRITER`` - including deletes, which carry no audit columns.
+XCOEXTXN = Table("XCOEXTXN", CAPTURE_METADATA, Column("TXN", Integer, nullable=False))
+
+
+@dataclass(frozen=True)
+class CapturedTable:
+    """How changes of one legacy table map to a record of a domain.
+
+    ``key_columns`` are this table's columns holding the header key; for a
+    child table (``header`` set) they are matched, in order, to the header's
+    ``header_key_columns`` to find the header's last-change user.
+    """
+
+    table: str
+    domain: str
+    key_columns: tuple[str, ...]
+    header: str | None = None
+    header_key_columns: tuple[str, ...] = ()
+    #: The last-change-user column of the header (``None``: the table has none).
+    user_column: str | None = "LCHGUSER"
+
+    @property
+    def is_header(self) -> bool:
+        return self.header is None
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _key_expr(spec: CapturedTable, row: str, dialect: str) -> str:
+    sep = KEY_SEPARATOR.replace("'", "''")
+    if dialect == "postgresql":
+        parts = [f"COALESCE({row}.{_q(c)}::text, '')" for c in spec.key_columns]
+    else:
+        parts = [f"COALESCE(CAST({row}.{_q(c)} AS TEXT), '')" for c in spec.key_columns]
+    return f" || '{sep}' || ".join(parts)
+
+
+def _user_expr(spec: CapturedTable, row: str) -> str:
+    """Who made the change: coexist when its transaction marker is present, else
+    the header's last-change user - unless that still names coexist, because a
+    person's delete, or an update that did not stamp the audit columns, must
+    never pass for coexist's echo."""
+    if spec.user_column is None:
+        base = "NULL"
+    elif spec.is_header:
+        base = f"{row}.{_q(spec.user_column)}"
+    else:
+        join = " AND ".join(
+            f"h.{_q(hc)} = {row}.{_q(c)}"
+            for hc, c in zip(spec.header_key_columns, spec.key_columns, strict=True)
+        )
+        base = (f"(SELECT h.{_q(spec.user_column)} FROM {_q(spec.header or '')} h "
+                f"WHERE {join})")
+    return (
+        f"CASE WHEN EXISTS (SELECT 1 FROM \"XCOEXTXN\") THEN '{COEXIST_WRITER}' "
+        f"ELSE COALESCE(NULLIF({base}, '{COEXIST_WRITER}'), '{UNKNOWN_WRITER}') END"
+    )
+
+
+_SQLITE_NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+_PG_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+_INSERT = 'INSERT INTO "CHGLOG" ("TABNAME", "CHGKEY", "OP", "CHGTS", "LCHGUSER")'
+
+
+def sqlite_trigger_ddl(spec: CapturedTable) -> list[str]:
+    """DDL of the three SQLite triggers capturing ``spec.table`` (idempotent)."""
+    t, name = _q(spec.table), spec.table.replace("'", "''")
+
+    def values(row: str, op: str) -> str:
+        return (f"VALUES ('{name}', {_key_expr(spec, row, 'sqlite')}, '{op}', "
+                f"{_SQLITE_NOW_MS}, {_user_expr(spec, row)})")
+
+    old_key, new_key = _key_expr(spec, "OLD", "sqlite"), _key_expr(spec, "NEW", "sqlite")
+    return [
+        f'CREATE TRIGGER IF NOT EXISTS "XCHG_{spec.table}_I" AFTER INSERT ON {t} '
+        f"BEGIN {_INSERT} {values('NEW', 'I')}; END",
+        # A key change is the deletion of the old record and a change of the new one.
+        f'CREATE TRIGGER IF NOT EXISTS "XCHG_{spec.table}_U" AFTER UPDATE ON {t} BEGIN '
+        f"{_INSERT} SELECT '{name}', {old_key}, 'D', {_SQLITE_NOW_MS}, {_user_expr(spec, 'NEW')} "
+        f"WHERE ({old_key}) IS NOT ({new_key}); "
+        f"{_INSERT} {values('NEW', 'U')}; END",
+        f'CREATE TRIGGER IF NOT EXISTS "XCHG_{spec.table}_D" AFTER DELETE ON {t} '
+        f"BEGIN {_INSERT} {values('OLD', 'D')}; END",
+    ]
+
+
+def pg_trigger_ddl(spec: CapturedTable, lock_key: int | None) -> list[str]:
+    """DDL of the PostgreSQL trigger function and triggers capturing ``spec.table``.
+
+    ``lock_key`` is the advisory lock serializing writers (see the module
+    docstring); ``None`` leaves writers unserialized, which is only for the test
+    that shows why the lock is needed.
+    """
+    t, name = _q(spec.table), spec.table.replace("'", "''")
+    fn = _q(f"XCHG_{spec.table}")
+    old_key, new_key = _key_expr(spec, "OLD", "postgresql"), _key_expr(spec, "NEW", "postgresql")
+
+    def insert(row: str, key: str, op: str) -> str:
+        return f"{_INSERT} VALUES ('{name}', {key}, {op}, {_PG_NOW_MS}, {_user_expr(spec, row)});"
+
+    log_deleted = insert("OLD", old_key, "'D'")
+    # The old key of a key change is deleted by whoever made the update.
+    log_key_moved = insert("NEW", old_key, "'D'")
+    log_new = insert("NEW", new_key, "left(TG_OP, 1)")
+    ddl = [
+        f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
+        f"SET search_path FROM CURRENT AS $fn$ BEGIN "
+        f"IF TG_OP = 'DELETE' THEN {log_deleted} RETURN NULL; END IF; "
+        f"IF TG_OP = 'UPDATE' AND ({old_key}) IS DISTINCT FROM ({new_key}) THEN "
+        f"{log_key_moved} END IF; "
+        f"{log_new} RETURN NULL; END $fn$",
+        f'DROP TRIGGER IF EXISTS "XCHG_{spec.table}_R" ON {t}',
+        f'CREATE TRIGGER "XCHG_{spec.table}_R" AFTER INSERT OR UPDATE OR DELETE ON {t} '
+        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        f'DROP TRIGGER IF EXISTS "XCHG_{spec.table}_S" ON {t}',
+    ]
+    if lock_key is not None:
+        ddl.append(
+            f'CREATE TRIGGER "XCHG_{spec.table}_S" BEFORE INSERT OR UPDATE OR DELETE ON {t} '
+            f'FOR EACH STATEMENT EXECUTE FUNCTION "XCHG_LOCK"()'
+        )
+    return ddl
+
+
+def writer_lock_key(conn: Connection) -> int:
+    """The advisory lock key of this database's change log (one per schema)."""
+    schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    # Offset into a range of our own so we do not collide with other users of
+    # advisory locks keyed by small integers.
+    return 0x434F_0000_0000 + zlib.crc32(f"coexist.CHGLOG.{schema}".encode())
+
+
+def lock_writers(conn: Connection, key: int | None = None) -> None:
+    """Take the change-log writer lock now (PostgreSQL; no-op on SQLite).
+
+    The triggers take it anyway; coexist's adapter takes it first thing in its
+    write transactions so that its own side-table row locks are always taken
+    after it, in the same order as every other writer.
+    """
+    if conn.dialect.name == "postgresql":
+        key = writer_lock_key(conn) if key is None else key
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+@contextmanager
+def coexist_transaction(conn: Connection, lock_key: int | None = None) -> Iterator[None]:
+    """Mark the writes made inside as coexist's own, in ``conn``'s open transaction.
+
+    Takes the writer lock first on PostgreSQL (see :func:`lock_writers`).  If the
+    block raises, the caller's transaction must roll back (the marker with it).
+    """
+    lock_writers(conn, lock_key)
+    conn.execute(XCOEXTXN.insert().values(TXN=1))
+    yield
+    conn.execute(XCOEXTXN.delete())
+
+
+def install_capture(
+    engine: Engine, tables: Iterable[CapturedTable], *, serialize_writers: bool = True
+) -> None:
+    """Create ``CHGLOG``, the side tables and the triggers on ``tables`` (idempotent)."""
+    tables = list(tables)
+    with engine.begin() as conn:
+        CAPTURE_METADATA.create_all(conn)
+        if conn.dialect.name == "postgresql":
+            key = writer_lock_key(conn) if serialize_writers else None
+            if key is not None:
+                conn.exec_driver_sql(
+                    'CREATE OR REPLACE FUNCTION "XCHG_LOCK"() RETURNS trigger LANGUAGE plpgsql '
+                    f"AS $fn$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NULL; END $fn$"
+                )
+            for spec in tables:
+                for stmt in pg_trigger_ddl(spec, key):
+                    conn.exec_driver_sql(stmt)
+        elif conn.dialect.name == "sqlite":
+            for spec in tables:
+                for stmt in sqlite_trigger_ddl(spec):
+                    conn.exec_driver_sql(stmt)
+        else:  # pragma: no cover - configuration error
+            raise ValueError(f"legacy ERP supports SQLite and PostgreSQL, not {conn.dialect.name}")
