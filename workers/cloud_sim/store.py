@@ -1,0 +1,294 @@
+"""The simulator's persistence: one SQLite file (WAL), so a restart loses nothing.
+
+Tables:
+
+* ``entities``: one row per resource (entity set, server id, business number,
+  per-record revision used as the ETag, JSON document, modification time,
+  deleted flag).  A DELETE keeps the row as a tombstone with the deleting
+  client's ``coexistSourceVersion``, which is how a late, older write is told
+  apart from a legitimate re-creation.
+* ``changes``: the change feed, ``cursor`` an AUTOINCREMENT key, so strictly
+  increasing and never reused, with the client id that wrote.
+* ``idempotency``: the first successful answer to each (client, key), replayed
+  for a retry with the same request fingerprint.
+
+The server runs on one event loop thread, so every request is a transaction of
+its own without further locking.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entities (
+    entity_set TEXT NOT NULL,
+    id TEXT NOT NULL,
+    number TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    source_version INTEGER,
+    data TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (entity_set, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entities_number ON entities (entity_set, number);
+CREATE INDEX IF NOT EXISTS entities_modified ON entities (entity_set, modified);
+CREATE TABLE IF NOT EXISTS changes (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    entity_set TEXT NOT NULL,
+    id TEXT NOT NULL,
+    number TEXT NOT NULL,
+    op TEXT NOT NULL,
+    client TEXT NOT NULL,
+    at TEXT NOT NULL,
+    rev INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    client TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    etag TEXT,
+    body BLOB NOT NULL,
+    PRIMARY KEY (client, key)
+);
+"""
+
+#: Rows fetched per query while exporting, which bounds the export's memory.
+EXPORT_CHUNK_ROWS = 500
+
+
+def now_iso() -> str:
+    """UTC now in one fixed-width format, so ISO strings compare as times do."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def etag_of(rev: int) -> str:
+    return f'W/"{rev}"'
+
+
+@dataclass(slots=True)
+class Row:
+    entity_set: str
+    id: str
+    number: str
+    rev: int
+    source_version: int | None
+    data: dict
+    modified: str
+    deleted: bool
+
+    @property
+    def etag(self) -> str:
+        return etag_of(self.rev)
+
+    def document(self) -> dict:
+        """The JSON resource as the API shows it."""
+        doc = {"@odata.etag": self.etag, "id": self.id, **self.data}
+        doc["lastModifiedDateTime"] = self.modified
+        return doc
+
+    def tombstone(self) -> dict:
+        return {
+            "@removed": {"reason": "deleted"},
+            "@odata.etag": self.etag,
+            "id": self.id,
+            "number": self.number,
+            "coexistSourceVersion": self.source_version,
+            "lastModifiedDateTime": self.modified,
+        }
+
+
+_COLUMNS = "entity_set, id, number, rev, source_version, data, modified, deleted"
+
+
+def _row(t: tuple) -> Row:
+    return Row(t[0], t[1], t[2], t[3], t[4], json.loads(t[5]), t[6], bool(t[7]))
+
+
+class Store:
+    """SQLite access for the simulator; every method is one statement or a short unit."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per request.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (the simulator's restart case).
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ----------------------------------------------------------------- transactions
+
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def savepoint(self) -> None:
+        self.db.execute("SAVEPOINT op")
+
+    def release(self) -> None:
+        self.db.execute("RELEASE op")
+
+    def rollback_savepoint(self) -> None:
+        self.db.execute("ROLLBACK TO op")
+        self.db.execute("RELEASE op")
+
+    # ----------------------------------------------------------------- reads
+
+    def by_id(self, entity_set: str, id_: str) -> Row | None:
+        t = self.db.execute(
+            f"SELECT {_COLUMNS} FROM entities WHERE entity_set=? AND id=?", (entity_set, id_)
+        ).fetchone()
+        return _row(t) if t else None
+
+    def by_number(self, entity_set: str, number: str) -> Row | None:
+        t = self.db.execute(
+            f"SELECT {_COLUMNS} FROM entities WHERE entity_set=? AND number=?",
+            (entity_set, number),
+        ).fetchone()
+        return _row(t) if t else None
+
+    def page(
+        self, entity_set: str, *, after_number: str | None, modified_after: str | None, top: int
+    ) -> list[Row]:
+        """Live rows ordered by number, keyset-paged (``after_number`` exclusive)."""
+        sql = f"SELECT {_COLUMNS} FROM entities WHERE entity_set=? AND deleted=0"
+        args: list = [entity_set]
+        if after_number is not None:
+            sql += " AND number > ?"
+            args.append(after_number)
+        if modified_after is not None:
+            sql += " AND modified > ?"
+            args.append(modified_after)
+        sql += " ORDER BY number LIMIT ?"
+        args.append(top)
+        return [_row(t) for t in self.db.execute(sql, args)]
+
+    def export(self, entity_set: str) -> Iterator[bytes]:
+        """Every live document as NDJSON lines, sorted by number, chunk by chunk.
+
+        Each chunk is its own query (keyset on number), so no read transaction
+        stays open while the client is slow and memory holds one chunk.
+        """
+        after = ""
+        while True:
+            rows = self.db.execute(
+                "SELECT id, rev, data, modified, number FROM entities "
+                "WHERE entity_set=? AND deleted=0 AND number > ? ORDER BY number LIMIT ?",
+                (entity_set, after, EXPORT_CHUNK_ROWS),
+            ).fetchall()
+            if not rows:
+                return
+            lines = []
+            for id_, rev, data, modified, _number in rows:
+                # The stored JSON is spliced, not re-parsed: export is the hot path
+                # of reconciliation.
+                head = f'{{"@odata.etag":{json.dumps(etag_of(rev))},"id":"{id_}",'
+                tail = f',"lastModifiedDateTime":"{modified}"}}\n'
+                lines.append(head + data[1:-1] + tail)
+            yield "".join(lines).encode()
+            after = rows[-1][4]
+
+    def changes(self, after: int, limit: int) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT cursor, entity_set, id, number, op, client, at, rev FROM changes "
+            "WHERE cursor > ? ORDER BY cursor LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [
+            {
+                "cursor": c,
+                "entitySet": s,
+                "id": i,
+                "number": n,
+                "op": op,
+                "clientId": client,
+                "at": at,
+                "version": rev,
+            }
+            for c, s, i, n, op, client, at, rev in rows
+        ]
+
+    # ----------------------------------------------------------------- writes
+
+    def insert(
+        self, entity_set: str, number: str, data: dict, source_version: int | None, client: str
+    ) -> Row:
+        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, data, now_iso(), False)
+        self.db.execute(
+            f"INSERT INTO entities ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,0)",
+            (entity_set, row.id, number, 1, source_version, _dumps(data), row.modified),
+        )
+        self._change(row, "upsert", client)
+        return row
+
+    def replace(self, row: Row, data: dict, source_version: int | None, client: str) -> Row:
+        """Overwrite a live row or revive a tombstone; bumps the revision."""
+        new = Row(
+            row.entity_set, row.id, row.number, row.rev + 1, source_version, data, now_iso(), False
+        )
+        self.db.execute(
+            "UPDATE entities SET rev=?, source_version=?, data=?, modified=?, deleted=0 "
+            "WHERE entity_set=? AND id=?",
+            (new.rev, source_version, _dumps(data), new.modified, row.entity_set, row.id),
+        )
+        self._change(new, "upsert", client)
+        return new
+
+    def mark_deleted(self, row: Row, source_version: int | None, client: str) -> Row:
+        new = Row(
+            row.entity_set, row.id, row.number, row.rev + 1, source_version, row.data,
+            now_iso(), True,
+        )
+        self.db.execute(
+            "UPDATE entities SET rev=?, source_version=?, modified=?, deleted=1 "
+            "WHERE entity_set=? AND id=?",
+            (new.rev, source_version, new.modified, row.entity_set, row.id),
+        )
+        self._change(new, "delete", client)
+        return new
+
+    def _change(self, row: Row, op: str, client: str) -> None:
+        self.db.execute(
+            "INSERT INTO changes (entity_set, id, number, op, client, at, rev) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (row.entity_set, row.id, row.number, op, client, row.modified, row.rev),
+        )
+
+    # ----------------------------------------------------------------- idempotency
+
+    def remembered(self, client: str, key: str) -> tuple[str, int, str | None, bytes] | None:
+        return self.db.execute(
+            "SELECT fingerprint, status, etag, body FROM idempotency WHERE client=? AND key=?",
+            (client, key),
+        ).fetchone()
+
+    def remember(
+        self, client: str, key: str, fingerprint: str, status: int, etag: str | None, body: bytes
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO idempotency (client, key, fingerprint, status, etag, body) "
+            "VALUES (?,?,?,?,?,?)",
+            (client, key, fingerprint, status, etag, body),
+        )
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
