@@ -1,0 +1,105 @@
+"""Brokers for the bus: RabbitMQ when a URL is configured, else the embedded SQLite one.
+
+Two calls for a composition root::
+
+    broker = make_broker(settings.broker_url, sqlite_path=settings.home / "bus.db",
+                         queue_type=settings.queue_type)
+    setup(broker, store=ExceptionStore(state_engine))
+    dramatiq.set_broker(broker)
+
+Queue naming is documented in ``bus.brokers.base``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from dramatiq.middleware import Retries
+
+from bus.brokers.base import redelivery_requested, request_redelivery
+from bus.brokers.rabbitmq import QUEUE_TYPES, CoexistRabbitmqBroker
+from bus.brokers.sqlite import SqliteBroker
+
+if TYPE_CHECKING:
+    from bus.retry import FailureRecorder
+
+__all__ = [
+    "CoexistRabbitmqBroker",
+    "SqliteBroker",
+    "make_broker",
+    "redelivery_requested",
+    "request_redelivery",
+    "setup",
+]
+
+log = logging.getLogger(__name__)
+
+
+def make_broker(
+    url: str | None,
+    *,
+    sqlite_path: str | os.PathLike[str] | None = None,
+    queue_type: str = "classic",
+    middleware: list[dramatiq.Middleware] | None = None,
+    **options: Any,
+) -> dramatiq.Broker:
+    """The broker for ``url``: RabbitMQ for ``amqp://``/``amqps://``, else embedded SQLite.
+
+    ``sqlite_path`` is required when ``url`` is ``None``; ``queue_type``
+    (``classic``/``quorum``) only applies to RabbitMQ.  ``options`` go to the
+    broker class (``heartbeat``, ``delivery_limit``, ``lease_ms``...).
+    """
+    if url:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ValueError(
+                "broker URL must start with amqp:// or amqps:// (or be empty for the embedded "
+                f"SQLite broker), got scheme {url.split(':', 1)[0]!r}"
+            )
+        if queue_type not in QUEUE_TYPES:
+            raise ValueError(
+                f"queue type must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}"
+            )
+        return CoexistRabbitmqBroker(
+            url=url, queue_type=queue_type, middleware=middleware, **options
+        )
+    if sqlite_path is None:
+        raise ValueError("no broker URL configured and no sqlite_path for the embedded broker")
+    return SqliteBroker(sqlite_path, middleware=middleware, **options)
+
+
+def setup(
+    broker: dramatiq.Broker,
+    *,
+    store: FailureRecorder,
+    retry_options: dict[str, Any] | None = None,
+    metrics: bool = False,
+) -> dramatiq.Broker:
+    """Install our middleware stack on ``broker`` (idempotence is not attempted: call once).
+
+    * dramatiq's ``Retries`` is removed and ``FailureClasses(store, **retry_options)``
+      takes its place (see ``bus.retry``);
+    * ``bus.correlation.CorrelationMiddleware`` first, when that module exists, so
+      every log line of a handler carries the message's correlation id;
+    * dramatiq's Prometheus middleware when ``metrics`` (it serves /metrics from
+      the worker on ``dramatiq_prom_port``, default 9191).
+    """
+    # Imported here: bus.retry imports bus.brokers.base, which runs this package first.
+    from bus.retry import FailureClasses
+
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
+    broker.add_middleware(FailureClasses(store, **(retry_options or {})))
+    try:
+        from bus.correlation import CorrelationMiddleware  # type: ignore[import-not-found]
+    except ImportError:
+        log.debug("bus.correlation not available; correlation ids are not set by middleware")
+    else:
+        first = type(broker.middleware[0]) if broker.middleware else None
+        broker.add_middleware(CorrelationMiddleware(), before=first)
+    if metrics:
+        from dramatiq.middleware.prometheus import Prometheus
+
+        broker.add_middleware(Prometheus())
+    return broker

@@ -1,0 +1,117 @@
+"""dramatiq's RabbitMQ broker with the gaps we cannot live with closed.
+
+* Publisher confirms are always on: ``enqueue`` returns only once RabbitMQ has
+  taken responsibility for the message (and unroutable messages raise).
+* Dead letters never expire.  dramatiq declares ``<queue>.XQ`` with
+  ``x-message-ttl`` = 7 days, so an unnoticed dead letter silently vanishes;
+  ours has no TTL, and ``bus.dlq_drain`` moves it into the SQL exception store.
+* Quorum queues on request (``queue_type="quorum"``), for clusters: RabbitMQ 4
+  has no replicated classic queues and dramatiq only declares classic ones.
+  The work, ``.DQ`` and ``.XQ`` queues are all quorum queues then, with a
+  ``x-delivery-limit`` (crash loops end in ``.XQ``, like the embedded broker's
+  ``delivery_limit``) and at-least-once dead-lettering so a message moving to
+  ``.XQ`` cannot be lost on the way.  Our retries re-publish to ``.DQ`` (a new
+  delivery count each time), so the delivery limit only counts deliveries that
+  ended with no verdict: a killed worker, a lost connection, a redelivery
+  request; ``MAX_RETRIES`` in ``bus.retry`` bounds the failures.
+* A message whose failure could not be recorded (``bus.brokers.base
+  .request_redelivery``) is nacked with ``requeue=True`` instead of being
+  dead-lettered.
+
+Changing a queue's type or arguments needs the old queue drained and deleted
+first: RabbitMQ refuses to redeclare a queue with different arguments.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.common import dq_name, xq_name
+from dramatiq.errors import ConnectionClosed
+
+from bus.brokers.base import redelivery_requested
+
+QueueType = Literal["classic", "quorum"]
+QUEUE_TYPES: tuple[str, ...] = ("classic", "quorum")
+
+#: Deliveries without an ack or reject (worker killed, connection lost, redelivery
+#: requested) after which a quorum queue dead-letters a message to ``.XQ``.
+DELIVERY_LIMIT = 20
+
+
+class CoexistRabbitmqBroker(RabbitmqBroker):
+    """``RabbitmqBroker`` with confirms on, durable dead letters and optional quorum queues.
+
+    Parameters:
+      url: the AMQP URL (from ``Settings.broker_url``).
+      queue_type: ``"classic"`` (default, one node) or ``"quorum"`` (clusters).
+      delivery_limit: quorum queues only, see ``DELIVERY_LIMIT``.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        queue_type: QueueType = "classic",
+        delivery_limit: int = DELIVERY_LIMIT,
+        middleware=None,
+        **kwargs: Any,
+    ):
+        if queue_type not in QUEUE_TYPES:
+            raise ValueError(
+                f"queue_type must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}"
+            )
+        if queue_type == "quorum" and kwargs.get("max_priority"):
+            raise ValueError("quorum queues do not support max_priority")
+        super().__init__(url=url, confirm_delivery=True, middleware=middleware, **kwargs)
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
+
+    @property
+    def consumer_class(self):
+        return _CoexistRabbitmqConsumer
+
+    def _type_arguments(self) -> dict[str, Any]:
+        if self.queue_type == "quorum":
+            return {"x-queue-type": "quorum"}
+        return {}
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        arguments = super()._build_queue_arguments(queue_name)
+        arguments.update(self._type_arguments())
+        if self.queue_type == "quorum":
+            arguments["x-delivery-limit"] = self.delivery_limit
+            # at-least-once dead-lettering (3.10+) requires reject-publish overflow.
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"
+        return arguments
+
+    def _declare_xq_queue(self, queue_name: str):
+        # No x-message-ttl: dead letters wait for the drain, however long that takes.
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name), durable=True, arguments=self._type_arguments()
+        )
+
+    def queue_names(self, queue_name: str) -> tuple[str, str, str]:
+        """(work queue, delay queue, dead-letter queue) names for ``queue_name``."""
+        return queue_name, dq_name(queue_name), xq_name(queue_name)
+
+
+class _CoexistRabbitmqConsumer(_RabbitmqConsumer):
+    def nack(self, message) -> None:
+        if not redelivery_requested(message):
+            super().nack(message)
+            return
+        try:
+            self.known_tags.remove(message._tag)
+            self.connection.add_callback_threadsafe(
+                partial(self.channel.basic_nack, message._tag, requeue=True)
+            )
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            # The connection is gone: RabbitMQ requeues every unacked delivery itself.
+            raise ConnectionClosed(e) from None
+        except KeyError:
+            self.logger.warning("Failed to requeue message: not in known tags.")

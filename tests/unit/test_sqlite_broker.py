@@ -1,0 +1,156 @@
+"""The embedded SQLite broker: leases, acks, dead letters, delays (one file in tmp_path)."""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+import pytest
+
+from bus.brokers import make_broker, request_redelivery
+from bus.brokers.sqlite import SqliteBroker, connect
+
+
+def _message(queue: str = "q", n: int = 0) -> dramatiq.Message:
+    return dramatiq.Message(queue_name=queue, actor_name="act", args=({"n": n},), kwargs={},
+                            options={})
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = SqliteBroker(tmp_path / "bus.db", lease_ms=120, poll_interval_ms=5,
+                     redelivery_delay_ms=0)
+    yield b
+    b.close()
+
+
+def _take(consumer, *, within_s: float = 2.0):
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            return message
+    return None
+
+
+def test_make_broker_without_a_url_gives_the_embedded_broker(tmp_path):
+    broker = make_broker(None, sqlite_path=tmp_path / "b.db")
+    assert isinstance(broker, SqliteBroker)
+    broker.close()
+
+
+def test_make_broker_rejects_a_url_that_is_not_amqp(tmp_path):
+    with pytest.raises(ValueError, match="amqp://"):
+        make_broker("redis://localhost", sqlite_path=tmp_path / "b.db")
+
+
+def test_an_acked_message_is_gone_for_every_consumer(broker):
+    broker.enqueue(_message())
+    consumer = broker.consume("q", prefetch=4, timeout=50)
+    message = _take(consumer)
+    assert message.args == ({"n": 0},)
+    consumer.ack(message)
+    assert broker.message_counts("q") == (0, 0)
+    assert _take(broker.consume("q", timeout=20), within_s=0.2) is None
+
+
+def test_a_message_held_by_a_dead_consumer_comes_back_when_its_lease_expires(broker):
+    broker.enqueue(_message())
+    dead = broker.consume("q", timeout=50)
+    assert _take(dead) is not None
+    # The consumer "dies": no ack, no renewal.  Another consumer must not see the
+    # message while the lease runs, and must get it after.
+    other = broker.consume("q", timeout=50)
+    assert next(other) is None
+    redelivered = _take(other, within_s=2.0)
+    assert redelivered is not None and redelivered.redelivered
+    other.ack(redelivered)
+    assert broker.message_counts("q") == (0, 0)
+
+
+def test_a_living_consumer_renews_its_lease_so_a_slow_message_is_not_delivered_twice(broker):
+    broker.enqueue(_message())
+    slow = broker.consume("q", timeout=20)
+    held = _take(slow)
+    other = broker.consume("q", timeout=20)
+    end = time.monotonic() + 0.5  # over three lease lengths
+    while time.monotonic() < end:
+        assert next(slow) is None  # the consumer thread keeps polling, which renews
+        assert next(other) is None
+    slow.ack(held)
+    assert broker.message_counts("q") == (0, 0)
+
+
+def test_a_delayed_message_is_invisible_until_its_delay_has_passed(broker):
+    broker.enqueue(_message(), delay=150)
+    consumer = broker.consume("q", timeout=20)
+    start = time.monotonic()
+    message = _take(consumer, within_s=2.0)
+    assert message is not None
+    assert time.monotonic() - start >= 0.13
+
+
+def test_a_nacked_message_moves_to_the_dead_letter_table_with_its_body(broker):
+    sent = broker.enqueue(_message(n=7))
+    consumer = broker.consume("q", timeout=20)
+    consumer.nack(_take(consumer))
+    assert broker.message_counts("q") == (0, 1)
+    conn = connect(broker.path)
+    body, reason = conn.execute("SELECT body, reason FROM bus_dead_letters").fetchone()
+    assert dramatiq.Message.decode(body).message_id == sent.message_id
+    assert "rejected" in reason
+
+
+def test_a_redelivery_request_puts_the_message_back_instead_of_dead_lettering_it(broker):
+    broker.enqueue(_message())
+    consumer = broker.consume("q", timeout=20)
+    message = _take(consumer)
+    request_redelivery(message)
+    consumer.nack(message)
+    assert broker.message_counts("q") == (1, 0)
+    assert _take(consumer) is not None
+
+
+def test_a_row_that_is_not_a_dramatiq_message_is_dead_lettered_with_its_raw_bytes(broker):
+    broker.declare_queue("q")
+    conn = connect(broker.path)
+    conn.execute(
+        "INSERT INTO bus_queue (queue_name, message_id, body, visible_at_ms, enqueued_at_ms)"
+        " VALUES ('q', 'x', ?, 0, 0)",
+        (b"\xff not json",),
+    )
+    consumer = broker.consume("q", timeout=20)
+    assert _take(consumer, within_s=0.1) is None
+    body, reason = conn.execute("SELECT body, reason FROM bus_dead_letters").fetchone()
+    assert body == b"\xff not json" and "undecodable" in reason
+
+
+def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_after_the_delivery_limit(
+    tmp_path,
+):
+    broker = SqliteBroker(tmp_path / "b.db", lease_ms=30, poll_interval_ms=5, delivery_limit=3)
+    broker.enqueue(_message())
+    for _ in range(3):
+        assert _take(broker.consume("q", timeout=50)) is not None  # and "dies"
+    assert _take(broker.consume("q", timeout=20), within_s=0.1) is None
+    assert broker.message_counts("q") == (0, 1)
+
+
+def test_enqueue_many_inserts_a_batch_in_one_transaction(broker):
+    broker.enqueue_many([_message(n=i) for i in range(50)])
+    assert broker.message_counts("q") == (50, 0)
+    with pytest.raises(AttributeError):
+        broker.enqueue_many([_message(n=1), object()])  # type: ignore[list-item]
+    assert broker.message_counts("q") == (50, 0)
+
+
+def test_graceful_close_gives_prefetched_messages_back_at_once(broker):
+    for i in range(3):
+        broker.enqueue(_message(n=i))
+    consumer = broker.consume("q", prefetch=3, timeout=20)
+    first = _take(consumer)
+    consumer.requeue([first])
+    consumer.close()
+    other = broker.consume("q", prefetch=3, timeout=20)
+    got = [_take(other, within_s=0.2) for _ in range(3)]
+    assert sorted(m.args[0]["n"] for m in got) == [0, 1, 2]
