@@ -20,7 +20,9 @@ def cli() -> None:
 
 def _register() -> None:
     # One import + add_command per command module; keep them in CLI order.
-    pass
+    from workers.cli.cutover import cutover
+
+    cli.add_command(cutover)
 
 
 _register()
