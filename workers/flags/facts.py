@@ -5,9 +5,10 @@
   reconciliation CLI.  No table or no finished run means "missing drift".
 * open exceptions: ``bus.exception_store.ExceptionStore(engine).open_count(domain)``.
 * backlog: ``bus.outbox.backlog(engine, domain)`` (unsent outbox rows).
-* in flight below a version: outbox rows do not carry the flag version in a
-  column, so every unsent row of the domain counts (a safe over-estimate: the
-  drain may wait a little longer than strictly needed, never less).
+* in flight below a version: unsent outbox rows of the domain whose envelope
+  was stamped with an older flag version.  Messages already handed to the
+  broker but not yet consumed are not visible from SQL; the router's writer
+  actors apply writes only when newer, so those cannot regress a record.
 
 A bus module that is not importable makes its fact unknown (``None``), which
 fails its guard; ``--force`` stays available.
@@ -16,6 +17,7 @@ fails its guard; ``--force`` stays available.
 from __future__ import annotations
 
 import importlib
+import json
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, column, inspect, select, table
@@ -67,7 +69,18 @@ class SqlPreflightFacts:
         return int(module.backlog(self.engine, domain))
 
     def in_flight(self, domain: str, below_version: int) -> int | None:
-        return self.backlog(domain)
+        module = _optional("bus.outbox")
+        if module is None:
+            return None
+        t = module.OutboxRecord.__table__
+        query = select(t.c.payload).where(t.c.sent_at.is_(None), t.c.domain == domain)
+        with self.engine.connect() as conn:
+            # The version lives inside the envelope JSON; the backlog being drained is
+            # small, and this runs only while `cutover set` waits.
+            return sum(
+                1 for (payload,) in conn.execute(query)
+                if json.loads(payload).get("flag_version", 0) < below_version
+            )
 
 
 def _optional(name: str):

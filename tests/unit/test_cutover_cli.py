@@ -1,0 +1,218 @@
+"""``coexist cutover`` through click's CliRunner on a real SQLite state database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from bus.envelope import new_envelope
+from bus.exception_store import ExceptionStore
+from bus.outbox import add_to_outbox
+from workers.cli import cli
+from workers.config import Settings
+from workers.flags import open_state
+
+
+@pytest.fixture
+def engine(tmp_path, monkeypatch):
+    for name in ("COEXIST_STATE_URL", "COEXIST_REDIS_URL", "COEXIST_FREEZE",
+                 "COEXIST_CUTOVER_MAX_DRIFT_PCT", "COEXIST_CUTOVER_MAX_BACKLOG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
+    monkeypatch.setenv("COEXIST_ACTOR", "alice")
+    engine = open_state(Settings.from_env())
+    # The reconciliation engineer owns this table; the columns the guards read.
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE reconcile_run (id INTEGER PRIMARY KEY, domain TEXT, "
+                          "finished_at TIMESTAMP, drift_pct REAL)"))
+    yield engine
+    engine.dispose()
+
+
+def reconciled(engine, domain: str, drift_pct: float = 0.0, at: datetime | None = None):
+    at = at or datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO reconcile_run (domain, finished_at, drift_pct) "
+                          "VALUES (:d, :f, :p)"),
+                     {"d": domain, "f": at.isoformat(), "p": drift_pct})
+
+
+def queued(engine, domain: str, flag_version: int = 0) -> None:
+    env = new_envelope(domain=domain, kind="upsert", key="K1", payload={},
+                       source_system="legacy", source_version=1, flag_version=flag_version)
+    with Session(engine) as session:
+        add_to_outbox(session, env, actor_name="write_cloud", queue_name="cloud")
+        session.commit()
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["cutover", *args])
+
+
+def status(engine) -> dict[str, dict]:
+    result = run("status", "--format", "json")
+    assert result.exit_code == 0, result.output
+    return {r["domain"]: r for r in json.loads(result.output)["domains"]}
+
+
+def test_status_shows_every_domain_in_legacy_at_version_zero(engine):
+    rows = status(engine)
+    assert list(rows) == ["customer", "product", "price", "inventory", "order", "shipment",
+                          "invoice"]
+    assert rows["order"]["mode"] == "legacy" and rows["order"]["version"] == 0
+    assert rows["order"]["last_drift_pct"] is None
+    table = run("status")
+    assert table.exit_code == 0 and "customer" in table.output and "missing" in table.output
+
+
+def test_a_healthy_domain_moves_forward_and_the_change_is_audited(engine):
+    reconciled(engine, "customer", 0.0)
+    result = run("set", "customer", "shadow", "--reason", "pilot week 1")
+    assert result.exit_code == 0, result.output
+    assert "customer is now shadow at flag version 1" in result.output
+    assert status(engine)["customer"]["mode"] == "shadow"
+    [entry] = json.loads(run("history", "customer", "--format", "json").output)
+    assert (entry["actor"], entry["reason"], entry["forced"]) == ("alice", "pilot week 1", False)
+    assert (entry["from"]["mode"], entry["to"]["mode"], entry["version"]) == (
+        "legacy", "shadow", 1)
+
+
+def test_a_forward_move_without_a_reconciliation_is_refused_and_nothing_changes(engine):
+    result = run("set", "customer", "shadow", "--reason", "go")
+    assert result.exit_code == 1
+    assert "FAIL drift: no reconciliation run for customer" in result.output
+    assert "override with --force" in result.output
+    assert status(engine)["customer"]["version"] == 0
+    assert json.loads(run("history", "--format", "json").output) == []
+
+
+def test_plan_lists_the_checks_and_exits_non_zero_when_one_fails(engine):
+    reconciled(engine, "customer", 5.0)
+    ExceptionStore(engine).record(
+        failure_class="business", queue_name="q", actor_name="a", message_id="m1",
+        envelope=None, raw=None, message=None, error_type="StrayWrite",
+        error_message="typed into legacy", call_site="x", attempts=1, domain="customer")
+    result = run("plan", "customer", "shadow")
+    assert result.exit_code == 1
+    assert "FAIL drift: last reconciliation" in result.output and "5% > threshold" in result.output
+    assert "FAIL exceptions: 1 open exceptions for customer" in result.output
+    assert "PASS backlog" in result.output
+    ok = run("plan", "product", "shadow")
+    assert ok.exit_code == 1  # product has no reconciliation either
+    reconciled(engine, "product", 0.0)
+    assert run("plan", "product", "shadow").exit_code == 0
+
+
+def test_force_overrides_the_guards_and_is_audited_as_forced(engine):
+    result = run("set", "customer", "cloud", "--reason", "vendor deadline", "--force",
+                 "--actor", "bob")
+    assert result.exit_code == 0, result.output
+    assert "FORCED one step" in result.output and "(forced)" in result.output
+    [entry] = json.loads(run("history", "--format", "json").output)
+    assert entry["forced"] is True and entry["actor"] == "bob"
+    assert any(o.startswith("drift:") for o in entry["overridden"])
+    assert any(o.startswith("one step:") for o in entry["overridden"])
+
+
+def test_a_reason_is_mandatory(engine):
+    assert run("set", "customer", "shadow", "--force").exit_code == 2
+    result = run("set", "customer", "shadow", "--force", "--reason", "  ")
+    assert result.exit_code == 2 and "reason" in result.output
+
+
+def test_the_actor_comes_from_the_environment_or_is_asked_for(engine, monkeypatch):
+    monkeypatch.delenv("COEXIST_ACTOR")
+    monkeypatch.delenv("USER", raising=False)
+    result = run("set", "customer", "shadow", "--force", "--reason", "r")
+    assert result.exit_code == 2 and "--actor" in result.output
+    monkeypatch.setenv("USER", "carol")
+    assert run("set", "customer", "shadow", "--force", "--reason", "r").exit_code == 0
+    assert json.loads(run("history", "--format", "json").output)[0]["actor"] == "carol"
+
+
+def test_an_upstream_domain_that_has_not_moved_blocks_its_dependants(engine):
+    reconciled(engine, "price", 0.0)
+    result = run("set", "price", "shadow", "--reason", "r")
+    assert result.exit_code == 1
+    assert "upstream behind shadow: customer (legacy), product (legacy)" in result.output
+
+
+def test_a_freeze_window_blocks_forward_moves(engine, monkeypatch):
+    reconciled(engine, "customer", 0.0)
+    now = datetime.now(UTC)
+    window = f"{(now - timedelta(hours=1)).isoformat()}/{(now + timedelta(hours=1)).isoformat()}"
+    monkeypatch.setenv("COEXIST_FREEZE", window)
+    result = run("set", "customer", "shadow", "--reason", "r")
+    assert result.exit_code == 1 and "FAIL freeze: freeze window" in result.output
+
+
+def test_a_malformed_freeze_window_is_a_one_line_error(engine, monkeypatch):
+    monkeypatch.setenv("COEXIST_FREEZE", "next week")
+    result = run("status")
+    assert result.exit_code == 2
+    assert "COEXIST_FREEZE: freeze window 'next week'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_backlog_blocks_a_forward_move(engine):
+    reconciled(engine, "customer", 0.0)
+    queued(engine, "customer")
+    result = run("set", "customer", "shadow", "--reason", "r")
+    assert result.exit_code == 1 and "FAIL backlog: 1 unsent outbox messages" in result.output
+    assert status(engine)["customer"]["backlog"] == 1
+
+
+def test_set_waits_for_work_routed_under_the_old_version_and_says_when_it_does_not_drain(engine):
+    run("set", "customer", "shadow", "--reason", "r", "--force")
+    queued(engine, "customer", flag_version=1)
+    result = run("rollback", "customer", "--reason", "undo", "--wait-timeout", "0.2")
+    assert result.exit_code == 1
+    assert "the flag is set, but 1 customer message(s) routed under older" in result.output
+    assert status(engine)["customer"]["mode"] == "legacy"
+    queued(engine, "customer", flag_version=2)  # routed under the new version: not waited for
+    result = run("set", "customer", "shadow", "--reason", "again", "--force", "--no-wait")
+    assert result.exit_code == 0 and "drained" not in result.output
+
+
+def test_a_percent_and_segment_rollout_is_shown_and_rolled_back_in_one_step(engine):
+    run("set", "customer", "shadow", "--reason", "r", "--force")
+    result = run("set", "customer", "cloud", "--percent", "10", "--segment", "region=WEST",
+                 "--segment", "region=EAST", "--reason", "canary", "--force")
+    assert result.exit_code == 0, result.output
+    row = status(engine)["customer"]
+    assert (row["mode"], row["base_mode"], row["rollout"]) == (
+        "cloud", "shadow", "10% and region in EAST,WEST")
+    assert run("rollback", "customer", "--reason", "canary failed").exit_code == 0
+    row = status(engine)["customer"]
+    assert (row["mode"], row["rollout"], row["version"]) == ("shadow", "all", 3)
+
+
+def test_a_bad_segment_or_mode_is_a_clear_error(engine):
+    bad = run("set", "customer", "shadow", "--segment", "colour=red", "--reason", "r")
+    assert bad.exit_code == 2 and "'colour' is not one of" in bad.output
+    assert run("set", "customer", "hybrid", "--reason", "r").exit_code == 2
+    unknown = run("plan", "vendor", "shadow")
+    assert unknown.exit_code == 2 and "domain 'vendor'" in unknown.output
+
+
+def test_rollback_from_cloud_only_offers_the_backfill_instead(engine):
+    for mode in ("shadow", "cloud", "cloud_only"):
+        assert run("set", "customer", mode, "--reason", "r", "--force").exit_code == 0
+    result = run("rollback", "customer", "--reason", "regret")
+    assert result.exit_code == 1
+    assert "coexist reconcile customer --repair" in result.output
+    assert status(engine)["customer"]["mode"] == "cloud_only"
+    reconciled(engine, "customer", 0.0, at=datetime.now(UTC) + timedelta(seconds=1))
+    result = run("rollback", "customer", "--reason", "backfilled, now roll back")
+    assert result.exit_code == 0, result.output
+    assert status(engine)["customer"]["mode"] == "cloud"
+
+
+def test_rollback_from_legacy_is_a_clear_error(engine):
+    result = run("rollback", "customer", "--reason", "r")
+    assert result.exit_code == 2 and "nothing to roll back" in result.output
