@@ -12,10 +12,12 @@ Routes (``{set}`` is an entity set of ``coexistence.cloud.models.RESOURCE_MODELS
                                      ``?includeDeleted=true`` shows a tombstone (``@removed``)
 ``POST /$batch``                     ``{"requests": [...]}`` of up to 200 operations, each
                                      answered in ``{"responses": [...]}``; one transaction
-``GET  /export/{set}``               every live record as NDJSON, sorted by ``number``
-                                     (= canonical key, what reconciliation merges on)
+``GET  /export/{set}?after=``        every live record as NDJSON, sorted by ``number``
+                                     (= canonical key, what reconciliation merges on);
+                                     ``after`` resumes behind a number after a broken stream
 ``GET  /changes?after=&limit=``      change feed, strictly increasing ``cursor``, ``clientId``
 ``GET|PUT /admin/faults``            read or replace the fault settings (see ``faults``)
+``POST /admin/reset``                forget everything (data, feed, keys, faults): tests
 ``*    /admin/as/{client}/...``      any request above made as another client (a person's
                                      write in tests), exempt from faults and rate limits
 
@@ -123,6 +125,11 @@ class CloudSimulator:
             if path.startswith("/admin/"):
                 if path == "/admin/faults":
                     return self._admin_faults(req)
+                if path == "/admin/reset" and req.method == "POST":
+                    self.store.reset()
+                    self.faults = Faults()
+                    self.buckets.clear()
+                    return _json_response(204, None)
                 match = re.match(r"^/admin/as/([^/]+)(/.*)$", path)
                 if not match:
                     raise ApiError(404, "NotFound", f"no admin resource {path}")
@@ -207,7 +214,8 @@ class CloudSimulator:
         if path.startswith("/export/"):
             entity_set = path[len("/export/"):]
             _model(entity_set)
-            return Response(200, stream=self.store.export(entity_set),
+            after = req.query.get("after", "")
+            return Response(200, stream=self.store.export(entity_set, after),
                             content_type="application/x-ndjson")
         if path == "/health":
             return _json_response(200, {"status": "ok"})

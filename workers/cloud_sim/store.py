@@ -125,6 +125,14 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
 
+    def reset(self) -> None:
+        """Forget every entity, change and idempotency key (tests start empty)."""
+        self.rollback()
+        self.db.executescript(
+            "DELETE FROM entities; DELETE FROM changes; DELETE FROM idempotency;"
+            "DELETE FROM sqlite_sequence WHERE name='changes';"
+        )
+
     def close(self) -> None:
         self.db.close()
 
@@ -181,13 +189,12 @@ class Store:
         args.append(top)
         return [_row(t) for t in self.db.execute(sql, args)]
 
-    def export(self, entity_set: str) -> Iterator[bytes]:
-        """Every live document as NDJSON lines, sorted by number, chunk by chunk.
+    def export(self, entity_set: str, after: str = "") -> Iterator[bytes]:
+        """Every live document with ``number > after`` as NDJSON lines, sorted by number.
 
         Each chunk is its own query (keyset on number), so no read transaction
         stays open while the client is slow and memory holds one chunk.
         """
-        after = ""
         while True:
             rows = self.db.execute(
                 "SELECT id, rev, data, modified, number FROM entities "

@@ -1,0 +1,457 @@
+"""The cloud ERP adapter: ``coexistence.ports.Erp`` + ``ChangeFeed`` over HTTP (httpx).
+
+Failures are classified before they leave this module:
+
+* **technical** (timeouts, connection errors, a connection cut mid-response,
+  5xx, 429) are retried here with capped, jittered exponential backoff that
+  waits at least the server's ``Retry-After``; when the attempts run out a
+  ``CloudTechnicalError`` goes to the bus's retry policy;
+* **business** (400, 404, 409, 412, 422 and other 4xx) raise a
+  ``CloudBusinessError`` carrying the server's message and field paths.
+
+Exactly once: every write carries an ``Idempotency-Key`` derived from the
+caller's key (the message id) and the precondition it was built on (the ETag,
+or "create"), so a retry of a write whose answer was lost is replayed by the
+server, never applied twice; a redelivered message re-reads the record and
+finds it ``Stale``.
+
+Version check: coexist stamps ``coexistSourceVersion`` on its writes (and
+``X-Coexist-Source-Version`` on deletes, kept in the tombstone).  ``upsert``
+reads the record (tombstones included) with its ETag, answers ``Stale`` when
+the stored version is not older, else PATCHes with ``If-Match`` or POSTs when
+absent.  A lost race (412, or 409 on create) re-reads and decides again.
+
+A client-side rate limiter (``workers.ratelimit``, shared through Redis by the
+whole fleet when configured) keeps the workers under the cloud's limit.  The
+bearer token comes from ``Settings`` and is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
+
+import httpx
+
+from bus.errors import BusinessError, TechnicalError
+from coexistence.canonical import CanonicalRecord
+from coexistence.ports import COEXIST_WRITER, Applied, Change, Stale, WriteResult
+from coexistence.translate.cloud import (
+    RESOURCES,
+    canonical_from_json,
+    from_canonical,
+    to_json_dict,
+)
+from workers.ratelimit import RateLimiter, Unlimited, make_rate_limiter
+
+log = logging.getLogger("coexist.cloud_erp")
+
+#: Per-request timeout (connect, read, write, pool), in seconds.
+CLOUD_TIMEOUT_S = 10.0
+#: Attempts per request before a technical failure is raised (1 = no retry).
+CLOUD_RETRY_ATTEMPTS = 6
+#: First backoff step, in seconds; doubles per attempt (full jitter).
+CLOUD_RETRY_BASE_BACKOFF_S = 0.05
+#: Longest wait between two attempts, in seconds, even when Retry-After asks for more.
+CLOUD_RETRY_MAX_BACKOFF_S = 5.0
+#: Re-read-and-decide rounds when a write loses a race (412 / 409) before giving up.
+CLOUD_CONFLICT_ROUNDS = 5
+#: Operations per $batch request (the simulator's and Business Central's limit).
+CLOUD_BATCH_MAX = 200
+#: Keep-alive connections kept in the pool.
+CLOUD_POOL_CONNECTIONS = 20
+
+_DOMAINS_BY_SET = {entity_set: domain for domain, entity_set in RESOURCES.items()}
+_BUSINESS_CODES = {400, 404, 409, 412, 422}
+
+
+class CloudBusinessError(BusinessError):
+    """The cloud refused the request for a reason retrying cannot fix."""
+
+    def __init__(self, status: int, message: str, code: str = "", targets: Sequence[str] = ()):
+        self.status, self.code, self.server_message = status, code, message
+        self.targets = tuple(targets)
+        where = f" at {', '.join(self.targets)}" if self.targets else ""
+        super().__init__(f"cloud ERP answered {status} {code}: {message}{where}")
+
+
+class CloudTechnicalError(TechnicalError):
+    """The cloud could not be reached or kept failing; the bus retries later."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Current:
+    """What an upsert needs to know of the stored record."""
+
+    id: str
+    etag: str
+    version: int
+    deleted: bool
+
+
+class CloudErp:
+    """``Erp`` and ``ChangeFeed`` for the cloud ERP (the simulator or a real one).
+
+    One instance per process: it holds a pooled ``httpx.Client``.  Not for use
+    from several threads at once (httpx clients are, the limiter is; the
+    retry bookkeeping is per call, so it is fine in practice).
+    """
+
+    system = "cloud"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        client_id: str = COEXIST_WRITER,
+        limiter: RateLimiter | None = None,
+        timeout_s: float = CLOUD_TIMEOUT_S,
+        attempts: int = CLOUD_RETRY_ATTEMPTS,
+        base_backoff_s: float = CLOUD_RETRY_BASE_BACKOFF_S,
+        max_backoff_s: float = CLOUD_RETRY_MAX_BACKOFF_S,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        headers = {"X-Client-Id": client_id, "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        limits = httpx.Limits(
+            max_connections=CLOUD_POOL_CONNECTIONS,
+            max_keepalive_connections=CLOUD_POOL_CONNECTIONS,
+        )
+        if transport is None and base_url.startswith("http://"):
+            # Plain HTTP (the simulator on loopback): skip loading the CA bundle,
+            # which costs a quarter of a second per client.
+            transport = httpx.HTTPTransport(verify=False, limits=limits)
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport,
+            limits=limits,
+        )
+        self.limiter = limiter or Unlimited()
+        self.attempts = max(1, attempts)
+        self.base_backoff_s = base_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.sleep = sleep
+        #: Requests retried after a technical failure (a metric for tests and ops).
+        self.retries = 0
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> CloudErp:
+        """The adapter as configured: URL and token from ``Settings``; rate limit from
+        ``COEXIST_CLOUD_RATE_PER_S`` / ``COEXIST_CLOUD_BURST`` (Redis-shared if configured)."""
+        if not settings.cloud_url:
+            raise ValueError("COEXIST_CLOUD_URL is not set: no cloud ERP to talk to")
+        rate = float(os.environ.get("COEXIST_CLOUD_RATE_PER_S", "0") or 0)
+        burst = float(os.environ.get("COEXIST_CLOUD_BURST", "0") or 0) or None
+        kwargs.setdefault("limiter", make_rate_limiter(
+            "cloud", rate, burst, redis_url=settings.redis_url, prefix=settings.redis_prefix))
+        return cls(settings.cloud_url, token=settings.cloud_token, **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CloudErp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ Erp: reads
+
+    def get(self, domain: str, key: str) -> CanonicalRecord | None:
+        response = self._request("GET", _by_number(domain, key), ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        return canonical_from_json(domain, response.content)
+
+    def stream(self, domain: str) -> Iterator[CanonicalRecord]:
+        """Records from ``/export`` (sorted by number = canonical key); a stream cut
+        mid-way resumes behind the last record yielded, within the retry budget."""
+        path = f"/export/{_entity_set(domain)}"
+        after, failures = "", 0
+        while True:
+            try:
+                self.limiter.acquire()
+                with self.http.stream("GET", path, params={"after": after}) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        if _is_technical(response.status_code):
+                            raise _StreamRetry(response)
+                        raise _business(response)
+                    for line in response.iter_lines():
+                        if line:
+                            record = canonical_from_json(domain, line)
+                            after = record.key
+                            yield record
+                    return
+            except (httpx.TransportError, _StreamRetry) as exc:
+                failures += 1
+                if failures >= self.attempts:
+                    raise CloudTechnicalError(
+                        f"export of {domain} failed {failures} times: {exc}") from None
+                self.retries += 1
+                self.sleep(self._backoff(failures - 1, None))
+
+    def read(self, after: int, limit: int) -> list[Change]:
+        """``ChangeFeed``: entries after ``after`` in cursor order."""
+        body = self._request("GET", "/changes", params={"after": after, "limit": limit}).json()
+        changes = []
+        for entry in body["value"]:
+            domain = _DOMAINS_BY_SET.get(entry["entitySet"])
+            if domain is None:
+                continue  # a resource coexist does not sync; its cursor still advances below
+            changes.append(Change(
+                cursor=entry["cursor"], domain=domain, key=entry["number"], op=entry["op"],
+                writer=entry["clientId"], at=datetime.fromisoformat(entry["at"]),
+                version=entry["version"],
+            ))
+        return changes
+
+    # ------------------------------------------------------------------ Erp: writes
+
+    def upsert(
+        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        domain, key = record.domain, record.key
+        body = _body(record, source_version)
+        for _ in range(CLOUD_CONFLICT_ROUNDS):
+            current = self._current(domain, key)
+            if current is not None and current.version >= source_version:
+                return Stale(domain, key, source_version, current.version)
+            response = self._write_upsert(domain, key, current, body, idempotency_key)
+            if response.status_code in (200, 201):
+                return Applied(domain, key, source_version)
+            if response.status_code not in (409, 412, 404):
+                raise _business(response)
+            log.info("cloud %s %s changed under us (%s); re-reading",
+                     domain, key, response.status_code)
+        raise CloudTechnicalError(
+            f"{domain} {key}: lost {CLOUD_CONFLICT_ROUNDS} write races in a row; retry later")
+
+    def delete(
+        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        for _ in range(CLOUD_CONFLICT_ROUNDS):
+            current = self._current(domain, key)
+            if current is None:
+                return Applied(domain, key, source_version)
+            if current.version >= source_version:
+                return Stale(domain, key, source_version, current.version)
+            if current.deleted:
+                return Applied(domain, key, source_version)
+            response = self._request(
+                "DELETE", f"/{_entity_set(domain)}({current.id})",
+                headers={
+                    "If-Match": current.etag,
+                    "X-Coexist-Source-Version": str(source_version),
+                    "Idempotency-Key": f"{idempotency_key}:{current.etag}",
+                },
+                ok=(204, 404, 412),
+            )
+            if response.status_code == 204:
+                return Applied(domain, key, source_version)
+        raise CloudTechnicalError(
+            f"{domain} {key}: lost {CLOUD_CONFLICT_ROUNDS} delete races in a row; retry later")
+
+    def upsert_many(
+        self, items: Sequence[tuple[CanonicalRecord, int, str]]
+    ) -> list[WriteResult | CloudBusinessError]:
+        """Upsert (record, source_version, idempotency_key) items through ``$batch``.
+
+        Reads the current versions in one batch, writes the newer ones in a
+        second, and settles lost races one by one.  The result for each item is
+        ``Applied``, ``Stale`` or the ``CloudBusinessError`` the cloud answered
+        for it (the others are still applied).  At most ``CLOUD_BATCH_MAX`` items.
+        """
+        if len(items) > CLOUD_BATCH_MAX:
+            raise ValueError(f"{len(items)} items; at most {CLOUD_BATCH_MAX} per batch")
+        reads = [
+            {"id": str(i), "method": "GET",
+             "url": _by_number(r.domain, r.key).lstrip("/") + "?includeDeleted=true"}
+            for i, (r, _, _) in enumerate(items)
+        ]
+        currents = [_current_from(a) for a in self._batch(reads)]
+        results: list[WriteResult | CloudBusinessError | None] = [None] * len(items)
+        writes, pending = [], []
+        for i, ((record, version, idem), current) in enumerate(zip(items, currents, strict=True)):
+            if current is not None and current.version >= version:
+                results[i] = Stale(record.domain, record.key, version, current.version)
+                continue
+            writes.append(_write_op(str(i), record.domain, current, _body(record, version), idem))
+            pending.append(i)
+        for answer in self._batch(writes) if writes else []:
+            i = int(answer["id"])
+            record, version, idem = items[i]
+            status = answer["status"]
+            if status in (200, 201):
+                results[i] = Applied(record.domain, record.key, version)
+            elif status in (404, 409, 412):
+                # Lost a race with another writer: decide again on fresh state.
+                results[i] = self.upsert(record, source_version=version, idempotency_key=idem)
+            else:
+                error = answer.get("body", {}).get("error", {})
+                results[i] = CloudBusinessError(
+                    status, error.get("message", ""), error.get("code", ""),
+                    [d.get("target", "") for d in error.get("details", [])])
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ internals
+
+    def _current(self, domain: str, key: str) -> _Current | None:
+        response = self._request(
+            "GET", _by_number(domain, key), params={"includeDeleted": "true"}, ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        return _current_from({"status": 200, "body": response.json()})
+
+    def _write_upsert(self, domain: str, key: str, current: _Current | None, body: bytes,
+                      idempotency_key: str) -> httpx.Response:
+        op = _write_op("0", domain, current, None, idempotency_key)
+        return self._request(op["method"], "/" + op["url"], headers=op["headers"],
+                             content=body, ok=(200, 201, 404, 409, 412))
+
+    def _batch(self, operations: list[dict]) -> list[dict]:
+        content = json.dumps({"requests": operations}, separators=(",", ":")).encode()
+        response = self._request("POST", "/$batch", content=content, cost=len(operations),
+                                 headers={"Content-Type": "application/json"})
+        answers = response.json()["responses"]
+        order = {op["id"]: n for n, op in enumerate(operations)}
+        return sorted(answers, key=lambda a: order[a["id"]])
+
+    def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,),
+                 cost: int = 1, **kwargs) -> httpx.Response:
+        """One request with technical retries; returns a response whose status is in ``ok``."""
+        cost = min(cost, int(getattr(self.limiter, "burst", cost)))
+        failure = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self.retries += 1
+            self.limiter.acquire(cost)
+            retry_after = None
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                # Timeouts, refused or reset connections, a body cut mid-way.
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code in ok:
+                    return response
+                if not _is_technical(response.status_code):
+                    raise _business(response)
+                failure = f"HTTP {response.status_code}"
+                retry_after = _retry_after_s(response)
+            if attempt + 1 < self.attempts:
+                self.sleep(self._backoff(attempt, retry_after))
+        raise CloudTechnicalError(
+            f"cloud ERP {method} {path} failed {self.attempts} times; last: {failure}")
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        # Full jitter spreads a fleet's retries; Retry-After is a floor, the cap a ceiling.
+        step = min(self.max_backoff_s, self.base_backoff_s * (2 ** attempt))
+        wait = random.uniform(0, step)
+        if retry_after_s is not None:
+            wait = max(wait, retry_after_s)
+        return min(wait, self.max_backoff_s)
+
+
+class _StreamRetry(Exception):
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"HTTP {response.status_code}")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _entity_set(domain: str) -> str:
+    try:
+        return RESOURCES[domain]
+    except KeyError:
+        from coexistence.errors import TranslationError
+
+        raise TranslationError(domain, None, "domain", domain, "unknown domain") from None
+
+
+def _by_number(domain: str, key: str) -> str:
+    literal = key.replace("'", "''")
+    return f"/{_entity_set(domain)}(number='{quote(literal, safe='')}')"
+
+
+def _body(record: CanonicalRecord, source_version: int) -> bytes:
+    doc = to_json_dict(from_canonical(record, source_version=source_version), body=True)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _write_op(op_id: str, domain: str, current: _Current | None, body: bytes | None,
+              idempotency_key: str) -> dict:
+    entity_set = _entity_set(domain)
+    if current is None or current.deleted:
+        # A create (or the revival of a tombstone) is keyed on what it replaces, so a
+        # retry is replayed and a later, different write gets a key of its own.
+        precondition = f"create:{current.etag}" if current else "create"
+        op = {"id": op_id, "method": "POST", "url": entity_set,
+              "headers": {"Idempotency-Key": f"{idempotency_key}:{precondition}"}}
+    else:
+        op = {"id": op_id, "method": "PATCH", "url": f"{entity_set}({current.id})",
+              "headers": {"If-Match": current.etag,
+                          "Idempotency-Key": f"{idempotency_key}:{current.etag}"}}
+    if body is not None:
+        op["body"] = json.loads(body)
+    op["headers"]["Content-Type"] = "application/json"
+    return op
+
+
+def _current_from(answer: dict) -> _Current | None:
+    if answer["status"] == 404:
+        return None
+    if answer["status"] != 200:
+        error = answer.get("body", {}).get("error", {})
+        raise CloudBusinessError(answer["status"], error.get("message", ""), error.get("code", ""))
+    doc = answer["body"]
+    return _Current(
+        id=doc["id"],
+        etag=doc["@odata.etag"],
+        version=doc.get("coexistSourceVersion") or 0,
+        deleted="@removed" in doc,
+    )
+
+
+def _is_technical(status: int) -> bool:
+    return status == 429 or status >= 500 or status == 408
+
+
+def _business(response: httpx.Response) -> CloudBusinessError:
+    code, message, targets = "", response.reason_phrase, []
+    try:
+        error = response.json().get("error", {})
+        code = error.get("code", "")
+        message = error.get("message", message)
+        targets = [d.get("target", "") for d in error.get("details", [])]
+    except (ValueError, AttributeError):
+        message = response.text[:500] or message
+    return CloudBusinessError(response.status_code, message, code, targets)
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
