@@ -57,4 +57,11 @@ def create_state_engine(url: str, **kwargs) -> Engine:
 
 def create_bus_schema(engine: Engine) -> None:
     """Create the bus's tables if they do not exist (idempotent)."""
+    # Tables register on BUS_METADATA when their module is imported; import them all
+    # so a database never misses one because its module happened not to be loaded yet.
+    import bus.exception_store  # noqa: F401
+    import bus.inbox  # noqa: F401
+    import bus.monotonic  # noqa: F401
+    import bus.outbox  # noqa: F401
+
     BUS_METADATA.create_all(engine)
