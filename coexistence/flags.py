@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cache, lru_cache
 from hashlib import blake2b
 from types import MappingProxyType
 from typing import Any
@@ -99,10 +100,24 @@ PERCENT_SCALE = 10_000
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
+#: Sticky buckets of recently seen keys: routers see the same hot records again and again.
+BUCKET_CACHE_SIZE = 1 << 16
+
+
+@cache
+def _domain_hasher(domain: str):
+    return blake2b(f"{domain}:".encode(), digest_size=8)
+
+
+@lru_cache(maxsize=BUCKET_CACHE_SIZE)
 def bucket(domain: str, key: str) -> int:
-    """The record's sticky bucket in ``[0, PERCENT_SCALE)``: same input, same bucket, always."""
-    digest = blake2b(f"{domain}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % PERCENT_SCALE
+    """The record's sticky bucket in ``[0, PERCENT_SCALE)``: same input, same bucket, always.
+
+    blake2b of ``"domain:key"`` (the domain prefix is hashed once and copied).
+    """
+    h = _domain_hasher(domain).copy()
+    h.update(key.encode())
+    return int.from_bytes(h.digest(), "big") % PERCENT_SCALE
 
 
 def parse_mode(value: str) -> Mode:
@@ -236,6 +251,9 @@ class FlagState:
     changed_at: datetime | None = None
     #: Precomputed: the mode of every record when the rollout is full, else None.
     _uniform: Mode | None = field(init=False, repr=False, compare=False, default=None)
+    #: Precomputed for ``mode_for``: segment constraints as a tuple, percent in buckets.
+    _segments: tuple = field(init=False, repr=False, compare=False, default=())
+    _buckets: int = field(init=False, repr=False, compare=False, default=PERCENT_SCALE)
 
     def __post_init__(self) -> None:
         check_domain(self.domain)
@@ -252,6 +270,8 @@ class FlagState:
                 f"must come before mode {self.mode}"
             )
         object.__setattr__(self, "_uniform", self.mode if self.rollout.is_full else None)
+        object.__setattr__(self, "_segments", tuple(self.rollout.segments.items()))
+        object.__setattr__(self, "_buckets", self.rollout.percent_buckets)
 
     @classmethod
     def initial(cls, domain: str) -> FlagState:
@@ -268,10 +288,17 @@ class FlagState:
         return self.base_mode
 
     def mode_for(self, key: str, attrs: Mapping[str, str] = _EMPTY) -> Mode:
+        # Hot path: the same logic as ``Rollout.selects``, on precomputed fields.
         uniform = self._uniform
         if uniform is not None:
             return uniform
-        return self.mode if self.rollout.selects(self.domain, key, attrs) else self.base_mode
+        for name, values in self._segments:
+            if attrs.get(name) not in values:
+                return self.base_mode
+        buckets = self._buckets
+        if buckets < PERCENT_SCALE and bucket(self.domain, key) >= buckets:
+            return self.base_mode
+        return self.mode
 
     def route_for(self, key: str, attrs: Mapping[str, str] = _EMPTY) -> Route:
         return ROUTES[self.mode_for(key, attrs)]
