@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+
 import pytest
 
-from tests.contracts.erp_contract import ErpContract, ErpHarness
+from bus.errors import TechnicalError
+from coexistence.ports import COEXIST_WRITER, Applied, Stale
+from tests.contracts.erp_contract import ErpContract, ErpHarness, new_key, sample
 from tests.support.cloud_sim import SimulatorAdmin
-from workers.cloud_erp import CloudErp
+from workers.cloud_erp import CloudErp, CloudTechnicalError
 from workers.cloud_sim import start_simulator
 
 
@@ -41,3 +46,128 @@ class TestCloudErp(ErpContract):
     @pytest.fixture
     def harness(self, cloud, sim):
         return ErpHarness(erp=cloud, feed=cloud, person_upsert=sim.person_upsert)
+
+
+# ---------------------------------------------------------------------------- fault modes
+#
+# Each injected fault must end either applied exactly once or as a classified
+# error (business or technical); never twice, never silently dropped.  The
+# change feed is the witness: it lists every write the cloud committed.
+
+
+def coexist_writes(sim: SimulatorAdmin, number: str) -> list[dict]:
+    return [c for c in sim.changes() if c["number"] == number and c["clientId"] == COEXIST_WRITER]
+
+
+@pytest.mark.parametrize("fault", ["error", "error_after", "timeout", "drop", "429"])
+def test_a_write_hit_by_a_fault_is_applied_exactly_once(sim, cloud, fault):
+    sim.faults(next=[f"{fault}:write"], retry_after_s=0, hang_s=5)
+    record = sample("customer", 1)
+    result = cloud.upsert(record, source_version=3, idempotency_key=new_key())
+    assert result == Applied("customer", record.key, 3)
+    assert cloud.get("customer", record.key) == record
+    assert len(coexist_writes(sim, record.key)) == 1
+
+
+@pytest.mark.parametrize("fault", ["error_after", "timeout", "drop"])
+def test_an_update_and_a_delete_hit_by_a_fault_are_applied_exactly_once(sim, cloud, fault):
+    record = sample("product", 2)
+    cloud.upsert(record, source_version=1, idempotency_key=new_key())
+    sim.faults(next=[f"{fault}:write", f"{fault}:write"], hang_s=5)
+    changed = sample("product", 2, 1)
+    assert cloud.upsert(changed, source_version=2, idempotency_key=new_key()) == Applied(
+        "product", record.key, 2)
+    assert cloud.delete("product", record.key, source_version=3,
+                        idempotency_key=new_key()) == Applied("product", record.key, 3)
+    ops = [c["op"] for c in coexist_writes(sim, record.key)]
+    assert ops == ["upsert", "upsert", "delete"]
+    assert cloud.get("product", record.key) is None
+
+
+def test_a_fault_on_every_answer_ends_as_a_technical_error_and_the_retry_applies_once(sim, cloud):
+    # The write is committed but every answer is a 500: the adapter gives up...
+    sim.faults(error_after_rate=1.0, scope="write")
+    record, key = sample("order", 3), new_key()
+    with pytest.raises(CloudTechnicalError) as caught:
+        cloud.upsert(record, source_version=5, idempotency_key=key)
+    assert isinstance(caught.value, TechnicalError)
+    # ...and the bus's redelivery of the same message finds it already there.
+    sim.faults()
+    assert cloud.upsert(record, source_version=5, idempotency_key=key) == Stale(
+        "order", record.key, 5, 5)
+    assert len(coexist_writes(sim, record.key)) == 1
+    assert cloud.get("order", record.key) == record
+
+
+def test_a_cloud_that_never_answers_well_is_a_technical_error_with_nothing_written(sim, cloud):
+    sim.faults(error_rate=1.0)
+    with pytest.raises(CloudTechnicalError, match="503"):
+        cloud.upsert(sample("invoice", 4), source_version=1, idempotency_key=new_key())
+    sim.faults()
+    assert sim.changes() == []
+
+
+def test_a_429_burst_is_waited_out_honouring_retry_after(sim):
+    waits: list[float] = []
+    erp = CloudErp(sim.url, base_backoff_s=0.01, max_backoff_s=3.0, sleep=waits.append)
+    try:
+        sim.faults(burst_429=2, retry_after_s=2)
+        record = sample("inventory", 5)
+        assert erp.upsert(record, source_version=1, idempotency_key=new_key()) == Applied(
+            "inventory", record.key, 1)
+    finally:
+        erp.close()
+    assert waits == [2.0, 2.0], "Retry-After is a floor for the backoff"
+    assert len(coexist_writes(sim, record.key)) == 1
+
+
+def test_retry_after_longer_than_the_cap_is_capped(sim):
+    waits: list[float] = []
+    erp = CloudErp(sim.url, base_backoff_s=0.01, max_backoff_s=0.5, sleep=waits.append)
+    try:
+        sim.faults(burst_429=1, retry_after_s=60)
+        erp.upsert(sample("price", 6), source_version=1, idempotency_key=new_key())
+    finally:
+        erp.close()
+    assert waits == [0.5]
+
+
+def test_added_latency_slows_writes_but_changes_nothing_else(sim, cloud):
+    sim.faults(latency_ms=30)
+    record = sample("shipment", 7)
+    started = time.perf_counter()
+    assert cloud.upsert(record, source_version=1, idempotency_key=new_key()) == Applied(
+        "shipment", record.key, 1)
+    assert time.perf_counter() - started >= 0.06, "a read and a write, 30 ms each"
+    assert len(coexist_writes(sim, record.key)) == 1
+
+
+def test_random_faults_on_many_writes_never_apply_one_twice_nor_drop_one(sim, cloud):
+    sim.faults(error_rate=0.1, error_after_rate=0.1, drop_rate=0.1, timeout_rate=0.05,
+               burst_429=2, retry_after_s=0, hang_s=5, seed=7)
+    outcomes = {}
+    for n in range(30):
+        record = sample("customer", 100 + n)
+        try:
+            outcomes[record.key] = cloud.upsert(record, source_version=1,
+                                                idempotency_key=new_key())
+        except CloudTechnicalError as exc:
+            outcomes[record.key] = exc
+    sim.faults()
+    written = Counter(c["number"] for c in sim.changes())
+    assert max(written.values()) == 1, "never twice"
+    for number, outcome in outcomes.items():
+        if isinstance(outcome, Applied):
+            assert written[number] == 1, f"{number} reported applied but not written"
+        else:
+            assert isinstance(outcome, TechnicalError), outcome
+
+
+def test_a_batch_hit_by_a_dropped_connection_applies_each_record_once(sim, cloud):
+    records = [sample("product", 200 + n) for n in range(50)]
+    sim.faults(next=["drop:write", "drop:write"], hang_s=5)
+    results = cloud.upsert_many([(r, 1, new_key()) for r in records])
+    assert results == [Applied("product", r.key, 1) for r in records]
+    written = Counter(c["number"] for c in sim.changes())
+    assert written == Counter(r.key for r in records)
+    assert list(cloud.stream("product")) == sorted(records, key=lambda r: r.key)
