@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, UniqueConstraint, func, select
+from sqlalchemy import Column, DateTime, Engine, UniqueConstraint, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import Field
@@ -41,7 +41,8 @@ class FlagAudit(StateTable, table=True):
     domain: str = Field(max_length=40, index=True)
     #: The flag version this change produced (the domain's previous version + 1).
     version: int
-    at: datetime
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC),
+                         sa_column=Column(DateTime(timezone=True), nullable=False))
     actor: str = Field(max_length=200)
     reason: str = Field(max_length=2000)
     #: ``set``, ``rollback`` or ``restore``.

@@ -1,0 +1,146 @@
+"""The SQL flag store (embedded default) and the per-process cache, on a SQLite file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout
+from workers.db import create_state_engine, create_state_schema
+from workers.flags import FlagCache, FlagConflict, SqlFlagStore, actor_from_env, policy_from_env
+
+WATCHER = """
+import json, sys, time
+from workers.db import create_state_engine
+from workers.flags import FlagCache, SqlFlagStore
+cache = FlagCache(SqlFlagStore(create_state_engine(sys.argv[1]), poll_s=0.05))
+cache.on_change(lambda old, new: print(json.dumps(
+    {"domain": new.domain, "version": new.version, "at": time.time()}), flush=True))
+cache.start()
+print(json.dumps({"ready": True}), flush=True)
+sys.stdin.readline()
+cache.stop()
+"""
+
+
+@pytest.fixture
+def state_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def store(state_url):
+    engine = create_state_engine(state_url)
+    create_state_schema(engine)
+    yield SqlFlagStore(engine, poll_s=0.05)
+    engine.dispose()
+
+
+def nxt(before: FlagState, mode: Mode, rollout: Rollout = FULL) -> FlagState:
+    base = mode if rollout.is_full else before.mode
+    return FlagState(before.domain, mode, base, rollout, before.version + 1)
+
+
+def commit(store, before, after, reason="test", actor="alice", **kw):
+    return store.commit(before, after, actor=actor, reason=reason, action="set", **kw)
+
+
+def test_the_flags_are_rebuilt_from_the_audit(store):
+    c0 = store.load()["customer"]
+    c1 = commit(store, c0, nxt(c0, Mode.SHADOW))
+    c2 = commit(store, c1, nxt(c1, Mode.CLOUD, Rollout(1000, {"region": frozenset({"WEST"})})))
+    flags = store.load()
+    assert flags["customer"] == c2
+    assert flags["customer"].changed_at is not None
+    assert flags["product"] == FlagState.initial("product")
+
+
+def test_two_writers_planning_from_the_same_version_cannot_both_win(store):
+    c0 = store.load()["customer"]
+    commit(store, c0, nxt(c0, Mode.SHADOW))
+    with pytest.raises(FlagConflict, match="changed meanwhile"):
+        commit(store, c0, nxt(c0, Mode.SHADOW))
+    assert [e.version for e in store.history("customer")] == [1]
+
+
+def test_every_change_needs_an_actor_and_a_reason(store):
+    c0 = store.load()["customer"]
+    with pytest.raises(FlagError, match="reason"):
+        commit(store, c0, nxt(c0, Mode.SHADOW), reason=" ")
+    with pytest.raises(FlagError, match="actor"):
+        commit(store, c0, nxt(c0, Mode.SHADOW), actor="")
+    assert store.history() == []
+
+
+def test_history_is_newest_first_and_keeps_what_was_forced(store):
+    c0, p0 = store.load()["customer"], store.load()["product"]
+    commit(store, c0, nxt(c0, Mode.SHADOW))
+    commit(store, p0, nxt(p0, Mode.CLOUD), forced=True, overridden=("one step: skips",))
+    entries = store.history()
+    assert [(e.domain, e.forced) for e in entries] == [("product", True), ("customer", False)]
+    assert entries[0].overridden == ("one step: skips",)
+    assert entries[0].before.mode == Mode.LEGACY and entries[0].after.mode == Mode.CLOUD
+    assert [e.domain for e in store.history("customer")] == ["customer"]
+
+
+def test_a_cache_in_this_process_follows_changes_and_never_goes_back(store):
+    cache = FlagCache(store).start()
+    try:
+        c0 = cache.state("customer")
+        c1 = commit(store, c0, nxt(c0, Mode.SHADOW))
+        assert cache.wait_for("customer", 1, 2.0)
+        assert cache.route_for("customer", "10042").shadow is not None
+        cache.apply([c0])
+        assert cache.state("customer") == c1
+    finally:
+        cache.stop()
+
+
+def test_wait_for_gives_up_after_the_timeout(store):
+    cache = FlagCache(store)
+    started = time.monotonic()
+    assert cache.wait_for("customer", 5, 0.1) is False
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_change_reaches_another_process_through_the_version_poll(store, state_url):
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER, state_url],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = iter(proc.stdout.readline, "")
+        while "ready" not in json.loads(next(lines)):
+            pass
+        c0 = store.load()["customer"]
+        sent = time.time()
+        commit(store, c0, nxt(c0, Mode.SHADOW))
+        seen = {}
+        reader = threading.Thread(target=lambda: seen.update(json.loads(next(lines))))
+        reader.start()
+        reader.join(5)
+        assert seen.get("version") == 1, "watcher did not see the change within 5 s"
+        assert seen["at"] - sent < 1.0
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(10)
+
+
+def test_guard_settings_come_from_the_environment_with_clear_errors():
+    policy = policy_from_env({"COEXIST_CUTOVER_MAX_DRIFT_PCT": "0.5",
+                              "COEXIST_FREEZE": "2026-11-28T00:00Z/2026-12-02T00:00Z"})
+    assert policy.max_drift_pct == 0.5 and len(policy.freeze_windows) == 1
+    with pytest.raises(FlagError, match="COEXIST_CUTOVER_MAX_BACKLOG='many'"):
+        policy_from_env({"COEXIST_CUTOVER_MAX_BACKLOG": "many"})
+
+
+def test_the_actor_is_explicit_else_from_the_environment():
+    assert actor_from_env("bob", {"COEXIST_ACTOR": "alice"}) == "bob"
+    assert actor_from_env(None, {"COEXIST_ACTOR": "alice", "USER": "root"}) == "alice"
+    assert actor_from_env(None, {"USER": "root"}) == "root"
+    with pytest.raises(FlagError, match="--actor"):
+        actor_from_env(None, {})
