@@ -10,26 +10,11 @@ import pytest
 from bus.errors import TechnicalError
 from coexistence.ports import COEXIST_WRITER, Applied, Stale
 from tests.contracts.erp_contract import ErpContract, ErpHarness, new_key, sample
+from tests.support import cloud_sim
 from tests.support.cloud_sim import SimulatorAdmin
 from workers.cloud_erp import CloudErp, CloudTechnicalError
-from workers.cloud_sim import start_simulator
 
-
-@pytest.fixture(scope="session")
-def simulator(tmp_path_factory):
-    sim = start_simulator(tmp_path_factory.mktemp("cloud_contract") / "cloud.db")
-    admin = SimulatorAdmin(sim)
-    try:
-        yield admin
-    finally:
-        admin.close()
-        sim.stop()
-
-
-@pytest.fixture
-def sim(simulator):
-    simulator.reset()
-    return simulator
+simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from coexistence.canonical import CanonicalRecord
 from coexistence.translate.cloud import RESOURCES, from_canonical, to_json_dict
-from workers.cloud_sim import RunningSimulator
+from workers.cloud_sim import RunningSimulator, start_simulator
 
 
 class SimulatorAdmin:
@@ -45,3 +46,22 @@ class SimulatorAdmin:
 
     def close(self) -> None:
         self.http.close()
+
+
+@pytest.fixture(scope="session")
+def simulator(tmp_path_factory):
+    """One simulator subprocess for the test session (import this fixture to use it)."""
+    sim = start_simulator(tmp_path_factory.mktemp("cloud_sim") / "cloud.db")
+    admin = SimulatorAdmin(sim)
+    try:
+        yield admin
+    finally:
+        admin.close()
+        sim.stop()
+
+
+@pytest.fixture
+def sim(simulator):
+    """The session's simulator, emptied and without faults."""
+    simulator.reset()
+    return simulator
