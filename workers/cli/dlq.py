@@ -1,0 +1,312 @@
+"""``coexist dlq``: list, inspect, replay and archive failed messages.
+
+Failed messages (business errors, exhausted retries, dead letters drained from
+RabbitMQ, undecodable input) live in the exception store, in the state
+database (``COEXIST_STATE_URL``).  Replay goes through the configured broker
+(``COEXIST_BROKER_URL``, else the embedded one under ``COEXIST_HOME``).
+
+Exit codes: 0 done; 1 some records could not be replayed; 2 bad input or an
+unreachable system.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bus.exception_store import STATUSES, ExceptionRecord, ExceptionStore, ReplayResult
+from workers.cli.common import UserError
+from workers.config import Settings
+
+#: Bytes of an undecodable message shown by ``dlq show``.
+RAW_PREVIEW_BYTES = 512
+#: Characters of an error message shown in a list row.
+LIST_ERROR_CHARS = 80
+
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                       show_default=True, help="Output as a table or as JSON.")
+
+
+class PartlyFailed(click.ClickException):
+    """Some records could not be replayed (exit 1; each is named above)."""
+
+    exit_code = 1
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+
+
+def _open_store() -> tuple[Settings, ExceptionStore]:
+    # Imported outside the try: a broken table module is a bug to see, not a database problem.
+    import workers.tables  # noqa: F401
+    from workers.db import create_state_engine, create_state_schema
+
+    settings = Settings.from_env()
+    try:
+        if settings.state_url.startswith("sqlite"):
+            settings.ensure_home()
+        engine = create_state_engine(settings.state_url)
+        create_state_schema(engine)
+    except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
+        raise UserError(f"cannot open the state database: {type(exc).__name__}: "
+                        f"{_first_line(exc)}") from None
+    return settings, ExceptionStore(engine)
+
+
+def _user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - database errors mid-command: one line
+            if type(exc).__module__.startswith("sqlalchemy"):
+                raise UserError(f"state database error: {type(exc).__name__}: "
+                                f"{_first_line(exc)}") from None
+            raise
+
+    return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    from bus.context import redact
+
+    text = str(exc).strip().splitlines()
+    return redact(text[0]) if text else ""
+
+
+def _enqueue_with_configured_broker(settings: Settings) -> tuple[Callable[[dict], Any],
+                                                                 Callable[[], None]]:
+    """(enqueue, close) publishing one message dict at a time with broker confirms.
+
+    Imported lazily so listing and archiving work without any broker library
+    or server.  The queue is declared first, as a worker would, so a replay to
+    a queue no worker has started yet is kept, not dropped.
+    """
+    import dramatiq
+
+    from bus.brokers import make_broker
+    from bus.publish import make_publisher
+
+    try:
+        if settings.broker_url is None:
+            settings.ensure_home()
+        broker = make_broker(settings.broker_url, sqlite_path=settings.home / "bus.db",
+                             queue_type=settings.queue_type)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot open the broker: {type(exc).__name__}: "
+                        f"{_first_line(exc)}") from None
+    publish = make_publisher(broker)
+    fields = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id",
+              "message_timestamp")
+
+    def enqueue(message: dict) -> None:
+        msg = dramatiq.Message(**{k: message[k] for k in fields if k in message})
+        publish([msg])
+
+    def close() -> None:
+        closer = getattr(publish, "close", None)
+        if closer is not None:
+            closer()
+        broker.close()
+
+    return enqueue, close
+
+
+@click.group()
+def dlq() -> None:
+    """Failed messages: list, show, replay and archive them."""
+
+
+@dlq.command("list")
+@click.option("--group", "grouped", is_flag=True,
+              help="Count records per group (error type, call site) instead of listing them.")
+@click.option("--domain", help="Only this business domain (customer, order, ...).")
+@click.option("--status", type=click.Choice([*STATUSES, "all"]), default="open",
+              show_default=True, help="Records in this status.")
+@click.option("--in-group", "group", metavar="G", help="Only records of group G.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Most records listed (newest failure first).")
+@_FORMAT
+@_user_errors
+def list_cmd(grouped: bool, domain: str | None, status: str, group: str | None, limit: int,
+             fmt: str) -> None:
+    """List failed messages, newest first, or their groups with --group.
+
+    A group is one (error type, call site): usually one bug, fixed once and
+    replayed with ``coexist dlq replay --group G``.
+    """
+    _, store = _open_store()
+    wanted = None if status == "all" else status
+    if grouped:
+        groups = store.groups(status=wanted, domain=domain)
+        if fmt == "json":
+            click.echo(json.dumps([{
+                "group": g.group, "error_type": g.error_type, "call_site": g.call_site,
+                "count": g.count, "domains": list(g.domains),
+                "failure_classes": list(g.failure_classes),
+                "last_failed_at": _iso(g.last_failed_at)} for g in groups], indent=2))
+            return
+        table = Table(title=f"exception groups ({status})")
+        for col in ("group", "count", "error type", "call site", "classes", "domains",
+                    "last failure"):
+            table.add_column(col, justify="right" if col == "count" else "left")
+        for g in groups:
+            table.add_row(g.group, str(g.count), g.error_type, g.call_site,
+                          ",".join(g.failure_classes), ",".join(g.domains) or "-",
+                          _iso(g.last_failed_at))
+        _console().print(table)
+        if not groups:
+            click.echo(f"no {status} exception records")
+        return
+    records = store.list(status=wanted, domain=domain, group=group, limit=limit)
+    if fmt == "json":
+        click.echo(json.dumps([_summary(r) for r in records], indent=2))
+        return
+    table = Table(title=f"exception records ({status})")
+    for col in ("id", "class", "domain", "key", "actor", "error", "attempts", "last failure",
+                "group", "status"):
+        table.add_column(col, justify="right" if col in ("id", "attempts") else "left")
+    for r in records:
+        table.add_row(str(r.id), r.failure_class, r.domain or "-", r.key or "-", r.actor_name,
+                      _short(f"{r.error_type}: {r.error_message}"), str(r.attempts),
+                      _iso(r.last_failed_at), r.group_key, r.status)
+    _console().print(table)
+    if not records:
+        click.echo(f"no {status} exception records")
+
+
+@dlq.command("show")
+@click.argument("record_id", type=int, metavar="ID")
+@_FORMAT
+@_user_errors
+def show_cmd(record_id: int, fmt: str) -> None:
+    """Everything recorded about one failed message: error, envelope, raw bytes, message."""
+    _, store = _open_store()
+    rec = store.get(record_id)
+    if rec is None:
+        raise UserError(f"no exception record {record_id} (see `coexist dlq list --status all`)")
+    detail = _detail(rec)
+    if fmt == "json":
+        click.echo(json.dumps(detail, indent=2, default=str))
+        return
+    table = Table(title=f"exception record {rec.id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in detail.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, indent=2, default=str)
+        table.add_row(name, "-" if value is None else str(value))
+    _console().print(table)
+
+
+@dlq.command("replay")
+@click.argument("record_ids", type=int, nargs=-1, metavar="[ID]...")
+@click.option("--group", metavar="G", help="Replay every open record of group G.")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
+@_FORMAT
+@_user_errors
+def replay_cmd(record_ids: tuple[int, ...], group: str | None, dry_run: bool, fmt: str) -> None:
+    """Send failed messages again through the normal path, retry counters reset.
+
+    Give record IDs or --group G.  Each message is enqueued (with broker
+    confirms) before its record is marked replayed; replaying one twice is
+    harmless because consumers skip messages they already applied.
+    """
+    _require_selection(record_ids, group)
+    settings, store = _open_store()
+    if dry_run:
+        result = store.replay(list(record_ids) if record_ids else None, group,
+                              enqueue=_never, dry_run=True)
+    else:
+        enqueue, close = _enqueue_with_configured_broker(settings)
+        try:
+            result = store.replay(list(record_ids) if record_ids else None, group,
+                                  enqueue=enqueue)
+        finally:
+            close()
+    _report(result, "replay", fmt)
+    if result.failed:
+        raise PartlyFailed(f"{len(result.failed)} record(s) could not be replayed")
+
+
+@dlq.command("archive")
+@click.argument("record_ids", type=int, nargs=-1, metavar="[ID]...")
+@click.option("--group", metavar="G", help="Archive every open record of group G.")
+@_user_errors
+def archive_cmd(record_ids: tuple[int, ...], group: str | None) -> None:
+    """Mark open records as handled by hand: they leave the open list and are never replayed."""
+    _require_selection(record_ids, group)
+    _, store = _open_store()
+    n = store.archive(list(record_ids) if record_ids else None, group)
+    what = f"group {group}" if group else "ID " + ", ".join(map(str, record_ids))
+    click.echo(f"archived {n} open record(s) ({what})")
+
+
+def _never(message: dict) -> None:  # pragma: no cover - a dry run never enqueues
+    raise AssertionError("dry run must not enqueue")
+
+
+def _require_selection(record_ids: tuple[int, ...], group: str | None) -> None:
+    if bool(record_ids) == bool(group):
+        raise UserError("give record IDs or --group G (not both); see `coexist dlq list`")
+
+
+def _report(result: ReplayResult, verb: str, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps({
+            "dry_run": result.dry_run, "replayed": result.replayed,
+            "skipped": [{"id": i, "reason": r} for i, r in result.skipped],
+            "failed": [{"id": i, "error": e} for i, e in result.failed]}, indent=2))
+        return
+    done = "would replay" if result.dry_run else "replayed"
+    click.echo(f"{done} {len(result.replayed)} record(s)"
+               + (f": {', '.join(map(str, result.replayed))}" if result.replayed else ""))
+    for rid, reason in result.skipped:
+        click.echo(f"skipped {rid}: {reason}")
+    for rid, error in result.failed:
+        click.echo(f"failed {rid}: {error}", err=True)
+
+
+def _summary(r: ExceptionRecord) -> dict[str, Any]:
+    return {
+        "id": r.id, "message_id": r.message_id, "failure_class": r.failure_class,
+        "status": r.status, "domain": r.domain, "key": r.key, "queue_name": r.queue_name,
+        "actor_name": r.actor_name, "error_type": r.error_type,
+        "error_message": r.error_message, "call_site": r.call_site, "group": r.group_key,
+        "attempts": r.attempts, "first_failed_at": _iso(r.first_failed_at),
+        "last_failed_at": _iso(r.last_failed_at), "replay_count": r.replay_count,
+    }
+
+
+def _detail(r: ExceptionRecord) -> dict[str, Any]:
+    out = _summary(r)
+    out["status_changed_at"] = _iso(r.status_changed_at)
+    out["envelope"] = r.envelope_dict()
+    out["message"] = r.message_dict()
+    if r.raw is not None:
+        preview = r.raw[:RAW_PREVIEW_BYTES]
+        out["raw_bytes"] = len(r.raw)
+        out["raw_preview"] = preview.decode("utf-8", errors="backslashreplace")
+    return out
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= LIST_ERROR_CHARS else text[: LIST_ERROR_CHARS - 3] + "..."
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat(timespec="seconds") if ts else None
