@@ -34,26 +34,43 @@ _SERVER_FIELDS = frozenset({"id", "last_modified_date_time", "odata_etag"})
 Names = Mapping[str, "str | tuple[str, Names]"]
 
 
-def _path(loc: tuple[int | str, ...], names: Names) -> str:
-    parts = []
+def _cloud_loc(loc: tuple[int | str, ...], names: Names) -> list[int | str]:
+    parts: list[int | str] = []
     for p in loc:
         if isinstance(p, int):
-            parts.append(str(p))
+            parts.append(p)
             continue
         name = names.get(p, p)
         if isinstance(name, tuple):
             name, names = name
         parts.append(name)
-    return ".".join(parts) or "<root>"
+    return parts
+
+
+def _cloud_value(doc: CloudResource, loc: list[int | str], fallback: Any) -> Any:
+    # The value as the cloud wrote it ("-3", not the int -3 canonical was offered).
+    value: Any = to_json_dict(doc)
+    try:
+        for p in loc:
+            value = value[p]
+    except (KeyError, IndexError, TypeError):
+        return fallback
+    return value
 
 
 def _error_from_validation(
-    domain: str, key: str | None, exc: ValidationError, names: Names
+    domain: str,
+    key: str | None,
+    exc: ValidationError,
+    names: Names,
+    doc: CloudResource | None = None,
 ) -> TranslationError:
     err = exc.errors(include_url=False)[0]
     more = exc.error_count() - 1
     reason = err["msg"] + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
-    return TranslationError(domain, key, _path(err["loc"], names), err.get("input"), reason)
+    loc = _cloud_loc(err["loc"], names)
+    value = err.get("input") if doc is None else _cloud_value(doc, loc, err.get("input"))
+    return TranslationError(domain, key, ".".join(map(str, loc)) or "<root>", value, reason)
 
 
 def parse(model: type[R], data: bytes | str | Mapping[str, Any]) -> R:
@@ -82,9 +99,9 @@ def _number_of(data: bytes | str | Mapping[str, Any]) -> str | None:
 
 
 def build_canonical(
-    model: type[M], domain: str, key: str, data: dict[str, Any], names: Names
+    model: type[M], doc: CloudResource, data: dict[str, Any], names: Names
 ) -> M:
-    """Validate canonical ``data``; errors name the cloud path via ``names``.
+    """Validate canonical ``data`` built from ``doc``; errors name the cloud path and value.
 
     ``names`` maps canonical field names to their cloud (camelCase) names, so
     ``sites.0.region`` is reported as ``addresses.0.state``.
@@ -92,7 +109,7 @@ def build_canonical(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _error_from_validation(domain, key, exc, names) from None
+        raise _error_from_validation(doc.domain, doc.number, exc, names, doc) from None
 
 
 def quantity(domain: str, key: str, path: str, value: Decimal) -> int:

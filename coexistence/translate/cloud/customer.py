@@ -87,7 +87,7 @@ def to_canonical(doc: cloud.CloudCustomer) -> Customer:
         "contact_phone": doc.phone_number,
         "sites": sites,
     }
-    return build_canonical(Customer, DOMAIN, key, data, NAMES)
+    return build_canonical(Customer, doc, data, NAMES)
 
 
 def _address(site: Site) -> cloud.CloudCustomerAddress:

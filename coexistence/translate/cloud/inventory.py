@@ -43,7 +43,7 @@ def to_canonical(doc: cloud.CloudInventoryBalance) -> InventoryBalance:
         "on_hand": quantity(DOMAIN, key, "quantityOnHand", doc.quantity_on_hand),
         "allocated": quantity(DOMAIN, key, "quantityAllocated", doc.quantity_allocated),
     }
-    record = build_canonical(InventoryBalance, DOMAIN, key, data, NAMES)
+    record = build_canonical(InventoryBalance, doc, data, NAMES)
     atp = doc.available_to_promise
     if atp is not None and atp != record.available_to_promise:
         raise TranslationError(

@@ -71,7 +71,7 @@ def to_canonical(doc: cloud.CloudSalesInvoice) -> Invoice:
         "amount_paid": doc.amount_paid,
         "lines": lines,
     }
-    return build_canonical(Invoice, DOMAIN, key, data, NAMES)
+    return build_canonical(Invoice, doc, data, NAMES)
 
 
 def _line(line: InvoiceLine) -> cloud.CloudSalesInvoiceLine:

@@ -86,7 +86,7 @@ def to_canonical(doc: cloud.CloudSalesOrder) -> Order:
         "requested_date": doc.requested_delivery_date,
         "lines": lines,
     }
-    return build_canonical(Order, DOMAIN, key, data, NAMES)
+    return build_canonical(Order, doc, data, NAMES)
 
 
 def _line(line: OrderLine) -> cloud.CloudSalesOrderLine:

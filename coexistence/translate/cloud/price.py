@@ -51,7 +51,7 @@ def to_canonical(doc: cloud.CloudContractPrice) -> ContractPrice:
         "valid_from": doc.starting_date,
         "valid_to": doc.ending_date,
     }
-    return build_canonical(ContractPrice, DOMAIN, key, data, NAMES)
+    return build_canonical(ContractPrice, doc, data, NAMES)
 
 
 def _break(b: PriceBreak) -> cloud.CloudPriceBreak:

@@ -46,7 +46,7 @@ def to_canonical(doc: cloud.CloudItem) -> Product:
         "list_price": doc.unit_price,
         "standard_cost": doc.unit_cost,
     }
-    return build_canonical(Product, DOMAIN, key, data, NAMES)
+    return build_canonical(Product, doc, data, NAMES)
 
 
 def from_canonical(

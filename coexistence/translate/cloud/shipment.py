@@ -81,7 +81,7 @@ def to_canonical(doc: cloud.CloudShipment) -> Shipment:
         "milestones": milestones,
         "lines": lines,
     }
-    return build_canonical(Shipment, DOMAIN, key, data, NAMES)
+    return build_canonical(Shipment, doc, data, NAMES)
 
 
 def _line(line: ShipmentLine) -> cloud.CloudShipmentLine:
