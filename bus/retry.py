@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import traceback
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -39,6 +38,7 @@ from dramatiq.errors import Retry
 
 from bus.brokers.base import request_redelivery
 from bus.errors import MessageDecodeError, is_business
+from bus.exception_store import call_site
 
 #: Backoff before the first retry, in milliseconds (15 s).
 RETRY_MIN_BACKOFF_MS = 15_000
@@ -94,16 +94,6 @@ def backoff_ms(retries: int, *, min_ms: int, max_ms: int) -> int:
     """
     step = min(max_ms, min_ms * (2 ** min(retries, 30)))
     return int(random.uniform(step / 2, step))
-
-
-def call_site(exc: BaseException) -> str:
-    """``module.function:line`` of the innermost frame outside dramatiq."""
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
-    for frame in reversed(frames):
-        if "/dramatiq/" not in frame.filename:
-            module = frame.filename.rsplit("/", 1)[-1].removesuffix(".py")
-            return f"{module}.{frame.name}:{frame.lineno}"
-    return "<unknown>"
 
 
 class FailureClasses(Middleware):

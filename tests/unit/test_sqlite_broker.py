@@ -154,3 +154,32 @@ def test_graceful_close_gives_prefetched_messages_back_at_once(broker):
     other = broker.consume("q", prefetch=3, timeout=20)
     got = [_take(other, within_s=0.2) for _ in range(3)]
     assert sorted(m.args[0]["n"] for m in got) == [0, 1, 2]
+
+
+class _Store:
+    def __init__(self, down: bool = False):
+        self.records: list[dict] = []
+        self.down = down
+
+    def record(self, **fields) -> int:
+        if self.down:
+            raise ConnectionError("database down")
+        self.records.append(fields)
+        return len(self.records)
+
+
+def test_the_drain_moves_dead_letters_into_the_store_only_once_recorded(broker):
+    from bus.dlq_drain import make_drain
+
+    sent = broker.enqueue(_message(n=3))
+    consumer = broker.consume("q", timeout=20)
+    consumer.nack(_take(consumer))
+    with pytest.raises(ConnectionError):
+        make_drain(broker, _Store(down=True)).run_once()
+    assert broker.message_counts("q") == (0, 1)  # still there
+    store = _Store()
+    assert make_drain(broker, store).run_once() == 1
+    assert broker.message_counts("q") == (0, 0)
+    (rec,) = store.records
+    assert rec["failure_class"] == "dead_letter" and rec["message_id"] == sent.message_id
+    assert rec["envelope"] == {"n": 3} and "rejected" in rec["error_message"]
