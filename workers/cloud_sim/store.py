@@ -148,16 +148,6 @@ class Store:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
-    def savepoint(self) -> None:
-        self.db.execute("SAVEPOINT op")
-
-    def release(self) -> None:
-        self.db.execute("RELEASE op")
-
-    def rollback_savepoint(self) -> None:
-        self.db.execute("ROLLBACK TO op")
-        self.db.execute("RELEASE op")
-
     # ----------------------------------------------------------------- reads
 
     def by_id(self, entity_set: str, id_: str) -> Row | None:
