@@ -34,7 +34,7 @@ SPECS = [
     CapturedTable("LIN", "order", ("ORDNO",), header="HDR", header_key_columns=("ORDNO",)),
     CapturedTable("BAL", "inventory", ("WHSE", "SKU")),
 ]
-DECODERS = {"order": lambda parts: parts[0].lstrip("0"), "inventory": ":".join}
+DECODERS = {"order": lambda key: key.lstrip("0"), "inventory": lambda key: key.replace("|", ":")}
 
 
 @pytest.fixture

@@ -138,10 +138,12 @@ def _q(name: str) -> str:
 
 def _key_expr(spec: CapturedTable, row: str, dialect: str) -> str:
     sep = KEY_SEPARATOR.replace("'", "''")
+    # Trailing CHAR padding is dropped (as PostgreSQL's bpchar::text does anyway),
+    # so the key reads the same on both databases.
     if dialect == "postgresql":
-        parts = [f"COALESCE({row}.{_q(c)}::text, '')" for c in spec.key_columns]
+        parts = [f"COALESCE(rtrim({row}.{_q(c)}::text), '')" for c in spec.key_columns]
     else:
-        parts = [f"COALESCE(CAST({row}.{_q(c)} AS TEXT), '')" for c in spec.key_columns]
+        parts = [f"COALESCE(RTRIM(CAST({row}.{_q(c)} AS TEXT)), '')" for c in spec.key_columns]
     return f" || '{sep}' || ".join(parts)
 
 
@@ -163,7 +165,7 @@ def _user_expr(spec: CapturedTable, row: str) -> str:
                 f"WHERE {join})")
     return (
         f"CASE WHEN EXISTS (SELECT 1 FROM \"XCOEXTXN\") THEN '{COEXIST_WRITER}' "
-        f"ELSE COALESCE(NULLIF({base}, '{COEXIST_WRITER}'), '{UNKNOWN_WRITER}') END"
+        f"ELSE COALESCE(NULLIF(RTRIM({base}), '{COEXIST_WRITER}'), '{UNKNOWN_WRITER}') END"
     )
 
 

@@ -25,13 +25,13 @@ from sqlalchemy.orm import Session
 from bus.errors import TechnicalError
 from coexistence.ports import Change, ChangeFeed
 from workers import checkpoints
-from workers.legacy_erp.capture import CHGLOG, KEY_SEPARATOR, CapturedTable
+from workers.legacy_erp.capture import CHGLOG, CapturedTable
 
 __all__ = ["KeyDecoder", "LegacyChangeFeed", "UnknownChangeLogTable", "consume_batch"]
 
-#: Turns the parts of a legacy header key (as text, in key-column order) into
-#: the canonical key of the record.
-KeyDecoder = Callable[[tuple[str, ...]], str]
+#: Turns a legacy header key in its string form (key columns without padding,
+#: joined by ``KEY_SEPARATOR``) into the canonical key of the record.
+KeyDecoder = Callable[[str], str]
 
 _READ = (
     select(CHGLOG.c.SEQ, CHGLOG.c.TABNAME, CHGLOG.c.CHGKEY, CHGLOG.c.OP, CHGLOG.c.CHGTS,
@@ -127,8 +127,7 @@ class LegacyChangeFeed:
                         f"CHGLOG SEQ {seq}: table {tabname!r} is not captured by this feed "
                         f"(known: {', '.join(sorted(tables))})"
                     )
-                parts = tuple(raw_key.split(KEY_SEPARATOR)) if spec.key_columns[1:] else (raw_key,)
-                cached = (spec.domain, decoders[spec.domain](parts))
+                cached = (spec.domain, decoders[spec.domain](raw_key))
                 key_cache[(tabname, raw_key)] = cached
             domain, key = cached
             # Only the deletion of a header deletes the record; a line's insert,

@@ -1,0 +1,323 @@
+"""The legacy reference ERP seen as ``coexistence.ports.Erp`` (system ``"legacy"``).
+
+Reads go through the domain's legacy translator (header row + line rows ->
+canonical record).  Writes are coexist's own: each runs in one transaction that
+
+1. marks itself as coexist's (``capture.coexist_transaction``: the change log
+   attributes its changes to ``COEXIST_WRITER``) and, on PostgreSQL, takes the
+   change-log writer lock first;
+2. replays the first result if the idempotency key was seen (same write) or
+   refuses it (another write);
+3. advances the record's applied source version in ``XCOEXVER`` with one
+   conditional upsert, which also locks it against a concurrent writer of the
+   same record - a version not newer than the applied one is ``Stale``;
+4. writes the header and replaces the lines, stamped ``LCHGUSER = COEXIST``.
+
+The version survives a delete (a tombstone row), so an older upsert arriving
+late never resurrects a deleted record.  A person's write (``person_upsert``,
+``person_delete``: how tests and the demo simulate someone at a green screen)
+does not touch the applied version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import CHAR, Connection, Engine, and_, case, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bus.errors import BusinessError
+from coexistence.canonical import CanonicalRecord
+from coexistence.ports import COEXIST_WRITER, Applied, Stale, WriteResult
+from workers.legacy_erp.capture import (
+    XCOEXIDM,
+    XCOEXVER,
+    coexist_transaction,
+    writer_lock_key,
+)
+from workers.legacy_erp.cdc import LegacyChangeFeed
+from workers.legacy_erp.schema import captured_tables, key_decoders, translator
+
+__all__ = ["LegacyErp", "LegacyIdempotencyConflict"]
+
+#: Header rows fetched per round trip while streaming a domain.
+STREAM_BATCH_ROWS = 500
+
+
+class LegacyIdempotencyConflict(BusinessError):
+    """An idempotency key reused for a different write."""
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+
+class _Domain:
+    """Tables, key columns and canonical sort expression of one domain."""
+
+    def __init__(self, domain: str) -> None:
+        self.name = domain
+        self.t = translator(domain)
+        self.header = self.t.TABLE.__table__
+        self.child = self.t.CHILD_TABLE.__table__ if self.t.CHILD_TABLE is not None else None
+        self.keys: tuple[str, ...] = tuple(self.t.KEY_COLUMNS)
+        if tuple(c for c, _ in CANONICAL_KEY_PARTS[domain]) != self.keys:  # pragma: no cover
+            raise ValueError(f"{domain}: canonical key parts do not match {self.keys}")
+        # Columns a write must not update: the key, and a surrogate primary key
+        # (kept as first inserted, so a person's row keeps its number).
+        fixed = set(self.keys) | {c.name for c in self.header.primary_key}
+        self.updatable = [c.name for c in self.header.c if c.name not in fixed]
+        self.child_order = (
+            [self.child.c[c.name] for c in self.child.primary_key if c.name not in self.keys]
+            if self.child is not None else []
+        )
+
+    def where(self, table, values: Mapping[str, Any]):
+        return and_(*(table.c[k] == _padded(table.c[k], values[k]) for k in self.keys))
+
+    def sort_key(self, table, dialect: str):
+        """SQL for the record's canonical key, so SQL sorts exactly as Python sorts keys."""
+        return _canonical_key_sql(self, table, dialect)
+
+
+def _padded(column, value):
+    # Legacy CHAR columns are space-padded on SQLite too (the translators pad).
+    if isinstance(value, str) and isinstance(column.type, CHAR) and column.type.length:
+        return value.ljust(column.type.length)
+    return value
+
+
+def _number(column):
+    trimmed = func.ltrim(column, "0")
+    return case((trimmed == "", literal("0")), else_=trimmed)
+
+
+def _canonical_key_sql(d: _Domain, table, dialect: str):
+    """The canonical key of a row in SQL, per the translators' key conventions:
+    zero-padded numbers lose their zeros, codes their padding, and composite
+    keys are joined as the canonical key joins them."""
+    parts = []
+    for spec in CANONICAL_KEY_PARTS[d.name]:
+        col = table.c[spec[0]]
+        parts.append(_number(col) if spec[1] == "number" else func.rtrim(col))
+    expr = parts[0]
+    for part in parts[1:]:
+        expr = expr.concat(CANONICAL_KEY_JOIN).concat(part)
+    # Python compares str by code point: the "C" collation on PostgreSQL, BINARY on SQLite.
+    return expr.collate("C") if dialect == "postgresql" else expr
+
+
+#: Domain -> the key columns and how each reads in the canonical key.
+CANONICAL_KEY_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "customer": (("CUSTNO", "number"),),
+    "product": (("ITEMNO", "code"),),
+    "price": (("CONTNO", "number"),),
+    "inventory": (("WHSE", "code"), ("ITEMNO", "code")),
+    "order": (("ORDNO", "number"),),
+    "shipment": (("SHPNO", "number"),),
+    "invoice": (("INVNO", "number"),),
+}
+#: How the canonical key joins the parts of a composite key.
+CANONICAL_KEY_JOIN = ":"
+
+
+class LegacyErp:
+    """``Erp`` and ``ChangeFeed`` over the legacy database (SQLite or PostgreSQL)."""
+
+    system = "legacy"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._domains: dict[str, _Domain] = {}
+        self._lock_key: int | None = None
+        self.feed = LegacyChangeFeed(engine, captured_tables(), key_decoders())
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, domain: str, key: str) -> CanonicalRecord | None:
+        d = self._domain(domain)
+        values = d.t.key_columns(d.t.legacy_key(key))
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d.header).where(d.where(d.header, values))).mappings().first()
+            if row is None:
+                return None
+            children = ()
+            if d.child is not None:
+                children = conn.execute(
+                    select(d.child).where(d.where(d.child, values)).order_by(*d.child_order)
+                ).mappings().all()
+        return d.t.to_canonical(row, children)
+
+    def stream(self, domain: str) -> Iterator[CanonicalRecord]:
+        """Every record of ``domain`` in canonical key order, holding one batch in memory.
+
+        One consistent snapshot (a read transaction on SQLite, REPEATABLE READ on
+        PostgreSQL) read through a server-side cursor per table; lines are
+        merge-joined to their headers on the canonical key.
+        """
+        d = self._domain(domain)
+        conn = self.engine.connect()
+        try:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            opts = {"stream_results": True, "yield_per": STREAM_BATCH_ROWS}
+            hkey = d.sort_key(d.header, self.dialect).label("XSORTKEY")
+            headers = conn.execution_options(**opts).execute(
+                select(d.header, hkey).order_by(hkey)
+            ).mappings()
+            lines = iter(())
+            if d.child is not None:
+                ckey = d.sort_key(d.child, self.dialect).label("XSORTKEY")
+                lines = conn.execution_options(**opts).execute(
+                    select(d.child, ckey).order_by(ckey, *d.child_order)
+                ).mappings()
+            pending = next(lines, None)
+            for header in headers:
+                sort_key = header["XSORTKEY"]
+                children = []
+                # Lines sort with their header; lines of no header (orphans) are skipped.
+                while pending is not None and pending["XSORTKEY"] <= sort_key:
+                    if pending["XSORTKEY"] == sort_key:
+                        children.append(pending)
+                    pending = next(lines, None)
+                yield d.t.to_canonical(header, children)
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def upsert(
+        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        d = self._domain(record.domain)
+        now = datetime.now(UTC)
+        header, children = d.t.from_canonical(record, changed_by=COEXIST_WRITER, changed_at=now)
+        fingerprint = _fingerprint("upsert", d.name, record.key, source_version,
+                                   record.model_dump_json())
+        with self.engine.begin() as conn, coexist_transaction(conn, self._writer_lock(conn)):
+            return self._write(conn, d, record.key, source_version, idempotency_key,
+                               fingerprint, lambda: self._replace(conn, d, header, children))
+
+    def delete(
+        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+    ) -> WriteResult:
+        d = self._domain(domain)
+        values = d.t.key_columns(d.t.legacy_key(key))
+        fingerprint = _fingerprint("delete", d.name, key, source_version)
+        with self.engine.begin() as conn, coexist_transaction(conn, self._writer_lock(conn)):
+            return self._write(conn, d, key, source_version, idempotency_key, fingerprint,
+                               lambda: self._remove(conn, d, values))
+
+    # ------------------------------------------------------------------ change feed
+
+    def read(self, after: int, limit: int):
+        """The legacy change log (see ``LegacyChangeFeed.read``)."""
+        return self.feed.read(after, limit)
+
+    # ------------------------------------------------------------------ people
+
+    def person_upsert(self, record: CanonicalRecord, writer: str) -> None:
+        """Someone typed ``record`` into the legacy ERP as user ``writer`` (no version)."""
+        d = self._domain(record.domain)
+        header, children = d.t.from_canonical(record, changed_by=writer,
+                                              changed_at=datetime.now(UTC))
+        with self.engine.begin() as conn:
+            self._replace(conn, d, header, children)
+
+    def person_delete(self, domain: str, key: str, writer: str) -> None:
+        """Someone deleted the record as user ``writer`` (stamped first, as the ERP's
+        delete screen does, so the change log names them)."""
+        d = self._domain(domain)
+        values = d.t.key_columns(d.t.legacy_key(key))
+        with self.engine.begin() as conn:
+            conn.execute(d.header.update().where(d.where(d.header, values))
+                         .values(LCHGUSER=_padded(d.header.c.LCHGUSER, writer)))
+            self._remove(conn, d, values)
+
+    def applied_version(self, domain: str, key: str) -> int:
+        """The last source version coexist applied to the record (0 if none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                select(XCOEXVER.c.SRCVER).where(domain == XCOEXVER.c.DOMAIN,
+                                                key == XCOEXVER.c.RECKEY)
+            ).scalar() or 0)
+
+    # ------------------------------------------------------------------ internals
+
+    def _domain(self, domain: str) -> _Domain:
+        d = self._domains.get(domain)
+        if d is None:
+            d = self._domains[domain] = _Domain(domain)
+        return d
+
+    def _writer_lock(self, conn: Connection) -> int | None:
+        if self.dialect != "postgresql":
+            return None
+        if self._lock_key is None:
+            self._lock_key = writer_lock_key(conn)
+        return self._lock_key
+
+    def _write(self, conn, d: _Domain, key: str, version: int, idem: str, fingerprint: str,
+               effect) -> WriteResult:
+        seen = conn.execute(
+            select(XCOEXIDM.c.FPRINT, XCOEXIDM.c.RESULT, XCOEXIDM.c.SRCVER, XCOEXIDM.c.CURVER)
+            .where(idem == XCOEXIDM.c.IDEMKEY)
+        ).first()
+        if seen is not None:
+            if fingerprint != seen.FPRINT:
+                raise LegacyIdempotencyConflict(
+                    f"idempotency key {idem!r} was already used for another write "
+                    f"({d.name} {key})"
+                )
+            return (Applied(d.name, key, seen.SRCVER) if seen.RESULT == "A"
+                    else Stale(d.name, key, seen.SRCVER, seen.CURVER))
+        if self._advance_version(conn, d.name, key, version):
+            effect()
+            result: WriteResult = Applied(d.name, key, version)
+        else:
+            current = conn.execute(
+                select(XCOEXVER.c.SRCVER).where(d.name == XCOEXVER.c.DOMAIN,
+                                                key == XCOEXVER.c.RECKEY)
+            ).scalar_one()
+            result = Stale(d.name, key, version, int(current))
+        conn.execute(XCOEXIDM.insert().values(
+            IDEMKEY=idem, FPRINT=fingerprint, DOMAIN=d.name, RECKEY=key,
+            RESULT="A" if isinstance(result, Applied) else "S", SRCVER=version,
+            CURVER=result.version if isinstance(result, Applied) else result.current,
+            CRTTS=int(time.time() * 1000),
+        ))
+        return result
+
+    def _advance_version(self, conn, domain: str, key: str, version: int) -> bool:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        ins = dialect_insert(XCOEXVER).values(DOMAIN=domain, RECKEY=key, SRCVER=int(version))
+        stmt = ins.on_conflict_do_update(
+            index_elements=[XCOEXVER.c.DOMAIN, XCOEXVER.c.RECKEY],
+            set_={"SRCVER": ins.excluded.SRCVER},
+            where=ins.excluded.SRCVER > XCOEXVER.c.SRCVER,
+        )
+        # RETURNING, not rowcount: psycopg reports -1 for this statement here.
+        return conn.execute(stmt.returning(XCOEXVER.c.SRCVER)).first() is not None
+
+    def _replace(self, conn, d: _Domain, header: dict, children: list[dict]) -> None:
+        # Header first: the line triggers read its LCHGUSER for the change log.
+        updated = conn.execute(
+            d.header.update().where(d.where(d.header, header))
+            .values({c: header[c] for c in d.updatable if c in header})
+        ).rowcount
+        if not updated:
+            conn.execute(d.header.insert().values(header))
+        if d.child is not None:
+            conn.execute(d.child.delete().where(d.where(d.child, header)))
+            if children:
+                conn.execute(d.child.insert(), children)
+
+    def _remove(self, conn, d: _Domain, values: Mapping[str, Any]) -> None:
+        if d.child is not None:
+            conn.execute(d.child.delete().where(d.where(d.child, values)))
+        conn.execute(d.header.delete().where(d.where(d.header, values)))
