@@ -1,0 +1,187 @@
+"""Invoice: legacy INVHDR + INVLIN rows <-> canonical ``Invoice``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from coexistence.canonical.models import Invoice, InvoiceStatus
+from coexistence.legacy.models import INVHDR, INVLIN, ITEM_WIDTH, KEY_WIDTH, NAME_WIDTH
+from coexistence.translate.common import (
+    LOSS_CENTS,
+    LOSS_LINE_ORDER,
+    LOSS_PRICE_UNITS,
+    LOSS_TRAILING_SPACES,
+    LOSS_TRUNCATION,
+    LOSS_UPPER_CASE,
+    Where,
+    char,
+    code,
+    date_to_int,
+    fail,
+    fit_text,
+    from_cents,
+    from_price_units,
+    int_to_date,
+    legacy_quantity,
+    pad_number,
+    quantity,
+    round_cents,
+    round_price,
+    to_cents,
+    to_price_units,
+    uncode,
+    unpad_number,
+)
+from coexistence.translate.legacy._base import (
+    DEFAULT_WRITER,
+    audit,
+    currency,
+    decode,
+    guard_columns,
+    sorted_lines,
+    validate,
+)
+
+DOMAIN = "invoice"
+TABLE = INVHDR
+CHILD_TABLE = INVLIN
+KEY_COLUMNS = ("INVNO",)
+
+#: The legacy ERP has one code O for open and partially paid: which one is derived from
+#: AMTPAID, so an "open" invoice with money paid reads back as partially paid and a
+#: "partially paid" one with nothing paid reads back as open.
+LOSS_PARTIALLY_PAID = "open/partially paid stored as O, read back from AMTPAID > 0"
+
+LOSSES: tuple[str, ...] = (
+    LOSS_PARTIALLY_PAID,
+    LOSS_UPPER_CASE,  # INVLIN.ITEMDESC
+    LOSS_TRUNCATION,  # INVLIN.ITEMDESC 30
+    LOSS_TRAILING_SPACES,
+    LOSS_CENTS,  # TAXAMT, AMTPAID
+    LOSS_PRICE_UNITS,  # INVLIN.UNITPRC
+    LOSS_LINE_ORDER,  # lines sorted by LINENO
+)
+
+STATUS_CODES: dict[InvoiceStatus, str] = {
+    InvoiceStatus.OPEN: "O",
+    InvoiceStatus.PARTIALLY_PAID: "O",  # LOSS_PARTIALLY_PAID
+    InvoiceStatus.PAID: "P",
+    InvoiceStatus.VOID: "V",
+}
+_STATUS: dict[str, InvoiceStatus] = {
+    "O": InvoiceStatus.OPEN, "P": InvoiceStatus.PAID, "V": InvoiceStatus.VOID,
+}
+
+COLUMNS: dict[str, str] = {
+    "key": "INVNO", "order_key": "ORDNO", "customer_key": "CUSTNO", "status": "INVSTAT",
+    "currency": "CURRCODE", "issued_on": "INVDATE", "due_on": "DUEDATE",
+    "tax_amount": "TAXAMT", "amount_paid": "AMTPAID", "lines": "INVLIN",
+}
+
+
+def legacy_key(canonical_key: str) -> str:
+    return pad_number(canonical_key, KEY_WIDTH, Where(DOMAIN, canonical_key), "key")
+
+
+def canonical_key(legacy_key: str) -> str:
+    return unpad_number(legacy_key, Where(DOMAIN, legacy_key), "INVNO")
+
+
+def key_columns(legacy_key: str) -> dict[str, str]:
+    return {"INVNO": legacy_key}
+
+
+def _status(code_: str, amount_paid: Decimal) -> InvoiceStatus:
+    if code_ is InvoiceStatus.OPEN and amount_paid > 0:
+        return InvoiceStatus.PARTIALLY_PAID
+    return code_
+
+
+def _line(row: Mapping[str, Any], invno: str, where: Where) -> tuple[int, dict[str, Any]]:
+    if row["INVNO"] != invno:
+        raise fail(where, "INVLIN.INVNO", row["INVNO"], "line of another invoice")
+    line_no = quantity(row["LINENO"], where, "INVLIN.LINENO", positive=True)
+    return line_no, {
+        "line_no": line_no,
+        "sku": uncode(row["ITEMNO"], where, "INVLIN.ITEMNO"),
+        "description": row["ITEMDESC"].rstrip(" "),
+        "quantity": quantity(row["INVQTY"], where, "INVLIN.INVQTY", positive=True),
+        "unit_price": from_price_units(row["UNITPRC"], where, "INVLIN.UNITPRC"),
+    }
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> Invoice:
+    """An INVHDR row and its INVLIN rows -> ``Invoice``."""
+    invno = header["INVNO"]
+    where = Where(DOMAIN, invno)
+    lines = sorted_lines([_line(row, invno, where) for row in children], where, "INVLIN.LINENO")
+    amount_paid = from_cents(header["AMTPAID"], where, "AMTPAID")
+    status = decode(_STATUS, header["INVSTAT"], where, "INVSTAT", "invoice status")
+    data = {
+        "key": unpad_number(invno, where, "INVNO"),
+        "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),
+        "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
+        "status": _status(status, amount_paid),
+        "currency": currency(header["CURRCODE"], where),
+        "issued_on": int_to_date(header["INVDATE"], where, "INVDATE", none=None),
+        "due_on": int_to_date(header["DUEDATE"], where, "DUEDATE", none=None),
+        "tax_amount": from_cents(header["TAXAMT"], where, "TAXAMT"),
+        "amount_paid": amount_paid,
+        "lines": lines,
+    }
+    return validate(Invoice, data, where, COLUMNS)
+
+
+def from_canonical(
+    record: Invoice, *, changed_by: str = DEFAULT_WRITER, changed_at: datetime | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``Invoice`` -> (INVHDR row, INVLIN rows sorted by LINENO)."""
+    where = Where(DOMAIN, record.key)
+    invno = pad_number(record.key, KEY_WIDTH, where, "key")
+    header = {
+        "INVNO": invno,
+        "ORDNO": pad_number(record.order_key, KEY_WIDTH, where, "order_key"),
+        "CUSTNO": pad_number(record.customer_key, KEY_WIDTH, where, "customer_key"),
+        "INVSTAT": STATUS_CODES[record.status],
+        "CURRCODE": record.currency,
+        "INVDATE": date_to_int(record.issued_on),
+        "DUEDATE": date_to_int(record.due_on),
+        "TAXAMT": to_cents(record.tax_amount, where, "tax_amount"),
+        "AMTPAID": to_cents(record.amount_paid, where, "amount_paid"),
+        **audit(changed_by, changed_at),
+    }
+    lines = [
+        (line.line_no, {
+            "INVNO": invno,
+            "LINENO": legacy_quantity(line.line_no, where, "lines.line_no"),
+            "ITEMNO": code(line.sku, ITEM_WIDTH, where, "lines.sku"),
+            "ITEMDESC": char(line.description, NAME_WIDTH),
+            "INVQTY": legacy_quantity(line.quantity, where, "lines.quantity"),
+            "UNITPRC": to_price_units(line.unit_price, where, "lines.unit_price"),
+        })
+        for line in record.lines
+    ]
+    return header, sorted_lines(lines, where, "lines.line_no")
+
+
+def normalise(record: Invoice) -> Invoice:
+    """What a trip through the legacy ERP makes of ``record`` (see ``LOSSES``)."""
+    amount_paid = round_cents(record.amount_paid)
+    status = _STATUS[STATUS_CODES[record.status]]
+    return validate(Invoice, {
+        **record.model_dump(),
+        "status": _status(status, amount_paid),
+        "tax_amount": round_cents(record.tax_amount),
+        "amount_paid": amount_paid,
+        "lines": [
+            {**line.model_dump(), "description": fit_text(line.description, NAME_WIDTH),
+             "unit_price": round_price(line.unit_price)}
+            for line in sorted(record.lines, key=lambda x: x.line_no)
+        ],
+    }, Where(DOMAIN, record.key), {})

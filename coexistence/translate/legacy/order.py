@@ -1,0 +1,194 @@
+"""Order: legacy ORDHDR + ORDLIN rows <-> canonical ``Order``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from coexistence.canonical.models import Order, OrderChannel, OrderStatus
+from coexistence.legacy.models import (
+    CUSTPO_WIDTH,
+    ITEM_WIDTH,
+    KEY_WIDTH,
+    ORDHDR,
+    ORDLIN,
+    SITE_WIDTH,
+)
+from coexistence.translate.common import (
+    LOSS_EMPTY_IS_NONE,
+    LOSS_LINE_ORDER,
+    LOSS_PRICE_UNITS,
+    LOSS_SUBSECOND,
+    LOSS_TRAILING_SPACES,
+    LOSS_UPPER_CASE,
+    Where,
+    char,
+    code,
+    date_to_int,
+    datetime_to_ints,
+    fail,
+    fit_optional_text,
+    from_price_units,
+    int_to_date,
+    ints_to_datetime,
+    legacy_quantity,
+    pad_number,
+    quantity,
+    round_price,
+    to_price_units,
+    truncate_to_second,
+    uncode,
+    unpad_number,
+)
+from coexistence.translate.legacy._base import (
+    DEFAULT_WRITER,
+    audit,
+    code_map,
+    currency,
+    decode,
+    guard_columns,
+    sorted_lines,
+    validate,
+)
+
+DOMAIN = "order"
+TABLE = ORDHDR
+CHILD_TABLE = ORDLIN
+KEY_COLUMNS = ("ORDNO",)
+
+#: The legacy ERP has no drafts: a draft is entered on hold (never allocated) and reads back
+#: as on hold.
+LOSS_DRAFT = "status draft stored as H (on hold), read back as on_hold"
+
+LOSSES: tuple[str, ...] = (
+    LOSS_DRAFT,
+    LOSS_UPPER_CASE,  # CUSTPO
+    LOSS_TRAILING_SPACES,
+    LOSS_EMPTY_IS_NONE,  # CUSTPO
+    LOSS_SUBSECOND,  # ORDDATE/ORDTIME
+    LOSS_PRICE_UNITS,  # UNITPRC
+    LOSS_LINE_ORDER,  # lines sorted by LINENO
+)
+
+STATUS_CODES: dict[OrderStatus, str] = {
+    OrderStatus.ON_HOLD: "H",
+    OrderStatus.DRAFT: "H",  # LOSS_DRAFT
+    OrderStatus.OPEN: "O",
+    OrderStatus.ALLOCATED: "A",
+    OrderStatus.PARTIALLY_SHIPPED: "P",
+    OrderStatus.SHIPPED: "S",
+    OrderStatus.INVOICED: "I",
+    OrderStatus.CLOSED: "C",
+    OrderStatus.CANCELLED: "X",
+}
+_STATUS = code_map(STATUS_CODES)
+_FOLDED_STATUS = {s: _STATUS[c] for s, c in STATUS_CODES.items()}
+
+CHANNEL_CODES: dict[OrderChannel, str] = {
+    OrderChannel.ERP: "M",  # manual entry
+    OrderChannel.CRM: "C",
+    OrderChannel.EDI: "E",
+    OrderChannel.PORTAL: "W",  # web
+}
+_CHANNEL = code_map(CHANNEL_CODES)
+
+COLUMNS: dict[str, str] = {
+    "key": "ORDNO", "customer_key": "CUSTNO", "ship_to_site_id": "SHIPTO", "status": "ORDSTAT",
+    "channel": "ORDSRC", "customer_po": "CUSTPO", "currency": "CURRCODE",
+    "ordered_at": "ORDDATE", "requested_date": "REQDATE", "lines": "ORDLIN",
+}
+
+
+def legacy_key(canonical_key: str) -> str:
+    """``"500123"`` -> ``"0000500123"``."""
+    return pad_number(canonical_key, KEY_WIDTH, Where(DOMAIN, canonical_key), "key")
+
+
+def canonical_key(legacy_key: str) -> str:
+    return unpad_number(legacy_key, Where(DOMAIN, legacy_key), "ORDNO")
+
+
+def key_columns(legacy_key: str) -> dict[str, str]:
+    return {"ORDNO": legacy_key}
+
+
+def _line(row: Mapping[str, Any], ordno: str, where: Where) -> tuple[int, dict[str, Any]]:
+    if row["ORDNO"] != ordno:
+        raise fail(where, "ORDLIN.ORDNO", row["ORDNO"], "line of another order")
+    line_no = quantity(row["LINENO"], where, "ORDLIN.LINENO", positive=True)
+    return line_no, {
+        "line_no": line_no,
+        "sku": uncode(row["ITEMNO"], where, "ORDLIN.ITEMNO"),
+        "quantity": quantity(row["ORDQTY"], where, "ORDLIN.ORDQTY", positive=True),
+        "unit_price": from_price_units(row["UNITPRC"], where, "ORDLIN.UNITPRC"),
+    }
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Order:
+    """An ORDHDR row and its ORDLIN rows -> ``Order``."""
+    ordno = header["ORDNO"]
+    where = Where(DOMAIN, ordno)
+    lines = sorted_lines([_line(row, ordno, where) for row in children], where, "ORDLIN.LINENO")
+    data = {
+        "key": unpad_number(ordno, where, "ORDNO"),
+        "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
+        "ship_to_site_id": header["SHIPTO"].rstrip(" ") or None,
+        "status": decode(_STATUS, header["ORDSTAT"], where, "ORDSTAT", "order status"),
+        "channel": decode(_CHANNEL, header["ORDSRC"], where, "ORDSRC", "order source"),
+        "customer_po": header["CUSTPO"].rstrip(" ") or None,
+        "currency": currency(header["CURRCODE"], where),
+        "ordered_at": ints_to_datetime(header["ORDDATE"], header["ORDTIME"], where, "ORDDATE"),
+        "requested_date": int_to_date(header["REQDATE"], where, "REQDATE"),
+        "lines": lines,
+    }
+    return validate(Order, data, where, COLUMNS)
+
+
+def from_canonical(
+    record: Order, *, changed_by: str = DEFAULT_WRITER, changed_at: datetime | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``Order`` -> (ORDHDR row, ORDLIN rows sorted by LINENO)."""
+    where = Where(DOMAIN, record.key)
+    ordno = pad_number(record.key, KEY_WIDTH, where, "key")
+    day, time = datetime_to_ints(record.ordered_at)
+    header = {
+        "ORDNO": ordno,
+        "CUSTNO": pad_number(record.customer_key, KEY_WIDTH, where, "customer_key"),
+        "SHIPTO": (" " * SITE_WIDTH if record.ship_to_site_id is None
+                   else code(record.ship_to_site_id, SITE_WIDTH, where, "ship_to_site_id")),
+        "ORDSTAT": STATUS_CODES[record.status],
+        "ORDSRC": CHANNEL_CODES[record.channel],
+        "CUSTPO": char(record.customer_po, CUSTPO_WIDTH),
+        "CURRCODE": record.currency,
+        "ORDDATE": day,
+        "ORDTIME": time,
+        "REQDATE": date_to_int(record.requested_date),
+        **audit(changed_by, changed_at),
+    }
+    lines = [
+        (line.line_no, {
+            "ORDNO": ordno,
+            "LINENO": legacy_quantity(line.line_no, where, "lines.line_no"),
+            "ITEMNO": code(line.sku, ITEM_WIDTH, where, "lines.sku"),
+            "ORDQTY": legacy_quantity(line.quantity, where, "lines.quantity"),
+            "UNITPRC": to_price_units(line.unit_price, where, "lines.unit_price"),
+        })
+        for line in record.lines
+    ]
+    return header, sorted_lines(lines, where, "lines.line_no")
+
+
+def normalise(record: Order) -> Order:
+    """What a trip through the legacy ERP makes of ``record`` (see ``LOSSES``)."""
+    return validate(Order, {
+        **record.model_dump(),
+        "status": _FOLDED_STATUS[record.status],
+        "customer_po": fit_optional_text(record.customer_po, CUSTPO_WIDTH),
+        "ordered_at": truncate_to_second(record.ordered_at),
+        "lines": [
+            {**line.model_dump(), "unit_price": round_price(line.unit_price)}
+            for line in sorted(record.lines, key=lambda line: line.line_no)
+        ],
+    }, Where(DOMAIN, record.key), {})

@@ -1,0 +1,142 @@
+"""Contract price: legacy CONTPRC row (five fixed break slots) <-> canonical ``ContractPrice``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from coexistence.canonical.models import ContractPrice
+from coexistence.legacy.models import CONTPRC, ITEM_WIDTH, KEY_WIDTH, MAX_PRICE_BREAKS
+from coexistence.translate.common import (
+    LOSS_PRICE_UNITS,
+    OPEN_ENDED_DATE,
+    Where,
+    code,
+    date_to_int,
+    fail,
+    from_price_units,
+    int_to_date,
+    legacy_quantity,
+    pad_number,
+    round_price,
+    to_price_units,
+    uncode,
+    unpad_number,
+)
+from coexistence.translate.legacy._base import (
+    DEFAULT_WRITER,
+    audit,
+    currency,
+    guard_columns,
+    no_children,
+    validate,
+)
+
+DOMAIN = "price"
+TABLE = CONTPRC
+CHILD_TABLE = None
+KEY_COLUMNS = ("CONTNO",)
+
+#: More breaks than BRKQTY1..5 can hold is a TranslationError, never a silent truncation.
+LOSSES: tuple[str, ...] = (
+    LOSS_PRICE_UNITS,  # BRKPRC1..5
+)
+
+#: (quantity column, price column) of each fixed break slot.
+BREAK_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (f"BRKQTY{i}", f"BRKPRC{i}") for i in range(1, MAX_PRICE_BREAKS + 1)
+)
+
+COLUMNS: dict[str, str] = {
+    "key": "CONTNO", "customer_key": "CUSTNO", "sku": "ITEMNO", "currency": "CURRCODE",
+    "breaks": "BRKQTY", "valid_from": "EFFDATE", "valid_to": "EXPDATE",
+}
+
+
+def legacy_key(canonical_key: str) -> str:
+    """Agreement number ``"7001"`` -> ``"0000007001"``."""
+    return pad_number(canonical_key, KEY_WIDTH, Where(DOMAIN, canonical_key), "key")
+
+
+def canonical_key(legacy_key: str) -> str:
+    return unpad_number(legacy_key, Where(DOMAIN, legacy_key), "CONTNO")
+
+
+def key_columns(legacy_key: str) -> dict[str, str]:
+    return {"CONTNO": legacy_key}
+
+
+def _breaks(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]:
+    breaks = []
+    ended = False
+    for qty_col, price_col in BREAK_COLUMNS:
+        qty, price = header[qty_col], header[price_col]
+        if type(qty) is not int or qty < 0:
+            raise fail(where, qty_col, qty, "not a non-negative integer quantity")
+        if qty == 0:
+            # An unused slot: all zero, and no used slot after it.
+            if price != 0:
+                raise fail(where, price_col, price, "price in an unused break slot")
+            ended = True
+            continue
+        if ended:
+            raise fail(where, qty_col, qty, "break after an unused slot")
+        breaks.append({"min_quantity": qty,
+                       "unit_price": from_price_units(price, where, price_col)})
+    return breaks
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> ContractPrice:
+    """A CONTPRC row -> ``ContractPrice``."""
+    where = Where(DOMAIN, header["CONTNO"])
+    no_children(children, where)
+    data = {
+        "key": unpad_number(header["CONTNO"], where, "CONTNO"),
+        "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
+        "sku": uncode(header["ITEMNO"], where, "ITEMNO"),
+        "currency": currency(header["CURRCODE"], where),
+        "breaks": _breaks(header, where),
+        "valid_from": int_to_date(header["EFFDATE"], where, "EFFDATE", none=None),
+        "valid_to": int_to_date(header["EXPDATE"], where, "EXPDATE", none=OPEN_ENDED_DATE),
+    }
+    return validate(ContractPrice, data, where, COLUMNS)
+
+
+def from_canonical(
+    record: ContractPrice, *, changed_by: str = DEFAULT_WRITER, changed_at: datetime | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``ContractPrice`` -> (CONTPRC row, [])."""
+    where = Where(DOMAIN, record.key)
+    if len(record.breaks) > MAX_PRICE_BREAKS:
+        raise fail(where, "breaks", len(record.breaks),
+                   f"the legacy ERP holds at most {MAX_PRICE_BREAKS} price breaks")
+    row: dict[str, Any] = {
+        "CONTNO": pad_number(record.key, KEY_WIDTH, where, "key"),
+        "CUSTNO": pad_number(record.customer_key, KEY_WIDTH, where, "customer_key"),
+        "ITEMNO": code(record.sku, ITEM_WIDTH, where, "sku"),
+        "CURRCODE": record.currency,
+        "EFFDATE": date_to_int(record.valid_from),
+        "EXPDATE": date_to_int(record.valid_to, none=OPEN_ENDED_DATE),
+    }
+    for i, (qty_col, price_col) in enumerate(BREAK_COLUMNS):
+        if i < len(record.breaks):
+            brk = record.breaks[i]
+            row[qty_col] = legacy_quantity(brk.min_quantity, where, f"breaks.{i}.min_quantity")
+            row[price_col] = to_price_units(brk.unit_price, where, f"breaks.{i}.unit_price")
+        else:
+            row[qty_col] = row[price_col] = 0
+    row.update(audit(changed_by, changed_at))
+    return row, []
+
+
+def normalise(record: ContractPrice) -> ContractPrice:
+    """What a trip through the legacy ERP makes of ``record`` (see ``LOSSES``)."""
+    return validate(ContractPrice, {
+        **record.model_dump(),
+        "breaks": [{"min_quantity": b.min_quantity, "unit_price": round_price(b.unit_price)}
+                   for b in record.breaks],
+    }, Where(DOMAIN, record.key), {})

@@ -1,0 +1,182 @@
+"""Shipment: legacy SHPHDR + SHPLIN rows <-> canonical ``Shipment``.
+
+Milestones are fixed repeating columns in SHPHDR: one (date, time) pair per
+milestone, both 0 while the milestone is not reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from coexistence.canonical.models import Milestone, Shipment
+from coexistence.legacy.models import (
+    CARRIER_WIDTH,
+    ITEM_WIDTH,
+    KEY_WIDTH,
+    SHPHDR,
+    SHPLIN,
+    TRACK_WIDTH,
+    WHSE_WIDTH,
+)
+from coexistence.translate.common import (
+    LOSS_EMPTY_IS_NONE,
+    LOSS_LINE_ORDER,
+    LOSS_SUBSECOND,
+    LOSS_TRAILING_SPACES,
+    LOSS_TRUNCATION,
+    LOSS_UPPER_CASE,
+    NO_DATE,
+    NO_TIME,
+    Where,
+    char,
+    code,
+    datetime_to_ints,
+    fail,
+    fit_optional_text,
+    ints_to_datetime,
+    legacy_quantity,
+    pad_number,
+    quantity,
+    truncate_to_second,
+    uncode,
+    unpad_number,
+)
+from coexistence.translate.legacy._base import (
+    DEFAULT_WRITER,
+    audit,
+    guard_columns,
+    sorted_lines,
+    validate,
+)
+
+DOMAIN = "shipment"
+TABLE = SHPHDR
+CHILD_TABLE = SHPLIN
+KEY_COLUMNS = ("SHPNO",)
+
+LOSSES: tuple[str, ...] = (
+    LOSS_UPPER_CASE,  # CARRIER, TRACKNO
+    LOSS_TRUNCATION,  # TRACKNO 30 (canonical 40)
+    LOSS_TRAILING_SPACES,
+    LOSS_EMPTY_IS_NONE,  # CARRIER, TRACKNO
+    LOSS_SUBSECOND,  # milestone date/time pairs
+    LOSS_LINE_ORDER,  # lines sorted by LINENO
+)
+
+#: Milestone -> its (date column, time column) in SHPHDR, in lifecycle order.
+MILESTONE_COLUMNS: dict[Milestone, tuple[str, str]] = {
+    Milestone.PICKED: ("PICKDATE", "PICKTIME"),
+    Milestone.PACKED: ("PACKDATE", "PACKTIME"),
+    Milestone.SHIPPED: ("SHIPDATE", "SHIPTIME"),
+    Milestone.DELIVERED: ("DLVDATE", "DLVTIME"),
+}
+
+COLUMNS: dict[str, str] = {
+    "key": "SHPNO", "order_key": "ORDNO", "warehouse": "WHSE", "carrier": "CARRIER",
+    "tracking_number": "TRACKNO", "milestones": "PICKDATE..DLVTIME", "lines": "SHPLIN",
+}
+
+
+def legacy_key(canonical_key: str) -> str:
+    return pad_number(canonical_key, KEY_WIDTH, Where(DOMAIN, canonical_key), "key")
+
+
+def canonical_key(legacy_key: str) -> str:
+    return unpad_number(legacy_key, Where(DOMAIN, legacy_key), "SHPNO")
+
+
+def key_columns(legacy_key: str) -> dict[str, str]:
+    return {"SHPNO": legacy_key}
+
+
+def _milestones(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]:
+    events = []
+    for milestone, (date_col, time_col) in MILESTONE_COLUMNS.items():
+        day, time = header[date_col], header[time_col]
+        if day == NO_DATE:
+            if time != NO_TIME:
+                raise fail(where, time_col, time, "time of a milestone without a date")
+            continue
+        events.append({"milestone": milestone,
+                       "at": ints_to_datetime(day, time, where, date_col)})
+    return events
+
+
+def _line(row: Mapping[str, Any], shpno: str, where: Where) -> tuple[int, dict[str, Any]]:
+    if row["SHPNO"] != shpno:
+        raise fail(where, "SHPLIN.SHPNO", row["SHPNO"], "line of another shipment")
+    line_no = quantity(row["LINENO"], where, "SHPLIN.LINENO", positive=True)
+    return line_no, {
+        "line_no": line_no,
+        "order_line_no": quantity(row["ORDLINE"], where, "SHPLIN.ORDLINE", positive=True),
+        "sku": uncode(row["ITEMNO"], where, "SHPLIN.ITEMNO"),
+        "quantity": quantity(row["SHPQTY"], where, "SHPLIN.SHPQTY", positive=True),
+    }
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> Shipment:
+    """A SHPHDR row and its SHPLIN rows -> ``Shipment``."""
+    shpno = header["SHPNO"]
+    where = Where(DOMAIN, shpno)
+    lines = sorted_lines([_line(row, shpno, where) for row in children], where, "SHPLIN.LINENO")
+    data = {
+        "key": unpad_number(shpno, where, "SHPNO"),
+        "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),
+        "warehouse": uncode(header["WHSE"], where, "WHSE"),
+        "carrier": header["CARRIER"].rstrip(" ") or None,
+        "tracking_number": header["TRACKNO"].rstrip(" ") or None,
+        "milestones": _milestones(header, where),
+        "lines": lines,
+    }
+    return validate(Shipment, data, where, COLUMNS)
+
+
+def from_canonical(
+    record: Shipment, *, changed_by: str = DEFAULT_WRITER, changed_at: datetime | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``Shipment`` -> (SHPHDR row, SHPLIN rows sorted by LINENO)."""
+    where = Where(DOMAIN, record.key)
+    shpno = pad_number(record.key, KEY_WIDTH, where, "key")
+    header: dict[str, Any] = {
+        "SHPNO": shpno,
+        "ORDNO": pad_number(record.order_key, KEY_WIDTH, where, "order_key"),
+        "WHSE": code(record.warehouse, WHSE_WIDTH, where, "warehouse"),
+        "CARRIER": char(record.carrier, CARRIER_WIDTH),
+        "TRACKNO": char(record.tracking_number, TRACK_WIDTH),
+    }
+    reached = {event.milestone: event.at for event in record.milestones}
+    for milestone, (date_col, time_col) in MILESTONE_COLUMNS.items():
+        at = reached.get(milestone)
+        header[date_col], header[time_col] = (
+            (NO_DATE, NO_TIME) if at is None else datetime_to_ints(at)
+        )
+    header.update(audit(changed_by, changed_at))
+    lines = [
+        (line.line_no, {
+            "SHPNO": shpno,
+            "LINENO": legacy_quantity(line.line_no, where, "lines.line_no"),
+            "ORDLINE": legacy_quantity(line.order_line_no, where, "lines.order_line_no"),
+            "ITEMNO": code(line.sku, ITEM_WIDTH, where, "lines.sku"),
+            "SHPQTY": legacy_quantity(line.quantity, where, "lines.quantity"),
+        })
+        for line in record.lines
+    ]
+    return header, sorted_lines(lines, where, "lines.line_no")
+
+
+def normalise(record: Shipment) -> Shipment:
+    """What a trip through the legacy ERP makes of ``record`` (see ``LOSSES``)."""
+    return validate(Shipment, {
+        **record.model_dump(),
+        "carrier": fit_optional_text(record.carrier, CARRIER_WIDTH),
+        "tracking_number": fit_optional_text(record.tracking_number, TRACK_WIDTH),
+        "milestones": [
+            {"milestone": e.milestone, "at": truncate_to_second(e.at)} for e in record.milestones
+        ],
+        "lines": [line.model_dump() for line in sorted(record.lines, key=lambda x: x.line_no)],
+    }, Where(DOMAIN, record.key), {})
