@@ -11,7 +11,7 @@ import pytest
 
 from coexistence.flags import FULL, FlagState, Mode, Rollout
 from workers.db import create_state_engine, create_state_schema
-from workers.flags import FlagCache, RedisFlagStore
+from workers.flags import FlagCache, FlagNotPublished, RedisFlagStore
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 WATCHER = """
 import json, sys, time
 from workers.db import create_state_engine
-from workers.flags import FlagCache, RedisFlagStore
+from workers.flags import FlagCache, FlagNotPublished, RedisFlagStore
 url, prefix, state_url = sys.argv[1:4]
 cache = FlagCache(RedisFlagStore.from_url(url, prefix, create_state_engine(state_url)))
 cache.on_change(lambda old, new: print(json.dumps(
@@ -125,4 +125,47 @@ def test_an_older_state_never_overwrites_a_newer_one_in_redis(store):
     cache = FlagCache(store)
     cache.apply([v2, v1])
     assert cache.state("customer").version == v2.version
+
+
+
+def test_a_change_redis_missed_is_republished_from_the_audit(store):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    store.load()  # Redis filled with the initial states
+    down = RedisFlagStore(redis.Redis(
+        port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "unused:",
+                          store.audit.engine)
+    c0 = store.load()["customer"]
+    with pytest.raises(FlagNotPublished, match="customer v1 is audited"):
+        down.commit(c0, FlagState("customer", Mode.SHADOW, Mode.SHADOW, FULL, 1),
+                    actor="test", reason="redis down", action="set")
+    down.client.close()
+    assert store.read()["customer"].version == 0  # Redis missed it
+    cache = FlagCache(store).start()
+    try:
+        assert cache.wait_for("customer", 1, 5.0)
+        assert store.read()["customer"].mode == Mode.SHADOW
+    finally:
+        cache.stop()
+
+
+def test_the_cli_writes_through_redis_when_it_is_configured(
+    store, redis_prefix, state_url, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from workers.cli import cli
+
+    monkeypatch.setenv("COEXIST_STATE_URL", state_url)
+    monkeypatch.setenv("COEXIST_REDIS_URL", redis_prefix[0])
+    monkeypatch.setenv("COEXIST_REDIS_PREFIX", redis_prefix[1])
+    monkeypatch.setenv("COEXIST_ACTOR", "alice")
+    result = CliRunner().invoke(cli, ["cutover", "set", "customer", "shadow", "--force",
+                                      "--reason", "through redis", "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert store.read()["customer"].mode == Mode.SHADOW
+    status = CliRunner().invoke(cli, ["cutover", "status", "--format", "json"])
+    assert json.loads(status.output)["store"] == "redis"
 

@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from bus.errors import BusError
 from coexistence.flags import (
     FULL,
     MODES,
@@ -51,7 +52,7 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except FlagError as exc:
+        except (FlagError, BusError) as exc:
             raise UserError(str(exc)) from None
 
     return wrapper
@@ -75,7 +76,14 @@ class _Env:
         self.facts = SqlPreflightFacts(self.engine)
 
     def flags(self) -> dict[str, FlagState]:
-        return self.store.load()
+        """The truth (the SQL audit), healing Redis on the way if it lags behind."""
+        restore = getattr(self.store, "restore", None)
+        if restore is not None:
+            try:
+                restore()
+            except Exception as exc:  # noqa: BLE001 - Redis down must not hide the truth
+                click.echo(f"warning: could not refresh Redis from the audit: {exc}", err=True)
+        return self.store.audit.latest()
 
 
 def _rollout(percent: float | None, segments: tuple[str, ...]) -> Rollout:

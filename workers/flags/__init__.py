@@ -36,10 +36,11 @@ from workers.db import create_state_engine, create_state_schema
 from workers.flags.audit import AuditEntry, FlagAudit, FlagAuditLog, FlagConflict
 from workers.flags.cache import FlagCache
 from workers.flags.facts import SqlPreflightFacts, _optional
-from workers.flags.store import FlagStore, RedisFlagStore, SqlFlagStore
+from workers.flags.store import FlagNotPublished, FlagStore, RedisFlagStore, SqlFlagStore
 
 __all__ = [
-    "AuditEntry", "FlagAudit", "FlagAuditLog", "FlagCache", "FlagConflict", "FlagStore",
+    "AuditEntry", "FlagAudit", "FlagAuditLog", "FlagCache", "FlagConflict", "FlagNotPublished",
+    "FlagStore",
     "RedisFlagStore", "SqlFlagStore", "SqlPreflightFacts", "actor_from_env", "open_state",
     "policy_from_env", "store_for",
 ]

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from sqlalchemy import Engine
 
+from bus.errors import TechnicalError
 from coexistence.flags import FlagState, initial_flags
 from workers.flags.audit import AuditEntry, FlagAuditLog
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 SQL_POLL_S = 0.2
 #: How often a Redis watcher re-reads the whole hash, to heal a missed message or a flush.
 REDIS_REFRESH_S = 2.0
+#: How often a Redis watcher compares the audit's change counter with what it has seen, to
+#: re-publish a change whose Redis write failed after its audit commit.
+REDIS_AUDIT_CHECK_S = 10.0
 #: Wait before reconnecting after Redis went away.
 REDIS_RECONNECT_S = 0.5
 
@@ -50,6 +54,10 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 """
+
+
+class FlagNotPublished(TechnicalError):
+    """A change is audited in SQL but could not be written to Redis."""
 
 
 class FlagStore(Protocol):
@@ -90,7 +98,9 @@ class SqlFlagStore:
         return self.audit.history(domain, limit)
 
     def watch(self, apply: Apply, stop: threading.Event) -> None:
+        # Mark first, then read: a change between the two is read again, never missed.
         seen = self.audit.mark()
+        apply(self.audit.latest().values())
         while not stop.wait(self.poll_s):
             try:
                 mark = self.audit.mark()
@@ -155,8 +165,17 @@ class RedisFlagStore:
         return states
 
     def commit(self, before: FlagState, after: FlagState, **audit) -> FlagState:
+        import redis
+
         stamped = self.audit.append(before, after, **audit)
-        self.publish(stamped)
+        try:
+            self.publish(stamped)
+        except redis.RedisError as exc:
+            raise FlagNotPublished(
+                f"{stamped.domain} v{stamped.version} is audited (it is the truth) but Redis "
+                f"was not updated ({type(exc).__name__}: {exc}); workers keep the old flag "
+                "until Redis is back and a watcher or `coexist cutover status` re-publishes it"
+            ) from None
         return stamped
 
     def history(self, domain: str | None = None, limit: int = 100) -> list[AuditEntry]:
@@ -172,13 +191,21 @@ class RedisFlagStore:
                 # Subscribed first, then read: a change between the two is not lost.
                 apply(self.load().values())
                 refresh_at = time.monotonic() + REDIS_REFRESH_S
+                audit_at, seen_mark = 0.0, None
                 while not stop.is_set():
                     msg = pubsub.get_message(timeout=0.2)
                     if msg is not None and msg["type"] == "message":
                         apply([FlagState.from_json(msg["data"])])
-                    if time.monotonic() >= refresh_at:
+                    now = time.monotonic()
+                    if now >= audit_at:
+                        mark = self.audit.mark()
+                        if mark != seen_mark:
+                            seen_mark = mark
+                            self.restore()  # publishes only what Redis lacks
+                        audit_at = now + REDIS_AUDIT_CHECK_S
+                    if now >= refresh_at:
                         apply(self.load().values())
-                        refresh_at = time.monotonic() + REDIS_REFRESH_S
+                        refresh_at = now + REDIS_REFRESH_S
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("flag watcher: Redis unavailable (%s); reconnecting", exc)
                 stop.wait(REDIS_RECONNECT_S)
