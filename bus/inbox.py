@@ -17,6 +17,7 @@ Effects outside SQL (HTTP calls) use the message id as the idempotency key.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,18 +56,24 @@ def claim(session: Any, consumer: str, message_id: str) -> bool:
     Returns False when it already was (a duplicate): the caller must skip its
     effect.  ``session`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``.
     """
-    dialect = _dialect(session)
     values = {"consumer": consumer, "message_id": message_id, "processed_at": datetime.now(UTC)}
-    if dialect == "postgresql":
-        stmt = postgresql.insert(_T).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(_T).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - coexist supports SQLite and PostgreSQL only
-        raise RuntimeError(f"the inbox does not support {dialect}")
-    fresh = session.execute(stmt).rowcount == 1
+    fresh = session.execute(_insert_new(_dialect(session)), values).first() is not None
     if not fresh:
         DUPLICATES.labels(consumer=consumer).inc()
     return fresh
+
+
+@functools.cache
+def _insert_new(dialect: str):
+    # Built once per dialect (building it costs more than running it).  RETURNING, not
+    # rowcount: SQLAlchemy does not report rowcount for INSERT on psycopg.
+    if dialect == "postgresql":
+        ins = postgresql.insert(_T)
+    elif dialect == "sqlite":
+        ins = sqlite.insert(_T)
+    else:  # pragma: no cover - coexist supports SQLite and PostgreSQL only
+        raise RuntimeError(f"the inbox does not support {dialect}")
+    return ins.on_conflict_do_nothing().returning(_T.c.message_id)
 
 
 @contextlib.contextmanager

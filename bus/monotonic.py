@@ -16,6 +16,7 @@ one key serialise and the second re-checks against the first's version.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,24 +59,30 @@ def apply_if_newer(session: Any, target: str, key: str, version: int) -> bool:
     ``session`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``; nothing
     is committed here.  An equal version is a duplicate and returns False.
     """
-    dialect = _dialect(session)
     values = {"target": target, "key": key, "version": int(version),
               "applied_at": datetime.now(UTC)}
-    if dialect == "postgresql":
-        ins = postgresql.insert(_T).values(**values)
-    elif dialect == "sqlite":
-        ins = sqlite.insert(_T).values(**values)
-    else:  # pragma: no cover - coexist supports SQLite and PostgreSQL only
-        raise RuntimeError(f"apply_if_newer does not support {dialect}")
-    stmt = ins.on_conflict_do_update(
-        index_elements=[_T.c.target, _T.c.key],
-        set_={"version": ins.excluded.version, "applied_at": ins.excluded.applied_at},
-        where=ins.excluded.version > _T.c.version,
-    )
-    applied = session.execute(stmt).rowcount == 1
+    applied = session.execute(_upsert(_dialect(session)), values).first() is not None
     if not applied:
         STALE.labels(target=target).inc()
     return applied
+
+
+@functools.cache
+def _upsert(dialect: str):
+    # Built once per dialect: constructing the ON CONFLICT statement costs far more
+    # than running it.  RETURNING, not rowcount: SQLAlchemy does not report rowcount
+    # for INSERT on psycopg.  A row comes back when inserted or advanced, none when stale.
+    if dialect == "postgresql":
+        ins = postgresql.insert(_T)
+    elif dialect == "sqlite":
+        ins = sqlite.insert(_T)
+    else:  # pragma: no cover - coexist supports SQLite and PostgreSQL only
+        raise RuntimeError(f"apply_if_newer does not support {dialect}")
+    return ins.on_conflict_do_update(
+        index_elements=[_T.c.target, _T.c.key],
+        set_={"version": ins.excluded.version, "applied_at": ins.excluded.applied_at},
+        where=ins.excluded.version > _T.c.version,
+    ).returning(_T.c.version)
 
 
 def current_version(session: Any, target: str, key: str) -> int | None:

@@ -66,7 +66,7 @@ deliveries = st.dictionaries(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(versions=deliveries, seed=st.integers(), dup_rate=st.floats(0, 1))
 def test_shuffled_and_duplicated_deliveries_end_at_the_max_version_and_never_regress(
     engine, versions, seed, dup_rate
