@@ -23,6 +23,10 @@ def _register() -> None:
     from workers.cli.cutover import cutover
 
     cli.add_command(cutover)
+    from workers.cli.legacy import legacy
+
+    cli.add_command(legacy)
+
     from workers.cli.dlq import dlq
 
     cli.add_command(dlq)
