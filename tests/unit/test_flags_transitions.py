@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout, initial_flags
 from coexistence.preflight import (
@@ -231,3 +233,33 @@ def test_a_rollout_cannot_point_backwards_or_select_nobody():
         propose(state("customer", Mode.CLOUD), Mode.SHADOW, Rollout(1000))
     with pytest.raises(FlagError, match="0%"):
         propose(FlagState.initial("customer"), Mode.SHADOW, Rollout(0))
+
+
+rollouts = st.builds(
+    Rollout,
+    st.integers(min_value=1, max_value=10_000),
+    st.dictionaries(st.sampled_from(["region"]),
+                    st.frozensets(st.sampled_from(["WEST", "EAST", "NORTH"]), min_size=1),
+                    max_size=1),
+)
+SAMPLE = [(f"C{i}", {"region": ("WEST", "EAST", "NORTH", "SOUTH")[i % 4]}) for i in range(300)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(Mode) + [None]), rollouts), max_size=8))
+def test_forward_and_back_say_exactly_which_way_records_move(steps):
+    current = FlagState.initial("customer")
+    for mode, rollout in steps:
+        try:
+            proposed = rollback_target(current) if mode is None else propose(
+                current, mode, rollout)
+        except FlagError:
+            continue
+        p = plan(current, proposed, initial_flags(), FakeFacts(), GuardPolicy(), NOW)
+        moves = [(current.mode_for(k, a).step, proposed.mode_for(k, a).step) for k, a in SAMPLE]
+        if not p.forward:
+            assert all(new <= old for old, new in moves)
+        if not p.backward:
+            assert all(new >= old for old, new in moves)
+        assert proposed.version == current.version + 1
+        current = proposed

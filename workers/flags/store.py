@@ -149,9 +149,10 @@ class RedisFlagStore:
             # "nothing to restore" and a flush shows up as missing fields.
             if self.publish(state):
                 restored.append(state)
-        if restored:
+        changed = [s for s in restored if s.version > 0]
+        if changed:
             log.warning("flags restored into Redis from the SQL audit: %s",
-                        ", ".join(f"{s.domain}@v{s.version}" for s in restored))
+                        ", ".join(f"{s.domain}@v{s.version}" for s in changed))
         return restored
 
     def load(self) -> dict[str, FlagState]:
