@@ -107,7 +107,7 @@ def int_to_date(
         raise fail(where, field, value, "not a YYYYMMDD integer")
     try:
         return date(value // 10_000, value // 100 % 100, value % 100)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise fail(where, field, value, "not a valid YYYYMMDD date") from None
 
 
