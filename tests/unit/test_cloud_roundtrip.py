@@ -21,7 +21,7 @@ from coexistence.translate.cloud import (
 from tests.unit.strategies import canonical_records
 
 ROUND_TRIP = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 domains = pytest.mark.parametrize("domain", DOMAINS)
 
