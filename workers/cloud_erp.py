@@ -69,6 +69,12 @@ CLOUD_BATCH_MAX = 200
 #: Keep-alive connections kept in the pool.
 CLOUD_POOL_CONNECTIONS = 20
 
+#: What an upsert reads of the current record: tombstones included, three fields only.
+_CURRENT_QUERY = {"includeDeleted": "true", "$select": "id,coexistSourceVersion"}
+_CURRENT_QS = "?includeDeleted=true&$select=id,coexistSourceVersion"
+#: Success answers of a write (204 = ``Prefer: return=minimal`` honoured).
+_WRITTEN = (200, 201, 204)
+
 _DOMAINS_BY_SET = {entity_set: domain for domain, entity_set in RESOURCES.items()}
 _BUSINESS_CODES = {400, 404, 409, 412, 422}
 
@@ -225,13 +231,13 @@ class CloudErp:
         self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
     ) -> WriteResult:
         domain, key = record.domain, record.key
-        body = _body(record, source_version)
+        body = json.dumps(_document(record, source_version), separators=(",", ":")).encode()
         for _ in range(CLOUD_CONFLICT_ROUNDS):
             current = self._current(domain, key)
             if current is not None and current.version >= source_version:
                 return Stale(domain, key, source_version, current.version)
             response = self._write_upsert(domain, key, current, body, idempotency_key)
-            if response.status_code in (200, 201):
+            if response.status_code in _WRITTEN:
                 return Applied(domain, key, source_version)
             if response.status_code not in (409, 412, 404):
                 raise _business(response)
@@ -279,7 +285,7 @@ class CloudErp:
             raise ValueError(f"{len(items)} items; at most {CLOUD_BATCH_MAX} per batch")
         reads = [
             {"id": str(i), "method": "GET",
-             "url": _by_number(r.domain, r.key).lstrip("/") + "?includeDeleted=true"}
+             "url": _by_number(r.domain, r.key).lstrip("/") + _CURRENT_QS}
             for i, (r, _, _) in enumerate(items)
         ]
         currents = [_current_from(a) for a in self._batch(reads)]
@@ -289,13 +295,14 @@ class CloudErp:
             if current is not None and current.version >= version:
                 results[i] = Stale(record.domain, record.key, version, current.version)
                 continue
-            writes.append(_write_op(str(i), record.domain, current, _body(record, version), idem))
+            writes.append(
+                _write_op(str(i), record.domain, current, _document(record, version), idem))
             pending.append(i)
         for answer in self._batch(writes) if writes else []:
             i = int(answer["id"])
             record, version, idem = items[i]
             status = answer["status"]
-            if status in (200, 201):
+            if status in _WRITTEN:
                 results[i] = Applied(record.domain, record.key, version)
             elif status in (404, 409, 412):
                 # Lost a race with another writer: decide again on fresh state.
@@ -311,7 +318,7 @@ class CloudErp:
 
     def _current(self, domain: str, key: str) -> _Current | None:
         response = self._request(
-            "GET", _by_number(domain, key), params={"includeDeleted": "true"}, ok=(200, 404))
+            "GET", _by_number(domain, key), params=_CURRENT_QUERY, ok=(200, 404))
         if response.status_code == 404:
             return None
         return _current_from({"status": 200, "body": response.json()})
@@ -320,7 +327,7 @@ class CloudErp:
                       idempotency_key: str) -> httpx.Response:
         op = _write_op("0", domain, current, None, idempotency_key)
         return self._request(op["method"], "/" + op["url"], headers=op["headers"],
-                             content=body, ok=(200, 201, 404, 409, 412))
+                             content=body, ok=(*_WRITTEN, 404, 409, 412))
 
     def _batch(self, operations: list[dict]) -> list[dict]:
         content = json.dumps({"requests": operations}, separators=(",", ":")).encode()
@@ -388,12 +395,11 @@ def _by_number(domain: str, key: str) -> str:
     return f"/{_entity_set(domain)}(number='{quote(literal, safe='')}')"
 
 
-def _body(record: CanonicalRecord, source_version: int) -> bytes:
-    doc = to_json_dict(from_canonical(record, source_version=source_version), body=True)
-    return json.dumps(doc, separators=(",", ":")).encode()
+def _document(record: CanonicalRecord, source_version: int) -> dict:
+    return to_json_dict(from_canonical(record, source_version=source_version), body=True)
 
 
-def _write_op(op_id: str, domain: str, current: _Current | None, body: bytes | None,
+def _write_op(op_id: str, domain: str, current: _Current | None, body: dict | None,
               idempotency_key: str) -> dict:
     entity_set = _entity_set(domain)
     if current is None or current.deleted:
@@ -407,7 +413,9 @@ def _write_op(op_id: str, domain: str, current: _Current | None, body: bytes | N
               "headers": {"If-Match": current.etag,
                           "Idempotency-Key": f"{idempotency_key}:{current.etag}"}}
     if body is not None:
-        op["body"] = json.loads(body)
+        op["body"] = body
+    # The adapter needs only the outcome, not the document back.
+    op["headers"]["Prefer"] = "return=minimal"
     op["headers"]["Content-Type"] = "application/json"
     return op
 

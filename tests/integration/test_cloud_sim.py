@@ -108,6 +108,22 @@ def test_a_delete_leaves_a_tombstone_with_the_deleting_source_version(http):
     assert http.get("/export/customers").text == ""
 
 
+def test_select_and_prefer_minimal_trim_what_travels(http):
+    minimal = {"Prefer": "return=minimal"}
+    created = http.post("/customers", json=customer("10001", coexistSourceVersion=2),
+                        headers=minimal)
+    assert created.status_code == 204 and created.content == b""
+    assert created.headers["Preference-Applied"] == "return=minimal"
+    head = http.get("/customers(number='10001')",
+                    params={"$select": "id,coexistSourceVersion"}).json()
+    assert set(head) == {"@odata.etag", "id", "coexistSourceVersion"}
+    assert head["coexistSourceVersion"] == 2 and head["@odata.etag"] == created.headers["ETag"]
+    named = http.get("/customers(number='10001')", params={"$select": "displayName"}).json()
+    assert named == {"@odata.etag": head["@odata.etag"], "displayName": "Acme 10001"}
+    patched = http.patch(f"/customers({head['id']})", json={"creditHold": True}, headers=minimal)
+    assert patched.status_code == 204 and patched.headers["ETag"] != head["@odata.etag"]
+
+
 # ---------------------------------------------------------------------------- idempotency
 
 

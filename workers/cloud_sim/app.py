@@ -9,7 +9,8 @@ Routes (``{set}`` is an entity set of ``coexistence.cloud.models.RESOURCE_MODELS
 ``POST /{set}``                      create; the server assigns the UUID ``id``; 409 when the
                                      number exists (a tombstone with that number is revived)
 ``GET|PATCH|DELETE /{set}({id})``    by id, or by alternate key ``/{set}(number='10042')``;
-                                     ``?includeDeleted=true`` shows a tombstone (``@removed``)
+                                     ``?includeDeleted=true`` shows a tombstone (``@removed``),
+                                     ``$select=id,coexistSourceVersion`` only those fields
 ``POST /$batch``                     ``{"requests": [...]}`` of up to 200 operations, each
                                      answered in ``{"responses": [...]}``; one transaction
 ``GET  /export/{set}?after=``        every live record as NDJSON, sorted by ``number``
@@ -25,7 +26,8 @@ Concurrency: PATCH and DELETE honour ``If-Match`` (412 on mismatch); without
 ``If-Match`` they apply unconditionally (last writer wins, as a person's edit in
 the UI does).  Every write honours ``Idempotency-Key`` per client: the same key
 and body replay the first 2xx answer (header ``Idempotency-Replayed: true``);
-the same key with another body is 422.  ``DELETE`` records
+the same key with another body is 422.  ``Prefer: return=minimal`` answers a
+POST or PATCH 204 with ``ETag`` (and ``Location``) and no document.  ``DELETE`` records
 ``X-Coexist-Source-Version`` in the tombstone, the delete's counterpart of the
 ``coexistSourceVersion`` field.
 
@@ -241,14 +243,15 @@ class CloudSimulator:
             if method == "GET":
                 return 200, [], self._list(entity_set, query)
             if method == "POST":
-                return self._idempotent(headers, client, method, path, body,
-                                        lambda: self._create(entity_set, model, body, client))
+                return self._idempotent(
+                    headers, client, method, path, body,
+                    lambda: self._create(entity_set, model, body, client, headers))
             raise ApiError(405, "MethodNotAllowed", f"{method} {path}")
         row = self._find(entity_set, key)
         if method == "GET":
             if row is None or (row.deleted and query.get("includeDeleted") != "true"):
                 raise ApiError(404, "NotFound", f"no {entity_set} {key}")
-            doc = row.tombstone() if row.deleted else row.document()
+            doc = row.tombstone() if row.deleted else row.document(_select(query))
             return 200, [("ETag", row.etag)], doc
         if method == "PATCH":
             return self._idempotent(headers, client, method, path, body,
@@ -328,7 +331,8 @@ class CloudSimulator:
         self.store.remember(client, key, fingerprint, status, etag, raw)
         return status, out_headers, doc
 
-    def _create(self, entity_set: str, model: type[CloudResource], body, client: str) -> Answer:
+    def _create(self, entity_set: str, model: type[CloudResource], body, client: str,
+                headers: dict) -> Answer:
         data = _validate(model, body)
         number = data["number"]
         existing = self.store.by_number(entity_set, number)
@@ -342,7 +346,10 @@ class CloudSimulator:
         else:
             row = self.store.insert(entity_set, number, data, version, client)
         location = f"{self.base_url}/{entity_set}({row.id})"
-        return 201, [("ETag", row.etag), ("Location", location)], row.document()
+        out = [("ETag", row.etag), ("Location", location)]
+        if _minimal(headers):
+            return 204, [*out, ("OData-EntityId", location), _MINIMAL_APPLIED], None
+        return 201, out, row.document()
 
     def _patch(self, row: Row | None, key: str, model, body, headers: dict,
                client: str) -> Answer:
@@ -355,6 +362,8 @@ class CloudSimulator:
             raise ApiError(422, "ImmutableField", "number cannot be changed", ["number"])
         data = _validate(model, {**row.data, **body})
         new = self.store.replace(row, data, data.get("coexistSourceVersion"), client)
+        if _minimal(headers):
+            return 204, [("ETag", new.etag), _MINIMAL_APPLIED], None
         return 200, [("ETag", new.etag)], new.document()
 
     def _delete(self, row: Row | None, key: str, headers: dict, client: str) -> Answer:
@@ -457,6 +466,19 @@ def _validate(model: type[CloudResource], body) -> dict:
 
 
 _EXCLUDE = {"odata_etag", "id", "last_modified_date_time"}
+
+
+_MINIMAL_APPLIED = ("Preference-Applied", "return=minimal")
+
+
+def _minimal(headers: dict) -> bool:
+    """``Prefer: return=minimal``: answer a write 204 with its ETag, no document."""
+    return "return=minimal" in headers.get("prefer", "")
+
+
+def _select(query: dict) -> frozenset[str] | None:
+    raw = query.get("$select")
+    return frozenset(f.strip() for f in raw.split(",") if f.strip()) if raw else None
 
 
 def _check_if_match(row: Row, headers: dict) -> None:

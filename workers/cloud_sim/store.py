@@ -81,7 +81,8 @@ class Row:
     number: str
     rev: int
     source_version: int | None
-    data: dict
+    #: The stored JSON document (parsed only when a caller needs its fields).
+    raw: str
     modified: str
     deleted: bool
 
@@ -89,10 +90,22 @@ class Row:
     def etag(self) -> str:
         return etag_of(self.rev)
 
-    def document(self) -> dict:
-        """The JSON resource as the API shows it."""
+    @property
+    def data(self) -> dict:
+        return json.loads(self.raw)
+
+    def document(self, select: frozenset[str] | None = None) -> dict:
+        """The JSON resource as the API shows it, or only the ``select``-ed fields."""
+        if select is not None and select <= _HEAD_FIELDS:
+            # Answerable from the columns alone: no JSON parse.
+            head = {"id": self.id, "number": self.number,
+                    "coexistSourceVersion": self.source_version,
+                    "lastModifiedDateTime": self.modified}
+            return {"@odata.etag": self.etag, **{k: head[k] for k in select}}
         doc = {"@odata.etag": self.etag, "id": self.id, **self.data}
         doc["lastModifiedDateTime"] = self.modified
+        if select is not None:
+            doc = {k: v for k, v in doc.items() if k in select or k == "@odata.etag"}
         return doc
 
     def tombstone(self) -> dict:
@@ -106,11 +119,14 @@ class Row:
         }
 
 
+#: Fields a ``$select`` can get without parsing the stored document.
+_HEAD_FIELDS = frozenset({"id", "number", "coexistSourceVersion", "lastModifiedDateTime"})
+
 _COLUMNS = "entity_set, id, number, rev, source_version, data, modified, deleted"
 
 
 def _row(t: tuple) -> Row:
-    return Row(t[0], t[1], t[2], t[3], t[4], json.loads(t[5]), t[6], bool(t[7]))
+    return Row(t[0], t[1], t[2], t[3], t[4], t[5], t[6], bool(t[7]))
 
 
 class Store:
@@ -228,30 +244,32 @@ class Store:
     def insert(
         self, entity_set: str, number: str, data: dict, source_version: int | None, client: str
     ) -> Row:
-        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, data, now_iso(), False)
+        raw = _dumps(data)
+        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, raw, now_iso(), False)
         self.db.execute(
             f"INSERT INTO entities ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,0)",
-            (entity_set, row.id, number, 1, source_version, _dumps(data), row.modified),
+            (entity_set, row.id, number, 1, source_version, raw, row.modified),
         )
         self._change(row, "upsert", client)
         return row
 
     def replace(self, row: Row, data: dict, source_version: int | None, client: str) -> Row:
         """Overwrite a live row or revive a tombstone; bumps the revision."""
+        raw = _dumps(data)
         new = Row(
-            row.entity_set, row.id, row.number, row.rev + 1, source_version, data, now_iso(), False
+            row.entity_set, row.id, row.number, row.rev + 1, source_version, raw, now_iso(), False
         )
         self.db.execute(
             "UPDATE entities SET rev=?, source_version=?, data=?, modified=?, deleted=0 "
             "WHERE entity_set=? AND id=?",
-            (new.rev, source_version, _dumps(data), new.modified, row.entity_set, row.id),
+            (new.rev, source_version, raw, new.modified, row.entity_set, row.id),
         )
         self._change(new, "upsert", client)
         return new
 
     def mark_deleted(self, row: Row, source_version: int | None, client: str) -> Row:
         new = Row(
-            row.entity_set, row.id, row.number, row.rev + 1, source_version, row.data,
+            row.entity_set, row.id, row.number, row.rev + 1, source_version, row.raw,
             now_iso(), True,
         )
         self.db.execute(
