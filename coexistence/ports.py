@@ -78,13 +78,32 @@ class Erp(Protocol):
         ...
 
     def upsert(
-        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+        self,
+        record: CanonicalRecord,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
-        """Create or replace ``record`` if ``source_version`` is newer than the applied one."""
+        """Create or replace ``record`` if ``source_version`` is newer than the applied one.
+
+        ``writer`` is the change user the ERP records (its change feed names it):
+        ``COEXIST_WRITER`` for routed writes (echoes the router suppresses), a
+        channel's command writer for channel commands written into the SoR.
+        ``repair`` also applies an EQUAL version (never an older one): the router
+        re-sends the SoR's state over a stray write under the last routed version.
+        """
         ...
 
     def delete(
-        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+        self,
+        domain: str,
+        key: str,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
     ) -> WriteResult:
         """Delete the record if ``source_version`` is newer than the applied one."""
         ...

@@ -76,28 +76,42 @@ class InMemoryErp:
                 yield record
 
     def upsert(
-        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+        self,
+        record: CanonicalRecord,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
         domain = record.domain
         model_for(domain)  # unknown domain -> TranslationError (a business error)
-        fingerprint = ("upsert", domain, record.key, source_version, record.model_dump_json())
+        fingerprint = ("upsert", domain, record.key, source_version, record.model_dump_json(),
+                       repair)
         with self._lock:
             replay = self._replay(idempotency_key, fingerprint)
             if replay is not None:
                 return replay
             slot = self._domain(domain).setdefault(record.key, _Slot())
-            if slot.applied >= source_version:
+            newer = source_version >= slot.applied if repair else source_version > slot.applied
+            if not newer:
                 result: WriteResult = Stale(domain, record.key, source_version, slot.applied)
             else:
                 slot.record = record
                 slot.applied = source_version
-                self._append(domain, record.key, "upsert", COEXIST_WRITER, slot)
+                self._append(domain, record.key, "upsert", writer, slot)
                 result = Applied(domain, record.key, source_version)
             self._idempotency[idempotency_key] = (fingerprint, result)
             return result
 
     def delete(
-        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+        self,
+        domain: str,
+        key: str,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
     ) -> WriteResult:
         model_for(domain)
         fingerprint = ("delete", domain, key, source_version)
@@ -113,7 +127,7 @@ class InMemoryErp:
                 slot.record = None
                 slot.applied = source_version
                 if existed:
-                    self._append(domain, key, "delete", COEXIST_WRITER, slot)
+                    self._append(domain, key, "delete", writer, slot)
                 result = Applied(domain, key, source_version)
             self._idempotency[idempotency_key] = (fingerprint, result)
             return result
