@@ -95,6 +95,8 @@ def seed_cmd(url: str | None, customers: int, products: int, seed_value: int, ba
         click.echo(f"{domain:<10} {n:>9,} records")
     click.echo(f"{report.rows:,} rows in {report.seconds:.2f} s "
                f"({report.rows_per_s:,.0f} rows/s) into {redact_url(url)}")
+    click.echo(f"  generating {report.generate_s:.2f} s, translating {report.translate_s:.2f} s, "
+               f"writing {report.write_s:.2f} s ({report.write_rows_per_s:,.0f} rows/s)")
 
 
 @legacy.command("changes")
