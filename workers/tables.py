@@ -5,3 +5,4 @@ Add one import line per module that declares state tables.
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.flags.audit  # noqa: F401  (flag_audit)
 import workers.xref_sql  # noqa: F401  (xref)
+import workers.router.state  # noqa: F401

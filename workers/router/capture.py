@@ -1,0 +1,234 @@
+"""Change capture -> routing decisions -> outbox, one transaction per batch.
+
+``CaptureLoop.run_once`` reads a batch of changes from one ERP's feed after
+its durable checkpoint, decides each one (``coexistence.router``) and, in ONE
+state-database transaction, writes every message the batch causes (shadow
+writes, repairs, channel events, business-exception reports), the routing
+state (pins, last routed version) and the new checkpoint.  A crash before the
+commit leaves everything as it was: the batch is read again and decided again.
+A crash after it leaves nothing to redo.  Nothing is skipped, nothing doubled.
+
+Message ids are derived from (system, cursor, purpose), so the same change
+always causes messages with the same ids: duplicates anywhere downstream are
+absorbed by inboxes, idempotency keys and version checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from bus.envelope import Envelope, new_envelope
+from bus.outbox import add_all_to_outbox
+from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
+from coexistence.ports import Change, ChangeFeed, Erp
+from coexistence.router import (
+    Action,
+    Decision,
+    decide_change,
+    is_closed,
+    routed_version,
+    split_version,
+)
+from workers import checkpoints
+from workers.router import queues
+from workers.router.state import get_route, put_route
+
+log = logging.getLogger(__name__)
+
+#: Changes read and routed per transaction.
+CAPTURE_BATCH = 500
+
+_NS = uuid.UUID("5b0c7f2e-3f1c-4c0e-9a51-6c6f65786973")
+
+
+def message_id(system: str, cursor: int, purpose: str) -> str:
+    return str(uuid.uuid5(_NS, f"{system}:{cursor}:{purpose}"))
+
+
+class FlagStates:
+    """What the capture loop needs from the flags: ``state(domain)`` with version/mode_for."""
+
+    def state(self, domain: str) -> Any: ...
+
+
+@dataclass
+class CaptureStats:
+    read: int = 0
+    routed: int = 0
+    echoes: int = 0
+    strays: int = 0
+    writes: int = 0
+    events: int = 0
+    vanished: int = 0
+
+    def add(self, other: CaptureStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.by_route: dict[tuple[str, str], list[Envelope]] = defaultdict(list)
+
+    def add(self, actor: str, queue: str, env: Envelope) -> None:
+        self.by_route[(actor, queue)].append(env)
+
+    def flush(self, session: Session) -> None:
+        for (actor, queue), envs in self.by_route.items():
+            add_all_to_outbox(session, envs, actor_name=actor, queue_name=queue)
+
+
+def record_payload(record: CanonicalRecord | None) -> dict[str, Any]:
+    return {} if record is None else {"record": record.model_dump(mode="json")}
+
+
+def differing_fields(a: CanonicalRecord | None, b: CanonicalRecord | None) -> list[str]:
+    if a is None or b is None:
+        return ["<record>"] if (a is None) != (b is None) else []
+    return [name for name in type(a).model_fields if getattr(a, name) != getattr(b, name)]
+
+
+class CaptureLoop:
+    """Routes one ERP's changes.  One instance per source system and process."""
+
+    def __init__(
+        self,
+        system: str,
+        feed: ChangeFeed,
+        erps: Mapping[str, Erp],
+        flags: FlagStates,
+        engine: Engine,
+        *,
+        subscriptions: Iterable[queues.Subscription] = (),
+        feed_name: str | None = None,
+        batch_size: int = CAPTURE_BATCH,
+    ) -> None:
+        self.system = system
+        self.feed = feed
+        self.erps = erps
+        self.flags = flags
+        self.engine = engine
+        self.subscriptions = tuple(subscriptions)
+        self.feed_name = feed_name or f"router.{system}"
+        self.batch_size = batch_size
+
+    def run_once(self) -> CaptureStats:
+        """Route one batch; returns what it did (``read == 0`` when the feed is drained)."""
+        after = checkpoints.get(self.engine, self.feed_name)
+        changes = self.feed.read(after, self.batch_size)
+        stats = CaptureStats(read=len(changes))
+        if not changes:
+            return stats
+        batch = _Batch()
+        with Session(self.engine) as session:
+            conn = session.connection()
+            for change in changes:
+                self._route(conn, change, batch, stats)
+            batch.flush(session)
+            checkpoints.advance(session, self.feed_name, changes[-1].cursor, expected=after)
+            session.commit()
+        return stats
+
+    def drain(self, max_batches: int = 1_000_000) -> CaptureStats:
+        """Route until the feed has nothing new (or ``max_batches``)."""
+        total = CaptureStats()
+        for _ in range(max_batches):
+            stats = self.run_once()
+            total.add(stats)
+            if stats.read < self.batch_size:
+                break
+        return total
+
+    # ------------------------------------------------------------------ one change
+
+    def _route(self, conn, change: Change, batch: _Batch, stats: CaptureStats) -> None:
+        source = self.erps[self.system]
+        record = source.get(change.domain, change.key) if change.op == "upsert" else None
+        if change.op == "upsert" and record is None:
+            # Deleted again before we read it: its delete is later in the feed.
+            stats.vanished += 1
+            return
+        flag = self.flags.state(change.domain)
+        route = get_route(conn, change.domain, change.key)
+        pinned = route.pinned_sor if route is not None else None
+        decision = decide_change(change, self.system, flag, record, pinned_sor=pinned)
+        if decision.action is Action.ECHO:
+            stats.echoes += 1
+            return
+        if decision.action is Action.ROUTE:
+            self._route_sor_change(conn, change, record, decision, route, batch, stats)
+        else:
+            self._report_stray(conn, change, record, decision, route, batch, stats)
+
+    def _route_sor_change(self, conn, change, record, decision: Decision, route, batch, stats):
+        stats.routed += 1
+        version = routed_version(decision.flag_version, change.version)
+        pin = None
+        if change.domain in DOCUMENT_DOMAINS and not is_closed(record):
+            pin = decision.sor
+        put_route(conn, change.domain, change.key, pinned_sor=pin, last_version=version)
+        kind = queues.KIND_UPSERT if change.op == "upsert" else queues.KIND_DELETE
+        origin = queues.origin_of(change.writer)
+        for target in decision.targets:
+            env = self._envelope(change, kind, record, decision, f"write:{target}",
+                                 extra={"origin": origin, "mode": decision.mode})
+            batch.add(queues.WRITE_ACTOR[target], queues.WRITE_QUEUE[target], env)
+            stats.writes += 1
+        if decision.fan_out:
+            for sub in self.subscriptions:
+                if change.domain in sub.domains:
+                    env = self._envelope(change, queues.KIND_EVENT if record else
+                                         queues.KIND_DELETE, record, decision,
+                                         f"event:{sub.name}")
+                    batch.add(sub.actor, sub.queue, env)
+                    stats.events += 1
+
+    def _report_stray(self, conn, change, record, decision: Decision, route, batch, stats):
+        stats.strays += 1
+        sor_record = self.erps[decision.sor].get(change.domain, change.key)
+        fields = differing_fields(sor_record, record)
+        report = self._envelope(change, queues.KIND_STRAY, None, decision, "stray", extra={
+            "system": self.system, "writer": change.writer, "sor": decision.sor,
+            "op": change.op, "fields": fields, "policy": str(decision.stray_policy),
+            "repaired": bool(decision.targets),
+        })
+        batch.add(queues.REPORT_ACTOR, queues.REPORT_QUEUE, report)
+        for target in decision.targets:
+            last = route.last_version if route is not None else 0
+            flag_version, source_version = split_version(last)
+            kind = queues.KIND_REPAIR if sor_record is not None else queues.KIND_DELETE
+            env = new_envelope(
+                domain=change.domain, kind=kind, key=change.key,
+                payload={**record_payload(sor_record), "stray_cursor": change.cursor},
+                source_system=decision.sor, source_version=source_version,
+                schema_version=_schema_version(sor_record), flag_version=flag_version,
+                occurred_at=change.at,
+                message_id=message_id(self.system, change.cursor, f"repair:{target}"),
+            )
+            batch.add(queues.WRITE_ACTOR[target], queues.WRITE_QUEUE[target], env)
+            stats.writes += 1
+
+    def _envelope(self, change: Change, kind: str, record, decision: Decision, purpose: str,
+                  extra: dict[str, Any] | None = None) -> Envelope:
+        payload = record_payload(record)
+        if extra:
+            payload.update(extra)
+        return new_envelope(
+            domain=change.domain, kind=kind, key=change.key, payload=payload,
+            source_system=self.system, source_version=change.version,
+            schema_version=_schema_version(record), flag_version=decision.flag_version,
+            occurred_at=change.at,
+            message_id=message_id(self.system, change.cursor, purpose),
+        )
+
+
+def _schema_version(record: CanonicalRecord | None) -> int:
+    return type(record).current_schema_version if record is not None else 1
