@@ -216,3 +216,14 @@ def test_rollback_from_cloud_only_offers_the_backfill_instead(engine):
 def test_rollback_from_legacy_is_a_clear_error(engine):
     result = run("rollback", "customer", "--reason", "r")
     assert result.exit_code == 2 and "nothing to roll back" in result.output
+
+
+def test_plan_speaks_json_for_scripts(engine):
+    reconciled(engine, "customer", 0.0)
+    result = run("plan", "customer", "shadow", "--format", "json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["allowed"] is True and out["direction"] == "forward"
+    assert {c["name"] for c in out["checks"]} == {"drift", "exceptions", "backlog", "upstream",
+                                                  "freeze"}
+    assert out["to"]["mode"] == "shadow" and out["to"]["version"] == 1

@@ -8,8 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
-from datetime import UTC, datetime
 
 import click
 from rich.console import Console
@@ -27,12 +25,10 @@ from coexistence.flags import (
     parse_segments,
     percent_to_buckets,
 )
-from coexistence.preflight import TransitionPlan, backfill_command, plan, propose, rollback_target
+from coexistence.preflight import TransitionPlan, backfill_command
 from workers.cli.common import UserError
 from workers.config import Settings
 
-#: How often ``set`` looks at the drain while waiting.
-DRAIN_POLL_S = 0.5
 #: Default longest wait for in-flight work routed under the old flag version.
 DRAIN_TIMEOUT_S = 120.0
 
@@ -59,13 +55,14 @@ def _user_errors(fn):
 
 
 class _Env:
-    """What every subcommand needs, opened on first use."""
+    """What every subcommand needs: settings, state database, store, guard facts."""
 
     def __init__(self) -> None:
         from workers.flags import SqlPreflightFacts, open_state, policy_from_env, store_for
+        from workers.flags.ops import Cutover
 
         self.settings = Settings.from_env()
-        self.policy = policy_from_env()
+        policy = policy_from_env()
         try:
             self.engine = open_state(self.settings)
         except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
@@ -74,6 +71,7 @@ class _Env:
             ) from None
         self.store = store_for(self.settings, self.engine)
         self.facts = SqlPreflightFacts(self.engine)
+        self.cutover = Cutover(self.store, self.facts, policy)
 
     def flags(self) -> dict[str, FlagState]:
         """The truth (the SQL audit), healing Redis on the way if it lags behind."""
@@ -83,7 +81,7 @@ class _Env:
                 restore()
             except Exception as exc:  # noqa: BLE001 - Redis down must not hide the truth
                 click.echo(f"warning: could not refresh Redis from the audit: {exc}", err=True)
-        return self.store.audit.latest()
+        return self.cutover.flags()
 
 
 def _rollout(percent: float | None, segments: tuple[str, ...]) -> Rollout:
@@ -108,11 +106,6 @@ def _print_plan(console: Console, p: TransitionPlan, force: bool) -> None:
         console.print(f"  {mark} {c.name}: {c.detail}", highlight=False)
     for w in p.warnings:
         console.print(f"  [yellow]WARN[/] {w}", highlight=False)
-
-
-def _plan_for(env: _Env, domain: str, proposed: FlagState, current: FlagState,
-              flags: dict[str, FlagState]) -> TransitionPlan:
-    return plan(current, proposed, flags, env.facts, env.policy, datetime.now(UTC))
 
 
 @click.group()
@@ -162,16 +155,24 @@ def _unknown(value: int | None) -> str:
 @click.option("--segment", "segments", multiple=True, metavar="NAME=VALUE",
               help="Move only records of this segment (warehouse, region, customer_group); "
                    "repeat for more values.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @_user_errors
-def plan_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str, ...]) -> None:
+def plan_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str, ...],
+             fmt: str) -> None:
     """What setting DOMAIN to MODE would change and which checks pass or fail (exit 1 if any
     fail)."""
     env = _Env()
-    flags = env.flags()
-    current = flags[check_domain(domain)]
-    proposed = propose(current, parse_mode(mode), _rollout(percent, segments))
-    p = _plan_for(env, domain, proposed, current, flags)
-    _print_plan(_console(), p, force=False)
+    env.flags()
+    p = env.cutover.plan(check_domain(domain), parse_mode(mode), _rollout(percent, segments))
+    if fmt == "json":
+        click.echo(json.dumps({
+            "domain": domain, "from": p.current.to_dict(), "to": p.proposed.to_dict(),
+            "direction": p.direction, "allowed": p.allowed(), "warnings": list(p.warnings),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail,
+                        "overridable": c.overridable} for c in p.checks],
+        }))
+    else:
+        _print_plan(_console(), p, force=False)
     if p.failed:
         raise Refused(f"{len(p.failed)} check(s) fail; `set` would refuse without --force")
 
@@ -179,41 +180,25 @@ def plan_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str,
 def _apply(env: _Env, p: TransitionPlan, *, action: str, reason: str, force: bool,
            actor: str | None, wait: bool, wait_timeout_s: float) -> None:
     from workers.flags import actor_from_env
+    from workers.flags.ops import DrainTimeout, TransitionRefused
 
     console = _console()
     who = actor_from_env(actor)
     if not reason.strip():
         raise UserError("--reason must not be empty")
     _print_plan(console, p, force)
-    blocking = p.blocking(force)
-    if blocking:
-        hint = "" if all(not c.overridable for c in blocking) else (
-            "; override with --force --reason if you accept the risk")
-        raise Refused(f"refused: {', '.join(c.name for c in blocking)} failed{hint}")
-    overridden = tuple(f"{c.name}: {c.detail}" for c in p.failed)
-    after = env.store.commit(p.current, p.proposed, actor=who, reason=reason, action=action,
-                             forced=bool(overridden), overridden=overridden)
+    try:
+        after = env.cutover.apply(p, actor=who, reason=reason, force=force, action=action)
+    except TransitionRefused as exc:
+        raise Refused(str(exc)) from None
     console.print(f"{after.domain} is now {after.describe()} at flag version {after.version}"
-                  + (" [yellow](forced)[/]" if overridden else ""), highlight=False)
+                  + (" [yellow](forced)[/]" if p.failed else ""), highlight=False)
     if wait:
-        _wait_for_drain(console, env, after, wait_timeout_s)
-
-
-def _wait_for_drain(console: Console, env: _Env, after: FlagState, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = env.facts.in_flight(after.domain, after.version)
-        if left == 0:
-            console.print(f"in-flight {after.domain} work under older flag versions: drained")
-            return
-        if time.monotonic() >= deadline:
-            what = "an unknown number of" if left is None else str(left)
-            raise Refused(
-                f"the flag is set, but {what} {after.domain} message(s) routed under older "
-                f"flag versions are still in flight after {timeout_s:g}s; watch "
-                "`coexist cutover status` (backlog) before the next step"
-            )
-        time.sleep(DRAIN_POLL_S)
+        try:
+            env.cutover.wait_for_drain(after, wait_timeout_s)
+        except DrainTimeout as exc:
+            raise Refused(str(exc)) from None
+        console.print(f"in-flight {after.domain} work under older flag versions: drained")
 
 
 _reason = click.option("--reason", required=True, help="Why (mandatory, audited).")
@@ -242,10 +227,9 @@ def set_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str, 
             wait_timeout: float) -> None:
     """Set DOMAIN to MODE (optionally for a rollout), if the guards allow it."""
     env = _Env()
-    flags = env.flags()
-    current = flags[check_domain(domain)]
-    proposed = propose(current, parse_mode(mode), _rollout(percent, segments))
-    _apply(env, _plan_for(env, domain, proposed, current, flags), action="set",
+    env.flags()
+    p = env.cutover.plan(check_domain(domain), parse_mode(mode), _rollout(percent, segments))
+    _apply(env, p, action="set",
            reason=reason, force=force, actor=actor, wait=not no_wait,
            wait_timeout_s=wait_timeout)
 
@@ -263,9 +247,8 @@ def rollback(domain: str, reason: str, force: bool, actor: str | None, no_wait: 
              wait_timeout: float) -> None:
     """Move DOMAIN one step back (undo a partial rollout, else the previous mode)."""
     env = _Env()
-    flags = env.flags()
-    current = flags[check_domain(domain)]
-    p = _plan_for(env, domain, rollback_target(current), current, flags)
+    env.flags()
+    p = env.cutover.plan_rollback(check_domain(domain))
     backfill = next((c for c in p.checks if c.name == "backfill" and not c.ok), None)
     if backfill is not None and not force:
         _print_plan(_console(), p, force)
