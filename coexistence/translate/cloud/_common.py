@@ -69,7 +69,12 @@ def _error_from_validation(
     more = exc.error_count() - 1
     reason = err["msg"] + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
     loc = _cloud_loc(err["loc"], names)
-    value = err.get("input") if doc is None else _cloud_value(doc, loc, err.get("input"))
+    if err["type"] == "missing":
+        value = None  # pydantic's "input" here is the whole enclosing object
+    elif doc is None:
+        value = err.get("input")
+    else:
+        value = _cloud_value(doc, loc, err.get("input"))
     return TranslationError(domain, key, ".".join(map(str, loc)) or "<root>", value, reason)
 
 
