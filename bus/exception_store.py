@@ -234,11 +234,16 @@ class ExceptionStore:
             with self.engine.begin() as conn:
                 if message_id is not None:
                     existing = conn.execute(
-                        select(_T.c.id, _T.c.attempts).where(
+                        select(_T.c.id, _T.c.attempts, _T.c.status).where(
                             _T.c.message_id == message_id, _T.c.actor_name == actor_name)
                     ).first()
                     if existing is not None:
-                        values["attempts"] = max(attempts, existing.attempts)
+                        # A replay starts counting again: add its attempts to the earlier
+                        # ones.  Otherwise it is the same run seen twice (a drain after
+                        # the middleware): keep the larger count.
+                        values["attempts"] = (existing.attempts + attempts
+                                              if existing.status == "replayed"
+                                              else max(attempts, existing.attempts))
                         conn.execute(update(_T).where(_T.c.id == existing.id).values(**values))
                         return existing.id
                 try:

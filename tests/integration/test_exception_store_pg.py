@@ -13,6 +13,7 @@ from tests.unit.test_exception_store import (  # noqa: F401 - collected here aga
     test_a_dry_run_replays_nothing,
     test_a_failed_enqueue_leaves_the_record_open_to_try_again,
     test_a_failure_is_recorded_with_its_envelope_class_error_and_call_site,
+    test_a_replayed_message_failing_again_reopens_its_record_and_adds_up_attempts,
     test_archive_by_group_touches_only_open_records_of_that_group,
     test_failures_are_grouped_by_error_type_and_call_site,
     test_list_filters_by_status_domain_and_group,

@@ -83,6 +83,19 @@ def test_the_same_message_failing_again_updates_its_record_instead_of_duplicatin
     assert len(store.list(status=None)) == 1
 
 
+def test_a_replayed_message_failing_again_reopens_its_record_and_adds_up_attempts(store):
+    rid, env, message = record(store, attempts=3)
+    store.replay([rid], enqueue=FakeQueue())
+    again = store.record(failure_class="business", queue_name="crm", actor_name="sync_crm",
+                         message_id=env.message_id, envelope=env, raw=None, message=message,
+                         error_type="UnknownRecord", error_message="still unknown",
+                         call_site="workers.crm.apply", attempts=1)
+    rec = store.get(again)
+    assert again == rid
+    assert rec.status == "open" and rec.attempts == 4 and rec.replay_count == 1
+    assert rec.error_message == "still unknown"
+
+
 def test_undecodable_input_keeps_its_raw_bytes(store):
     rid = store.record(failure_class="undecodable", queue_name="crm", actor_name="sync_crm",
                        message_id=None, envelope=None, raw=b"\xff{not json", message=None,
