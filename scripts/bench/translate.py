@@ -90,8 +90,8 @@ def rate(fn: Callable[[], int]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=5000, help="records per domain")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side")
+    parser.add_argument("--records", type=int, default=3000, help="records per domain")
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds per side")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--domain", action="append", choices=DOMAINS,
                         help="only this domain (repeatable)")
