@@ -326,5 +326,6 @@ def _backfill_check(
 
 
 def backfill_command(domain: str) -> str:
-    """The command that backfills the legacy ERP from the cloud SoR for ``domain``."""
-    return f"coexist reconcile {domain} --repair"
+    """The command that backfills the legacy ERP from the cloud SoR for ``domain``
+    (reconciliation's repair; without ``--yes`` it only shows what it would do)."""
+    return f"coexist reconcile {domain} --repair --yes"
