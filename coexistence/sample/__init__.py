@@ -23,19 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from coexistence.canonical.models import Customer, Product
 from coexistence.sample.masters import MAX_PRICE_BREAKS, customer, product
 from coexistence.sample.spec import SampleSpec
 
 __all__ = ["MAX_PRICE_BREAKS", "SampleSpec", "iter_customers", "iter_products"]
 
 
-def iter_customers(n: int, seed: int = 0, *, start: int = 0) -> Iterator:
+def iter_customers(n: int, seed: int = 0, *, start: int = 0) -> Iterator[Customer]:
     """Customers ``start`` to ``n - 1`` of the sample seeded ``seed``."""
     for i in range(start, n):
         yield customer(seed, i)
 
 
-def iter_products(n: int, seed: int = 0, *, start: int = 0) -> Iterator:
+def iter_products(n: int, seed: int = 0, *, start: int = 0) -> Iterator[Product]:
     """Products ``start`` to ``n - 1`` of the sample seeded ``seed``."""
     for j in range(start, n):
         yield product(seed, j)
