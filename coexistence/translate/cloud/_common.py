@@ -20,10 +20,11 @@ from coexistence.errors import TranslationError
 R = TypeVar("R", bound=CloudResource)
 M = TypeVar("M", bound=BaseModel)
 
-#: The largest magnitude (as a power of ten) a cloud quantity may have to become a
-#: canonical ``int``.  Decimal strings like ``"1E+999999"`` are finite and valid
-#: JSON; converting them to ``int`` would allocate megabytes, so they are refused.
-MAX_QUANTITY_EXPONENT = 18
+#: The largest decimal exponent a cloud quantity may have to become a canonical
+#: ``int`` (so quantities below 10**31).  Decimal strings like ``"1E+999999"``
+#: are finite and valid JSON; converting them to ``int`` would allocate
+#: megabytes, so they are refused.
+MAX_QUANTITY_EXPONENT = 30
 
 #: Field names the server owns (Python names); left out of write bodies.
 _SERVER_FIELDS = frozenset({"id", "last_modified_date_time", "odata_etag"})
