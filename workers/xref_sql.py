@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, Engine, String, UniqueConstraint, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Field
 
 from bus.errors import TechnicalError
@@ -55,8 +55,17 @@ class XrefRow(StateTable, table=True):
 _T = XrefRow.__table__  # type: ignore[attr-defined]
 
 
+#: PostgreSQL SQLSTATEs that mean "two writers crossed; run the transaction again":
+#: deadlock_detected (two links inserting each other's ids) and serialization_failure.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 class _LostRace(Exception):
     """Another writer changed the row between our read and our write."""
+
+
+def _crossed(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 def _entry(row) -> XrefEntry:
@@ -85,6 +94,9 @@ class SqlXref:
                     return self._link_once(conn, domain, canonical_key, wanted)
             except (IntegrityError, _LostRace):
                 continue  # someone else committed first: decide again from what they wrote
+            except DBAPIError as exc:
+                if not _crossed(exc):
+                    raise
         raise TechnicalError(
             f"xref link of {domain} {canonical_key} lost {LINK_MAX_ATTEMPTS} races in a row"
         )

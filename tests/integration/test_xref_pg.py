@@ -99,3 +99,39 @@ def test_processes_claiming_the_same_keys_get_one_winner_each_and_conflicts_for_
         assert entry.legacy_key == f"W{winners[0]}-{k}"
     assert len(list(xref.entries("order"))) == KEYS
     engine.dispose()
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+def test_a_link_chosen_as_a_deadlock_victim_is_run_again(tmp_path, monkeypatch):
+    from sqlalchemy.exc import DBAPIError
+
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    create_state_schema(engine)
+    xref = SqlXref(engine)
+    real = SqlXref._link_once
+    victims = []
+
+    def once(self, conn, *args):
+        if not victims:
+            victims.append(args)
+            raise DBAPIError("INSERT INTO xref ...", {}, _Deadlock())
+        return real(self, conn, *args)
+
+    monkeypatch.setattr(SqlXref, "_link_once", once)
+    assert xref.link("customer", "1", legacy_key="L1") == XrefEntry("customer", "1", "L1")
+    assert len(victims) == 1
+
+    class _Other(Exception):
+        sqlstate = "42P01"
+
+    victims.clear()
+    monkeypatch.setattr(
+        SqlXref, "_link_once",
+        lambda self, conn, *a: (_ for _ in ()).throw(DBAPIError("SELECT", {}, _Other())),
+    )
+    with pytest.raises(DBAPIError):
+        xref.link("customer", "2", legacy_key="L2")
+    engine.dispose()
