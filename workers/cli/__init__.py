@@ -33,6 +33,11 @@ def _register() -> None:
     from workers.cli.sample import sample
 
     cli.add_command(sample)
+    from workers.cli.run import router, run, worker
+
+    cli.add_command(run)
+    cli.add_command(router)
+    cli.add_command(worker)
 
 
 _register()

@@ -1,0 +1,46 @@
+"""Run the real composition root in-process: real broker, real outbox, real actors."""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+
+from bus.outbox import backlog
+from workers.bootstrap import App
+from workers.router import queues
+
+
+def router_queues(app: App) -> list[str]:
+    names = list(queues.WRITE_QUEUE.values()) + [queues.COMMAND_QUEUE, queues.REPORT_QUEUE]
+    return names + [s.queue for s in app.subscriptions]
+
+
+class Runtime:
+    """Capture loops + relay driven by the test; a dramatiq worker consuming in threads."""
+
+    def __init__(self, app: App, threads: int = 2):
+        self.app = app
+        self.loops = app.capture_loops()
+        self.relay = app.relay()
+        self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100)
+        self.worker.start()
+
+    def settle(self, timeout_s: float = 60.0) -> None:
+        """Capture, relay and consume until two quiet rounds in a row."""
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while quiet < 2:
+            if time.monotonic() > deadline:
+                raise AssertionError("the runtime did not settle in time")
+            moved = sum(loop.drain().read for loop in self.loops)
+            moved += self.relay.run_once(5000)
+            for name in router_queues(self.app):
+                self.app.broker.join(name, timeout=int(timeout_s * 1000))
+            self.worker.join()
+            moved += backlog(self.app.state)
+            quiet = quiet + 1 if moved == 0 else 0
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.app.close()

@@ -1,0 +1,166 @@
+"""The composition root: the one place that names concrete adapters.
+
+``bootstrap(settings)`` builds everything a process needs from the settings:
+coexist's state database, the broker (RabbitMQ when ``COEXIST_BROKER_URL`` is
+set, else the embedded SQLite broker) with our middleware, the two ERPs
+(legacy SQL, cloud HTTP), the flag cache, the exception store, the outbox
+relay, the capture loops and the router's actors.  CLI commands, the demo and
+the tests all start from here, so what runs in the demo is what runs in
+production.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+from sqlalchemy import Engine
+
+from bus.brokers import make_broker, setup
+from bus.envelope import Envelope, register_payload_upcaster
+from bus.exception_store import ExceptionStore
+from bus.outbox import OutboxRelay
+from bus.publish import make_publisher
+from coexistence.canonical import MODELS
+from coexistence.canonical.upcast import upcast
+from coexistence.ownership import validate_ownership
+from coexistence.ports import Erp
+from coexistence.router import CLOUD, LEGACY
+from workers.config import Settings, redact_url
+from workers.flags import FlagCache, open_state, store_for
+from workers.router import queues
+from workers.router.capture import CaptureLoop
+
+log = logging.getLogger(__name__)
+
+
+def _payload_upcaster(domain: str, version: int, payload: dict) -> tuple[int, dict]:
+    model = MODELS.get(domain)
+    if model is None or "record" not in payload:
+        return version, payload
+    record = dict(payload["record"])
+    record.setdefault("schema_version", version)
+    record = upcast(domain, record, model.current_schema_version)
+    return model.current_schema_version, {**payload, "record": record}
+
+
+@dataclass
+class App:
+    settings: Settings
+    state: Engine
+    broker: dramatiq.Broker
+    exceptions: ExceptionStore
+    flags: FlagCache
+    erps: dict[str, Erp]
+    subscriptions: tuple[queues.Subscription, ...] = ()
+    actors: dict[str, dramatiq.Actor] = field(default_factory=dict)
+    _publisher: Any = None
+
+    # ------------------------------------------------------------------ parts
+
+    def relay(self) -> OutboxRelay:
+        if self._publisher is None:
+            self._publisher = make_publisher(self.broker)
+        return OutboxRelay(self.state, self._publisher)
+
+    def capture_loops(self) -> list[CaptureLoop]:
+        return [
+            CaptureLoop(system, self.erps[system], self.erps, self.flags, self.state,
+                        subscriptions=self.subscriptions)
+            for system in (LEGACY, CLOUD)
+        ]
+
+    def send(self, actor: str, queue: str, env: Envelope) -> None:
+        """Enqueue one envelope directly (used from inside handlers, never for state changes)."""
+        self.broker.enqueue(dramatiq.Message(
+            queue_name=queue, actor_name=actor, args=(env.model_dump(mode="json"),),
+            kwargs={}, options={}, message_id=env.message_id,
+        ))
+
+    def close(self) -> None:
+        self.flags.stop()
+        for erp in self.erps.values():
+            close = getattr(erp, "close", None)
+            if close:
+                close()
+        if self._publisher is not None and hasattr(self._publisher, "close"):
+            self._publisher.close()
+        self.broker.close()
+        self.state.dispose()
+
+
+def open_legacy(settings: Settings) -> Erp:
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+
+    engine = create_legacy_engine(settings.legacy_url)
+    create_legacy_schema(engine)
+    return LegacyErp(engine)
+
+
+def open_cloud(settings: Settings) -> Erp:
+    from workers.cloud_erp import CloudErp
+
+    return CloudErp.from_settings(settings)
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    subscriptions: Iterable[queues.Subscription] = (),
+    erps: dict[str, Erp] | None = None,
+    register: bool = True,
+    channel_handlers: dict[str, Any] | None = None,
+) -> App:
+    """Build a process's parts.  ``erps`` overrides the ERPs (tests pass fakes);
+    ``channel_handlers`` maps a subscription name to the function this process
+    runs for its events (subscriptions without one are consumed elsewhere)."""
+    validate_ownership()
+    register_payload_upcaster(_payload_upcaster)
+    state = open_state(settings)
+    exceptions = ExceptionStore(state)
+    broker = make_broker(settings.broker_url, sqlite_path=settings.ensure_home() / "bus.db",
+                         queue_type=settings.queue_type)
+    setup(broker, store=exceptions)
+    dramatiq.set_broker(broker)
+    flags = FlagCache(store_for(settings, state)).start()
+    if erps is None:
+        erps = {LEGACY: open_legacy(settings), CLOUD: open_cloud(settings)}
+    app = App(settings, state, broker, exceptions, flags, erps, tuple(subscriptions))
+    log.info("coexist bootstrapped", extra={
+        "broker": redact_url(settings.broker_url) if settings.broker_url else "embedded",
+        "state": redact_url(settings.state_url), "legacy": redact_url(settings.legacy_url),
+        "cloud": redact_url(settings.cloud_url),
+    })
+    if register:
+        from workers.router.actors import register_actors
+
+        app.actors = register_actors(app, channel_handlers)
+    return app
+
+
+def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2) -> None:
+    """Capture both feeds and relay the outbox until ``stop`` is set."""
+    loops = app.capture_loops()
+    relay = app.relay()
+    relay_thread = threading.Thread(target=relay.run_forever, args=(stop,), name="outbox-relay",
+                                    daemon=True)
+    relay_thread.start()
+    while not stop.is_set():
+        moved = 0
+        for loop in loops:
+            try:
+                stats = loop.run_once()
+            except Exception:  # a feed that fails is retried on the next turn
+                log.exception("capture from %s failed; retrying", loop.system)
+                continue
+            moved += stats.read
+            if stats.read:
+                relay.wake()
+        if not moved:
+            stop.wait(poll_s)
+    relay_thread.join(10)

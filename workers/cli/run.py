@@ -1,0 +1,94 @@
+"""``coexist run`` / ``coexist router`` / ``coexist worker``: the long-running processes.
+
+* ``run``: router (change capture of both ERPs + outbox relay) and the worker
+  threads in one process; the embedded default on one machine.
+* ``router``: capture + relay only (one per deployment; a second one is safe on
+  PostgreSQL state, it only competes for the same checkpoint).
+* ``worker``: dramatiq worker threads for the router's queues; run as many as
+  throughput needs (supervisord ``numprocs``).
+
+All three stop gracefully on SIGTERM/SIGINT: capture finishes its batch, the
+relay its publish, workers the messages they hold; nothing in flight is lost
+(unacked messages go back to their queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+import dramatiq
+
+from bus.context import configure_logging
+from workers.config import Settings
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum, _frame):
+        logging.getLogger("coexist").info("signal %s: stopping gracefully", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _start_worker(app, threads: int) -> dramatiq.Worker:
+    worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=500)
+    worker.start()
+    return worker
+
+
+@click.command("run")
+@click.option("--threads", default=4, show_default=True, help="Worker threads in this process.")
+@click.option("--log-level", default="INFO", show_default=True)
+def run(threads: int, log_level: str) -> None:
+    """Router and workers in one process (the embedded default), until SIGTERM."""
+    from workers.bootstrap import bootstrap, run_router
+
+    configure_logging(log_level)
+    app = bootstrap(Settings.from_env())
+    stop = _stop_on_signals()
+    worker = _start_worker(app, threads)
+    try:
+        run_router(app, stop)
+    finally:
+        worker.stop()
+        app.close()
+
+
+@click.command("router")
+@click.option("--log-level", default="INFO", show_default=True)
+def router(log_level: str) -> None:
+    """Change capture of both ERPs and the outbox relay, until SIGTERM."""
+    from workers.bootstrap import bootstrap, run_router
+
+    configure_logging(log_level)
+    app = bootstrap(Settings.from_env())
+    stop = _stop_on_signals()
+    try:
+        run_router(app, stop)
+    finally:
+        app.close()
+
+
+@click.command("worker")
+@click.option("--threads", default=8, show_default=True, help="Worker threads.")
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(threads: int, log_level: str) -> None:
+    """Worker threads for the router's queues (writers, commands, reports), until SIGTERM."""
+    from workers.bootstrap import bootstrap
+
+    configure_logging(log_level)
+    app = bootstrap(Settings.from_env())
+    stop = _stop_on_signals()
+    w = _start_worker(app, threads)
+    try:
+        stop.wait()
+    finally:
+        w.stop()
+        app.close()
