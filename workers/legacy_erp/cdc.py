@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from bus.errors import TechnicalError
@@ -33,13 +33,13 @@ __all__ = ["KeyDecoder", "LegacyChangeFeed", "UnknownChangeLogTable", "consume_b
 #: joined by ``KEY_SEPARATOR``) into the canonical key of the record.
 KeyDecoder = Callable[[str], str]
 
-_READ = (
-    select(CHGLOG.c.SEQ, CHGLOG.c.TABNAME, CHGLOG.c.CHGKEY, CHGLOG.c.OP, CHGLOG.c.CHGTS,
-           CHGLOG.c.LCHGUSER)
-    .where(bindparam("after") < CHGLOG.c.SEQ)
-    .order_by(CHGLOG.c.SEQ)
-    .limit(bindparam("limit"))
-)
+#: The page query, by whether the driver's paramstyle is ``qmark`` (sqlite3) or
+#: ``format`` (psycopg): plain driver SQL skips per-row result processing.
+_READ_SQL = {
+    flag: 'SELECT "SEQ", "TABNAME", "CHGKEY", "OP", "CHGTS", "LCHGUSER" FROM "CHGLOG" '
+          f'WHERE "SEQ" > {mark} ORDER BY "SEQ" LIMIT {mark}'
+    for flag, mark in ((True, "?"), (False, "%s"))
+}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -75,28 +75,22 @@ class LegacyChangeFeed:
         if limit <= 0:
             return []
         changes: list[Change] = []
+        # One row more than asked: coalescing can merge rows, and the extra row
+        # tells whether the last change of the batch is complete.  A change cut
+        # off at the end of the batch is read again next time (the checkpoint
+        # stops before its rows), so a batch never ends in half a change.
+        page = limit + 1
         with self.engine.connect() as conn:
-            # Coalescing can turn ``limit`` rows into fewer changes: read on until
-            # the batch is full or the log is exhausted, then cut the batch at
-            # ``limit`` changes (the rows of a cut-off change are read again next
-            # time, since the checkpoint stops before them).
-            while len(changes) <= limit:
-                rows = conn.execute(_READ, {"after": after, "limit": limit}).all()
+            sql = _READ_SQL[conn.dialect.paramstyle == "qmark"]
+            while True:
+                rows = conn.exec_driver_sql(sql, (after, page)).fetchall()
                 if not rows:
                     break
-                changes = self._coalesce(changes, self._changes(rows))
+                self._append(changes, rows)
                 after = rows[-1][0]
-                if len(rows) < limit:
+                if len(changes) > limit or len(rows) < page:
                     break
         return changes[:limit]
-
-    @staticmethod
-    def _coalesce(head: list[Change], tail: list[Change]) -> list[Change]:
-        if head and tail and (head[-1].domain, head[-1].key, head[-1].writer) == (
-            tail[0].domain, tail[0].key, tail[0].writer
-        ):
-            return head[:-1] + tail
-        return head + tail
 
     def iter_changes(self, after: int, batch_size: int = 1000) -> Iterator[list[Change]]:
         """Batches of changes after ``after`` until the log is exhausted (no checkpoint)."""
@@ -113,35 +107,38 @@ class LegacyChangeFeed:
             return int(conn.execute(select(CHGLOG.c.SEQ).order_by(CHGLOG.c.SEQ.desc())
                                     .limit(1)).scalar() or 0)
 
-    def _changes(self, rows) -> list[Change]:
-        out: list[Change] = []
+    def _append(self, out: list[Change], rows) -> None:
+        """Turn change-log rows into changes at the end of ``out``, coalescing."""
         tables, decoders = self._tables, self._decoders
-        key_cache: dict[tuple[str, str], tuple[str, str]] = {}
-        prev: tuple[str, str, str] | None = None
+        keys: dict[tuple[str, str], tuple[str, str, bool]] = {}
+        last = out[-1] if out else None
+        prev = (last.domain, last.key, last.writer) if last else None
+        last_ms, last_at = None, _EPOCH
         for seq, tabname, raw_key, op, ts_ms, user in rows:
-            cached = key_cache.get((tabname, raw_key))
-            if cached is None:
+            known = keys.get((tabname, raw_key))
+            if known is None:
                 spec = tables.get(tabname)
                 if spec is None:
                     raise UnknownChangeLogTable(
                         f"CHGLOG SEQ {seq}: table {tabname!r} is not captured by this feed "
                         f"(known: {', '.join(sorted(tables))})"
                     )
-                cached = (spec.domain, decoders[spec.domain](raw_key))
-                key_cache[(tabname, raw_key)] = cached
-            domain, key = cached
+                known = (spec.domain, decoders[spec.domain](raw_key), spec.header is None)
+                keys[(tabname, raw_key)] = known
+            domain, key, is_header = known
+            if ts_ms != last_ms:  # rows of one statement share their time
+                last_ms = ts_ms
+                last_at = datetime.fromtimestamp(ts_ms / 1000, UTC) if ts_ms is not None else _EPOCH
             # Only the deletion of a header deletes the record; a line's insert,
             # update or delete is a change of its header record.
-            kind = "delete" if op == "D" and tables[tabname].header is None else "upsert"
-            at = datetime.fromtimestamp(ts_ms / 1000, UTC) if ts_ms is not None else _EPOCH
+            kind = "delete" if op == "D" and is_header else "upsert"
+            change = Change(seq, domain, key, kind, user, last_at, seq)  # type: ignore[arg-type]
             ident = (domain, key, user)
-            change = Change(seq, domain, key, kind, user, at, seq)  # type: ignore[arg-type]
             if ident == prev:
                 out[-1] = change
             else:
                 out.append(change)
                 prev = ident
-        return out
 
 
 def consume_batch(
