@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -19,7 +20,12 @@ from coexistence.canonical.models import (
     Product,
     Shipment,
 )
-from coexistence.translate.cloud import canonical_from_json, from_canonical, to_json_dict
+from coexistence.translate.cloud import (
+    canonical_from_json,
+    from_canonical,
+    to_json_bytes,
+    to_json_dict,
+)
 
 CLOUD_ID = UUID("0b7c1a52-3f3e-4c55-9a7e-2f1d7d0e9c11")
 SERVER = {"@odata.etag": None, "id": str(CLOUD_ID), "lastModifiedDateTime": None}
@@ -154,6 +160,13 @@ def test_this_cloud_json_becomes_exactly_this_canonical_record(domain, record, e
 def test_a_write_body_is_the_document_without_server_fields(domain, record, expected):
     body = to_json_dict(from_canonical(record, source_version=3), body=True)
     assert body == {k: v for k, v in expected.items() if k not in SERVER}
+
+
+@table
+def test_json_bytes_carry_the_same_document_as_the_json_dict(domain, record, expected):
+    doc = from_canonical(record, cloud_id=CLOUD_ID, source_version=3)
+    assert json.loads(to_json_bytes(doc)) == expected
+    assert json.loads(to_json_bytes(doc, body=True)) == to_json_dict(doc, body=True)
 
 
 # --------------------------------------------------------------------------- named lossy spots

@@ -5,6 +5,7 @@ Each domain module offers::
     to_canonical(doc: CloudResource) -> CanonicalRecord
     from_canonical(record, *, cloud_id=None, source_version=None) -> CloudResource
     to_json_dict(doc, *, body=False) -> dict        # camelCase, JSON-able
+    to_json_bytes(doc, *, body=False) -> bytes      # the same, serialised (faster)
 
 ``canonical -> cloud -> canonical`` is the identity for every valid canonical
 record (tests/unit/test_cloud_roundtrip.py).  The other direction can fold
@@ -35,7 +36,7 @@ from coexistence.translate.cloud import (
     product,
     shipment,
 )
-from coexistence.translate.cloud._common import construct, parse, to_json_dict
+from coexistence.translate.cloud._common import construct, parse, to_json_bytes, to_json_dict
 
 #: Domain -> translator module.
 CLOUD_TRANSLATORS: dict[str, ModuleType] = {
@@ -86,5 +87,5 @@ def canonical_from_json(domain: str, data: bytes | str | Mapping[str, Any]) -> C
 
 __all__ = [
     "CLOUD_TRANSLATORS", "RESOURCES", "translator_for", "to_canonical", "from_canonical",
-    "parse_document", "canonical_from_json", "to_json_dict", "construct",
+    "parse_document", "canonical_from_json", "to_json_dict", "to_json_bytes", "construct",
 ]

@@ -177,3 +177,13 @@ def to_json_dict(doc: CloudResource, *, body: bool = False) -> dict[str, Any]:
     return doc.model_dump(
         mode="json", by_alias=True, exclude=set(_SERVER_FIELDS) if body else None
     )
+
+
+def to_json_bytes(doc: CloudResource, *, body: bool = False) -> bytes:
+    """The document as camelCase JSON bytes, serialised by pydantic-core.
+
+    Same content as ``json.dumps(to_json_dict(doc, body=body))`` at about half
+    the cost: use it where the bytes go straight onto the wire.
+    """
+    exclude = set(_SERVER_FIELDS) if body else None
+    return doc.model_dump_json(by_alias=True, exclude=exclude).encode()
