@@ -156,3 +156,14 @@ def test_a_batch_hit_by_a_dropped_connection_applies_each_record_once(sim, cloud
     written = Counter(c["number"] for c in sim.changes())
     assert written == Counter(r.key for r in records)
     assert list(cloud.stream("product")) == sorted(records, key=lambda r: r.key)
+
+
+def test_an_export_cut_mid_stream_resumes_behind_the_last_record(sim, cloud):
+    records = [sample("inventory", n) for n in range(600)]  # more than one export chunk
+    for i in range(0, 600, 200):
+        cloud.upsert_many([(r, 1, new_key()) for r in records[i:i + 200]])
+    sim.faults(next=["drop:read"])
+    retries_before = cloud.retries
+    streamed = list(cloud.stream("inventory"))
+    assert cloud.retries == retries_before + 1, "the stream was cut once and resumed"
+    assert streamed == sorted(records, key=lambda r: r.key)

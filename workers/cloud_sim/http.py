@@ -176,9 +176,15 @@ class HttpProtocol(asyncio.Protocol):
             head.append("Connection: close")
         raw_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         if response.after == "drop":
-            # Headers and half the body, then a reset: the client cannot tell
-            # whether the write it sent was applied.
-            transport.write(raw_head + response.body[: len(response.body) // 2])
+            # Headers and half the body (a stream: its first chunk), then a reset:
+            # the client cannot tell whether the write it sent was applied, and a
+            # reader of a stream has to resume.
+            if response.stream is None:
+                transport.write(raw_head + response.body[: len(response.body) // 2])
+            else:
+                first = next(iter(response.stream), b"")
+                chunk = b"%x\r\n%b\r\n" % (len(first), first) if first else b""
+                transport.write(raw_head + chunk)
             transport.abort()
             return False
         if response.stream is None:
