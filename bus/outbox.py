@@ -47,6 +47,9 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    all_,
+    any_,
+    bindparam,
     delete,
     func,
     insert,
@@ -54,6 +57,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
 from bus.db import BusTable
@@ -184,6 +188,7 @@ def add_all_to_outbox(
     if not envelopes:
         return
     now = datetime.now(UTC)
+    payloads = [encode(env).decode() for env in envelopes]
     session.execute(
         insert(_T),
         [
@@ -193,11 +198,11 @@ def add_all_to_outbox(
                 "actor_name": actor_name,
                 "domain": env.domain,
                 "partition_key": env.key,
-                "payload": encode(env).decode(),
+                "payload": payload,
                 "created_at": now,
                 "attempts": 0,
             }
-            for env in envelopes
+            for env, payload in zip(envelopes, payloads, strict=True)
         ],
     )
 
@@ -295,7 +300,7 @@ class OutboxRelay:
         with self.engine.connect() as conn:
             conn.begin()
             claimed = conn.execute(
-                select(_T)
+                select(*_ROW_COLUMNS)
                 .where(_T.c.sent_at.is_(None))
                 .order_by(_T.c.id)
                 .limit(batch_size)
@@ -314,8 +319,8 @@ class OutboxRelay:
                     select(_T.c.partition_key, func.min(_T.c.id))
                     .where(
                         _T.c.sent_at.is_(None),
-                        _T.c.partition_key.in_(keys),
-                        _T.c.id.not_in(held),
+                        _T.c.partition_key == any_(_array(list(keys), String)),
+                        _T.c.id != all_(_array(held, BigInteger)),
                         _T.c.id < held[-1],
                     )
                     .group_by(_T.c.partition_key)
@@ -338,7 +343,8 @@ class OutboxRelay:
             rows = [
                 _row(r)
                 for r in conn.execute(
-                    select(_T).where(_T.c.sent_at.is_(None)).order_by(_T.c.id).limit(batch_size)
+                    select(*_ROW_COLUMNS).where(_T.c.sent_at.is_(None)).order_by(_T.c.id)
+                    .limit(batch_size)
                 )
             ]
             # End the read transaction: on SQLite it holds the database write lock.
@@ -373,6 +379,13 @@ class OutboxRelay:
 
     # -- shared --------------------------------------------------------------------------
 
+    def _ids(self, ids: list[int]):
+        # PostgreSQL: one array parameter, so the statement text (and the driver's
+        # parse of it) is the same for every batch; IN (...) would differ per size.
+        if self._sqlite:
+            return _T.c.id.in_(ids)
+        return _T.c.id == any_(_array(ids, BigInteger))
+
     def _publish_and_mark(self, conn, rows: list[OutboxRow]) -> None:
         """Publish ``rows``, then mark them sent (or count the failed attempt) and commit."""
         ids = [r.id for r in rows]
@@ -381,31 +394,29 @@ class OutboxRelay:
         except Exception as exc:
             PUBLISH_FAILURES.inc()
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            conn.execute(update(_T).where(_T.c.id.in_(ids))
+            conn.execute(update(_T).where(self._ids(ids))
                          .values(attempts=_T.c.attempts + 1, last_error=error))
             conn.commit()
             raise OutboxPublishError(
                 f"publishing {len(rows)} outbox rows (ids {ids[0]}..{ids[-1]}) failed: {error}"
             ) from exc
-        conn.execute(update(_T).where(_T.c.id.in_(ids))
+        conn.execute(update(_T).where(self._ids(ids))
                      .values(sent_at=datetime.now(UTC), attempts=_T.c.attempts + 1,
                              last_error=None))
         conn.commit()
         RELAYED.inc(len(rows))
 
 
+def _array(values: list, item_type) -> Any:
+    return bindparam(None, values, type_=postgresql.ARRAY(item_type))
+
+
+#: Selected in ``OutboxRow``'s field order, so a result row maps positionally.
+_ROW_COLUMNS = tuple(_T.c[name] for name in OutboxRow.__dataclass_fields__)
+
+
 def _row(r) -> OutboxRow:
-    return OutboxRow(
-        id=r.id,
-        message_id=r.message_id,
-        queue_name=r.queue_name,
-        actor_name=r.actor_name,
-        domain=r.domain,
-        partition_key=r.partition_key,
-        payload=r.payload,
-        created_at=r.created_at,
-        attempts=r.attempts,
-    )
+    return OutboxRow(*r)
 
 
 def _aware(ts: datetime) -> datetime:
