@@ -43,6 +43,7 @@ import httpx
 
 from bus.errors import BusinessError, TechnicalError
 from coexistence.canonical import CanonicalRecord
+from coexistence.errors import TranslationError
 from coexistence.ports import COEXIST_WRITER, Applied, Change, Stale, WriteResult
 from coexistence.translate.cloud import (
     RESOURCES,
@@ -217,7 +218,9 @@ class CloudErp:
         for entry in body["value"]:
             domain = _DOMAINS_BY_SET.get(entry["entitySet"])
             if domain is None:
-                continue  # a resource coexist does not sync; its cursor still advances below
+                # Skipping would stall a reader whose page held only such entries.
+                raise TranslationError("change", str(entry.get("cursor")), "entitySet",
+                                       entry["entitySet"], "not a resource coexist syncs")
             changes.append(Change(
                 cursor=entry["cursor"], domain=domain, key=entry["number"], op=entry["op"],
                 writer=entry["clientId"], at=datetime.fromisoformat(entry["at"]),
@@ -385,8 +388,6 @@ def _entity_set(domain: str) -> str:
     try:
         return RESOURCES[domain]
     except KeyError:
-        from coexistence.errors import TranslationError
-
         raise TranslationError(domain, None, "domain", domain, "unknown domain") from None
 
 

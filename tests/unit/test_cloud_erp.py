@@ -8,8 +8,11 @@ import httpx
 import pytest
 
 from bus.errors import BusinessError, TechnicalError, is_business
+from coexistence.errors import TranslationError
 from tests.contracts.erp_contract import new_key, sample
 from workers.cloud_erp import CloudBusinessError, CloudErp, CloudTechnicalError
+from workers.config import Settings
+from workers.ratelimit import LocalTokenBucket
 
 
 class FakeCloud:
@@ -128,3 +131,23 @@ def test_the_bearer_token_is_sent_but_never_logged(caplog):
     adapter(fake, token="s3cret-token").read(0, 10)
     assert fake.requests[0].headers["Authorization"] == "Bearer s3cret-token"
     assert "s3cret-token" not in caplog.text
+
+
+def test_a_change_of_a_resource_coexist_does_not_sync_is_refused_not_skipped():
+    entry = {"cursor": 7, "entitySet": "vendors", "id": "1", "number": "V1", "op": "upsert",
+             "clientId": "X", "at": "2026-01-01T00:00:00Z", "version": 1}
+    fake = FakeCloud((200, {"value": [entry], "lastCursor": 7}))
+    with pytest.raises(TranslationError, match="entitySet='vendors'"):
+        adapter(fake).read(0, 10)
+
+
+def test_from_settings_needs_a_url_and_takes_the_rate_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
+    monkeypatch.delenv("COEXIST_CLOUD_URL", raising=False)
+    monkeypatch.delenv("COEXIST_REDIS_URL", raising=False)
+    with pytest.raises(ValueError, match="COEXIST_CLOUD_URL"):
+        CloudErp.from_settings(Settings.from_env())
+    monkeypatch.setenv("COEXIST_CLOUD_URL", "http://cloud.test")
+    monkeypatch.setenv("COEXIST_CLOUD_RATE_PER_S", "25")
+    with CloudErp.from_settings(Settings.from_env()) as erp:
+        assert isinstance(erp.limiter, LocalTokenBucket) and erp.limiter.rate_per_s == 25
