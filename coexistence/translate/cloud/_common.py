@@ -135,12 +135,15 @@ def quantity(domain: str, key: str, path: str, value: Decimal) -> int:
 
 
 def status(domain: str, key: str, path: str, value: Any, mapping: Mapping[Any, Any]) -> Any:
-    """Map a cloud status to its canonical twin or refuse it by name."""
+    """Map a cloud code (status, unit, address type, channel) to its canonical twin.
+
+    A code without a twin (``Draft`` invoice) is refused by name, never guessed.
+    """
     try:
         return mapping[value]
     except KeyError:
         raise TranslationError(
-            domain, key, path, str(value), "cloud status has no canonical twin"
+            domain, key, path, str(value), "cloud code has no canonical twin"
         ) from None
 
 
@@ -157,8 +160,9 @@ def construct(model: type[M], values: dict[str, Any]) -> M:
     name every field of ``model`` by its Python name.
 
     Does what pydantic's ``model_construct`` does, minus its per-field default
-    and alias resolution, which made it slower than validating (6.5 us against
-    1.7 us for an address here).
+    and alias resolution, which made it slower than validating: for a customer
+    address, model_construct 6.5 us, model_validate 2.9 us, this 1.7 us (timeit,
+    same run, on this shared machine).
     """
     doc = model.__new__(model)
     _set(doc, "__dict__", values)
