@@ -126,3 +126,20 @@ def test_a_document_with_several_defects_reports_the_first_and_counts_the_rest()
     with pytest.raises(TranslationError) as info:
         canonical_from_json("customer", doc)
     assert "1 more error" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("domain", "path", "value", "reason"),
+    [
+        ("invoice", "status", "Draft", "no canonical twin"),
+        ("order", "salesOrderLines.0.quantity", "2.5", "fractional quantity"),
+        ("inventory", "quantityOnHand", "1E+31", "out of range"),
+        ("inventory", "availableToPromise", "3", "contradicts"),
+        ("shipment", "status", "Planned", "contradicts"),
+    ],
+)
+def test_a_refusal_by_the_translator_says_why(domain, path, value, reason):
+    with pytest.raises(TranslationError) as info:
+        canonical_from_json(domain, _with(domain, path, value))
+    assert reason in info.value.reason
+    assert reason in str(info.value) and repr(value) in str(info.value)
