@@ -19,7 +19,7 @@ from tests.contracts.erp_contract import read_all
 from tests.contracts.test_legacy_contract import legacy_sample
 from workers.cli import cli
 from workers.legacy_erp.adapter import LegacyErp, LegacyIdempotencyConflict
-from workers.legacy_erp.capture import CHGLOG
+from workers.legacy_erp.capture import CHGLOG, XCOEXTXN
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.legacy_erp.seed import SEED_USER, NotEmpty, seed_legacy
 
@@ -121,15 +121,54 @@ def test_a_key_the_legacy_erp_cannot_hold_is_a_translation_error_naming_it(erp):
         erp.get("customer", "ABC")
 
 
-def test_a_failed_write_rolls_back_its_version_and_leaves_no_coexist_marker(erp, engine):
+def test_a_record_the_legacy_erp_cannot_hold_is_refused_before_anything_is_written(erp):
     bad = legacy_sample("price", 1)
     too_many = [{"min_quantity": q, "unit_price": "1.00"} for q in range(1, 8)]
     bad = type(bad).model_validate({**bad.model_dump(), "breaks": too_many})
-    with pytest.raises(TranslationError):
+    with pytest.raises(TranslationError, match="breaks"):
         erp.upsert(bad, source_version=1, idempotency_key="x")
-    assert erp.applied_version("price", bad.key) == 0
+    assert erp.applied_version("price", bad.key) == 0 and read_all(erp) == []
+
+
+def test_a_write_failing_midway_rolls_back_record_version_log_and_coexist_marker(
+    erp, engine, monkeypatch
+):
+    original = LegacyErp._replace
+
+    def replace_then_fail(self, conn, d, header, children):
+        original(self, conn, d, header, children)  # header and lines are written...
+        raise RuntimeError("connection lost")  # ...then the transaction dies
+
+    monkeypatch.setattr(LegacyErp, "_replace", replace_then_fail)
+    with pytest.raises(RuntimeError):
+        erp.upsert(legacy_sample("order", 1), source_version=3, idempotency_key="x")
+    monkeypatch.undo()
+    assert erp.get("order", "500001") is None
+    assert erp.applied_version("order", "500001") == 0
+    assert read_all(erp) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(XCOEXTXN)).scalar() == 0
     erp.person_upsert(customer(1), "JSMITH")
     assert [c.writer for c in read_all(erp)] == ["JSMITH"]
+    assert erp.upsert(legacy_sample("order", 1), source_version=3, idempotency_key="x") == \
+        Applied("order", "500001", 3)
+
+
+def test_pruning_the_change_log_never_lets_a_cursor_be_reused(erp):
+    erp.person_upsert(customer(1), "JSMITH")
+    erp.person_upsert(customer(2), "JSMITH")
+    last = read_all(erp)[-1].cursor
+    assert erp.feed.prune(last) == 4 and read_all(erp) == []
+    erp.person_upsert(customer(3), "JSMITH")
+    assert [c.cursor for c in read_all(erp)] == [last + 2]
+
+
+def test_forgotten_idempotency_keys_fall_back_on_the_version_check(erp):
+    erp.upsert(customer(5), source_version=2, idempotency_key="k")
+    assert erp.forget_idempotency_keys(older_than_s=3600) == 0
+    assert erp.forget_idempotency_keys(older_than_s=-1) == 1
+    assert erp.upsert(customer(5), source_version=2, idempotency_key="k") == \
+        Stale("customer", "5", 2, 2)
 
 
 # ------------------------------------------------------------------ seeding

@@ -239,6 +239,17 @@ class LegacyErp:
                          .values(LCHGUSER=_padded(d.header.c.LCHGUSER, writer)))
             self._remove(conn, d, values)
 
+    def forget_idempotency_keys(self, older_than_s: float) -> int:
+        """Drop remembered idempotency keys older than ``older_than_s``; returns how many.
+
+        Keep them longer than any message can be redelivered (the broker's
+        retry horizon): after that a replay is caught by the version check alone,
+        as ``Stale`` instead of the first result.
+        """
+        cutoff = int((time.time() - older_than_s) * 1000)
+        with self.engine.begin() as conn:
+            return conn.execute(XCOEXIDM.delete().where(cutoff > XCOEXIDM.c.CRTTS)).rowcount
+
     def applied_version(self, domain: str, key: str) -> int:
         """The last source version coexist applied to the record (0 if none)."""
         with self.engine.connect() as conn:

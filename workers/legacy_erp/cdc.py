@@ -101,6 +101,16 @@ class LegacyChangeFeed:
             yield batch
             after = batch[-1].cursor
 
+    def prune(self, upto: int) -> int:
+        """Delete change-log rows with ``SEQ <= upto``; returns how many.
+
+        Pass the lowest checkpoint of every consumer of the feed.  Sequence
+        values are never reused after a prune (AUTOINCREMENT on SQLite, a
+        sequence on PostgreSQL), so cursors stay strictly increasing.
+        """
+        with self.engine.begin() as conn:
+            return conn.execute(CHGLOG.delete().where(upto >= CHGLOG.c.SEQ)).rowcount
+
     def last_cursor(self) -> int:
         """The highest ``SEQ`` in the change log (0 when empty)."""
         with self.engine.connect() as conn:
