@@ -5,6 +5,9 @@ Prints one JSON line per figure (name, records_per_s, baseline_per_s, ratio):
 * ``cloud_single_upsert``: ``CloudErp.upsert`` of existing customers (read with
   ETag, version check, PATCH with If-Match and Idempotency-Key) against raw httpx
   doing the same two requests with ready-made cloud documents.  Target ratio >= 0.8.
+* ``cloud_sim_requests``: trivial requests per second answered by the simulator's
+  bare asyncio server against uvicorn (h11) + starlette serving the same JSON,
+  both driven by a raw keep-alive socket (why the simulator has its own server).
 * ``cloud_batch_upsert``: ``CloudErp.upsert_many`` through ``$batch`` (200 per
   request: a read batch, then a write batch) against raw httpx posting the same
   two batches built from ready-made documents.  Target >= 5,000 records/s.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -116,6 +121,65 @@ def bench_batch(url: str, n: int) -> dict:
     return _figure("cloud_batch_upsert", n, adapter_s, raw_s)
 
 
+_STARLETTE_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def health(request):
+    return JSONResponse({"status": "ok"})
+
+app = Starlette(routes=[Route("/health", health)])
+"""
+
+
+def _socket_rate(port: int, n: int) -> float:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
+        started = time.perf_counter()
+        for _ in range(n):
+            sock.sendall(request)
+            if not sock.recv(65536):
+                raise RuntimeError("server closed the connection")
+        return n / (time.perf_counter() - started)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_stack(sim_url: str, tmp: str, n: int = 500, rounds: int = 3) -> dict:
+    Path(tmp, "bench_starlette_app.py").write_text(_STARLETTE_APP)
+    port = _free_port()
+    uvicorn = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench_starlette_app:app", "--port", str(port),
+         "--http", "h11", "--log-level", "warning"], cwd=tmp)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        sim_port = int(sim_url.rsplit(":", 1)[1])
+        ours = theirs = 0.0
+        for _ in range(rounds):
+            theirs += _socket_rate(port, n)
+            ours += _socket_rate(sim_port, n)
+    finally:
+        uvicorn.terminate()
+        uvicorn.wait()
+    rate, base = ours / rounds, theirs / rounds
+    return {"name": "cloud_sim_requests", "records": n * rounds, "records_per_s": round(rate, 1),
+            "baseline_per_s": round(base, 1), "ratio": round(rate / base, 3)}
+
+
 def _post_batch(http: httpx.Client, ops: list[dict]) -> list[dict]:
     response = http.post("/$batch", content=json.dumps({"requests": ops}).encode(),
                          headers={"Content-Type": "application/json"}, timeout=60)
@@ -137,6 +201,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, start_simulator(Path(tmp) / "cloud.db") as sim:
         print(json.dumps(bench_single(sim.url, args.single, args.rounds)), flush=True)
         print(json.dumps(bench_batch(sim.url, args.batch)), flush=True)
+        print(json.dumps(bench_stack(sim.url, tmp)), flush=True)
 
 
 if __name__ == "__main__":
