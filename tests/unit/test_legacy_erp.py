@@ -20,7 +20,7 @@ from tests.contracts.test_legacy_contract import legacy_sample
 from workers.cli import cli
 from workers.legacy_erp.adapter import LegacyErp, LegacyIdempotencyConflict
 from workers.legacy_erp.capture import CHGLOG, XCOEXTXN
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema, translator
 from workers.legacy_erp.seed import SEED_USER, NotEmpty, seed_legacy
 
 
@@ -154,6 +154,17 @@ def test_a_write_failing_midway_rolls_back_record_version_log_and_coexist_marker
         Applied("order", "500001", 3)
 
 
+def test_a_hand_typed_key_no_canonical_key_maps_to_is_passed_on_and_fails_on_read(erp, engine):
+    header, _ = translator("customer").from_canonical(customer(1), changed_by="JSMITH")
+    with engine.begin() as conn:
+        conn.execute(CUSTMAST.__table__.insert().values({**header, "CUSTNO": "12AB".ljust(10)}))
+    erp.person_upsert(customer(2), "JSMITH")
+    changes = read_all(erp)
+    assert [c.key for c in changes] == ["12AB", "2"]
+    with pytest.raises(TranslationError, match="customer 12AB: field key='12AB'"):
+        erp.get("customer", changes[0].key)
+
+
 def test_pruning_the_change_log_never_lets_a_cursor_be_reused(erp):
     erp.person_upsert(customer(1), "JSMITH")
     erp.person_upsert(customer(2), "JSMITH")
@@ -185,6 +196,18 @@ def test_seeding_loads_every_domain_of_the_sample_as_pre_existing_data(engine):
     assert {c.writer for c in read_all(erp)} == {SEED_USER}
     with pytest.raises(NotEmpty, match="CUSTMAST already holds 6 rows"):
         seed_legacy(engine, spec)
+
+
+def test_the_init_command_is_idempotent_and_a_bad_url_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
+    monkeypatch.delenv("COEXIST_LEGACY_URL", raising=False)
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(cli, ["legacy", "init"])
+        assert result.exit_code == 0 and "legacy schema ready" in result.output
+    bad = runner.invoke(cli, ["legacy", "init", "--url", "mysql://u:secret@db/erp"])
+    assert bad.exit_code == 2 and "sqlite:// or postgresql://" in bad.output
+    assert "secret" not in bad.output
 
 
 def test_the_seed_command_reports_counts_and_refuses_a_second_seed(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from bus.errors import TechnicalError
+from coexistence.errors import TranslationError
 from coexistence.ports import Change, ChangeFeed
 from workers import checkpoints
 from workers.legacy_erp.capture import CHGLOG, CapturedTable
@@ -133,7 +134,15 @@ class LegacyChangeFeed:
                         f"CHGLOG SEQ {seq}: table {tabname!r} is not captured by this feed "
                         f"(known: {', '.join(sorted(tables))})"
                     )
-                known = (spec.domain, decoders[spec.domain](raw_key), spec.header is None)
+                try:
+                    key = decoders[spec.domain](raw_key)
+                except TranslationError:
+                    # A key typed by hand that no canonical key maps to (CUSTNO
+                    # "ABC"): passed on as it is, so that the consumer's read of
+                    # it raises the TranslationError naming it (a business
+                    # exception) instead of the row blocking the whole feed.
+                    key = raw_key
+                known = (spec.domain, key, spec.header is None)
                 keys[(tabname, raw_key)] = known
             domain, key, is_header = known
             if ts_ms != last_ms:  # rows of one statement share their time
