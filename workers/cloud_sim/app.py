@@ -43,14 +43,25 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from decimal import Decimal
 from urllib.parse import quote, unquote
 
-from pydantic import ValidationError
-
-from coexistence.cloud.models import RESOURCE_MODELS, CloudResource
+from coexistence.cloud.models import CloudResource
 from workers.cloud_sim.faults import Faults, FaultSpecError, parse_faults
 from workers.cloud_sim.http import Request, Response
+from workers.cloud_sim.protocol import (
+    MINIMAL_APPLIED,
+    ApiError,
+    batch_size,
+    check_if_match,
+    int_param,
+    iso_param,
+    json_response,
+    minimal,
+    parse_json,
+    resource_model,
+    selected_fields,
+    validate,
+)
 from workers.cloud_sim.store import Row, Store
 from workers.ratelimit import LocalTokenBucket
 
@@ -64,31 +75,11 @@ MAX_PAGE = 1000
 #: Header carrying the source version of a DELETE (PATCH/POST carry it in the body).
 SOURCE_VERSION_HEADER = "x-coexist-source-version"
 
-_SERVER_FIELDS = ("@odata.etag", "id", "lastModifiedDateTime")
 _KEY = re.compile(r"^/?([A-Za-z]+)(?:\((.*)\))?$")
 _NUMBER_KEY = re.compile(r"^number='((?:[^']|'')*)'$")
 _FILTER_TERM = re.compile(
     r"^\s*(?:number\s+eq\s+'((?:[^']|'')*)'|lastModifiedDateTime\s+gt\s+(\S+))\s*$"
 )
-
-
-class ApiError(Exception):
-    """An answer other than success, in the OData error shape."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 targets: list[str] | list[tuple[str, str]] | None = None,
-                 headers: list[tuple[str, str]] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        #: (field path, message) pairs; a bare path reuses the main message.
-        self.targets = [t if isinstance(t, tuple) else (t, message) for t in targets or []]
-        self.headers = headers or []
-
-    def body(self) -> dict:
-        error: dict = {"code": self.code, "message": self.message}
-        if self.targets:
-            error["details"] = [{"target": t, "message": m} for t, m in self.targets]
-        return {"error": error}
 
 
 # An operation's answer before it becomes bytes: status, headers, JSON body (or None).
@@ -131,18 +122,18 @@ class CloudSimulator:
                     self.store.reset()
                     self.faults = Faults()
                     self.buckets.clear()
-                    return _json_response(204, None)
+                    return json_response(204, None)
                 match = re.match(r"^/admin/as/([^/]+)(/.*)$", path)
                 if not match:
                     raise ApiError(404, "NotFound", f"no admin resource {path}")
                 return self._dispatch(req, match.group(2), unquote(match.group(1)))
             return await self._guarded(req, client)
         except ApiError as err:
-            return _json_response(err.status, err.body(), err.headers)
+            return json_response(err.status, err.body(), err.headers)
         except Exception:
             # A simulator bug must still answer, or the client hangs until its timeout.
             log.exception("unhandled error on %s %s", req.method, req.path)
-            return _json_response(500, ApiError(500, "InternalError", "simulator error").body())
+            return json_response(500, ApiError(500, "InternalError", "simulator error").body())
 
     async def _guarded(self, req: Request, client: str) -> Response:
         is_write = req.method in ("POST", "PATCH", "DELETE", "PUT")
@@ -154,13 +145,13 @@ class CloudSimulator:
             raise ApiError(503, "ServiceUnavailable", "injected 503", headers=retry_after)
         cost = 1
         if req.path == "/$batch":
-            cost = max(1, _batch_size(req.body))
+            cost = max(1, batch_size(req.body))
         self._throttle(client, cost)
         if self.faults.latency_ms:
             await asyncio.sleep(self.faults.latency_ms / 1000)
         response = self._dispatch(req, req.path, client)
         if fault == "error_after":
-            return _json_response(500, ApiError(500, "InternalError", "injected 500").body())
+            return json_response(500, ApiError(500, "InternalError", "injected 500").body())
         if fault in ("drop", "timeout"):
             response.after = "drop" if fault == "drop" else "hang"
             response.hang_s = self.faults.hang_s
@@ -197,12 +188,12 @@ class CloudSimulator:
     def _admin_faults(self, req: Request) -> Response:
         if req.method in ("PUT", "POST"):
             try:
-                self.faults = parse_faults(_parse_json(req.body))
+                self.faults = parse_faults(parse_json(req.body))
             except FaultSpecError as exc:
                 raise ApiError(422, "InvalidFaults", str(exc)) from None
         elif req.method != "GET":
             raise ApiError(405, "MethodNotAllowed", f"{req.method} /admin/faults")
-        return _json_response(200, self.faults.as_dict())
+        return json_response(200, self.faults.as_dict())
 
     # ----------------------------------------------------------------- routing
 
@@ -210,18 +201,18 @@ class CloudSimulator:
         if path == "/$batch":
             if req.method != "POST":
                 raise ApiError(405, "MethodNotAllowed", "use POST for $batch")
-            return _json_response(200, self._batch(req.body, client))
+            return json_response(200, self._batch(req.body, client))
         if path == "/changes":
-            return _json_response(200, self._changes(req.query))
+            return json_response(200, self._changes(req.query))
         if path.startswith("/export/"):
             entity_set = path[len("/export/"):]
-            _model(entity_set)
+            resource_model(entity_set)
             after = req.query.get("after", "")
             return Response(200, stream=self.store.export(entity_set, after),
                             content_type="application/x-ndjson")
         if path == "/health":
-            return _json_response(200, {"status": "ok"})
-        body = _parse_json(req.body) if req.body else None
+            return json_response(200, {"status": "ok"})
+        body = parse_json(req.body) if req.body else None
         self.store.begin()
         try:
             status, headers, doc = self._operation(
@@ -230,7 +221,7 @@ class CloudSimulator:
         except BaseException:
             self.store.rollback()
             raise
-        return _json_response(status, doc, headers)
+        return json_response(status, doc, headers)
 
     def _operation(self, method: str, path: str, query: dict, headers: dict, body,
                    client: str) -> Answer:
@@ -238,7 +229,7 @@ class CloudSimulator:
         if not match:
             raise ApiError(404, "NotFound", f"no resource at {path}")
         entity_set, key = match.group(1), match.group(2)
-        model = _model(entity_set)
+        model = resource_model(entity_set)
         if key is None:
             if method == "GET":
                 return 200, [], self._list(entity_set, query)
@@ -251,7 +242,7 @@ class CloudSimulator:
         if method == "GET":
             if row is None or (row.deleted and query.get("includeDeleted") != "true"):
                 raise ApiError(404, "NotFound", f"no {entity_set} {key}")
-            doc = row.tombstone() if row.deleted else row.document(_select(query))
+            doc = row.tombstone() if row.deleted else row.document(selected_fields(query))
             return 200, [("ETag", row.etag)], doc
         if method == "PATCH":
             return self._idempotent(headers, client, method, path, body,
@@ -270,7 +261,7 @@ class CloudSimulator:
     # ----------------------------------------------------------------- reads
 
     def _list(self, entity_set: str, query: dict) -> dict:
-        top = _int_param(query, "$top", DEFAULT_PAGE, MAX_PAGE)
+        top = int_param(query, "$top", DEFAULT_PAGE, MAX_PAGE)
         modified_after = query.get("modifiedSince") or None
         number = None
         if query.get("$filter"):
@@ -285,7 +276,7 @@ class CloudSimulator:
                 else:
                     modified_after = m.group(2)
         if modified_after is not None:
-            modified_after = _iso_param(modified_after)
+            modified_after = iso_param(modified_after)
         if number is not None:
             row = self.store.by_number(entity_set, number)
             hit = row is not None and not row.deleted and (
@@ -302,8 +293,8 @@ class CloudSimulator:
         return out
 
     def _changes(self, query: dict) -> dict:
-        after = _int_param(query, "after", 0, None)
-        limit = _int_param(query, "limit", DEFAULT_PAGE, MAX_PAGE)
+        after = int_param(query, "after", 0, None)
+        limit = int_param(query, "limit", DEFAULT_PAGE, MAX_PAGE)
         value = self.store.changes(after, limit)
         return {"value": value, "lastCursor": value[-1]["cursor"] if value else after}
 
@@ -333,7 +324,7 @@ class CloudSimulator:
 
     def _create(self, entity_set: str, model: type[CloudResource], body, client: str,
                 headers: dict) -> Answer:
-        data = _validate(model, body)
+        data = validate(model, body)
         number = data["number"]
         existing = self.store.by_number(entity_set, number)
         if existing is not None and not existing.deleted:
@@ -347,29 +338,29 @@ class CloudSimulator:
             row = self.store.insert(entity_set, number, data, version, client)
         location = f"{self.base_url}/{entity_set}({row.id})"
         out = [("ETag", row.etag), ("Location", location)]
-        if _minimal(headers):
-            return 204, [*out, ("OData-EntityId", location), _MINIMAL_APPLIED], None
+        if minimal(headers):
+            return 204, [*out, ("OData-EntityId", location), MINIMAL_APPLIED], None
         return 201, out, row.document()
 
     def _patch(self, row: Row | None, key: str, model, body, headers: dict,
                client: str) -> Answer:
         if row is None or row.deleted:
             raise ApiError(404, "NotFound", f"no {key}")
-        _check_if_match(row, headers)
+        check_if_match(row, headers)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "PATCH body must be a JSON object")
         if "number" in body and body["number"] != row.number:
             raise ApiError(422, "ImmutableField", "number cannot be changed", ["number"])
-        data = _validate(model, {**row.data, **body})
+        data = validate(model, {**row.data, **body})
         new = self.store.replace(row, data, data.get("coexistSourceVersion"), client)
-        if _minimal(headers):
-            return 204, [("ETag", new.etag), _MINIMAL_APPLIED], None
+        if minimal(headers):
+            return 204, [("ETag", new.etag), MINIMAL_APPLIED], None
         return 200, [("ETag", new.etag)], new.document()
 
     def _delete(self, row: Row | None, key: str, headers: dict, client: str) -> Answer:
         if row is None or row.deleted:
             raise ApiError(404, "NotFound", f"no {key}")
-        _check_if_match(row, headers)
+        check_if_match(row, headers)
         version = row.source_version
         if SOURCE_VERSION_HEADER in headers:
             try:
@@ -383,7 +374,7 @@ class CloudSimulator:
     # ----------------------------------------------------------------- $batch
 
     def _batch(self, raw: bytes, client: str) -> dict:
-        body = _parse_json(raw)
+        body = parse_json(raw)
         requests = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests, list):
             raise ApiError(400, "BadRequest", "$batch body must be {\"requests\": [...]}",
@@ -427,98 +418,3 @@ class CloudSimulator:
         return answer
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _model(entity_set: str) -> type[CloudResource]:
-    try:
-        return RESOURCE_MODELS[entity_set]
-    except KeyError:
-        raise ApiError(404, "NotFound", f"no entity set {entity_set!r}") from None
-
-
-def _parse_json(raw: bytes):
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "MalformedJson", f"request body is not valid JSON: {exc}") from None
-
-
-def _validate(model: type[CloudResource], body) -> dict:
-    """The stored form of a body: validated, server fields dropped, JSON names."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "body must be a JSON object")
-    doc = {k: v for k, v in body.items() if k not in _SERVER_FIELDS}
-    try:
-        record = model.model_validate(doc)
-    except ValidationError as exc:
-        errors = exc.errors()
-        targets = [("/".join(str(p) for p in e["loc"]) or "<root>", e["msg"]) for e in errors]
-        path, message = targets[0]
-        more = f" (and {len(targets) - 1} more)" if len(targets) > 1 else ""
-        raise ApiError(422, "ValidationFailed", f"{path}: {message}{more}", targets) from None
-    data = record.model_dump(mode="json", by_alias=True, exclude=_EXCLUDE)
-    if "quantityOnHand" in data:
-        # Derived by the server, never taken from the client.
-        on_hand = Decimal(data["quantityOnHand"]) - Decimal(data["quantityAllocated"])
-        data["availableToPromise"] = str(max(on_hand, Decimal(0)))
-    return data
-
-
-_EXCLUDE = {"odata_etag", "id", "last_modified_date_time"}
-
-
-_MINIMAL_APPLIED = ("Preference-Applied", "return=minimal")
-
-
-def _minimal(headers: dict) -> bool:
-    """``Prefer: return=minimal``: answer a write 204 with its ETag, no document."""
-    return "return=minimal" in headers.get("prefer", "")
-
-
-def _select(query: dict) -> frozenset[str] | None:
-    raw = query.get("$select")
-    return frozenset(f.strip() for f in raw.split(",") if f.strip()) if raw else None
-
-
-def _check_if_match(row: Row, headers: dict) -> None:
-    wanted = headers.get("if-match")
-    if wanted and wanted != "*" and wanted != row.etag:
-        raise ApiError(412, "PreconditionFailed",
-                       f"If-Match {wanted} does not match the current ETag {row.etag}",
-                       headers=[("ETag", row.etag)])
-
-
-def _int_param(query: dict, name: str, default: int, maximum: int | None) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "BadRequest", f"{name}={raw!r} is not an integer", [name]) from None
-    if value < 0 or (maximum is not None and value > maximum):
-        raise ApiError(400, "BadRequest", f"{name}={value} out of range", [name])
-    return value
-
-
-def _iso_param(value: str) -> str:
-    from datetime import UTC, datetime
-
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "BadRequest", f"{value!r} is not an ISO 8601 timestamp") from None
-    if moment.tzinfo is None:
-        raise ApiError(400, "BadRequest", f"{value!r} has no time zone")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _batch_size(raw: bytes) -> int:
-    # Cheap count for rate limiting; the real parse and its errors come later.
-    return raw.count(b'"method"')
-
-
-def _json_response(status: int, doc, headers: list[tuple[str, str]] | None = None) -> Response:
-    body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
-    return Response(status, body, list(headers or []))
