@@ -29,7 +29,8 @@ CUSTOMER = decode("customer", {
 def runtime(request, tmp_path):
     broker_url = None
     if request.param == "rabbitmq":
-        broker_url, _vhost = request.getfixturevalue("fresh_rabbit_vhost")
+        # The run's vhost; each test starts from empty queues (flushed below).
+        broker_url = request.getfixturevalue("rabbit_vhost")
     settings = Settings(
         home=tmp_path, state_url=f"sqlite:///{tmp_path / 'state.db'}",
         legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}", broker_url=broker_url,
@@ -42,6 +43,7 @@ def runtime(request, tmp_path):
         subscriptions=[Subscription("probe", frozenset({"customer"}))],
         channel_handlers={"probe": seen.append},
     )
+    app.broker.flush_all()
     rt = Runtime(app)
     rt.seen = seen
     yield rt

@@ -6,6 +6,7 @@ import time
 
 import dramatiq
 
+from bus.brokers import SqliteBroker
 from bus.outbox import backlog
 from workers.bootstrap import App
 from workers.router import queues
@@ -36,10 +37,18 @@ class Runtime:
             moved = sum(loop.drain().read for loop in self.loops)
             moved += self.relay.run_once(5000)
             for name in router_queues(self.app):
-                self.app.broker.join(name, timeout=int(timeout_s * 1000))
+                self._join(name, int(timeout_s * 1000))
             self.worker.join()
             moved += backlog(self.app.state)
             quiet = quiet + 1 if moved == 0 else 0
+
+    def _join(self, queue: str, timeout_ms: int) -> None:
+        if isinstance(self.app.broker, SqliteBroker):
+            self.app.broker.join(queue, timeout=timeout_ms)
+        else:
+            # dramatiq's defaults (10 empty polls 100 ms apart per queue) cost seconds per
+            # round; two polls suffice because the worker is joined right after.
+            self.app.broker.join(queue, min_successes=2, idle_time=20, timeout=timeout_ms)
 
     def stop(self) -> None:
         self.worker.stop()
