@@ -85,6 +85,9 @@ class ExceptionRecord(BusTable, table=True):
     domain: str | None = Field(default=None,
                                sa_column=Column(String(64), nullable=True, index=True))
     key: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    #: From the envelope, indexed for ``coexist trace``.
+    correlation_id: str | None = Field(default=None,
+                                       sa_column=Column(String(128), nullable=True, index=True))
     failure_class: str = Field(sa_column=Column(String(16), nullable=False))
     error_type: str = Field(sa_column=Column(String(200), nullable=False))
     error_message: str = Field(sa_column=Column(Text, nullable=False))
@@ -208,14 +211,17 @@ class ExceptionStore:
                              f"got {failure_class!r}")
         now = failed_at or datetime.now(UTC)
         env = envelope.model_dump(mode="json") if isinstance(envelope, Envelope) else envelope
+        correlation = None
         if env is not None:
             domain = domain or _str_or_none(env.get("domain"))
             key = key or _str_or_none(env.get("key"))
+            correlation = _str_or_none(env.get("correlation_id"))
         values = {
             "queue_name": queue_name,
             "actor_name": actor_name,
             "domain": domain,
             "key": key,
+            "correlation_id": correlation,
             "failure_class": failure_class,
             "error_type": error_type[:200],
             "error_message": error_message[:MAX_ERROR_CHARS],
@@ -268,9 +274,12 @@ class ExceptionStore:
         group: str | None = None,
         limit: int | None = 100,
         ids: Iterable[int] | None = None,
+        correlation_id: str | None = None,
     ) -> builtins.list[ExceptionRecord]:
         """Records, newest failure first; ``status=None`` lists every status."""
         stmt = self._filter(select(_T), status, domain, group, ids)
+        if correlation_id is not None:
+            stmt = stmt.where(_T.c.correlation_id == correlation_id)
         stmt = stmt.order_by(_T.c.last_failed_at.desc(), _T.c.id.desc())
         if limit is not None:
             stmt = stmt.limit(limit)

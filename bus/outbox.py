@@ -71,8 +71,9 @@ RELAY_BACKOFF_MIN_S = 0.2
 RELAY_BACKOFF_MAX_S = 30.0
 #: How long an idle relay sleeps before looking again (``wake()`` cuts it short).
 RELAY_IDLE_POLL_S = 0.1
-#: SQLite: a relay's lease lasts this long and is renewed on every round.
-RELAY_LEASE_S = 30.0
+#: SQLite: a relay's lease lasts this long and is renewed on every round; longer than
+#: any publish may take (confirm timeouts), so a slow relay is not taken over mid-batch.
+RELAY_LEASE_S = 120.0
 #: Longest error text kept on a row.
 MAX_ERROR_CHARS = 2000
 
@@ -103,6 +104,9 @@ class OutboxRecord(BusTable, table=True):
     actor_name: str = Field(sa_column=Column(String(200), nullable=False))
     domain: str = Field(sa_column=Column(String(64), nullable=False))
     partition_key: str = Field(sa_column=Column(String(256), nullable=False))
+    #: The envelope's correlation id, indexed for ``coexist trace``.
+    correlation_id: str | None = Field(default=None, sa_column=Column(String(128), nullable=True,
+                                                                      index=True))
     #: The envelope as JSON text.
     payload: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -198,6 +202,7 @@ def add_all_to_outbox(
                 "actor_name": actor_name,
                 "domain": env.domain,
                 "partition_key": env.key,
+                "correlation_id": env.correlation_id,
                 "payload": payload,
                 "created_at": now,
                 "attempts": 0,

@@ -62,6 +62,8 @@ def test_a_failure_is_recorded_with_its_envelope_class_error_and_call_site(store
     assert rec.envelope_dict()["message_id"] == env.message_id
     assert rec.message_dict() == message
     assert rec.first_failed_at == rec.last_failed_at
+    assert rec.correlation_id == env.correlation_id
+    assert [r.id for r in store.list(correlation_id=env.correlation_id)] == [rid]
     assert store.get(rid + 100) is None
 
 

@@ -73,6 +73,9 @@ def test_a_message_commits_only_with_the_state_change_that_caused_it(engine):
         add_to_outbox(session, env(), actor_name="sync_crm", queue_name="crm")
         session.commit()
     assert backlog(engine) == 1
+    with Session(engine) as session:
+        (row,) = session.exec(select(OutboxRecord)).all()
+        assert row.correlation_id == row.message_id  # a first cause is its own correlation
 
 
 def test_an_oversized_envelope_fails_the_state_change_instead_of_being_stuck(engine):
