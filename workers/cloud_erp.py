@@ -107,9 +107,9 @@ class _Current:
 class CloudErp:
     """``Erp`` and ``ChangeFeed`` for the cloud ERP (the simulator or a real one).
 
-    One instance per process: it holds a pooled ``httpx.Client``.  Not for use
-    from several threads at once (httpx clients are, the limiter is; the
-    retry bookkeeping is per call, so it is fine in practice).
+    One instance per process, shared by its worker threads: the pooled
+    ``httpx.Client`` and the rate limiters are thread-safe and every call keeps
+    its retry state on its own stack (``retries`` is only an approximate metric).
     """
 
     system = "cloud"
