@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import Enum
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -81,11 +82,27 @@ def audit(changed_by: str, changed_at: datetime | None) -> dict[str, Any]:
 DEFAULT_WRITER = COEXIST_WRITER
 
 
-def validate(model: type[M], data: dict[str, Any], where: Where, columns: Mapping[str, str]) -> M:
-    """One ``model_validate`` for the whole record; errors name legacy columns."""
+def validate(
+    model: type[M], data: dict[str, Any], where: Where, columns: Mapping[str, str],
+    child_columns: Mapping[str, str] | None = None,
+) -> M:
+    """One ``model_validate`` for the whole record; errors name legacy columns.
+
+    ``columns`` maps canonical fields to header columns (and the child list to
+    the child table), ``child_columns`` the child rows' fields to their columns,
+    so a bad line reads ``ORDLIN.ORDQTY`` with its line number in the reason.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = err["loc"]
+        if child_columns and len(loc) >= 3 and type(loc[1]) is int:
+            child = data[loc[0]][loc[1]]
+            ident = child.get("line_no", child.get("site_id"))
+            return_field = f"{columns.get(loc[0], loc[0])}.{child_columns.get(loc[2], loc[2])}"
+            raise fail(where, return_field, err.get("input"), f"{err['msg']} (row {ident})"
+                       ) from None
         raise validation_error(where, exc, columns) from None
 
 
@@ -165,15 +182,19 @@ def check_child(
         raise fail(where, f"{table}.{column}", child[column], "child row of another document")
 
 
-def sorted_lines(
-    rows: list[tuple[int, dict[str, Any]]], where: Where, field: str
+def sort_unique(
+    rows: list[dict[str, Any]], key: str, where: Where, field: str
 ) -> list[dict[str, Any]]:
-    """Rows ordered by their number; a repeated number is an error (it is a legacy key)."""
-    rows.sort(key=lambda pair: pair[0])
-    for (a, _), (b, _) in zip(rows, rows[1:], strict=False):
-        if a == b:
-            raise fail(where, field, a, "line number repeated")
-    return [row for _, row in rows]
+    """Rows sorted by ``row[key]`` in place; a repeated value is an error (a legacy key)."""
+    if len(rows) > 1:
+        rows.sort(key=itemgetter(key))
+        previous = None
+        for row in rows:
+            if row[key] == previous:
+                value = previous.rstrip(" ") if isinstance(previous, str) else previous
+                raise fail(where, field, value, "repeated in one document")
+            previous = row[key]
+    return rows
 
 
 def no_children(children: Any, where: Where) -> None:

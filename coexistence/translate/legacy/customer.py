@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from coexistence.canonical.models import Customer, CustomerStatus, PaymentTerms, SiteKind
+from coexistence.errors import TranslationError
 from coexistence.legacy.models import (
     CITY_WIDTH,
     CUSTMAST,
@@ -52,7 +53,7 @@ from coexistence.translate.legacy._base import (
     flag,
     guard_columns,
     padded_codes,
-    sorted_lines,
+    sort_unique,
     validate,
 )
 
@@ -121,21 +122,21 @@ def key_columns(legacy_key: str) -> dict[str, str]:
     return {"CUSTNO": legacy_key}
 
 
-def _site(row: Mapping[str, Any], custno: str, where: Where) -> tuple[str, dict[str, Any]]:
+#: Site field -> CUSTSITE column, for errors found by model validation.
+SITE_COLUMNS: dict[str, str] = {
+    "site_id": "SITENO", "kind": "SITETYPE", "name": "SITENAME", "line1": "ADDR1",
+    "line2": "ADDR2", "city": "CITY", "region": "STATE", "postal_code": "ZIPCODE",
+    "country": "COUNTRY",
+}
+
+
+def _bad_site(row: Mapping[str, Any], custno: str, where: Where) -> TranslationError:
+    """Slow path: the precise error for a site row the fast path refused."""
     if row["CUSTNO"] != custno:
-        raise fail(where, "CUSTSITE.CUSTNO", row["CUSTNO"], "site of another customer")
-    site_id = uncode(row["SITENO"], where, "CUSTSITE.SITENO")
-    return site_id, {
-        "site_id": site_id,
-        "kind": decode(_SITE_KIND, row["SITETYPE"], where, "CUSTSITE.SITETYPE", "site type"),
-        "name": row["SITENAME"].rstrip(" "),
-        "line1": row["ADDR1"].rstrip(" "),
-        "line2": row["ADDR2"].rstrip(" ") or None,
-        "city": row["CITY"].rstrip(" "),
-        "region": row["STATE"].rstrip(" "),
-        "postal_code": row["ZIPCODE"].rstrip(" "),
-        "country": row["COUNTRY"].rstrip(" "),
-    }
+        return fail(where, "CUSTSITE.CUSTNO", row["CUSTNO"], "site of another customer")
+    uncode(row["SITENO"], where, "CUSTSITE.SITENO")
+    decode(_SITE_KIND, row["SITETYPE"], where, "CUSTSITE.SITETYPE", "site type")
+    return fail(where, "CUSTSITE", None, "unreadable site row")
 
 
 @guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
@@ -143,7 +144,24 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
     """A CUSTMAST row and its CUSTSITE rows -> ``Customer``."""
     custno = header["CUSTNO"]
     where = Where(DOMAIN, custno)
-    sites = sorted_lines([_site(row, custno, where) for row in children], where, "CUSTSITE.SITENO")
+    sites = []
+    # Hot path: inline reads; helpers only run to name what went wrong.
+    for row in children:
+        site_id = row["SITENO"].rstrip(" ")
+        kind = _SITE_KIND.get(row["SITETYPE"])
+        if row["CUSTNO"] != custno or kind is None or not site_id:
+            raise _bad_site(row, custno, where)
+        sites.append({
+            "site_id": site_id,
+            "kind": kind,
+            "name": row["SITENAME"].rstrip(" "),
+            "line1": row["ADDR1"].rstrip(" "),
+            "line2": row["ADDR2"].rstrip(" ") or None,
+            "city": row["CITY"].rstrip(" "),
+            "region": row["STATE"].rstrip(" "),
+            "postal_code": row["ZIPCODE"].rstrip(" "),
+            "country": row["COUNTRY"].rstrip(" "),
+        })
     data = {
         "key": unpad_number(custno, where, "CUSTNO"),
         "name": header["CUSTNAME"].rstrip(" "),
@@ -158,9 +176,9 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
         "contact_name": header["CONTNAME"].rstrip(" ") or None,
         "contact_email": header["CONTEMAIL"].rstrip(" ") or None,
         "contact_phone": header["CONTPHONE"].rstrip(" ") or None,
-        "sites": sites,
+        "sites": sort_unique(sites, "site_id", where, "CUSTSITE.SITENO"),
     }
-    return validate(Customer, data, where, COLUMNS)
+    return validate(Customer, data, where, COLUMNS, SITE_COLUMNS)
 
 
 def from_canonical(
@@ -186,7 +204,7 @@ def from_canonical(
         **audit(changed_by, changed_at),
     }
     sites = [
-        (site.site_id, {
+        {
             "CUSTNO": custno,
             "SITENO": code(site.site_id, SITE_WIDTH, where, "sites.site_id"),
             "SITETYPE": SITE_CODES[site.kind],
@@ -197,10 +215,10 @@ def from_canonical(
             "STATE": char(site.region, STATE_WIDTH),
             "ZIPCODE": char(site.postal_code, ZIP_WIDTH),
             "COUNTRY": site.country,
-        })
+        }
         for site in record.sites
     ]
-    return header, sorted_lines(sites, where, "sites.site_id")
+    return header, sort_unique(sites, "SITENO", where, "sites.site_id")
 
 
 def normalise(record: Customer) -> Customer:

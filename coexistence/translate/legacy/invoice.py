@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from coexistence.canonical.models import Invoice, InvoiceStatus
+from coexistence.errors import TranslationError
 from coexistence.legacy.models import INVHDR, INVLIN, ITEM_WIDTH, KEY_WIDTH, NAME_WIDTH
 from coexistence.translate.common import (
     LOSS_CENTS,
@@ -41,7 +42,7 @@ from coexistence.translate.legacy._base import (
     currency,
     decode,
     guard_columns,
-    sorted_lines,
+    sort_unique,
     validate,
 )
 
@@ -100,17 +101,38 @@ def _status(code_: str, amount_paid: Decimal) -> InvoiceStatus:
     return code_
 
 
-def _line(row: Mapping[str, Any], invno: str, where: Where) -> tuple[int, dict[str, Any]]:
+#: Invoice line field -> INVLIN column, for errors found by model validation.
+LINE_COLUMNS: dict[str, str] = {
+    "line_no": "LINENO", "sku": "ITEMNO", "description": "ITEMDESC", "quantity": "INVQTY",
+    "unit_price": "UNITPRC",
+}
+
+
+def _bad_line(row: Mapping[str, Any], invno: str, where: Where) -> TranslationError:
+    """Slow path: the precise error for a line the fast path refused."""
     if row["INVNO"] != invno:
-        raise fail(where, "INVLIN.INVNO", row["INVNO"], "line of another invoice")
-    line_no = quantity(row["LINENO"], where, "INVLIN.LINENO", positive=True)
-    return line_no, {
-        "line_no": line_no,
-        "sku": uncode(row["ITEMNO"], where, "INVLIN.ITEMNO"),
-        "description": row["ITEMDESC"].rstrip(" "),
-        "quantity": quantity(row["INVQTY"], where, "INVLIN.INVQTY", positive=True),
-        "unit_price": from_price_units(row["UNITPRC"], where, "INVLIN.UNITPRC"),
-    }
+        return fail(where, "INVLIN.INVNO", row["INVNO"], "line of another invoice")
+    quantity(row["LINENO"], where, "INVLIN.LINENO", positive=True)
+    uncode(row["ITEMNO"], where, "INVLIN.ITEMNO")
+    quantity(row["INVQTY"], where, "INVLIN.INVQTY", positive=True)
+    from_price_units(row["UNITPRC"], where, "INVLIN.UNITPRC")
+    return fail(where, "INVLIN", None, "unreadable invoice line")
+
+
+def _lines(children: Sequence[Mapping[str, Any]], invno: str, where: Where) -> list[dict]:
+    lines = []
+    # Hot path: inline reads; signs and ranges are checked by the model, helpers only
+    # run to name what went wrong.
+    for row in children:
+        line_no, qty, price = row["LINENO"], row["INVQTY"], row["UNITPRC"]
+        sku = row["ITEMNO"].rstrip(" ")
+        if (row["INVNO"] != invno or type(line_no) is not int or type(qty) is not int
+                or type(price) is not int or price < 0 or not sku):
+            raise _bad_line(row, invno, where)
+        lines.append({"line_no": line_no, "sku": sku,
+                      "description": row["ITEMDESC"].rstrip(" "), "quantity": qty,
+                      "unit_price": Decimal(price).scaleb(-4)})
+    return sort_unique(lines, "line_no", where, "INVLIN.LINENO")
 
 
 @guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
@@ -120,7 +142,7 @@ def to_canonical(
     """An INVHDR row and its INVLIN rows -> ``Invoice``."""
     invno = header["INVNO"]
     where = Where(DOMAIN, invno)
-    lines = sorted_lines([_line(row, invno, where) for row in children], where, "INVLIN.LINENO")
+    lines = _lines(children, invno, where)
     amount_paid = from_cents(header["AMTPAID"], where, "AMTPAID")
     status = decode(_STATUS, header["INVSTAT"], where, "INVSTAT", "invoice status")
     data = {
@@ -135,7 +157,7 @@ def to_canonical(
         "amount_paid": amount_paid,
         "lines": lines,
     }
-    return validate(Invoice, data, where, COLUMNS)
+    return validate(Invoice, data, where, COLUMNS, LINE_COLUMNS)
 
 
 def from_canonical(
@@ -157,17 +179,17 @@ def from_canonical(
         **audit(changed_by, changed_at),
     }
     lines = [
-        (line.line_no, {
+        {
             "INVNO": invno,
             "LINENO": legacy_quantity(line.line_no, where, "lines.line_no"),
             "ITEMNO": code(line.sku, ITEM_WIDTH, where, "lines.sku"),
             "ITEMDESC": char(line.description, NAME_WIDTH),
             "INVQTY": legacy_quantity(line.quantity, where, "lines.quantity"),
             "UNITPRC": to_price_units(line.unit_price, where, "lines.unit_price"),
-        })
+        }
         for line in record.lines
     ]
-    return header, sorted_lines(lines, where, "lines.line_no")
+    return header, sort_unique(lines, "LINENO", where, "lines.line_no")
 
 
 def normalise(record: Invoice) -> Invoice:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from coexistence.canonical.models import Order, OrderChannel, OrderStatus
+from coexistence.errors import TranslationError
 from coexistence.legacy.models import (
     CUSTPO_WIDTH,
     ITEM_WIDTH,
@@ -48,7 +50,7 @@ from coexistence.translate.legacy._base import (
     currency,
     decode,
     guard_columns,
-    sorted_lines,
+    sort_unique,
     validate,
 )
 
@@ -113,16 +115,21 @@ def key_columns(legacy_key: str) -> dict[str, str]:
     return {"ORDNO": legacy_key}
 
 
-def _line(row: Mapping[str, Any], ordno: str, where: Where) -> tuple[int, dict[str, Any]]:
+#: Order line field -> ORDLIN column, for errors found by model validation.
+LINE_COLUMNS: dict[str, str] = {
+    "line_no": "LINENO", "sku": "ITEMNO", "quantity": "ORDQTY", "unit_price": "UNITPRC",
+}
+
+
+def _bad_line(row: Mapping[str, Any], ordno: str, where: Where) -> TranslationError:
+    """Slow path: the precise error for a line the fast path refused."""
     if row["ORDNO"] != ordno:
-        raise fail(where, "ORDLIN.ORDNO", row["ORDNO"], "line of another order")
-    line_no = quantity(row["LINENO"], where, "ORDLIN.LINENO", positive=True)
-    return line_no, {
-        "line_no": line_no,
-        "sku": uncode(row["ITEMNO"], where, "ORDLIN.ITEMNO"),
-        "quantity": quantity(row["ORDQTY"], where, "ORDLIN.ORDQTY", positive=True),
-        "unit_price": from_price_units(row["UNITPRC"], where, "ORDLIN.UNITPRC"),
-    }
+        return fail(where, "ORDLIN.ORDNO", row["ORDNO"], "line of another order")
+    quantity(row["LINENO"], where, "ORDLIN.LINENO", positive=True)
+    uncode(row["ITEMNO"], where, "ORDLIN.ITEMNO")
+    quantity(row["ORDQTY"], where, "ORDLIN.ORDQTY", positive=True)
+    from_price_units(row["UNITPRC"], where, "ORDLIN.UNITPRC")
+    return fail(where, "ORDLIN", None, "unreadable order line")
 
 
 @guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
@@ -130,7 +137,17 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
     """An ORDHDR row and its ORDLIN rows -> ``Order``."""
     ordno = header["ORDNO"]
     where = Where(DOMAIN, ordno)
-    lines = sorted_lines([_line(row, ordno, where) for row in children], where, "ORDLIN.LINENO")
+    lines = []
+    # Hot path: inline reads; signs and ranges are checked by the model, helpers only
+    # run to name what went wrong.
+    for row in children:
+        line_no, qty, price = row["LINENO"], row["ORDQTY"], row["UNITPRC"]
+        sku = row["ITEMNO"].rstrip(" ")
+        if (row["ORDNO"] != ordno or type(line_no) is not int or type(qty) is not int
+                or type(price) is not int or price < 0 or not sku):
+            raise _bad_line(row, ordno, where)
+        lines.append({"line_no": line_no, "sku": sku, "quantity": qty,
+                      "unit_price": Decimal(price).scaleb(-4)})
     data = {
         "key": unpad_number(ordno, where, "ORDNO"),
         "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
@@ -141,9 +158,9 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
         "currency": currency(header["CURRCODE"], where),
         "ordered_at": ints_to_datetime(header["ORDDATE"], header["ORDTIME"], where, "ORDDATE"),
         "requested_date": int_to_date(header["REQDATE"], where, "REQDATE"),
-        "lines": lines,
+        "lines": sort_unique(lines, "line_no", where, "ORDLIN.LINENO"),
     }
-    return validate(Order, data, where, COLUMNS)
+    return validate(Order, data, where, COLUMNS, LINE_COLUMNS)
 
 
 def from_canonical(
@@ -168,16 +185,16 @@ def from_canonical(
         **audit(changed_by, changed_at),
     }
     lines = [
-        (line.line_no, {
+        {
             "ORDNO": ordno,
             "LINENO": legacy_quantity(line.line_no, where, "lines.line_no"),
             "ITEMNO": code(line.sku, ITEM_WIDTH, where, "lines.sku"),
             "ORDQTY": legacy_quantity(line.quantity, where, "lines.quantity"),
             "UNITPRC": to_price_units(line.unit_price, where, "lines.unit_price"),
-        })
+        }
         for line in record.lines
     ]
-    return header, sorted_lines(lines, where, "lines.line_no")
+    return header, sort_unique(lines, "LINENO", where, "lines.line_no")
 
 
 def normalise(record: Order) -> Order:

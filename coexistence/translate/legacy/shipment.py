@@ -7,10 +7,11 @@ milestone, both 0 while the milestone is not reached.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from coexistence.canonical.models import Milestone, Shipment
+from coexistence.errors import TranslationError
 from coexistence.legacy.models import (
     CARRIER_WIDTH,
     ITEM_WIDTH,
@@ -47,7 +48,7 @@ from coexistence.translate.legacy._base import (
     DEFAULT_WRITER,
     audit,
     guard_columns,
-    sorted_lines,
+    sort_unique,
     validate,
 )
 
@@ -91,29 +92,60 @@ def key_columns(legacy_key: str) -> dict[str, str]:
     return {"SHPNO": legacy_key}
 
 
+#: (milestone, date column, time column) in lifecycle order, for the hot loop.
+_MILESTONE_COLUMNS = tuple((m, d, t) for m, (d, t) in MILESTONE_COLUMNS.items())
+
+#: Shipment line field -> SHPLIN column, for errors found by model validation.
+LINE_COLUMNS: dict[str, str] = {
+    "line_no": "LINENO", "order_line_no": "ORDLINE", "sku": "ITEMNO", "quantity": "SHPQTY",
+}
+
+
 def _milestones(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]:
     events = []
-    for milestone, (date_col, time_col) in MILESTONE_COLUMNS.items():
+    for milestone, date_col, time_col in _MILESTONE_COLUMNS:
         day, time = header[date_col], header[time_col]
         if day == NO_DATE:
             if time != NO_TIME:
                 raise fail(where, time_col, time, "time of a milestone without a date")
             continue
-        events.append({"milestone": milestone,
-                       "at": ints_to_datetime(day, time, where, date_col)})
+        try:
+            at = datetime(day // 10_000, day // 100 % 100, day % 100,
+                          time // 10_000, time // 100 % 100, time % 100, tzinfo=UTC)
+        except (TypeError, ValueError, OverflowError):
+            at = None
+        if at is None or type(day) is not int or type(time) is not int:
+            # Slow path: name the bad column precisely.
+            ints_to_datetime(day, time, where, date_col)
+            raise fail(where, date_col, day, "not a valid date and time")
+        events.append({"milestone": milestone, "at": at})
     return events
 
 
-def _line(row: Mapping[str, Any], shpno: str, where: Where) -> tuple[int, dict[str, Any]]:
+def _bad_line(row: Mapping[str, Any], shpno: str, where: Where) -> TranslationError:
+    """Slow path: the precise error for a line the fast path refused."""
     if row["SHPNO"] != shpno:
-        raise fail(where, "SHPLIN.SHPNO", row["SHPNO"], "line of another shipment")
-    line_no = quantity(row["LINENO"], where, "SHPLIN.LINENO", positive=True)
-    return line_no, {
-        "line_no": line_no,
-        "order_line_no": quantity(row["ORDLINE"], where, "SHPLIN.ORDLINE", positive=True),
-        "sku": uncode(row["ITEMNO"], where, "SHPLIN.ITEMNO"),
-        "quantity": quantity(row["SHPQTY"], where, "SHPLIN.SHPQTY", positive=True),
-    }
+        return fail(where, "SHPLIN.SHPNO", row["SHPNO"], "line of another shipment")
+    quantity(row["LINENO"], where, "SHPLIN.LINENO", positive=True)
+    quantity(row["ORDLINE"], where, "SHPLIN.ORDLINE", positive=True)
+    uncode(row["ITEMNO"], where, "SHPLIN.ITEMNO")
+    quantity(row["SHPQTY"], where, "SHPLIN.SHPQTY", positive=True)
+    return fail(where, "SHPLIN", None, "unreadable shipment line")
+
+
+def _lines(children: Sequence[Mapping[str, Any]], shpno: str, where: Where) -> list[dict]:
+    lines = []
+    # Hot path: inline reads; signs are checked by the model, helpers only run to
+    # name what went wrong.
+    for row in children:
+        line_no, order_line, qty = row["LINENO"], row["ORDLINE"], row["SHPQTY"]
+        sku = row["ITEMNO"].rstrip(" ")
+        if (row["SHPNO"] != shpno or type(line_no) is not int or type(order_line) is not int
+                or type(qty) is not int or not sku):
+            raise _bad_line(row, shpno, where)
+        lines.append({"line_no": line_no, "order_line_no": order_line, "sku": sku,
+                      "quantity": qty})
+    return sort_unique(lines, "line_no", where, "SHPLIN.LINENO")
 
 
 @guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
@@ -123,7 +155,7 @@ def to_canonical(
     """A SHPHDR row and its SHPLIN rows -> ``Shipment``."""
     shpno = header["SHPNO"]
     where = Where(DOMAIN, shpno)
-    lines = sorted_lines([_line(row, shpno, where) for row in children], where, "SHPLIN.LINENO")
+    lines = _lines(children, shpno, where)
     data = {
         "key": unpad_number(shpno, where, "SHPNO"),
         "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),
@@ -133,7 +165,7 @@ def to_canonical(
         "milestones": _milestones(header, where),
         "lines": lines,
     }
-    return validate(Shipment, data, where, COLUMNS)
+    return validate(Shipment, data, where, COLUMNS, LINE_COLUMNS)
 
 
 def from_canonical(
@@ -157,16 +189,16 @@ def from_canonical(
         )
     header.update(audit(changed_by, changed_at))
     lines = [
-        (line.line_no, {
+        {
             "SHPNO": shpno,
             "LINENO": legacy_quantity(line.line_no, where, "lines.line_no"),
             "ORDLINE": legacy_quantity(line.order_line_no, where, "lines.order_line_no"),
             "ITEMNO": code(line.sku, ITEM_WIDTH, where, "lines.sku"),
             "SHPQTY": legacy_quantity(line.quantity, where, "lines.quantity"),
-        })
+        }
         for line in record.lines
     ]
-    return header, sorted_lines(lines, where, "lines.line_no")
+    return header, sort_unique(lines, "LINENO", where, "lines.line_no")
 
 
 def normalise(record: Shipment) -> Shipment:
