@@ -127,5 +127,5 @@ def configure_logging(level: int | str = logging.INFO, stream=None) -> logging.H
     handler.setFormatter(JsonLogFormatter())
     handler._coexist_json = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler

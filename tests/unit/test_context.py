@@ -80,7 +80,8 @@ def test_configure_logging_installs_one_json_handler():
     level = root.level
     try:
         configure_logging("INFO", stream=stream)
-        handler = configure_logging("INFO", stream=stream)
+        handler = configure_logging("info", stream=stream)
+        assert root.level == logging.INFO
         assert sum(getattr(h, "_coexist_json", False) for h in root.handlers) == 1
         logging.getLogger("coexist.x").info("hello")
         assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "hello"

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 from dramatiq import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus import context, envelope
 from bus.envelope import (
@@ -166,3 +168,20 @@ def test_the_envelope_format_version_is_carried():
     assert to_message_arg(make())["envelope_version"] == envelope.ENVELOPE_VERSION
     assert make().occurred_at.tzinfo is not None
     assert make(occurred_at=datetime(2026, 1, 1, tzinfo=UTC)).occurred_at.year == 2026
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+       key=st.text(min_size=1, max_size=40), source_version=st.integers(0, 2**62))
+def test_any_json_payload_survives_encode_and_decode(payload, key, source_version):
+    env = make(payload=payload, key=key, source_version=source_version)
+    assert decode(encode(env)) == env

@@ -284,7 +284,8 @@ def _summary(r: ExceptionRecord) -> dict[str, Any]:
     return {
         "id": r.id, "message_id": r.message_id, "failure_class": r.failure_class,
         "status": r.status, "domain": r.domain, "key": r.key, "queue_name": r.queue_name,
-        "actor_name": r.actor_name, "error_type": r.error_type,
+        "actor_name": r.actor_name, "correlation_id": r.correlation_id,
+        "error_type": r.error_type,
         "error_message": r.error_message, "call_site": r.call_site, "group": r.group_key,
         "attempts": r.attempts, "first_failed_at": _iso(r.first_failed_at),
         "last_failed_at": _iso(r.last_failed_at), "replay_count": r.replay_count,
