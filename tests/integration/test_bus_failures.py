@@ -1,0 +1,215 @@
+"""The bus's promise under failure, on real RabbitMQ and PostgreSQL, classic and quorum queues.
+
+A worker program (``tests/integration/bus_worker.py``) runs as a subprocess,
+applies each message's effect with its inbox claim in one PostgreSQL
+transaction, and is killed or cut off from RabbitMQ mid-run.  Afterwards every
+message must have exactly one effect row (the effects table has no unique
+constraint, so a double application would show).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from sqlalchemy import func, select
+
+from bus.brokers import make_broker
+from bus.db import create_state_engine
+from bus.exception_store import ExceptionStore
+from bus.publish import PublishError, make_publisher
+from tests.integration import bus_worker
+from tests.support import services
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Messages in the kill -9 run.  The issue asks for 10,000; on the shared 2-core
+#: machine that alone takes 30-40 s per queue type, so the suite runs 2,000 and
+#: ``COEXIST_BUS_FAILURE_MESSAGES=10000`` runs the full size.
+KILL_RUN_MESSAGES = int(os.environ.get("COEXIST_BUS_FAILURE_MESSAGES", "2000"))
+#: Messages in the connection-loss run.
+CUT_RUN_MESSAGES = max(1000, KILL_RUN_MESSAGES // 2)
+#: Hard bound on waiting for a run to complete.
+RUN_TIMEOUT_S = 60
+
+
+class Worker:
+    """The worker subprocess; its stderr goes to a file shown when a test fails."""
+
+    def __init__(self, tmp_path: Path, *args: str):
+        self.log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+        env = {**os.environ, "dramatiq_restart_delay": "300", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.bus_worker", *args],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
+        )
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise AssertionError(f"worker did not start:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(params=["classic", "quorum"])
+def queue_type(request):
+    return request.param
+
+
+@pytest.fixture
+def setup_run(pg_url, rabbit_vhost, queue_type, tmp_path):
+    """(engine, broker, queue, start_worker) for one test; everything cleaned up after."""
+    engine = create_state_engine(pg_url)
+    bus_worker.prepare_state(engine)
+    broker = make_broker(rabbit_vhost, queue_type=queue_type)
+    queue = f"failures_{uuid.uuid4().hex[:8]}"
+    workers: list[Worker] = []
+
+    def start_worker(*extra: str) -> Worker:
+        w = Worker(tmp_path, "--state-url", pg_url, "--broker", rabbit_vhost, "--queue", queue,
+                   "--queue-type", queue_type, *extra)
+        workers.append(w)
+        return w
+
+    yield engine, broker, queue, start_worker
+    for w in workers:
+        w.stop()
+    for name in broker.queue_names(queue):
+        # Best effort: the run's vhost is deleted at the end anyway.
+        with contextlib.suppress(Exception):
+            broker.channel.queue_delete(name)
+    broker.close()
+    engine.dispose()
+
+
+def _wait_for(predicate, what: str, workers=(), timeout_s: float = RUN_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    tails = "\n---\n".join(w.tail() for w in workers)
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def _publish_all(broker, messages, batch: int = 500) -> None:
+    publish = make_publisher(broker)
+    for i in range(0, len(messages), batch):
+        chunk = messages[i : i + batch]
+        for _attempt in range(20):  # what the outbox relay does: retry the whole batch
+            try:
+                publish(chunk)
+                break
+            except PublishError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("could not publish a batch in 20 attempts")
+    publish.close()
+
+
+def _assert_exactly_once(engine, expected: int) -> None:
+    rows, distinct = bus_worker.effect_counts(engine)
+    assert (rows, distinct) == (expected, expected)
+    with engine.connect() as conn:
+        inbox_rows = conn.execute(select(func.count()).select_from(
+            bus_worker.inbox.InboxRecord.__table__)).scalar_one()
+    assert inbox_rows == expected
+
+
+def test_kill_9_mid_run_then_restart_applies_every_message_exactly_once(setup_run):
+    engine, broker, queue, start_worker = setup_run
+    messages = [bus_worker.message_for("apply_effect", n, queue) for n in range(KILL_RUN_MESSAGES)]
+    _publish_all(broker, messages)
+    first = start_worker()
+    _wait_for(lambda: bus_worker.effect_counts(engine)[0] >= KILL_RUN_MESSAGES // 5,
+              "the first fifth of the effects", [first])
+    first.kill9()
+    applied_before = bus_worker.effect_counts(engine)[0]
+    assert applied_before < KILL_RUN_MESSAGES, "the kill came too late to prove anything"
+
+    second = start_worker()
+    _wait_for(lambda: bus_worker.effect_counts(engine)[1] >= KILL_RUN_MESSAGES,
+              "every effect", [second])
+    broker.join(queue, min_successes=3, idle_time=100, timeout=RUN_TIMEOUT_S * 1000)
+    time.sleep(0.3)  # anything still redelivered would land now
+    _assert_exactly_once(engine, KILL_RUN_MESSAGES)
+    assert ExceptionStore(engine).open_count() == 0
+
+
+def test_all_connections_closed_mid_run_loses_nothing_and_applies_nothing_twice(
+    setup_run, rabbit_vhost
+):
+    engine, broker, queue, start_worker = setup_run
+    vhost = unquote(urlsplit(rabbit_vhost).path.lstrip("/"))
+    worker = start_worker()
+    messages = [bus_worker.message_for("apply_effect", n, queue) for n in range(CUT_RUN_MESSAGES)]
+    _publish_all(broker, messages[: CUT_RUN_MESSAGES // 2])
+    _wait_for(lambda: bus_worker.effect_counts(engine)[0] >= CUT_RUN_MESSAGES // 10,
+              "the first effects", [worker])
+    services.rabbitmqctl("close_all_connections", "-p", vhost, "coexist failure test")
+    # This process's connections were closed too: drop them, then publish on
+    # through the outage as the outbox relay would.
+    del broker.connection
+    _publish_all(broker, messages[CUT_RUN_MESSAGES // 2 :])
+    _wait_for(lambda: bus_worker.effect_counts(engine)[1] >= CUT_RUN_MESSAGES,
+              "every effect after the connections came back", [worker])
+    broker.join(queue, min_successes=3, idle_time=100, timeout=RUN_TIMEOUT_S * 1000)
+    time.sleep(0.3)
+    _assert_exactly_once(engine, CUT_RUN_MESSAGES)
+    assert worker.proc.poll() is None, "the worker died instead of reconnecting"
+
+
+def test_each_failure_class_ends_where_the_rules_say(setup_run):
+    engine, broker, queue, start_worker = setup_run
+    worker = start_worker("--max-retries", "3", "--min-backoff-ms", "50",
+                          "--max-backoff-ms", "200")
+    flaky = bus_worker.message_for("fails_then_succeeds", 1, queue, fail_times=2)
+    business = bus_worker.message_for("business_failure", 2, queue)
+    always = bus_worker.message_for("always_fails", 3, queue)
+    garbage = bus_worker.message_for("apply_effect", 4, queue).copy(args=({"domain": 7},))
+    orphan = bus_worker.message_for("no_such_actor", 5, queue)
+    _publish_all(broker, [flaky, business, always, garbage, orphan])
+
+    store = ExceptionStore(engine)
+    _wait_for(lambda: store.open_count() >= 4, "four exception records", [worker])
+    _wait_for(lambda: bus_worker.effect_counts(engine)[0] >= 1, "the flaky effect", [worker])
+    records = {r.message_id: r for r in store.list(status="open", limit=None)}
+    attempts = dict(engine.connect().execute(select(bus_worker.ATTEMPTS)).all())
+
+    assert flaky.message_id not in records  # retried twice, then applied
+    assert attempts[flaky.message_id] == 3
+    assert bus_worker.effect_counts(engine) == (1, 1)
+
+    assert records[business.message_id].failure_class == "business"
+    assert records[business.message_id].attempts == 1 and attempts[business.message_id] == 1
+
+    assert records[always.message_id].failure_class == "technical"
+    assert records[always.message_id].attempts == 4 and attempts[always.message_id] == 4
+    assert records[always.message_id].error_type == "TechnicalError"
+
+    assert records[garbage.message_id].failure_class == "undecodable"
+    assert records[orphan.message_id].failure_class == "dead_letter"  # via .XQ and the drain
+    assert broker.get_queue_message_counts(queue) == (0, 0, 0)
