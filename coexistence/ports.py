@@ -104,8 +104,10 @@ class Erp(Protocol):
         source_version: int,
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
-        """Delete the record if ``source_version`` is newer than the applied one."""
+        """Delete the record if ``source_version`` is newer than the applied one
+        (or equal, for a ``repair``)."""
         ...
 
 

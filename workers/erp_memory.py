@@ -112,15 +112,17 @@ class InMemoryErp:
         source_version: int,
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
         model_for(domain)
-        fingerprint = ("delete", domain, key, source_version)
+        fingerprint = ("delete", domain, key, source_version, repair)
         with self._lock:
             replay = self._replay(idempotency_key, fingerprint)
             if replay is not None:
                 return replay
             slot = self._domain(domain).setdefault(key, _Slot())
-            if slot.applied >= source_version:
+            newer = source_version >= slot.applied if repair else source_version > slot.applied
+            if not newer:
                 result: WriteResult = Stale(domain, key, source_version, slot.applied)
             else:
                 existed = slot.record is not None

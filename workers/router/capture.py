@@ -204,9 +204,8 @@ class CaptureLoop:
         for target in decision.targets:
             last = route.last_version if route is not None else 0
             flag_version, source_version = split_version(last)
-            kind = queues.KIND_REPAIR if sor_record is not None else queues.KIND_DELETE
             env = new_envelope(
-                domain=change.domain, kind=kind, key=change.key,
+                domain=change.domain, kind=queues.KIND_REPAIR, key=change.key,
                 payload={**record_payload(sor_record), "stray_cursor": change.cursor},
                 source_system=decision.sor, source_version=source_version,
                 schema_version=_schema_version(sor_record), flag_version=flag_version,

@@ -61,24 +61,24 @@ def report_violations(violations: tuple[OwnershipViolation, ...], cause: Envelop
 def apply_write(env: Envelope, target: Erp, send: Send) -> WriteResult:
     """Write one routed change into ``target`` (shadow write, repair or delete).
 
-    Applies only when newer (``routed_version``); a repair re-applies an equal
-    version.  For domains with owned fields the incoming record is merged over
+    Applies only when newer (``routed_version``); a repair (kind ``repair``:
+    the SoR's state, or its absence when the payload has no record) re-applies
+    an equal version.  For domains with owned fields the incoming record is merged over
     the target's current one, so a non-owner's change to an owned field is kept
     out and reported (the report is sent before the write: a crash in between
     re-sends the same report id, which the exception store folds into one).
     """
     version = routed_version(env.flag_version, env.source_version)
-    if env.kind == queues.KIND_DELETE:
+    repair = env.kind == queues.KIND_REPAIR
+    kwargs: dict[str, Any] = {"repair": True} if repair else {}
+    if env.kind == queues.KIND_DELETE or (repair and "record" not in env.payload):
         return target.delete(env.domain, env.key, source_version=version,
-                             idempotency_key=env.message_id)
+                             idempotency_key=env.message_id, **kwargs)
     record = _record(env)
-    if env.domain in FIELD_OWNERSHIP and env.kind != queues.KIND_REPAIR:
+    if env.domain in FIELD_OWNERSHIP and not repair:
         current = target.get(env.domain, env.key)
         record, violations = merge_owned(current, record, env.payload.get("origin", "erp"))
         report_violations(violations, env, send)
-    kwargs: dict[str, Any] = {}
-    if env.kind == queues.KIND_REPAIR:
-        kwargs["repair"] = True
     return target.upsert(record, source_version=version, idempotency_key=env.message_id,
                          **kwargs)
 

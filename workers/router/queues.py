@@ -27,7 +27,8 @@ REPORT_ACTOR = "report_business_exception"
 #: Envelope kinds.
 KIND_UPSERT = "upsert"
 KIND_DELETE = "delete"
-#: Re-send of the SoR's state over a stray write, under the last routed version.
+#: Re-send of the SoR's state (or its absence: no record in the payload) over a stray write
+#: or a reconciliation finding, under the last routed version.
 KIND_REPAIR = "repair"
 KIND_COMMAND = "command"
 KIND_EVENT = "event"
