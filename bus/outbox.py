@@ -256,6 +256,7 @@ class OutboxRelay:
         self.backoff_max_s = backoff_max_s
         self._wake = threading.Event()
         self._sqlite = engine.dialect.name == "sqlite"
+        self._lease_until: datetime | None = None
 
     def wake(self) -> None:
         """Cut the idle sleep short (a producer in the same process just committed)."""
@@ -361,7 +362,16 @@ class OutboxRelay:
 
     def _take_lease(self) -> bool:
         now = datetime.now(UTC)
+        # Renew only past half-life: an idle relay polling would otherwise write every round.
+        if self._lease_until is not None and now < self._lease_until - timedelta(
+                seconds=RELAY_LEASE_S / 2):
+            return True
         expires = now + timedelta(seconds=RELAY_LEASE_S)
+        taken = self._write_lease(now, expires)
+        self._lease_until = expires if taken else None
+        return taken
+
+    def _write_lease(self, now: datetime, expires: datetime) -> bool:
         with self.engine.begin() as conn:
             current = conn.execute(select(_LEASE).where(_LEASE.c.name == "relay")).first()
             if current is None:
@@ -378,6 +388,7 @@ class OutboxRelay:
         """SQLite: give the lease up at shutdown so another relay need not wait for expiry."""
         if not self._sqlite:
             return
+        self._lease_until = None
         with self.engine.begin() as conn:
             conn.execute(delete(_LEASE).where(_LEASE.c.name == "relay",
                                               _LEASE.c.holder == self.name))

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 from bus.db import create_bus_schema, create_state_engine
 from bus.envelope import MAX_ENVELOPE_BYTES, EnvelopeTooLarge, envelope_from_message, new_envelope
 from bus.outbox import (
+    OutboxLease,
     OutboxPublishError,
     OutboxRecord,
     OutboxRelay,
@@ -135,6 +136,20 @@ def test_a_second_relay_on_sqlite_waits_for_the_first_ones_lease(engine):
     relay_a.release_lease()
     assert relay_b.run_once() == 1
     assert len(first.published) == len(second.published) == 1
+
+
+def test_a_relay_that_died_without_releasing_its_lease_is_taken_over_after_expiry(engine):
+    put(engine, env())
+    OutboxRelay(engine, FakePublisher(), name="dead").run_once()
+    put(engine, env(key="C2"))
+    survivor = FakePublisher()
+    relay = OutboxRelay(engine, survivor, name="survivor")
+    assert relay.run_once() == 0
+    lease = OutboxLease.__table__
+    with engine.begin() as conn:
+        conn.execute(update(lease).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert relay.run_once() == 1
+    assert [k for k, _ in survivor.published] == ["C2"]
 
 
 def test_purge_deletes_only_rows_sent_long_enough_ago(engine):
