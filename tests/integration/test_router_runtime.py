@@ -12,9 +12,9 @@ from bus.exception_store import ExceptionStore
 from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
-from tests.support.runtime import Runtime
 from workers.bootstrap import bootstrap
 from workers.config import Settings
+from workers.driver import Driver
 from workers.erp_memory import InMemoryErp
 from workers.router.queues import Subscription
 
@@ -44,7 +44,7 @@ def runtime(request, tmp_path):
         channel_handlers={"probe": seen.append},
     )
     app.broker.flush_all()
-    rt = Runtime(app)
+    rt = Driver(app)
     rt.seen = seen
     yield rt
     rt.stop()

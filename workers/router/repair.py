@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 
 from bus.envelope import new_envelope
 from bus.outbox import add_to_outbox
-from coexistence.canonical import CanonicalRecord
-from coexistence.router import split_version
+from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
+from coexistence.ports import Erp
+from coexistence.router import is_closed, split_version
 from workers.router import queues
 from workers.router.capture import record_payload
-from workers.router.state import get_route
+from workers.router.state import get_route, put_route
 
 
 def repair_envelope(conn, record: CanonicalRecord | None, *, domain: str, key: str,
@@ -58,3 +59,45 @@ def enqueue_repairs(engine: Engine, items: Iterable[tuple[str, str, CanonicalRec
             count += 1
         session.commit()
     return count
+
+
+#: Records per outbox transaction during a backfill.
+BACKFILL_BATCH = 500
+
+
+def backfill(engine: Engine, source: Erp, domain: str, *, sor: str, target: str,
+             run_id: str, batch_size: int = BACKFILL_BATCH) -> int:
+    """Copy every record of ``domain`` from the SoR into ``target`` through the outbox.
+
+    Used before a domain enters ``shadow`` (the cloud must hold what the legacy
+    ERP holds) and before a rollback out of ``cloud_only`` (the legacy ERP must
+    catch up).  Open documents are pinned to the SoR they exist in, so a later
+    switch cannot move them.  Bounded memory: one batch at a time.
+    """
+    total = 0
+    batch: list[CanonicalRecord] = []
+
+    def flush() -> None:
+        nonlocal total
+        with Session(engine) as session:
+            conn = session.connection()
+            for record in batch:
+                env = repair_envelope(conn, record, domain=domain, key=record.key, sor=sor,
+                                      reason="backfill", run_id=run_id)
+                add_to_outbox(session, env, actor_name=queues.WRITE_ACTOR[target],
+                              queue_name=queues.WRITE_QUEUE[target])
+                if domain in DOCUMENT_DOMAINS and not is_closed(record):
+                    route = get_route(conn, domain, record.key)
+                    put_route(conn, domain, record.key, pinned_sor=sor,
+                              last_version=route.last_version if route else 0)
+            session.commit()
+        total += len(batch)
+        batch.clear()
+
+    for record in source.stream(domain):
+        batch.append(record)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return total

@@ -1,4 +1,10 @@
-"""Run the real composition root in-process: real broker, real outbox, real actors."""
+"""Drive the router step by step: capture, relay and consume until nothing moves.
+
+The long-running ``coexist run`` loops forever; the demo and the end-to-end
+tests need "apply everything that is pending, then tell me".  ``Driver`` runs
+the same parts (capture loops, outbox relay, a dramatiq worker on the app's
+broker) and ``settle()`` returns once two rounds in a row moved nothing.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from bus.brokers import SqliteBroker
 from bus.outbox import backlog
 from workers.bootstrap import App
 from workers.router import queues
+from workers.router.capture import CaptureStats
 
 
 def router_queues(app: App) -> list[str]:
@@ -17,30 +24,36 @@ def router_queues(app: App) -> list[str]:
     return names + [s.queue for s in app.subscriptions]
 
 
-class Runtime:
-    """Capture loops + relay driven by the test; a dramatiq worker consuming in threads."""
-
+class Driver:
     def __init__(self, app: App, threads: int = 2):
         self.app = app
         self.loops = app.capture_loops()
         self.relay = app.relay()
+        self.captured = CaptureStats()
         self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100)
         self.worker.start()
 
-    def settle(self, timeout_s: float = 60.0) -> None:
-        """Capture, relay and consume until two quiet rounds in a row."""
+    def settle(self, timeout_s: float = 120.0) -> CaptureStats:
+        """Capture, relay and consume until two quiet rounds in a row; returns what was captured."""
         deadline = time.monotonic() + timeout_s
         quiet = 0
+        captured = CaptureStats()
         while quiet < 2:
             if time.monotonic() > deadline:
-                raise AssertionError("the runtime did not settle in time")
-            moved = sum(loop.drain().read for loop in self.loops)
+                raise TimeoutError(f"the router did not settle within {timeout_s:g} s")
+            moved = 0
+            for loop in self.loops:
+                stats = loop.drain()
+                captured.add(stats)
+                moved += stats.read
             moved += self.relay.run_once(5000)
             for name in router_queues(self.app):
                 self._join(name, int(timeout_s * 1000))
             self.worker.join()
             moved += backlog(self.app.state)
             quiet = quiet + 1 if moved == 0 else 0
+        self.captured.add(captured)
+        return captured
 
     def _join(self, queue: str, timeout_ms: int) -> None:
         if isinstance(self.app.broker, SqliteBroker):
