@@ -140,6 +140,7 @@ class Store:
         # NORMAL in WAL mode survives a process crash (the simulator's restart case).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.now = now_iso()
 
     def reset(self) -> None:
         """Forget every entity, change and idempotency key (tests start empty)."""
@@ -156,6 +157,9 @@ class Store:
 
     def begin(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
+        # One modification time per transaction (a whole $batch shares it), as a
+        # database's transaction timestamp; it also spares a strftime per write.
+        self.now = now_iso()
 
     def commit(self) -> None:
         self.db.execute("COMMIT")
@@ -245,7 +249,7 @@ class Store:
         self, entity_set: str, number: str, data: dict, source_version: int | None, client: str
     ) -> Row:
         raw = _dumps(data)
-        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, raw, now_iso(), False)
+        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, raw, self.now, False)
         self.db.execute(
             f"INSERT INTO entities ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,0)",
             (entity_set, row.id, number, 1, source_version, raw, row.modified),
@@ -257,7 +261,7 @@ class Store:
         """Overwrite a live row or revive a tombstone; bumps the revision."""
         raw = _dumps(data)
         new = Row(
-            row.entity_set, row.id, row.number, row.rev + 1, source_version, raw, now_iso(), False
+            row.entity_set, row.id, row.number, row.rev + 1, source_version, raw, self.now, False
         )
         self.db.execute(
             "UPDATE entities SET rev=?, source_version=?, data=?, modified=?, deleted=0 "
@@ -270,7 +274,7 @@ class Store:
     def mark_deleted(self, row: Row, source_version: int | None, client: str) -> Row:
         new = Row(
             row.entity_set, row.id, row.number, row.rev + 1, source_version, row.raw,
-            now_iso(), True,
+            self.now, True,
         )
         self.db.execute(
             "UPDATE entities SET rev=?, source_version=?, modified=?, deleted=1 "
