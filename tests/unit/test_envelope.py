@@ -179,7 +179,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
        key=st.text(min_size=1, max_size=40), source_version=st.integers(0, 2**62))
 def test_any_json_payload_survives_encode_and_decode(payload, key, source_version):
