@@ -81,16 +81,25 @@ class LegacyChangeFeed:
         # off at the end of the batch is read again next time (the checkpoint
         # stops before its rows), so a batch never ends in half a change.
         page = limit + 1
-        with self.engine.connect() as conn:
-            sql = _READ_SQL[conn.dialect.paramstyle == "qmark"]
+        sql = _READ_SQL[self.engine.dialect.paramstyle == "qmark"]
+        # The driver's own cursor: plain tuples, no per-row result processing
+        # (a third of the cost of a read otherwise).  Returning the connection
+        # to the pool rolls back whatever read transaction the driver opened.
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
             while True:
-                rows = conn.exec_driver_sql(sql, (after, page)).fetchall()
+                cursor.execute(sql, (after, page))
+                rows = cursor.fetchall()
                 if not rows:
                     break
                 self._append(changes, rows)
                 after = rows[-1][0]
                 if len(changes) > limit or len(rows) < page:
                     break
+            cursor.close()
+        finally:
+            raw.close()
         return changes[:limit]
 
     def iter_changes(self, after: int, batch_size: int = 1000) -> Iterator[list[Change]]:
