@@ -44,6 +44,11 @@ def flow(tmp_path):
     logger = logging.getLogger("coexist.test.flow")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    failures_stream = io.StringIO()
+    failures_handler = logging.StreamHandler(failures_stream)
+    failures_handler.setFormatter(JsonLogFormatter())
+    failure_logger = logging.getLogger("bus.retry")
+    failure_logger.addHandler(failures_handler)
 
     @dramatiq.actor(broker=broker, queue_name="crm", actor_name="apply_account")
     def apply_account(envelope_dict):
@@ -58,14 +63,15 @@ def flow(tmp_path):
                                      "DO UPDATE SET version = excluded.version"),
                                 {"k": env.key, "v": env.source_version})
 
-    yield state, broker, stream
+    yield state, broker, stream, failures_stream
     logger.removeHandler(handler)
+    failure_logger.removeHandler(failures_handler)
     broker.close()
     state.dispose()
 
 
 def test_every_message_is_applied_once_in_the_end_state_and_bad_input_is_recorded(flow):
-    state, broker, stream = flow
+    state, broker, stream, failures_stream = flow
     produced = []
     for version in range(1, VERSIONS + 1):
         for k in range(KEYS):
@@ -111,3 +117,6 @@ def test_every_message_is_applied_once_in_the_end_state_and_bad_input_is_recorde
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == len(produced)
     assert all(line["correlation_id"] == f"corr-{line['message'].split()[1]}" for line in lines)
+    # The failure middleware logs under the failed message's correlation too.
+    failure_lines = [json.loads(line) for line in failures_stream.getvalue().splitlines()]
+    assert failure_lines and all(line["correlation_id"] == "bad" for line in failure_lines)
