@@ -58,6 +58,15 @@ def test_stream_sorts_by_canonical_key_even_where_padded_numbers_sort_otherwise(
     assert [r.key for r in erp.stream("customer")] == ["10", "100", "1000000", "9"]
 
 
+def test_stream_sorts_composite_keys_as_joined_strings_not_as_column_tuples(erp):
+    base = legacy_sample("inventory", 0)
+    for i, (wh, sku) in enumerate((("W1", "B"), ("W10", "A"), ("W1", "A"))):
+        record = type(base).model_validate(
+            {**base.model_dump(), "key": f"{wh}:{sku}", "warehouse": wh, "sku": sku})
+        erp.upsert(record, source_version=1, idempotency_key=f"i{i}")
+    assert [r.key for r in erp.stream("inventory")] == ["W10:A", "W1:A", "W1:B"]
+
+
 def test_stream_gives_each_order_exactly_its_own_lines(erp, engine):
     orders = [legacy_sample("order", n) for n in (3, 1, 2)]
     for i, order in enumerate(orders):
