@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus.errors import is_business
 from coexistence.errors import TranslationError
+from coexistence.legacy.models import LEGACY_TABLES
 from coexistence.translate.legacy import LEGACY_TRANSLATORS
 from tests.unit.test_legacy_translators import CUSTOMER, ORDER, PRODUCT, SAMPLES
 
@@ -233,3 +237,37 @@ def test_an_inventory_key_that_does_not_match_its_warehouse_and_sku_is_refused()
 def test_an_unreadable_legacy_key_is_refused(domain, legacy_key):
     with pytest.raises(TranslationError):
         LEGACY_TRANSLATORS[domain].canonical_key(legacy_key)
+
+
+# ------------------------------------------------------------------ fuzzing
+
+
+def _column_values(column) -> st.SearchStrategy:
+    width = getattr(column.type, "length", None)
+    if width:
+        # Mostly plausible text, sometimes the wrong type.
+        plausible = st.one_of(st.sampled_from(["A", "I", "O", "USD", "N30", "Y", "0000000001"]),
+                              st.text("AZaz09 -", max_size=width + 2))
+        return st.one_of(plausible, plausible, st.integers(), st.none())
+    plausible = st.one_of(st.integers(-10, 10**6), st.sampled_from([20240229, 99999999, 235959]))
+    return st.one_of(plausible, plausible, st.text(max_size=3), st.none(), st.floats())
+
+
+def _rows(table) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries({c.name: _column_values(c) for c in table.__table__.columns})
+
+
+@pytest.mark.parametrize("domain", list(LEGACY_TABLES))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_any_garbage_row_either_translates_or_raises_a_translation_error(domain, data):
+    header_table, child_table = LEGACY_TABLES[domain]
+    header = data.draw(_rows(header_table))
+    children = data.draw(st.lists(_rows(child_table), max_size=2)) if child_table else []
+    tr = LEGACY_TRANSLATORS[domain]
+    try:
+        record = tr.to_canonical(header, children)
+    except TranslationError:
+        return
+    with contextlib.suppress(TranslationError):
+        tr.from_canonical(record)
