@@ -29,12 +29,19 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
-from coexistence.canonical import DOMAINS
-from coexistence.cloud.models import DOMAIN_MODELS
-from coexistence.sample import SampleSpec
-from coexistence.translate.cloud import CLOUD_TRANSLATORS, to_json_dict
-from coexistence.translate.legacy import LEGACY_TRANSLATORS
+# Python puts this script's folder first on sys.path, where sibling benchmarks
+# (bus.py) would shadow the project's packages of the same name.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parents[1]))
+
+from coexistence.canonical import DOMAINS  # noqa: E402
+from coexistence.cloud.models import DOMAIN_MODELS  # noqa: E402
+from coexistence.sample import SampleSpec  # noqa: E402
+from coexistence.translate.cloud import CLOUD_TRANSLATORS, to_json_dict  # noqa: E402
+from coexistence.translate.legacy import LEGACY_TRANSLATORS  # noqa: E402
 
 #: Targets from issue 2.
 TARGET_RATIO = 0.33
