@@ -293,3 +293,12 @@ def test_inventory_key_columns_are_padded_like_the_stored_row():
     tr = LEGACY_TRANSLATORS["inventory"]
     assert tr.key_columns("DAL1|WID-01000") == {
         "WHSE": INVENTORY_ROW["WHSE"], "ITEMNO": INVENTORY_ROW["ITEMNO"]}
+
+
+def test_any_record_can_be_normalised_through_the_package_without_naming_its_domain():
+    from coexistence.translate.legacy import normalise
+
+    prospect = CUSTOMER.model_copy(update={"status": CustomerStatus.PROSPECT})
+    assert normalise(prospect) == customer.normalise(prospect)
+    assert normalise(prospect).status is CustomerStatus.INACTIVE
+    assert normalise(INVENTORY) == INVENTORY

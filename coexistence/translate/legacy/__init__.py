@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from coexistence.canonical.models import CanonicalModel
 from coexistence.translate.legacy import (
     customer,
     inventory,
@@ -44,4 +45,16 @@ LEGACY_TRANSLATORS: dict[str, ModuleType] = {
     "invoice": invoice,
 }
 
-__all__ = ["LEGACY_TRANSLATORS"]
+
+
+def normalise(record: CanonicalModel) -> CanonicalModel:
+    """``record`` as the legacy ERP can hold it (any domain).
+
+    Reconciliation compares a cloud record with a legacy one through this:
+    ``normalise(cloud_record) == legacy_record`` means "no drift the legacy ERP
+    could have represented".
+    """
+    return LEGACY_TRANSLATORS[record.domain].normalise(record)
+
+
+__all__ = ["LEGACY_TRANSLATORS", "normalise"]
