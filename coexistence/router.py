@@ -54,15 +54,11 @@ class StrayPolicy(StrEnum):
 
 
 #: Per domain: what to do when a person writes into the system that is not the SoR.
-STRAY_POLICY: dict[str, StrayPolicy] = {
-    "customer": StrayPolicy.OVERWRITE,
-    "product": StrayPolicy.OVERWRITE,
-    "price": StrayPolicy.OVERWRITE,
-    "inventory": StrayPolicy.OVERWRITE,
-    "order": StrayPolicy.REPORT,
-    "shipment": StrayPolicy.REPORT,
-    "invoice": StrayPolicy.REPORT,
-}
+#: Always reported; overwritten from the SoR by default, so no second truth survives.
+#: ``report`` leaves the stray value in place for a person to settle (reconciliation
+#: shows it as drift until then).
+STRAY_POLICY: dict[str, StrayPolicy] = {domain: StrayPolicy.OVERWRITE for domain in (
+    "customer", "product", "price", "inventory", "order", "shipment", "invoice")}
 
 
 def routed_version(flag_version: int, source_version: int) -> int:

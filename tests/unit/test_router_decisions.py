@@ -14,6 +14,7 @@ from coexistence.ports import COEXIST_WRITER, Change
 from coexistence.router import (
     CLOUD,
     LEGACY,
+    STRAY_POLICY,
     Action,
     StrayPolicy,
     decide_change,
@@ -78,7 +79,8 @@ def test_coexists_own_writes_are_echoes_and_never_routed_again(mode, source):
     assert not decision.fan_out
 
 
-def test_stray_writes_to_documents_are_reported_not_overwritten():
+def test_a_domain_whose_policy_is_report_keeps_the_stray_value_for_a_person(monkeypatch):
+    monkeypatch.setitem(STRAY_POLICY, "order", StrayPolicy.REPORT)
     decision = decide_change(change(domain="order", key="SO-1"), CLOUD, Flag("shadow"), ORDER)
     assert decision.action is Action.STRAY
     assert decision.stray_policy is StrayPolicy.REPORT
