@@ -221,6 +221,20 @@ def backlog(engine: Engine, domain: str | None = None) -> int:
         return int(conn.execute(stmt).scalar_one())
 
 
+def lag_seconds(engine: Engine, domain: str | None = None) -> float:
+    """Age of the oldest unsent row in seconds (0 when nothing waits): the relay's lag."""
+    stmt = select(func.min(_T.c.created_at)).where(_T.c.sent_at.is_(None))
+    if domain is not None:
+        stmt = stmt.where(_T.c.domain == domain)
+    with engine.connect() as conn:
+        oldest = conn.execute(stmt).scalar_one()
+    if oldest is None:
+        return 0.0
+    if isinstance(oldest, str):  # SQLite's MIN() returns the stored text
+        oldest = datetime.fromisoformat(oldest)
+    return max(0.0, (datetime.now(UTC) - _aware(oldest)).total_seconds())
+
+
 def purge_sent(engine: Engine, older_than: timedelta, *, chunk: int = 5000) -> int:
     """Delete rows sent more than ``older_than`` ago, in chunks; returns how many."""
     cutoff = datetime.now(UTC) - older_than

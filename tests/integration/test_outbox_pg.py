@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from bus.db import create_bus_schema, create_state_engine
 from bus.envelope import new_envelope
-from bus.outbox import OutboxRelay, add_all_to_outbox, add_to_outbox, backlog
+from bus.outbox import OutboxRelay, add_all_to_outbox, add_to_outbox, backlog, lag_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +81,8 @@ def test_the_message_rolls_back_with_the_state_change(engine):
         add_to_outbox(session, env("C2", 1), actor_name="sync_crm", queue_name="crm")
         session.commit()
     assert backlog(engine) == 1
+    assert 0.0 < lag_seconds(engine) < 60
+    assert lag_seconds(engine, domain="order") == 0.0
 
 
 def test_parallel_relays_publish_every_row_exactly_once_in_per_key_order(engine):

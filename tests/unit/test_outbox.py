@@ -21,6 +21,7 @@ from bus.outbox import (
     add_all_to_outbox,
     add_to_outbox,
     backlog,
+    lag_seconds,
     purge_sent,
 )
 
@@ -116,6 +117,19 @@ def test_a_failed_publish_leaves_rows_unsent_and_counts_the_attempt(engine):
     assert relay.run_once() == 2
     assert backlog(engine) == 0
     assert [k for k, _ in publisher.published] == ["A", "B"]
+
+
+def test_lag_is_the_age_of_the_oldest_unsent_row(engine):
+    assert lag_seconds(engine) == 0.0
+    put(engine, env(domain="customer"))
+    t = OutboxRecord.__table__
+    with engine.begin() as conn:
+        conn.execute(update(t).values(created_at=datetime.now(UTC) - timedelta(seconds=90)))
+    put(engine, env(domain="order"))
+    assert 89 < lag_seconds(engine) < 120
+    assert lag_seconds(engine, domain="order") < 30
+    OutboxRelay(engine, FakePublisher()).run_once()
+    assert lag_seconds(engine) == 0.0
 
 
 def test_backlog_counts_unsent_rows_per_domain(engine):
