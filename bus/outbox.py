@@ -235,6 +235,19 @@ def lag_seconds(engine: Engine, domain: str | None = None) -> float:
     return max(0.0, (datetime.now(UTC) - _aware(oldest)).total_seconds())
 
 
+def stuck(engine: Engine, min_attempts: int = 5, limit: int = 20) -> list[OutboxRecord]:
+    """Unsent rows whose publish failed at least ``min_attempts`` times, oldest first.
+
+    The relay publishes in id order and never skips a row, so one row the broker
+    keeps refusing holds back everything behind it; this names it (with
+    ``last_error``) for ``coexist status`` and for a person to act on.
+    """
+    stmt = (select(_T).where(_T.c.sent_at.is_(None), _T.c.attempts >= min_attempts)
+            .order_by(_T.c.id).limit(limit))
+    with engine.connect() as conn:
+        return [OutboxRecord.model_validate(r._mapping) for r in conn.execute(stmt)]
+
+
 def purge_sent(engine: Engine, older_than: timedelta, *, chunk: int = 5000) -> int:
     """Delete rows sent more than ``older_than`` ago, in chunks; returns how many."""
     cutoff = datetime.now(UTC) - older_than

@@ -23,6 +23,7 @@ from bus.outbox import (
     backlog,
     lag_seconds,
     purge_sent,
+    stuck,
 )
 
 
@@ -114,8 +115,11 @@ def test_a_failed_publish_leaves_rows_unsent_and_counts_the_attempt(engine):
         rows = session.exec(select(OutboxRecord)).all()
         assert {r.attempts for r in rows} == {2}
         assert all("ConnectionError: broker unreachable" in r.last_error for r in rows)
+    assert [r.partition_key for r in stuck(engine, min_attempts=2)] == ["A", "B"]
+    assert stuck(engine, min_attempts=3) == []
     assert relay.run_once() == 2
     assert backlog(engine) == 0
+    assert stuck(engine, min_attempts=1) == []
     assert [k for k, _ in publisher.published] == ["A", "B"]
 
 
