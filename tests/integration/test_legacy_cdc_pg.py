@@ -154,3 +154,36 @@ def test_concurrent_writers_never_make_a_polling_reader_skip_or_repeat_a_change(
         assert seen == expected, "never skipped"
     finally:
         engine.dispose()
+
+
+def test_two_consumers_creating_the_first_postgresql_checkpoint_commit_only_one(pg_url):
+    from sqlalchemy.orm import Session
+
+    from workers import checkpoints
+    from workers.db import create_state_schema
+
+    state = create_state_engine(pg_url)
+    create_state_schema(state)
+    outcome: list[str] = []
+
+    def second() -> None:
+        with Session(state) as s:
+            try:
+                checkpoints.advance(s, "legacy", 7, expected=0)  # waits for the first
+                s.commit()
+                outcome.append("committed")
+            except checkpoints.CheckpointConflict:
+                outcome.append("conflict")
+
+    try:
+        with Session(state) as first:
+            checkpoints.advance(first, "legacy", 7, expected=0)
+            t = threading.Thread(target=second)
+            t.start()
+            time.sleep(0.3)
+            first.commit()
+        t.join(10)
+        assert outcome == ["conflict"]
+        assert checkpoints.get(state, "legacy") == 7
+    finally:
+        state.dispose()
