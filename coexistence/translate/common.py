@@ -122,14 +122,15 @@ def datetime_to_ints(value: datetime) -> tuple[int, int]:
 
 def ints_to_datetime(day: Any, time: Any, where: Where, field: str) -> datetime:
     """(``YYYYMMDD``, ``HHMMSS``) in UTC -> aware datetime."""
-    d = int_to_date(day, where, field, none=None)
-    if type(time) is not int or not 0 <= time <= 235_959:
-        raise fail(where, field.replace("DATE", "TIME"), time, "not a valid HHMMSS time")
-    try:
-        return datetime(d.year, d.month, d.day, time // 10_000, time // 100 % 100, time % 100,
-                        tzinfo=UTC)
-    except ValueError:
-        raise fail(where, field.replace("DATE", "TIME"), time, "not a valid HHMMSS time") from None
+    if type(day) is int and type(time) is int and time >= 0:
+        try:
+            return datetime(day // 10_000, day // 100 % 100, day % 100,
+                            time // 10_000, time // 100 % 100, time % 100, tzinfo=UTC)
+        except (ValueError, OverflowError):
+            pass
+    # Slow path: name the bad column precisely.
+    int_to_date(day, where, field, none=None)
+    raise fail(where, field.replace("DATE", "TIME"), time, "not a valid HHMMSS time")
 
 
 def truncate_to_second(value: datetime) -> datetime:

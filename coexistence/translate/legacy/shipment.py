@@ -7,7 +7,7 @@ milestone, both 0 while the milestone is not reached.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from coexistence.canonical.models import Milestone, Shipment
@@ -109,15 +109,7 @@ def _milestones(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]
             if time != NO_TIME:
                 raise fail(where, time_col, time, "time of a milestone without a date")
             continue
-        try:
-            at = datetime(day // 10_000, day // 100 % 100, day % 100,
-                          time // 10_000, time // 100 % 100, time % 100, tzinfo=UTC)
-        except (TypeError, ValueError, OverflowError):
-            at = None
-        if at is None or type(day) is not int or type(time) is not int:
-            # Slow path: name the bad column precisely.
-            ints_to_datetime(day, time, where, date_col)
-            raise fail(where, date_col, day, "not a valid date and time")
+        at = ints_to_datetime(day, time, where, date_col)
         events.append({"milestone": milestone, "at": at})
     return events
 
