@@ -16,6 +16,8 @@ Routes (``{set}`` is an entity set of ``coexistence.cloud.models.RESOURCE_MODELS
 ``GET  /export/{set}?after=``        every live record as NDJSON, sorted by ``number``
                                      (= canonical key, what reconciliation merges on);
                                      ``after`` resumes behind a number after a broken stream
+``GET  /reconcile/{set}/...``        segment checksums and key-range reads for reconciliation
+                                     (``checksum``)
 ``GET  /changes?after=&limit=``      change feed, strictly increasing ``cursor``, ``clientId``
 ``GET|PUT /admin/faults``            read or replace the fault settings (see ``faults``)
 ``POST /admin/reset``                forget everything (data, feed, keys, faults): tests
@@ -46,6 +48,7 @@ from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from coexistence.cloud.models import CloudResource
+from workers.cloud_sim import checksum
 from workers.cloud_sim.faults import Faults, FaultSpecError, parse_faults
 from workers.cloud_sim.http import Request, Response
 from workers.cloud_sim.protocol import (
@@ -210,6 +213,8 @@ class CloudSimulator:
             after = req.query.get("after", "")
             return Response(200, stream=self.store.export(entity_set, after),
                             content_type="application/x-ndjson")
+        if path.startswith("/reconcile/"):
+            return checksum.handle(self.store, req, path)
         if path == "/health":
             return json_response(200, {"status": "ok"})
         body = parse_json(req.body) if req.body else None
