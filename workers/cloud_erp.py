@@ -231,15 +231,21 @@ class CloudErp:
     # ------------------------------------------------------------------ Erp: writes
 
     def upsert(
-        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+        self,
+        record: CanonicalRecord,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
         domain, key = record.domain, record.key
         body = json.dumps(_document(record, source_version), separators=(",", ":")).encode()
         for _ in range(CLOUD_CONFLICT_ROUNDS):
             current = self._current(domain, key)
-            if current is not None and current.version >= source_version:
+            if current is not None and not _newer(source_version, current.version, repair):
                 return Stale(domain, key, source_version, current.version)
-            response = self._write_upsert(domain, key, current, body, idempotency_key)
+            response = self._write_upsert(domain, key, current, body, idempotency_key, writer)
             if response.status_code in _WRITTEN:
                 return Applied(domain, key, source_version)
             if response.status_code not in (409, 412, 404):
@@ -250,13 +256,20 @@ class CloudErp:
             f"{domain} {key}: lost {CLOUD_CONFLICT_ROUNDS} write races in a row; retry later")
 
     def delete(
-        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+        self,
+        domain: str,
+        key: str,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
         for _ in range(CLOUD_CONFLICT_ROUNDS):
             current = self._current(domain, key)
             if current is None:
                 return Applied(domain, key, source_version)
-            if current.version >= source_version:
+            if not _newer(source_version, current.version, repair):
                 return Stale(domain, key, source_version, current.version)
             if current.deleted:
                 return Applied(domain, key, source_version)
@@ -266,6 +279,7 @@ class CloudErp:
                     "If-Match": current.etag,
                     "X-Coexist-Source-Version": str(source_version),
                     "Idempotency-Key": f"{idempotency_key}:{current.etag}",
+                    "X-Client-Id": writer,
                 },
                 ok=(204, 404, 412),
             )
@@ -327,9 +341,10 @@ class CloudErp:
         return _current_from({"status": 200, "body": response.json()})
 
     def _write_upsert(self, domain: str, key: str, current: _Current | None, body: bytes,
-                      idempotency_key: str) -> httpx.Response:
+                      idempotency_key: str, writer: str = COEXIST_WRITER) -> httpx.Response:
         op = _write_op("0", domain, current, None, idempotency_key)
-        return self._request(op["method"], "/" + op["url"], headers=op["headers"],
+        headers = {**op["headers"], "X-Client-Id": writer}
+        return self._request(op["method"], "/" + op["url"], headers=headers,
                              content=body, ok=(*_WRITTEN, 404, 409, 412))
 
     def _batch(self, operations: list[dict]) -> list[dict]:
@@ -382,6 +397,11 @@ class _StreamRetry(Exception):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _newer(incoming: int, current: int, repair: bool) -> bool:
+    """A write applies when newer; a repair also re-applies an equal version."""
+    return incoming >= current if repair else incoming > current
 
 
 def _entity_set(domain: str) -> str:
