@@ -191,6 +191,29 @@ def test_forgotten_idempotency_keys_fall_back_on_the_version_check(erp):
         Stale("customer", "5", 2, 2)
 
 
+def test_stream_holds_one_batch_of_records_in_memory_not_the_domain(engine, monkeypatch):
+    import tracemalloc
+
+    import workers.legacy_erp.adapter as adapter
+
+    seed_legacy(engine, SampleSpec(customers=500, products=2), domains=["customer"])
+    erp = LegacyErp(engine)
+    monkeypatch.setattr(adapter, "STREAM_BATCH_ROWS", 20)
+    tracemalloc.start()
+    try:
+        held = list(erp.stream("customer"))
+        _, all_peak = tracemalloc.get_traced_memory()
+        del held
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        count = sum(1 for _ in erp.stream("customer"))
+        _, stream_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 500
+    assert stream_peak - base < all_peak / 5, (stream_peak - base, all_peak)
+
+
 # ------------------------------------------------------------------ seeding
 
 
