@@ -37,7 +37,11 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+# Python puts this script's folder first on sys.path, where this very file would
+# shadow the ``bus`` package; put the project root there instead.
+_HERE = Path(__file__).resolve().parent
+ROOT = _HERE.parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(ROOT))
 
 import dramatiq  # noqa: E402

@@ -10,6 +10,7 @@ constraint, so a double application would show).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -182,7 +183,7 @@ def test_all_connections_closed_mid_run_loses_nothing_and_applies_nothing_twice(
     assert worker.proc.poll() is None, "the worker died instead of reconnecting"
 
 
-def test_each_failure_class_ends_where_the_rules_say(setup_run):
+def test_each_failure_class_ends_where_the_rules_say(setup_run, pg_url):
     engine, broker, queue, start_worker = setup_run
     worker = start_worker("--max-retries", "3", "--min-backoff-ms", "50",
                           "--max-backoff-ms", "200")
@@ -213,3 +214,15 @@ def test_each_failure_class_ends_where_the_rules_say(setup_run):
     assert records[garbage.message_id].failure_class == "undecodable"
     assert records[orphan.message_id].failure_class == "dead_letter"  # via .XQ and the drain
     assert broker.get_queue_message_counts(queue) == (0, 0, 0)
+
+    # What an operator sees.
+    from click.testing import CliRunner
+
+    from workers.cli import cli
+
+    shown = CliRunner().invoke(cli, ["dlq", "list", "--format", "json"],
+                               env={"COEXIST_STATE_URL": pg_url})
+    assert shown.exit_code == 0, shown.output
+    listed = {r["message_id"]: r["failure_class"] for r in json.loads(shown.output)}
+    assert listed == {business.message_id: "business", always.message_id: "technical",
+                      garbage.message_id: "undecodable", orphan.message_id: "dead_letter"}
