@@ -183,15 +183,18 @@ def sqlite_trigger_ddl(spec: CapturedTable) -> list[str]:
                 f"{_SQLITE_NOW_MS}, {_user_expr(spec, row)})")
 
     old_key, new_key = _key_expr(spec, "OLD", "sqlite"), _key_expr(spec, "NEW", "sqlite")
+    # Dropped and created again, so that re-running the schema upgrades them.
+    drops = [f'DROP TRIGGER IF EXISTS "XCHG_{spec.table}_{op}"' for op in "IUD"]
     return [
-        f'CREATE TRIGGER IF NOT EXISTS "XCHG_{spec.table}_I" AFTER INSERT ON {t} '
+        *drops,
+        f'CREATE TRIGGER "XCHG_{spec.table}_I" AFTER INSERT ON {t} '
         f"BEGIN {_INSERT} {values('NEW', 'I')}; END",
         # A key change is the deletion of the old record and a change of the new one.
-        f'CREATE TRIGGER IF NOT EXISTS "XCHG_{spec.table}_U" AFTER UPDATE ON {t} BEGIN '
+        f'CREATE TRIGGER "XCHG_{spec.table}_U" AFTER UPDATE ON {t} BEGIN '
         f"{_INSERT} SELECT '{name}', {old_key}, 'D', {_SQLITE_NOW_MS}, {_user_expr(spec, 'NEW')} "
         f"WHERE ({old_key}) IS NOT ({new_key}); "
         f"{_INSERT} {values('NEW', 'U')}; END",
-        f'CREATE TRIGGER IF NOT EXISTS "XCHG_{spec.table}_D" AFTER DELETE ON {t} '
+        f'CREATE TRIGGER "XCHG_{spec.table}_D" AFTER DELETE ON {t} '
         f"BEGIN {_INSERT} {values('OLD', 'D')}; END",
     ]
 
