@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from coexistence.canonical.models import ContractPrice
@@ -72,18 +73,23 @@ def _breaks(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]:
     ended = False
     for qty_col, price_col in BREAK_COLUMNS:
         qty, price = header[qty_col], header[price_col]
+        if type(qty) is int and type(price) is int and price >= 0:
+            if qty > 0 and not ended:
+                # Hot path: a used slot after used slots.
+                breaks.append({"min_quantity": qty, "unit_price": Decimal(price).scaleb(-4)})
+                continue
+            if qty == 0 and price == 0:
+                ended = True  # an unused slot: all zero, and no used slot after it
+                continue
+        # Slow path: name what is wrong with this slot.
         if type(qty) is not int or qty < 0:
             raise fail(where, qty_col, qty, "not a non-negative integer quantity")
         if qty == 0:
-            # An unused slot: all zero, and no used slot after it.
-            if price != 0:
-                raise fail(where, price_col, price, "price in an unused break slot")
-            ended = True
-            continue
+            raise fail(where, price_col, price, "price in an unused break slot")
         if ended:
             raise fail(where, qty_col, qty, "break after an unused slot")
-        breaks.append({"min_quantity": qty,
-                       "unit_price": from_price_units(price, where, price_col)})
+        from_price_units(price, where, price_col)
+        raise fail(where, price_col, price, "not a price")
     return breaks
 
 
