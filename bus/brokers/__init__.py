@@ -1,12 +1,20 @@
 """Brokers for the bus: RabbitMQ when a URL is configured, else the embedded SQLite one.
 
-Two calls for a composition root::
+Wiring in a composition root (the only place that names these)::
 
     broker = make_broker(settings.broker_url, sqlite_path=settings.home / "bus.db",
                          queue_type=settings.queue_type)
-    setup(broker, store=ExceptionStore(state_engine))
-    dramatiq.set_broker(broker)
+    store = ExceptionStore(state_engine)
+    setup(broker, store=store)                 # failure classes, correlation, (metrics)
+    dramatiq.set_broker(broker)                # before declaring actors
 
+    # producer side: OutboxRelay(state_engine, bus.publish.make_publisher(broker))
+    # worker side:   dramatiq.Worker(broker).start() and, next to it,
+    #                bus.dlq_drain.make_drain(broker, store).run_forever(stop)
+
+Actors take the envelope dict as their one argument (``bus.envelope.to_message_arg``)
+and raise ``BusinessError``/``TechnicalError``; ``bus.retry`` does the rest.
+One relay publisher and one drain per thread (pika connections are not shared).
 Queue naming is documented in ``bus.brokers.base``.
 """
 

@@ -54,7 +54,9 @@ def test_an_acked_message_is_gone_for_every_consumer(broker):
     assert _take(broker.consume("q", timeout=20), within_s=0.2) is None
 
 
-def test_a_message_held_by_a_dead_consumer_comes_back_when_its_lease_expires(broker):
+def test_a_message_held_by_a_dead_consumer_comes_back_when_its_lease_expires(tmp_path):
+    # A lease long enough that a loaded machine cannot stall past it between two lines.
+    broker = SqliteBroker(tmp_path / "b.db", lease_ms=500, poll_interval_ms=5)
     broker.enqueue(_message())
     dead = broker.consume("q", timeout=50)
     assert _take(dead) is not None
@@ -68,12 +70,14 @@ def test_a_message_held_by_a_dead_consumer_comes_back_when_its_lease_expires(bro
     assert broker.message_counts("q") == (0, 0)
 
 
-def test_a_living_consumer_renews_its_lease_so_a_slow_message_is_not_delivered_twice(broker):
+def test_a_living_consumer_renews_its_lease_so_a_slow_message_is_not_delivered_twice(tmp_path):
+    # Renewed every lease/3 = 100 ms: tolerates a 200 ms stall of this thread.
+    broker = SqliteBroker(tmp_path / "b.db", lease_ms=300, poll_interval_ms=5)
     broker.enqueue(_message())
     slow = broker.consume("q", timeout=20)
     held = _take(slow)
     other = broker.consume("q", timeout=20)
-    end = time.monotonic() + 0.5  # over three lease lengths
+    end = time.monotonic() + 1.0  # over three lease lengths
     while time.monotonic() < end:
         assert next(slow) is None  # the consumer thread keeps polling, which renews
         assert next(other) is None
