@@ -20,6 +20,9 @@ def cli() -> None:
 
 def _register() -> None:
     # One import + add_command per command module; keep them in CLI order.
+    from workers.cli.demo import demo
+
+    cli.add_command(demo)
     from workers.cli.cutover import cutover
 
     cli.add_command(cutover)
