@@ -21,6 +21,13 @@ versions (``bus.monotonic``).
 
 On SQLite one relay publishes at a time, enforced by a lease row, and no write
 lock is held while publishing (the embedded broker may live in the same file).
+
+A row the broker keeps refusing must not hold back every other key.  After a
+batch fails the relay publishes one row at a time; a row that fails alone while
+the next publishable row (another key) goes through is *quarantined* for
+``RELAY_QUARANTINE_S``: it stays unsent and keeps blocking its own key (order),
+while other keys flow.  It is tried again when the quarantine ends.  When the
+broker itself is down the probe fails too and nothing is quarantined.
 """
 
 from __future__ import annotations
@@ -47,12 +54,12 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    all_,
     any_,
     bindparam,
     delete,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -74,11 +81,15 @@ RELAY_IDLE_POLL_S = 0.1
 #: SQLite: a relay's lease lasts this long and is renewed on every round; longer than
 #: any publish may take (confirm timeouts), so a slow relay is not taken over mid-batch.
 RELAY_LEASE_S = 120.0
+#: A row that failed alone while another went through waits this long before a new try.
+RELAY_QUARANTINE_S = 60.0
 #: Longest error text kept on a row.
 MAX_ERROR_CHARS = 2000
 
 RELAYED = Counter("coexist_outbox_published_total", "Outbox rows published and confirmed")
 PUBLISH_FAILURES = Counter("coexist_outbox_publish_failures_total", "Failed outbox batches")
+QUARANTINED = Counter("coexist_outbox_quarantined_total",
+                      "Outbox rows refused by the broker while others were accepted")
 
 
 class OutboxRecord(BusTable, table=True):
@@ -114,6 +125,9 @@ class OutboxRecord(BusTable, table=True):
                                      sa_column=Column(DateTime(timezone=True), nullable=True))
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: Set when this row failed alone while others were published (see the module doc).
+    quarantined_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
 
 
 class OutboxLease(BusTable, table=True):
@@ -284,6 +298,8 @@ class OutboxRelay:
         self._wake = threading.Event()
         self._sqlite = engine.dialect.name == "sqlite"
         self._lease_until: datetime | None = None
+        #: After a failed batch: publish one row at a time until one goes through.
+        self._solo = False
 
     def wake(self) -> None:
         """Cut the idle sleep short (a producer in the same process just committed)."""
@@ -298,9 +314,27 @@ class OutboxRelay:
         Raises ``OutboxPublishError`` when the publish failed (rows stay unsent,
         their ``attempts`` and ``last_error`` are updated).
         """
-        if self._sqlite:
-            return self._run_once_leased(batch_size)
-        return self._run_once_locked(batch_size)
+        if self._sqlite and not self._take_lease():
+            return 0
+        with self.engine.connect() as conn:
+            rows = self._claim(conn, 1 if self._solo else batch_size)
+            if not rows:
+                return 0
+            try:
+                self._publish_and_mark(conn, rows)
+            except OutboxPublishError as exc:
+                if len(rows) > 1:
+                    self._solo = True  # find out whether one row is the cause
+                    raise
+                failure = exc
+            else:
+                self._solo = False
+                return len(rows)
+        # The row failed alone: is it the row, or the broker?
+        published = self._probe_after(rows[0])
+        if not published:
+            raise failure
+        return published
 
     def run_forever(self, stop_event: threading.Event, batch_size: int = 500) -> None:
         """Relay until ``stop_event`` is set; backs off (capped, jittered) after failures."""
@@ -327,65 +361,75 @@ class OutboxRelay:
             except Exception as exc:  # the lease expires on its own
                 log.warning("outbox relay %s could not release its lease: %s", self.name, exc)
 
-    # -- PostgreSQL (and other databases with SKIP LOCKED): concurrent relays ------------
+    def _probe_after(self, failed: OutboxRow) -> int:
+        """After ``failed`` failed alone: publish another row, then ``failed`` once more.
 
-    def _run_once_locked(self, batch_size: int) -> int:
+        If the other row goes through and ``failed`` fails again, the broker is
+        refusing that row: quarantine it.  Returns how many rows were published.
+        """
         with self.engine.connect() as conn:
-            conn.begin()
-            claimed = conn.execute(
-                select(*_ROW_COLUMNS)
-                .where(_T.c.sent_at.is_(None))
-                .order_by(_T.c.id)
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not claimed:
-                conn.rollback()
-                return 0
-            rows = [_row(r) for r in claimed]
+            probe = self._claim(conn, 1, exclude=failed.id)
+            if not probe:
+                return 0  # nothing else to publish: the failed row holds back nothing
+            try:
+                self._publish_and_mark(conn, probe)
+            except OutboxPublishError:
+                return 0  # the broker refuses everything: no row is to blame
+        self._solo = False
+        with self.engine.connect() as conn:
+            again = self._claim(conn, 1, only=failed.id)
+            if not again:
+                return 1  # another relay took it, or it was sent meanwhile
+            try:
+                self._publish_and_mark(conn, again)
+                return 2  # it went through this time: the failure was passing
+            except OutboxPublishError:
+                pass
+            conn.execute(update(_T).where(_T.c.id == failed.id, _T.c.sent_at.is_(None)).values(
+                quarantined_until=datetime.now(UTC) + timedelta(seconds=RELAY_QUARANTINE_S)))
+            conn.commit()
+        QUARANTINED.inc()
+        log.error("outbox row %s (message %s, key %s) is refused by the broker while others "
+                  "are accepted; quarantined for %.0fs, its key waits", failed.id,
+                  failed.message_id, failed.partition_key, RELAY_QUARANTINE_S)
+        return 1
+
+    def _claim(self, conn, limit: int, exclude: int | None = None,
+               only: int | None = None) -> list[OutboxRow]:
+        """The next publishable rows in id order, in a transaction left open on ``conn``.
+
+        PostgreSQL: the rows are locked (``SKIP LOCKED``) until the caller commits.
+        SQLite: the read transaction is ended (it holds the database write lock)
+        and the lease keeps other relays away.  Per key, rows behind an earlier
+        unsent row this relay does not hold (another relay's, or quarantined)
+        are left for later.
+        """
+        now = datetime.now(UTC)
+        stmt = (select(*_ROW_COLUMNS)
+                .where(_T.c.sent_at.is_(None),
+                       or_(_T.c.quarantined_until.is_(None), _T.c.quarantined_until <= now))
+                .order_by(_T.c.id).limit(limit))
+        if exclude is not None:
+            stmt = stmt.where(_T.c.id != exclude)
+        if only is not None:
+            stmt = stmt.where(_T.c.id == only)
+        if not self._sqlite:
+            stmt = stmt.with_for_update(skip_locked=True)
+        conn.begin()
+        rows = [_row(r) for r in conn.execute(stmt)]
+        if rows:
             held = [r.id for r in rows]
-            keys = {r.partition_key for r in rows}
-            # Per key, the first unsent row this relay does not hold: another relay
-            # holds it, so this relay's later rows of that key must wait.
-            barrier = dict(
-                conn.execute(
-                    select(_T.c.partition_key, func.min(_T.c.id))
-                    .where(
-                        _T.c.sent_at.is_(None),
-                        _T.c.partition_key == any_(_array(list(keys), String)),
-                        _T.c.id != all_(_array(held, BigInteger)),
-                        _T.c.id < held[-1],
-                    )
-                    .group_by(_T.c.partition_key)
-                ).all()
-            )
-            publishable = [r for r in rows if r.id < barrier.get(r.partition_key, r.id + 1)]
-            if not publishable:
-                conn.rollback()
-                return 0
-            # The row locks are held while publishing, so no other relay can take them.
-            self._publish_and_mark(conn, publishable)
-            return len(publishable)
-
-    # -- SQLite: one relay at a time, no lock held while publishing -----------------------
-
-    def _run_once_leased(self, batch_size: int) -> int:
-        if not self._take_lease():
-            return 0
-        with self.engine.connect() as conn:
-            rows = [
-                _row(r)
-                for r in conn.execute(
-                    select(*_ROW_COLUMNS).where(_T.c.sent_at.is_(None)).order_by(_T.c.id)
-                    .limit(batch_size)
-                )
-            ]
-            # End the read transaction: on SQLite it holds the database write lock.
+            keys = list({r.partition_key for r in rows})
+            barrier = dict(conn.execute(
+                select(_T.c.partition_key, func.min(_T.c.id))
+                .where(_T.c.sent_at.is_(None), self._keys(keys), ~self._ids(held),
+                       _T.c.id < held[-1])
+                .group_by(_T.c.partition_key)
+            ).all())
+            rows = [r for r in rows if r.id < barrier.get(r.partition_key, r.id + 1)]
+        if not rows or self._sqlite:
             conn.rollback()
-            if not rows:
-                return 0
-            self._publish_and_mark(conn, rows)
-        return len(rows)
+        return rows
 
     def _take_lease(self) -> bool:
         now = datetime.now(UTC)
@@ -428,6 +472,11 @@ class OutboxRelay:
         if self._sqlite:
             return _T.c.id.in_(ids)
         return _T.c.id == any_(_array(ids, BigInteger))
+
+    def _keys(self, keys: list[str]):
+        if self._sqlite:
+            return _T.c.partition_key.in_(keys)
+        return _T.c.partition_key == any_(_array(keys, String))
 
     def _publish_and_mark(self, conn, rows: list[OutboxRow]) -> None:
         """Publish ``rows``, then mark them sent (or count the failed attempt) and commit."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -105,7 +106,7 @@ def test_the_relay_publishes_every_row_once_in_id_order_and_marks_it_sent(engine
 def test_a_failed_publish_leaves_rows_unsent_and_counts_the_attempt(engine):
     put(engine, env(key="A"), env(key="B"))
     publisher = FakePublisher()
-    publisher.fail_next = 2
+    publisher.fail_next = 3  # the batch, then A alone, then B as a probe: the broker is down
     relay = OutboxRelay(engine, publisher)
     for _ in range(2):
         with pytest.raises(OutboxPublishError, match="broker unreachable"):
@@ -117,7 +118,9 @@ def test_a_failed_publish_leaves_rows_unsent_and_counts_the_attempt(engine):
         assert all("ConnectionError: broker unreachable" in r.last_error for r in rows)
     assert [r.partition_key for r in stuck(engine, min_attempts=2)] == ["A", "B"]
     assert stuck(engine, min_attempts=3) == []
-    assert relay.run_once() == 2
+    assert all(r.quarantined_until is None for r in stuck(engine, min_attempts=1))
+    assert relay.run_once() == 1  # one at a time after a failure...
+    assert relay.run_once() == 1  # ...until one goes through
     assert backlog(engine) == 0
     assert stuck(engine, min_attempts=1) == []
     assert [k for k, _ in publisher.published] == ["A", "B"]
@@ -134,6 +137,66 @@ def test_lag_is_the_age_of_the_oldest_unsent_row(engine):
     assert lag_seconds(engine, domain="order") < 30
     OutboxRelay(engine, FakePublisher()).run_once()
     assert lag_seconds(engine) == 0.0
+
+
+class RefusingPublisher(FakePublisher):
+    """A broker that refuses every batch holding a message of one key."""
+
+    def __init__(self, refused_key: str) -> None:
+        super().__init__()
+        self.refused_key = refused_key
+
+    def __call__(self, rows) -> None:
+        if any(r.partition_key == self.refused_key for r in rows):
+            self.batches += 1
+            raise ValueError(f"queue refuses {self.refused_key}")
+        super().__call__(rows)
+
+
+def test_a_row_the_broker_keeps_refusing_is_quarantined_and_holds_back_only_its_key(engine):
+    put(engine, env(key="P", version=1), env(key="X"), env(key="P", version=2), env(key="Y"))
+    publisher = RefusingPublisher("P")
+    relay = OutboxRelay(engine, publisher)
+    with pytest.raises(OutboxPublishError):
+        relay.run_once()  # the whole batch fails
+    assert relay.run_once() == 1  # P alone fails, X goes through, P fails again
+    assert relay.run_once() == 1  # Y; P's second row waits behind the quarantined first
+    assert relay.run_once() == 0
+    assert [k for k, _ in publisher.published] == ["X", "Y"]
+    (poison,) = stuck(engine, min_attempts=3)
+    assert poison.partition_key == "P" and poison.quarantined_until is not None
+    assert "queue refuses P" in poison.last_error
+    publisher.refused_key = None  # fixed; the quarantine ends
+    t = OutboxRecord.__table__
+    with engine.begin() as conn:
+        conn.execute(update(t).values(quarantined_until=datetime.now(UTC) - timedelta(seconds=1)))
+    assert relay.run_once() == 2
+    assert [k for k, _ in publisher.published] == ["X", "Y", "P", "P"]
+    versions = [json.loads(r.payload)["source_version"] for r in published_rows(engine, "P")]
+    assert versions == [1, 2]
+
+
+def test_a_broker_that_refuses_everything_quarantines_nothing(engine):
+    put(engine, env(key="A"), env(key="B"), env(key="C"))
+    publisher = FakePublisher()
+    publisher.fail_next = 100
+    relay = OutboxRelay(engine, publisher)
+    for _ in range(5):
+        with pytest.raises(OutboxPublishError):
+            relay.run_once()
+    with Session(engine) as session:
+        assert all(r.quarantined_until is None
+                   for r in session.exec(select(OutboxRecord)).all())
+    publisher.fail_next = 0
+    assert relay.run_once() == 1
+    assert relay.run_once() == 2
+    assert [k for k, _ in publisher.published] == ["A", "B", "C"]
+
+
+def published_rows(engine, key):
+    with Session(engine) as session:
+        return session.exec(select(OutboxRecord).where(OutboxRecord.partition_key == key)
+                            .order_by(OutboxRecord.sent_at, OutboxRecord.id)).all()
 
 
 def test_backlog_counts_unsent_rows_per_domain(engine):
