@@ -41,6 +41,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        load_env_file(os.environ.get("COEXIST_ENV_FILE"))
         home = Path(_env("COEXIST_HOME", "var")).resolve()
         return cls(
             home=home,
@@ -57,6 +58,28 @@ class Settings:
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
         return self.home
+
+
+def load_env_file(path: str | None) -> None:
+    """Read ``KEY=VALUE`` lines from ``path`` into the environment (existing variables win).
+
+    How supervisord programs get their settings and credentials without putting them on a
+    command line or in the supervisord file.  Blank lines and ``#`` comments are skipped.
+    """
+    if not path:
+        return
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"COEXIST_ENV_FILE {path}: {exc.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"COEXIST_ENV_FILE {path} line {n}: expected KEY=VALUE")
+        os.environ.setdefault(key.strip(), value.strip().strip('"').strip("'"))
 
 
 def redact_url(url: str | None) -> str:
