@@ -97,8 +97,10 @@ def rate(fn: Callable[[], int]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=3000, help="records per domain")
-    parser.add_argument("--rounds", type=int, default=4, help="timed rounds per side")
+    parser.add_argument("--records", type=int, default=2000, help="records per domain")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds per side (max)")
+    parser.add_argument("--budget-s", type=float, default=50.0,
+                        help="wall-clock budget: fewer rounds (>= 2) on a busy machine")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--domain", action="append", choices=DOMAINS,
                         help="only this domain (repeatable)")
@@ -110,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = SampleSpec(customers=n, seed=args.seed, products=max(n, 100), warehouses=1,
                       prices_per_customer=1, orders_per_customer=4)
     all_met = True
-    for domain in args.domain or DOMAINS:
+    domains = args.domain or DOMAINS
+    started = time.monotonic()
+    for done, domain in enumerate(domains):
         rows, ids, blobs = build(domain, spec, n)
         bench, baseline = translate_all(domain, rows, ids), validate_all(domain, blobs)
         bench(), baseline()  # warm-up: caches, lazy imports, branch predictors
         rates, base_rates = [], []
-        for _ in range(args.rounds):
+        # This domain's share of the budget ends here; at least 2 rounds regardless.
+        deadline = started + args.budget_s * (done + 1) / len(domains)
+        for round_no in range(args.rounds):
+            if round_no >= 2 and time.monotonic() > deadline:
+                break
             rates.append(rate(bench))
             base_rates.append(rate(baseline))
         best, base = max(rates), max(base_rates)
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "name": f"translate.{domain}",
             "records": len(rows),
+            "rounds": len(rates),
             "records_per_s": round(best),
             "baseline_per_s": round(base),
             "ratio": round(ratio, 3),
