@@ -28,6 +28,7 @@ from coexistence.canonical.models import (
 )
 from coexistence.errors import TranslationError
 from coexistence.legacy.models import LEGACY_TABLES
+from coexistence.translate import common
 from coexistence.translate.legacy import LEGACY_TRANSLATORS, customer, invoice, order, price
 
 
@@ -302,3 +303,57 @@ def test_any_record_can_be_normalised_through_the_package_without_naming_its_dom
     assert normalise(prospect) == customer.normalise(prospect)
     assert normalise(prospect).status is CustomerStatus.INACTIVE
     assert normalise(INVENTORY) == INVENTORY
+
+
+# Every named loss, shown on one record: (domain, record, field, value after the trip).
+LOSS_EXAMPLES: dict[str, tuple[str, Any, str, Any]] = {
+    common.LOSS_UPPER_CASE: (
+        "product", PRODUCT.model_copy(update={"description": "Widget 10mm"}),
+        "description", "WIDGET 10MM"),
+    common.LOSS_TRUNCATION: (
+        "shipment", SHIPMENT.model_copy(update={"tracking_number": "9" * 34}),
+        "tracking_number", "9" * 30),
+    common.LOSS_TRAILING_SPACES: (
+        "order", ORDER.model_copy(update={"customer_po": "PO 1  "}), "customer_po", "PO 1"),
+    common.LOSS_EMPTY_IS_NONE: (
+        "customer", CUSTOMER.model_copy(update={"tax_id": ""}), "tax_id", None),
+    common.LOSS_SUBSECOND: (
+        "order", ORDER.model_copy(update={"ordered_at": ORDER.ordered_at.replace(microsecond=5)}),
+        "ordered_at", ORDER.ordered_at),
+    common.LOSS_CENTS: (
+        "invoice", INVOICE.model_copy(update={"tax_amount": Decimal("1.005")}),
+        "tax_amount", Decimal("1.01")),
+    common.LOSS_PRICE_UNITS: (
+        "product", PRODUCT.model_copy(update={"list_price": Decimal("1.00005")}),
+        "list_price", Decimal("1.0001")),
+    common.LOSS_GRAMS: (
+        "product", PRODUCT.model_copy(update={"weight_kg": Decimal("0.0005")}),
+        "weight_kg", Decimal("0.001")),
+    common.LOSS_LINE_ORDER: (
+        "order", ORDER.model_copy(update={"lines": ORDER.lines[::-1]}), "lines", ORDER.lines),
+    customer.LOSS_PROSPECT: (
+        "customer", CUSTOMER.model_copy(update={"status": CustomerStatus.PROSPECT}),
+        "status", CustomerStatus.INACTIVE),
+    order.LOSS_DRAFT: (
+        "order", ORDER.model_copy(update={"status": OrderStatus.DRAFT}),
+        "status", OrderStatus.ON_HOLD),
+    invoice.LOSS_PARTIALLY_PAID: (
+        "invoice", INVOICE.model_copy(update={"amount_paid": Decimal(0)}),
+        "status", InvoiceStatus.OPEN),
+}
+
+
+def test_every_named_loss_has_an_example_and_every_example_is_a_named_loss():
+    named = {loss for tr in LEGACY_TRANSLATORS.values() for loss in tr.LOSSES}
+    assert named == set(LOSS_EXAMPLES)
+
+
+@pytest.mark.parametrize("loss", list(LOSS_EXAMPLES))
+def test_each_named_loss_happens_on_the_trip_through_the_legacy_erp_and_in_normalise(loss):
+    domain, record, field, expected = LOSS_EXAMPLES[loss]
+    tr = LEGACY_TRANSLATORS[domain]
+    assert loss in tr.LOSSES
+    assert getattr(record, field) != expected
+    trip = tr.to_canonical(*tr.from_canonical(record))
+    assert getattr(trip, field) == expected
+    assert getattr(tr.normalise(record), field) == expected
