@@ -308,3 +308,14 @@ def canonical_records(domain: str) -> st.SearchStrategy:
 
 #: Any valid canonical record of any domain.
 any_canonical_record = st.one_of(*STRATEGIES.values())
+
+
+def legacy_rows(domain: str) -> st.SearchStrategy:
+    """Valid legacy rows of ``domain``: ``(header row, child rows)`` as the database holds them.
+
+    Built through the legacy translator, so they carry every legacy habit (padding,
+    codes, integer units) and read back to a canonical record without error.
+    """
+    from coexistence.translate.legacy import LEGACY_TRANSLATORS
+
+    return canonical_records(domain).map(LEGACY_TRANSLATORS[domain].from_canonical)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from coexistence.canonical import DOMAINS, MODELS
 from coexistence.legacy.models import AUDIT_COLUMNS, LEGACY_TABLES
 from coexistence.translate.legacy import LEGACY_TRANSLATORS
-from tests.unit.strategies import canonical_records
+from tests.unit.strategies import canonical_records, legacy_rows
 
 PROPERTY = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -95,3 +95,11 @@ def test_every_header_row_carries_the_writer_and_time_of_the_change(domain, data
     }
     default, _ = tr.from_canonical(record)
     assert default["LCHGUSER"].rstrip() == "COEXIST"
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_the_legacy_row_strategy_draws_rows_that_read_back(domain, data):
+    header, children = data.draw(legacy_rows(domain))
+    assert LEGACY_TRANSLATORS[domain].to_canonical(header, children).domain == domain
