@@ -133,3 +133,52 @@ def test_a_nacked_message_reaches_the_dead_letter_queue(broker):
 def test_the_queue_type_is_validated():
     with pytest.raises(ValueError, match="classic, quorum"):
         CoexistRabbitmqBroker(url="amqp://guest:guest@127.0.0.1/", queue_type="stream")
+
+
+def test_a_retry_that_rabbitmq_does_not_confirm_is_requeued_not_acked(rabbit_vhost):
+    # dramatiq's Retries logs the failed enqueue and the worker acks: the message is lost.
+    from collections import Counter
+
+    from dramatiq.errors import ConnectionClosed
+
+    from bus.brokers import setup
+    from bus.errors import TechnicalError
+
+    class FlakyBroker(CoexistRabbitmqBroker):
+        retries_fail = True
+
+        def enqueue(self, message, *, delay=None):
+            if delay is not None and self.retries_fail:
+                raise ConnectionClosed(OSError("broker unreachable"))
+            return super().enqueue(message, delay=delay)
+
+    broker = FlakyBroker(url=rabbit_vhost)
+    queue = f"flaky_{uuid.uuid4().hex[:8]}"
+    store = FakeStore()
+    setup(broker, store=store, retry_options={"min_backoff_ms": 10, "max_backoff_ms": 50,
+                                              "redelivery_pause_ms": 0})
+    calls = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=queue)
+    def fails_first(env):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise TechnicalError("timeout")
+
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        fails_first.send({"n": 1})
+        deadline = 100
+        while calls["n"] < 2 and deadline:  # requeued and delivered again
+            deadline -= 1
+            broker.connection.sleep(0.05)
+        assert calls["n"] >= 2
+        broker.retries_fail = False
+        broker.join(queue, min_successes=3, idle_time=50, timeout=10_000)
+    finally:
+        worker.stop(timeout=5000)
+        for name in broker.queue_names(queue):
+            broker.channel.queue_delete(name)
+        broker.close()
+    assert store.records == []
