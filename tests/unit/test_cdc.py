@@ -17,7 +17,13 @@ from bus.db import create_state_engine
 from coexistence.ports import Change
 from workers import checkpoints
 from workers.db import create_state_schema
-from workers.legacy_erp.capture import CHGLOG, CapturedTable, coexist_transaction, install_capture
+from workers.legacy_erp.capture import (
+    CHGLOG,
+    CapturedTable,
+    coexist_transaction,
+    install_capture,
+    register_writer,
+)
 from workers.legacy_erp.cdc import LegacyChangeFeed, UnknownChangeLogTable, consume_batch
 
 META = MetaData()
@@ -96,6 +102,15 @@ def test_a_persons_delete_or_unstamped_update_of_coexists_record_never_passes_fo
         ("WH1|A", "U", "?"), ("WH1|B", "D", "?"),
     ]
     assert not [c for c in feed(legacy).read(2, 10) if c.writer == "COEXIST"]
+
+
+def test_a_channel_writer_is_logged_by_name_and_a_persons_unstamped_update_never_as_it(legacy):
+    with legacy.begin() as conn:
+        register_writer(conn, "COEXCRM")
+    with legacy.begin() as conn, coexist_transaction(conn, writer="COEXCRM"):
+        conn.exec_driver_sql("INSERT INTO BAL VALUES ('WH1', 'A', 5, 'COEXCRM')")
+    run(legacy, "UPDATE BAL SET QTY = 7")
+    assert [(r[3], r[4]) for r in log_rows(legacy)] == [("I", "COEXCRM"), ("U", "?")]
 
 
 def test_a_line_change_is_logged_under_its_orders_key_and_last_change_user(legacy):

@@ -125,6 +125,12 @@ def test_an_idempotency_key_reused_for_another_write_is_refused_and_changes_noth
     assert erp.get("customer", "8").name == customer(8).name
 
 
+def test_a_writer_the_change_user_column_cannot_hold_is_refused_before_writing(erp):
+    with pytest.raises(ValueError, match="writer 'COEXIST-CRM'"):
+        erp.upsert(customer(3), source_version=1, idempotency_key="a", writer="COEXIST-CRM")
+    assert erp.get("customer", "3") is None and read_all(erp) == []
+
+
 def test_a_key_the_legacy_erp_cannot_hold_is_a_translation_error_naming_it(erp):
     with pytest.raises(TranslationError, match="customer ABC: field key='ABC'"):
         erp.get("customer", "ABC")

@@ -4,14 +4,16 @@ Reads go through the domain's legacy translator (header row + line rows ->
 canonical record).  Writes are coexist's own: each runs in one transaction that
 
 1. marks itself as coexist's (``capture.coexist_transaction``: the change log
-   attributes its changes to ``COEXIST_WRITER``) and, on PostgreSQL, takes the
-   change-log writer lock first;
+   attributes its changes to the write's ``writer``, ``COEXIST_WRITER`` unless a
+   channel command names its own) and, on PostgreSQL, takes the change-log
+   writer lock first;
 2. replays the first result if the idempotency key was seen (same write) or
    refuses it (another write);
 3. advances the record's applied source version in ``XCOEXVER`` with one
    conditional upsert, which also locks it against a concurrent writer of the
-   same record - a version not newer than the applied one is ``Stale``;
-4. writes the header and replaces the lines, stamped ``LCHGUSER = COEXIST``.
+   same record - a version not newer than the applied one is ``Stale`` (a
+   ``repair`` also applies an equal one, never an older one);
+4. writes the header and replaces the lines, stamped ``LCHGUSER = writer``.
 
 The version survives a delete (a tombstone row), so an older upsert arriving
 late never resurrects a deleted record.  A person's write (``person_upsert``,
@@ -37,6 +39,7 @@ from workers.legacy_erp.capture import (
     XCOEXIDM,
     XCOEXVER,
     coexist_transaction,
+    register_writer,
     writer_lock_key,
 )
 from workers.legacy_erp.cdc import LegacyChangeFeed
@@ -135,6 +138,7 @@ class LegacyErp:
         self.dialect = engine.dialect.name
         self._domains: dict[str, _Domain] = {}
         self._lock_key: int | None = None
+        self._writers: set[str] = set()
         self.feed = LegacyChangeFeed(engine, captured_tables(), key_decoders())
 
     # ------------------------------------------------------------------ reads
@@ -192,26 +196,43 @@ class LegacyErp:
     # ------------------------------------------------------------------ writes
 
     def upsert(
-        self, record: CanonicalRecord, *, source_version: int, idempotency_key: str
+        self,
+        record: CanonicalRecord,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
         d = self._domain(record.domain)
+        self._register(writer)
         now = datetime.now(UTC)
-        header, children = d.t.from_canonical(record, changed_by=COEXIST_WRITER, changed_at=now)
-        fingerprint = _fingerprint("upsert", d.name, record.key, source_version,
+        header, children = d.t.from_canonical(record, changed_by=writer, changed_at=now)
+        fingerprint = _fingerprint("upsert", d.name, record.key, source_version, writer, repair,
                                    record.model_dump_json())
-        with self.engine.begin() as conn, coexist_transaction(conn, self._writer_lock(conn)):
-            return self._write(conn, d, record.key, source_version, idempotency_key,
+        with self.engine.begin() as conn, \
+                coexist_transaction(conn, self._writer_lock(conn), writer):
+            return self._write(conn, d, record.key, source_version, repair, idempotency_key,
                                fingerprint, lambda: self._replace(conn, d, header, children))
 
     def delete(
-        self, domain: str, key: str, *, source_version: int, idempotency_key: str
+        self,
+        domain: str,
+        key: str,
+        *,
+        source_version: int,
+        idempotency_key: str,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
     ) -> WriteResult:
         d = self._domain(domain)
+        self._register(writer)
         values = d.t.key_columns(d.t.legacy_key(key))
-        fingerprint = _fingerprint("delete", d.name, key, source_version)
-        with self.engine.begin() as conn, coexist_transaction(conn, self._writer_lock(conn)):
-            return self._write(conn, d, key, source_version, idempotency_key, fingerprint,
-                               lambda: self._remove(conn, d, values))
+        fingerprint = _fingerprint("delete", d.name, key, source_version, writer, repair)
+        with self.engine.begin() as conn, \
+                coexist_transaction(conn, self._writer_lock(conn), writer):
+            return self._write(conn, d, key, source_version, repair, idempotency_key,
+                               fingerprint, lambda: self._remove(conn, d, values))
 
     # ------------------------------------------------------------------ change feed
 
@@ -273,8 +294,14 @@ class LegacyErp:
             self._lock_key = writer_lock_key(conn)
         return self._lock_key
 
-    def _write(self, conn, d: _Domain, key: str, version: int, idem: str, fingerprint: str,
-               effect) -> WriteResult:
+    def _register(self, writer: str) -> None:
+        if writer not in self._writers:
+            with self.engine.begin() as conn:
+                register_writer(conn, writer)
+            self._writers.add(writer)
+
+    def _write(self, conn, d: _Domain, key: str, version: int, repair: bool, idem: str,
+               fingerprint: str, effect) -> WriteResult:
         seen = conn.execute(
             select(XCOEXIDM.c.FPRINT, XCOEXIDM.c.RESULT, XCOEXIDM.c.SRCVER, XCOEXIDM.c.CURVER)
             .where(idem == XCOEXIDM.c.IDEMKEY)
@@ -287,7 +314,7 @@ class LegacyErp:
                 )
             return (Applied(d.name, key, seen.SRCVER) if seen.RESULT == "A"
                     else Stale(d.name, key, seen.SRCVER, seen.CURVER))
-        if self._advance_version(conn, d.name, key, version):
+        if self._advance_version(conn, d.name, key, version, repair):
             effect()
             result: WriteResult = Applied(d.name, key, version)
         else:
@@ -304,13 +331,16 @@ class LegacyErp:
         ))
         return result
 
-    def _advance_version(self, conn, domain: str, key: str, version: int) -> bool:
+    def _advance_version(self, conn, domain: str, key: str, version: int, repair: bool) -> bool:
+        """One conditional upsert: newer applies; equal too for a repair; older never."""
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         ins = dialect_insert(XCOEXVER).values(DOMAIN=domain, RECKEY=key, SRCVER=int(version))
+        newer = (ins.excluded.SRCVER >= XCOEXVER.c.SRCVER if repair
+                 else ins.excluded.SRCVER > XCOEXVER.c.SRCVER)
         stmt = ins.on_conflict_do_update(
             index_elements=[XCOEXVER.c.DOMAIN, XCOEXVER.c.RECKEY],
             set_={"SRCVER": ins.excluded.SRCVER},
-            where=ins.excluded.SRCVER > XCOEXVER.c.SRCVER,
+            where=newer,
         )
         # RETURNING, not rowcount: psycopg reports -1 for this statement here.
         return conn.execute(stmt.returning(XCOEXVER.c.SRCVER)).first() is not None

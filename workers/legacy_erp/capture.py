@@ -48,6 +48,7 @@ from sqlalchemy import (
     Table,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from coexistence.ports import COEXIST_WRITER
 
@@ -103,11 +104,20 @@ XCOEXIDM = Table(
 Index("XCOEXIDM_CRTTS", XCOEXIDM.c.CRTTS)
 
 
-#: Marks coexist's own write transactions: a row inserted first thing and deleted
-#: before commit, so only that transaction ever sees it (MVCC on PostgreSQL, one
-#: writer on SQLite).  The triggers attribute changes made while it is present
-#: to ``COEXIST_WRITER`` - including deletes, which carry no audit columns.
-XCOEXTXN = Table("XCOEXTXN", CAPTURE_METADATA, Column("TXN", Integer, nullable=False))
+#: Marks coexist's own write transactions: a row naming the writer, inserted
+#: first thing and deleted before commit, so only that transaction ever sees it
+#: (MVCC on PostgreSQL, one writer on SQLite).  The triggers attribute changes
+#: made while it is present to that writer - including deletes, which carry no
+#: audit columns.
+XCOEXTXN = Table("XCOEXTXN", CAPTURE_METADATA, Column("WRITER", String(10), nullable=False))
+
+#: Every change user coexist writes under (``COEXIST_WRITER``, channel command
+#: writers).  A change outside coexist's transactions whose audit column still
+#: names one of them is a person's delete or unstamped update: never an echo.
+XCOEXWRT = Table("XCOEXWRT", CAPTURE_METADATA, Column("WRITER", String(10), primary_key=True))
+
+#: Longest change user the legacy ERP stores (``LCHGUSER`` is CHAR(10)).
+WRITER_WIDTH = 10
 
 
 @dataclass(frozen=True)
@@ -164,8 +174,9 @@ def _user_expr(spec: CapturedTable, row: str) -> str:
         base = (f"(SELECT h.{_q(spec.user_column)} FROM {_q(spec.header or '')} h "
                 f"WHERE {join})")
     return (
-        f"CASE WHEN EXISTS (SELECT 1 FROM \"XCOEXTXN\") THEN '{COEXIST_WRITER}' "
-        f"ELSE COALESCE(NULLIF(RTRIM({base}), '{COEXIST_WRITER}'), '{UNKNOWN_WRITER}') END"
+        f"COALESCE((SELECT x.\"WRITER\" FROM \"XCOEXTXN\" x LIMIT 1), "
+        f"CASE WHEN RTRIM({base}) IN (SELECT w.\"WRITER\" FROM \"XCOEXWRT\" w) "
+        f"THEN '{UNKNOWN_WRITER}' ELSE COALESCE(RTRIM({base}), '{UNKNOWN_WRITER}') END)"
     )
 
 
@@ -258,16 +269,36 @@ def lock_writers(conn: Connection, key: int | None = None) -> None:
 
 
 @contextmanager
-def coexist_transaction(conn: Connection, lock_key: int | None = None) -> Iterator[None]:
-    """Mark the writes made inside as coexist's own, in ``conn``'s open transaction.
+def coexist_transaction(
+    conn: Connection, lock_key: int | None = None, writer: str = COEXIST_WRITER
+) -> Iterator[None]:
+    """Mark the writes made inside as coexist's, by ``writer``, in ``conn``'s transaction.
 
     Takes the writer lock first on PostgreSQL (see :func:`lock_writers`).  If the
     block raises, the caller's transaction must roll back (the marker with it).
+    ``writer`` must be registered (:func:`register_writer`) for people's later
+    writes to its rows never to pass for it.
     """
     lock_writers(conn, lock_key)
-    conn.execute(XCOEXTXN.insert().values(TXN=1))
+    conn.execute(XCOEXTXN.insert().values(WRITER=writer))
     yield
     conn.execute(XCOEXTXN.delete())
+
+
+def check_writer(writer: str) -> str:
+    """``writer`` if the legacy ERP can store it exactly as a change user, else ValueError."""
+    if not writer or len(writer) > WRITER_WIDTH or writer != writer.upper().strip() \
+            or not writer.isascii():
+        raise ValueError(f"writer {writer!r}: the legacy change user is at most {WRITER_WIDTH} "
+                         "upper-case ASCII characters")
+    return writer
+
+
+def register_writer(conn: Connection, writer: str) -> None:
+    """Record ``writer`` as one of coexist's change users (idempotent)."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(dialect_insert(XCOEXWRT).values(WRITER=check_writer(writer))
+                 .on_conflict_do_nothing())
 
 
 def install_capture(
@@ -277,6 +308,7 @@ def install_capture(
     tables = list(tables)
     with engine.begin() as conn:
         CAPTURE_METADATA.create_all(conn)
+        register_writer(conn, COEXIST_WRITER)
         if conn.dialect.name == "postgresql":
             key = writer_lock_key(conn) if serialize_writers else None
             if key is not None:
