@@ -279,6 +279,12 @@ class LegacyErp:
                                                 key == XCOEXVER.c.RECKEY)
             ).scalar() or 0)
 
+    def tables(self, domain: str) -> _Domain:
+        """The domain's tables, key columns and canonical sort expression
+        (``header``, ``child``, ``keys``, ``child_order``, ``sort_key(table, dialect)``,
+        translator ``t``), for readers that must sort exactly as :meth:`stream`."""
+        return self._domain(domain)
+
     # ------------------------------------------------------------------ internals
 
     def _domain(self, domain: str) -> _Domain:
