@@ -154,6 +154,14 @@ def test_something_that_is_not_a_row_is_refused_without_a_traceback_of_internals
     assert err.value.field == "<row>"
 
 
+@pytest.mark.parametrize("children", [None, 5, [None], ["row"]])
+def test_child_rows_that_are_not_rows_are_refused(children):
+    header, _, _ = SAMPLES["order"]
+    with pytest.raises(TranslationError) as err:
+        translate("order", header, children)
+    assert err.value.key == "0000500123"
+
+
 def test_child_rows_for_a_single_table_domain_are_refused():
     header, _, _ = SAMPLES["product"]
     with pytest.raises(TranslationError):

@@ -131,12 +131,16 @@ def _diagnose(
     if not isinstance(header, Mapping):
         return TranslationError(domain, None, "<row>", type(header).__name__, "not a legacy row")
     key = row_key(header, key_columns)
+    if not isinstance(children, list | tuple):
+        return TranslationError(domain, key, "<children>", type(children).__name__,
+                                "child rows must be a list of rows")
     header_types, child_types = (_column_types(t) for t in tables)
     rows = [("", header_types, header)]
     rows += [(f"{tables[1].__name__}.", child_types, c) for c in children]  # type: ignore[union-attr]
     for prefix, types, row in rows:
         if not isinstance(row, Mapping):
-            return TranslationError(domain, key, prefix or "<row>", row, "not a legacy row")
+            return TranslationError(domain, key, prefix.rstrip(".") or "<row>", row,
+                                    "not a legacy row")
         for column, expected in types.items():
             value = row.get(column)
             if column in row and type(value) is not expected:
