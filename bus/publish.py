@@ -119,6 +119,12 @@ class RabbitmqBatchPublisher:
                     f"{self.confirm_timeout_s:.0f} s (is RabbitMQ blocking publishers?)"
                 )
             self._conn.process_data_events(time_limit=min(remaining, 1.0))
+        if self._returned:
+            # The queue vanished (deleted by hand, lost with a node): declare it
+            # again before the relay's next attempt instead of failing forever.
+            for queue_name in {m.queue_name for m in messages}:
+                self._declared.discard(queue_name)
+                self.broker.queues_pending.add(queue_name)
         if self._nacked or self._returned:
             raise PublishError(
                 f"RabbitMQ refused {len(self._nacked)} and could not route {len(self._returned)} "

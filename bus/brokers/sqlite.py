@@ -69,7 +69,8 @@ _SCHEMA = (
         deliveries INTEGER NOT NULL DEFAULT 0,
         enqueued_at_ms INTEGER NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS bus_queue_visible ON bus_queue (queue_name, visible_at_ms)",
+    # Ordered like the consumer's scan, so a fetch stops after LIMIT rows however long the queue.
+    "CREATE INDEX IF NOT EXISTS bus_queue_visible ON bus_queue (queue_name, visible_at_ms, id)",
     "CREATE INDEX IF NOT EXISTS bus_queue_owner ON bus_queue (lease_owner)",
     """CREATE TABLE IF NOT EXISTS bus_dead_letters (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -289,7 +290,7 @@ class SqliteConsumer(Consumer):
         rows = conn.execute(
             "UPDATE bus_queue SET lease_owner = ?, visible_at_ms = ?, deliveries = deliveries + 1"
             " WHERE id IN (SELECT id FROM bus_queue WHERE queue_name = ? AND visible_at_ms <= ?"
-            " ORDER BY id LIMIT ?) RETURNING id, body, deliveries",
+            " ORDER BY visible_at_ms, id LIMIT ?) RETURNING id, body, deliveries",
             (self.owner, now + self.broker.lease_ms, self.queue_name, now, limit),
         ).fetchall()
         rows.sort()

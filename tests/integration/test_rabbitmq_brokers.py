@@ -78,12 +78,14 @@ def test_a_confirmed_batch_is_on_the_queue_when_publish_returns(broker):
     publish.close()
 
 
-def test_a_batch_fails_when_rabbitmq_cannot_route_it(broker):
+def test_a_batch_rabbitmq_cannot_route_fails_and_its_retry_redeclares_the_queue(broker):
     publish = RabbitmqBatchPublisher(broker, confirm_timeout_s=5)
     publish([_msg(1, broker.work)])  # declares the queue
     broker.channel.queue_delete(broker.work)
     with pytest.raises(PublishError, match="could not route 1"):
         publish([_msg(2, broker.work)])
+    publish([_msg(2, broker.work)])  # the relay's retry: the queue is declared again
+    assert broker.get_queue_message_counts(broker.work)[0] == 1
     publish.close()
 
 
