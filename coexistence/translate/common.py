@@ -233,6 +233,18 @@ def char(value: str | None, width: int) -> str:
     return value.upper()[:width].ljust(width)
 
 
+def char_required(value: str, width: int, where: Where, field: str) -> str:
+    """Like ``char`` for a column that must not be blank when read back (a name).
+
+    A value the legacy ERP would store as blanks (``"   "``) could be written but
+    never read back, so it is refused here instead of being stuck in the legacy ERP.
+    """
+    stored = char(value, width)
+    if not stored.strip(" "):
+        raise fail(where, field, value, "blank once stored in the legacy ERP")
+    return stored
+
+
 def char_keep_case(value: str | None, width: int) -> str:
     """Like ``char`` for the few mixed-case legacy columns (e-mail)."""
     if value is None:

@@ -210,6 +210,10 @@ BAD_RECORDS = [
     ("quantity beyond NUMERIC(9)", "order", ORDER.model_copy(update={
         "lines": (ORDER.lines[0].model_copy(update={"quantity": 10**9}),)}),
      "lines.quantity", 10**9),
+    ("name that would be stored blank", "customer",
+     CUSTOMER.model_copy(update={"name": "   "}), "name", "   "),
+    ("description that would be stored blank", "product",
+     PRODUCT.model_copy(update={"description": " "}), "description", " "),
     ("amount beyond NUMERIC(15)", "customer",
      CUSTOMER.model_copy(update={"credit_limit": Decimal("1E+20")}), "credit_limit",
      Decimal("1E+20")),

@@ -32,6 +32,7 @@ from coexistence.translate.common import (
     Where,
     char,
     char_keep_case,
+    char_required,
     code,
     fail,
     fit_optional_text,
@@ -189,7 +190,7 @@ def from_canonical(
     custno = pad_number(record.key, KEY_WIDTH, where, "key")
     header = {
         "CUSTNO": custno,
-        "CUSTNAME": char(record.name, NAME_WIDTH),
+        "CUSTNAME": char_required(record.name, NAME_WIDTH, where, "name"),
         "CUSTSTAT": STATUS_CODES[record.status],
         "CURRCODE": record.currency,
         "CRLIMIT": to_cents(record.credit_limit, where, "credit_limit"),
@@ -213,7 +214,7 @@ def from_canonical(
             "ADDR2": char(site.line2, NAME_WIDTH),
             "CITY": char(site.city, CITY_WIDTH),
             "STATE": char(site.region, STATE_WIDTH),
-            "ZIPCODE": char(site.postal_code, ZIP_WIDTH),
+            "ZIPCODE": char_required(site.postal_code, ZIP_WIDTH, where, "sites.postal_code"),
             "COUNTRY": site.country,
         }
         for site in record.sites

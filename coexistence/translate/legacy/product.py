@@ -15,7 +15,7 @@ from coexistence.translate.common import (
     LOSS_TRUNCATION,
     LOSS_UPPER_CASE,
     Where,
-    char,
+    char_required,
     code,
     fit_text,
     from_grams,
@@ -106,7 +106,7 @@ def from_canonical(
     where = Where(DOMAIN, record.key)
     return {
         "ITEMNO": code(record.key, ITEM_WIDTH, where, "key"),
-        "ITEMDESC": char(record.description, NAME_WIDTH),
+        "ITEMDESC": char_required(record.description, NAME_WIDTH, where, "description"),
         "UOM": UNIT_CODES[record.unit],
         "WEIGHTG": to_grams(record.weight_kg, where, "weight_kg"),
         "ITEMSTAT": STATUS_CODES[record.status],
