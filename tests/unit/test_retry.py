@@ -57,8 +57,10 @@ def broker(tmp_path, store):
     b = FlakyBroker(tmp_path / "bus.db", lease_ms=2000, poll_interval_ms=5, redelivery_delay_ms=0)
     setup(b, store=store, retry_options={"min_backoff_ms": 5, "max_backoff_ms": 20,
                                          "max_retries": 3, "redelivery_pause_ms": 0})
-    dramatiq.set_broker(b)
+    previous = dramatiq.broker.global_broker
+    dramatiq.set_broker(b)  # the actors below are declared on the global broker
     yield b
+    dramatiq.set_broker(previous)
     b.close()
 
 
