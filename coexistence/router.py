@@ -81,16 +81,21 @@ class FlagView(Protocol):
     def mode_for(self, key: str, attrs: Mapping[str, str]) -> str: ...
 
 
+#: Rollout segment attributes, and per canonical class the ones it has (computed once:
+#: a missing attribute on a pydantic model costs an exception, on the hot path).
+SEGMENT_FIELDS: tuple[str, ...] = ("warehouse", "region", "customer_group")
+_SEGMENTS_OF: dict[type, tuple[str, ...]] = {}
+
+
 def segment_attrs(record: CanonicalRecord | None) -> dict[str, str]:
     """The rollout segments a record belongs to (warehouse, region, customer group)."""
     if record is None:
         return {}
-    attrs: dict[str, str] = {}
-    for name in ("warehouse", "region", "customer_group"):
-        value = getattr(record, name, None)
-        if isinstance(value, str):
-            attrs[name] = value
-    return attrs
+    cls = type(record)
+    names = _SEGMENTS_OF.get(cls)
+    if names is None:
+        names = _SEGMENTS_OF[cls] = tuple(n for n in SEGMENT_FIELDS if n in cls.model_fields)
+    return {name: getattr(record, name) for name in names}
 
 
 def is_closed(record: CanonicalRecord | None) -> bool:

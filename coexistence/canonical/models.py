@@ -40,16 +40,11 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _finite(value: Decimal) -> Decimal:
-    if not value.is_finite():
-        raise ValueError("must be a finite decimal")
-    return value
-
-
 Currency = Annotated[str, AfterValidator(_currency)]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
-Amount = Annotated[Decimal, AfterValidator(_finite), Field(ge=0)]
-SignedAmount = Annotated[Decimal, AfterValidator(_finite)]
+# allow_inf_nan=False is pydantic's own finiteness check: half the cost of a Python validator.
+Amount = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+SignedAmount = Annotated[Decimal, Field(allow_inf_nan=False)]
 Key = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
 Quantity = Annotated[int, Field(ge=0)]
 PositiveQuantity = Annotated[int, Field(gt=0)]

@@ -327,6 +327,41 @@ class ErpContract:
         assert fixed == Applied("price", ours.key, 6)
         assert harness.erp.get("price", ours.key) == self.as_stored(ours)
 
+    # -------------------------------------------------------------- writer and repair
+
+    def test_a_command_written_under_a_channel_writer_is_named_so_in_the_feed(self, harness):
+        record = self.make_record("customer", 10)
+        result = harness.erp.upsert(record, source_version=3, idempotency_key=new_key(),
+                                    writer="COEXCRM")
+        assert result == Applied("customer", record.key, 3)
+        [change] = [c for c in read_all(harness.feed) if c.key == record.key]
+        assert change.writer == "COEXCRM"
+
+    def test_a_repair_reapplies_an_equal_version_over_a_persons_write(self, harness):
+        ours, theirs = self.make_record("product", 11), self.make_record("product", 11, 2)
+        harness.erp.upsert(ours, source_version=7, idempotency_key=new_key())
+        harness.person_upsert(theirs, PERSON)
+        fixed = harness.erp.upsert(ours, source_version=7, idempotency_key=new_key(),
+                                   repair=True)
+        assert fixed == Applied("product", ours.key, 7)
+        assert harness.erp.get("product", ours.key) == self.as_stored(ours)
+
+    def test_a_repair_never_applies_an_older_version(self, harness):
+        ours, older = self.make_record("product", 12), self.make_record("product", 12, 5)
+        harness.erp.upsert(ours, source_version=9, idempotency_key=new_key())
+        stale = harness.erp.upsert(older, source_version=8, idempotency_key=new_key(),
+                                   repair=True)
+        assert stale == Stale("product", ours.key, 8, 9)
+        assert harness.erp.get("product", ours.key) == self.as_stored(ours)
+
+    def test_a_repair_delete_removes_a_record_at_an_equal_version(self, harness):
+        ours = self.make_record("customer", 13)
+        harness.erp.upsert(ours, source_version=4, idempotency_key=new_key())
+        done = harness.erp.delete("customer", ours.key, source_version=4,
+                                  idempotency_key=new_key(), repair=True)
+        assert done == Applied("customer", ours.key, 4)
+        assert harness.erp.get("customer", ours.key) is None
+
 
 def read_all(feed: ChangeFeed, batch: int = 500) -> list[Change]:
     """Every change in the feed, read in batches from the start."""

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CHAR, Connection, Engine, and_, case, func, literal, select
+from sqlalchemy import CHAR, Connection, Engine, and_, bindparam, case, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bus.errors import BusinessError
@@ -78,6 +78,18 @@ class _Domain:
             [self.child.c[c.name] for c in self.child.primary_key if c.name not in self.keys]
             if self.child is not None else []
         )
+        # Reads by key are the router's hot path: statements built once, keys bound.
+        self.read_header = select(self.header).where(self._by_key(self.header))
+        self.read_children = (
+            select(self.child).where(self._by_key(self.child)).order_by(*self.child_order)
+            if self.child is not None else None
+        )
+
+    def _by_key(self, table):
+        return and_(*(table.c[k] == bindparam(f"key_{k}") for k in self.keys))
+
+    def key_params(self, table, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"key_{k}": _padded(table.c[k], values[k]) for k in self.keys}
 
     def where(self, table, values: Mapping[str, Any]):
         return and_(*(table.c[k] == _padded(table.c[k], values[k]) for k in self.keys))
@@ -144,18 +156,24 @@ class LegacyErp:
     # ------------------------------------------------------------------ reads
 
     def get(self, domain: str, key: str) -> CanonicalRecord | None:
+        return self.get_many(domain, [key]).get(key)
+
+    def get_many(self, domain: str, keys: Iterable[str]) -> dict[str, CanonicalRecord]:
+        """The records of ``keys`` that exist, read on one connection (the router's batches)."""
         d = self._domain(domain)
-        values = d.t.key_columns(d.t.legacy_key(key))
+        out: dict[str, CanonicalRecord] = {}
         with self.engine.connect() as conn:
-            row = conn.execute(select(d.header).where(d.where(d.header, values))).mappings().first()
-            if row is None:
-                return None
-            children = ()
-            if d.child is not None:
-                children = conn.execute(
-                    select(d.child).where(d.where(d.child, values)).order_by(*d.child_order)
-                ).mappings().all()
-        return d.t.to_canonical(row, children)
+            for key in dict.fromkeys(keys):
+                values = d.t.key_columns(d.t.legacy_key(key))
+                row = conn.execute(d.read_header, d.key_params(d.header, values)).mappings().first()
+                if row is None:
+                    continue
+                children = ()
+                if d.read_children is not None:
+                    children = conn.execute(
+                        d.read_children, d.key_params(d.child, values)).mappings().all()
+                out[key] = d.t.to_canonical(row, children)
+        return out
 
     def stream(self, domain: str) -> Iterator[CanonicalRecord]:
         """Every record of ``domain`` in canonical key order, holding one batch in memory.

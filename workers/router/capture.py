@@ -39,7 +39,7 @@ from coexistence.router import (
 )
 from workers import checkpoints
 from workers.router import queues
-from workers.router.state import get_route, put_route
+from workers.router.state import RouteRow, get_routes, put_routes
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,35 @@ class CaptureStats:
     def add(self, other: CaptureStats) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class _Routes:
+    """Routing state of one batch: read in bulk, updated in memory, written once."""
+
+    def __init__(self, conn, changes: list[Change]) -> None:
+        self.conn = conn
+        self.rows: dict[tuple[str, str], RouteRow | None] = {}
+        self.dirty: set[tuple[str, str]] = set()
+        keys: dict[str, list[str]] = defaultdict(list)
+        for change in changes:
+            keys[change.domain].append(change.key)
+        for domain, ks in keys.items():
+            found = get_routes(conn, domain, ks)
+            for k in ks:
+                self.rows[(domain, k)] = found.get(k)
+
+    def get(self, domain: str, key: str) -> RouteRow | None:
+        return self.rows.get((domain, key))
+
+    def put(self, domain: str, key: str, pinned_sor: str | None, version: int) -> None:
+        old = self.rows.get((domain, key))
+        last = max(version, old.last_version) if old is not None else version
+        self.rows[(domain, key)] = RouteRow(pinned_sor, last)
+        self.dirty.add((domain, key))
+
+    def flush(self) -> None:
+        put_routes(self.conn, [(d, k, self.rows[(d, k)].pinned_sor, self.rows[(d, k)].last_version)
+                               for d, k in sorted(self.dirty)])
 
 
 class _Batch:
@@ -127,15 +156,36 @@ class CaptureLoop:
         stats = CaptureStats(read=len(changes))
         if not changes:
             return stats
+        records = self._records(changes)
         batch = _Batch()
         with Session(self.engine) as session:
             conn = session.connection()
+            routes = _Routes(conn, changes)
             for change in changes:
-                self._route(conn, change, batch, stats)
+                record = records.get((change.domain, change.key))
+                self._route(change, record, routes, batch, stats)
             batch.flush(session)
+            routes.flush()
             checkpoints.advance(session, self.feed_name, changes[-1].cursor, expected=after)
             session.commit()
         return stats
+
+    def _records(self, changes: list[Change]) -> dict[tuple[str, str], CanonicalRecord]:
+        """The source's current state of every record the batch upserts, read in bulk."""
+        source = self.erps[self.system]
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for change in changes:
+            if change.op == "upsert":
+                wanted[change.domain].append(change.key)
+        out: dict[tuple[str, str], CanonicalRecord] = {}
+        get_many = getattr(source, "get_many", None)
+        for domain, keys in wanted.items():
+            if get_many is not None:
+                found = get_many(domain, keys)
+            else:
+                found = {k: r for k in dict.fromkeys(keys) if (r := source.get(domain, k))}
+            out.update(((domain, k), r) for k, r in found.items())
+        return out
 
     def drain(self, max_batches: int = 1_000_000) -> CaptureStats:
         """Route until the feed has nothing new (or ``max_batches``)."""
@@ -149,32 +199,31 @@ class CaptureLoop:
 
     # ------------------------------------------------------------------ one change
 
-    def _route(self, conn, change: Change, batch: _Batch, stats: CaptureStats) -> None:
-        source = self.erps[self.system]
-        record = source.get(change.domain, change.key) if change.op == "upsert" else None
+    def _route(self, change: Change, record, routes: _Routes, batch: _Batch,
+               stats: CaptureStats) -> None:
         if change.op == "upsert" and record is None:
             # Deleted again before we read it: its delete is later in the feed.
             stats.vanished += 1
             return
         flag = self.flags.state(change.domain)
-        route = get_route(conn, change.domain, change.key)
+        route = routes.get(change.domain, change.key)
         pinned = route.pinned_sor if route is not None else None
         decision = decide_change(change, self.system, flag, record, pinned_sor=pinned)
         if decision.action is Action.ECHO:
             stats.echoes += 1
             return
         if decision.action is Action.ROUTE:
-            self._route_sor_change(conn, change, record, decision, route, batch, stats)
+            self._route_sor_change(routes, change, record, decision, batch, stats)
         else:
-            self._report_stray(conn, change, record, decision, route, batch, stats)
+            self._report_stray(change, record, decision, route, batch, stats)
 
-    def _route_sor_change(self, conn, change, record, decision: Decision, route, batch, stats):
+    def _route_sor_change(self, routes, change, record, decision: Decision, batch, stats):
         stats.routed += 1
         version = routed_version(decision.flag_version, change.version)
         pin = None
         if change.domain in DOCUMENT_DOMAINS and not is_closed(record):
             pin = decision.sor
-        put_route(conn, change.domain, change.key, pinned_sor=pin, last_version=version)
+        routes.put(change.domain, change.key, pin, version)
         kind = queues.KIND_UPSERT if change.op == "upsert" else queues.KIND_DELETE
         origin = queues.origin_of(change.writer)
         for target in decision.targets:
@@ -191,7 +240,7 @@ class CaptureLoop:
                     batch.add(sub.actor, sub.queue, env)
                     stats.events += 1
 
-    def _report_stray(self, conn, change, record, decision: Decision, route, batch, stats):
+    def _report_stray(self, change, record, decision: Decision, route, batch, stats):
         stats.strays += 1
         sor_record = self.erps[decision.sor].get(change.domain, change.key)
         fields = differing_fields(sor_record, record)

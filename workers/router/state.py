@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field
 
@@ -44,33 +44,55 @@ class RouteRow:
 
 
 def get_route(conn, domain: str, key: str) -> RouteRow | None:
-    row = conn.execute(
-        select(_T.c.pinned_sor, _T.c.last_version).where(_T.c.domain == domain, _T.c.key == key)
-    ).first()
-    return None if row is None else RouteRow(row.pinned_sor, int(row.last_version))
+    return get_routes(conn, domain, [key]).get(key)
+
+
+def get_routes(conn, domain: str, keys) -> dict[str, RouteRow]:
+    """The routing state of many keys of one domain, in one query."""
+    keys = list(dict.fromkeys(keys))
+    out: dict[str, RouteRow] = {}
+    for i in range(0, len(keys), 500):
+        rows = conn.execute(
+            select(_T.c.key, _T.c.pinned_sor, _T.c.last_version)
+            .where(_T.c.domain == domain, _T.c.key.in_(keys[i:i + 500]))
+        )
+        for row in rows:
+            out[row.key] = RouteRow(row.pinned_sor, int(row.last_version))
+    return out
+
+
+_UPSERTS: dict[str, object] = {}
+
+
+def _upsert_statement(dialect: str):
+    """Insert or replace, ``last_version`` never moving back; built once per dialect."""
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        base = insert(_T)
+        excluded = base.excluded
+        stmt = _UPSERTS[dialect] = base.on_conflict_do_update(
+            index_elements=[_T.c.domain, _T.c.key],
+            set_={
+                "pinned_sor": excluded.pinned_sor,
+                "last_version": case(
+                    (excluded.last_version > _T.c.last_version, excluded.last_version),
+                    else_=_T.c.last_version,
+                ),
+                "updated_at": excluded.updated_at,
+            },
+        )
+    return stmt
 
 
 def put_route(conn, domain: str, key: str, *, pinned_sor: str | None, last_version: int) -> None:
-    """Insert or replace; ``last_version`` never moves back."""
-    dialect = conn.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = {
-        "domain": domain, "key": key, "pinned_sor": pinned_sor,
-        "last_version": last_version, "updated_at": datetime.now(UTC),
-    }
-    stmt = insert(_T).values(**values)
-    excluded = stmt.excluded
-    from sqlalchemy import case
+    put_routes(conn, [(domain, key, pinned_sor, last_version)])
 
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_T.c.domain, _T.c.key],
-        set_={
-            "pinned_sor": excluded.pinned_sor,
-            "last_version": case(
-                (excluded.last_version > _T.c.last_version, excluded.last_version),
-                else_=_T.c.last_version,
-            ),
-            "updated_at": excluded.updated_at,
-        },
-    )
-    conn.execute(stmt)
+
+def put_routes(conn, rows) -> None:
+    """Write (domain, key, pinned_sor, last_version) rows in one executemany."""
+    now = datetime.now(UTC)
+    params = [{"domain": d, "key": k, "pinned_sor": p, "last_version": v, "updated_at": now}
+              for d, k, p, v in rows]
+    if params:
+        conn.execute(_upsert_statement(conn.dialect.name), params)
