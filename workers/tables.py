@@ -4,5 +4,6 @@ Add one import line per module that declares state tables.
 """
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.flags.audit  # noqa: F401  (flag_audit)
-import workers.xref_sql  # noqa: F401  (xref)
+import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)
 import workers.router.state  # noqa: F401
+import workers.xref_sql  # noqa: F401  (xref)

@@ -41,6 +41,9 @@ def _register() -> None:
     cli.add_command(run)
     cli.add_command(router)
     cli.add_command(worker)
+    from workers.cli.reconcile import reconcile
+
+    cli.add_command(reconcile)
 
 
 _register()

@@ -1,0 +1,307 @@
+"""``coexist reconcile [DOMAIN ...]``: field-level drift between the legacy and the cloud ERP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import inspect
+from sqlalchemy.exc import SQLAlchemyError
+
+from bus.errors import BusError
+from coexistence.canonical import DOMAINS
+from coexistence.errors import CoexistError
+from coexistence.reconcile.engine import UnsortedStream
+from coexistence.reconcile.findings import Finding, Report
+from workers.cli.common import UserError
+from workers.config import Settings, redact_url
+
+#: Findings kept in memory per domain for the store, the printout and repairs.
+KEEP_FINDINGS_MAX = 100_000
+#: Findings printed under the summary table when no --limit is given.
+PRINT_FINDINGS_DEFAULT = 20
+
+SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "exclusive_cloud",
+                   "mismatched", "unchanged", "duplicates", "orphans", "drift_pct", "mode",
+                   "status")
+
+
+@click.command("reconcile")
+@click.argument("domains", nargs=-1, metavar="[DOMAIN ...]")
+@click.option("--max-drift", type=click.FloatRange(min=0, max=100), default=0.0,
+              show_default=True, help="Largest acceptable drift in percent; above it exit 1.")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the findings as JSON lines to this file.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="Format of the summary on stdout.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Keep at most N findings per domain (output, store, repairs); "
+                   "the counts stay complete.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="S", help="Give up after S seconds (exit 2).")
+@click.option("--mode", type=click.Choice(["auto", "checksum", "full"]), default="auto",
+              show_default=True,
+              help="auto: segment checksums when the cloud offers them, else a full stream.")
+@click.option("--repair", is_flag=True,
+              help="Re-publish the system of record's version of the findings through the "
+                   "outbox (dry run unless --yes).")
+@click.option("--yes", is_flag=True, help="With --repair: enqueue the repairs.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when stderr is a terminal).")
+@click.option("--legacy-url", default=None, metavar="URL",
+              help="Legacy database (default COEXIST_LEGACY_URL).")
+@click.option("--cloud-url", default=None, metavar="URL",
+              help="Cloud ERP API (default COEXIST_CLOUD_URL).")
+@click.option("--state-url", default=None, metavar="URL",
+              help="coexist's state database (default COEXIST_STATE_URL).")
+def reconcile(domains, max_drift, output, fmt, limit, timeout, mode, repair, yes, progress,
+              legacy_url, cloud_url, state_url) -> None:
+    """Compare the legacy and the cloud ERP record by record and field by field.
+
+    Both sides are brought into one canonical form through the translators; the
+    legacy ERP's documented normalisation (upper-case, truncation, rounding,
+    status folds) is applied to the cloud side too and named in the report as a
+    tolerance.  Records match by key (xref) and, where no xref exists, by
+    natural key.  Findings: missing in cloud, missing in legacy, field
+    mismatches (with the field's owner), duplicates by natural key, orphan
+    xrefs.  Every run is stored in the state database (the cutover guards read
+    the last drift).
+
+    Exit code: 0 drift within --max-drift, 1 above it, 2 bad input or an
+    unreachable system.
+
+    --repair re-publishes the system of record's record (from the cutover
+    flags: legacy in legacy/shadow mode, cloud in cloud/cloud_only) to the other
+    ERP through the outbox: audited and version-checked like any routed write.
+    In cloud_only this is the backfill of the legacy ERP that a rollback needs
+    (`coexist reconcile DOMAIN --repair --yes`), although cloud_only writes no
+    legacy record otherwise.  Without --yes it only prints what it would do.
+    """
+    for domain in domains:
+        if domain not in DOMAINS:
+            raise UserError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
+    if yes and not repair:
+        raise UserError("--yes confirms --repair; add --repair")
+    settings = Settings.from_env()
+    settings = replace(settings, legacy_url=legacy_url or settings.legacy_url,
+                       cloud_url=cloud_url or settings.cloud_url,
+                       state_url=state_url or settings.state_url)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    deadline = time.monotonic() + timeout if timeout else None
+    with ExitStack() as stack:
+        ctx = _open(settings, stack)
+        out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else None
+        results = []
+        for domain in domains or DOMAINS:
+            results.append(_one(ctx, domain, max_drift, limit, mode, progress, deadline, out,
+                                timeout, repair, yes))
+    _print(results, fmt, limit)
+    if any(r[0].counts.drift_pct > max_drift for r in results):
+        sys.exit(1)
+
+
+class _Context:
+    def __init__(self, legacy, cloud, state, xref, runs, settings):
+        self.legacy, self.cloud, self.state = legacy, cloud, state
+        self.xref, self.runs, self.settings = xref, runs, settings
+
+
+def _open(settings: Settings, stack: ExitStack) -> _Context:
+    from workers.cloud_erp import CloudErp
+    from workers.flags import open_state
+    from workers.legacy_erp.schema import create_legacy_engine
+    from workers.reconcile.cloud import CloudReader
+    from workers.reconcile.legacy import LegacyReader
+    from workers.reconcile.store import RunStore
+    from workers.xref_sql import SqlXref
+
+    if not settings.cloud_url:
+        raise UserError("no cloud ERP: set COEXIST_CLOUD_URL or pass --cloud-url")
+    if not settings.cloud_url.startswith(("http://", "https://")):
+        raise UserError(f"--cloud-url {settings.cloud_url!r}: not an http(s) URL")
+    try:
+        legacy_engine = create_legacy_engine(settings.legacy_url)
+        stack.callback(legacy_engine.dispose)
+        if not inspect(legacy_engine).has_table("CUSTMAST"):
+            raise UserError(f"legacy database {redact_url(settings.legacy_url)} has no legacy "
+                            "tables (run `coexist legacy init`?)")
+    except SQLAlchemyError as exc:
+        raise UserError(f"legacy database {redact_url(settings.legacy_url)} unreachable: "
+                        f"{getattr(exc, 'orig', exc)}") from None
+    except ValueError as exc:
+        raise UserError(f"legacy database URL {redact_url(settings.legacy_url)}: {exc}") from None
+    try:
+        state = open_state(settings)
+        stack.callback(state.dispose)
+    except SQLAlchemyError as exc:
+        raise UserError(f"state database {redact_url(settings.state_url)} unreachable: "
+                        f"{getattr(exc, 'orig', exc)}") from None
+    # Reconciliation reads in bulk: a failing cloud is reported, not retried for minutes.
+    cloud_erp = CloudErp(settings.cloud_url, token=settings.cloud_token, attempts=2,
+                         base_backoff_s=0.2)
+    stack.callback(cloud_erp.close)
+    try:
+        cloud_erp.http.get("/health")
+    except httpx.HTTPError as exc:
+        raise UserError(f"cloud ERP {settings.cloud_url} unreachable: "
+                        f"{type(exc).__name__}: {exc}") from None
+    return _Context(LegacyReader(legacy_engine), CloudReader(cloud_erp), state,
+                    SqlXref(state), RunStore(state), settings)
+
+
+def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out, timeout,
+         repair, yes) -> tuple[Report, str, list[Finding]]:
+    from workers.reconcile.cloud import CloudUnavailable
+    from workers.reconcile.runner import ChecksumsUnavailable, ReconcileTimeout, reconcile_domain
+
+    keep_max = KEEP_FINDINGS_MAX if limit is None else min(limit, KEEP_FINDINGS_MAX)
+    kept: list[Finding] = []
+    written = [0]
+
+    def on_finding(f: Finding) -> None:
+        if limit is not None and written[0] >= limit:
+            return
+        written[0] += 1
+        if out is not None:
+            out.write(json.dumps(f.to_dict(), ensure_ascii=False) + "\n")
+        if len(kept) < keep_max:
+            kept.append(f)
+
+    run_id = ctx.runs.start(domain, max_drift)
+    try:
+        with _progress_bar(progress, domain) as tick:
+            report = reconcile_domain(domain, ctx.legacy, ctx.cloud,
+                                      xref=ctx.xref.entries(domain), mode=mode,
+                                      on_finding=on_finding, progress=tick, deadline=deadline)
+    except ReconcileTimeout:
+        ctx.runs.fail(run_id, "timeout", f"timed out after {timeout} s")
+        raise UserError(f"reconcile {domain}: timed out after {timeout:g} s") from None
+    except (CloudUnavailable, BusError, httpx.HTTPError) as exc:
+        ctx.runs.fail(run_id, "failed", str(exc))
+        raise UserError(f"reconcile {domain}: cloud ERP: {exc}") from None
+    except SQLAlchemyError as exc:
+        ctx.runs.fail(run_id, "failed", str(getattr(exc, "orig", exc)))
+        raise UserError(f"reconcile {domain}: legacy database: "
+                        f"{getattr(exc, 'orig', exc)}") from None
+    except (CoexistError, UnsortedStream, ChecksumsUnavailable) as exc:
+        # Bad data in one of the ERPs (a record that does not translate names its
+        # domain, key, field and value), or a side that breaks the sort contract.
+        ctx.runs.fail(run_id, "failed", str(exc))
+        raise UserError(f"reconcile {domain}: {exc}") from None
+    status = "drift" if report.counts.drift_pct > max_drift else "ok"
+    ctx.runs.finish(run_id, report, status)
+    ctx.runs.add_findings(run_id, kept)
+    if repair:
+        _repair(ctx, domain, kept, run_id, yes, report.counts.findings > len(kept))
+    return report, status, kept
+
+
+def _repair(ctx: _Context, domain: str, findings: list[Finding], run_id: str, yes: bool,
+            truncated: bool) -> None:
+    from coexistence.flags import FlagSource
+    from workers.flags import store_for
+    from workers.reconcile.repair import enqueue, plan_repairs
+
+    flags = FlagSource(store_for(ctx.settings, ctx.state).load())
+    readers = {"legacy": ctx.legacy, "cloud": ctx.cloud}
+    plans, skipped = plan_repairs(findings, flags, readers)
+    err = click.get_text_stream("stderr")
+    for f in skipped:
+        click.echo(f"not repairable: {domain} {f.key}: {f.kind} ({f.detail or ''})", file=err)
+    if truncated:
+        click.echo(f"{domain}: only the first {len(findings)} findings are repaired "
+                   "(raise --limit or run again)", file=err)
+    if not yes:
+        for plan, _ in plans:
+            click.echo(f"would repair: {plan.describe()}")
+        click.echo(f"{domain}: {len(plans)} repairs planned; add --yes to enqueue them")
+        return
+    n = enqueue(ctx.state, plans, run_id)
+    click.echo(f"{domain}: {n} repairs enqueued in the outbox (run {run_id})")
+
+
+class _progress_bar:
+    """A rich progress bar on stderr counting legacy records, or nothing."""
+
+    def __init__(self, enabled: bool, domain: str) -> None:
+        self.enabled, self.domain = enabled, domain
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed:,} records"), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=True)
+        self.progress.start()
+        task = self.progress.add_task(f"reconcile {self.domain}", total=None)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+def _summary(report: Report, status: str) -> dict:
+    c = report.counts
+    return {"domain": report.domain, **{k: v for k, v in c.to_dict().items()},
+            "mode": report.mode + ("+full" if report.fell_back else ""), "status": status,
+            "segments": report.segments, "segments_differing": report.segments_differing,
+            "cloud_records_fetched": report.cloud_records_fetched,
+            "tolerances": list(report.tolerances)}
+
+
+def _print(results, fmt: str, limit: int | None) -> None:
+    summaries = [_summary(r, s) for r, s, _ in results]
+    if fmt == "json":
+        click.echo(json.dumps({"runs": summaries, "findings": [
+            f.to_dict() for _, _, kept in results for f in kept]}, ensure_ascii=False))
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(SUMMARY_COLUMNS)
+        for s in summaries:
+            writer.writerow([s[c] for c in SUMMARY_COLUMNS])
+        return
+    console = Console()
+    table = Table(title="reconciliation")
+    for col in ("domain", "legacy", "cloud", "only legacy", "only cloud", "mismatched",
+                "unchanged", "dupl.", "orphans", "drift %", "mode"):
+        table.add_column(col, justify="left" if col in ("domain", "mode") else "right")
+    for s in summaries:
+        table.add_row(s["domain"], f"{s['rows_legacy']:,}", f"{s['rows_cloud']:,}",
+                      f"{s['exclusive_legacy']:,}", f"{s['exclusive_cloud']:,}",
+                      f"{s['mismatched']:,}", f"{s['unchanged']:,}", f"{s['duplicates']:,}",
+                      f"{s['orphans']:,}", f"{s['drift_pct']:.3f}", s["mode"])
+    console.print(table)
+    for r, _, _ in results:
+        console.print(f"[dim]{r.domain} tolerances: {'; '.join(r.tolerances)}[/dim]",
+                      highlight=False)
+    shown = PRINT_FINDINGS_DEFAULT if limit is None else limit
+    findings = [f for _, _, kept in results for f in kept][:shown]
+    if findings:
+        ft = Table(title=f"findings (first {len(findings)})")
+        for col in ("kind", "domain", "key", "field", "legacy", "cloud", "owner / detail"):
+            ft.add_column(col)
+        for f in findings:
+            ft.add_row(str(f.kind), f.domain, f.key, f.field or "",
+                       _short(f.legacy), _short(f.cloud),
+                       f.owner or f.detail or (f.cloud_key and f"cloud key {f.cloud_key}") or "")
+        console.print(ft)
+
+
+def _short(value) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,118 @@
+"""Reading the cloud ERP for reconciliation: checksums, key ranges, or the full export.
+
+With the simulator's ``/reconcile`` endpoints (``workers.cloud_sim.checksum``)
+the cloud side answers segment checksums and only differing ranges travel;
+a cloud ERP without them is read in full through ``CloudErp.stream`` (the
+NDJSON export).  Records are brought into legacy normal form (the declared
+tolerances) before they are digested and compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+
+from coexistence.canonical import CanonicalRecord
+from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
+from coexistence.reconcile.engine import Item
+from coexistence.reconcile.segments import Segment
+from coexistence.reconcile.tolerances import normalise
+from coexistence.translate.cloud import RESOURCES, canonical_from_json
+from workers.cloud_erp import CloudErp, CloudTechnicalError
+
+
+class CloudUnavailable(CloudTechnicalError):
+    """The cloud ERP could not be reached or answered something unusable."""
+
+
+def item_of(record: CanonicalRecord) -> Item:
+    """A cloud record as an ``Item``: legacy-normalised, digested, natural key hashed."""
+    record = normalise(record)
+    return Item(record.key, record_digest(record, normalised=True),
+                natural_key_hash(natural_key(record)), record=record)
+
+
+class CloudReader:
+    """The cloud side of a reconciliation, over a ``CloudErp``'s HTTP client."""
+
+    system = "cloud"
+
+    def __init__(self, erp: CloudErp) -> None:
+        self.erp = erp
+        self.http = erp.http
+        #: Requests and records that crossed the network, for the report.
+        self.requests = 0
+        self.records_fetched = 0
+
+    def _get(self, path: str, params: dict) -> httpx.Response:
+        self.requests += 1
+        try:
+            return self.http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+    def segments(self, domain: str, size: int) -> tuple[list[Segment], list[list[str]]] | None:
+        """Checksums of runs of ``size`` records and the cloud's duplicate groups, or
+        ``None`` when the cloud ERP offers no checksums (read it in full then)."""
+        response = self._get(f"/reconcile/{RESOURCES[domain]}/segments", {"size": size})
+        if response.status_code in (404, 405, 501):
+            return None
+        body = self._json(response)
+        segs = body["segments"]
+        out = [Segment(lo, segs[i + 1][0] if i + 1 < len(segs) else None, count, total)
+               for i, (lo, count, total) in enumerate(segs)]
+        return out, body["duplicates"]
+
+    def split(self, domain: str, lo: str, hi: str | None, parts: int) -> list[Segment]:
+        """The cloud's checksums of up to ``parts`` pieces of ``[lo, hi)``."""
+        params = {"from": lo, "parts": parts}
+        if hi is not None:
+            params["to"] = hi
+        segs = self._json(self._get(f"/reconcile/{RESOURCES[domain]}/segments", params))[
+            "segments"]
+        return [Segment(s_lo, segs[i + 1][0] if i + 1 < len(segs) else hi, count, total)
+                for i, (s_lo, count, total) in enumerate(segs)]
+
+    def records(self, domain: str, lo: str, hi: str | None) -> Iterator[Item]:
+        """The cloud's records in ``[lo, hi)``, sorted by key."""
+        params = {"from": lo}
+        if hi is not None:
+            params["to"] = hi
+        self.requests += 1
+        try:
+            with self.http.stream("GET", f"/reconcile/{RESOURCES[domain]}/records",
+                                  params=params) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise CloudUnavailable(f"cloud ERP answered {response.status_code} for "
+                                           f"{domain} records [{lo!r}, {hi!r})")
+                for line in response.iter_lines():
+                    if line:
+                        self.records_fetched += 1
+                        yield item_of(canonical_from_json(domain, line))
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"cloud ERP {self.http.base_url}: reading {domain}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+    def stream(self, domain: str) -> Iterator[Item]:
+        """Every record through the adapter's export (works against any cloud ERP)."""
+        self.requests += 1
+        for record in self.erp.stream(domain):
+            self.records_fetched += 1
+            yield item_of(record)
+
+    def get(self, domain: str, key: str) -> CanonicalRecord | None:
+        """The record as the cloud holds it now (for repairs), or ``None``."""
+        return self.erp.get(domain, key)
+
+    def _json(self, response: httpx.Response) -> dict:
+        if response.status_code != 200:
+            raise CloudUnavailable(f"cloud ERP answered {response.status_code} on "
+                                   f"{response.request.url.path}: {response.text[:200]}")
+        try:
+            return response.json()
+        except ValueError:
+            raise CloudUnavailable(f"cloud ERP sent no JSON on {response.request.url.path}"
+                                   ) from None

@@ -1,0 +1,124 @@
+"""Reading the legacy ERP for reconciliation: raw rows in canonical key order.
+
+Each record becomes an ``Item`` whose digest is computed from the rows as
+read (no translation: the rows already are the legacy normal form, see
+``coexistence.reconcile.digest``); the record is translated only when a
+comparison needs its fields.  One consistent snapshot (REPEATABLE READ on
+PostgreSQL, one read transaction on SQLite), server-side cursors, one batch
+of rows in memory at a time.
+
+The canonical sort key and the tables come from the legacy adapter
+(``LegacyErp._domain``), so this reader sorts exactly as ``LegacyErp.stream``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import Engine, select
+
+from coexistence.reconcile.digest import ROW_NATURAL_KEYS, digest_columns, natural_key_hash
+from coexistence.reconcile.digest import values_digest as _digest
+from coexistence.reconcile.engine import Item
+from workers.legacy_erp.adapter import LegacyErp
+
+#: Rows fetched per round trip.
+LEGACY_BATCH_ROWS = 2000
+
+
+class LegacyReader:
+    """The legacy side of a reconciliation."""
+
+    system = "legacy"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.erp = LegacyErp(engine)
+
+    def items(self, domain: str) -> Iterator[Item]:
+        """Every record of ``domain`` as an ``Item``, sorted by canonical key."""
+        d = self.erp._domain(domain)  # tables and the canonical sort key of the adapter
+        dialect = self.engine.dialect.name
+        head_cols, child_cols = digest_columns(domain)
+        # Digest columns first, so a row's digest values are a slice of it.
+        h_cols = [d.header.c[c] for c in head_cols] + [
+            c for c in d.header.c if c.name not in head_cols]
+        h_names = [c.name for c in h_cols]
+        nd = len(head_cols)
+        nk_spec = ROW_NATURAL_KEYS.get(domain)
+        if nk_spec is not None:
+            nk_h = [h_names_of(head_cols, d.header, c) for c in nk_spec[0]]
+            nk_c = [child_cols.index(c) for c in nk_spec[1]]
+            nk_fn = nk_spec[2]
+        translate = d.t.to_canonical
+        conn = self.engine.connect()
+        try:
+            if dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            # One transaction: both cursors read one snapshot.
+            conn.begin()
+            hkey = d.sort_key(d.header, dialect).label("XSORTKEY")
+            headers = _rows(conn, select(*h_cols, hkey).order_by(hkey), "xrec_headers")
+            c_names: list[str] = []
+            lines = iter(())
+            if d.child is not None:
+                c_names = list(child_cols)
+                ckey = d.sort_key(d.child, dialect).label("XSORTKEY")
+                lines = _rows(conn, select(*(d.child.c[c] for c in child_cols), ckey)
+                              .order_by(ckey, *d.child_order), "xrec_lines")
+            pending = next(lines, None)
+            n_h = len(h_names)
+            n_c = len(c_names)
+            for header in headers:
+                key = header[n_h]
+                children = []
+                # Lines sort with their header; lines of no header are not a record.
+                while pending is not None and pending[n_c] <= key:
+                    if pending[n_c] == key:
+                        children.append(pending[:n_c])
+                    pending = next(lines, None)
+                digest = _digest(header[:nd], tuple(children))
+                nk = None
+                if nk_spec is not None:
+                    nk = natural_key_hash(nk_fn([header[i] for i in nk_h],
+                                                [[row[i] for i in nk_c] for row in children]))
+                yield Item(key, digest, nk, _loader(translate, h_names, header, c_names,
+                                                    children))
+        finally:
+            conn.close()
+
+    def get(self, domain: str, key: str):
+        """The record as the legacy ERP holds it now (for repairs), or ``None``."""
+        return self.erp.get(domain, key)
+
+
+def _rows(conn, query, name: str) -> Iterator[tuple]:
+    """Plain tuples from a DB-API cursor: SQLAlchemy's per-row wrapping costs more
+    than everything else this reader does per row.  A server-side (named) cursor on
+    PostgreSQL, so memory holds one batch."""
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    raw = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        cursor = raw.cursor(name=name)
+        cursor.itersize = LEGACY_BATCH_ROWS
+    else:
+        cursor = raw.cursor()
+    cursor.execute(sql)
+    while True:
+        batch = cursor.fetchmany(LEGACY_BATCH_ROWS)
+        if not batch:
+            return
+        yield from batch
+
+
+def h_names_of(head_cols, table, column: str) -> int:
+    """Position of ``column`` in a header row selected digest columns first."""
+    names = list(head_cols) + [c.name for c in table.c if c.name not in head_cols]
+    return names.index(column)
+
+
+def _loader(translate, h_names, header, c_names, children):
+    def load():
+        return translate(dict(zip(h_names, header, strict=False)),
+                         [dict(zip(c_names, row, strict=False)) for row in children])
+    return load

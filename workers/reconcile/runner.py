@@ -1,0 +1,201 @@
+"""Running one domain's reconciliation: checksum first, bisect, or stream in full.
+
+``reconcile_domain`` feeds a ``coexistence.reconcile.Reconciler`` every key of
+the union of both ERPs, in key order:
+
+* **checksum** (the cloud answers ``/reconcile`` checksums): the cloud's
+  checksums of runs of ``segment_records`` records come in one request; the
+  legacy rows stream past (digested, never translated unless compared) and
+  each run is checked against its cloud checksum.  A run that agrees is
+  counted unchanged without a cloud record crossing the network; one that
+  differs is bisected (``bisect_parts`` pieces per request) down to
+  ``bisect_min_records`` and only those pieces are fetched and compared.
+  When more than ``fallback_share`` of the runs seen so far differ, the rest
+  of the domain is compared in one stream instead (bisection would fetch
+  nearly everything anyway, in many requests).
+* **full**: both sides stream in full (any cloud ERP, through its export).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from coexistence.reconcile.engine import Item, Reconciler, merge
+from coexistence.reconcile.findings import Finding, Report
+from coexistence.reconcile.segments import bisect_differences, same
+from coexistence.reconcile.tolerances import tolerances_for
+from coexistence.xref import XrefEntry
+from workers.reconcile.cloud import CloudReader
+from workers.reconcile.legacy import LegacyReader
+
+#: Records per checksum segment the cloud is asked for first.
+CHECKSUM_SEGMENT_RECORDS = 256
+#: Pieces a differing segment is split into per request, and the size at which a
+#: piece is fetched rather than split again.
+BISECT_PARTS = 8
+BISECT_MIN_RECORDS = 32
+#: Share of differing segments above which the rest is streamed in full, judged after
+#: at least this many segments.
+FALLBACK_DIFFERING_SHARE = 0.5
+FALLBACK_MIN_SEGMENTS = 16
+#: Legacy records beyond the cloud's count that a segment may buffer before it is
+#: compared record by record as it streams (bounds memory when the cloud lacks a range).
+OVERFLOW_SLACK_RECORDS = 1024
+#: Items between two looks at the clock and two progress updates.
+TICK_RECORDS = 1000
+
+MODES = ("auto", "checksum", "full")
+
+
+class ReconcileTimeout(Exception):
+    """The run passed its ``--timeout``."""
+
+
+class ChecksumsUnavailable(Exception):
+    """``--mode checksum`` against a cloud ERP that offers no checksums."""
+
+
+@dataclass
+class Tuning:
+    segment_records: int = CHECKSUM_SEGMENT_RECORDS
+    bisect_parts: int = BISECT_PARTS
+    bisect_min_records: int = BISECT_MIN_RECORDS
+    fallback_share: float = FALLBACK_DIFFERING_SHARE
+    fallback_min_segments: int = FALLBACK_MIN_SEGMENTS
+
+
+class _Peek:
+    """A legacy item iterator with one item of look-ahead, a clock and a progress tick."""
+
+    def __init__(self, items: Iterable[Item], rec: Reconciler, deadline: float | None,
+                 progress: Callable[[int], None] | None) -> None:
+        self._it = iter(items)
+        self._rec = rec
+        self._deadline = deadline
+        self._progress = progress
+        self._n = 0
+        self.head = self._next()
+
+    def _next(self) -> Item | None:
+        item = next(self._it, None)
+        if item is not None:
+            self._rec.observe("legacy", item)
+            self._n += 1
+            if self._n % TICK_RECORDS == 0:
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    raise ReconcileTimeout
+                if self._progress is not None:
+                    self._progress(TICK_RECORDS)
+        return item
+
+    def take(self) -> Item:
+        item, self.head = self.head, self._next()
+        return item  # type: ignore[return-value]
+
+    def below(self, hi: str | None) -> Iterator[Item]:
+        """Items with key < ``hi`` (all when ``hi`` is None)."""
+        while self.head is not None and (hi is None or self.head.key < hi):
+            yield self.take()
+
+    def done(self) -> None:
+        if self._progress is not None:
+            self._progress(self._n % TICK_RECORDS)
+            self._n -= self._n % TICK_RECORDS
+
+
+def reconcile_domain(
+    domain: str,
+    legacy: LegacyReader,
+    cloud: CloudReader,
+    *,
+    xref: Iterable[XrefEntry] = (),
+    mode: str = "auto",
+    on_finding: Callable[[Finding], None] = lambda f: None,
+    progress: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+    tuning: Tuning | None = None,
+) -> Report:
+    """Compare ``domain`` in both ERPs; findings go to ``on_finding`` as found."""
+    tuning = tuning or Tuning()
+    rec = Reconciler(domain, xref=xref, on_finding=on_finding)
+    report = Report(domain, tolerances=tolerances_for(domain))
+    items = _Peek(legacy.items(domain), rec, deadline, progress)
+    checks = cloud.segments(domain, tuning.segment_records) if mode != "full" else None
+    if checks is None and mode == "checksum":
+        raise ChecksumsUnavailable(f"the cloud ERP offers no checksums for {domain}; "
+                                   "use --mode full or auto")
+    if checks is None:
+        report.mode = "full"
+        cloud_items = _observed(cloud.stream(domain), rec, deadline)
+        for pair in merge(items.below(None), cloud_items):
+            rec.pair(*pair)
+    else:
+        report.mode = "checksum"
+        segments, duplicates = checks
+        rec.cloud_duplicates(duplicates)
+        _by_checksum(domain, segments, items, cloud, rec, report, tuning, deadline)
+    items.done()
+    report.counts = rec.finish()
+    report.cloud_records_fetched = cloud.records_fetched
+    if rec.pairing_truncated:
+        report.tolerances += ("natural-key pairing stopped after "
+                              f"{rec._pending_max} one-sided records per side",)
+    return report
+
+
+def _observed(items: Iterator[Item], rec: Reconciler, deadline: float | None) -> Iterator[Item]:
+    for n, item in enumerate(items, 1):
+        rec.observe("cloud", item)
+        if n % TICK_RECORDS == 0 and deadline is not None and time.monotonic() > deadline:
+            raise ReconcileTimeout
+        yield item
+
+
+def _by_checksum(domain, segments, items: _Peek, cloud: CloudReader, rec: Reconciler,
+                 report: Report, tuning: Tuning, deadline: float | None) -> None:
+    def split(lo, hi, parts):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ReconcileTimeout
+        return cloud.split(domain, lo, hi, parts)
+
+    differing = 0
+    for n, seg in enumerate(segments, 1):
+        report.segments += 1
+        buf: list[Item] = []
+        limit = seg.count + OVERFLOW_SLACK_RECORDS
+        for item in items.below(seg.hi):
+            buf.append(item)
+            if len(buf) > limit:
+                break
+        if len(buf) > limit:
+            # Far more legacy records than the cloud has here: compare as they stream.
+            differing += 1
+            rest = _chain(buf, items.below(seg.hi))
+            for pair in merge(rest, cloud.records(domain, seg.lo, seg.hi)):
+                rec.pair(*pair)
+        elif same(seg, buf):
+            rec.equal(buf)
+        else:
+            differing += 1
+            for sub, sub_items, differs in bisect_differences(
+                    seg, buf, split, parts=tuning.bisect_parts,
+                    min_records=tuning.bisect_min_records):
+                if differs:
+                    for pair in merge(sub_items, cloud.records(domain, sub.lo, sub.hi)):
+                        rec.pair(*pair)
+                else:
+                    rec.equal(sub_items)
+        report.segments_differing = differing
+        if (seg.hi is not None and n >= tuning.fallback_min_segments
+                and differing / n > tuning.fallback_share):
+            report.fell_back = True
+            for pair in merge(items.below(None), cloud.records(domain, seg.hi, None)):
+                rec.pair(*pair)
+            return
+
+
+def _chain(first: list[Item], rest: Iterator[Item]) -> Iterator[Item]:
+    yield from first
+    yield from rest
