@@ -214,12 +214,11 @@ def _repair(ctx: _Context, domain: str, findings: list[Finding], run_id: str, ye
     flags = FlagSource(store_for(ctx.settings, ctx.state).load())
     readers = {"legacy": ctx.legacy, "cloud": ctx.cloud}
     plans, skipped = plan_repairs(findings, flags, readers)
-    err = click.get_text_stream("stderr")
     for f in skipped:
-        click.echo(f"not repairable: {domain} {f.key}: {f.kind} ({f.detail or ''})", file=err)
+        click.echo(f"not repairable: {domain} {f.key}: {f.kind} ({f.detail or ''})", err=True)
     if truncated:
         click.echo(f"{domain}: only the first {len(findings)} findings are repaired "
-                   "(raise --limit or run again)", file=err)
+                   "(raise --limit or run again)", err=True)
     if not yes:
         for plan, _ in plans:
             click.echo(f"would repair: {plan.describe()}")
