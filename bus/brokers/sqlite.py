@@ -380,15 +380,3 @@ class SqliteConsumer(Consumer):
     def close(self) -> None:
         self.requeue([])
 
-
-def dead_letters(path: str | os.PathLike[str], *, limit: int = 500) -> list[tuple]:
-    """Rows of ``bus_dead_letters``: (id, queue_name, message_id, body, reason, deliveries)."""
-    conn = connect(path)
-    try:
-        return conn.execute(
-            "SELECT id, queue_name, message_id, body, reason, deliveries FROM bus_dead_letters"
-            " ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
-    finally:
-        conn.close()
