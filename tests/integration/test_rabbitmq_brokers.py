@@ -184,3 +184,29 @@ def test_a_retry_that_rabbitmq_does_not_confirm_is_requeued_not_acked(rabbit_vho
             broker.channel.queue_delete(name)
         broker.close()
     assert store.records == []
+
+
+def test_a_quorum_message_that_keeps_killing_its_consumer_ends_in_the_dead_letter_queue(
+    rabbit_vhost,
+):
+    broker = make_broker(rabbit_vhost, queue_type="quorum", delivery_limit=2)
+    queue = f"poison_{uuid.uuid4().hex[:8]}"
+    try:
+        broker.enqueue(_msg(9, queue))
+        for _ in range(3):  # delivered, then the consumer "dies" without an ack
+            conn = pika.BlockingConnection(broker.parameters)
+            method, _props, _body = next(conn.channel().consume(queue, inactivity_timeout=5))
+            assert method is not None
+            conn.close()
+        store = FakeStore()
+        for _ in range(50):
+            if RabbitmqDlqDrain(broker, store, [queue]).run_once():
+                break
+            broker.connection.sleep(0.05)
+        assert [r["message_id"] for r in store.records] == ["m9"]
+        assert "delivery_limit" in store.records[0]["error_message"]
+        assert broker.get_queue_message_counts(queue) == (0, 0, 0)
+    finally:
+        for name in broker.queue_names(queue):
+            broker.channel.queue_delete(name)
+        broker.close()
