@@ -143,16 +143,15 @@ def placement(
 ) -> tuple[str, str, tuple[str, ...], bool]:
     """(mode, sor, shadows, pinned) for one record.
 
-    A pinned document keeps the SoR it was created in; its shadow is the other
-    ERP unless the flag's mode writes only one system (legacy / cloud_only),
-    in which case the pinned SoR alone is written.
+    A pinned document keeps the SoR it was created in until it closes, and the
+    other ERP keeps receiving its changes as the shadow, whatever the mode: an
+    order opened in the legacy ERP before ``cloud_only`` still reaches the cloud.
     """
     mode = str(flag.mode_for(key, attrs))
     sor, shadows = MODE_TABLE[mode]
     if domain in DOCUMENT_DOMAINS and pinned_sor is not None and pinned_sor != sor:
         other = CLOUD if pinned_sor == LEGACY else LEGACY
-        shadow = (other,) if mode in ("shadow", "cloud") else ()
-        return mode, pinned_sor, shadow, True
+        return mode, pinned_sor, (other,), True
     return mode, sor, shadows, False
 
 

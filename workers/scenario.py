@@ -36,6 +36,7 @@ from workers.driver import Driver
 from workers.flags import SqlPreflightFacts, policy_from_env, store_for
 from workers.flags.ops import Cutover
 from workers.router.repair import backfill
+from workers.router.state import get_route
 
 ACTOR = "coexist-demo"
 PERSON_LEGACY = "JSMITH"
@@ -155,9 +156,10 @@ class PhasedCutover:
 
     def run(self) -> list[StepReport]:
         self.enter_shadow()
-        self.work(sor=LEGACY, title="people work in the legacy ERP (SoR); a stray write in cloud")
+        self.work(sor=LEGACY, title="people edit the legacy ERP (SoR); one stray write per domain")
         self.move_all(Mode.CLOUD)
-        self.work(sor=CLOUD, title="people work in the cloud ERP (SoR); a stray write in legacy")
+        self.work(sor=CLOUD, title="people edit the cloud ERP (SoR; open documents stay in "
+                                    "legacy); one stray write per domain")
         self.pinned_order_stays()
         self.rollback_and_forward("customer")
         self.move_all(Mode.CLOUD_ONLY)
@@ -180,26 +182,35 @@ class PhasedCutover:
         self._step(f"every domain moved to {mode}")
 
     def work(self, *, sor: str, title: str, compare_both: bool = True) -> None:
-        person_erp, person = (self.legacy, PERSON_LEGACY) if sor == LEGACY else (None, PERSON_CLOUD)
-        stray_erp = CLOUD if sor == LEGACY else LEGACY
+        """People edit records where they live (their SoR: the flag's, or a document's pin);
+        one person per domain types into the other ERP by mistake (a stray write)."""
         notes = []
         for domain in DOMAINS:
             records = self._open_records(sor, domain, self.k + 1)
             for record in records[: self.k]:
-                changed = touched(record, next(self._n))
-                if person_erp is not None:
-                    person_erp.person_upsert(changed, person)
-                else:
-                    self.cloud_people(changed, person)
+                self._person_edit(self._sor_of(domain, record.key, sor), record)
             if len(records) > self.k and compare_both:
-                stray = touched(records[self.k], next(self._n))
-                if stray_erp == CLOUD:
-                    self.cloud_people(stray, PERSON_CLOUD)
-                else:
-                    self.legacy.person_upsert(stray, PERSON_LEGACY)
-                notes.append(f"stray write into {stray_erp}: {domain} {stray.key}")
+                stray = records[self.k]
+                wrong = CLOUD if self._sor_of(domain, stray.key, sor) == LEGACY else LEGACY
+                self._person_edit(wrong, stray)
+                notes.append(f"stray write into {wrong}: {domain} {stray.key}")
         self.driver.settle()
         self._step(title, notes=notes, compare_both=compare_both)
+
+    def _person_edit(self, system: str, record: CanonicalRecord) -> None:
+        changed = touched(record, next(self._n))
+        if system == LEGACY:
+            self.legacy.person_upsert(changed, PERSON_LEGACY)
+        else:
+            self.cloud_people(changed, PERSON_CLOUD)
+
+    def _sor_of(self, domain: str, key: str, flag_sor: str) -> str:
+        """Where a person edits a record: a pinned document's SoR, else the flag's."""
+        if domain not in DOCUMENT_DOMAINS:
+            return flag_sor
+        with self.app.state.connect() as conn:
+            route = get_route(conn, domain, key)
+        return route.pinned_sor if route is not None and route.pinned_sor else flag_sor
 
     def pinned_order_stays(self) -> None:
         """An open order created before the switch is still routed from the legacy ERP."""

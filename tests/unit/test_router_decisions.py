@@ -122,3 +122,10 @@ def test_any_write_routed_after_a_switch_outranks_any_write_routed_before(flag, 
 def test_a_source_version_too_large_to_pack_is_refused():
     with pytest.raises(ValueError):
         routed_version(1, 2**40)
+
+
+def test_a_document_pinned_to_legacy_still_reaches_the_cloud_in_cloud_only():
+    decision = decide_change(change(domain="order", key="SO-1"), LEGACY, Flag("cloud_only", 9),
+                             ORDER, pinned_sor=LEGACY)
+    assert decision.action is Action.ROUTE
+    assert (decision.sor, decision.targets) == (LEGACY, (CLOUD,))

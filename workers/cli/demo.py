@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from bus.context import configure_logging
 from coexistence.sample import SampleSpec
 from workers.config import Settings
 from workers.scenario import StepReport
@@ -65,6 +66,9 @@ def demo(home: Path, customers: int, changes: int) -> None:
         shutil.rmtree(home)
     home.mkdir(parents=True)
     started = time.perf_counter()
+    # The console shows the steps; every log line (JSON, with correlation ids) goes to a file.
+    log_file = (home / "coexist.log").open("a")
+    configure_logging("INFO", stream=log_file)
 
     legacy_url = f"sqlite:///{home / 'legacy.db'}"
     engine = create_legacy_engine(legacy_url)
@@ -100,8 +104,10 @@ def demo(home: Path, customers: int, changes: int) -> None:
     console.print(
         f"\n[bold]{'done' if not disagreements else 'DONE WITH DISAGREEMENTS'}[/] in "
         f"{elapsed:.1f} s: {len(reports)} steps, {disagreements} domain/step disagreements.\n"
+        f"Logs (JSON lines): {home / 'coexist.log'}\n"
         f"Look around with COEXIST_HOME={home}:  coexist cutover history | "
-        f"coexist dlq list --status archived"
+        f"coexist dlq list --status all"
     )
+    log_file.close()
     if disagreements:
         raise SystemExit(1)
