@@ -21,6 +21,7 @@ import dramatiq
 from sqlalchemy import Engine
 
 from bus.brokers import make_broker, setup
+from bus.dlq_drain import make_drain
 from bus.envelope import Envelope, register_payload_upcaster
 from bus.exception_store import ExceptionStore
 from bus.outbox import OutboxRelay
@@ -143,13 +144,26 @@ def bootstrap(
     return app
 
 
+def start_dlq_drain(app: App, stop: threading.Event) -> threading.Thread:
+    """Move dead letters (RabbitMQ ``.XQ`` queues, the embedded broker's dead-letter table)
+    into the exception store continuously, so none waits in the broker or expires there."""
+    from workers.driver import router_queues
+
+    drain = make_drain(app.broker, app.exceptions, router_queues(app))
+    thread = threading.Thread(target=drain.run_forever, args=(stop,), name="dlq-drain",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
 def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2) -> None:
-    """Capture both feeds and relay the outbox until ``stop`` is set."""
+    """Capture both feeds, relay the outbox and drain dead letters until ``stop`` is set."""
     loops = app.capture_loops()
     relay = app.relay()
     relay_thread = threading.Thread(target=relay.run_forever, args=(stop,), name="outbox-relay",
                                     daemon=True)
     relay_thread.start()
+    drain_thread = start_dlq_drain(app, stop)
     while not stop.is_set():
         moved = 0
         for loop in loops:
@@ -164,3 +178,4 @@ def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2) -> None:
         if not moved:
             stop.wait(poll_s)
     relay_thread.join(10)
+    drain_thread.join(10)

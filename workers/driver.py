@@ -13,6 +13,7 @@ import time
 import dramatiq
 
 from bus.brokers import SqliteBroker
+from bus.dlq_drain import make_drain
 from bus.outbox import backlog
 from workers.bootstrap import App
 from workers.router import queues
@@ -29,6 +30,7 @@ class Driver:
         self.app = app
         self.loops = app.capture_loops()
         self.relay = app.relay()
+        self.drain = make_drain(app.broker, app.exceptions, router_queues(app))
         self.captured = CaptureStats()
         self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100)
         self.worker.start()
@@ -50,6 +52,7 @@ class Driver:
             for name in router_queues(self.app):
                 self._join(name, int(timeout_s * 1000))
             self.worker.join()
+            moved += self.drain.run_once()
             moved += backlog(self.app.state)
             quiet = quiet + 1 if moved == 0 else 0
         self.captured.add(captured)
