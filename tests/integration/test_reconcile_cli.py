@@ -110,3 +110,15 @@ def test_unreachable_cloud_or_unknown_domain_exit_2_with_one_line(env, monkeypat
     assert down.exit_code == 2
     assert "cloud ERP http://127.0.0.1:9 unreachable" in down.output
     assert "Traceback" not in down.output
+
+
+def test_a_run_past_its_timeout_exits_2_and_is_stored_as_timed_out(env):
+    write_legacy(env["legacy"], list(iter_customers(10, seed=5)))
+    result = run("customer", "--timeout", "0.000001")
+    assert result.exit_code == 2
+    assert "reconcile customer: timed out after 1e-06 s" in result.output
+    last = RunStore(create_state_engine(env["state_url"])).last("customer")
+    assert last["status"] == "timeout" and last["drift_pct"] is None
+    # A timed-out run gives the guards no drift figure to trust.
+    assert SqlPreflightFacts(create_state_engine(env["state_url"])).last_reconciliation(
+        "customer") is None

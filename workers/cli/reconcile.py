@@ -98,7 +98,7 @@ def reconcile(domains, max_drift, output, fmt, limit, timeout, mode, repair, yes
         progress = sys.stderr.isatty()
     deadline = time.monotonic() + timeout if timeout else None
     with ExitStack() as stack:
-        ctx = _open(settings, stack)
+        ctx = _open(settings, stack, timeout)
         out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else None
         results = []
         for domain in domains or DOMAINS:
@@ -115,7 +115,7 @@ class _Context:
         self.xref, self.runs, self.settings = xref, runs, settings
 
 
-def _open(settings: Settings, stack: ExitStack) -> _Context:
+def _open(settings: Settings, stack: ExitStack, timeout: float | None) -> _Context:
     from workers.cloud_erp import CloudErp
     from workers.flags import open_state
     from workers.legacy_erp.schema import create_legacy_engine
@@ -154,7 +154,8 @@ def _open(settings: Settings, stack: ExitStack) -> _Context:
     except httpx.HTTPError as exc:
         raise UserError(f"cloud ERP {settings.cloud_url} unreachable: "
                         f"{type(exc).__name__}: {exc}") from None
-    return _Context(LegacyReader(legacy_engine), CloudReader(cloud_erp), state,
+    return _Context(LegacyReader(legacy_engine), CloudReader(cloud_erp, **(
+        {"segments_timeout_s": timeout} if timeout else {})), state,
                     SqlXref(state), RunStore(state), settings)
 
 

@@ -33,22 +33,33 @@ def item_of(record: CanonicalRecord) -> Item:
                 natural_key_hash(natural_key(record)), record=record)
 
 
+#: How long the first checksum request may take, in seconds: the cloud digests every
+#: record written since the last run before it answers (minutes on a first run of
+#: millions of records).
+SEGMENTS_TIMEOUT_S = 3600.0
+
+
 class CloudReader:
     """The cloud side of a reconciliation, over a ``CloudErp``'s HTTP client."""
 
     system = "cloud"
 
-    def __init__(self, erp: CloudErp) -> None:
+    def __init__(self, erp: CloudErp, *, segments_timeout_s: float = SEGMENTS_TIMEOUT_S) -> None:
         self.erp = erp
         self.http = erp.http
+        self.segments_timeout_s = segments_timeout_s
         #: Requests and records that crossed the network, for the report.
         self.requests = 0
         self.records_fetched = 0
 
-    def _get(self, path: str, params: dict) -> httpx.Response:
+    def _get(self, path: str, params: dict, timeout_s: float | None = None) -> httpx.Response:
         self.requests += 1
         try:
-            return self.http.get(path, params=params)
+            if timeout_s is None:
+                return self.http.get(path, params=params)
+            return self.http.get(path, params=params,
+                                 timeout=httpx.Timeout(self.http.timeout.connect or 10.0,
+                                                       read=timeout_s))
         except httpx.HTTPError as exc:
             raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: "
                                    f"{type(exc).__name__}: {exc}") from None
@@ -56,7 +67,8 @@ class CloudReader:
     def segments(self, domain: str, size: int) -> tuple[list[Segment], list[list[str]]] | None:
         """Checksums of runs of ``size`` records and the cloud's duplicate groups, or
         ``None`` when the cloud ERP offers no checksums (read it in full then)."""
-        response = self._get(f"/reconcile/{RESOURCES[domain]}/segments", {"size": size})
+        response = self._get(f"/reconcile/{RESOURCES[domain]}/segments", {"size": size},
+                             self.segments_timeout_s)
         if response.status_code in (404, 405, 501):
             return None
         body = self._json(response)

@@ -119,6 +119,8 @@ def reconcile_domain(
 ) -> Report:
     """Compare ``domain`` in both ERPs; findings go to ``on_finding`` as found."""
     tuning = tuning or Tuning()
+    if deadline is not None and time.monotonic() > deadline:
+        raise ReconcileTimeout
     rec = Reconciler(domain, xref=xref, on_finding=on_finding)
     report = Report(domain, tolerances=tolerances_for(domain))
     items = _Peek(legacy.items(domain), rec, deadline, progress)
@@ -162,6 +164,8 @@ def _by_checksum(domain, segments, items: _Peek, cloud: CloudReader, rec: Reconc
 
     differing = 0
     for n, seg in enumerate(segments, 1):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ReconcileTimeout
         report.segments += 1
         buf: list[Item] = []
         limit = seg.count + OVERFLOW_SLACK_RECORDS

@@ -1,0 +1,236 @@
+"""Reconciliation throughput and memory against datacompy, on the same two data sets.
+
+Builds a legacy SQLite database and a cloud simulator database holding the
+same ``--customers`` sample customers, with ``--diff-pct`` percent of them
+made different on the cloud side (70% field changes, 15% missing, 15% extra),
+starts the simulator, and measures, each in its own process (so its peak RSS
+is its own):
+
+* ``reconcile_checksum_cold``: ``coexist reconcile`` logic in checksum mode
+  on a simulator whose digest cache is empty (it digests every record first);
+* ``reconcile_checksum_warm``: the same again (the nightly case: the cache
+  holds every unchanged record);
+* ``reconcile_full``: full-stream mode (every cloud record over HTTP);
+* baseline ``datacompy``: both sides read through the same adapters
+  (``LegacyErp.stream``, ``CloudErp.stream`` + the legacy normalisation),
+  flattened into pandas DataFrames and compared by ``datacompy.PandasCompare``
+  on the key.  Its compare-only time is reported too.
+
+Prints one JSON line per figure: name, records_per_s (customers per second per
+side), baseline_per_s, ratio, peak_rss_mb, seconds, findings.  datacompy is a
+benchmark-only dependency: ``.venv/bin/pip install datacompy``.
+
+Usage: ``python scripts/bench/reconcile.py [--customers 100000] [--diff-pct 0.1 1.0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def build(dir_: Path, n: int, diff_pct: float, seed: int) -> dict:
+    """Both databases; returns the seeded difference counts."""
+    from sqlalchemy import insert
+
+    from coexistence.sample import iter_customers
+    from coexistence.translate.cloud import from_canonical, to_json_bytes
+    from coexistence.translate.legacy import LEGACY_TRANSLATORS
+    from workers.cloud_sim.store import Store, now_iso
+    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+
+    t = LEGACY_TRANSLATORS["customer"]
+    engine = create_legacy_engine(f"sqlite:///{dir_ / 'legacy.db'}")
+    create_legacy_schema(engine)
+    store = Store(dir_ / "cloud.db")
+    rnd = random.Random(seed)
+    n_diff = max(1, round(n * diff_pct / 100))
+    chosen = set(rnd.sample(range(n), n_diff))
+    counts = {"mismatch": 0, "missing_in_cloud": 0, "missing_in_legacy": 0}
+    heads, sites, docs = [], [], []
+    modified = now_iso()
+
+    def flush():
+        with engine.begin() as conn:
+            if heads:
+                conn.execute(insert(t.TABLE.__table__), heads)
+            if sites:
+                conn.execute(insert(t.CHILD_TABLE.__table__), sites)
+        store.db.execute("BEGIN")
+        store.db.executemany(
+            "INSERT INTO entities (entity_set, id, number, rev, source_version, data, modified,"
+            " deleted) VALUES ('customers', ?, ?, 1, 1, ?, ?, 0)", docs)
+        store.db.execute("COMMIT")
+        heads.clear(), sites.clear(), docs.clear()
+
+    for i, record in enumerate(iter_customers(n, seed)):
+        cloud_record, in_legacy, in_cloud = record, True, True
+        if i in chosen:
+            roll = rnd.random()
+            if roll < 0.70:
+                cloud_record = record.model_copy(update={"credit_limit": record.credit_limit + 1})
+                counts["mismatch"] += 1
+            elif roll < 0.85:
+                in_cloud = False
+                counts["missing_in_cloud"] += 1
+            else:
+                in_legacy = False
+                counts["missing_in_legacy"] += 1
+        if in_legacy:
+            h, c = t.from_canonical(record)
+            heads.append(h)
+            sites.extend(c)
+        if in_cloud:
+            body = to_json_bytes(from_canonical(cloud_record, source_version=1), body=True)
+            docs.append((str(uuid.uuid4()), cloud_record.key, body.decode(), modified))
+        if len(heads) >= 5000:
+            flush()
+    flush()
+    engine.dispose()
+    store.close()
+    return counts
+
+
+def ours(legacy_url: str, cloud_url: str, mode: str) -> dict:
+    from coexistence.reconcile.findings import Finding
+    from workers.cloud_erp import CloudErp
+    from workers.legacy_erp.schema import create_legacy_engine
+    from workers.reconcile.cloud import CloudReader
+    from workers.reconcile.legacy import LegacyReader
+    from workers.reconcile.runner import reconcile_domain
+
+    findings: list[Finding] = []
+    erp = CloudErp(cloud_url, timeout_s=600)
+    engine = create_legacy_engine(legacy_url)
+    start = time.perf_counter()
+    report = reconcile_domain("customer", LegacyReader(engine), CloudReader(erp), mode=mode,
+                              on_finding=findings.append)
+    seconds = time.perf_counter() - start
+    c = report.counts
+    return {"seconds": seconds, "rows": max(c.rows_legacy, c.rows_cloud),
+            "findings": len(findings), "mismatched": c.mismatched,
+            "exclusive_legacy": c.exclusive_legacy, "exclusive_cloud": c.exclusive_cloud,
+            "cloud_records_fetched": report.cloud_records_fetched,
+            "segments_differing": report.segments_differing, "segments": report.segments,
+            "fell_back": report.fell_back}
+
+
+def baseline(legacy_url: str, cloud_url: str) -> dict:
+    import datacompy
+    import pandas as pd
+
+    from coexistence.reconcile.findings import plain
+    from coexistence.reconcile.tolerances import normalise
+    from workers.cloud_erp import CloudErp
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine
+
+    def flat(record) -> dict:
+        row = {k: plain(v) for k, v in record if k != "sites"}
+        row["sites"] = json.dumps(plain(record.sites))
+        return row
+
+    start = time.perf_counter()
+    legacy = pd.DataFrame([flat(r) for r in
+                           LegacyErp(create_legacy_engine(legacy_url)).stream("customer")])
+    cloud = pd.DataFrame([flat(normalise(r)) for r in
+                          CloudErp(cloud_url, timeout_s=600).stream("customer")])
+    loaded = time.perf_counter()
+    cmp = datacompy.PandasCompare(legacy, cloud, join_columns="key")
+    differing = (len(cmp.df1_unq_rows) + len(cmp.df2_unq_rows)
+                 + len(cmp.all_mismatch()))
+    end = time.perf_counter()
+    return {"seconds": end - start, "compare_s": end - loaded,
+            "rows": max(len(legacy), len(cloud)), "differing_records": differing}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: reset by exec, unlike ru_maxrss, which a
+    child inherits from the parent it was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def in_subprocess(kind: str, *args: str) -> dict:
+    """Run one measurement in a child process; its result plus its peak RSS."""
+    out = subprocess.run([sys.executable, __file__, "--worker", kind, *args],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--diff-pct", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    if a.worker:
+        legacy_url, cloud_url, *rest = a.args
+        result = (baseline(legacy_url, cloud_url) if a.worker == "baseline"
+                  else ours(legacy_url, cloud_url, a.worker))
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+    if not a.no_baseline:
+        try:
+            import datacompy  # noqa: F401
+        except ImportError:
+            raise SystemExit("datacompy is not installed (a benchmark-only baseline): run "
+                             ".venv/bin/pip install datacompy, or pass --no-baseline") from None
+    from workers.cloud_sim import start_simulator
+
+    for pct in a.diff_pct:
+        with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
+            dir_ = Path(tmp)
+            t0 = time.perf_counter()
+            seeded = build(dir_, a.customers, pct, a.seed)
+            build_s = time.perf_counter() - t0
+            legacy_url = f"sqlite:///{dir_ / 'legacy.db'}"
+            with start_simulator(dir_ / "cloud.db") as sim:
+                runs = {name: in_subprocess(mode, legacy_url, sim.url) for name, mode in
+                        (("reconcile_checksum_cold", "checksum"),
+                         ("reconcile_checksum_warm", "checksum"),
+                         ("reconcile_full", "full"))}
+                base = None if a.no_baseline else in_subprocess("baseline", legacy_url, sim.url)
+            for name, r in runs.items():
+                per_s = r["rows"] / r["seconds"]
+                line = {"name": f"{name}_{a.customers}_{pct}pct", "records_per_s": round(per_s),
+                        "peak_rss_mb": r["peak_rss_mb"], "seconds": round(r["seconds"], 2),
+                        "seeded": seeded, "build_s": round(build_s, 1),
+                        **{k: r[k] for k in ("findings", "mismatched", "exclusive_legacy",
+                                             "exclusive_cloud", "cloud_records_fetched",
+                                             "segments", "segments_differing", "fell_back")}}
+                if base is not None:
+                    base_per_s = base["rows"] / base["seconds"]
+                    line.update(baseline_per_s=round(base_per_s),
+                                ratio=round(per_s / base_per_s, 2),
+                                baseline_seconds=round(base["seconds"], 2),
+                                baseline_compare_only_s=round(base["compare_s"], 2),
+                                baseline_peak_rss_mb=base["peak_rss_mb"],
+                                baseline_differing_records=base["differing_records"])
+                print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
