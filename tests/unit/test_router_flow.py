@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 
 from coexistence.canonical import decode
 from coexistence.canonical.models import OrderStatus
@@ -162,3 +164,20 @@ def test_a_delete_in_the_sor_deletes_the_shadow(h):
     h.legacy.person_delete("customer", "10042", "JSMITH")
     h.settle()
     assert h.cloud.get("customer", "10042") is None
+
+
+def test_every_message_one_change_causes_carries_that_changes_correlation_id(h):
+    h.set_mode("customer", "shadow")
+    h.legacy.person_upsert(CUSTOMER, "JSMITH")
+    h.settle()
+    h.cloud.person_upsert(CUSTOMER.model_copy(update={"credit_hold": True}), "cloud.user")
+    h.settle()
+    [(_actor, report, _exc)] = h.business_errors
+    # The report of the stray write and the repair it caused share one correlation id.
+    with h.engine.connect() as conn:
+        rows = conn.execute(text("SELECT payload FROM outbox")).scalars().all()
+    envelopes = [json.loads(r) for r in rows]
+    stray_family = [e for e in envelopes if e["correlation_id"] == report.correlation_id]
+    assert sorted(e["kind"] for e in stray_family) == ["repair", "stray_write"]
+    routed_family = {e["correlation_id"] for e in envelopes if e["kind"] in ("upsert", "event")}
+    assert len(routed_family) == 1 and report.correlation_id not in routed_family

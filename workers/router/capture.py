@@ -53,6 +53,13 @@ def message_id(system: str, cursor: int, purpose: str) -> str:
     return str(uuid.uuid5(_NS, f"{system}:{cursor}:{purpose}"))
 
 
+def correlation_of(system: str, change: Change) -> str:
+    """One correlation id per captured change: every message it causes (shadow writes,
+    events, reports, repairs) and every message those cause carry it, so a log search or
+    the exception store joins them."""
+    return message_id(system, change.cursor, "change")
+
+
 class FlagStates:
     """What the capture loop needs from the flags: ``state(domain)`` with version/mode_for."""
 
@@ -260,6 +267,7 @@ class CaptureLoop:
                 schema_version=_schema_version(sor_record), flag_version=flag_version,
                 occurred_at=change.at,
                 message_id=message_id(self.system, change.cursor, f"repair:{target}"),
+                correlation_id=correlation_of(self.system, change),
             )
             batch.add(queues.WRITE_ACTOR[target], queues.WRITE_QUEUE[target], env)
             stats.writes += 1
@@ -275,6 +283,7 @@ class CaptureLoop:
             schema_version=_schema_version(record), flag_version=decision.flag_version,
             occurred_at=change.at,
             message_id=message_id(self.system, change.cursor, purpose),
+            correlation_id=correlation_of(self.system, change),
         )
 
 
