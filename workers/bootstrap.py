@@ -116,17 +116,19 @@ def bootstrap(
     erps: dict[str, Erp] | None = None,
     register: bool = True,
     channel_handlers: dict[str, Any] | None = None,
+    retry_options: dict[str, Any] | None = None,
 ) -> App:
     """Build a process's parts.  ``erps`` overrides the ERPs (tests pass fakes);
     ``channel_handlers`` maps a subscription name to the function this process
-    runs for its events (subscriptions without one are consumed elsewhere)."""
+    runs for its events (subscriptions without one are consumed elsewhere);
+    ``retry_options`` override the failure middleware's retry policy (``bus.retry``)."""
     validate_ownership()
     register_payload_upcaster(_payload_upcaster)
     state = open_state(settings)
     exceptions = ExceptionStore(state)
     broker = make_broker(settings.broker_url, sqlite_path=settings.ensure_home() / "bus.db",
                          queue_type=settings.queue_type)
-    setup(broker, store=exceptions)
+    setup(broker, store=exceptions, retry_options=retry_options)
     dramatiq.set_broker(broker)
     flags = FlagCache(store_for(settings, state)).start()
     if erps is None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from click.testing import CliRunner
 
+from bus.errors import TechnicalError
 from bus.exception_store import ExceptionStore
 from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
 from workers.bootstrap import bootstrap
+from workers.cli import cli
 from workers.config import Settings
 from workers.driver import Driver
 from workers.erp_memory import InMemoryErp
@@ -42,6 +45,8 @@ def runtime(request, tmp_path):
         erps={LEGACY: InMemoryErp("legacy"), CLOUD: InMemoryErp("cloud")},
         subscriptions=[Subscription("probe", frozenset({"customer"}))],
         channel_handlers={"probe": seen.append},
+        # Same policy, shorter clock: technical failures retry twice, milliseconds apart.
+        retry_options={"max_retries": 2, "min_backoff_ms": 10, "max_backoff_ms": 50},
     )
     app.broker.flush_all()
     rt = Driver(app)
@@ -107,3 +112,37 @@ def test_a_shadow_write_that_fails_for_business_reasons_never_blocks_the_sor(run
     assert cloud.get("customer", "66666") is None
     [record] = ExceptionStore(app.state).list(domain="customer")
     assert record.key == "66666" and "tax id invalid" in record.error_message
+
+
+def test_a_shadow_that_keeps_failing_technically_is_retried_then_recorded_as_divergence(runtime):
+    app = runtime.app
+    set_mode(app, "customer", "shadow")
+    cloud = app.erps[CLOUD]
+    original, attempts = cloud.upsert, []
+
+    def unavailable(record, **kwargs):
+        if record.key == "77777":
+            attempts.append(1)
+            raise TechnicalError("cloud ERP timed out")
+        return original(record, **kwargs)
+
+    cloud.upsert = unavailable
+    for key in ("77776", "77777"):
+        app.erps[LEGACY].person_upsert(CUSTOMER.model_copy(update={"key": key}), "JSMITH")
+    runtime.settle()
+    assert len(attempts) == 3  # the first try and two retries
+    assert cloud.get("customer", "77776") is not None
+    assert app.erps[LEGACY].get("customer", "77777") is not None
+    [record] = ExceptionStore(app.state).list(domain="customer")
+    assert (record.key, record.failure_class, record.attempts) == ("77777", "technical", 3)
+    # Replayed from the CLI once the cloud is back, it applies and the divergence is gone.
+    cloud.upsert = original
+    s = app.settings
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(record.id)], env={
+        "COEXIST_HOME": str(s.home), "COEXIST_STATE_URL": s.state_url,
+        "COEXIST_BROKER_URL": s.broker_url or "",
+    })
+    assert result.exit_code == 0, result.output
+    runtime.settle()
+    assert cloud.get("customer", "77777") is not None
+    assert ExceptionStore(app.state).open_count("customer") == 0
