@@ -78,6 +78,12 @@ def test_drift_exits_1_writes_jsonl_and_stores_findings(env):
     run_row = store.last("customer")
     assert run_row["status"] == "drift" and run_row["findings"] == len(written)
     assert len(store.findings(run_row["id"])) == len(written)
+    table = run("customer")
+    assert table.exit_code == 1
+    text = " ".join(table.output.split())  # rich wraps at the runner's 80 columns
+    assert "customer tolerances: legacy normalisation:" in text
+    assert "legacy normalisation: text upper-cased" in text
+    assert "findings (first" in text and "mismatch" in text
     # Within the allowed drift: exit 0.
     assert run("customer", "--max-drift", "50", "--format", "csv").exit_code == 0
     # --limit keeps N findings; the counts stay complete.
