@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class CloudErp:
         self.sleep = sleep
         #: Requests retried after a technical failure (a metric for tests and ops).
         self.retries = 0
+        #: Per thread: the state of the record ``get`` just read, for the next upsert.
+        self._read_ahead = threading.local()
 
     @classmethod
     def from_settings(cls, settings, **kwargs) -> CloudErp:
@@ -181,7 +184,19 @@ class CloudErp:
         response = self._request("GET", _by_number(domain, key), ok=(200, 404))
         if response.status_code == 404:
             return None
-        return canonical_from_json(domain, response.content)
+        doc = response.json()
+        # A writer that merges over the current record (field ownership) upserts right
+        # after reading it: keep what the upsert needs, so it can skip its own read.  An
+        # etag gone stale meanwhile is answered 412 and the upsert reads again.
+        self._read_ahead.value = (domain, key, _current_from({"status": 200, "body": doc}))
+        return canonical_from_json(domain, doc)
+
+    def _take_read_ahead(self, domain: str, key: str) -> _Current | None:
+        held = getattr(self._read_ahead, "value", None)
+        self._read_ahead.value = None
+        if held is not None and held[0] == domain and held[1] == key:
+            return held[2]
+        return None
 
     def stream(self, domain: str) -> Iterator[CanonicalRecord]:
         """Records from ``/export`` (sorted by number = canonical key); a stream cut
@@ -241,8 +256,9 @@ class CloudErp:
     ) -> WriteResult:
         domain, key = record.domain, record.key
         body = json.dumps(_document(record, source_version), separators=(",", ":")).encode()
+        ahead = self._take_read_ahead(domain, key)
         for _ in range(CLOUD_CONFLICT_ROUNDS):
-            current = self._current(domain, key)
+            current, ahead = ahead or self._current(domain, key), None
             if current is not None and not _newer(source_version, current.version, repair):
                 return Stale(domain, key, source_version, current.version)
             response = self._write_upsert(domain, key, current, body, idempotency_key, writer)

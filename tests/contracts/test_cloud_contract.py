@@ -167,3 +167,18 @@ def test_an_export_cut_mid_stream_resumes_behind_the_last_record(sim, cloud):
     streamed = list(cloud.stream("inventory"))
     assert cloud.retries == retries_before + 1, "the stream was cut once and resumed"
     assert streamed == sorted(records, key=lambda r: r.key)
+
+
+def test_an_upsert_right_after_a_read_skips_its_own_read_but_never_writes_over_a_newer_etag(
+        cloud, sim):
+    record = sample("customer", 1, 0)
+    cloud.upsert(record, source_version=5, idempotency_key=new_key())
+    assert cloud.get("customer", record.key) is not None
+    # Someone edits the record between our read and our write: the held etag is stale.
+    sim.person_upsert(sample("customer", 1, 2), "someone")
+    mine = sample("customer", 1, 3)
+    assert cloud.upsert(mine, source_version=6, idempotency_key=new_key()) == Applied(
+        "customer", record.key, 6)
+    assert cloud.get("customer", record.key) == mine
+    writes = [c for c in sim.changes() if c["number"] == record.key]
+    assert [c["clientId"] for c in writes] == [COEXIST_WRITER, "someone", COEXIST_WRITER]
