@@ -183,11 +183,14 @@ class CloudErp:
     def get(self, domain: str, key: str) -> CanonicalRecord | None:
         response = self._request("GET", _by_number(domain, key), ok=(200, 404))
         if response.status_code == 404:
+            # Absent (or a tombstone): the upsert that may follow reads the tombstone itself.
+            self._read_ahead.value = None
             return None
         doc = response.json()
         # A writer that merges over the current record (field ownership) upserts right
         # after reading it: keep what the upsert needs, so it can skip its own read.  An
-        # etag gone stale meanwhile is answered 412 and the upsert reads again.
+        # etag gone stale meanwhile is answered 412 and the upsert reads again.  (A 404
+        # is not kept: a tombstone's version still has to be read with includeDeleted.)
         self._read_ahead.value = (domain, key, _current_from({"status": 200, "body": doc}))
         return canonical_from_json(domain, doc)
 

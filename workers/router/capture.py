@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from bus.envelope import Envelope, new_envelope
 from bus.outbox import add_all_to_outbox
 from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
-from coexistence.ports import Change, ChangeFeed, Erp
+from coexistence.ports import COEXIST_WRITER, Change, ChangeFeed, Erp
 from coexistence.router import (
     Action,
     Decision,
@@ -182,7 +182,8 @@ class CaptureLoop:
         source = self.erps[self.system]
         wanted: dict[str, list[str]] = defaultdict(list)
         for change in changes:
-            if change.op == "upsert":
+            # coexist's own writes are echoes whatever the flags say: never read them back.
+            if change.op == "upsert" and change.writer != COEXIST_WRITER:
                 wanted[change.domain].append(change.key)
         out: dict[tuple[str, str], CanonicalRecord] = {}
         get_many = getattr(source, "get_many", None)
@@ -208,6 +209,9 @@ class CaptureLoop:
 
     def _route(self, change: Change, record, routes: _Routes, batch: _Batch,
                stats: CaptureStats) -> None:
+        if change.writer == COEXIST_WRITER:
+            stats.echoes += 1
+            return
         if change.op == "upsert" and record is None:
             # Deleted again before we read it: its delete is later in the feed.
             stats.vanished += 1
