@@ -44,6 +44,12 @@ def _register() -> None:
     from workers.cli.reconcile import reconcile
 
     cli.add_command(reconcile)
+    from workers.cli.trace import trace
+
+    cli.add_command(trace)
+    from workers.cli.status import status
+
+    cli.add_command(status)
 
 
 _register()

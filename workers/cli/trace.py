@@ -1,0 +1,130 @@
+"""``coexist trace``: one timeline of what happened to one business object.
+
+Exit codes: 0 a timeline was printed; 1 nothing was found for the target;
+2 bad input (unknown domain, malformed key or id) or an unreachable state database.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from workers.cli.common import UserError
+from workers.config import Settings
+
+
+class NothingFound(click.ClickException):
+    """No message, exception, flag change or ERP change names the target (exit 1)."""
+
+    exit_code = 1
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+
+
+def open_state_engine(settings: Settings):
+    """The state database as every command opens it; one line for the user on failure."""
+    from workers.flags import open_state
+    from workers.observe.sources import one_line
+
+    try:
+        return open_state(settings)
+    except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
+        raise UserError(f"cannot open the state database: "
+                        f"{one_line(exc, settings.state_url)}") from None
+
+
+@click.command("trace")
+@click.argument("target")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only what happened since: a duration back from now (30m, 2h, 7d) or an "
+                   "ISO 8601 time.")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Most rows read from each source (newest first).")
+@click.option("--cloud-scan", default=20_000, show_default=True, type=click.IntRange(min=1),
+              help="Cloud change-feed entries scanned each side of the router's checkpoint "
+                   "(the feed cannot be filtered by key).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def trace(target: str, since: str | None, limit: int, cloud_scan: int, fmt: str) -> None:
+    """What happened to one business object, across every system, in time order.
+
+    TARGET is a correlation id (every message and exception carrying it, the flag
+    changes that routed them and the captured change that started it) or
+    DOMAIN:KEY with the canonical key, e.g. customer:10042 or
+    inventory:DAL1:WID-01000 (everything about that record: ERP changes from the
+    legacy change log and, if COEXIST_CLOUD_URL is set, the cloud change feed;
+    messages; exceptions; flag changes; reconciliation findings).
+
+    Each message shows the flag version it was routed under and which audited
+    flag change (who, when, why) that version was.  A source that cannot be read
+    is named as unavailable; the rest is still shown.
+    """
+    from workers.observe import TraceInputError, build_trace, parse_since, parse_target
+    from workers.observe.sources import open_cloud, open_legacy_engine
+
+    try:
+        parsed = parse_target(target)
+        since_at = parse_since(since)
+    except (TraceInputError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    settings = Settings.from_env()
+    state = open_state_engine(settings)
+    legacy, legacy_note = open_legacy_engine(settings)
+    cloud, cloud_note = open_cloud(settings)
+    try:
+        result = build_trace(state, parsed, since=since_at, limit=limit, legacy=legacy,
+                             legacy_note=legacy_note, cloud=cloud, cloud_note=cloud_note,
+                             cloud_scan=cloud_scan)
+    finally:
+        if legacy is not None:
+            legacy.dispose()
+        if cloud is not None:
+            cloud.close()
+        state.dispose()
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        _print(result)
+    if not result.events:
+        raise NothingFound(f"nothing found for {parsed.describe()}")
+
+
+def _print(result) -> None:
+    console = _console()
+    head = f"[bold]{result.target.describe()}[/]"
+    if result.target.correlation_id and result.domain:
+        head += f" ({result.domain}:{result.key})"
+    console.print(head, highlight=False)
+    if result.route:
+        r = result.route
+        console.print(f"  route: pinned to {r['pinned_sor'] or '-'}; last routed version "
+                      f"flag v{r['last_flag_version']} / source v{r['last_source_version']}",
+                      highlight=False)
+    if result.xref:
+        console.print(f"  xref: legacy {result.xref['legacy_key'] or '-'}, cloud "
+                      f"{result.xref['cloud_id'] or '-'}", highlight=False)
+    table = Table(show_lines=False)
+    for col in ("time (UTC)", "system", "what", "who", "flag", "message"):
+        table.add_column(col, overflow="fold")
+    for e in result.events:
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.system, e.what, e.who,
+                      _flag(e), (e.message_id or "")[:8])
+    console.print(table)
+    for note in result.sources:
+        console.print(f"  {note.name}: {note.state}" + (f" ({note.detail})" if note.detail
+                                                        else ""), highlight=False)
+
+
+def _flag(e) -> str:
+    if e.flag_version is None:
+        return ""
+    if e.flag is None or "change" not in e.flag:
+        return f"v{e.flag_version}"
+    who = f" by {e.flag['actor']}" if e.flag.get("actor") else ""
+    return f"v{e.flag_version}: {e.flag['change']}{who}"

@@ -1,0 +1,214 @@
+"""What ``coexist status`` shows on one screen, and whether anything needs attention.
+
+``collect_status(settings, state)`` reads the broker setting, every domain's
+flag (mode, rollout, version), outbox backlog and lag, open exceptions by
+failure class, the last reconciliation, stuck outbox rows, and the change
+capture position of both ERPs (the router's checkpoint against the feed's
+last cursor).  ``StatusReport.attention`` lists the reasons a person should
+look (open exceptions, backlog or lag over a threshold, capture lag, drift
+above the run's own limit, an unreadable configured source); empty means
+all is well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from bus import outbox
+from bus.exception_store import ExceptionRecord
+from coexistence.canonical import DOMAINS
+from coexistence.router import CLOUD, LEGACY
+from workers import checkpoints
+from workers.config import Settings, redact_url
+from workers.flags.audit import FlagAuditLog
+from workers.observe.sources import (
+    NOT_CONFIGURED,
+    OK,
+    UNAVAILABLE,
+    SourceNote,
+    has_table,
+    one_line,
+    open_cloud,
+    open_legacy_engine,
+    utc,
+)
+
+#: Cloud change-feed entries read past the checkpoint to measure capture lag; a lag at
+#: least this large is shown as ">= N" (the feed has no "last cursor" query).
+CLOUD_LAG_PROBE = 1000
+#: Feed name of each ERP's capture loop (``CaptureLoop.feed_name``).
+FEEDS = {LEGACY: f"router.{LEGACY}", CLOUD: f"router.{CLOUD}"}
+
+_EXC = ExceptionRecord.__table__
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Above these, ``status`` says something needs attention (and exits 1)."""
+
+    #: Unsent outbox rows, all domains together.
+    max_backlog: int = 1000
+    #: Age in seconds of the oldest unsent outbox row.
+    max_outbox_lag_s: float = 60.0
+    #: Changes in an ERP's feed the router has not captured yet.
+    max_capture_lag: int = 1000
+
+
+@dataclass
+class StatusReport:
+    broker: dict[str, Any]
+    domains: list[dict[str, Any]]
+    outbox: dict[str, Any]
+    capture: list[dict[str, Any]]
+    sources: list[SourceNote]
+    attention: list[str] = field(default_factory=list)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "broker": self.broker, "domains": self.domains,
+                "outbox": self.outbox, "capture": self.capture,
+                "sources": [s.to_dict() for s in self.sources],
+                "attention": self.attention, "ok": not self.attention}
+
+
+def broker_info(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url:
+        return {"kind": "rabbitmq", "url": redact_url(settings.broker_url),
+                "queue_type": settings.queue_type}
+    return {"kind": "embedded", "url": str(settings.home / "bus.db"), "queue_type": "sqlite"}
+
+
+def open_exceptions(state: Engine) -> dict[str, dict[str, int]]:
+    """Open exception records per domain (``-`` for none) and failure class."""
+    stmt = (select(_EXC.c.domain, _EXC.c.failure_class, func.count())
+            .where(_EXC.c.status == "open").group_by(_EXC.c.domain, _EXC.c.failure_class))
+    out: dict[str, dict[str, int]] = {}
+    with state.connect() as conn:
+        for domain, failure_class, n in conn.execute(stmt):
+            out.setdefault(domain or "-", {})[failure_class] = int(n)
+    return out
+
+
+def last_reconciliations(state: Engine) -> dict[str, dict[str, Any]] | None:
+    """Each domain's newest reconciliation run, or ``None`` when the table is absent."""
+    if not has_table(state, "reconcile_run"):
+        return None
+    from workers.reconcile.store import RunStore
+
+    store = RunStore(state)
+    out = {}
+    for domain in DOMAINS:
+        run = store.last(domain)
+        if run is not None:
+            out[domain] = {"status": run["status"], "drift_pct": run["drift_pct"],
+                           "max_drift_pct": run["max_drift_pct"],
+                           "finished_at": (utc(run["finished_at"]).isoformat()
+                                           if run["finished_at"] else None)}
+    return out
+
+
+def capture_lag(settings: Settings, state: Engine) -> tuple[list[dict[str, Any]],
+                                                             list[SourceNote]]:
+    """Per ERP: the router's checkpoint, the feed's last cursor and the changes between."""
+    rows, notes = [], []
+    engine, note = open_legacy_engine(settings)
+    notes.append(note)
+    checkpoint = checkpoints.get(state, FEEDS[LEGACY])
+    row = {"system": LEGACY, "feed": FEEDS[LEGACY], "checkpoint": checkpoint,
+           "last_cursor": None, "lag": None, "lag_at_least": False, "state": note.state}
+    if engine is not None:
+        try:
+            from workers.legacy_erp.cdc import LegacyChangeFeed
+            from workers.legacy_erp.schema import captured_tables, key_decoders
+
+            last = LegacyChangeFeed(engine, captured_tables(), key_decoders()).last_cursor()
+            row.update(last_cursor=last, lag=max(0, last - checkpoint))
+        except Exception as exc:  # noqa: BLE001
+            notes[-1] = SourceNote(note.name, UNAVAILABLE, one_line(exc, settings.legacy_url))
+            row["state"] = UNAVAILABLE
+        finally:
+            engine.dispose()
+    rows.append(row)
+
+    cloud, note = open_cloud(settings)
+    checkpoint = checkpoints.get(state, FEEDS[CLOUD])
+    row = {"system": CLOUD, "feed": FEEDS[CLOUD], "checkpoint": checkpoint,
+           "last_cursor": None, "lag": None, "lag_at_least": False, "state": note.state}
+    if cloud is not None:
+        try:
+            pending = cloud.read(checkpoint, CLOUD_LAG_PROBE)
+            row.update(lag=len(pending), lag_at_least=len(pending) >= CLOUD_LAG_PROBE,
+                       last_cursor=pending[-1].cursor if pending else checkpoint)
+        except Exception as exc:  # noqa: BLE001
+            note = SourceNote(note.name, UNAVAILABLE, one_line(exc, settings.cloud_url))
+            row["state"] = UNAVAILABLE
+        finally:
+            cloud.close()
+    notes.append(note)
+    rows.append(row)
+    return rows, notes
+
+
+def collect_status(settings: Settings, state: Engine,
+                   thresholds: Thresholds = Thresholds()) -> StatusReport:
+    flags = FlagAuditLog(state).latest()
+    exceptions = open_exceptions(state)
+    runs = last_reconciliations(state)
+    domains = []
+    for domain in DOMAINS:
+        flag = flags[domain]
+        run = (runs or {}).get(domain)
+        domains.append({
+            "domain": domain, "mode": flag.mode.value, "base_mode": flag.base_mode.value,
+            "rollout": flag.rollout.describe(), "flag_version": flag.version,
+            "backlog": outbox.backlog(state, domain),
+            "lag_s": round(outbox.lag_seconds(state, domain), 3),
+            "open_exceptions": exceptions.get(domain, {}),
+            "last_reconciliation": run,
+        })
+    stuck = outbox.stuck(state)
+    box = {"backlog": outbox.backlog(state), "lag_s": round(outbox.lag_seconds(state), 3),
+           "stuck": [{"id": r.id, "message_id": r.message_id, "domain": r.domain,
+                      "key": r.partition_key, "attempts": r.attempts,
+                      "last_error": r.last_error} for r in stuck],
+           "open_exceptions_without_domain": exceptions.get("-", {})}
+    capture, notes = capture_lag(settings, state)
+    if runs is None:
+        notes.append(SourceNote("reconciliation", UNAVAILABLE, "no reconcile_run table"))
+    report = StatusReport(broker_info(settings), domains, box, capture, notes)
+    report.attention = _attention(report, thresholds)
+    return report
+
+
+def _attention(report: StatusReport, t: Thresholds) -> list[str]:
+    reasons = []
+    for d in report.domains:
+        n = sum(d["open_exceptions"].values())
+        if n:
+            by_class = ", ".join(f"{k} {v}" for k, v in sorted(d["open_exceptions"].items()))
+            reasons.append(f"{d['domain']}: {n} open exception(s) ({by_class})")
+        run = d["last_reconciliation"]
+        if run and run["status"] == "drift":
+            reasons.append(f"{d['domain']}: last reconciliation drift {run['drift_pct']}% "
+                           f"above its limit {run['max_drift_pct']}%")
+    loose = sum(report.outbox["open_exceptions_without_domain"].values())
+    if loose:
+        reasons.append(f"{loose} open exception(s) without a domain (undecodable messages)")
+    if report.outbox["backlog"] > t.max_backlog:
+        reasons.append(f"outbox backlog {report.outbox['backlog']} > {t.max_backlog}")
+    if report.outbox["lag_s"] > t.max_outbox_lag_s:
+        reasons.append(f"outbox lag {report.outbox['lag_s']:.1f}s > {t.max_outbox_lag_s:g}s")
+    if report.outbox["stuck"]:
+        reasons.append(f"{len(report.outbox['stuck'])} outbox row(s) keep failing to publish")
+    for c in report.capture:
+        if c["lag"] is not None and c["lag"] > t.max_capture_lag:
+            reasons.append(f"{c['system']} capture lag {c['lag']} change(s) > "
+                           f"{t.max_capture_lag}")
+    for note in report.sources:
+        if note.state not in (OK, NOT_CONFIGURED) and note.name != "reconciliation":
+            reasons.append(f"{note.name} {note.state}: {note.detail}")
+    return reasons
