@@ -109,6 +109,27 @@ def open_cloud(settings: Settings) -> Erp:
     return CloudErp.from_settings(settings)
 
 
+def open_feeds(settings: Settings) -> dict[str, Any]:
+    """The change feeds the router captures, for lag checks; never creates anything.
+
+    The legacy feed only when its change log exists, the cloud feed only when a cloud
+    ERP is configured: a system coexist cannot see yet has no lag to wait for.
+    """
+    from sqlalchemy import inspect
+
+    from workers.legacy_erp.capture import CHGLOG
+    from workers.legacy_erp.cdc import LegacyChangeFeed
+    from workers.legacy_erp.schema import captured_tables, create_legacy_engine, key_decoders
+
+    feeds: dict[str, Any] = {}
+    engine = create_legacy_engine(settings.legacy_url)
+    if inspect(engine).has_table(CHGLOG.name):
+        feeds[LEGACY] = LegacyChangeFeed(engine, captured_tables(), key_decoders())
+    if settings.cloud_url:
+        feeds[CLOUD] = open_cloud(settings)
+    return feeds
+
+
 def bootstrap(
     settings: Settings,
     *,

@@ -187,6 +187,9 @@ def _apply(env: _Env, p: TransitionPlan, *, action: str, reason: str, force: boo
     if not reason.strip():
         raise UserError("--reason must not be empty")
     _print_plan(console, p, force)
+    if wait and p.allowed(force):
+        _wait_for_capture(env, wait_timeout_s)
+        console.print("changes logged before this switch: all routed under the old flag")
     try:
         after = env.cutover.apply(p, actor=who, reason=reason, force=force, action=action)
     except TransitionRefused as exc:
@@ -199,6 +202,27 @@ def _apply(env: _Env, p: TransitionPlan, *, action: str, reason: str, force: boo
         except DrainTimeout as exc:
             raise Refused(str(exc)) from None
         console.print(f"in-flight {after.domain} work under older flag versions: drained")
+
+
+def _wait_for_capture(env: _Env, timeout_s: float) -> None:
+    """Before the switch: the router must have routed every change the ERPs logged so far,
+    or those changes would be judged under the new flag (see ``workers.router.lag``)."""
+    from workers.bootstrap import open_feeds
+    from workers.router.lag import CaptureBehind, wait_for_capture
+
+    try:
+        feeds = open_feeds(env.settings)
+    except Exception as exc:  # noqa: BLE001 - one line for the user
+        raise UserError(f"cannot read the change feeds: {type(exc).__name__}: {exc}") from None
+    try:
+        wait_for_capture(env.engine, feeds, timeout_s)
+    except CaptureBehind as exc:
+        raise Refused(str(exc)) from None
+    finally:
+        for feed in feeds.values():
+            close = getattr(feed, "close", None)
+            if close is not None:
+                close()
 
 
 _reason = click.option("--reason", required=True, help="Why (mandatory, audited).")
