@@ -37,6 +37,18 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+#: ``--metrics-port``: Prometheus metrics (``workers.metrics``) on 127.0.0.1, off by default.
+_METRICS_PORT = click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+                             help="Serve Prometheus metrics on 127.0.0.1:PORT (default: off).")
+
+
+def _serve_metrics(port: int | None, app) -> None:
+    if port is not None:
+        from workers import metrics
+
+        metrics.serve(port, app)
+
+
 def _start_worker(app, threads: int) -> dramatiq.Worker:
     worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=500)
     worker.start()
@@ -46,12 +58,14 @@ def _start_worker(app, threads: int) -> dramatiq.Worker:
 @click.command("run")
 @click.option("--threads", default=4, show_default=True, help="Worker threads in this process.")
 @click.option("--log-level", default="INFO", show_default=True)
-def run(threads: int, log_level: str) -> None:
+@_METRICS_PORT
+def run(threads: int, log_level: str, metrics_port: int | None) -> None:
     """Router and workers in one process (the embedded default), until SIGTERM."""
     from workers.bootstrap import bootstrap, run_router
 
     configure_logging(log_level)
     app = bootstrap(Settings.from_env())
+    _serve_metrics(metrics_port, app)
     stop = _stop_on_signals()
     worker = _start_worker(app, threads)
     try:
@@ -63,12 +77,14 @@ def run(threads: int, log_level: str) -> None:
 
 @click.command("router")
 @click.option("--log-level", default="INFO", show_default=True)
-def router(log_level: str) -> None:
+@_METRICS_PORT
+def router(log_level: str, metrics_port: int | None) -> None:
     """Change capture of both ERPs and the outbox relay, until SIGTERM."""
     from workers.bootstrap import bootstrap, run_router
 
     configure_logging(log_level)
     app = bootstrap(Settings.from_env())
+    _serve_metrics(metrics_port, app)
     stop = _stop_on_signals()
     try:
         run_router(app, stop)
@@ -79,12 +95,14 @@ def router(log_level: str) -> None:
 @click.command("worker")
 @click.option("--threads", default=8, show_default=True, help="Worker threads.")
 @click.option("--log-level", default="INFO", show_default=True)
-def worker(threads: int, log_level: str) -> None:
+@_METRICS_PORT
+def worker(threads: int, log_level: str, metrics_port: int | None) -> None:
     """Worker threads for the router's queues (writers, commands, reports), until SIGTERM."""
     from workers.bootstrap import bootstrap
 
     configure_logging(log_level)
     app = bootstrap(Settings.from_env())
+    _serve_metrics(metrics_port, app)
     stop = _stop_on_signals()
     w = _start_worker(app, threads)
     try:

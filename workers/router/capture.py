@@ -37,7 +37,7 @@ from coexistence.router import (
     routed_version,
     split_version,
 )
-from workers import checkpoints
+from workers import checkpoints, metrics
 from workers.router import queues
 from workers.router.state import RouteRow, get_routes, put_routes
 
@@ -175,6 +175,7 @@ class CaptureLoop:
             routes.flush()
             checkpoints.advance(session, self.feed_name, changes[-1].cursor, expected=after)
             session.commit()
+        metrics.captured(self.system, stats, changes)
         return stats
 
     def _records(self, changes: list[Change]) -> dict[tuple[str, str], CanonicalRecord]:

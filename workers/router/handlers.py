@@ -21,6 +21,7 @@ from coexistence.canonical import decode
 from coexistence.ownership import FIELD_OWNERSHIP, OwnershipViolation, merge_owned
 from coexistence.ports import Erp, WriteResult
 from coexistence.router import decide_command, routed_version
+from workers import metrics
 from workers.router import queues
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def report_violations(violations: tuple[OwnershipViolation, ...], cause: Envelop
         send(queues.REPORT_ACTOR, queues.REPORT_QUEUE, env)
 
 
+@metrics.counts_writes
 def apply_write(env: Envelope, target: Erp, send: Send) -> WriteResult:
     """Write one routed change into ``target`` (shadow write, repair or delete).
 
