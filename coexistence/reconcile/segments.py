@@ -15,7 +15,7 @@ the difference that only one side has to be asked over the network.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from coexistence.reconcile.digest import add_digest
@@ -35,8 +35,8 @@ class Segment:
         return key >= self.lo and (self.hi is None or key < self.hi)
 
 
-#: (lo, hi, parts) -> the remote side's segments covering [lo, hi), at most ``parts``.
-RemoteSplit = Callable[[str, "str | None", int], list[Segment]]
+#: [(lo, hi), ...], parts -> for each range, the remote side's segments covering it.
+RemoteSplitMany = Callable[[list[tuple[str, "str | None"]], int], list[list[Segment]]]
 
 
 def checksum(items: Sequence[Item]) -> tuple[int, int]:
@@ -72,32 +72,42 @@ def partition(items: Sequence[Item], segments: Sequence[Segment]) -> list[list[I
     return out
 
 
-def bisect_differences(
-    segment: Segment, items: Sequence[Item], remote: RemoteSplit, *,
+def bisect_window(
+    window: Sequence[tuple[Segment, Sequence[Item]]], remote: RemoteSplitMany, *,
     parts: int = 8, min_records: int = 32,
-) -> Iterator[tuple[Segment, list[Item], bool]]:
-    """Narrow a differing segment down: yields (range, local items, differs).
+) -> list[tuple[Segment, list[Item], bool]]:
+    """Narrow the differing segments of a window down, level by level, so that each
+    level costs the remote side one request whatever the number of segments.
 
-    Ranges that agree come out with ``differs`` False (their items are equal
-    on both sides); ranges that still differ at ``min_records`` or below, or
-    that the remote side cannot split further, come out with ``differs`` True
-    for the caller to fetch and compare.
+    ``window`` holds consecutive segments with their local items.  Returns every
+    range of the window once, sorted by key: (range, local items, differs).
+    Ranges that agree hold equal records on both sides; ranges that still
+    differ at ``min_records`` or below, or that the remote side cannot split
+    further, are to be fetched and compared record by record.
     """
-    if same(segment, items):
-        yield segment, list(items), False
-        return
-    if max(segment.count, len(items)) <= min_records:
-        yield segment, list(items), True
-        return
-    subs = remote(segment.lo, segment.hi, parts)
-    if len(subs) <= 1:
-        yield segment, list(items), True
-        return
-    for sub, sub_items in zip(subs, partition(items, subs), strict=True):
-        if same(sub, sub_items):
-            yield sub, sub_items, False
-        elif max(sub.count, len(sub_items)) <= min_records:
-            yield sub, sub_items, True
+    done: list[tuple[Segment, list[Item], bool]] = []
+    pending: list[tuple[Segment, list[Item]]] = []
+    for seg, items in window:
+        if same(seg, items):
+            done.append((seg, list(items), False))
+        elif max(seg.count, len(items)) <= min_records:
+            done.append((seg, list(items), True))
         else:
-            yield from bisect_differences(sub, sub_items, remote, parts=parts,
-                                          min_records=min_records)
+            pending.append((seg, list(items)))
+    while pending:
+        answers = remote([(seg.lo, seg.hi) for seg, _ in pending], parts)
+        next_level: list[tuple[Segment, list[Item]]] = []
+        for (seg, items), subs in zip(pending, answers, strict=True):
+            if len(subs) <= 1:
+                done.append((seg, items, True))
+                continue
+            for sub, sub_items in zip(subs, partition(items, subs), strict=True):
+                if same(sub, sub_items):
+                    done.append((sub, sub_items, False))
+                elif max(sub.count, len(sub_items)) <= min_records:
+                    done.append((sub, sub_items, True))
+                else:
+                    next_level.append((sub, sub_items))
+        pending = next_level
+    done.sort(key=lambda d: d[0].lo)
+    return done

@@ -135,9 +135,9 @@ MODES = {
     "full": ("full", None),
     # Small segments so that bisection, fetches of ranges and equal pieces all happen.
     "checksum": ("checksum", Tuning(segment_records=16, bisect_parts=4, bisect_min_records=2,
-                                    fallback_share=1.0)),
+                                    fallback_share=1.0, window_segments=3)),
     "fallback": ("checksum", Tuning(segment_records=8, fallback_share=0.0,
-                                    fallback_min_segments=2)),
+                                    fallback_min_segments=2, window_segments=1)),
 }
 
 

@@ -20,7 +20,7 @@ from coexistence.reconcile.engine import (
     merge,
 )
 from coexistence.reconcile.findings import Counts, Finding, Kind
-from coexistence.reconcile.segments import Segment, bisect_differences, checksum, same
+from coexistence.reconcile.segments import Segment, bisect_window, checksum, partition, same
 from coexistence.reconcile.tolerances import normalise, tolerances_for
 from coexistence.sample import iter_customers
 from coexistence.xref import XrefEntry
@@ -140,8 +140,11 @@ def test_duplicate_tracker_groups_keys_by_natural_key():
 
 
 def fake_remote(remote_items: list[Item], calls: list):
+    def split_many(ranges, parts):
+        calls.append(ranges)
+        return [split(lo, hi, parts) for lo, hi in ranges]
+
     def split(lo, hi, parts):
-        calls.append((lo, hi))
         inside = [i for i in remote_items if i.key >= lo and (hi is None or i.key < hi)]
         step = max(1, -(-len(inside) // parts))
         out = []
@@ -151,7 +154,7 @@ def fake_remote(remote_items: list[Item], calls: list):
             out.append((bound, *checksum(chunk)))
         return [Segment(b, out[n + 1][0] if n + 1 < len(out) else hi, c, t)
                 for n, (b, c, t) in enumerate(out)]
-    return split
+    return split_many
 
 
 @settings(max_examples=60, deadline=None)
@@ -178,10 +181,13 @@ def test_bisection_plus_range_compare_finds_exactly_the_differences(n, seed, n_d
     changed = {k for k, _ in {(i.key, i.digest) for i in local}
                ^ {(i.key, i.digest) for i in remote}}
     calls: list = []
-    split = fake_remote(remote, calls)
-    top = Segment("", None, *checksum(remote))
+    split_many = fake_remote(remote, calls)
+    # The remote side's top-level segments, as the simulator chooses them.
+    top = split_many([("", None)], max(1, len(remote) // 20))[0]
+    calls.clear()
+    window = list(zip(top, partition(local, top), strict=True))
     seen, differing = [], set()
-    for sub, sub_items, differs in bisect_differences(top, local, split, parts=4, min_records=3):
+    for sub, sub_items, differs in bisect_window(window, split_many, parts=4, min_records=3):
         seen.extend(i.key for i in sub_items)
         if differs:
             for a, b in merge(sub_items, [i for i in remote if sub.holds(i.key)]):
@@ -195,16 +201,21 @@ def test_bisection_plus_range_compare_finds_exactly_the_differences(n, seed, n_d
         assert calls == []
 
 
-def test_bisection_asks_for_few_ranges_when_one_record_differs():
+def test_bisection_asks_one_request_per_level_whatever_the_number_of_segments():
     local = [Item(f"{k:05d}", k * 7919) for k in range(1024)]
     remote = [Item(i.key, i.digest) for i in local]
-    remote[500] = Item(remote[500].key, 1)
+    for k in (100, 500, 900):
+        remote[k] = Item(remote[k].key, 1)
     calls: list = []
-    out = list(bisect_differences(Segment("", None, *checksum(remote)), local,
-                                  fake_remote(remote, calls), parts=8, min_records=16))
+    split_many = fake_remote(remote, calls)
+    top = split_many([("", None)], 8)[0]  # 8 segments of 128
+    calls.clear()
+    out = bisect_window(list(zip(top, partition(local, top), strict=True)), split_many,
+                        parts=8, min_records=16)
     fetched = [s for s, _, differs in out if differs]
-    assert len(fetched) == 1 and fetched[0].count <= 16
-    assert len(calls) == 2  # 1024 in 8 pieces of 128, the differing one in 8 of 16
+    assert [s.count for s in fetched] == [16, 16, 16]
+    assert len(calls) == 1 and len(calls[0]) == 3  # one request splits all three
+    assert [s.lo for s, _, _ in out] == sorted(s.lo for s, _, _ in out)
 
 
 # --------------------------------------------------------------------------- repair plans

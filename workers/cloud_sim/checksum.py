@@ -13,6 +13,11 @@
     boundaries chosen from the records in the range; no cache refresh.
 ``GET /reconcile/{set}/records?from=A&to=B``
     the live documents in ``[A, B)`` as NDJSON, sorted by number, like ``/export``.
+``POST /reconcile/{set}/segments`` ``{"ranges": [[A, B], ...], "parts": K}``
+    the split of many ranges in one round trip: ``{"segments": [[...], ...]}``, one
+    list per range (``B`` null: to the end).
+``POST /reconcile/{set}/records`` ``{"ranges": [[A, B], ...]}``
+    the documents of many sorted, disjoint ranges in one NDJSON stream.
 
 Digests (``coexistence.reconcile.digest.record_digest``: canonical, then the
 legacy normalisation, then the legacy row form) cost a translation each, so
@@ -35,7 +40,13 @@ from coexistence.reconcile.digest import add_digest, natural_key, natural_key_ha
 from coexistence.reconcile.tolerances import normalise
 from coexistence.translate.cloud import canonical_from_json
 from workers.cloud_sim.http import Request, Response
-from workers.cloud_sim.protocol import ApiError, int_param, json_response, resource_model
+from workers.cloud_sim.protocol import (
+    ApiError,
+    int_param,
+    json_response,
+    parse_json,
+    resource_model,
+)
 from workers.cloud_sim.store import EXPORT_CHUNK_ROWS, Store, etag_of
 
 SCHEMA = """
@@ -66,11 +77,20 @@ _CURRENT = ("FROM entities e JOIN reconcile_digest d "
 def handle(store: Store, req: Request, path: str) -> Response:
     """Answer one ``/reconcile/...`` request at ``path`` (see the module docstring)."""
     match = _PATH.match(path)
-    if not match or req.method != "GET":
+    if not match or req.method not in ("GET", "POST"):
         raise ApiError(404, "NotFound", f"no reconcile resource {req.method} {path}")
     entity_set, what = match.groups()
     domain = resource_model(entity_set).domain
     _ensure_schema(store)
+    if req.method == "POST":
+        body = parse_json(req.body)
+        ranges = _ranges(body)
+        if what == "records":
+            return Response(200, stream=_records_many(store, entity_set, ranges),
+                            content_type="application/x-ndjson")
+        parts = int_param({"parts": str(body.get("parts", 8))}, "parts", 8, MAX_PARTS)
+        return json_response(200, {"segments": [_split(store, entity_set, lo, hi, parts)
+                                                for lo, hi in ranges]})
     if what == "records":
         return Response(200, stream=_records(store, entity_set, req.query.get("from", ""),
                                              req.query.get("to")),
@@ -83,6 +103,22 @@ def handle(store: Store, req: Request, path: str) -> Response:
     parts = int_param(req.query, "parts", 8, MAX_PARTS)
     return json_response(200, {"segments": _split(store, entity_set, req.query.get("from", ""),
                                                   req.query.get("to"), parts)})
+
+
+def _ranges(body) -> list[tuple[str, str | None]]:
+    ranges = body.get("ranges") if isinstance(body, dict) else None
+    if not isinstance(ranges, list) or not all(
+            isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+            and (r[1] is None or isinstance(r[1], str)) for r in ranges):
+        raise ApiError(400, "BadRequest", 'body must be {"ranges": [[from, to or null], ...]}',
+                       ["ranges"])
+    return [(lo, hi) for lo, hi in ranges]
+
+
+def _records_many(store: Store, entity_set: str,
+                  ranges: list[tuple[str, str | None]]) -> Iterator[bytes]:
+    for lo, hi in ranges:
+        yield from _records(store, entity_set, lo, hi)
 
 
 def _ensure_schema(store: Store) -> None:

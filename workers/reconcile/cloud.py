@@ -87,19 +87,43 @@ class CloudReader:
         return [Segment(s_lo, segs[i + 1][0] if i + 1 < len(segs) else hi, count, total)
                 for i, (s_lo, count, total) in enumerate(segs)]
 
+    def split_many(self, domain: str, ranges: list[tuple[str, str | None]],
+                   parts: int) -> list[list[Segment]]:
+        """``split`` of many ranges in one request."""
+        self.requests += 1
+        try:
+            response = self.http.post(f"/reconcile/{RESOURCES[domain]}/segments",
+                                      json={"ranges": ranges, "parts": parts})
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"cloud ERP {self.http.base_url}: splitting {domain} "
+                                   f"segments: {type(exc).__name__}: {exc}") from None
+        answers = self._json(response)["segments"]
+        return [[Segment(s_lo, segs[i + 1][0] if i + 1 < len(segs) else hi, count, total)
+                 for i, (s_lo, count, total) in enumerate(segs)]
+                for (_, hi), segs in zip(ranges, answers, strict=True)]
+
+    def records_many(self, domain: str, ranges: list[tuple[str, str | None]]
+                     ) -> Iterator[Item]:
+        """The cloud's records in many sorted, disjoint ranges, in one request."""
+        yield from self._ndjson(domain, "POST", {"json": {"ranges": ranges}},
+                                f"{len(ranges)} ranges")
+
     def records(self, domain: str, lo: str, hi: str | None) -> Iterator[Item]:
         """The cloud's records in ``[lo, hi)``, sorted by key."""
         params = {"from": lo}
         if hi is not None:
             params["to"] = hi
+        yield from self._ndjson(domain, "GET", {"params": params}, f"[{lo!r}, {hi!r})")
+
+    def _ndjson(self, domain: str, method: str, kwargs: dict, what: str) -> Iterator[Item]:
         self.requests += 1
         try:
-            with self.http.stream("GET", f"/reconcile/{RESOURCES[domain]}/records",
-                                  params=params) as response:
+            with self.http.stream(method, f"/reconcile/{RESOURCES[domain]}/records",
+                                  **kwargs) as response:
                 if response.status_code != 200:
                     response.read()
                     raise CloudUnavailable(f"cloud ERP answered {response.status_code} for "
-                                           f"{domain} records [{lo!r}, {hi!r})")
+                                           f"{domain} records {what}")
                 for line in response.iter_lines():
                     if line:
                         self.records_fetched += 1

@@ -7,12 +7,13 @@ the union of both ERPs, in key order:
   checksums of runs of ``segment_records`` records come in one request; the
   legacy rows stream past (digested, never translated unless compared) and
   each run is checked against its cloud checksum.  A run that agrees is
-  counted unchanged without a cloud record crossing the network; one that
-  differs is bisected (``bisect_parts`` pieces per request) down to
-  ``bisect_min_records`` and only those pieces are fetched and compared.
-  When more than ``fallback_share`` of the runs seen so far differ, the rest
-  of the domain is compared in one stream instead (bisection would fetch
-  nearly everything anyway, in many requests).
+  counted unchanged without a cloud record crossing the network; runs that
+  differ are bisected (``bisect_parts`` pieces per level) down to
+  ``bisect_min_records``, a window of ``window_segments`` runs at a time so
+  that each level and the fetch of the differing pieces is one request per
+  window, and only those pieces are fetched and compared.  When more than
+  ``fallback_share`` of the records seen so far had to be fetched, the rest of
+  the domain is compared in one stream instead.
 * **full**: both sides stream in full (any cloud ERP, through its export).
 """
 
@@ -24,22 +25,25 @@ from dataclasses import dataclass
 
 from coexistence.reconcile.engine import Item, Reconciler, merge
 from coexistence.reconcile.findings import Finding, Report
-from coexistence.reconcile.segments import bisect_differences, same
+from coexistence.reconcile.segments import bisect_window, same
 from coexistence.reconcile.tolerances import tolerances_for
 from coexistence.xref import XrefEntry
 from workers.reconcile.cloud import CloudReader
 from workers.reconcile.legacy import LegacyReader
 
 #: Records per checksum segment the cloud is asked for first.
-CHECKSUM_SEGMENT_RECORDS = 256
-#: Pieces a differing segment is split into per request, and the size at which a
+CHECKSUM_SEGMENT_RECORDS = 128
+#: Pieces a differing segment is split into per level, and the size at which a
 #: piece is fetched rather than split again.
 BISECT_PARTS = 8
-BISECT_MIN_RECORDS = 32
-#: Share of differing segments above which the rest is streamed in full, judged after
-#: at least this many segments.
-FALLBACK_DIFFERING_SHARE = 0.5
-FALLBACK_MIN_SEGMENTS = 16
+BISECT_MIN_RECORDS = 16
+#: Segments bisected together: each bisection level and the fetch of the differing
+#: pieces cost one request per window (memory: the window's legacy records).
+WINDOW_SEGMENTS = 64
+#: Share of the records seen so far that had to be fetched from the cloud above which
+#: the rest is streamed in full, judged after at least this many segments.
+FALLBACK_FETCHED_SHARE = 0.5
+FALLBACK_MIN_SEGMENTS = 64
 #: Legacy records beyond the cloud's count that a segment may buffer before it is
 #: compared record by record as it streams (bounds memory when the cloud lacks a range).
 OVERFLOW_SLACK_RECORDS = 1024
@@ -62,8 +66,9 @@ class Tuning:
     segment_records: int = CHECKSUM_SEGMENT_RECORDS
     bisect_parts: int = BISECT_PARTS
     bisect_min_records: int = BISECT_MIN_RECORDS
-    fallback_share: float = FALLBACK_DIFFERING_SHARE
+    fallback_share: float = FALLBACK_FETCHED_SHARE
     fallback_min_segments: int = FALLBACK_MIN_SEGMENTS
+    window_segments: int = WINDOW_SEGMENTS
 
 
 class _Peek:
@@ -157,10 +162,26 @@ def _observed(items: Iterator[Item], rec: Reconciler, deadline: float | None) ->
 
 def _by_checksum(domain, segments, items: _Peek, cloud: CloudReader, rec: Reconciler,
                  report: Report, tuning: Tuning, deadline: float | None) -> None:
-    def split(lo, hi, parts):
+    def split_many(ranges, parts):
         if deadline is not None and time.monotonic() > deadline:
             raise ReconcileTimeout
-        return cloud.split(domain, lo, hi, parts)
+        return cloud.split_many(domain, ranges, parts)
+
+    window: list = []
+    seen = [0]
+
+    def flush() -> None:
+        results = bisect_window(window, split_many, parts=tuning.bisect_parts,
+                                min_records=tuning.bisect_min_records)
+        window.clear()
+        ranges = [(sub.lo, sub.hi) for sub, _, differs in results if differs]
+        fetched = _Ahead(cloud.records_many(domain, ranges) if ranges else iter(()))
+        for sub, sub_items, differs in results:
+            if differs:
+                for pair in merge(sub_items, fetched.below(sub.hi)):
+                    rec.pair(*pair)
+            else:
+                rec.equal(sub_items)
 
     differing = 0
     for n, seg in enumerate(segments, 1):
@@ -173,31 +194,43 @@ def _by_checksum(domain, segments, items: _Peek, cloud: CloudReader, rec: Reconc
             buf.append(item)
             if len(buf) > limit:
                 break
+        seen[0] += len(buf)
         if len(buf) > limit:
             # Far more legacy records than the cloud has here: compare as they stream.
+            flush()
             differing += 1
             rest = _chain(buf, items.below(seg.hi))
             for pair in merge(rest, cloud.records(domain, seg.lo, seg.hi)):
                 rec.pair(*pair)
-        elif same(seg, buf):
-            rec.equal(buf)
         else:
-            differing += 1
-            for sub, sub_items, differs in bisect_differences(
-                    seg, buf, split, parts=tuning.bisect_parts,
-                    min_records=tuning.bisect_min_records):
-                if differs:
-                    for pair in merge(sub_items, cloud.records(domain, sub.lo, sub.hi)):
-                        rec.pair(*pair)
-                else:
-                    rec.equal(sub_items)
+            if not same(seg, buf):
+                differing += 1
+            window.append((seg, buf))
+            if len(window) >= tuning.window_segments:
+                flush()
         report.segments_differing = differing
         if (seg.hi is not None and n >= tuning.fallback_min_segments
-                and differing / n > tuning.fallback_share):
+                and cloud.records_fetched > tuning.fallback_share * max(seen[0], 1)):
+            # Bisection is fetching most records anyway: one stream is cheaper.
+            flush()
             report.fell_back = True
             for pair in merge(items.below(None), cloud.records(domain, seg.hi, None)):
                 rec.pair(*pair)
             return
+    flush()
+
+
+class _Ahead:
+    """Cloud items of many ranges from one stream, handed out range by range."""
+
+    def __init__(self, stream: Iterator[Item]) -> None:
+        self._it = stream
+        self.head = next(stream, None)
+
+    def below(self, hi: str | None) -> Iterator[Item]:
+        while self.head is not None and (hi is None or self.head.key < hi):
+            item, self.head = self.head, next(self._it, None)
+            yield item
 
 
 def _chain(first: list[Item], rest: Iterator[Item]) -> Iterator[Item]:
