@@ -142,6 +142,7 @@ def test_the_table_names_the_sources_and_the_flag_change_that_routed_each_messag
     assert "stray write by JSMITH" in result.output
     assert "v2: shadow -> cloud by bob" in result.output
     assert "cloud change feed: not configured" in result.output
+    assert "StrayWrite [open]" in result.output  # people's texts are never read as markup
 
 
 def test_since_leaves_out_what_happened_before(stray):

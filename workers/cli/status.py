@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workers.config import Settings
@@ -60,7 +61,8 @@ def status(max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int, fmt:
 def _print(report) -> None:
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
     b = report.broker
-    console.print(f"[bold]broker[/]: {b['kind']} {b['url']} ({b['queue_type']})",
+    console.print(f"[bold]broker[/]: {escape(b['kind'])} {escape(b['url'])} "
+                  f"({escape(b['queue_type'])})",
                   highlight=False)
     table = Table(title="domains")
     for col in ("domain", "mode", "flag v", "backlog", "lag s", "open exceptions",
@@ -91,10 +93,11 @@ def _print(report) -> None:
                           f"{c['last_cursor']}, {lag} change(s) behind", highlight=False)
     for note in report.sources:
         if note.state != "ok":
-            console.print(f"  {note.name}: {note.state} ({note.detail})", highlight=False)
+            console.print(escape(f"  {note.name}: {note.state} ({note.detail})"),
+                          highlight=False)
     if report.attention:
         console.print("[bold red]needs attention:[/]")
         for reason in report.attention:
-            console.print(f"  - {reason}", highlight=False)
+            console.print(escape(f"  - {reason}"), highlight=False)
     else:
         console.print("[green]all is well[/]")

@@ -11,6 +11,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workers.cli.common import UserError
@@ -97,7 +98,7 @@ def trace(target: str, since: str | None, limit: int, cloud_scan: int, fmt: str)
 
 def _print(result) -> None:
     console = _console()
-    head = f"[bold]{result.target.describe()}[/]"
+    head = f"[bold]{escape(result.target.describe())}[/]"
     if result.target.correlation_id and result.domain:
         head += f" ({result.domain}:{result.key})"
     console.print(head, highlight=False)
@@ -107,18 +108,20 @@ def _print(result) -> None:
                       f"flag v{r['last_flag_version']} / source v{r['last_source_version']}",
                       highlight=False)
     if result.xref:
-        console.print(f"  xref: legacy {result.xref['legacy_key'] or '-'}, cloud "
-                      f"{result.xref['cloud_id'] or '-'}", highlight=False)
+        console.print(escape(f"  xref: legacy {result.xref['legacy_key'] or '-'}, cloud "
+                             f"{result.xref['cloud_id'] or '-'}"), highlight=False)
     table = Table(show_lines=False)
     for col in ("time (UTC)", "system", "what", "who", "flag", "message"):
         table.add_column(col, overflow="fold")
     for e in result.events:
-        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.system, e.what, e.who,
-                      _flag(e), (e.message_id or "")[:8])
+        # Texts come from people and ERPs: never let rich read them as markup.
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.system, escape(e.what),
+                      escape(e.who), escape(_flag(e)), (e.message_id or "")[:8])
     console.print(table)
     for note in result.sources:
-        console.print(f"  {note.name}: {note.state}" + (f" ({note.detail})" if note.detail
-                                                        else ""), highlight=False)
+        console.print(escape(f"  {note.name}: {note.state}" + (f" ({note.detail})"
+                                                               if note.detail else "")),
+                      highlight=False)
 
 
 def _flag(e) -> str:
