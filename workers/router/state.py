@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import case, select
+from sqlalchemy import BigInteger, case, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field
 
@@ -30,7 +30,8 @@ class RecordRoute(StateTable, table=True):
     domain: str = Field(primary_key=True, max_length=32)
     key: str = Field(primary_key=True, max_length=256)
     pinned_sor: str | None = Field(default=None, max_length=16)
-    last_version: int = Field(default=0)
+    #: A routed version (flag version << 40 | source version): needs 64 bits on PostgreSQL.
+    last_version: int = Field(default=0, sa_type=BigInteger)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
