@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from coexistence.flags import FULL, ROUTES, FlagSource, FlagState, Mode, Rollout, bucket
+# This folder holds bus.py (the bus benchmark), which would shadow the ``bus`` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parents[1]))
+
+from coexistence.flags import FULL, ROUTES, FlagSource, FlagState, Mode, Rollout, bucket  # noqa: E402
 
 KEYS = [f"C{i:06d}" for i in range(10_000)]
 ATTRS = [{"region": ("WEST", "EAST", "NORTH")[i % 3], "warehouse": f"W0{i % 4}"}
