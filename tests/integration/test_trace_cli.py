@@ -166,6 +166,23 @@ def test_bad_targets_are_one_line_errors_with_exit_2(stray, arg, message):
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_an_unknown_correlation_id_finds_nothing_and_exits_1(stray):
+    _, env = stray
+    result = run(env, "5b0c7f2e-0000-4c0e-9a51-000000000000")
+    assert result.exit_code == 1
+    assert "nothing found for correlation 5b0c7f2e-0000-4c0e-9a51-000000000000" in result.output
+
+
+def test_an_unreachable_state_database_is_one_line_without_its_password(stray):
+    _, env = stray
+    url = "postgresql+psycopg://coexist:pa55word@127.0.0.1:1/state"
+    for command in (["trace", "customer:10042"], ["status"]):
+        result = CliRunner().invoke(cli, command, env={**env, "COEXIST_STATE_URL": url})
+        assert result.exit_code == 2, result.output
+        assert "cannot open the state database" in result.output
+        assert "pa55word" not in result.output and "Traceback" not in result.output
+
+
 def test_a_bad_since_is_a_one_line_error(stray):
     _, env = stray
     result = run(env, "customer:10042", "--since", "yesterday")

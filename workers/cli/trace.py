@@ -65,6 +65,9 @@ def trace(target: str, since: str | None, limit: int, cloud_scan: int, fmt: str)
     Each message shows the flag version it was routed under and which audited
     flag change (who, when, why) that version was.  A source that cannot be read
     is named as unavailable; the rest is still shown.
+
+    Exit status: 0 a timeline was shown; 1 nothing was found; 2 bad input (unknown
+    domain, malformed key or id) or an unreachable state database.
     """
     from workers.observe import TraceInputError, build_trace, parse_since, parse_target
     from workers.observe.sources import open_cloud, open_legacy_engine
