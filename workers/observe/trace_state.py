@@ -100,11 +100,12 @@ def _message_event(r) -> TraceEvent:
 
 
 def _actor_target(actor: str) -> str:
+    """Where a message goes: an ERP, the report queue, the command router or a channel."""
     for system, name in queues.WRITE_ACTOR.items():
         if actor == name:
             return system
     if actor == queues.REPORT_ACTOR:
-        return "exception store"
+        return "report"
     if actor == queues.COMMAND_ACTOR:
         return "router"
     if actor.startswith("channel_"):
