@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from bus.envelope import new_envelope
@@ -16,6 +17,7 @@ from bus.outbox import add_to_outbox
 from workers.cli import cli
 from workers.config import Settings
 from workers.flags import open_state
+from workers.reconcile.store import ReconcileRun
 
 
 @pytest.fixture
@@ -26,20 +28,17 @@ def engine(tmp_path, monkeypatch):
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
     monkeypatch.setenv("COEXIST_ACTOR", "alice")
     engine = open_state(Settings.from_env())
-    # The reconciliation engineer owns this table; the columns the guards read.
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE reconcile_run (id INTEGER PRIMARY KEY, domain TEXT, "
-                          "finished_at TIMESTAMP, drift_pct REAL)"))
     yield engine
     engine.dispose()
 
 
 def reconciled(engine, domain: str, drift_pct: float = 0.0, at: datetime | None = None):
+    """A finished reconciliation run, as `coexist reconcile` stores it."""
     at = at or datetime.now(UTC)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO reconcile_run (domain, finished_at, drift_pct) "
-                          "VALUES (:d, :f, :p)"),
-                     {"d": domain, "f": at.isoformat(), "p": drift_pct})
+        conn.execute(insert(ReconcileRun.__table__).values(
+            id=str(uuid.uuid4()), domain=domain, started_at=at, finished_at=at,
+            status="ok" if drift_pct == 0 else "drift", drift_pct=drift_pct))
 
 
 def queued(engine, domain: str, flag_version: int = 0) -> None:
