@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import BigInteger, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import Field
@@ -40,7 +40,7 @@ class CdcCheckpoint(StateTable, table=True):
 
     feed: str = Field(primary_key=True, max_length=100)
     #: Cursor of the last handled change (0 = nothing handled yet).
-    cursor: int = Field(default=0)
+    cursor: int = Field(default=0, sa_type=BigInteger)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
