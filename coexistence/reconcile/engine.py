@@ -171,7 +171,7 @@ class Reconciler:
         self._dups = {"legacy": DuplicateTracker(), "cloud": DuplicateTracker()}
         self._cloud_dup_groups: list[list[str]] | None = None
         self._pending: dict[str, list[tuple[Item, bool]]] = {"legacy": [], "cloud": []}
-        self._pending_max = pending_max
+        self.pending_max = pending_max
         #: True when more one-sided records came than could be held for pairing.
         self.pairing_truncated = False
 
@@ -263,7 +263,7 @@ class Reconciler:
 
     def _one_sided(self, side: str, item: Item, has_xref: bool) -> None:
         pending = self._pending[side]
-        if item.nk is not None and not has_xref and len(pending) < self._pending_max:
+        if item.nk is not None and not has_xref and len(pending) < self.pending_max:
             item.record  # noqa: B018 - loaded now: its source may not be readable later
             pending.append((item, has_xref))
             return

@@ -48,11 +48,12 @@ def test_equal_erps_exit_0_and_the_run_is_stored_for_the_guards(env):
     legacy = list(iter_customers(40, seed=5))
     write_legacy(env["legacy"], legacy)
     write_cloud(env["cloud"], legacy)
-    result = run("customer", "--format", "csv")
+    result = run("customer", "product", "--format", "csv")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0].startswith("domain,rows_legacy,rows_cloud")
     assert lines[1].startswith(f"customer,{len(legacy)},{len(legacy)},0,0,0,{len(legacy)},")
+    assert lines[2].startswith("product,0,0,0,0,0,0,")
     state = create_state_engine(env["state_url"])
     last = SqlPreflightFacts(state).last_reconciliation("customer")
     assert last is not None and last.drift_pct == 0.0

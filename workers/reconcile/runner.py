@@ -128,6 +128,7 @@ def reconcile_domain(
         raise ReconcileTimeout
     rec = Reconciler(domain, xref=xref, on_finding=on_finding)
     report = Report(domain, tolerances=tolerances_for(domain))
+    cloud.records_fetched = cloud.requests = 0  # per domain: the fallback judges by them
     items = _Peek(legacy.items(domain), rec, deadline, progress)
     checks = cloud.segments(domain, tuning.segment_records) if mode != "full" else None
     if checks is None and mode == "checksum":
@@ -148,7 +149,7 @@ def reconcile_domain(
     report.cloud_records_fetched = cloud.records_fetched
     if rec.pairing_truncated:
         report.tolerances += ("natural-key pairing stopped after "
-                              f"{rec._pending_max} one-sided records per side",)
+                              f"{rec.pending_max} one-sided records per side",)
     return report
 
 
