@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from coexistence.errors import TranslationError
 
@@ -45,6 +45,8 @@ LOSS_CENTS = "money rounded half-up to cents"
 LOSS_PRICE_UNITS = "prices rounded half-up to 1/10,000"
 LOSS_GRAMS = "weights rounded half-up to the gram"
 LOSS_LINE_ORDER = "lines and sites sorted by their number"
+
+M = TypeVar("M", bound=BaseModel)
 
 _CENT = Decimal("0.01")
 _PRICE_UNIT = Decimal("0.0001")
@@ -82,6 +84,40 @@ def validation_error(
         loc[0] = field_names[loc[0]]
     field = ".".join(loc) or "<record>"
     return TranslationError(where.domain, where.key, field, err.get("input"), err["msg"])
+
+
+# --------------------------------------------------------------------------- models
+
+# The slot setters of every pydantic model, fetched once: calling them directly is
+# about a quarter cheaper than four ``object.__setattr__`` lookups per instance.
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+_new = object.__new__
+
+
+def construct(model: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
+    """Build ``model`` from ``values`` WITHOUT validation, for values already checked.
+
+    The caller vouches that ``model.model_validate`` would accept ``values`` and
+    return them unchanged.  ``values`` must name every field of ``model`` by its
+    Python name, in the model's field order (pydantic serialises ``__dict__`` in
+    its own order); ``fields_set`` is what ``model_fields_set`` reports (default:
+    every key of ``values``).  No ``model_post_init``, no private attributes: none
+    of the canonical or cloud models has them.
+
+    Does what pydantic's ``model_construct`` does, minus its per-field default
+    and alias resolution, which made it slower than validating: for a customer
+    address, model_construct 6.5 us, model_validate 2.9 us, this 1.4 us (timeit,
+    same run, on this shared machine).
+    """
+    doc = _new(model)
+    _set_dict(doc, values)
+    _set_fields_set(doc, set(values) if fields_set is None else fields_set)
+    _set_extra(doc, None)
+    _set_private(doc, None)
+    return doc
 
 
 # --------------------------------------------------------------------------- dates and times
