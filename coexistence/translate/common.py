@@ -120,6 +120,23 @@ def construct(model: type[M], values: dict[str, Any], fields_set: set[str] | Non
     return doc
 
 
+def pydantic_text(text: str) -> bool:
+    """Whether pydantic takes ``text`` as a ``str`` unchanged (length as ``len``).
+
+    Pydantic refuses exactly the strings that are not valid Unicode scalar
+    values, i.e. holding a lone surrogate (``"\\ud800"``), which Python's ``str``
+    allows; for the rest, its length constraints count code points as ``len``.
+    Join a record's texts into one call: one check instead of one per field.
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- dates and times
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from coexistence.canonical.models import Customer, CustomerStatus, PaymentTerms, SiteKind
+from coexistence.canonical.models import (
+    ISO_CURRENCIES,
+    Customer,
+    CustomerStatus,
+    PaymentTerms,
+    Site,
+    SiteKind,
+)
 from coexistence.errors import TranslationError
 from coexistence.legacy.models import (
     CITY_WIDTH,
@@ -34,12 +42,14 @@ from coexistence.translate.common import (
     char_keep_case,
     char_required,
     code,
+    construct,
     fail,
     fit_optional_text,
     fit_optional_text_keep_case,
     fit_text,
     from_cents,
     pad_number,
+    pydantic_text,
     round_cents,
     to_cents,
     uncode,
@@ -140,31 +150,55 @@ def _bad_site(row: Mapping[str, Any], custno: str, where: Where) -> TranslationE
     return fail(where, "CUSTSITE", None, "unreadable site row")
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
-def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Customer:
-    """A CUSTMAST row and its CUSTSITE rows -> ``Customer``."""
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked below against the canonical constraints (coexistence/canonical/
+# models.py: Key, Text, lengths, country, currency) and all its text is text
+# pydantic accepts (``pydantic_text``).  Anything else (a value out of bounds, a lone
+# surrogate) goes through ``validate``: the same TranslationError as ever.
+# tests/unit/test_legacy_fast_path.py proves construct == model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+_is_country = re.compile(r"[A-Z]{2}").fullmatch
+#: ``model_fields_set`` of a validated Customer: every field but ``schema_version``.
+_CUSTOMER_FIELDS_SET = frozenset(Customer.model_fields) - {"schema_version"}
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The Customer's values, in field order, and whether they are proven valid."""
     custno = header["CUSTNO"]
     where = Where(DOMAIN, custno)
     sites = []
+    proven = True
     # Hot path: inline reads; helpers only run to name what went wrong.
     for row in children:
         site_id = row["SITENO"].rstrip(" ")
         kind = _SITE_KIND.get(row["SITETYPE"])
         if row["CUSTNO"] != custno or kind is None or not site_id:
             raise _bad_site(row, custno, where)
+        name = row["SITENAME"].rstrip(" ")
+        line1 = row["ADDR1"].rstrip(" ")
+        line2 = row["ADDR2"].rstrip(" ") or None
+        city = row["CITY"].rstrip(" ")
+        region = row["STATE"].rstrip(" ")
+        postal_code = row["ZIPCODE"].rstrip(" ")
+        country = row["COUNTRY"].rstrip(" ")
         sites.append({
-            "site_id": site_id,
-            "kind": kind,
-            "name": row["SITENAME"].rstrip(" "),
-            "line1": row["ADDR1"].rstrip(" "),
-            "line2": row["ADDR2"].rstrip(" ") or None,
-            "city": row["CITY"].rstrip(" "),
-            "region": row["STATE"].rstrip(" "),
-            "postal_code": row["ZIPCODE"].rstrip(" "),
-            "country": row["COUNTRY"].rstrip(" "),
+            "site_id": site_id, "kind": kind, "name": name, "line1": line1, "line2": line2,
+            "city": city, "region": region, "postal_code": postal_code, "country": country,
         })
-    data = {
+        # Site: Key site_id, Text name/line1/line2/city, region <= 40, postal 1..12.
+        if proven and not (
+            len(site_id) <= 40 and _is_key(site_id) and _is_country(country)
+            and len(name) <= 200 and len(line1) <= 200 and len(city) <= 200
+            and (line2 is None or len(line2) <= 200)
+            and len(region) <= 40 and 0 < len(postal_code) <= 12
+            and pydantic_text(name + line1 + city + region + postal_code + (line2 or ""))
+        ):
+            proven = False
+    values = {
         "key": unpad_number(custno, where, "CUSTNO"),
+        "schema_version": 2,
         "name": header["CUSTNAME"].rstrip(" "),
         "status": decode(_STATUS, header["CUSTSTAT"], where, "CUSTSTAT", "customer status"),
         "currency": currency(header["CURRCODE"], where),
@@ -179,7 +213,40 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
         "contact_phone": header["CONTPHONE"].rstrip(" ") or None,
         "sites": sort_unique(sites, "site_id", where, "CUSTSITE.SITENO"),
     }
-    return validate(Customer, data, where, COLUMNS, SITE_COLUMNS)
+    if proven:
+        # key: digits (unpad_number); status/terms: enum members (decode); credit
+        # limit: a finite Decimal >= 0 (from_cents); credit hold: a bool (flag).
+        v = values
+        name, tax_id, email = v["name"], v["tax_id"], v["contact_email"]
+        contact, phone = v["contact_name"], v["contact_phone"]
+        group, region = v["customer_group"], v["region"]
+        proven = (
+            len(v["key"]) <= 40 and 0 < len(name) <= 120
+            and v["currency"] in ISO_CURRENCIES
+            and (tax_id is None or len(tax_id) <= 20)
+            and len(group) <= 10 and len(region) <= 10
+            and (contact is None or len(contact) <= 200)
+            and (email is None or len(email) <= 200)
+            and (phone is None or len(phone) <= 30)
+            and pydantic_text(name + group + region + (tax_id or "") + (contact or "")
+                              + (email or "") + (phone or ""))
+        )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> Customer:
+    if proven:
+        values["sites"] = tuple([construct(Site, site) for site in values["sites"]])
+        return construct(Customer, values, set(_CUSTOMER_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(Customer, values, where, COLUMNS, SITE_COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Customer:
+    """A CUSTMAST row and its CUSTSITE rows -> ``Customer``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, Where(DOMAIN, header["CUSTNO"]))
 
 
 def from_canonical(
