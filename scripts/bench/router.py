@@ -135,8 +135,8 @@ def bench_shadow(changes: int, timeout_s: float) -> dict:
                                 force=True)
             app.flags.wait_for("customer", state.version, 10)
             # People's inserts: the changes to route (they sit in the change log).
-            seed_legacy(legacy_engine, SampleSpec(customers=changes, products=2, prices_per_customer=1),
-                        domains=["customer"])
+            spec = SampleSpec(customers=changes, products=2, prices_per_customer=1)
+            seed_legacy(legacy_engine, spec, domains=["customer"])
             worker = dramatiq.Worker(app.broker, worker_threads=8)
             stop = threading.Event()
             router = threading.Thread(target=run_router, args=(app, stop), daemon=True)
