@@ -34,7 +34,14 @@ TEXT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
          "CURRCODE"),
         ("SITENO", "SITENAME", "ADDR1", "ADDR2", "CITY", "STATE", "ZIPCODE", "COUNTRY"),
     ),
+    "shipment": (("WHSE", "CARRIER", "TRACKNO"), ("ITEMNO",)),
 }
+#: Domain -> (header integer columns, child integer columns), for the edge test.
+INT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "customer": (("CRLIMIT",), ()),
+    "shipment": (("PICKDATE", "PICKTIME", "DLVDATE", "DLVTIME"), ("LINENO", "ORDLINE", "SHPQTY")),
+}
+_INT_EDGES = [-1, 0, 1, 2, 20240229, 20230229, 235959, 240000, 2**31, 10**20]
 FAST_DOMAINS = sorted(TEXT_COLUMNS)
 
 # Values at and around the canonical limits (2, 10, 12, 20, 30, 40, 120, 200
@@ -140,12 +147,15 @@ def test_every_edge_value_in_every_text_column_is_proven_only_when_valid(domain)
     from coexistence.sample import SampleSpec
 
     tr = LEGACY_TRANSLATORS[domain]
-    spec = SampleSpec(customers=3, seed=2, products=100, warehouses=1)
-    header_columns, child_columns = TEXT_COLUMNS[domain]
+    spec = SampleSpec(customers=3, seed=2, products=100, warehouses=1, orders_per_customer=2)
     proven = refused = 0
     for record in spec.iter(domain, 0, 3):
         header, children = tr.from_canonical(record)
-        for value in _EDGES:
+        _check_row(domain, header, [])  # a shipment needs lines; a customer does not
+        for value, (header_columns, child_columns) in [
+            *((v, TEXT_COLUMNS[domain]) for v in _EDGES),
+            *((v, INT_COLUMNS[domain]) for v in _INT_EDGES),
+        ]:
             for column in header_columns:
                 ok = _check_row(domain, dict(header, **{column: value}), children)
                 proven, refused = proven + ok, refused + (not ok)
@@ -165,12 +175,13 @@ def _outcome(read):
         return "refused", str(exc)
 
 
-def test_the_sample_customers_take_the_fast_path():
+@pytest.mark.parametrize("domain", FAST_DOMAINS)
+def test_the_sample_records_take_the_fast_path(domain):
     """The benchmark's rows (accented names included) are proven, not validated."""
     from coexistence.sample import SampleSpec
 
-    tr = LEGACY_TRANSLATORS["customer"]
+    tr = LEGACY_TRANSLATORS[domain]
     spec = SampleSpec(customers=50, seed=1, products=100, warehouses=1)
-    for record in spec.iter("customer", 0, 50):
+    for record in spec.iter(domain, 0, 50):
         header, children = tr.from_canonical(record)
         assert tr._read(header, children)[1], record.key

@@ -6,11 +6,12 @@ milestone, both 0 while the milestone is not reached.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from coexistence.canonical.models import Milestone, Shipment
+from coexistence.canonical.models import Milestone, MilestoneEvent, Shipment, ShipmentLine
 from coexistence.errors import TranslationError
 from coexistence.legacy.models import (
     CARRIER_WIDTH,
@@ -33,12 +34,14 @@ from coexistence.translate.common import (
     Where,
     char,
     code,
+    construct,
     datetime_to_ints,
     fail,
     fit_optional_text,
     ints_to_datetime,
     legacy_quantity,
     pad_number,
+    pydantic_text,
     quantity,
     truncate_to_second,
     uncode,
@@ -125,8 +128,12 @@ def _bad_line(row: Mapping[str, Any], shpno: str, where: Where) -> TranslationEr
     return fail(where, "SHPLIN", None, "unreadable shipment line")
 
 
-def _lines(children: Sequence[Mapping[str, Any]], shpno: str, where: Where) -> list[dict]:
+def _lines(
+    children: Sequence[Mapping[str, Any]], shpno: str, where: Where
+) -> tuple[list[dict], bool]:
+    """The lines sorted by number, and whether every line is proven valid."""
     lines = []
+    proven = True
     # Hot path: inline reads; signs are checked by the model, helpers only run to
     # name what went wrong.
     for row in children:
@@ -137,19 +144,35 @@ def _lines(children: Sequence[Mapping[str, Any]], shpno: str, where: Where) -> l
             raise _bad_line(row, shpno, where)
         lines.append({"line_no": line_no, "order_line_no": order_line, "sku": sku,
                       "quantity": qty})
-    return sort_unique(lines, "line_no", where, "SHPLIN.LINENO")
+        # ShipmentLine: positive quantities, a Key sku (pattern: ASCII only).
+        if proven and not (line_no > 0 and order_line > 0 and qty > 0
+                           and len(sku) <= 40 and _is_key(sku)):
+            proven = False
+    return sort_unique(lines, "line_no", where, "SHPLIN.LINENO"), proven
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
-def to_canonical(
-    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
-) -> Shipment:
-    """A SHPHDR row and its SHPLIN rows -> ``Shipment``."""
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked against the canonical constraints (coexistence/canonical/
+# models.py) by ``_read``; anything else goes through ``validate``, with the same
+# result or the same TranslationError as ever.  Milestones need no check: they
+# are read in lifecycle order, one per column pair, as UTC datetimes (the model's
+# ``_utc`` returns a UTC datetime as is).  tests/unit/test_legacy_fast_path.py
+# proves construct == model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+#: ``model_fields_set`` of a validated Shipment: every field but ``schema_version``.
+_SHIPMENT_FIELDS_SET = frozenset(Shipment.model_fields) - {"schema_version"}
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The Shipment's values, in field order, and whether they are proven valid."""
     shpno = header["SHPNO"]
     where = Where(DOMAIN, shpno)
-    lines = _lines(children, shpno, where)
-    data = {
+    lines, proven = _lines(children, shpno, where)
+    values = {
         "key": unpad_number(shpno, where, "SHPNO"),
+        "schema_version": 1,
         "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),
         "warehouse": uncode(header["WHSE"], where, "WHSE"),
         "carrier": header["CARRIER"].rstrip(" ") or None,
@@ -157,7 +180,36 @@ def to_canonical(
         "milestones": _milestones(header, where),
         "lines": lines,
     }
-    return validate(Shipment, data, where, COLUMNS, LINE_COLUMNS)
+    if proven:
+        # keys: digits (unpad_number); warehouse: not blank (uncode).
+        warehouse, carrier, tracking = values["warehouse"], values["carrier"], values[
+            "tracking_number"]
+        proven = (
+            lines != [] and len(values["key"]) <= 40 and len(values["order_key"]) <= 40
+            and len(warehouse) <= 10
+            and (carrier is None or len(carrier) <= 20)
+            and (tracking is None or len(tracking) <= 40)
+            and pydantic_text(warehouse + (carrier or "") + (tracking or ""))
+        )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> Shipment:
+    if proven:
+        values["milestones"] = tuple([construct(MilestoneEvent, e) for e in values["milestones"]])
+        values["lines"] = tuple([construct(ShipmentLine, line) for line in values["lines"]])
+        return construct(Shipment, values, set(_SHIPMENT_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(Shipment, values, where, COLUMNS, LINE_COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> Shipment:
+    """A SHPHDR row and its SHPLIN rows -> ``Shipment``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, Where(DOMAIN, header["SHPNO"]))
 
 
 def from_canonical(
