@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS reconcile_digest (
     nk INTEGER,
     PRIMARY KEY (entity_set, id)
 );
+-- Covers the scans below (live records in number order with their revision), so
+-- they never read the stored documents.
+CREATE INDEX IF NOT EXISTS reconcile_entities_scan
+    ON entities (entity_set, number, deleted, id, rev);
+CREATE INDEX IF NOT EXISTS reconcile_digest_nk ON reconcile_digest (entity_set, nk);
 """
 
 #: Records digested per write transaction while refreshing the cache.
@@ -69,7 +74,7 @@ MAX_PARTS = 1000
 UNREADABLE_DIGEST = 0
 
 _PATH = re.compile(r"^/reconcile/([A-Za-z]+)/(segments|records)$")
-_CURRENT = ("FROM entities e JOIN reconcile_digest d "
+_CURRENT = ("FROM entities e INDEXED BY reconcile_entities_scan JOIN reconcile_digest d "
             "ON d.entity_set = e.entity_set AND d.id = e.id AND d.rev = e.rev "
             "WHERE e.entity_set = ? AND e.deleted = 0")
 
@@ -131,14 +136,18 @@ def _refresh(store: Store, entity_set: str, domain: str) -> int:
     """Digest every live record whose revision the cache does not hold; returns how many."""
     db = store.db
     stale = db.execute(
-        "SELECT e.id, e.rev, e.data FROM entities e LEFT JOIN reconcile_digest d "
-        "ON d.entity_set = e.entity_set AND d.id = e.id "
+        "SELECT e.id FROM entities e INDEXED BY reconcile_entities_scan "
+        "LEFT JOIN reconcile_digest d ON d.entity_set = e.entity_set AND d.id = e.id "
         "WHERE e.entity_set = ? AND e.deleted = 0 AND (d.rev IS NULL OR d.rev != e.rev)",
         (entity_set,),
     ).fetchall()
     for start in range(0, len(stale), REFRESH_CHUNK_ROWS):
         rows = []
-        for id_, rev, data in stale[start:start + REFRESH_CHUNK_ROWS]:
+        ids = [id_ for (id_,) in stale[start:start + REFRESH_CHUNK_ROWS]]
+        docs = db.execute(
+            f"SELECT id, rev, data FROM entities WHERE entity_set = ? AND id IN "
+            f"({','.join('?' * len(ids))})", (entity_set, *ids)).fetchall()
+        for id_, rev, data in docs:
             try:
                 record = normalise(canonical_from_json(domain, f'{{"id":"{id_}",{data[1:]}'))
                 digest = record_digest(record, normalised=True)
@@ -193,13 +202,19 @@ def _split(store: Store, entity_set: str, lo: str, hi: str | None, parts: int) -
 
 
 def _duplicates(store: Store, entity_set: str) -> list[list[str]]:
+    # Candidates from the digest table alone (an index scan); a candidate may involve
+    # stale or deleted records, so each is checked against the live records.
+    candidates = [nk for (nk,) in store.db.execute(
+        "SELECT nk FROM reconcile_digest WHERE entity_set = ? AND nk IS NOT NULL "
+        "GROUP BY nk HAVING COUNT(*) > 1", (entity_set,))]
     groups: dict[int, list[str]] = {}
-    for nk, number in store.db.execute(
-            f"SELECT d.nk, e.number {_CURRENT} AND d.nk IN (SELECT d.nk {_CURRENT} "
-            "AND d.nk IS NOT NULL GROUP BY d.nk HAVING COUNT(*) > 1) ORDER BY e.number",
-            (entity_set, entity_set)):
-        groups.setdefault(nk, []).append(number)
-    return sorted(groups.values())
+    for start in range(0, len(candidates), 500):
+        chunk = candidates[start:start + 500]
+        for nk, number in store.db.execute(
+                f"SELECT d.nk, e.number {_CURRENT} AND d.nk IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY e.number", (entity_set, *chunk)):
+            groups.setdefault(nk, []).append(number)
+    return sorted(g for g in groups.values() if len(g) > 1)
 
 
 def _records(store: Store, entity_set: str, lo: str, hi: str | None) -> Iterator[bytes]:
