@@ -35,11 +35,13 @@ TEXT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("SITENO", "SITENAME", "ADDR1", "ADDR2", "CITY", "STATE", "ZIPCODE", "COUNTRY"),
     ),
     "shipment": (("WHSE", "CARRIER", "TRACKNO"), ("ITEMNO",)),
+    "price": (("ITEMNO", "CURRCODE"), ()),
 }
 #: Domain -> (header integer columns, child integer columns), for the edge test.
 INT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customer": (("CRLIMIT",), ()),
     "shipment": (("PICKDATE", "PICKTIME", "DLVDATE", "DLVTIME"), ("LINENO", "ORDLINE", "SHPQTY")),
+    "price": (("BRKQTY1", "BRKQTY2", "BRKQTY3", "BRKPRC1", "BRKPRC2", "EFFDATE", "EXPDATE"), ()),
 }
 _INT_EDGES = [-1, 0, 1, 2, 20240229, 20230229, 235959, 240000, 2**31, 10**20]
 FAST_DOMAINS = sorted(TEXT_COLUMNS)
@@ -152,6 +154,8 @@ def test_every_edge_value_in_every_text_column_is_proven_only_when_valid(domain)
     for record in spec.iter(domain, 0, 3):
         header, children = tr.from_canonical(record)
         _check_row(domain, header, [])  # a shipment needs lines; a customer does not
+        no_breaks = {c: 0 for c in header if c.startswith(("BRKQTY", "BRKPRC"))}
+        _check_row(domain, dict(header, **no_breaks), children)  # a price needs a break
         for value, (header_columns, child_columns) in [
             *((v, TEXT_COLUMNS[domain]) for v in _EDGES),
             *((v, INT_COLUMNS[domain]) for v in _INT_EDGES),

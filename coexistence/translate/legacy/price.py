@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from coexistence.canonical.models import ContractPrice
+from coexistence.canonical.models import ISO_CURRENCIES, ContractPrice, PriceBreak
 from coexistence.legacy.models import CONTPRC, ITEM_WIDTH, KEY_WIDTH, MAX_PRICE_BREAKS
 from coexistence.translate.common import (
     LOSS_PRICE_UNITS,
     OPEN_ENDED_DATE,
     Where,
     code,
+    construct,
     date_to_int,
     fail,
     from_price_units,
@@ -93,15 +95,26 @@ def _breaks(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]:
     return breaks
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
-def to_canonical(
-    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
-) -> ContractPrice:
-    """A CONTPRC row -> ``ContractPrice``."""
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked against the canonical constraints (coexistence/canonical/
+# models.py) by ``_read``; anything else goes through ``validate``, with the same
+# result or the same TranslationError as ever.  Breaks need only the ascending
+# check: ``_breaks`` reads positive quantities and prices >= 0 as finite Decimals.
+# tests/unit/test_legacy_fast_path.py proves construct == model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+#: ``model_fields_set`` of a validated ContractPrice: every field but ``schema_version``.
+_PRICE_FIELDS_SET = frozenset(ContractPrice.model_fields) - {"schema_version"}
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The ContractPrice's values, in field order, and whether they are proven valid."""
     where = Where(DOMAIN, header["CONTNO"])
     no_children(children, where)
-    data = {
+    values = {
         "key": unpad_number(header["CONTNO"], where, "CONTNO"),
+        "schema_version": 1,
         "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
         "sku": uncode(header["ITEMNO"], where, "ITEMNO"),
         "currency": currency(header["CURRCODE"], where),
@@ -109,7 +122,34 @@ def to_canonical(
         "valid_from": int_to_date(header["EFFDATE"], where, "EFFDATE", none=None),
         "valid_to": int_to_date(header["EXPDATE"], where, "EXPDATE", none=OPEN_ENDED_DATE),
     }
-    return validate(ContractPrice, data, where, COLUMNS)
+    # keys: digits (unpad_number); dates: date or None (int_to_date).
+    sku, breaks = values["sku"], values["breaks"]
+    proven = (
+        len(values["key"]) <= 40 and len(values["customer_key"]) <= 40
+        and len(sku) <= 40 and _is_key(sku) is not None
+        and values["currency"] in ISO_CURRENCIES
+        and breaks != [] and all(
+            a["min_quantity"] < b["min_quantity"] for a, b in zip(breaks, breaks[1:], strict=False)
+        )
+    )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> ContractPrice:
+    if proven:
+        values["breaks"] = tuple([construct(PriceBreak, b) for b in values["breaks"]])
+        return construct(ContractPrice, values, set(_PRICE_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(ContractPrice, values, where, COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> ContractPrice:
+    """A CONTPRC row -> ``ContractPrice``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, Where(DOMAIN, header["CONTNO"]))
 
 
 def from_canonical(
