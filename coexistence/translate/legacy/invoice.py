@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from coexistence.canonical.models import Invoice, InvoiceStatus
+from coexistence.canonical.models import ISO_CURRENCIES, Invoice, InvoiceLine, InvoiceStatus
 from coexistence.errors import TranslationError
 from coexistence.legacy.models import INVHDR, INVLIN, ITEM_WIDTH, KEY_WIDTH, NAME_WIDTH
 from coexistence.translate.common import (
@@ -20,6 +21,7 @@ from coexistence.translate.common import (
     Where,
     char,
     code,
+    construct,
     date_to_int,
     fail,
     fit_text,
@@ -28,6 +30,7 @@ from coexistence.translate.common import (
     int_to_date,
     legacy_quantity,
     pad_number,
+    pydantic_text,
     quantity,
     round_cents,
     round_price,
@@ -119,8 +122,12 @@ def _bad_line(row: Mapping[str, Any], invno: str, where: Where) -> TranslationEr
     return fail(where, "INVLIN", None, "unreadable invoice line")
 
 
-def _lines(children: Sequence[Mapping[str, Any]], invno: str, where: Where) -> list[dict]:
+def _lines(
+    children: Sequence[Mapping[str, Any]], invno: str, where: Where
+) -> tuple[list[dict], bool]:
+    """The lines sorted by number, and whether every line is proven valid."""
     lines = []
+    proven = True
     # Hot path: inline reads; signs and ranges are checked by the model, helpers only
     # run to name what went wrong.
     for row in children:
@@ -129,24 +136,40 @@ def _lines(children: Sequence[Mapping[str, Any]], invno: str, where: Where) -> l
         if (row["INVNO"] != invno or type(line_no) is not int or type(qty) is not int
                 or type(price) is not int or price < 0 or not sku):
             raise _bad_line(row, invno, where)
-        lines.append({"line_no": line_no, "sku": sku,
-                      "description": row["ITEMDESC"].rstrip(" "), "quantity": qty,
-                      "unit_price": Decimal(price).scaleb(-4)})
-    return sort_unique(lines, "line_no", where, "INVLIN.LINENO")
+        description = row["ITEMDESC"].rstrip(" ")
+        lines.append({"line_no": line_no, "sku": sku, "description": description,
+                      "quantity": qty, "unit_price": Decimal(price).scaleb(-4)})
+        # InvoiceLine: positive numbers, a Key sku (pattern: ASCII only), Text.
+        if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and _is_key(sku)
+                           and len(description) <= 200 and pydantic_text(description)):
+            proven = False
+    return sort_unique(lines, "line_no", where, "INVLIN.LINENO"), proven
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
-def to_canonical(
-    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
-) -> Invoice:
-    """An INVHDR row and its INVLIN rows -> ``Invoice``."""
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked against the canonical constraints (coexistence/canonical/
+# models.py) by ``_read``; anything else goes through ``validate``, with the same
+# result or the same TranslationError as ever.  Amounts are finite Decimals >= 0
+# (from_cents, and prices >= 0 above), dates are dates (int_to_date), statuses enum
+# members (decode).  tests/unit/test_legacy_fast_path.py proves construct ==
+# model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+#: ``model_fields_set`` of a validated Invoice: every field but ``schema_version``.
+_INVOICE_FIELDS_SET = frozenset(Invoice.model_fields) - {"schema_version"}
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The Invoice's values, in field order, and whether they are proven valid."""
     invno = header["INVNO"]
     where = Where(DOMAIN, invno)
-    lines = _lines(children, invno, where)
+    lines, proven = _lines(children, invno, where)
     amount_paid = from_cents(header["AMTPAID"], where, "AMTPAID")
     status = decode(_STATUS, header["INVSTAT"], where, "INVSTAT", "invoice status")
-    data = {
+    values = {
         "key": unpad_number(invno, where, "INVNO"),
+        "schema_version": 1,
         "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),
         "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
         "status": _status(status, amount_paid),
@@ -157,7 +180,30 @@ def to_canonical(
         "amount_paid": amount_paid,
         "lines": lines,
     }
-    return validate(Invoice, data, where, COLUMNS, LINE_COLUMNS)
+    # keys: digits (unpad_number).
+    proven = (
+        proven and lines != [] and len(values["key"]) <= 40
+        and len(values["order_key"]) <= 40 and len(values["customer_key"]) <= 40
+        and values["currency"] in ISO_CURRENCIES
+    )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> Invoice:
+    if proven:
+        values["lines"] = tuple([construct(InvoiceLine, line) for line in values["lines"]])
+        return construct(Invoice, values, set(_INVOICE_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(Invoice, values, where, COLUMNS, LINE_COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> Invoice:
+    """An INVHDR row and its INVLIN rows -> ``Invoice``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, Where(DOMAIN, header["INVNO"]))
 
 
 def from_canonical(
