@@ -37,6 +37,7 @@ TEXT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "shipment": (("WHSE", "CARRIER", "TRACKNO"), ("ITEMNO",)),
     "price": (("ITEMNO", "CURRCODE"), ()),
     "invoice": (("CURRCODE",), ("ITEMNO", "ITEMDESC")),
+    "order": (("SHIPTO", "CUSTPO", "CURRCODE"), ("ITEMNO",)),
 }
 #: Domain -> (header integer columns, child integer columns), for the edge test.
 INT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -44,6 +45,7 @@ INT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "shipment": (("PICKDATE", "PICKTIME", "DLVDATE", "DLVTIME"), ("LINENO", "ORDLINE", "SHPQTY")),
     "price": (("BRKQTY1", "BRKQTY2", "BRKQTY3", "BRKPRC1", "BRKPRC2", "EFFDATE", "EXPDATE"), ()),
     "invoice": (("INVDATE", "DUEDATE", "TAXAMT", "AMTPAID"), ("LINENO", "INVQTY", "UNITPRC")),
+    "order": (("ORDDATE", "ORDTIME", "REQDATE"), ("LINENO", "ORDQTY", "UNITPRC")),
 }
 _INT_EDGES = [-1, 0, 1, 2, 20240229, 20230229, 235959, 240000, 2**31, 10**20]
 FAST_DOMAINS = sorted(TEXT_COLUMNS)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from coexistence.canonical.models import Order, OrderChannel, OrderStatus
+from coexistence.canonical.models import (
+    ISO_CURRENCIES,
+    Order,
+    OrderChannel,
+    OrderLine,
+    OrderStatus,
+)
 from coexistence.errors import TranslationError
 from coexistence.legacy.models import (
     CUSTPO_WIDTH,
@@ -27,6 +34,7 @@ from coexistence.translate.common import (
     Where,
     char,
     code,
+    construct,
     date_to_int,
     datetime_to_ints,
     fail,
@@ -36,6 +44,7 @@ from coexistence.translate.common import (
     ints_to_datetime,
     legacy_quantity,
     pad_number,
+    pydantic_text,
     quantity,
     round_price,
     to_price_units,
@@ -132,12 +141,26 @@ def _bad_line(row: Mapping[str, Any], ordno: str, where: Where) -> TranslationEr
     return fail(where, "ORDLIN", None, "unreadable order line")
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
-def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Order:
-    """An ORDHDR row and its ORDLIN rows -> ``Order``."""
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked against the canonical constraints (coexistence/canonical/
+# models.py) by ``_read``; anything else goes through ``validate``, with the same
+# result or the same TranslationError as ever.  Prices are finite Decimals >= 0,
+# ``ordered_at`` a UTC datetime (the model's ``_utc`` returns it as is), dates are
+# dates, statuses enum members.  tests/unit/test_legacy_fast_path.py proves
+# construct == model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+#: ``model_fields_set`` of a validated Order: every field but ``schema_version``.
+_ORDER_FIELDS_SET = frozenset(Order.model_fields) - {"schema_version"}
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The Order's values, in field order, and whether they are proven valid."""
     ordno = header["ORDNO"]
     where = Where(DOMAIN, ordno)
     lines = []
+    proven = True
     # Hot path: inline reads; signs and ranges are checked by the model, helpers only
     # run to name what went wrong.
     for row in children:
@@ -148,8 +171,12 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
             raise _bad_line(row, ordno, where)
         lines.append({"line_no": line_no, "sku": sku, "quantity": qty,
                       "unit_price": Decimal(price).scaleb(-4)})
-    data = {
+        # OrderLine: positive numbers, a Key sku (pattern: ASCII only).
+        if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and _is_key(sku)):
+            proven = False
+    values = {
         "key": unpad_number(ordno, where, "ORDNO"),
+        "schema_version": 1,
         "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),
         "ship_to_site_id": header["SHIPTO"].rstrip(" ") or None,
         "status": decode(_STATUS, header["ORDSTAT"], where, "ORDSTAT", "order status"),
@@ -160,7 +187,31 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
         "requested_date": int_to_date(header["REQDATE"], where, "REQDATE"),
         "lines": sort_unique(lines, "line_no", where, "ORDLIN.LINENO"),
     }
-    return validate(Order, data, where, COLUMNS, LINE_COLUMNS)
+    if proven:
+        # keys: digits (unpad_number).
+        site, po = values["ship_to_site_id"], values["customer_po"]
+        proven = (
+            lines != [] and len(values["key"]) <= 40 and len(values["customer_key"]) <= 40
+            and (site is None or (len(site) <= 40 and _is_key(site) is not None))
+            and (po is None or (len(po) <= 22 and pydantic_text(po)))
+            and values["currency"] in ISO_CURRENCIES
+        )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> Order:
+    if proven:
+        values["lines"] = tuple([construct(OrderLine, line) for line in values["lines"]])
+        return construct(Order, values, set(_ORDER_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(Order, values, where, COLUMNS, LINE_COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE, CHILD_TABLE)
+def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Order:
+    """An ORDHDR row and its ORDLIN rows -> ``Order``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, Where(DOMAIN, header["ORDNO"]))
 
 
 def from_canonical(
