@@ -6,6 +6,7 @@ The canonical key is ``"{warehouse}:{sku}"``; the legacy key is the composite
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from coexistence.legacy.models import INVBAL, ITEM_WIDTH, WHSE_WIDTH
 from coexistence.translate.common import (
     Where,
     code,
+    construct,
     fail,
     legacy_quantity,
     quantity,
@@ -70,24 +72,59 @@ def key_columns(legacy_key: str) -> dict[str, str]:
     return {"WHSE": warehouse.ljust(WHSE_WIDTH), "ITEMNO": sku.ljust(ITEM_WIDTH)}
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
-def to_canonical(
-    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
-) -> InventoryBalance:
-    """An INVBAL row -> ``InventoryBalance``."""
-    where = Where(DOMAIN, f"{header['WHSE'].rstrip(' ')}{KEY_SEPARATOR}"
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked against the canonical constraints (coexistence/canonical/
+# models.py) by ``_read``; anything else goes through ``validate``, with the same
+# result or the same TranslationError as ever.  Quantities are ints >= 0 (quantity).
+# tests/unit/test_legacy_fast_path.py proves construct == model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+#: ``model_fields_set`` of a validated balance: every field but ``schema_version``.
+_BALANCE_FIELDS_SET = frozenset(InventoryBalance.model_fields) - {"schema_version"}
+
+
+def _where(header: Mapping[str, Any]) -> Where:
+    return Where(DOMAIN, f"{header['WHSE'].rstrip(' ')}{KEY_SEPARATOR}"
                          f"{header['ITEMNO'].rstrip(' ')}")
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The balance's values, in field order, and whether they are proven valid."""
+    where = _where(header)
     no_children(children, where)
     warehouse = uncode(header["WHSE"], where, "WHSE")
     sku = uncode(header["ITEMNO"], where, "ITEMNO")
-    data = {
-        "key": f"{warehouse}:{sku}",
+    key = f"{warehouse}:{sku}"
+    values = {
+        "key": key,
+        "schema_version": 1,
         "warehouse": warehouse,
         "sku": sku,
         "on_hand": quantity(header["ONHAND"], where, "ONHAND"),
         "allocated": quantity(header["ALLOC"], where, "ALLOC"),
     }
-    return validate(InventoryBalance, data, where, COLUMNS)
+    proven = (
+        len(key) <= 40 and _is_key(key) is not None
+        and len(warehouse) <= 10 and len(sku) <= 40 and _is_key(sku) is not None
+    )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> InventoryBalance:
+    if proven:
+        return construct(InventoryBalance, values, set(_BALANCE_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(InventoryBalance, values, where, COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
+def to_canonical(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()
+) -> InventoryBalance:
+    """An INVBAL row -> ``InventoryBalance``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, _where(header))
 
 
 def from_canonical(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from coexistence.canonical.models import Product, ProductStatus, UnitOfMeasure
+from coexistence.canonical.models import ISO_CURRENCIES, Product, ProductStatus, UnitOfMeasure
 from coexistence.legacy.models import ITEM_WIDTH, ITEMMAST, NAME_WIDTH
 from coexistence.translate.common import (
     LOSS_GRAMS,
@@ -17,9 +18,11 @@ from coexistence.translate.common import (
     Where,
     char_required,
     code,
+    construct,
     fit_text,
     from_grams,
     from_price_units,
+    pydantic_text,
     round_grams,
     round_price,
     to_grams,
@@ -81,13 +84,26 @@ def key_columns(legacy_key: str) -> dict[str, str]:
     return {"ITEMNO": legacy_key.ljust(ITEM_WIDTH)}
 
 
-@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
-def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Product:
-    """An ITEMMAST row -> ``Product``."""
+# The fast path: a record is built without pydantic's validation only when every
+# value was checked against the canonical constraints (coexistence/canonical/
+# models.py) by ``_read``; anything else goes through ``validate``, with the same
+# result or the same TranslationError as ever.  Amounts are finite Decimals >= 0
+# (from_grams, from_price_units), unit and status enum members (decode).
+# tests/unit/test_legacy_fast_path.py proves construct == model_validate.
+_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
+#: ``model_fields_set`` of a validated Product: every field but ``schema_version``.
+_PRODUCT_FIELDS_SET = frozenset(Product.model_fields) - {"schema_version"}
+
+
+def _read(
+    header: Mapping[str, Any], children: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The Product's values, in field order, and whether they are proven valid."""
     where = Where(DOMAIN, header["ITEMNO"])
     no_children(children, where)
-    data = {
+    values = {
         "key": uncode(header["ITEMNO"], where, "ITEMNO"),
+        "schema_version": 1,
         "description": header["ITEMDESC"].rstrip(" "),
         "unit": decode(_UNIT, header["UOM"], where, "UOM", "unit of measure"),
         "weight_kg": from_grams(header["WEIGHTG"], where, "WEIGHTG"),
@@ -96,7 +112,27 @@ def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]
         "list_price": from_price_units(header["LISTPRC"], where, "LISTPRC"),
         "standard_cost": from_price_units(header["STDCOST"], where, "STDCOST"),
     }
-    return validate(Product, data, where, COLUMNS)
+    key, description = values["key"], values["description"]
+    proven = (
+        len(key) <= 40 and _is_key(key) is not None
+        and 0 < len(description) <= 120 and pydantic_text(description)
+        and values["currency"] in ISO_CURRENCIES
+    )
+    return values, proven
+
+
+def _build(values: dict[str, Any], proven: bool, where: Where) -> Product:
+    if proven:
+        return construct(Product, values, set(_PRODUCT_FIELDS_SET))
+    del values["schema_version"]  # not given by the row: not in model_fields_set
+    return validate(Product, values, where, COLUMNS)
+
+
+@guard_columns(DOMAIN, KEY_COLUMNS, TABLE)
+def to_canonical(header: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> Product:
+    """An ITEMMAST row -> ``Product``."""
+    values, proven = _read(header, children)
+    return _build(values, proven, Where(DOMAIN, header["ITEMNO"]))
 
 
 def from_canonical(
