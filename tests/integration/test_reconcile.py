@@ -173,3 +173,22 @@ def test_reconciliation_finds_exactly_the_seeded_discrepancies(legacy_engine, cl
     assert mismatch["credit_limit"].owner == "erp"
     assert mismatch["contact_phone"].owner == "crm"
     assert mismatch["contact_phone"].cloud == "555-0100"
+
+
+def test_a_range_the_cloud_lacks_is_compared_as_it_streams_and_nothing_is_missed(sim, cloud_erp,
+                                                                               tmp_path):
+    engine = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    create_legacy_schema(engine)
+    records = list(iter_customers(120, seed=4))
+    write_legacy(engine, records)
+    write_cloud(cloud_erp, records[:10])  # the cloud has the first ten only
+    found: list[Finding] = []
+    report = reconcile_domain(
+        "customer", LegacyReader(engine), CloudReader(cloud_erp), mode="checksum",
+        on_finding=found.append,
+        tuning=Tuning(segment_records=4, overflow_slack=3, fallback_share=1.0))
+    missing = sorted(f.key for f in found if f.kind == Kind.MISSING_IN_CLOUD)
+    assert missing == sorted(r.key for r in records[10:])
+    assert report.counts.unchanged == 10 and report.counts.exclusive_legacy == 110
+    assert report.segments == 3 and report.segments_differing == 1  # the last, overflowing
+    engine.dispose()

@@ -69,6 +69,7 @@ class Tuning:
     fallback_share: float = FALLBACK_FETCHED_SHARE
     fallback_min_segments: int = FALLBACK_MIN_SEGMENTS
     window_segments: int = WINDOW_SEGMENTS
+    overflow_slack: int = OVERFLOW_SLACK_RECORDS
 
 
 class _Peek:
@@ -190,7 +191,7 @@ def _by_checksum(domain, segments, items: _Peek, cloud: CloudReader, rec: Reconc
             raise ReconcileTimeout
         report.segments += 1
         buf: list[Item] = []
-        limit = seg.count + OVERFLOW_SLACK_RECORDS
+        limit = seg.count + tuning.overflow_slack
         for item in items.below(seg.hi):
             buf.append(item)
             if len(buf) > limit:
