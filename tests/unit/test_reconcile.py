@@ -262,3 +262,45 @@ def test_in_cloud_modes_the_legacy_erp_is_repaired_and_cloud_only_says_backfill(
     ]
     assert plans[2][1] == BASE[2]
     assert ("backfill" in plans[0][0].reason) is (mode == Mode.CLOUD_ONLY)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class FakeLegacy:
+    def __init__(self, records):
+        self.records = records
+
+    def items(self, domain):
+        return iter(items(self.records, legacy=True))
+
+
+class FakeCloudWithoutChecksums:
+    """A cloud ERP that only exports (no /reconcile endpoints)."""
+
+    records_fetched = requests = 0
+
+    def __init__(self, records):
+        self.records = records
+
+    def segments(self, domain, size):
+        return None
+
+    def stream(self, domain):
+        for i in items(self.records):
+            self.records_fetched += 1
+            yield i
+
+
+def test_auto_mode_streams_in_full_from_a_cloud_without_checksums_and_checksum_mode_refuses():
+    from workers.reconcile.runner import ChecksumsUnavailable, reconcile_domain
+
+    cloud = [*BASE[1:], BASE[0].model_copy(update={"region": "X"})]
+    found: list[Finding] = []
+    report = reconcile_domain("customer", FakeLegacy(BASE), FakeCloudWithoutChecksums(cloud),
+                              mode="auto", on_finding=found.append)
+    assert report.mode == "full" and report.cloud_records_fetched == 30
+    assert [(f.kind, f.key, f.field) for f in found] == [(Kind.MISMATCH, BASE[0].key, "region")]
+    with pytest.raises(ChecksumsUnavailable, match="use --mode full or auto"):
+        reconcile_domain("customer", FakeLegacy(BASE), FakeCloudWithoutChecksums(cloud),
+                         mode="checksum")
