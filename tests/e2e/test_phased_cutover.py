@@ -16,10 +16,11 @@ from tests.support import cloud_sim
 from workers.bootstrap import bootstrap
 from workers.config import Settings
 from workers.driver import Driver
+from workers.flags import FlagAuditLog
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.legacy_erp.seed import seed_legacy
 from workers.router.state import get_route
-from workers.scenario import PhasedCutover
+from workers.scenario import PhasedCutover, reconciler
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
@@ -49,7 +50,7 @@ def driver(request, tmp_path, sim):
 def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing(driver, sim):
     app = driver.app
     reports = PhasedCutover(driver, cloud_people=sim.person_upsert, changes_per_domain=2,
-                            report=lambda r: None).run()
+                            report=lambda r: None, reconcile=reconciler(app)).run()
 
     compared = [r for r in reports if r.agreements]
     assert len(compared) >= 5
@@ -59,8 +60,13 @@ def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing
             assert agreement.agrees, (report.title, domain, agreement)
             assert agreement.legacy_rows > 0
 
-    # Every domain reached cloud_only through every mode, in dependency order.
+    # Every domain reached cloud_only through every mode, in dependency order, and every
+    # move passed the guards on a stored reconciliation: nothing was forced.
     assert set(reports[-1].modes.values()) == {"cloud_only"}
+    history = FlagAuditLog(app.state).history(limit=1000)
+    assert {(e.domain, str(e.after.mode)) for e in history} >= {
+        (d, m) for d in DOMAINS for m in ("shadow", "cloud", "cloud_only")}
+    assert [e for e in history if e.forced] == []
     # Every stray write made was captured once and reported once, in both phases.
     made = [n for r in reports for n in r.notes if n.startswith("stray write into")]
     assert len(made) >= len(DOMAINS)

@@ -58,7 +58,7 @@ def demo(home: Path, customers: int, changes: int) -> None:
     from workers.driver import Driver
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
     from workers.legacy_erp.seed import seed_legacy
-    from workers.scenario import PhasedCutover
+    from workers.scenario import PhasedCutover, reconciler
 
     console = Console(width=None if Console().is_terminal else 110)
     home = home.resolve()
@@ -93,7 +93,7 @@ def demo(home: Path, customers: int, changes: int) -> None:
         try:
             reports = PhasedCutover(
                 driver, cloud_people=people.person_upsert, changes_per_domain=changes,
-                report=lambda r: _print_step(console, next(steps), r),
+                report=lambda r: _print_step(console, next(steps), r), reconcile=reconciler(app),
             ).run()
         finally:
             people.close()
