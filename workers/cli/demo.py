@@ -106,7 +106,11 @@ def demo(home: Path, customers: int, changes: int) -> None:
         f"{elapsed:.1f} s: {len(reports)} steps, {disagreements} domain/step disagreements.\n"
         f"Logs (JSON lines): {home / 'coexist.log'}\n"
         f"Look around with COEXIST_HOME={home}:  coexist cutover history | "
-        f"coexist dlq list --status all"
+        f"coexist dlq list --status all | coexist status | coexist trace customer:10003\n"
+        f"Reconcile the demo's ERPs yourself (the cloud ERP keeps its file):\n"
+        f"  python -m workers.cloud_sim --db {home / 'cloud.db'} --port 8099 &\n"
+        f"  COEXIST_HOME={home} COEXIST_CLOUD_URL=http://127.0.0.1:8099 coexist reconcile "
+        f"--output findings.jsonl"
     )
     log_file.close()
     if disagreements:
