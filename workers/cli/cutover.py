@@ -228,7 +228,9 @@ def _wait_for_capture(env: _Env, timeout_s: float) -> None:
 _reason = click.option("--reason", required=True, help="Why (mandatory, audited).")
 _actor = click.option("--actor", help="Who (default: COEXIST_ACTOR, else USER).")
 _no_wait = click.option("--no-wait", is_flag=True,
-                        help="Do not wait for in-flight work under the old version to drain.")
+                        help="Do not wait, before the switch, for the router to route every "
+                             "change already logged, nor, after it, for in-flight work under "
+                             "the old version to drain.")
 _wait_timeout = click.option("--wait-timeout", type=click.FloatRange(min=0),
                              default=DRAIN_TIMEOUT_S, show_default=True,
                              help="Longest wait for the drain, in seconds.")
