@@ -20,6 +20,7 @@ Units and the lossy spots they name:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -118,6 +119,12 @@ def construct(model: type[M], values: dict[str, Any], fields_set: set[str] | Non
     _set_extra(doc, None)
     _set_private(doc, None)
     return doc
+
+
+#: The canonical ``Key`` pattern (coexistence/canonical/models.py) as a full match,
+#: for the legacy translators' fast path (its length, <= 40, is checked inline).
+#: ASCII only, so pydantic's Rust regex and Python's ``re`` agree on it.
+is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 
 
 def pydantic_text(text: str) -> bool:

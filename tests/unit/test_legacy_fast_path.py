@@ -197,3 +197,16 @@ def test_the_sample_records_take_the_fast_path(domain):
     for record in spec.iter(domain, 0, 50):
         header, children = tr.from_canonical(record)
         assert tr._read(header, children)[1], record.key
+
+
+def test_the_fast_path_key_check_is_the_canonical_key_constraint():
+    """``is_key`` + ``len <= 40`` hard-code the canonical ``Key``: a change there must show."""
+    from coexistence.canonical.models import Customer
+    from coexistence.translate.common import is_key
+
+    metadata = {type(m).__name__: m for m in Customer.model_fields["key"].metadata}
+    assert metadata["MaxLen"].max_length == 40
+    assert metadata["MinLen"].min_length == 1
+    assert metadata["_PydanticGeneralMetadata"].pattern == (
+        "^" + is_key.__self__.pattern + "$"
+    )

@@ -48,6 +48,7 @@ from coexistence.translate.common import (
     fit_optional_text_keep_case,
     fit_text,
     from_cents,
+    is_key,
     pad_number,
     pydantic_text,
     round_cents,
@@ -156,7 +157,6 @@ def _bad_site(row: Mapping[str, Any], custno: str, where: Where) -> TranslationE
 # pydantic accepts (``pydantic_text``).  Anything else (a value out of bounds, a lone
 # surrogate) goes through ``validate``: the same TranslationError as ever.
 # tests/unit/test_legacy_fast_path.py proves construct == model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 _is_country = re.compile(r"[A-Z]{2}").fullmatch
 #: ``model_fields_set`` of a validated Customer: every field but ``schema_version``.
 _CUSTOMER_FIELDS_SET = frozenset(Customer.model_fields) - {"schema_version"}
@@ -189,7 +189,7 @@ def _read(
         })
         # Site: Key site_id, Text name/line1/line2/city, region <= 40, postal 1..12.
         if proven and not (
-            len(site_id) <= 40 and _is_key(site_id) and _is_country(country)
+            len(site_id) <= 40 and is_key(site_id) and _is_country(country)
             and len(name) <= 200 and len(line1) <= 200 and len(city) <= 200
             and (line2 is None or len(line2) <= 200)
             and len(region) <= 40 and 0 < len(postal_code) <= 12

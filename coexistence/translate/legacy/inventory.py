@@ -6,7 +6,6 @@ The canonical key is ``"{warehouse}:{sku}"``; the legacy key is the composite
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ from coexistence.translate.common import (
     code,
     construct,
     fail,
+    is_key,
     legacy_quantity,
     quantity,
     uncode,
@@ -77,7 +77,6 @@ def key_columns(legacy_key: str) -> dict[str, str]:
 # models.py) by ``_read``; anything else goes through ``validate``, with the same
 # result or the same TranslationError as ever.  Quantities are ints >= 0 (quantity).
 # tests/unit/test_legacy_fast_path.py proves construct == model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 #: ``model_fields_set`` of a validated balance: every field but ``schema_version``.
 _BALANCE_FIELDS_SET = frozenset(InventoryBalance.model_fields) - {"schema_version"}
 
@@ -105,8 +104,8 @@ def _read(
         "allocated": quantity(header["ALLOC"], where, "ALLOC"),
     }
     proven = (
-        len(key) <= 40 and _is_key(key) is not None
-        and len(warehouse) <= 10 and len(sku) <= 40 and _is_key(sku) is not None
+        len(key) <= 40 and is_key(key) is not None
+        and len(warehouse) <= 10 and len(sku) <= 40 and is_key(sku) is not None
     )
     return values, proven
 

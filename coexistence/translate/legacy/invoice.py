@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -28,6 +27,7 @@ from coexistence.translate.common import (
     from_cents,
     from_price_units,
     int_to_date,
+    is_key,
     legacy_quantity,
     pad_number,
     pydantic_text,
@@ -140,7 +140,7 @@ def _lines(
         lines.append({"line_no": line_no, "sku": sku, "description": description,
                       "quantity": qty, "unit_price": Decimal(price).scaleb(-4)})
         # InvoiceLine: positive numbers, a Key sku (pattern: ASCII only), Text.
-        if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and _is_key(sku)
+        if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and is_key(sku)
                            and len(description) <= 200 and pydantic_text(description)):
             proven = False
     return sort_unique(lines, "line_no", where, "INVLIN.LINENO"), proven
@@ -153,7 +153,6 @@ def _lines(
 # (from_cents, and prices >= 0 above), dates are dates (int_to_date), statuses enum
 # members (decode).  tests/unit/test_legacy_fast_path.py proves construct ==
 # model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 #: ``model_fields_set`` of a validated Invoice: every field but ``schema_version``.
 _INVOICE_FIELDS_SET = frozenset(Invoice.model_fields) - {"schema_version"}
 

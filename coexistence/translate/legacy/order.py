@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -42,6 +41,7 @@ from coexistence.translate.common import (
     from_price_units,
     int_to_date,
     ints_to_datetime,
+    is_key,
     legacy_quantity,
     pad_number,
     pydantic_text,
@@ -148,7 +148,6 @@ def _bad_line(row: Mapping[str, Any], ordno: str, where: Where) -> TranslationEr
 # ``ordered_at`` a UTC datetime (the model's ``_utc`` returns it as is), dates are
 # dates, statuses enum members.  tests/unit/test_legacy_fast_path.py proves
 # construct == model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 #: ``model_fields_set`` of a validated Order: every field but ``schema_version``.
 _ORDER_FIELDS_SET = frozenset(Order.model_fields) - {"schema_version"}
 
@@ -172,7 +171,7 @@ def _read(
         lines.append({"line_no": line_no, "sku": sku, "quantity": qty,
                       "unit_price": Decimal(price).scaleb(-4)})
         # OrderLine: positive numbers, a Key sku (pattern: ASCII only).
-        if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and _is_key(sku)):
+        if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and is_key(sku)):
             proven = False
     values = {
         "key": unpad_number(ordno, where, "ORDNO"),
@@ -192,7 +191,7 @@ def _read(
         site, po = values["ship_to_site_id"], values["customer_po"]
         proven = (
             lines != [] and len(values["key"]) <= 40 and len(values["customer_key"]) <= 40
-            and (site is None or (len(site) <= 40 and _is_key(site) is not None))
+            and (site is None or (len(site) <= 40 and is_key(site) is not None))
             and (po is None or (len(po) <= 22 and pydantic_text(po)))
             and values["currency"] in ISO_CURRENCIES
         )

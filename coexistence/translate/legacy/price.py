@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -20,6 +19,7 @@ from coexistence.translate.common import (
     fail,
     from_price_units,
     int_to_date,
+    is_key,
     legacy_quantity,
     pad_number,
     round_price,
@@ -101,7 +101,6 @@ def _breaks(header: Mapping[str, Any], where: Where) -> list[dict[str, Any]]:
 # result or the same TranslationError as ever.  Breaks need only the ascending
 # check: ``_breaks`` reads positive quantities and prices >= 0 as finite Decimals.
 # tests/unit/test_legacy_fast_path.py proves construct == model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 #: ``model_fields_set`` of a validated ContractPrice: every field but ``schema_version``.
 _PRICE_FIELDS_SET = frozenset(ContractPrice.model_fields) - {"schema_version"}
 
@@ -126,7 +125,7 @@ def _read(
     sku, breaks = values["sku"], values["breaks"]
     proven = (
         len(values["key"]) <= 40 and len(values["customer_key"]) <= 40
-        and len(sku) <= 40 and _is_key(sku) is not None
+        and len(sku) <= 40 and is_key(sku) is not None
         and values["currency"] in ISO_CURRENCIES
         and breaks != [] and all(
             a["min_quantity"] < b["min_quantity"] for a, b in zip(breaks, breaks[1:], strict=False)

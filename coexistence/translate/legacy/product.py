@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from coexistence.translate.common import (
     fit_text,
     from_grams,
     from_price_units,
+    is_key,
     pydantic_text,
     round_grams,
     round_price,
@@ -90,7 +90,6 @@ def key_columns(legacy_key: str) -> dict[str, str]:
 # result or the same TranslationError as ever.  Amounts are finite Decimals >= 0
 # (from_grams, from_price_units), unit and status enum members (decode).
 # tests/unit/test_legacy_fast_path.py proves construct == model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 #: ``model_fields_set`` of a validated Product: every field but ``schema_version``.
 _PRODUCT_FIELDS_SET = frozenset(Product.model_fields) - {"schema_version"}
 
@@ -114,7 +113,7 @@ def _read(
     }
     key, description = values["key"], values["description"]
     proven = (
-        len(key) <= 40 and _is_key(key) is not None
+        len(key) <= 40 and is_key(key) is not None
         and 0 < len(description) <= 120 and pydantic_text(description)
         and values["currency"] in ISO_CURRENCIES
     )

@@ -6,7 +6,6 @@ milestone, both 0 while the milestone is not reached.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -39,6 +38,7 @@ from coexistence.translate.common import (
     fail,
     fit_optional_text,
     ints_to_datetime,
+    is_key,
     legacy_quantity,
     pad_number,
     pydantic_text,
@@ -146,7 +146,7 @@ def _lines(
                       "quantity": qty})
         # ShipmentLine: positive quantities, a Key sku (pattern: ASCII only).
         if proven and not (line_no > 0 and order_line > 0 and qty > 0
-                           and len(sku) <= 40 and _is_key(sku)):
+                           and len(sku) <= 40 and is_key(sku)):
             proven = False
     return sort_unique(lines, "line_no", where, "SHPLIN.LINENO"), proven
 
@@ -158,7 +158,6 @@ def _lines(
 # are read in lifecycle order, one per column pair, as UTC datetimes (the model's
 # ``_utc`` returns a UTC datetime as is).  tests/unit/test_legacy_fast_path.py
 # proves construct == model_validate.
-_is_key = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*").fullmatch
 #: ``model_fields_set`` of a validated Shipment: every field but ``schema_version``.
 _SHIPMENT_FIELDS_SET = frozenset(Shipment.model_fields) - {"schema_version"}
 
