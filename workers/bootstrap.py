@@ -95,11 +95,17 @@ class App:
 
 
 def open_legacy(settings: Settings) -> Erp:
+    from sqlalchemy import inspect
+
     from workers.legacy_erp.adapter import LegacyErp
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 
     engine = create_legacy_engine(settings.legacy_url)
-    create_legacy_schema(engine)
+    # Only a missing schema is created (the embedded default's first start); a running
+    # legacy ERP is never touched by DDL, and worker processes starting together do not
+    # race for its write lock.
+    if not inspect(engine).has_table("CHGLOG"):
+        create_legacy_schema(engine)
     return LegacyErp(engine)
 
 

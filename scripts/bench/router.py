@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def bench_decisions(n: int) -> dict:
             "decisions": rounds * len(pairs)}
 
 
-def bench_shadow(changes: int, timeout_s: float) -> dict:
+def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int) -> dict:
     from coexistence.router import CLOUD, LEGACY
     from workers.bootstrap import bootstrap, run_router
     from workers.cloud_sim import start_simulator
@@ -137,11 +138,20 @@ def bench_shadow(changes: int, timeout_s: float) -> dict:
             # People's inserts: the changes to route (they sit in the change log).
             spec = SampleSpec(customers=changes, products=2, prices_per_customer=1)
             seed_legacy(legacy_engine, spec, domains=["customer"])
-            worker = dramatiq.Worker(app.broker, worker_threads=8)
+            # As in production (supervisord): worker processes beside the router process.
+            env = {**os.environ, "COEXIST_HOME": str(home), "COEXIST_STATE_URL":
+                   settings.state_url, "COEXIST_LEGACY_URL": settings.legacy_url,
+                   "COEXIST_BROKER_URL": settings.broker_url, "COEXIST_CLOUD_URL": sim.url}
+            procs = [subprocess.Popen(
+                [sys.executable, "-c", "from workers.cli import main; main()", "worker",
+                 "--threads", str(threads), "--log-level", "WARNING"],
+                env=env, cwd=ROOT, stdout=subprocess.DEVNULL) for _ in range(worker_procs)]
+            worker = dramatiq.Worker(app.broker, worker_threads=threads) if not procs else None
             stop = threading.Event()
             router = threading.Thread(target=run_router, args=(app, stop), daemon=True)
             start = time.time()
-            worker.start()
+            if worker is not None:
+                worker.start()
             router.start()
             admin = SimulatorAdmin(sim.url)
             done, deadline, after, cloud_at = 0, start + timeout_s, 0, {}
@@ -158,7 +168,12 @@ def bench_shadow(changes: int, timeout_s: float) -> dict:
             elapsed = time.time() - start
             stop.set()
             router.join(10)
-            worker.stop()
+            if worker is not None:
+                worker.stop()
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(30)
             legacy_at = {c.key: c.at for c in app.erps[LEGACY].read(0, changes * 2)}
             latencies = [(cloud_at[k] - legacy_at[k]).total_seconds()
                          for k in cloud_at if k in legacy_at]
@@ -180,12 +195,15 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=2000)
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--worker-procs", type=int, default=2,
+                        help="`coexist worker` processes (0: threads in the router's process)")
+    parser.add_argument("--threads", type=int, default=8, help="worker threads per process")
     args = parser.parse_args()
     print(json.dumps(bench_decisions(args.decisions)), flush=True)
     if args.skip_end_to_end:
         return 0
     baseline = _bus_bench().bench_baseline(args.changes, args.timeout_s)
-    ours = bench_shadow(args.changes, args.timeout_s)
+    ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads)
     print(json.dumps({
         "name": "router_shadow_end_to_end",
         "records_per_s": round(ours["per_s"], 1),
@@ -194,7 +212,8 @@ def main() -> int:
         "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"],
         "baseline_p50_ms": baseline["p50_ms"], "baseline_p99_ms": baseline["p99_ms"],
         "changes": args.changes, "applied": ours["done"], "cloud_rows": ours["cloud_rows"],
-        "seconds": ours["seconds"],
+        "seconds": ours["seconds"], "worker_procs": args.worker_procs,
+        "threads": args.threads,
     }), flush=True)
     return 0 if ours["done"] == args.changes else 1
 
