@@ -20,7 +20,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -32,6 +32,7 @@ from coexistence.ports import COEXIST_WRITER, Change, ChangeFeed, Erp
 from coexistence.router import (
     Action,
     Decision,
+    FlagView,
     decide_change,
     is_closed,
     routed_version,
@@ -60,10 +61,10 @@ def correlation_of(system: str, change: Change) -> str:
     return message_id(system, change.cursor, "change")
 
 
-class FlagStates:
-    """What the capture loop needs from the flags: ``state(domain)`` with version/mode_for."""
+class FlagStates(Protocol):
+    """What the capture loop needs from the flags (``FlagCache``, ``FlagSource``)."""
 
-    def state(self, domain: str) -> Any: ...
+    def state(self, domain: str) -> FlagView: ...
 
 
 @dataclass
