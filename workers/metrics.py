@@ -146,13 +146,15 @@ class StateCollector:
 
     def _capture(self):
         from workers import checkpoints
+        from workers.router.capture import checkpoint_name
 
         if self.legacy_feed is None or not hasattr(self.legacy_feed, "last_cursor"):
             return []
         family = GaugeMetricFamily("coexist_capture_lag_changes",
                                    "Change-log rows the router has not captured yet",
                                    labels=["system"])
-        behind = self.legacy_feed.last_cursor() - checkpoints.get(self.engine, "router.legacy")
+        routed = checkpoints.get(self.engine, checkpoint_name("legacy"))
+        behind = self.legacy_feed.last_cursor() - routed
         family.add_metric(["legacy"], max(0, behind))
         return [family]
 

@@ -36,12 +36,13 @@ from workers.observe.sources import (
     open_legacy_engine,
     utc,
 )
+from workers.router.capture import checkpoint_name
 
 #: Cloud change-feed entries read past the checkpoint to measure capture lag; a lag at
 #: least this large is shown as ">= N" (the feed has no "last cursor" query).
 CLOUD_LAG_PROBE = 1000
 #: Feed name of each ERP's capture loop (``CaptureLoop.feed_name``).
-FEEDS = {LEGACY: f"router.{LEGACY}", CLOUD: f"router.{CLOUD}"}
+FEEDS = {LEGACY: checkpoint_name(LEGACY), CLOUD: checkpoint_name(CLOUD)}
 
 _EXC = ExceptionRecord.__table__
 

@@ -13,6 +13,7 @@ from coexistence.router import CLOUD, LEGACY
 from workers.observe.sources import OK, UNAVAILABLE, SourceNote, one_line, utc
 from workers.observe.timeline import Trace, TraceEvent, legacy_key
 from workers.router import queues
+from workers.router.capture import checkpoint_name
 from workers.router.capture import message_id as derived_id
 
 #: Page size of the cloud change-feed scan.
@@ -77,7 +78,7 @@ def cloud_feed(state: Engine, cloud, note: SourceNote | None, trace: Trace, sinc
         return []
     from workers import checkpoints
 
-    checkpoint = checkpoints.get(state, f"router.{CLOUD}")
+    checkpoint = checkpoints.get(state, checkpoint_name(CLOUD))
     start = max(0, checkpoint - scan)
     after, read, out = start, 0, []
     try:

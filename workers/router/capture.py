@@ -54,6 +54,11 @@ def message_id(system: str, cursor: int, purpose: str) -> str:
     return str(uuid.uuid5(_NS, f"{system}:{cursor}:{purpose}"))
 
 
+def checkpoint_name(system: str) -> str:
+    """The durable checkpoint of the router's capture of ``system`` (``cdc_checkpoint.feed``)."""
+    return f"router.{system}"
+
+
 def correlation_of(system: str, change: Change) -> str:
     """One correlation id per captured change: every message it causes (shadow writes,
     events, reports, repairs) and every message those cause carry it, so a log search or
@@ -154,7 +159,7 @@ class CaptureLoop:
         self.flags = flags
         self.engine = engine
         self.subscriptions = tuple(subscriptions)
-        self.feed_name = feed_name or f"router.{system}"
+        self.feed_name = feed_name or checkpoint_name(system)
         self.batch_size = batch_size
 
     def run_once(self) -> CaptureStats:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from coexistence.ports import ChangeFeed
 from workers import checkpoints
+from workers.router.capture import checkpoint_name as feed_name
 
 #: Changes read per page while finding a feed's head.
 HEAD_PAGE = 1000
@@ -26,11 +27,6 @@ HEAD_MAX_PAGES = 200
 
 class CaptureBehind(Exception):
     """The router did not catch up with the feeds in time."""
-
-
-def feed_name(system: str) -> str:
-    """The checkpoint name of the router's capture of ``system`` (see ``CaptureLoop``)."""
-    return f"router.{system}"
 
 
 def head_after(feed: ChangeFeed, cursor: int) -> int:
