@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -30,6 +30,7 @@ from decimal import Decimal
 from bus.exception_store import ExceptionStore
 from coexistence.canonical import DOCUMENT_DOMAINS, DOMAINS, CanonicalRecord
 from coexistence.flags import Mode
+from coexistence.reconcile.engine import merge
 from coexistence.router import CLOUD, LEGACY, is_closed
 from coexistence.translate.legacy import LEGACY_TRANSLATORS
 from workers.driver import Driver
@@ -100,25 +101,13 @@ class Agreement:
         return not (self.mismatched or self.only_legacy or self.only_cloud)
 
 
-def _merge_sorted(a: Iterator[CanonicalRecord], b: Iterator[CanonicalRecord]):
-    sentinel = object()
-    x, y = next(a, sentinel), next(b, sentinel)
-    while x is not sentinel or y is not sentinel:
-        if y is sentinel or (x is not sentinel and x.key < y.key):
-            yield x, None
-            x = next(a, sentinel)
-        elif x is sentinel or y.key < x.key:
-            yield None, y
-            y = next(b, sentinel)
-        else:
-            yield x, y
-            x, y = next(a, sentinel), next(b, sentinel)
-
-
 def compare(legacy, cloud, domain: str) -> Agreement:
-    """Stream both ERPs in key order and compare normalised records (bounded memory)."""
+    """Stream both ERPs in key order and compare normalised records (bounded memory).
+
+    Deliberately simpler than ``coexist reconcile`` (which the scenario also runs before
+    each move): an independent check that both ERPs hold the same normalised records."""
     result = Agreement(domain)
-    for a, b in _merge_sorted(iter(legacy.stream(domain)), iter(cloud.stream(domain))):
+    for a, b in merge(legacy.stream(domain), cloud.stream(domain)):
         if a is not None:
             result.legacy_rows += 1
         if b is not None:
