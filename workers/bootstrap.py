@@ -68,6 +68,11 @@ class App:
             self._publisher = make_publisher(self.broker)
         return OutboxRelay(self.state, self._publisher)
 
+    def queue_names(self) -> list[str]:
+        """Every queue this app's actors consume (writers, commands, reports, channels)."""
+        names = [*queues.WRITE_QUEUE.values(), queues.COMMAND_QUEUE, queues.REPORT_QUEUE]
+        return names + [s.queue for s in self.subscriptions]
+
     def capture_loops(self) -> list[CaptureLoop]:
         return [
             CaptureLoop(system, self.erps[system], self.erps, self.flags, self.state,
@@ -176,9 +181,7 @@ def bootstrap(
 def start_dlq_drain(app: App, stop: threading.Event) -> threading.Thread:
     """Move dead letters (RabbitMQ ``.XQ`` queues, the embedded broker's dead-letter table)
     into the exception store continuously, so none waits in the broker or expires there."""
-    from workers.driver import router_queues
-
-    drain = make_drain(app.broker, app.exceptions, router_queues(app))
+    drain = make_drain(app.broker, app.exceptions, app.queue_names())
     thread = threading.Thread(target=drain.run_forever, args=(stop,), name="dlq-drain",
                               daemon=True)
     thread.start()

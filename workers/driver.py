@@ -16,13 +16,7 @@ from bus.brokers import SqliteBroker
 from bus.dlq_drain import make_drain
 from bus.outbox import backlog
 from workers.bootstrap import App
-from workers.router import queues
 from workers.router.capture import CaptureStats
-
-
-def router_queues(app: App) -> list[str]:
-    names = list(queues.WRITE_QUEUE.values()) + [queues.COMMAND_QUEUE, queues.REPORT_QUEUE]
-    return names + [s.queue for s in app.subscriptions]
 
 
 class Driver:
@@ -30,7 +24,7 @@ class Driver:
         self.app = app
         self.loops = app.capture_loops()
         self.relay = app.relay()
-        self.drain = make_drain(app.broker, app.exceptions, router_queues(app))
+        self.drain = make_drain(app.broker, app.exceptions, app.queue_names())
         self.captured = CaptureStats()
         self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100)
         self.worker.start()
@@ -49,7 +43,7 @@ class Driver:
                 captured.add(stats)
                 moved += stats.read
             moved += self.relay.run_once(5000)
-            for name in router_queues(self.app):
+            for name in self.app.queue_names():
                 self._join(name, int(timeout_s * 1000))
             self.worker.join()
             moved += self.drain.run_once()
