@@ -1,0 +1,1 @@
+"""The EDI channel's edges: file-drop transport, control numbers, state, handlers."""

@@ -1,0 +1,152 @@
+"""Control numbers: ISA13, GS06 and ST02 unique and increasing per partner.
+
+Numbers are allocated by ``UPDATE edi_counter SET last = last + n ...
+RETURNING last`` inside the caller's transaction, the same one that records
+the outbound interchange and its documents (``record_outbound``).  The row
+lock serialises concurrent allocators (PostgreSQL row lock; SQLite's write
+lock, taken up front by ``BEGIN IMMEDIATE``), so two workers never get the
+same number, and a rolled-back transaction gives its numbers back: a number
+the partner sees is always one that was committed together with its bytes.
+
+A crash after the commit and before the file's final rename leaves the row
+``allocated``; ``flush_pending`` writes it with the same bytes, so the
+partner sees neither a gap nor a reused number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bus.errors import BusinessError
+from coexistence.edi import x12
+from coexistence.edi.profiles import PartnerProfile
+from workers.edi.store import COUNTER, DOCUMENT, INTERCHANGE
+
+#: Counter kinds.
+ISA, GS, ST = "isa", "gs", "st"
+#: EDI order keys come from one sequence shared by every partner.
+ORDER_KEYS_PARTNER = "*"
+ORDER_KEY_KIND = "order_key"
+#: First canonical order key given to an order that arrives by EDI (numeric: the legacy
+#: ERP's ORDNO is a zero-padded 10-digit number), far above the sample's document keys.
+EDI_ORDER_KEY_BASE = 7_000_000_000
+
+
+class ControlNumbersExhausted(BusinessError):
+    """A partner's counter reached 999999999; an operator must agree a reset with it."""
+
+
+def allocate(conn, partner: str, kind: str, count: int = 1) -> int:
+    """Reserve ``count`` consecutive numbers; returns the first.  In the caller's transaction."""
+    stmt = (update(COUNTER).where(COUNTER.c.partner == partner, COUNTER.c.kind == kind)
+            .values(last=COUNTER.c.last + count).returning(COUNTER.c.last))
+    last = conn.execute(stmt).scalar_one_or_none()
+    if last is None:
+        ins = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(ins(COUNTER).values(partner=partner, kind=kind, last=0)
+                     .on_conflict_do_nothing())
+        last = conn.execute(stmt).scalar_one()
+    last = int(last)
+    if kind != ORDER_KEY_KIND and last > x12.MAX_CONTROL_NUMBER:
+        raise ControlNumbersExhausted(
+            f"partner {partner}: {kind.upper()} control numbers exhausted (next would be "
+            f"{last}); agree a reset with the partner before sending more")
+    return last - count + 1
+
+
+def next_order_key(conn) -> str:
+    return str(EDI_ORDER_KEY_BASE + allocate(conn, ORDER_KEYS_PARTNER, ORDER_KEY_KIND))
+
+
+@dataclass(frozen=True, slots=True)
+class OutSet:
+    """One outbound transaction set and the business facts recorded with it."""
+
+    code: str
+    body: Sequence[Sequence[str]]
+    business_domain: str | None = None
+    business_key: str | None = None
+    order_key: str | None = None
+    po_number: str | None = None
+    correlation_id: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    id: int
+    partner: str
+    isa13: int
+    file_name: str
+    content: bytes
+
+
+def file_name(partner: str, kind: str, isa13: int) -> str:
+    return f"{partner}-{kind}-{isa13:09d}.x12"
+
+
+def record_outbound(conn, profile: PartnerProfile, *, kind: str, at: datetime,
+                    sets: Sequence[OutSet] = (), extra: Sequence[Sequence[str]] = (),
+                    answers: int | None = None) -> Outbound:
+    """Allocate numbers, build the interchange and record it ``allocated`` with its documents.
+
+    All sets go into one functional group per functional id, in order.  ``extra``
+    is a segment outside any group (a TA1).  Nothing is committed here.
+    """
+    isa13 = allocate(conn, profile.id, ISA)
+    by_fid: dict[str, list[OutSet]] = {}
+    for s in sets:
+        by_fid.setdefault(_fid(s.code), []).append(s)
+    groups: list[x12.GroupSpec] = []
+    numbered: list[tuple[OutSet, int, int]] = []
+    if sets:
+        first_st = allocate(conn, profile.id, ST, len(sets))
+        n = 0
+        for fid, members in by_fid.items():
+            gs06 = allocate(conn, profile.id, GS)
+            specs = []
+            for s in members:
+                st = first_st + n
+                n += 1
+                specs.append(x12.SetSpec(s.code, st, s.body))
+                numbered.append((s, gs06, st))
+            groups.append(x12.GroupSpec(fid, profile.our_gs, profile.partner_gs, gs06, specs))
+    text = x12.write_interchange(
+        sender=profile.our_isa.party(), receiver=profile.partner_isa.party(), control=isa13,
+        at=at, groups=groups, separators=profile.separators, usage=profile.isa15,
+        segment_suffix=profile.segment_suffix, extra=extra)
+    content = text.encode("ascii")
+    name = file_name(profile.id, kind, isa13)
+    ic_id = conn.execute(insert(INTERCHANGE).values(
+        partner=profile.id, direction="out",
+        sender=f"{profile.our_isa.qualifier}:{profile.our_isa.id}", isa13=isa13,
+        digest=hashlib.sha256(content).hexdigest(), status="allocated", kind=kind,
+        file_name=name, content=content, answers=answers, resends=0, created_at=at,
+    ).returning(INTERCHANGE.c.id)).scalar_one()
+    rows = [{
+        "partner": profile.id, "direction": "out", "doc_type": s.code, "interchange_id": ic_id,
+        "gs06": gs06, "st02": x12.set_control(st), "business_domain": s.business_domain,
+        "business_key": s.business_key, "order_key": s.order_key, "po_number": s.po_number,
+        "correlation_id": s.correlation_id,
+        "ack_status": "pending" if (profile.sends_997 and s.code != "997") else "none",
+        "ack_note": None, "ack_at": None,
+        "detail": json.dumps(s.detail, default=str) if s.detail is not None else None,
+        "created_at": at,
+    } for s, gs06, st in numbered]
+    if rows:
+        conn.execute(insert(DOCUMENT), rows)
+    return Outbound(int(ic_id), profile.id, isa13, name, content)
+
+
+def _fid(code: str) -> str:
+    from coexistence.edi.acks import FUNCTIONAL_IDS
+
+    return FUNCTIONAL_IDS[code]

@@ -1,0 +1,770 @@
+"""The EDI channel's handlers, as plain functions of their inputs and dependencies.
+
+Inbound (``handle_inbound``): every complete file in a partner's
+``inbound/`` is claimed, read, and each interchange in it answered:
+
+* a broken envelope (ISA width, truncated file, IEA/ISA mismatch, counts), an
+  interchange from someone other than the partner or to someone other than
+  us, or a duplicate (same sender + ISA13 within the profile's window, note
+  025) gets a TA1 and no 997; nothing inside it is read;
+* otherwise each functional group gets a 997 (AK3/AK4 for every finding, AK5
+  per set, AK9), except a 997 itself, which updates the acknowledgment state
+  of what we sent and is never answered;
+* each accepted 850 becomes an order command envelope in the outbox (kind
+  ``command``, ``payload["channel"] = "edi"``; the router writes it into the
+  SoR as ``COEXEDI``), committed in the same state transaction as the
+  inbound record, its documents and the 997 with its control numbers;
+* an 850 coexist cannot act on (unknown SKU, unknown buyer, a fraction of a
+  unit) is answered by an 855 RD, every line IR.
+
+Every fault becomes a business exception naming file, segment position,
+element and value, and the file goes to ``failed/``; a clean file goes to
+``processed/``.  Nothing raises out of a file: one bad file never stops the
+next.
+
+Outbound (``handle_events``): canonical events from the router's fan-out
+(order, shipment, invoice, from the SoR only) become an 855 (first event of
+an order that came by 850), an 856 (once the shipment has shipped) or an 810
+(a posted, not void, invoice) for the partner that owns the customer, and
+only that partner (``partner_may_receive``).  One document per business key
+per partner, ever: a redelivered or reordered event is a ``duplicate``.
+Each envelope gets its own outcome; a bad one never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bus.envelope import Envelope, new_envelope
+from bus.errors import BusinessError, TechnicalError
+from bus.exception_store import ExceptionStore
+from bus.outbox import add_all_to_outbox
+from coexistence.canonical import decode
+from coexistence.canonical.models import Invoice, InvoiceStatus, Order, OrderStatus, Shipment
+from coexistence.edi import acks, documents, x12
+from coexistence.edi.profiles import EdiSettings, PartnerProfile
+from workers.edi import control
+from workers.edi.store import DOCUMENT, INTERCHANGE, utcnow
+from workers.edi.transport import Claimed, DropFolder, OutboundExists
+from workers.router import queues
+
+log = logging.getLogger(__name__)
+
+#: A claim older than this is taken to belong to a crashed worker and is processed again.
+ABANDONED_CLAIM_S = 300.0
+#: Exception-store coordinates of the EDI channel's business exceptions.
+EXCEPTION_QUEUE = "coexist.channel.edi"
+EXCEPTION_ACTOR = "edi"
+#: ``source_system`` of the order commands this channel sends.
+SOURCE_SYSTEM = "edi"
+
+DOC_FOR_DOMAIN = {"order": "855", "shipment": "856", "invoice": "810"}
+
+
+def partner_may_receive(profile: PartnerProfile, customer_key: str) -> bool:
+    """The row rule of the EDI channel: a partner sees only its own customers' documents.
+
+    The one place the rule is applied, so it can be swapped for the shared field/row
+    policy (``coexistence.policy``) when that lands.
+    """
+    return customer_key in profile.customers
+
+
+@dataclass
+class EdiDeps:
+    """What the handlers need, by name."""
+
+    engine: Engine
+    settings: EdiSettings
+    exceptions: ExceptionStore
+    #: The SoR catalogue: a product's unit of measure, ``None`` for an unknown SKU.
+    unit_of: documents.UnitLookup
+    #: The SoR's order (for 856/810: the customer and the PO number).
+    get_order: Callable[[str], Order | None]
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    may_receive: Callable[[PartnerProfile, str], bool] = partner_may_receive
+
+    def folder(self, profile: PartnerProfile) -> DropFolder:
+        return DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
+
+
+@dataclass
+class FileOutcome:
+    partner: str
+    file: str
+    ok: bool
+    moved_to: str | None = None
+    orders: list[str] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one envelope: ``sent``, ``skipped``, ``duplicate``, ``business_error``
+    (recorded in the exception store) or ``technical_error`` (retry it)."""
+
+    message_id: str
+    status: str
+    detail: str = ""
+    interchange_id: int | None = None
+
+
+# =========================================================================== inbound
+
+
+def handle_inbound(deps: EdiDeps, partners: Iterable[str] | None = None) -> list[FileOutcome]:
+    """Claim and answer every complete file in the partners' ``inbound/`` folders."""
+    wanted = set(partners) if partners is not None else None
+    out: list[FileOutcome] = []
+    for profile in deps.settings.partners:
+        if wanted is not None and profile.id not in wanted:
+            continue
+        folder = deps.folder(profile).ensure()
+        claims = folder.abandoned_claims(ABANDONED_CLAIM_S)
+        for name in folder.ready():
+            c = folder.claim(name)
+            if c is not None:
+                claims.append(c)
+        for claimed in claims:
+            out.append(handle_file(deps, profile, folder, claimed))
+    return out
+
+
+def handle_file(deps: EdiDeps, profile: PartnerProfile, folder: DropFolder,
+                claimed: Claimed) -> FileOutcome:
+    """Answer one claimed file; never raises for what is in the file."""
+    outcome = FileOutcome(profile.id, claimed.name, ok=True)
+    data = claimed.path.read_bytes()
+    try:
+        interchanges = x12.read(data, file=claimed.name)
+    except x12.X12Error as exc:
+        _record(deps, profile, f"file:{_sha(data)[:32]}", "EdiUnreadableFile", str(exc),
+                raw=data)
+        outcome.ok = False
+        outcome.problems.append(str(exc))
+        interchanges = []
+    for index, ic in enumerate(interchanges):
+        try:
+            _handle_interchange(deps, profile, claimed, ic, index, outcome)
+        except TechnicalError:
+            raise  # the state database is unavailable: leave the claim for a retry
+        except Exception as exc:  # noqa: BLE001 - a bug must not lose the file
+            log.exception("EDI interchange %s of %s failed", ic.control, claimed.name)
+            _record(deps, profile, f"bug:{_sha(ic.text.encode('latin-1'))[:32]}",
+                    type(exc).__name__, f"{claimed.name}: interchange {ic.control}: {exc}",
+                    raw=ic.text.encode("latin-1"))
+            outcome.ok = False
+            outcome.problems.append(f"{type(exc).__name__}: {exc}")
+    flush_pending(deps, ids=outcome.answers)
+    outcome.moved_to = str(folder.finish(claimed, ok=outcome.ok))
+    return outcome
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _envelope_fault(profile: PartnerProfile, ic: x12.Interchange) -> tuple[str, str] | None:
+    """(TA1 note code, sentence) when the interchange is not to be read."""
+    if ic.errors:
+        return ic.errors[0].code, "; ".join(str(f) for f in ic.errors)
+    if (ic.sender_qualifier, ic.sender_id) != (profile.partner_isa.qualifier,
+                                               profile.partner_isa.id):
+        return "006", (f"{ic.file}: segment {ic.file_position} (ISA), element ISA06 = "
+                       f"{ic.sender_qualifier}:{ic.sender_id!r}: unknown partner: folder "
+                       f"{profile.id} expects {profile.partner_isa.qualifier}:"
+                       f"{profile.partner_isa.id}")
+    if (ic.receiver_qualifier, ic.receiver_id) != (profile.our_isa.qualifier,
+                                                   profile.our_isa.id):
+        return "008", (f"{ic.file}: segment {ic.file_position} (ISA), element ISA08 = "
+                       f"{ic.receiver_qualifier}:{ic.receiver_id!r}: not addressed to us "
+                       f"({profile.our_isa.qualifier}:{profile.our_isa.id})")
+    return None
+
+
+@dataclass
+class _Plan:
+    """Everything decided about one readable interchange before its transaction."""
+
+    verdicts: list[acks.GroupVerdict] = field(default_factory=list)
+    sets_850: list[x12.TransactionSet] = field(default_factory=list)
+    acks_in: list[acks.AckedSet] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    units: dict[str, str | None] = field(default_factory=dict)
+
+
+def _plan(deps: EdiDeps, profile: PartnerProfile, ic: x12.Interchange) -> _Plan:
+    plan = _Plan()
+    supported = list(profile.sends)
+    for group in ic.groups:
+        if group.functional_id == "FA":
+            verdict = acks.judge_group(group, ["997"])
+            for ts, sv in zip(group.sets, verdict.sets, strict=True):
+                if sv.accepted:
+                    plan.acks_in.extend(acks.read_997(ts))
+                else:
+                    plan.problems.append(f"{ic.file}: 997 {ts.control} from {profile.id} is "
+                                         "not readable and was not applied: "
+                                         + _verdict_words(ts, sv))
+            continue
+        verdict = acks.judge_group(group, supported)
+        plan.verdicts.append(verdict)
+        for ts, sv in zip(group.sets, verdict.sets, strict=True):
+            if not sv.accepted:
+                plan.problems.append(_verdict_words(ts, sv))
+            if sv.accepted and ts.code == "850":
+                plan.sets_850.append(ts)
+    # SoR lookups happen here, before the state transaction (no network call inside it).
+    for ts in plan.sets_850:
+        for seg in ts.body:
+            if seg.tag == "PO1":
+                sku = documents._sku_of(seg, 6)
+                if sku and sku[0] not in plan.units:
+                    plan.units[sku[0]] = deps.unit_of(sku[0])
+    return plan
+
+
+def _verdict_words(ts: x12.TransactionSet, sv: acks.SetVerdict) -> str:
+    head = f"{ts.file}: transaction set {ts.code}/{ts.control} (segment " \
+           f"{ts.segments[0].file_position}): AK5 {sv.status}"
+    if "1" in sv.reasons and sv.status == "R" and not sv.findings and not ts.errors:
+        return head + f": a {ts.code} is not a document this partner sends us"
+    parts = [str(f) for f in ts.errors] + [f.describe(ts.file) for f in sv.findings]
+    return head + (": " + "; ".join(parts) if parts else "")
+
+
+def _handle_interchange(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed,
+                        ic: x12.Interchange, index: int, outcome: FileOutcome) -> None:
+    content = ic.text.encode("latin-1")
+    digest = _sha(content)
+    sender = f"{ic.sender_qualifier}:{ic.sender_id}"[:20]
+    fault = _envelope_fault(profile, ic)
+    plan = _plan(deps, profile, ic) if fault is None else _Plan()
+    now = deps.clock()
+    isa13 = int(ic.control) if ic.control.isdigit() else 0
+    dedupe = f"{sender}:{isa13}"
+    for attempt in range(2):
+        try:
+            with deps.engine.begin() as conn:
+                result = _interchange_transaction(
+                    conn, deps, profile, claimed, ic, plan, fault, now=now, digest=digest,
+                    content=content, sender=sender, isa13=isa13, dedupe=dedupe)
+            break
+        except IntegrityError:
+            if attempt:
+                raise
+            # Another worker recorded the same interchange first: it is a duplicate now.
+            continue
+    problems, errors, orders, answers = result
+    for n, (error_type, message, key) in enumerate(errors):
+        _record(deps, profile, f"{digest[:32]}:{n}", error_type, message, raw=content, key=key)
+    outcome.problems.extend(problems)
+    outcome.orders.extend(orders)
+    outcome.answers.extend(answers)
+    if errors:
+        outcome.ok = False
+
+
+def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claimed: Claimed,
+                             ic: x12.Interchange, plan: _Plan, fault, *, now, digest, content,
+                             sender, isa13, dedupe):
+    """One state transaction: inbound record, documents, commands, answers with numbers.
+
+    Returns (problems, exception records to write, order keys, outbound ids).
+    """
+    mine = conn.execute(
+        select(INTERCHANGE.c.id, INTERCHANGE.c.problems)
+        .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
+               INTERCHANGE.c.file_name == claimed.claim_name, INTERCHANGE.c.digest == digest)
+    ).first()
+    if mine is not None:
+        # Our own earlier run of this very file, cut short by a crash after its commit.
+        saved = json.loads(mine.problems) if mine.problems else {}
+        answers = [r.id for r in conn.execute(
+            select(INTERCHANGE.c.id).where(INTERCHANGE.c.answers == mine.id))]
+        orders = [r.order_key for r in conn.execute(
+            select(DOCUMENT.c.order_key).where(DOCUMENT.c.interchange_id == mine.id,
+                                               DOCUMENT.c.direction == "in",
+                                               DOCUMENT.c.order_key.is_not(None)))]
+        return (saved.get("problems", []), [tuple(e) for e in saved.get("errors", [])],
+                orders, answers)
+    existing = conn.execute(
+        select(INTERCHANGE.c.id, INTERCHANGE.c.created_at)
+        .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
+               INTERCHANGE.c.dedupe_key == dedupe)
+    ).first() if fault is None else None
+    if existing is not None:
+        window = timedelta(days=profile.duplicate_window_days)
+        created = existing.created_at
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        if now - created <= window:
+            fault = (x12.TA1_DUPLICATE,
+                     f"{ic.file}: segment {ic.file_position} (ISA), element ISA13 = "
+                     f"{ic.control!r}: duplicate interchange: {sender} already sent "
+                     f"{ic.control} on {created:%Y-%m-%d %H:%M} (interchange record "
+                     f"{existing.id}); not processed again")
+        else:
+            # Outside the window: the old sighting no longer blocks the number.
+            conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id == existing.id)
+                         .values(dedupe_key=None))
+    errors: list[tuple[str, str, str | None]] = []
+    problems: list[str] = []
+    orders: list[str] = []
+    answers: list[int] = []
+    if fault is not None:
+        code, sentence = fault
+        status = "duplicate" if code == x12.TA1_DUPLICATE else "rejected"
+        errors.append(("EdiDuplicateInterchange" if code == x12.TA1_DUPLICATE
+                       else "EdiEnvelopeError", sentence, None))
+        problems.append(sentence)
+        in_id = _insert_inbound(conn, profile, claimed, ic, now=now, digest=digest,
+                                content=content, sender=sender, isa13=isa13, status=status,
+                                kind="TA1", dedupe=None,
+                                saved={"problems": problems, "errors": errors})
+        out = control.record_outbound(conn, profile, kind="TA1", at=now,
+                                      extra=[acks.ta1(ic, "R", code)], answers=in_id)
+        answers.append(out.id)
+        return problems, errors, orders, answers
+
+    kinds = sorted({ts.code for g in ic.groups for ts in g.sets}) or ["-"]
+    status = "acknowledgment" if kinds == ["997"] else (
+        "accepted" if not plan.problems else "rejected")
+    in_id = _insert_inbound(conn, profile, claimed, ic, now=now, digest=digest,
+                            content=content, sender=sender, isa13=isa13, status=status,
+                            kind=",".join(kinds)[:8], dedupe=dedupe, saved=None)
+    for sentence in plan.problems:
+        errors.append(("EdiSyntaxError", sentence, None))
+        problems.append(sentence)
+    # 997s received: the acknowledgment state of what we sent.
+    for ack in plan.acks_in:
+        matched = _apply_ack(conn, profile, ack, now)
+        if not matched:
+            sentence = (f"{ic.file}: 997 from {profile.id} acknowledges group {ack.group_control}"
+                        + (f" set {ack.control}" if ack.control else "")
+                        + " which we never sent")
+            errors.append(("EdiUnmatchedAcknowledgment", sentence, None))
+            problems.append(sentence)
+    # 850s: order commands, or an 855 RD naming why not.
+    commands: list[Envelope] = []
+    refusals: list[control.OutSet] = []
+    gs_of = {id(ts): g for g in ic.groups for ts in g.sets}
+    verdict_of = {(v.control, s.control): s for v in plan.verdicts for s in v.sets}
+    for ts in plan.sets_850:
+        group = gs_of[id(ts)]
+        sv = verdict_of[(group.control, ts.control)]
+        po = next((s.get(3) for s in ts.body if s.tag == "BEG"), "")
+        key = _order_key_for(conn, profile, po) or "0"
+        inbound = documents.read_850(ts, profile, order_key=key,
+                                     unit_of=lambda sku: plan.units.get(sku))
+        detail = {"lines": [_line_json(ln) for ln in inbound.lines],
+                  "ordered_on": inbound.ordered_on.isoformat() if inbound.ordered_on else None}
+        if inbound.problems or inbound.order is None:
+            for p in inbound.problems:
+                sentence = f"{p.describe(ic.file)} (850 {ts.control}, PO {po})"
+                errors.append(("EdiOrderRefused", sentence, None))
+                problems.append(sentence)
+            _insert_inbound_doc(conn, profile, in_id, group, ts, now=now, order_key=None,
+                                po=po, correlation=None, ack=sv.status, detail=detail,
+                                note="; ".join(p.reason for p in inbound.problems))
+            if "855" in profile.receives and inbound.ordered_on is not None:
+                answers_ = documents.answer_lines(None, inbound.lines,
+                                                  {p.line_no or 0: p.reason
+                                                   for p in inbound.problems})
+                refusals.append(control.OutSet(
+                    "855", documents.build_855(
+                        po_number=po, ordered_on=inbound.ordered_on, order_key="",
+                        currency=_currency_of(ts, profile), ordered=inbound.lines,
+                        answers=answers_, acknowledged_on=now.date()),
+                    business_domain="order", business_key=None, po_number=po))
+            continue
+        if key == "0":
+            key = control.next_order_key(conn)
+            inbound.order = inbound.order.model_copy(update={"key": key})
+        env = new_envelope(
+            domain="order", kind=queues.KIND_COMMAND, key=key,
+            payload={"record": inbound.order.model_dump(mode="json"), "channel": "edi",
+                     "partner": profile.id, "interchange": ic.control, "po_number": po},
+            source_system=SOURCE_SYSTEM, source_version=in_id,
+            message_id=str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                      f"edi:{profile.id}:{ic.sender_id}:{ic.control}:"
+                                      f"{group.control}:{ts.control}")),
+        )
+        commands.append(env)
+        orders.append(key)
+        _insert_inbound_doc(conn, profile, in_id, group, ts, now=now, order_key=key, po=po,
+                            correlation=env.correlation_id, ack=sv.status, detail=detail,
+                            note=None)
+    if commands:
+        add_all_to_outbox(conn, commands, actor_name=queues.COMMAND_ACTOR,
+                          queue_name=queues.COMMAND_QUEUE)
+    if plan.verdicts and profile.expects_997:
+        sets = [control.OutSet("997", acks.build_997([v])) for v in plan.verdicts]
+        answers.append(control.record_outbound(conn, profile, kind="997", at=now, sets=sets,
+                                               answers=in_id).id)
+    if refusals:
+        answers.append(control.record_outbound(conn, profile, kind="855", at=now,
+                                               sets=refusals, answers=in_id).id)
+    if problems:
+        conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id == in_id).values(
+            status="rejected" if status != "acknowledgment" else status,
+            problems=json.dumps({"problems": problems, "errors": errors})))
+    return problems, errors, orders, answers
+
+
+def _currency_of(ts: x12.TransactionSet, profile: PartnerProfile) -> str:
+    return next((s.get(2) for s in ts.body if s.tag == "CUR" and s.get(2)), profile.currency)
+
+
+def _line_json(ln: documents.OrderedLine) -> dict:
+    return {"line_no": ln.line_no, "assigned_id": ln.assigned_id, "sku": ln.sku,
+            "quantity": str(ln.quantity), "unit": ln.unit, "unit_price": str(ln.unit_price)}
+
+
+def _line_from_json(d: dict) -> documents.OrderedLine:
+    return documents.OrderedLine(int(d["line_no"]), d["assigned_id"], d["sku"],
+                                 Decimal(d["quantity"]), d["unit"], Decimal(d["unit_price"]))
+
+
+def _insert_inbound(conn, profile, claimed: Claimed, ic: x12.Interchange, *, now, digest,
+                    content, sender, isa13, status, kind, dedupe, saved) -> int:
+    return int(conn.execute(INTERCHANGE.insert().values(
+        partner=profile.id, direction="in", sender=sender, isa13=isa13, digest=digest,
+        dedupe_key=dedupe, status=status, kind=kind, file_name=claimed.claim_name,
+        content=content, resends=0, created_at=now, written_at=None,
+        problems=json.dumps(saved) if saved else None,
+    ).returning(INTERCHANGE.c.id)).scalar_one())
+
+
+def _insert_inbound_doc(conn, profile, in_id: int, group: x12.Group, ts: x12.TransactionSet,
+                        *, now, order_key, po, correlation, ack, detail, note) -> None:
+    conn.execute(DOCUMENT.insert().values(
+        partner=profile.id, direction="in", doc_type=ts.code, interchange_id=in_id,
+        gs06=int(group.control) if group.control.isdigit() else 0, st02=ts.control[:9],
+        business_domain="order", business_key=order_key, order_key=order_key,
+        po_number=po[:30] or None, correlation_id=correlation, ack_status=ack, ack_note=note,
+        detail=json.dumps(detail), created_at=now))
+
+
+def _order_key_for(conn, profile: PartnerProfile, po: str) -> str | None:
+    """The order key an earlier accepted 850 of this PO got (a restated order keeps it)."""
+    if not po:
+        return None
+    return conn.execute(
+        select(DOCUMENT.c.order_key).where(
+            DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "in",
+            DOCUMENT.c.doc_type == "850", DOCUMENT.c.po_number == po[:30],
+            DOCUMENT.c.order_key.is_not(None))
+        .order_by(DOCUMENT.c.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def _apply_ack(conn, profile: PartnerProfile, ack: acks.AckedSet, now: datetime) -> bool:
+    if not ack.group_control.isdigit():
+        return False
+    where = [DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "out",
+             DOCUMENT.c.gs06 == int(ack.group_control)]
+    if ack.control is not None:
+        where.append(DOCUMENT.c.st02 == ack.control)
+    rows = conn.execute(update(DOCUMENT).where(*where).values(
+        ack_status=ack.status, ack_note=ack.note or None, ack_at=now)).rowcount
+    return rows > 0
+
+
+# =========================================================================== outbound
+
+
+def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps) -> list[Outcome]:
+    """855/856/810 for canonical events; one outcome per envelope, in order."""
+    out: list[Outcome] = []
+    for env in envelopes:
+        try:
+            out.append(_one_event(env, deps))
+        except (BusinessError, ValueError, ValidationError) as exc:
+            _record(deps, None, env.message_id, type(exc).__name__,
+                    f"EDI {DOC_FOR_DOMAIN.get(env.domain, '?')} for {env.domain} {env.key}: "
+                    f"{exc}", envelope=env)
+            out.append(Outcome(env.message_id, "business_error", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the caller retries this one alone
+            out.append(Outcome(env.message_id, "technical_error",
+                               f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _one_event(env: Envelope, deps: EdiDeps) -> Outcome:
+    doc = DOC_FOR_DOMAIN.get(env.domain)
+    if doc is None or env.kind not in (queues.KIND_EVENT, queues.KIND_UPSERT):
+        return Outcome(env.message_id, "skipped", f"{env.kind} of {env.domain}: no EDI document")
+    record = decode(env.domain, env.payload["record"])
+    order: Order | None
+    if isinstance(record, Order):
+        order, customer = record, record.customer_key
+    elif isinstance(record, Shipment):
+        order = deps.get_order(record.order_key)
+        if order is None:
+            raise TechnicalError(f"shipment {record.key}: order {record.order_key} is not in the "
+                                 "system of record yet")
+        customer = order.customer_key
+    else:
+        assert isinstance(record, Invoice)
+        order, customer = deps.get_order(record.order_key), record.customer_key
+    profile = deps.settings.owner_of(customer)
+    if profile is None or not deps.may_receive(profile, customer):
+        return Outcome(env.message_id, "skipped", f"customer {customer} has no trading partner")
+    if doc not in profile.receives:
+        return Outcome(env.message_id, "skipped", f"partner {profile.id} does not receive {doc}")
+    now = deps.clock()
+    built = _build(doc, record, order, profile, deps, now)
+    if isinstance(built, str):
+        return Outcome(env.message_id, "skipped", built)
+    out_set = built
+    try:
+        with deps.engine.begin() as conn:
+            if _already_sent(conn, profile, doc, record.key):
+                return Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} "
+                               f"{record.key} was sent to {profile.id} already")
+            sent = control.record_outbound(
+                conn, profile, kind=doc, at=now,
+                sets=[control.OutSet(doc, out_set.body, env.domain, record.key,
+                                     out_set.order_key, out_set.po_number, env.correlation_id,
+                                     out_set.detail)])
+    except IntegrityError:
+        return Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} {record.key} was "
+                       f"sent to {profile.id} already (concurrently)")
+    flush_pending(deps, ids=[sent.id])
+    return Outcome(env.message_id, "sent", f"{doc} {sent.file_name}", sent.id)
+
+
+def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps: EdiDeps,
+           now: datetime) -> control.OutSet | str:
+    """The set to send, or why nothing is sent (yet)."""
+    if doc == "855":
+        assert order is not None
+        if order.status is OrderStatus.DRAFT:
+            return f"order {order.key} is a draft"
+        with deps.engine.connect() as conn:
+            row = conn.execute(select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
+                DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "in",
+                DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == order.key)
+                .order_by(DOCUMENT.c.id.desc()).limit(1)).first()
+        if row is None:
+            return f"order {order.key} did not come by 850 from {profile.id}: no 855"
+        detail = json.loads(row.detail)
+        ordered = [_line_from_json(d) for d in detail["lines"]]
+        ordered_on = datetime.fromisoformat(detail["ordered_on"]).date()
+        answers = documents.answer_lines(order, ordered)
+        body = documents.build_855(po_number=row.po_number or order.customer_po or "",
+                                   ordered_on=ordered_on, order_key=order.key,
+                                   currency=order.currency, ordered=ordered, answers=answers,
+                                   acknowledged_on=now.date())
+        return control.OutSet("855", body, order_key=order.key, po_number=row.po_number,
+                              detail={a: b.status for a, b in answers.items()})
+    if doc == "856":
+        assert isinstance(record, Shipment) and order is not None
+        if documents.shipped_at(record) is None:
+            return f"shipment {record.key} has not shipped yet"
+        body = documents.build_856(record, order, structure=profile.asn_structure,
+                                   unit_of=deps.unit_of)
+        return control.OutSet("856", body, order_key=order.key, po_number=order.customer_po)
+    assert isinstance(record, Invoice)
+    if record.status is InvoiceStatus.VOID:
+        return f"invoice {record.key} is void"
+    body = documents.build_810(record, order, unit_of=deps.unit_of)
+    return control.OutSet("810", body, order_key=record.order_key,
+                          po_number=order.customer_po if order else None)
+
+
+def _already_sent(conn, profile: PartnerProfile, doc: str, key: str) -> bool:
+    return conn.execute(select(DOCUMENT.c.id).where(
+        DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "out",
+        DOCUMENT.c.doc_type == doc, DOCUMENT.c.business_key == key)).first() is not None
+
+
+# =========================================================================== files out
+
+
+def flush_pending(deps: EdiDeps, ids: Sequence[int] | None = None) -> list[int]:
+    """Write every outbound interchange still ``allocated`` (or those ``ids``); returns ids written.
+
+    Called after each commit and at start-up: an interchange whose numbers were
+    committed but whose file never got its final name (a crash in between) is
+    written now, with the same bytes.
+    """
+    stmt = select(INTERCHANGE.c.id, INTERCHANGE.c.partner, INTERCHANGE.c.file_name,
+                  INTERCHANGE.c.content).where(INTERCHANGE.c.direction == "out",
+                                               INTERCHANGE.c.status == "allocated")
+    if ids is not None:
+        if not ids:
+            return []
+        stmt = stmt.where(INTERCHANGE.c.id.in_(list(ids)))
+    with deps.engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(INTERCHANGE.c.id)).all()
+    done = []
+    for row in rows:
+        profile = deps.settings.partner(row.partner)
+        if profile is None:
+            continue
+        try:
+            deps.folder(profile).write_outbound(row.file_name, bytes(row.content))
+        except OutboundExists as exc:
+            _record(deps, profile, f"out:{row.id}", "EdiOutboundNameTaken", str(exc))
+            continue
+        with deps.engine.begin() as conn:
+            conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id == row.id,
+                                                   INTERCHANGE.c.status == "allocated")
+                         .values(status="written", written_at=utcnow()))
+        done.append(row.id)
+    return done
+
+
+# =========================================================================== records
+
+
+def _record(deps: EdiDeps, profile: PartnerProfile | None, ident: str, error_type: str,
+            message: str, *, raw: bytes | None = None, envelope: Envelope | None = None,
+            key: str | None = None) -> None:
+    """One business exception; the same ``ident`` recorded again updates the same record."""
+    deps.exceptions.record(
+        failure_class="business", queue_name=EXCEPTION_QUEUE, actor_name=EXCEPTION_ACTOR,
+        message_id=f"edi:{profile.id}:{ident}" if profile is not None else ident,
+        envelope=envelope, raw=raw, message=None, error_type=error_type,
+        error_message=message, call_site="workers.edi.handlers", attempts=1,
+        domain=envelope.domain if envelope is not None else "order", key=key)
+
+
+# =========================================================================== reading
+
+
+@dataclass(frozen=True)
+class DocumentView:
+    """One EDI document for ``coexist trace`` and ``coexist edi status``."""
+
+    id: int
+    partner: str
+    direction: str
+    doc_type: str
+    isa13: int
+    gs06: int
+    st02: str
+    business_domain: str | None
+    business_key: str | None
+    order_key: str | None
+    po_number: str | None
+    correlation_id: str | None
+    ack_status: str
+    ack_note: str | None
+    created_at: datetime
+    file_name: str
+    interchange_status: str
+
+
+def _views(conn, where) -> list[DocumentView]:
+    stmt = (select(DOCUMENT, INTERCHANGE.c.isa13, INTERCHANGE.c.file_name,
+                   INTERCHANGE.c.status.label("interchange_status"))
+            .join(INTERCHANGE, INTERCHANGE.c.id == DOCUMENT.c.interchange_id)
+            .where(where).order_by(DOCUMENT.c.created_at, DOCUMENT.c.id))
+    out = []
+    for r in conn.execute(stmt):
+        m = r._mapping
+        out.append(DocumentView(
+            m["id"], m["partner"], m["direction"], m["doc_type"], int(m["isa13"]),
+            int(m["gs06"]), m["st02"], m["business_domain"], m["business_key"], m["order_key"],
+            m["po_number"], m["correlation_id"], m["ack_status"], m["ack_note"],
+            _aware(m["created_at"]), m["file_name"], m["interchange_status"]))
+    return out
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def documents_for(engine: Engine, *, domain: str | None = None, key: str | None = None,
+                  correlation_id: str | None = None) -> list[DocumentView]:
+    """Every EDI document of one business object (or one correlation), oldest first.
+
+    ``order:KEY`` finds the 850, the 855, every 856 and 810 of the order, and the
+    997s that answered the 850's interchange.
+    """
+    if correlation_id is not None:
+        where = DOCUMENT.c.correlation_id == correlation_id
+    elif domain == "order":
+        where = DOCUMENT.c.order_key == key
+    else:
+        where = and_(DOCUMENT.c.business_domain == domain, DOCUMENT.c.business_key == key)
+    with engine.connect() as conn:
+        docs = _views(conn, where)
+        inbound = {d.id: d for d in docs if d.direction == "in"}
+        if inbound:
+            # The 997 answering an 850 is recorded against its inbound interchange.
+            in_ids = select(DOCUMENT.c.interchange_id).where(DOCUMENT.c.id.in_(list(inbound)))
+            answer_ids = select(INTERCHANGE.c.id).where(INTERCHANGE.c.answers.in_(in_ids))
+            extra = _views(conn, and_(DOCUMENT.c.interchange_id.in_(answer_ids),
+                                      DOCUMENT.c.doc_type == "997"))
+            seen = {d.id for d in docs}
+            docs += [d for d in extra if d.id not in seen]
+    return sorted(docs, key=lambda d: (d.created_at, d.id))
+
+
+@dataclass(frozen=True)
+class AckProblem:
+    document: DocumentView
+    #: ``overdue`` (no 997 within the window), ``rejected`` (AK5 R) or ``errors`` (AK5 E).
+    problem: str
+
+
+def acknowledgment_problems(engine: Engine, settings: EdiSettings, *, now: datetime
+                            ) -> list[AckProblem]:
+    """Outbound sets without their 997 past the partner's window, rejected, or with errors."""
+    out: list[AckProblem] = []
+    with engine.connect() as conn:
+        docs = _views(conn, and_(DOCUMENT.c.direction == "out",
+                                 or_(DOCUMENT.c.ack_status.in_(("pending", "R", "E", "M", "W",
+                                                                "X")))))
+    for d in docs:
+        profile = settings.partner(d.partner)
+        if d.ack_status == "pending":
+            window = timedelta(minutes=profile.ack_window_minutes if profile else 24 * 60)
+            if now - d.created_at > window:
+                out.append(AckProblem(d, "overdue"))
+        elif d.ack_status == "E":
+            out.append(AckProblem(d, "errors"))
+        else:
+            out.append(AckProblem(d, "rejected"))
+    return out
+
+
+def resend(deps: EdiDeps, interchange_id: int, *, actor: str, reason: str) -> Path:
+    """Send an outbound interchange again: its stored bytes, so its own numbers (audited)."""
+    from workers.edi.store import EVENT
+
+    with deps.engine.connect() as conn:
+        row = conn.execute(select(INTERCHANGE).where(INTERCHANGE.c.id == interchange_id)).first()
+    if row is None or row.direction != "out":
+        raise BusinessError(f"no outbound EDI interchange {interchange_id}")
+    profile = deps.settings.partner(row.partner)
+    if profile is None:
+        raise BusinessError(f"interchange {interchange_id} belongs to partner {row.partner}, "
+                            "which is not configured")
+    path = deps.folder(profile).write_outbound_copy(row.file_name, bytes(row.content))
+    with deps.engine.begin() as conn:
+        conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id == interchange_id).values(
+            resends=INTERCHANGE.c.resends + 1, status="written",
+            written_at=row.written_at or utcnow()))
+        conn.execute(EVENT.insert().values(
+            interchange_id=interchange_id, action="resend", actor=actor, reason=reason,
+            detail=json.dumps({"file": str(path), "isa13": row.isa13, "digest": row.digest}),
+            at=utcnow()))
+    return path

@@ -1,0 +1,176 @@
+"""File-drop transport: one folder per partner with ``inbound/``, ``outbound/``, ``processed/``,
+``failed/``.
+
+* A file is taken only after its final rename: names starting with ``.`` and
+  ending in ``.tmp``, ``.part`` or ``.processing`` are never read (partners
+  write under such a name and rename), and, when the profile asks for it, a
+  file must also be unchanged for ``settle_seconds``.
+* It is claimed by a rename to ``<name>.<token>.processing`` in ``inbound/``:
+  of two workers racing for it, one rename wins and the other gets
+  ``FileNotFoundError`` and moves on.
+* Nothing is ever deleted or overwritten: a claimed file ends in
+  ``processed/`` or ``failed/`` under its own name (``name.1``, ``name.2``...
+  when taken); outbound files are written under a temporary dot-name,
+  fsynced, and given their final name by ``os.link``, which refuses an
+  existing name, so a file the partner may be reading is never replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Suffixes of files that are still being written (ours or the partner's).
+TEMP_SUFFIXES = (".tmp", ".part", ".processing")
+CLAIM_SUFFIX = ".processing"
+FOLDERS = ("inbound", "outbound", "processed", "failed")
+
+
+class OutboundExists(FileExistsError):
+    """An outbound name already holds different bytes; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    #: The name the partner gave the file.
+    name: str
+    path: Path
+
+    @property
+    def claim_name(self) -> str:
+        return self.path.name
+
+
+class DropFolder:
+    def __init__(self, root: str | Path, *, settle_seconds: float = 0.0) -> None:
+        self.root = Path(root)
+        self.settle_seconds = settle_seconds
+        self.inbound, self.outbound, self.processed, self.failed = (
+            self.root / name for name in FOLDERS)
+
+    def ensure(self) -> DropFolder:
+        for name in FOLDERS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        return self
+
+    # ------------------------------------------------------------------ inbound
+
+    def ready(self) -> list[str]:
+        """Names in ``inbound/`` that are complete, oldest name first."""
+        now = time.time()
+        out = []
+        try:
+            entries = list(os.scandir(self.inbound))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name.endswith(TEMP_SUFFIXES) or not entry.is_file():
+                continue
+            if self.settle_seconds and now - entry.stat().st_mtime < self.settle_seconds:
+                continue
+            out.append(name)
+        return sorted(out)
+
+    def claim(self, name: str) -> Claimed | None:
+        """Take ``name`` by renaming it; ``None`` when another worker took it first."""
+        src = self.inbound / name
+        dst = self.inbound / f"{name}.{uuid.uuid4().hex[:12]}{CLAIM_SUFFIX}"
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return None
+        return Claimed(name, dst)
+
+    def abandoned_claims(self, older_than_s: float) -> list[Claimed]:
+        """Claims a crashed worker left behind (older than ``older_than_s``)."""
+        now = time.time()
+        out = []
+        try:
+            entries = list(os.scandir(self.inbound))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if entry.name.endswith(CLAIM_SUFFIX) and now - entry.stat().st_mtime >= older_than_s:
+                original = entry.name[: -len(CLAIM_SUFFIX)].rsplit(".", 1)[0]
+                out.append(Claimed(original, Path(entry.path)))
+        return sorted(out, key=lambda c: c.path.name)
+
+    def finish(self, claimed: Claimed, *, ok: bool) -> Path:
+        """Move a claimed file to ``processed/`` (ok) or ``failed/``, never overwriting."""
+        target_dir = self.processed if ok else self.failed
+        target_dir.mkdir(parents=True, exist_ok=True)
+        return _link_free(claimed.path, target_dir, claimed.name, move=True)
+
+    # ------------------------------------------------------------------ outbound
+
+    def write_outbound(self, name: str, content: bytes) -> tuple[Path, bool]:
+        """Write ``content`` as ``outbound/name``; returns (path, written now).
+
+        An existing file of that name with the same bytes is left alone (a
+        resumed write); one with other bytes raises ``OutboundExists``.
+        """
+        self.outbound.mkdir(parents=True, exist_ok=True)
+        final = self.outbound / name
+        if final.exists():
+            if final.read_bytes() == content:
+                return final, False
+            raise OutboundExists(f"{final} already exists with other content; not overwritten")
+        tmp = self.outbound / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                if final.read_bytes() == content:
+                    return final, False
+                raise OutboundExists(f"{final} appeared with other content; not "
+                                     "overwritten") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.outbound)
+        return final, True
+
+    def write_outbound_copy(self, name: str, content: bytes) -> Path:
+        """Write ``content`` under ``name`` or, when taken, ``name.resend-N`` (a resend)."""
+        n = 0
+        while True:
+            candidate = name if n == 0 else f"{name}.resend-{n}"
+            try:
+                return self.write_outbound(candidate, content)[0]
+            except OutboundExists:
+                n += 1
+
+
+def _link_free(src: Path, folder: Path, name: str, *, move: bool) -> Path:
+    n = 0
+    while True:
+        dst = folder / (name if n == 0 else f"{name}.{n}")
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            if dst.exists() and os.path.samefile(src, dst):
+                break  # a resumed move: already linked
+            n += 1
+            continue
+        break
+    _fsync_dir(folder)
+    if move:
+        src.unlink()
+        _fsync_dir(src.parent)
+    return dst
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
