@@ -32,6 +32,7 @@ order's); 855/856/810 units come from the product.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -301,6 +302,25 @@ def cents(value: Decimal) -> str:
     return str(int(scaled))
 
 
+def free_text(text: str) -> str:
+    """Free text in X12's character set: accents dropped (``Müller`` -> ``Muller``), any other
+    character outside printable ASCII as ``?``.  A named loss: X12 declares no character set."""
+    plain = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in plain if not unicodedata.combining(c))
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in plain)
+
+
+def shipment_id(key: str) -> str:
+    """BSN02 is at least 2 characters: a one-digit key is written zero-padded (``"07"``)."""
+    return key.zfill(2)
+
+
+def _hash_total(total: Decimal) -> str:
+    """CTT02 (R, at most 10 digits); left out when the sum is too large to carry."""
+    text = number(total)
+    return text if len(text.replace(".", "")) <= 10 else ""
+
+
 def ymd(d: date) -> str:
     return d.strftime("%Y%m%d")
 
@@ -397,7 +417,7 @@ def build_855(*, po_number: str, ordered_on: date, order_key: str, currency: str
                      number(ln.unit_price), "", "VP", ln.sku])
         body.append(["ACK", a.status, number(a.quantity), ln.unit])
         hash_total += ln.quantity
-    body.append(["CTT", str(len(ordered)), number(hash_total)])
+    body.append(["CTT", str(len(ordered)), _hash_total(hash_total)])
     return body
 
 
@@ -418,7 +438,7 @@ def build_856(shipment: Shipment, order: Order, *, structure: str, unit_of: Unit
     if order.customer_po is None:
         raise ValueError(f"order {order.key} has no customer PO number: PRF01 is mandatory")
     body: list[list[str]] = [
-        ["BSN", "00", shipment.key, ymd(at.date()), at.strftime("%H%M"),
+        ["BSN", "00", shipment_id(shipment.key), ymd(at.date()), at.strftime("%H%M"),
          "0001" if structure == "SOPI" else "0004"],
     ]
     hl = 0
@@ -440,7 +460,7 @@ def build_856(shipment: Shipment, order: Order, *, structure: str, unit_of: Unit
         if 2 <= len(carrier) <= 4 and carrier.isalnum() and carrier.isupper():
             body.append(["TD5", "B", "2", carrier, "M"])
         else:
-            body.append(["TD5", "B", "", "", "M", carrier[:35]])
+            body.append(["TD5", "B", "", "", "M", free_text(carrier)[:35]])
     body.append(["REF", "BM", shipment.key])
     if shipment.tracking_number:
         body.append(["REF", "CN", shipment.tracking_number])
@@ -483,11 +503,11 @@ def build_810(invoice: Invoice, order: Order | None, *, unit_of: UnitLookup
         unit = unit_of(ln.sku) or DEFAULT_UNIT
         body.append(["IT1", str(ln.line_no), str(ln.quantity), unit, number(ln.unit_price), "",
                      "VP", ln.sku])
-        for piece in _pieces(ln.description, PID_TEXT_CHARS):
+        for piece in _pieces(free_text(ln.description), PID_TEXT_CHARS):
             if piece:
                 body.append(["PID", "F", "", "", "", piece])
         hash_total += ln.quantity
     body.append(["TDS", cents(invoice.subtotal + invoice.tax_amount)])
     body.append(["TXI", "TX", number(invoice.tax_amount)])
-    body.append(["CTT", str(len(invoice.lines)), str(hash_total)])
+    body.append(["CTT", str(len(invoice.lines)), _hash_total(Decimal(hash_total))])
     return body

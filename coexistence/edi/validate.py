@@ -224,13 +224,12 @@ def check_element(value: str, spec: El) -> tuple[str, str] | None:
         length = len(value.lstrip("-"))
     elif t == "DT":
         length = len(value)
-        if length == 8:
-            if not value.isdigit():
-                return EL_INVALID_DATE, "not a valid date (CCYYMMDD)"
-            try:
-                date(int(value[:4]), int(value[4:6]), int(value[6:]))
-            except ValueError:
-                return EL_INVALID_DATE, "not a valid date (CCYYMMDD)"
+        if length != 8 or not value.isdigit():
+            return EL_INVALID_DATE, "not a valid date (CCYYMMDD)"
+        try:
+            date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except ValueError:
+            return EL_INVALID_DATE, "not a valid date (CCYYMMDD)"
     elif t == "TM":
         length = len(value)
         if not _TIME.match(value):
@@ -243,8 +242,6 @@ def check_element(value: str, spec: El) -> tuple[str, str] | None:
         return EL_TOO_SHORT, f"is {length} characters, the minimum is {spec.min}"
     if length > spec.max:
         return EL_TOO_LONG, f"is {length} characters, the maximum is {spec.max}"
-    if t == "DT" and length != 8:
-        return EL_INVALID_DATE, "not a valid date (CCYYMMDD)"
     if spec.codes is not None and value not in spec.codes:
         return EL_INVALID_CODE, f"not a code this element accepts ({', '.join(sorted(spec.codes))})"
     return None
@@ -290,4 +287,28 @@ def check_set(ts: TransactionSet) -> list[SegmentError]:
         last = ts.segments[-1]
         out.append(SegmentError(tag, ts.position(last), None, SEG_MANDATORY_MISSING,
                                 last.file_position))
+    return out
+
+
+def check_outbound(code: str, body) -> list[str]:
+    """Findings in a set coexist is about to write (``body``: tag-first segment lists).
+
+    Everything coexist sends passes the same element checks it applies to what
+    it receives; a finding here stops the document before it gets numbers.
+    """
+    allowed, required = SETS.get(code, (frozenset(), frozenset()))
+    out: list[str] = []
+    tags = set()
+    for n, spec in enumerate(body, 2):
+        tag, *values = [("" if v is None else str(v)) for v in spec]
+        tags.add(tag)
+        if allowed and tag not in allowed:
+            out.append(f"{code} segment {n} ({tag}): not a segment of the {code}")
+            continue
+        for e in check_segment(Segment(tag, tuple(values), n)):
+            shown = f" = {e.value!r}" if e.value is not None else ""
+            out.append(f"{code} segment {n} ({tag}), element {tag}{e.position:02d}{shown}: "
+                       f"{e.reason}")
+    for tag in sorted(required - tags):
+        out.append(f"{code}: mandatory segment {tag} missing")
     return out

@@ -26,7 +26,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bus.errors import BusinessError
-from coexistence.edi import x12
+from coexistence.edi import validate, x12
 from coexistence.edi.profiles import PartnerProfile
 from workers.edi.store import COUNTER, DOCUMENT, INTERCHANGE
 
@@ -101,6 +101,10 @@ def record_outbound(conn, profile: PartnerProfile, *, kind: str, at: datetime,
     All sets go into one functional group per functional id, in order.  ``extra``
     is a segment outside any group (a TA1).  Nothing is committed here.
     """
+    for s in sets:
+        findings = validate.check_outbound(s.code, s.body)
+        if findings:
+            raise x12.X12WriteError("; ".join(findings[:5]))
     isa13 = allocate(conn, profile.id, ISA)
     by_fid: dict[str, list[OutSet]] = {}
     for s in sets:
