@@ -1,0 +1,362 @@
+"""The EDI handlers on real files and a real state database (SQLite): every inbound case ends
+where the rules say (997/TA1, exception record, processed/ or failed/), outbound documents go
+to the owning partner only, once, and acknowledgments are tracked."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from bus.envelope import new_envelope
+from bus.exception_store import ExceptionStore
+from bus.outbox import OutboxRecord
+from coexistence.canonical.models import Invoice, Order, Shipment
+from coexistence.edi import documents, x12
+from coexistence.edi.profiles import EdiSettings
+from tests.support import edi as support
+from workers.db import create_state_engine, create_state_schema
+from workers.edi import control, handlers
+from workers.edi.store import DOCUMENT, INTERCHANGE
+from workers.edi.transport import DropFolder, OutboundExists
+from workers.router import queues
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+KNOWN = {"WID-01000": "EA", "GIZ-00020": "EA"}
+
+
+@pytest.fixture
+def edi(tmp_path):
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    create_state_schema(engine)
+    acme = support.profile(str(tmp_path / "acme"), customers=["10000"])
+    beta = support.profile(str(tmp_path / "beta"), id="BETA", customers=["20000"],
+                           partner_isa={"qualifier": "ZZ", "id": "BETABUY"},
+                           partner_gs="BETABUY", asn_structure="SOPI")
+    orders: dict[str, Order] = {}
+    deps = handlers.EdiDeps(engine, EdiSettings(partners=(acme, beta)), ExceptionStore(engine),
+                            unit_of=KNOWN.get, get_order=orders.get, clock=lambda: NOW)
+    deps.orders = orders  # type: ignore[attr-defined]
+    yield deps
+    engine.dispose()
+
+
+def order_850(po="PO-77", lines=(("WID-01000", "10", "2.50"), ("GIZ-00020", "3", "7")),
+              control_no=1, sender="ACMEBUY", date="20260601", extra=""):
+    body = [f"BEG*00*SA*{po}**{date}", "CUR*BY*USD", "DTM*002*20260610"]
+    body += [f"PO1*{n}*{q}*EA*{p}**VP*{s}" for n, (s, q, p) in enumerate(lines, 1)]
+    body += [f"CTT*{len(lines)}"]
+    if extra:
+        body.append(extra)
+    segs = [b.split("*") for b in body]
+    return x12.write_interchange(
+        sender=x12.Party("ZZ", sender), receiver=x12.Party("ZZ", "DISTCO"), control=control_no,
+        at=NOW, groups=[x12.GroupSpec("PO", sender, "DISTCO", 1, [x12.SetSpec("850", 1, segs)])],
+        segment_suffix="\n", usage="T")
+
+
+def drop(deps, name, text, partner="ACME"):
+    folder = deps.folder(deps.settings.partner(partner)).ensure()
+    (folder.inbound / name).write_bytes(text.encode() if isinstance(text, str) else text)
+    return folder
+
+
+def outbound(folder, kind):
+    return sorted(p for p in folder.outbound.iterdir() if f"-{kind}-" in p.name)
+
+
+def commands(deps):
+    with deps.engine.connect() as conn:
+        return [json.loads(r.payload) for r in conn.execute(select(OutboxRecord.__table__))]
+
+
+def exceptions(deps):
+    return ExceptionStore(deps.engine).list()
+
+
+def test_an_850_becomes_one_order_command_and_a_997_committed_together(edi):
+    folder = drop(edi, "po77.edi", order_850())
+    [result] = handlers.handle_inbound(edi)
+    assert result.ok and (folder.processed / "po77.edi").exists()
+    assert not any(folder.inbound.iterdir())
+    [cmd] = commands(edi)
+    assert (cmd["kind"], cmd["domain"], cmd["payload"]["channel"]) == ("command", "order", "edi")
+    order = Order.model_validate(cmd["payload"]["record"])
+    assert order.customer_po == "PO-77" and order.key == result.orders[0]
+    assert order.key.startswith("7") and len(order.lines) == 2
+    with edi.engine.connect() as conn:
+        q = conn.execute(select(OutboxRecord.__table__.c.queue_name,
+                                OutboxRecord.__table__.c.actor_name)).one()
+    assert tuple(q) == (queues.COMMAND_QUEUE, queues.COMMAND_ACTOR)
+    [ack] = outbound(folder, "997")
+    text = ack.read_text()
+    assert "AK1*PO*1~" in text and "AK2*850*0001~" in text and "AK5*A~" in text
+    assert "AK9*A*1*1*1~" in text
+    [doc850] = [d for d in handlers.documents_for(edi.engine, domain="order", key=order.key)
+                if d.doc_type == "850"]
+    assert doc850.correlation_id == cmd["correlation_id"]
+    assert exceptions(edi) == []
+
+
+def test_a_duplicate_interchange_gets_ta1_025_an_exception_and_no_second_order(edi):
+    drop(edi, "a.edi", order_850())
+    handlers.handle_inbound(edi)
+    folder = drop(edi, "b.edi", order_850())
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "b.edi").exists()
+    assert len(commands(edi)) == 1
+    [ta1] = outbound(folder, "TA1")
+    assert "TA1*000000001*" in ta1.read_text() and "*R*025~" in ta1.read_text()
+    assert len(outbound(folder, "997")) == 1  # a TA1, no 997
+    [rec] = exceptions(edi)
+    assert rec.error_type == "EdiDuplicateInterchange" and "ISA13 = '000000001'" in \
+        rec.error_message and "b.edi" in rec.error_message
+
+
+def test_a_restated_850_for_the_same_po_keeps_its_order_key(edi):
+    drop(edi, "a.edi", order_850())
+    [first] = handlers.handle_inbound(edi)
+    drop(edi, "b.edi", order_850(control_no=2, lines=(("WID-01000", "12", "2.50"),)))
+    [second] = handlers.handle_inbound(edi)
+    assert second.ok and second.orders == first.orders
+    cmds = commands(edi)
+    assert [c["source_version"] for c in cmds] == sorted(c["source_version"] for c in cmds)
+
+
+@pytest.mark.parametrize(("text", "answer", "words"), [
+    (order_850()[:-40], "TA1*000000001*260601*1200*R*023", "truncated"),
+    (order_850(sender="STRANGER"), "TA1*000000001*260601*1200*R*006", "unknown partner"),
+    (order_850().replace("IEA*1*000000001", "IEA*1*000000002"), "*R*001",
+     "does not match ISA13"),
+    (order_850().replace("ZZ*ACMEBUY        ", "ZZ*ACMEBUY", 1), "*R*006",
+     "must be exactly 106"),
+])
+def test_a_broken_envelope_gets_a_ta1_no_997_and_the_file_in_failed(edi, text, answer, words):
+    folder = drop(edi, "bad.edi", text)
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "bad.edi").exists()
+    [ta1] = outbound(folder, "TA1")
+    assert answer in ta1.read_text()
+    assert outbound(folder, "997") == [] and commands(edi) == []
+    [rec] = exceptions(edi)
+    assert words in rec.error_message and "bad.edi: segment" in rec.error_message
+
+
+@pytest.mark.parametrize(("text", "ak", "words"), [
+    (order_850(date="20261399"), ["AK3*BEG*2**8", "AK4*5*373*8*20261399", "AK5*R*5"],
+     "BEG05 = '20261399': not a valid date"),
+    (order_850(lines=(("WID-01000", "ten", "2.50"),)), ["AK3*PO1*5*PO1*8", "AK4*2*330*6*ten"],
+     "PO102 = 'ten': must be a number"),
+    (order_850(po="P" * 23), ["AK4*3*324*5*" + "P" * 23, "AK5*R*5"], "the maximum is 22"),
+    (order_850().replace("SE*8*0001", "SE*9*0001"), ["AK5*R*4", "AK9*R*1*1*0"],
+     "SE01 = '9'"),
+])
+def test_bad_elements_get_a_997_with_ak3_ak4_ak5_an_exception_and_no_order(edi, text, ak, words):
+    folder = drop(edi, "bad.edi", text)
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "bad.edi").exists() and commands(edi) == []
+    [ack] = outbound(folder, "997")
+    body = ack.read_text()
+    for segment in ak:
+        assert segment + "~" in body or segment + "*" in body, (segment, body)
+    [rec] = exceptions(edi)
+    assert words in rec.error_message and "bad.edi" in rec.error_message
+
+
+def test_an_unknown_sku_is_answered_by_an_855_rd_and_an_exception_naming_po107(edi):
+    folder = drop(edi, "sku.edi", order_850(lines=(("WID-01000", "1", "2"), ("NOPE-1", "2", "3"))))
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "sku.edi").exists() and commands(edi) == []
+    assert "AK5*A~" in outbound(folder, "997")[0].read_text()
+    [rd] = outbound(folder, "855")
+    text = rd.read_text()
+    assert "BAK*00*RD*PO-77*20260601" in text and text.count("ACK*IR*0*EA~") == 2
+    [rec] = exceptions(edi)
+    assert "element PO107 = 'NOPE-1': unknown SKU" in rec.error_message
+
+
+def test_an_unreadable_file_is_an_exception_and_goes_to_failed(edi):
+    folder = drop(edi, "junk.edi", b"hello, this is not EDI")
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "junk.edi").exists()
+    assert "junk.edi: not an X12 interchange" in exceptions(edi)[0].error_message
+
+
+def test_wrong_separators_are_named(edi):
+    folder = drop(edi, "seps.edi", order_850().replace(">~", ">A", 1))
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "seps.edi").exists()
+    assert "wrong separators" in exceptions(edi)[0].error_message
+
+
+def test_files_still_being_written_are_never_taken(edi):
+    folder = drop(edi, ".po.edi.tmp", order_850())
+    (folder.inbound / "po.edi.part").write_text(order_850())
+    assert handlers.handle_inbound(edi) == []
+    assert sorted(p.name for p in folder.inbound.iterdir()) == [".po.edi.tmp", "po.edi.part"]
+
+
+def test_a_claim_is_a_rename_that_only_one_worker_wins(edi):
+    folder = drop(edi, "po.edi", order_850())
+    first, second = folder.claim("po.edi"), folder.claim("po.edi")
+    assert first is not None and second is None and first.path.exists()
+
+
+def test_nothing_is_ever_overwritten(tmp_path):
+    folder = DropFolder(tmp_path).ensure()
+    folder.write_outbound("x.x12", b"one")
+    assert folder.write_outbound("x.x12", b"one")[1] is False
+    with pytest.raises(OutboundExists):
+        folder.write_outbound("x.x12", b"two")
+    (folder.processed / "po.edi").write_text("earlier")
+    (folder.inbound / "po.edi").write_text("later")
+    moved = folder.finish(folder.claim("po.edi"), ok=True)
+    assert moved.name == "po.edi.1" and (folder.processed / "po.edi").read_text() == "earlier"
+
+
+# --------------------------------------------------------------------------- outbound
+
+
+def _accept_order(edi) -> Order:
+    drop(edi, "po.edi", order_850())
+    handlers.handle_inbound(edi)
+    order = Order.model_validate(commands(edi)[0]["payload"]["record"])
+    edi.orders[order.key] = order
+    return order
+
+
+def event(record, **kw):
+    return new_envelope(domain=record.domain, kind="event", key=record.key,
+                        payload={"record": record.model_dump(mode="json")},
+                        source_system="legacy", source_version=1, **kw)
+
+
+def shipment_of(order: Order, *, shipped=True, key="555", qty=None) -> Shipment:
+    ms = [{"milestone": "picked", "at": NOW}, {"milestone": "packed", "at": NOW}]
+    if shipped:
+        ms.append({"milestone": "shipped", "at": NOW + timedelta(hours=1)})
+    return Shipment.model_validate({
+        "key": key, "order_key": order.key, "warehouse": "W1", "carrier": "UPSN",
+        "tracking_number": "1Z999", "milestones": ms,
+        "lines": [{"line_no": n, "order_line_no": ln.line_no, "sku": ln.sku,
+                   "quantity": qty or ln.quantity} for n, ln in enumerate(order.lines, 1)]})
+
+
+def invoice_of(order: Order, key="777", customer=None, status="open") -> Invoice:
+    return Invoice.model_validate({
+        "key": key, "order_key": order.key, "customer_key": customer or order.customer_key,
+        "status": status, "currency": "USD", "issued_on": "2026-06-02", "due_on": "2026-07-02",
+        "tax_amount": "3.15",
+        "lines": [{"line_no": ln.line_no, "sku": ln.sku, "description": f"item {ln.sku}",
+                   "quantity": ln.quantity, "unit_price": ln.unit_price} for ln in order.lines]})
+
+
+def test_events_become_855_856_810_once_each_and_neighbours_survive_a_bad_one(edi):
+    order = _accept_order(edi)
+    folder = edi.folder(edi.settings.partner("ACME"))
+    bad = new_envelope(domain="invoice", kind="event", key="9", payload={"record": {"key": "9"}},
+                       source_system="legacy", source_version=1)
+    envs = [event(order), bad, event(shipment_of(order, shipped=False)),
+            event(shipment_of(order)), event(invoice_of(order)), event(order)]
+    out = handlers.handle_events(envs, edi)
+    assert [o.status for o in out] == ["sent", "business_error", "skipped", "sent", "sent",
+                                       "duplicate"]
+    assert "cannot translate invoice 9" in exceptions(edi)[0].error_message
+    ack = outbound(folder, "855")[0].read_text()
+    assert "BAK*00*AD*PO-77*20260601****" + order.key in ack and ack.count("ACK*IA*") == 2
+    asn = outbound(folder, "856")[0].read_text()
+    assert "HL*1**S*1~" in asn and "PRF*PO-77***20260601~" in asn and "CTT*4~" in asn
+    inv = outbound(folder, "810")[0].read_text()
+    assert "TDS*4915~" in inv  # 10 x 2.50 + 3 x 7 + 3.15 tax = 49.15
+    docs = handlers.documents_for(edi.engine, domain="order", key=order.key)
+    assert [d.doc_type for d in docs] == ["850", "997", "855", "856", "810"]
+    isa = [d.isa13 for d in docs if d.direction == "out"]
+    assert isa == sorted(set(isa))
+    # The same events again (the bus delivers at least once): nothing new is sent.
+    again = handlers.handle_events(envs[3:5], edi)
+    assert [o.status for o in again] == ["duplicate", "duplicate"]
+
+
+def test_a_partner_never_receives_another_partners_customers_documents(edi):
+    order = _accept_order(edi)
+    other = invoice_of(order, key="778", customer="20000")
+    stranger = invoice_of(order, key="779", customer="99999")
+    [a, b] = handlers.handle_events([event(other), event(stranger)], edi)
+    assert a.status == "sent" and b.status == "skipped"
+    acme = edi.folder(edi.settings.partner("ACME"))
+    beta = edi.folder(edi.settings.partner("BETA"))
+    assert outbound(acme, "810") == [] and len(outbound(beta, "810")) == 1
+    assert "*ZZ*BETABUY        *" in outbound(beta, "810")[0].read_text()
+
+
+def test_the_partners_997_sets_the_acknowledgment_state_and_is_never_answered(edi):
+    order = _accept_order(edi)
+    handlers.handle_events([event(order), event(shipment_of(order))], edi)
+    docs = {d.doc_type: d for d in handlers.documents_for(edi.engine, domain="order",
+                                                          key=order.key)}
+    late = NOW + timedelta(days=2)
+    overdue = handlers.acknowledgment_problems(edi.engine, edi.settings, now=late)
+    assert {(p.document.doc_type, p.problem) for p in overdue} == {("855", "overdue"),
+                                                                   ("856", "overdue")}
+    body = [["AK1", "PR", str(docs["855"].gs06)], ["AK2", "855", docs["855"].st02], ["AK5", "A"],
+            ["AK9", "A", "1", "1", "1"], ["AK1", "SH", str(docs["856"].gs06)],
+            ["AK2", "856", docs["856"].st02], ["AK3", "SN1", "9", "HL", "8"],
+            ["AK4", "2", "382", "6", "x"], ["AK5", "R", "5"], ["AK9", "R", "1", "1", "0"]]
+    # Each AK1 answers one group: one 997 set per group, as partners send them.
+    sets = [x12.SetSpec("997", 5, body[:4]), x12.SetSpec("997", 6, body[4:])]
+    text = x12.write_interchange(sender=x12.Party("ZZ", "ACMEBUY"),
+                                 receiver=x12.Party("ZZ", "DISTCO"), control=40, at=NOW,
+                                 groups=[x12.GroupSpec("FA", "ACMEBUY", "DISTCO", 9, sets)])
+    folder = drop(edi, "ack.edi", text)
+    before = len(outbound(folder, "997"))
+    [result] = handlers.handle_inbound(edi)
+    assert result.ok and len(outbound(folder, "997")) == before  # a 997 is never acknowledged
+    problems = handlers.acknowledgment_problems(edi.engine, edi.settings, now=late)
+    assert [(p.document.doc_type, p.problem) for p in problems] == [("856", "rejected")]
+    assert "SN1 at segment 9" in problems[0].document.ack_note
+
+
+def test_a_crash_after_allocation_leaves_an_allocated_interchange_that_flush_writes(edi):
+    profile = edi.settings.partner("ACME")
+    with edi.engine.begin() as conn:
+        out = control.record_outbound(conn, profile, kind="855", at=NOW, sets=[control.OutSet(
+            "855", [["BAK", "00", "AD", "PO-1", "20260601"]], "order", "1")])
+    folder = edi.folder(profile)
+    assert not (folder.outbound / out.file_name).exists()  # "killed" before the rename
+    assert handlers.flush_pending(edi) == [out.id]
+    assert (folder.outbound / out.file_name).read_bytes() == out.content
+    assert handlers.flush_pending(edi) == []
+    with edi.engine.connect() as conn:
+        assert conn.execute(select(INTERCHANGE.c.status).where(
+            INTERCHANGE.c.id == out.id)).scalar_one() == "written"
+
+
+def test_a_resend_is_the_same_bytes_under_the_same_numbers_and_is_audited(edi):
+    order = _accept_order(edi)
+    [sent] = handlers.handle_events([event(order)], edi)
+    folder = edi.folder(edi.settings.partner("ACME"))
+    [original] = outbound(folder, "855")
+    content = original.read_bytes()
+    picked_up = original.rename(folder.root / "picked-up.x12")
+    path = handlers.resend(edi, sent.interchange_id, actor="ana", reason="partner lost it")
+    assert path.name == original.name and path.read_bytes() == content
+    again = handlers.resend(edi, sent.interchange_id, actor="ana", reason="twice")
+    assert again == path  # still waiting in outbound/: not written a second time
+    assert picked_up.read_bytes() == content
+    from workers.edi.store import EVENT
+
+    with edi.engine.connect() as conn:
+        rows = conn.execute(select(EVENT.c.actor, EVENT.c.reason)).all()
+    assert [tuple(r) for r in rows] == [("ana", "partner lost it"), ("ana", "twice")]
+
+
+def test_outbound_documents_are_recorded_with_their_control_numbers(edi):
+    order = _accept_order(edi)
+    handlers.handle_events([event(order)], edi)
+    with edi.engine.connect() as conn:
+        rows = conn.execute(select(DOCUMENT.c.doc_type, DOCUMENT.c.gs06, DOCUMENT.c.st02)
+                            .where(DOCUMENT.c.direction == "out")).all()
+    assert [tuple(r) for r in rows] == [("997", 1, "0001"), ("855", 2, "0002")]
+    assert documents.ack_type({1: documents.LineAnswer("IA", 1)}) == "AD"
