@@ -50,6 +50,9 @@ def _register() -> None:
     from workers.cli.status import status
 
     cli.add_command(status)
+    from workers.cli.edi import edi
+
+    cli.add_command(edi)
 
 
 _register()

@@ -1,0 +1,143 @@
+"""``coexist edi``: acknowledgment status, audited resends, pending outbound files, documents.
+
+Partner profiles are read from the TOML file named by ``COEXIST_EDI_CONFIG``
+(its ``[edi]`` table; see ``coexistence/edi/profiles.py``); the state database
+is ``COEXIST_STATE_URL``.
+
+Exit codes: 0 fine; 1 something needs attention (``status``); 2 bad input or an
+unreachable system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bus.exception_store import ExceptionStore
+from coexistence.edi.profiles import EdiConfigError, EdiSettings
+from workers.cli.common import UserError
+from workers.config import Settings
+
+CONFIG_ENV = "COEXIST_EDI_CONFIG"
+
+
+def load_settings() -> EdiSettings:
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise UserError(f"{CONFIG_ENV} is not set: name the TOML file with the [edi] partner "
+                        "profiles")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"{CONFIG_ENV}={path}: {exc.strerror}") from None
+    try:
+        return EdiSettings.from_toml(text, source=path)
+    except EdiConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _deps():
+    import workers.tables  # noqa: F401
+    from workers.db import create_state_engine
+    from workers.edi.handlers import EdiDeps
+
+    settings = Settings.from_env()
+    edi = load_settings()
+    url = settings.state_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no state database at {url.removeprefix('sqlite:///')} "
+                        "(COEXIST_STATE_URL / COEXIST_HOME)")
+    engine = create_state_engine(url)
+
+    def no_lookup(key: str):
+        raise UserError("this command does not read the ERPs")
+
+    return EdiDeps(engine, edi, ExceptionStore(engine), unit_of=no_lookup, get_order=no_lookup)
+
+
+@click.group()
+def edi() -> None:
+    """EDI trading partners: acknowledgments, resends, pending files, documents."""
+
+
+@edi.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def status(fmt: str) -> None:
+    """Outbound sets unacknowledged past the partner's window, rejected (AK5 R) or accepted
+    with errors (AK5 E).  Exit 1 when there is any."""
+    from workers.edi.handlers import acknowledgment_problems
+
+    deps = _deps()
+    problems = acknowledgment_problems(deps.engine, deps.settings, now=datetime.now(UTC))
+    if fmt == "json":
+        click.echo(json.dumps([{
+            "problem": p.problem, "partner": p.document.partner, "type": p.document.doc_type,
+            "isa13": p.document.isa13, "gs06": p.document.gs06, "st02": p.document.st02,
+            "business": f"{p.document.business_domain}:{p.document.business_key}",
+            "sent_at": p.document.created_at.isoformat(), "note": p.document.ack_note,
+        } for p in problems], indent=2))
+    else:
+        table = Table("problem", "partner", "set", "ISA13/GS06/ST02", "for", "sent", "note")
+        for p in problems:
+            d = p.document
+            table.add_row(p.problem, d.partner, d.doc_type, f"{d.isa13}/{d.gs06}/{d.st02}",
+                          f"{d.business_domain}:{d.business_key}",
+                          f"{d.created_at:%Y-%m-%d %H:%M}", d.ack_note or "")
+        console = Console(file=sys.stdout, width=160)
+        console.print(table if problems else "every outbound set is acknowledged or within "
+                                            "its partner's window")
+    sys.exit(1 if problems else 0)
+
+
+@edi.command()
+@click.argument("interchange_id", type=int)
+@click.option("--reason", required=True, help="Why it is sent again (audited).")
+@click.option("--actor", default=lambda: os.environ.get("COEXIST_ACTOR") or
+              os.environ.get("USER") or "unknown", help="Who asks (audited).")
+def resend(interchange_id: int, reason: str, actor: str) -> None:
+    """Send outbound interchange ID again: the same bytes, so the same control numbers."""
+    from workers.edi.handlers import resend as do_resend
+
+    deps = _deps()
+    path = do_resend(deps, interchange_id, actor=actor, reason=reason)
+    click.echo(f"interchange {interchange_id} is in {path} (identical bytes, same control "
+               "numbers); audited")
+
+
+@edi.command()
+def flush() -> None:
+    """Write every outbound interchange whose numbers were committed but whose file is missing
+    (a worker died in between); the same bytes, so no gap and no reuse."""
+    from workers.edi.handlers import flush_pending
+
+    written = flush_pending(_deps())
+    click.echo(f"{len(written)} pending interchange(s) written"
+               + (f": {', '.join(map(str, written))}" if written else ""))
+
+
+@edi.command()
+@click.argument("target")
+def documents(target: str) -> None:
+    """EDI documents of one business object (``order:KEY``, ``shipment:KEY``,
+    ``invoice:KEY``) or one correlation id, with control numbers and acknowledgment state."""
+    from workers.edi.handlers import documents_for
+
+    deps = _deps()
+    domain, sep, key = target.partition(":")
+    if sep and domain in ("order", "shipment", "invoice"):
+        docs = documents_for(deps.engine, domain=domain, key=key)
+    else:
+        docs = documents_for(deps.engine, correlation_id=target)
+    table = Table("when", "dir", "partner", "set", "ISA13/GS06/ST02", "ack", "file")
+    for d in docs:
+        table.add_row(f"{d.created_at:%Y-%m-%d %H:%M:%S}", d.direction, d.partner, d.doc_type,
+                      f"{d.isa13}/{d.gs06}/{d.st02}", d.ack_status, d.file_name)
+    Console(file=sys.stdout, width=160).print(table if docs else f"no EDI documents for {target}")
+    sys.exit(0 if docs else 1)
