@@ -64,7 +64,7 @@ def drop(deps, name, text, partner="ACME"):
 
 
 def outbound(folder, kind):
-    return sorted(p for p in folder.outbound.iterdir() if f"-{kind}-" in p.name)
+    return sorted(p for p in folder.outbound.iterdir() if p.name.endswith(f"-{kind}.x12"))
 
 
 def commands(deps):

@@ -89,8 +89,8 @@ def test_a_kill_between_allocation_and_rename_leaves_no_gap_and_no_reuse(pg_url,
                                                  .order_by(INTERCHANGE.c.id))]
     assert numbers == [1, 2]  # the crashed one was sent with its number; the next follows
     names = sorted(p.name for p in outbound.iterdir())
-    assert [n for n in names if not n.startswith(".")] == ["ACME-810-000000001.x12",
-                                                          "ACME-810-000000002.x12"]
+    assert [n for n in names if not n.startswith(".")] == ["ACME-000000001-810.x12",
+                                                          "ACME-000000002-810.x12"]
     # The killed writer's temporary file is a dot-name: never read by a partner.
     assert all(n.endswith(".tmp") for n in names if n.startswith("."))
     engine.dispose()

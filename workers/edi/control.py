@@ -90,7 +90,9 @@ class Outbound:
 
 
 def file_name(partner: str, kind: str, isa13: int) -> str:
-    return f"{partner}-{kind}-{isa13:09d}.x12"
+    """``ACME-000000042-856.x12``: a partner reading its folder in name order reads in the
+    order we sent (an 810 is never read before the 856 it bills)."""
+    return f"{partner}-{isa13:09d}-{kind}.x12"
 
 
 def record_outbound(conn, profile: PartnerProfile, *, kind: str, at: datetime,
