@@ -99,19 +99,31 @@ class DropFolder:
                 out.append(Claimed(original, Path(entry.path)))
         return sorted(out, key=lambda c: c.path.name)
 
-    def finish(self, claimed: Claimed, *, ok: bool) -> Path:
-        """Move a claimed file to ``processed/`` (ok) or ``failed/``, never overwriting."""
+    def finish(self, claimed: Claimed, *, ok: bool, sync_dir: bool = True) -> Path:
+        """Move a claimed file to ``processed/`` (ok) or ``failed/``, never overwriting.
+
+        ``sync_dir=False`` leaves the directory fsync to one ``sync_dirs()`` for a batch.
+        """
         target_dir = self.processed if ok else self.failed
         target_dir.mkdir(parents=True, exist_ok=True)
-        return _link_free(claimed.path, target_dir, claimed.name, move=True)
+        return _link_free(claimed.path, target_dir, claimed.name, move=True, sync=sync_dir)
+
+    def sync_dirs(self) -> None:
+        """fsync every folder, making a batch's renames durable (one call per batch)."""
+        for name in FOLDERS:
+            if (self.root / name).is_dir():
+                _fsync_dir(self.root / name)
 
     # ------------------------------------------------------------------ outbound
 
-    def write_outbound(self, name: str, content: bytes) -> tuple[Path, bool]:
+    def write_outbound(self, name: str, content: bytes, *, sync_dir: bool = True
+                       ) -> tuple[Path, bool]:
         """Write ``content`` as ``outbound/name``; returns (path, written now).
 
         An existing file of that name with the same bytes is left alone (a
-        resumed write); one with other bytes raises ``OutboundExists``.
+        resumed write); one with other bytes raises ``OutboundExists``.  The
+        file's bytes are always fsynced; ``sync_dir=False`` leaves the fsync of
+        the directory (which makes the name durable) to ``sync_dirs()``.
         """
         self.outbound.mkdir(parents=True, exist_ok=True)
         final = self.outbound / name
@@ -135,7 +147,8 @@ class DropFolder:
                                      "overwritten") from None
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.outbound)
+        if sync_dir:
+            _fsync_dir(self.outbound)
         return final, True
 
     def write_outbound_copy(self, name: str, content: bytes) -> Path:
@@ -149,7 +162,7 @@ class DropFolder:
                 n += 1
 
 
-def _link_free(src: Path, folder: Path, name: str, *, move: bool) -> Path:
+def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = True) -> Path:
     n = 0
     while True:
         dst = folder / (name if n == 0 else f"{name}.{n}")
@@ -161,10 +174,12 @@ def _link_free(src: Path, folder: Path, name: str, *, move: bool) -> Path:
             n += 1
             continue
         break
-    _fsync_dir(folder)
+    if sync:
+        _fsync_dir(folder)
     if move:
         src.unlink()
-        _fsync_dir(src.parent)
+        if sync:
+            _fsync_dir(src.parent)
     return dst
 
 

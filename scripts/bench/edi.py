@@ -1,0 +1,169 @@
+"""EDI channel throughput, each against a same-run baseline that moves the same files unprocessed.
+
+    .venv/bin/python scripts/bench/edi.py [--documents 400] [--state-url URL]
+
+* ``inbound``: 850 files in a partner's ``inbound/`` -> ``handle_inbound`` (claim, read,
+  envelope and element checks, 850 -> canonical order, one state transaction with the
+  inbound record, documents, the order command in the outbox and the 997 with its control
+  numbers, the 997 file written and fsynced, the 850 moved to ``processed/``).  Baseline: the
+  same files read, a file of the same size written (temp name, fsync, rename) and the input
+  moved, with no processing.
+* ``outbound``: shipment and invoice events -> ``handle_events`` (856 and 810 built, checked,
+  numbered in one transaction with their document records, written and fsynced).  Baseline:
+  the same bytes written as files the same way.
+
+Prints one JSON line per direction: documents per second, the baseline's, and their ratio.
+Target: >= 500 documents/s each way.  State is SQLite in a temporary folder unless
+``--state-url`` names another database (it must be empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bus.envelope import new_envelope  # noqa: E402
+from bus.exception_store import ExceptionStore  # noqa: E402
+from coexistence.canonical.models import Invoice, Order, Shipment  # noqa: E402
+from coexistence.edi import documents, x12  # noqa: E402
+from coexistence.edi.profiles import EdiSettings  # noqa: E402
+from workers.db import create_state_engine, create_state_schema  # noqa: E402
+from workers.edi import handlers  # noqa: E402
+from workers.edi.transport import DropFolder  # noqa: E402
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+def _settings(folder: Path, customers: list[str]) -> EdiSettings:
+    return EdiSettings.from_data({"partners": [{
+        "id": "ACME", "partner_isa": {"qualifier": "ZZ", "id": "ACMEBUY"},
+        "our_isa": {"qualifier": "ZZ", "id": "DISTCO"}, "partner_gs": "ACMEBUY",
+        "our_gs": "DISTCO", "customers": customers, "folder": str(folder),
+        "buyer_ids": {c: c for c in customers}}]})
+
+
+def _order(i: int) -> Order:
+    return Order.model_validate({
+        "key": str(100_000 + i), "customer_key": "10000", "status": "open", "channel": "edi",
+        "customer_po": f"PO-{i:08d}", "currency": "USD", "ordered_at": NOW,
+        "requested_date": NOW.date() + timedelta(days=7),
+        "lines": [{"line_no": n, "sku": f"WID-{n:05d}", "quantity": 3 + n,
+                   "unit_price": f"{n}.25"} for n in range(1, 5)]})
+
+
+def _850(i: int) -> bytes:
+    body = documents.build_850(_order(i), unit_of=lambda s: "EA", buyer_id="10000")
+    return x12.write_interchange(
+        sender=x12.Party("ZZ", "ACMEBUY"), receiver=x12.Party("ZZ", "DISTCO"), control=i + 1,
+        at=NOW, groups=[x12.GroupSpec("PO", "ACMEBUY", "DISTCO", i + 1,
+                                      [x12.SetSpec("850", 1, body)])],
+        segment_suffix="\n", usage="T").encode()
+
+
+def _write_like(folder: Path, name: str, content: bytes) -> None:
+    tmp = folder / f".{name}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, folder / name)
+
+
+def bench_inbound(root: Path, n: int, url: str | None) -> dict:
+    files = [_850(i) for i in range(n)]
+    # Baseline: the same files in, a same-size answer out, the input moved; no processing.
+    base = DropFolder(root / "base").ensure()
+    for i, content in enumerate(files):
+        (base.inbound / f"po{i:06d}.edi").write_bytes(content)
+    t0 = time.perf_counter()
+    for i, name in enumerate(sorted(os.listdir(base.inbound))):
+        data = (base.inbound / name).read_bytes()
+        _write_like(base.outbound, f"ans{i:06d}.x12", data[: 400])
+        os.rename(base.inbound / name, base.processed / name)
+    baseline = n / (time.perf_counter() - t0)
+
+    deps = _deps(root / "in", url)
+    folder = deps.folder(deps.settings.partners[0]).ensure()
+    for i, content in enumerate(files):
+        (folder.inbound / f"po{i:06d}.edi").write_bytes(content)
+    t0 = time.perf_counter()
+    results = handlers.handle_inbound(deps)
+    elapsed = time.perf_counter() - t0
+    assert len(results) == n and all(r.ok for r in results), results[:1]
+    return {"bench": "edi_inbound_850_to_997_and_command", "documents": n,
+            "docs_per_s": round(n / elapsed), "baseline_docs_per_s": round(baseline),
+            "ratio": round(n / elapsed / baseline, 3), "target_docs_per_s": 500}
+
+
+def bench_outbound(root: Path, n: int, url: str | None) -> dict:
+    deps = _deps(root / "out", url)
+    orders = {o.key: o for o in (_order(i) for i in range(n // 2))}
+    deps.get_order = orders.get
+    envs = []
+    for i, order in enumerate(orders.values()):
+        ship = Shipment.model_validate({
+            "key": str(500_000 + i), "order_key": order.key, "warehouse": "W1",
+            "carrier": "UPSN", "tracking_number": f"1Z{i:016d}",
+            "milestones": [{"milestone": "shipped", "at": NOW}],
+            "lines": [{"line_no": ln.line_no, "order_line_no": ln.line_no, "sku": ln.sku,
+                       "quantity": ln.quantity} for ln in order.lines]})
+        inv = Invoice.model_validate({
+            "key": str(700_000 + i), "order_key": order.key, "customer_key": "10000",
+            "status": "open", "currency": "USD", "issued_on": NOW.date(),
+            "due_on": NOW.date() + timedelta(days=30), "tax_amount": "1.50",
+            "lines": [{"line_no": ln.line_no, "sku": ln.sku, "description": f"widget {ln.sku}",
+                       "quantity": ln.quantity, "unit_price": ln.unit_price}
+                      for ln in order.lines]})
+        for rec in (ship, inv):
+            envs.append(new_envelope(domain=rec.domain, kind="event", key=rec.key,
+                                     payload={"record": rec.model_dump(mode="json")},
+                                     source_system="legacy", source_version=1))
+    t0 = time.perf_counter()
+    out = handlers.handle_events(envs, deps)
+    elapsed = time.perf_counter() - t0
+    assert all(o.status == "sent" for o in out), out[:1]
+    folder = deps.folder(deps.settings.partners[0])
+    written = sorted(folder.outbound.iterdir())
+    contents = [p.read_bytes() for p in written]
+    base = DropFolder(root / "outbase").ensure()
+    t0 = time.perf_counter()
+    for i, content in enumerate(contents):
+        _write_like(base.outbound, f"doc{i:06d}.x12", content)
+    baseline = len(contents) / (time.perf_counter() - t0)
+    m = len(envs)
+    return {"bench": "edi_outbound_856_810_written", "documents": m,
+            "docs_per_s": round(m / elapsed), "baseline_docs_per_s": round(baseline),
+            "ratio": round(m / elapsed / baseline, 3), "target_docs_per_s": 500}
+
+
+def _deps(root: Path, url: str | None) -> handlers.EdiDeps:
+    root.mkdir(parents=True, exist_ok=True)
+    engine = create_state_engine(url or f"sqlite:///{root / 'state.db'}")
+    create_state_schema(engine)
+    return handlers.EdiDeps(engine, _settings(root / "acme", ["10000"]), ExceptionStore(engine),
+                            unit_of=lambda s: "EA", get_order=lambda k: None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--documents", type=int, default=400)
+    ap.add_argument("--state-url", default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="coexist-edi-bench-") as tmp:
+        root = Path(tmp)
+        print(json.dumps({**bench_inbound(root, args.documents, args.state_url),
+                          "load_avg": os.getloadavg()[0]}))
+        print(json.dumps({**bench_outbound(root, args.documents, args.state_url),
+                          "load_avg": os.getloadavg()[0]}))
+
+
+if __name__ == "__main__":
+    main()
