@@ -27,7 +27,13 @@ hold to identity:
 
 Known losses, named: an 850's time of day (it has none); PO103 is checked,
 not kept (the canonical order line has no unit: the product's unit is the
-order's); 855/856/810 units come from the product.
+order's); 855/856/810 units come from the product; free text (PID, TD5
+routing) loses accents (``free_text``); a one-digit shipment key is written
+zero-padded in BSN02 (at least 2 characters); CTT02 is left out when the sum
+of quantities exceeds its 10 digits; a tracking number longer than REF02's 30
+characters is refused, not cut.  The canonical models carry no packaging, no
+charges (TDS01 = lines + tax) and no line unit: proposed as optional fields
+with a schema-version bump when a partner needs them.
 """
 
 from __future__ import annotations
