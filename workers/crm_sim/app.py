@@ -146,9 +146,9 @@ class CrmSimulator:
         return self._clock() + self.offset_s
 
     def set_faults(self, faults: Faults) -> None:
+        """Replace the fault settings (a limit window starts now, or ends without one)."""
         self.faults = faults
-        if faults.limit_exceeded_s:
-            self.limit_until = self.now() + faults.limit_exceeded_s
+        self.limit_until = self.now() + faults.limit_exceeded_s if faults.limit_exceeded_s else 0.0
 
     # ----------------------------------------------------------------- entry point
 
