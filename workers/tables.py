@@ -3,6 +3,7 @@
 Add one import line per module that declares state tables.
 """
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
+import workers.crm.state  # noqa: F401  (crm_onboarding)
 import workers.edi.store  # noqa: F401  (edi_interchange, edi_document, edi_counter, edi_event)
 import workers.flags.audit  # noqa: F401  (flag_audit)
 import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)

@@ -1,0 +1,113 @@
+"""What the CRM channel remembers in coexist's state database: onboarding decisions.
+
+``crm_onboarding`` has one row per person-created CRM account that onboarding decided on:
+the customer it is (a link to an existing customer, or a new customer number), why, and
+the match keys, so that
+
+* a crash between deciding and committing re-uses the same decision and number (the
+  number is committed before the CRM account is keyed by it);
+* the same company typed again before the SoR created the first one matches the first
+  (``known_pending``), and never becomes a second customer.
+
+New customer numbers are allocated by coexist from ``CRM_CUSTOMER_NUMBER_BASE`` upwards
+(see ``docs/architecture.md``: the ERP port has no "create and assign a number" yet).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlmodel import Field
+
+from coexistence.crm.onboarding import Candidate, Known
+from workers.db import StateTable
+
+#: First customer number coexist allocates for a customer created from the CRM; above any
+#: number the ERPs assign (10-digit legacy keys), so the two never collide.
+CRM_CUSTOMER_NUMBER_BASE = 9_000_000_000
+
+LINK, CREATE, DUPLICATE = "link", "create", "duplicate_in_crm"
+
+
+class CrmOnboarding(StateTable, table=True):
+    """One onboarding decision for a person's CRM account."""
+
+    __tablename__ = "crm_onboarding"
+
+    crm_account_id: str = Field(primary_key=True, max_length=18)
+    customer_key: str = Field(max_length=40, index=True)
+    #: ``link``, ``create`` or ``duplicate_in_crm``.
+    decision: str = Field(max_length=20)
+    #: Allocated numbers are unique; a link or a duplicate names an existing customer.
+    allocated: int | None = Field(default=None, unique=True)
+    name_key: str = Field(default="", max_length=200)
+    postal_keys: str = Field(default="", max_length=200)
+    tax_key: str = Field(default="", max_length=40)
+    #: ``decided`` until the command / link is committed with the feed checkpoint, then
+    #: ``done``.
+    state: str = Field(default="decided", max_length=10)
+    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+_T = CrmOnboarding.__table__
+
+
+def decision_of(engine: Engine, crm_account_id: str) -> CrmOnboarding | None:
+    with Session(engine) as session:
+        return session.get(CrmOnboarding, crm_account_id)
+
+
+def known_pending(engine: Engine) -> list[Known]:
+    """Customers onboarding asked the SoR to create, as matching sees them."""
+    with Session(engine) as session:
+        rows = session.execute(select(_T).where(_T.c.decision == CREATE)).all()
+    return [Known(r.customer_key, r.name_key, frozenset(filter(None, r.postal_keys.split(","))),
+                  r.tax_key) for r in rows]
+
+
+def decide(engine: Engine, candidate: Candidate, decision: str,
+           customer_key: str | None = None, *, base: int = CRM_CUSTOMER_NUMBER_BASE
+           ) -> CrmOnboarding:
+    """Commit a decision for ``candidate`` (a new number for ``create``); idempotent.
+
+    A decision already taken for the account is returned unchanged.  Two decisions
+    racing for one number: the loser's insert fails on the unique number and it
+    allocates the next one.
+    """
+    for _ in range(5):
+        existing = decision_of(engine, candidate.crm_id)
+        if existing is not None:
+            return existing
+        with Session(engine) as session:
+            allocated = None
+            key = customer_key
+            if decision == CREATE:
+                top = session.execute(select(func.max(_T.c.allocated))).scalar_one_or_none()
+                allocated = max(int(top or 0), base) + 1
+                key = str(allocated)
+            if key is None:
+                raise ValueError(f"a {decision} decision names its customer")
+            row = CrmOnboarding(crm_account_id=candidate.crm_id, customer_key=key,
+                                decision=decision, allocated=allocated,
+                                name_key=candidate.name_key[:200],
+                                postal_keys=",".join(sorted(candidate.postal_keys))[:200],
+                                tax_key=candidate.tax_key[:40])
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                continue
+            session.refresh(row)
+            return row
+    raise RuntimeError(f"could not record the onboarding of CRM account {candidate.crm_id}")
+
+
+def mark_done(session: Session, crm_account_ids: list[str]) -> None:
+    """In the caller's transaction (with the outbox commands and the feed checkpoint)."""
+    if crm_account_ids:
+        session.execute(update(_T).where(_T.c.crm_account_id.in_(crm_account_ids))
+                        .values(state="done"))
