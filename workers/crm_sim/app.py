@@ -489,13 +489,10 @@ class CrmSimulator:
                          [field_name])
         body = {k: v for k, v in rec.items() if k != field_name}
         existing = self.store.get(ids[0]) if ids else None
-        savepoint = self.store.savepoint()
         try:
             saved = self.records.save(ctx, obj, body, existing, preset={field_name: value})
-        except SaveError as err:
-            self.store.rollback_to(savepoint)
+        except SaveError as err:  # raised before any write (see Records.save)
             return {"success": False, "errors": [err.collection()]}
-        self.store.release(savepoint)
         return {"id": saved.id, "success": True, "errors": [], "created": saved.created}
 
     # ----------------------------------------------------------------- query and describe

@@ -109,7 +109,11 @@ class Records:
     def save(self, ctx: Ctx, obj: SObject, body: dict, existing: dict | None,
              *, preset: dict | None = None) -> Saved:
         """Create (``existing`` None) or update one record; ``preset`` fields come from the
-        URL (the external id of an upsert) and skip the writable check."""
+        URL (the external id of an upsert) and skip the writable check.
+
+        Every refusal is raised before the first write, so a refused record has written
+        nothing and a collection needs no savepoint per record.
+        """
         if obj.name not in WRITABLE:
             raise SaveError("INVALID_TYPE", f"sObject type '{obj.name}' is not writable")
         if not isinstance(body, dict):
@@ -154,7 +158,7 @@ class Records:
         doc["LastModifiedDate"] = doc["SystemModstamp"] = format_datetime(ctx.now)
         doc["LastModifiedById"] = ctx.user_id
         self._formulas(obj, doc)
-        self.store.put(doc, obj.name)
+        self.store.put(doc, obj.name, existing)
         if obj.name == "Account":
             self.store.set_dupkeys(doc["Id"], *duplicates.keys_of(doc))
             if dup_matches:
@@ -286,7 +290,7 @@ class Records:
         parent[name] = value
         parent["SystemModstamp"] = format_datetime(ctx.now)
         obj_name = _object_of(parent_id)
-        self.store.put(parent, obj_name)
+        self.store.put(parent, obj_name, before)
         self._event(ctx, sobject(obj_name), parent, before)
 
     def _open_balance(self, account_id: str) -> float:

@@ -240,7 +240,6 @@ def coerce(obj: SObject, f: Field, value):
     """``value`` as stored for field ``f``, or ``FieldError`` as the platform answers it."""
     if value is None:
         return None
-    label = f.display
     if f.type in (STRING, TEXTAREA, EMAIL, PHONE, ID):
         if not isinstance(value, str):
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -248,11 +247,11 @@ def coerce(obj: SObject, f: Field, value):
             value = str(value)
         if f.length and len(value) > f.length:
             raise FieldError("STRING_TOO_LONG",
-                             f"{label}: data value too large: {value[:40]!r} "
+                             f"{f.display}: data value too large: {value[:40]!r} "
                              f"(max length={f.length})", [f.name])
         if f.type == EMAIL and value and not _EMAIL.match(value):
-            raise FieldError("INVALID_EMAIL_ADDRESS", f"{label}: invalid email address: {value}",
-                             [f.name])
+            raise FieldError("INVALID_EMAIL_ADDRESS",
+                             f"{f.display}: invalid email address: {value}", [f.name])
         return value
     if f.type == BOOLEAN:
         if isinstance(value, bool):
@@ -272,12 +271,12 @@ def coerce(obj: SObject, f: Field, value):
         if f.scale == 0:
             if number != int(number):
                 raise FieldError("NUMBER_OUTSIDE_VALID_RANGE",
-                                 f"{label}: value outside of valid range on numeric field",
+                                 f"{f.display}: value outside of valid range on numeric field",
                                  [f.name])
             whole = int(value) if isinstance(value, int) else int(number)
             if abs(whole) >= 10**18:
                 raise FieldError("NUMBER_OUTSIDE_VALID_RANGE",
-                                 f"{label}: value outside of valid range on numeric field",
+                                 f"{f.display}: value outside of valid range on numeric field",
                                  [f.name])
             return whole
         return round(number, f.scale)
@@ -303,7 +302,7 @@ def coerce(obj: SObject, f: Field, value):
             raise _type_error(f, value)
         if f.restricted and value not in f.picklist:
             raise FieldError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                             f"{label}: bad value for restricted picklist field: {value}",
+                             f"{f.display}: bad value for restricted picklist field: {value}",
                              [f.name])
         return value
     if f.type == REFERENCE:

@@ -15,7 +15,7 @@ Tables:
 * ``sessions``: OAuth access tokens and when they were issued.
 
 The server answers on one event loop thread, so a request is one transaction without
-further locking; a collection request takes a savepoint per record.
+further locking.
 """
 
 from __future__ import annotations
@@ -94,7 +94,6 @@ class Store:
         # NORMAL in WAL mode survives a process crash (the simulator's restart case).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self._savepoints = 0
 
     def close(self) -> None:
         self.db.close()
@@ -119,19 +118,6 @@ class Store:
     def rollback(self) -> None:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
-
-    def savepoint(self) -> str:
-        self._savepoints += 1
-        name = f"r{self._savepoints}"
-        self.db.execute(f"SAVEPOINT {name}")
-        return name
-
-    def release(self, name: str) -> None:
-        self.db.execute(f"RELEASE {name}")
-
-    def rollback_to(self, name: str) -> None:
-        self.db.execute(f"ROLLBACK TO {name}")
-        self.db.execute(f"RELEASE {name}")
 
     # ----------------------------------------------------------------- records
 
@@ -171,21 +157,27 @@ class Store:
         self.set_meta(key, n)
         return record_id(prefix, n)
 
-    def put(self, doc: dict, sobject: str) -> None:
-        """Insert or replace the live record ``doc`` and its index rows."""
+    def put(self, doc: dict, sobject: str, old: dict | None = None) -> None:
+        """Insert or replace the live record ``doc``; its index rows are rewritten only
+        where they differ from ``old`` (the record as it was, None for a new one)."""
         id_ = doc["Id"]
         self.db.execute("INSERT OR REPLACE INTO records (id, sobject, data, deleted) "
                         "VALUES (?,?,?,0)", (id_, sobject, _dumps(doc)))
         obj = OBJECTS[sobject]
-        self.db.execute("DELETE FROM extids WHERE id=?", (id_,))
-        self.db.execute("DELETE FROM refs WHERE id=?", (id_,))
+        old = old or {}
         for name in obj.external_ids:
             value = doc.get(name)
+            if old and value == old.get(name):
+                continue
+            self.db.execute("DELETE FROM extids WHERE id=? AND field=?", (id_, name))
             if value is not None:
                 self.db.execute("INSERT INTO extids (sobject, field, value, id) VALUES (?,?,?,?)",
                                 (sobject, name, str(value), id_))
         for f in obj.fields.values():
-            if f.relationship and doc.get(f.name):
+            if not f.relationship or (old and doc.get(f.name) == old.get(f.name)):
+                continue
+            self.db.execute("DELETE FROM refs WHERE id=? AND field=?", (id_, f.name))
+            if doc.get(f.name):
                 self.db.execute("INSERT INTO refs (id, field, target) VALUES (?,?,?)",
                                 (id_, f.name, doc[f.name]))
 
