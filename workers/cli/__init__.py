@@ -53,6 +53,9 @@ def _register() -> None:
     from workers.cli.edi import edi
 
     cli.add_command(edi)
+    from workers.cli.crm_sim import crm_sim
+
+    cli.add_command(crm_sim)
 
 
 _register()
