@@ -21,15 +21,10 @@ message that wrote it (``CORRELATION_FIELD``), which ERP holds it today (``ERP_S
 and ``ERP_Deleted__c`` (a delete in the ERP shows as a flag, never as a CRM delete that
 would take the CRM's own contacts and history with it).
 
-Where "apply only when newer" lives: in the CRM, as the validation rule
-``Coexist_Version_Must_Not_Regress`` on every object coexist writes (error on
-``Coexist_Version__c`` when a save would lower it; an equal version is allowed so a
-set-back or a redelivery re-applies the same values).  The CRM has no conditional upsert,
-and the two alternatives are worse: a read-compare-write per batch costs a query per batch
-out of the API budget and still races between two workers; keeping the applied version
-in coexist's state next to the inbox needs the CRM write inside that transaction (a
-network call in a state transaction) or leaves the two disagreeing after a crash between
-them.  The validation rule makes the check part of the CRM's own save, atomic per record.
+"Apply only when newer" lives in the CRM: the validation rule
+``Coexist_Version_Must_Not_Regress`` on every object coexist writes refuses a save that
+would lower ``Coexist_Version__c`` (an equal version passes, so a set-back or a
+redelivery re-applies the same values); see ``docs/decisions/0002``.
 
 Lossy spots (named): CRM text fields are shorter than the canonical ones for street
 (255, two lines joined by a newline) and city (40); longer values are cut
