@@ -169,3 +169,25 @@ def test_a_spent_org_budget_is_a_pause_with_the_budget_attached(crm, client):
     with pytest.raises(CrmPaused) as caught:
         client.upsert("customer", [item(1)])
     assert caught.value.budget is not None and caught.value.budget.max == 1
+
+
+def test_latency_beyond_the_timeout_is_technical(crm):
+    slow = client_for(crm, timeout_s=0.2)
+    slow.budget(refresh=True)  # logged in before the latency starts
+    crm.faults(latency_ms=1000)
+    with pytest.raises(CrmUnavailable, match="Timeout"):
+        slow.upsert("customer", [item(3)])
+    slow.close()
+
+
+def test_the_daily_budget_is_rolling_and_returns_a_day_later(crm, client):
+    crm.limits(max=3)
+    client.upsert("customer", [item(0)])
+    client.upsert("customer", [item(1)])
+    client.upsert("customer", [item(2)])
+    with pytest.raises(CrmPaused):
+        client.upsert("customer", [item(3)])
+    crm.advance_clock(24 * 3600 + 120)
+    fresh = client_for(crm)  # the old token expired with the day as well
+    assert isinstance(fresh.upsert("customer", [item(3)])[0], Synced)
+    fresh.close()

@@ -55,10 +55,19 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl, unquote
 
 from workers.cloud_sim.http import Request, Response
-from workers.crm_sim import soql
+from workers.crm_sim import reads, soql
 from workers.crm_sim.faults import Faults, FaultSpecError, parse_faults
+from workers.crm_sim.protocol import (
+    NOT_FOUND,
+    SfError,
+    allow_save,
+    call_options_client,
+    int_param,
+    json_response,
+    user_id,
+)
 from workers.crm_sim.records import Ctx, Records, SaveError
-from workers.crm_sim.schema import OBJECTS, REFERENCE, FieldError, record_id
+from workers.crm_sim.schema import OBJECTS, FieldError
 from workers.crm_sim.store import Store
 
 log = logging.getLogger("coexist.crm_sim")
@@ -83,32 +92,6 @@ _DATA = re.compile(r"^/services/data/v(\d+\.\d)(/.*)?$")
 _LIMIT_EXCEEDED = [{"message": "TotalRequests Limit exceeded.",
                     "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
 _EXPIRED = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
-_NOT_FOUND = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
-
-
-class SfError(Exception):
-    """A whole-request error in the REST shape (a JSON array of entries)."""
-
-    def __init__(self, status: int, entries: list | dict, headers=None):
-        super().__init__(str(entries))
-        self.status, self.entries, self.headers = status, entries, list(headers or [])
-
-    @classmethod
-    def one(cls, status: int, code: str, message: str, fields=None) -> SfError:
-        entry = {"message": message, "errorCode": code}
-        if fields is not None:
-            entry["fields"] = fields
-        return cls(status, [entry])
-
-
-def _json(status: int, doc, headers=None) -> Response:
-    body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
-    return Response(status, body, list(headers or []))
-
-
-def user_id(name: str) -> str:
-    """A stable User id (005...) for a user name."""
-    return record_id("005", int.from_bytes(hashlib.sha1(name.encode()).digest()[:6], "big"))
 
 
 class CrmSimulator:
@@ -163,18 +146,18 @@ class CrmSimulator:
                 self._session(req)
                 return await self._change_events(req.query)
             if path in ("/services/data", "/services/data/"):
-                return _json(200, [{"version": v, "url": f"/services/data/v{v}"}
+                return json_response(200, [{"version": v, "url": f"/services/data/v{v}"}
                                    for v in ("45.0", "46.0", "58.0", "60.0")])
             match = _DATA.match(path)
             if not match:
-                raise SfError(404, _NOT_FOUND)
+                raise SfError(404, NOT_FOUND)
             return await self._api(req, match.group(1), match.group(2) or "/")
         except SfError as err:
-            return _json(err.status, err.entries, err.headers)
+            return json_response(err.status, err.entries, err.headers)
         except Exception:
             # A simulator bug must still answer, or the client hangs until its timeout.
             log.exception("unhandled error on %s %s", req.method, req.path)
-            return _json(500, [{"errorCode": "UNKNOWN_EXCEPTION",
+            return json_response(500, [{"errorCode": "UNKNOWN_EXCEPTION",
                                 "message": "An unexpected error occurred in the simulator"}])
 
     async def _api(self, req: Request, version: str, rest: str) -> Response:
@@ -193,10 +176,10 @@ class CrmSimulator:
         if self.faults.latency_ms:
             await asyncio.sleep(self.faults.latency_ms / 1000)
         origin = f"com/salesforce/api/rest/{version}"
-        call_client = _call_options_client(req.headers.get("sforce-call-options", ""))
+        call_client = call_options_client(req.headers.get("sforce-call-options", ""))
         if call_client:
             origin += f";client={call_client}"
-        ctx = Ctx(version, user, origin, allow_save=_allow_save(req.headers),
+        ctx = Ctx(version, user, origin, allow_save=allow_save(req.headers),
                   now=datetime.fromtimestamp(self.now(), UTC))
         try:
             response = self._dispatch(req, rest, ctx)
@@ -224,19 +207,19 @@ class CrmSimulator:
         grant = form.get("grant_type")
         client_id = form.get("client_id", "")
         if grant not in ("client_credentials", "password"):
-            return _json(400, {"error": "unsupported_grant_type",
+            return json_response(400, {"error": "unsupported_grant_type",
                                "error_description": "grant type not supported"})
         if not client_id or (self.clients and
                              not secrets.compare_digest(self.clients.get(client_id, "\0"),
                                                         form.get("client_secret", ""))):
-            return _json(400, {"error": "invalid_client_id",
+            return json_response(400, {"error": "invalid_client_id",
                                "error_description": "client identifier invalid"})
         username = form.get("username") or f"{client_id}@integration.example"
         token = "00DSIM!" + secrets.token_urlsafe(32)
         issued_ms = int(self.now() * 1000)
         self.store.add_session(token, client_id, user_id(username), issued_ms)
         uid = user_id(username)
-        return _json(200, {
+        return json_response(200, {
             "access_token": token,
             "instance_url": self.base_url,
             "id": f"{self.base_url}/id/00DSIM000000001AAA/{uid}",
@@ -262,7 +245,7 @@ class CrmSimulator:
         method = req.method
         if parts == ["limits"]:
             used = self.store.usage_since(self._minute() - 24 * 60)
-            return _json(200, {
+            return json_response(200, {
                 "DailyApiRequests": {"Max": self.daily_limit,
                                      "Remaining": max(self.daily_limit - used, 0)},
                 "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
@@ -270,16 +253,16 @@ class CrmSimulator:
         if parts[:1] == ["query"]:
             return self._query(req, parts[1:], ctx)
         if parts == ["sobjects"]:
-            return _json(200, {"encoding": "UTF-8", "maxBatchSize": MAX_COLLECTION_RECORDS,
-                               "sobjects": [self._describe_head(o) for o in OBJECTS]})
+            return json_response(200, {"encoding": "UTF-8", "maxBatchSize": MAX_COLLECTION_RECORDS,
+                               "sobjects": [reads.describe_head(o) for o in OBJECTS]})
         if parts[:1] == ["sobjects"] and len(parts) >= 2:
             obj = self._object(parts[1])
             tail = parts[2:]
             if tail == ["describe"]:
-                return _json(200, self._describe(obj.name))
+                return json_response(200, reads.describe(obj.name))
             if not tail:
                 if method == "GET":
-                    return _json(200, {"objectDescribe": self._describe_head(obj.name)})
+                    return json_response(200, {"objectDescribe": reads.describe_head(obj.name)})
                 if method == "POST":
                     return self._write(ctx, lambda: self._create(ctx, obj, req))
             if len(tail) == 1:
@@ -288,15 +271,15 @@ class CrmSimulator:
                 return self._by_external_id(req, ctx, obj, tail[0], tail[1])
         if parts[:2] == ["composite", "sobjects"] and len(parts) == 4 and method == "PATCH":
             if float(ctx.api_version) < UPSERT_CREATED_SINCE:
-                raise SfError(404, _NOT_FOUND)
+                raise SfError(404, NOT_FOUND)
             obj = self._object(parts[2])
             return self._collection_upsert(req, ctx, obj, parts[3])
-        raise SfError(404, _NOT_FOUND)
+        raise SfError(404, NOT_FOUND)
 
     @staticmethod
     def _object(name: str):
         if name not in OBJECTS:
-            raise SfError(404, _NOT_FOUND)
+            raise SfError(404, NOT_FOUND)
         return OBJECTS[name]
 
     def _write(self, ctx: Ctx, operation: Callable[[], Response]) -> Response:
@@ -333,14 +316,14 @@ class CrmSimulator:
             saved = self.records.save(ctx, obj, body, None)
         except SaveError as err:
             raise SfError(400, [err.rest()]) from None
-        return _json(201, {"id": saved.id, "success": True, "errors": []})
+        return json_response(201, {"id": saved.id, "success": True, "errors": []})
 
     def _by_id(self, req: Request, ctx: Ctx, obj, id_: str) -> Response:
         doc = self.store.get(id_)
         if doc is None or not id_.startswith(obj.key_prefix):
-            raise SfError(404, _NOT_FOUND)
+            raise SfError(404, NOT_FOUND)
         if req.method == "GET":
-            return _json(200, self._shown(obj.name, doc, ctx, req.query.get("fields")))
+            return json_response(200, reads.shown(obj.name, doc, ctx, req.query.get("fields")))
         if req.method == "PATCH":
             body = self._body(req)
 
@@ -349,7 +332,7 @@ class CrmSimulator:
                     self.records.save(ctx, obj, body, doc)
                 except SaveError as err:
                     raise SfError(400, [err.rest()]) from None
-                return _json(204, None)
+                return json_response(204, None)
 
             return self._write(ctx, update)
         if req.method == "DELETE":
@@ -358,7 +341,7 @@ class CrmSimulator:
                     self.records.delete(ctx, obj, doc)
                 except SaveError as err:
                     raise SfError(400, [err.rest()]) from None
-                return _json(204, None)
+                return json_response(204, None)
 
             return self._write(ctx, delete)
         raise SfError(405, [{"errorCode": "METHOD_NOT_ALLOWED",
@@ -376,22 +359,19 @@ class CrmSimulator:
         self._external_field(obj, field_name)
         ids = ([value] if self.store.get(value) else []) if field_name == "Id" else \
             self.store.find_external(obj.name, field_name, value)
-        if len(ids) > 1 and req.method != "DELETE":
-            return _json(300, [f"/services/data/v{ctx.api_version}/sobjects/{obj.name}/{i}"
-                               for i in ids])
+        if len(ids) > 1:
+            return json_response(300, [f"/services/data/v{ctx.api_version}/sobjects/"
+                                       f"{obj.name}/{i}" for i in ids])
         if req.method == "GET":
             if not ids:
-                raise SfError(404, _NOT_FOUND)
-            return _json(200, self._shown(obj.name, self.store.get(ids[0]), ctx,
+                raise SfError(404, NOT_FOUND)
+            return json_response(200, reads.shown(obj.name, self.store.get(ids[0]), ctx,
                                           req.query.get("fields")))
         if req.method == "PATCH":
             return self._write(ctx, lambda: self._upsert(req, ctx, obj, field_name, value, ids))
         if req.method == "DELETE":
             if not ids:
-                raise SfError(404, _NOT_FOUND)
-            if len(ids) > 1:
-                return _json(300, [f"/services/data/v{ctx.api_version}/sobjects/{obj.name}/{i}"
-                                   for i in ids])
+                raise SfError(404, NOT_FOUND)
             return self._by_id(req, ctx, obj, ids[0])
         raise SfError(405, [{"errorCode": "METHOD_NOT_ALLOWED",
                              "message": f"HTTP Method '{req.method}' not allowed"}])
@@ -415,11 +395,11 @@ class CrmSimulator:
         if saved.created:
             if newer:
                 answer["created"] = True
-            return _json(201, answer, [("Location", f"/services/data/v{ctx.api_version}/"
+            return json_response(201, answer, [("Location", f"/services/data/v{ctx.api_version}/"
                                                     f"sobjects/{obj.name}/{saved.id}")])
         if not newer:
-            return _json(204, None)
-        return _json(200, {**answer, "created": False})
+            return json_response(204, None)
+        return json_response(200, {**answer, "created": False})
 
     # ----------------------------------------------------------------- sObject Collections
 
@@ -461,12 +441,12 @@ class CrmSimulator:
                                                "were valid and the request was using "
                                                "AllOrNone header", "fields": []}]}
                     for r in results])
-            return _json(200, results)
+            return json_response(200, results)
 
         try:
             return self._write(ctx, run)
         except _RolledBack as rolled:
-            return _json(200, rolled.results)
+            return json_response(200, rolled.results)
 
     def _collection_one(self, ctx: Ctx, obj, field_name: str, rec: dict, value,
                         repeated: set) -> dict:
@@ -511,80 +491,23 @@ class CrmSimulator:
                 query = soql.parse(text)
             except FieldError as err:
                 raise SfError.one(400, err.code, err.message) from None
-            rows, pos, obj_name = self._run_query(query), 0, query.obj.name
+            rows, pos, obj_name = reads.run_query(self.store, query), 0, query.obj.name
         page = rows[pos:pos + QUERY_PAGE]
         out: dict = {"totalSize": len(rows), "done": pos + QUERY_PAGE >= len(rows),
-                     "records": [{"attributes": self._attributes(obj_name, r, ctx), **r}
+                     "records": [{"attributes": reads.attributes(obj_name, r, ctx), **r}
                                  for r in page]}
         if not out["done"]:
             locator = f"01g{uuid.uuid4().hex[:12]}-{pos + QUERY_PAGE}"
             self._locators[locator] = (rows, pos + QUERY_PAGE, obj_name)
             out["nextRecordsUrl"] = f"/services/data/v{ctx.api_version}/query/{locator}"
-        return _json(200, out)
-
-    def _run_query(self, query: soql.Query) -> list[dict]:
-        indexed = soql.indexed_lookup(query)
-        if indexed is None:
-            docs = list(self.store.scan(query.obj.name))
-        else:
-            name, values = indexed
-            if name == "Id":
-                ids = [str(v) for v in values]
-            else:
-                ids = [i for v in values
-                       for i in self.store.find_external(query.obj.name, name, str(v))]
-            found = self.store.get_many(dict.fromkeys(ids))
-            docs = [found[i] for i in dict.fromkeys(ids) if i in found]
-        docs = [d for d in docs if soql.matches(query, d)]
-        if query.order_by:
-            present = [d for d in docs if d.get(query.order_by) is not None]
-            absent = [d for d in docs if d.get(query.order_by) is None]
-            present.sort(key=lambda d: d[query.order_by], reverse=query.descending)
-            docs = present + absent
-        if query.limit is not None:
-            docs = docs[:query.limit]
-        return [{f: d.get(f) for f in query.fields} for d in docs]
-
-    def _attributes(self, obj_name: str, doc: dict, ctx: Ctx) -> dict:
-        attrs = {"type": obj_name}
-        if doc.get("Id"):
-            attrs["url"] = f"/services/data/v{ctx.api_version}/sobjects/{obj_name}/{doc['Id']}"
-        return attrs
-
-    def _shown(self, obj_name: str, doc: dict, ctx: Ctx, fields: str | None) -> dict:
-        obj = OBJECTS[obj_name]
-        wanted = [f.strip() for f in fields.split(",")] if fields else list(obj.fields)
-        for name in wanted:
-            if name not in obj.fields:
-                raise SfError.one(400, "INVALID_FIELD", f"No such column '{name}' on sobject "
-                                  f"of type {obj_name}", [name])
-        return {"attributes": self._attributes(obj_name, doc, ctx),
-                **{n: doc.get(n) for n in wanted}}
-
-    @staticmethod
-    def _describe_head(name: str) -> dict:
-        obj = OBJECTS[name]
-        return {"name": name, "keyPrefix": obj.key_prefix, "custom": name.endswith("__c"),
-                "createable": True, "updateable": True, "queryable": True}
-
-    def _describe(self, name: str) -> dict:
-        obj = OBJECTS[name]
-        return {**self._describe_head(name), "fields": [{
-            "name": f.name, "label": f.display, "type": f.type, "length": f.length,
-            "nillable": not f.required, "unique": f.unique, "externalId": f.external_id,
-            "updateable": f.updateable, "createable": f.updateable,
-            "restrictedPicklist": bool(f.picklist) and f.restricted,
-            "picklistValues": [{"value": v, "label": v, "active": True} for v in f.picklist],
-            "referenceTo": [f.reference_to] if f.type == REFERENCE and f.reference_to else [],
-            "relationshipName": f.relationship or None,
-        } for f in obj.fields.values()]}
+        return json_response(200, out)
 
     # ----------------------------------------------------------------- change events
 
     async def _change_events(self, query: dict) -> Response:
         preset = query.get("replayPreset", "CUSTOM").upper()
-        limit = _int(query, "numRequested", 100, 1, MAX_EVENTS)
-        wait_ms = _int(query, "waitMs", 0, 0, MAX_WAIT_MS)
+        limit = int_param(query, "numRequested", 100, 1, MAX_EVENTS)
+        wait_ms = int_param(query, "waitMs", 0, 0, MAX_WAIT_MS)
         self.store.purge_events(int((self.now() - self.retention_s) * 1000))
         latest = self.store.latest_replay_id()
         if preset == "LATEST":
@@ -592,7 +515,7 @@ class CrmSimulator:
         elif preset == "EARLIEST":
             after = self.store.meta("purged_through")
         elif preset == "CUSTOM":
-            after = _int(query, "replayId", 0, 0, None)
+            after = int_param(query, "replayId", 0, 0, None)
             purged = self.store.meta("purged_through")
             if after < purged:
                 raise SfError.one(400, "INVALID_REPLAY_ID",
@@ -612,7 +535,7 @@ class CrmSimulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_events.wait(), wait_ms / 1000)
             events = self.store.events_after(after, limit)
-        return _json(200, {
+        return json_response(200, {
             "events": [{"replayId": r, "event": e} for r, e in events],
             "latestReplayId": events[-1][0] if events else after,
         })
@@ -635,34 +558,34 @@ class CrmSimulator:
             self.offset_s = self.limit_until = 0.0
             self.daily_limit = self._initial_limit
             self._locators.clear()
-            return _json(204, None)
+            return json_response(204, None)
         if path == "/admin/faults":
             if req.method in ("PUT", "POST"):
                 try:
                     self.set_faults(parse_faults(body))
                 except FaultSpecError as exc:
                     raise SfError.one(422, "INVALID_FAULTS", str(exc)) from None
-            return _json(200, self.faults.as_dict())
+            return json_response(200, self.faults.as_dict())
         if path == "/admin/limits" and req.method in ("PUT", "POST"):
             if "max" in body:
                 self.daily_limit = int(body["max"])
             if body.get("clear"):
                 self.store.clear_usage()
             used = self.store.usage_since(self._minute() - 24 * 60)
-            return _json(200, {"max": self.daily_limit, "used": used})
+            return json_response(200, {"max": self.daily_limit, "used": used})
         if path == "/admin/clock" and req.method == "POST":
             self.offset_s += float(body.get("advance_s", 0))
-            return _json(200, {"offset_s": self.offset_s})
+            return json_response(200, {"offset_s": self.offset_s})
         if path == "/admin/sessions/expire" and req.method == "POST":
             self.store.expire_sessions()
-            return _json(204, None)
+            return json_response(204, None)
         match = re.match(r"^/admin/as/([^/]+)(/services/data/v(\d+\.\d)(/.*))$", path)
         if match:
             person = unquote(match.group(1))
-            ctx = Ctx(match.group(3), user_id(person), "", allow_save=_allow_save(req.headers),
+            ctx = Ctx(match.group(3), user_id(person), "", allow_save=allow_save(req.headers),
                       now=datetime.fromtimestamp(self.now(), UTC))
             return self._dispatch(req, match.group(4), ctx)
-        raise SfError(404, _NOT_FOUND)
+        raise SfError(404, NOT_FOUND)
 
 
 class _RolledBack(Exception):
@@ -673,29 +596,3 @@ class _RolledBack(Exception):
         self.results = results
 
 
-def _call_options_client(header: str) -> str:
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name.strip() == "client":
-            return value.strip()
-    return ""
-
-
-def _allow_save(headers: dict) -> bool:
-    raw = headers.get("sforce-duplicate-rule-header", "")
-    return any(p.strip().lower() == "allowsave=true" for p in re.split(r"[;,]", raw))
-
-
-def _int(query: dict, name: str, default: int, low: int, high: int | None) -> int:
-    raw = query.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SfError.one(400, "INVALID_QUERY_PARAMETER", f"{name}={raw!r} is not a number"
-                          ) from None
-    if value < low or (high is not None and value > high):
-        raise SfError.one(400, "INVALID_QUERY_PARAMETER",
-                          f"{name}={value} outside {low}..{high if high is not None else ''}")
-    return value
