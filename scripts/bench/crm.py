@@ -32,10 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bus.envelope import new_envelope  # noqa: E402
+from coexistence.crm.mapping import account_fields  # noqa: E402
 from coexistence.sample import iter_customers  # noqa: E402
 from workers.crm.client import CrmClient  # noqa: E402
 from workers.crm.handlers import Outcome, sync_outbound  # noqa: E402
-from workers.crm_sim import start_crm_simulator  # noqa: E402
+from workers.crm_sim import duplicates, start_crm_simulator  # noqa: E402
 from workers.router import queues  # noqa: E402
 
 BATCH = 200
@@ -81,9 +82,9 @@ def main() -> None:
     # Distinct companies only: the sample has a few look-alikes the duplicate rule refuses.
     seen, customers = set(), []
     for c in iter_customers(args.accounts * 2, seed=4):
-        site = next((s.postal_code for s in c.sites if s.kind == "bill_to"), "")
-        if (c.name.lower(), site) not in seen:
-            seen.add((c.name.lower(), site))
+        match = duplicates.keys_of(account_fields(c))[:2]
+        if match not in seen:
+            seen.add(match)
             customers.append(c)
         if len(customers) == args.accounts:
             break
