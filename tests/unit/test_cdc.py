@@ -193,7 +193,7 @@ def test_a_batch_is_filled_with_whole_changes_even_when_rows_coalesce(legacy):
 def test_an_unknown_table_in_the_log_stops_the_feed_naming_the_table(legacy):
     run(legacy, "INSERT INTO CHGLOG (TABNAME, CHGKEY, OP, CHGTS, LCHGUSER) "
                 "VALUES ('ZZTOP', 'X', 'I', 0, 'JSMITH')")
-    with pytest.raises(UnknownChangeLogTable, match="SEQ 1: table 'ZZTOP'"):
+    with pytest.raises(UnknownChangeLogTable, match="cursor 1: table 'ZZTOP'"):
         feed(legacy).read(0, 10)
 
 

@@ -5,8 +5,7 @@ canonical record).  Writes are coexist's own: each runs in one transaction that
 
 1. marks itself as coexist's (``capture.coexist_transaction``: the change log
    attributes its changes to the write's ``writer``, ``COEXIST_WRITER`` unless a
-   channel command names its own) and, on PostgreSQL, takes the change-log
-   writer lock first;
+   channel command names its own);
 2. replays the first result if the idempotency key was seen (same write) or
    refuses it (another write);
 3. advances the record's applied source version in ``XCOEXVER`` with one
@@ -29,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CHAR, Connection, Engine, and_, bindparam, case, func, literal, select
+from sqlalchemy import CHAR, Engine, and_, bindparam, case, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bus.errors import BusinessError
@@ -40,7 +39,6 @@ from workers.legacy_erp.capture import (
     XCOEXVER,
     coexist_transaction,
     register_writer,
-    writer_lock_key,
 )
 from workers.legacy_erp.cdc import LegacyChangeFeed
 from workers.legacy_erp.schema import captured_tables, key_decoders, translator
@@ -149,7 +147,6 @@ class LegacyErp:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._domains: dict[str, _Domain] = {}
-        self._lock_key: int | None = None
         self._writers: set[str] = set()
         self.feed = LegacyChangeFeed(engine, captured_tables(), key_decoders())
 
@@ -229,7 +226,7 @@ class LegacyErp:
         fingerprint = _fingerprint("upsert", d.name, record.key, source_version, writer, repair,
                                    record.model_dump_json())
         with self.engine.begin() as conn, \
-                coexist_transaction(conn, self._writer_lock(conn), writer):
+                coexist_transaction(conn, writer):
             return self._write(conn, d, record.key, source_version, repair, idempotency_key,
                                fingerprint, lambda: self._replace(conn, d, header, children))
 
@@ -248,7 +245,7 @@ class LegacyErp:
         values = d.t.key_columns(d.t.legacy_key(key))
         fingerprint = _fingerprint("delete", d.name, key, source_version, writer, repair)
         with self.engine.begin() as conn, \
-                coexist_transaction(conn, self._writer_lock(conn), writer):
+                coexist_transaction(conn, writer):
             return self._write(conn, d, key, source_version, repair, idempotency_key,
                                fingerprint, lambda: self._remove(conn, d, values))
 
@@ -310,13 +307,6 @@ class LegacyErp:
         if d is None:
             d = self._domains[domain] = _Domain(domain)
         return d
-
-    def _writer_lock(self, conn: Connection) -> int | None:
-        if self.dialect != "postgresql":
-            return None
-        if self._lock_key is None:
-            self._lock_key = writer_lock_key(conn)
-        return self._lock_key
 
     def _register(self, writer: str) -> None:
         if writer not in self._writers:

@@ -7,26 +7,38 @@ captured, in the same transaction as the change itself.
 
 ``CHGLOG`` columns (legacy habits: fixed-width upper-case names):
 
-* ``SEQ``      monotonic sequence; the feed's cursor and the change's version;
+* ``SEQ``      the row's number, in the order rows were written (not committed);
 * ``TABNAME``  the table that changed;
 * ``CHGKEY``   the *header* key of the affected record (key columns joined with
   ``KEY_SEPARATOR``), so a change of an order line is a change of its order;
 * ``OP``       ``I`` / ``U`` / ``D`` on that table;
 * ``CHGTS``    UTC time of the change, epoch milliseconds;
 * ``LCHGUSER`` the header's last-change user: ``COEXIST`` for coexist's writes,
-  a person's user id otherwise (how echoes are told apart from people's writes).
+  a person's user id otherwise (how echoes are told apart from people's writes);
+* ``POS``      the change's *position*: the feed's cursor and the change's
+  version (below); ``NULL`` on PostgreSQL until the feed has numbered the row.
 
-Commit order.  A reader that checkpoints ``SEQ = N`` must never later see a
-change with ``SEQ < N`` commit: that change would be skipped for good.  SQLite
-has a single writer, so sequence order is commit order.  PostgreSQL hands out
-sequence values to concurrent transactions that may commit in another order,
-so on PostgreSQL every captured table also has a ``BEFORE ... FOR EACH
-STATEMENT`` trigger that takes a transaction-scoped advisory lock before the
-first row is touched: writers to the legacy tables are serialized from their
-first write to their commit, hence sequence order is commit order there too.
-The price is that legacy writes do not run in parallel (as on SQLite); the lock
-is taken before any row lock of the statement, so it adds no deadlock between
-writers that only write.
+Commit order.  A reader that checkpoints cursor ``N`` must never later see a
+change with a cursor below ``N`` commit: that change would be skipped for good.
+SQLite has a single writer, so sequence order is commit order and ``POS`` is
+simply ``SEQ`` (a virtual column).  PostgreSQL hands out ``SEQ`` values to
+concurrent transactions that commit in another order, so there ``SEQ`` is not a
+cursor.  Instead, as PgQ's ticker does with transaction snapshots, the
+*reader* numbers what has become visible: each row also records its
+transaction (``TXID``, ``pg_current_xact_id()``), inserted with ``POS`` NULL, and
+``XCHG_ASSIGN(n)`` (one statement, in autocommit) gives up to ``n`` committed,
+unpositioned rows the next positions, in ``(TXID, SEQ)`` order, after the
+high-water mark kept in ``XCOEXPOS``, whose row lock serializes the numbering.
+A statement only sees committed rows, so a transaction that commits late is
+numbered late, after every position a reader may already have checkpointed:
+nothing is skipped, and legacy writers are never serialized (only the numbering
+is, and it touches coexist's own table).  Positions are final once assigned, so
+re-reading yields the same changes with the same cursors.
+
+A position is also a valid version: a change positioned later was committed
+after every change positioned before it was visible, so the router's read of
+the record's state for it includes them all.  ``SEQ`` order would not be: two
+transactions changing different lines of one order commit in either order.
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.schema import CreateTable
 
 from coexistence.ports import COEXIST_WRITER
 
@@ -74,6 +87,8 @@ CHGLOG = Table(
     Column("OP", String(1), nullable=False),
     Column("CHGTS", BigInteger, nullable=False),
     Column("LCHGUSER", String(10), nullable=False),
+    # The cursor (see the module docstring); created per dialect by install_capture.
+    Column("POS", BigInteger),
     sqlite_autoincrement=True,
 )
 
@@ -210,12 +225,11 @@ def sqlite_trigger_ddl(spec: CapturedTable) -> list[str]:
     ]
 
 
-def pg_trigger_ddl(spec: CapturedTable, lock_key: int | None) -> list[str]:
-    """DDL of the PostgreSQL trigger function and triggers capturing ``spec.table``.
+def pg_trigger_ddl(spec: CapturedTable) -> list[str]:
+    """DDL of the PostgreSQL trigger function and trigger capturing ``spec.table`` (idempotent).
 
-    ``lock_key`` is the advisory lock serializing writers (see the module
-    docstring); ``None`` leaves writers unserialized, which is only for the test
-    that shows why the lock is needed.
+    Also drops the statement trigger of the serialized scheme this replaced, so
+    re-running the schema on an older change log upgrades it.
     """
     t, name = _q(spec.table), spec.table.replace("'", "''")
     fn = _q(f"XCHG_{spec.table}")
@@ -228,7 +242,7 @@ def pg_trigger_ddl(spec: CapturedTable, lock_key: int | None) -> list[str]:
     # The old key of a key change is deleted by whoever made the update.
     log_key_moved = insert("NEW", old_key, "'D'")
     log_new = insert("NEW", new_key, "left(TG_OP, 1)")
-    ddl = [
+    return [
         f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
         f"SET search_path FROM CURRENT AS $fn$ BEGIN "
         f"IF TG_OP = 'DELETE' THEN {log_deleted} RETURN NULL; END IF; "
@@ -240,46 +254,92 @@ def pg_trigger_ddl(spec: CapturedTable, lock_key: int | None) -> list[str]:
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
         f'DROP TRIGGER IF EXISTS "XCHG_{spec.table}_S" ON {t}',
     ]
-    if lock_key is not None:
-        ddl.append(
-            f'CREATE TRIGGER "XCHG_{spec.table}_S" BEFORE INSERT OR UPDATE OR DELETE ON {t} '
-            f'FOR EACH STATEMENT EXECUTE FUNCTION "XCHG_LOCK"()'
-        )
-    return ddl
 
 
-def writer_lock_key(conn: Connection) -> int:
-    """The advisory lock key of this database's change log (one per schema)."""
+#: Numbers up to ``max_rows`` committed, unpositioned change-log rows after the
+#: high-water mark (see the module docstring); returns how many it numbered.
+#: The row lock on ``XCOEXPOS`` is taken before the rows are chosen, and every
+#: statement of a function sees what committed before it started, so a second
+#: caller waits for the first and then sees its numbers.
+_PG_ASSIGN_DDL = """
+CREATE OR REPLACE FUNCTION "XCHG_ASSIGN"(max_rows integer) RETURNS integer
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
+DECLARE base bigint; n integer;
+BEGIN
+  PERFORM 1 FROM "CHGLOG" WHERE "POS" IS NULL LIMIT 1;
+  IF NOT FOUND THEN RETURN 0; END IF;
+  SELECT "LASTPOS" INTO base FROM "XCOEXPOS" FOR UPDATE;
+  UPDATE "CHGLOG" c SET "POS" = base + t.rn
+    FROM (SELECT "SEQ", row_number() OVER (ORDER BY "TXID", "SEQ") AS rn
+            FROM "CHGLOG" WHERE "POS" IS NULL ORDER BY "TXID", "SEQ" LIMIT max_rows) t
+   WHERE c."SEQ" = t."SEQ";
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n > 0 THEN UPDATE "XCOEXPOS" SET "LASTPOS" = base + n; END IF;
+  RETURN n;
+END $fn$
+"""
+
+
+def _serialized_scheme_lock_key(conn: Connection) -> int:
+    """The advisory lock every writer took under the scheme positions replaced (one
+    per schema); an upgrade takes it to wait out writers still running under it."""
     schema = conn.execute(text("SELECT current_schema()")).scalar_one()
-    # Offset into a range of our own so we do not collide with other users of
-    # advisory locks keyed by small integers.
     return 0x434F_0000_0000 + zlib.crc32(f"coexist.CHGLOG.{schema}".encode())
 
 
-def lock_writers(conn: Connection, key: int | None = None) -> None:
-    """Take the change-log writer lock now (PostgreSQL; no-op on SQLite).
+def _install_pg_change_log(conn: Connection) -> None:
+    """``CHGLOG`` with ``TXID`` and ``POS``, ``XCOEXPOS``, ``XCHG_ASSIGN``; upgrades a
+    change log of the serialized scheme in place (idempotent)."""
+    serialized = conn.execute(text(
+        "SELECT to_regprocedure('\"XCHG_LOCK\"()') IS NOT NULL")).scalar_one()
+    if serialized:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                     {"k": _serialized_scheme_lock_key(conn)})
+    CHGLOG.create(conn, checkfirst=True)
+    txid = ("pg_current_xact_id()::text::bigint"
+            if conn.dialect.server_version_info >= (13,) else "txid_current()")
+    conn.exec_driver_sql('ALTER TABLE "CHGLOG" ADD COLUMN IF NOT EXISTS "POS" bigint, '
+                         'ADD COLUMN IF NOT EXISTS "TXID" bigint')
+    conn.exec_driver_sql(f'ALTER TABLE "CHGLOG" ALTER COLUMN "TXID" SET DEFAULT ({txid})')
+    conn.exec_driver_sql('CREATE UNIQUE INDEX IF NOT EXISTS "CHGLOG_POS" ON "CHGLOG" ("POS")')
+    conn.exec_driver_sql('CREATE INDEX IF NOT EXISTS "CHGLOG_UNPOS" ON "CHGLOG" ("TXID", "SEQ") '
+                         'WHERE "POS" IS NULL')
+    first = conn.execute(text("SELECT to_regclass('\"XCOEXPOS\"') IS NULL")).scalar_one()
+    conn.exec_driver_sql('CREATE TABLE IF NOT EXISTS "XCOEXPOS" ("ONE" smallint PRIMARY KEY '
+                         'CHECK ("ONE" = 1), "LASTPOS" bigint NOT NULL)')
+    if first:
+        # Every row logged so far predates positions: written while writers were
+        # serialized (SEQ order was commit order), so SEQ is its position, and
+        # new positions start above every SEQ ever handed out - above every
+        # checkpoint a consumer holds.
+        conn.exec_driver_sql('UPDATE "CHGLOG" SET "POS" = "SEQ" WHERE "POS" IS NULL')
+        conn.exec_driver_sql(
+            'INSERT INTO "XCOEXPOS" VALUES (1, GREATEST('
+            "COALESCE(pg_sequence_last_value(pg_get_serial_sequence('\"CHGLOG\"', 'SEQ')"
+            "::regclass), 0), "
+            'COALESCE((SELECT max("POS") FROM "CHGLOG"), 0)))')
+    conn.exec_driver_sql(_PG_ASSIGN_DDL)
 
-    The triggers take it anyway; coexist's adapter takes it first thing in its
-    write transactions so that its own side-table row locks are always taken
-    after it, in the same order as every other writer.
-    """
-    if conn.dialect.name == "postgresql":
-        key = writer_lock_key(conn) if key is None else key
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+def _install_sqlite_change_log(conn: Connection) -> None:
+    """``CHGLOG`` with ``POS`` as a virtual column equal to ``SEQ`` (idempotent)."""
+    base = Table("CHGLOG", MetaData(), *(c._copy() for c in CHGLOG.c if c.name != "POS"),
+                 sqlite_autoincrement=True)
+    conn.execute(CreateTable(base, if_not_exists=True))
+    columns = {row[1] for row in conn.exec_driver_sql('PRAGMA table_xinfo("CHGLOG")')}
+    if "POS" not in columns:
+        conn.exec_driver_sql('ALTER TABLE "CHGLOG" ADD COLUMN "POS" INTEGER '
+                             'GENERATED ALWAYS AS ("SEQ") VIRTUAL')
 
 
 @contextmanager
-def coexist_transaction(
-    conn: Connection, lock_key: int | None = None, writer: str = COEXIST_WRITER
-) -> Iterator[None]:
+def coexist_transaction(conn: Connection, writer: str = COEXIST_WRITER) -> Iterator[None]:
     """Mark the writes made inside as coexist's, by ``writer``, in ``conn``'s transaction.
 
-    Takes the writer lock first on PostgreSQL (see :func:`lock_writers`).  If the
-    block raises, the caller's transaction must roll back (the marker with it).
-    ``writer`` must be registered (:func:`register_writer`) for people's later
-    writes to its rows never to pass for it.
+    If the block raises, the caller's transaction must roll back (the marker
+    with it).  ``writer`` must be registered (:func:`register_writer`) for
+    people's later writes to its rows never to pass for it.
     """
-    lock_writers(conn, lock_key)
     conn.execute(XCOEXTXN.insert().values(WRITER=writer))
     yield
     conn.execute(XCOEXTXN.delete())
@@ -301,27 +361,27 @@ def register_writer(conn: Connection, writer: str) -> None:
                  .on_conflict_do_nothing())
 
 
-def install_capture(
-    engine: Engine, tables: Iterable[CapturedTable], *, serialize_writers: bool = True
-) -> None:
-    """Create ``CHGLOG``, the side tables and the triggers on ``tables`` (idempotent)."""
+def install_capture(engine: Engine, tables: Iterable[CapturedTable]) -> None:
+    """Create ``CHGLOG``, the side tables and the triggers on ``tables``.
+
+    Idempotent, and an upgrade: run on a change log of an older coexist, it
+    brings it to this scheme in place, keeping every consumer's checkpoint valid.
+    """
     tables = list(tables)
     with engine.begin() as conn:
-        CAPTURE_METADATA.create_all(conn)
+        dialect = conn.dialect.name
+        if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - configuration error
+            raise ValueError(f"legacy ERP supports SQLite and PostgreSQL, not {dialect}")
+        if dialect == "postgresql":
+            _install_pg_change_log(conn)
+        else:
+            _install_sqlite_change_log(conn)
+        CAPTURE_METADATA.create_all(conn, tables=[t for t in CAPTURE_METADATA.sorted_tables
+                                                  if t is not CHGLOG])
         register_writer(conn, COEXIST_WRITER)
-        if conn.dialect.name == "postgresql":
-            key = writer_lock_key(conn) if serialize_writers else None
-            if key is not None:
-                conn.exec_driver_sql(
-                    'CREATE OR REPLACE FUNCTION "XCHG_LOCK"() RETURNS trigger LANGUAGE plpgsql '
-                    f"AS $fn$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NULL; END $fn$"
-                )
-            for spec in tables:
-                for stmt in pg_trigger_ddl(spec, key):
-                    conn.exec_driver_sql(stmt)
-        elif conn.dialect.name == "sqlite":
-            for spec in tables:
-                for stmt in sqlite_trigger_ddl(spec):
-                    conn.exec_driver_sql(stmt)
-        else:  # pragma: no cover - configuration error
-            raise ValueError(f"legacy ERP supports SQLite and PostgreSQL, not {conn.dialect.name}")
+        for spec in tables:
+            ddl = pg_trigger_ddl(spec) if dialect == "postgresql" else sqlite_trigger_ddl(spec)
+            for stmt in ddl:
+                conn.exec_driver_sql(stmt)
+        if dialect == "postgresql":
+            conn.exec_driver_sql('DROP FUNCTION IF EXISTS "XCHG_LOCK"()')

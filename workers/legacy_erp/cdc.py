@@ -1,16 +1,19 @@
 """Reading the legacy change log (``CHGLOG``) as a ``coexistence.ports.ChangeFeed``.
 
-The feed yields ``Change`` entries in ``SEQ`` order after a cursor; the cursor
-that was fully handled is kept as a durable checkpoint in coexist's *state*
-database (``workers.checkpoints``), not in the legacy database, and advanced in
-the same state transaction as the consumer's effects (see :func:`consume_batch`).
-Reading is side-effect free, so a crash between a read and the commit of its
-checkpoint simply re-reads the same changes; the effects of the first attempt
+The feed yields ``Change`` entries in cursor order after a cursor (``SEQ`` on
+SQLite, the position ``POS`` on PostgreSQL, which a read first assigns to the
+rows committed since: see ``workers.legacy_erp.capture``).  The cursor that was
+fully handled is kept as a durable checkpoint in coexist's *state* database
+(``workers.checkpoints``), not in the legacy database, and advanced in the same
+state transaction as the consumer's effects (see :func:`consume_batch`).
+Reading changes nothing a consumer sees (positions, once assigned, are final),
+so a crash between a read and the commit of its checkpoint simply re-reads the
+same changes with the same cursors; the effects of the first attempt
 were rolled back with that checkpoint, so nothing is skipped or done twice.
 
 Consecutive log rows for the same record by the same writer (an order header
 and its lines rewritten in one go) are coalesced into one ``Change`` carrying
-the last row's ``SEQ`` as cursor and version: the consumer reads the record's
+the last row's cursor as its cursor and version: the consumer reads the record's
 current state anyway, and one change per record write is what it needs.
 """
 
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bus.errors import TechnicalError
@@ -28,19 +32,27 @@ from coexistence.ports import Change, ChangeFeed
 from workers import checkpoints
 from workers.legacy_erp.capture import CHGLOG, CapturedTable
 
-__all__ = ["KeyDecoder", "LegacyChangeFeed", "UnknownChangeLogTable", "consume_batch"]
+__all__ = ["ChangeLogNotUpgraded", "KeyDecoder", "LegacyChangeFeed", "UnknownChangeLogTable",
+           "consume_batch"]
 
 #: Turns a legacy header key in its string form (key columns without padding,
 #: joined by ``KEY_SEPARATOR``) into the canonical key of the record.
 KeyDecoder = Callable[[str], str]
 
-#: The page query, by whether the driver's paramstyle is ``qmark`` (sqlite3) or
-#: ``format`` (psycopg): plain driver SQL skips per-row result processing.
+#: The page query per dialect (sqlite3's ``qmark``, psycopg's ``format`` paramstyle):
+#: plain driver SQL skips per-row result processing.
 _READ_SQL = {
-    flag: 'SELECT "SEQ", "TABNAME", "CHGKEY", "OP", "CHGTS", "LCHGUSER" FROM "CHGLOG" '
-          f'WHERE "SEQ" > {mark} ORDER BY "SEQ" LIMIT {mark}'
-    for flag, mark in ((True, "?"), (False, "%s"))
+    dialect: f'SELECT "{col}", "TABNAME", "CHGKEY", "OP", "CHGTS", "LCHGUSER" FROM "CHGLOG" '
+             f'WHERE "{col}" > {mark} ORDER BY "{col}" LIMIT {mark}'
+    for dialect, col, mark in (("sqlite", "SEQ", "?"), ("postgresql", "POS", "%s"))
 }
+
+#: Change-log rows a read numbers at most per call of ``XCHG_ASSIGN`` (PostgreSQL):
+#: a backlog is numbered ahead of reading in steps of this, each one short statement.
+ASSIGN_ROWS = 10_000
+
+#: SQLSTATEs of a change log that predates positions (no ``XCHG_ASSIGN``, no ``POS``).
+_NOT_UPGRADED = {"42883", "42703"}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -51,6 +63,15 @@ class UnknownChangeLogTable(TechnicalError):
     Technical, not business: the row is not bad data but a deployment that
     captures more tables than this coexist knows; the feed stops on it rather
     than skip it, and resumes once coexist is configured for the table.
+    """
+
+
+class ChangeLogNotUpgraded(TechnicalError):
+    """The PostgreSQL change log was installed by an older coexist (no positions yet).
+
+    Technical: nothing is wrong with the changes; ``coexist legacy init`` upgrades
+    the change log in place (idempotent, checkpoints stay valid) and the feed
+    resumes.
     """
 
 
@@ -81,7 +102,9 @@ class LegacyChangeFeed:
         # off at the end of the batch is read again next time (the checkpoint
         # stops before its rows), so a batch never ends in half a change.
         page = limit + 1
-        sql = _READ_SQL[self.engine.dialect.paramstyle == "qmark"]
+        sql = _READ_SQL[self.engine.dialect.name]
+        if self.engine.dialect.name == "postgresql":
+            self.assign(max(page, ASSIGN_ROWS))
         # The driver's own cursor: plain tuples, no per-row result processing
         # (a third of the cost of a read otherwise).  Returning the connection
         # to the pool rolls back whatever read transaction the driver opened.
@@ -111,18 +134,45 @@ class LegacyChangeFeed:
             yield batch
             after = batch[-1].cursor
 
-    def prune(self, upto: int) -> int:
-        """Delete change-log rows with ``SEQ <= upto``; returns how many.
+    def assign(self, max_rows: int = ASSIGN_ROWS) -> int:
+        """Number up to ``max_rows`` committed rows that have no position yet (PostgreSQL;
+        SQLite's rows are numbered as they are written).  Returns how many it numbered.
 
-        Pass the lowest checkpoint of every consumer of the feed.  Sequence
-        values are never reused after a prune (AUTOINCREMENT on SQLite, a
-        sequence on PostgreSQL), so cursors stay strictly increasing.
+        One statement in autocommit, so that a process paused in it holds the
+        numbering lock no longer than the statement runs.
         """
+        if self.engine.dialect.name != "postgresql":
+            return 0
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return int(conn.exec_driver_sql('SELECT "XCHG_ASSIGN"(%s)',
+                                                (max_rows,)).scalar_one())
+        except DBAPIError as exc:
+            _raise_if_not_upgraded(exc.orig)
+            raise
+
+    def prune(self, upto: int) -> int:
+        """Delete change-log rows with a cursor ``<= upto``; returns how many.
+
+        Pass the lowest checkpoint of every consumer of the feed.  Cursors are
+        never reused after a prune (AUTOINCREMENT on SQLite, the high-water mark
+        of positions on PostgreSQL), so they stay strictly increasing.
+        """
+        column = CHGLOG.c.POS if self.engine.dialect.name == "postgresql" else CHGLOG.c.SEQ
         with self.engine.begin() as conn:
-            return conn.execute(CHGLOG.delete().where(upto >= CHGLOG.c.SEQ)).rowcount
+            return conn.execute(CHGLOG.delete().where(upto >= column)).rowcount
 
     def last_cursor(self) -> int:
-        """The highest ``SEQ`` in the change log (0 when empty)."""
+        """The cursor of the last committed change (0 when there is none).
+
+        On PostgreSQL every committed row is numbered first, so the result is a
+        cursor that every change committed before the call is at or below.
+        """
+        if self.engine.dialect.name == "postgresql":
+            while self.assign(ASSIGN_ROWS) == ASSIGN_ROWS:
+                pass
+            with self.engine.connect() as conn:
+                return int(conn.exec_driver_sql('SELECT "LASTPOS" FROM "XCOEXPOS"').scalar() or 0)
         with self.engine.connect() as conn:
             return int(conn.execute(select(CHGLOG.c.SEQ).order_by(CHGLOG.c.SEQ.desc())
                                     .limit(1)).scalar() or 0)
@@ -140,7 +190,7 @@ class LegacyChangeFeed:
                 spec = tables.get(tabname)
                 if spec is None:
                     raise UnknownChangeLogTable(
-                        f"CHGLOG SEQ {seq}: table {tabname!r} is not captured by this feed "
+                        f"CHGLOG cursor {seq}: table {tabname!r} is not captured by this feed "
                         f"(known: {', '.join(sorted(tables))})"
                     )
                 try:
@@ -167,6 +217,14 @@ class LegacyChangeFeed:
             else:
                 out.append(change)
                 prev = ident
+
+
+def _raise_if_not_upgraded(exc: BaseException) -> None:
+    if getattr(exc, "sqlstate", None) in _NOT_UPGRADED:
+        raise ChangeLogNotUpgraded(
+            "the legacy change log was installed by an older coexist and has no commit-order "
+            "positions: run `coexist legacy init` against the legacy database (upgrades it "
+            f"in place, keeps checkpoints): {str(exc).splitlines()[0]}") from None
 
 
 def consume_batch(

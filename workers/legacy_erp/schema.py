@@ -86,7 +86,8 @@ def create_legacy_engine(url: str, **kwargs) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def create_legacy_schema(engine: Engine, *, serialize_writers: bool = True) -> None:
-    """Create the legacy tables, the change log, side tables and triggers (idempotent)."""
+def create_legacy_schema(engine: Engine) -> None:
+    """Create the legacy tables, the change log, side tables and triggers (idempotent;
+    on a legacy database set up by an older coexist, upgrades its change capture)."""
     LEGACY_METADATA.create_all(engine)
-    install_capture(engine, captured_tables(), serialize_writers=serialize_writers)
+    install_capture(engine, captured_tables())

@@ -42,8 +42,10 @@ def chglog(legacy: Engine | None, note: SourceNote | None, trace: Trace, since, 
 
     tables = [t.table for t in captured_tables() if t.domain == trace.domain]
     chgkey, ts = CHGLOG.c.CHGKEY, CHGLOG.c.CHGTS
-    stmt = select(CHGLOG).where(CHGLOG.c.TABNAME.in_(tables),
-                                chgkey == legacy_key(trace.domain, trace.key))
+    # POS is the feed's cursor (NULL on PostgreSQL until the feed numbers the row).
+    stmt = select(CHGLOG.c.POS, CHGLOG.c.TABNAME, chgkey, CHGLOG.c.OP, ts, CHGLOG.c.LCHGUSER
+                  ).where(CHGLOG.c.TABNAME.in_(tables),
+                          chgkey == legacy_key(trace.domain, trace.key))
     if since is not None:
         stmt = stmt.where(ts >= int(since.timestamp() * 1000))
     try:
@@ -56,10 +58,11 @@ def chglog(legacy: Engine | None, note: SourceNote | None, trace: Trace, since, 
     ops = {"I": "insert", "U": "update", "D": "delete"}
     for seq, tabname, chgkey, op, ts_ms, user in rows:
         user = (user or "").strip()
-        correlation = derived_id(LEGACY, seq, "change")
+        correlation = derived_id(LEGACY, seq, "change") if seq is not None else None
         if wanted is not None and correlation != wanted:
             continue
-        what = f"{ops.get(op, op)} {tabname} (SEQ {seq}): {_writer_kind(user)}"
+        at = f"cursor {seq}" if seq is not None else "not captured yet"
+        what = f"{ops.get(op, op)} {tabname} ({at}): {_writer_kind(user)}"
         out.append(TraceEvent(datetime.fromtimestamp(ts_ms / 1000, UTC), LEGACY, what, user,
                               None, None, correlation, "chglog",
                               {"seq": seq, "table": tabname, "chgkey": chgkey, "op": op}))
