@@ -188,26 +188,27 @@ def start_dlq_drain(app: App, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2) -> None:
-    """Capture both feeds, relay the outbox and drain dead letters until ``stop`` is set."""
-    loops = app.capture_loops()
+def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2,
+               lease_s: float | None = None) -> None:
+    """Capture the feeds this process holds the lease of (``workers.router.lease``: any
+    number of routers may run, one captures each ERP), relay the outbox and drain dead
+    letters until ``stop`` is set; ``lease_s`` overrides the lease's TTL."""
+    from workers.router.lease import LEASE_TTL_S, LeasedCaptures
+
+    captures = LeasedCaptures(app.state, app.capture_loops(), ttl_s=lease_s or LEASE_TTL_S)
     relay = app.relay()
     relay_thread = threading.Thread(target=relay.run_forever, args=(stop,), name="outbox-relay",
                                     daemon=True)
     relay_thread.start()
     drain_thread = start_dlq_drain(app, stop)
-    while not stop.is_set():
-        moved = 0
-        for loop in loops:
-            try:
-                stats = loop.run_once()
-            except Exception:  # a feed that fails is retried on the next turn
-                log.exception("capture from %s failed; retrying", loop.system)
-                continue
-            moved += stats.read
-            if stats.read:
+    captures.start()
+    try:
+        while not stop.is_set():
+            if captures.run_once():
                 relay.wake()
-        if not moved:
-            stop.wait(poll_s)
+            else:
+                stop.wait(poll_s)
+    finally:
+        captures.close()
     relay_thread.join(10)
     drain_thread.join(10)

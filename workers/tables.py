@@ -7,5 +7,6 @@ import workers.crm.state  # noqa: F401  (crm_onboarding)
 import workers.edi.store  # noqa: F401  (edi_interchange, edi_document, edi_counter, edi_event)
 import workers.flags.audit  # noqa: F401  (flag_audit)
 import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)
+import workers.router.lease  # noqa: F401  (capture_lease)
 import workers.router.state  # noqa: F401
 import workers.xref_sql  # noqa: F401  (xref)

@@ -2,8 +2,9 @@
 
 * ``run``: router (change capture of both ERPs + outbox relay) and the worker
   threads in one process; the embedded default on one machine.
-* ``router``: capture + relay only (one per deployment; a second one is safe on
-  PostgreSQL state, it only competes for the same checkpoint).
+* ``router``: capture + relay only.  Run as many as availability needs (on one
+  host or several): one captures each ERP at a time, the others stand by and take
+  over within ``--capture-lease-s`` (+1 s) of its end (``workers.router.lease``).
 * ``worker``: dramatiq worker threads for the router's queues; run as many as
   throughput needs (supervisord ``numprocs``).
 
@@ -42,6 +43,14 @@ _METRICS_PORT = click.option("--metrics-port", type=click.IntRange(1, 65535), de
                              help="Serve Prometheus metrics on 127.0.0.1:PORT (default: off).")
 
 
+#: ``--capture-lease-s``: how long a stopped router keeps its capture from the standbys.
+_LEASE = click.option("--capture-lease-s", "lease_s", type=click.FloatRange(1, 300),
+                      default=None,
+                      help="A router that stops renewing its capture lease (killed, paused, "
+                           "cut off) loses it to a standby router after this many seconds "
+                           "(default: 5).")
+
+
 def _serve_metrics(port: int | None, app) -> None:
     if port is not None:
         from workers import metrics
@@ -59,7 +68,8 @@ def _start_worker(app, threads: int) -> dramatiq.Worker:
 @click.option("--threads", default=4, show_default=True, help="Worker threads in this process.")
 @click.option("--log-level", default="INFO", show_default=True)
 @_METRICS_PORT
-def run(threads: int, log_level: str, metrics_port: int | None) -> None:
+@_LEASE
+def run(threads: int, log_level: str, metrics_port: int | None, lease_s: float | None) -> None:
     """Router and workers in one process (the embedded default), until SIGTERM."""
     from workers.bootstrap import bootstrap, run_router
 
@@ -69,7 +79,7 @@ def run(threads: int, log_level: str, metrics_port: int | None) -> None:
     stop = _stop_on_signals()
     worker = _start_worker(app, threads)
     try:
-        run_router(app, stop)
+        run_router(app, stop, lease_s=lease_s)
     finally:
         worker.stop()
         app.close()
@@ -78,7 +88,8 @@ def run(threads: int, log_level: str, metrics_port: int | None) -> None:
 @click.command("router")
 @click.option("--log-level", default="INFO", show_default=True)
 @_METRICS_PORT
-def router(log_level: str, metrics_port: int | None) -> None:
+@_LEASE
+def router(log_level: str, metrics_port: int | None, lease_s: float | None) -> None:
     """Change capture of both ERPs and the outbox relay, until SIGTERM."""
     from workers.bootstrap import bootstrap, run_router
 
@@ -87,7 +98,7 @@ def router(log_level: str, metrics_port: int | None) -> None:
     _serve_metrics(metrics_port, app)
     stop = _stop_on_signals()
     try:
-        run_router(app, stop)
+        run_router(app, stop, lease_s=lease_s)
     finally:
         app.close()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -161,6 +161,9 @@ class CaptureLoop:
         self.subscriptions = tuple(subscriptions)
         self.feed_name = feed_name or checkpoint_name(system)
         self.batch_size = batch_size
+        #: Called first in every batch's state transaction; raises to refuse the batch
+        #: (``workers.router.lease``: this process no longer holds the capture lease).
+        self.fence: Callable[[Session], None] | None = None
 
     def run_once(self) -> CaptureStats:
         """Route one batch; returns what it did (``read == 0`` when the feed is drained)."""
@@ -172,6 +175,8 @@ class CaptureLoop:
         records = self._records(changes)
         batch = _Batch()
         with Session(self.engine) as session:
+            if self.fence is not None:
+                self.fence(session)
             conn = session.connection()
             routes = _Routes(conn, changes)
             for change in changes:

@@ -1,0 +1,325 @@
+"""One active capture per ERP: a lease row in the state database with a fencing token.
+
+Any number of router processes may run (``coexist router``, ``coexist run``; one
+host or several).  Each asks for the lease of every ERP's capture
+(``capture.legacy``, ``capture.cloud``); exactly one holds each at a time and
+runs that capture loop; the others are standbys.
+
+* **Lease.**  A row of ``capture_lease`` per ERP: holder, fencing token, expiry.
+  The holder renews it every ``RENEW_EVERY_S`` from a thread of its own; a
+  standby looks as often and takes it over once it has expired,
+  incrementing the token.  Expiry is judged by the *database's* clock, so hosts'
+  clocks need not agree.  A holder that stops (kill -9, a dead host, SIGSTOP, a
+  network partition) stops renewing, and a standby captures ``LEASE_TTL_S`` (+ at
+  most one look) later.  A graceful stop releases the lease at once.
+* **Fence.**  Every capture batch first updates the lease row *where the token is
+  still its own*, in the batch's own state transaction.  A holder that lost the
+  lease (a standby took over while it was paused) finds no row, and its batch
+  rolls back with ``LeaseLost``: it never commits a batch after the takeover.
+  The update also locks the row until the batch commits, so a takeover waits for
+  a batch in progress and the batch and the takeover are ordered one way or the
+  other.  On PostgreSQL the batch's transaction is bounded by
+  ``idle_in_transaction_session_timeout`` (``LEASE_TTL_S``): a holder paused in
+  mid-batch has its session ended by the server, which rolls the batch back and
+  frees the row for the standby.  On SQLite (one host) the write lock orders
+  them; a process paused while holding it stalls every writer until it resumes
+  or dies, as any SQLite writer does.
+
+Why a lease row and not a PostgreSQL advisory session lock: it works on the
+embedded SQLite default too, a paused or partitioned holder loses it after a
+bounded time (a session lock stays held while its TCP connection looks alive),
+and the token lets each batch prove, in its own transaction, that it is still
+the holder's.  The checkpoint's compare-and-set (``workers.checkpoints``)
+remains a second guard: two batches from one checkpoint never both commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Engine, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+from sqlmodel import Field
+
+from bus.errors import TechnicalError
+from workers.db import StateTable
+
+log = logging.getLogger(__name__)
+
+#: A holder that has not renewed for this long loses its lease to a standby.
+LEASE_TTL_S = 5.0
+#: How often the holder renews and a standby looks whether the lease expired (at most;
+#: a quarter of the TTL when that is shorter, so several renewals may fail in a row).
+RENEW_EVERY_S = 1.0
+#: Longest a standby's look waits for a lease row a batch holds (PostgreSQL).
+ACQUIRE_LOCK_TIMEOUT_MS = 500
+
+
+class CaptureLease(StateTable, table=True):
+    """Who captures one ERP now, and the token its batches prove it with."""
+
+    __tablename__ = "capture_lease"
+
+    #: ``capture.<system>``.
+    name: str = Field(primary_key=True, max_length=64)
+    #: ``host:pid:nonce`` of the process that holds (or last held) it.
+    holder: str = Field(max_length=200)
+    #: Incremented at every takeover; a batch commits only under its holder's token.
+    token: int = Field(sa_type=BigInteger)
+    #: Database time (epoch ms) after which a standby may take over; 0 once released.
+    expires_at_ms: int = Field(sa_type=BigInteger)
+    acquired_at_ms: int = Field(sa_type=BigInteger)
+    renewed_at_ms: int = Field(sa_type=BigInteger)
+
+
+_T = CaptureLease.__table__
+
+_NOW_MS = {
+    "postgresql": "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+}
+
+
+class LeaseLost(TechnicalError):
+    """This process no longer holds the capture lease: its batch was rolled back.
+
+    Technical, and expected after a takeover: the changes are still in the feed
+    and the new holder captures them from the checkpoint.
+    """
+
+
+def lease_name(system: str) -> str:
+    """The lease of the router's capture of ``system``."""
+    return f"capture.{system}"
+
+
+def process_identity() -> str:
+    """``host:pid:nonce``: unique per process, readable in ``coexist status``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Lease:
+    """One capture lease as seen by one process."""
+
+    def __init__(self, engine: Engine, name: str, holder: str, ttl_s: float = LEASE_TTL_S):
+        if ttl_s <= 0:
+            raise ValueError(f"lease TTL must be > 0 s, got {ttl_s}")
+        self.engine, self.name, self.holder = engine, name, holder
+        self.ttl_ms = int(ttl_s * 1000)
+        self._now = _NOW_MS[engine.dialect.name]
+        self._token: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token while this process believes it holds the lease, else None."""
+        return self._token
+
+    @property
+    def held(self) -> bool:
+        return self._token is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free or expired; True if this process holds it now."""
+        if self.held:
+            return self.renew()
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ACQUIRE_LOCK_TIMEOUT_MS}")
+                    conn.exec_driver_sql(
+                        f"SET LOCAL idle_in_transaction_session_timeout = {self.ttl_ms}")
+                token = conn.execute(text(
+                    f"UPDATE capture_lease SET holder = :me, token = token + 1, "
+                    f"expires_at_ms = {self._now} + :ttl, acquired_at_ms = {self._now}, "
+                    f"renewed_at_ms = {self._now} "
+                    f"WHERE name = :name AND expires_at_ms < {self._now} RETURNING token"),
+                    {"me": self.holder, "ttl": self.ttl_ms, "name": self.name}).scalar()
+                if token is None:
+                    token = self._insert_first(conn)
+        except OperationalError as exc:  # a batch holds the row, or the database is away
+            log.debug("capture lease %s not taken now: %s", self.name, exc)
+            return False
+        if token is None:
+            return False
+        with self._lock:
+            self._token = int(token)
+        log.warning("took the capture lease %s (token %s) as %s", self.name, token, self.holder)
+        return True
+
+    def _insert_first(self, conn) -> int | None:
+        """The first holder ever creates the row (token 1); None if another came first."""
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        now = text(self._now)
+        stmt = dialect_insert(_T).values(
+            name=self.name, holder=self.holder, token=1,
+            expires_at_ms=text(f"{self._now} + {self.ttl_ms}"), acquired_at_ms=now,
+            renewed_at_ms=now,
+        ).on_conflict_do_nothing().returning(_T.c.token)
+        return conn.execute(stmt).scalar()
+
+    def renew(self) -> bool:
+        """Extend the lease; False (and no longer held) if another process took it over."""
+        token = self._token
+        if token is None:
+            return False
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(
+                        f"SET LOCAL idle_in_transaction_session_timeout = {self.ttl_ms}")
+                kept = self._extend(conn, token)
+        except (OperationalError, DBAPIError) as exc:
+            # Still ours until a standby takes over; the fence decides for every batch.
+            log.warning("could not renew the capture lease %s: %s", self.name, exc)
+            return True
+        if not kept:
+            self._lose(token)
+        return kept
+
+    def fence(self, session: Session) -> None:
+        """Prove in ``session``'s transaction that this process still holds the lease.
+
+        Call first thing in every capture batch's transaction.  Raises
+        :class:`LeaseLost` if another process took the lease over (the caller's
+        transaction must roll back); otherwise the lease row stays locked, and
+        the lease extended, until that transaction ends.
+        """
+        token = self._token
+        if token is None:
+            raise LeaseLost(f"{self.name} is not held by {self.holder}")
+        conn = session.connection()
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {self.ttl_ms}")
+        if not self._extend(conn, token):
+            self._lose(token)
+            raise LeaseLost(f"{self.name} was taken over from {self.holder} (token {token})")
+
+    def release(self) -> None:
+        """Give the lease up now (graceful stop), so that a standby takes over at once."""
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("UPDATE capture_lease SET expires_at_ms = 0 "
+                                  "WHERE name = :name AND token = :token"),
+                             {"name": self.name, "token": token})
+        except (OperationalError, DBAPIError) as exc:  # it expires on its own
+            log.warning("could not release the capture lease %s: %s", self.name, exc)
+
+    def _extend(self, conn, token: int) -> bool:
+        row = conn.execute(text(
+            f"UPDATE capture_lease SET expires_at_ms = {self._now} + :ttl, "
+            f"renewed_at_ms = {self._now} WHERE name = :name AND token = :token RETURNING token"),
+            {"ttl": self.ttl_ms, "name": self.name, "token": token}).first()
+        return row is not None
+
+    def _lose(self, token: int) -> None:
+        with self._lock:
+            if self._token == token:
+                self._token = None
+                log.warning("lost the capture lease %s (token %s): another router holds it",
+                            self.name, token)
+
+
+class LeasedCaptures:
+    """The capture loops of one router process, each run only while its lease is held.
+
+    ``start()`` runs the lease thread (renew what is held, look for what is
+    not); ``run_once()`` runs one batch of every loop this process holds the
+    lease of, each fenced by it; ``close()`` releases the leases.
+    """
+
+    def __init__(self, engine: Engine, loops: Iterable[Any], *, holder: str | None = None,
+                 ttl_s: float = LEASE_TTL_S) -> None:
+        self.holder = holder or process_identity()
+        self.loops = list(loops)
+        self.leases = {loop.system: Lease(engine, lease_name(loop.system), self.holder, ttl_s)
+                       for loop in self.loops}
+        self.tick_s = min(RENEW_EVERY_S, ttl_s / 4)
+        for loop in self.loops:
+            loop.fence = self.leases[loop.system].fence
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> LeasedCaptures:
+        for lease in self.leases.values():
+            lease.try_acquire()
+        self._thread = threading.Thread(target=self._keep, name="capture-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def held(self) -> list[str]:
+        """The systems this process captures now."""
+        return [system for system, lease in self.leases.items() if lease.held]
+
+    def run_once(self) -> int:
+        """One batch of every capture this process holds; returns the changes read."""
+        moved = 0
+        for loop in self.loops:
+            if not self.leases[loop.system].held:
+                continue
+            try:
+                moved += loop.run_once().read
+            except LeaseLost as exc:
+                log.warning("capture of %s stopped: %s", loop.system, exc)
+            except Exception:  # a feed that fails is retried on the next turn
+                log.exception("capture from %s failed; retrying", loop.system)
+        return moved
+
+    def close(self) -> None:
+        """Stop the lease thread and release every lease held (a standby takes over)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.tick_s * 5)
+        for lease in self.leases.values():
+            lease.release()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            for lease in self.leases.values():
+                try:
+                    lease.renew() if lease.held else lease.try_acquire()
+                except Exception:  # the thread must outlive any one failure
+                    log.exception("capture lease %s: unexpected failure", lease.name)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """One capture lease as ``coexist status`` shows it."""
+
+    name: str
+    holder: str
+    token: int
+    #: ``held`` (not expired), ``expired`` (its holder stopped renewing) or ``released``.
+    state: str
+    #: Seconds until it expires (negative: since it expired); None once released.
+    expires_in_s: float | None
+
+
+def holders(engine: Engine) -> list[LeaseInfo]:
+    """Which process holds which capture lease (read-only; empty before any router ran)."""
+    now = _NOW_MS[engine.dialect.name]
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            f"SELECT name, holder, token, expires_at_ms, {now} FROM capture_lease ORDER BY name"
+        )).all()
+    out = []
+    for name, holder, token, expires, now_ms in rows:
+        if expires == 0:
+            out.append(LeaseInfo(name, holder, int(token), "released", None))
+        else:
+            left = (int(expires) - int(now_ms)) / 1000
+            out.append(LeaseInfo(name, holder, int(token), "held" if left > 0 else "expired",
+                                 left))
+    return out
