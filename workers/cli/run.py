@@ -27,6 +27,9 @@ from workers.config import Settings
 
 
 def _stop_on_signals() -> threading.Event:
+    """Installed before anything else, so that a SIGTERM while the process is still starting
+    (supervisord's ``startsecs`` can pass first on a loaded host) stops it gracefully once
+    started, instead of killing it with the signal's default action."""
     stop = threading.Event()
 
     def handle(signum, _frame):
@@ -74,9 +77,9 @@ def run(threads: int, log_level: str, metrics_port: int | None, lease_s: float |
     from workers.bootstrap import bootstrap, run_router
 
     configure_logging(log_level)
+    stop = _stop_on_signals()
     app = bootstrap(Settings.from_env())
     _serve_metrics(metrics_port, app)
-    stop = _stop_on_signals()
     worker = _start_worker(app, threads)
     try:
         run_router(app, stop, lease_s=lease_s)
@@ -94,9 +97,9 @@ def router(log_level: str, metrics_port: int | None, lease_s: float | None) -> N
     from workers.bootstrap import bootstrap, run_router
 
     configure_logging(log_level)
+    stop = _stop_on_signals()
     app = bootstrap(Settings.from_env())
     _serve_metrics(metrics_port, app)
-    stop = _stop_on_signals()
     try:
         run_router(app, stop, lease_s=lease_s)
     finally:
@@ -112,9 +115,9 @@ def worker(threads: int, log_level: str, metrics_port: int | None) -> None:
     from workers.bootstrap import bootstrap
 
     configure_logging(log_level)
+    stop = _stop_on_signals()
     app = bootstrap(Settings.from_env())
     _serve_metrics(metrics_port, app)
-    stop = _stop_on_signals()
     w = _start_worker(app, threads)
     try:
         stop.wait()
