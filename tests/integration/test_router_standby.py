@@ -200,9 +200,13 @@ def test_a_standby_router_takes_over_a_killed_one_mid_load_and_routes_each_chang
     print(f"takeover after kill -9: {took_over_s:.1f} s, {n} changes")
 
 
-def test_a_paused_router_whose_lease_was_taken_over_commits_nothing_when_it_resumes(
-    deployment, pg_database_url,
+@pytest.mark.parametrize("stop_signal", [signal.SIGSTOP, signal.SIGKILL],
+                         ids=["paused", "killed"])
+def test_a_router_stopped_inside_its_batch_never_commits_it_and_the_standby_routes_it(
+    deployment, pg_database_url, stop_signal,
 ):
+    """SIGSTOP: paused, its lease taken over, it resumes and commits nothing.  SIGKILL:
+    killed with its batch's outbox rows written and not committed; nothing of it remains."""
     d = deployment
     a = d.router("a", "--capture-lease-s", "2")
     wait_until(lambda: d.holder_pid() == a.pid, SETTLE_S, "router a captures")
@@ -238,8 +242,8 @@ def test_a_paused_router_whose_lease_was_taken_over_commits_nothing_when_it_resu
                         "'UPDATE cdc_checkpoint%'")).scalar()
 
             backend = wait_until(a_waits_in_its_batch, SETTLE_S, "a's batch reaches its commit")
-            a.signal(signal.SIGSTOP)
-            blocker.rollback()  # a's update goes through; a, paused, cannot commit
+            a.signal(stop_signal)
+            blocker.rollback()  # a's update goes through (if a is paused); a cannot commit
         wait_until(lambda: d.holder_pid() == b.pid, TAKEOVER_S, "b takes the capture over")
 
         def gone():
@@ -247,12 +251,13 @@ def test_a_paused_router_whose_lease_was_taken_over_commits_nothing_when_it_resu
                 return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
                                     {"p": backend}).scalar() == 0
 
-        assert gone(), "the server ended the paused router's transaction"
+        assert gone(), "the server ended the stopped router's transaction"
         wait_until(d.caught_up, SETTLE_S, "b routes what a could not commit")
-        a.signal(signal.SIGCONT)
-        wait_until(lambda: "lost the capture lease capture.legacy" in a.output(), SETTLE_S,
-                   "a learns it lost the lease")
-        assert d.routed(a) == 5, "a committed no batch after the takeover"
+        if stop_signal == signal.SIGSTOP:
+            a.signal(signal.SIGCONT)
+            wait_until(lambda: "lost the capture lease capture.legacy" in a.output(), SETTLE_S,
+                       "a learns it lost the lease")
+            assert d.routed(a) == 5, "a committed no batch after the takeover"
         assert d.routed(b) == 5
         assert d.holder_pid() == b.pid
         assert assert_each_change_routed_exactly_once(d) == 10

@@ -321,6 +321,16 @@ def _install_pg_change_log(conn: Connection) -> None:
     conn.exec_driver_sql(_PG_ASSIGN_DDL)
 
 
+def install_change_log(conn: Connection) -> None:
+    """``CHGLOG`` with its cursor column as this module describes it, in ``conn``'s
+    transaction (idempotent; upgrades a change log of the serialized scheme in place).
+    What a schema migration of the legacy side runs; the triggers are separate."""
+    if conn.dialect.name == "postgresql":
+        _install_pg_change_log(conn)
+    else:
+        _install_sqlite_change_log(conn)
+
+
 def _install_sqlite_change_log(conn: Connection) -> None:
     """``CHGLOG`` with ``POS`` as a virtual column equal to ``SEQ`` (idempotent)."""
     base = Table("CHGLOG", MetaData(), *(c._copy() for c in CHGLOG.c if c.name != "POS"),
@@ -372,10 +382,7 @@ def install_capture(engine: Engine, tables: Iterable[CapturedTable]) -> None:
         dialect = conn.dialect.name
         if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - configuration error
             raise ValueError(f"legacy ERP supports SQLite and PostgreSQL, not {dialect}")
-        if dialect == "postgresql":
-            _install_pg_change_log(conn)
-        else:
-            _install_sqlite_change_log(conn)
+        install_change_log(conn)
         CAPTURE_METADATA.create_all(conn, tables=[t for t in CAPTURE_METADATA.sorted_tables
                                                   if t is not CHGLOG])
         register_writer(conn, COEXIST_WRITER)
