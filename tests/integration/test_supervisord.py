@@ -106,6 +106,12 @@ files = {CONF}
                              env=self.env, capture_output=True, text=True, timeout=WAIT_S * 3)
         return out.stdout + out.stderr
 
+    def started(self, name: str) -> int:
+        """How many times ``name`` has finished starting: its handlers are installed then
+        (supervisord's RUNNING only means it lived ``startsecs``; on a loaded host a process
+        can still be importing, and a SIGTERM then ends it by the default action)."""
+        return self.program_log(name).count('"message": "coexist bootstrapped"')
+
     def log(self) -> str:
         path = self.dir / "supervisord.log"
         return path.read_text() if path.exists() else ""
@@ -172,6 +178,8 @@ def test_supervisord_runs_the_conf_restarts_a_killed_worker_and_stops_all_gracef
 ):
     sup, legacy, state, settings, vhost = deployment
     pids = wait_until(sup.running, WAIT_S, "supervisord starts the router and two workers")
+    wait_until(lambda: all(sup.started(name) for name in PROGRAMS), WAIT_S,
+               "the three programs finish starting")
 
     written: list[str] = []
     customers = iter(iter_customers(100_000, seed=11))
@@ -193,6 +201,8 @@ def test_supervisord_runs_the_conf_restarts_a_killed_worker_and_stops_all_gracef
             lambda: (p := sup.running()) and p["coexist-worker-00"] != pids["coexist-worker-00"]
             and p, WAIT_S, "supervisord restarts the killed worker")
         assert restarted["coexist-router"] == pids["coexist-router"]
+        wait_until(lambda: sup.started("coexist-worker-00") == 2, WAIT_S,
+                   "the restarted worker finishes starting")
         wait_until(lambda: len(written) >= 150, WAIT_S, "people keep writing")
         # Stop in the middle of the work: whatever is in flight must survive it.
         stopped = sup.ctl("stop", "coexist:")
@@ -220,6 +230,7 @@ def test_supervisord_runs_the_conf_restarts_a_killed_worker_and_stops_all_gracef
     # Started again, the same programs finish the work: nothing was lost in the stop.
     sup.ctl("start", "coexist:")
     wait_until(sup.running, WAIT_S, "supervisord starts them again")
+    wait_until(lambda: sup.started("coexist-router") == 2, WAIT_S, "the router starts again")
     from workers.legacy_erp.cdc import LegacyChangeFeed
     from workers.legacy_erp.schema import captured_tables, key_decoders
 
