@@ -102,8 +102,12 @@ class Deployment:
 
     def close(self) -> str:
         logs = []
-        for proc in self.routers:
-            proc.stop()
+        for proc in self.routers:  # every one, whatever happened to the one before
+            try:
+                proc.stop()
+            except BaseException:  # noqa: BLE001 - the last resort below must still run
+                proc.popen.kill()
+                proc.popen.wait(10)
             logs.append(f"--- {proc.log.name}\n{proc.output()[-3000:]}")
         self.state.dispose()
         self.legacy_engine.dispose()

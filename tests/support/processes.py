@@ -78,8 +78,9 @@ class Process:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
-                self.popen.wait(10)
-        self._out.close()
+                self.popen.wait(30)
+        if not self._out.closed:
+            self._out.close()
         return self.popen.returncode
 
 
