@@ -6,6 +6,8 @@ import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.crm.state  # noqa: F401  (crm_onboarding)
 import workers.edi.store  # noqa: F401  (edi_interchange, edi_document, edi_counter, edi_event)
 import workers.flags.audit  # noqa: F401  (flag_audit)
+import workers.portal.endpoints  # noqa: F401  (portal_endpoint, _secret, _audit)
+import workers.portal.store  # noqa: F401  (portal_delivery, portal_attempt, portal_object_state)
 import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)
 import workers.router.lease  # noqa: F401  (capture_lease)
 import workers.router.state  # noqa: F401

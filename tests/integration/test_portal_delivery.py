@@ -1,0 +1,272 @@
+"""Webhook delivery against a real HTTP receiver on loopback (uvicorn in a thread).
+
+Every delivery is verified with the independent ``standardwebhooks`` package.
+Schedules are asserted on the times the dispatcher computed (it takes ``now``),
+never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from standardwebhooks import Webhook
+
+from bus.envelope import new_envelope
+from bus.exception_store import ExceptionStore
+from tests.support import records as r
+from tests.support.receiver import Receiver, ServerThread
+from workers.db import create_state_engine, create_state_schema
+from workers.portal import delivery as d
+from workers.portal.endpoints import EndpointRegistry
+from workers.portal.events import publish
+from workers.portal.store import ATTEMPT, DELIVERY
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def receiver():
+    rec = Receiver()
+    server = ServerThread(rec).start()
+    rec.port = server.port
+    yield rec
+    rec.release()
+    server.stop()
+
+
+@pytest.fixture
+def env(tmp_path):
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    create_state_schema(engine)
+    registry = EndpointRegistry(engine)
+    exceptions = ExceptionStore(engine)
+    dispatcher = d.Dispatcher(engine, registry, exceptions, timeout_s=1.0,
+                              rng=random.Random(7))
+    yield engine, registry, exceptions, dispatcher
+    dispatcher.close()
+    engine.dispose()
+
+
+def _event(record, version: int, flag_version: int = 1):
+    return new_envelope(domain=record.domain, kind="event", key=record.key,
+                        payload={"record": record.model_dump(mode="json")},
+                        source_system="legacy", source_version=version,
+                        flag_version=flag_version)
+
+
+def _add(registry, url, customer="C1", **kw):
+    return registry.add(customer, url, actor="ops", reason="test", **kw)
+
+
+def _queue(engine, registry, *records, version=1):
+    return publish([_event(x, version) for x in records], engine=engine, registry=registry,
+                   order_owner=lambda k: None, now=T0)
+
+
+def _step(dispatcher, now):
+    started = dispatcher.run_once(now)
+    assert dispatcher.wait(10)
+    return started
+
+
+def _attempts(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(ATTEMPT).order_by(ATTEMPT.c.id)).all()
+
+
+def _verify(secret, request):
+    return Webhook(secret).verify(request.body, request.headers)
+
+
+def test_a_delivery_is_signed_per_standard_webhooks_and_carries_the_scoped_record(env, receiver):
+    engine, registry, _, dispatcher = env
+    endpoint, secret = _add(registry, receiver.script("/ok", [200]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    assert _step(dispatcher, T0) == 1
+    [req] = receiver.at("/ok")
+    payload = _verify(secret, req)
+    assert payload["type"] == "order.status_changed"
+    assert payload["schema_version"] == 1
+    assert payload["data"]["record"]["key"] == "O1"
+    assert payload["data"]["version"] == (1 << 40) | 1
+    assert req.headers["webhook-id"].startswith("msg_")
+    assert req.headers["x-correlation-id"]
+    [attempt] = _attempts(engine)
+    assert (attempt.outcome, attempt.status_code, attempt.attempt_no) == ("delivered", 200, 1)
+
+
+def test_during_a_rotation_both_secrets_verify_and_after_the_overlap_only_the_new(env, receiver):
+    engine, registry, _, dispatcher = env
+    endpoint, old = _add(registry, receiver.script("/rot", [200]))
+    new = registry.rotate_secret(endpoint.id, actor="ops", reason="yearly rotation")
+    _queue(engine, registry, r.order("O1", "C1"))
+    _step(dispatcher, T0)
+    [req] = receiver.at("/rot")
+    assert len(req.headers["webhook-signature"].split(" ")) == 2
+    assert _verify(old, req) and _verify(new, req)
+    newest = registry.rotate_secret(endpoint.id, actor="ops", reason="leaked", overlap_s=0)
+    assert registry.secrets(endpoint.id) == [newest]
+    assert [a.action for a in registry.history(endpoint.id)] == [
+        "rotate-secret", "rotate-secret", "add"]
+
+
+def test_failures_are_retried_on_the_schedule_with_jitter_and_the_id_stays_the_same(
+        env, receiver):
+    engine, registry, _, dispatcher = env
+    _, secret = _add(registry, receiver.script("/flaky", [500, 502, 200]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    now = T0
+    for _ in range(3):
+        _step(dispatcher, now)
+        with engine.connect() as conn:
+            now = conn.execute(select(DELIVERY.c.next_attempt_at)).scalar_one()
+            now = now.replace(tzinfo=UTC)
+    attempts = _attempts(engine)
+    assert [a.outcome for a in attempts] == ["retry", "retry", "delivered"]
+    gaps = [(a.next_attempt_at.replace(tzinfo=UTC) - a.at.replace(tzinfo=UTC)).total_seconds()
+            for a in attempts[:2]]
+    assert 5 * 0.8 <= gaps[0] <= 5 * 1.2 and 300 * 0.8 <= gaps[1] <= 300 * 1.2
+    ids = {req.headers["webhook-id"] for req in receiver.at("/flaky")}
+    assert len(ids) == 1
+    for req in receiver.at("/flaky"):
+        _verify(secret, req)
+
+
+def test_nothing_is_attempted_before_it_is_due(env, receiver):
+    engine, registry, _, dispatcher = env
+    _add(registry, receiver.script("/later", [500, 200]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    _step(dispatcher, T0)
+    assert _step(dispatcher, T0 + timedelta(seconds=3)) == 0
+    assert len(receiver.at("/later")) == 1
+
+
+def test_429_and_503_retry_after_is_honoured_when_longer_than_the_schedule(env, receiver):
+    engine, registry, _, dispatcher = env
+    _add(registry, receiver.script("/busy", [(429, {"Retry-After": "120"}),
+                                             (503, {"Retry-After": "3600"}), 200]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    _step(dispatcher, T0)
+    _step(dispatcher, T0 + timedelta(seconds=120))
+    _step(dispatcher, T0 + timedelta(seconds=120 + 3600))
+    a = _attempts(engine)
+    assert [x.status_code for x in a] == [429, 503, 200]
+    gaps = [(x.next_attempt_at - x.at).total_seconds() for x in a[:2]]
+    assert gaps == [120.0, 3600.0]
+
+
+def test_a_receiver_that_hangs_times_out_and_is_retried(env, receiver):
+    engine, registry, _, dispatcher = env
+    _add(registry, receiver.script("/hang", ["hang"]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    _step(dispatcher, T0)
+    [a] = _attempts(engine)
+    assert (a.outcome, a.status_code, a.error) == ("retry", None, "timeout after 1 s")
+
+
+def test_410_disables_the_endpoint_audited_and_its_messages_go_to_the_exception_store(
+        env, receiver):
+    engine, registry, exceptions, dispatcher = env
+    endpoint, _ = _add(registry, receiver.script("/gone", [410]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    _queue(engine, registry, r.order("O2", "C1"))
+    dispatcher.per_endpoint = 1
+    _step(dispatcher, T0)
+    assert not registry.get(endpoint.id).active
+    assert registry.history(endpoint.id)[0].action == "auto-disable"
+    records = exceptions.list()
+    assert sorted(x.error_type for x in records) == ["WebhookEndpointDisabled",
+                                                     "WebhookEndpointGone"]
+    assert _step(dispatcher, T0 + timedelta(hours=1)) == 0
+    [notice] = d.notices(engine)
+    assert (notice.state, notice.failed_deliveries) == ("disabled", 2)
+
+
+def test_after_the_last_attempt_the_message_is_dead_lettered_and_a_replay_delivers_it(
+        env, receiver):
+    engine, registry, exceptions, dispatcher = env
+    _, secret = _add(registry, receiver.script("/dead", [500] * 8 + [200]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    now = T0
+    for _ in range(8):
+        _step(dispatcher, now)
+        with engine.connect() as conn:
+            now = conn.execute(select(DELIVERY.c.next_attempt_at)).scalar_one().replace(
+                tzinfo=UTC)
+    assert [a.outcome for a in _attempts(engine)] == ["retry"] * 7 + ["failed"]
+    [record] = exceptions.list()
+    assert (record.error_type, record.failure_class, record.attempts) == (
+        "WebhookDeliveryFailed", "technical", 8)
+    message = record.message_dict()
+    assert (message["actor_name"], message["queue_name"]) == (d.REDELIVER_ACTOR,
+                                                               d.REDELIVER_QUEUE)
+    # What the portal_redeliver actor runs when `coexist dlq replay` sends the message back.
+    assert d.redeliver(message["args"][0]["payload"], engine, registry, now=now) == "rescheduled"
+    _step(dispatcher, now)
+    assert _attempts(engine)[-1].outcome == "delivered"
+    first, last = receiver.at("/dead")[0], receiver.at("/dead")[-1]
+    assert first.headers["webhook-id"] == last.headers["webhook-id"]
+    _verify(secret, last)
+
+
+def test_an_endpoint_failing_for_days_is_disabled_with_an_operator_notice(env, receiver):
+    engine, registry, exceptions, dispatcher = env
+    endpoint, _ = _add(registry, receiver.script("/down", [503]))
+    for day in range(7):
+        _queue(engine, registry, r.order("O1", "C1", customer_po=f"PO-{day}"), version=day + 1)
+        _step(dispatcher, T0 + timedelta(days=day))
+        if not registry.get(endpoint.id).active:
+            break
+    assert day == 5
+    [notice] = d.notices(engine)
+    assert notice.state == "disabled" and "5 days" in notice.detail
+    assert registry.history(endpoint.id)[0].action == "auto-disable"
+    assert {x.error_type for x in exceptions.list()} == {"WebhookEndpointDisabled"}
+
+
+def test_a_failing_endpoint_shows_as_failing_until_a_success(env, receiver):
+    engine, registry, _, dispatcher = env
+    _add(registry, receiver.script("/wobbly", [500, 200]))
+    _queue(engine, registry, r.order("O1", "C1"))
+    _step(dispatcher, T0)
+    assert [n.state for n in d.notices(engine)] == ["failing"]
+    _step(dispatcher, T0 + timedelta(minutes=1))
+    assert d.notices(engine) == []
+
+
+def test_a_slow_endpoint_never_delays_the_others(env, receiver):
+    engine, registry, _, dispatcher = env
+    _add(registry, receiver.script("/slow", ["hang"]), customer="C1")
+    _add(registry, receiver.script("/fast", [200]), customer="C2")
+    dispatcher.timeout_s = 30.0
+    dispatcher.http.timeout = 30.0
+    orders = [r.order(f"A{i}", "C1") for i in range(6)] + [r.order(f"B{i}", "C2")
+                                                            for i in range(6)]
+    _queue(engine, registry, *orders)
+    dispatcher.run_once(T0)
+    # The slow lane holds its two threads; the fast lane goes on, claim after claim.
+    for _ in range(10):
+        if len(receiver.at("/fast")) >= 6:
+            break
+        receiver.wait_for("/fast", len(receiver.at("/fast")) + 1, 5)
+        dispatcher.run_once(T0)
+    assert len(receiver.at("/fast")) == 6
+    assert receiver.wait_for("/slow", 2, 5)
+    assert len(receiver.at("/slow")) == 2 and dispatcher.in_flight(1) == 2
+    receiver.release()
+    assert dispatcher.wait(10)
+
+
+def test_payload_of_a_record_the_endpoint_may_not_see_is_never_queued(env, receiver):
+    engine, registry, _, dispatcher = env
+    _add(registry, receiver.script("/mine", [200]), customer="C1")
+    _queue(engine, registry, r.order("O9", "C9"), r.price("P9", "C9", "WID-1"))
+    assert _step(dispatcher, T0) == 0
+    _queue(engine, registry, r.product("WID-1"))
+    assert _step(dispatcher, T0) == 0  # products are not a portal event
+    body = json.dumps([x.body for x in receiver.requests])
+    assert "C9" not in body
