@@ -83,6 +83,9 @@ _NUMBER_KEY = re.compile(r"^number='((?:[^']|'')*)'$")
 _FILTER_TERM = re.compile(
     r"^\s*(?:number\s+eq\s+'((?:[^']|'')*)'|lastModifiedDateTime\s+gt\s+(\S+))\s*$"
 )
+#: ``<field> eq '...'`` on a top-level text field of the document (customerNumber,
+#: orderNumber, itemNumber...), as OData services filter by foreign keys.
+_FIELD_TERM = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s+eq\s+'((?:[^']|'')*)'\s*$")
 
 
 # An operation's answer before it becomes bytes: status, headers, JSON body (or None).
@@ -269,13 +272,19 @@ class CloudSimulator:
         top = int_param(query, "$top", DEFAULT_PAGE, MAX_PAGE)
         modified_after = query.get("modifiedSince") or None
         number = None
+        fields: dict[str, str] = {}
         if query.get("$filter"):
             for term in re.split(r"\s+and\s+", query["$filter"]):
                 m = _FILTER_TERM.match(term)
                 if not m:
-                    raise ApiError(400, "BadFilter",
-                                   f"unsupported $filter term {term!r}; use number eq '...' "
-                                   "or lastModifiedDateTime gt <ISO 8601>", ["$filter"])
+                    f = _FIELD_TERM.match(term)
+                    if not f:
+                        raise ApiError(400, "BadFilter",
+                                       f"unsupported $filter term {term!r}; use number eq "
+                                       "'...', <field> eq '...' or lastModifiedDateTime gt "
+                                       "<ISO 8601>", ["$filter"])
+                    fields[f.group(1)] = f.group(2).replace("''", "'")
+                    continue
                 if m.group(1) is not None:
                     number = m.group(1).replace("''", "'")
                 else:
@@ -285,10 +294,11 @@ class CloudSimulator:
         if number is not None:
             row = self.store.by_number(entity_set, number)
             hit = row is not None and not row.deleted and (
-                modified_after is None or row.modified > modified_after)
+                modified_after is None or row.modified > modified_after) and all(
+                row.data.get(k) == v for k, v in fields.items())
             return {"value": [row.document()] if hit else []}
         rows = self.store.page(entity_set, after_number=query.get("$skiptoken"),
-                               modified_after=modified_after, top=top + 1)
+                               modified_after=modified_after, top=top + 1, fields=fields)
         out: dict = {"value": [r.document() for r in rows[:top]]}
         if len(rows) > top:
             link = {k: v for k, v in query.items() if k != "$skiptoken"}

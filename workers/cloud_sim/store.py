@@ -184,11 +184,16 @@ class Store:
         return _row(t) if t else None
 
     def page(
-        self, entity_set: str, *, after_number: str | None, modified_after: str | None, top: int
+        self, entity_set: str, *, after_number: str | None, modified_after: str | None, top: int,
+        fields: dict[str, str] | None = None,
     ) -> list[Row]:
-        """Live rows ordered by number, keyset-paged (``after_number`` exclusive)."""
+        """Live rows ordered by number, keyset-paged (``after_number`` exclusive), whose
+        top-level document ``fields`` equal the values given."""
         sql = f"SELECT {_COLUMNS} FROM entities WHERE entity_set=? AND deleted=0"
         args: list = [entity_set]
+        for name, value in (fields or {}).items():
+            sql += " AND json_extract(data, ?) = ?"
+            args += [f"$.{name}", value]
         if after_number is not None:
             sql += " AND number > ?"
             args.append(after_number)

@@ -1,0 +1,136 @@
+"""What the API needs, as one object: built from the composition root's ``App`` in one line.
+
+``ApiDeps.from_app(app, ApiSettings.from_env())`` takes the ERPs, flags, state
+database and ``send`` of an ``App`` (``workers.bootstrap``) and adds the API's
+own parts: consumers, the SoR reader with pins and foreign-key queries, the
+inquiry cache.  Tests build ``ApiDeps`` from fakes with ``ApiDeps.build``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from coexistence.flags import FlagSource
+from workers.api.auth import Consumers
+from workers.api.idempotency import IDEMPOTENCY_TTL_S
+from workers.api.service import Inquiry, OrderIntake
+from workers.api.sor import InquiryCache, PinLookup, SorReader, sql_pins
+
+#: Default time an inquiry answer is reused (its stated staleness bound).
+CACHE_TTL_S = 2.0
+#: Default oldest answer served, marked stale, while a SoR cannot be read (when enabled).
+STALE_MAX_S = 300.0
+#: Retry-After of a 503 when a SoR cannot be read.
+RETRY_AFTER_S = 5
+#: Portal order numbers start above this (digits only, so the legacy ERP can hold them).
+ORDER_NUMBER_BASE = 70_000_000
+
+
+class ApiConfigError(ValueError):
+    """A COEXIST_API_* variable with a value that makes no sense (names it)."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiConfigError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ApiConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    consumers_file: str | None = None
+    cache_ttl_s: float = CACHE_TTL_S
+    serve_stale: bool = False
+    stale_max_s: float = STALE_MAX_S
+    retry_after_s: int = RETRY_AFTER_S
+    order_number_base: int = ORDER_NUMBER_BASE
+    idempotency_ttl_s: float = IDEMPOTENCY_TTL_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+        stale = env.get("COEXIST_API_SERVE_STALE", "").strip().lower()
+        if stale not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise ApiConfigError(f"COEXIST_API_SERVE_STALE={stale!r} is not a yes/no value")
+        ttl = _float(env, "COEXIST_API_IDEMPOTENCY_TTL_S", IDEMPOTENCY_TTL_S)
+        if ttl < IDEMPOTENCY_TTL_S:
+            raise ApiConfigError("COEXIST_API_IDEMPOTENCY_TTL_S must be at least 86400 "
+                                 "(keys are kept at least 24 h)")
+        return cls(
+            consumers_file=env.get("COEXIST_API_CONSUMERS") or None,
+            cache_ttl_s=_float(env, "COEXIST_API_CACHE_TTL_S", CACHE_TTL_S),
+            serve_stale=stale in ("1", "true", "yes"),
+            stale_max_s=_float(env, "COEXIST_API_STALE_MAX_S", STALE_MAX_S),
+            retry_after_s=int(_float(env, "COEXIST_API_RETRY_AFTER_S", RETRY_AFTER_S)),
+            order_number_base=int(_float(env, "COEXIST_API_ORDER_NUMBER_BASE",
+                                         ORDER_NUMBER_BASE)),
+            idempotency_ttl_s=ttl,
+        )
+
+
+@dataclass
+class ApiDeps:
+    inquiry: Inquiry
+    intake: OrderIntake
+    consumers: Consumers
+    state: Engine
+    settings: ApiSettings
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    @classmethod
+    def build(cls, *, erps: Mapping[str, Any], queries: Mapping[str, Any], flags: FlagSource,
+              state: Engine, consumers: Consumers, settings: ApiSettings | None = None,
+              send=None, pins: PinLookup | None = None,
+              today: Callable[[], date] | None = None,
+              now: Callable[[], datetime] | None = None) -> ApiDeps:
+        settings = settings or ApiSettings()
+        reader = SorReader(erps, queries, flags, pins or sql_pins(state))
+        cache = InquiryCache(settings.cache_ttl_s, serve_stale=settings.serve_stale,
+                             stale_max_s=settings.stale_max_s)
+        now = now or (lambda: datetime.now(UTC))
+        inquiry = Inquiry(reader, cache, today=today or (lambda: now().date()))
+        intake = OrderIntake(reader, erps, flags, send or _no_send)
+        return cls(inquiry, intake, consumers, state, settings, now)
+
+    @classmethod
+    def from_app(cls, app, settings: ApiSettings, consumers: Consumers | None = None,
+                 queries: Mapping[str, Any] | None = None) -> ApiDeps:
+        """The API over a bootstrapped ``App`` (its ERPs, flags, state and broker)."""
+        return cls.build(erps=app.erps, queries=queries or queries_for(app.erps, app.settings),
+                         flags=app.flags, state=app.state,
+                         consumers=consumers or Consumers.from_file(settings.consumers_file),
+                         settings=settings, send=app.send)
+
+
+def queries_for(erps: Mapping[str, Any], settings) -> dict[str, Any]:
+    """Foreign-key lookups for each configured ERP, by its kind."""
+    from workers.api.queries import CloudQueries, LegacyQueries, MemoryQueries
+    from workers.cloud_erp import CloudErp
+    from workers.legacy_erp.adapter import LegacyErp
+
+    out: dict[str, Any] = {}
+    for system, erp in erps.items():
+        if isinstance(erp, LegacyErp):
+            out[system] = LegacyQueries(erp)
+        elif isinstance(erp, CloudErp):
+            out[system] = CloudQueries.from_settings(settings)
+        else:
+            out[system] = MemoryQueries(erp)
+    return out
+
+
+def _no_send(actor: str, queue: str, env) -> None:
+    raise RuntimeError(f"no broker to send {actor} messages from the API")

@@ -1,0 +1,186 @@
+"""Idempotency-Key for inbound orders (draft-ietf-httpapi-idempotency-key-header), in SQL.
+
+One ``api_idempotency`` row per (account, key), kept ``IDEMPOTENCY_TTL_S`` (24 h):
+
+* first request: the row is inserted ``in_flight`` with a lease, the order number
+  and the command's message id are fixed in it (so a re-execution writes the
+  same order under the same idempotency key into the SoR - never a second one);
+* same key, different request fingerprint: ``KeyReused`` (422);
+* same key while the first is in flight: ``InFlight`` (409);
+* same key after the first answered: the stored answer is replayed;
+* a first request that failed technically (SoR unreachable) or whose process
+  died gives its lease up (or lets it run out); the next request with the same
+  key executes again with the same number and message id.
+
+On SQLite the claim runs under ``BEGIN IMMEDIATE``; on PostgreSQL two first
+requests race on the primary key and the loser reads the winner's row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import BigInteger, Column, DateTime, Engine, Integer, String, Text, delete, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field
+
+from workers.db import StateTable
+
+#: How long a key and its answer are kept (the draft asks for a documented window).
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+#: How long a first request holds its key before another may take over.
+IN_FLIGHT_LEASE_S = 30.0
+
+IN_FLIGHT = "in_flight"
+DONE = "done"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ApiIdempotency(StateTable, table=True):
+    __tablename__ = "api_idempotency"
+
+    account: str = Field(primary_key=True, max_length=200)
+    idem_key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    lease_until: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    order_key: str = Field(sa_column=Column(String(40), nullable=False))
+    message_id: str = Field(sa_column=Column(String(64), nullable=False))
+    correlation_id: str = Field(sa_column=Column(String(128), nullable=False, index=True))
+    #: The order as first built (canonical JSON): a resumed execution writes exactly it.
+    command: str | None = Field(default=None, sa_column=Column(Text))
+    response_status: int | None = Field(default=None, sa_column=Column(Integer))
+    response_body: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False,
+                                                  index=True))
+
+
+class ApiSequence(StateTable, table=True):
+    """Numbers coexist hands out (portal order numbers)."""
+
+    __tablename__ = "api_sequence"
+
+    name: str = Field(primary_key=True, max_length=40)
+    value: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+_T = ApiIdempotency.__table__
+_SEQ = ApiSequence.__table__
+
+
+class KeyReused(Exception):
+    """The key was first used for a different request."""
+
+
+class InFlight(Exception):
+    """The first request with this key has not answered yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    order_key: str
+    message_id: str
+    correlation_id: str
+    #: When the key was first used (the order's time, the same on a re-execution).
+    created_at: datetime
+    #: The command built by an earlier attempt that did not finish, if it got that far.
+    command: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    status: int
+    body: str
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def next_number(conn, name: str, base: int) -> int:
+    """The next number of sequence ``name`` (the first is ``base + 1``), in ``conn``'s tx."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(insert(_SEQ).values(name=name, value=base).on_conflict_do_nothing(
+        index_elements=[_SEQ.c.name]))
+    return int(conn.execute(sql_update(_SEQ).where(_SEQ.c.name == name)
+                            .values(value=_SEQ.c.value + 1).returning(_SEQ.c.value))
+               .scalar_one())
+
+
+def begin(engine: Engine, account: str, key: str, fingerprint: str, *, correlation_id: str,
+          order_number_base: int, now: datetime | None = None,
+          lease_s: float = IN_FLIGHT_LEASE_S, ttl_s: float = IDEMPOTENCY_TTL_S
+          ) -> Claimed | Replay:
+    """Claim ``key`` for a first (or resumed) execution, or return the stored answer."""
+    now = now or datetime.now(UTC)
+    where = (_T.c.account == account) & (_T.c.idem_key == key)
+    for _ in range(3):
+        try:
+            with engine.begin() as conn:
+                stmt = select(_T).where(where)
+                if conn.dialect.name == "postgresql":
+                    stmt = stmt.with_for_update()
+                row = conn.execute(stmt).first()
+                if row is not None and _utc(row.expires_at) <= now:
+                    conn.execute(delete(_T).where(where))
+                    row = None
+                if row is None:
+                    number = next_number(conn, "portal_order", order_number_base)
+                    claimed = Claimed(str(number), str(uuid.uuid4()), correlation_id, now, None)
+                    conn.execute(_T.insert().values(
+                        account=account, idem_key=key, fingerprint=fingerprint,
+                        state=IN_FLIGHT, lease_until=now + timedelta(seconds=lease_s),
+                        order_key=claimed.order_key, message_id=claimed.message_id,
+                        correlation_id=correlation_id, created_at=now,
+                        expires_at=now + timedelta(seconds=ttl_s)))
+                    return claimed
+                if row.fingerprint != fingerprint:
+                    raise KeyReused()
+                if row.state == DONE:
+                    return Replay(int(row.response_status), row.response_body or "")
+                if _utc(row.lease_until) > now:
+                    raise InFlight()
+                taken = conn.execute(sql_update(_T).where(
+                    where, _T.c.state == IN_FLIGHT, _T.c.lease_until == row.lease_until)
+                    .values(lease_until=now + timedelta(seconds=lease_s))).rowcount
+                if not taken:
+                    raise InFlight()
+                return Claimed(row.order_key, row.message_id, row.correlation_id,
+                               _utc(row.created_at), row.command)
+        except IntegrityError:
+            continue  # another first request inserted the key meanwhile: read its row
+    raise InFlight()
+
+
+def save_command(engine: Engine, account: str, key: str, command: str) -> None:
+    """Keep the built command before it is written, so a re-execution writes the same one."""
+    with engine.begin() as conn:
+        conn.execute(sql_update(_T).where(_T.c.account == account, _T.c.idem_key == key)
+                     .values(command=command))
+
+
+def finish(engine: Engine, account: str, key: str, status: int, body: str) -> None:
+    """Store the answer; later requests with the key get it replayed."""
+    with engine.begin() as conn:
+        conn.execute(sql_update(_T).where(_T.c.account == account, _T.c.idem_key == key)
+                     .values(state=DONE, response_status=status, response_body=body))
+
+
+def release(engine: Engine, account: str, key: str) -> None:
+    """Give the key up after a technical failure: the next request executes again."""
+    with engine.begin() as conn:
+        conn.execute(sql_update(_T).where(_T.c.account == account, _T.c.idem_key == key,
+                                          _T.c.state == IN_FLIGHT)
+                     .values(lease_until=_EPOCH))
+
+
+def purge(engine: Engine, now: datetime | None = None) -> int:
+    """Forget keys past their window; returns how many."""
+    now = now or datetime.now(UTC)
+    with engine.begin() as conn:
+        return conn.execute(delete(_T).where(_T.c.expires_at <= now)).rowcount
