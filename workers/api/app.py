@@ -142,6 +142,15 @@ def create_app(deps: ApiDeps) -> FastAPI:
         openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None,
     )
     app.add_middleware(CorrelationMiddleware)
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generated()
+        # The Problem shape is referenced by every error response (application/problem+json).
+        schema["components"]["schemas"]["Problem"] = Problem.model_json_schema()
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     inquiry = deps.inquiry
 
     @app.exception_handler(ApiError)

@@ -56,6 +56,11 @@ def _register() -> None:
     from workers.cli.crm_sim import crm_sim
 
     cli.add_command(crm_sim)
+    from workers.cli.api import api
+    from workers.cli.portal import portal
+
+    cli.add_command(api)
+    cli.add_command(portal)
 
 
 _register()

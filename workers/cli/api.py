@@ -1,0 +1,121 @@
+"""``coexist api``: serve the governed API, write its OpenAPI document, make a consumer token.
+
+* ``serve``: the ASGI app (``workers.api.app``) under uvicorn, until SIGTERM;
+* ``openapi``: the OpenAPI document as JSON (``docs/openapi.json`` is this output);
+* ``token``: a new bearer token and the consumers-file entry that admits it.
+
+Configuration (environment): ``COEXIST_API_CONSUMERS`` (the consumers JSON file),
+``COEXIST_API_CACHE_TTL_S``, ``COEXIST_API_SERVE_STALE``, ``COEXIST_API_STALE_MAX_S``,
+``COEXIST_API_RETRY_AFTER_S``, ``COEXIST_API_ORDER_NUMBER_BASE``,
+``COEXIST_API_IDEMPOTENCY_TTL_S``; the ERPs, state and broker as for every command.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from workers.cli.common import UserError
+from workers.config import Settings
+
+
+def openapi_document() -> dict:
+    """The OpenAPI document of the app (built on an empty world: routes do not depend on it)."""
+    from sqlalchemy.pool import StaticPool
+
+    from coexistence.flags import FlagSource
+    from workers.api.app import create_app
+    from workers.api.auth import Consumers
+    from workers.api.deps import ApiDeps
+    from workers.db import create_state_engine
+
+    engine = create_state_engine("sqlite://", poolclass=StaticPool)
+    try:
+        deps = ApiDeps.build(erps={}, queries={}, flags=FlagSource(), state=engine,
+                             consumers=Consumers([]))
+        return create_app(deps).openapi()
+    finally:
+        engine.dispose()
+
+
+def api_deps(app, settings=None):
+    """The API's dependencies over a bootstrapped ``App`` (the composition root)."""
+    from workers.api.auth import ConsumerConfigError
+    from workers.api.deps import ApiConfigError, ApiDeps, ApiSettings
+
+    try:
+        return ApiDeps.from_app(app, settings or ApiSettings.from_env())
+    except (ConsumerConfigError, ApiConfigError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _open_app(settings: Settings):
+    """Bootstrap with the ERPs the API reads; the cloud adapter fails fast (one attempt):
+    the API answers 503 + Retry-After and the caller retries, never the API."""
+    from workers.bootstrap import bootstrap, open_legacy
+    from workers.cloud_erp import CloudErp
+
+    erps = {"legacy": open_legacy(settings)}
+    if settings.cloud_url:
+        erps["cloud"] = CloudErp.from_settings(settings, attempts=1)
+    return bootstrap(settings, register=False, erps=erps)
+
+
+@click.group()
+def api() -> None:
+    """The governed API: serve it, print its OpenAPI document, make consumer tokens."""
+
+
+@api.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--log-level", default="info", show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, log_level: str) -> None:
+    """Serve the API until SIGTERM (uvicorn finishes the requests in flight)."""
+    import uvicorn
+
+    from bus.context import configure_logging
+    from workers.api.app import create_app
+
+    configure_logging(log_level.upper())
+    settings = Settings.from_env()
+    app = ctx.obj if getattr(ctx.obj, "erps", None) is not None else _open_app(settings)
+    try:
+        asgi = create_app(api_deps(app))
+        uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False,
+                    lifespan="off")
+    finally:
+        if app is not ctx.obj:
+            app.close()
+
+
+@api.command("openapi")
+def openapi_cmd() -> None:
+    """Print the OpenAPI document (JSON)."""
+    click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+
+
+@api.command("token")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["portal", "partner", "crm", "inquiry"]))
+@click.option("--account", help="The customer account (portal and partner roles).")
+@click.option("--child", "children", multiple=True, help="A child account (repeatable).")
+def token_cmd(name: str, role: str, account: str | None, children: tuple[str, ...]) -> None:
+    """A new bearer token (printed once) and the consumers-file entry that admits it."""
+    from workers.api.auth import ConsumerConfigError, consumer_from, new_token, token_hash
+
+    token = new_token()
+    entry = {"name": name, "role": role, "token_sha256": token_hash(token)}
+    if account:
+        entry["account"] = account
+    if children:
+        entry["children"] = list(children)
+    try:
+        consumer_from(entry, "new consumer")
+    except ConsumerConfigError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"token (give it to {name}; it is not stored anywhere): {token}")
+    click.echo("add to the consumers file:")
+    click.echo(json.dumps(entry))
