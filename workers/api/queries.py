@@ -93,7 +93,7 @@ class LegacyQueries:
         with self.erp.engine.connect() as conn:
             rows = conn.execute(select(*keys_cols).where(column == legacy)
                                 .limit(MAX_FOUND)).all()
-        keys = [t.canonical_key("|".join(str(v) for v in row)) for row in rows]
+        keys = [t.canonical_key("|".join(str(v).rstrip() for v in row)) for row in rows]
         found = self.erp.get_many(domain, keys)
         return [found[k] for k in sorted(found)]
 

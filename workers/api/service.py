@@ -138,7 +138,9 @@ def _scope_allows(scope: Scope, domain: str, customer: str) -> None:
 
 
 def _money(value: Decimal) -> str:
-    return str(value)
+    """Two decimals unless the value needs more (the legacy ERP keeps 1/10,000 units)."""
+    cents = value.quantize(Decimal("0.01"))
+    return str(cents) if cents == value else format(value.normalize(), "f")
 
 
 class Inquiry:
