@@ -158,6 +158,7 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.wall = wall
         self._lock = threading.Lock()
+        self._round: dict[int, tuple] = {}
         self._in_flight: Counter[int] = Counter()
         self._futures: set[Future] = set()
 
@@ -223,9 +224,11 @@ class Dispatcher:
         lease = wall_now + timedelta(seconds=self.timeout_s + LEASE_MARGIN_S)
         with self._lock:
             busy = dict(self._in_flight)
-        active = {e.id for e in self.registry.list() if e.active}
+        endpoints = {e.id: e for e in self.registry.list() if e.active}
+        active = set(endpoints)
         if not active:
             return []
+        secrets: dict[int, list[str]] = {}
         due = (select(DELIVERY.c.id, DELIVERY.c.endpoint_id)
                .where(DELIVERY.c.status == PENDING, DELIVERY.c.next_attempt_at <= now,
                       DELIVERY.c.endpoint_id.in_(active),
@@ -250,6 +253,11 @@ class Dispatcher:
                 claims.append(Claim(full.id, full.endpoint_id, full.webhook_id, full.event_type,
                                     full.domain, full.object_key, full.body, full.attempts,
                                     full.correlation_id))
+        for claim in claims:
+            if claim.endpoint_id not in secrets:
+                secrets[claim.endpoint_id] = self.registry.secrets(claim.endpoint_id, wall_now)
+        # What this round read of each endpoint: the attempt signs and decides with it.
+        self._round = {i: (endpoints[i], secrets[i]) for i in secrets}
         return claims
 
     # ------------------------------------------------------------------ one attempt
@@ -263,14 +271,19 @@ class Dispatcher:
 
     def attempt(self, claim: Claim, now: datetime) -> str:
         """POST one claimed message and record what happened; returns the outcome."""
-        endpoint = self.registry.get(claim.endpoint_id)
+        held = self._round.get(claim.endpoint_id)
+        if held is None:
+            endpoint, secrets = self.registry.get(claim.endpoint_id), None
+        else:
+            endpoint, secrets = held
         if not endpoint.active:
             self._release(claim)
             return "skipped"
         body = claim.body.encode()
         timestamp = int(self.wall())
-        head = signing.headers(self.registry.secrets(endpoint.id), claim.webhook_id, timestamp,
-                               body)
+        if secrets is None:
+            secrets = self.registry.secrets(endpoint.id)
+        head = signing.headers(secrets, claim.webhook_id, timestamp, body)
         if claim.correlation_id:
             head["X-Correlation-Id"] = claim.correlation_id
         started = time.monotonic()
@@ -289,8 +302,8 @@ class Dispatcher:
         duration_ms = int((time.monotonic() - started) * 1000)
         attempt_no = claim.attempts + 1
         if status is not None and 200 <= status < 300:
-            self._finish(claim, attempt_no, now, status, None, duration_ms, "delivered")
-            self._healthy(endpoint.id)
+            self._finish(claim, attempt_no, now, status, None, duration_ms, "delivered",
+                         healthy=endpoint.failing_since is not None)
             return "delivered"
         if status == 410:
             reason = f"receiver answered 410 Gone to {claim.webhook_id}"
@@ -331,8 +344,13 @@ class Dispatcher:
             next_attempt_at=next_at))
 
     def _finish(self, claim: Claim, attempt_no: int, now: datetime, status: int | None,
-                error: str | None, duration_ms: int, outcome: str) -> None:
+                error: str | None, duration_ms: int, outcome: str, *,
+                healthy: bool = False) -> None:
         with self.engine.begin() as conn:
+            if healthy:  # the endpoint's run of failures ends with this success
+                t = PortalEndpoint.__table__
+                conn.execute(update(t).where(t.c.id == claim.endpoint_id)
+                             .values(failing_since=None))
             self._log(conn, claim, attempt_no, now, status, error, duration_ms, outcome, None)
             conn.execute(update(DELIVERY).where(DELIVERY.c.id == claim.id).values(
                 status=DELIVERED if outcome == "delivered" else FAILED, attempts=attempt_no,
@@ -346,12 +364,6 @@ class Dispatcher:
             conn.execute(update(DELIVERY).where(DELIVERY.c.id == claim.id).values(
                 attempts=attempt_no, last_status=status, last_error=error, lease_until=None,
                 next_attempt_at=next_at))
-
-    def _healthy(self, endpoint_id: int) -> None:
-        t = PortalEndpoint.__table__
-        with self.engine.begin() as conn:
-            conn.execute(update(t).where(t.c.id == endpoint_id, t.c.failing_since.is_not(None))
-                         .values(failing_since=None))
 
     def _failing(self, endpoint_id: int, now: datetime) -> None:
         t = PortalEndpoint.__table__
