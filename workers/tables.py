@@ -2,6 +2,7 @@
 
 Add one import line per module that declares state tables.
 """
+import workers.api.idempotency  # noqa: F401  (api_idempotency, api_sequence)
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.crm.state  # noqa: F401  (crm_onboarding)
 import workers.edi.store  # noqa: F401  (edi_interchange, edi_document, edi_counter, edi_event)
