@@ -48,12 +48,14 @@ def test_a_mutated_cloud_document_translates_or_is_refused_by_name(domain, data)
         for p in parent_path:
             parent = parent[p]
         action = data.draw(st.sampled_from(["replace", "delete", "add"]))
+        # A copy: sampled_from hands out the same [] / {} objects, and a shared one
+        # mutated into itself would make the document self-referential.
         if action == "replace":
-            parent[key] = data.draw(HOSTILE)
+            parent[key] = copy.deepcopy(data.draw(HOSTILE))
         elif action == "delete" and isinstance(parent, dict):
             del parent[key]
         elif isinstance(parent, dict):
-            parent[data.draw(st.text(min_size=1, max_size=6))] = data.draw(HOSTILE)
+            parent[data.draw(st.text(min_size=1, max_size=6))] = copy.deepcopy(data.draw(HOSTILE))
     raw = json.dumps(doc).encode()
     try:
         record = canonical_from_json(domain, raw)

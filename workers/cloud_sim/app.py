@@ -83,9 +83,10 @@ _NUMBER_KEY = re.compile(r"^number='((?:[^']|'')*)'$")
 _FILTER_TERM = re.compile(
     r"^\s*(?:number\s+eq\s+'((?:[^']|'')*)'|lastModifiedDateTime\s+gt\s+(\S+))\s*$"
 )
-#: ``<field> eq '...'`` on a top-level text field of the document (customerNumber,
-#: orderNumber, itemNumber...), as OData services filter by foreign keys.
-_FIELD_TERM = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s+eq\s+'((?:[^']|'')*)'\s*$")
+#: ``<field> eq '...'`` on a foreign-key field of the document, as OData services filter
+#: by them (the governed API looks prices and documents up by customer, order and item).
+_FIELD_TERM = re.compile(
+    r"^\s*(customerNumber|orderNumber|itemNumber)\s+eq\s+'((?:[^']|'')*)'\s*$")
 
 
 # An operation's answer before it becomes bytes: status, headers, JSON body (or None).
@@ -281,8 +282,8 @@ class CloudSimulator:
                     if not f:
                         raise ApiError(400, "BadFilter",
                                        f"unsupported $filter term {term!r}; use number eq "
-                                       "'...', <field> eq '...' or lastModifiedDateTime gt "
-                                       "<ISO 8601>", ["$filter"])
+                                       "'...', customerNumber|orderNumber|itemNumber eq '...' or "
+                                       "lastModifiedDateTime gt <ISO 8601>", ["$filter"])
                     fields[f.group(1)] = f.group(2).replace("''", "'")
                     continue
                 if m.group(1) is not None:
