@@ -1,11 +1,15 @@
 """SQL engines for coexist's own state (SQLite by default, PostgreSQL in production).
 
-Bus tables (outbox, inbox, exception store) are declared on ``BusTable`` and
-live in ``BUS_METADATA``, separate from SQLModel's global metadata, so that a
-database only ever gets the tables its owner creates.
+Bus tables (outbox, inbox, exception store, applied versions) are declared on
+``BusTable`` and live in ``BUS_METADATA``, separate from SQLModel's global
+metadata, so that a database only ever gets the tables its owner declares.
+``bus.tables`` imports every module that declares one.  Nothing here creates
+tables: the schema is built and upgraded by migrations (``coexist db upgrade``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import registry
@@ -21,7 +25,7 @@ class BusTable(SQLModel, registry=registry(metadata=BUS_METADATA)):
     """Base class of the bus's SQL tables."""
 
 
-def create_state_engine(url: str, **kwargs) -> Engine:
+def create_state_engine(url: str, **kwargs: Any) -> Engine:
     """An engine tuned for many small transactions from several processes.
 
     SQLite gets WAL (readers never block the writer), ``synchronous=NORMAL``
@@ -53,15 +57,3 @@ def create_state_engine(url: str, **kwargs) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
-
-
-def create_bus_schema(engine: Engine) -> None:
-    """Create the bus's tables if they do not exist (idempotent)."""
-    # Tables register on BUS_METADATA when their module is imported; import them all
-    # so a database never misses one because its module happened not to be loaded yet.
-    import bus.exception_store  # noqa: F401
-    import bus.inbox  # noqa: F401
-    import bus.monotonic  # noqa: F401
-    import bus.outbox  # noqa: F401
-
-    BUS_METADATA.create_all(engine)

@@ -104,13 +104,16 @@ def open_legacy(settings: Settings) -> Erp:
 
     from workers.legacy_erp.adapter import LegacyErp
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+    from workers.migrate import LEGACY, require_current
 
     engine = create_legacy_engine(settings.legacy_url)
     # Only a missing schema is created (the embedded default's first start); a running
-    # legacy ERP is never touched by DDL, and worker processes starting together do not
-    # race for its write lock.
+    # legacy ERP is never touched by DDL here (`coexist db upgrade --legacy` does that),
+    # and worker processes starting together do not race for its write lock.
     if not inspect(engine).has_table("CHGLOG"):
         create_legacy_schema(engine)
+    else:
+        require_current(engine, LEGACY)
     return LegacyErp(engine)
 
 
@@ -149,14 +152,17 @@ def bootstrap(
     register: bool = True,
     channel_handlers: dict[str, Any] | None = None,
     retry_options: dict[str, Any] | None = None,
+    create_state: bool = False,
 ) -> App:
     """Build a process's parts.  ``erps`` overrides the ERPs (tests pass fakes);
     ``channel_handlers`` maps a subscription name to the function this process
     runs for its events (subscriptions without one are consumed elsewhere);
-    ``retry_options`` override the failure middleware's retry policy (``bus.retry``)."""
+    ``retry_options`` override the failure middleware's retry policy (``bus.retry``);
+    ``create_state``: the embedded default's first start may create a new SQLite state
+    database (else the state database must be at the code's revision)."""
     validate_ownership()
     register_payload_upcaster(_payload_upcaster)
-    state = open_state(settings)
+    state = open_state(settings, create_if_new=create_state)
     exceptions = ExceptionStore(state)
     broker = make_broker(settings.broker_url, sqlite_path=settings.ensure_home() / "bus.db",
                          queue_type=settings.queue_type)

@@ -1,7 +1,12 @@
-"""Imports every module that declares a StateTable so ``create_state_schema`` sees them all.
+"""Imports every module that declares a state table (bus and workers), so that
+``BUS_METADATA`` and ``STATE_METADATA`` hold everything the state database has.
 
-Add one import line per module that declares state tables.
+The migrations' environment imports this module (it is what autogenerate and the
+models-versus-migrations test compare against).  Add one import line per module that
+declares state tables.
 """
+
+import bus.tables  # noqa: F401  (outbox, outbox_lease, inbox, applied_version, exception_record)
 import workers.api.idempotency  # noqa: F401  (api_idempotency, api_sequence)
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.crm.state  # noqa: F401  (crm_onboarding)
@@ -11,5 +16,5 @@ import workers.portal.endpoints  # noqa: F401  (portal_endpoint, _secret, _audit
 import workers.portal.store  # noqa: F401  (portal_delivery, portal_attempt, portal_object_state)
 import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)
 import workers.router.lease  # noqa: F401  (capture_lease)
-import workers.router.state  # noqa: F401
+import workers.router.state  # noqa: F401  (record_route)
 import workers.xref_sql  # noqa: F401  (xref)

@@ -61,11 +61,12 @@ from sqlalchemy import (  # noqa: E402  # noqa: E402
 
 from bus import inbox  # noqa: E402
 from bus.brokers import make_broker, setup  # noqa: E402
-from bus.db import create_bus_schema, create_state_engine  # noqa: E402
+from bus.db import create_state_engine  # noqa: E402
 from bus.envelope import from_dict, new_envelope, to_message_arg  # noqa: E402
 from bus.exception_store import ExceptionStore  # noqa: E402
 from bus.outbox import OutboxRelay, add_all_to_outbox  # noqa: E402
 from bus.publish import RabbitmqBatchPublisher  # noqa: E402
+from workers.migrate import upgrade as upgrade_schema  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("COEXIST_BENCH_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -134,7 +135,7 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float) -> d
     procs: list[subprocess.Popen] = []
     broker = make_broker(AMQP_URL)
     try:
-        create_bus_schema(engine)
+        upgrade_schema(engine)
         METADATA.create_all(engine)
         for _ in range(workers):
             procs.append(subprocess.Popen(

@@ -53,10 +53,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bus.db import create_state_engine  # noqa: E402
-from workers.db import create_state_schema  # noqa: E402
 from workers.legacy_erp.adapter import LegacyErp  # noqa: E402
 from workers.legacy_erp.cdc import consume_batch  # noqa: E402
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema  # noqa: E402
+from workers.migrate import upgrade as upgrade_schema  # noqa: E402
 
 
 def fill(engine, changes: int) -> None:
@@ -82,7 +82,7 @@ def read_consume(
     erp: LegacyErp, state_url: str, batch: int, round_no: int
 ) -> tuple[int, float, float]:
     state = create_state_engine(state_url)
-    create_state_schema(state)
+    upgrade_schema(state)
     counted = [0]
 
     def handle(_session, changes) -> None:

@@ -129,7 +129,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             )
             legacy_engine = create_legacy_engine(settings.legacy_url)
             create_legacy_schema(legacy_engine)
-            app = bootstrap(settings)
+            app = bootstrap(settings, create_state=True)
             cutover = Cutover(store_for(settings, app.state), SqlPreflightFacts(app.state),
                               policy_from_env())
             state = cutover.set("customer", Mode.SHADOW, actor="bench", reason="bench",

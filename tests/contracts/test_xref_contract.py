@@ -13,7 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from coexistence.xref import Xref, XrefConflict, XrefEntry
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 from workers.xref_memory import MemoryXref
 from workers.xref_sql import SqlXref
 
@@ -178,7 +179,7 @@ class TestSqliteXref(XrefContract):
     @pytest.fixture
     def xref(self, tmp_path):
         engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-        create_state_schema(engine)
+        upgrade_schema(engine)
         yield SqlXref(engine, page_rows=3)
         engine.dispose()
 
@@ -188,6 +189,6 @@ class TestPostgresXref(XrefContract):
     @pytest.fixture
     def xref(self, pg_url):
         engine = create_state_engine(pg_url, pool_size=PARALLEL_WRITERS)
-        create_state_schema(engine)
+        upgrade_schema(engine)
         yield SqlXref(engine, page_rows=3)
         engine.dispose()

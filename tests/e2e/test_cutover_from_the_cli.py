@@ -35,7 +35,7 @@ def team(tmp_path, sim, monkeypatch):
            "COEXIST_ACTOR": "maria", "COEXIST_BROKER_URL": "", "COEXIST_REDIS_URL": ""}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    driver = Driver(bootstrap(Settings.from_env()))
+    driver = Driver(bootstrap(Settings.from_env(), create_state=True))
     yield driver, env
     driver.stop()
 

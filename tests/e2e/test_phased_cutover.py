@@ -40,7 +40,7 @@ def driver(request, tmp_path, sim):
         broker_url=broker_url, queue_type="classic", redis_url=None, redis_prefix="coexist:",
         cloud_url=sim.url,
     )
-    app = bootstrap(settings)
+    app = bootstrap(settings, create_state=True)
     app.broker.flush_all()
     d = Driver(app)
     yield d

@@ -34,11 +34,12 @@ from sqlalchemy.dialects import postgresql
 
 from bus import inbox
 from bus.brokers import make_broker, setup
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.dlq_drain import make_drain
 from bus.envelope import from_dict, new_envelope, to_message_arg
 from bus.errors import BusinessError, TechnicalError
 from bus.exception_store import ExceptionStore
+from workers.migrate import upgrade as upgrade_schema
 
 QUEUE = "bus_test"
 CONSUMER = "bus_worker"
@@ -64,7 +65,7 @@ SKIPS = Table(
 
 def prepare_state(engine: Engine) -> None:
     """Create the bus tables and this program's tables (run by the test, before any worker)."""
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     METADATA.create_all(engine)
 
 

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from bus.exception_store import ExceptionStore, group_key
 from tests.unit.test_dlq_cli import fail
 from workers.cli import cli
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ def store(pg_url, tmp_path, monkeypatch):
     monkeypatch.setenv("COEXIST_STATE_URL", pg_url)
     monkeypatch.delenv("COEXIST_BROKER_URL", raising=False)
     engine = create_state_engine(pg_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield ExceptionStore(engine)
     engine.dispose()
 

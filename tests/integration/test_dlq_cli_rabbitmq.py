@@ -13,7 +13,8 @@ from bus.envelope import new_envelope, to_message_arg
 from bus.exception_store import ExceptionStore
 from workers.cli import cli
 from workers.config import Settings
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def configured(request, rabbit_vhost, tmp_path, monkeypatch):
     monkeypatch.setenv("COEXIST_BROKER_URL", rabbit_vhost)
     monkeypatch.setenv("COEXIST_QUEUE_TYPE", request.param)
     engine = create_state_engine(Settings.from_env().state_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     queue = f"dlq_{uuid.uuid4().hex[:8]}"
     yield ExceptionStore(engine), rabbit_vhost, queue
     engine.dispose()

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.exception_store import ExceptionStore
 from tests.unit.test_exception_store import (  # noqa: F401 - collected here against PostgreSQL
     message_for,
@@ -22,6 +22,7 @@ from tests.unit.test_exception_store import (  # noqa: F401 - collected here aga
     test_the_same_message_failing_again_updates_its_record_instead_of_duplicating,
     test_undecodable_input_keeps_its_raw_bytes,
 )
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store(pg_url):
     engine = create_state_engine(pg_url, pool_size=10)
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     yield ExceptionStore(engine)
     engine.dispose()
 

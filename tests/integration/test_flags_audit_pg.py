@@ -7,8 +7,9 @@ import threading
 import pytest
 
 from coexistence.flags import FULL, FlagState, Mode
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags import FlagConflict, RedisFlagStore, SqlFlagStore
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def engine(pg_url):
     engine = create_state_engine(pg_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield engine
     engine.dispose()
 

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from coexistence.flags import FULL, FlagState, Mode, Rollout
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags import FlagCache, FlagNotPublished, RedisFlagStore
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ cache.stop()
 def state_url(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
     engine = create_state_engine(url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     engine.dispose()
     return url
 

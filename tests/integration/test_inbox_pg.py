@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.inbox import claim
 from bus.monotonic import apply_if_newer, current_version
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ THREADS = 6
 @pytest.fixture
 def engine(pg_url):
     engine = create_state_engine(pg_url, pool_size=THREADS + 2)
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE effect (message_id TEXT NOT NULL)"))
         conn.execute(text("CREATE TABLE account (id TEXT PRIMARY KEY, version BIGINT)"))

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from bus.db import create_state_engine
 from tests.contracts.test_legacy_contract import legacy_sample
 from workers import checkpoints
-from workers.db import create_state_schema
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.cdc import consume_batch
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_a_consumer_killed_before_its_commit_loses_and_duplicates_nothing(tmp_pa
     for n in range(1, 11):
         erp.person_upsert(legacy_sample("customer", n), "JSMITH")
     state = create_state_engine(state_url)
-    create_state_schema(state)
+    upgrade_schema(state)
     with state.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE effects (cursor INTEGER PRIMARY KEY, key TEXT)")
 

@@ -175,10 +175,10 @@ def test_two_consumers_creating_the_first_postgresql_checkpoint_commit_only_one(
     from sqlalchemy.orm import Session
 
     from workers import checkpoints
-    from workers.db import create_state_schema
+    from workers.migrate import upgrade as upgrade_schema
 
     state = create_state_engine(pg_url)
-    create_state_schema(state)
+    upgrade_schema(state)
     outcome: list[str] = []
 
     def second() -> None:

@@ -14,9 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from bus import outbox
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.envelope import new_envelope
 from bus.outbox import OutboxRelay, add_all_to_outbox, add_to_outbox, backlog, lag_seconds
+from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ WRITE_BATCH = 20
 @pytest.fixture
 def engine(pg_url):
     engine = create_state_engine(pg_url, pool_size=RELAYS + 2)
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE account (id TEXT PRIMARY KEY, name TEXT NOT NULL)"))
     yield engine

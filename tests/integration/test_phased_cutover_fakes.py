@@ -22,7 +22,7 @@ def test_a_phased_cutover_on_fakes_keeps_both_erps_equal_and_loops_nothing(tmp_p
     for domain in DOMAINS:
         for record in spec.iter(domain):
             legacy.person_upsert(record, "SEED")
-    app = bootstrap(settings, erps={LEGACY: legacy, CLOUD: cloud})
+    app = bootstrap(settings, erps={LEGACY: legacy, CLOUD: cloud}, create_state=True)
     driver = Driver(app)
     try:
         reports = PhasedCutover(driver, cloud_people=cloud.person_upsert,

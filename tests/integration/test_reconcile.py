@@ -11,8 +11,9 @@ from coexistence.sample import iter_customers
 from coexistence.translate.legacy import LEGACY_TRANSLATORS
 from tests.support import cloud_sim
 from workers.cloud_erp import CloudErp
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 from workers.reconcile.cloud import CloudReader
 from workers.reconcile.legacy import LegacyReader
 from workers.reconcile.runner import Tuning, reconcile_domain
@@ -108,7 +109,7 @@ def as_tuple(f: Finding):
 @pytest.fixture
 def state(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield engine
     engine.dispose()
 

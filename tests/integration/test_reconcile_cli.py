@@ -12,6 +12,7 @@ from bus.outbox import backlog
 from coexistence.sample import iter_customers
 from tests.integration.test_reconcile import seeded, write_cloud, write_legacy
 from tests.support import cloud_sim
+from tests.support.state import upgraded_state
 from workers.cli import cli
 from workers.cloud_erp import CloudErp
 from workers.db import create_state_engine
@@ -25,7 +26,7 @@ simulator, sim = cloud_sim.simulator, cloud_sim.sim
 @pytest.fixture
 def env(tmp_path, sim, monkeypatch):
     legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
-    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    state_url = upgraded_state(f"sqlite:///{tmp_path / 'state.db'}")
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
     monkeypatch.setenv("COEXIST_LEGACY_URL", legacy_url)
     monkeypatch.setenv("COEXIST_STATE_URL", state_url)

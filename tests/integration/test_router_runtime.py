@@ -47,6 +47,7 @@ def runtime(request, tmp_path):
         channel_handlers={"probe": seen.append},
         # Same policy, shorter clock: technical failures retry twice, milliseconds apart.
         retry_options={"max_retries": 2, "min_backoff_ms": 10, "max_backoff_ms": 50},
+        create_state=True,
     )
     app.broker.flush_all()
     rt = Driver(app)

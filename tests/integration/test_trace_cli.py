@@ -55,7 +55,7 @@ def stray(tmp_path_factory):
     create_legacy_schema(engine)
     legacy = LegacyErp(engine)
     app = bootstrap(settings, erps={LEGACY: legacy, CLOUD: InMemoryErp("cloud")},
-                    retry_options={"max_retries": 0})
+                    retry_options={"max_retries": 0}, create_state=True)
     driver = Driver(app)
     move(app, "customer", "shadow", "alice", "pilot the shadow")
     legacy.person_upsert(CUSTOMER, "JSMITH")

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from coexistence.canonical import decode
 from tests.support import cloud_sim
+from tests.support.state import upgraded_state
 from workers.cli import cli
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 
@@ -28,7 +29,8 @@ def env(tmp_path, sim):
     engine = create_legacy_engine(legacy_url)
     create_legacy_schema(engine)
     engine.dispose()
-    return {"COEXIST_HOME": str(tmp_path), "COEXIST_STATE_URL": f"sqlite:///{tmp_path}/state.db",
+    state_url = upgraded_state(f"sqlite:///{tmp_path}/state.db")
+    return {"COEXIST_HOME": str(tmp_path), "COEXIST_STATE_URL": state_url,
             "COEXIST_LEGACY_URL": legacy_url, "COEXIST_BROKER_URL": "",
             "COEXIST_CLOUD_URL": sim.url}
 

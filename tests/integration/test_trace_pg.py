@@ -13,10 +13,11 @@ from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.reconcile.findings import Finding, Kind
 from tests.support.router_harness import Harness
 from workers.config import Settings
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags.audit import FlagAuditLog
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 from workers.observe import build_trace, collect_status, parse_target
 from workers.reconcile.store import RunStore
 
@@ -30,7 +31,7 @@ CUSTOMER = decode("customer", {
 @pytest.fixture
 def pg(pg_url, tmp_path):
     state = create_state_engine(pg_url)
-    create_state_schema(state)
+    upgrade_schema(state)
     legacy_engine = create_legacy_engine(pg_url)
     create_legacy_schema(legacy_engine)
     h = Harness(state, legacy=LegacyErp(legacy_engine))

@@ -13,7 +13,8 @@ import random
 import pytest
 
 from coexistence.xref import XrefConflict, XrefEntry
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 from workers.xref_sql import SqlXref
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def state_url(request, tmp_path):
     else:
         url = f"sqlite:///{tmp_path / 'state.db'}"
     engine = create_state_engine(url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     engine.dispose()
     return url
 
@@ -109,7 +110,7 @@ def test_a_link_chosen_as_a_deadlock_victim_is_run_again(tmp_path, monkeypatch):
     from sqlalchemy.exc import DBAPIError
 
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     xref = SqlXref(engine)
     real = SqlXref._link_once
     victims = []

@@ -18,8 +18,9 @@ from bus.outbox import OutboxRelay, add_to_outbox
 from coexistence.canonical import CanonicalRecord
 from coexistence.flags import FlagSource, FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
 from workers.router import handlers, queues
 from workers.router.capture import CaptureLoop, CaptureStats
 
@@ -48,7 +49,7 @@ class Harness:
     @classmethod
     def on_sqlite(cls, path) -> Harness:
         engine = create_state_engine(f"sqlite:///{path}")
-        create_state_schema(engine)
+        upgrade_schema(engine)
         return cls(engine)
 
     def set_mode(self, domain: str, mode: str, rollout: Rollout | None = None,

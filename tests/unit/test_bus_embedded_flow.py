@@ -16,13 +16,14 @@ from sqlmodel import Session
 
 from bus.brokers import make_broker, setup
 from bus.context import JsonLogFormatter
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.envelope import from_dict, new_envelope
 from bus.exception_store import ExceptionStore
 from bus.inbox import DUPLICATES, once
 from bus.monotonic import apply_if_newer
 from bus.outbox import OutboxRecord, OutboxRelay, add_to_outbox, backlog
 from bus.publish import make_publisher
+from workers.migrate import upgrade as upgrade_schema
 
 KEYS = 8
 VERSIONS = 6
@@ -31,7 +32,7 @@ VERSIONS = 6
 @pytest.fixture
 def flow(tmp_path):
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_bus_schema(state)
+    upgrade_schema(state)
     with state.begin() as conn:
         conn.execute(text("CREATE TABLE account (id TEXT PRIMARY KEY, version INT)"))
         conn.execute(text("CREATE TABLE applied (message_id TEXT NOT NULL)"))

@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 
 from coexistence.canonical import decode
 from workers import checkpoints
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
 from workers.router.lag import CaptureBehind, behind, feed_name, wait_for_capture
 
 CUSTOMER = decode("customer", {
@@ -23,7 +24,7 @@ CUSTOMER = decode("customer", {
 @pytest.fixture
 def engine(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield engine
     engine.dispose()
 

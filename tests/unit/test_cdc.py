@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from bus.db import create_state_engine
 from coexistence.ports import Change
 from workers import checkpoints
-from workers.db import create_state_schema
 from workers.legacy_erp.capture import (
     CHGLOG,
     CapturedTable,
@@ -25,6 +24,7 @@ from workers.legacy_erp.capture import (
     register_writer,
 )
 from workers.legacy_erp.cdc import LegacyChangeFeed, UnknownChangeLogTable, consume_batch
+from workers.migrate import upgrade as upgrade_schema
 
 META = MetaData()
 Table("HDR", META, Column("ORDNO", String(8), primary_key=True), Column("NAME", String(20)),
@@ -55,7 +55,7 @@ def legacy(tmp_path):
 @pytest.fixture
 def state(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE effects (cursor INTEGER PRIMARY KEY, key TEXT)")
     yield engine

@@ -27,7 +27,7 @@ def engine(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
     monkeypatch.setenv("COEXIST_ACTOR", "alice")
-    engine = open_state(Settings.from_env())
+    engine = open_state(Settings.from_env(), create_if_new=True)
     yield engine
     engine.dispose()
 

@@ -13,7 +13,8 @@ from bus.envelope import new_envelope, to_message_arg
 from bus.exception_store import ExceptionStore, group_key
 from workers.cli import cli
 from workers.config import Settings
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def store(home):
     engine = create_state_engine(Settings.from_env().state_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield ExceptionStore(engine)
     engine.dispose()
 

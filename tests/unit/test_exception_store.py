@@ -6,16 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.envelope import new_envelope, to_message_arg
 from bus.errors import BusinessError
 from bus.exception_store import ExceptionStore, call_site, group_key, reset_for_replay
+from workers.migrate import upgrade as upgrade_schema
 
 
 @pytest.fixture
 def store(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     yield ExceptionStore(engine)
     engine.dispose()
 

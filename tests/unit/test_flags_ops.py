@@ -7,15 +7,16 @@ import pytest
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.preflight import GuardPolicy
 from tests.unit.test_flags_transitions import FakeFacts
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags import SqlFlagStore
 from workers.flags.ops import Cutover, DrainTimeout, TransitionRefused
+from workers.migrate import upgrade as upgrade_schema
 
 
 @pytest.fixture
 def cutover(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield Cutover(SqlFlagStore(engine), FakeFacts(), GuardPolicy())
     engine.dispose()
 

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags import FlagCache, FlagConflict, SqlFlagStore, actor_from_env, policy_from_env
+from workers.migrate import upgrade as upgrade_schema
 
 WATCHER = """
 import json, sys, time
@@ -36,7 +37,7 @@ def state_url(tmp_path):
 @pytest.fixture
 def store(state_url):
     engine = create_state_engine(state_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield SqlFlagStore(engine, poll_s=0.05)
     engine.dispose()
 

@@ -9,14 +9,15 @@ from sqlalchemy import text, update
 from sqlmodel import Session
 
 from bus import inbox
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.inbox import DUPLICATES, InboxRecord, claim, once, purge_processed
+from workers.migrate import upgrade as upgrade_schema
 
 
 @pytest.fixture
 def engine(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE effect (n INTEGER)"))
     yield engine

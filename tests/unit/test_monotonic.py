@@ -9,14 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.monotonic import apply_if_newer, current_version, newer
+from workers.migrate import upgrade as upgrade_schema
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     engine = create_state_engine(f"sqlite:///{tmp_path_factory.mktemp('mono') / 'state.db'}")
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     yield engine
     engine.dispose()
 

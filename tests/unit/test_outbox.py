@@ -12,7 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import text, update
 from sqlmodel import Session, select
 
-from bus.db import create_bus_schema, create_state_engine
+from bus.db import create_state_engine
 from bus.envelope import MAX_ENVELOPE_BYTES, EnvelopeTooLarge, envelope_from_message, new_envelope
 from bus.outbox import (
     OutboxLease,
@@ -26,6 +26,7 @@ from bus.outbox import (
     purge_sent,
     stuck,
 )
+from workers.migrate import upgrade as upgrade_schema
 
 
 class FakePublisher:
@@ -47,7 +48,7 @@ class FakePublisher:
 @pytest.fixture
 def engine(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_bus_schema(engine)
+    upgrade_schema(engine)
     yield engine
     engine.dispose()
 

@@ -41,7 +41,7 @@ def router(tmp_path):
     engine = create_legacy_engine(settings.legacy_url)
     create_legacy_schema(engine)
     app = bootstrap(settings, erps={LEGACY: LegacyErp(engine), CLOUD: InMemoryErp("cloud")},
-                    retry_options={"max_retries": 0})
+                    retry_options={"max_retries": 0}, create_state=True)
     store = SqlFlagStore(app.state)
     before = store.load()["customer"]
     app.flags.apply([store.commit(

@@ -61,6 +61,9 @@ def _register() -> None:
 
     cli.add_command(api)
     cli.add_command(portal)
+    from workers.cli.db import db
+
+    cli.add_command(db)
 
 
 _register()

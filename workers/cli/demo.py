@@ -86,7 +86,7 @@ def demo(home: Path, customers: int, changes: int) -> None:
             broker_url=None, queue_type="classic", redis_url=None, redis_prefix="coexist:",
             cloud_url=sim.url,
         )
-        app = bootstrap(settings)
+        app = bootstrap(settings, create_state=True)
         driver = Driver(app)
         people = SimulatorAdmin(sim.url)
         steps = iter(range(1, 100))

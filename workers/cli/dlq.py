@@ -48,14 +48,11 @@ def _console() -> Console:
 def _open_store() -> tuple[Settings, ExceptionStore]:
     # Imported outside the try: a broken table module is a bug to see, not a database problem.
     import workers.tables  # noqa: F401
-    from workers.db import create_state_engine, create_state_schema
+    from workers.flags import open_state
 
     settings = Settings.from_env()
     try:
-        if settings.state_url.startswith("sqlite"):
-            settings.ensure_home()
-        engine = create_state_engine(settings.state_url)
-        create_state_schema(engine)
+        engine = open_state(settings)
     except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
         raise UserError(f"cannot open the state database: {type(exc).__name__}: "
                         f"{_first_line(exc)}") from None

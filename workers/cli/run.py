@@ -78,7 +78,8 @@ def run(threads: int, log_level: str, metrics_port: int | None, lease_s: float |
 
     configure_logging(log_level)
     stop = _stop_on_signals()
-    app = bootstrap(Settings.from_env())
+    # The embedded default's first start may create a new, empty SQLite state database.
+    app = bootstrap(Settings.from_env(), create_state=True)
     _serve_metrics(metrics_port, app)
     worker = _start_worker(app, threads)
     try:

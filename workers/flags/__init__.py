@@ -2,7 +2,7 @@
 
 Composition (what the router and the CLI call)::
 
-    engine = open_state(settings)                  # state DB with every table
+    engine = open_state(settings)                  # state DB at the code's revision
     store = store_for(settings, engine)            # Redis if configured, else SQL
     cache = FlagCache(store).start()               # evaluation: cache.route_for(...)
 
@@ -32,11 +32,12 @@ from coexistence.preflight import (
     parse_freeze_windows,
 )
 from workers.config import Settings
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags.audit import AuditEntry, FlagAudit, FlagAuditLog, FlagConflict
 from workers.flags.cache import FlagCache
-from workers.flags.facts import SqlPreflightFacts, _optional
+from workers.flags.facts import SqlPreflightFacts
 from workers.flags.store import FlagNotPublished, FlagStore, RedisFlagStore, SqlFlagStore
+from workers.migrate import prepare_state
 
 __all__ = [
     "AuditEntry", "FlagAudit", "FlagAuditLog", "FlagCache", "FlagConflict", "FlagNotPublished",
@@ -46,16 +47,18 @@ __all__ = [
 ]
 
 
-def open_state(settings: Settings) -> Engine:
-    """The state database, with every table the flags and their guards read."""
-    if settings.state_url.startswith("sqlite"):
+def open_state(settings: Settings, *, create_if_new: bool = False) -> Engine:
+    """The state database at the code's schema revision, else ``SchemaNotCurrent``
+    naming ``coexist db upgrade``; ``create_if_new``: the embedded default's first
+    start may create a new SQLite one (``workers.migrate.prepare_state``)."""
+    if settings.state_url.startswith("sqlite") and create_if_new:
         settings.ensure_home()
-    # Bus modules register their tables when imported; import them so the
-    # outbox and exception store exist even before the bus first runs here.
-    _optional("bus.outbox")
-    _optional("bus.exception_store")
     engine = create_state_engine(settings.state_url)
-    create_state_schema(engine)
+    try:
+        prepare_state(engine, create_if_new=create_if_new)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

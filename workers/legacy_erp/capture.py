@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -371,14 +371,16 @@ def register_writer(conn: Connection, writer: str) -> None:
                  .on_conflict_do_nothing())
 
 
-def install_capture(engine: Engine, tables: Iterable[CapturedTable]) -> None:
+def install_capture(bind: Engine | Connection, tables: Iterable[CapturedTable]) -> None:
     """Create ``CHGLOG``, the side tables and the triggers on ``tables``.
 
     Idempotent, and an upgrade: run on a change log of an older coexist, it
     brings it to this scheme in place, keeping every consumer's checkpoint valid.
+    ``bind`` is an engine (one transaction of its own) or a connection inside the
+    caller's transaction (``workers.migrate`` replaces the triggers under its lock).
     """
     tables = list(tables)
-    with engine.begin() as conn:
+    with bind.begin() if isinstance(bind, Engine) else nullcontext(bind) as conn:
         dialect = conn.dialect.name
         if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - configuration error
             raise ValueError(f"legacy ERP supports SQLite and PostgreSQL, not {dialect}")

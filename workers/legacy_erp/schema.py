@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 
 from bus.db import SQLITE_BUSY_TIMEOUT_MS
 from coexistence.legacy import LEGACY_METADATA, LEGACY_TABLES
-from workers.legacy_erp.capture import CapturedTable, install_capture
+from workers.legacy_erp.capture import CapturedTable
 
 __all__ = ["captured_tables", "create_legacy_engine", "create_legacy_schema", "translator"]
 
@@ -87,7 +87,9 @@ def create_legacy_engine(url: str, **kwargs) -> Engine:
 
 
 def create_legacy_schema(engine: Engine) -> None:
-    """Create the legacy tables, the change log, side tables and triggers (idempotent;
-    on a legacy database set up by an older coexist, upgrades its change capture)."""
+    """Create the legacy tables (the reference ERP's own), then bring coexist's change
+    log, side tables and triggers to the code's revision (``workers.migrate``); idempotent."""
+    from workers.migrate import LEGACY, upgrade
+
     LEGACY_METADATA.create_all(engine)
-    install_capture(engine, captured_tables())
+    upgrade(engine, LEGACY)

@@ -1,0 +1,10 @@
+"""Imports every module that declares a ``BusTable``, so ``BUS_METADATA`` holds them all.
+
+Migrations (and tests that build a bus-only database) import this module; add one
+import line per module that declares bus tables.
+"""
+
+import bus.exception_store  # noqa: F401  (exception_record)
+import bus.inbox  # noqa: F401  (inbox)
+import bus.monotonic  # noqa: F401  (applied_version)
+import bus.outbox  # noqa: F401  (outbox, outbox_lease)

@@ -1,0 +1,58 @@
+"""What both environments' ``env.py`` do: run migrations on the connection that
+``workers.migrate`` hands over (already inside a transaction that holds the
+migration lock), or on ``-x url=...`` / ``sqlalchemy.url`` when the ``alembic``
+command line runs them (developers: ``alembic -n state revision --autogenerate``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+from sqlalchemy import MetaData
+
+
+def only_known_tables(metadata: MetaData | list[MetaData]):
+    """An ``include_object`` hook that ignores tables the metadata does not declare.
+
+    The legacy database holds the legacy ERP's own tables and a PostgreSQL schema may
+    hold other applications' tables: autogenerate must never propose to drop them.
+    """
+    metadatas = metadata if isinstance(metadata, list) else [metadata]
+    known = {t for m in metadatas for t in m.tables}
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table":
+            return name in known
+        table = getattr(obj, "table", None)
+        return table is None or table.name in known
+
+    return include
+
+
+def run(metadata: MetaData | list[MetaData], *, version_table: str) -> None:
+    config = context.config
+    options: dict[str, Any] = {
+        "target_metadata": metadata,
+        "version_table": version_table,
+        "include_object": only_known_tables(metadata),
+        "compare_type": True,
+        "render_as_batch": True,  # SQLite cannot ALTER most things: batch operations copy
+    }
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(connection=connection, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    from workers.migrate import engine_for
+
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url")
+    if not url:
+        raise SystemExit("pass the database: alembic -n NAME -x url=sqlite:///var/dev.db ...")
+    engine = engine_for(config.config_ini_section, url)
+    with engine.begin() as conn:
+        context.configure(connection=conn, **options)
+        context.run_migrations()
+    engine.dispose()
