@@ -118,6 +118,7 @@ class RabbitmqBatchPublisher:
                     f"{len(self._pending)} of {len(messages)} messages not confirmed within "
                     f"{self.confirm_timeout_s:.0f} s (is RabbitMQ blocking publishers?)"
                 )
+            assert self._conn is not None  # opened above; closed only by close()
             self._conn.process_data_events(time_limit=min(remaining, 1.0))
         if self._returned:
             # The queue vanished (deleted by hand, lost with a node): declare it

@@ -6,5 +6,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/bootstrap.sh
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-ruff check bus coexistence workers tests scripts
+ruff check bus coexistence workers tests scripts migrations
+mypy  # bus and coexistence (pyproject.toml [tool.mypy])
 exec python -m pytest -q -p no:cacheprovider "$@"

@@ -5,7 +5,7 @@ Wiring in a composition root (the only place that names these)::
     broker = make_broker(settings.broker_url, sqlite_path=settings.home / "bus.db",
                          queue_type=settings.queue_type)
     store = ExceptionStore(state_engine)
-    setup(broker, store=store)                 # failure classes, correlation, (metrics)
+    setup(broker, store=store)                 # correlation ids, failure classes
     dramatiq.set_broker(broker)                # before declaring actors
 
     # producer side: OutboxRelay(state_engine, bus.publish.make_publisher(broker))
@@ -20,16 +20,16 @@ Queue naming is documented in ``bus.brokers.base``.
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dramatiq
 from dramatiq.middleware import Retries
 
 from bus.brokers.base import redelivery_requested, request_redelivery
-from bus.brokers.rabbitmq import QUEUE_TYPES, CoexistRabbitmqBroker
+from bus.brokers.rabbitmq import QUEUE_TYPES, CoexistRabbitmqBroker, QueueType
 from bus.brokers.sqlite import SqliteBroker
+from bus.correlation import CorrelationMiddleware
 
 if TYPE_CHECKING:
     from bus.retry import FailureRecorder
@@ -42,8 +42,6 @@ __all__ = [
     "request_redelivery",
     "setup",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def make_broker(
@@ -71,7 +69,7 @@ def make_broker(
                 f"queue type must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}"
             )
         return CoexistRabbitmqBroker(
-            url=url, queue_type=queue_type, middleware=middleware, **options
+            url=url, queue_type=cast(QueueType, queue_type), middleware=middleware, **options
         )
     if sqlite_path is None:
         raise ValueError("no broker URL configured and no sqlite_path for the embedded broker")
@@ -83,31 +81,19 @@ def setup(
     *,
     store: FailureRecorder,
     retry_options: dict[str, Any] | None = None,
-    metrics: bool = False,
 ) -> dramatiq.Broker:
     """Install our middleware stack on ``broker`` (idempotence is not attempted: call once).
 
     * dramatiq's ``Retries`` is removed and ``FailureClasses(store, **retry_options)``
       takes its place (see ``bus.retry``);
-    * ``bus.correlation.CorrelationMiddleware`` first, when that module exists, so
-      every log line of a handler carries the message's correlation id;
-    * dramatiq's Prometheus middleware when ``metrics`` (it serves /metrics from
-      the worker on ``dramatiq_prom_port``, default 9191).
+    * ``bus.correlation.CorrelationMiddleware`` first, so every log line of a handler
+      carries the message's correlation id.
     """
     # Imported here: bus.retry imports bus.brokers.base, which runs this package first.
     from bus.retry import FailureClasses
 
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
     broker.add_middleware(FailureClasses(store, **(retry_options or {})))
-    try:
-        from bus.correlation import CorrelationMiddleware  # type: ignore[import-not-found]
-    except ImportError:
-        log.debug("bus.correlation not available; correlation ids are not set by middleware")
-    else:
-        first = type(broker.middleware[0]) if broker.middleware else None
-        broker.add_middleware(CorrelationMiddleware(), before=first)
-    if metrics:
-        from dramatiq.middleware.prometheus import Prometheus
-
-        broker.add_middleware(Prometheus())
+    first = type(broker.middleware[0]) if broker.middleware else None
+    broker.add_middleware(CorrelationMiddleware(), before=first)
     return broker

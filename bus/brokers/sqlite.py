@@ -328,7 +328,8 @@ class SqliteConsumer(Consumer):
             self.held.discard(row_id)
         return True
 
-    def ack(self, message: _SqliteMessage) -> None:
+    def ack(self, message: MessageProxy) -> None:
+        assert isinstance(message, _SqliteMessage)  # a consumer only sees its own messages
         if not self._release(message._row_id):
             return
         cur = self.broker.db.conn.execute(
@@ -340,7 +341,8 @@ class SqliteConsumer(Consumer):
                 message.message_id,
             )
 
-    def nack(self, message: _SqliteMessage) -> None:
+    def nack(self, message: MessageProxy) -> None:
+        assert isinstance(message, _SqliteMessage)  # a consumer only sees its own messages
         if not self._release(message._row_id):
             return
         if redelivery_requested(message):

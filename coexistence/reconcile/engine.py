@@ -68,6 +68,7 @@ def merge(left: Iterable[Item], right: Iterable[Item],
         if b is not None and last_b is not None and b.key <= last_b:
             raise UnsortedStream(f"cloud stream not sorted: {b.key!r} after {last_b!r}")
         if b is None or (a is not None and a.key < b.key):
+            assert a is not None  # the loop runs while one side has an item
             last_a = a.key
             yield a, None
             a = next(li, None)
@@ -112,7 +113,7 @@ def diff_values(path: str, a: Any, b: Any) -> Iterator[tuple[str, Any, Any]]:
 def diff_records(legacy: CanonicalRecord, cloud: CanonicalRecord,
                  skip: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
     """Differing fields of two records of one domain (top-level fields in ``skip`` ignored)."""
-    out = []
+    out: list[tuple[str, Any, Any]] = []
     for name in type(legacy).model_fields:
         if name not in skip:
             out.extend(diff_values(name, getattr(legacy, name), getattr(cloud, name)))
@@ -142,7 +143,8 @@ class DuplicateTracker:
         """Keys sharing a natural key, each group sorted, groups sorted by first key."""
         hashes = self.hashes
         order = sorted(range(len(hashes)), key=hashes.__getitem__)
-        out, run = [], []
+        out: list[list[str]] = []
+        run: list[int] = []
         for i in order:
             if run and hashes[run[-1]] != hashes[i]:
                 if len(run) > 1:

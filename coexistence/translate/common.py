@@ -203,7 +203,8 @@ def truncate_to_second(value: datetime) -> datetime:
 
 def _to_units(value: Decimal, step: Decimal, where: Where, field: str) -> int:
     try:
-        units = int(value.quantize(step, rounding=ROUND_HALF_UP).scaleb(-step.as_tuple().exponent))
+        exponent = int(step.as_tuple().exponent)  # a finite step: never 'n'/'N'/'F'
+        units = int(value.quantize(step, rounding=ROUND_HALF_UP).scaleb(-exponent))
     except (InvalidOperation, ValueError, OverflowError):
         raise fail(where, field, value, "not a finite amount the legacy ERP can hold") from None
     if not -MAX_LEGACY_AMOUNT_UNITS <= units <= MAX_LEGACY_AMOUNT_UNITS:

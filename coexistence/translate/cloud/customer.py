@@ -13,7 +13,13 @@ from uuid import UUID
 
 from coexistence.canonical.models import Customer, CustomerStatus, PaymentTerms, Site, SiteKind
 from coexistence.cloud import models as cloud
-from coexistence.translate.cloud._common import build_canonical, construct, status, to_json_dict
+from coexistence.translate.cloud._common import (
+    Names,
+    build_canonical,
+    construct,
+    status,
+    to_json_dict,
+)
 
 DOMAIN = "customer"
 MODEL = cloud.CloudCustomer
@@ -47,7 +53,7 @@ ADDRESS_NAMES = {
     "line2": "addressLine2", "region": "state", "postal_code": "postalCode",
 }
 #: Canonical field name -> cloud JSON name, to name cloud paths in errors.
-NAMES = {
+NAMES: Names = {
     "key": "number", "name": "displayName", "currency": "currencyCode",
     "credit_limit": "creditLimit", "credit_hold": "creditHold", "terms": "paymentTermsCode",
     "tax_id": "taxRegistrationNumber", "customer_group": "customerGroupCode",

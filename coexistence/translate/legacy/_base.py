@@ -98,9 +98,10 @@ def validate(
         err = exc.errors(include_url=False)[0]
         loc = err["loc"]
         if child_columns and len(loc) >= 3 and type(loc[1]) is int:
-            child = data[loc[0]][loc[1]]
+            child = data[str(loc[0])][loc[1]]
             ident = child.get("line_no", child.get("site_id"))
-            return_field = f"{columns.get(loc[0], loc[0])}.{child_columns.get(loc[2], loc[2])}"
+            field, sub = str(loc[0]), str(loc[2])
+            return_field = f"{columns.get(field, field)}.{child_columns.get(sub, sub)}"
             raise fail(where, return_field, err.get("input"), f"{err['msg']} (row {ident})"
                        ) from None
         raise validation_error(where, exc, columns) from None

@@ -98,7 +98,7 @@ def key_columns(legacy_key: str) -> dict[str, str]:
     return {"INVNO": legacy_key}
 
 
-def _status(code_: str, amount_paid: Decimal) -> InvoiceStatus:
+def _status(code_: InvoiceStatus, amount_paid: Decimal) -> InvoiceStatus:
     if code_ is InvoiceStatus.OPEN and amount_paid > 0:
         return InvoiceStatus.PARTIALLY_PAID
     return code_
@@ -166,7 +166,7 @@ def _read(
     lines, proven = _lines(children, invno, where)
     amount_paid = from_cents(header["AMTPAID"], where, "AMTPAID")
     status = decode(_STATUS, header["INVSTAT"], where, "INVSTAT", "invoice status")
-    values = {
+    values: dict[str, Any] = {
         "key": unpad_number(invno, where, "INVNO"),
         "schema_version": 1,
         "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),

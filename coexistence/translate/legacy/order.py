@@ -173,7 +173,7 @@ def _read(
         # OrderLine: positive numbers, a Key sku (pattern: ASCII only).
         if proven and not (line_no > 0 and qty > 0 and len(sku) <= 40 and is_key(sku)):
             proven = False
-    values = {
+    values: dict[str, Any] = {
         "key": unpad_number(ordno, where, "ORDNO"),
         "schema_version": 1,
         "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),

@@ -111,7 +111,7 @@ def _read(
     """The ContractPrice's values, in field order, and whether they are proven valid."""
     where = Where(DOMAIN, header["CONTNO"])
     no_children(children, where)
-    values = {
+    values: dict[str, Any] = {
         "key": unpad_number(header["CONTNO"], where, "CONTNO"),
         "schema_version": 1,
         "customer_key": unpad_number(header["CUSTNO"], where, "CUSTNO"),

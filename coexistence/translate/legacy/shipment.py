@@ -169,7 +169,7 @@ def _read(
     shpno = header["SHPNO"]
     where = Where(DOMAIN, shpno)
     lines, proven = _lines(children, shpno, where)
-    values = {
+    values: dict[str, Any] = {
         "key": unpad_number(shpno, where, "SHPNO"),
         "schema_version": 1,
         "order_key": unpad_number(header["ORDNO"], where, "ORDNO"),
