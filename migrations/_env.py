@@ -45,13 +45,15 @@ def run(metadata: MetaData | list[MetaData], *, version_table: str) -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    from workers.migrate import engine_for
-
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url")
     if not url:
         raise SystemExit("pass the database: alembic -n NAME -x url=sqlite:///var/dev.db ...")
-    engine = engine_for(config.config_ini_section, url)
+    if config.config_ini_section == "legacy":
+        from workers.legacy_erp.schema import create_legacy_engine as make_engine
+    else:
+        from workers.db import create_state_engine as make_engine
+    engine = make_engine(url)
     with engine.begin() as conn:
         context.configure(connection=conn, **options)
         context.run_migrations()

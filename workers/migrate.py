@@ -2,14 +2,14 @@
 
 Two targets (``migrations/``): ``state`` (coexist's state database: bus and state
 tables) and ``legacy`` (what coexist installs into the legacy ERP: ``CHGLOG``, the
-side tables, and the capture triggers).
+side tables; its capture triggers are replaced by the caller's ``after`` step, see
+``workers.legacy_erp.schema.upgrade_legacy_schema``).
 
 * ``upgrade(engine, target)`` brings a database to the code's head revision, under a
   lock, in one transaction: two processes upgrading together never both run DDL
   (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``).  A state database
   made by coexist 0.1.0 (every table, no revision) is adopted: stamped with the
-  baseline, then upgraded.  On the legacy target the capture triggers are
-  replaced afterwards (they are generated from the captured tables, not revisions).
+  baseline, then upgraded.
 * ``require_current(engine, target)`` is what every process and state-writing
   command runs at start instead of creating tables: it raises ``SchemaNotCurrent``
   (one line naming ``coexist db upgrade``) unless the database is at the head.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -119,17 +119,6 @@ def revision(engine: Engine, target: str = STATE) -> Revision:
     return Revision(target, rev, head(target), unversioned)
 
 
-def engine_for(target: str, url: str) -> Engine:
-    """An engine for ``url`` as coexist opens that target (pragmas, transactions)."""
-    if target == LEGACY:
-        from workers.legacy_erp.schema import create_legacy_engine
-
-        return create_legacy_engine(url)
-    from workers.db import create_state_engine
-
-    return create_state_engine(url)
-
-
 # ----------------------------------------------------------------------- upgrade
 
 
@@ -184,7 +173,8 @@ def _adopt_unversioned(conn: Connection, target: str) -> str | None:
     return baseline
 
 
-def _upgrade_on(conn: Connection, target: str, to: str) -> tuple[str | None, str]:
+def _upgrade_on(conn: Connection, target: str, to: str,
+                after: Callable[[Connection], None] | None = None) -> tuple[str | None, str]:
     from alembic import command
 
     before = current(conn, target)
@@ -198,27 +188,21 @@ def _upgrade_on(conn: Connection, target: str, to: str) -> tuple[str | None, str
     config = _config(target)
     config.attributes["connection"] = conn
     command.upgrade(config, to)
-    if target == LEGACY:
-        _install_capture(conn)
+    if after is not None:
+        after(conn)
     return before, current(conn, target) or ""
 
 
-def upgrade(engine: Engine, target: str = STATE, to: str = "head") -> tuple[str | None, str]:
-    """Upgrade ``engine``'s database to revision ``to``; returns (before, after)."""
-    with _locked(engine, target) as conn:
-        return _upgrade_on(conn, target, to)
+def upgrade(engine: Engine, target: str = STATE, to: str = "head", *,
+            after: Callable[[Connection], None] | None = None) -> tuple[str | None, str]:
+    """Upgrade ``engine``'s database to revision ``to``; returns (before, after).
 
-
-def _install_capture(conn: Connection) -> None:
-    """(Re)create the capture triggers and functions on every captured legacy table.
-
-    They are generated from ``captured_tables()`` and replaced as a whole (drop and
-    create), so they always match the code; the tables they write are revisions.
+    ``after(conn)`` runs in the same transaction, under the same lock, once the
+    revisions are applied: the legacy side replaces its capture triggers there
+    (``workers.legacy_erp.schema.upgrade_legacy_schema``).
     """
-    from workers.legacy_erp.capture import install_capture
-    from workers.legacy_erp.schema import captured_tables
-
-    install_capture(conn, captured_tables())
+    with _locked(engine, target) as conn:
+        return _upgrade_on(conn, target, to, after)
 
 
 # ------------------------------------------------------------------- at start

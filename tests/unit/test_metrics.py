@@ -19,7 +19,7 @@ from bus.exception_store import ExceptionStore
 from coexistence.canonical import decode
 from coexistence.router import CLOUD
 from tests.support.router_harness import Harness
-from workers import metrics
+from workers import metrics_server
 from workers.router import handlers, queues
 
 CUSTOMER = decode("customer", {
@@ -32,12 +32,12 @@ CUSTOMER = decode("customer", {
 @pytest.fixture
 def served(tmp_path):
     h = Harness.on_sqlite(tmp_path / "state.db")
-    server = metrics.serve(0, SimpleNamespace(state=h.engine, erps=h.erps))
+    server = metrics_server.serve(0, SimpleNamespace(state=h.engine, erps=h.erps))
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     yield h, url
     server.shutdown()
     server.server_close()
-    metrics.register_state_collector(None)
+    metrics_server.register_state_collector(None)
     h.engine.dispose()
 
 
@@ -124,7 +124,7 @@ def test_a_busy_port_is_a_clear_error(served):
     _, url = served
     port = int(url.split(":")[2].split("/")[0])
     with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
-        metrics.serve(port)
+        metrics_server.serve(port)
 
 
 def test_run_router_and_worker_offer_a_metrics_port():

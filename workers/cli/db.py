@@ -47,13 +47,15 @@ def _target(legacy: bool, url: str | None, *, create: bool = False) -> tuple[str
 
 
 def _engine(target: str, url: str):
-    from workers.migrate import engine_for
+    from workers.db import create_state_engine
+    from workers.legacy_erp.schema import create_legacy_engine
+    from workers.migrate import LEGACY
 
     if not url.startswith(("sqlite", "postgresql")):
         raise UserError(f"{redact_url(url)}: coexist's databases are sqlite:// or "
                         "postgresql:// URLs")
     try:
-        return engine_for(target, url)
+        return (create_legacy_engine if target == LEGACY else create_state_engine)(url)
     except (SQLAlchemyError, ValueError) as exc:
         raise UserError(f"{redact_url(url)}: {exc}") from None
 
@@ -78,12 +80,16 @@ def upgrade_cmd(legacy: bool, url: str | None) -> None:
     every row kept.  Stop coexist's processes first when a revision says so in
     DEVELOPERS.md; upgrading while they run is safe for the revisions shipped so far.
     """
-    from workers.migrate import upgrade
+    from workers.legacy_erp.schema import upgrade_legacy_schema
+    from workers.migrate import LEGACY, upgrade
 
     target, url, what = _target(legacy, url, create=True)
     engine = _engine(target, url)
     try:
-        before, after = upgrade(engine, target)
+        if target == LEGACY:
+            before, after = upgrade_legacy_schema(engine)
+        else:
+            before, after = upgrade(engine, target)
     except BusError as exc:
         raise UserError(str(exc)) from None
     except SQLAlchemyError as exc:

@@ -41,7 +41,8 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-#: ``--metrics-port``: Prometheus metrics (``workers.metrics``) on 127.0.0.1, off by default.
+#: ``--metrics-port``: Prometheus metrics (``workers.metrics_server``) on 127.0.0.1, off by
+#: default.
 _METRICS_PORT = click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
                              help="Serve Prometheus metrics on 127.0.0.1:PORT (default: off).")
 
@@ -56,9 +57,9 @@ _LEASE = click.option("--capture-lease-s", "lease_s", type=click.FloatRange(1, 3
 
 def _serve_metrics(port: int | None, app) -> None:
     if port is not None:
-        from workers import metrics
+        from workers import metrics_server
 
-        metrics.serve(port, app)
+        metrics_server.serve(port, app)
 
 
 def _start_worker(app, threads: int) -> dramatiq.Worker:

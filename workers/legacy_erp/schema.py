@@ -13,9 +13,10 @@ from sqlalchemy import Engine, create_engine, event
 
 from bus.db import SQLITE_BUSY_TIMEOUT_MS
 from coexistence.legacy import LEGACY_METADATA, LEGACY_TABLES
-from workers.legacy_erp.capture import CapturedTable
+from workers.legacy_erp.capture import CapturedTable, install_capture
 
-__all__ = ["captured_tables", "create_legacy_engine", "create_legacy_schema", "translator"]
+__all__ = ["captured_tables", "create_legacy_engine", "create_legacy_schema", "translator",
+           "upgrade_legacy_schema"]
 
 
 def translator(domain: str):
@@ -87,9 +88,17 @@ def create_legacy_engine(url: str, **kwargs) -> Engine:
 
 
 def create_legacy_schema(engine: Engine) -> None:
-    """Create the legacy tables (the reference ERP's own), then bring coexist's change
-    log, side tables and triggers to the code's revision (``workers.migrate``); idempotent."""
+    """Create the legacy tables (the reference ERP's own), then coexist's part of it
+    (:func:`upgrade_legacy_schema`); idempotent."""
+    LEGACY_METADATA.create_all(engine)
+    upgrade_legacy_schema(engine)
+
+
+def upgrade_legacy_schema(engine: Engine) -> tuple[str | None, str]:
+    """Bring coexist's change log and side tables to the code's revision (migrations in
+    ``migrations/legacy``), then replace the capture triggers on every captured table:
+    they are generated from :func:`captured_tables`, so they are not revisions."""
     from workers.migrate import LEGACY, upgrade
 
-    LEGACY_METADATA.create_all(engine)
-    upgrade(engine, LEGACY)
+    return upgrade(engine, LEGACY,
+                   after=lambda conn: install_capture(conn, captured_tables()))
