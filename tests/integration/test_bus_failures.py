@@ -130,6 +130,15 @@ def _publish_all(broker, messages, batch: int = 500) -> None:
     publish.close()
 
 
+def _settle(broker, queue: str, worker: Worker) -> None:
+    """Make "nothing more will be applied" a fact instead of a wait: stop the worker
+    (what it holds unacked goes back to its queue), then the broker's counters must show
+    nothing left anywhere, so no later redelivery can add an effect."""
+    worker.stop()
+    assert worker.proc.returncode == 0, worker.tail()
+    assert broker.get_queue_message_counts(queue) == (0, 0, 0)
+
+
 def _assert_exactly_once(engine, expected: int) -> None:
     rows, distinct = bus_worker.effect_counts(engine)
     assert (rows, distinct) == (expected, expected)
@@ -154,7 +163,7 @@ def test_kill_9_mid_run_then_restart_applies_every_message_exactly_once(setup_ru
     _wait_for(lambda: bus_worker.effect_counts(engine)[1] >= KILL_RUN_MESSAGES,
               "every effect", [second])
     broker.join(queue, min_successes=3, idle_time=100, timeout=RUN_TIMEOUT_S * 1000)
-    time.sleep(0.3)  # anything still redelivered would land now
+    _settle(broker, queue, second)
     _assert_exactly_once(engine, KILL_RUN_MESSAGES)
     assert ExceptionStore(engine).open_count() == 0
 
@@ -177,9 +186,9 @@ def test_all_connections_closed_mid_run_loses_nothing_and_applies_nothing_twice(
     _wait_for(lambda: bus_worker.effect_counts(engine)[1] >= CUT_RUN_MESSAGES,
               "every effect after the connections came back", [worker])
     broker.join(queue, min_successes=3, idle_time=100, timeout=RUN_TIMEOUT_S * 1000)
-    time.sleep(0.3)
-    _assert_exactly_once(engine, CUT_RUN_MESSAGES)
     assert worker.proc.poll() is None, "the worker died instead of reconnecting"
+    _settle(broker, queue, worker)
+    _assert_exactly_once(engine, CUT_RUN_MESSAGES)
 
 
 def test_each_failure_class_ends_where_the_rules_say(setup_run, pg_url):

@@ -107,7 +107,7 @@ def test_a_running_cache_heals_after_a_flush_without_losing_a_version(store):
     cache = FlagCache(store).start()
     try:
         v1 = change(store, "customer", Mode.SHADOW)
-        assert cache.wait_for("customer", v1.version, 2.0)
+        assert cache.wait_for("customer", v1.version, 10.0)  # a bound for a failure
         store.client.delete(store.key)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and "customer" not in store.read():

@@ -124,7 +124,7 @@ def test_a_nacked_message_reaches_the_dead_letter_queue(broker):
     consumer.nack(message)
     consumer.close()
     store = FakeStore()
-    deadline = 50
+    deadline = 400  # polls, 20 s at most: a bound for a failure, not a figure
     while not RabbitmqDlqDrain(broker, store, [broker.work]).run_once() and deadline:
         deadline -= 1
         broker.connection.sleep(0.05)
@@ -171,7 +171,7 @@ def test_a_retry_that_rabbitmq_does_not_confirm_is_requeued_not_acked(rabbit_vho
     worker.start()
     try:
         fails_first.send({"n": 1})
-        deadline = 100
+        deadline = 400  # polls, 20 s at most
         while calls["n"] < 2 and deadline:  # requeued and delivered again
             deadline -= 1
             broker.connection.sleep(0.05)
@@ -199,7 +199,7 @@ def test_a_quorum_message_that_keeps_killing_its_consumer_ends_in_the_dead_lette
             assert method is not None
             conn.close()
         store = FakeStore()
-        for _ in range(50):
+        for _ in range(400):  # polls, 20 s at most
             if RabbitmqDlqDrain(broker, store, [queue]).run_once():
                 break
             broker.connection.sleep(0.05)

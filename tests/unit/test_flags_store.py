@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -16,17 +15,19 @@ from workers.flags import FlagCache, FlagConflict, SqlFlagStore, actor_from_env,
 from workers.migrate import upgrade as upgrade_schema
 
 WATCHER = """
-import json, sys, time
+import json, sys
 from workers.db import create_state_engine
 from workers.flags import FlagCache, SqlFlagStore
 cache = FlagCache(SqlFlagStore(create_state_engine(sys.argv[1]), poll_s=0.05))
 cache.on_change(lambda old, new: print(json.dumps(
-    {"domain": new.domain, "version": new.version, "at": time.time()}), flush=True))
+    {"domain": new.domain, "version": new.version}), flush=True))
 cache.start()
 print(json.dumps({"ready": True}), flush=True)
 sys.stdin.readline()
 cache.stop()
 """
+#: Longest wait for the watcher process to report the change (a broken poll never does).
+WATCH_LIMIT_S = 30.0
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ def test_a_cache_in_this_process_follows_changes_and_never_goes_back(store):
     try:
         c0 = cache.state("customer")
         c1 = commit(store, c0, nxt(c0, Mode.SHADOW))
-        assert cache.wait_for("customer", 1, 2.0)
+        assert cache.wait_for("customer", 1, 10.0)  # a bound for a failure
         assert cache.route_for("customer", "10042").shadow is not None
         cache.apply([c0])
         assert cache.state("customer") == c1
@@ -102,11 +103,10 @@ def test_a_cache_in_this_process_follows_changes_and_never_goes_back(store):
         cache.stop()
 
 
+@pytest.mark.timeout(30)  # a wait_for that ignored its timeout would hang here
 def test_wait_for_gives_up_after_the_timeout(store):
     cache = FlagCache(store)
-    started = time.monotonic()
     assert cache.wait_for("customer", 5, 0.1) is False
-    assert time.monotonic() - started < 1.0
 
 
 def test_a_change_reaches_another_process_through_the_version_poll(store, state_url):
@@ -117,14 +117,13 @@ def test_a_change_reaches_another_process_through_the_version_poll(store, state_
         while "ready" not in json.loads(next(lines)):
             pass
         c0 = store.load()["customer"]
-        sent = time.time()
         commit(store, c0, nxt(c0, Mode.SHADOW))
         seen = {}
         reader = threading.Thread(target=lambda: seen.update(json.loads(next(lines))))
         reader.start()
-        reader.join(5)
-        assert seen.get("version") == 1, "watcher did not see the change within 5 s"
-        assert seen["at"] - sent < 1.0
+        # A bound for a broken poll, not a latency claim: the line comes when it comes.
+        reader.join(WATCH_LIMIT_S)
+        assert seen == {"domain": "customer", "version": 1}
     finally:
         proc.stdin.write("\n")
         proc.stdin.close()

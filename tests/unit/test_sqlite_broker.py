@@ -24,13 +24,14 @@ def broker(tmp_path):
     b.close()
 
 
-def _take(consumer, *, within_s: float = 2.0):
+def _take(consumer, *, within_s: float = 10.0):
+    """The next message, polling at least once (a stalled machine still looks) and for at
+    most ``within_s`` (a bound for a failure, never a figure)."""
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+    while True:
         message = next(consumer)
-        if message is not None:
+        if message is not None or time.monotonic() >= deadline:
             return message
-    return None
 
 
 def test_make_broker_without_a_url_gives_the_embedded_broker(tmp_path):
@@ -54,44 +55,92 @@ def test_an_acked_message_is_gone_for_every_consumer(broker):
     assert _take(broker.consume("q", timeout=20), within_s=0.2) is None
 
 
-def test_a_message_held_by_a_dead_consumer_comes_back_when_its_lease_expires(tmp_path):
-    # A lease long enough that a loaded machine cannot stall past it between two lines.
+class VirtualClock:
+    """The broker's clocks (lease expiry, delays, polling) on a virtual time line.
+
+    Polling sleeps advance it, so a consumer's ``next()`` returns as soon as its
+    timeout has passed on the virtual line; nothing depends on how fast this machine
+    runs the test.
+    """
+
+    def __init__(self) -> None:
+        self.ms = 1_700_000_000_000
+
+    def millis(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+    def sleep(self, seconds: float) -> None:
+        self.ms += max(1, round(seconds * 1000))
+
+    def advance(self, ms: int) -> None:
+        self.ms += ms
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import bus.brokers.sqlite as module
+
+    clock = VirtualClock()
+    monkeypatch.setattr(module, "current_millis", clock.millis)
+    monkeypatch.setattr(module, "time", clock)
+    return clock
+
+
+def _first(consumer, clock, *, until_ms: int):
+    """(first message, virtual time it came) polling until ``until_ms``; (None, now) if none."""
+    while clock.ms <= until_ms:
+        message = next(consumer)
+        if message is not None:
+            return message, clock.ms
+    return None, clock.ms
+
+
+def test_a_message_held_by_a_dead_consumer_comes_back_when_its_lease_expires(tmp_path, clock):
     broker = SqliteBroker(tmp_path / "b.db", lease_ms=500, poll_interval_ms=5)
     broker.enqueue(_message())
+    taken_at = clock.ms
     dead = broker.consume("q", timeout=50)
-    assert _take(dead) is not None
+    assert next(dead) is not None
     # The consumer "dies": no ack, no renewal.  Another consumer must not see the
     # message while the lease runs, and must get it after.
     other = broker.consume("q", timeout=50)
-    assert next(other) is None
-    redelivered = _take(other, within_s=2.0)
+    redelivered, at = _first(other, clock, until_ms=taken_at + 2_000)
     assert redelivered is not None and redelivered.redelivered
+    assert taken_at + 500 <= at < taken_at + 600
     other.ack(redelivered)
     assert broker.message_counts("q") == (0, 0)
+    broker.close()
 
 
-def test_a_living_consumer_renews_its_lease_so_a_slow_message_is_not_delivered_twice(tmp_path):
-    # Renewed every lease/3 = 100 ms: tolerates a 200 ms stall of this thread.
+def test_a_living_consumer_renews_its_lease_so_a_slow_message_is_not_delivered_twice(
+        tmp_path, clock):
     broker = SqliteBroker(tmp_path / "b.db", lease_ms=300, poll_interval_ms=5)
     broker.enqueue(_message())
     slow = broker.consume("q", timeout=20)
-    held = _take(slow)
+    held = next(slow)
+    assert held is not None
     other = broker.consume("q", timeout=20)
-    end = time.monotonic() + 1.0  # over three lease lengths
-    while time.monotonic() < end:
-        assert next(slow) is None  # the consumer thread keeps polling, which renews
+    end = clock.ms + 3 * 300  # three lease lengths
+    while clock.ms < end:
+        assert next(slow) is None  # the consumer keeps polling, which renews
         assert next(other) is None
     slow.ack(held)
     assert broker.message_counts("q") == (0, 0)
+    broker.close()
 
 
-def test_a_delayed_message_is_invisible_until_its_delay_has_passed(broker):
+def test_a_delayed_message_is_invisible_until_its_delay_has_passed(tmp_path, clock):
+    broker = SqliteBroker(tmp_path / "b.db", lease_ms=120, poll_interval_ms=5)
+    sent_at = clock.ms
     broker.enqueue(_message(), delay=150)
     consumer = broker.consume("q", timeout=20)
-    start = time.monotonic()
-    message = _take(consumer, within_s=2.0)
+    message, at = _first(consumer, clock, until_ms=sent_at + 2_000)
     assert message is not None
-    assert time.monotonic() - start >= 0.13
+    assert sent_at + 150 <= at < sent_at + 200
+    broker.close()
 
 
 def test_a_nacked_message_moves_to_the_dead_letter_table_with_its_body(broker):
@@ -130,13 +179,16 @@ def test_a_row_that_is_not_a_dramatiq_message_is_dead_lettered_with_its_raw_byte
 
 
 def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_after_the_delivery_limit(
-    tmp_path,
+    tmp_path, clock,
 ):
     broker = SqliteBroker(tmp_path / "b.db", lease_ms=30, poll_interval_ms=5, delivery_limit=3)
     broker.enqueue(_message())
     for _ in range(3):
-        assert _take(broker.consume("q", timeout=50)) is not None  # and "dies"
-    assert _take(broker.consume("q", timeout=20), within_s=0.1) is None
+        message, _at = _first(broker.consume("q", timeout=50), clock, until_ms=clock.ms + 1_000)
+        assert message is not None  # and its consumer "dies"
+    # The fourth delivery would exceed the limit: it is dead-lettered when its lease ends.
+    message, _at = _first(broker.consume("q", timeout=20), clock, until_ms=clock.ms + 1_000)
+    assert message is None
     assert broker.message_counts("q") == (0, 1)
 
 
@@ -156,7 +208,7 @@ def test_graceful_close_gives_prefetched_messages_back_at_once(broker):
     consumer.requeue([first])
     consumer.close()
     other = broker.consume("q", prefetch=3, timeout=20)
-    got = [_take(other, within_s=0.2) for _ in range(3)]
+    got = [_take(other) for _ in range(3)]
     assert sorted(m.args[0]["n"] for m in got) == [0, 1, 2]
 
 
