@@ -5,6 +5,12 @@ line and every message enqueued while handling it carries them without being
 passed through every function.  ``bus.correlation.CorrelationMiddleware``
 sets them for dramatiq actors; anything else (the relay, the CLI, a webhook
 handler) can use ``correlation_scope``.
+
+``configure_logging`` also keeps the logs worth alerting on: one line per state
+change, not one per attempt (``RepeatLimiter``), libraries that narrate every
+request or connection attempt held to their warnings (``QUIET_LOGGERS``), and
+dramatiq's consumer connection errors, which it retries by itself, as WARNING
+instead of CRITICAL.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -117,15 +125,111 @@ def _jsonable(value: object) -> object:
         return redact(repr(value))
 
 
+#: Library loggers held to a level above their chatter, and why.
+QUIET_LOGGERS: dict[str, int] = {
+    # One INFO line per HTTP request: the router polls the cloud feed 5 times a second.
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    # 6-8 ERROR lines per failed connection attempt and 15 INFO lines per connection; the
+    # error reaches its caller (dramatiq's consumer, the outbox relay, the dead-letter
+    # drain), which reports it once.
+    "pika": logging.CRITICAL,
+    # "Context impl SQLiteImpl." each time a process checks its schema revision.
+    "alembic": logging.WARNING,
+}
+
+#: Records whose level says more than they mean: dramatiq's consumers log CRITICAL on every
+#: broker connection loss although they reconnect by themselves.
+DOWNGRADED: dict[tuple[str, str], int] = {
+    ("dramatiq.worker.ConsumerThread", "Consumer encountered a connection error: %s"):
+        logging.WARNING,
+}
+
+#: A record repeated within this window is counted, not written (the window doubles up
+#: to ``REPEAT_MAX_WINDOW_S`` while the repeats go on).
+REPEAT_FIRST_WINDOW_S = 10.0
+REPEAT_MAX_WINDOW_S = 900.0
+
+
+def _family(logger_name: str) -> str:
+    """``dramatiq.worker.ConsumerThread(coexist.command.DQ)`` -> ``...ConsumerThread``:
+    the same failure seen by every consumer of a process is one thing."""
+    return logger_name.split("(", 1)[0]
+
+
+class RepeatLimiter(logging.Filter):
+    """One line per state change, not per attempt: the first record with a given logger
+    family and text passes; identical ones within a window are counted instead, and the
+    first after the window passes with "(repeated N times in the last W s)", the window
+    doubling each time up to ``max_window_s``.  A record that stops repeating for two
+    windows starts afresh.  Repeats lose their traceback (the first carried it).
+
+    Also applies ``DOWNGRADED``.  Records that differ (another message id, another
+    feed) are never merged: per-message business lines all pass.
+    """
+
+    def __init__(self, *, first_window_s: float = REPEAT_FIRST_WINDOW_S,
+                 max_window_s: float = REPEAT_MAX_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.first_window_s = first_window_s
+        self.max_window_s = max_window_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        #: key -> [window_s, window ends at, suppressed count, last seen at]
+        self._seen: dict[tuple[str, int, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        family = _family(record.name)
+        level = DOWNGRADED.get((family, str(record.msg)))
+        if level is not None and record.levelno > level:
+            record.levelno, record.levelname = level, logging.getLevelName(level)
+        key = (family, record.levelno, record.getMessage())
+        now = self.clock()
+        with self._lock:
+            state = self._seen.get(key)
+            if state is None or now - state[3] > 2 * state[0]:
+                self._seen[key] = [self.first_window_s, now + self.first_window_s, 0, now]
+                self._forget_old(now)
+                return True
+            state[3] = now
+            if now < state[1]:
+                state[2] += 1
+                return False
+            suppressed, window = int(state[2]), state[0]
+            state[0] = min(2 * window, self.max_window_s)
+            state[1], state[2] = now + state[0], 0
+        if suppressed:
+            record.msg = f"{record.getMessage()} (repeated {suppressed} times in the last " \
+                         f"{window:.0f} s)"
+            record.args = ()
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+    def _forget_old(self, now: float) -> None:
+        if len(self._seen) > 1000:
+            for k in [k for k, s in self._seen.items() if now - s[3] > 2 * s[0]]:
+                del self._seen[k]
+
+
 def configure_logging(level: int | str = logging.INFO, stream=None) -> logging.Handler:
-    """Send every log record to ``stream`` (stderr) as JSON lines; idempotent."""
+    """Send every log record to ``stream`` (stderr) as JSON lines; idempotent.
+
+    ``QUIET_LOGGERS`` are raised to their level (unless ``level`` is finer, for
+    debugging: ``--log-level DEBUG`` shows everything) and a ``RepeatLimiter`` keeps
+    one line per state change.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_coexist_json", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(RepeatLimiter())
     handler._coexist_json = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    debugging = root.getEffectiveLevel() <= logging.DEBUG
+    for name, quiet in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if debugging else quiet)
     return handler

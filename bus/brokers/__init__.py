@@ -20,6 +20,7 @@ Queue naming is documented in ``bus.brokers.base``.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +31,7 @@ from bus.brokers.base import redelivery_requested, request_redelivery
 from bus.brokers.rabbitmq import QUEUE_TYPES, CoexistRabbitmqBroker, QueueType
 from bus.brokers.sqlite import SqliteBroker
 from bus.correlation import CorrelationMiddleware
+from bus.errors import BusError
 
 if TYPE_CHECKING:
     from bus.retry import FailureRecorder
@@ -96,4 +98,25 @@ def setup(
     broker.add_middleware(FailureClasses(store, **(retry_options or {})))
     first = type(broker.middleware[0]) if broker.middleware else None
     broker.add_middleware(CorrelationMiddleware(), before=first)
+    worker_log = logging.getLogger(DRAMATIQ_WORKER_LOGGER)
+    if not any(isinstance(f, ReportedByFailureClasses) for f in worker_log.filters):
+        worker_log.addFilter(ReportedByFailureClasses())
     return broker
+
+
+#: The logger of dramatiq's worker threads (``dramatiq.worker``'s ``get_logger``).
+DRAMATIQ_WORKER_LOGGER = "dramatiq.worker.WorkerThread"
+
+
+class ReportedByFailureClasses(logging.Filter):
+    """Drops dramatiq's "Failed to process message ... with unhandled exception" (ERROR with
+    a traceback) when the exception is one of ours, business or technical: the failure
+    middleware reports those itself, in one line, with what became of the message (retry
+    in N ms, or recorded as exception N).  A stray write is a business event, and a 429
+    that will be retried is routine: neither is an error with a traceback.  Any other
+    exception (a bug) keeps dramatiq's ERROR and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, BusError)
+                    and str(record.msg).startswith("Failed to process message"))

@@ -91,3 +91,94 @@ def test_configure_logging_installs_one_json_handler():
             if h not in root.handlers:
                 root.addHandler(h)
         root.setLevel(level)
+
+
+# ---------------------------------------------------------------- one line per state change
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limited(clock: _Clock):
+    """(logger, lines) with a RepeatLimiter on a virtual clock in front of a JSON handler."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(context.RepeatLimiter(first_window_s=10, max_window_s=40, clock=clock))
+    logger = logging.getLogger("dramatiq.worker.ConsumerThread(q1)")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    return logger, lines
+
+
+def test_a_failure_repeated_by_every_consumer_and_attempt_is_one_line_then_backed_off():
+    clock = _Clock()
+    logger, lines = _limited(clock)
+    others = [logging.getLogger(f"dramatiq.worker.ConsumerThread(q{n})") for n in range(2, 9)]
+    for other in others:
+        other.handlers[:] = logger.handlers
+        other.propagate = False
+    connection_lost = "Consumer encountered a connection error: %s"
+    for second in range(0, 100):  # 8 consumers fail every second for 100 s
+        clock.now = float(second)
+        for each in (logger, *others):
+            each.critical(connection_lost, "ConnectionRefusedError(111)")
+    out = lines()
+    # 800 records -> at 0 s, then each time the window (10, 20, 40, 40 s) has passed
+    assert len(out) == 4
+    assert {line["level"] for line in out} == {"WARNING"}  # not CRITICAL: it reconnects
+    assert out[0]["message"] == ("Consumer encountered a connection error: "
+                                 "ConnectionRefusedError(111)")
+    assert out[1]["message"].endswith("(repeated 79 times in the last 10 s)")  # at 10 s
+    assert out[2]["message"].endswith("(repeated 159 times in the last 20 s)")  # at 30 s
+    assert out[3]["message"].endswith("(repeated 319 times in the last 40 s)")  # at 70 s
+    for each in others:
+        each.handlers[:] = []
+
+
+def test_lines_that_differ_all_pass_and_a_quiet_spell_starts_afresh():
+    clock = _Clock()
+    logger, lines = _limited(clock)
+    for n in range(5):  # five stray writes: five business events, five lines
+        logger.warning("Message m%d failed (StrayWrite); recorded as business exception %d", n, n)
+    logger.warning("feed down")
+    clock.now = 5
+    logger.warning("feed down")  # counted
+    clock.now = 100  # silent for more than two windows: the next one is news again
+    logger.warning("feed down")
+    assert [line["message"] for line in lines()][5:] == ["feed down", "feed down"]
+    assert len(lines()) == 7
+
+
+def test_configure_logging_quiets_libraries_that_narrate_every_request_unless_debugging():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        handler = configure_logging("INFO", stream=stream)
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+        assert logging.getLogger("pika.adapters.base_connection").getEffectiveLevel() \
+            == logging.CRITICAL
+        logging.getLogger("httpx").info("HTTP Request: GET /changes 200 OK")
+        assert stream.getvalue() == ""
+        root.removeHandler(handler)
+        handler = configure_logging("DEBUG", stream=stream)
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.DEBUG
+    finally:
+        root.removeHandler(handler)
+        for h in before:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(level)
+        for name in context.QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -273,8 +273,11 @@ class LeasedCaptures:
                 moved += loop.run_once().read
             except LeaseLost as exc:
                 log.warning("capture of %s stopped: %s", loop.system, exc)
-            except Exception:  # a feed that fails is retried on the next turn
-                log.exception("capture from %s failed; retrying", loop.system)
+            except Exception as exc:  # a feed that fails is retried on the next turn
+                # An unreachable ERP is routine (one line, repeats collapsed by the log
+                # handler); anything else is a bug and keeps its traceback.
+                log.warning("capture from %s failed; retrying: %s", loop.system, exc,
+                            exc_info=not isinstance(exc, TechnicalError))
         return moved
 
     def close(self) -> None:
