@@ -73,7 +73,7 @@ def _entry(row) -> XrefEntry:
 
 
 class SqlXref:
-    """``coexistence.xref.Xref`` on a state database (tables from ``create_state_schema``)."""
+    """``coexistence.xref.Xref`` on a state database (tables from the state migrations)."""
 
     def __init__(self, engine: Engine, *, page_rows: int = ENTRIES_PAGE_ROWS) -> None:
         self._engine = engine

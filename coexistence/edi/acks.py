@@ -146,7 +146,8 @@ class AckedSet:
 def read_997(ts: TransactionSet) -> list[AckedSet]:
     """Every verdict a 997 gives: per AK2/AK5, or the AK9 verdict for a group without AK2."""
     out: list[AckedSet] = []
-    group, fid, ak2, notes, had_ak2 = "", "", None, [], False
+    notes: list[str] = []
+    group, fid, ak2, had_ak2 = "", "", None, False
     for seg in ts.body:
         if seg.tag == "AK1":
             fid, group, had_ak2 = seg.get(1), seg.get(2), False

@@ -207,6 +207,7 @@ def read_850(ts: TransactionSet, profile: PartnerProfile, *, order_key: str,
     result.lines = [line for _, line in lines]
     if problems:
         return result
+    assert ordered_on is not None  # a missing BEG05 is one of the problems above
     try:
         result.order = Order.model_validate({
             "key": order_key,

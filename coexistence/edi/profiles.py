@@ -36,7 +36,7 @@ from bus.errors import BusinessError
 from coexistence.edi.x12 import Party, Separators
 
 Key = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
-OUTBOUND_DOCUMENTS = ("855", "856", "810")
+OUTBOUND_DOCUMENTS: tuple[Literal["855", "856", "810"], ...] = ("855", "856", "810")
 INBOUND_DOCUMENTS = ("850",)
 
 

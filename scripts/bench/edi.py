@@ -35,9 +35,10 @@ from bus.exception_store import ExceptionStore  # noqa: E402
 from coexistence.canonical.models import Invoice, Order, Shipment  # noqa: E402
 from coexistence.edi import documents, x12  # noqa: E402
 from coexistence.edi.profiles import EdiSettings  # noqa: E402
-from workers.db import create_state_engine, create_state_schema  # noqa: E402
+from workers.db import create_state_engine  # noqa: E402
 from workers.edi import handlers  # noqa: E402
 from workers.edi.transport import DropFolder  # noqa: E402
+from workers.migrate import upgrade as upgrade_schema  # noqa: E402
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -147,7 +148,7 @@ def bench_outbound(root: Path, n: int, url: str | None) -> dict:
 def _deps(root: Path, url: str | None) -> handlers.EdiDeps:
     root.mkdir(parents=True, exist_ok=True)
     engine = create_state_engine(url or f"sqlite:///{root / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     return handlers.EdiDeps(engine, _settings(root / "acme", ["10000"]), ExceptionStore(engine),
                             unit_of=lambda s: "EA", get_order=lambda k: None)
 

@@ -17,10 +17,11 @@ from coexistence.canonical.models import Invoice, Order, Shipment
 from coexistence.edi import documents, x12
 from coexistence.edi.profiles import EdiSettings
 from tests.support import edi as support
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.edi import control, handlers
 from workers.edi.store import DOCUMENT, INTERCHANGE
 from workers.edi.transport import DropFolder, OutboundExists
+from workers.migrate import upgrade as upgrade_schema
 from workers.router import queues
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -30,7 +31,7 @@ KNOWN = {"WID-01000": "EA", "GIZ-00020": "EA"}
 @pytest.fixture
 def edi(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     acme = support.profile(str(tmp_path / "acme"), customers=["10000"])
     beta = support.profile(str(tmp_path / "beta"), id="BETA", customers=["20000"],
                            partner_isa={"qualifier": "ZZ", "id": "BETABUY"},

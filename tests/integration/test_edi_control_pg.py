@@ -11,8 +11,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.edi.store import INTERCHANGE
+from workers.migrate import upgrade as upgrade_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_WORKER = 40
@@ -40,7 +41,7 @@ def _worker(*args):
 
 def test_four_concurrent_allocators_never_share_a_number(pg_url, tmp_path):
     engine = create_state_engine(pg_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     config, barrier = _config(tmp_path), tmp_path / "go"
     procs = [_worker("allocate", pg_url, config, PER_WORKER, barrier) for _ in range(4)]
     barrier.touch()
@@ -63,7 +64,7 @@ def test_four_concurrent_allocators_never_share_a_number(pg_url, tmp_path):
 
 def test_a_kill_between_allocation_and_rename_leaves_no_gap_and_no_reuse(pg_url, tmp_path):
     engine = create_state_engine(pg_url)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     config = _config(tmp_path)
     crashed = _worker("invoice", pg_url, config, "901", "--kill-at-rename")
     crashed.communicate(timeout=60)

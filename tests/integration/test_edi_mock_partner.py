@@ -20,8 +20,9 @@ from bus.exception_store import ExceptionStore  # noqa: E402
 from bus.outbox import OutboxRecord  # noqa: E402
 from coexistence.canonical.models import Invoice, Order, Shipment  # noqa: E402
 from coexistence.edi.profiles import EdiSettings  # noqa: E402
-from workers.db import create_state_engine, create_state_schema  # noqa: E402
+from workers.db import create_state_engine  # noqa: E402
 from workers.edi import handlers  # noqa: E402
+from workers.migrate import upgrade as upgrade_schema  # noqa: E402
 
 CATALOG = {"WIDGET-001": "EA", "GEAR-100": "EA"}
 
@@ -40,7 +41,7 @@ def trade(tmp_path):
         folder = tmp_path / "mockedi"
         settings = _profile(folder, structure)
         engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-        create_state_schema(engine)
+        upgrade_schema(engine)
         orders: dict[str, Order] = {}
         deps = handlers.EdiDeps(engine, settings, ExceptionStore(engine), unit_of=CATALOG.get,
                                 get_order=orders.get)

@@ -47,6 +47,7 @@ def _deps():
     import workers.tables  # noqa: F401
     from workers.db import create_state_engine
     from workers.edi.handlers import EdiDeps
+    from workers.migrate import SchemaNotCurrent, require_current
 
     settings = Settings.from_env()
     edi = load_settings()
@@ -55,6 +56,11 @@ def _deps():
         raise UserError(f"no state database at {url.removeprefix('sqlite:///')} "
                         "(COEXIST_STATE_URL / COEXIST_HOME)")
     engine = create_state_engine(url)
+    try:
+        require_current(engine)
+    except SchemaNotCurrent as exc:
+        engine.dispose()
+        raise UserError(str(exc)) from None
 
     def no_lookup(key: str):
         raise UserError("this command does not read the ERPs")
