@@ -110,6 +110,9 @@ def test_a_state_database_from_0_1_0_is_refused_then_upgraded_keeping_every_row(
     refused = coexist("cutover", "status", env=env)
     assert refused.returncode == 2, refused.stderr
     assert "coexist db upgrade" in refused.stderr and "Traceback" not in refused.stderr
+    # The embedded default's first start creates only a new, empty database, never upgrades.
+    not_run = coexist("run", env={**env, "COEXIST_CLOUD_URL": "http://127.0.0.1:9"})
+    assert not_run.returncode == 2 and "coexist db upgrade" in not_run.stderr, not_run.stderr
     assert coexist("db", "current", env=env).returncode == 1
 
     upgraded = coexist("db", "upgrade", env=env)
