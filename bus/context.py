@@ -200,8 +200,8 @@ class RepeatLimiter(logging.Filter):
             state[0] = min(2 * window, self.max_window_s)
             state[1], state[2] = now + state[0], 0
         if suppressed:
-            record.msg = f"{record.getMessage()} (repeated {suppressed} times in the last " \
-                         f"{window:.0f} s)"
+            times = "once" if suppressed == 1 else f"{suppressed} times"
+            record.msg = f"{record.getMessage()} (repeated {times} in the last {window:.0f} s)"
             record.args = ()
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True

@@ -16,17 +16,21 @@ process of the composition root), or ``run_once`` from a scheduler.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 import dramatiq
 import pika
+import pika.exceptions
 from dramatiq.common import xq_name
-from dramatiq.errors import DecodeError
+from dramatiq.errors import ConnectionClosed, ConnectionFailed, DecodeError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bus.brokers.rabbitmq import CoexistRabbitmqBroker
 from bus.brokers.sqlite import SqliteBroker, connect
+from bus.errors import TechnicalError
 from bus.retry import FailureRecorder
 
 log = logging.getLogger(__name__)
@@ -116,8 +120,8 @@ class RabbitmqDlqDrain:
             try:
                 if self.run_once() >= DRAIN_BATCH:
                     continue
-            except Exception:
-                log.exception("Dead-letter drain pass failed; retrying in %.0f s.", interval_s)
+            except Exception as exc:
+                _log_failed_pass(exc, interval_s)
             stop.wait(interval_s)
         self.close()
 
@@ -171,9 +175,19 @@ class SqliteDlqDrain:
             try:
                 if self.run_once() >= DRAIN_BATCH:
                     continue
-            except Exception:
-                log.exception("Dead-letter drain pass failed; retrying in %.0f s.", interval_s)
+            except Exception as exc:
+                _log_failed_pass(exc, interval_s)
             stop.wait(interval_s)
+
+
+def _log_failed_pass(exc: Exception, interval_s: float) -> None:
+    """An unreachable broker or database is routine (one WARNING line; the log handler
+    collapses the repeats); anything else keeps its traceback."""
+    routine = isinstance(exc, (TechnicalError, ConnectionClosed, ConnectionFailed, OSError,
+                               sqlite3.Error, pika.exceptions.AMQPError, SQLAlchemyError))
+    log.log(logging.WARNING if routine else logging.ERROR,
+            "Dead-letter drain pass failed (%s: %s); retrying in %.0f s.",
+            type(exc).__name__, exc, interval_s, exc_info=not routine)
 
 
 def make_drain(broker: dramatiq.Broker, store: FailureRecorder,

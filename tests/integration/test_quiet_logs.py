@@ -32,10 +32,10 @@ from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 #: Longest wait for a process to start or to finish what it was given (a bound for a failure).
-START_WAIT_S = 60.0
+START_WAIT_S = 150.0
 #: How long an idle process is watched.  Lines are counted, not timed: an idle process
 #: that logs periodically shows it within this window whatever the machine's load.
-IDLE_WATCH_S = 20.0
+IDLE_WATCH_S = 10.0
 
 
 def lines_of(log: Path) -> list[dict]:
@@ -108,7 +108,7 @@ def stray_write_report(env: dict) -> None:
     broker.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_a_graceful_stop_of_a_worker_on_rabbitmq_logs_no_error_or_critical(
         home, fresh_rabbit_vhost):
     tmp_path, env, start = home
@@ -131,7 +131,7 @@ def test_a_graceful_stop_of_a_worker_on_rabbitmq_logs_no_error_or_critical(
     assert not [line for line in lines if "exc" in line]  # no traceback at all
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_an_idle_run_logs_at_most_a_few_lines_a_minute(home):
     tmp_path, _env, start = home
     log = tmp_path / "run.log"
@@ -146,7 +146,7 @@ def test_an_idle_run_logs_at_most_a_few_lines_a_minute(home):
     assert levels(lines_of(log))["ERROR"] == 0
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_with_the_broker_down_run_logs_one_line_per_state_change_not_per_attempt(home):
     tmp_path, _env, start = home
     log = tmp_path / "run.log"
@@ -157,8 +157,9 @@ def test_with_the_broker_down_run_logs_one_line_per_state_change_not_per_attempt
     proc.send_signal(signal.SIGTERM)
     proc.wait(START_WAIT_S)
     lines = lines_of(log)
-    counts = levels(lines)
-    assert counts["CRITICAL"] == 0, [line for line in lines if line["level"] == "CRITICAL"][:3]
+    alarms = [line for line in lines if line["level"] in ("ERROR", "CRITICAL")]
+    assert alarms == [], alarms[:3]  # a broker outage is retried, not a crash
+    assert not [line for line in lines if "exc" in line]  # and needs no traceback
     # First line of each failing part (consumers, drain), then one every 10, 20, 40 s...
-    assert len(lines) <= 20, Counter(line["message"][:60] for line in lines).most_common(8)
+    assert len(lines) <= 15, Counter(line["message"][:60] for line in lines).most_common(8)
     assert any("connection error" in line["message"] for line in lines)
