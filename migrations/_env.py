@@ -30,6 +30,20 @@ def only_known_tables(metadata: MetaData | list[MetaData]):
     return include
 
 
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Write SQLModel's column types as the plain SQLAlchemy types they emit, so a revision
+    never imports sqlmodel (AutoString is a VARCHAR, UTCDateTime a timezone-aware
+    DATETIME); alembic renders everything else itself."""
+    if type_ == "type":
+        name = type(obj).__name__
+        if name == "AutoString":
+            length = getattr(obj, "length", None) or getattr(obj.impl, "length", None)
+            return f"sa.String(length={length})" if length else "sa.String()"
+        if name == "UTCDateTime":
+            return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run(metadata: MetaData | list[MetaData], *, version_table: str) -> None:
     config = context.config
     options: dict[str, Any] = {
@@ -38,6 +52,7 @@ def run(metadata: MetaData | list[MetaData], *, version_table: str) -> None:
         "include_object": only_known_tables(metadata),
         "compare_type": True,
         "render_as_batch": True,  # SQLite cannot ALTER most things: batch operations copy
+        "render_item": render_item,
     }
     connection = config.attributes.get("connection")
     if connection is not None:

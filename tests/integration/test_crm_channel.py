@@ -27,8 +27,9 @@ from workers.crm.handlers import Outcome, poll_inbound, sync_outbound
 from workers.crm.reports import ExceptionStoreReports
 from workers.crm_sim import duplicates
 from workers.crm_sim.app import DEFAULT_RETENTION_S
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
 
 crm_simulator, crm = crm_sim.crm_simulator, crm_sim.crm
 
@@ -50,7 +51,7 @@ def client(crm):
 @pytest.fixture
 def engine(tmp_path):
     e = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(e)
+    upgrade_schema(e)
     return e
 
 

@@ -9,7 +9,8 @@ from sqlalchemy.pool import StaticPool
 
 from bus.envelope import Envelope, new_envelope
 from coexistence.canonical import CanonicalRecord
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 from workers.router import queues
 
 
@@ -63,5 +64,5 @@ class ListReports:
 def memory_state_engine():
     """coexist's state schema in an in-memory SQLite database (no file)."""
     engine = create_state_engine("sqlite://", poolclass=StaticPool)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     return engine
