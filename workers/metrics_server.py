@@ -18,6 +18,16 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Engine
 
+# Imported here, never inside collect(): the registry holds its (non-reentrant) lock while
+# it calls a collector, and a module imported then that registers a metric of its own
+# (bus.inbox does) would wait for that lock forever.
+from bus import outbox
+from coexistence.canonical import DOMAINS
+from workers import checkpoints
+from workers.flags.audit import FlagAuditLog
+from workers.observe.status import open_exceptions
+from workers.router.capture import checkpoint_name
+
 log = logging.getLogger(__name__)
 
 #: Address the metrics endpoint listens on: loopback only; expose it further through
@@ -30,11 +40,13 @@ class StateCollector:
 
     def __init__(self, engine: Engine, legacy_feed: Any = None,
                  domains: Iterable[str] | None = None) -> None:
-        from coexistence.canonical import DOMAINS
-
         self.engine = engine
         self.legacy_feed = legacy_feed
         self.domains = tuple(domains or DOMAINS)
+
+    def describe(self):
+        """Nothing: the registry must not call ``collect`` (database reads) to register us."""
+        return []
 
     def collect(self):
         for name, build in (("outbox", self._outbox), ("exceptions", self._exceptions),
@@ -45,8 +57,6 @@ class StateCollector:
                 log.warning("metrics: could not read %s: %s", name, exc)
 
     def _outbox(self):
-        from bus import outbox
-
         backlog = GaugeMetricFamily("coexist_outbox_backlog",
                                     "Outbox rows not yet published", labels=["domain"])
         for domain in self.domains:
@@ -57,8 +67,6 @@ class StateCollector:
         return [backlog, lag]
 
     def _exceptions(self):
-        from workers.observe.status import open_exceptions
-
         family = GaugeMetricFamily(
             "coexist_open_exceptions",
             "Open records in the exception store (business, technical, dead letters, "
@@ -69,8 +77,6 @@ class StateCollector:
         return [family]
 
     def _flags(self):
-        from workers.flags.audit import FlagAuditLog
-
         family = GaugeMetricFamily("coexist_flag_version",
                                    "Current cutover flag version of each domain (from the audit)",
                                    labels=["domain", "mode"])
@@ -79,9 +85,6 @@ class StateCollector:
         return [family]
 
     def _capture(self):
-        from workers import checkpoints
-        from workers.router.capture import checkpoint_name
-
         if self.legacy_feed is None or not hasattr(self.legacy_feed, "last_cursor"):
             return []
         family = GaugeMetricFamily("coexist_capture_lag_changes",

@@ -21,7 +21,7 @@ from sqlalchemy import MetaData, create_engine, inspect, select, text
 import workers.tables  # noqa: F401  (every state table registered)
 from bus.db import BUS_METADATA
 from coexistence.canonical import decode
-from migrations._env import only_known_tables
+from migrations._env import compare_options
 from tests.support import cloud_sim
 from workers import migrate
 from workers.db import STATE_METADATA, create_state_engine
@@ -60,8 +60,7 @@ def invoke(env: dict[str, str], *args: str):
 def diff(engine, metadata, version_table: str) -> list:
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={
-            "compare_type": True, "include_object": only_known_tables(metadata),
-            "version_table": version_table})
+            **compare_options(metadata), "version_table": version_table})
         return compare_metadata(ctx, metadata)
 
 
@@ -174,28 +173,36 @@ def test_the_migrations_build_exactly_the_models_legacy_capture_tables(empty_url
     engine.dispose()
 
 
-def test_a_legacy_database_from_0_1_0_is_refused_then_upgraded(tmp_path):
-    """0.1.0 installed the change log without a revision: processes refuse it until
-    `coexist db upgrade --legacy`, which adopts it and keeps the change log."""
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_legacy_database_from_0_1_0_is_refused_then_upgraded_keeping_its_change_log(
+        dialect, tmp_path, request):
+    """0.1.0 installed the change log (the baseline's tables) without a revision: processes
+    refuse it until `coexist db upgrade --legacy`, which adopts it, numbers its rows by
+    commit order (revision 0002) and installs the triggers; the logged change keeps its
+    cursor, so a router's checkpoint stays valid, and new changes come after it."""
     from coexistence.legacy import LEGACY_METADATA
-    from workers.legacy_erp.capture import install_capture
-    from workers.legacy_erp.schema import captured_tables
 
-    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    url = (f"sqlite:///{tmp_path / 'legacy.db'}" if dialect == "sqlite"
+           else request.getfixturevalue("pg_url"))
     engine = create_legacy_engine(url)
     LEGACY_METADATA.create_all(engine)
-    install_capture(engine, captured_tables())  # what 0.1.0's create_legacy_schema did
-    with engine.begin() as conn:
+    migrate.upgrade(engine, migrate.LEGACY, to=migrate.LEGACY_BASELINE)
+    with engine.begin() as conn:  # 0.1.0 kept no revision
+        conn.exec_driver_sql('DROP TABLE "XCOEXREV"')
         conn.exec_driver_sql('INSERT INTO "CHGLOG" ("TABNAME", "CHGKEY", "OP", "CHGTS", '
-                             "\"LCHGUSER\") VALUES ('CUSTMAST', '00010042', 'U', 1, 'JSMITH')")
-    with pytest.raises(migrate.SchemaNotCurrent, match="`coexist db upgrade --legacy`"):
+                             "\"LCHGUSER\") VALUES ('CUSTMAST', '00010041', 'U', 1, 'JSMITH')")
+    with pytest.raises(migrate.SchemaNotCurrent, match="0.1.0.*`coexist db upgrade --legacy`"):
         migrate.require_current(engine, migrate.LEGACY)
     result = coexist("db", "upgrade", "--legacy", env={"COEXIST_HOME": str(tmp_path),
                                                        "COEXIST_LEGACY_URL": url})
     assert result.returncode == 0, result.stderr
     migrate.require_current(engine, migrate.LEGACY)
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql('SELECT COUNT(*) FROM "CHGLOG"').scalar() == 1
+    assert diff(engine, CAPTURE_METADATA, "XCOEXREV") == []
+    legacy = LegacyErp(engine)
+    legacy.person_upsert(CUSTOMER, "JSMITH")
+    changes = legacy.read(0, 10)
+    assert [(c.cursor, c.key) for c in changes][0] == (1, "10041")
+    assert changes[-1].key == "10042" and changes[-1].cursor > 1
     engine.dispose()
 
 

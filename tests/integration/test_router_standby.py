@@ -27,7 +27,6 @@ from tests.support import cloud_sim
 from tests.support.processes import Process, coexist_env, extra_pg_schema, free_port, wait_until
 from workers import checkpoints
 from workers.cli import cli
-from workers.db import create_state_schema
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.cdc import LegacyChangeFeed
 from workers.legacy_erp.schema import (
@@ -36,6 +35,7 @@ from workers.legacy_erp.schema import (
     create_legacy_schema,
     key_decoders,
 )
+from workers.migrate import upgrade as upgrade_schema
 from workers.router.capture import checkpoint_name, correlation_of
 from workers.router.lease import holders, lease_name
 
@@ -121,7 +121,7 @@ def deployment(tmp_path, pg_url, pg_database_url, sim, fresh_rabbit_vhost):
         create_legacy_schema(engine)
         engine.dispose()
         state = create_state_engine(pg_url)
-        create_state_schema(state)
+        upgrade_schema(state)
         state.dispose()
         env = coexist_env(tmp_path, state_url=pg_url, legacy_url=legacy_url,
                           cloud_url=sim.url, broker_url=fresh_rabbit_vhost[0], actor="test")

@@ -32,9 +32,9 @@ from tests.support import cloud_sim, services
 from tests.support.processes import ROOT, extra_pg_schema, wait_until
 from workers import checkpoints
 from workers.cli import cli
-from workers.db import create_state_schema
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 from workers.router.capture import checkpoint_name
 
 pytestmark = pytest.mark.integration
@@ -151,7 +151,7 @@ def deployment(tmp_path, pg_url, pg_database_url, sim, fresh_rabbit_vhost):
         legacy = create_legacy_engine(legacy_url, pool_size=8)
         create_legacy_schema(legacy)
         state = create_state_engine(pg_url)
-        create_state_schema(state)
+        upgrade_schema(state)
         settings = {"COEXIST_HOME": str(tmp_path / "home"), "COEXIST_STATE_URL": pg_url,
                     "COEXIST_LEGACY_URL": legacy_url, "COEXIST_CLOUD_URL": sim.url,
                     "COEXIST_BROKER_URL": amqp_url, "COEXIST_ACTOR": "test"}

@@ -16,8 +16,8 @@ from coexistence.canonical import decode
 from coexistence.flags import FlagSource
 from coexistence.router import CLOUD, LEGACY
 from workers import checkpoints
-from workers.db import create_state_schema
 from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
 from workers.router.capture import CaptureLoop, checkpoint_name
 from workers.router.lease import Lease, LeasedCaptures, LeaseLost, holders, lease_name
 from workers.router.queues import Subscription
@@ -33,7 +33,7 @@ NAME = lease_name(LEGACY)
 @pytest.fixture
 def state():
     engine = create_state_engine("sqlite://", poolclass=StaticPool)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     yield engine
     engine.dispose()
 

@@ -135,3 +135,17 @@ def test_run_router_and_worker_offer_a_metrics_port():
     for command in ("run", "router", "worker"):
         result = CliRunner().invoke(cli, [command, "--help"])
         assert "--metrics-port" in result.output and "127.0.0.1" in result.output
+
+
+def test_registering_the_state_collector_reads_nothing_so_it_cannot_deadlock_the_registry():
+    """prometheus_client calls collect() under its registry lock when a collector has no
+    describe(); a module first imported then that registers a metric waits for that lock
+    forever (coexist router --metrics-port hung at start that way)."""
+    from prometheus_client import CollectorRegistry
+
+    class Exploding(metrics_server.StateCollector):
+        def collect(self):
+            raise AssertionError("collect() called at registration")
+
+    registry = CollectorRegistry(auto_describe=True)  # as the default REGISTRY
+    registry.register(Exploding(engine=None))  # type: ignore[arg-type]
