@@ -25,8 +25,9 @@ from workers.api.app import create_app
 from workers.api.deps import ApiDeps, ApiSettings
 from workers.api.queries import MemoryQueries
 from workers.cli.api import openapi_document
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
 
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 #: Examples per operation: bounded, so the suite stays fast.
@@ -55,7 +56,7 @@ def live(tmp_path):
     w.seed(legacy, w.records("L"))
     w.seed(cloud, w.records("C"))
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     deps = ApiDeps.build(erps={"legacy": legacy, "cloud": cloud},
                          queries={"legacy": MemoryQueries(legacy), "cloud": MemoryQueries(cloud)},
                          flags=w.flags(), state=state, consumers=w.consumers(),

@@ -17,9 +17,10 @@ from workers.api.app import create_app
 from workers.api.deps import ApiDeps, ApiSettings
 from workers.api.queries import CloudQueries, LegacyQueries
 from workers.cloud_erp import CloudErp
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 from workers.router.state import put_route
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
@@ -37,7 +38,7 @@ def world(sim, tmp_path):
     w.seed(cloud, w.records("C") + [r.customer(k, credit_limit=Decimal("2000.00"))
                                     for k in CUSTOMERS])
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     flags = w.flags()
     http = httpx.Client(base_url=sim.url)
     deps = ApiDeps.build(erps={"legacy": legacy, "cloud": cloud},

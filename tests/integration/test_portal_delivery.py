@@ -19,7 +19,8 @@ from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
 from tests.support import records as r
 from tests.support.receiver import Receiver, ServerThread
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 from workers.portal import delivery as d
 from workers.portal.endpoints import EndpointRegistry
 from workers.portal.events import publish
@@ -41,7 +42,7 @@ def receiver():
 @pytest.fixture
 def env(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(engine)
+    upgrade_schema(engine)
     registry = EndpointRegistry(engine)
     exceptions = ExceptionStore(engine)
     dispatcher = d.Dispatcher(engine, registry, exceptions, timeout_s=1.0,

@@ -17,8 +17,9 @@ from workers.api import idempotency
 from workers.api.app import create_app
 from workers.api.deps import ApiDeps, ApiSettings
 from workers.api.queries import MemoryQueries
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
 from workers.router.state import put_route
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -51,7 +52,7 @@ class World:
         w.seed(self.cloud.inner, w.records("C"))
         self.flags = w.flags(**modes)
         self.state = create_state_engine("sqlite://", poolclass=StaticPool)
-        create_state_schema(self.state)
+        upgrade_schema(self.state)
         self.sent = []
         self.queries = {"legacy": Switchable(MemoryQueries(self.legacy.inner)),
                         "cloud": Switchable(MemoryQueries(self.cloud.inner))}

@@ -10,13 +10,14 @@ from click.testing import CliRunner
 from sqlalchemy.pool import StaticPool
 
 from workers.cli import cli
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 
 
 @pytest.fixture
 def run():
     engine = create_state_engine("sqlite://", poolclass=StaticPool)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     obj = SimpleNamespace(state=engine)
 
     def invoke(*args):

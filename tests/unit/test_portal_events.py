@@ -15,7 +15,8 @@ from standardwebhooks import Webhook
 
 from bus.envelope import new_envelope
 from tests.support import records as r
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 from workers.portal import delivery, signing
 from workers.portal.endpoints import EndpointError, EndpointRegistry
 from workers.portal.events import AVAILABILITY_WINDOW_S, publish
@@ -26,7 +27,7 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 def _engine():
     engine = create_state_engine("sqlite://", poolclass=StaticPool)
-    create_state_schema(engine)
+    upgrade_schema(engine)
     return engine
 
 
