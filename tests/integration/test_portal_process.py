@@ -19,6 +19,7 @@ from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
 from tests.support import records as r
 from tests.support.receiver import Receiver, ServerThread
+from tests.support.state import upgraded_state
 from workers.config import Settings
 from workers.flags import open_state
 from workers.portal.endpoints import EndpointRegistry
@@ -37,6 +38,7 @@ def home(tmp_path, monkeypatch):
         env.pop(name, None)
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
+    upgraded_state(f"sqlite:///{tmp_path / 'state.db'}")  # what `coexist db upgrade` leaves
     return env
 
 
