@@ -10,7 +10,9 @@ Records are grouped by (error type, call site), the usual unit of a fix: one
 bug, one deploy, one ``replay --group``.  A group is named by a short stable
 hash shown by ``coexist dlq list --group``.
 
-Replay re-enqueues through the normal path with retry counters reset, and only
+Archive and replay are operator changes: each is audited with actor and reason
+(``exception_action``), and an archived record is never replayed.  Replay
+re-enqueues through the normal path with retry counters reset, and only
 then marks the record ``replayed``: a crash in between replays it twice, which
 is harmless because consumers are idempotent through the inbox.
 """
@@ -113,6 +115,27 @@ class ExceptionRecord(BusTable, table=True):
 
 
 _T = ExceptionRecord.__table__
+
+
+class ExceptionAction(BusTable, table=True):
+    """Who archived or replayed a record, when and why (operator changes are audited)."""
+
+    __tablename__ = "exception_action"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                         autoincrement=True),
+    )
+    record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    #: ``archive`` or ``replay``.
+    action: str = Field(sa_column=Column(String(16), nullable=False))
+    actor: str = Field(sa_column=Column(String(200), nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+_A = ExceptionAction.__table__
 
 
 @dataclass(frozen=True)
@@ -319,13 +342,30 @@ class ExceptionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
-    def archive(self, ids: Iterable[int] | None = None, group: str | None = None) -> int:
-        """Mark open records archived (handled by hand, never to be replayed); returns how many."""
+    def archive(self, ids: Iterable[int] | None = None, group: str | None = None, *,
+                actor: str, reason: str) -> int:
+        """Mark open records archived (handled by hand, never to be replayed), audited with
+        ``actor`` and ``reason``; returns how many."""
         _need_selection(ids, group)
-        stmt = self._filter(update(_T), "open", None, group, ids)
+        _need_audit(actor, reason)
+        now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            return conn.execute(
-                stmt.values(status="archived", status_changed_at=datetime.now(UTC))).rowcount
+            chosen = [r.id for r in conn.execute(
+                self._filter(select(_T.c.id), "open", None, group, ids))]
+            if not chosen:
+                return 0
+            conn.execute(update(_T).where(_T.c.id.in_(chosen), _T.c.status == "open")
+                         .values(status="archived", status_changed_at=now))
+            conn.execute(_A.insert(), [{"record_id": rid, "action": "archive", "actor": actor,
+                                        "reason": reason, "at": now} for rid in chosen])
+            return len(chosen)
+
+    def actions(self, record_id: int) -> builtins.list[dict[str, Any]]:
+        """The audited archive/replay actions on a record, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_A).where(_A.c.record_id == record_id)
+                                .order_by(_A.c.id))
+            return [dict(r._mapping) for r in rows]
 
     def replay(
         self,
@@ -333,16 +373,21 @@ class ExceptionStore:
         group: str | None = None,
         *,
         enqueue: Callable[[dict[str, Any]], Any],
+        actor: str,
+        reason: str,
         dry_run: bool = False,
     ) -> ReplayResult:
-        """Send records' messages again through the normal path, retry counters reset.
+        """Send records' messages again through the normal path, retry counters reset,
+        audited with ``actor`` and ``reason``.
 
-        By ids: any record that carries a message (even archived or replayed).
-        By group: the group's open records.  Each message is enqueued first and
-        its record marked ``replayed`` after, so a crash never loses one; a
-        message replayed twice is applied once thanks to the inbox.
+        By ids: open or already replayed records that carry a message; an archived
+        record was handled by hand and is never replayed.  By group: the group's open
+        records.  Each message is enqueued first and its record marked ``replayed``
+        after, so a crash never loses one; a message replayed twice is applied once
+        thanks to the inbox.
         """
         _need_selection(ids, group)
+        _need_audit(actor, reason)
         wanted = builtins.list(ids) if ids is not None else None
         records = self.list(status="open" if group else None, group=group, ids=wanted,
                             limit=None)
@@ -351,6 +396,9 @@ class ExceptionStore:
             found = {r.id for r in records}
             result.skipped.extend((i, "no such record") for i in wanted if i not in found)
         for rec in sorted(records, key=lambda r: r.id):
+            if rec.status == "archived":
+                result.skipped.append((rec.id, "archived (handled by hand): never replayed"))
+                continue
             message = rec.message_dict()
             if message is None:
                 result.skipped.append((rec.id, "no message to replay (only raw bytes were "
@@ -365,10 +413,13 @@ class ExceptionStore:
             except Exception as exc:  # report and go on: the record stays as it was
                 result.failed.append((rec.id, f"{type(exc).__name__}: {exc}"))
                 continue
+            now = datetime.now(UTC)
             with self.engine.begin() as conn:
                 conn.execute(update(_T).where(_T.c.id == rec.id).values(
-                    status="replayed", status_changed_at=datetime.now(UTC),
+                    status="replayed", status_changed_at=now,
                     replay_count=_T.c.replay_count + 1))
+                conn.execute(_A.insert().values(record_id=rec.id, action="replay",
+                                                actor=actor, reason=reason, at=now))
             result.replayed.append(rec.id)
         return result
 
@@ -399,6 +450,11 @@ def reset_for_replay(message: dict[str, Any], record_id: int) -> dict[str, Any]:
             queue = queue[: -len(suffix)]
     out["queue_name"] = queue
     return out
+
+
+def _need_audit(actor: str, reason: str) -> None:
+    if not (actor or "").strip() or not (reason or "").strip():
+        raise ValueError("an archive or replay needs an actor and a reason (it is audited)")
 
 
 def _need_selection(ids, group) -> None:

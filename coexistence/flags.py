@@ -357,6 +357,48 @@ class FlagState:
         return cls.from_dict(data)
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutImpact:
+    """What a flag change would do to the records of its domain, as they are now."""
+
+    #: Records of the domain that were looked at.
+    records: int
+    #: Records whose mode the change would change (they would move SoR or shadow).
+    moving: int
+    #: Per segment name, every value the domain's records carry (the known segments).
+    segment_values: Mapping[str, frozenset[str]]
+
+
+def rollout_impact(current: FlagState, proposed: FlagState,
+                   records: Iterable[tuple[str, Mapping[str, str]]]) -> RolloutImpact:
+    """Count the records (``(key, segment attributes)``) whose mode ``proposed`` changes."""
+    n = moving = 0
+    values: dict[str, set[str]] = {}
+    for key, attrs in records:
+        n += 1
+        for name, value in attrs.items():
+            values.setdefault(name, set()).add(value)
+        if current.mode_for(key, attrs) != proposed.mode_for(key, attrs):
+            moving += 1
+    return RolloutImpact(n, moving, {k: frozenset(v) for k, v in values.items()})
+
+
+def check_segment_values(domain: str, rollout: Rollout,
+                         known: Mapping[str, frozenset[str]]) -> None:
+    """Refuse a rollout segment that no record of ``domain`` has (``region=NOWHERE``),
+    naming the known ones: such a rollout would silently select nothing."""
+    for name, values in rollout.segments.items():
+        if name not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise FlagError(f"segment {name}: {domain} records have no {name} (their "
+                            f"segments: {have})")
+        unknown = sorted(values - known[name])
+        if unknown:
+            raise FlagError(f"segment {name}={','.join(unknown)}: no {domain} record has "
+                            f"{'this value' if len(unknown) == 1 else 'these values'}; known "
+                            f"{name} values: {', '.join(sorted(known[name]))}")
+
+
 def initial_flags() -> dict[str, FlagState]:
     """Every domain at version 0 in ``legacy``."""
     return {d: FlagState.initial(d) for d in DOMAINS}

@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
+from coexistence.flags import ROUTES, SEGMENT_KEYS
 from coexistence.ports import COEXIST_WRITER, Change
 
 LEGACY = "legacy"
@@ -39,12 +40,11 @@ SYSTEMS: tuple[str, str] = (LEGACY, CLOUD)
 SOURCE_VERSION_BITS = 40
 SOURCE_VERSION_MAX = (1 << SOURCE_VERSION_BITS) - 1
 
-#: mode -> (system of record, systems written as shadow)
+#: mode -> (system of record, systems written as shadow): a view of the one table,
+#: ``coexistence.flags.ROUTES``.
 MODE_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "legacy": (LEGACY, ()),
-    "shadow": (LEGACY, (CLOUD,)),
-    "cloud": (CLOUD, (LEGACY,)),
-    "cloud_only": (CLOUD, ()),
+    str(mode): (str(route.sor), tuple(str(s) for s in route.writes[1:]))
+    for mode, route in ROUTES.items()
 }
 
 
@@ -81,9 +81,10 @@ class FlagView(Protocol):
     def mode_for(self, key: str, attrs: Mapping[str, str]) -> str: ...
 
 
-#: Rollout segment attributes, and per canonical class the ones it has (computed once:
-#: a missing attribute on a pydantic model costs an exception, on the hot path).
-SEGMENT_FIELDS: tuple[str, ...] = ("warehouse", "region", "customer_group")
+#: Rollout segment attributes (the one list, ``coexistence.flags.SEGMENT_KEYS``), and per
+#: canonical class the ones it has (computed once: a missing attribute on a pydantic model
+#: costs an exception, on the hot path).
+SEGMENT_FIELDS: tuple[str, ...] = SEGMENT_KEYS
 _SEGMENTS_OF: dict[type, tuple[str, ...]] = {}
 
 

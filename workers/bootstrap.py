@@ -1,42 +1,59 @@
 """The composition root: the one place that names concrete adapters.
 
-``bootstrap(settings)`` builds everything a process needs from the settings:
-coexist's state database, the broker (RabbitMQ when ``COEXIST_BROKER_URL`` is
-set, else the embedded SQLite broker) with our middleware, the two ERPs
-(legacy SQL, cloud HTTP), the flag cache, the exception store, the outbox
-relay, the capture loops and the router's actors.  CLI commands, the demo and
-the tests all start from here, so what runs in the demo is what runs in
-production.
+``App(settings)`` holds every part a process or a command needs and builds each one
+from the ``Settings`` the first time it is asked for: coexist's state database, the
+exception store, the broker (RabbitMQ when ``COEXIST_BROKER_URL`` is set, else the
+embedded SQLite broker) with our middleware, the flag store (Redis in front of SQL, or
+SQL) and the router's flag cache, the two ERPs (legacy SQL, cloud HTTP), the channel
+subscriptions, the cutover guards.  Parts can be given instead (tests pass fakes:
+``App(settings, erps={...})``).  Nothing is opened that a command does not use, so
+``coexist --help`` and ``coexist sample`` touch no database.
+
+Two ways to open things:
+
+* a **command** (``status``, ``cutover``, ``dlq``, ``trace``, ``reconcile``...) never
+  creates anything: a state database or legacy database that is not there is a
+  ``SetupError`` naming the path and how to create it;
+* a **process** (``start(app)`` / ``bootstrap(settings)``: ``coexist run|router|worker``,
+  the demo, the tests' routers) creates the state schema and, on the embedded default's
+  first start, the legacy reference ERP's schema, connects the broker and Redis up front
+  (so a wrong setting fails at start, in one line), and registers the router's actors.
+
+Every failure to open a part is a ``SetupError`` naming the setting and the target.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 from sqlalchemy import Engine
 
-from bus.brokers import make_broker, setup
-from bus.dlq_drain import make_drain
 from bus.envelope import Envelope, register_payload_upcaster
-from bus.exception_store import ExceptionStore
-from bus.outbox import OutboxRelay
-from bus.publish import make_publisher
 from coexistence.canonical import MODELS
 from coexistence.canonical.upcast import upcast
-from coexistence.ownership import validate_ownership
 from coexistence.ports import Erp
 from coexistence.router import CLOUD, LEGACY
-from workers.config import Settings, redact_url
-from workers.flags import FlagCache, open_state, store_for
+from workers.config import ConfigError, Settings, redact_url
+from workers.errors import SetupError, opening
 from workers.router import queues
-from workers.router.capture import CaptureLoop
 
 log = logging.getLogger(__name__)
+
+#: How to get a state database, for the error that says there is none.
+CREATE_STATE_HINT = ("create it with `coexist db upgrade` (or `coexist run`, which creates a "
+                     "new embedded one), or point COEXIST_HOME / COEXIST_STATE_URL at the "
+                     "existing one")
+#: How to get a legacy database, for the error that says there is none.
+CREATE_LEGACY_HINT = ("create the reference ERP with `coexist legacy init` (or `seed`), or point "
+                      "COEXIST_HOME / COEXIST_LEGACY_URL at the existing one")
+#: Seconds a probe of the cloud ERP may take in ``status``, ``trace`` and ``doctor``.
+CLOUD_PROBE_TIMEOUT_S = 5.0
 
 
 def _payload_upcaster(domain: str, version: int, payload: dict) -> tuple[int, dict]:
@@ -49,21 +66,355 @@ def _payload_upcaster(domain: str, version: int, payload: dict) -> tuple[int, di
     return model.current_schema_version, {**payload, "record": record}
 
 
-@dataclass
+def subscriptions_from(settings: Settings) -> tuple[queues.Subscription, ...]:
+    """The channel subscriptions declared in the configuration (``[subscriptions.NAME]``)."""
+    return tuple(
+        queues.Subscription(name, frozenset(sub.domains), frozenset(sub.kinds))
+        for name, sub in sorted(settings.subscriptions.items())
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (``None`` for other databases and in-memory ones)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith(
+            "file:"):
+        return None
+    return Path(parsed.database)
+
+
 class App:
-    settings: Settings
-    state: Engine
-    broker: dramatiq.Broker
-    exceptions: ExceptionStore
-    flags: FlagCache
-    erps: dict[str, Erp]
-    subscriptions: tuple[queues.Subscription, ...] = ()
-    actors: dict[str, dramatiq.Actor] = field(default_factory=dict)
-    _publisher: Any = None
+    """The parts of coexist for one process or command (see the module docstring)."""
+
+    #: Parts that can be given to the constructor instead of built.
+    PARTS = ("state", "exceptions", "broker", "flag_store", "flags", "legacy_engine", "legacy",
+             "cloud", "erps", "subscriptions", "facts", "cutover")
+
+    def __init__(self, settings: Settings | Callable[[], Settings], **parts: Any) -> None:
+        unknown = set(parts) - set(self.PARTS)
+        if unknown:
+            raise TypeError(f"App has no part(s) {', '.join(sorted(unknown))}")
+        self._settings = settings
+        self._parts: dict[str, Any] = dict(parts)
+        self._built: list[str] = []
+        #: True for the long-running processes: they open the ERPs' schemas for writing.
+        self.process = False
+        #: The embedded default's first start (``coexist run``, the demo) may create a new
+        #: SQLite state database; everything else needs one at the code's revision.
+        self.create_state = False
+        #: Overrides of the failure middleware's retry policy (``bus.retry``), for tests.
+        self.retry_options: dict[str, Any] | None = None
+        self.actors: dict[str, dramatiq.Actor] = {}
+        self._publisher: Any = None
+        self._lock = threading.RLock()
+
+    def with_settings(self, **changes: Any) -> App:
+        """A new app on these settings with ``changes`` (command-line overrides); the
+        caller closes it."""
+        from pydantic import ValidationError
+
+        from workers.config import env_names_of, explain_validation
+
+        data = {**self.settings.model_dump(), **changes}
+        try:
+            settings = Settings(**data)
+        except ValidationError as exc:
+            raise ConfigError(explain_validation(
+                exc, env_names_of(Settings), dict.fromkeys(changes, "command line"))) from None
+        return App(settings)
 
     # ------------------------------------------------------------------ parts
 
-    def relay(self) -> OutboxRelay:
+    @property
+    def settings(self) -> Settings:
+        if not isinstance(self._settings, Settings):
+            self._settings = self._settings()
+        return self._settings
+
+    def _part(self, name: str, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if name not in self._parts:
+                self._parts[name] = build()
+                self._built.append(name)
+            return self._parts[name]
+
+    def has(self, name: str) -> bool:
+        """True when ``name`` is built (or was given)."""
+        return name in self._parts
+
+    @property
+    def state(self) -> Engine:
+        """coexist's state database (never created by a command; see ``process``)."""
+        return self._part("state", self._open_state)
+
+    @property
+    def exceptions(self):
+        from bus.exception_store import ExceptionStore
+
+        return self._part("exceptions", lambda: ExceptionStore(self.state))
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        return self._part("broker", self._open_broker)
+
+    @property
+    def flag_store(self):
+        """Where flags live: Redis in front of the SQL audit, or the audit alone."""
+        return self._part("flag_store", self._open_flag_store)
+
+    @property
+    def flags(self):
+        """The router's flag cache, kept current by a watcher thread."""
+        return self._part("flags", self._open_flag_cache)
+
+    @property
+    def legacy_engine(self) -> Engine:
+        """The legacy ERP's database, with its tables (a command never creates them)."""
+        return self._part("legacy_engine", lambda: self.open_legacy_engine(
+            self.settings.legacy_url, create=self.process))
+
+    @property
+    def cloud(self) -> Erp:
+        """The cloud ERP adapter the router writes with."""
+        return self._part("cloud", lambda: self.cloud_client())
+
+    @property
+    def legacy(self) -> Erp:
+        """The legacy ERP adapter (over ``legacy_engine``)."""
+        if "erps" in self._parts:
+            return self._parts["erps"][LEGACY]
+
+        def build() -> Erp:
+            from workers.legacy_erp.adapter import LegacyErp
+
+            return LegacyErp(self.legacy_engine)
+
+        return self._part("legacy", build)
+
+    @property
+    def erps(self) -> dict[str, Erp]:
+        return self._part("erps", lambda: {LEGACY: self.legacy, CLOUD: self.cloud})
+
+    @contextlib.contextmanager
+    def reader(self, system: str) -> Iterator[Erp]:
+        """An ERP to read from for a report: the app's own, else a short-lived cloud probe."""
+        if "erps" in self._parts or system == LEGACY:
+            yield self.erps[system] if "erps" in self._parts else self.legacy
+            return
+        cloud = self.cloud_probe()
+        try:
+            yield cloud
+        finally:
+            cloud.close()
+
+    @property
+    def subscriptions(self) -> tuple[queues.Subscription, ...]:
+        return self._part("subscriptions", lambda: subscriptions_from(self.settings))
+
+    @property
+    def facts(self):
+        """What the cutover guards know (reconciliation, exceptions, backlog, in flight)."""
+        from workers.flags import SqlPreflightFacts
+
+        return self._part("facts", lambda: SqlPreflightFacts(self.state))
+
+    @property
+    def policy(self):
+        from coexistence.preflight import GuardPolicy
+
+        s = self.settings
+        return GuardPolicy(max_drift_pct=s.max_drift_pct, max_backlog=s.cutover_max_backlog,
+                           freeze_windows=s.freeze_windows)
+
+    @property
+    def cutover(self):
+        """Cutover operations (plan, set, rollback, drain) over this app's store and guards."""
+        from workers.flags.ops import Cutover
+
+        return self._part("cutover", lambda: Cutover(self.flag_store, self.facts, self.policy))
+
+    # ------------------------------------------------------------------ opening
+
+    def _open_state(self) -> Engine:
+        from sqlalchemy.engine import make_url
+
+        from workers.db import create_state_engine
+        from workers.migrate import SchemaNotCurrent, prepare_state, require_current
+
+        url = self.settings.state_url
+        with opening("state database", "COEXIST_STATE_URL", url):
+            backend = make_url(url).get_backend_name()
+            if backend not in ("sqlite", "postgresql"):
+                raise SetupError("state database", "COEXIST_STATE_URL", url,
+                                 f"coexist keeps its state in SQLite or PostgreSQL, not "
+                                 f"{backend}")
+            path = sqlite_path(url)
+            if path is not None and not path.is_file():
+                if not (self.process and self.create_state):
+                    raise SetupError("state database", "COEXIST_STATE_URL", url,
+                                     f"no state database at {path}", CREATE_STATE_HINT)
+                path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_state_engine(url)
+            try:
+                if self.process:
+                    prepare_state(engine, create_if_new=self.create_state)
+                else:
+                    require_current(engine, where="it")
+            except SchemaNotCurrent as exc:
+                engine.dispose()
+                raise SetupError("state database", "COEXIST_STATE_URL", url,
+                                 str(exc)) from None
+            except BaseException:
+                engine.dispose()
+                raise
+        return engine
+
+    def open_legacy_engine(self, url: str, *, create: bool = False,
+                           setting: str = "COEXIST_LEGACY_URL") -> Engine:
+        """An engine on a legacy ERP database: with ``create`` its schema is created when
+        missing (the reference ERP), else a missing database or schema is a ``SetupError``."""
+        from sqlalchemy import inspect
+        from sqlalchemy.engine import make_url
+
+        from workers.legacy_erp.capture import CHGLOG
+        from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+        from workers.migrate import LEGACY as LEGACY_SCHEMA
+        from workers.migrate import SchemaNotCurrent, require_current
+
+        with opening("legacy ERP", setting, url):
+            backend = make_url(url).get_backend_name()
+            if backend not in ("sqlite", "postgresql"):
+                raise SetupError("legacy ERP", setting, url,
+                                 f"the legacy ERP runs on SQLite or PostgreSQL, not {backend}")
+            path = sqlite_path(url)
+            if path is not None and not path.is_file():
+                if not create:
+                    raise SetupError("legacy ERP", setting, url,
+                                     f"no legacy database at {path}", CREATE_LEGACY_HINT)
+                path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_legacy_engine(url)
+            try:
+                # Only a missing schema is created (the embedded default's first start); a
+                # running legacy ERP is never touched by DDL here (`coexist db upgrade
+                # --legacy` does that), and processes starting together do not race for
+                # its write lock.
+                if not inspect(engine).has_table(CHGLOG.name):
+                    if not create:
+                        raise SetupError("legacy ERP", setting, url,
+                                         "the database has no legacy tables",
+                                         CREATE_LEGACY_HINT)
+                    create_legacy_schema(engine)
+                elif create:
+                    require_current(engine, LEGACY_SCHEMA, where="it")
+            except SchemaNotCurrent as exc:
+                engine.dispose()
+                raise SetupError("legacy ERP", setting, url, str(exc)) from None
+            except BaseException:
+                engine.dispose()
+                raise
+        return engine
+
+    def optional_legacy_engine(self) -> Engine | None:
+        """The legacy database if it exists with its change log, else ``None``; never
+        creates one (for the cutover's wait: a system coexist cannot see has no lag)."""
+        try:
+            return self.legacy_engine
+        except SetupError:
+            return None
+
+    def cloud_client(self, **options: Any):
+        """A new cloud ERP adapter as configured (``options`` tune timeouts and retries for
+        a report); the caller closes it.  ``SetupError`` when no cloud ERP is configured."""
+        from workers.cloud_erp import CloudErp
+
+        s = self.settings
+        if not s.cloud_url:
+            raise SetupError("cloud ERP", "COEXIST_CLOUD_URL", None,
+                             "not set (the URL of the cloud ERP API)")
+        with opening("cloud ERP", "COEXIST_CLOUD_URL", s.cloud_url):
+            return CloudErp.from_settings(s, **options)
+
+    def cloud_probe(self):
+        """A cloud ERP client with short timeouts and one retry, for reports."""
+        return self.cloud_client(timeout_s=CLOUD_PROBE_TIMEOUT_S, attempts=2, max_backoff_s=0.5)
+
+    @contextlib.contextmanager
+    def feeds(self) -> Iterator[dict[str, Any]]:
+        """The change feeds the router captures, for the cutover's lag wait; never creates
+        anything.  The legacy feed only when its change log exists, the cloud feed only
+        when a cloud ERP is configured: a system coexist cannot see has no lag to wait for."""
+        from workers.legacy_erp.cdc import LegacyChangeFeed
+        from workers.legacy_erp.schema import captured_tables, key_decoders
+
+        feeds: dict[str, Any] = {}
+        engine = self.optional_legacy_engine()
+        if engine is not None:
+            feeds[LEGACY] = LegacyChangeFeed(engine, captured_tables(), key_decoders())
+        cloud = None
+        if self.settings.cloud_url:
+            cloud = feeds[CLOUD] = self.cloud_probe()
+        try:
+            yield feeds
+        finally:
+            if cloud is not None:
+                cloud.close()
+
+    def _open_broker(self) -> dramatiq.Broker:
+        from bus.brokers import make_broker, setup
+
+        s = self.settings
+        setting = "COEXIST_BROKER_URL" if s.broker_url else "COEXIST_HOME"
+        target = s.broker_url or str(s.bus_path)
+        with opening("broker", setting, target):
+            if not s.broker_url:
+                s.ensure_home()
+            broker = make_broker(s.broker_url, sqlite_path=s.bus_path, queue_type=s.queue_type)
+            setup(broker, store=self.exceptions, retry_options=self.retry_options)
+        dramatiq.set_broker(broker)
+        return broker
+
+    def connect_broker(self) -> None:
+        """Connect to RabbitMQ now (a process fails at start, not at its first message)."""
+        broker = self.broker
+        s = self.settings
+        if s.broker_url:
+            with opening("broker", "COEXIST_BROKER_URL", s.broker_url):
+                broker.connection  # noqa: B018 - opens this thread's connection
+
+    def _open_flag_store(self):
+        from workers.flags import store_for
+
+        s = self.settings
+        with opening("Redis", "COEXIST_REDIS_URL", s.redis_url) if s.redis_url else \
+                opening("state database", "COEXIST_STATE_URL", s.state_url):
+            return store_for(s, self.state)
+
+    def _open_flag_cache(self):
+        from workers.flags import FlagCache
+
+        s = self.settings
+        store = self.flag_store
+        with opening("Redis", "COEXIST_REDIS_URL", s.redis_url) if s.redis_url else \
+                opening("state database", "COEXIST_STATE_URL", s.state_url):
+            return FlagCache(store).start()
+
+    def actor(self, explicit: str | None = None) -> str:
+        """Who is making an operator change: ``--actor``, ``COEXIST_ACTOR`` or ``USER``."""
+        who = self.settings.actor_for(explicit)
+        if not who:
+            raise ConfigError("who is making this change? pass --actor or set COEXIST_ACTOR")
+        return who
+
+    # ------------------------------------------------------------------ running
+
+    def relay(self):
+        from bus.outbox import OutboxRelay
+        from bus.publish import make_publisher
+
         if self._publisher is None:
             self._publisher = make_publisher(self.broker)
         return OutboxRelay(self.state, self._publisher)
@@ -73,7 +424,9 @@ class App:
         names = [*queues.WRITE_QUEUE.values(), queues.COMMAND_QUEUE, queues.REPORT_QUEUE]
         return names + [s.queue for s in self.subscriptions]
 
-    def capture_loops(self) -> list[CaptureLoop]:
+    def capture_loops(self):
+        from workers.router.capture import CaptureLoop
+
         return [
             CaptureLoop(system, self.erps[system], self.erps, self.flags, self.state,
                         subscriptions=self.subscriptions)
@@ -88,94 +441,59 @@ class App:
         ))
 
     def close(self) -> None:
-        self.flags.stop()
-        for erp in self.erps.values():
-            close = getattr(erp, "close", None)
-            if close:
-                close()
+        """Close what this app built (parts given to it belong to the caller)."""
+        built = set(self._built)
+        if "flags" in built:
+            self._parts["flags"].stop()
+        for name in ("cloud", "erps"):
+            if name not in built:
+                continue
+            part = self._parts[name]
+            for erp in (part.values() if isinstance(part, dict) else [part]):
+                close = getattr(erp, "close", None)
+                if close:
+                    close()
         if self._publisher is not None and hasattr(self._publisher, "close"):
             self._publisher.close()
-        self.broker.close()
-        self.state.dispose()
+            self._publisher = None
+        if "broker" in built:
+            self._parts["broker"].close()
+        for name in ("legacy_engine", "state"):
+            if name in built:
+                self._parts[name].dispose()
+        for name in built:
+            self._parts.pop(name, None)
+        self._built.clear()
 
 
-def open_legacy(settings: Settings) -> Erp:
-    from sqlalchemy import inspect
+def start(app: App, *, register: bool = True,
+          channel_handlers: dict[str, Any] | None = None,
+          retry_options: dict[str, Any] | None = None, create_state: bool = False) -> App:
+    """Make ``app`` a routing process: the state database at the code's schema revision
+    (``create_state``: the embedded default's first start may create a new SQLite one),
+    broker with middleware (connected), flag cache, both ERPs, the router's actors.
+    ``channel_handlers`` maps a subscription name to the function this process runs for
+    its events (subscriptions without one are consumed elsewhere; their queues are
+    declared so nothing fanned out is dropped)."""
+    from coexistence.ownership import validate_ownership
 
-    from workers.legacy_erp.adapter import LegacyErp
-    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-    from workers.migrate import LEGACY, require_current
-
-    engine = create_legacy_engine(settings.legacy_url)
-    # Only a missing schema is created (the embedded default's first start); a running
-    # legacy ERP is never touched by DDL here (`coexist db upgrade --legacy` does that),
-    # and worker processes starting together do not race for its write lock.
-    if not inspect(engine).has_table("CHGLOG"):
-        create_legacy_schema(engine)
-    else:
-        require_current(engine, LEGACY)
-    return LegacyErp(engine)
-
-
-def open_cloud(settings: Settings) -> Erp:
-    from workers.cloud_erp import CloudErp
-
-    return CloudErp.from_settings(settings)
-
-
-def open_feeds(settings: Settings) -> dict[str, Any]:
-    """The change feeds the router captures, for lag checks; never creates anything.
-
-    The legacy feed only when its change log exists, the cloud feed only when a cloud
-    ERP is configured: a system coexist cannot see yet has no lag to wait for.
-    """
-    from sqlalchemy import inspect
-
-    from workers.legacy_erp.capture import CHGLOG
-    from workers.legacy_erp.cdc import LegacyChangeFeed
-    from workers.legacy_erp.schema import captured_tables, create_legacy_engine, key_decoders
-
-    feeds: dict[str, Any] = {}
-    engine = create_legacy_engine(settings.legacy_url)
-    if inspect(engine).has_table(CHGLOG.name):
-        feeds[LEGACY] = LegacyChangeFeed(engine, captured_tables(), key_decoders())
-    if settings.cloud_url:
-        feeds[CLOUD] = open_cloud(settings)
-    return feeds
-
-
-def bootstrap(
-    settings: Settings,
-    *,
-    subscriptions: Iterable[queues.Subscription] = (),
-    erps: dict[str, Erp] | None = None,
-    register: bool = True,
-    channel_handlers: dict[str, Any] | None = None,
-    retry_options: dict[str, Any] | None = None,
-    create_state: bool = False,
-) -> App:
-    """Build a process's parts.  ``erps`` overrides the ERPs (tests pass fakes);
-    ``channel_handlers`` maps a subscription name to the function this process
-    runs for its events (subscriptions without one are consumed elsewhere);
-    ``retry_options`` override the failure middleware's retry policy (``bus.retry``);
-    ``create_state``: the embedded default's first start may create a new SQLite state
-    database (else the state database must be at the code's revision)."""
     validate_ownership()
     register_payload_upcaster(_payload_upcaster)
-    state = open_state(settings, create_if_new=create_state)
-    exceptions = ExceptionStore(state)
-    broker = make_broker(settings.broker_url, sqlite_path=settings.ensure_home() / "bus.db",
-                         queue_type=settings.queue_type)
-    setup(broker, store=exceptions, retry_options=retry_options)
-    dramatiq.set_broker(broker)
-    flags = FlagCache(store_for(settings, state)).start()
-    if erps is None:
-        erps = {LEGACY: open_legacy(settings), CLOUD: open_cloud(settings)}
-    app = App(settings, state, broker, exceptions, flags, erps, tuple(subscriptions))
+    app.process = True
+    app.create_state = create_state
+    if retry_options is not None:
+        app.retry_options = retry_options
+    settings = app.settings
+    app.state  # noqa: B018 - open (and create) first: everything else stands on it
+    app.broker  # noqa: B018
+    app.connect_broker()
+    app.flags  # noqa: B018
+    app.erps  # noqa: B018
     log.info("coexist bootstrapped", extra={
         "broker": redact_url(settings.broker_url) if settings.broker_url else "embedded",
         "state": redact_url(settings.state_url), "legacy": redact_url(settings.legacy_url),
         "cloud": redact_url(settings.cloud_url),
+        "subscriptions": [s.name for s in app.subscriptions],
     })
     if register:
         from workers.router.actors import register_actors
@@ -184,9 +502,32 @@ def bootstrap(
     return app
 
 
+def bootstrap(
+    settings: Settings,
+    *,
+    subscriptions: Iterable[queues.Subscription] | None = None,
+    erps: dict[str, Erp] | None = None,
+    register: bool = True,
+    channel_handlers: dict[str, Any] | None = None,
+    retry_options: dict[str, Any] | None = None,
+    create_state: bool = False,
+) -> App:
+    """A started routing process's app from ``settings`` (``start``).  ``erps`` and
+    ``subscriptions`` replace the configured ones (tests pass fakes)."""
+    parts: dict[str, Any] = {}
+    if erps is not None:
+        parts["erps"] = erps
+    if subscriptions is not None:
+        parts["subscriptions"] = tuple(subscriptions)
+    return start(App(settings, **parts), register=register, channel_handlers=channel_handlers,
+                 retry_options=retry_options, create_state=create_state)
+
+
 def start_dlq_drain(app: App, stop: threading.Event) -> threading.Thread:
     """Move dead letters (RabbitMQ ``.XQ`` queues, the embedded broker's dead-letter table)
     into the exception store continuously, so none waits in the broker or expires there."""
+    from bus.dlq_drain import make_drain
+
     drain = make_drain(app.broker, app.exceptions, app.queue_names())
     thread = threading.Thread(target=drain.run_forever, args=(stop,), name="dlq-drain",
                               daemon=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -159,15 +158,14 @@ class CloudErp:
 
     @classmethod
     def from_settings(cls, settings, **kwargs) -> CloudErp:
-        """The adapter as configured: URL and token from ``Settings``; rate limit from
-        ``COEXIST_CLOUD_RATE_PER_S`` / ``COEXIST_CLOUD_BURST`` (Redis-shared if configured)."""
+        """The adapter as configured: URL, token and rate limit (``COEXIST_CLOUD_RATE_PER_S``
+        / ``COEXIST_CLOUD_BURST``, Redis-shared if configured) from ``Settings``."""
         if not settings.cloud_url:
             raise ValueError("COEXIST_CLOUD_URL is not set: no cloud ERP to talk to")
-        rate = float(os.environ.get("COEXIST_CLOUD_RATE_PER_S", "0") or 0)
-        burst = float(os.environ.get("COEXIST_CLOUD_BURST", "0") or 0) or None
         kwargs.setdefault("limiter", make_rate_limiter(
-            "cloud", rate, burst, redis_url=settings.redis_url, prefix=settings.redis_prefix))
-        return cls(settings.cloud_url, token=settings.cloud_token, **kwargs)
+            "cloud", settings.cloud_rate_per_s, settings.cloud_burst or None,
+            redis_url=settings.redis_url, prefix=settings.redis_prefix))
+        return cls(settings.cloud_url, token=settings.cloud_token_value(), **kwargs)
 
     def close(self) -> None:
         self.http.close()

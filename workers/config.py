@@ -1,93 +1,481 @@
-"""Settings from the environment.  Credentials live only here, never in code or logs.
+"""coexist's one configuration: every setting, typed, from one place.
 
-Every setting has an embedded default, so a single machine runs with no
-RabbitMQ, Redis or PostgreSQL: state and the legacy ERP in SQLite files under
-``COEXIST_HOME``, the embedded SQLite broker, flags in SQLite.
+``Settings.from_env()`` reads, highest priority first:
+
+1. the process environment (``COEXIST_*``; an empty value counts as unset);
+2. the env file named by ``COEXIST_ENV_FILE`` (dotenv syntax: ``KEY=VALUE``,
+   ``export KEY=VALUE``, quotes, inline ``# comments``), how supervisord programs
+   get their settings and credentials without putting them on a command line;
+3. the TOML file named by ``COEXIST_CONFIG`` (default ``$COEXIST_HOME/coexist.toml``
+   when that file exists) for the structured sections: today ``[subscriptions.NAME]``;
+4. the embedded defaults: with nothing configured a single machine runs with no
+   RabbitMQ, Redis or PostgreSQL (state and the legacy ERP in SQLite files under
+   ``COEXIST_HOME``, the embedded SQLite broker, flags in SQLite).
+
+Scalar settings are environment variables (``COEXIST_`` + the field name in upper
+case).  A **section** is a field whose value is a pydantic model (or a table of
+them) and is read from the TOML file under the field's name; a channel adds its
+settings by adding one such field here (``crm: CrmSection | None = None``).
+
+Anything wrong is a ``ConfigError`` naming the variable (or TOML key), where it came
+from and what is expected.  Credentials are ``SecretStr`` and URLs are shown through
+``redact_url``: no password reaches a log line or ``coexist config show``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+from coexistence.canonical import DOMAINS
+from workers.router.queues import KIND_DELETE, KIND_EVENT
+
+ENV_PREFIX = "COEXIST_"
+#: The envelope kinds a channel subscription can receive from the router's fan-out.
+SUBSCRIPTION_KINDS: tuple[str, ...] = (KIND_EVENT, KIND_DELETE)
+_CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
-@dataclass(frozen=True)
-class Settings:
-    #: Directory for the embedded default's files (SQLite databases, EDI folders).
-    home: Path
-    #: SQL database for coexist's own state (xref, outbox, inbox, audit, exceptions).
-    state_url: str
-    #: The legacy reference ERP's database.
-    legacy_url: str
-    #: AMQP URL; ``None`` selects the embedded SQLite broker.
-    broker_url: str | None
-    #: ``classic`` on one node, ``quorum`` for clusters.
-    queue_type: str
-    #: Redis URL; ``None`` keeps flags in SQL and rate limits in-process.
-    redis_url: str | None
+class ConfigError(ValueError):
+    """A setting that is missing, malformed or contradictory; the message names it."""
+
+
+class SubscriptionSection(BaseModel):
+    """``[subscriptions.NAME]``: channel NAME receives these domains' canonical events
+    (``coexist.channel.NAME``), from the system of record only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Business domains whose changes the channel receives.
+    domains: tuple[str, ...]
+    #: Which of the router's fan-out kinds: ``event`` (a record as it is now),
+    #: ``delete`` (a record that is gone).
+    kinds: tuple[str, ...] = SUBSCRIPTION_KINDS
+
+    @field_validator("domains")
+    @classmethod
+    def _known_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one domain")
+        for domain in value:
+            if domain not in DOMAINS:
+                raise ValueError(f"{domain!r} is not a domain (one of {', '.join(DOMAINS)})")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("kinds")
+    @classmethod
+    def _some_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(f"must name at least one kind ({', '.join(SUBSCRIPTION_KINDS)})")
+        for kind in value:
+            if kind not in SUBSCRIPTION_KINDS:
+                raise ValueError(f"{kind!r} is not a kind (one of "
+                                 f"{', '.join(SUBSCRIPTION_KINDS)})")
+        return tuple(dict.fromkeys(value))
+
+
+# Sources beyond the init arguments, set only while ``Settings.from_env`` runs: a
+# ``Settings(...)`` built in code (tests, the demo) reads nothing from the environment.
+_LOADING: ContextVar[tuple[Mapping[str, Any], ...] | None] = ContextVar("_LOADING",
+                                                                        default=None)
+
+
+class Settings(BaseSettings):
+    """Every setting of coexist.  Build with ``Settings.from_env()``; in code and tests
+    ``Settings(home=..., ...)`` takes the given values and the defaults, nothing else."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      frozen=True, extra="forbid", validate_default=True)
+
+    #: Folder for the embedded default's files (SQLite databases, the demo's files).
+    home: Path = Path("var")
+    #: coexist's own state (xref, outbox, inbox, audit, exceptions); PostgreSQL in production.
+    state_url: str = ""
+    #: The legacy ERP's database.
+    legacy_url: str = ""
+    #: AMQP URL for RabbitMQ; unset selects the embedded SQLite broker.
+    broker_url: str | None = None
+    #: ``classic`` on one node, ``quorum`` for a RabbitMQ cluster.
+    queue_type: Literal["classic", "quorum"] = "classic"
+    #: RabbitMQ management API for ``status``'s queue view (default: derived from the
+    #: broker URL, port 15672); ``off`` reads queues by passive declares only.
+    broker_management_url: str | None = None
+    #: Redis URL; unset keeps flags in SQL and rate limits in-process.
+    redis_url: str | None = None
     #: Key prefix for everything coexist stores in Redis.
-    redis_prefix: str
-    #: Base URL of the cloud ERP API; ``None`` lets the demo start the simulator.
-    cloud_url: str | None
-    #: Bearer token for the cloud ERP API (from the environment only).
-    cloud_token: str | None = field(repr=False, default=None)
+    redis_prefix: str = "coexist:"
+    #: Base URL of the cloud ERP API.
+    cloud_url: str | None = None
+    #: Bearer token for the cloud ERP API.
+    cloud_token: SecretStr | None = None
+    #: Requests per second coexist allows itself against the cloud ERP (0: unlimited).
+    cloud_rate_per_s: float = Field(0.0, ge=0)
+    #: Token bucket size of that rate limit (default: one second's worth).
+    cloud_burst: float = Field(0.0, ge=0)
+    #: Who changes flags and replays exceptions (``--actor`` wins; else ``USER``).
+    actor: str | None = None
+    #: The login name, the actor's last fallback.
+    user: str | None = Field(None, validation_alias="USER")
+    #: Freeze windows ``START/END[,START/END...]`` (ISO 8601 with a time zone).
+    freeze: str | None = None
+    #: Largest acceptable reconciliation drift in percent of records: ``reconcile``'s exit
+    #: code, the cutover drift guard and ``status`` all judge drift by it.
+    max_drift_pct: float = Field(0.1, ge=0, le=100)
+    #: Largest outbox backlog of a domain for a forward move.
+    cutover_max_backlog: int = Field(0, ge=0)
+    #: Bearer tokens the cloud simulator accepts, ``client:token,client:token``.
+    sim_tokens: SecretStr | None = None
+    #: Show tracebacks for errors (also ``coexist --debug``).
+    debug: bool = False
+
+    # ------------------------------------------------------------------ sections
+
+    #: ``[subscriptions.NAME]``: which channel consumes which domains and kinds.
+    subscriptions: dict[str, SubscriptionSection] = Field(default_factory=dict)
+
+    # ------------------------------------------------------------------ where from
+
+    #: The env file and TOML file this configuration was read from (for ``config show``).
+    _env_file: Path | None = PrivateAttr(None)
+    _config_file: Path | None = PrivateAttr(None)
+    #: Field name -> where its value came from (environment, env file, TOML, default).
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
-    def from_env(cls) -> Settings:
-        load_env_file(os.environ.get("COEXIST_ENV_FILE"))
-        home = Path(_env("COEXIST_HOME", "var")).resolve()
-        return cls(
-            home=home,
-            state_url=_env("COEXIST_STATE_URL", f"sqlite:///{home / 'state.db'}"),
-            legacy_url=_env("COEXIST_LEGACY_URL", f"sqlite:///{home / 'legacy.db'}"),
-            broker_url=_env("COEXIST_BROKER_URL"),
-            queue_type=_env("COEXIST_QUEUE_TYPE", "classic"),
-            redis_url=_env("COEXIST_REDIS_URL"),
-            redis_prefix=_env("COEXIST_REDIS_PREFIX", "coexist:"),
-            cloud_url=_env("COEXIST_CLOUD_URL"),
-            cloud_token=_env("COEXIST_CLOUD_TOKEN"),
-        )
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        extra = _LOADING.get()
+        if extra is None:
+            return (init_settings,)
+        return (init_settings, *(InitSettingsSource(settings_cls, dict(d)) for d in extra))
+
+    # ------------------------------------------------------------------ validation
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("freeze")
+    @classmethod
+    def _valid_freeze(cls, value: str | None) -> str | None:
+        from coexistence.flags import FlagError
+        from coexistence.preflight import parse_freeze_windows
+
+        try:
+            parse_freeze_windows(value, source="COEXIST_FREEZE")
+        except FlagError as exc:
+            raise ValueError(str(exc).removeprefix("COEXIST_FREEZE: ")) from None
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _amqp(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps:// (or be unset for the embedded "
+                             "broker)")
+        return value
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("subscriptions")
+    @classmethod
+    def _channel_names(cls, value: dict[str, SubscriptionSection]):
+        for name in value:
+            if not _CHANNEL_NAME.match(name):
+                raise ValueError(f"channel name {name!r} must be lower-case letters, digits "
+                                 "and _, starting with a letter (it names a queue)")
+        return value
+
+    @model_validator(mode="after")
+    def _derived_urls(self) -> Settings:
+        # Frozen model: fill the defaults that depend on ``home`` once, at validation.
+        if not self.state_url:
+            self.__dict__["state_url"] = f"sqlite:///{self.home / 'state.db'}"
+        if not self.legacy_url:
+            self.__dict__["legacy_url"] = f"sqlite:///{self.home / 'legacy.db'}"
+        return self
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The configuration of this process (see the module docstring); ``ConfigError``
+        naming the setting when something is wrong."""
+        environ = os.environ if environ is None else environ
+        env = {k: v for k, v in environ.items() if v != ""}
+        env_file = _path_setting(env, "COEXIST_ENV_FILE")
+        file_values: dict[str, str] = {}
+        if env_file is not None:
+            file_values = read_env_file(env_file)
+        merged = {**file_values, **env}
+        config_file = _path_setting(merged, "COEXIST_CONFIG")
+        explicit_config = config_file is not None
+        if config_file is None:
+            home = Path(merged.get("COEXIST_HOME", "var")).expanduser().resolve()
+            config_file = home / "coexist.toml"
+        toml_values = read_toml(config_file, required=explicit_config)
+        if not toml_values and not explicit_config:
+            config_file = None
+
+        env_names = env_names_of(cls)
+        from_file = {field: file_values[name] for field, name in env_names.items()
+                     if name in file_values and name not in env}
+        unknown = sorted(k for k in file_values if k.startswith(ENV_PREFIX)
+                         and k not in env_names.values() and k not in _LOADER_VARIABLES)
+        if unknown:
+            raise ConfigError(f"COEXIST_ENV_FILE {env_file}: {', '.join(unknown)} "
+                              f"{'is not a' if len(unknown) == 1 else 'are not'} coexist "
+                              "setting(s) (see `coexist config show`)")
+        # Other variables of the env file reach the process environment, as a shell's
+        # `source` would (PGSSLROOTCERT and the like); the environment wins.
+        for key, value in file_values.items():
+            if not key.startswith(ENV_PREFIX) and key not in env_names.values():
+                os.environ.setdefault(key, value)
+
+        origins = {field: "default" for field in cls.model_fields}
+        for field, name in env_names.items():
+            if name in env:
+                origins[field] = "environment"
+            elif name in file_values:
+                origins[field] = f"env file {env_file}"
+        for field in toml_values:
+            origins[field] = f"TOML {config_file}"
+        from_env = {field: env[name] for field, name in env_names.items() if name in env}
+        token = _LOADING.set((from_env, from_file, toml_values))
+        try:
+            settings = cls()
+        except ValidationError as exc:
+            raise ConfigError(explain_validation(exc, env_names, origins)) from None
+        finally:
+            _LOADING.reset(token)
+        settings._env_file, settings._config_file = env_file, config_file
+        settings._origins = origins
+        return settings
+
+    # ------------------------------------------------------------------ helpers
 
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
         return self.home
 
+    @property
+    def bus_path(self) -> Path:
+        """The embedded broker's SQLite file."""
+        return self.home / "bus.db"
 
-def load_env_file(path: str | None) -> None:
-    """Read ``KEY=VALUE`` lines from ``path`` into the environment (existing variables win).
+    @cached_property
+    def freeze_windows(self):
+        from coexistence.preflight import parse_freeze_windows
 
-    How supervisord programs get their settings and credentials without putting them on a
-    command line or in the supervisord file.  Blank lines and ``#`` comments are skipped.
-    """
-    if not path:
-        return
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"COEXIST_ENV_FILE {path}: {exc.strerror}") from None
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        return parse_freeze_windows(self.freeze, source="COEXIST_FREEZE")
+
+    def cloud_token_value(self) -> str | None:
+        return self.cloud_token.get_secret_value() if self.cloud_token else None
+
+    def actor_for(self, explicit: str | None = None) -> str | None:
+        """Who is acting: ``--actor``, else ``COEXIST_ACTOR``, else ``USER``."""
+        actor = (explicit or self.actor or self.user or "").strip()
+        return actor or None
+
+    def sim_token_map(self) -> dict[str, str]:
+        """``COEXIST_SIM_TOKENS`` as token -> client id."""
+        raw = self.sim_tokens.get_secret_value() if self.sim_tokens else ""
+        tokens: dict[str, str] = {}
+        for i, pair in enumerate(p for p in raw.split(",") if p.strip()):
+            client, sep, token = pair.strip().partition(":")
+            if not sep or not client or not token:
+                raise ConfigError(f"COEXIST_SIM_TOKENS entry {i + 1} is not client:token")
+            tokens[token] = client
+        return tokens
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value with credentials hidden, origin) of every setting, for people."""
+        names = env_names_of(type(self))
+        rows = [("COEXIST_ENV_FILE", str(self._env_file or "-"),
+                 "environment" if self._env_file else "default"),
+                ("COEXIST_CONFIG", str(self._config_file or "-"),
+                 "read" if self._config_file else "none")]
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            name = names.get(field, f"[{field}]")
+            rows.append((name, _shown(value), self._origins.get(field, "default")))
+        return rows
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file the sections were read from, if any."""
+        return self._config_file
+
+
+#: Variables read by ``from_env`` itself rather than by a field.
+_LOADER_VARIABLES = frozenset({"COEXIST_ENV_FILE", "COEXIST_CONFIG"})
+
+
+def env_names_of(cls: type[Settings]) -> dict[str, str]:
+    """Field name -> environment variable, for every scalar setting (not the sections)."""
+    out = {}
+    for name, info in cls.model_fields.items():
+        if is_section(info.annotation):
             continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"COEXIST_ENV_FILE {path} line {n}: expected KEY=VALUE")
-        os.environ.setdefault(key.strip(), value.strip().strip('"').strip("'"))
+        alias = info.validation_alias
+        out[name] = alias if isinstance(alias, str) else ENV_PREFIX + name.upper()
+    return out
+
+
+def is_section(annotation: Any) -> bool:
+    """A field read from the TOML file: a pydantic model, a table of them, or an optional one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(is_section(arg) for arg in get_args(annotation))
+
+
+def _path_setting(values: Mapping[str, str], name: str) -> Path | None:
+    raw = values.get(name)
+    return Path(raw).expanduser() if raw else None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a dotenv file; ``ConfigError`` naming the file and line when it is
+    missing, unreadable or has a line that is not ``[export] KEY=VALUE``."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"COEXIST_ENV_FILE {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"COEXIST_ENV_FILE {path}: cannot read it: {reason}") from None
+    import io
+
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            snippet = binding.original.string.strip().splitlines()[0][:60]
+            raise ConfigError(f"COEXIST_ENV_FILE {path} line {line}: expected KEY=VALUE, got "
+                              f"{_redact_text(snippet)!r}")
+        if binding.key is None:
+            continue  # blank line or comment
+        if binding.value is None:
+            raise ConfigError(f"COEXIST_ENV_FILE {path} line {binding.original.line}: "
+                              f"{binding.key} has no value (write {binding.key}=VALUE)")
+        values[binding.key] = binding.value
+    return values
+
+
+def read_toml(path: Path, *, required: bool) -> dict[str, Any]:
+    """The sections of the TOML configuration file (``{}`` when absent and not required)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"COEXIST_CONFIG {path}: no such file") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"COEXIST_CONFIG {path}: cannot read it: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"COEXIST_CONFIG {path}: not valid TOML: {exc}") from None
+    sections = [n for n, info in Settings.model_fields.items() if is_section(info.annotation)]
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"COEXIST_CONFIG {path}: unknown section(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sections)}; scalar settings are environment "
+                          "variables)")
+    return data
+
+
+def explain_validation(exc: ValidationError, env_names: Mapping[str, str],
+                       origins: Mapping[str, str]) -> str:
+    """One line per problem, naming the variable or TOML key and where it was set."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        field = loc[0] if loc else "?"
+        name = env_names.get(field)
+        if name is None:
+            # A section: its TOML path, e.g. subscriptions.crm.domains[1]
+            name = field + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
+        where = origins.get(field, "default")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or field in _SECRET_FIELDS else (
+            f"={_redact_text(str(value))!r}")
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            message = message.replace("Input should be", "must be")
+        lines.append(f"{name}{shown} ({where}): {message}")
+    return "; ".join(lines)
+
+
+_SECRET_FIELDS = frozenset({"cloud_token", "sim_tokens"})
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else "-"
+    if isinstance(value, dict):
+        if not value:
+            return "-"
+        return "; ".join(f"{k}: {_shown(v)}" for k, v in value.items())
+    if isinstance(value, BaseModel):
+        return ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}"
+                         for k, v in value.model_dump().items())
+    text = str(value)
+    return redact_url(text) if "://" in text else text
+
+
+_USERINFO = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
+
+
+def _redact_text(text: str) -> str:
+    return _USERINFO.sub(r"\1:***@", text)
 
 
 def redact_url(url: str | None) -> str:
-    """A URL safe to log: the password is replaced by ``***``."""
+    """A URL safe to log: the password is replaced by ``***`` (also in malformed URLs)."""
     if not url:
         return "-"
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return _redact_text(url)
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    netloc = parts.netloc.replace(f":{password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))

@@ -27,15 +27,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from bus.exception_store import ExceptionStore
 from coexistence.canonical import DOCUMENT_DOMAINS, DOMAINS, CanonicalRecord
 from coexistence.flags import Mode
 from coexistence.reconcile.engine import merge
 from coexistence.router import CLOUD, LEGACY, is_closed
 from coexistence.translate.legacy import LEGACY_TRANSLATORS
 from workers.driver import Driver
-from workers.flags import SqlPreflightFacts, policy_from_env, store_for
-from workers.flags.ops import Cutover
 from workers.router.repair import backfill
 from workers.router.state import get_route
 
@@ -45,12 +42,14 @@ PERSON_CLOUD = "ana.cloud"
 
 
 def reconciler(app) -> Callable[[str], float]:
-    """``reconcile(domain) -> drift %`` over the app's reference ERPs, stored like the CLI's."""
+    """``reconcile(domain) -> drift %`` over the app's reference ERPs, stored like the CLI's
+    (judged against the one configured limit, ``COEXIST_MAX_DRIFT_PCT``)."""
     from workers.reconcile.service import reconcile_and_store
 
     def reconcile(domain: str) -> float:
         report, _status, _findings = reconcile_and_store(
-            domain, app.erps[LEGACY].engine, app.erps[CLOUD], app.state)
+            domain, app.erps[LEGACY].engine, app.erps[CLOUD], app.state,
+            max_drift_pct=app.settings.max_drift_pct)
         return report.counts.drift_pct
 
     return reconcile
@@ -151,13 +150,20 @@ class PhasedCutover:
         self.cloud_people = cloud_people
         self.k = changes_per_domain
         self.report = report
-        self.cutover = Cutover(store_for(self.app.settings, self.app.state),
-                               SqlPreflightFacts(self.app.state), policy_from_env())
-        self.exceptions = ExceptionStore(self.app.state)
+        self.cutover = self.app.cutover
+        self.exceptions = self.app.exceptions
         self.reconcile = reconcile
         self.drift: dict[str, float] = {}
         self.reports: list[StepReport] = []
         self._n = itertools.count(1)
+        #: Every person's edit: (system, domain, key).
+        self.edits: list[tuple[str, str, str]] = []
+        #: Stray writes made on purpose: (system written by mistake, domain, key).
+        self.strays: list[tuple[str, str, str]] = []
+        #: Records people edited in the cloud after cloud_only (the legacy ERP no longer
+        #: follows them: drift that a reconciliation afterwards reports, on purpose).
+        self.edited_after_cloud_only: set[tuple[str, str]] = set()
+        self._cloud_only = False
 
     # ------------------------------------------------------------------ steps
 
@@ -185,6 +191,7 @@ class PhasedCutover:
     def move_all(self, mode: Mode) -> None:
         for domain in DOMAINS:
             self._set(domain, mode, f"phase: {mode}")
+        self._cloud_only = mode is Mode.CLOUD_ONLY
         self.driver.settle()
         self._step(f"every domain moved to {mode}")
 
@@ -200,12 +207,16 @@ class PhasedCutover:
                 stray = records[self.k]
                 wrong = CLOUD if self._sor_of(domain, stray.key, sor) == LEGACY else LEGACY
                 self._person_edit(wrong, stray)
+                self.strays.append((wrong, domain, stray.key))
                 notes.append(f"stray write into {wrong}: {domain} {stray.key}")
         self.driver.settle()
         self._step(title, notes=notes, compare_both=compare_both)
 
     def _person_edit(self, system: str, record: CanonicalRecord) -> None:
         changed = touched(record, next(self._n))
+        self.edits.append((system, record.domain, record.key))
+        if self._cloud_only and system == CLOUD:
+            self.edited_after_cloud_only.add((record.domain, record.key))
         if system == LEGACY:
             self.legacy.person_upsert(changed, PERSON_LEGACY)
         else:
@@ -248,7 +259,10 @@ class PhasedCutover:
     def _set(self, domain: str, mode: Mode, reason: str) -> None:
         # The team reviews the exceptions this scenario provokes (stray writes, each one
         # reported and repaired) and archives them before moving on, as the guard demands.
-        self.exceptions.archive(ids=[r.id for r in self.exceptions.list(domain=domain)])
+        open_ids = [r.id for r in self.exceptions.list(domain=domain)]
+        if open_ids:
+            self.exceptions.archive(ids=open_ids, actor=ACTOR,
+                                    reason="demo: stray writes reviewed, each repaired")
         if self.reconcile is not None:
             self.drift[domain] = self.reconcile(domain)
         state = self.cutover.set(domain, mode, actor=ACTOR, reason=reason,

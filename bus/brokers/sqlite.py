@@ -25,11 +25,13 @@ times (it keeps killing its worker) is dead-lettered, like RabbitMQ quorum
 queues do.  Several worker processes can share the file: WAL mode, a busy
 timeout and ``BEGIN IMMEDIATE`` for multi-statement writes, as in
 ``bus.db.create_state_engine``.  Delivery is at least once; the inbox makes
-effects exactly once.
+effects exactly once.  Each live consumer keeps a row in ``bus_consumer`` fresh
+(``CONSUMER_HEARTBEAT_MS``), so a reader can tell a queue that nobody consumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -57,6 +59,9 @@ DELIVERY_LIMIT = 20
 REDELIVERY_DELAY_MS = 1_000
 #: SQLite waits this long for another process's write lock.
 BUSY_TIMEOUT_MS = 30_000
+#: How often a consumer notes in ``bus_consumer`` that it is alive; readers count one as
+#: alive while its note is younger than three of these.
+CONSUMER_HEARTBEAT_MS = 5_000
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS bus_queue (
@@ -72,6 +77,14 @@ _SCHEMA = (
     # Ordered like the consumer's scan, so a fetch stops after LIMIT rows however long the queue.
     "CREATE INDEX IF NOT EXISTS bus_queue_visible ON bus_queue (queue_name, visible_at_ms, id)",
     "CREATE INDEX IF NOT EXISTS bus_queue_owner ON bus_queue (lease_owner)",
+    # One row per live consumer and queue, so `coexist status` can tell a queue that has
+    # messages and nobody consuming them (rows of a killed process just grow old).
+    """CREATE TABLE IF NOT EXISTS bus_consumer (
+        owner TEXT NOT NULL,
+        queue_name TEXT NOT NULL,
+        seen_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (owner, queue_name)
+    )""",
     """CREATE TABLE IF NOT EXISTS bus_dead_letters (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         queue_name TEXT NOT NULL,
@@ -269,11 +282,13 @@ class SqliteConsumer(Consumer):
         self.held: set[int] = set()
         self._held_lock = threading.Lock()
         self._last_renew = time.monotonic()
+        self._last_seen = 0.0
 
     def __next__(self) -> MessageProxy | None:
         deadline = time.monotonic() + self.timeout_ms / 1000
         while True:
             self._renew_if_due()
+            self._heartbeat_if_due()
             if self.buffer:
                 return self.buffer.popleft()
             with self._held_lock:
@@ -319,6 +334,16 @@ class SqliteConsumer(Consumer):
         self.broker.db.conn.execute(
             "UPDATE bus_queue SET visible_at_ms = ? WHERE lease_owner = ?",
             (current_millis() + self.broker.lease_ms, self.owner),
+        )
+
+    def _heartbeat_if_due(self) -> None:
+        if time.monotonic() - self._last_seen < CONSUMER_HEARTBEAT_MS / 1000:
+            return
+        self._last_seen = time.monotonic()
+        self.broker.db.conn.execute(
+            "INSERT INTO bus_consumer (owner, queue_name, seen_at_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (owner, queue_name) DO UPDATE SET seen_at_ms = excluded.seen_at_ms",
+            (self.owner, self.queue_name, current_millis()),
         )
 
     def _release(self, row_id: int) -> bool:
@@ -381,4 +406,7 @@ class SqliteConsumer(Consumer):
 
     def close(self) -> None:
         self.requeue([])
+        with contextlib.suppress(sqlite3.Error):  # else its row ages out
+            self.broker.db.conn.execute("DELETE FROM bus_consumer WHERE owner = ?",
+                                        (self.owner,))
 

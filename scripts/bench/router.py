@@ -108,8 +108,6 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
     from workers.cloud_sim import start_simulator
     from workers.cloud_sim.admin import SimulatorAdmin
     from workers.config import Settings
-    from workers.flags import SqlPreflightFacts, policy_from_env, store_for
-    from workers.flags.ops import Cutover
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
     from workers.legacy_erp.seed import seed_legacy
 
@@ -130,9 +128,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             legacy_engine = create_legacy_engine(settings.legacy_url)
             create_legacy_schema(legacy_engine)
             app = bootstrap(settings, create_state=True)
-            cutover = Cutover(store_for(settings, app.state), SqlPreflightFacts(app.state),
-                              policy_from_env())
-            state = cutover.set("customer", Mode.SHADOW, actor="bench", reason="bench",
+            state = app.cutover.set("customer", Mode.SHADOW, actor="bench", reason="bench",
                                 force=True)
             app.flags.wait_for("customer", state.version, 10)
             # People's inserts: the changes to route (they sit in the change log).

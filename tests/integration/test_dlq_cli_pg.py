@@ -41,8 +41,10 @@ def test_list_show_group_archive_and_replay_on_postgresql(store, tmp_path):
     assert {g["error_type"]: g["count"] for g in groups} == {"UnknownRecord": 2, "Timeout": 1}
     assert json.loads(run("show", str(t), "--format", "json").output)["key"] == "C3"
     assert "archived 2" in run("archive", "--group",
-                               group_key("UnknownRecord", "workers.crm.apply")).output
-    result = run("replay", str(t))  # onto the embedded broker under COEXIST_HOME
+                               group_key("UnknownRecord", "workers.crm.apply"),
+                               "--reason", "fixed by hand", "--actor", "maria").output
+    # onto the embedded broker under COEXIST_HOME
+    result = run("replay", str(t), "--reason", "cloud back", "--actor", "maria")
     assert result.exit_code == 0, result.output
     assert store.get(t).status == "replayed"
     assert store.open_count() == 0

@@ -19,6 +19,9 @@ from workers.migrate import upgrade as upgrade_schema
 pytestmark = pytest.mark.integration
 
 
+WHO = ("--reason", "replayed after the fix", "--actor", "maria")
+
+
 @pytest.fixture(params=["classic", "quorum"])
 def configured(request, rabbit_vhost, tmp_path, monkeypatch):
     monkeypatch.delenv("COEXIST_STATE_URL", raising=False)
@@ -48,7 +51,7 @@ def test_replay_puts_the_message_back_on_its_rabbitmq_queue_with_retries_reset(c
                        message_id=env.message_id, envelope=env, raw=None, message=message,
                        error_type="DeadLetter", error_message="rejected",
                        call_site="rabbitmq.XQ", attempts=20)
-    result = CliRunner().invoke(cli, ["dlq", "replay", str(rid)], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(rid), *WHO], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert store.get(rid).status == "replayed"
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -74,7 +77,7 @@ def test_an_unreachable_broker_leaves_the_record_open_and_says_why(configured, m
                        message_id=env.message_id, envelope=env, raw=None, message=message,
                        error_type="UnknownRecord", error_message="unknown customer",
                        call_site="workers.crm.apply", attempts=1)
-    result = CliRunner().invoke(cli, ["dlq", "replay", str(rid)])
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(rid), *WHO])
     assert result.exit_code in (1, 2)
     assert "Traceback" not in result.output
     assert "guest:guest" not in result.output

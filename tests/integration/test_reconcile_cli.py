@@ -15,7 +15,7 @@ from tests.support import cloud_sim
 from tests.support.state import upgraded_state
 from workers.cli import cli
 from workers.cloud_erp import CloudErp
-from workers.db import create_state_engine
+from workers.db import create_state_engine, create_state_schema
 from workers.flags.facts import SqlPreflightFacts
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.reconcile.store import RunStore
@@ -35,6 +35,9 @@ def env(tmp_path, sim, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     engine = create_legacy_engine(legacy_url)
     create_legacy_schema(engine)
+    state = create_state_engine(state_url)
+    create_state_schema(state)
+    state.dispose()
     erp = CloudErp(sim.url)
     yield {"legacy": engine, "cloud": erp, "state_url": state_url, "tmp": tmp_path}
     erp.close()
@@ -116,7 +119,7 @@ def test_unreachable_cloud_or_unknown_domain_exit_2_with_one_line(env, monkeypat
     monkeypatch.setenv("COEXIST_CLOUD_URL", "http://127.0.0.1:9")
     down = run("customer")
     assert down.exit_code == 2
-    assert "cloud ERP http://127.0.0.1:9 unreachable" in down.output
+    assert "cloud ERP (COEXIST_CLOUD_URL=http://127.0.0.1:9) unreachable" in down.output
     assert "Traceback" not in down.output
 
 

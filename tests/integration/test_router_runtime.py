@@ -139,7 +139,8 @@ def test_a_shadow_that_keeps_failing_technically_is_retried_then_recorded_as_div
     # Replayed from the CLI once the cloud is back, it applies and the divergence is gone.
     cloud.upsert = original
     s = app.settings
-    result = CliRunner().invoke(cli, ["dlq", "replay", str(record.id)], env={
+    result = CliRunner().invoke(cli, ["dlq", "replay", str(record.id), "--reason",
+                                      "cloud is back", "--actor", "ops"], env={
         "COEXIST_HOME": str(s.home), "COEXIST_STATE_URL": s.state_url,
         "COEXIST_BROKER_URL": s.broker_url or "",
     })

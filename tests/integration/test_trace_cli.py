@@ -179,7 +179,8 @@ def test_an_unreachable_state_database_is_one_line_without_its_password(stray):
     for command in (["trace", "customer:10042"], ["status"]):
         result = CliRunner().invoke(cli, command, env={**env, "COEXIST_STATE_URL": url})
         assert result.exit_code == 2, result.output
-        assert "cannot open the state database" in result.output
+        assert "state database (COEXIST_STATE_URL=postgresql+psycopg://coexist:***@127.0.0.1:1/" \
+               "state): OperationalError" in result.output
         assert "pa55word" not in result.output and "Traceback" not in result.output
 
 

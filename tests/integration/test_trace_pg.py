@@ -12,6 +12,7 @@ from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.reconcile.findings import Finding, Kind
 from tests.support.router_harness import Harness
+from workers.bootstrap import App
 from workers.config import Settings
 from workers.db import create_state_engine
 from workers.flags.audit import FlagAuditLog
@@ -89,7 +90,7 @@ def test_a_stray_write_is_traced_and_reported_on_postgresql(pg):
     assert "mismatch credit_limit" in finding.what and finding.detail["cloud"] == "1"
     assert all(e.at.tzinfo is not None for e in trace.events)
 
-    report = collect_status(settings, h.engine)
+    report = collect_status(App(settings, state=h.engine))
     customer = next(d for d in report.domains if d["domain"] == "customer")
     assert customer["open_exceptions"] == {"business": 1} and customer["flag_version"] == 1
     [legacy] = [c for c in report.capture if c["system"] == "legacy"]

@@ -14,20 +14,26 @@ from sqlalchemy.orm import Session
 from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
 from bus.outbox import add_to_outbox
+from coexistence.router import CLOUD, LEGACY
+from coexistence.sample import iter_customers
+from tests.support.state import upgraded_state
+from workers.bootstrap import App
 from workers.cli import cli
 from workers.config import Settings
-from workers.flags import open_state
+from workers.db import create_state_engine
+from workers.erp_memory import InMemoryErp
 from workers.reconcile.store import ReconcileRun
 
 
 @pytest.fixture
 def engine(tmp_path, monkeypatch):
     for name in ("COEXIST_STATE_URL", "COEXIST_REDIS_URL", "COEXIST_FREEZE",
-                 "COEXIST_CUTOVER_MAX_DRIFT_PCT", "COEXIST_CUTOVER_MAX_BACKLOG"):
+                 "COEXIST_MAX_DRIFT_PCT", "COEXIST_CUTOVER_MAX_BACKLOG", "COEXIST_ENV_FILE",
+                 "COEXIST_CONFIG", "COEXIST_LEGACY_URL", "COEXIST_CLOUD_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
     monkeypatch.setenv("COEXIST_ACTOR", "alice")
-    engine = open_state(Settings.from_env(), create_if_new=True)
+    engine = create_state_engine(upgraded_state(Settings.from_env().state_url))
     yield engine
     engine.dispose()
 
@@ -154,7 +160,7 @@ def test_a_malformed_freeze_window_is_a_one_line_error(engine, monkeypatch):
     monkeypatch.setenv("COEXIST_FREEZE", "next week")
     result = run("status")
     assert result.exit_code == 2
-    assert "COEXIST_FREEZE: freeze window 'next week'" in result.output
+    assert "COEXIST_FREEZE='next week' (environment): freeze window 'next week'" in result.output
     assert "Traceback" not in result.output
 
 
@@ -178,17 +184,60 @@ def test_set_waits_for_work_routed_under_the_old_version_and_says_when_it_does_n
     assert result.exit_code == 0 and "drained" not in result.output
 
 
+def with_customers(n: int = 40) -> App:
+    """An app whose legacy ERP (an in-memory fake, the SoR in legacy/shadow) holds the
+    sample's first ``n`` customers (regions NA-EAST, NA-WEST, EMEA, LATAM)."""
+    legacy, cloud = InMemoryErp("legacy"), InMemoryErp("cloud")
+    for c in iter_customers(n):
+        legacy.person_upsert(c, "JSMITH")
+        cloud.person_upsert(c, "ana.cloud")
+    return App(Settings.from_env(), erps={LEGACY: legacy, CLOUD: cloud})
+
+
+def cutover_with(app: App, *args: str):
+    return CliRunner().invoke(cli, ["cutover", *args], obj=app)
+
+
 def test_a_percent_and_segment_rollout_is_shown_and_rolled_back_in_one_step(engine):
-    run("set", "customer", "shadow", "--reason", "r", "--force")
-    result = run("set", "customer", "cloud", "--percent", "10", "--segment", "region=WEST",
-                 "--segment", "region=EAST", "--reason", "canary", "--force")
+    app = with_customers()
+    cutover_with(app, "set", "customer", "shadow", "--reason", "r", "--force")
+    result = cutover_with(app, "set", "customer", "cloud", "--percent", "10", "--segment",
+                          "region=NA-WEST", "--segment", "region=NA-EAST", "--reason",
+                          "canary", "--force")
     assert result.exit_code == 0, result.output
     row = status(engine)["customer"]
     assert (row["mode"], row["base_mode"], row["rollout"]) == (
-        "cloud", "shadow", "10% and region in EAST,WEST")
+        "cloud", "shadow", "10% and region in NA-EAST,NA-WEST")
     assert run("rollback", "customer", "--reason", "canary failed").exit_code == 0
     row = status(engine)["customer"]
     assert (row["mode"], row["rollout"], row["version"]) == ("shadow", "all", 3)
+
+
+def test_a_segment_value_no_record_has_is_refused_naming_the_known_values(engine):
+    app = with_customers()
+    result = cutover_with(app, "set", "customer", "shadow", "--segment", "region=NOWHERE",
+                          "--reason", "r", "--force")
+    assert result.exit_code == 2
+    assert ("segment region=NOWHERE: no customer record has this value; known region values: "
+            "EMEA, LATAM, NA-EAST, NA-WEST") in result.output
+    assert status(engine)["customer"]["version"] == 0
+    result = cutover_with(app, "plan", "customer", "shadow", "--segment", "warehouse=WH01")
+    assert result.exit_code == 2 and "customer records have no warehouse" in result.output
+
+
+def test_plan_says_how_many_records_would_move(engine):
+    app = with_customers()
+    reconciled(engine, "customer", 0.0)
+    result = cutover_with(app, "plan", "customer", "shadow", "--format", "json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert (out["records"], out["moving"]) == (40, 40)
+    result = cutover_with(app, "plan", "customer", "shadow", "--segment", "region=EMEA")
+    assert "records that would move: 7 of 40" in result.output
+    # Without a readable SoR the plan still answers, and says why the count is unknown.
+    result = run("plan", "customer", "shadow")
+    assert result.exit_code == 0, result.output
+    assert "records that would move: unknown (no legacy database at" in result.output
 
 
 def test_a_bad_segment_or_mode_is_a_clear_error(engine):

@@ -19,9 +19,11 @@ from workers.migrate import upgrade as upgrade_schema
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    for name in ("COEXIST_STATE_URL", "COEXIST_BROKER_URL", "COEXIST_QUEUE_TYPE"):
+    for name in ("COEXIST_STATE_URL", "COEXIST_BROKER_URL", "COEXIST_QUEUE_TYPE",
+                 "COEXIST_ENV_FILE", "COEXIST_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
+    monkeypatch.setenv("COEXIST_ACTOR", "maria")
     return tmp_path
 
 
@@ -106,10 +108,12 @@ def test_show_of_an_unknown_id_is_one_clear_line(store):
 
 
 def test_a_bad_argument_is_refused_without_a_traceback(store):
-    result = run("replay")
+    result = run("replay", "--reason", "r")
     assert result.exit_code == 2 and "give record IDs or --group" in result.output
-    result = run("replay", "1", "--group", "abc")
+    result = run("replay", "1", "--group", "abc", "--reason", "r")
     assert result.exit_code == 2
+    result = run("replay", "1")
+    assert result.exit_code == 2 and "--reason" in result.output
     result = run("show", "not-a-number")
     assert result.exit_code == 2 and "not-a-number" in result.output
 
@@ -118,16 +122,47 @@ def test_archive_by_id_and_by_group(store):
     a = fail(store, "C1")
     b = fail(store, "C2", error_type="Timeout")
     c = fail(store, "C3", error_type="Timeout")
-    assert "archived 1" in run("archive", str(a)).output
-    out = run("archive", "--group", group_key("Timeout", "workers.crm.apply")).output
+    assert "archived 1" in run("archive", str(a), "--reason", "fixed by hand").output
+    out = run("archive", "--group", group_key("Timeout", "workers.crm.apply"),
+              "--reason", "cloud outage, records re-sent").output
     assert "archived 2" in out
     assert {store.get(i).status for i in (a, b, c)} == {"archived"}
     assert "no open exception records" in run("list").output
+    [action] = store.actions(a)
+    assert (action["actor"], action["reason"]) == ("maria", "fixed by hand")
+    shown = json.loads(run("show", str(b), "--format", "json").output)
+    assert [(x["action"], x["actor"]) for x in shown["actions"]] == [("archive", "maria")]
+
+
+def test_archiving_an_unknown_or_archived_id_exits_1_and_names_it(store):
+    a = fail(store, "C1")
+    result = run("archive", "99999", "--reason", "r")
+    assert result.exit_code == 1 and "not archived 99999: no such record" in result.output
+    assert run("archive", str(a), "--reason", "r").exit_code == 0
+    again = run("archive", str(a), "--reason", "r")
+    assert again.exit_code == 1 and "it is archived, not open" in again.output
+
+
+def test_replaying_an_unknown_or_archived_record_exits_1_and_changes_nothing(store, home):
+    a = fail(store, "C1")
+    result = run("replay", "99999", "--reason", "r")
+    assert result.exit_code == 1 and "skipped 99999: no such record" in result.output
+    run("archive", str(a), "--reason", "handled by hand")
+    result = run("replay", str(a), "--reason", "r")
+    assert result.exit_code == 1 and "archived (handled by hand)" in result.output
+    assert store.get(a).status == "archived"
+    with sqlite3.connect(home / "bus.db") as conn:
+        assert conn.execute("SELECT count(*) FROM bus_queue").fetchone()[0] == 0
+
+
+def test_an_unknown_domain_is_refused(store):
+    result = run("list", "--domain", "nosuch")
+    assert result.exit_code == 2 and "nosuch" in result.output
 
 
 def test_a_dry_run_replay_changes_nothing(store, home):
     rid = fail(store, "C1")
-    result = run("replay", str(rid), "--dry-run")
+    result = run("replay", str(rid), "--dry-run", "--reason", "r")
     assert result.exit_code == 0 and f"would replay 1 record(s): {rid}" in result.output
     assert store.get(rid).status == "open"
     assert not (home / "bus.db").exists()
@@ -136,8 +171,8 @@ def test_a_dry_run_replay_changes_nothing(store, home):
 def test_replay_puts_the_message_back_on_the_embedded_broker_with_retries_reset(store, home):
     rid = fail(store, "C1")
     other = fail(store, "C2")
-    result = run("replay", str(rid), "999")
-    assert result.exit_code == 0, result.output
+    result = run("replay", str(rid), "999", "--reason", "bug 42 fixed")
+    assert result.exit_code == 1, result.output  # 999 is unknown
     assert f"replayed 1 record(s): {rid}" in result.output
     assert "skipped 999: no such record" in result.output
     assert store.get(rid).status == "replayed"
@@ -157,7 +192,7 @@ def test_replay_by_group_replays_only_its_open_records(store, home):
     b = fail(store, "C2")
     other = fail(store, "C3", error_type="Timeout")
     result = run("replay", "--group", group_key("UnknownRecord", "workers.crm.apply"),
-                 "--format", "json")
+                 "--format", "json", "--reason", "bug 42 fixed")
     assert json.loads(result.output)["replayed"] == [a, b]
     assert store.get(other).status == "open"
 
@@ -167,6 +202,6 @@ def test_an_unreachable_state_database_is_one_clear_line(home, monkeypatch):
                        "postgresql+psycopg://nobody:secretpw@127.0.0.1:1/none")
     result = run("list")
     assert result.exit_code == 2
-    assert "cannot open the state database" in result.output
+    assert "state database (COEXIST_STATE_URL=postgresql+psycopg://nobody:***@" in result.output
     assert "secretpw" not in result.output
     assert "Traceback" not in result.output

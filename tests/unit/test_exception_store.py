@@ -68,6 +68,9 @@ def test_a_failure_is_recorded_with_its_envelope_class_error_and_call_site(store
     assert store.get(rid + 100) is None
 
 
+WHO = {"actor": "ops", "reason": "handled"}
+
+
 def test_the_same_message_failing_again_updates_its_record_instead_of_duplicating(store):
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     env, message = message_for()
@@ -75,7 +78,7 @@ def test_the_same_message_failing_again_updates_its_record_instead_of_duplicatin
                   envelope=env, raw=None, message=message, error_type="Timeout",
                   error_message="timed out", call_site="workers.crm.apply")
     first = store.record(failure_class="technical", attempts=3, failed_at=t0, **common)
-    store.archive([first])
+    store.archive([first], **WHO)
     again = store.record(failure_class="technical", attempts=6,
                          failed_at=t0 + timedelta(hours=1), **common)
     assert again == first
@@ -88,7 +91,7 @@ def test_the_same_message_failing_again_updates_its_record_instead_of_duplicatin
 
 def test_a_replayed_message_failing_again_reopens_its_record_and_adds_up_attempts(store):
     rid, env, message = record(store, attempts=3)
-    store.replay([rid], enqueue=FakeQueue())
+    store.replay([rid], enqueue=FakeQueue(), **WHO)
     again = store.record(failure_class="business", queue_name="crm", actor_name="sync_crm",
                          message_id=env.message_id, envelope=env, raw=None, message=message,
                          error_type="UnknownRecord", error_message="still unknown",
@@ -131,7 +134,7 @@ def test_list_filters_by_status_domain_and_group(store):
     a, _, _ = record(store, key="C1")
     b, _, _ = record(store, key="P1", domain="product")
     c, _, _ = record(store, key="C2", error_type="Timeout")
-    store.archive([c])
+    store.archive([c], **WHO)
     assert {r.id for r in store.list()} == {a, b}
     assert [r.id for r in store.list(domain="product")] == [b]
     assert [r.id for r in store.list(status="archived")] == [c]
@@ -144,7 +147,7 @@ def test_archive_by_group_touches_only_open_records_of_that_group(store):
     a, _, _ = record(store, key="C1")
     b, _, _ = record(store, key="C2")
     other, _, _ = record(store, key="C3", error_type="Timeout")
-    assert store.archive(group=group_key("UnknownRecord", "workers.crm.apply")) == 2
+    assert store.archive(group=group_key("UnknownRecord", "workers.crm.apply"), **WHO) == 2
     assert store.get(a).status == store.get(b).status == "archived"
     assert store.get(other).status == "open"
 
@@ -152,7 +155,7 @@ def test_archive_by_group_touches_only_open_records_of_that_group(store):
 def test_replay_resets_retry_counters_and_goes_back_to_the_base_queue(store):
     rid, env, _ = record(store)
     queue = FakeQueue()
-    result = store.replay([rid], enqueue=queue)
+    result = store.replay([rid], enqueue=queue, **WHO)
     assert result.replayed == [rid]
     (sent,) = queue.messages
     assert sent["queue_name"] == "crm"
@@ -168,7 +171,7 @@ def test_replay_resets_retry_counters_and_goes_back_to_the_base_queue(store):
 def test_a_dry_run_replays_nothing(store):
     rid, _, _ = record(store)
     queue = FakeQueue()
-    result = store.replay([rid], enqueue=queue, dry_run=True)
+    result = store.replay([rid], enqueue=queue, dry_run=True, **WHO)
     assert result.replayed == [rid] and result.dry_run
     assert queue.messages == [] and store.get(rid).status == "open"
 
@@ -177,7 +180,7 @@ def test_a_failed_enqueue_leaves_the_record_open_to_try_again(store):
     ok, _, _ = record(store, key="C1")
     bad, _, _ = record(store, key="C2")
     result = store.replay(group=group_key("UnknownRecord", "workers.crm.apply"),
-                          enqueue=FakeQueue(fail_on={"C2"}))
+                          enqueue=FakeQueue(fail_on={"C2"}), **WHO)
     assert result.replayed == [ok]
     assert result.failed == [(bad, "ConnectionError: broker down")]
     assert store.get(bad).status == "open"
@@ -190,7 +193,7 @@ def test_replay_skips_unknown_ids_and_records_without_a_message(store):
                             raw=b"garbage", message=None, error_type="MessageDecodeError",
                             error_message="not JSON", call_site="bus.envelope.decode",
                             attempts=1)
-    result = store.replay([raw_only, 999], enqueue=FakeQueue())
+    result = store.replay([raw_only, 999], enqueue=FakeQueue(), **WHO)
     reasons = dict(result.skipped)
     assert reasons[999] == "no such record"
     assert "only raw bytes" in reasons[raw_only]
@@ -199,9 +202,9 @@ def test_replay_skips_unknown_ids_and_records_without_a_message(store):
 
 def test_replay_and_archive_need_ids_or_a_group(store):
     with pytest.raises(ValueError):
-        store.replay(enqueue=FakeQueue())
+        store.replay(enqueue=FakeQueue(), **WHO)
     with pytest.raises(ValueError):
-        store.archive([1], group="abc")
+        store.archive([1], group="abc", **WHO)
 
 
 def test_reset_for_replay_leaves_the_stored_message_untouched():
@@ -221,3 +224,27 @@ def test_the_call_site_is_the_innermost_frame_in_our_code_without_line_numbers()
         site = call_site(exc)
     assert site == "tests.unit.test_exception_store._failing_handler"
     assert call_site(BusinessError("never raised")) == "<unknown>"
+
+
+def test_archive_and_replay_are_audited_with_actor_and_reason(store):
+    a, _, _ = record(store, key="C1")
+    b, _, _ = record(store, key="C2")
+    store.archive([a], actor="maria", reason="fixed the customer by hand")
+    store.replay([b], enqueue=FakeQueue(), actor="joe", reason="bug 42 deployed")
+    [archived] = store.actions(a)
+    assert (archived["action"], archived["actor"], archived["reason"]) == (
+        "archive", "maria", "fixed the customer by hand")
+    [replayed] = store.actions(b)
+    assert (replayed["action"], replayed["actor"]) == ("replay", "joe")
+    with pytest.raises(ValueError, match="actor and a reason"):
+        store.archive([b], actor="joe", reason=" ")
+
+
+def test_an_archived_record_is_never_replayed_not_even_by_id(store):
+    rid, _, _ = record(store)
+    store.archive([rid], **WHO)
+    queue = FakeQueue()
+    result = store.replay([rid], enqueue=queue, **WHO)
+    assert result.replayed == [] and queue.messages == []
+    assert result.skipped == [(rid, "archived (handled by hand): never replayed")]
+    assert store.get(rid).status == "archived"

@@ -10,8 +10,10 @@ import threading
 import pytest
 
 from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout
+from workers.bootstrap import App
+from workers.config import ConfigError, Settings
 from workers.db import create_state_engine
-from workers.flags import FlagCache, FlagConflict, SqlFlagStore, actor_from_env, policy_from_env
+from workers.flags import FlagCache, FlagConflict, SqlFlagStore
 from workers.migrate import upgrade as upgrade_schema
 
 WATCHER = """
@@ -130,17 +132,21 @@ def test_a_change_reaches_another_process_through_the_version_poll(store, state_
         proc.wait(10)
 
 
-def test_guard_settings_come_from_the_environment_with_clear_errors():
-    policy = policy_from_env({"COEXIST_CUTOVER_MAX_DRIFT_PCT": "0.5",
-                              "COEXIST_FREEZE": "2026-11-28T00:00Z/2026-12-02T00:00Z"})
+def test_guard_settings_come_from_the_configuration_with_clear_errors():
+    app = App(Settings.from_env({"COEXIST_MAX_DRIFT_PCT": "0.5", "COEXIST_HOME": "/nowhere",
+                                 "COEXIST_FREEZE": "2026-11-28T00:00Z/2026-12-02T00:00Z"}))
+    policy = app.policy
     assert policy.max_drift_pct == 0.5 and len(policy.freeze_windows) == 1
-    with pytest.raises(FlagError, match="COEXIST_CUTOVER_MAX_BACKLOG='many'"):
-        policy_from_env({"COEXIST_CUTOVER_MAX_BACKLOG": "many"})
+    with pytest.raises(ConfigError, match="COEXIST_CUTOVER_MAX_BACKLOG='many'"):
+        Settings.from_env({"COEXIST_CUTOVER_MAX_BACKLOG": "many"})
 
 
-def test_the_actor_is_explicit_else_from_the_environment():
-    assert actor_from_env("bob", {"COEXIST_ACTOR": "alice"}) == "bob"
-    assert actor_from_env(None, {"COEXIST_ACTOR": "alice", "USER": "root"}) == "alice"
-    assert actor_from_env(None, {"USER": "root"}) == "root"
-    with pytest.raises(FlagError, match="--actor"):
-        actor_from_env(None, {})
+def test_the_actor_is_explicit_else_from_the_configuration():
+    def app(**env):
+        return App(Settings.from_env(env))
+
+    assert app(COEXIST_ACTOR="alice").actor("bob") == "bob"
+    assert app(COEXIST_ACTOR="alice", USER="root").actor(None) == "alice"
+    assert app(USER="root").actor(None) == "root"
+    with pytest.raises(ConfigError, match="--actor"):
+        app().actor(None)

@@ -244,7 +244,7 @@ def test_the_init_command_is_idempotent_and_a_bad_url_is_one_clear_line(tmp_path
         result = runner.invoke(cli, ["legacy", "init"])
         assert result.exit_code == 0 and "legacy schema ready" in result.output
     bad = runner.invoke(cli, ["legacy", "init", "--url", "mysql://u:secret@db/erp"])
-    assert bad.exit_code == 2 and "sqlite:// or postgresql://" in bad.output
+    assert bad.exit_code == 2 and "runs on SQLite or PostgreSQL, not mysql" in bad.output
     assert "secret" not in bad.output
 
 

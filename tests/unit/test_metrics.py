@@ -112,7 +112,7 @@ def test_open_exceptions_by_class_backlog_and_flag_versions_are_read_at_scrape_t
                                             ("failure_class", "business")))] == 1
     assert now[("coexist_outbox_backlog", (("domain", "customer"),))] == 1
     assert now[("coexist_flag_version", (("domain", "customer"), ("mode", "legacy")))] == 0
-    store.archive(ids=[r.id for r in store.list()])
+    store.archive(ids=[r.id for r in store.list()], actor="ops", reason="reviewed")
     h.settle()
     later = scrape(url)
     assert ("coexist_open_exceptions", (("domain", "customer"),

@@ -94,7 +94,7 @@ def test_open_exceptions_are_counted_by_class_and_exit_1_until_archived(router):
     assert out["attention"] == ["customer: 1 open exception(s) (business 1)"]
     assert "need attention" in result.output
     [record] = ExceptionStore(app.state).list()
-    ExceptionStore(app.state).archive(ids=[record.id])
+    ExceptionStore(app.state).archive(ids=[record.id], actor="ops", reason="reviewed")
     result, out = status(router)
     assert result.exit_code == 0, out["attention"]
 
@@ -126,14 +126,20 @@ def test_a_reconciliation_above_its_drift_limit_needs_attention(router):
     result, out = status(router)
     assert result.exit_code == 1
     assert domain(out, "product")["last_reconciliation"]["drift_pct"] == 2.5
-    assert out["attention"] == ["product: last reconciliation drift 2.5% above its limit 0.5%"]
+    assert out["attention"] == ["product: last reconciliation drift 2.5% above the limit 0.1% "
+                                "(COEXIST_MAX_DRIFT_PCT)"]
+    # One limit for reconcile, the guard and status: raise it and the run is within it.
+    result, out = status(router, env={"COEXIST_MAX_DRIFT_PCT": "3"})
+    assert result.exit_code == 0 and out["attention"] == []
 
 
 def test_the_broker_url_is_shown_without_its_password(router):
     url = "amqp://coexist:s3cr3t@rabbit.example:5672/prod"
     result, out = status(router, env={"COEXIST_BROKER_URL": url})
-    assert out["broker"] == {"kind": "rabbitmq", "url": "amqp://coexist:***@rabbit.example:5672"
-                                                        "/prod", "queue_type": "classic"}
+    b = out["broker"]
+    assert (b["kind"], b["url"], b["queue_type"]) == (
+        "rabbitmq", "amqp://coexist:***@rabbit.example:5672/prod", "classic")
+    assert b["reachable"] is False and result.exit_code == 1
     assert "s3cr3t" not in result.output
     table = CliRunner().invoke(cli, ["status"], env={**router.env, "COEXIST_BROKER_URL": url})
     assert "rabbitmq amqp://coexist:***@" in table.output and "s3cr3t" not in table.output

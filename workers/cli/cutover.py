@@ -1,6 +1,8 @@
 """``coexist cutover``: see, plan, change and roll back the per-domain cutover flags.
 
-Exit codes: 0 done; 1 refused (a check failed) or drain timed out; 2 bad input.
+Exit codes: 0 done (also when the change is audited but Redis could not be told: a
+warning says so); 1 refused (a check failed) or drain timed out; 2 bad input or an
+unreachable system; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bus.errors import BusError
+from coexistence.canonical import DOMAINS
 from coexistence.flags import (
     FULL,
     MODES,
@@ -21,22 +23,20 @@ from coexistence.flags import (
     FlagState,
     Rollout,
     check_domain,
+    check_segment_values,
     parse_mode,
     parse_segments,
     percent_to_buckets,
 )
 from coexistence.preflight import TransitionPlan, backfill_command
-from workers.cli.common import UserError
-from workers.config import Settings
+from workers.cli.common import NeedsAttention, UserError
 
 #: Default longest wait for in-flight work routed under the old flag version.
 DRAIN_TIMEOUT_S = 120.0
 
 
-class Refused(click.ClickException):
+class Refused(NeedsAttention):
     """A guard or rule refused the change (exit 1, the checks are printed above)."""
-
-    exit_code = 1
 
 
 def _console() -> Console:
@@ -48,40 +48,26 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (FlagError, BusError) as exc:
+        except FlagError as exc:
             raise UserError(str(exc)) from None
 
     return wrapper
 
 
-class _Env:
-    """What every subcommand needs: settings, state database, store, guard facts."""
+def _flags(app) -> dict[str, FlagState]:
+    """The truth (the SQL audit), healing Redis on the way if it lags behind."""
+    from workers.flags import RedisFlagStore
 
-    def __init__(self) -> None:
-        from workers.flags import SqlPreflightFacts, open_state, policy_from_env, store_for
-        from workers.flags.ops import Cutover
-
-        self.settings = Settings.from_env()
-        policy = policy_from_env()
+    store = app.flag_store
+    if isinstance(store, RedisFlagStore):
         try:
-            self.engine = open_state(self.settings)
-        except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
-            raise UserError(
-                f"cannot open the state database: {type(exc).__name__}: {exc}"
-            ) from None
-        self.store = store_for(self.settings, self.engine)
-        self.facts = SqlPreflightFacts(self.engine)
-        self.cutover = Cutover(self.store, self.facts, policy)
+            store.restore()
+        except Exception as exc:  # noqa: BLE001 - Redis down must not hide the truth
+            from workers.errors import first_line
 
-    def flags(self) -> dict[str, FlagState]:
-        """The truth (the SQL audit), healing Redis on the way if it lags behind."""
-        restore = getattr(self.store, "restore", None)
-        if restore is not None:
-            try:
-                restore()
-            except Exception as exc:  # noqa: BLE001 - Redis down must not hide the truth
-                click.echo(f"warning: could not refresh Redis from the audit: {exc}", err=True)
-        return self.cutover.flags()
+            click.echo(f"warning: could not refresh Redis (COEXIST_REDIS_URL) from the audit: "
+                       f"{first_line(exc)}", err=True)
+    return app.cutover.flags()
 
 
 def _rollout(percent: float | None, segments: tuple[str, ...]) -> Rollout:
@@ -91,9 +77,15 @@ def _rollout(percent: float | None, segments: tuple[str, ...]) -> Rollout:
     return Rollout(buckets, parse_segments(segments))
 
 
-def _print_plan(console: Console, p: TransitionPlan, force: bool) -> None:
+def _print_plan(console: Console, p: TransitionPlan, force: bool, impact=None,
+                impact_error: str | None = None) -> None:
     console.print(f"[bold]{p.current.domain}[/]: {p.current.describe()} (v{p.current.version})"
                   f" -> {p.proposed.describe()} (v{p.proposed.version}) [{p.direction}]")
+    if impact is not None:
+        console.print(f"  records that would move: {impact.moving:,} of {impact.records:,}",
+                      highlight=False)
+    elif impact_error:
+        console.print(f"  records that would move: unknown ({impact_error})", highlight=False)
     if not p.checks:
         console.print("  no checks apply (moving back is always allowed)")
     for c in p.checks:
@@ -108,32 +100,60 @@ def _print_plan(console: Console, p: TransitionPlan, force: bool) -> None:
         console.print(f"  [yellow]WARN[/] {w}", highlight=False)
 
 
+def _impact(app, p: TransitionPlan, *, required: bool):
+    """(impact, error): the records the change would move, read from the SoR.  With
+    segments the read is required (their values are checked against the records)."""
+    from workers.errors import SetupError, first_line
+    from workers.flags.rollout import impact
+
+    try:
+        result = impact(app, p.current, p.proposed)
+    except SetupError as exc:
+        if required:
+            raise
+        return None, f"{exc.problem}{exc.where()}"
+    except Exception as exc:  # noqa: BLE001 - the count is information, not a guard
+        if required:
+            raise
+        return None, first_line(exc)
+    check_segment_values(p.current.domain, p.proposed.rollout, result.segment_values)
+    return result, None
+
+
 @click.group()
 def cutover() -> None:
     """Per-domain cutover flags: status, plan, set, rollback, history."""
 
 
 @cutover.command()
+@click.argument("domain", required=False, type=click.Choice(DOMAINS))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_obj
 @_user_errors
-def status(fmt: str) -> None:
-    """Every domain's mode, rollout, flag version, backlog, dead letters and last drift."""
-    env = _Env()
+def status(app, domain: str | None, fmt: str) -> None:
+    """Every domain's (or DOMAIN's) mode, rollout, flag version, backlog, dead letters and
+    last drift, and the broker's queues that carry its messages."""
+    from workers.observe.broker import read_broker
+
     rows = []
-    for domain, state in env.flags().items():
-        rec = env.facts.last_reconciliation(domain)
+    for name, state in _flags(app).items():
+        if domain is not None and name != domain:
+            continue
+        rec = app.facts.last_reconciliation(name)
         rows.append({
-            "domain": domain, "mode": state.mode.value, "base_mode": state.base_mode.value,
+            "domain": name, "mode": state.mode.value, "base_mode": state.base_mode.value,
             "rollout": state.rollout.describe(), "version": state.version,
-            "backlog": env.facts.backlog(domain),
-            "dead_letters": env.facts.open_exceptions(domain),
+            "backlog": app.facts.backlog(name),
+            "dead_letters": app.facts.open_exceptions(name),
             "last_drift_pct": rec.drift_pct if rec else None,
             "last_reconciled_at": rec.finished_at.isoformat() if rec else None,
         })
+    broker = read_broker(app.settings, _queues_of(app, domain))
     if fmt == "json":
-        click.echo(json.dumps({"store": env.store.name, "domains": rows}))
+        click.echo(json.dumps({"store": app.flag_store.name, "domains": rows,
+                               "broker": broker.to_dict()}))
         return
-    table = Table(title=f"cutover flags ({env.store.name} store)")
+    table = Table(title=f"cutover flags ({app.flag_store.name} store)")
     for col in ("domain", "mode", "rollout", "version", "backlog", "dead letters", "last drift"):
         table.add_column(col, justify="right" if col in ("version", "backlog") else "left")
     for r in rows:
@@ -141,7 +161,24 @@ def status(fmt: str) -> None:
         drift = "missing" if r["last_drift_pct"] is None else f"{r['last_drift_pct']:g}%"
         table.add_row(r["domain"], mode, r["rollout"], str(r["version"]),
                       _unknown(r["backlog"]), _unknown(r["dead_letters"]), drift)
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    from workers.cli.status import print_broker
+
+    print_broker(console, broker)
+    for reason in broker.attention():
+        console.print(f"  [bold red]attention[/]: {reason}", highlight=False)
+
+
+def _queues_of(app, domain: str | None) -> list[str]:
+    """The queues that carry ``domain``'s messages (writers, commands, reports, the channels
+    subscribed to it); all of them without a domain."""
+    if domain is None:
+        return app.queue_names()
+    from workers.router import queues
+
+    names = [*queues.WRITE_QUEUE.values(), queues.COMMAND_QUEUE, queues.REPORT_QUEUE]
+    return names + [s.queue for s in app.subscriptions if domain in s.domains]
 
 
 def _unknown(value: int | None) -> str:
@@ -156,73 +193,76 @@ def _unknown(value: int | None) -> str:
               help="Move only records of this segment (warehouse, region, customer_group); "
                    "repeat for more values.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
 @_user_errors
-def plan_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str, ...],
+def plan_cmd(app, domain: str, mode: str, percent: float | None, segments: tuple[str, ...],
              fmt: str) -> None:
-    """What setting DOMAIN to MODE would change and which checks pass or fail (exit 1 if any
-    fail)."""
-    env = _Env()
-    env.flags()
-    p = env.cutover.plan(check_domain(domain), parse_mode(mode), _rollout(percent, segments))
+    """What setting DOMAIN to MODE would change, how many records would move, and which
+    checks pass or fail (exit 1 if any fail)."""
+    _flags(app)
+    rollout = _rollout(percent, segments)
+    p = app.cutover.plan(check_domain(domain), parse_mode(mode), rollout)
+    impact, impact_error = _impact(app, p, required=bool(rollout.segments))
     if fmt == "json":
         click.echo(json.dumps({
             "domain": domain, "from": p.current.to_dict(), "to": p.proposed.to_dict(),
             "direction": p.direction, "allowed": p.allowed(), "warnings": list(p.warnings),
+            "records": None if impact is None else impact.records,
+            "moving": None if impact is None else impact.moving,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail,
                         "overridable": c.overridable} for c in p.checks],
         }))
     else:
-        _print_plan(_console(), p, force=False)
+        _print_plan(_console(), p, force=False, impact=impact, impact_error=impact_error)
     if p.failed:
         raise Refused(f"{len(p.failed)} check(s) fail; `set` would refuse without --force")
 
 
-def _apply(env: _Env, p: TransitionPlan, *, action: str, reason: str, force: bool,
-           actor: str | None, wait: bool, wait_timeout_s: float) -> None:
-    from workers.flags import actor_from_env
+def _apply(app, p: TransitionPlan, *, action: str, reason: str, force: bool,
+           actor: str | None, wait: bool, wait_timeout_s: float, impact=None) -> None:
+    from workers.flags import FlagNotPublished
     from workers.flags.ops import DrainTimeout, TransitionRefused
 
     console = _console()
-    who = actor_from_env(actor)
+    who = app.actor(actor)
     if not reason.strip():
         raise UserError("--reason must not be empty")
-    _print_plan(console, p, force)
+    _print_plan(console, p, force, impact=impact)
     if wait and p.allowed(force):
-        _wait_for_capture(env, wait_timeout_s)
+        _wait_for_capture(app, wait_timeout_s)
         console.print("changes logged before this switch: all routed under the old flag")
     try:
-        after = env.cutover.apply(p, actor=who, reason=reason, force=force, action=action)
+        after = app.cutover.apply(p, actor=who, reason=reason, force=force, action=action)
     except TransitionRefused as exc:
         raise Refused(str(exc)) from None
+    except FlagNotPublished as exc:
+        # Audited, so it is the truth; processes pick it up when Redis is back (their
+        # watchers re-publish it from the audit).  A script must not retry it: exit 0.
+        after = app.cutover.flags()[p.current.domain]
+        console.print(f"{after.domain} is now {after.describe()} at flag version "
+                      f"{after.version} (audited)", highlight=False)
+        click.echo(f"warning: {exc}; not waiting for the drain", err=True)
+        return
     console.print(f"{after.domain} is now {after.describe()} at flag version {after.version}"
                   + (" [yellow](forced)[/]" if p.failed else ""), highlight=False)
     if wait:
         try:
-            env.cutover.wait_for_drain(after, wait_timeout_s)
+            app.cutover.wait_for_drain(after, wait_timeout_s)
         except DrainTimeout as exc:
             raise Refused(str(exc)) from None
         console.print(f"in-flight {after.domain} work under older flag versions: drained")
 
 
-def _wait_for_capture(env: _Env, timeout_s: float) -> None:
+def _wait_for_capture(app, timeout_s: float) -> None:
     """Before the switch: the router must have routed every change the ERPs logged so far,
     or those changes would be judged under the new flag (see ``workers.router.lag``)."""
-    from workers.bootstrap import open_feeds
     from workers.router.lag import CaptureBehind, wait_for_capture
 
-    try:
-        feeds = open_feeds(env.settings)
-    except Exception as exc:  # noqa: BLE001 - one line for the user
-        raise UserError(f"cannot read the change feeds: {type(exc).__name__}: {exc}") from None
-    try:
-        wait_for_capture(env.engine, feeds, timeout_s)
-    except CaptureBehind as exc:
-        raise Refused(str(exc)) from None
-    finally:
-        for feed in feeds.values():
-            close = getattr(feed, "close", None)
-            if close is not None:
-                close()
+    with app.feeds() as feeds:
+        try:
+            wait_for_capture(app.state, feeds, timeout_s)
+        except CaptureBehind as exc:
+            raise Refused(str(exc)) from None
 
 
 _reason = click.option("--reason", required=True, help="Why (mandatory, audited).")
@@ -241,23 +281,27 @@ _wait_timeout = click.option("--wait-timeout", type=click.FloatRange(min=0),
 @click.argument("mode", type=click.Choice([m.value for m in MODES]))
 @click.option("--percent", type=float, help="Sticky percentage of records to move (0-100).")
 @click.option("--segment", "segments", multiple=True, metavar="NAME=VALUE",
-              help="Move only records of this segment; repeat for more values.")
+              help="Move only records of this segment; repeat for more values (checked "
+                   "against the values the domain's records carry).")
 @_reason
 @click.option("--force", is_flag=True, help="Override failed guards (audited as forced).")
 @_actor
 @_no_wait
 @_wait_timeout
+@click.pass_obj
 @_user_errors
-def set_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str, ...],
+def set_cmd(app, domain: str, mode: str, percent: float | None, segments: tuple[str, ...],
             reason: str, force: bool, actor: str | None, no_wait: bool,
             wait_timeout: float) -> None:
     """Set DOMAIN to MODE (optionally for a rollout), if the guards allow it."""
-    env = _Env()
-    env.flags()
-    p = env.cutover.plan(check_domain(domain), parse_mode(mode), _rollout(percent, segments))
-    _apply(env, p, action="set",
-           reason=reason, force=force, actor=actor, wait=not no_wait,
-           wait_timeout_s=wait_timeout)
+    _flags(app)
+    rollout = _rollout(percent, segments)
+    p = app.cutover.plan(check_domain(domain), parse_mode(mode), rollout)
+    impact = None
+    if rollout.segments:
+        impact, _ = _impact(app, p, required=True)
+    _apply(app, p, action="set", reason=reason, force=force, actor=actor, wait=not no_wait,
+           wait_timeout_s=wait_timeout, impact=impact)
 
 
 @cutover.command()
@@ -268,24 +312,22 @@ def set_cmd(domain: str, mode: str, percent: float | None, segments: tuple[str, 
 @_actor
 @_no_wait
 @_wait_timeout
+@click.pass_obj
 @_user_errors
-def rollback(domain: str, reason: str, force: bool, actor: str | None, no_wait: bool,
+def rollback(app, domain: str, reason: str, force: bool, actor: str | None, no_wait: bool,
              wait_timeout: float) -> None:
     """Move DOMAIN one step back (undo a partial rollout, else the previous mode)."""
-    env = _Env()
-    env.flags()
-    p = env.cutover.plan_rollback(check_domain(domain))
+    _flags(app)
+    p = app.cutover.plan_rollback(check_domain(domain))
     backfill = next((c for c in p.checks if c.name == "backfill" and not c.ok), None)
     if backfill is not None and not force:
         _print_plan(_console(), p, force)
-        built = "reconcile" in click.get_current_context().find_root().command.commands
         raise Refused(
             f"{domain} is cloud_only: the legacy ERP missed every change since; backfill it "
-            f"first with `{backfill_command(domain)}`"
-            + ("" if built else " (not built in this installation yet)")
-            + ", then roll back (or --force to roll back anyway)"
+            f"first with `{backfill_command(domain)}`, then roll back (or --force to roll back "
+            "anyway)"
         )
-    _apply(env, p, action="rollback", reason=reason, force=force, actor=actor,
+    _apply(app, p, action="rollback", reason=reason, force=force, actor=actor,
            wait=not no_wait, wait_timeout_s=wait_timeout)
 
 
@@ -293,13 +335,13 @@ def rollback(domain: str, reason: str, force: bool, actor: str | None, no_wait: 
 @click.argument("domain", required=False)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_obj
 @_user_errors
-def history(domain: str | None, limit: int, fmt: str) -> None:
+def history(app, domain: str | None, limit: int, fmt: str) -> None:
     """Audited flag changes, newest first (all domains, or DOMAIN)."""
     if domain is not None:
         check_domain(domain)
-    env = _Env()
-    entries = env.store.history(domain, limit)
+    entries = app.flag_store.history(domain, limit)
     if fmt == "json":
         click.echo(json.dumps([{
             "id": e.id, "domain": e.domain, "version": e.version, "at": e.at.isoformat(),
@@ -316,6 +358,8 @@ def history(domain: str | None, limit: int, fmt: str) -> None:
                       e.before.describe(), e.after.describe(), e.actor,
                       "FORCED" if e.forced else "", e.reason)
     _console().print(table)
+    if not entries:
+        click.echo("no flag changes yet: every domain is in legacy at version 0")
 
 
 __all__ = ["cutover"]

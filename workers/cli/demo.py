@@ -7,7 +7,6 @@ runs as a subprocess on a free loopback port with its own SQLite file.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from bus.context import configure_logging
 from coexistence.sample import SampleSpec
+from workers.cli.common import UserError
 from workers.config import Settings
 from workers.scenario import StepReport
 
@@ -41,9 +41,35 @@ def _print_step(console: Console, n: int, report: StepReport) -> None:
         console.print(f"  - {note}")
 
 
+#: Marks a folder as a demo home; only such a folder is ever emptied, and only of these.
+DEMO_MARKER = ".coexist-demo"
+DEMO_FILES = ("legacy.db", "state.db", "bus.db", "cloud.db")
+DEMO_LOG = "coexist.log"
+
+
+def prepare_home(home: Path) -> None:
+    """Make ``home`` an empty demo home: a new or empty folder, or one a previous demo made
+    (only the demo's own files are removed).  Anything else is refused, nothing deleted."""
+    if home.exists() and not home.is_dir():
+        raise UserError(f"--home {home}: not a folder")
+    if home.exists() and any(home.iterdir()):
+        if not (home / DEMO_MARKER).is_file():
+            raise UserError(f"--home {home} is not empty and is not a demo home (it has no "
+                            f"{DEMO_MARKER}); choose a new or empty folder. Nothing was "
+                            "deleted.")
+        for name in DEMO_FILES:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (home / f"{name}{suffix}").unlink(missing_ok=True)
+        (home / DEMO_LOG).unlink(missing_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text("made by `coexist demo`; rerunning it replaces only "
+                                    f"{', '.join(DEMO_FILES)} and {DEMO_LOG} here\n")
+
+
 @click.command("demo")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path("var/demo"),
-              show_default=True, help="Folder for the demo's SQLite files (emptied first).")
+              show_default=True, help="Folder for the demo's files: new, empty, or one an "
+                                      "earlier demo made (only its files are replaced).")
 @click.option("--customers", type=click.IntRange(1, 100_000), default=40, show_default=True,
               help="Sample size; every other domain scales from it.")
 @click.option("--changes", type=click.IntRange(1, 50), default=3, show_default=True,
@@ -51,7 +77,9 @@ def _print_step(console: Console, n: int, report: StepReport) -> None:
 def demo(home: Path, customers: int, changes: int) -> None:
     """Seed the legacy ERP, start the cloud simulator, and cut every domain over:
     legacy -> shadow -> cloud -> cloud_only, with a rollback drill, while people keep
-    editing both ERPs.  Prints how far the ERPs agree after every step."""
+    editing both ERPs.  Prints how far the ERPs agree after every step.
+
+    The demo is the embedded default on its own folder: it reads no COEXIST_* setting."""
     from workers.bootstrap import bootstrap
     from workers.cloud_sim import start_simulator
     from workers.cloud_sim.admin import SimulatorAdmin
@@ -62,12 +90,10 @@ def demo(home: Path, customers: int, changes: int) -> None:
 
     console = Console(width=None if Console().is_terminal else 110)
     home = home.resolve()
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
+    prepare_home(home)
     started = time.perf_counter()
     # The console shows the steps; every log line (JSON, with correlation ids) goes to a file.
-    log_file = (home / "coexist.log").open("a")
+    log_file = (home / DEMO_LOG).open("a")
     configure_logging("INFO", stream=log_file)
 
     legacy_url = f"sqlite:///{home / 'legacy.db'}"
@@ -81,20 +107,18 @@ def demo(home: Path, customers: int, changes: int) -> None:
 
     with start_simulator(home / "cloud.db") as sim:
         console.print(f"[bold]cloud ERP simulator[/] at {sim.url}")
-        settings = Settings(
-            home=home, state_url=f"sqlite:///{home / 'state.db'}", legacy_url=legacy_url,
-            broker_url=None, queue_type="classic", redis_url=None, redis_prefix="coexist:",
-            cloud_url=sim.url,
-        )
+        settings = Settings(home=home, state_url=f"sqlite:///{home / 'state.db'}",
+                            legacy_url=legacy_url, cloud_url=sim.url, actor="coexist-demo")
         app = bootstrap(settings, create_state=True)
         driver = Driver(app)
         people = SimulatorAdmin(sim.url)
         steps = iter(range(1, 100))
+        scenario = PhasedCutover(
+            driver, cloud_people=people.person_upsert, changes_per_domain=changes,
+            report=lambda r: _print_step(console, next(steps), r), reconcile=reconciler(app),
+        )
         try:
-            reports = PhasedCutover(
-                driver, cloud_people=people.person_upsert, changes_per_domain=changes,
-                report=lambda r: _print_step(console, next(steps), r), reconcile=reconciler(app),
-            ).run()
+            reports = scenario.run()
         finally:
             people.close()
             driver.stop()
@@ -103,15 +127,49 @@ def demo(home: Path, customers: int, changes: int) -> None:
     elapsed = time.perf_counter() - started
     console.print(
         f"\n[bold]{'done' if not disagreements else 'DONE WITH DISAGREEMENTS'}[/] in "
-        f"{elapsed:.1f} s: {len(reports)} steps, {disagreements} domain/step disagreements.\n"
-        f"Logs (JSON lines): {home / 'coexist.log'}\n"
-        f"Look around with COEXIST_HOME={home}:  coexist cutover history | "
-        f"coexist dlq list --status all | coexist status | coexist trace customer:10003\n"
-        f"Reconcile the demo's ERPs yourself (the cloud ERP keeps its file):\n"
-        f"  python -m workers.cloud_sim --db {home / 'cloud.db'} --port 8099 &\n"
-        f"  COEXIST_HOME={home} COEXIST_CLOUD_URL=http://127.0.0.1:8099 coexist reconcile "
-        f"--output findings.jsonl"
-    )
+        f"{elapsed:.1f} s: {len(reports)} steps, {disagreements} domain/step disagreements.")
+    for line in closing_hints(home, scenario):
+        click.echo(line)
     log_file.close()
     if disagreements:
         raise SystemExit(1)
+
+
+def closing_hints(home: Path, scenario) -> list[str]:
+    """How to look around afterwards: whole commands, one a line (never wrapped), naming
+    records the demo really touched, and why a reconciliation now reports drift."""
+    from shlex import quote
+
+    h = quote(str(home))
+    stray = next((key for _system, domain, key in scenario.strays if domain == "customer"),
+                 None)
+    edited = next((key for _s, domain, key in scenario.edits if domain == "customer"), None)
+    key = stray or edited
+    after = sorted(scenario.edited_after_cloud_only)
+    lines = [
+        f"Logs (JSON lines): {home / DEMO_LOG}",
+        "",
+        "Look around (run `source .venv/bin/activate` first if `coexist` is not on your PATH):",
+        f"  export COEXIST_HOME={h}",
+        "  coexist cutover history",
+        "  coexist dlq list --status all",
+        "  coexist status",
+    ]
+    if key is not None:
+        what = "a stray write, reported and repaired" if stray else "edited by a person"
+        lines.append(f"  coexist trace customer:{key}    # {what}")
+    lines += [
+        "",
+        "Reconcile the demo's two ERPs yourself (the cloud simulator keeps its file):",
+        f"  coexist cloud-sim --db {quote(str(home / 'cloud.db'))} --port 8099 &",
+        "  COEXIST_CLOUD_URL=http://127.0.0.1:8099 coexist reconcile --output findings.jsonl",
+    ]
+    if after:
+        domains = sorted({d for d, _ in after})
+        lines += [
+            f"Expect drift there, and exit 1: after cloud_only the legacy ERP is no longer "
+            f"written, and people then edited {len(after)} record(s) in the cloud "
+            f"({', '.join(domains)}). Those show as mismatches: the legacy ERP is retired "
+            "for these domains, not broken.",
+        ]
+    return lines

@@ -5,8 +5,8 @@ RabbitMQ, undecodable input) live in the exception store, in the state
 database (``COEXIST_STATE_URL``).  Replay goes through the configured broker
 (``COEXIST_BROKER_URL``, else the embedded one under ``COEXIST_HOME``).
 
-Exit codes: 0 done; 1 some records could not be replayed; 2 bad input or an
-unreachable system.
+Exit codes: 0 done; 1 some selected records were not replayed or archived (each
+named); 2 bad input, no state database or an unreachable system.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bus.exception_store import STATUSES, ExceptionRecord, ExceptionStore, ReplayResult
+from bus.exception_store import STATUSES, ExceptionRecord, ReplayResult
+from coexistence.canonical import DOMAINS
 from workers.cli.common import UserError
-from workers.config import Settings
 
 #: Bytes of an undecodable message shown by ``dlq show``.
 RAW_PREVIEW_BYTES = 512
@@ -36,7 +36,7 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), 
 
 
 class PartlyFailed(click.ClickException):
-    """Some records could not be replayed (exit 1; each is named above)."""
+    """Some selected records were not replayed or archived (exit 1; each is named above)."""
 
     exit_code = 1
 
@@ -45,67 +45,26 @@ def _console() -> Console:
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
 
 
-def _open_store() -> tuple[Settings, ExceptionStore]:
-    # Imported outside the try: a broken table module is a bug to see, not a database problem.
-    import workers.tables  # noqa: F401
-    from workers.flags import open_state
-
-    settings = Settings.from_env()
-    try:
-        engine = open_state(settings)
-    except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
-        raise UserError(f"cannot open the state database: {type(exc).__name__}: "
-                        f"{_first_line(exc)}") from None
-    return settings, ExceptionStore(engine)
-
-
 def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - database errors mid-command: one line
-            if type(exc).__module__.startswith("sqlalchemy"):
-                raise UserError(f"state database error: {type(exc).__name__}: "
-                                f"{_first_line(exc)}") from None
-            raise
 
     return wrapper
 
 
-def _first_line(exc: BaseException) -> str:
-    from bus.context import redact
-
-    text = str(exc).strip().splitlines()
-    return redact(text[0]) if text else ""
-
-
-def _enqueue_with_configured_broker(settings: Settings) -> tuple[Callable[[dict], Any],
-                                                                 Callable[[], None]]:
-    """(enqueue, close) publishing one message dict at a time with broker confirms.
-
-    Imported lazily so listing and archiving work without any broker library
-    or server.  The queue is declared first, as a worker would, so a replay to
-    a queue no worker has started yet is kept, not dropped.
-    """
+def _enqueue_with_configured_broker(app) -> Callable[[dict], Any]:
+    """``enqueue(message dict)`` publishing one message at a time with broker confirms,
+    through the app's broker (opened only for a real replay, so listing and archiving
+    work without any broker)."""
     import dramatiq
 
-    from bus.brokers import make_broker
     from bus.publish import make_publisher
 
-    try:
-        if settings.broker_url is None:
-            settings.ensure_home()
-        broker = make_broker(settings.broker_url, sqlite_path=settings.home / "bus.db",
-                             queue_type=settings.queue_type)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot open the broker: {type(exc).__name__}: "
-                        f"{_first_line(exc)}") from None
-    publish = make_publisher(broker)
+    publish = make_publisher(app.broker)
     fields = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id",
               "message_timestamp")
 
@@ -113,13 +72,12 @@ def _enqueue_with_configured_broker(settings: Settings) -> tuple[Callable[[dict]
         msg = dramatiq.Message(**{k: message[k] for k in fields if k in message})
         publish([msg])
 
-    def close() -> None:
-        closer = getattr(publish, "close", None)
-        if closer is not None:
-            closer()
-        broker.close()
+    enqueue.close = getattr(publish, "close", None)  # type: ignore[attr-defined]
+    return enqueue
 
-    return enqueue, close
+
+_REASON = click.option("--reason", required=True, help="Why (mandatory, audited).")
+_ACTOR = click.option("--actor", help="Who (default: COEXIST_ACTOR, else USER).")
 
 
 @click.group()
@@ -130,22 +88,24 @@ def dlq() -> None:
 @dlq.command("list")
 @click.option("--group", "grouped", is_flag=True,
               help="Count records per group (error type, call site) instead of listing them.")
-@click.option("--domain", help="Only this business domain (customer, order, ...).")
+@click.option("--domain", type=click.Choice(DOMAINS),
+              help="Only this business domain.")
 @click.option("--status", type=click.Choice([*STATUSES, "all"]), default="open",
               show_default=True, help="Records in this status.")
 @click.option("--in-group", "group", metavar="G", help="Only records of group G.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
               help="Most records listed (newest failure first).")
 @_FORMAT
+@click.pass_obj
 @_user_errors
-def list_cmd(grouped: bool, domain: str | None, status: str, group: str | None, limit: int,
-             fmt: str) -> None:
+def list_cmd(app, grouped: bool, domain: str | None, status: str, group: str | None,
+             limit: int, fmt: str) -> None:
     """List failed messages, newest first, or their groups with --group.
 
     A group is one (error type, call site): usually one bug, fixed once and
     replayed with ``coexist dlq replay --group G``.
     """
-    _, store = _open_store()
+    store = app.exceptions
     wanted = None if status == "all" else status
     if grouped:
         groups = store.groups(status=wanted, domain=domain)
@@ -188,14 +148,18 @@ def list_cmd(grouped: bool, domain: str | None, status: str, group: str | None, 
 @dlq.command("show")
 @click.argument("record_id", type=int, metavar="ID")
 @_FORMAT
+@click.pass_obj
 @_user_errors
-def show_cmd(record_id: int, fmt: str) -> None:
-    """Everything recorded about one failed message: error, envelope, raw bytes, message."""
-    _, store = _open_store()
+def show_cmd(app, record_id: int, fmt: str) -> None:
+    """Everything recorded about one failed message: error, envelope, raw bytes, message,
+    and who archived or replayed it, when and why."""
+    store = app.exceptions
     rec = store.get(record_id)
     if rec is None:
         raise UserError(f"no exception record {record_id} (see `coexist dlq list --status all`)")
     detail = _detail(rec)
+    detail["actions"] = [{"action": a["action"], "actor": a["actor"], "reason": a["reason"],
+                          "at": _iso(a["at"])} for a in store.actions(record_id)]
     if fmt == "json":
         click.echo(json.dumps(detail, indent=2, default=str))
         return
@@ -212,44 +176,78 @@ def show_cmd(record_id: int, fmt: str) -> None:
 @dlq.command("replay")
 @click.argument("record_ids", type=int, nargs=-1, metavar="[ID]...")
 @click.option("--group", metavar="G", help="Replay every open record of group G.")
+@_REASON
+@_ACTOR
 @click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
 @_FORMAT
+@click.pass_obj
 @_user_errors
-def replay_cmd(record_ids: tuple[int, ...], group: str | None, dry_run: bool, fmt: str) -> None:
+def replay_cmd(app, record_ids: tuple[int, ...], group: str | None, reason: str,
+               actor: str | None, dry_run: bool, fmt: str) -> None:
     """Send failed messages again through the normal path, retry counters reset.
 
     Give record IDs or --group G.  Each message is enqueued (with broker
     confirms) before its record is marked replayed; replaying one twice is
-    harmless because consumers skip messages they already applied.
+    harmless because consumers skip messages they already applied.  Archived
+    records are never replayed.  Who and why are audited (see `dlq show`).
+
+    Exit status: 0 every selected record was replayed; 1 some were not (unknown
+    IDs, archived records, records without a message, enqueue failures), each named.
     """
     _require_selection(record_ids, group)
-    settings, store = _open_store()
+    store = app.exceptions
+    who = app.actor(actor)
+    ids = list(record_ids) if record_ids else None
     if dry_run:
-        result = store.replay(list(record_ids) if record_ids else None, group,
-                              enqueue=_never, dry_run=True)
+        result = store.replay(ids, group, enqueue=_never, actor=who, reason=reason,
+                              dry_run=True)
     else:
-        enqueue, close = _enqueue_with_configured_broker(settings)
+        enqueue = _enqueue_with_configured_broker(app)
         try:
-            result = store.replay(list(record_ids) if record_ids else None, group,
-                                  enqueue=enqueue)
+            result = store.replay(ids, group, enqueue=enqueue, actor=who, reason=reason)
         finally:
-            close()
+            if enqueue.close is not None:
+                enqueue.close()
     _report(result, "replay", fmt)
-    if result.failed:
-        raise PartlyFailed(f"{len(result.failed)} record(s) could not be replayed")
+    if group and not (result.replayed or result.failed or result.skipped):
+        raise PartlyFailed(f"group {group} has no open records")
+    if result.failed or result.skipped:
+        raise PartlyFailed(f"{len(result.failed) + len(result.skipped)} record(s) were not "
+                           "replayed")
 
 
 @dlq.command("archive")
 @click.argument("record_ids", type=int, nargs=-1, metavar="[ID]...")
 @click.option("--group", metavar="G", help="Archive every open record of group G.")
+@_REASON
+@_ACTOR
+@click.pass_obj
 @_user_errors
-def archive_cmd(record_ids: tuple[int, ...], group: str | None) -> None:
-    """Mark open records as handled by hand: they leave the open list and are never replayed."""
+def archive_cmd(app, record_ids: tuple[int, ...], group: str | None, reason: str,
+                actor: str | None) -> None:
+    """Mark open records as handled by hand: they leave the open list and are never
+    replayed.  Who and why are audited (see `dlq show`).
+
+    Exit status: 0 every selected record was archived; 1 some ID is unknown or not open.
+    """
     _require_selection(record_ids, group)
-    _, store = _open_store()
-    n = store.archive(list(record_ids) if record_ids else None, group)
+    store = app.exceptions
+    who = app.actor(actor)
+    ids = list(record_ids) if record_ids else None
+    missing: list[int] = []
+    if ids is not None:
+        found = {r.id: r.status for r in store.list(status=None, ids=ids, limit=None)}
+        missing = [i for i in ids if found.get(i) != "open"]
+        for i in missing:
+            click.echo(f"not archived {i}: " + ("no such record" if i not in found
+                                                else f"it is {found[i]}, not open"), err=True)
+    n = store.archive(ids, group, actor=who, reason=reason)
     what = f"group {group}" if group else "ID " + ", ".join(map(str, record_ids))
     click.echo(f"archived {n} open record(s) ({what})")
+    if missing:
+        raise PartlyFailed(f"{len(missing)} record(s) not archived")
+    if group and n == 0:
+        raise PartlyFailed(f"group {group} has no open records")
 
 
 def _never(message: dict) -> None:  # pragma: no cover - a dry run never enqueues

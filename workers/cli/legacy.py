@@ -6,39 +6,19 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from workers.cli.common import UserError
-from workers.config import Settings, redact_url
-
-
-def _engine(url: str | None):
-    from workers.legacy_erp.schema import create_legacy_engine
-
-    settings = Settings.from_env()
-    if url is None:
-        settings.ensure_home()
-        url = settings.legacy_url
-    if not (url.startswith("sqlite") or url.startswith("postgresql")):
-        raise UserError(f"--url {redact_url(url)}: the legacy ERP runs on sqlite:// or "
-                        "postgresql:// URLs")
-    try:
-        return create_legacy_engine(url), url
-    except (SQLAlchemyError, ValueError) as exc:
-        raise UserError(f"legacy database {redact_url(url)}: {exc}") from None
-
-
-def _init(engine, url: str) -> None:
-    from workers.legacy_erp.schema import create_legacy_schema
-
-    try:
-        create_legacy_schema(engine)
-    except SQLAlchemyError as exc:
-        raise UserError(f"cannot create the legacy schema in {redact_url(url)}: "
-                        f"{exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
-                        ) from None
-
+from workers.config import redact_url
 
 _URL = click.option("--url", default=None, metavar="URL",
                     help="Legacy database URL (default: COEXIST_LEGACY_URL or a SQLite file "
                          "under COEXIST_HOME).")
+
+
+def _engine(app, url: str | None, *, create: bool):
+    """(engine, url): ``init``/``seed`` create the reference ERP's schema, ``changes``
+    reads an existing one only."""
+    setting = "--url" if url else "COEXIST_LEGACY_URL"
+    url = url or app.settings.legacy_url
+    return app.open_legacy_engine(url, create=create, setting=setting), url
 
 
 @click.group()
@@ -48,11 +28,17 @@ def legacy() -> None:
 
 @legacy.command("init")
 @_URL
-def init_cmd(url: str | None) -> None:
+@click.pass_obj
+def init_cmd(app, url: str | None) -> None:
     """Create the legacy tables, the change log and its triggers (idempotent)."""
-    engine, url = _engine(url)
+    from workers.legacy_erp.schema import create_legacy_schema
+
+    engine, url = _engine(app, url, create=True)
     try:
-        _init(engine, url)
+        create_legacy_schema(engine)
+    except SQLAlchemyError as exc:
+        raise UserError(f"cannot create the legacy schema in {redact_url(url)}: "
+                        f"{exc.__class__.__name__}: {getattr(exc, 'orig', exc)}") from None
     finally:
         engine.dispose()
     click.echo(f"legacy schema ready in {redact_url(url)}")
@@ -67,7 +53,9 @@ def init_cmd(url: str | None) -> None:
               help="Seed of the sample generator (same seed, same data).")
 @click.option("--batch", type=click.IntRange(min=1, max=100_000), default=1_000,
               show_default=True, help="Records per insert transaction.")
-def seed_cmd(url: str | None, customers: int, products: int, seed_value: int, batch: int) -> None:
+@click.pass_obj
+def seed_cmd(app, url: str | None, customers: int, products: int, seed_value: int,
+             batch: int) -> None:
     """Create the schema if needed and load the sample data into an empty legacy ERP.
 
     Prints the records per domain and the rows written per second.
@@ -79,9 +67,8 @@ def seed_cmd(url: str | None, customers: int, products: int, seed_value: int, ba
         spec = SampleSpec(customers=customers, products=products, seed=seed_value)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    engine, url = _engine(url)
+    engine, url = _engine(app, url, create=True)
     try:
-        _init(engine, url)
         try:
             report = seed_legacy(engine, spec, batch_records=batch)
         except NotEmpty as exc:
@@ -104,20 +91,20 @@ def seed_cmd(url: str | None, customers: int, products: int, seed_value: int, ba
 @click.option("--after", type=click.IntRange(min=0), default=0, show_default=True,
               help="Show changes after this change-log sequence number.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=20, show_default=True)
-def changes_cmd(url: str | None, after: int, limit: int) -> None:
+@click.pass_obj
+def changes_cmd(app, url: str | None, after: int, limit: int) -> None:
     """Show the legacy change log as coexist reads it (cursor, domain, key, op, writer)."""
-    from workers.legacy_erp.adapter import LegacyErp
-
-    engine, url = _engine(url)
+    target = app.with_settings(legacy_url=url) if url else app
     try:
         try:
-            changes = LegacyErp(engine).read(after, limit)
+            changes = target.legacy.read(after, limit)
         except SQLAlchemyError as exc:
-            raise UserError(f"cannot read the change log of {redact_url(url)} "
-                            f"(run `coexist legacy init`?): {getattr(exc, 'orig', exc)}"
-                            ) from None
+            raise UserError(f"cannot read the change log of "
+                            f"{redact_url(target.settings.legacy_url)}: "
+                            f"{getattr(exc, 'orig', exc)}") from None
     finally:
-        engine.dispose()
+        if target is not app:
+            target.close()
     for c in changes:
         click.echo(f"{c.cursor:>10} {c.at:%Y-%m-%dT%H:%M:%S}Z {c.domain:<10} {c.key:<24} "
                    f"{c.op:<6} {c.writer}")

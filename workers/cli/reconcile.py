@@ -7,13 +7,11 @@ import json
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import replace
 
 import click
 import httpx
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from bus.errors import BusError
@@ -21,8 +19,8 @@ from coexistence.canonical import DOMAINS
 from coexistence.errors import CoexistError
 from coexistence.reconcile.engine import UnsortedStream
 from coexistence.reconcile.findings import Finding, Report
-from workers.cli.common import UserError
-from workers.config import Settings, redact_url
+from workers.cli.common import UserError, hard_deadline
+from workers.config import redact_url
 
 #: Findings kept in memory per domain for the store, the printout and repairs.
 KEEP_FINDINGS_MAX = 100_000
@@ -36,8 +34,10 @@ SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "e
 
 @click.command("reconcile")
 @click.argument("domains", nargs=-1, metavar="[DOMAIN ...]")
-@click.option("--max-drift", type=click.FloatRange(min=0, max=100), default=0.0,
-              show_default=True, help="Largest acceptable drift in percent; above it exit 1.")
+@click.option("--max-drift", type=click.FloatRange(min=0, max=100), default=None,
+              help="Largest acceptable drift in percent; above it exit 1 "
+                   "(default COEXIST_MAX_DRIFT_PCT, the limit the cutover guard and "
+                   "`status` use).")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the findings as JSON lines to this file.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
@@ -46,7 +46,8 @@ SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "e
               help="Keep at most N findings per domain (output, store, repairs); "
                    "the counts stay complete.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              metavar="S", help="Give up after S seconds (exit 2).")
+              metavar="S", help="Give up after S seconds, even on a hung cloud ERP (exit 2; "
+                                "the run is stored as timed out).")
 @click.option("--mode", type=click.Choice(["auto", "checksum", "full"]), default="auto",
               show_default=True,
               help="auto: segment checksums when the cloud offers them, else a full stream.")
@@ -62,7 +63,8 @@ SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "e
               help="Cloud ERP API (default COEXIST_CLOUD_URL).")
 @click.option("--state-url", default=None, metavar="URL",
               help="coexist's state database (default COEXIST_STATE_URL).")
-def reconcile(domains, max_drift, output, fmt, limit, timeout, mode, repair, yes, progress,
+@click.pass_obj
+def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, repair, yes, progress,
               legacy_url, cloud_url, state_url) -> None:
     """Compare the legacy and the cloud ERP record by record and field by field.
 
@@ -75,8 +77,9 @@ def reconcile(domains, max_drift, output, fmt, limit, timeout, mode, repair, yes
     xrefs.  Every run is stored in the state database (the cutover guards read
     the last drift).
 
-    Exit code: 0 drift within --max-drift, 1 above it, 2 bad input or an
-    unreachable system.
+    Exit code: 0 drift within --max-drift, 1 above it, 2 bad input, no state or
+    legacy database, or an unreachable system, 130 interrupted (the run is stored
+    as interrupted, never as drift).
 
     --repair re-publishes the system of record's record (from the cutover
     flags: legacy in legacy/shadow mode, cloud in cloud/cloud_only) to the other
@@ -90,73 +93,59 @@ def reconcile(domains, max_drift, output, fmt, limit, timeout, mode, repair, yes
             raise UserError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
     if yes and not repair:
         raise UserError("--yes confirms --repair; add --repair")
-    settings = Settings.from_env()
-    settings = replace(settings, legacy_url=legacy_url or settings.legacy_url,
-                       cloud_url=cloud_url or settings.cloud_url,
-                       state_url=state_url or settings.state_url)
+    overrides = {k: v for k, v in (("legacy_url", legacy_url), ("cloud_url", cloud_url),
+                                   ("state_url", state_url)) if v}
+    if overrides:
+        app = app.with_settings(**overrides)
+    if max_drift is None:
+        max_drift = app.settings.max_drift_pct
     if progress is None:
         progress = sys.stderr.isatty()
     deadline = time.monotonic() + timeout if timeout else None
-    with ExitStack() as stack:
-        ctx = _open(settings, stack, timeout)
-        out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else None
-        results = []
-        for domain in domains or DOMAINS:
-            results.append(_one(ctx, domain, max_drift, limit, mode, progress, deadline, out,
-                                timeout, repair, yes))
+    try:
+        with ExitStack() as stack:
+            ctx = _open(app, stack, timeout)
+            out = stack.enter_context(open(output, "w", encoding="utf-8")) if output else None
+            results = []
+            for domain in domains or DOMAINS:
+                results.append(_one(ctx, domain, max_drift, limit, mode, progress, deadline,
+                                    out, timeout, repair, yes))
+    finally:
+        if overrides:
+            app.close()
     _print(results, fmt, limit)
     if any(r[0].counts.drift_pct > max_drift for r in results):
         sys.exit(1)
 
 
 class _Context:
-    def __init__(self, legacy, cloud, state, xref, runs, settings):
+    def __init__(self, legacy, cloud, state, xref, runs, app):
         self.legacy, self.cloud, self.state = legacy, cloud, state
-        self.xref, self.runs, self.settings = xref, runs, settings
+        self.xref, self.runs, self.app = xref, runs, app
 
 
-def _open(settings: Settings, stack: ExitStack, timeout: float | None) -> _Context:
-    from workers.cloud_erp import CloudErp
-    from workers.flags import open_state
-    from workers.legacy_erp.schema import create_legacy_engine
+def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
+    from workers.cloud_erp import CLOUD_TIMEOUT_S
     from workers.reconcile.cloud import CloudReader
     from workers.reconcile.legacy import LegacyReader
     from workers.reconcile.store import RunStore
     from workers.xref_sql import SqlXref
 
-    if not settings.cloud_url:
-        raise UserError("no cloud ERP: set COEXIST_CLOUD_URL or pass --cloud-url")
-    if not settings.cloud_url.startswith(("http://", "https://")):
-        raise UserError(f"--cloud-url {settings.cloud_url!r}: not an http(s) URL")
-    try:
-        legacy_engine = create_legacy_engine(settings.legacy_url)
-        stack.callback(legacy_engine.dispose)
-        if not inspect(legacy_engine).has_table("CUSTMAST"):
-            raise UserError(f"legacy database {redact_url(settings.legacy_url)} has no legacy "
-                            "tables (run `coexist legacy init`?)")
-    except SQLAlchemyError as exc:
-        raise UserError(f"legacy database {redact_url(settings.legacy_url)} unreachable: "
-                        f"{getattr(exc, 'orig', exc)}") from None
-    except ValueError as exc:
-        raise UserError(f"legacy database URL {redact_url(settings.legacy_url)}: {exc}") from None
-    try:
-        state = open_state(settings)
-        stack.callback(state.dispose)
-    except SQLAlchemyError as exc:
-        raise UserError(f"state database {redact_url(settings.state_url)} unreachable: "
-                        f"{getattr(exc, 'orig', exc)}") from None
-    # Reconciliation reads in bulk: a failing cloud is reported, not retried for minutes.
-    cloud_erp = CloudErp(settings.cloud_url, token=settings.cloud_token, attempts=2,
-                         base_backoff_s=0.2)
+    legacy_engine = app.legacy_engine
+    state = app.state
+    # Reconciliation reads in bulk: a failing cloud is reported, not retried for minutes,
+    # and no single request may outlast --timeout.
+    cloud_erp = app.cloud_client(attempts=2, base_backoff_s=0.2,
+                                 timeout_s=min(CLOUD_TIMEOUT_S, timeout or CLOUD_TIMEOUT_S))
     stack.callback(cloud_erp.close)
     try:
         cloud_erp.http.get("/health")
     except httpx.HTTPError as exc:
-        raise UserError(f"cloud ERP {settings.cloud_url} unreachable: "
-                        f"{type(exc).__name__}: {exc}") from None
+        raise UserError(f"cloud ERP (COEXIST_CLOUD_URL={redact_url(app.settings.cloud_url)}) "
+                        f"unreachable: {type(exc).__name__}: {exc}") from None
     return _Context(LegacyReader(legacy_engine), CloudReader(cloud_erp, **(
         {"segments_timeout_s": timeout} if timeout else {})), state,
-                    SqlXref(state), RunStore(state), settings)
+                    SqlXref(state), RunStore(state), app)
 
 
 def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out, timeout,
@@ -179,13 +168,20 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
 
     run_id = ctx.runs.start(domain, max_drift)
     try:
-        with _progress_bar(progress, domain) as tick:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise ReconcileTimeout(domain)
+        with hard_deadline(remaining, lambda: ReconcileTimeout(domain)), \
+                _progress_bar(progress, domain) as tick:
             report = reconcile_domain(domain, ctx.legacy, ctx.cloud,
                                       xref=ctx.xref.entries(domain), mode=mode,
                                       on_finding=on_finding, progress=tick, deadline=deadline)
     except ReconcileTimeout:
         ctx.runs.fail(run_id, "timeout", f"timed out after {timeout} s")
         raise UserError(f"reconcile {domain}: timed out after {timeout:g} s") from None
+    except KeyboardInterrupt:
+        ctx.runs.fail(run_id, "interrupted", "interrupted (Ctrl-C)")
+        raise
     except (CloudUnavailable, BusError, httpx.HTTPError) as exc:
         ctx.runs.fail(run_id, "failed", str(exc))
         raise UserError(f"reconcile {domain}: cloud ERP: {exc}") from None
@@ -209,10 +205,11 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
 def _repair(ctx: _Context, domain: str, findings: list[Finding], run_id: str, yes: bool,
             truncated: bool) -> None:
     from coexistence.flags import FlagSource
-    from workers.flags import store_for
+    from workers.flags import FlagAuditLog
     from workers.reconcile.repair import enqueue, plan_repairs
 
-    flags = FlagSource(store_for(ctx.settings, ctx.state).load())
+    # The SQL audit is the truth: no Redis needed to know each domain's SoR.
+    flags = FlagSource(FlagAuditLog(ctx.state).latest())
     readers = {"legacy": ctx.legacy, "cloud": ctx.cloud}
     plans, skipped = plan_repairs(findings, flags, readers)
     for f in skipped:

@@ -8,9 +8,12 @@
 * ``worker``: dramatiq worker threads for the router's queues; run as many as
   throughput needs (supervisord ``numprocs``).
 
-All three stop gracefully on SIGTERM/SIGINT: capture finishes its batch, the
-relay its publish, workers the messages they hold; nothing in flight is lost
-(unacked messages go back to their queue).
+Each one opens everything it needs at start (state database, broker, Redis, both ERPs,
+the configured channel subscriptions), so a wrong setting ends it at once with one line
+naming the setting and exit 2, which supervisord reports as a failed start.  All three
+stop gracefully on SIGTERM (exit 0) and SIGINT (exit 130): capture finishes its batch, the
+relay its publish, workers the messages they hold; nothing in flight is lost (unacked
+messages go back to their queue).
 """
 
 from __future__ import annotations
@@ -20,39 +23,60 @@ import signal
 import threading
 
 import click
-import dramatiq
 
-from bus.context import configure_logging
-from workers.config import Settings
+from workers.errors import EXIT_INTERRUPTED
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _stop_on_signals() -> threading.Event:
-    """Installed before anything else, so that a SIGTERM while the process is still starting
+class _Stop:
+    """Set by SIGTERM or SIGINT while the process runs; remembers which, for the exit code.
+    Installed before anything else, so that a SIGTERM while the process is still starting
     (supervisord's ``startsecs`` can pass first on a loaded host) stops it gracefully once
-    started, instead of killing it with the signal's default action."""
-    stop = threading.Event()
+    started, instead of killing it with the signal's default action; the previous handlers
+    are put back when the command ends."""
 
-    def handle(signum, _frame):
-        logging.getLogger("coexist").info("signal %s: stopping gracefully", signum)
-        stop.set()
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
+    def __enter__(self) -> _Stop:
+        def handle(signum, _frame):
+            logging.getLogger("coexist").info("signal %s: stopping gracefully", signum)
+            self.signum = signum
+            self.event.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def exit(self, ctx: click.Context) -> None:
+        if self.signum == signal.SIGINT:
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 #: ``--metrics-port``: Prometheus metrics (``workers.metrics_server``) on 127.0.0.1, off by
 #: default.
 _METRICS_PORT = click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
                              help="Serve Prometheus metrics on 127.0.0.1:PORT (default: off).")
-
-
+_LOG_LEVEL = click.option("--log-level", default="INFO", show_default=True,
+                          type=click.Choice(LOG_LEVELS, case_sensitive=False))
 #: ``--capture-lease-s``: how long a stopped router keeps its capture from the standbys.
 _LEASE = click.option("--capture-lease-s", "lease_s", type=click.FloatRange(1, 300),
                       default=None,
                       help="A router that stops renewing its capture lease (killed, paused, "
                            "cut off) loses it to a standby router after this many seconds "
                            "(default: 5).")
+
+
+def _threads(default: int):
+    return click.option("--threads", default=default, show_default=True,
+                        type=click.IntRange(min=1), help="Worker threads in this process.")
 
 
 def _serve_metrics(port: int | None, app) -> None:
@@ -62,67 +86,81 @@ def _serve_metrics(port: int | None, app) -> None:
         metrics_server.serve(port, app)
 
 
-def _start_worker(app, threads: int) -> dramatiq.Worker:
-    worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=500)
+def _start_worker(app, threads: int):
+    import dramatiq
+
+    worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=500,
+                             queues=app.consumed_queues())
     worker.start()
     return worker
 
 
-@click.command("run")
-@click.option("--threads", default=4, show_default=True, help="Worker threads in this process.")
-@click.option("--log-level", default="INFO", show_default=True)
-@_METRICS_PORT
-@_LEASE
-def run(threads: int, log_level: str, metrics_port: int | None, lease_s: float | None) -> None:
-    """Router and workers in one process (the embedded default), until SIGTERM."""
-    from workers.bootstrap import bootstrap, run_router
+def _started(app, log_level: str, *, create_state: bool = False):
+    from bus.context import configure_logging
+    from workers.bootstrap import start
 
     configure_logging(log_level)
-    stop = _stop_on_signals()
-    # The embedded default's first start may create a new, empty SQLite state database.
-    app = bootstrap(Settings.from_env(), create_state=True)
-    _serve_metrics(metrics_port, app)
-    worker = _start_worker(app, threads)
-    try:
-        run_router(app, stop, lease_s=lease_s)
-    finally:
-        worker.stop()
-        app.close()
+    return start(app, create_state=create_state)
+
+
+@click.command("run")
+@_threads(4)
+@_LOG_LEVEL
+@_METRICS_PORT
+@_LEASE
+@click.pass_context
+def run(ctx: click.Context, threads: int, log_level: str, metrics_port: int | None,
+        lease_s: float | None) -> None:
+    """Router and workers in one process (the embedded default), until SIGTERM."""
+    from workers.bootstrap import run_router
+
+    with _Stop() as stop:
+        # The embedded default's first start may create a new, empty SQLite state database.
+        app = _started(ctx.obj, log_level, create_state=True)
+        _serve_metrics(metrics_port, app)
+        worker = _start_worker(app, threads)
+        try:
+            run_router(app, stop.event, lease_s=lease_s)
+        finally:
+            worker.stop()
+            app.close()
+    stop.exit(ctx)
 
 
 @click.command("router")
-@click.option("--log-level", default="INFO", show_default=True)
+@_LOG_LEVEL
 @_METRICS_PORT
 @_LEASE
-def router(log_level: str, metrics_port: int | None, lease_s: float | None) -> None:
+@click.pass_context
+def router(ctx: click.Context, log_level: str, metrics_port: int | None,
+           lease_s: float | None) -> None:
     """Change capture of both ERPs and the outbox relay, until SIGTERM."""
-    from workers.bootstrap import bootstrap, run_router
+    from workers.bootstrap import run_router
 
-    configure_logging(log_level)
-    stop = _stop_on_signals()
-    app = bootstrap(Settings.from_env())
-    _serve_metrics(metrics_port, app)
-    try:
-        run_router(app, stop, lease_s=lease_s)
-    finally:
-        app.close()
+    with _Stop() as stop:
+        app = _started(ctx.obj, log_level)
+        _serve_metrics(metrics_port, app)
+        try:
+            run_router(app, stop.event, lease_s=lease_s)
+        finally:
+            app.close()
+    stop.exit(ctx)
 
 
 @click.command("worker")
-@click.option("--threads", default=8, show_default=True, help="Worker threads.")
-@click.option("--log-level", default="INFO", show_default=True)
+@_threads(8)
+@_LOG_LEVEL
 @_METRICS_PORT
-def worker(threads: int, log_level: str, metrics_port: int | None) -> None:
+@click.pass_context
+def worker(ctx: click.Context, threads: int, log_level: str, metrics_port: int | None) -> None:
     """Worker threads for the router's queues (writers, commands, reports), until SIGTERM."""
-    from workers.bootstrap import bootstrap
-
-    configure_logging(log_level)
-    stop = _stop_on_signals()
-    app = bootstrap(Settings.from_env())
-    _serve_metrics(metrics_port, app)
-    w = _start_worker(app, threads)
-    try:
-        stop.wait()
-    finally:
-        w.stop()
-        app.close()
+    with _Stop() as stop:
+        app = _started(ctx.obj, log_level)
+        _serve_metrics(metrics_port, app)
+        w = _start_worker(app, threads)
+        try:
+            stop.event.wait()
+        finally:
+            w.stop()
+            app.close()
+    stop.exit(ctx)

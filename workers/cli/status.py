@@ -10,13 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from workers.config import Settings
-
-
-class NeedsAttention(click.ClickException):
-    """Something needs a person (exit 1); the reasons are printed with the status."""
-
-    exit_code = 1
+from workers.cli.common import NeedsAttention
 
 
 @click.command("status")
@@ -29,27 +23,25 @@ class NeedsAttention(click.ClickException):
               help="Changes an ERP's feed may hold that the router has not captured yet.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def status(max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int, fmt: str) -> None:
-    """Broker, per-domain mode and flag version, outbox backlog and lag, open exceptions
-    by class, last reconciliation, and change-capture lag of both ERPs.
+@click.pass_obj
+def status(app, max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int,
+           fmt: str) -> None:
+    """The state database it read, the broker and its queues (ready / unacked /
+    consumers), Redis, per-domain mode and flag version, outbox backlog and lag, open
+    exceptions by class, last reconciliation, change-capture lag of both ERPs, channel
+    subscriptions with their backlog, and freeze windows.
 
     Exit status, for monitoring scripts: 0 all is well; 1 something needs
     attention (open exceptions, outbox backlog or lag over the limits, outbox rows
     that keep failing, capture lag over the limit, a reconciliation whose drift is
-    above its limit, a configured ERP that cannot be read), each reason printed;
-    2 bad input or an unreachable state database.  The cloud ERP's capture lag is
+    above COEXIST_MAX_DRIFT_PCT, a configured ERP that cannot be read, the broker or
+    Redis unreachable, a queue holding messages that no consumer takes), each reason
+    printed; 2 bad configuration or no state database.  The cloud ERP's capture lag is
     measured only when COEXIST_CLOUD_URL is set.
     """
-    from workers.cli.trace import open_state_engine
     from workers.observe import Thresholds, collect_status
 
-    settings = Settings.from_env()
-    state = open_state_engine(settings)
-    try:
-        report = collect_status(settings, state, Thresholds(max_backlog, max_outbox_lag_s,
-                                                            max_capture_lag))
-    finally:
-        state.dispose()
+    report = collect_status(app, Thresholds(max_backlog, max_outbox_lag_s, max_capture_lag))
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
@@ -58,12 +50,44 @@ def status(max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int, fmt:
         raise NeedsAttention(f"{len(report.attention)} thing(s) need attention")
 
 
+def queue_table(broker, title: str = "queues") -> Table:
+    """The broker's queues as a table (shared with ``cutover status``)."""
+    table = Table(title=f"{title} ({broker.source})", title_justify="left")
+    for col in ("queue", "ready", "unacked", "delayed", "dead", "consumers"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+
+    def n(value) -> str:
+        return "?" if value is None else str(value)
+
+    for q in broker.queues:
+        if not q.declared:
+            table.add_row(q.name, "-", "-", "-", "-", "not declared")
+            continue
+        style = "bold red" if q.held and q.consumers == 0 else None
+        table.add_row(q.name, n(q.ready), n(q.unacked), n(q.delayed), n(q.dead),
+                      n(q.consumers), style=style)
+    return table
+
+
+def print_broker(console: Console, broker) -> None:
+    console.print(f"[bold]broker[/]: {escape(broker.kind)} {escape(broker.url)} "
+                  f"({escape(broker.queue_type)})", highlight=False)
+    if not broker.reachable:
+        console.print(escape(f"  unreachable: {broker.error}"), highlight=False)
+    else:
+        console.print(queue_table(broker))
+    for note in broker.notes:
+        console.print(escape(f"  {note}"), highlight=False)
+
+
 def _print(report) -> None:
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
-    b = report.broker
-    console.print(f"[bold]broker[/]: {escape(b['kind'])} {escape(b['url'])} "
-                  f"({escape(b['queue_type'])})",
-                  highlight=False)
+    console.print(f"[bold]state[/]: {escape(report.state)}", highlight=False)
+    print_broker(console, report.broker)
+    if report.redis is not None:
+        r = report.redis
+        console.print(escape(f"redis: {r['url']} " + (
+            "answers" if r["reachable"] else f"UNREACHABLE ({r['error']})")), highlight=False)
     table = Table(title="domains")
     for col in ("domain", "mode", "flag v", "backlog", "lag s", "open exceptions",
                 "last reconciliation"):
@@ -75,11 +99,13 @@ def _print(report) -> None:
         exc = ", ".join(f"{k} {v}" for k, v in sorted(d["open_exceptions"].items())) or "0"
         run = d["last_reconciliation"]
         rec = "-" if run is None else (
-            f"{run['status']} {run['drift_pct']}%" if run["drift_pct"] is not None
+            f"{run['status']} {run['drift_pct']:g}%" if run["drift_pct"] is not None
             else run["status"])
         table.add_row(d["domain"], mode, str(d["flag_version"]), str(d["backlog"]),
                       f"{d['lag_s']:.1f}", exc, rec)
     console.print(table)
+    console.print(f"drift limit: {report.max_drift_pct:g}% (COEXIST_MAX_DRIFT_PCT)",
+                  highlight=False)
     o = report.outbox
     console.print(f"outbox: backlog {o['backlog']}, lag {o['lag_s']:.1f}s, "
                   f"{len(o['stuck'])} stuck", highlight=False)
@@ -91,6 +117,22 @@ def _print(report) -> None:
             lag = f">= {c['lag']}" if c["lag_at_least"] else str(c["lag"])
             console.print(f"capture {c['system']}: checkpoint {c['checkpoint']}, feed at "
                           f"{c['last_cursor']}, {lag} change(s) behind", highlight=False)
+    if report.subscriptions:
+        for s in report.subscriptions:
+            backlog = "?" if s["backlog"] is None else s["backlog"]
+            consumers = "?" if s["consumers"] is None else s["consumers"]
+            console.print(escape(f"subscription {s['name']}: {', '.join(s['domains'])} "
+                                 f"({', '.join(s['kinds'])}) -> {s['queue']}: backlog "
+                                 f"{backlog}, consumers {consumers}"), highlight=False)
+    else:
+        console.print("subscriptions: none configured (no channel receives events)",
+                      highlight=False)
+    if report.freeze:
+        for w in report.freeze:
+            console.print(escape(f"freeze window {w['window']}: {w['state']}"),
+                          highlight=False)
+    else:
+        console.print("freeze windows: none (COEXIST_FREEZE)", highlight=False)
     for note in report.sources:
         if note.state != "ok":
             console.print(escape(f"  {note.name}: {note.state} ({note.detail})"),

@@ -1,7 +1,8 @@
 """``coexist trace``: one timeline of what happened to one business object.
 
-Exit codes: 0 a timeline was printed; 1 nothing was found for the target;
-2 bad input (unknown domain, malformed key or id) or an unreachable state database.
+Exit codes: 0 a timeline was printed; 1 nothing was found for the target (the
+domain's flag changes alone do not count); 2 bad input (unknown domain, malformed key
+or id), no state database or an unreachable one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from workers.cli.common import UserError
-from workers.config import Settings
 
 
 class NothingFound(click.ClickException):
@@ -26,18 +26,6 @@ class NothingFound(click.ClickException):
 
 def _console() -> Console:
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
-
-
-def open_state_engine(settings: Settings):
-    """The state database as every command opens it; one line for the user on failure."""
-    from workers.flags import open_state
-    from workers.observe.sources import one_line
-
-    try:
-        return open_state(settings)
-    except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
-        raise UserError(f"cannot open the state database: "
-                        f"{one_line(exc, settings.state_url)}") from None
 
 
 @click.command("trace")
@@ -52,7 +40,8 @@ def open_state_engine(settings: Settings):
                    "(the feed cannot be filtered by key).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def trace(target: str, since: str | None, limit: int, cloud_scan: int, fmt: str) -> None:
+@click.pass_obj
+def trace(app, target: str, since: str | None, limit: int, cloud_scan: int, fmt: str) -> None:
     """What happened to one business object, across every system, in time order.
 
     TARGET is a correlation id (every message and exception carrying it, the flag
@@ -70,32 +59,30 @@ def trace(target: str, since: str | None, limit: int, cloud_scan: int, fmt: str)
     domain, malformed key or id) or an unreachable state database.
     """
     from workers.observe import TraceInputError, build_trace, parse_since, parse_target
-    from workers.observe.sources import open_cloud, open_legacy_engine
+    from workers.observe.sources import cloud_source, legacy_source
 
     try:
         parsed = parse_target(target)
         since_at = parse_since(since)
     except (TraceInputError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    settings = Settings.from_env()
-    state = open_state_engine(settings)
-    legacy, legacy_note = open_legacy_engine(settings)
-    cloud, cloud_note = open_cloud(settings)
+    state = app.state
+    legacy, legacy_note = legacy_source(app)
+    cloud, cloud_note = cloud_source(app)
     try:
         result = build_trace(state, parsed, since=since_at, limit=limit, legacy=legacy,
                              legacy_note=legacy_note, cloud=cloud, cloud_note=cloud_note,
                              cloud_scan=cloud_scan)
     finally:
-        if legacy is not None:
-            legacy.dispose()
         if cloud is not None:
             cloud.close()
-        state.dispose()
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), default=str))
     else:
         _print(result)
-    if not result.events:
+    # The domain's flag changes are context, not news about the object: a key nobody ever
+    # touched shows them but is still "nothing found".
+    if not any(e.source != "flag_audit" for e in result.events):
         raise NothingFound(f"nothing found for {parsed.describe()}")
 
 

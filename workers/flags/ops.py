@@ -3,7 +3,7 @@
 The CLI is a thin shell over these; end-to-end tests and the demo call them
 directly::
 
-    cutover = Cutover(store, SqlPreflightFacts(engine), policy_from_env())
+    cutover = Cutover(store, SqlPreflightFacts(engine), policy)   # app.cutover builds it
     p = cutover.plan("customer", Mode.SHADOW)              # nothing written
     state = cutover.set("customer", Mode.SHADOW, actor="alice", reason="pilot")
     cutover.wait_for_drain(state, timeout_s=30)

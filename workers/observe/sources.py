@@ -1,10 +1,10 @@
 """Opening the sources ``trace`` and ``status`` read, without creating or changing any.
 
-The state database is opened as every CLI command opens it.  The legacy ERP's
-database is opened only if it exists (a SQLite file that is not there is
-*unavailable*, never created empty), and the cloud ERP only when
-``COEXIST_CLOUD_URL`` is configured.  Each source's outcome is a
-``SourceNote``, shown with the report, so a missing source is said, not hidden.
+The parts come from the composition root (``workers.bootstrap.App``), which never
+creates a database for a report: a legacy database that is not there is
+*unavailable*, never created empty; the cloud ERP is read only when
+``COEXIST_CLOUD_URL`` is configured.  Each source's outcome is a ``SourceNote``,
+shown with the report, so a missing source is said, not hidden.
 """
 
 from __future__ import annotations
@@ -12,16 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, inspect
-from sqlalchemy.engine import make_url
 
-from workers.config import Settings, redact_url
-
-#: Seconds a cloud ERP request may take in ``trace``/``status`` (a report, not a sync).
-CLOUD_PROBE_TIMEOUT_S = 5.0
+from workers.config import redact_url
 
 OK = "ok"
 UNAVAILABLE = "unavailable"
@@ -74,43 +69,30 @@ def has_table(engine: Engine, name: str) -> bool:
     return inspect(engine).has_table(name)
 
 
-def open_legacy_engine(settings: Settings) -> tuple[Engine | None, SourceNote]:
-    """An engine on the legacy ERP's database if it exists and has a change log."""
+def legacy_source(app) -> tuple[Engine | None, SourceNote]:
+    """The app's legacy database if it exists with its change log (never created)."""
+    from workers.errors import SetupError
+
     name = "legacy change log"
     try:
-        url = make_url(settings.legacy_url)
-    except Exception as exc:  # noqa: BLE001 - a bad URL is reported like a missing source
-        return None, SourceNote(name, UNAVAILABLE, f"bad COEXIST_LEGACY_URL: {exc}")
-    if url.get_backend_name() == "sqlite":
-        path = url.database
-        if not path or path == ":memory:" or not Path(path).is_file():
-            return None, SourceNote(name, UNAVAILABLE, f"no legacy database at {path or '-'}")
-    try:
-        from workers.legacy_erp.schema import create_legacy_engine
-
-        engine = create_legacy_engine(settings.legacy_url)
-        if not has_table(engine, "CHGLOG"):
-            engine.dispose()
-            return None, SourceNote(name, UNAVAILABLE, "the legacy database has no CHGLOG "
-                                                       "table (run `coexist legacy init`)")
-    except Exception as exc:  # noqa: BLE001 - unreachable server: say so, go on
-        return None, SourceNote(name, UNAVAILABLE, one_line(exc, settings.legacy_url))
-    return engine, SourceNote(name, OK, redact_url(settings.legacy_url))
+        engine = app.legacy_engine
+    except SetupError as exc:
+        return None, SourceNote(name, UNAVAILABLE, exc.problem)
+    return engine, SourceNote(name, OK, redact_url(app.settings.legacy_url))
 
 
-def open_cloud(settings: Settings):
-    """A ``CloudErp`` with short timeouts and one retry, or ``None`` with the reason."""
+def cloud_source(app):
+    """A cloud ERP client for a report (short timeouts, one retry), or ``None`` and why."""
+    from workers.errors import SetupError
+
     name = "cloud change feed"
-    if not settings.cloud_url:
+    if not app.settings.cloud_url:
         return None, SourceNote(name, NOT_CONFIGURED, "COEXIST_CLOUD_URL is not set")
-    from workers.cloud_erp import CloudErp
-
     try:
-        cloud = CloudErp(settings.cloud_url, token=settings.cloud_token,
-                         timeout_s=CLOUD_PROBE_TIMEOUT_S, attempts=2, max_backoff_s=0.5)
-    except Exception as exc:  # noqa: BLE001
-        return None, SourceNote(name, UNAVAILABLE, one_line(exc, settings.cloud_url))
-    return cloud, SourceNote(name, OK, redact_url(settings.cloud_url))
+        cloud = app.cloud_probe()
+    except SetupError as exc:
+        return None, SourceNote(name, UNAVAILABLE, exc.problem)
+    return cloud, SourceNote(name, OK, redact_url(app.settings.cloud_url))
 
 
 def one_line(exc: BaseException, url: str | None = None) -> str:

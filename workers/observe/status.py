@@ -1,13 +1,15 @@
 """What ``coexist status`` shows on one screen, and whether anything needs attention.
 
-``collect_status(settings, state)`` reads the broker setting, every domain's
-flag (mode, rollout, version), outbox backlog and lag, open exceptions by
-failure class, the last reconciliation, stuck outbox rows, and the change
-capture position of both ERPs (the router's checkpoint against the feed's
-last cursor).  ``StatusReport.attention`` lists the reasons a person should
-look (open exceptions, backlog or lag over a threshold, capture lag, drift
-above the run's own limit, an unreadable configured source); empty means
-all is well.
+``collect_status(app)`` reads, through the composition root's parts: which state
+database it is, every domain's flag (mode, rollout, version), outbox backlog and
+lag, open exceptions by failure class, the last reconciliation (judged against
+``COEXIST_MAX_DRIFT_PCT``), stuck outbox rows, the change capture position of both
+ERPs (the router's checkpoint against the feed's last cursor), the broker's queues
+(``workers.observe.broker``: ready / unacked / consumers), the channel subscriptions
+and their queues, Redis, and the freeze windows.  ``StatusReport.attention`` lists
+the reasons a person should look (open exceptions, backlog or lag over a threshold,
+capture lag, drift above the limit, an unreadable configured source, an unreachable
+broker or Redis, a queue holding messages with no consumer); empty means all is well.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from bus.exception_store import ExceptionRecord
 from coexistence.canonical import DOMAINS
 from coexistence.router import CLOUD, LEGACY
 from workers import checkpoints
-from workers.config import Settings, redact_url
+from workers.config import redact_url
+from workers.errors import first_line
 from workers.flags.audit import FlagAuditLog
+from workers.observe.broker import BrokerView, read_broker
 from workers.observe.sources import (
     NOT_CONFIGURED,
     OK,
     UNAVAILABLE,
     SourceNote,
+    cloud_source,
     has_table,
+    legacy_source,
     one_line,
-    open_cloud,
-    open_legacy_engine,
     utc,
 )
 from workers.router.capture import checkpoint_name
@@ -61,26 +65,26 @@ class Thresholds:
 
 @dataclass
 class StatusReport:
-    broker: dict[str, Any]
+    state: str
+    broker: BrokerView
     domains: list[dict[str, Any]]
     outbox: dict[str, Any]
     capture: list[dict[str, Any]]
     sources: list[SourceNote]
+    subscriptions: list[dict[str, Any]] = field(default_factory=list)
+    redis: dict[str, Any] | None = None
+    freeze: list[dict[str, Any]] = field(default_factory=list)
+    max_drift_pct: float = 0.0
     attention: list[str] = field(default_factory=list)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "broker": self.broker, "domains": self.domains,
-                "outbox": self.outbox, "capture": self.capture,
+        return {"at": self.at.isoformat(), "state": self.state, "broker": self.broker.to_dict(),
+                "redis": self.redis, "domains": self.domains, "outbox": self.outbox,
+                "capture": self.capture, "subscriptions": self.subscriptions,
+                "freeze_windows": self.freeze, "max_drift_pct": self.max_drift_pct,
                 "sources": [s.to_dict() for s in self.sources],
                 "attention": self.attention, "ok": not self.attention}
-
-
-def broker_info(settings: Settings) -> dict[str, Any]:
-    if settings.broker_url:
-        return {"kind": "rabbitmq", "url": redact_url(settings.broker_url),
-                "queue_type": settings.queue_type}
-    return {"kind": "embedded", "url": str(settings.home / "bus.db"), "queue_type": "sqlite"}
 
 
 def open_exceptions(state: Engine) -> dict[str, dict[str, int]]:
@@ -112,11 +116,10 @@ def last_reconciliations(state: Engine) -> dict[str, dict[str, Any]] | None:
     return out
 
 
-def capture_lag(settings: Settings, state: Engine) -> tuple[list[dict[str, Any]],
-                                                             list[SourceNote]]:
+def capture_lag(app, state: Engine) -> tuple[list[dict[str, Any]], list[SourceNote]]:
     """Per ERP: the router's checkpoint, the feed's last cursor and the changes between."""
     rows, notes = [], []
-    engine, note = open_legacy_engine(settings)
+    engine, note = legacy_source(app)
     notes.append(note)
     checkpoint = checkpoints.get(state, FEEDS[LEGACY])
     row = {"system": LEGACY, "feed": FEEDS[LEGACY], "checkpoint": checkpoint,
@@ -129,13 +132,12 @@ def capture_lag(settings: Settings, state: Engine) -> tuple[list[dict[str, Any]]
             last = LegacyChangeFeed(engine, captured_tables(), key_decoders()).last_cursor()
             row.update(last_cursor=last, lag=max(0, last - checkpoint))
         except Exception as exc:  # noqa: BLE001
-            notes[-1] = SourceNote(note.name, UNAVAILABLE, one_line(exc, settings.legacy_url))
+            notes[-1] = SourceNote(note.name, UNAVAILABLE,
+                                   one_line(exc, app.settings.legacy_url))
             row["state"] = UNAVAILABLE
-        finally:
-            engine.dispose()
     rows.append(row)
 
-    cloud, note = open_cloud(settings)
+    cloud, note = cloud_source(app)
     checkpoint = checkpoints.get(state, FEEDS[CLOUD])
     row = {"system": CLOUD, "feed": FEEDS[CLOUD], "checkpoint": checkpoint,
            "last_cursor": None, "lag": None, "lag_at_least": False, "state": note.state}
@@ -145,7 +147,7 @@ def capture_lag(settings: Settings, state: Engine) -> tuple[list[dict[str, Any]]
             row.update(lag=len(pending), lag_at_least=len(pending) >= CLOUD_LAG_PROBE,
                        last_cursor=pending[-1].cursor if pending else checkpoint)
         except Exception as exc:  # noqa: BLE001
-            note = SourceNote(note.name, UNAVAILABLE, one_line(exc, settings.cloud_url))
+            note = SourceNote(note.name, UNAVAILABLE, one_line(exc, app.settings.cloud_url))
             row["state"] = UNAVAILABLE
         finally:
             cloud.close()
@@ -154,8 +156,42 @@ def capture_lag(settings: Settings, state: Engine) -> tuple[list[dict[str, Any]]
     return rows, notes
 
 
-def collect_status(settings: Settings, state: Engine,
-                   thresholds: Thresholds = Thresholds()) -> StatusReport:
+def redis_status(app) -> dict[str, Any] | None:
+    """Whether the configured Redis answers (``None`` when none is configured)."""
+    url = app.settings.redis_url
+    if not url:
+        return None
+    try:
+        app.flag_store.client.ping()
+    except Exception as exc:  # noqa: BLE001 - a report, never a crash
+        return {"url": redact_url(url), "reachable": False, "error": first_line(exc)}
+    return {"url": redact_url(url), "reachable": True, "error": None}
+
+
+def freeze_windows(app, now: datetime) -> list[dict[str, Any]]:
+    out = []
+    for w in app.settings.freeze_windows:
+        when = "active" if w.active(now) else ("upcoming" if now < w.start else "past")
+        out.append({"window": str(w), "start": w.start.isoformat(), "end": w.end.isoformat(),
+                    "state": when})
+    return out
+
+
+def subscriptions(app, broker: BrokerView) -> list[dict[str, Any]]:
+    """Each configured channel subscription with its queue's backlog and consumers."""
+    out = []
+    for sub in app.subscriptions:
+        q = broker.queue(sub.queue)
+        out.append({"name": sub.name, "domains": sorted(sub.domains),
+                    "kinds": sorted(sub.kinds), "queue": sub.queue,
+                    "backlog": None if q is None or not broker.reachable else q.held,
+                    "consumers": None if q is None else q.consumers})
+    return out
+
+
+def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
+    state = app.state
+    settings = app.settings
     flags = FlagAuditLog(state).latest()
     exceptions = open_exceptions(state)
     runs = last_reconciliations(state)
@@ -177,10 +213,14 @@ def collect_status(settings: Settings, state: Engine,
                       "key": r.partition_key, "attempts": r.attempts,
                       "last_error": r.last_error} for r in stuck],
            "open_exceptions_without_domain": exceptions.get("-", {})}
-    capture, notes = capture_lag(settings, state)
+    capture, notes = capture_lag(app, state)
     if runs is None:
         notes.append(SourceNote("reconciliation", UNAVAILABLE, "no reconcile_run table"))
-    report = StatusReport(broker_info(settings), domains, box, capture, notes)
+    broker = read_broker(settings, app.queue_names())
+    report = StatusReport(redact_url(settings.state_url), broker, domains, box, capture, notes,
+                          subscriptions=subscriptions(app, broker), redis=redis_status(app),
+                          max_drift_pct=settings.max_drift_pct)
+    report.freeze = freeze_windows(app, report.at)
     report.attention = _attention(report, thresholds)
     return report
 
@@ -193,9 +233,9 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
             by_class = ", ".join(f"{k} {v}" for k, v in sorted(d["open_exceptions"].items()))
             reasons.append(f"{d['domain']}: {n} open exception(s) ({by_class})")
         run = d["last_reconciliation"]
-        if run and run["status"] == "drift":
-            reasons.append(f"{d['domain']}: last reconciliation drift {run['drift_pct']}% "
-                           f"above its limit {run['max_drift_pct']}%")
+        if run and run["drift_pct"] is not None and run["drift_pct"] > report.max_drift_pct:
+            reasons.append(f"{d['domain']}: last reconciliation drift {run['drift_pct']:g}% "
+                           f"above the limit {report.max_drift_pct:g}% (COEXIST_MAX_DRIFT_PCT)")
     loose = sum(report.outbox["open_exceptions_without_domain"].values())
     if loose:
         reasons.append(f"{loose} open exception(s) without a domain (undecodable messages)")
@@ -212,4 +252,7 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
     for note in report.sources:
         if note.state not in (OK, NOT_CONFIGURED) and note.name != "reconciliation":
             reasons.append(f"{note.name} {note.state}: {note.detail}")
+    reasons += report.broker.attention()
+    if report.redis is not None and not report.redis["reachable"]:
+        reasons.append(f"Redis unreachable ({report.redis['url']}): {report.redis['error']}")
     return reasons

@@ -255,10 +255,10 @@ class CaptureLoop:
             batch.add(queues.WRITE_ACTOR[target], queues.WRITE_QUEUE[target], env)
             stats.writes += 1
         if decision.fan_out:
+            event_kind = queues.KIND_EVENT if record else queues.KIND_DELETE
             for sub in self.subscriptions:
-                if change.domain in sub.domains:
-                    env = self._envelope(change, queues.KIND_EVENT if record else
-                                         queues.KIND_DELETE, record, decision,
+                if sub.wants(change.domain, event_kind):
+                    env = self._envelope(change, event_kind, record, decision,
                                          f"event:{sub.name}")
                     batch.add(sub.actor, sub.queue, env)
                     stats.events += 1

@@ -38,10 +38,15 @@ KIND_OWNERSHIP = "ownership_violation"
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """A channel that receives canonical events of ``domains`` from the SoR."""
+    """A channel that receives canonical events of ``domains`` from the SoR (of ``kinds``:
+    ``event`` for a record as it is now, ``delete`` for one that is gone)."""
 
     name: str
     domains: frozenset[str]
+    kinds: frozenset[str] = frozenset({KIND_EVENT, KIND_DELETE})
+
+    def wants(self, domain: str, kind: str) -> bool:
+        return domain in self.domains and kind in self.kinds
 
     @property
     def queue(self) -> str:
