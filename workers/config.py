@@ -24,6 +24,7 @@ from and what is expected.  Credentials are ``SecretStr`` and URLs are shown thr
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tomllib
@@ -367,10 +368,8 @@ def _path_setting(values: Mapping[str, str], name: str) -> Path | None:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """The variables of a dotenv file; ``ConfigError`` naming the file and line when it is
-    missing, unreadable or has a line that is not ``[export] KEY=VALUE``."""
-    from dotenv.parser import parse_stream
-
+    """The variables of a dotenv file; ``ConfigError`` naming the file (and line) when it
+    is missing, unreadable or malformed (see ``parse_env``)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -378,20 +377,27 @@ def read_env_file(path: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"COEXIST_ENV_FILE {path}: cannot read it: {reason}") from None
-    import io
+    return parse_env(text, str(path))
+
+
+def parse_env(text: str, source: str) -> dict[str, str]:
+    """Variables of dotenv text (python-dotenv's parser: ``[export] KEY=VALUE``, quotes,
+    inline ``# comments``, blank lines); a line that is none of these is a ``ConfigError``
+    naming ``source`` and the line."""
+    from dotenv.parser import parse_stream
 
     values: dict[str, str] = {}
     for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
         if binding.error:
-            line = binding.original.line
-            snippet = binding.original.string.strip().splitlines()[0][:60]
-            raise ConfigError(f"COEXIST_ENV_FILE {path} line {line}: expected KEY=VALUE, got "
-                              f"{_redact_text(snippet)!r}")
+            snippet = (binding.original.string.strip().splitlines() or [""])[0][:60]
+            raise ConfigError(f"COEXIST_ENV_FILE {source} line {line}: expected KEY=VALUE, "
+                              f"got {_redact_text(snippet)!r}")
         if binding.key is None:
             continue  # blank line or comment
         if binding.value is None:
-            raise ConfigError(f"COEXIST_ENV_FILE {path} line {binding.original.line}: "
-                              f"{binding.key} has no value (write {binding.key}=VALUE)")
+            raise ConfigError(f"COEXIST_ENV_FILE {source} line {line}: {binding.key} has no "
+                              f"value (write {binding.key}=VALUE)")
         values[binding.key] = binding.value
     return values
 
@@ -400,19 +406,27 @@ def read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     """The sections of the TOML configuration file (``{}`` when absent and not required)."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            text = fh.read().decode("utf-8")
     except FileNotFoundError:
         if required:
             raise ConfigError(f"COEXIST_CONFIG {path}: no such file") from None
         return {}
-    except OSError as exc:
-        raise ConfigError(f"COEXIST_CONFIG {path}: cannot read it: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"COEXIST_CONFIG {path}: cannot read it: {reason}") from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """The sections of TOML text; unknown sections and bad TOML name ``source``."""
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"COEXIST_CONFIG {path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"COEXIST_CONFIG {source}: not valid TOML: {exc}") from None
     sections = [n for n, info in Settings.model_fields.items() if is_section(info.annotation)]
     unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ConfigError(f"COEXIST_CONFIG {path}: unknown section(s) {', '.join(unknown)} "
+        raise ConfigError(f"COEXIST_CONFIG {source}: unknown section(s) {', '.join(unknown)} "
                           f"(known: {', '.join(sections)}; scalar settings are environment "
                           "variables)")
     return data
