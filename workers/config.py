@@ -188,6 +188,15 @@ class Settings(BaseSettings):
             raise ValueError(str(exc).removeprefix("COEXIST_FREEZE: ")) from None
         return value
 
+    @field_validator("state_url", "legacy_url")
+    @classmethod
+    def _psycopg(cls, value: str) -> str:
+        # psycopg 3 is the PostgreSQL driver coexist ships; SQLAlchemy's bare
+        # postgresql:// would look for psycopg2.
+        if value.startswith("postgresql://"):
+            return "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _amqp(cls, value: str | None) -> str | None:

@@ -33,15 +33,17 @@ def show(app, fmt: str) -> None:
         click.echo(f"{name:<{width}}  {value}  ({origin})")
 
 
-def _check(name: str, probe: Callable[[], str]) -> tuple[str, bool, str]:
+def _check(name: str, setting: str, target: str | None,
+           probe: Callable[[], str]) -> tuple[str, bool, str]:
+    """(part, answers, one line): a failure names the setting and its target."""
     from workers.errors import SetupError, first_line
 
     try:
         return name, True, probe()
     except SetupError as exc:
-        return name, False, f"{exc.detail()}{exc.where()}"
+        return name, False, f"{exc.detail()}{exc.where() or f' ({setting})'}"
     except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
-        return name, False, first_line(exc)
+        return name, False, f"{first_line(exc)} ({setting}={redact_url(target)})"
 
 
 @click.command("doctor")
@@ -84,7 +86,7 @@ def doctor(app) -> None:
     def broker() -> str:
         view = read_broker(s, app.queue_names())
         if not view.reachable:
-            raise RuntimeError(f"{view.url} does not answer: {view.error}")
+            raise RuntimeError(f"does not answer: {view.error}")
         detail = "; ".join(view.notes)
         return f"{view.kind} {view.url} answers ({view.source})" + (
             f"; {detail}" if detail else "")
@@ -101,9 +103,15 @@ def doctor(app) -> None:
             return "none configured ([subscriptions.NAME] in COEXIST_CONFIG)"
         return "; ".join(f"{x.name}: {', '.join(sorted(x.domains))}" for x in subs)
 
-    checks = [_check("state database", state), _check("legacy ERP", legacy),
-              _check("cloud ERP", cloud), _check("broker", broker), _check("Redis", redis),
-              _check("subscriptions", subscriptions)]
+    checks = [
+        _check("state database", "COEXIST_STATE_URL", s.state_url, state),
+        _check("legacy ERP", "COEXIST_LEGACY_URL", s.legacy_url, legacy),
+        _check("cloud ERP", "COEXIST_CLOUD_URL", s.cloud_url, cloud),
+        _check("broker", "COEXIST_BROKER_URL" if s.broker_url else "COEXIST_HOME",
+               s.broker_url or str(s.bus_path), broker),
+        _check("Redis", "COEXIST_REDIS_URL", s.redis_url, redis),
+        _check("subscriptions", "COEXIST_CONFIG", str(s.config_file or "-"), subscriptions),
+    ]
     for name, ok, detail in checks:
         click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
     failed = [name for name, ok, _ in checks if not ok]

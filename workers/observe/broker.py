@@ -78,7 +78,8 @@ class BrokerView:
     def attention(self) -> list[str]:
         """Reasons a person should look: an unreachable broker, messages nobody consumes."""
         if not self.reachable:
-            return [f"broker unreachable ({self.url}): {self.error}"]
+            setting = "COEXIST_BROKER_URL" if self.kind == "rabbitmq" else "COEXIST_HOME"
+            return [f"broker ({setting}={self.url}) unreachable: {self.error}"]
         out = []
         for q in self.queues:
             if q.held and q.consumers == 0:

@@ -77,7 +77,7 @@ def legacy_source(app) -> tuple[Engine | None, SourceNote]:
     try:
         engine = app.legacy_engine
     except SetupError as exc:
-        return None, SourceNote(name, UNAVAILABLE, exc.problem)
+        return None, SourceNote(name, UNAVAILABLE, f"{exc.problem}{exc.where()}")
     return engine, SourceNote(name, OK, redact_url(app.settings.legacy_url))
 
 
@@ -91,7 +91,7 @@ def cloud_source(app):
     try:
         cloud = app.cloud_probe()
     except SetupError as exc:
-        return None, SourceNote(name, UNAVAILABLE, exc.problem)
+        return None, SourceNote(name, UNAVAILABLE, f"{exc.problem}{exc.where()}")
     return cloud, SourceNote(name, OK, redact_url(app.settings.cloud_url))
 
 

@@ -254,5 +254,6 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
             reasons.append(f"{note.name} {note.state}: {note.detail}")
     reasons += report.broker.attention()
     if report.redis is not None and not report.redis["reachable"]:
-        reasons.append(f"Redis unreachable ({report.redis['url']}): {report.redis['error']}")
+        reasons.append(f"Redis (COEXIST_REDIS_URL={report.redis['url']}) unreachable: "
+                       f"{report.redis['error']}")
     return reasons
