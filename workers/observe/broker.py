@@ -92,10 +92,12 @@ class BrokerView:
                 "notes": self.notes, "queues": [q.to_dict() for q in self.queues]}
 
 
-def read_broker(settings: Settings, queues: list[str]) -> BrokerView:
-    """The queues ``queues`` as the configured broker holds them (never raises)."""
+def read_broker(settings: Settings, queues: list[str], *,
+                http_transport: Any = None) -> BrokerView:
+    """The queues ``queues`` as the configured broker holds them (never raises).
+    ``http_transport`` replaces the management API's HTTP transport (tests)."""
     if settings.broker_url:
-        return _rabbitmq(settings, queues)
+        return _rabbitmq(settings, queues, http_transport)
     return _embedded(settings, queues)
 
 
@@ -171,12 +173,13 @@ def _amqp_credentials(url: str) -> tuple[str, str, str]:
     return unquote(parts.username or "guest"), unquote(parts.password or "guest"), vhost
 
 
-def _rabbitmq(settings: Settings, queues: list[str]) -> BrokerView:
+def _rabbitmq(settings: Settings, queues: list[str], http_transport: Any) -> BrokerView:
     view = BrokerView("rabbitmq", redact_url(settings.broker_url), settings.queue_type, PASSIVE)
     api = management_url(settings)
     if api is not None:
         try:
-            view.queues = _from_management(api, settings.broker_url or "", queues)
+            view.queues = _from_management(api, settings.broker_url or "", queues,
+                                           http_transport)
             view.source = MANAGEMENT
             return view
         except _VhostMissing as exc:
@@ -196,12 +199,13 @@ class _VhostMissing(Exception):
     pass
 
 
-def _from_management(api: str, amqp_url: str, queues: list[str]) -> list[QueueView]:
+def _from_management(api: str, amqp_url: str, queues: list[str],
+                     transport: Any = None) -> list[QueueView]:
     import httpx
 
     user, password, vhost = _amqp_credentials(amqp_url)
-    with httpx.Client(base_url=api, auth=(user, password),
-                      timeout=BROKER_PROBE_TIMEOUT_S) as client:
+    with httpx.Client(base_url=api, auth=(user, password), timeout=BROKER_PROBE_TIMEOUT_S,
+                      transport=transport) as client:
         response = client.get(f"/api/vhosts/{quote(vhost, safe='')}")
         if response.status_code == 404:
             raise _VhostMissing(f"vhost {vhost!r} does not exist")
