@@ -424,6 +424,12 @@ class App:
         names = [*queues.WRITE_QUEUE.values(), queues.COMMAND_QUEUE, queues.REPORT_QUEUE]
         return names + [s.queue for s in self.subscriptions]
 
+    def consumed_queues(self) -> set[str] | None:
+        """The queues this process's actors consume: a channel queue whose handler runs in
+        another process is left to that consumer (its messages wait there, durable, instead
+        of being dead-lettered here as "no such actor").  ``None`` without actors."""
+        return {actor.queue_name for actor in self.actors.values()} or None
+
     def capture_loops(self):
         from workers.router.capture import CaptureLoop
 

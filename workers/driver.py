@@ -26,7 +26,8 @@ class Driver:
         self.relay = app.relay()
         self.drain = make_drain(app.broker, app.exceptions, app.queue_names())
         self.captured = CaptureStats()
-        self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100)
+        self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100,
+                                      queues=app.consumed_queues())
         self.worker.start()
 
     def settle(self, timeout_s: float = 120.0) -> CaptureStats:
@@ -43,7 +44,7 @@ class Driver:
                 captured.add(stats)
                 moved += stats.read
             moved += self.relay.run_once(5000)
-            for name in self.app.queue_names():
+            for name in self.app.consumed_queues() or self.app.queue_names():
                 self._join(name, int(timeout_s * 1000))
             self.worker.join()
             moved += self.drain.run_once()

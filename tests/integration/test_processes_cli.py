@@ -1,0 +1,123 @@
+"""``coexist run`` and ``coexist router`` as OS processes, started the way supervisord starts
+them: the channel subscriptions come from the configuration (a real run fans out), SIGTERM
+stops gracefully with exit 0, Ctrl-C (SIGINT) with exit 130."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coexistence.canonical import decode
+from coexistence.flags import FlagState, Mode, Rollout
+from tests.support import cloud_sim
+from workers.db import create_state_engine, create_state_schema
+from workers.flags import SqlFlagStore
+from workers.legacy_erp.adapter import LegacyErp
+from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+
+simulator, sim = cloud_sim.simulator, cloud_sim.sim
+
+COEXIST = str(Path(sys.executable).with_name("coexist"))
+CUSTOMER = decode("customer", {
+    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
+    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
+    "customer_group": "RETAIL", "region": "WEST",
+})
+#: Longest wait for a process to do what it is asked, in seconds (a bound, not a figure).
+WAIT_S = 60
+
+
+@pytest.fixture
+def deployment(tmp_path, sim):
+    """A home with state and legacy databases, customer in shadow, a TOML file that
+    subscribes channel ``crm`` to customers, and the environment of a supervisord program."""
+    state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    create_state_schema(state)
+    store = SqlFlagStore(state)
+    store.commit(store.load()["customer"],
+                 FlagState("customer", Mode.SHADOW, Mode.SHADOW, Rollout(), 1),
+                 actor="alice", reason="pilot", action="set")
+    state.dispose()
+    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    create_legacy_schema(legacy)
+    (tmp_path / "coexist.toml").write_text(
+        "# which channel consumes which domains\n"
+        "[subscriptions.crm]\ndomains = [\"customer\", \"order\"]\nkinds = [\"event\"]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COEXIST_")
+           or k.startswith(("COEXIST_TEST", "COEXIST_REQUIRE"))}
+    env.update({"COEXIST_HOME": str(tmp_path), "COEXIST_CLOUD_URL": sim.url})
+    yield tmp_path, env, legacy
+    legacy.dispose()
+
+
+def start(command: str, env: dict, home: Path) -> subprocess.Popen:
+    with open(home / f"{command}.log", "w") as log:
+        return subprocess.Popen([COEXIST, command, "--log-level", "INFO"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def started(home: Path, command: str) -> bool:
+    return '"coexist started"' in (home / f"{command}.log").read_text()
+
+
+def wait_until(predicate, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert proc.poll() is None, f"the process ended ({proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s"
+        time.sleep(0.1)
+
+
+def channel_events(home: Path) -> int:
+    path = home / "bus.db"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM bus_queue WHERE queue_name = "
+                                "'coexist.channel.crm'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def stop(proc: subprocess.Popen, signum: int) -> int:
+    proc.send_signal(signum)
+    try:
+        return proc.wait(WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_real_run_fans_out_to_the_configured_channel_and_ctrl_c_exits_130(deployment, sim):
+    home, env, legacy = deployment
+    proc = start("run", env, home)
+    try:
+        wait_until(lambda: started(home, "run"), "the run's start", proc)
+        LegacyErp(legacy).person_upsert(CUSTOMER, "JSMITH")
+        wait_until(lambda: sim.changes() != [] and channel_events(home) == 1,
+                   "shadow write and channel event", proc)
+    finally:
+        code = stop(proc, signal.SIGINT)
+    assert code == 130, (home / "run.log").read_text()
+    assert "Traceback" not in (home / "run.log").read_text()
+    # The channel has no consumer yet: its event waits, durable, in its own queue.
+    assert channel_events(home) == 1
+
+
+def test_the_router_stops_on_sigterm_with_exit_0(deployment):
+    home, env, _legacy = deployment
+    proc = start("router", env, home)
+    try:
+        wait_until(lambda: started(home, "router"), "the router's start", proc)
+    finally:
+        code = stop(proc, signal.SIGTERM)
+    assert code == 0, (home / "router.log").read_text()
