@@ -133,10 +133,12 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
 
     legacy_engine = app.legacy_engine
     state = app.state
-    # Reconciliation reads in bulk: a failing cloud is reported, not retried for minutes,
-    # and no single request may outlast --timeout.
-    cloud_erp = app.cloud_client(attempts=2, base_backoff_s=0.2,
-                                 timeout_s=min(CLOUD_TIMEOUT_S, timeout or CLOUD_TIMEOUT_S))
+    # Reconciliation reads in bulk: a failing cloud is reported, not retried for minutes.
+    # With --timeout the run's own deadline (``hard_deadline``) ends it, even inside a
+    # request that hangs; requests time out a little later so that the deadline, not a
+    # request, says what happened.
+    request_s = CLOUD_TIMEOUT_S if timeout is None else min(CLOUD_TIMEOUT_S, timeout + 1)
+    cloud_erp = app.cloud_client(attempts=2, base_backoff_s=0.2, timeout_s=request_s)
     stack.callback(cloud_erp.close)
     try:
         cloud_erp.http.get("/health")
@@ -144,7 +146,7 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
         raise UserError(f"cloud ERP (COEXIST_CLOUD_URL={redact_url(app.settings.cloud_url)}) "
                         f"unreachable: {type(exc).__name__}: {exc}") from None
     return _Context(LegacyReader(legacy_engine), CloudReader(cloud_erp, **(
-        {"segments_timeout_s": timeout} if timeout else {})), state,
+        {"segments_timeout_s": request_s} if timeout else {})), state,
                     SqlXref(state), RunStore(state), app)
 
 
