@@ -33,8 +33,7 @@ class ReconcileRun(StateTable, table=True):
     started_at: datetime = Field(sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, index=True,
                                          sa_type=DateTime(timezone=True))
-    #: running, ok (drift within the limit), drift (above it), failed, timeout.
-    #: running, ok, drift, failed, timeout, interrupted.
+    #: running, ok (drift within the limit), drift (above it), failed, timeout, interrupted.
     status: str = Field(sa_type=String(16))
     #: checksum or full (how the cloud side was read); checksum+full after a fallback.
     mode: str = Field(default="", sa_type=String(16))
