@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bus.errors import BusError
-from workers.config import ConfigError, redact_url
+
+# workers.config is imported where it is used: this module is on the path of every
+# command, ``--help`` included, and the configuration pulls in the domain's models.
 
 #: Exit codes every command keeps (README "Exit codes").
 EXIT_OK = 0
@@ -36,6 +38,8 @@ class SetupError(Exception):
 
     def where(self) -> str:
         """`` (SETTING=target)``, the target's credentials hidden."""
+        from workers.config import redact_url
+
         if self.setting:
             return f" ({self.setting}={redact_url(self.target)})"
         return f" ({redact_url(self.target)})" if self.target else ""
@@ -59,6 +63,8 @@ def first_line(exc: BaseException) -> str:
 def opening(part: str, setting: str | None, target: str | None,
             hint: str | None = None) -> Iterator[None]:
     """Turn any failure while opening ``part`` into a ``SetupError`` naming ``setting``."""
+    from workers.config import ConfigError
+
     try:
         yield
     except (SetupError, ConfigError):
@@ -79,6 +85,8 @@ _BY_MODULE: tuple[tuple[str, tuple[str, str, str]], ...] = (
 
 def explain(exc: BaseException, settings: Any = None) -> tuple[str, int]:
     """(one line for a person, exit code) for an exception that reached the CLI's edge."""
+    from workers.config import ConfigError
+
     if isinstance(exc, SetupError | ConfigError):
         return str(exc), EXIT_SETUP
     if isinstance(exc, BusError):

@@ -202,3 +202,13 @@ def test_a_missing_legacy_database_is_named_unavailable_not_fatal(stray, tmp_pat
     assert "nowhere.db" in sources["legacy change log"]["detail"]
     assert not (tmp_path / "nowhere.db").exists()
     assert any(e["detail"].get("kind") == "stray_write" for e in out["events"])
+
+
+def test_a_key_nobody_touched_is_nothing_found_even_though_its_domain_moved(stray):
+    _, env = stray
+    result = run(env, "customer:999999", "--format", "json")
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.output.splitlines()[0])
+    # The domain's flag changes are shown as context, but they are not news about the key.
+    assert {e["source"] for e in out["events"]} == {"flag_audit"}
+    assert "nothing found for customer:999999" in result.output

@@ -18,7 +18,7 @@ from __future__ import annotations
 import click
 
 from workers.cli.common import Failure, run_cli
-from workers.errors import EXIT_INTERRUPTED, explain
+from workers.errors import EXIT_INTERRUPTED
 
 
 class CoexistGroup(click.Group):
@@ -33,6 +33,8 @@ class CoexistGroup(click.Group):
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
+            from workers.errors import explain
+
             if _debug(ctx):
                 raise
             message, code = explain(exc, _loaded_settings(ctx))

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from bus.context import configure_logging
-from coexistence.sample import SampleSpec
 from workers.cli.common import UserError
-from workers.config import Settings
-from workers.scenario import StepReport
+
+if TYPE_CHECKING:
+    from workers.scenario import StepReport
 
 
 def _print_step(console: Console, n: int, report: StepReport) -> None:
@@ -80,9 +80,12 @@ def demo(home: Path, customers: int, changes: int) -> None:
     editing both ERPs.  Prints how far the ERPs agree after every step.
 
     The demo is the embedded default on its own folder: it reads no COEXIST_* setting."""
+    from bus.context import configure_logging
+    from coexistence.sample import SampleSpec
     from workers.bootstrap import bootstrap
     from workers.cloud_sim import start_simulator
     from workers.cloud_sim.admin import SimulatorAdmin
+    from workers.config import Settings
     from workers.driver import Driver
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
     from workers.legacy_erp.seed import seed_legacy

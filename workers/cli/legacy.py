@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from workers.cli.common import UserError
-from workers.config import redact_url
 
 _URL = click.option("--url", default=None, metavar="URL",
                     help="Legacy database URL (default: COEXIST_LEGACY_URL or a SQLite file "
@@ -31,6 +29,9 @@ def legacy() -> None:
 @click.pass_obj
 def init_cmd(app, url: str | None) -> None:
     """Create the legacy tables, the change log and its triggers (idempotent)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workers.config import redact_url
     from workers.legacy_erp.schema import create_legacy_schema
 
     engine, url = _engine(app, url, create=True)
@@ -60,7 +61,10 @@ def seed_cmd(app, url: str | None, customers: int, products: int, seed_value: in
 
     Prints the records per domain and the rows written per second.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from coexistence.sample import SampleSpec
+    from workers.config import redact_url
     from workers.legacy_erp.seed import NotEmpty, seed_legacy
 
     try:
@@ -94,6 +98,10 @@ def seed_cmd(app, url: str | None, customers: int, products: int, seed_value: in
 @click.pass_obj
 def changes_cmd(app, url: str | None, after: int, limit: int) -> None:
     """Show the legacy change log as coexist reads it (cursor, domain, key, op, writer)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workers.config import redact_url
+
     target = app.with_settings(legacy_url=url) if url else app
     try:
         try:
