@@ -48,7 +48,7 @@ def reconciler(app) -> Callable[[str], float]:
 
     def reconcile(domain: str) -> float:
         report, _status, _findings = reconcile_and_store(
-            domain, app.erps[LEGACY].engine, app.erps[CLOUD], app.state,
+            domain, app.erps[LEGACY], app.erps[CLOUD], app.state,
             max_drift_pct=app.settings.max_drift_pct)
         return report.counts.drift_pct
 

@@ -104,6 +104,7 @@ def build(dir_: Path, n: int, diff_pct: float, seed: int) -> dict:
 def ours(legacy_url: str, cloud_url: str, mode: str) -> dict:
     from coexistence.reconcile.findings import Finding
     from workers.cloud_erp import CloudErp
+    from workers.legacy_erp.adapter import LegacyErp
     from workers.legacy_erp.schema import create_legacy_engine
     from workers.reconcile.cloud import CloudReader
     from workers.reconcile.legacy import LegacyReader
@@ -113,8 +114,8 @@ def ours(legacy_url: str, cloud_url: str, mode: str) -> dict:
     erp = CloudErp(cloud_url, timeout_s=600)
     engine = create_legacy_engine(legacy_url)
     start = time.perf_counter()
-    report = reconcile_domain("customer", LegacyReader(engine), CloudReader(erp), mode=mode,
-                              on_finding=findings.append)
+    report = reconcile_domain("customer", LegacyReader(LegacyErp(engine)), CloudReader(erp),
+                              mode=mode, on_finding=findings.append)
     seconds = time.perf_counter() - start
     c = report.counts
     return {"seconds": seconds, "rows": max(c.rows_legacy, c.rows_cloud),

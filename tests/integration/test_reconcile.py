@@ -12,6 +12,7 @@ from coexistence.translate.legacy import LEGACY_TRANSLATORS
 from tests.support import cloud_sim
 from workers.cloud_erp import CloudErp
 from workers.db import create_state_engine
+from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.migrate import upgrade as upgrade_schema
 from workers.reconcile.cloud import CloudReader
@@ -153,8 +154,8 @@ def test_reconciliation_finds_exactly_the_seeded_discrepancies(legacy_engine, cl
         xref.link("customer", key, cloud_id=cloud_id)
     found: list[Finding] = []
     run_mode, tuning = MODES[mode]
-    report = reconcile_domain("customer", LegacyReader(legacy_engine), CloudReader(cloud_erp),
-                              xref=xref.entries("customer"), mode=run_mode,
+    report = reconcile_domain("customer", LegacyReader(LegacyErp(legacy_engine)),
+                              CloudReader(cloud_erp), xref=xref.entries("customer"), mode=run_mode,
                               on_finding=found.append, tuning=tuning)
 
     assert {as_tuple(f) for f in found} == expected
@@ -185,7 +186,7 @@ def test_a_range_the_cloud_lacks_is_compared_as_it_streams_and_nothing_is_missed
     write_cloud(cloud_erp, records[:10])  # the cloud has the first ten only
     found: list[Finding] = []
     report = reconcile_domain(
-        "customer", LegacyReader(engine), CloudReader(cloud_erp), mode="checksum",
+        "customer", LegacyReader(LegacyErp(engine)), CloudReader(cloud_erp), mode="checksum",
         on_finding=found.append,
         tuning=Tuning(segment_records=4, overflow_slack=3, fallback_share=1.0))
     missing = sorted(f.key for f in found if f.kind == Kind.MISSING_IN_CLOUD)

@@ -131,7 +131,7 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
     from workers.reconcile.store import RunStore
     from workers.xref_sql import SqlXref
 
-    legacy_engine = app.legacy_engine
+    legacy = app.legacy
     state = app.state
     # Reconciliation reads in bulk: a failing cloud is reported, not retried for minutes.
     # With --timeout the run's own deadline (``hard_deadline``) ends it, even inside a
@@ -145,7 +145,7 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
     except httpx.HTTPError as exc:
         raise UserError(f"cloud ERP (COEXIST_CLOUD_URL={redact_url(app.settings.cloud_url)}) "
                         f"unreachable: {type(exc).__name__}: {exc}") from None
-    return _Context(LegacyReader(legacy_engine), CloudReader(cloud_erp, **(
+    return _Context(LegacyReader(legacy), CloudReader(cloud_erp, **(
         {"segments_timeout_s": request_s} if timeout else {})), state,
                     SqlXref(state), RunStore(state), app)
 

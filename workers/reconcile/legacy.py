@@ -31,9 +31,10 @@ class LegacyReader:
 
     system = "legacy"
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.erp = LegacyErp(engine)
+    def __init__(self, erp: LegacyErp) -> None:
+        """``erp`` is the legacy adapter the composition root built (its engine is read)."""
+        self.erp = erp
+        self.engine: Engine = erp.engine
 
     def items(self, domain: str) -> Iterator[Item]:
         """Every record of ``domain`` as an ``Item``, sorted by canonical key."""

@@ -17,7 +17,7 @@ from workers.reconcile.store import RunStore
 from workers.xref_sql import SqlXref
 
 
-def reconcile_and_store(domain: str, legacy_engine: Engine, cloud_erp, state: Engine, *,
+def reconcile_and_store(domain: str, legacy_erp, cloud_erp, state: Engine, *,
                         max_drift_pct: float = 0.0, mode: str = "auto",
                         keep: int = 1000) -> tuple[Report, str, list[Finding]]:
     """Compare ``domain`` in both ERPs, store the run and its first ``keep`` findings."""
@@ -30,7 +30,7 @@ def reconcile_and_store(domain: str, legacy_engine: Engine, cloud_erp, state: En
             kept.append(finding)
 
     try:
-        report = reconcile_domain(domain, LegacyReader(legacy_engine), CloudReader(cloud_erp),
+        report = reconcile_domain(domain, LegacyReader(legacy_erp), CloudReader(cloud_erp),
                                   xref=SqlXref(state).entries(domain), mode=mode,
                                   on_finding=on_finding)
     except Exception as exc:
