@@ -133,3 +133,18 @@ def test_a_run_past_its_timeout_exits_2_and_is_stored_as_timed_out(env):
     # A timed-out run gives the guards no drift figure to trust.
     assert SqlPreflightFacts(create_state_engine(env["state_url"])).last_reconciliation(
         "customer") is None
+
+
+def test_the_drift_limit_is_the_one_configured_for_the_guard_and_status(env, monkeypatch):
+    legacy, cloud, _, _ = seeded(80)
+    write_legacy(env["legacy"], legacy)
+    write_cloud(env["cloud"], cloud)
+    result = run("customer", "--format", "json")
+    drift = json.loads(result.output)["runs"][0]["drift_pct"]
+    assert 0.1 < drift < 50 and result.exit_code == 1  # the default limit is 0.1 %
+    monkeypatch.setenv("COEXIST_MAX_DRIFT_PCT", "50")
+    result = run("customer", "--format", "json")
+    assert result.exit_code == 0, result.output
+    state = create_state_engine(env["state_url"])
+    assert RunStore(state).last("customer")["max_drift_pct"] == 50
+    assert run("customer", "--max-drift", "0.5").exit_code == 1  # the option still wins
