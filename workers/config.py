@@ -12,6 +12,9 @@
    RabbitMQ, Redis or PostgreSQL (state and the legacy ERP in SQLite files under
    ``COEXIST_HOME``, the embedded SQLite broker, flags in SQLite).
 
+Sections today: ``[subscriptions.NAME]`` (which channel consumes which domains) and
+``[[edi.partners]]`` (the EDI trading partners).
+
 Scalar settings are environment variables (``COEXIST_`` + the field name in upper
 case).  A **section** is a field whose value is a pydantic model (or a table of
 them) and is read from the TOML file under the field's name; a channel adds its
@@ -48,6 +51,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from coexistence.canonical import DOMAINS
+from coexistence.edi.profiles import EdiSettings
 from workers.router.queues import KIND_DELETE, KIND_EVENT
 
 ENV_PREFIX = "COEXIST_"
@@ -152,6 +156,8 @@ class Settings(BaseSettings):
 
     #: ``[subscriptions.NAME]``: which channel consumes which domains and kinds.
     subscriptions: dict[str, SubscriptionSection] = Field(default_factory=dict)
+    #: ``[[edi.partners]]``: the EDI trading partners (``coexistence.edi.profiles``).
+    edi: EdiSettings | None = None
 
     # ------------------------------------------------------------------ where from
 

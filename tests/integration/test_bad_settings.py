@@ -40,6 +40,7 @@ COMMANDS: dict[str, list[str]] = {
     "dlq archive": ["dlq", "archive", "1", "--reason", "r", "--actor", "maria"],
     "reconcile": ["reconcile", "customer", "--no-progress"],
     "trace": ["trace", "customer:10042"],
+    "edi status": ["edi", "status"],
     "legacy changes": ["legacy", "changes"],
     "config show": ["config", "show"],
     "doctor": ["doctor"],

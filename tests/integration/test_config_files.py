@@ -70,3 +70,19 @@ def test_a_bad_toml_file_is_one_line_naming_the_file_and_the_entry(tmp_path):
         Settings.from_env({"COEXIST_HOME": str(tmp_path)})
     assert str(err.value).startswith(f"subscriptions.crm.domains (TOML {bad}): 'vendor' is not "
                                      "a domain")
+
+
+def test_edi_partners_are_a_section_of_the_same_toml_file(tmp_path):
+    (tmp_path / "coexist.toml").write_text(
+        '[subscriptions.edi]\ndomains = ["order", "shipment", "invoice"]\n\n'
+        '[[edi.partners]]\nid = "ACME"\npartner_isa = { qualifier = "ZZ", id = "ACMEBUY" }\n'
+        'our_isa = { qualifier = "ZZ", id = "DISTCO" }\npartner_gs = "ACMEBUY"\n'
+        'our_gs = "DISTCO"\ncustomers = ["10000"]\nfolder = "/srv/edi/acme"\n')
+    s = Settings.from_env({"COEXIST_HOME": str(tmp_path)})
+    [acme] = s.edi.partners
+    assert acme.id == "ACME" and list(s.subscriptions) == ["edi"]
+    (tmp_path / "coexist.toml").write_text(
+        '[[edi.partners]]\nid = "ACME"\npartner_isa = { qualifier = "Z", id = "ACMEBUY" }\n')
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"COEXIST_HOME": str(tmp_path)})
+    assert "edi.partners[0].partner_isa.qualifier='Z' (TOML" in str(err.value)

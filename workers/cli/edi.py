@@ -1,71 +1,39 @@
 """``coexist edi``: acknowledgment status, audited resends, pending outbound files, documents.
 
-Partner profiles are read from the TOML file named by ``COEXIST_EDI_CONFIG``
-(its ``[edi]`` table; see ``coexistence/edi/profiles.py``); the state database
-is ``COEXIST_STATE_URL``.
+Partner profiles are the ``[[edi.partners]]`` section of the configuration's TOML file
+(``COEXIST_CONFIG``, default ``$COEXIST_HOME/coexist.toml``; see
+``coexistence/edi/profiles.py``); the state database is ``COEXIST_STATE_URL``.
 
-Exit codes: 0 fine; 1 something needs attention (``status``); 2 bad input or an
-unreachable system.
+Exit codes: 0 fine; 1 something needs attention (``status``) or nothing found
+(``documents``); 2 bad input, no partner profiles or an unreachable system.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from bus.exception_store import ExceptionStore
-from coexistence.edi.profiles import EdiConfigError, EdiSettings
 from workers.cli.common import UserError
-from workers.config import Settings
-
-CONFIG_ENV = "COEXIST_EDI_CONFIG"
 
 
-def load_settings() -> EdiSettings:
-    path = os.environ.get(CONFIG_ENV)
-    if not path:
-        raise UserError(f"{CONFIG_ENV} is not set: name the TOML file with the [edi] partner "
-                        "profiles")
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserError(f"{CONFIG_ENV}={path}: {exc.strerror}") from None
-    try:
-        return EdiSettings.from_toml(text, source=path)
-    except EdiConfigError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _deps():
-    import workers.tables  # noqa: F401
-    from workers.db import create_state_engine
+def _deps(app):
     from workers.edi.handlers import EdiDeps
-    from workers.migrate import SchemaNotCurrent, require_current
 
-    settings = Settings.from_env()
-    edi = load_settings()
-    url = settings.state_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no state database at {url.removeprefix('sqlite:///')} "
-                        "(COEXIST_STATE_URL / COEXIST_HOME)")
-    engine = create_state_engine(url)
-    try:
-        require_current(engine)
-    except SchemaNotCurrent as exc:
-        engine.dispose()
-        raise UserError(str(exc)) from None
+    edi = app.settings.edi
+    if edi is None or not edi.partners:
+        where = app.settings.config_file or app.settings.home / "coexist.toml"
+        raise UserError(f"no EDI trading partners configured: add [[edi.partners]] to the "
+                        f"TOML configuration (COEXIST_CONFIG, here {where})")
 
     def no_lookup(key: str):
         raise UserError("this command does not read the ERPs")
 
-    return EdiDeps(engine, edi, ExceptionStore(engine), unit_of=no_lookup, get_order=no_lookup)
+    return EdiDeps(app.state, edi, app.exceptions, unit_of=no_lookup, get_order=no_lookup)
 
 
 @click.group()
@@ -75,12 +43,13 @@ def edi() -> None:
 
 @edi.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def status(fmt: str) -> None:
+@click.pass_obj
+def status(app, fmt: str) -> None:
     """Outbound sets unacknowledged past the partner's window, rejected (AK5 R) or accepted
     with errors (AK5 E).  Exit 1 when there is any."""
     from workers.edi.handlers import acknowledgment_problems
 
-    deps = _deps()
+    deps = _deps(app)
     problems = acknowledgment_problems(deps.engine, deps.settings, now=datetime.now(UTC))
     if fmt == "json":
         click.echo(json.dumps([{
@@ -105,37 +74,39 @@ def status(fmt: str) -> None:
 @edi.command()
 @click.argument("interchange_id", type=int)
 @click.option("--reason", required=True, help="Why it is sent again (audited).")
-@click.option("--actor", default=lambda: os.environ.get("COEXIST_ACTOR") or
-              os.environ.get("USER") or "unknown", help="Who asks (audited).")
-def resend(interchange_id: int, reason: str, actor: str) -> None:
+@click.option("--actor", help="Who asks (audited; default: COEXIST_ACTOR, else USER).")
+@click.pass_obj
+def resend(app, interchange_id: int, reason: str, actor: str | None) -> None:
     """Send outbound interchange ID again: the same bytes, so the same control numbers."""
     from workers.edi.handlers import resend as do_resend
 
-    deps = _deps()
-    path = do_resend(deps, interchange_id, actor=actor, reason=reason)
+    deps = _deps(app)
+    path = do_resend(deps, interchange_id, actor=app.actor(actor), reason=reason)
     click.echo(f"interchange {interchange_id} is in {path} (identical bytes, same control "
                "numbers); audited")
 
 
 @edi.command()
-def flush() -> None:
+@click.pass_obj
+def flush(app) -> None:
     """Write every outbound interchange whose numbers were committed but whose file is missing
     (a worker died in between); the same bytes, so no gap and no reuse."""
     from workers.edi.handlers import flush_pending
 
-    written = flush_pending(_deps())
+    written = flush_pending(_deps(app))
     click.echo(f"{len(written)} pending interchange(s) written"
                + (f": {', '.join(map(str, written))}" if written else ""))
 
 
 @edi.command()
 @click.argument("target")
-def documents(target: str) -> None:
+@click.pass_obj
+def documents(app, target: str) -> None:
     """EDI documents of one business object (``order:KEY``, ``shipment:KEY``,
     ``invoice:KEY``) or one correlation id, with control numbers and acknowledgment state."""
     from workers.edi.handlers import documents_for
 
-    deps = _deps()
+    deps = _deps(app)
     domain, sep, key = target.partition(":")
     if sep and domain in ("order", "shipment", "invoice"):
         docs = documents_for(deps.engine, domain=domain, key=key)
