@@ -86,3 +86,16 @@ def test_edi_partners_are_a_section_of_the_same_toml_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"COEXIST_HOME": str(tmp_path)})
     assert "edi.partners[0].partner_isa.qualifier='Z' (TOML" in str(err.value)
+
+
+def test_the_readme_lists_every_setting_and_no_other():
+    import re
+    from pathlib import Path
+
+    from workers.config import env_names_of
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("## Exit codes", 1)[0]
+    listed = set(re.findall(r"`(COEXIST_[A-Z_]+)`", table))
+    known = {n for n in env_names_of(Settings).values() if n.startswith("COEXIST_")}
+    assert listed == known | {"COEXIST_ENV_FILE", "COEXIST_CONFIG"}
