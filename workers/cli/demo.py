@@ -82,12 +82,11 @@ def demo(home: Path, customers: int, changes: int) -> None:
     The demo is the embedded default on its own folder: it reads no COEXIST_* setting."""
     from bus.context import configure_logging
     from coexistence.sample import SampleSpec
-    from workers.bootstrap import bootstrap
+    from workers.bootstrap import App, bootstrap
     from workers.cloud_sim import start_simulator
     from workers.cloud_sim.admin import SimulatorAdmin
     from workers.config import Settings
     from workers.driver import Driver
-    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
     from workers.legacy_erp.seed import seed_legacy
     from workers.scenario import PhasedCutover, reconciler
 
@@ -100,8 +99,7 @@ def demo(home: Path, customers: int, changes: int) -> None:
     configure_logging("INFO", stream=log_file)
 
     legacy_url = f"sqlite:///{home / 'legacy.db'}"
-    engine = create_legacy_engine(legacy_url)
-    create_legacy_schema(engine)
+    engine = App(Settings(home=home)).open_legacy_engine(legacy_url, create=True)
     report = seed_legacy(engine, SampleSpec(customers=customers, products=max(20, customers // 2)))
     engine.dispose()
     counts = ", ".join(f"{d} {n}" for d, n in report.records.items())
