@@ -203,3 +203,31 @@ def test_run_and_worker_as_processes_fail_in_one_line_without_a_cloud_erp(comman
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and "COEXIST_CLOUD_URL" in lines[0], proc.stderr
+
+
+def test_read_only_commands_never_create_state_where_there_is_none(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("COEXIST_") and not name.startswith(("COEXIST_TEST",
+                                                                "COEXIST_REQUIRE")):
+            monkeypatch.delenv(name)
+    home = tmp_path / "typo"  # a wrong COEXIST_HOME
+    monkeypatch.setenv("COEXIST_HOME", str(home))
+    monkeypatch.setenv("COEXIST_CLOUD_URL", "http://127.0.0.1:9")
+    for args in (["status"], ["cutover", "status"], ["cutover", "history"], ["dlq", "list"],
+                 ["trace", "customer:10042"], ["reconcile", "customer"], ["legacy", "changes"],
+                 ["doctor"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code in (1, 2), (args, result.output)
+        assert f"no state database at {home}/state.db" in result.output or \
+            f"no legacy database at {home}/legacy.db" in result.output, (args, result.output)
+        assert_one_clean_answer(result.output)
+    assert not home.exists(), "a read-only command created files"
+    # reconcile with a state database but no legacy file: refused, and no empty file made.
+    home.mkdir()
+    state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+    create_state_schema(state)
+    state.dispose()
+    result = CliRunner().invoke(cli, ["reconcile", "customer"])
+    assert result.exit_code == 2 and "no legacy database at" in result.output
+    assert "coexist legacy init" in result.output
+    assert not (home / "legacy.db").exists()
