@@ -6,7 +6,8 @@ came from, because RabbitMQ and the embedded broker can tell different things:
 
 * **RabbitMQ, management API** (``COEXIST_BROKER_MANAGEMENT_URL``, default the broker's
   host on port 15672 with the AMQP credentials): ready, unacked and consumers per queue,
-  the ``.DQ`` (delayed retries) and ``.XQ`` (dead letters) queues beside it;
+  the ``.DQ`` (delayed retries) and ``.XQ`` (dead letters) queues beside it (its figures
+  are sampled by RabbitMQ, every 5 s by default);
 * **RabbitMQ, passive declares** when the management API does not answer: ready and
   consumers per queue (``queue_declare(passive=True)``); unacked is unknown;
 * **embedded broker**: its own tables, read-only (``bus_queue`` rows by lease state,
