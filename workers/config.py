@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     cutover_max_backlog: int = Field(0, ge=0)
     #: Bearer tokens the cloud simulator accepts, ``client:token,client:token``.
     sim_tokens: SecretStr | None = None
+    #: OAuth clients the CRM simulator accepts, ``client_id:secret,...`` (unset: any client).
+    crm_sim_clients: SecretStr | None = None
     #: Show tracebacks for errors (also ``coexist --debug``).
     debug: bool = False
 
@@ -469,7 +471,7 @@ def explain_validation(exc: ValidationError, env_names: Mapping[str, str],
     return "; ".join(lines)
 
 
-_SECRET_FIELDS = frozenset({"cloud_token", "sim_tokens"})
+_SECRET_FIELDS = frozenset({"cloud_token", "sim_tokens", "crm_sim_clients"})
 
 
 def _shown(value: Any) -> str:

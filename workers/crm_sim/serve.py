@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -29,7 +28,13 @@ from workers.crm_sim.store import Store
 
 
 def clients_from_env() -> dict[str, str]:
-    raw = os.environ.get("COEXIST_CRM_SIM_CLIENTS", "")
+    from workers.config import ConfigError, Settings
+
+    try:
+        secret = Settings.from_env().crm_sim_clients  # the one configuration
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    raw = secret.get_secret_value() if secret else ""
     clients: dict[str, str] = {}
     for i, pair in enumerate(p for p in raw.split(",") if p.strip()):
         client, sep, secret = pair.strip().partition(":")
