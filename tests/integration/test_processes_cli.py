@@ -64,7 +64,7 @@ def start(command: str, env: dict, home: Path) -> subprocess.Popen:
 
 
 def started(home: Path, command: str) -> bool:
-    return '"coexist started"' in (home / f"{command}.log").read_text()
+    return '"coexist bootstrapped"' in (home / f"{command}.log").read_text()
 
 
 def wait_until(predicate, what: str, proc: subprocess.Popen) -> None:
