@@ -154,6 +154,22 @@ class Settings(BaseSettings):
     #: Show tracebacks for errors (also ``coexist --debug``).
     debug: bool = False
 
+    # The governed API (``coexist api serve``); unset means the API's own default
+    # (``workers.api.deps``), so each default is defined once, where it is used.
+    #: The consumers JSON file (token hashes, roles, accounts).
+    api_consumers: str | None = None
+    #: Seconds an inquiry answer is reused.
+    api_cache_ttl_s: float | None = Field(None, ge=0)
+    #: On a SoR outage, serve a cached answer (marked stale) up to ``api_stale_max_s`` old.
+    api_serve_stale: bool = False
+    api_stale_max_s: float | None = Field(None, ge=0)
+    #: Retry-After of a 503, in seconds.
+    api_retry_after_s: int | None = Field(None, ge=0)
+    #: Portal order numbers start above it.
+    api_order_number_base: int | None = Field(None, ge=0)
+    #: Seconds Idempotency-Keys are kept (at least a day).
+    api_idempotency_ttl_s: float | None = Field(None, ge=0)
+
     # ------------------------------------------------------------------ sections
 
     #: ``[subscriptions.NAME]``: which channel consumes which domains and kinds.

@@ -21,7 +21,7 @@ from tests.support import records as r
 from tests.support.receiver import Receiver, ServerThread
 from tests.support.state import upgraded_state
 from workers.config import Settings
-from workers.flags import open_state
+from workers.db import create_state_engine
 from workers.portal.endpoints import EndpointRegistry
 from workers.portal.events import publish
 
@@ -74,7 +74,7 @@ def test_a_410_dead_letter_is_replayed_from_the_dlq_by_the_delivery_process(home
     out = _cli(home, "portal", "endpoint", "add", "--customer", "10001", "--url", url,
                "--reason", "onboarding acme")
     secret = re.search(r"(whsec_\S+)", out).group(1)
-    state = open_state(Settings.from_env())
+    state = create_state_engine(Settings.from_env().state_url)
     registry = EndpointRegistry(state)
     env = new_envelope(domain="order", kind="event", key="300001",
                        payload={"record": r.order("300001", "10001").model_dump(mode="json")},
@@ -89,7 +89,7 @@ def test_a_410_dead_letter_is_replayed_from_the_dlq_by_the_delivery_process(home
         assert record.error_type == "WebhookEndpointGone"
         assert not registry.get(1).active
         _cli(home, "portal", "endpoint", "enable", "1", "--reason", "receiver fixed")
-        _cli(home, "dlq", "replay", str(record.id))
+        _cli(home, "dlq", "replay", str(record.id), "--reason", "receiver fixed")
         assert receiver.wait_for("/hook", 2, 20), "the replayed message never arrived"
         first, second = receiver.at("/hook")[:2]
         assert first.headers["webhook-id"] == second.headers["webhook-id"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy.pool import StaticPool
 
+from workers.bootstrap import App
 from workers.cli import cli
+from workers.config import Settings
 from workers.db import create_state_engine
 from workers.migrate import upgrade as upgrade_schema
 
@@ -18,7 +19,7 @@ from workers.migrate import upgrade as upgrade_schema
 def run():
     engine = create_state_engine("sqlite://", poolclass=StaticPool)
     upgrade_schema(engine)
-    obj = SimpleNamespace(state=engine)
+    obj = App(Settings.from_env, state=engine)
 
     def invoke(*args):
         return CliRunner().invoke(cli, ["portal", *args], obj=obj,

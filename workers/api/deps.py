@@ -8,7 +8,6 @@ inquiry cache.  Tests build ``ApiDeps`` from fakes with ``ApiDeps.build``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -36,19 +35,6 @@ class ApiConfigError(ValueError):
     """A COEXIST_API_* variable with a value that makes no sense (names it)."""
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiConfigError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise ApiConfigError(f"{name}={raw!r} must not be negative")
-    return value
-
-
 @dataclass(frozen=True)
 class ApiSettings:
     consumers_file: str | None = None
@@ -60,25 +46,34 @@ class ApiSettings:
     idempotency_ttl_s: float = IDEMPOTENCY_TTL_S
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
-        env = os.environ if env is None else env
-        stale = env.get("COEXIST_API_SERVE_STALE", "").strip().lower()
-        if stale not in ("", "0", "1", "true", "false", "yes", "no"):
-            raise ApiConfigError(f"COEXIST_API_SERVE_STALE={stale!r} is not a yes/no value")
-        ttl = _float(env, "COEXIST_API_IDEMPOTENCY_TTL_S", IDEMPOTENCY_TTL_S)
+    def from_settings(cls, s) -> ApiSettings:
+        """The API's part of the one configuration (``workers.config.Settings``, the
+        ``COEXIST_API_*`` variables); an unset value keeps the API's default."""
+        def pick(value, default):
+            return default if value is None else value
+
+        ttl = pick(s.api_idempotency_ttl_s, IDEMPOTENCY_TTL_S)
         if ttl < IDEMPOTENCY_TTL_S:
             raise ApiConfigError("COEXIST_API_IDEMPOTENCY_TTL_S must be at least 86400 "
                                  "(keys are kept at least 24 h)")
         return cls(
-            consumers_file=env.get("COEXIST_API_CONSUMERS") or None,
-            cache_ttl_s=_float(env, "COEXIST_API_CACHE_TTL_S", CACHE_TTL_S),
-            serve_stale=stale in ("1", "true", "yes"),
-            stale_max_s=_float(env, "COEXIST_API_STALE_MAX_S", STALE_MAX_S),
-            retry_after_s=int(_float(env, "COEXIST_API_RETRY_AFTER_S", RETRY_AFTER_S)),
-            order_number_base=int(_float(env, "COEXIST_API_ORDER_NUMBER_BASE",
-                                         ORDER_NUMBER_BASE)),
+            consumers_file=s.api_consumers,
+            cache_ttl_s=pick(s.api_cache_ttl_s, CACHE_TTL_S),
+            serve_stale=s.api_serve_stale,
+            stale_max_s=pick(s.api_stale_max_s, STALE_MAX_S),
+            retry_after_s=pick(s.api_retry_after_s, RETRY_AFTER_S),
+            order_number_base=pick(s.api_order_number_base, ORDER_NUMBER_BASE),
             idempotency_ttl_s=ttl,
         )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        from workers.config import ConfigError, Settings
+
+        try:
+            return cls.from_settings(Settings.from_env(env))
+        except ConfigError as exc:
+            raise ApiConfigError(str(exc)) from None
 
 
 @dataclass

@@ -4,7 +4,7 @@
 * ``openapi``: the OpenAPI document as JSON (``docs/openapi.json`` is this output);
 * ``token``: a new bearer token and the consumers-file entry that admits it.
 
-Configuration (environment): ``COEXIST_API_CONSUMERS`` (the consumers JSON file),
+Configuration (``workers.config``): ``COEXIST_API_CONSUMERS`` (the consumers JSON file),
 ``COEXIST_API_CACHE_TTL_S``, ``COEXIST_API_SERVE_STALE``, ``COEXIST_API_STALE_MAX_S``,
 ``COEXIST_API_RETRY_AFTER_S``, ``COEXIST_API_ORDER_NUMBER_BASE``,
 ``COEXIST_API_IDEMPOTENCY_TTL_S``; the ERPs, state and broker as for every command.
@@ -17,7 +17,6 @@ import json
 import click
 
 from workers.cli.common import UserError
-from workers.config import Settings
 
 
 def openapi_document() -> dict:
@@ -45,21 +44,21 @@ def api_deps(app, settings=None):
     from workers.api.deps import ApiConfigError, ApiDeps, ApiSettings
 
     try:
-        return ApiDeps.from_app(app, settings or ApiSettings.from_env())
+        return ApiDeps.from_app(app, settings or ApiSettings.from_settings(app.settings))
     except (ConsumerConfigError, ApiConfigError) as exc:
         raise UserError(str(exc)) from None
 
 
-def _open_app(settings: Settings):
-    """Bootstrap with the ERPs the API reads; the cloud adapter fails fast (one attempt):
-    the API answers 503 + Retry-After and the caller retries, never the API."""
-    from workers.bootstrap import bootstrap, open_legacy
-    from workers.cloud_erp import CloudErp
+def _open_app(root):
+    """A started app with the ERPs the API reads, from the root's parts; the cloud adapter
+    fails fast (one attempt): the API answers 503 + Retry-After and the caller retries,
+    never the API."""
+    from workers.bootstrap import App, start
 
-    erps = {"legacy": open_legacy(settings)}
-    if settings.cloud_url:
-        erps["cloud"] = CloudErp.from_settings(settings, attempts=1)
-    return bootstrap(settings, register=False, erps=erps)
+    erps = {"legacy": root.legacy}
+    if root.settings.cloud_url:
+        erps["cloud"] = root.cloud_client(attempts=1)
+    return start(App(root.settings, erps=erps), register=False)
 
 
 @click.group()
@@ -80,15 +79,18 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str) -> None:
     from workers.api.app import create_app
 
     configure_logging(log_level.upper())
-    settings = Settings.from_env()
-    app = ctx.obj if getattr(ctx.obj, "erps", None) is not None else _open_app(settings)
+    root = ctx.obj
+    app = root if root.has("erps") else _open_app(root)
     try:
         asgi = create_app(api_deps(app))
         uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False,
                     lifespan="off")
     finally:
-        if app is not ctx.obj:
+        if app is not root:
+            cloud = app.erps.get("cloud")
             app.close()
+            if cloud is not None:
+                cloud.close()
 
 
 @api.command("openapi")

@@ -26,7 +26,6 @@ from rich.table import Table
 
 from bus.errors import BusinessError
 from workers.cli.common import UserError
-from workers.config import Settings
 
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                        show_default=True)
@@ -46,26 +45,13 @@ def _errors(fn):
 
 
 def _state(ctx: click.Context):
-    """The state database: the root's (``ctx.obj.state``) when there is one, else opened here."""
-    obj = ctx.obj
-    if obj is not None and getattr(obj, "state", None) is not None:
-        return obj.state
-    from workers.flags import open_state
-
-    try:
-        return open_state(Settings.from_env())
-    except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
-        raise UserError(f"cannot open the state database: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    """The state database of the composition root (``ctx.obj``); a missing one is one line
+    naming COEXIST_STATE_URL (the group's edge)."""
+    return ctx.obj.state
 
 
-def _actor(explicit: str | None) -> str:
-    from workers.flags import actor_from_env
-
-    try:
-        return actor_from_env(explicit)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+def _actor(ctx: click.Context, explicit: str | None) -> str:
+    return ctx.obj.actor(explicit)
 
 
 def _row(e) -> dict:
@@ -109,7 +95,7 @@ def add_cmd(ctx, customer, children, url, events, actor, reason) -> None:
     from workers.portal.endpoints import EVENT_TYPES, EndpointRegistry
 
     registry = EndpointRegistry(_state(ctx))
-    e, secret = registry.add(customer, url, actor=_actor(actor), reason=reason,
+    e, secret = registry.add(customer, url, actor=_actor(ctx, actor), reason=reason,
                              children=tuple(children), event_types=tuple(events) or EVENT_TYPES)
     click.echo(f"endpoint {e.id} for {e.customer_key} -> {e.url}")
     click.echo(f"signing secret (shown once; give it to the customer): {secret}")
@@ -158,7 +144,7 @@ def _change(verb: str):
 
         state = _state(ctx)
         registry = EndpointRegistry(state)
-        who = _actor(actor)
+        who = _actor(ctx, actor)
         if verb == "disable":
             from bus.exception_store import ExceptionStore
             from workers.portal.delivery import fail_waiting
@@ -225,15 +211,19 @@ def notices_cmd(ctx, fmt) -> None:
 
 
 @portal.command("deliver")
-@click.option("--threads", default=16, show_default=True, help="Delivery threads.")
-@click.option("--log-level", default="INFO", show_default=True)
-def deliver_cmd(threads: int, log_level: str) -> None:
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Delivery threads.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                                case_sensitive=False))
+@click.pass_context
+def deliver_cmd(ctx: click.Context, threads: int, log_level: str) -> None:
     """Deliver due webhooks (and replayed dead letters) until SIGTERM."""
     import dramatiq
 
     from bus.context import configure_logging
     from bus.envelope import from_dict
-    from workers.bootstrap import bootstrap
+    from workers.bootstrap import App, start
     from workers.portal.delivery import (
         REDELIVER_ACTOR,
         REDELIVER_QUEUE,
@@ -243,7 +233,7 @@ def deliver_cmd(threads: int, log_level: str) -> None:
     from workers.portal.endpoints import EndpointRegistry
 
     configure_logging(log_level)
-    app = bootstrap(Settings.from_env(), register=False, erps={})
+    app = start(App(ctx.obj.settings, erps={}), register=False)
     registry = EndpointRegistry(app.state)
 
     def portal_redeliver(envelope: dict) -> None:
