@@ -223,7 +223,8 @@ def webhooks(args, home: Path) -> None:
     from bus.envelope import new_envelope
     from bus.exception_store import ExceptionStore
     from coexistence.canonical.models import Order
-    from workers.db import create_state_engine, create_state_schema
+    from workers.db import create_state_engine
+    from workers.migrate import upgrade as upgrade_schema
     from workers.portal.delivery import Dispatcher
     from workers.portal.endpoints import EndpointRegistry
     from workers.portal.events import publish
@@ -232,7 +233,7 @@ def webhooks(args, home: Path) -> None:
     receiver, url = bare_server()
     try:
         engine = create_state_engine(f"sqlite:///{home / 'portal.db'}")
-        create_state_schema(engine)
+        upgrade_schema(engine)
         registry = EndpointRegistry(engine)
         customers = [str(10_000 + i) for i in range(args.endpoints)]
         for c in customers:

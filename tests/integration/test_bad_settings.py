@@ -19,8 +19,9 @@ from click.testing import CliRunner
 
 from tests.support import services
 from workers.cli import cli
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 
 #: Every command with arguments that are valid in themselves.  The processes would run
 #: forever with a good configuration; the base configuration below has no cloud ERP, so
@@ -113,7 +114,7 @@ def home(tmp_path, monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     state.dispose()
     legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
     create_legacy_schema(legacy)
@@ -225,7 +226,7 @@ def test_read_only_commands_never_create_state_where_there_is_none(tmp_path, mon
     # reconcile with a state database but no legacy file: refused, and no empty file made.
     home.mkdir()
     state = create_state_engine(f"sqlite:///{home / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     state.dispose()
     result = CliRunner().invoke(cli, ["reconcile", "customer"])
     assert result.exit_code == 2 and "no legacy database at" in result.output

@@ -10,12 +10,13 @@ from click.testing import CliRunner
 from workers.bootstrap import App
 from workers.cli import cli
 from workers.config import Settings
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
 
 
 def test_an_audited_change_exits_0_with_a_warning_when_redis_is_down(tmp_path):
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     state.dispose()
     app = App(Settings(home=tmp_path, redis_url="redis://127.0.0.1:1/0", actor="maria"))
     try:

@@ -11,8 +11,9 @@ from tests.support import cloud_sim
 from workers.bootstrap import App
 from workers.cli import cli
 from workers.config import Settings
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
@@ -21,7 +22,7 @@ def test_doctor_says_every_real_service_answers(tmp_path, pg_url, rabbit_vhost, 
                                                 sim):
     redis_url, prefix = redis_prefix
     state = create_state_engine(pg_url)
-    create_state_schema(state)
+    upgrade_schema(state)
     state.dispose()
     legacy = create_legacy_engine(pg_url)
     create_legacy_schema(legacy)
@@ -47,7 +48,7 @@ def test_doctor_says_every_real_service_answers(tmp_path, pg_url, rabbit_vhost, 
 
 def test_doctor_on_the_embedded_default_and_a_part_that_does_not_answer(tmp_path):
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     state.dispose()
     legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
     create_legacy_schema(legacy)

@@ -17,10 +17,11 @@ import pytest
 from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from tests.support import cloud_sim
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags import SqlFlagStore
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
@@ -39,7 +40,7 @@ def deployment(tmp_path, sim):
     """A home with state and legacy databases, customer in shadow, a TOML file that
     subscribes channel ``crm`` to customers, and the environment of a supervisord program."""
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     store = SqlFlagStore(state)
     store.commit(store.load()["customer"],
                  FlagState("customer", Mode.SHADOW, Mode.SHADOW, Rollout(), 1),

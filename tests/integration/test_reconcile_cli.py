@@ -15,9 +15,10 @@ from tests.support import cloud_sim
 from tests.support.state import upgraded_state
 from workers.cli import cli
 from workers.cloud_erp import CloudErp
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.flags.facts import SqlPreflightFacts
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 from workers.reconcile.store import RunStore
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
@@ -36,7 +37,7 @@ def env(tmp_path, sim, monkeypatch):
     engine = create_legacy_engine(legacy_url)
     create_legacy_schema(engine)
     state = create_state_engine(state_url)
-    create_state_schema(state)
+    upgrade_schema(state)
     state.dispose()
     erp = CloudErp(sim.url)
     yield {"legacy": engine, "cloud": erp, "state_url": state_url, "tmp": tmp_path}

@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from coexistence.sample import iter_customers
 from tests.integration.test_reconcile import write_legacy
 from workers.cli import cli
-from workers.db import create_state_engine, create_state_schema
+from workers.db import create_state_engine
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.migrate import upgrade as upgrade_schema
 from workers.reconcile.store import RunStore
 
 COEXIST = str(Path(sys.executable).with_name("coexist"))
@@ -73,7 +74,7 @@ def home(tmp_path, monkeypatch, hung_cloud):
     monkeypatch.setenv("COEXIST_HOME", str(tmp_path))
     monkeypatch.setenv("COEXIST_CLOUD_URL", f"http://127.0.0.1:{hung_cloud.server_port}")
     state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    create_state_schema(state)
+    upgrade_schema(state)
     legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
     create_legacy_schema(legacy)
     write_legacy(legacy, list(iter_customers(20)))

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bus.errors import BusError
 from workers.cli.common import UserError
-from workers.config import Settings, redact_url
+from workers.config import redact_url
 
 _LEGACY = click.option("--legacy", is_flag=True,
                        help="The legacy ERP's database (COEXIST_LEGACY_URL) instead of the "
@@ -35,10 +35,11 @@ class NotCurrent(click.ClickException):
     exit_code = 1
 
 
-def _target(legacy: bool, url: str | None, *, create: bool = False) -> tuple[str, str, str]:
+def _target(app, legacy: bool, url: str | None, *,
+            create: bool = False) -> tuple[str, str, str]:
     from workers.migrate import LEGACY, STATE
 
-    settings = Settings.from_env()
+    settings = app.settings
     if legacy:
         return LEGACY, url or settings.legacy_url, "legacy database"
     if create and url is None and settings.state_url.startswith("sqlite"):
@@ -73,7 +74,8 @@ def db() -> None:
 @db.command("upgrade")
 @_LEGACY
 @_URL
-def upgrade_cmd(legacy: bool, url: str | None) -> None:
+@click.pass_obj
+def upgrade_cmd(app, legacy: bool, url: str | None) -> None:
     """Bring the database to this coexist's schema revision (safe to run again).
 
     A state database made by coexist 0.1.0 (no revision) is adopted and upgraded with
@@ -83,7 +85,7 @@ def upgrade_cmd(legacy: bool, url: str | None) -> None:
     from workers.legacy_erp.schema import upgrade_legacy_schema
     from workers.migrate import LEGACY, upgrade
 
-    target, url, what = _target(legacy, url, create=True)
+    target, url, what = _target(app, legacy, url, create=True)
     engine = _engine(target, url)
     try:
         if target == LEGACY:
@@ -107,11 +109,12 @@ def upgrade_cmd(legacy: bool, url: str | None) -> None:
 @db.command("current")
 @_LEGACY
 @_URL
-def current_cmd(legacy: bool, url: str | None) -> None:
+@click.pass_obj
+def current_cmd(app, legacy: bool, url: str | None) -> None:
     """Show the database's schema revision and the one this coexist needs (exit 1 if older)."""
     from workers.migrate import check, revision, sqlite_path
 
-    target, url, what = _target(legacy, url)
+    target, url, what = _target(app, legacy, url)
     path = sqlite_path(url)
     if path is not None and not path.exists():
         raise UserError(f"no {what} at {path}")
