@@ -4,7 +4,7 @@ Migrations (and tests that build a bus-only database) import this module; add on
 import line per module that declares bus tables.
 """
 
-import bus.exception_store  # noqa: F401  (exception_record)
+import bus.exception_store  # noqa: F401  (exception_record, exception_action)
 import bus.inbox  # noqa: F401  (inbox)
 import bus.monotonic  # noqa: F401  (applied_version)
 import bus.outbox  # noqa: F401  (outbox, outbox_lease)

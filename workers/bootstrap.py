@@ -15,9 +15,11 @@ Two ways to open things:
   creates anything: a state database or legacy database that is not there is a
   ``SetupError`` naming the path and how to create it;
 * a **process** (``start(app)`` / ``bootstrap(settings)``: ``coexist run|router|worker``,
-  the demo, the tests' routers) creates the state schema and, on the embedded default's
-  first start, the legacy reference ERP's schema, connects the broker and Redis up front
-  (so a wrong setting fails at start, in one line), and registers the router's actors.
+  the demo, the tests' routers) needs the state database at the code's schema revision
+  (``coexist run`` and the demo may create a new embedded one), creates the legacy
+  reference ERP's schema on the embedded default's first start, opens Redis and both ERPs
+  up front (so a wrong setting fails at start, in one line), and registers the router's
+  actors; a broker that is down is waited for, not a failed start.
 
 Every failure to open a part is a ``SetupError`` naming the setting and the target.
 """
@@ -377,14 +379,6 @@ class App:
         dramatiq.set_broker(broker)
         return broker
 
-    def connect_broker(self) -> None:
-        """Connect to RabbitMQ now (a process fails at start, not at its first message)."""
-        broker = self.broker
-        s = self.settings
-        if s.broker_url:
-            with opening("broker", "COEXIST_BROKER_URL", s.broker_url):
-                broker.connection  # noqa: B018 - opens this thread's connection
-
     def _open_flag_store(self):
         from workers.flags import store_for
 
@@ -491,8 +485,9 @@ def start(app: App, *, register: bool = True,
         app.retry_options = retry_options
     settings = app.settings
     app.state  # noqa: B018 - open (and create) first: everything else stands on it
+    # The broker is not connected here: a RabbitMQ that is down at start is waited for
+    # (the relay and the workers retry, logging each change of state once).
     app.broker  # noqa: B018
-    app.connect_broker()
     app.flags  # noqa: B018
     app.erps  # noqa: B018
     log.info("coexist bootstrapped", extra={

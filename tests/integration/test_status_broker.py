@@ -34,7 +34,8 @@ def routed_app(tmp_path, broker_url=None, **settings):
     customer domain in shadow."""
     s = Settings(home=tmp_path, broker_url=broker_url, broker_management_url="off",
                  subscriptions={"crm": {"domains": ["customer"]}}, **settings)
-    app = bootstrap(s, erps={LEGACY: InMemoryErp("legacy"), CLOUD: InMemoryErp("cloud")})
+    app = bootstrap(s, erps={LEGACY: InMemoryErp("legacy"), CLOUD: InMemoryErp("cloud")},
+                    create_state=True)
     store = SqlFlagStore(app.state)
     before = store.load()["customer"]
     app.flags.apply([store.commit(before, FlagState("customer", Mode.SHADOW, Mode.SHADOW,

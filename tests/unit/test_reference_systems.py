@@ -15,7 +15,7 @@ REFERENCE = ("workers.cloud_sim", "workers.crm_sim", "workers.legacy_erp.seed")
 #: Where a reference system may be imported from: itself, the CLI that runs it, and the
 #: in-memory fake CRM (tests only), which shares the simulator's duplicate rule and schema.
 MAY_IMPORT = ("workers.cli.demo", "workers.cli.legacy", "workers.cli.crm_sim",
-              "workers.crm_memory", *REFERENCE)
+              "workers.cli.cloud_sim", "workers.crm_memory", *REFERENCE)
 
 
 def _name(path: Path) -> str:
