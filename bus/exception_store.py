@@ -147,6 +147,7 @@ class GroupCount:
     domains: tuple[str, ...]
     failure_classes: tuple[str, ...]
     last_failed_at: datetime
+    first_failed_at: datetime | None = None
 
 
 @dataclass
@@ -315,7 +316,8 @@ class ExceptionStore:
         stmt = self._filter(
             select(_T.c.group_key, _T.c.error_type, _T.c.call_site, _T.c.domain,
                    _T.c.failure_class, func.count().label("n"),
-                   func.max(_T.c.last_failed_at).label("last")),
+                   func.max(_T.c.last_failed_at).label("last"),
+                   func.min(_T.c.first_failed_at).label("first")),
             status, domain, None, None,
         ).group_by(_T.c.group_key, _T.c.error_type, _T.c.call_site, _T.c.domain,
                    _T.c.failure_class)
@@ -324,15 +326,17 @@ class ExceptionStore:
             for r in conn.execute(stmt):
                 g = merged.setdefault(r.group_key, {
                     "error_type": r.error_type, "call_site": r.call_site, "count": 0,
-                    "domains": set(), "classes": set(), "last": r.last})
+                    "domains": set(), "classes": set(), "last": r.last, "first": r.first})
                 g["count"] += r.n
                 if r.domain:
                     g["domains"].add(r.domain)
                 g["classes"].add(r.failure_class)
                 g["last"] = max(g["last"], r.last)
+                g["first"] = min(g["first"], r.first)
         out = [GroupCount(group=k, error_type=v["error_type"], call_site=v["call_site"],
                           count=v["count"], domains=tuple(sorted(v["domains"])),
-                          failure_classes=tuple(sorted(v["classes"])), last_failed_at=v["last"])
+                          failure_classes=tuple(sorted(v["classes"])), last_failed_at=v["last"],
+                          first_failed_at=v["first"])
                for k, v in merged.items()]
         return sorted(out, key=lambda g: (-g.count, g.group))
 

@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/bootstrap.sh
 source "$ROOT/scripts/bootstrap.sh"
+# shellcheck source=scripts/browser.sh
+source "$ROOT/scripts/browser.sh"
 cd "$ROOT"
 ruff check bus coexistence workers tests scripts migrations
 mypy  # bus and coexistence (pyproject.toml [tool.mypy])

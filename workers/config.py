@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     api_order_number_base: int | None = Field(None, ge=0)
     #: Seconds Idempotency-Keys are kept (at least a day).
     api_idempotency_ttl_s: float | None = Field(None, ge=0)
+    #: The cutover console's token (``coexist console``): required when it is bound to an
+    #: address other than loopback; sent as a bearer token or basic-auth password.
+    console_token: SecretStr | None = None
 
     # ------------------------------------------------------------------ sections
 

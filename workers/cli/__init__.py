@@ -126,6 +126,9 @@ def _register() -> None:
 
     cli.add_command(config)
     cli.add_command(doctor)
+    from workers.cli.console import console
+
+    cli.add_command(console)
     from workers.cli.cloud_sim import cloud_sim
 
     cli.add_command(cloud_sim)

@@ -74,7 +74,12 @@ def prepare_home(home: Path) -> None:
               help="Sample size; every other domain scales from it.")
 @click.option("--changes", type=click.IntRange(1, 50), default=3, show_default=True,
               help="People's edits per domain per step.")
-def demo(home: Path, customers: int, changes: int) -> None:
+@click.option("--keep", is_flag=True,
+              help="Afterwards keep the cloud simulator up and serve the cutover console "
+                   "over the demo's state until Ctrl-C.")
+@click.option("--console-port", default=8090, show_default=True,
+              type=click.IntRange(0, 65535), help="The console's port with --keep.")
+def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int) -> None:
     """Seed the legacy ERP, start the cloud simulator, and cut every domain over:
     legacy -> shadow -> cloud -> cloud_only, with a rollback drill, while people keep
     editing both ERPs.  Prints how far the ERPs agree after every step.
@@ -123,7 +128,19 @@ def demo(home: Path, customers: int, changes: int) -> None:
         finally:
             people.close()
             driver.stop()
+        if keep:
+            _report_run(console, reports, started, home, scenario)
+            _serve_console(app, console_port)
+            log_file.close()
+            return
 
+    disagreements = _report_run(console, reports, started, home, scenario)
+    log_file.close()
+    if disagreements:
+        raise SystemExit(1)
+
+
+def _report_run(console: Console, reports, started: float, home: Path, scenario) -> int:
     disagreements = sum(1 for r in reports for a in r.agreements.values() if not a.agrees)
     elapsed = time.perf_counter() - started
     console.print(
@@ -131,9 +148,24 @@ def demo(home: Path, customers: int, changes: int) -> None:
         f"{elapsed:.1f} s: {len(reports)} steps, {disagreements} domain/step disagreements.")
     for line in closing_hints(home, scenario):
         click.echo(line)
-    log_file.close()
-    if disagreements:
-        raise SystemExit(1)
+    return disagreements
+
+
+def _serve_console(app, port: int) -> None:
+    """The cutover console over the demo's state (the simulator still answers for traces)."""
+    import uvicorn
+
+    from workers.console.app import Sampler, create_app
+
+    sampler = Sampler(app)
+    sampler.start()
+    click.echo(f"\ncutover console: http://127.0.0.1:{port}/  (Ctrl-C stops it and the "
+               "cloud simulator)")
+    try:
+        uvicorn.run(create_app(app, sampler=sampler), host="127.0.0.1", port=port,
+                    log_level="warning", access_log=False, lifespan="off")
+    finally:
+        sampler.stop()
 
 
 def closing_hints(home: Path, scenario) -> list[str]:
@@ -155,6 +187,8 @@ def closing_hints(home: Path, scenario) -> list[str]:
         "  coexist cutover history",
         "  coexist dlq list --status all",
         "  coexist status",
+        "  coexist console    # the cutover console on http://127.0.0.1:8090/ "
+        "(or rerun the demo with --keep)",
     ]
     if key is not None:
         what = "a stray write, reported and repaired" if stray else "edited by a person"

@@ -15,19 +15,17 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from bus.exception_store import STATUSES, ExceptionRecord, ReplayResult
+from bus.exception_store import STATUSES, ReplayResult
 from coexistence.canonical import DOMAINS
 from workers.cli.common import UserError
+from workers.observe.exceptions import group_dicts, iso, record_detail, record_summary
 
-#: Bytes of an undecodable message shown by ``dlq show``.
-RAW_PREVIEW_BYTES = 512
 #: Characters of an error message shown in a list row.
 LIST_ERROR_CHARS = 80
 
@@ -110,27 +108,23 @@ def list_cmd(app, grouped: bool, domain: str | None, status: str, group: str | N
     if grouped:
         groups = store.groups(status=wanted, domain=domain)
         if fmt == "json":
-            click.echo(json.dumps([{
-                "group": g.group, "error_type": g.error_type, "call_site": g.call_site,
-                "count": g.count, "domains": list(g.domains),
-                "failure_classes": list(g.failure_classes),
-                "last_failed_at": _iso(g.last_failed_at)} for g in groups], indent=2))
+            click.echo(json.dumps(group_dicts(groups), indent=2))
             return
         table = Table(title=f"exception groups ({status})")
         for col in ("group", "count", "error type", "call site", "classes", "domains",
-                    "last failure"):
+                    "first failure", "last failure"):
             table.add_column(col, justify="right" if col == "count" else "left")
         for g in groups:
             table.add_row(g.group, str(g.count), g.error_type, g.call_site,
                           ",".join(g.failure_classes), ",".join(g.domains) or "-",
-                          _iso(g.last_failed_at))
+                          iso(g.first_failed_at) or "-", iso(g.last_failed_at))
         _console().print(table)
         if not groups:
             click.echo(f"no {status} exception records")
         return
     records = store.list(status=wanted, domain=domain, group=group, limit=limit)
     if fmt == "json":
-        click.echo(json.dumps([_summary(r) for r in records], indent=2))
+        click.echo(json.dumps([record_summary(r) for r in records], indent=2))
         return
     table = Table(title=f"exception records ({status})")
     for col in ("id", "class", "domain", "key", "actor", "error", "attempts", "last failure",
@@ -139,7 +133,7 @@ def list_cmd(app, grouped: bool, domain: str | None, status: str, group: str | N
     for r in records:
         table.add_row(str(r.id), r.failure_class, r.domain or "-", r.key or "-", r.actor_name,
                       _short(f"{r.error_type}: {r.error_message}"), str(r.attempts),
-                      _iso(r.last_failed_at), r.group_key, r.status)
+                      iso(r.last_failed_at), r.group_key, r.status)
     _console().print(table)
     if not records:
         click.echo(f"no {status} exception records")
@@ -157,9 +151,7 @@ def show_cmd(app, record_id: int, fmt: str) -> None:
     rec = store.get(record_id)
     if rec is None:
         raise UserError(f"no exception record {record_id} (see `coexist dlq list --status all`)")
-    detail = _detail(rec)
-    detail["actions"] = [{"action": a["action"], "actor": a["actor"], "reason": a["reason"],
-                          "at": _iso(a["at"])} for a in store.actions(record_id)]
+    detail = record_detail(rec, store.actions(record_id))
     if fmt == "json":
         click.echo(json.dumps(detail, indent=2, default=str))
         return
@@ -275,34 +267,6 @@ def _report(result: ReplayResult, verb: str, fmt: str) -> None:
         click.echo(f"failed {rid}: {error}", err=True)
 
 
-def _summary(r: ExceptionRecord) -> dict[str, Any]:
-    return {
-        "id": r.id, "message_id": r.message_id, "failure_class": r.failure_class,
-        "status": r.status, "domain": r.domain, "key": r.key, "queue_name": r.queue_name,
-        "actor_name": r.actor_name, "correlation_id": r.correlation_id,
-        "error_type": r.error_type,
-        "error_message": r.error_message, "call_site": r.call_site, "group": r.group_key,
-        "attempts": r.attempts, "first_failed_at": _iso(r.first_failed_at),
-        "last_failed_at": _iso(r.last_failed_at), "replay_count": r.replay_count,
-    }
-
-
-def _detail(r: ExceptionRecord) -> dict[str, Any]:
-    out = _summary(r)
-    out["status_changed_at"] = _iso(r.status_changed_at)
-    out["envelope"] = r.envelope_dict()
-    out["message"] = r.message_dict()
-    if r.raw is not None:
-        preview = r.raw[:RAW_PREVIEW_BYTES]
-        out["raw_bytes"] = len(r.raw)
-        out["raw_preview"] = preview.decode("utf-8", errors="backslashreplace")
-    return out
-
-
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= LIST_ERROR_CHARS else text[: LIST_ERROR_CHARS - 3] + "..."
-
-
-def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat(timespec="seconds") if ts else None

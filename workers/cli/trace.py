@@ -58,24 +58,15 @@ def trace(app, target: str, since: str | None, limit: int, cloud_scan: int, fmt:
     Exit status: 0 a timeline was shown; 1 nothing was found; 2 bad input (unknown
     domain, malformed key or id) or an unreachable state database.
     """
-    from workers.observe import TraceInputError, build_trace, parse_since, parse_target
-    from workers.observe.sources import cloud_source, legacy_source
+    from workers.console.data import trace_result
+    from workers.observe import TraceInputError, parse_since, parse_target
 
     try:
         parsed = parse_target(target)
         since_at = parse_since(since)
     except (TraceInputError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    state = app.state
-    legacy, legacy_note = legacy_source(app)
-    cloud, cloud_note = cloud_source(app)
-    try:
-        result = build_trace(state, parsed, since=since_at, limit=limit, legacy=legacy,
-                             legacy_note=legacy_note, cloud=cloud, cloud_note=cloud_note,
-                             cloud_scan=cloud_scan)
-    finally:
-        if cloud is not None:
-            cloud.close()
+    result = trace_result(app, parsed, since=since_at, limit=limit, cloud_scan=cloud_scan)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), default=str))
     else:
