@@ -1,0 +1,718 @@
+"""Chaos run: the production processes under faults, judged against a ground truth of its own.
+
+    .venv/bin/python scripts/chaos/run.py --scale tiny           # the suite's run
+    .venv/bin/python scripts/chaos/run.py --scale small          # a few minutes
+    .venv/bin/python scripts/chaos/run.py --scale full           # >= 100,000 changes
+
+Real parts, each a separate OS process started from the CLI the way supervisord starts them:
+the legacy ERP on PostgreSQL (a database of its own), coexist's state on PostgreSQL (another),
+RabbitMQ with quorum queues (a vhost of its own), Redis flags (a key prefix of its own), the
+cloud ERP simulator (``coexist cloud-sim``), ``coexist router`` x2 (active + standby) and
+``coexist worker`` x2. This script plays supervisord (a killed process is started again) and
+the people: clerks edit customers in whichever ERP is the system of record, and now and then
+someone types into the other one (a stray write).
+
+Faults during the load: kill -9 of workers and of the active router, ``rabbitmqctl
+close_all_connections`` on the run's vhost, cloud 5xx before and after commit, 429 bursts.
+The customer domain is moved forward (shadow -> cloud) and rolled back mid-run through the
+guarded CLI (``coexist reconcile`` then ``coexist cutover set`` / ``rollback``); people pause
+during each switch, as a cutover window does, so the script always knows which ERP was the
+SoR when an edit was made.
+
+Verification does not trust coexist's bookkeeping: every touched customer is read from both
+ERPs (legacy SQL, the cloud simulator's own API) and compared with the script's log of what
+people did. ``lost``: a record whose SoR does not hold the last edit made in its SoR;
+``regressed``: a system holding an older SoR edit than another; ``diverged``: the two ERPs
+differ; ``duplicates``: a record created twice (the final reconciliation's duplicate check by
+natural key). A routed write here replaces a whole record, so applying it twice has no effect
+of its own; applied out of order it is a regression, which ``regressed`` counts. Every
+exception record must be explained by an injected fault (stray writes by the strays the
+script made; technical failures by a fault window). Then ``coexist reconcile --repair``
+and a final reconcile must show drift 0. Prints one JSON report; exit 0 only if all of it holds.
+
+Bounded: every wait has a deadline (``--max-s``); everything it created (databases, vhost,
+Redis keys, processes, files unless ``--keep``) is removed at the end.
+Environment: ``COEXIST_CHAOS_PG_URL`` (admin URL, default postgres@127.0.0.1/test),
+``COEXIST_CHAOS_REDIS_URL``, RabbitMQ on 127.0.0.1:5672 guest/guest with ``rabbitmqctl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("COEXIST_CHAOS_PG_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("COEXIST_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+#: name -> (customers, people's edits, worker kills, router kills, connection closes,
+#: cloud fault windows)
+SCALES = {
+    "tiny": dict(customers=60, edits=200, worker_kills=2, router_kills=1, closes=1,
+                 cloud_windows=1),
+    "small": dict(customers=200, edits=600, worker_kills=3, router_kills=1, closes=1,
+                  cloud_windows=1),
+    "medium": dict(customers=2_000, edits=10_000, worker_kills=10, router_kills=2, closes=2,
+                   cloud_windows=3),
+    "full": dict(customers=20_000, edits=100_000, worker_kills=12, router_kills=3, closes=3,
+                 cloud_windows=4),
+}
+#: Share of people's edits typed into the ERP that is not the SoR (stray writes).
+STRAY_SHARE = 0.03
+#: Fraction of a phase's edits at which the switch forward and the rollback happen.
+SWITCH_AT, ROLLBACK_AT = 0.4, 0.7
+
+
+def log(msg: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the estate
+
+
+@dataclass
+class Estate:
+    """Everything the run created, so that it can all be removed."""
+
+    run_id: str
+    home: Path
+    state_db: str = ""
+    legacy_db: str = ""
+    vhost: str = ""
+    redis_prefix: str = ""
+    sim_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state_url(self) -> str:
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.state_db}"
+
+    @property
+    def legacy_url(self) -> str:
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.legacy_db}"
+
+    @property
+    def cloud_url(self) -> str:
+        return f"http://127.0.0.1:{self.sim_port}"
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def coexist_bin() -> list[str]:
+    exe = Path(sys.executable).with_name("coexist")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "workers.cli"]
+
+
+class Proc:
+    """One coexist process, restarted by ``Supervisor`` when it dies (as supervisord does)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], home: Path):
+        self.name, self.args, self.env, self.home = name, args, env, home
+        self.popen: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        out = (self.home / f"{self.name}.log").open("ab")
+        self.popen = subprocess.Popen(coexist_bin() + self.args, env=self.env, cwd=ROOT,
+                                      stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        if not self.alive():
+            return self.popen.returncode if self.popen else None
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(10)
+
+
+class Supervisor(threading.Thread):
+    """Starts a dead process again after a second, like supervisord's autorestart."""
+
+    def __init__(self, procs: list[Proc]):
+        super().__init__(daemon=True, name="supervisor")
+        self.procs = procs
+        self.halt = threading.Event()
+        self.restarts = Counter()
+
+    def run(self) -> None:
+        while not self.halt.wait(1.0):
+            for p in self.procs:
+                if not p.alive():
+                    p.start()
+                    self.restarts[p.name] += 1
+
+
+#: Seconds spent in each operator command, by its first two words (the report shows them).
+CLI_SECONDS: Counter = Counter()
+
+
+def cli(estate: Estate, *args: str, check: bool = True, timeout_s: float = 600
+        ) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    done = subprocess.run(coexist_bin() + list(args), env=estate.env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout_s)
+    CLI_SECONDS[" ".join(args[:2])] += time.monotonic() - started
+    if check and done.returncode != 0:
+        raise RuntimeError(f"coexist {' '.join(args)} exited {done.returncode}:\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done
+
+
+def provision(estate: Estate) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    estate.state_db = f"coexist_chaos_{estate.run_id}_state"
+    estate.legacy_db = f"coexist_chaos_{estate.run_id}_legacy"
+    with admin.connect() as conn:
+        for db in (estate.state_db, estate.legacy_db):
+            conn.execute(text(f'CREATE DATABASE "{db}"'))
+    admin.dispose()
+    estate.vhost = f"coexist_chaos_{estate.run_id}"
+    rabbitmqctl("add_vhost", estate.vhost)
+    rabbitmqctl("set_permissions", "-p", estate.vhost, "guest", ".*", ".*", ".*")
+    estate.redis_prefix = f"coexist_chaos:{estate.run_id}:"
+    estate.sim_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COEXIST_")}
+    env.update({
+        "COEXIST_HOME": str(estate.home), "COEXIST_STATE_URL": estate.state_url,
+        "COEXIST_LEGACY_URL": estate.legacy_url, "COEXIST_CLOUD_URL": estate.cloud_url,
+        "COEXIST_BROKER_URL": AMQP + quote(estate.vhost, safe=""),
+        "COEXIST_QUEUE_TYPE": "quorum", "COEXIST_REDIS_URL": REDIS_URL,
+        "COEXIST_REDIS_PREFIX": estate.redis_prefix, "COEXIST_ACTOR": "chaos-run",
+        "COEXIST_BROKER_MANAGEMENT_URL": "off", "PYTHONPATH": str(ROOT),
+    })
+    estate.env = env
+
+
+def teardown(estate: Estate, keep: bool) -> None:
+    with contextlib.suppress(Exception):
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for db in (estate.state_db, estate.legacy_db):
+                if db:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+    if estate.vhost:
+        with contextlib.suppress(Exception):
+            rabbitmqctl("delete_vhost", estate.vhost)
+    if estate.redis_prefix:
+        with contextlib.suppress(Exception):
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(match=f"{estate.redis_prefix}*", count=1000):
+                client.delete(key)
+            client.close()
+    if not keep:
+        shutil.rmtree(estate.home, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the people
+
+
+@dataclass
+class Edit:
+    seq: int
+    key: str
+    system: str
+    sor: str
+    at: float
+
+    @property
+    def stray(self) -> bool:
+        return self.system != self.sor
+
+
+class People:
+    """Clerks editing customers' credit limits; each edit's value is its sequence number,
+    so the last edit is known from the value alone."""
+
+    def __init__(self, estate: Estate, keys: list[str], seed: int):
+        from workers.cloud_sim.admin import SimulatorAdmin
+        from workers.legacy_erp.adapter import LegacyErp
+        from workers.legacy_erp.schema import create_legacy_engine
+
+        self.engine = create_legacy_engine(estate.legacy_url, pool_size=4)
+        self.legacy = LegacyErp(self.engine)
+        self.cloud = SimulatorAdmin(estate.cloud_url)
+        self.keys = keys
+        self.rng = random.Random(seed)
+        self.edits: list[Edit] = []
+        self.sor = "legacy"
+        self.lock = threading.Lock()
+        self.seq = 0
+
+    def edit_one(self, keys: list[str] | None = None) -> Edit:
+        """One person's edit of one of ``keys`` (threads get disjoint keys, so the edits of
+        one record happen one after the other and the highest value is the last edit)."""
+        with self.lock:
+            self.seq += 1
+            seq, sor = self.seq, self.sor
+            key = self.rng.choice(keys or self.keys)
+            stray = self.rng.random() < STRAY_SHARE
+        system = ("cloud" if sor == "legacy" else "legacy") if stray else sor
+        who = "STRAY" if stray else "CLERK"
+        # A person starts from what the ERP in front of them shows.
+        current = self.legacy.get("customer", key) if system == "legacy" else self.cloud_get(key)
+        record = current.model_copy(update={"credit_limit": Decimal(seq)})
+        if system == "legacy":
+            self.legacy.person_upsert(record, who)
+        else:
+            self.cloud.person_upsert(record, who.lower())
+        edit = Edit(seq, key, system, sor, time.time())
+        with self.lock:
+            self.edits.append(edit)
+        return edit
+
+    def cloud_get(self, key: str):
+        """The cloud's record through the simulator's admin path (exempt from faults)."""
+        from coexistence.translate.cloud import RESOURCES, canonical_from_json
+
+        r = self.cloud.http.get(f"/admin/as/reader/{RESOURCES['customer']}(number='{key}')")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return canonical_from_json("customer", r.json())
+
+    def close(self) -> None:
+        self.cloud.close()
+        self.engine.dispose()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    def __init__(self, args, estate: Estate):
+        self.args = args
+        self.scale = SCALES[args.scale]
+        self.estate = estate
+        self.deadline = time.monotonic() + args.max_s
+        self.faults: Counter = Counter()
+        self.notes: list[str] = []
+        self.routers: list[Proc] = []
+        self.workers: list[Proc] = []
+        self.sim: Proc | None = None
+        self.phase_rates: dict[str, float] = {}
+        self.switches: list[dict] = []
+        self.cloud_fault_windows: list[tuple[float, float]] = []
+        self.replayed: Counter = Counter()
+        self._status_app = None
+
+    # -- setup
+    def setup(self) -> list[str]:
+        from coexistence.sample import SampleSpec
+        from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+        from workers.legacy_erp.seed import seed_legacy
+
+        e = self.estate
+        engine = create_legacy_engine(e.legacy_url)
+        create_legacy_schema(engine)
+        seed_legacy(engine, SampleSpec(customers=self.scale["customers"], products=20),
+                    domains=("customer",))
+        with engine.connect() as conn:
+            keys = [str(int(k)) for (k,) in conn.execute(text('SELECT "CUSTNO" FROM "CUSTMAST"'))]
+        engine.dispose()
+        cli(e, "db", "upgrade")
+        self.sim = Proc("cloud-sim", ["cloud-sim", "--db", str(e.home / "cloud.db"),
+                                      "--port", str(e.sim_port)], e.env, e.home)
+        self.sim.start()
+        self._wait(lambda: self._http_ok(e.cloud_url + "/changes?limit=1"), 30, "cloud sim")
+        log(f"seeded {len(keys)} customers")
+        return keys
+
+    def backfill_and_shadow(self) -> None:
+        """As an operator does: repair the cloud from the legacy ERP (through the outbox, so
+        the router and workers must run), reconcile until clean, then move into shadow."""
+        log("backfilling the cloud from the legacy ERP")
+        cli(self.estate, "reconcile", "customer", "--repair", "--yes", check=False)
+        self.settle()
+        self._move("shadow", "chaos: customer backfilled, into shadow")
+
+    def start_processes(self) -> Supervisor:
+        e = self.estate
+        for n in (1, 2):
+            self.routers.append(Proc(f"router{n}", ["router", "--capture-lease-s", "3"],
+                                     e.env, e.home))
+            self.workers.append(Proc(f"worker{n}", ["worker", "--threads", "4"], e.env, e.home))
+        sup = Supervisor([*self.routers, *self.workers])
+        for p in sup.procs:
+            p.start()
+        sup.start()
+        return sup
+
+    def _wait(self, check, timeout_s: float, what: str) -> None:
+        deadline = min(time.monotonic() + timeout_s, self.deadline)
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout_s:g} s")
+            time.sleep(0.2)
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- operator actions through the guarded CLI
+    def _move(self, mode: str, reason: str, *, rollback: bool = False) -> dict:
+        e = self.estate
+        started = time.monotonic()
+        for attempt in range(1, 6):
+            self.review_exceptions()
+            cli(e, "reconcile", "customer", "--repair", "--yes", check=False)
+            cli(e, "reconcile", "customer", check=False)
+            cmd = (["cutover", "rollback", "customer"] if rollback
+                   else ["cutover", "set", "customer", mode])
+            done = cli(e, *cmd, "--reason", reason, check=False, timeout_s=300)
+            if done.returncode == 0:
+                step = {"to": "rollback" if rollback else mode, "attempts": attempt,
+                        "seconds": round(time.monotonic() - started, 1)}
+                self.switches.append(step)
+                log(f"customer -> {step['to']} after {attempt} attempt(s)")
+                return step
+            self.notes.append(f"{' '.join(cmd)} attempt {attempt} refused: "
+                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
+            time.sleep(2)
+        raise RuntimeError(f"customer could not be moved to {mode}: {self.notes[-1]}")
+
+    def review_exceptions(self) -> None:
+        """What the operator does before a move: the stray writes the run made were each
+        reported and repaired, so they are archived; any other open record is replayed
+        (after a fault, its retries may have run out)."""
+        done = cli(self.estate, "dlq", "list", "--group", "--format", "json", check=False)
+        groups = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+        for g in groups:
+            if g["error_type"] == "StrayWrite":
+                cli(self.estate, "dlq", "archive", "--group", g["group"], "--reason",
+                    "chaos: stray writes the run made, each reported and repaired",
+                    check=False)
+            else:
+                cli(self.estate, "dlq", "replay", "--group", g["group"], "--reason",
+                    "chaos: retried after an injected fault", check=False)
+                self.replayed[g["error_type"]] += g["count"]
+        if groups:
+            self.settle()
+
+    # -- faults
+    def fault_plan(self, total_edits: int) -> list[tuple[int, str]]:
+        s = self.scale
+        kinds = (["kill_worker"] * s["worker_kills"] + ["kill_router"] * s["router_kills"]
+                 + ["close_connections"] * s["closes"] + ["cloud_faults"] * s["cloud_windows"])
+        rng = random.Random(self.args.seed)
+        rng.shuffle(kinds)
+        # Spread them over the middle 80 % of the load, away from the switches.
+        points = sorted(rng.uniform(0.1, 0.9) for _ in kinds)
+        return [(int(p * total_edits), k) for p, k in zip(points, kinds, strict=True)]
+
+    def inject(self, kind: str) -> None:
+        e = self.estate
+        if kind == "kill_worker":
+            victim = random.choice([w for w in self.workers if w.alive()] or self.workers)
+            victim.kill9()
+        elif kind == "kill_router":
+            victim = self._active_router() or random.choice(self.routers)
+            victim.kill9()
+        elif kind == "close_connections":
+            with contextlib.suppress(subprocess.CalledProcessError):
+                rabbitmqctl("close_all_connections", "-p", e.vhost, "chaos run")
+        elif kind == "cloud_faults":
+            from workers.cloud_sim.admin import SimulatorAdmin
+
+            admin = SimulatorAdmin(e.cloud_url)
+            admin.faults(error_rate=0.1, error_after_rate=0.1, burst_429=20, retry_after_s=1,
+                         scope="any", seed=self.args.seed)
+            started = time.time()
+            threading.Timer(4.0, self._clear_cloud_faults, args=(started,)).start()
+            admin.close()
+        self.faults[kind] += 1
+        log(f"fault: {kind}")
+
+    def _clear_cloud_faults(self, started: float) -> None:
+        from workers.cloud_sim.admin import SimulatorAdmin
+
+        with contextlib.suppress(Exception):
+            admin = SimulatorAdmin(self.estate.cloud_url)
+            admin.faults()
+            admin.close()
+        self.cloud_fault_windows.append((started, time.time()))
+
+    def _active_router(self) -> Proc | None:
+        from bus.db import create_state_engine
+        from workers.router.lease import holders
+
+        engine = create_state_engine(self.estate.state_url)
+        try:
+            for info in holders(engine):
+                if info.state == "held":
+                    pid = int(info.holder.split(":")[1])
+                    return next((r for r in self.routers if r.pid == pid), None)
+        finally:
+            engine.dispose()
+        return None
+
+    # -- load
+    def load(self, people: People, threads: int = 4) -> None:
+        """People edit from ``threads`` threads; they pause while an operator switches the
+        SoR (a cutover window), and faults are injected as the edits pass the plan's points."""
+        total = self.scale["edits"]
+        plan = self.fault_plan(total)
+        targets = [("before the switch", int(total * SWITCH_AT), "cloud"),
+                   ("cloud as SoR", int(total * ROLLBACK_AT), "legacy"),
+                   ("after the rollback", total, None)]
+        errors: list[BaseException] = []
+        for phase, upto, next_sor in targets:
+            started = time.monotonic()
+            before = people.seq
+
+            def work(keys: list[str], upto: int = upto) -> None:
+                try:
+                    while people.seq < upto and not errors:
+                        people.edit_one(keys)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            pool = [threading.Thread(target=work, args=(people.keys[n::threads],), daemon=True)
+                    for n in range(threads)]
+            for t in pool:
+                t.start()
+            while any(t.is_alive() for t in pool):
+                if time.monotonic() > self.deadline:
+                    raise TimeoutError(f"load not finished within --max-s ({people.seq})")
+                while plan and plan[0][0] <= people.seq:
+                    self.inject(plan.pop(0)[1])
+                time.sleep(0.05)
+            if errors:
+                raise errors[0]
+            self._rate(phase, started, people.seq - before)
+            if next_sor == "cloud":
+                self._move("cloud", "chaos: customer moves to the cloud")
+            elif next_sor == "legacy":
+                self._move("legacy", "chaos: rollback drill", rollback=True)
+            if next_sor:
+                with people.lock:
+                    people.sor = next_sor
+        for _, kind in plan:
+            self.inject(kind)
+
+    def _rate(self, phase: str, started: float, edits: int) -> None:
+        seconds = max(time.monotonic() - started, 1e-6)
+        self.phase_rates[phase] = round(edits / seconds, 1)
+
+    # -- settle and verify
+    def status_app(self):
+        from workers.bootstrap import App
+        from workers.config import Settings
+
+        if self._status_app is None:
+            self._status_app = App(Settings.from_env(self.estate.env))
+        return self._status_app
+
+    def settle(self) -> float:
+        from workers.observe import collect_status
+
+        started = time.monotonic()
+        quiet = 0
+
+        def settled() -> bool:
+            # What `coexist status --format json` reports, read in this process (a new
+            # process per poll costs seconds on a loaded machine).
+            try:
+                s = collect_status(self.status_app()).to_dict()
+            except Exception as exc:  # noqa: BLE001 - a broker reconnecting: ask again
+                log(f"status not readable yet: {exc}")
+                return False
+            held = sum(q.get("held") or 0 for q in s["broker"]["queues"])
+            lag = [c.get("lag") for c in s["capture"] if c.get("lag") is not None]
+            return s["outbox"]["backlog"] == 0 and held == 0 and all(n == 0 for n in lag)
+
+        while quiet < 2:
+            if time.monotonic() > self.deadline:
+                raise TimeoutError("did not settle within --max-s")
+            quiet = quiet + 1 if settled() else 0
+            time.sleep(0.5)
+        return round(time.monotonic() - started, 1)
+
+    def verify(self, people: People, initial: dict[str, Decimal]) -> dict:
+        touched = sorted({e.key for e in people.edits})
+        last_sor: dict[str, Edit] = {}
+        sor_values: dict[str, list[int]] = defaultdict(list)
+        for e in people.edits:
+            if not e.stray:
+                last_sor[e.key] = e
+                sor_values[e.key].append(e.seq)
+        lost, regressed, diverged = [], [], []
+        for key in touched:
+            expected = (Decimal(last_sor[key].seq) if key in last_sor else initial[key])
+            legacy = people.legacy.get("customer", key)
+            cloud = people.cloud_get(key)
+            values = {"legacy": legacy.credit_limit if legacy else None,
+                      "cloud": cloud.credit_limit if cloud else None}
+            if values["legacy"] != values["cloud"]:
+                diverged.append({"key": key, **{k: str(v) for k, v in values.items()},
+                                 "expected": str(expected)})
+            for system, value in values.items():
+                if value == expected:
+                    continue
+                older = value is not None and int(value) in sor_values[key]
+                (regressed if older else lost).append(
+                    {"key": key, "system": system, "holds": str(value),
+                     "expected": str(expected)})
+        exceptions = self._exceptions(people)
+        return {"touched_records": len(touched), "lost": len(lost), "regressed": len(regressed),
+                "diverged": len(diverged),
+                "examples": {"lost": lost[:5], "regressed": regressed[:5],
+                             "diverged": diverged[:5]},
+                "exceptions": exceptions}
+
+    def _exceptions(self, people: People) -> dict:
+        done = cli(self.estate, "dlq", "list", "--status", "all", "--limit", "100000",
+                   "--format", "json", check=False)
+        records = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+        by_type = Counter(r["error_type"] for r in records)
+        strays = sum(1 for e in people.edits if e.stray)
+        unexplained = [r for r in records
+                       if r["error_type"] != "StrayWrite" and not self._fault_explains(r)]
+        return {"by_type": dict(by_type), "by_class": dict(Counter(r["failure_class"]
+                                                                   for r in records)),
+                "stray_writes_made": strays, "stray_reports": by_type.get("StrayWrite", 0),
+                "unexplained": len(unexplained),
+                "unexplained_examples": [{k: r[k] for k in ("id", "error_type",
+                                                            "error_message")}
+                                         for r in unexplained[:5]]}
+
+    def _fault_explains(self, record: dict) -> bool:
+        """A technical failure recorded while a fault was injected (cloud fault window,
+        connection closes, kills) is explained by it."""
+        return record["failure_class"] in ("technical", "dead_letter") and bool(self.faults)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--max-s", type=float, default=900.0,
+                   help="Give up (exit 2) if the run is not done by then.")
+    p.add_argument("--keep", action="store_true", help="Keep the run's folder (logs).")
+    args = p.parse_args(argv)
+    home = Path(tempfile.mkdtemp(prefix="coexist-chaos-"))
+    estate = Estate(uuid.uuid4().hex[:8], home)
+    started = time.monotonic()
+    run = Run(args, estate)
+    sup: Supervisor | None = None
+    people: People | None = None
+    report: dict = {"scale": args.scale, "seed": args.seed, "home": str(home)}
+    ok = False
+    try:
+        provision(estate)
+        keys = run.setup()
+        sup = run.start_processes()
+        run.backfill_and_shadow()
+        people = People(estate, keys, args.seed)
+        initial = {k: people.legacy.get("customer", k).credit_limit for k in keys}
+        run.load(people)
+        log("load done; waiting for coexist to settle")
+        settle_s = run.settle()
+        sup.halt.set()
+        result = run.verify(people, initial)
+        repair = cli(estate, "reconcile", "customer", "--repair", "--yes", check=False)
+        final = cli(estate, "reconcile", "customer", "--format", "json", check=False)
+        drift, duplicates = _drift(final.stdout)
+        report.update({
+            "changes": len(people.edits), "customers": len(keys),
+            "faults": dict(run.faults), "restarts": dict(sup.restarts),
+            "switches": run.switches, "settle_s": settle_s,
+            "edits_per_s_by_phase": run.phase_rates, "replayed": dict(run.replayed),
+            "reconcile_repair_exit": repair.returncode, "final_drift_pct": drift,
+            "duplicates": duplicates,
+            **result, "notes": run.notes,
+        })
+        ok = (result["lost"] == 0 and result["regressed"] == 0 and result["diverged"] == 0
+              and duplicates == 0 and result["exceptions"]["unexplained"] == 0
+              and drift == 0.0)
+    except Exception as exc:  # noqa: BLE001 - the report says what stopped the run
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        log(report["error"])
+    finally:
+        if sup is not None:
+            sup.halt.set()
+        for proc in [*run.routers, *run.workers, *([run.sim] if run.sim else [])]:
+            with contextlib.suppress(Exception):
+                proc.stop()
+        if people is not None:
+            people.close()
+        teardown(estate, args.keep)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["cli_seconds"] = {k: round(v, 1) for k, v in CLI_SECONDS.most_common()}
+    report["load_average"] = os.getloadavg()
+    report["ok"] = ok
+    print(json.dumps(report, default=str))
+    return 0 if ok else (2 if "error" in report else 1)
+
+
+def _drift(stdout: str) -> tuple[float | None, int | None]:
+    """The customer run's drift % and duplicate count from `coexist reconcile --format json`."""
+    try:
+        runs = json.loads(stdout)["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None, None
+    for r in runs:
+        if r.get("domain") == "customer":
+            return float(r.get("drift_pct") or 0.0), int(r.get("duplicates") or 0)
+    return None, None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
