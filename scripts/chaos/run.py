@@ -148,7 +148,8 @@ class Proc:
     def start(self) -> None:
         out = (self.home / f"{self.name}.log").open("ab")
         self.popen = subprocess.Popen(coexist_bin() + self.args, env=self.env, cwd=ROOT,
-                                      stdout=out, stderr=subprocess.STDOUT)
+                                      stdout=out, stderr=subprocess.STDOUT,
+                                      preexec_fn=_die_with_parent)
         out.close()
         self.starts += 1
 
@@ -194,6 +195,18 @@ class Supervisor(threading.Thread):
 
 #: Seconds spent in each operator command, by its first two words (the report shows them).
 CLI_SECONDS: Counter = Counter()
+
+
+def _die_with_parent() -> None:
+    """A child gets SIGTERM when this script dies, even by kill -9 (Linux prctl)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cli(estate: Estate, *args: str, check: bool = True, timeout_s: float = 600
@@ -647,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="Give up (exit 2) if the run is not done by then.")
     p.add_argument("--keep", action="store_true", help="Keep the run's folder (logs).")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # a stopped run still removes what it made
     home = Path(tempfile.mkdtemp(prefix="coexist-chaos-"))
     estate = Estate(uuid.uuid4().hex[:8], home)
     started = time.monotonic()
@@ -682,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = (result["lost"] == 0 and result["regressed"] == 0 and result["diverged"] == 0
               and duplicates == 0 and result["exceptions"]["unexplained"] == 0
               and drift == 0.0)
-    except Exception as exc:  # noqa: BLE001 - the report says what stopped the run
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the report says why
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(report["error"])
     finally:
