@@ -20,7 +20,7 @@ from tests.support.services import AMQP_HOST, AMQP_PORT, need, port_open
 MAX_S = 300
 
 
-@pytest.mark.timeout(MAX_S + 120)
+@pytest.mark.timeout(MAX_S + 200)
 def test_the_tiny_chaos_run_loses_nothing_and_explains_every_exception():
     need("PostgreSQL", port_open("127.0.0.1", 5432))
     need("RabbitMQ", port_open(AMQP_HOST, AMQP_PORT))
@@ -32,7 +32,7 @@ def test_the_tiny_chaos_run_loses_nothing_and_explains_every_exception():
         stdout, stderr = run.communicate(timeout=MAX_S + 60)
     except subprocess.TimeoutExpired:
         run.send_signal(signal.SIGTERM)  # it cleans up its databases, vhost and processes
-        stdout, stderr = run.communicate(timeout=50)
+        stdout, stderr = run.communicate(timeout=120)
     report = json.loads(stdout.strip().splitlines()[-1])
     assert run.returncode == 0 and report["ok"], json.dumps(report, indent=2)[-4000:] + \
         stderr[-3000:]
