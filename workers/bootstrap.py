@@ -94,7 +94,7 @@ class App:
 
     #: Parts that can be given to the constructor instead of built.
     PARTS = ("state", "exceptions", "broker", "flag_store", "flags", "legacy_engine", "legacy",
-             "cloud", "erps", "subscriptions", "facts", "cutover")
+             "cloud", "erps", "subscriptions", "facts", "cutover", "edi")
 
     def __init__(self, settings: Settings | Callable[[], Settings], **parts: Any) -> None:
         unknown = set(parts) - set(self.PARTS)
@@ -216,6 +216,13 @@ class App:
     @property
     def subscriptions(self) -> tuple[queues.Subscription, ...]:
         return self._part("subscriptions", lambda: subscriptions_from(self.settings))
+
+    @property
+    def edi(self):
+        """The EDI channel's handler dependencies (``workers.edi.consumer.edi_deps``)."""
+        from workers.edi.consumer import edi_deps
+
+        return self._part("edi", lambda: edi_deps(self))
 
     @property
     def facts(self):
@@ -466,6 +473,27 @@ class App:
         self._built.clear()
 
 
+#: The channel handler of each subscription name this code base can run itself
+#: (``module:function(app) -> handler``); a subscription not named here is consumed by
+#: another process.
+CHANNEL_HANDLERS: dict[str, str] = {
+    "edi": "workers.edi.consumer:channel_handler",
+}
+
+
+def channel_handlers_for(app: App) -> dict[str, Any]:
+    """The handlers of the configured subscriptions that ``CHANNEL_HANDLERS`` names."""
+    import importlib
+
+    out: dict[str, Any] = {}
+    for sub in app.subscriptions:
+        target = CHANNEL_HANDLERS.get(sub.name)
+        if target is not None:
+            module, _, name = target.partition(":")
+            out[sub.name] = getattr(importlib.import_module(module), name)(app)
+    return out
+
+
 def start(app: App, *, register: bool = True,
           channel_handlers: dict[str, Any] | None = None,
           retry_options: dict[str, Any] | None = None, create_state: bool = False) -> App:
@@ -474,7 +502,8 @@ def start(app: App, *, register: bool = True,
     broker with middleware (connected), flag cache, both ERPs, the router's actors.
     ``channel_handlers`` maps a subscription name to the function this process runs for
     its events (subscriptions without one are consumed elsewhere; their queues are
-    declared so nothing fanned out is dropped)."""
+    declared so nothing fanned out is dropped); by default, the ``CHANNEL_HANDLERS`` of
+    the configured subscriptions."""
     from coexistence.ownership import validate_ownership
 
     validate_ownership()
@@ -499,6 +528,8 @@ def start(app: App, *, register: bool = True,
     if register:
         from workers.router.actors import register_actors
 
+        if channel_handlers is None:
+            channel_handlers = channel_handlers_for(app)
         app.actors = register_actors(app, channel_handlers)
     return app
 

@@ -173,6 +173,14 @@ class Settings(BaseSettings):
     #: address other than loopback; sent as a bearer token or basic-auth password.
     console_token: SecretStr | None = None
 
+    # The EDI channel (``workers.edi.consumer``; partner profiles are ``[[edi.partners]]``).
+    #: Seconds between two polls of the partners' ``inbound/`` folders (and of outbound
+    #: files still to write) by ``coexist run`` and a worker that runs the edi channel.
+    edi_poll_s: float = Field(5.0, gt=0)
+    #: A claimed inbound file whose worker has not finished it after this many seconds
+    #: (the worker died) is taken over by another poll.
+    edi_claim_timeout_s: float = Field(300.0, gt=0)
+
     # ------------------------------------------------------------------ sections
 
     #: ``[subscriptions.NAME]``: which channel consumes which domains and kinds.

@@ -54,6 +54,7 @@ from coexistence.canonical.models import (
     OrderStatus,
     Shipment,
 )
+from coexistence.edi import x12
 from coexistence.edi.profiles import PartnerProfile
 from coexistence.edi.x12 import Segment, TransactionSet
 
@@ -359,6 +360,20 @@ def build_850(order: Order, *, unit_of: UnitLookup, buyer_id: str | None = None,
                      line.sku])
     body.append(["CTT", str(len(order.lines))])
     return body
+
+
+def partner_850(profile: PartnerProfile, order: Order, *, control: int, at: datetime,
+                unit_of: UnitLookup, buyer_id: str | None = None) -> str:
+    """A whole interchange with one 850 as the partner of ``profile`` sends it to us (its
+    identities and separators; ISA13 = GS06 = ``control``): the demo's buyer, tests, the
+    benchmark."""
+    body = build_850(order, unit_of=unit_of, buyer_id=buyer_id)
+    return x12.write_interchange(
+        sender=profile.partner_isa.party(), receiver=profile.our_isa.party(), control=control,
+        at=at, groups=[x12.GroupSpec("PO", profile.partner_gs, profile.our_gs, control,
+                                     [x12.SetSpec("850", 1, body)])],
+        separators=profile.separators, usage=profile.isa15,
+        segment_suffix=profile.segment_suffix)
 
 
 # --------------------------------------------------------------------------- 855

@@ -361,3 +361,50 @@ def test_outbound_documents_are_recorded_with_their_control_numbers(edi):
                             .where(DOCUMENT.c.direction == "out")).all()
     assert [tuple(r) for r in rows] == [("997", 1, "0001"), ("855", 2, "0002")]
     assert documents.ack_type({1: documents.LineAnswer("IA", 1)}) == "AD"
+
+
+def test_the_same_file_sent_again_under_the_same_name_is_a_duplicate_not_our_own_rerun(edi):
+    # Partners resend a whole file on a timeout: same name, same bytes.  Our own crashed run
+    # of a file is recognised by its claim; this one is the partner's, so TA1 025.
+    drop(edi, "po.edi", order_850())
+    [first] = handlers.handle_inbound(edi)
+    folder = drop(edi, "po.edi", order_850())
+    [again] = handlers.handle_inbound(edi)
+    assert first.ok and not again.ok and (folder.failed / "po.edi").exists()
+    assert len(commands(edi)) == 1
+    [ta1] = outbound(folder, "TA1")
+    assert "*R*025~" in ta1.read_text()
+    assert [r.error_type for r in exceptions(edi)] == ["EdiDuplicateInterchange"]
+
+
+def test_an_abandoned_claim_is_taken_over_by_one_worker_and_answered_once(edi):
+    folder = drop(edi, "po.edi", order_850())
+    dead = folder.claim("po.edi")  # a worker claimed it and died before answering
+    assert dead is not None
+    assert handlers.handle_inbound(edi, abandoned_after_s=60) == []  # still fresh: held
+    # The claim's mtime is the claim's time, not the partner's file's.
+    import os
+    import time
+    old = time.time() - 120
+    os.utime(dead.path, (old, old))
+    other = DropFolder(folder.root)
+    taken = folder.abandoned_claims(60)
+    assert [c.name for c in taken] == ["po.edi"] and other.abandoned_claims(60) == []
+    assert taken[0].first_claim_name == dead.claim_name
+    [result] = handlers.handle_files(edi, edi.settings.partner("ACME"), folder, taken)
+    assert result.ok and len(commands(edi)) == 1 and len(outbound(folder, "997")) == 1
+    assert [p.name for p in folder.processed.iterdir()] == ["po.edi"]
+
+
+def test_a_crash_after_the_commit_is_finished_from_the_record_on_the_next_claim(edi):
+    folder = drop(edi, "po.edi", order_850())
+    claimed = folder.claim("po.edi")
+    outcome = handlers._answer_file(edi, edi.settings.partner("ACME"), claimed)
+    assert outcome.ok  # committed; then the worker died: no 997 file, the claim left over
+    assert outbound(folder, "997") == []
+    import os
+    os.utime(claimed.path, (0, 0))
+    [again] = handlers.handle_inbound(edi, abandoned_after_s=1)
+    assert again.ok and again.orders == outcome.orders
+    assert len(commands(edi)) == 1 and len(outbound(folder, "997")) == 1
+    assert exceptions(edi) == []

@@ -1,4 +1,5 @@
-"""``coexist edi``: acknowledgment status, audited resends, pending outbound files, documents.
+"""``coexist edi``: acknowledgment status, audited resends, pending outbound files, documents,
+one polling pass.
 
 Partner profiles are the ``[[edi.partners]]`` section of the configuration's TOML file
 (``COEXIST_CONFIG``, default ``$COEXIST_HOME/coexist.toml``; see
@@ -96,6 +97,25 @@ def flush(app) -> None:
     written = flush_pending(_deps(app))
     click.echo(f"{len(written)} pending interchange(s) written"
                + (f": {', '.join(map(str, written))}" if written else ""))
+
+
+@edi.command()
+@click.pass_obj
+def poll(app) -> None:
+    """One pass over every partner's inbound/ folder (for cron, when no `coexist worker`
+    runs the edi channel): write pending outbound files, then claim and answer every
+    complete inbound file.  Reads the systems of record (units, orders) as the router
+    does.  Exit 1 when a file went to failed/."""
+    from workers.edi.consumer import EdiPoller
+
+    _deps(app)
+    s = app.settings
+    result = EdiPoller(app.edi, poll_s=s.edi_poll_s,
+                       abandoned_after_s=s.edi_claim_timeout_s).run_once()
+    click.echo(f"{result['files']} inbound file(s) answered ({result['failed']} to failed/, "
+               f"{result['orders']} order command(s)); {result['flushed']} pending outbound "
+               "file(s) written")
+    sys.exit(1 if result["failed"] else 0)
 
 
 @edi.command()

@@ -8,6 +8,10 @@
 * ``worker``: dramatiq worker threads for the router's queues; run as many as
   throughput needs (supervisord ``numprocs``).
 
+``run`` and ``worker`` also run the polling loops of the channels they consume: with
+``[[edi.partners]]`` and ``[subscriptions.edi]`` configured, the partners' ``inbound/``
+folders every ``COEXIST_EDI_POLL_S`` seconds (``workers.edi.consumer``).
+
 Each one opens everything it needs at start (state database, broker, Redis, both ERPs,
 the configured channel subscriptions), so a wrong setting ends it at once with one line
 naming the setting and exit 2, which supervisord reports as a failed start.  All three
@@ -95,6 +99,18 @@ def _start_worker(app, threads: int):
     return worker
 
 
+def _start_channel_loops(app, stop: threading.Event) -> list[threading.Thread]:
+    """The polling loops of the channels this process runs (EDI: the partners' folders)."""
+    from workers.edi.consumer import start_poller
+
+    return [t for t in (start_poller(app, stop),) if t is not None]
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(30)
+
+
 def _started(app, log_level: str, *, create_state: bool = False):
     from bus.context import configure_logging
     from workers.bootstrap import start
@@ -119,10 +135,13 @@ def run(ctx: click.Context, threads: int, log_level: str, metrics_port: int | No
         app = _started(ctx.obj, log_level, create_state=True)
         _serve_metrics(metrics_port, app)
         worker = _start_worker(app, threads)
+        loops = _start_channel_loops(app, stop.event)
         try:
             run_router(app, stop.event, lease_s=lease_s)
         finally:
+            stop.event.set()
             worker.stop()
+            _join(loops)
             app.close()
     stop.exit(ctx)
 
@@ -158,9 +177,12 @@ def worker(ctx: click.Context, threads: int, log_level: str, metrics_port: int |
         app = _started(ctx.obj, log_level)
         _serve_metrics(metrics_port, app)
         w = _start_worker(app, threads)
+        loops = _start_channel_loops(app, stop.event)
         try:
             stop.event.wait()
         finally:
+            stop.event.set()
             w.stop()
+            _join(loops)
             app.close()
     stop.exit(ctx)

@@ -125,15 +125,17 @@ class Outcome:
 # =========================================================================== inbound
 
 
-def handle_inbound(deps: EdiDeps, partners: Iterable[str] | None = None) -> list[FileOutcome]:
-    """Claim and answer every complete file in the partners' ``inbound/`` folders."""
+def handle_inbound(deps: EdiDeps, partners: Iterable[str] | None = None, *,
+                   abandoned_after_s: float = ABANDONED_CLAIM_S) -> list[FileOutcome]:
+    """Claim and answer every complete file in the partners' ``inbound/`` folders, and the
+    claims older than ``abandoned_after_s`` (a worker died holding them)."""
     wanted = set(partners) if partners is not None else None
     out: list[FileOutcome] = []
     for profile in deps.settings.partners:
         if wanted is not None and profile.id not in wanted:
             continue
         folder = deps.folder(profile).ensure()
-        claims = folder.abandoned_claims(ABANDONED_CLAIM_S)
+        claims = folder.abandoned_claims(abandoned_after_s)
         for name in folder.ready():
             c = folder.claim(name)
             if c is not None:
@@ -152,6 +154,13 @@ def handle_files(deps: EdiDeps, profile: PartnerProfile, folder: DropFolder,
         outcome.moved_to = str(folder.finish(claimed, ok=outcome.ok, sync_dir=False))
     if outcomes:
         folder.sync_dirs()
+        # Inbound rows record when their file was moved on (``written_at``): a later file
+        # with the same bytes is then a partner's resend, not our own unfinished run.
+        with deps.engine.begin() as conn:
+            conn.execute(update(INTERCHANGE).where(
+                INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
+                INTERCHANGE.c.file_name.in_([c.first_claim_name for c, _ in outcomes]),
+                INTERCHANGE.c.written_at.is_(None)).values(written_at=utcnow()))
     return [o for _, o in outcomes]
 
 
@@ -297,15 +306,18 @@ def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claim
     mine = conn.execute(
         select(INTERCHANGE.c.id, INTERCHANGE.c.problems)
         .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
-               INTERCHANGE.c.file_name == claimed.claim_name, INTERCHANGE.c.digest == digest)
+               INTERCHANGE.c.file_name == claimed.first_claim_name,
+               INTERCHANGE.c.digest == digest)
     ).first()
     # A claim's rename can be lost in a crash too (directories are fsynced once per batch):
-    # then the file comes back under its own name, and is recognised by name and digest.
+    # then the file comes back under its own name, and is recognised by name and digest
+    # among the interchanges whose file was never moved on (``written_at`` is set when it
+    # is; a partner sending the same file again is a duplicate, not this).
     if mine is None:
         mine = next((r for r in conn.execute(
             select(INTERCHANGE.c.id, INTERCHANGE.c.problems, INTERCHANGE.c.file_name)
             .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
-                   INTERCHANGE.c.digest == digest))
+                   INTERCHANGE.c.digest == digest, INTERCHANGE.c.written_at.is_(None)))
             if r.file_name.startswith(claimed.name + ".") and r.file_name.endswith(
                 ".processing") and r.file_name.count(".") == claimed.name.count(".") + 2), None)
     if mine is not None:
@@ -461,7 +473,7 @@ def _insert_inbound(conn, profile, claimed: Claimed, ic: x12.Interchange, *, now
                     content, sender, isa13, status, kind, dedupe, saved) -> int:
     return int(conn.execute(INTERCHANGE.insert().values(
         partner=profile.id, direction="in", sender=sender, isa13=isa13, digest=digest,
-        dedupe_key=dedupe, status=status, kind=kind, file_name=claimed.claim_name,
+        dedupe_key=dedupe, status=status, kind=kind, file_name=claimed.first_claim_name,
         content=content, resends=0, created_at=now, written_at=None,
         problems=json.dumps(saved) if saved else None,
     ).returning(INTERCHANGE.c.id)).scalar_one())

@@ -82,6 +82,8 @@ class EdiInterchange(StateTable, table=True):
     ta1: str | None = Field(default=None, sa_column=Column(String(8), nullable=True))
     resends: int = Field(default=0, sa_column=Column(Integer, nullable=False, default=0))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: Outbound: when its file got its final name.  Inbound: when its file was moved to
+    #: ``processed/`` or ``failed/`` (unset: a crash cut its run short).
     written_at: datetime | None = Field(default=None,
                                         sa_column=Column(DateTime(timezone=True), nullable=True))
 

@@ -7,7 +7,9 @@
   file must also be unchanged for ``settle_seconds``.
 * It is claimed by a rename to ``<name>.<token>.processing`` in ``inbound/``:
   of two workers racing for it, one rename wins and the other gets
-  ``FileNotFoundError`` and moves on.
+  ``FileNotFoundError`` and moves on.  The claim's mtime is set to the time of the
+  claim; a claim older than the claim timeout (its worker died) is taken over by
+  another rename, which again only one worker wins.
 * Nothing is ever deleted or overwritten: a claimed file ends in
   ``processed/`` or ``failed/`` under its own name (``name.1``, ``name.2``...
   when taken); outbound files are written under a temporary dot-name,
@@ -42,6 +44,14 @@ class Claimed:
     @property
     def claim_name(self) -> str:
         return self.path.name
+
+    @property
+    def first_claim_name(self) -> str:
+        """The name of the file's first claim: a claim taken over from a dead worker keeps
+        that worker's token in front of its own (``name.TOKEN-TOKEN2.processing``), so the
+        interchange it recorded is found again."""
+        token = self.path.name[: -len(CLAIM_SUFFIX)].rsplit(".", 1)[-1]
+        return f"{self.name}.{token.split('-', 1)[0]}{CLAIM_SUFFIX}"
 
 
 class DropFolder:
@@ -83,6 +93,7 @@ class DropFolder:
             os.rename(src, dst)
         except FileNotFoundError:
             return None
+        _touch(dst)
         return Claimed(name, dst)
 
     def abandoned_claims(self, older_than_s: float) -> list[Claimed]:
@@ -93,11 +104,26 @@ class DropFolder:
             entries = list(os.scandir(self.inbound))
         except FileNotFoundError:
             return []
-        for entry in entries:
-            if entry.name.endswith(CLAIM_SUFFIX) and now - entry.stat().st_mtime >= older_than_s:
-                original = entry.name[: -len(CLAIM_SUFFIX)].rsplit(".", 1)[0]
-                out.append(Claimed(original, Path(entry.path)))
-        return sorted(out, key=lambda c: c.path.name)
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                old = entry.name.endswith(CLAIM_SUFFIX) and (
+                    now - entry.stat().st_mtime >= older_than_s)
+            except FileNotFoundError:
+                continue  # another worker re-claimed it just now
+            if not old:
+                continue
+            original, token = entry.name[: -len(CLAIM_SUFFIX)].rsplit(".", 1)
+            # Re-claimed by a rename too: of two workers finding the same abandoned claim,
+            # one takes it (and its new mtime tells the other it is held again).
+            first = token.split("-", 1)[0]
+            dst = self.inbound / f"{original}.{first}-{uuid.uuid4().hex[:12]}{CLAIM_SUFFIX}"
+            try:
+                os.rename(entry.path, dst)
+            except FileNotFoundError:
+                continue
+            _touch(dst)
+            out.append(Claimed(original, dst))
+        return out
 
     def finish(self, claimed: Claimed, *, ok: bool, sync_dir: bool = True) -> Path:
         """Move a claimed file to ``processed/`` (ok) or ``failed/``, never overwriting.
@@ -181,6 +207,12 @@ def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = T
         if sync:
             _fsync_dir(src.parent)
     return dst
+
+
+def _touch(path: Path) -> None:
+    """A claim's mtime is when it was claimed (a partner's file may carry an old one, which
+    would make a fresh claim look abandoned to another worker)."""
+    os.utime(path)
 
 
 def _fsync_dir(path: Path) -> None:
