@@ -1,0 +1,224 @@
+"""The EDI channel in real ``coexist worker`` processes (RabbitMQ, PostgreSQL state, the
+legacy reference ERP as the SoR, the cloud simulator): a worker killed with SIGKILL in the
+middle of answering 850s and sending 810s loses nothing and sends nothing twice once a
+worker runs again; two workers polling the same folders never process a file twice."""
+
+from __future__ import annotations
+
+import re
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dramatiq
+import pytest
+from sqlalchemy import func, select
+
+from bus.envelope import new_envelope
+from bus.outbox import OutboxRecord
+from coexistence.canonical.models import Invoice, Order
+from coexistence.edi import documents
+from coexistence.edi.profiles import EdiSettings
+from coexistence.sample import SampleSpec
+from tests.support import cloud_sim
+from tests.support.processes import Process, coexist_env, wait_until
+from workers.bootstrap import App
+from workers.config import Settings
+from workers.db import create_state_engine
+from workers.edi.store import DOCUMENT, INTERCHANGE
+from workers.legacy_erp.adapter import LegacyErp
+from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.legacy_erp.seed import seed_legacy
+from workers.migrate import upgrade as upgrade_schema
+from workers.router import queues
+
+simulator, sim = cloud_sim.simulator, cloud_sim.sim
+
+N_850 = 30
+N_810 = 30
+WAIT_S = 90
+
+
+@pytest.fixture
+def world(tmp_path, sim, pg_url, fresh_rabbit_vhost):
+    amqp, _vhost = fresh_rabbit_vhost
+    state = create_state_engine(pg_url)
+    upgrade_schema(state)
+    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    create_legacy_schema(legacy)
+    seed_legacy(legacy, SampleSpec(customers=4, products=20), domains=["customer", "product"])
+    erp = LegacyErp(legacy)
+    customer = next(iter(erp.stream("customer"))).key
+    units = {p.key: str(p.unit) for p in erp.stream("product")}
+    skus = sorted(units)[:4]
+    folder = tmp_path / "acme"
+    config = tmp_path / "coexist.toml"
+    config.write_text(f'''
+[subscriptions.edi]
+domains = ["order", "shipment", "invoice"]
+kinds = ["event"]
+
+[[edi.partners]]
+id = "ACME"
+partner_isa = {{ qualifier = "ZZ", id = "ACMEBUY" }}
+our_isa = {{ qualifier = "ZZ", id = "DISTCO" }}
+partner_gs = "ACMEBUY"
+our_gs = "DISTCO"
+customers = ["{customer}"]
+folder = "{folder}"
+''')
+    env = coexist_env(tmp_path, state_url=pg_url, legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}",
+                      cloud_url=sim.url, broker_url=amqp, config=str(config),
+                      edi_poll_s="0.2", edi_claim_timeout_s="2")
+    settings = Settings(home=tmp_path, state_url=pg_url, broker_url=amqp)
+    profile = EdiSettings.from_toml(config.read_text()).partners[0]
+    yield {"home": tmp_path, "env": env, "state": state, "profile": profile,
+           "customer": customer, "skus": skus, "units": units, "settings": settings,
+           "folder": folder}
+    state.dispose()
+    legacy.dispose()
+
+
+def drop_850s(w, n: int, first: int = 1) -> None:
+    inbound = w["folder"] / "inbound"
+    inbound.mkdir(parents=True, exist_ok=True)
+    at = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    for i in range(first, first + n):
+        order = Order.model_validate({
+            "key": "0", "customer_key": w["customer"], "status": "open", "channel": "edi",
+            "customer_po": f"PO-{i:06d}", "currency": "USD", "ordered_at": at,
+            "requested_date": at.date() + timedelta(days=5),
+            "lines": [{"line_no": n, "sku": sku, "quantity": n + 1, "unit_price": "2.50"}
+                      for n, sku in enumerate(w["skus"][:2], 1)]})
+        text = documents.partner_850(w["profile"], order, control=i, at=at,
+                                     unit_of=w["units"].get)
+        tmp = inbound / f".po{i:05d}.edi.part"
+        tmp.write_text(text)
+        tmp.rename(inbound / f"po{i:05d}.edi")  # the partner's final rename
+
+
+def enqueue_invoices(w, n: int) -> None:
+    app = App(w["settings"])
+    try:
+        for i in range(1, n + 1):
+            inv = Invoice.model_validate({
+                "key": str(800_000 + i), "order_key": str(900_000 + i),
+                "customer_key": w["customer"], "status": "open", "currency": "USD",
+                "issued_on": "2026-06-02", "due_on": "2026-07-02", "tax_amount": "1.00",
+                "lines": [{"line_no": 1, "sku": w["skus"][0], "description": "w",
+                           "quantity": 2, "unit_price": "3.00"}]})
+            env = new_envelope(domain="invoice", kind="event", key=inv.key,
+                               payload={"record": inv.model_dump(mode="json")},
+                               source_system="legacy", source_version=1)
+            app.broker.enqueue(dramatiq.Message(
+                queue_name="coexist.channel.edi", actor_name="channel_edi",
+                args=(env.model_dump(mode="json"),), kwargs={}, options={},
+                message_id=env.message_id))
+    finally:
+        app.close()
+
+
+def worker(w, name: str) -> Process:
+    return Process(["worker", "--threads", "2"], w["env"], w["home"] / f"{name}.log")
+
+
+def bootstrapped(p: Process) -> bool:
+    assert p.alive(), p.output()[-3000:]
+    return '"coexist bootstrapped"' in p.output()
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
+def isa13(path: Path) -> int:
+    return int(re.match(r"ISA(?:\*[^*]*){12}\*(\d{9})", path.read_text()).group(1))
+
+
+def check_exactly_once(w, n_850: int, n_810: int) -> None:
+    folder, state = w["folder"], w["state"]
+    assert names(folder / "inbound") == [] and names(folder / "failed") == []
+    # Every 850 processed once: its own name in processed/, never a second copy (name.1).
+    assert names(folder / "processed") == [f"po{i:05d}.edi" for i in range(1, n_850 + 1)]
+    with state.connect() as conn:
+        commands = conn.execute(select(OutboxRecord.__table__.c.message_id).where(
+            OutboxRecord.__table__.c.queue_name == queues.COMMAND_QUEUE)).scalars().all()
+        answers = conn.execute(select(INTERCHANGE.c.answers, func.count()).where(
+            INTERCHANGE.c.direction == "out", INTERCHANGE.c.kind == "997")
+            .group_by(INTERCHANGE.c.answers)).all()
+        inbound = conn.execute(select(func.count()).select_from(INTERCHANGE).where(
+            INTERCHANGE.c.direction == "in")).scalar_one()
+        out_rows = conn.execute(select(INTERCHANGE.c.isa13, INTERCHANGE.c.file_name,
+                                       INTERCHANGE.c.status, INTERCHANGE.c.content).where(
+            INTERCHANGE.c.direction == "out")).all()
+        invoices = conn.execute(select(DOCUMENT.c.business_key, func.count()).where(
+            DOCUMENT.c.direction == "out", DOCUMENT.c.doc_type == "810")
+            .group_by(DOCUMENT.c.business_key)).all()
+    # One order command and one 997 per 850, no more.
+    assert len(commands) == len(set(commands)) == n_850
+    assert inbound == n_850
+    assert len(answers) == n_850 and all(count == 1 for _, count in answers)
+    # One 810 per invoice; every interchange written, once, with the bytes recorded.
+    assert len(invoices) == n_810 and all(count == 1 for _, count in invoices)
+    files = names(folder / "outbound")
+    assert sorted(r.file_name for r in out_rows) == files
+    assert all(r.status == "written" for r in out_rows)
+    for r in out_rows:
+        assert (folder / "outbound" / r.file_name).read_bytes() == bytes(r.content)
+    # Control numbers: never reused, no gap the partner would see.
+    numbers = sorted(isa13(folder / "outbound" / f) for f in files)
+    assert numbers == list(range(1, n_850 + n_810 + 1))
+    assert len([f for f in files if f.endswith("-997.x12")]) == n_850
+    assert len([f for f in files if f.endswith("-810.x12")]) == n_810
+
+
+def done(w, n_850: int, n_810: int):
+    folder = w["folder"]
+    out = names(folder / "outbound")
+    return (len(names(folder / "processed")) == n_850
+            and len([f for f in out if f.endswith("-810.x12")]) == n_810
+            and len([f for f in out if f.endswith("-997.x12")]) == n_850)
+
+
+def test_a_killed_edi_worker_loses_nothing_and_sends_nothing_twice(world):
+    w = world
+    drop_850s(w, N_850)
+    enqueue_invoices(w, N_810)
+    first = worker(w, "first")
+    try:
+        wait_until(lambda: bootstrapped(first), WAIT_S, "first worker bootstrapped")
+        # Kill it while it works: some 997s or 810s out, not all.
+        wait_until(lambda: len(names(w["folder"] / "outbound")) >= 3, WAIT_S,
+                   "first outbound files", poll_s=0.02)
+        first.signal(signal.SIGKILL)
+        first.popen.wait(30)
+    finally:
+        first.stop()
+    assert first.popen.returncode == -9
+    assert not done(w, N_850, N_810), "the worker finished before it was killed"
+    second = worker(w, "second")
+    try:
+        wait_until(lambda: done(w, N_850, N_810), WAIT_S, "every 850 answered, every 810 sent")
+        assert second.stop() == 0
+    finally:
+        second.stop()
+    check_exactly_once(w, N_850, N_810)
+
+
+def test_two_workers_polling_the_same_folders_never_process_a_file_twice(world):
+    w = world
+    workers = [worker(w, "a"), worker(w, "b")]
+    try:
+        for p in workers:
+            wait_until(lambda p=p: bootstrapped(p), WAIT_S, "worker bootstrapped")
+        drop_850s(w, N_850)
+        wait_until(lambda: done(w, N_850, 0), WAIT_S, "every 850 answered")
+        for p in workers:
+            assert p.stop() == 0
+    finally:
+        for p in workers:
+            p.stop()
+    check_exactly_once(w, N_850, 0)
+    logs = [p.output() for p in workers]
+    assert all("edi poller started" in log for log in logs)
