@@ -29,7 +29,8 @@ def status(app, max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int,
     """The state database it read, the broker and its queues (ready / unacked /
     consumers), Redis, per-domain mode and flag version, outbox backlog and lag, open
     exceptions by class, last reconciliation, change-capture lag of both ERPs, channel
-    subscriptions with their backlog, and freeze windows.
+    subscriptions with their backlog, EDI trading partners (997s overdue or rejected, files
+    waiting in inbound/ or in failed/), and freeze windows.
 
     Exit status, for monitoring scripts: 0 all is well; 1 something needs
     attention (open exceptions, outbox backlog or lag over the limits, outbox rows
@@ -127,6 +128,14 @@ def _print(report) -> None:
     else:
         console.print("subscriptions: none configured (no channel receives events)",
                       highlight=False)
+    for p in report.edi:
+        oldest = "" if p["oldest_waiting_s"] is None else f" (oldest {p['oldest_waiting_s']:g} s)"
+        console.print(escape(
+            f"EDI partner {p['partner']}: {p['overdue']} unacknowledged past "
+            f"{p['ack_window_minutes']} min, {p['rejected']} rejected, {p['errors']} accepted "
+            f"with errors; inbound/ {p['inbound_waiting']} waiting{oldest}, "
+            f"{p['inbound_claimed']} being answered; failed/ {p['failed_files']} file(s); "
+            f"{p['outbound_pending']} outbound not written"), highlight=False)
     if report.freeze:
         for w in report.freeze:
             console.print(escape(f"freeze window {w['window']}: {w['state']}"),

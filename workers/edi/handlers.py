@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bus.envelope import Envelope, new_envelope
@@ -805,3 +806,71 @@ def resend(deps: EdiDeps, interchange_id: int, *, actor: str, reason: str) -> Pa
             detail=json.dumps({"file": str(path), "isa13": row.isa13, "digest": row.digest}),
             at=utcnow()))
     return path
+
+
+#: An inbound file still waiting after this many seconds means no worker polls its folder.
+STALE_INBOUND_S = 120.0
+
+
+def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
+                   stale_after_s: float = STALE_INBOUND_S) -> list[dict]:
+    """Per partner, for ``coexist status``: acknowledgment problems (overdue, rejected,
+    accepted with errors), files waiting in ``inbound/`` (and the oldest one's age), files
+    being answered (claimed), files in ``failed/``, outbound interchanges whose file is
+    not written yet; and the reasons among them that need attention."""
+    problems = acknowledgment_problems(engine, settings, now=now)
+    with engine.connect() as conn:
+        pending = dict(conn.execute(
+            select(INTERCHANGE.c.partner, func.count()).where(
+                INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated",
+                INTERCHANGE.c.created_at < now - timedelta(seconds=stale_after_s))
+            .group_by(INTERCHANGE.c.partner)).all())
+    out = []
+    for profile in settings.partners:
+        folder = DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
+        waiting = folder.ready()
+        ages = []
+        for name in waiting:
+            try:
+                ages.append(now.timestamp() - (folder.inbound / name).stat().st_mtime)
+            except FileNotFoundError:
+                continue
+        claimed = _count(folder.inbound, lambda n: n.endswith(".processing"))
+        failed = _count(folder.failed, lambda n: not n.startswith("."))
+        mine = [p for p in problems if p.document.partner == profile.id]
+        row = {
+            "partner": profile.id, "folder": profile.folder,
+            "overdue": sum(1 for p in mine if p.problem == "overdue"),
+            "rejected": sum(1 for p in mine if p.problem == "rejected"),
+            "errors": sum(1 for p in mine if p.problem == "errors"),
+            "inbound_waiting": len(waiting),
+            "oldest_waiting_s": round(max(ages), 1) if ages else None,
+            "inbound_claimed": claimed, "failed_files": failed,
+            "outbound_pending": int(pending.get(profile.id, 0)),
+            "ack_window_minutes": profile.ack_window_minutes,
+        }
+        attention = []
+        if row["overdue"]:
+            attention.append(f"{row['overdue']} outbound set(s) without a 997 after "
+                             f"{profile.ack_window_minutes} min")
+        if row["rejected"] or row["errors"]:
+            attention.append(f"{row['rejected']} outbound set(s) rejected, {row['errors']} "
+                             "accepted with errors by the partner's 997")
+        if ages and max(ages) > stale_after_s:
+            attention.append(f"{len(waiting)} file(s) waiting in inbound/, the oldest for "
+                             f"{max(ages):.0f} s: is a worker polling it (coexist worker with "
+                             "[subscriptions.edi], or coexist edi poll)?")
+        if row["outbound_pending"]:
+            attention.append(f"{row['outbound_pending']} outbound interchange(s) numbered "
+                             f"more than {stale_after_s:.0f} s ago but not written (coexist "
+                             "edi flush)")
+        row["attention"] = attention
+        out.append(row)
+    return out
+
+
+def _count(folder: Path, keep: Callable[[str], bool]) -> int:
+    try:
+        return sum(1 for name in os.listdir(folder) if keep(name))
+    except FileNotFoundError:
+        return 0

@@ -75,6 +75,8 @@ class StatusReport:
     redis: dict[str, Any] | None = None
     freeze: list[dict[str, Any]] = field(default_factory=list)
     max_drift_pct: float = 0.0
+    #: EDI trading partners (``workers.edi.handlers.partner_status``), when configured.
+    edi: list[dict[str, Any]] = field(default_factory=list)
     attention: list[str] = field(default_factory=list)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -83,6 +85,7 @@ class StatusReport:
                 "redis": self.redis, "domains": self.domains, "outbox": self.outbox,
                 "capture": self.capture, "subscriptions": self.subscriptions,
                 "freeze_windows": self.freeze, "max_drift_pct": self.max_drift_pct,
+                "edi": self.edi,
                 "sources": [s.to_dict() for s in self.sources],
                 "attention": self.attention, "ok": not self.attention}
 
@@ -189,6 +192,20 @@ def subscriptions(app, broker: BrokerView) -> list[dict[str, Any]]:
     return out
 
 
+def edi_partners(app, now: datetime, notes: list[SourceNote]) -> list[dict[str, Any]]:
+    """The EDI trading partners' acknowledgments and folders (none configured: ``[]``)."""
+    edi = app.settings.edi
+    if edi is None or not edi.partners:
+        return []
+    from workers.edi.handlers import partner_status
+
+    try:
+        return partner_status(app.state, edi, now=now)
+    except Exception as exc:  # noqa: BLE001 - a source that fails is named, not fatal
+        notes.append(SourceNote("EDI partners", UNAVAILABLE, str(exc).splitlines()[0][:200]))
+        return []
+
+
 def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
     state = app.state
     settings = app.settings
@@ -221,6 +238,7 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
                           subscriptions=subscriptions(app, broker), redis=redis_status(app),
                           max_drift_pct=settings.max_drift_pct)
     report.freeze = freeze_windows(app, report.at)
+    report.edi = edi_partners(app, report.at, notes)
     report.attention = _attention(report, thresholds)
     return report
 
@@ -252,6 +270,8 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
     for note in report.sources:
         if note.state not in (OK, NOT_CONFIGURED) and note.name != "reconciliation":
             reasons.append(f"{note.name} {note.state}: {note.detail}")
+    for p in report.edi:
+        reasons += [f"EDI partner {p['partner']}: {why}" for why in p["attention"]]
     reasons += report.broker.attention()
     if report.redis is not None and not report.redis["reachable"]:
         reasons.append(f"Redis (COEXIST_REDIS_URL={report.redis['url']}) unreachable: "

@@ -12,7 +12,9 @@
 * the flag audit of the domain (who moved it, when, why, from what to what);
 * reconciliation findings about the key (when the tables exist);
 * the legacy ERP's change log (``CHGLOG``) and the cloud ERP's change feed,
-  filtered to the key, so a person's own edit sits next to what it caused.
+  filtered to the key, so a person's own edit sits next to what it caused;
+* the EDI documents of an order, shipment or invoice (850, its 997, 855, 856, 810)
+  with their control numbers and acknowledgment state.
 
 For a correlation id the timeline holds every message and exception carrying
 it, the flag changes their versions name, and the captured change that
@@ -76,8 +78,8 @@ def parse_target(text: str) -> Target:
 
 
 # Order of events at the same instant: a cause before its effects.
-_SOURCE_RANK = {"flag_audit": 0, "chglog": 1, "cloud_feed": 1, "outbox": 2, "inbox": 3,
-                "exception": 4, "reconcile": 5}
+_SOURCE_RANK = {"flag_audit": 0, "chglog": 1, "cloud_feed": 1, "edi": 1, "outbox": 2,
+                "inbox": 3, "exception": 4, "reconcile": 5}
 
 
 def build_trace(
@@ -121,6 +123,7 @@ def build_trace(
         events += trace_feeds.chglog(legacy, legacy_note, trace, since, limit, wanted)
         events += trace_feeds.cloud_feed(state, cloud, cloud_note, trace, since, limit,
                                          cloud_scan, wanted)
+        events += trace_feeds.edi_documents(state, trace, since, limit, wanted)
     else:
         for name in ("legacy change log", "cloud change feed"):
             trace.sources.append(SourceNote(name, "skipped", "no domain and key to look up"))

@@ -112,3 +112,52 @@ def cloud_feed(state: Engine, cloud, note: SourceNote | None, trace: Trace, sinc
     return events
 
 
+
+
+_ACK_WORDS = {"pending": "waiting for its 997", "none": "no 997 expected", "A": "997: accepted",
+              "E": "997: accepted with errors", "R": "997: rejected", "M": "997: rejected",
+              "W": "997: rejected", "X": "997: rejected"}
+
+
+def edi_documents(state: Engine, trace: Trace, since, limit,
+                  wanted: str | None) -> list[TraceEvent]:
+    """The EDI documents of the object (``workers.edi.handlers.documents_for``): for an
+    order its 850, the 997 answering it, the 855, every 856 and 810, with their control
+    numbers (ISA13/GS06/ST02) and acknowledgment state."""
+    from workers.edi.handlers import documents_for
+
+    name = "EDI documents"
+    try:
+        if wanted is not None:
+            docs = documents_for(state, correlation_id=wanted)
+        elif trace.domain in ("order", "shipment", "invoice"):
+            docs = documents_for(state, domain=trace.domain, key=trace.key)
+        else:
+            return []
+    except Exception as exc:  # noqa: BLE001 - a source that fails is named, not fatal
+        trace.sources.append(SourceNote(name, UNAVAILABLE, one_line(exc)))
+        return []
+    if since is not None:
+        docs = [d for d in docs if d.created_at >= since]
+    docs = docs[-limit:]
+    out = []
+    for d in docs:
+        numbers = f"ISA13 {d.isa13} GS06 {d.gs06} ST02 {d.st02}"
+        if d.direction == "in":
+            what = (f"EDI {d.doc_type} from {d.partner} ({numbers}, file {d.file_name}): "
+                    f"answered AK5 {d.ack_status}" + (f", {d.ack_note}" if d.ack_note else ""))
+        else:
+            ack = _ACK_WORDS.get(d.ack_status, d.ack_status)
+            if d.ack_note:
+                ack += f" ({d.ack_note})"
+            what = (f"EDI {d.doc_type} to {d.partner} ({numbers}, file {d.file_name}, "
+                    f"{d.interchange_status}): {ack}")
+        out.append(TraceEvent(d.created_at, f"edi {d.partner}", what, "edi", None, None,
+                              d.correlation_id, "edi", {
+                                  "document_id": d.id, "direction": d.direction,
+                                  "type": d.doc_type, "isa13": d.isa13, "gs06": d.gs06,
+                                  "st02": d.st02, "ack": d.ack_status, "file": d.file_name,
+                                  "po_number": d.po_number,
+                                  "business": f"{d.business_domain}:{d.business_key}"}))
+    trace.sources.append(SourceNote(name, OK, f"{len(out)} document(s)"))
+    return out
