@@ -139,10 +139,11 @@ class PhasedCutover:
 
     def __init__(self, driver: Driver, *, cloud_people: Callable[[CanonicalRecord, str], None],
                  changes_per_domain: int = 3, report: Callable[[StepReport], None] = print,
-                 reconcile: Callable[[str], float] | None = None):
+                 reconcile: Callable[[str], float] | None = None, edi: bool = False):
         """``reconcile(domain) -> drift %`` runs and stores a reconciliation before every
         forward move, so the cutover guards judge real drift; without it (fake ERPs) the
-        moves are forced, and audited as forced."""
+        moves are forced, and audited as forced.  ``edi``: the app's trading partner
+        (``workers.edi.demo``) sends 850s before and after the order domain moves."""
         self.driver = driver
         self.app = driver.app
         self.legacy = self.app.erps[LEGACY]
@@ -164,13 +165,21 @@ class PhasedCutover:
         #: follows them: drift that a reconciliation afterwards reports, on purpose).
         self.edited_after_cloud_only: set[tuple[str, str]] = set()
         self._cloud_only = False
+        #: The EDI trading partner's rounds (``edi=True``); its problems fail the scenario.
+        self.edi = None
+        if edi:
+            from workers.edi.demo import EdiTrading
+
+            self.edi = EdiTrading(self.app, self.driver.settle, person=self._person_create)
 
     # ------------------------------------------------------------------ steps
 
     def run(self) -> list[StepReport]:
         self.enter_shadow()
         self.work(sor=LEGACY, title="people edit the legacy ERP (SoR); one stray write per domain")
+        self.edi_round("before", LEGACY)
         self.move_all(Mode.CLOUD)
+        self.edi_round("after", CLOUD)
         self.work(sor=CLOUD, title="people edit the cloud ERP (SoR; open documents stay in "
                                     "legacy); one stray write per domain")
         self.pinned_order_stays()
@@ -229,6 +238,21 @@ class PhasedCutover:
         with self.app.state.connect() as conn:
             route = get_route(conn, domain, key)
         return route.pinned_sor if route is not None and route.pinned_sor else flag_sor
+
+    def edi_round(self, label: str, sor: str) -> None:
+        """The trading partner orders by 850 (see ``workers.edi.demo``), when there is one."""
+        if self.edi is None:
+            return
+        notes = self.edi.round(label, sor)
+        notes += [f"EDI PROBLEM: {p}" for p in self.edi.problems]
+        self._step(f"EDI partner: 850s {label} the order domain moved; orders into {sor}, "
+                   "997/855/856/810 back", notes=notes)
+
+    def _person_create(self, system: str, record: CanonicalRecord) -> None:
+        if system == LEGACY:
+            self.legacy.person_upsert(record, PERSON_LEGACY)
+        else:
+            self.cloud_people(record, PERSON_CLOUD)
 
     def pinned_order_stays(self) -> None:
         """An open order created before the switch is still routed from the legacy ERP."""

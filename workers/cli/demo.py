@@ -43,8 +43,20 @@ def _print_step(console: Console, n: int, report: StepReport) -> None:
 
 #: Marks a folder as a demo home; only such a folder is ever emptied, and only of these.
 DEMO_MARKER = ".coexist-demo"
-DEMO_FILES = ("legacy.db", "state.db", "bus.db", "cloud.db")
+DEMO_FILES = ("legacy.db", "state.db", "bus.db", "cloud.db", "coexist.toml")
+#: The demo trading partner's drop folders (``workers.edi.demo``), replaced like the files.
+DEMO_FOLDERS = ("edi",)
 DEMO_LOG = "coexist.log"
+
+
+def _first_customer(app, legacy_url: str) -> str:
+    from workers.legacy_erp.adapter import LegacyErp
+
+    engine = app.open_legacy_engine(legacy_url)
+    try:
+        return next(iter(LegacyErp(engine).stream("customer"))).key
+    finally:
+        engine.dispose()
 
 
 def prepare_home(home: Path) -> None:
@@ -61,9 +73,15 @@ def prepare_home(home: Path) -> None:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 (home / f"{name}{suffix}").unlink(missing_ok=True)
         (home / DEMO_LOG).unlink(missing_ok=True)
+        import shutil
+
+        for name in DEMO_FOLDERS:
+            if (home / name).is_dir():
+                shutil.rmtree(home / name)
     home.mkdir(parents=True, exist_ok=True)
     (home / DEMO_MARKER).write_text("made by `coexist demo`; rerunning it replaces only "
-                                    f"{', '.join(DEMO_FILES)} and {DEMO_LOG} here\n")
+                                    f"{', '.join(DEMO_FILES)}, {DEMO_LOG} and the folder(s) "
+                                    f"{', '.join(DEMO_FOLDERS)} here\n")
 
 
 @click.command("demo")
@@ -113,8 +131,14 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
 
     with start_simulator(home / "cloud.db") as sim:
         console.print(f"[bold]cloud ERP simulator[/] at {sim.url}")
+        # One EDI trading partner, the buyer of the first customer (workers.edi.demo).
+        from workers.edi.demo import demo_sections, demo_toml
+
+        buyer = _first_customer(App(Settings(home=home)), legacy_url)
+        (home / "coexist.toml").write_text(demo_toml(home, buyer))
         settings = Settings(home=home, state_url=f"sqlite:///{home / 'state.db'}",
-                            legacy_url=legacy_url, cloud_url=sim.url, actor="coexist-demo")
+                            legacy_url=legacy_url, cloud_url=sim.url, actor="coexist-demo",
+                            **demo_sections(home, buyer))
         app = bootstrap(settings, create_state=True)
         driver = Driver(app)
         people = SimulatorAdmin(sim.url)
@@ -122,6 +146,7 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
         scenario = PhasedCutover(
             driver, cloud_people=people.person_upsert, changes_per_domain=changes,
             report=lambda r: _print_step(console, next(steps), r), reconcile=reconciler(app),
+            edi=True,
         )
         try:
             reports = scenario.run()
@@ -142,6 +167,8 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
 
 def _report_run(console: Console, reports, started: float, home: Path, scenario) -> int:
     disagreements = sum(1 for r in reports for a in r.agreements.values() if not a.agrees)
+    edi_problems = scenario.edi.problems if scenario.edi is not None else []
+    disagreements += len(edi_problems)
     elapsed = time.perf_counter() - started
     console.print(
         f"\n[bold]{'done' if not disagreements else 'DONE WITH DISAGREEMENTS'}[/] in "
@@ -193,6 +220,16 @@ def closing_hints(home: Path, scenario) -> list[str]:
     if key is not None:
         what = "a stray write, reported and repaired" if stray else "edited by a person"
         lines.append(f"  coexist trace customer:{key}    # {what}")
+    edi = getattr(scenario, "edi", None)
+    if edi is not None and edi.orders:
+        first, last = edi.orders[0], edi.orders[-1]
+        lines += [
+            f"  coexist trace order:{first.key}    # by EDI 850 before the order domain "
+            f"moved ({first.sor}): its 850, 997, 855, 856, 810",
+            f"  coexist trace order:{last.key}    # by EDI 850 after the move ({last.sor})",
+            "  coexist edi status    # 997s we wait for (the demo partner sends none back)",
+            f"  ls {quote(str(home / 'edi'))}/*/outbound",
+        ]
     lines += [
         "",
         "Reconcile the demo's two ERPs yourself (the cloud simulator keeps its file):",

@@ -144,7 +144,10 @@ def edi_documents(state: Engine, trace: Trace, since, limit,
     for d in docs:
         numbers = f"ISA13 {d.isa13} GS06 {d.gs06} ST02 {d.st02}"
         if d.direction == "in":
-            what = (f"EDI {d.doc_type} from {d.partner} ({numbers}, file {d.file_name}): "
+            # Inbound rows keep the claim's name (name.TOKEN.processing): show the partner's.
+            shown = d.file_name.rsplit(".", 2)[0] if d.file_name.endswith(".processing") \
+                else d.file_name
+            what = (f"EDI {d.doc_type} from {d.partner} ({numbers}, file {shown}): "
                     f"answered AK5 {d.ack_status}" + (f", {d.ack_note}" if d.ack_note else ""))
         else:
             ack = _ACK_WORDS.get(d.ack_status, d.ack_status)
