@@ -45,7 +45,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bus.envelope import Envelope, new_envelope
@@ -304,23 +304,18 @@ def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claim
 
     Returns (problems, exception records to write, order keys, outbound ids).
     """
-    mine = conn.execute(
-        select(INTERCHANGE.c.id, INTERCHANGE.c.problems)
-        .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
-               INTERCHANGE.c.file_name == claimed.first_claim_name,
-               INTERCHANGE.c.digest == digest)
-    ).first()
+    # Our own earlier run of this file: recorded under the file's first claim, same bytes.
     # A claim's rename can be lost in a crash too (directories are fsynced once per batch):
     # then the file comes back under its own name, and is recognised by name and digest
     # among the interchanges whose file was never moved on (``written_at`` is set when it
     # is; a partner sending the same file again is a duplicate, not this).
+    same_bytes = conn.execute(_SAME_BYTES, {"b_partner": profile.id, "b_digest": digest}).all()
+    mine = next((r for r in same_bytes if r.file_name == claimed.first_claim_name), None)
     if mine is None:
-        mine = next((r for r in conn.execute(
-            select(INTERCHANGE.c.id, INTERCHANGE.c.problems, INTERCHANGE.c.file_name)
-            .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
-                   INTERCHANGE.c.digest == digest, INTERCHANGE.c.written_at.is_(None)))
-            if r.file_name.startswith(claimed.name + ".") and r.file_name.endswith(
-                ".processing") and r.file_name.count(".") == claimed.name.count(".") + 2), None)
+        mine = next((r for r in same_bytes if r.written_at is None
+                     and r.file_name.startswith(claimed.name + ".")
+                     and r.file_name.endswith(".processing")
+                     and r.file_name.count(".") == claimed.name.count(".") + 2), None)
     if mine is not None:
         # Our own earlier run of this very file, cut short by a crash after its commit.
         saved = json.loads(mine.problems) if mine.problems else {}
@@ -332,11 +327,8 @@ def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claim
                                                DOCUMENT.c.order_key.is_not(None)))]
         return (saved.get("problems", []), [tuple(e) for e in saved.get("errors", [])],
                 orders, answers)
-    existing = conn.execute(
-        select(INTERCHANGE.c.id, INTERCHANGE.c.created_at)
-        .where(INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "in",
-               INTERCHANGE.c.dedupe_key == dedupe)
-    ).first() if fault is None else None
+    existing = conn.execute(_BY_DEDUPE, {"b_partner": profile.id, "b_dedupe": dedupe}
+                            ).first() if fault is None else None
     if existing is not None:
         window = timedelta(days=profile.duplicate_window_days)
         created = existing.created_at
@@ -470,37 +462,57 @@ def _line_from_json(d: dict) -> documents.OrderedLine:
                                  Decimal(d["quantity"]), d["unit"], Decimal(d["unit_price"]))
 
 
+# Statements of the hot path, built once (building one per call cost more CPU than
+# running it: py-spy on scripts/bench/edi.py).
+_SAME_BYTES = select(INTERCHANGE.c.id, INTERCHANGE.c.problems, INTERCHANGE.c.file_name,
+                     INTERCHANGE.c.written_at).where(
+    INTERCHANGE.c.partner == bindparam("b_partner"), INTERCHANGE.c.direction == "in",
+    INTERCHANGE.c.digest == bindparam("b_digest"))
+_BY_DEDUPE = select(INTERCHANGE.c.id, INTERCHANGE.c.created_at).where(
+    INTERCHANGE.c.partner == bindparam("b_partner"), INTERCHANGE.c.direction == "in",
+    INTERCHANGE.c.dedupe_key == bindparam("b_dedupe"))
+_INSERT_INBOUND = INTERCHANGE.insert().returning(INTERCHANGE.c.id)
+_INSERT_DOCUMENT = DOCUMENT.insert()
+_ORDER_KEY_OF_PO = select(DOCUMENT.c.order_key).where(
+    DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "in",
+    DOCUMENT.c.doc_type == "850", DOCUMENT.c.po_number == bindparam("b_po"),
+    DOCUMENT.c.order_key.is_not(None)).order_by(DOCUMENT.c.id.desc()).limit(1)
+_SENT = select(DOCUMENT.c.id).where(
+    DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "out",
+    DOCUMENT.c.doc_type == bindparam("b_doc"), DOCUMENT.c.business_key == bindparam("b_key"))
+_ORDER_850 = select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
+    DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "in",
+    DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == bindparam("b_order")
+).order_by(DOCUMENT.c.id.desc()).limit(1)
+
+
 def _insert_inbound(conn, profile, claimed: Claimed, ic: x12.Interchange, *, now, digest,
                     content, sender, isa13, status, kind, dedupe, saved) -> int:
-    return int(conn.execute(INTERCHANGE.insert().values(
-        partner=profile.id, direction="in", sender=sender, isa13=isa13, digest=digest,
-        dedupe_key=dedupe, status=status, kind=kind, file_name=claimed.first_claim_name,
-        content=content, resends=0, created_at=now, written_at=None,
-        problems=json.dumps(saved) if saved else None,
-    ).returning(INTERCHANGE.c.id)).scalar_one())
+    return int(conn.execute(_INSERT_INBOUND, {
+        "partner": profile.id, "direction": "in", "sender": sender, "isa13": isa13,
+        "digest": digest, "dedupe_key": dedupe, "status": status, "kind": kind,
+        "file_name": claimed.first_claim_name, "content": content, "resends": 0,
+        "created_at": now, "written_at": None, "answers": None, "ta1": None,
+        "problems": json.dumps(saved) if saved else None}).scalar_one())
 
 
 def _insert_inbound_doc(conn, profile, in_id: int, group: x12.Group, ts: x12.TransactionSet,
                         *, now, order_key, po, correlation, ack, detail, note) -> None:
-    conn.execute(DOCUMENT.insert().values(
-        partner=profile.id, direction="in", doc_type=ts.code, interchange_id=in_id,
-        gs06=int(group.control) if group.control.isdigit() else 0, st02=ts.control[:9],
-        business_domain="order", business_key=order_key, order_key=order_key,
-        po_number=po[:30] or None, correlation_id=correlation, ack_status=ack, ack_note=note,
-        detail=json.dumps(detail), created_at=now))
+    conn.execute(_INSERT_DOCUMENT, {
+        "partner": profile.id, "direction": "in", "doc_type": ts.code,
+        "interchange_id": in_id,
+        "gs06": int(group.control) if group.control.isdigit() else 0, "st02": ts.control[:9],
+        "business_domain": "order", "business_key": order_key, "order_key": order_key,
+        "po_number": po[:30] or None, "correlation_id": correlation, "ack_status": ack,
+        "ack_note": note, "ack_at": None, "detail": json.dumps(detail), "created_at": now})
 
 
 def _order_key_for(conn, profile: PartnerProfile, po: str) -> str | None:
     """The order key an earlier accepted 850 of this PO got (a restated order keeps it)."""
     if not po:
         return None
-    return conn.execute(
-        select(DOCUMENT.c.order_key).where(
-            DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "in",
-            DOCUMENT.c.doc_type == "850", DOCUMENT.c.po_number == po[:30],
-            DOCUMENT.c.order_key.is_not(None))
-        .order_by(DOCUMENT.c.id.desc()).limit(1)
-    ).scalar_one_or_none()
+    return conn.execute(_ORDER_KEY_OF_PO, {"b_partner": profile.id, "b_po": po[:30]}
+                        ).scalar_one_or_none()
 
 
 def _apply_ack(conn, profile: PartnerProfile, ack: acks.AckedSet, now: datetime) -> bool:
@@ -589,10 +601,8 @@ def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps:
         if order.status is OrderStatus.DRAFT:
             return f"order {order.key} is a draft"
         with deps.engine.connect() as conn:
-            row = conn.execute(select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
-                DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "in",
-                DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == order.key)
-                .order_by(DOCUMENT.c.id.desc()).limit(1)).first()
+            row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}
+                               ).first()
         if row is None:
             return f"order {order.key} did not come by 850 from {profile.id}: no 855"
         detail = json.loads(row.detail)
@@ -621,9 +631,8 @@ def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps:
 
 
 def _already_sent(conn, profile: PartnerProfile, doc: str, key: str) -> bool:
-    return conn.execute(select(DOCUMENT.c.id).where(
-        DOCUMENT.c.partner == profile.id, DOCUMENT.c.direction == "out",
-        DOCUMENT.c.doc_type == doc, DOCUMENT.c.business_key == key)).first() is not None
+    return conn.execute(_SENT, {"b_partner": profile.id, "b_doc": doc, "b_key": key}
+                        ).first() is not None
 
 
 # =========================================================================== files out

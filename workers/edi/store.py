@@ -52,6 +52,8 @@ class EdiInterchange(StateTable, table=True):
         # workers reading two copies of one interchange cannot both act on it.
         UniqueConstraint("partner", "direction", "dedupe_key", name="uq_edi_interchange_dedupe"),
         Index("ix_edi_interchange_status", "direction", "status"),
+        # Inbound: our own earlier run of the same bytes (a crash), found by digest.
+        Index("ix_edi_interchange_digest", "partner", "direction", "digest"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(_ID, primary_key=True,
