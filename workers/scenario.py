@@ -139,11 +139,13 @@ class PhasedCutover:
 
     def __init__(self, driver: Driver, *, cloud_people: Callable[[CanonicalRecord, str], None],
                  changes_per_domain: int = 3, report: Callable[[StepReport], None] = print,
-                 reconcile: Callable[[str], float] | None = None, edi: bool = False):
+                 reconcile: Callable[[str], float] | None = None, edi: bool = False,
+                 edi_buyer: Callable | None = None):
         """``reconcile(domain) -> drift %`` runs and stores a reconciliation before every
         forward move, so the cutover guards judge real drift; without it (fake ERPs) the
         moves are forced, and audited as forced.  ``edi``: the app's trading partner
-        (``workers.edi.demo``) sends 850s before and after the order domain moves."""
+        (``workers.edi.demo``) sends 850s before and after the order domain moves
+        (``edi_buyer(order, units)`` sends them instead of coexist's own writer)."""
         self.driver = driver
         self.app = driver.app
         self.legacy = self.app.erps[LEGACY]
@@ -170,7 +172,8 @@ class PhasedCutover:
         if edi:
             from workers.edi.demo import EdiTrading
 
-            self.edi = EdiTrading(self.app, self.driver.settle, person=self._person_create)
+            self.edi = EdiTrading(self.app, self.driver.settle, person=self._person_create,
+                                  buyer=edi_buyer)
 
     # ------------------------------------------------------------------ steps
 

@@ -18,6 +18,7 @@ table) or the section on its own::
     sends_997 = true                # it answers ours: tracked by `coexist edi status`
     ack_window_minutes = 120
     asn_structure = "SOPI"          # or "SOI"
+    hold_810_for_856_minutes = 60   # an 810 waits this long for its order's 856
     customers = ["10042"]
     folder = "/srv/edi/acme"        # inbound/ outbound/ processed/ failed/
 
@@ -87,6 +88,11 @@ class PartnerProfile(BaseModel):
     #: A second interchange with the same sender and ISA13 within this window is a duplicate.
     duplicate_window_days: Annotated[int, Field(gt=0)] = 365
     asn_structure: Literal["SOI", "SOPI"] = "SOI"
+    #: An 810 for an order none of whose 856s was sent yet waits (is retried) this long
+    #: after its invoice event, so the partner never gets a bill before the shipment it
+    #: bills; after that it is sent anyway (an invoice for an order that does not ship).
+    #: 0: never wait.  Only when the partner receives 856s.
+    hold_810_for_856_minutes: Annotated[int, Field(ge=0)] = 60
     #: Customer keys this partner may see (and orders for), never another partner's.
     customers: tuple[Key, ...] = Field(min_length=1)
     #: N1*BY identification code (N104) -> customer key, when the partner has several.

@@ -42,7 +42,9 @@ def driver(request, tmp_path, sim):
     settings = Settings(
         home=tmp_path, state_url=f"sqlite:///{tmp_path / 'state.db'}", legacy_url=legacy_url,
         broker_url=broker_url, queue_type="classic", redis_url=None, redis_prefix="coexist:",
-        cloud_url=sim.url, **demo_sections(tmp_path, EDI_CUSTOMER),
+        cloud_url=sim.url,
+        # The trading partner is mock-edi: its ids, the folders it reads and writes.
+        **demo_sections(tmp_path, EDI_CUSTOMER, partner_id="MOCKEDI", our_id="NORTHWIND"),
     )
     app = bootstrap(settings, create_state=True)
     app.broker.flush_all()
@@ -53,9 +55,16 @@ def driver(request, tmp_path, sim):
 
 def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing(driver, sim):
     app = driver.app
+    mock = mock_edi(app)
     scenario = PhasedCutover(driver, cloud_people=sim.person_upsert, changes_per_domain=2,
-                             report=lambda r: None, reconcile=reconciler(app), edi=True)
-    reports = scenario.run()
+                             report=lambda r: None, reconcile=reconciler(app), edi=True,
+                             edi_buyer=mock_buyer(mock) if mock else None)
+    try:
+        reports = scenario.run()
+        judged = mock_judges(mock, scenario) if mock else None
+    finally:
+        if mock:
+            mock.__exit__(None, None, None)
 
     compared = [r for r in reports if r.agreements]
     assert len(compared) >= 5
@@ -101,11 +110,63 @@ def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing
     x12core = pytest.importorskip("x12.core.parser")
     from x12.core.tokenizer import tokenize_x12
 
-    outbound = sorted((tmp_path_of(app) / "edi" / "DEMOBUY" / "outbound").glob("*.x12"))
+    outbound = [p for p in (app.settings.home / "edi" / "DEMOBUY" / "outbound").rglob("*.x12")
+                if not p.name.startswith(".")]
     assert len(outbound) == 16
     for path in outbound:
         assert x12core.parse_x12_interchange(tokenize_x12(path.read_bytes())).header.tag == "ISA"
+    # mock-edi, the buyer: no business disagreement, every line confirmed, shipped and
+    # invoiced in full, and its 997s accepted every 855, 856 and 810.
+    if judged is not None:
+        disagreements, lines, acks = judged
+        assert disagreements == []
+        assert lines and all(c == s == i for c, s, i in lines), lines
+        assert acks == {"855": {"A"}, "856": {"A"}, "810": {"A"}, "997": {"none"}}
 
 
-def tmp_path_of(app):
-    return app.settings.home
+def mock_edi(app):
+    """mock-edi (test-only, MIT) as the trading partner, on the partner's folders."""
+    try:
+        from mockedi.testing import Mock
+    except ImportError:
+        return None
+    folder = app.edi.folder(app.settings.edi.partners[0]).ensure()
+    mock = Mock.start(drop_dir=str(folder.outbound), pickup_dir=str(folder.inbound),
+                      drop_settle_ms=0)
+    mock.__enter__()
+    return mock
+
+
+def mock_buyer(mock):
+    def buy(order, units):
+        r = mock.post("/_mock/purchase", {
+            "partner": "NORTHWIND", "po_number": order.customer_po,
+            "requested_on": order.requested_date.isoformat(),
+            "lines": [{"sku": ln.sku, "quantity": str(ln.quantity), "uom": units[ln.sku],
+                       "price": str(ln.unit_price)} for ln in order.lines]})
+        assert r.status == 201, r.body
+        mock.advance(everything=True)
+        mock.settle()
+
+    return buy
+
+
+def mock_judges(mock, scenario):
+    """mock-edi reads what is left in our outbound/, answers with 997s; we read those."""
+    from workers.edi.consumer import EdiPoller
+    from workers.edi.handlers import documents_for
+
+    mock.post("/_mock/drop/scan")
+    mock.advance(everything=True)
+    mock.settle()
+    app = scenario.app
+    EdiPoller(app.edi, poll_s=1).run_once()  # its 997s
+    disagreements = mock.get("/_mock/disagreements?partner=NORTHWIND").body
+    lines = [(ln["confirmed"], ln["shipped"], ln["invoiced"]) for o in scenario.edi.orders
+             for ln in mock.order(o.po, partner="NORTHWIND")["lines"]]
+    acks: dict[str, set[str]] = {}
+    for o in scenario.edi.orders:
+        for d in documents_for(app.state, domain="order", key=o.key):
+            if d.direction == "out":
+                acks.setdefault(d.doc_type, set()).add(d.ack_status)
+    return disagreements, lines, acks

@@ -35,7 +35,8 @@ def edi(tmp_path):
     acme = support.profile(str(tmp_path / "acme"), customers=["10000"])
     beta = support.profile(str(tmp_path / "beta"), id="BETA", customers=["20000"],
                            partner_isa={"qualifier": "ZZ", "id": "BETABUY"},
-                           partner_gs="BETABUY", asn_structure="SOPI")
+                           partner_gs="BETABUY", asn_structure="SOPI",
+                           hold_810_for_856_minutes=0)
     orders: dict[str, Order] = {}
     deps = handlers.EdiDeps(engine, EdiSettings(partners=(acme, beta)), ExceptionStore(engine),
                             unit_of=KNOWN.get, get_order=orders.get, clock=lambda: NOW)
@@ -408,3 +409,45 @@ def test_a_crash_after_the_commit_is_finished_from_the_record_on_the_next_claim(
     assert again.ok and again.orders == outcome.orders
     assert len(commands(edi)) == 1 and len(outbound(folder, "997")) == 1
     assert exceptions(edi) == []
+
+
+def test_an_810_waits_for_its_orders_856_and_goes_once_the_856_is_sent(edi):
+    # mock-edi found it in the e2e: an invoice event that overtakes its shipment's must not
+    # bill the partner before the 856 (rule billed-before-shipped).
+    order = _accept_order(edi)
+    edi.orders[order.key] = order
+    inv = event(invoice_of(order)).model_copy(update={"occurred_at": NOW})
+    [waiting] = handlers.handle_events([inv], edi)
+    folder = edi.folder(edi.settings.partner("ACME"))
+    assert waiting.status == "technical_error" and "waits for the 856" in waiting.detail
+    assert outbound(folder, "810") == []
+    handlers.handle_events([event(shipment_of(order))], edi)
+    [sent] = handlers.handle_events([inv], edi)  # the retry
+    assert sent.status == "sent"
+    assert [p.name.rsplit("-", 1)[1] for p in sorted(folder.outbound.glob("*.x12"))] == [
+        "997.x12", "856.x12", "810.x12"]
+
+
+def test_an_810_for_an_order_that_never_ships_goes_after_the_hold(edi):
+    order = _accept_order(edi)
+    edi.orders[order.key] = order
+    old = event(invoice_of(order)).model_copy(update={"occurred_at": NOW - timedelta(hours=2)})
+    [sent] = handlers.handle_events([old], edi)
+    assert sent.status == "sent"
+
+
+def test_856_and_810_carry_the_po_number_as_the_partner_sent_it_not_as_the_erp_stores_it(edi):
+    # The legacy ERP upper-cases PO numbers; mock-edi matched no 856/810 to its order.
+    drop(edi, "po.edi", order_850(po="Po-9x"))
+    handlers.handle_inbound(edi)
+    sent = Order.model_validate(commands(edi)[0]["payload"]["record"])
+    stored = sent.model_copy(update={"customer_po": "PO-9X"})
+    edi.orders[stored.key] = stored
+    out = handlers.handle_events([event(stored), event(shipment_of(stored)),
+                                  event(invoice_of(stored))], edi)
+    assert [o.status for o in out] == ["sent", "sent", "sent"]
+    folder = edi.folder(edi.settings.partner("ACME"))
+    assert "PRF*Po-9x***" in outbound(folder, "856")[0].read_text()
+    assert "*Po-9x~" in next(s for s in outbound(folder, "810")[0].read_text().split("\n")
+                             if s.startswith("BIG"))
+    assert "BAK*00*AD*Po-9x*" in outbound(folder, "855")[0].read_text()

@@ -38,6 +38,7 @@ partner_gs = "ACMEBUY"
 our_gs = "DISTCO"
 customers = ["10000"]
 ack_window_minutes = 60
+hold_810_for_856_minutes = 0
 folder = "{folder}"
 ''')
     settings = EdiSettings.from_toml(config.read_text())

@@ -48,21 +48,24 @@ PERSON_LEGACY = "JSMITH"
 PERSON_CLOUD = "ana.cloud"
 
 
-def demo_profile(home: Path, customer: str) -> dict:
+def demo_profile(home: Path, customer: str, *, partner_id: str = "DEMOBUY",
+                 our_id: str = "COEXDIST") -> dict:
+    """The demo partner's profile; ``partner_id``/``our_id`` are the ISA and GS ids of the
+    partner and of us (the e2e test uses mock-edi's, which plays the partner)."""
     return {"id": PARTNER, "name": "Demo Buyer Inc.",
-            "partner_isa": {"qualifier": "ZZ", "id": "DEMOBUY"},
-            "our_isa": {"qualifier": "ZZ", "id": "COEXDIST"}, "partner_gs": "DEMOBUY",
-            "our_gs": "COEXDIST", "usage": "test", "asn_structure": "SOI",
+            "partner_isa": {"qualifier": "ZZ", "id": partner_id},
+            "our_isa": {"qualifier": "ZZ", "id": our_id}, "partner_gs": partner_id,
+            "our_gs": our_id, "usage": "test", "asn_structure": "SOI",
             "customers": [customer], "folder": str(home / "edi" / PARTNER)}
 
 
-def demo_sections(home: Path, customer: str) -> dict:
+def demo_sections(home: Path, customer: str, **ids: str) -> dict:
     """The ``Settings`` sections of the demo's partner: ``subscriptions`` and ``edi``."""
     from workers.config import SubscriptionSection
 
     return {"subscriptions": {"edi": SubscriptionSection(
                 domains=("order", "shipment", "invoice"), kinds=("event",))},
-            "edi": EdiSettings.from_data({"partners": [demo_profile(home, customer)]})}
+            "edi": EdiSettings.from_data({"partners": [demo_profile(home, customer, **ids)]})}
 
 
 def demo_toml(home: Path, customer: str) -> str:
@@ -93,11 +96,15 @@ class EdiTrading:
     """The demo partner's buyer and the distributor's warehouse (see the module docstring)."""
 
     def __init__(self, app, settle: Callable[[], object], *,
-                 person: Callable[[str, object], None]) -> None:
+                 person: Callable[[str, object], None],
+                 buyer: Callable[[Order, dict[str, str]], None] | None = None) -> None:
         self.app = app
         self.settle = settle
         #: ``person(system, record)``: a person creates ``record`` in ``system``.
         self.person = person
+        #: ``buyer(order, units)``: the partner sends an 850 for ``order`` (its PO number is
+        #: ``order.customer_po``); by default coexist's own writer drops it into inbound/.
+        self.buyer = buyer or self._drop_850
         self.profile: PartnerProfile = app.settings.edi.partners[0]
         self.poller = EdiPoller(app.edi, poll_s=1.0)
         self._control = itertools.count(1)
@@ -114,7 +121,6 @@ class EdiTrading:
         units = self._catalogue()
         skus = sorted(units)
         at = datetime.now(UTC).replace(microsecond=0)
-        folder = self.app.edi.folder(self.profile).ensure()
         pos = []
         for i in range(n):
             po = f"DEMO-{label}-{i + 1}"
@@ -125,11 +131,7 @@ class EdiTrading:
                 "lines": [{"line_no": ln, "sku": sku, "quantity": 2 * ln + i,
                            "unit_price": f"{3 * ln}.50"}
                           for ln, sku in enumerate(skus[i % 2: i % 2 + 2], 1)]})
-            text = documents.partner_850(self.profile, order, control=next(self._control),
-                                         at=at, unit_of=units.get)
-            tmp = folder.inbound / f".{po}.edi.part"
-            tmp.write_text(text)
-            tmp.rename(folder.inbound / f"{po}.edi")  # the partner's final rename
+            self.buyer(order, units)
             pos.append(po)
         answered = self.poller.run_once()
         if answered["orders"] != n:
@@ -172,6 +174,15 @@ class EdiTrading:
         notes += self._read_back(label)
         return notes
 
+    def _drop_850(self, order: Order, units: dict[str, str]) -> None:
+        folder = self.app.edi.folder(self.profile).ensure()
+        text = documents.partner_850(self.profile, order, control=next(self._control),
+                                     at=order.ordered_at, unit_of=units.get)
+        po = order.customer_po
+        tmp = folder.inbound / f".{po}.edi.part"
+        tmp.write_text(text)
+        tmp.rename(folder.inbound / f"{po}.edi")  # the partner's final rename
+
     # ------------------------------------------------------------------ checks
 
     def _order_key(self, po: str) -> str | None:
@@ -213,7 +224,9 @@ class EdiTrading:
     def _read_back(self, label: str) -> list[str]:
         """Every outbound file through coexist's reader and the partner's 997 judgement."""
         folder = self.app.edi.folder(self.profile)
-        files = sorted(p for p in folder.outbound.iterdir() if not p.name.startswith("."))
+        # A partner may move what it has read into a folder of its own under outbound/.
+        files = sorted((p for p in folder.outbound.rglob("*.x12")
+                        if not p.name.startswith(".")), key=lambda p: p.name)
         seen: list[int] = []
         for path in files:
             try:

@@ -480,6 +480,9 @@ _ORDER_KEY_OF_PO = select(DOCUMENT.c.order_key).where(
 _SENT = select(DOCUMENT.c.id).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "out",
     DOCUMENT.c.doc_type == bindparam("b_doc"), DOCUMENT.c.business_key == bindparam("b_key"))
+_SHIPPED_856 = select(DOCUMENT.c.id).where(
+    DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "out",
+    DOCUMENT.c.doc_type == "856", DOCUMENT.c.order_key == bindparam("b_order")).limit(1)
 _ORDER_850 = select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "in",
     DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == bindparam("b_order")
@@ -572,7 +575,14 @@ def _one_event(env: Envelope, deps: EdiDeps) -> Outcome:
         return Outcome(env.message_id, "skipped", f"customer {customer} has no trading partner")
     if doc not in profile.receives:
         return Outcome(env.message_id, "skipped", f"partner {profile.id} does not receive {doc}")
+    if doc in ("856", "810") and order is not None:
+        order = _with_partners_po(deps, profile, order)
     now = deps.clock()
+    if doc == "810" and _waits_for_856(deps, profile, record, order, env, now):
+        return Outcome(env.message_id, "technical_error",
+                       f"810 for invoice {record.key} waits for the 856 of order "
+                       f"{record.order_key} (up to {profile.hold_810_for_856_minutes} min "
+                       "after the invoice): a partner is never billed before it is shipped")
     built = _build(doc, record, order, profile, deps, now)
     if isinstance(built, str):
         return Outcome(env.message_id, "skipped", built)
@@ -628,6 +638,34 @@ def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps:
     body = documents.build_810(record, order, unit_of=deps.unit_of)
     return control.OutSet("810", body, order_key=record.order_key,
                           po_number=order.customer_po if order else None)
+
+
+def _with_partners_po(deps: EdiDeps, profile: PartnerProfile, order: Order) -> Order:
+    """The order with the PO number exactly as the partner's 850 gave it: an ERP may store
+    it normalised (the legacy ERP upper-cases it), and a partner matches 856s and 810s to
+    its orders by that number (mock-edi found it in the e2e)."""
+    with deps.engine.connect() as conn:
+        row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}).first()
+    if row is None or not row.po_number or row.po_number == order.customer_po:
+        return order
+    return order.model_copy(update={"customer_po": row.po_number})
+
+
+def _waits_for_856(deps: EdiDeps, profile: PartnerProfile, invoice, order: Order | None,
+                   env: Envelope, now: datetime) -> bool:
+    """True while an 810 must wait: the partner receives 856s, the order is in the SoR,
+    none of its 856s was sent yet, and the invoice event is younger than the profile's
+    hold.  (The retry brings it back; an order that never ships is billed after the hold.)"""
+    if not profile.hold_810_for_856_minutes or "856" not in profile.receives or order is None:
+        return False
+    if invoice.status is InvoiceStatus.VOID:
+        return False
+    if now - env.occurred_at > timedelta(minutes=profile.hold_810_for_856_minutes):
+        return False
+    with deps.engine.connect() as conn:
+        sent = conn.execute(_SHIPPED_856, {"b_partner": profile.id,
+                                           "b_order": invoice.order_key}).first()
+    return sent is None
 
 
 def _already_sent(conn, profile: PartnerProfile, doc: str, key: str) -> bool:
