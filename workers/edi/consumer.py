@@ -43,7 +43,7 @@ from bus.envelope import Envelope
 from bus.errors import TechnicalError
 from coexistence.canonical.models import Order
 from coexistence.edi.profiles import EdiSettings
-from coexistence.router import placement
+from coexistence.router import LEGACY, placement
 from workers.edi import handlers
 
 if TYPE_CHECKING:
@@ -80,10 +80,18 @@ class SorReader:
                                                   {}, pinned)
         return sor
 
+    def _erp(self, system: str):
+        # Only the ERP asked for is opened (a one-off `coexist edi poll` on a legacy SoR
+        # needs no cloud URL); a process has both open already.
+        if self.app.has("erps"):
+            return self.app.erps[system]
+        return self.app.legacy if system == LEGACY else self.app.cloud
+
     def _read(self, domain: str, key: str):
         system = self.sor_of(domain, key)
+        erp = self._erp(system)  # a SetupError names the setting: not retried
         try:
-            return self.app.erps[system].get(domain, key)
+            return erp.get(domain, key)
         except TechnicalError:
             raise
         except Exception as exc:  # noqa: BLE001 - an ERP that cannot answer is retried

@@ -59,6 +59,7 @@ from coexistence.edi.profiles import EdiSettings, PartnerProfile
 from workers.edi import control
 from workers.edi.store import DOCUMENT, INTERCHANGE, utcnow
 from workers.edi.transport import Claimed, DropFolder, OutboundExists
+from workers.errors import SetupError
 from workers.router import queues
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,8 @@ def _answer_file(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed) -> Fi
     for index, ic in enumerate(interchanges):
         try:
             _handle_interchange(deps, profile, claimed, ic, index, outcome)
-        except TechnicalError:
-            raise  # the state database is unavailable: leave the claim for a retry
+        except (TechnicalError, SetupError):
+            raise  # the state database or the SoR is unavailable: leave the claim for a retry
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the file
             log.exception("EDI interchange %s of %s failed", ic.control, claimed.name)
             _record(deps, profile, f"bug:{_sha(ic.text.encode('latin-1'))[:32]}",
