@@ -8,6 +8,18 @@ state (pins, last routed version) and the new checkpoint.  A crash before the
 commit leaves everything as it was: the batch is read again and decided again.
 A crash after it leaves nothing to redo.  Nothing is skipped, nothing doubled.
 
+**No ERP call inside the state transaction.**  Everything a batch needs from the
+ERPs is read before its transaction opens: the changes (the feed), the source's
+current records (``_records``) and, for the changes a first look at the routing
+state decides to be stray writes, the SoR's records the reports and repairs carry
+(``_sor_records``).  The transaction then only reads and writes the state
+database (lease fence, routes, outbox, checkpoint), so a slow or retrying ERP
+(the cloud over HTTP) never holds the state database's write lock.  Should the
+decision inside the transaction differ from the first look (a flag changed, a
+document was pinned by the other ERP's capture meanwhile) and need an SoR record
+that was not read, the transaction is rolled back, that record read, and the batch
+decided again: the same rule as a crash before the commit.
+
 Message ids are derived from (system, cursor, purpose), so the same change
 always causes messages with the same ids: duplicates anywhere downstream are
 absorbed by inboxes, idempotency keys and version checks.
@@ -116,9 +128,32 @@ class _Routes:
                                for d, k in sorted(self.dirty)])
 
 
+class _NotRead(Exception):  # noqa: N818 - a control-flow signal inside run_once, not an error
+    """The batch's decision needs SoR records that were not read before its transaction."""
+
+    def __init__(self, wanted: set[tuple[str, str, str]]) -> None:
+        super().__init__(f"{len(wanted)} SoR record(s) not read before the transaction")
+        self.wanted = wanted
+
+
 class _Batch:
-    def __init__(self) -> None:
+    """What one batch writes, and the SoR records read for it before its transaction."""
+
+    def __init__(self, sor_records: Mapping[tuple[str, str, str], CanonicalRecord | None]
+                 ) -> None:
         self.by_route: dict[tuple[str, str], list[Envelope]] = defaultdict(list)
+        self.sor_records = sor_records
+        #: SoR records the decisions needed that were not read: the batch is not committed.
+        self.missing: set[tuple[str, str, str]] = set()
+
+    def sor_record(self, sor: str, domain: str, key: str) -> CanonicalRecord | None:
+        """The SoR's record as read before the transaction; never a read of the SoR (one
+        not read is noted in ``missing`` and the batch decided again once it is read)."""
+        wanted = (sor, domain, key)
+        if wanted not in self.sor_records:
+            self.missing.add(wanted)
+            return None
+        return self.sor_records[wanted]
 
     def add(self, actor: str, queue: str, env: Envelope) -> None:
         self.by_route[(actor, queue)].append(env)
@@ -169,25 +204,62 @@ class CaptureLoop:
         """Route one batch; returns what it did (``read == 0`` when the feed is drained)."""
         after = checkpoints.get(self.engine, self.feed_name)
         changes = self.feed.read(after, self.batch_size)
-        stats = CaptureStats(read=len(changes))
         if not changes:
-            return stats
+            return CaptureStats()
+        # Every ERP read of the batch, before its state transaction opens.
         records = self._records(changes)
-        batch = _Batch()
-        with Session(self.engine) as session:
-            if self.fence is not None:
-                self.fence(session)
-            conn = session.connection()
-            routes = _Routes(conn, changes)
-            for change in changes:
-                record = records.get((change.domain, change.key))
-                self._route(change, record, routes, batch, stats)
-            batch.flush(session)
-            routes.flush()
-            checkpoints.advance(session, self.feed_name, changes[-1].cursor, expected=after)
-            session.commit()
+        sor_records = self._sor_records(self._expected_strays(changes, records))
+        while True:
+            stats = CaptureStats(read=len(changes))
+            batch = _Batch(sor_records)
+            try:
+                with Session(self.engine) as session:
+                    if self.fence is not None:
+                        self.fence(session)
+                    conn = session.connection()
+                    routes = _Routes(conn, changes)
+                    for change in changes:
+                        record = records.get((change.domain, change.key))
+                        self._route(change, record, routes, batch, stats)
+                    if batch.missing:
+                        raise _NotRead(batch.missing)
+                    batch.flush(session)
+                    routes.flush()
+                    checkpoints.advance(session, self.feed_name, changes[-1].cursor,
+                                        expected=after)
+                    session.commit()
+            except _NotRead as missing:
+                # Rolled back: read what the decision needs, outside any transaction.
+                sor_records.update(self._sor_records(missing.wanted))
+                continue
+            break
         metrics.captured(self.system, stats, changes)
         return stats
+
+    def _expected_strays(self, changes: list[Change], records) -> set[tuple[str, str, str]]:
+        """(SoR, domain, key) of the changes that the routing state as it is now makes
+        stray writes: a look before the transaction, so their SoR records can be read
+        first.  The transaction decides again and asks for any it needs beyond these."""
+        with self.engine.connect() as conn:
+            routes = _Routes(conn, changes)
+        wanted: set[tuple[str, str, str]] = set()
+        for change in changes:
+            decision = self._decide(change, records.get((change.domain, change.key)), routes)
+            if decision is not None and decision.action is Action.STRAY:
+                wanted.add((decision.sor, change.domain, change.key))
+        return wanted
+
+    def _sor_records(self, wanted: Iterable[tuple[str, str, str]]
+                     ) -> dict[tuple[str, str, str], CanonicalRecord | None]:
+        """The SoR's current record (``None``: it has none) for each (SoR, domain, key)."""
+        grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for sor, domain, key in sorted(wanted):
+            grouped[(sor, domain)].append(key)
+        out: dict[tuple[str, str, str], CanonicalRecord | None] = {}
+        for (sor, domain), keys in grouped.items():
+            found = _get_many(self.erps[sor], domain, keys)
+            out.update(((sor, domain, k), found.get(k)) for k in keys)
+        return out
 
     def _records(self, changes: list[Change]) -> dict[tuple[str, str], CanonicalRecord]:
         """The source's current state of every record the batch upserts, read in bulk."""
@@ -198,12 +270,8 @@ class CaptureLoop:
             if change.op == "upsert" and change.writer != COEXIST_WRITER:
                 wanted[change.domain].append(change.key)
         out: dict[tuple[str, str], CanonicalRecord] = {}
-        get_many = getattr(source, "get_many", None)
         for domain, keys in wanted.items():
-            if get_many is not None:
-                found = get_many(domain, keys)
-            else:
-                found = {k: r for k in dict.fromkeys(keys) if (r := source.get(domain, k))}
+            found = _get_many(source, domain, keys)
             out.update(((domain, k), r) for k, r in found.items())
         return out
 
@@ -219,6 +287,18 @@ class CaptureLoop:
 
     # ------------------------------------------------------------------ one change
 
+    def _decide(self, change: Change, record, routes: _Routes) -> Decision | None:
+        """The routing decision of one change; ``None`` when there is nothing to decide
+        (coexist's own write, or a record deleted again before it was read)."""
+        if change.writer == COEXIST_WRITER:
+            return None
+        if change.op == "upsert" and record is None:
+            return None
+        flag = self.flags.state(change.domain)
+        route = routes.get(change.domain, change.key)
+        pinned = route.pinned_sor if route is not None else None
+        return decide_change(change, self.system, flag, record, pinned_sor=pinned)
+
     def _route(self, change: Change, record, routes: _Routes, batch: _Batch,
                stats: CaptureStats) -> None:
         if change.writer == COEXIST_WRITER:
@@ -228,10 +308,9 @@ class CaptureLoop:
             # Deleted again before we read it: its delete is later in the feed.
             stats.vanished += 1
             return
-        flag = self.flags.state(change.domain)
+        decision = self._decide(change, record, routes)
+        assert decision is not None
         route = routes.get(change.domain, change.key)
-        pinned = route.pinned_sor if route is not None else None
-        decision = decide_change(change, self.system, flag, record, pinned_sor=pinned)
         if decision.action is Action.ECHO:
             stats.echoes += 1
             return
@@ -265,7 +344,7 @@ class CaptureLoop:
 
     def _report_stray(self, change, record, decision: Decision, route, batch, stats):
         stats.strays += 1
-        sor_record = self.erps[decision.sor].get(change.domain, change.key)
+        sor_record = batch.sor_record(decision.sor, change.domain, change.key)
         fields = differing_fields(sor_record, record)
         report = self._envelope(change, queues.KIND_STRAY, None, decision, "stray", extra={
             "system": self.system, "writer": change.writer, "sor": decision.sor,
@@ -301,6 +380,14 @@ class CaptureLoop:
             message_id=message_id(self.system, change.cursor, purpose),
             correlation_id=correlation_of(self.system, change),
         )
+
+
+def _get_many(erp: Erp, domain: str, keys: list[str]) -> dict[str, CanonicalRecord]:
+    """``erp``'s current records of ``keys`` (absent: none), in bulk where it can."""
+    get_many = getattr(erp, "get_many", None)
+    if get_many is not None:
+        return get_many(domain, keys)
+    return {k: r for k in dict.fromkeys(keys) if (r := erp.get(domain, k)) is not None}
 
 
 def _schema_version(record: CanonicalRecord | None) -> int:
