@@ -449,7 +449,8 @@ class OutboxRelay:
                 conn.execute(insert(_LEASE).values(name="relay", holder=self.name,
                                                    expires_at=expires))
                 return True
-            if current.holder != self.name and _aware(current.expires_at) > now:
+            if current.holder != self.name and _aware(current.expires_at) > now \
+                    and not _holder_gone(current.holder):
                 return False
             conn.execute(update(_LEASE).where(_LEASE.c.name == "relay")
                          .values(holder=self.name, expires_at=expires))
@@ -514,3 +515,27 @@ def _row(r) -> OutboxRow:
 def _aware(ts: datetime) -> datetime:
     # SQLite returns naive datetimes for DateTime(timezone=True); they were written in UTC.
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _holder_gone(holder: str) -> bool:
+    """True when the relay ``host:pid:nonce`` ran on this host and its process has ended.
+
+    SQLite is one host's database, so every relay of it runs here: a relay killed with
+    SIGKILL (or by a crash) cannot release its lease, and the process restarted in its
+    place takes it over at once instead of waiting ``RELAY_LEASE_S`` with nothing
+    published.  A live process, a pid this process cannot signal, or another host's name
+    (a file shared oddly) all count as present: the lease then runs out as before."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False

@@ -381,7 +381,9 @@ class App:
         with opening("broker", setting, target):
             if not s.broker_url:
                 s.ensure_home()
-            broker = make_broker(s.broker_url, sqlite_path=s.bus_path, queue_type=s.queue_type)
+            options = {} if s.broker_url else {"lease_ms": int(s.bus_lease_s * 1000)}
+            broker = make_broker(s.broker_url, sqlite_path=s.bus_path, queue_type=s.queue_type,
+                                 **options)
             setup(broker, store=self.exceptions, retry_options=self.retry_options)
         dramatiq.set_broker(broker)
         return broker

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     #: ``classic`` on one node, ``quorum`` for a RabbitMQ cluster.
     queue_type: Literal["classic", "quorum"] = "classic"
+    #: Embedded broker: seconds a message a worker took stays invisible to the others
+    #: without renewal; a worker killed mid-message hands it back after at most this long.
+    bus_lease_s: float = Field(30.0, ge=1, le=3600)
     #: RabbitMQ management API for ``status``'s queue view (default: derived from the
     #: broker URL, port 15672); ``off`` reads queues by passive declares only.
     broker_management_url: str | None = None

@@ -5,6 +5,7 @@ tests; and the waits those tests need (bounded, on state, never on elapsed time 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -113,3 +114,26 @@ def extra_pg_schema(database_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+class LogTail:
+    """The JSON log lines a process has written since the last ``poll`` (non-JSON lines,
+    such as a start-up banner, are skipped; a line still being written waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self._rest = path, 0, b""
+
+    def poll(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        out = []
+        for line in lines:
+            if line.startswith(b"{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out

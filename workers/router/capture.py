@@ -209,6 +209,10 @@ class CaptureLoop:
         # Every ERP read of the batch, before its state transaction opens.
         records = self._records(changes)
         sor_records = self._sor_records(self._expected_strays(changes, records))
+        through = changes[-1].cursor
+        # The text names the cursors: each batch's line passes the log's repeat limiter.
+        log.debug("capture %s: read %d changes after cursor %d through %d", self.system,
+                  len(changes), after, through)
         while True:
             stats = CaptureStats(read=len(changes))
             batch = _Batch(sor_records)
@@ -225,14 +229,14 @@ class CaptureLoop:
                         raise _NotRead(batch.missing)
                     batch.flush(session)
                     routes.flush()
-                    checkpoints.advance(session, self.feed_name, changes[-1].cursor,
-                                        expected=after)
+                    checkpoints.advance(session, self.feed_name, through, expected=after)
                     session.commit()
             except _NotRead as missing:
                 # Rolled back: read what the decision needs, outside any transaction.
                 sor_records.update(self._sor_records(missing.wanted))
                 continue
             break
+        log.debug("capture %s: committed the batch through cursor %d", self.system, through)
         metrics.captured(self.system, stats, changes)
         return stats
 
