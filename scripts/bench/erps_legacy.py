@@ -7,9 +7,12 @@ Prints one JSON line per figure (name, records_per_s, baseline_per_s, ratio):
   key decoding through the translator, coalescing, ``Change`` objects) against a
   bare ``SELECT`` of the same rows with the same paging through the ``sqlite3``
   module.  Target >= 50,000 changes/s.
-* ``legacy_changelog_consume``: the same reading through ``consume_batch``, which
-  also commits a durable checkpoint per batch in a state database, against the
-  same bare ``SELECT``.
+* ``legacy_capture``: the router's production capture (``CaptureLoop.drain``, what
+  ``coexist router`` runs): the same feed, each change's record read from the legacy
+  ERP, decided (legacy mode: no shadow write, one channel event per change into the
+  outbox) and committed with the durable checkpoint per batch in a state database,
+  over the first ``--capture-changes`` changes, against the same bare ``SELECT`` (of
+  every change: a rate against a rate).
 
 The change log is filled by the triggers: people's inserts of inventory
 balances (composite keys, the most expensive to decode), one change per row,
@@ -33,6 +36,7 @@ On PostgreSQL (skipped with ``--no-pg``; a private schema, dropped after):
   trips, a batch job's computation).  ``loadavg`` is the load when it ended.
 
 Usage: ``python scripts/bench/erps_legacy.py [--changes 200000] [--batch 1000]
+[--capture-batch 500] [--capture-changes 20000]
 [--rounds 3] [--pg-url URL | --no-pg] [--writers 4] [--txns 200]
 [--hold-ms 5] [--pg-changes 100000]``.
 """
@@ -53,10 +57,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bus.db import create_state_engine  # noqa: E402
+from coexistence.flags import FlagSource  # noqa: E402
+from coexistence.router import LEGACY  # noqa: E402
 from workers.legacy_erp.adapter import LegacyErp  # noqa: E402
-from workers.legacy_erp.cdc import consume_batch  # noqa: E402
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema  # noqa: E402
 from workers.migrate import upgrade as upgrade_schema  # noqa: E402
+from workers.router.capture import CaptureLoop  # noqa: E402
+from workers.router.queues import Subscription  # noqa: E402
 
 
 def fill(engine, changes: int) -> None:
@@ -78,22 +85,23 @@ def read_adapter(erp: LegacyErp, batch: int) -> tuple[int, float, float]:
     return n, time.perf_counter() - started, time.process_time() - cpu
 
 
-def read_consume(
-    erp: LegacyErp, state_url: str, batch: int, round_no: int
+def read_capture(
+    erp: LegacyErp, state_url: str, batch: int, changes: int, round_no: int
 ) -> tuple[int, float, float]:
+    """The production capture loop over the first ``changes`` changes of the log (a whole
+    number of batches), from its own checkpoint."""
     state = create_state_engine(state_url)
     upgrade_schema(state)
-    counted = [0]
-
-    def handle(_session, changes) -> None:
-        counted[0] += len(changes)
-
+    loop = CaptureLoop(LEGACY, erp, {LEGACY: erp}, FlagSource(), state,
+                       subscriptions=[Subscription("bench", frozenset({"inventory"}))],
+                       feed_name=f"bench-{round_no}", batch_size=batch)
     started, cpu = time.perf_counter(), time.process_time()
-    while consume_batch(erp, state, f"bench-{round_no}", handle, limit=batch):
-        pass
+    stats = loop.drain(max_batches=max(1, changes // batch))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     state.dispose()
-    return counted[0], elapsed, cpu
+    if stats.events != stats.read:
+        sys.exit(f"capture routed {stats.events} events for {stats.read} changes")
+    return stats.read, elapsed, cpu
 
 
 def read_bare(path: Path, batch: int) -> tuple[int, float, float]:
@@ -293,6 +301,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--capture-batch", type=int, default=500,
+                        help="changes per capture batch (the router's CAPTURE_BATCH)")
+    parser.add_argument("--capture-changes", type=int, default=20_000,
+                        help="changes the capture figure routes (rounded to whole batches)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pg-url", default=os.environ.get(
         "COEXIST_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
@@ -304,6 +316,8 @@ def main() -> None:
     parser.add_argument("--pg-changes", type=int, default=100_000)
     args = parser.parse_args()
 
+    capture_changes = min(args.changes, args.capture_changes) // args.capture_batch \
+        * args.capture_batch
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "legacy.db"
         engine = create_legacy_engine(f"sqlite:///{path}")
@@ -311,17 +325,19 @@ def main() -> None:
         fill(engine, args.changes)
         erp = LegacyErp(engine)
         erp.read(0, 10)  # warm the translators and statement caches
-        adapter, consume, bare = [], [], []
+        adapter, capture, bare = [], [], []
         for r in range(args.rounds):
             adapter.append(read_adapter(erp, args.batch))
-            consume.append(read_consume(erp, f"sqlite:///{Path(tmp) / 'state.db'}",
-                                        args.batch, r))
+            capture.append(read_capture(erp, f"sqlite:///{Path(tmp) / f'state{r}.db'}",
+                                        args.capture_batch, capture_changes, r))
             bare.append(read_bare(path, args.batch))
-        for label, runs in (("adapter", adapter), ("consume", consume), ("bare", bare)):
-            if any(r[0] != args.changes for r in runs):
-                sys.exit(f"{label} read {[r[0] for r in runs]} changes, not {args.changes}")
+        for label, runs, want in (("adapter", adapter, args.changes),
+                                  ("capture", capture, capture_changes),
+                                  ("bare", bare, args.changes)):
+            if any(r[0] != want for r in runs):
+                sys.exit(f"{label} read {[r[0] for r in runs]} changes, not {want}")
         print(json.dumps(figure("legacy_changelog_read", adapter, bare)))
-        print(json.dumps(figure("legacy_changelog_consume", consume, bare)))
+        print(json.dumps(figure("legacy_capture", capture, bare)))
         engine.dispose()
     if not args.no_pg:
         for line in run_pg(args):

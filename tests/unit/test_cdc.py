@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, select, text
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
 from bus.db import create_state_engine
@@ -23,7 +23,7 @@ from workers.legacy_erp.capture import (
     install_capture,
     register_writer,
 )
-from workers.legacy_erp.cdc import LegacyChangeFeed, UnknownChangeLogTable, consume_batch
+from workers.legacy_erp.cdc import LegacyChangeFeed, UnknownChangeLogTable
 from workers.migrate import upgrade as upgrade_schema
 
 META = MetaData()
@@ -56,8 +56,6 @@ def legacy(tmp_path):
 def state(tmp_path):
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
     upgrade_schema(engine)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE effects (cursor INTEGER PRIMARY KEY, key TEXT)")
     yield engine
     engine.dispose()
 
@@ -200,18 +198,6 @@ def test_an_unknown_table_in_the_log_stops_the_feed_naming_the_table(legacy):
 # ------------------------------------------------------------------ checkpoints
 
 
-def record_effects(session: Session, changes: list[Change]) -> None:
-    for c in changes:
-        session.connection().execute(
-            text("INSERT INTO effects (cursor, key) VALUES (:c, :k)"), {"c": c.cursor, "k": c.key}
-        )
-
-
-def effects(state) -> list[int]:
-    with state.connect() as conn:
-        return [r[0] for r in conn.exec_driver_sql("SELECT cursor FROM effects ORDER BY cursor")]
-
-
 def test_a_checkpoint_starts_at_zero_and_only_moves_forward(state):
     assert checkpoints.get(state, "legacy") == 0
     with Session(state) as s:
@@ -227,40 +213,3 @@ def test_a_checkpoint_advanced_in_a_rolled_back_transaction_does_not_move(state)
         checkpoints.advance(s, "legacy", 9)
         s.rollback()
     assert checkpoints.get(state, "legacy") == 0
-
-
-def test_a_crash_before_commit_re_reads_the_same_changes_and_effects_happen_once(legacy, state):
-    for n in range(1, 8):
-        run(legacy, f"INSERT INTO BAL VALUES ('WH1', 'S{n}', {n}, 'JSMITH')")
-    f = feed(legacy)
-    assert consume_batch(f, state, "legacy", record_effects, limit=3) == 3
-
-    seen: list[list[int]] = []
-
-    def crash_after_effects(session, changes):
-        seen.append([c.cursor for c in changes])
-        record_effects(session, changes)
-        raise RuntimeError("process died before commit")
-
-    with pytest.raises(RuntimeError):
-        consume_batch(f, state, "legacy", crash_after_effects, limit=3)
-    assert checkpoints.get(state, "legacy") == 3 and effects(state) == [1, 2, 3]
-
-    while consume_batch(f, state, "legacy", record_effects, limit=3):
-        pass
-    assert seen == [[4, 5, 6]]
-    assert effects(state) == [1, 2, 3, 4, 5, 6, 7]
-    assert checkpoints.get(state, "legacy") == 7
-
-
-def test_two_consumers_of_one_batch_commit_its_effects_only_once(legacy, state):
-    for n in range(1, 4):
-        run(legacy, f"INSERT INTO BAL VALUES ('WH1', 'S{n}', {n}, 'JSMITH')")
-    f = feed(legacy)
-    late = f.read(checkpoints.get(state, "legacy"), 10)  # a second consumer's read...
-    assert consume_batch(f, state, "legacy", record_effects) == 3  # ...loses the race
-    with Session(state) as s, pytest.raises(checkpoints.CheckpointConflict):
-        record_effects(s, [Change(c.cursor + 100, c.domain, c.key, c.op, c.writer, c.at, 0)
-                           for c in late])
-        checkpoints.advance(s, "legacy", late[-1].cursor, expected=0)
-    assert effects(state) == [1, 2, 3]

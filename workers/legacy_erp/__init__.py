@@ -2,9 +2,8 @@
 
 * ``schema``: ``create_legacy_engine(url)``, ``create_legacy_schema(engine)``;
 * ``capture``: the ``CHGLOG`` change log, its triggers, coexist's side tables;
-* ``cdc``: ``LegacyChangeFeed`` (``ChangeFeed``) and ``consume_batch``, which
-  advances a durable checkpoint (``workers.checkpoints``) with the consumer's
-  effects;
+* ``cdc``: ``LegacyChangeFeed`` (``ChangeFeed``), read after a durable checkpoint
+  (``workers.checkpoints``) that the router's capture advances with its effects;
 * ``adapter``: ``LegacyErp`` (``Erp`` + ``ChangeFeed`` for system ``"legacy"``);
 * ``seed``: ``seed_legacy(engine, SampleSpec(...))``.
 

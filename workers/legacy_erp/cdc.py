@@ -5,7 +5,8 @@ SQLite, the position ``POS`` on PostgreSQL, which a read first assigns to the
 rows committed since: see ``workers.legacy_erp.capture``).  The cursor that was
 fully handled is kept as a durable checkpoint in coexist's *state* database
 (``workers.checkpoints``), not in the legacy database, and advanced in the same
-state transaction as the consumer's effects (see :func:`consume_batch`).
+state transaction as the consumer's effects (the router's capture batch:
+``workers.router.capture.CaptureLoop``).
 Reading changes nothing a consumer sees (positions, once assigned, are final),
 so a crash between a read and the commit of its checkpoint simply re-reads the
 same changes with the same cursors; the effects of the first attempt
@@ -24,16 +25,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from bus.errors import TechnicalError
 from coexistence.errors import TranslationError
-from coexistence.ports import Change, ChangeFeed
-from workers import checkpoints
+from coexistence.ports import Change
 from workers.legacy_erp.capture import CHGLOG, CapturedTable
 
-__all__ = ["ChangeLogNotUpgraded", "KeyDecoder", "LegacyChangeFeed", "UnknownChangeLogTable",
-           "consume_batch"]
+__all__ = ["ChangeLogNotUpgraded", "KeyDecoder", "LegacyChangeFeed", "UnknownChangeLogTable"]
 
 #: Turns a legacy header key in its string form (key columns without padding,
 #: joined by ``KEY_SEPARATOR``) into the canonical key of the record.
@@ -225,32 +223,3 @@ def _raise_if_not_upgraded(exc: BaseException) -> None:
             "the legacy change log was installed by an older coexist and has no commit-order "
             "positions: run `coexist legacy init` against the legacy database (upgrades it "
             f"in place, keeps checkpoints): {str(exc).splitlines()[0]}") from None
-
-
-def consume_batch(
-    feed: ChangeFeed,
-    state_engine: Engine,
-    feed_name: str,
-    handle: Callable[[Session, list[Change]], None],
-    *,
-    limit: int = 500,
-) -> int:
-    """Handle one batch of changes after ``feed_name``'s durable checkpoint.
-
-    ``handle(session, changes)`` applies the changes' effects in ``session``
-    (coexist's state database); the checkpoint is advanced in the same
-    transaction and both commit together.  If anything fails before the commit
-    both roll back and the next call yields the same changes again.  Returns the
-    number of changes handled (0: the feed is drained).
-    """
-    after = checkpoints.get(state_engine, feed_name)
-    changes = feed.read(after, limit)
-    if not changes:
-        return 0
-    with Session(state_engine) as session:
-        handle(session, changes)
-        # ``expected`` makes a concurrent consumer that handled the same batch
-        # first turn this transaction's duplicate effects into a rollback.
-        checkpoints.advance(session, feed_name, changes[-1].cursor, expected=after)
-        session.commit()
-    return len(changes)
