@@ -95,10 +95,10 @@ class CountedChannel:
     """The channel subscriber of these tests: ``[subscriptions.test]`` (customers), whose
     messages wait in ``coexist.channel.test`` and are counted there.
 
-    The hook for a real channel: once a channel consumer (CRM, EDI, portal) runs in the
-    production processes, a fixture returning an object with the same ``toml`` and
-    ``messages()`` (the dramatiq messages it received, duplicates included) replaces this
-    one, and the assertions stay as they are."""
+    The hook for a real channel (the ``channel`` fixture): once a channel consumer (CRM,
+    EDI, portal) runs in the production processes, an object with the same ``name``,
+    ``toml``, ``count()`` and ``messages()`` (the dramatiq messages it received,
+    duplicates included) replaces this one, and the assertions stay as they are."""
 
     name = "test"
     toml = '[subscriptions.test]\ndomains = ["customer"]\nkinds = ["event", "delete"]\n'
@@ -360,39 +360,55 @@ class Deployment:
         return "\n".join(logs)
 
 
+@dataclass
+class Backend:
+    kind: str
+    state_url: str
+    legacy_url: str
+    broker_url: str | None = None
+
+
 @pytest.fixture(params=["embedded", "rabbitmq_pg"])
-def deployment(request, tmp_path, sim) -> Iterator[Deployment]:
+def backend(request, tmp_path) -> Iterator[Backend]:
+    """Where the processes keep their state, the legacy ERP and the bus."""
     if request.param == "embedded":
-        state_url = f"sqlite:///{tmp_path / 'state.db'}"
-        legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
-        yield from _deployment(tmp_path, "embedded", state_url, legacy_url, None, sim)
+        yield Backend("embedded", f"sqlite:///{tmp_path / 'state.db'}",
+                      f"sqlite:///{tmp_path / 'legacy.db'}")
         return
     pg_url = request.getfixturevalue("pg_url")
     broker_url = request.getfixturevalue("fresh_rabbit_vhost")[0]
     with extra_pg_schema(request.getfixturevalue("pg_database_url")) as legacy_url:
-        yield from _deployment(tmp_path, "rabbitmq_pg", pg_url, legacy_url, broker_url, sim)
+        yield Backend("rabbitmq_pg", pg_url, legacy_url, broker_url)
 
 
-def _deployment(tmp_path: Path, kind: str, state_url: str, legacy_url: str,
-                broker_url: str | None, sim) -> Iterator[Deployment]:
-    engine = create_legacy_engine(legacy_url)
+@pytest.fixture
+def channel(backend, tmp_path) -> CountedChannel:
+    """The channel subscriber the crash test checks: the hook where a real channel
+    consumer (CRM, EDI, portal), once the processes run one, replaces the counted queue
+    (same ``name``, ``toml`` and ``messages()``)."""
+    return CountedChannel(tmp_path, backend.broker_url)
+
+
+@pytest.fixture
+def deployment(backend, channel, tmp_path, sim) -> Iterator[Deployment]:
+    engine = create_legacy_engine(backend.legacy_url)
     create_legacy_schema(engine)
     engine.dispose()
-    state = create_state_engine(state_url)
+    state = create_state_engine(backend.state_url)
     upgrade_schema(state)
     state.dispose()
-    channel = CountedChannel(tmp_path, broker_url)
     (tmp_path / "coexist.toml").write_text(channel.toml)
-    settings = {"state_url": state_url, "legacy_url": legacy_url, "cloud_url": sim.url,
-                "actor": "test", "bus_lease_s": "2"}
-    if broker_url:
-        settings["broker_url"] = broker_url
+    settings = {"state_url": backend.state_url, "legacy_url": backend.legacy_url,
+                "cloud_url": sim.url, "actor": "test", "bus_lease_s": "2"}
+    if backend.broker_url:
+        settings["broker_url"] = backend.broker_url
     env = coexist_env(tmp_path, **settings)
     result = CliRunner().invoke(cli, ["cutover", "set", "customer", "shadow", "--force",
                                       "--reason", "crash test", "--no-wait"], env=env)
     assert result.exit_code == 0, result.output
     sim.faults(latency_ms=WRITE_LATENCY_MS, scope="write")
-    d = Deployment(tmp_path, kind, env, state_url, legacy_url, sim, channel)
+    d = Deployment(tmp_path, backend.kind, env, backend.state_url, backend.legacy_url, sim,
+                   channel)
     try:
         yield d
     finally:
