@@ -74,9 +74,14 @@ simulator, sim = cloud_sim.simulator, cloud_sim.sim
 WAIT_S = 45.0
 #: Records people keep rewriting in the legacy ERP (the SoR) during the load.
 KEYS = 24
-#: Rounds of kills (router, worker, one stray write each) per deployment: process starts
-#: (4-7 s on a loaded host) are what a round costs, so fewer where starts are slower.
-ROUNDS = {"embedded": 2, "rabbitmq_pg": 2}
+#: Rounds of kills (the router mid-batch, then the worker mid-write) per deployment: process
+#: starts (4-7 s each on a loaded host) are what a round costs, so fewer where they are slower.
+ROUNDS = {"embedded": 2, "rabbitmq_pg": 1}
+#: A kill that missed its moment (the batch committed, the write was acknowledged, between
+#: the look at the log and the signal) is repeated, at most this many times in all.
+KILL_ATTEMPTS = 3
+#: Records written once in the legacy ERP, then edited by a person in the cloud (strays).
+STRAYS = 3
 #: Seconds between two of the people's legacy writes.
 WRITE_EVERY_S = 0.1
 #: A router is killed inside a batch of at least this many changes (the backlog that builds
@@ -240,7 +245,7 @@ class Deployment:
                    WAIT_S, f"{name} starts")
         assert proc.alive(), proc.output()[-3000:]
 
-    def kill_router_mid_batch(self, name: str) -> None:
+    def kill_router_mid_batch(self, name: str) -> bool:
         """SIGKILL ``name`` (router or run) once its log shows a legacy batch read and not
         committed; restart it.  Counts the kill as mid-batch when nothing of the batch
         was committed."""
@@ -265,12 +270,13 @@ class Deployment:
         proc.popen.wait(10)
         watch.poll()  # lines written just before the kill
         self.kills.router += 1
-        if watch.pending is not None and self.checkpoint() == watch.pending[0]:
-            self.kills.router_mid_batch += 1
+        hit = watch.pending is not None and self.checkpoint() == watch.pending[0]
+        self.kills.router_mid_batch += hit
         proc.stop()
         self.start(name, wait=False)
+        return hit
 
-    def kill_worker_mid_write(self, name: str) -> None:
+    def kill_worker_mid_write(self, name: str) -> bool:
         """SIGKILL ``name`` (worker or run) while it holds a ``write_cloud`` message it has
         not acknowledged; restart it."""
         proc = self.procs[name]
@@ -286,10 +292,11 @@ class Deployment:
         watch.poll()
         self.kills.worker += 1
         self.kills.writes_in_flight.append(len(watch.in_flight))
-        if watch.in_flight:
-            self.kills.worker_mid_write += 1
+        hit = bool(watch.in_flight)
+        self.kills.worker_mid_write += hit
         proc.stop()
         self.start(name, wait=False)
+        return hit
 
     def checkpoint(self) -> int:
         return checkpoints.get(self.state, checkpoint_name(LEGACY))
@@ -456,15 +463,16 @@ class People:
         assert not self.errors, self.errors
 
 
+@pytest.mark.timeout(300)  # each wait is bounded by WAIT_S; process starts dominate
 def test_kill_9_of_the_router_mid_batch_and_the_worker_mid_write_loses_nothing(deployment):
     d = deployment
     started = time.monotonic()
     embedded = d.kind == "embedded"
     router = "run" if embedded else "router"
-    rounds = ROUNDS[d.kind]
-    customers = list(iter_customers(KEYS + rounds, seed=11))
+    writer = router if embedded else "worker"
+    customers = list(iter_customers(KEYS + STRAYS, seed=11))
     # Written once by a person, later edited in the cloud (a stray write each).
-    stray_targets, rewritten = customers[:rounds], customers[rounds:]
+    stray_targets, rewritten = customers[:STRAYS], customers[STRAYS:]
     for record in stray_targets:
         d.person_writes_legacy(record)
 
@@ -473,13 +481,19 @@ def test_kill_9_of_the_router_mid_batch_and_the_worker_mid_write_loses_nothing(d
         d.start(router, wait=False)
         if not embedded:
             d.start("worker", wait=False)
-        for round_no in range(rounds):
+        strays = iter(stray_targets)
+        d.stray(next(strays).key)
+        for _round in range(ROUNDS[d.kind]):
             # Restarted without waiting: the other process's kill overlaps the start.
-            d.kill_router_mid_batch(router)
-            d.kill_worker_mid_write(router if embedded else "worker")
-            d.stray(stray_targets[round_no].key)
+            while not d.kill_router_mid_batch(router) and d.kills.router < KILL_ATTEMPTS:
+                pass
+            d.stray(next(strays).key)
+            while not d.kill_worker_mid_write(writer) and d.kills.worker < KILL_ATTEMPTS:
+                pass
             for name in d.procs:
                 d.wait_started(name)
+        for record in strays:
+            d.stray(record.key)
     load_s = time.monotonic() - started
 
     deadline = time.monotonic() + WAIT_S
@@ -492,7 +506,7 @@ def test_kill_9_of_the_router_mid_batch_and_the_worker_mid_write_loses_nothing(d
     # Both ERPs equal through the translators; every record at its last version.
     agreement = compare(d.legacy, d.cloud, "customer")
     assert agreement.agrees, agreement
-    assert agreement.legacy_rows == KEYS + rounds
+    assert agreement.legacy_rows == KEYS + STRAYS
     for key, record in d.last.items():
         assert normalised(d.legacy.get("customer", key)) == normalised(record), key
         assert normalised(d.cloud.get("customer", key)) == normalised(record), key
