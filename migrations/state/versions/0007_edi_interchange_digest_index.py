@@ -2,7 +2,7 @@
 looked up by its bytes' digest (our own earlier run of the same file after a crash), which
 scanned the whole table before (workers/edi/handlers.py).
 
-Revision ID: 0013
+Revision ID: 0007
 Revises: 0006
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = '0013'
+revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None
