@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from coexistence.canonical import CanonicalRecord
+from coexistence.errors import CoexistError
 from coexistence.ownership import owner_of
 from coexistence.reconcile.findings import Counts, Finding, Kind, plain
 from coexistence.xref import XrefEntry
@@ -32,15 +33,21 @@ PENDING_MAX_RECORDS = 100_000
 
 
 class Item:
-    """One record of one side, as the matcher needs it."""
+    """One record of one side, as the matcher needs it.
 
-    __slots__ = ("key", "digest", "nk", "_load", "_record")
+    ``error`` is set when the record does not translate to the canonical model
+    (by the reader, or on the first load): the reconciler then reports it as
+    ``untranslatable`` and goes on.
+    """
+
+    __slots__ = ("key", "digest", "nk", "_load", "_record", "error")
 
     def __init__(self, key: str, digest: int, nk: int | None = None,
                  load: Callable[[], CanonicalRecord] | None = None,
-                 record: CanonicalRecord | None = None) -> None:
+                 record: CanonicalRecord | None = None, error: str | None = None) -> None:
         self.key, self.digest, self.nk = key, digest, nk
         self._load, self._record = load, record
+        self.error = error
 
     @property
     def record(self) -> CanonicalRecord:
@@ -212,10 +219,18 @@ class Reconciler:
             side, item = ("legacy", legacy) if cloud is None else ("cloud", cloud)
             self._one_sided(side, item, has_xref)  # type: ignore[arg-type]
             return
-        if legacy.digest == cloud.digest:
+        if legacy.digest == cloud.digest and legacy.error is None and cloud.error is None:
             c.unchanged += 1
             return
-        diffs = diff_records(legacy.record, cloud.record)
+        legacy_record, cloud_record = self._load("legacy", legacy), self._load("cloud", cloud)
+        if legacy_record is None or cloud_record is None:
+            self.counts.untranslatable += 1
+            for side, item, record in (("legacy", legacy, legacy_record),
+                                       ("cloud", cloud, cloud_record)):
+                if record is None:
+                    self._untranslatable(side, item, count=False)
+            return
+        diffs = diff_records(legacy_record, cloud_record)
         if not diffs:
             # Same record, different representation (e.g. a hand-padded column).
             c.unchanged += 1
@@ -263,10 +278,32 @@ class Reconciler:
                            legacy=entry.legacy_key, cloud=entry.cloud_id,
                            detail="xref entry matches no record in either ERP"))
 
+    def _load(self, side: str, item: Item) -> CanonicalRecord | None:
+        """The item's record, or ``None`` (and ``item.error`` set) when it does not
+        translate: a record the canonical model cannot hold is a finding, not a crash."""
+        if item.error is None:
+            try:
+                return item.record
+            except CoexistError as exc:
+                item.error = str(exc)
+        return None
+
+    def _untranslatable(self, side: str, item: Item, *, count: bool = True) -> None:
+        if count:
+            self.counts.untranslatable += 1
+        self._emit(Finding(Kind.UNTRANSLATABLE, self.domain, item.key, side=side,
+                           detail=f"{side} ERP: {item.error}"))
+
     def _one_sided(self, side: str, item: Item, has_xref: bool) -> None:
         pending = self._pending[side]
+        if item.error is not None:
+            self._untranslatable(side, item)
+            return
         if item.nk is not None and not has_xref and len(pending) < self.pending_max:
-            item.record  # noqa: B018 - loaded now: its source may not be readable later
+            # Loaded now: its source may not be readable later.
+            if self._load(side, item) is None:
+                self._untranslatable(side, item)
+                return
             pending.append((item, has_xref))
             return
         if item.nk is not None and not has_xref:

@@ -20,6 +20,10 @@ class Kind(StrEnum):
     #: A legacy-only and a cloud-only record with one natural key and no xref:
     #: the same thing under two numbers.  Their field differences follow as mismatches.
     KEY_MISMATCH = "key_mismatch"
+    #: A record one ERP holds that the canonical model cannot hold (it does not
+    #: translate: a 150-character name, a negative price, a date 20231345).  Named
+    #: with its side and the translator's reason; the run goes on without it.
+    UNTRANSLATABLE = "untranslatable"
 
 
 #: Kinds ``--repair`` can fix by re-publishing the SoR's record.
@@ -64,6 +68,8 @@ class Counts:
     duplicates: int = 0
     orphans: int = 0
     key_mismatches: int = 0
+    #: Records of either side that do not translate to the canonical model.
+    untranslatable: int = 0
     findings: int = 0
 
     @property
@@ -72,10 +78,10 @@ class Counts:
 
         A discrepancy is a record on one side only, a matched pair that differs
         (a key mismatch counts once), each surplus record of a duplicate group,
-        and each orphan xref.
+        each orphan xref, and each record that does not translate.
         """
         differing = (self.exclusive_legacy + self.exclusive_cloud + self.mismatched
-                     + self.duplicates + self.orphans)
+                     + self.duplicates + self.orphans + self.untranslatable)
         total = max(self.rows_legacy, self.rows_cloud, 1)
         return round(100.0 * differing / total, 6)
 

@@ -28,8 +28,8 @@ KEEP_FINDINGS_MAX = 100_000
 PRINT_FINDINGS_DEFAULT = 20
 
 SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "exclusive_cloud",
-                   "mismatched", "unchanged", "duplicates", "orphans", "drift_pct", "mode",
-                   "status")
+                   "mismatched", "unchanged", "duplicates", "orphans", "key_mismatches",
+                   "untranslatable", "findings", "drift_pct", "mode", "status")
 
 
 @click.command("reconcile")
@@ -109,7 +109,7 @@ def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, repair
             results = []
             for domain in domains or DOMAINS:
                 results.append(_one(ctx, domain, max_drift, limit, mode, progress, deadline,
-                                    out, timeout, repair, yes))
+                                    out, timeout, repair, yes, fmt))
     finally:
         if overrides:
             app.close()
@@ -151,7 +151,7 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
 
 
 def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out, timeout,
-         repair, yes) -> tuple[Report, str, list[Finding]]:
+         repair, yes, fmt="table") -> tuple[Report, str, list[Finding]]:
     from workers.reconcile.cloud import CloudUnavailable
     from workers.reconcile.runner import ChecksumsUnavailable, ReconcileTimeout, reconcile_domain
 
@@ -184,6 +184,12 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
     except KeyboardInterrupt:
         ctx.runs.fail(run_id, "interrupted", "interrupted (Ctrl-C)")
         raise
+    except (CoexistError, UnsortedStream, ChecksumsUnavailable) as exc:
+        # Caught before BusError (CoexistError is one): bad data that escaped the
+        # per-record findings, or a side that breaks the sort contract, is not the
+        # cloud's fault.
+        ctx.runs.fail(run_id, "failed", str(exc))
+        raise UserError(f"reconcile {domain}: {exc}") from None
     except (CloudUnavailable, BusError, httpx.HTTPError) as exc:
         ctx.runs.fail(run_id, "failed", str(exc))
         raise UserError(f"reconcile {domain}: cloud ERP: {exc}") from None
@@ -191,21 +197,24 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
         ctx.runs.fail(run_id, "failed", str(getattr(exc, "orig", exc)))
         raise UserError(f"reconcile {domain}: legacy database: "
                         f"{getattr(exc, 'orig', exc)}") from None
-    except (CoexistError, UnsortedStream, ChecksumsUnavailable) as exc:
-        # Bad data in one of the ERPs (a record that does not translate names its
-        # domain, key, field and value), or a side that breaks the sort contract.
-        ctx.runs.fail(run_id, "failed", str(exc))
-        raise UserError(f"reconcile {domain}: {exc}") from None
+    except Exception as exc:
+        # Anything else still ends the run as failed (never left 'running', which would
+        # let the guards fall back on an older good run) and says so in one line.
+        reason = f"{type(exc).__name__}: {exc}"
+        ctx.runs.fail(run_id, "failed", reason)
+        raise UserError(f"reconcile {domain}: failed: {reason}") from None
     status = "drift" if report.counts.drift_pct > max_drift else "ok"
     ctx.runs.finish(run_id, report, status)
     ctx.runs.add_findings(run_id, kept)
     if repair:
-        _repair(ctx, domain, kept, run_id, yes, report.counts.findings > len(kept))
+        # With --format json/csv stdout is the summary alone: what repair says goes to stderr.
+        _repair(ctx, domain, kept, run_id, yes, report.counts.findings > len(kept),
+                err=fmt != "table")
     return report, status, kept
 
 
 def _repair(ctx: _Context, domain: str, findings: list[Finding], run_id: str, yes: bool,
-            truncated: bool) -> None:
+            truncated: bool, err: bool = False) -> None:
     from coexistence.flags import FlagSource
     from workers.flags import FlagAuditLog
     from workers.reconcile.repair import enqueue, plan_repairs
@@ -221,11 +230,12 @@ def _repair(ctx: _Context, domain: str, findings: list[Finding], run_id: str, ye
                    "(raise --limit or run again)", err=True)
     if not yes:
         for plan, _ in plans:
-            click.echo(f"would repair: {plan.describe()}")
-        click.echo(f"{domain}: {len(plans)} repairs planned; add --yes to enqueue them")
+            click.echo(f"would repair: {plan.describe()}", err=err)
+        click.echo(f"{domain}: {len(plans)} repairs planned; add --yes to enqueue them",
+                   err=err)
         return
     n = enqueue(ctx.state, plans, run_id)
-    click.echo(f"{domain}: {n} repairs enqueued in the outbox (run {run_id})")
+    click.echo(f"{domain}: {n} repairs enqueued in the outbox (run {run_id})", err=err)
 
 
 class _progress_bar:

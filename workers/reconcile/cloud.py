@@ -9,11 +9,14 @@ tolerances) before they are digested and compared.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
 from coexistence.canonical import CanonicalRecord
+from coexistence.errors import CoexistError
 from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
 from coexistence.reconcile.engine import Item
 from coexistence.reconcile.segments import Segment
@@ -31,6 +34,48 @@ def item_of(record: CanonicalRecord) -> Item:
     record = normalise(record)
     return Item(record.key, record_digest(record, normalised=True),
                 natural_key_hash(natural_key(record)), record=record)
+
+
+#: The digest of a cloud record that does not translate: it matches no legacy record.
+UNTRANSLATABLE_DIGEST = 0
+
+
+def item_of_json(domain: str, line: bytes | str) -> Item:
+    """A cloud document as an ``Item``; one the canonical model cannot hold (a
+    150-character name, a negative price) becomes an item carrying its error, so
+    the run reports it and goes on."""
+    try:
+        return item_of(canonical_from_json(domain, line))
+    except CoexistError as exc:
+        error = str(exc)
+    try:
+        number = json.loads(line).get("number")
+    except (ValueError, AttributeError):
+        number = None
+    if not isinstance(number, str) or not number:
+        raise CloudUnavailable(f"cloud ERP sent a {domain} document without a number: "
+                               f"{_clip(line)}")
+    return Item(number, UNTRANSLATABLE_DIGEST, None, error=error)
+
+
+def _clip(value: Any, n: int = 200) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _segment_rows(body: Any, path: str, key: str = "segments") -> list:
+    """``body[key]`` checked to be ``[[lo, count, sum], ...]`` (str, int >= 0, int)."""
+    rows = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+            and _int(r[1]) and r[1] >= 0 and _int(r[2]) for r in rows):
+        raise CloudUnavailable(f"cloud ERP answered an unexpected shape on {path}: "
+                               f"{_clip(body)}")
+    return rows
 
 
 #: How long the first checksum request may take, in seconds: the cloud digests every
@@ -71,19 +116,25 @@ class CloudReader:
                              self.segments_timeout_s)
         if response.status_code in (404, 405, 501):
             return None
+        path = response.request.url.path
         body = self._json(response)
-        segs = body["segments"]
+        segs = _segment_rows(body, path)
+        dups = body.get("duplicates")
+        if not isinstance(dups, list) or not all(
+                isinstance(g, list) and all(isinstance(k, str) for k in g) for g in dups):
+            raise CloudUnavailable(f"cloud ERP answered an unexpected shape on {path}: "
+                                   f"{_clip(body)}")
         out = [Segment(lo, segs[i + 1][0] if i + 1 < len(segs) else None, count, total)
                for i, (lo, count, total) in enumerate(segs)]
-        return out, body["duplicates"]
+        return out, dups
 
     def split(self, domain: str, lo: str, hi: str | None, parts: int) -> list[Segment]:
         """The cloud's checksums of up to ``parts`` pieces of ``[lo, hi)``."""
         params = {"from": lo, "parts": parts}
         if hi is not None:
             params["to"] = hi
-        segs = self._json(self._get(f"/reconcile/{RESOURCES[domain]}/segments", params))[
-            "segments"]
+        response = self._get(f"/reconcile/{RESOURCES[domain]}/segments", params)
+        segs = _segment_rows(self._json(response), response.request.url.path)
         return [Segment(s_lo, segs[i + 1][0] if i + 1 < len(segs) else hi, count, total)
                 for i, (s_lo, count, total) in enumerate(segs)]
 
@@ -97,7 +148,13 @@ class CloudReader:
         except httpx.HTTPError as exc:
             raise CloudUnavailable(f"cloud ERP {self.http.base_url}: splitting {domain} "
                                    f"segments: {type(exc).__name__}: {exc}") from None
-        answers = self._json(response)["segments"]
+        path = response.request.url.path
+        body = self._json(response)
+        answers = body.get("segments") if isinstance(body, dict) else None
+        if not isinstance(answers, list) or len(answers) != len(ranges):
+            raise CloudUnavailable(f"cloud ERP answered an unexpected shape on {path}: "
+                                   f"{_clip(body)}")
+        answers = [_segment_rows({"segments": a}, path) for a in answers]
         return [[Segment(s_lo, segs[i + 1][0] if i + 1 < len(segs) else hi, count, total)
                  for i, (s_lo, count, total) in enumerate(segs)]
                 for (_, hi), segs in zip(ranges, answers, strict=True)]
@@ -127,17 +184,47 @@ class CloudReader:
                 for line in response.iter_lines():
                     if line:
                         self.records_fetched += 1
-                        yield item_of(canonical_from_json(domain, line))
+                        yield item_of_json(domain, line)
         except httpx.HTTPError as exc:
             raise CloudUnavailable(f"cloud ERP {self.http.base_url}: reading {domain}: "
                                    f"{type(exc).__name__}: {exc}") from None
 
-    def stream(self, domain: str) -> Iterator[Item]:
-        """Every record through the adapter's export (works against any cloud ERP)."""
-        self.requests += 1
-        for record in self.erp.stream(domain):
-            self.records_fetched += 1
-            yield item_of(record)
+    def stream(self, domain: str, after: str = "", upto: str | None = None) -> Iterator[Item]:
+        """Every record with ``after < key`` (and ``key <= upto``) through the cloud's
+        export, sorted by key (works against any cloud ERP).  Like ``CloudErp.stream``,
+        but a document that does not translate is an item carrying its error, not the
+        end of the run; a cut stream resumes behind the last item, within the
+        adapter's retry budget."""
+        path = f"/export/{RESOURCES[domain]}"
+        failures = 0
+        while True:
+            self.requests += 1
+            try:
+                self.erp.limiter.acquire()
+                with self.http.stream("GET", path, params={"after": after}) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        raise CloudUnavailable(f"cloud ERP answered {response.status_code} "
+                                               f"on {path}: {response.text[:200]}")
+                    for line in response.iter_lines():
+                        if not line:
+                            continue
+                        item = item_of_json(domain, line)
+                        if upto is not None and item.key > upto:
+                            return
+                        after = item.key
+                        self.records_fetched += 1
+                        yield item
+                    return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures >= self.erp.attempts:
+                    raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: export of "
+                                           f"{domain} failed {failures} times: "
+                                           f"{type(exc).__name__}: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: "
+                                       f"{type(exc).__name__}: {exc}") from None
 
     def get(self, domain: str, key: str) -> CanonicalRecord | None:
         """The record as the cloud holds it now (for repairs), or ``None``."""

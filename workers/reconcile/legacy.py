@@ -20,7 +20,8 @@ from sqlalchemy import Engine, select
 from coexistence.reconcile.digest import ROW_NATURAL_KEYS, digest_columns, natural_key_hash
 from coexistence.reconcile.digest import values_digest as _digest
 from coexistence.reconcile.engine import Item
-from workers.legacy_erp.adapter import LegacyErp
+from coexistence.reconcile.tolerances import normalise
+from workers.legacy_erp.adapter import CANONICAL_KEY_PARTS, LegacyErp
 
 #: Rows fetched per round trip.
 LEGACY_BATCH_ROWS = 2000
@@ -52,6 +53,7 @@ class LegacyReader:
             nk_c = [child_cols.index(c) for c in nk_spec[1]]
             nk_fn = nk_spec[2]
         translate = d.t.to_canonical
+        number_keys = [c for c, kind in CANONICAL_KEY_PARTS[domain] if kind == "number"]
         conn = self.engine.connect()
         try:
             if dialect == "postgresql":
@@ -84,7 +86,7 @@ class LegacyReader:
                     nk = natural_key_hash(nk_fn([header[i] for i in nk_h],
                                                 [[row[i] for i in nk_c] for row in children]))
                 yield Item(key, digest, nk, _loader(translate, h_names, header, c_names,
-                                                    children))
+                                                    children, number_keys))
         finally:
             conn.close()
 
@@ -118,8 +120,22 @@ def h_names_of(head_cols, table, column: str) -> int:
     return names.index(column)
 
 
-def _loader(translate, h_names, header, c_names, children):
+def _unpadded(row: dict, keys) -> dict:
+    # A key typed without zero padding ("42") is space-padded by PostgreSQL's CHAR and
+    # kept as typed by SQLite: read it as typed on both, as the sort key does.
+    for k in keys:
+        value = row.get(k)
+        if isinstance(value, str):
+            row[k] = value.rstrip(" ")
+    return row
+
+
+def _loader(translate, h_names, header, c_names, children, keys=()):
+    # Normalised like the cloud side: a value typed into the legacy ERP by hand (mixed
+    # case, say) that the legacy ERP's own writes would have normalised is the same
+    # record within the declared tolerances, not a mismatch.
     def load():
-        return translate(dict(zip(h_names, header, strict=False)),
-                         [dict(zip(c_names, row, strict=False)) for row in children])
+        return normalise(translate(
+            _unpadded(dict(zip(h_names, header, strict=False)), keys),
+            [_unpadded(dict(zip(c_names, row, strict=False)), keys) for row in children]))
     return load

@@ -104,7 +104,9 @@ class RunStore:
                 tolerances=json.dumps(list(report.tolerances)),
                 detail=json.dumps({"segments": report.segments,
                                    "segments_differing": report.segments_differing,
-                                   "cloud_records_fetched": report.cloud_records_fetched})))
+                                   "cloud_records_fetched": report.cloud_records_fetched,
+                                   "key_mismatches": c.key_mismatches,
+                                   "untranslatable": c.untranslatable})))
 
     def fail(self, run_id: str, status: str, reason: str) -> None:
         with self.engine.begin() as conn:
