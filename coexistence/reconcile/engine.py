@@ -179,6 +179,7 @@ class Reconciler:
         self._entry = next(self._xref, None)
         self._dups = {"legacy": DuplicateTracker(), "cloud": DuplicateTracker()}
         self._cloud_dup_groups: list[list[str]] | None = None
+        self._given_dups: dict[str, list[list[str]]] = {}
         self._pending: dict[str, list[tuple[Item, bool]]] = {"legacy": [], "cloud": []}
         self.pending_max = pending_max
         #: True when more one-sided records came than could be held for pairing.
@@ -194,6 +195,11 @@ class Reconciler:
     def cloud_duplicates(self, groups: list[list[str]]) -> None:
         """Duplicate groups the cloud computed itself (its records were not all streamed)."""
         self._cloud_dup_groups = [sorted(g) for g in groups]
+
+    def side_duplicates(self, side: str, groups: list[list[str]]) -> None:
+        """Duplicate groups of one side found elsewhere (the digest index), not by
+        ``observe`` (that side's records were not all read)."""
+        self._given_dups[side] = [sorted(g) for g in groups]
 
     def equal(self, items: Iterable[Item]) -> None:
         """Records present and equal on both sides (proved by a segment checksum)."""
@@ -249,6 +255,7 @@ class Reconciler:
         groups = {"legacy": self._dups["legacy"].groups(),
                   "cloud": (self._cloud_dup_groups if self._cloud_dup_groups is not None
                             else self._dups["cloud"].groups())}
+        groups.update(self._given_dups)
         for side, side_groups in groups.items():
             for keys in side_groups:
                 self.counts.duplicates += len(keys) - 1

@@ -90,17 +90,20 @@ def odd_cloud():
         server.server_close()
 
 
+@pytest.mark.parametrize("mode", ["checksum", "auto"])
 @pytest.mark.parametrize("body", [
     b'{"unexpected": true}',
     b'{"segments": [["", "many", 3]], "duplicates": []}',
     b'[1, 2, 3]',
 ])
 def test_a_cloud_answering_an_unexpected_shape_fails_the_run_with_exit_2(env, odd_cloud,
-                                                                        monkeypatch, body):
+                                                                        monkeypatch, body,
+                                                                        mode):
     write_legacy(env["legacy"], list(iter_customers(5, seed=5)))
     _good_run(env)
     monkeypatch.setenv("COEXIST_CLOUD_URL", odd_cloud(body))
-    result = CliRunner().invoke(cli_main(), ["reconcile", "customer", "--no-progress"])
+    result = CliRunner().invoke(cli_main(), ["reconcile", "customer", "--no-progress",
+                                             "--mode", mode])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.exception.__class__ is SystemExit
     lines = result.output.strip().splitlines()

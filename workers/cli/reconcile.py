@@ -48,9 +48,18 @@ SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "e
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="S", help="Give up after S seconds, even on a hung cloud ERP (exit 2; "
                                 "the run is stored as timed out).")
-@click.option("--mode", type=click.Choice(["auto", "checksum", "full"]), default="auto",
-              show_default=True,
-              help="auto: segment checksums when the cloud offers them, else a full stream.")
+@click.option("--mode", type=click.Choice(["auto", "index", "checksum", "full"]),
+              default="auto", show_default=True,
+              help="auto/index: compare coexist's digest indexes of both ERPs and verify "
+                   "only what differs (and a sample) live; the first run (cold) streams "
+                   "both in full and builds the indexes.  checksum: the simulator's "
+                   "segment checksums.  full: stream both ERPs.")
+@click.option("--deep", "--rebuild-index", "deep", is_flag=True,
+              help="Stream both ERPs in full and rebuild the digest indexes from them: "
+                   "sees writes that bypassed capture (a TRUNCATE, a disabled trigger).")
+@click.option("--sample", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Index mode: records per side verified live beyond the suspects "
+                   "(default 200).")
 @click.option("--repair", is_flag=True,
               help="Re-publish the system of record's version of the findings through the "
                    "outbox (dry run unless --yes).")
@@ -64,8 +73,8 @@ SUMMARY_COLUMNS = ("domain", "rows_legacy", "rows_cloud", "exclusive_legacy", "e
 @click.option("--state-url", default=None, metavar="URL",
               help="coexist's state database (default COEXIST_STATE_URL).")
 @click.pass_obj
-def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, repair, yes, progress,
-              legacy_url, cloud_url, state_url) -> None:
+def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, deep, sample, repair,
+              yes, progress, legacy_url, cloud_url, state_url) -> None:
     """Compare the legacy and the cloud ERP record by record and field by field.
 
     Both sides are brought into one canonical form through the translators; the
@@ -109,7 +118,7 @@ def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, repair
             results = []
             for domain in domains or DOMAINS:
                 results.append(_one(ctx, domain, max_drift, limit, mode, progress, deadline,
-                                    out, timeout, repair, yes, fmt))
+                                    out, timeout, repair, yes, fmt, deep, sample))
     finally:
         if overrides:
             app.close()
@@ -151,9 +160,9 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
 
 
 def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out, timeout,
-         repair, yes, fmt="table") -> tuple[Report, str, list[Finding]]:
+         repair, yes, fmt="table", deep=False, sample=None) -> tuple[Report, str, list[Finding]]:
     from workers.reconcile.cloud import CloudUnavailable
-    from workers.reconcile.runner import ChecksumsUnavailable, ReconcileTimeout, reconcile_domain
+    from workers.reconcile.runner import ChecksumsUnavailable, ReconcileTimeout
 
     keep_max = KEEP_FINDINGS_MAX if limit is None else min(limit, KEEP_FINDINGS_MAX)
     kept: list[Finding] = []
@@ -175,9 +184,7 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
             raise ReconcileTimeout(domain)
         with hard_deadline(remaining, lambda: ReconcileTimeout(domain)), \
                 _progress_bar(progress, domain) as tick:
-            report = reconcile_domain(domain, ctx.legacy, ctx.cloud,
-                                      xref=ctx.xref.entries(domain), mode=mode,
-                                      on_finding=on_finding, progress=tick, deadline=deadline)
+            report = _compare(ctx, domain, mode, deep, sample, on_finding, tick, deadline)
     except ReconcileTimeout:
         ctx.runs.fail(run_id, "timeout", f"timed out after {timeout} s")
         raise UserError(f"reconcile {domain}: timed out after {timeout:g} s") from None
@@ -211,6 +218,22 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
         _repair(ctx, domain, kept, run_id, yes, report.counts.findings > len(kept),
                 err=fmt != "table")
     return report, status, kept
+
+
+def _compare(ctx: _Context, domain, mode, deep, sample, on_finding, tick, deadline) -> Report:
+    from workers.reconcile import index
+    from workers.reconcile.by_index import SAMPLE_RECORDS, reconcile_by_index
+    from workers.reconcile.runner import reconcile_domain
+
+    if not deep and mode in ("auto", "index") and index.built(ctx.state, domain):
+        report, _ = reconcile_by_index(
+            domain, ctx.legacy, ctx.cloud, ctx.state, on_finding=on_finding,
+            sample=SAMPLE_RECORDS if sample is None else sample, deadline=deadline)
+        return report
+    rebuild = ctx.state if deep or mode in ("auto", "index") else None
+    return reconcile_domain(domain, ctx.legacy, ctx.cloud, xref=ctx.xref.entries(domain),
+                            mode=mode if rebuild is None else "full", on_finding=on_finding,
+                            progress=tick, deadline=deadline, rebuild_index=rebuild)
 
 
 def _repair(ctx: _Context, domain: str, findings: list[Finding], run_id: str, yes: bool,

@@ -53,8 +53,8 @@ def item_of_json(domain: str, line: bytes | str) -> Item:
     except (ValueError, AttributeError):
         number = None
     if not isinstance(number, str) or not number:
-        raise CloudUnavailable(f"cloud ERP sent a {domain} document without a number: "
-                               f"{_clip(line)}")
+        raise CloudUnavailable(f"cloud ERP answered an unexpected shape for {domain}: a "
+                               f"document without a number: {_clip(line)}")
     return Item(number, UNTRANSLATABLE_DIGEST, None, error=error)
 
 

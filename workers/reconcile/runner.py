@@ -50,7 +50,7 @@ OVERFLOW_SLACK_RECORDS = 1024
 #: Items between two looks at the clock and two progress updates.
 TICK_RECORDS = 1000
 
-MODES = ("auto", "checksum", "full")
+MODES = ("auto", "index", "checksum", "full")
 
 
 class ReconcileTimeout(Exception):
@@ -122,22 +122,50 @@ def reconcile_domain(
     progress: Callable[[int], None] | None = None,
     deadline: float | None = None,
     tuning: Tuning | None = None,
+    rebuild_index=None,
 ) -> Report:
-    """Compare ``domain`` in both ERPs; findings go to ``on_finding`` as found."""
+    """Compare ``domain`` in both ERPs; findings go to ``on_finding`` as found.
+
+    ``rebuild_index`` (a state engine; full mode only): the streams also rebuild both
+    sides' digest indexes (``workers.reconcile.index``), committed when the run ends."""
     tuning = tuning or Tuning()
+    if rebuild_index is None:
+        return _reconcile_domain(domain, legacy, cloud, xref=xref, mode=mode,
+                                 on_finding=on_finding, progress=progress, deadline=deadline,
+                                 tuning=tuning, tees=None)
+    from workers.reconcile.index import IndexTee
+
+    tees = {side: IndexTee(rebuild_index, domain, side) for side in ("legacy", "cloud")}
+    report = _reconcile_domain(domain, legacy, cloud, xref=xref, mode="full",
+                               on_finding=on_finding, progress=progress,
+                               deadline=deadline, tuning=tuning, tees=tees)
+    for tee in tees.values():
+        tee.rebuild.finish()
+    report.mode = "full+index"
+    return report
+
+
+def _reconcile_domain(domain, legacy, cloud, *, xref, mode, on_finding, progress, deadline,
+                      tuning, tees) -> Report:
     if deadline is not None and time.monotonic() > deadline:
         raise ReconcileTimeout
     rec = Reconciler(domain, xref=xref, on_finding=on_finding)
     report = Report(domain, tolerances=tolerances_for(domain))
     cloud.records_fetched = cloud.requests = 0  # per domain: the fallback judges by them
-    items = _Peek(legacy.items(domain), rec, deadline, progress)
+    legacy_items = legacy.items(domain)
+    if tees is not None:
+        legacy_items = tees["legacy"].wrap(legacy_items)
+    items = _Peek(legacy_items, rec, deadline, progress)
     checks = cloud.segments(domain, tuning.segment_records) if mode != "full" else None
     if checks is None and mode == "checksum":
         raise ChecksumsUnavailable(f"the cloud ERP offers no checksums for {domain}; "
                                    "use --mode full or auto")
     if checks is None:
         report.mode = "full"
-        cloud_items = _observed(cloud.stream(domain), rec, deadline)
+        cloud_stream = cloud.stream(domain)
+        if tees is not None:
+            cloud_stream = tees["cloud"].wrap(cloud_stream)
+        cloud_items = _observed(cloud_stream, rec, deadline)
         for pair in merge(items.below(None), cloud_items):
             rec.pair(*pair)
     else:

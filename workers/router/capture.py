@@ -51,6 +51,7 @@ from coexistence.router import (
     split_version,
 )
 from workers import checkpoints, metrics
+from workers.reconcile import index as reconcile_index
 from workers.router import queues
 from workers.router.state import RouteRow, get_routes, put_routes
 
@@ -229,6 +230,7 @@ class CaptureLoop:
                         raise _NotRead(batch.missing)
                     batch.flush(session)
                     routes.flush()
+                    reconcile_index.update(session, self.system, changes, records)
                     checkpoints.advance(session, self.feed_name, through, expected=after)
                     session.commit()
             except _NotRead as missing:

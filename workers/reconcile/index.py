@@ -1,0 +1,411 @@
+"""Per-record digest indexes of both ERPs in coexist's state, with bucket sums kept
+incrementally, so that ``coexist reconcile`` compares two indexes before it reads either ERP.
+
+Tables (state revision 0010):
+
+* ``reconcile_index``: one row per (domain, side, key): the record's digest
+  (``coexistence.reconcile.digest``: the legacy row form of its legacy-normalised
+  canonical record) and its natural-key hash.  ``digest`` NULL means "not known":
+  a record coexist itself wrote (capture does not read its own echoes back) or one
+  that does not translate; such a record is verified against the live systems on the
+  next run, which then writes what it read back into the index.
+* ``reconcile_bucket``: per (domain, side, bucket) the number of records, the sum
+  modulo 2**64 of their digests and the number of unknown digests.  A key's bucket is
+  a hash of the key (``BUCKETS`` of them), so buckets stay balanced and fixed as
+  records come and go: each change moves one bucket's figures by its own delta.
+* ``reconcile_index_side``: per (domain, side) when the index was (re)built from a
+  full stream; no row: never built (the next run is "cold").  Its row is also the
+  lock every writer of that side's index takes (capture and a run's write-back), so
+  the read-modify-write of the bucket sums never interleaves.
+
+Fed by the router's capture (``update``, one call per batch inside the batch's state
+transaction, from the records capture already read: no ERP read there), rebuilt from
+full streams (``Rebuild``), corrected by each run's verification (``apply``).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from hashlib import blake2b
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, and_, delete, insert, select
+from sqlalchemy.engine import Connection
+from sqlmodel import Field
+
+from coexistence.ports import COEXIST_WRITER
+from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
+from coexistence.reconcile.tolerances import normalise
+from workers.db import StateTable
+
+#: Buckets per (domain, side): 65,536 keeps ~15 records a bucket at 1M records, so a
+#: differing bucket costs few index rows to compare.
+BUCKETS = 1 << 16
+_MASK = (1 << 64) - 1
+_SIGN = 1 << 63
+#: Rows per INSERT while rebuilding.
+REBUILD_CHUNK_ROWS = 5000
+#: Keys per SELECT ... IN.
+IN_CHUNK = 500
+SIDES = ("legacy", "cloud")
+#: The writer name of coexist's own writes in both change feeds.
+COEXIST_WRITERS = frozenset({COEXIST_WRITER})
+
+
+class ReconcileIndexEntry(StateTable, table=True):
+    """One record's digest as the index last knew it."""
+
+    __tablename__ = "reconcile_index"
+    __table_args__ = (
+        # A differing bucket's entries; duplicates by natural key; orphan xref entries.
+        Index("ix_reconcile_index_bucket", "domain", "side", "bucket"),
+        Index("ix_reconcile_index_nk", "domain", "side", "nk"),
+        Index("ix_reconcile_index_key", "domain", "key"),
+    )
+
+    domain: str = Field(primary_key=True, sa_type=String(20))
+    side: str = Field(primary_key=True, sa_type=String(8))
+    key: str = Field(primary_key=True, sa_type=String(80))
+    bucket: int = Field(sa_type=Integer)
+    digest: int | None = Field(default=None, sa_type=BigInteger)
+    nk: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class ReconcileBucket(StateTable, table=True):
+    """Count, digest sum (mod 2**64, stored signed) and unknown digests of one bucket."""
+
+    __tablename__ = "reconcile_bucket"
+
+    domain: str = Field(primary_key=True, sa_type=String(20))
+    side: str = Field(primary_key=True, sa_type=String(8))
+    bucket: int = Field(primary_key=True, sa_type=Integer)
+    count: int = Field(default=0, sa_type=BigInteger)
+    total: int = Field(default=0, sa_type=BigInteger)
+    unknown: int = Field(default=0, sa_type=BigInteger)
+
+
+class ReconcileIndexSide(StateTable, table=True):
+    """When one side's index was last rebuilt from a full stream (and its writers' lock)."""
+
+    __tablename__ = "reconcile_index_side"
+
+    domain: str = Field(primary_key=True, sa_type=String(20))
+    side: str = Field(primary_key=True, sa_type=String(8))
+    built_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+ENTRY = ReconcileIndexEntry.__table__  # type: ignore[attr-defined]
+BUCKET = ReconcileBucket.__table__  # type: ignore[attr-defined]
+SIDE = ReconcileIndexSide.__table__  # type: ignore[attr-defined]
+
+
+def bucket_of(key: str) -> int:
+    return int.from_bytes(blake2b(key.encode(), digest_size=4).digest(), "big") & (BUCKETS - 1)
+
+
+def _signed(n: int) -> int:
+    n &= _MASK
+    return n - (1 << 64) if n & _SIGN else n
+
+
+def digest_of(record) -> tuple[int, int | None]:
+    """(digest, natural-key hash) of a canonical record, as the readers compute them."""
+    record = normalise(record)
+    return record_digest(record, normalised=True), natural_key_hash(natural_key(record))
+
+
+#: ``apply``'s value for "the record is gone".
+REMOVED = None
+
+
+def _lock(conn: Connection, domain: str, side: str) -> bool:
+    """Take the side's writer lock; False when its index was never built (nothing to keep)."""
+    row = conn.execute(select(SIDE.c.built_at).where(
+        and_(SIDE.c.domain == domain, SIDE.c.side == side)).with_for_update()).first()
+    return row is not None
+
+
+def apply(conn: Connection, domain: str, side: str,
+          entries: Mapping[str, tuple[int | None, int | None] | None], *,
+          lock: bool = True) -> int:
+    """Set index entries (key -> (digest or None, nk), or ``REMOVED``) and move their
+    buckets' figures by the difference.  Returns how many entries changed.  Does nothing
+    when the side's index was never built."""
+    if not entries or (lock and not _lock(conn, domain, side)):
+        return 0
+    keys = list(entries)
+    old: dict[str, tuple[int | None, int | None]] = {}
+    for start in range(0, len(keys), IN_CHUNK):
+        chunk = keys[start:start + IN_CHUNK]
+        for key, digest, nk in conn.execute(select(ENTRY.c.key, ENTRY.c.digest, ENTRY.c.nk).where(
+                and_(ENTRY.c.domain == domain, ENTRY.c.side == side, ENTRY.c.key.in_(chunk)))):
+            old[key] = (digest, nk)
+    moves: dict[int, list[int]] = {}  # bucket -> [count, total, unknown] deltas
+    gone, put = [], []
+    for key, new in entries.items():
+        before = old.get(key, REMOVED)
+        if before == new:
+            continue
+        b = bucket_of(key)
+        delta = moves.setdefault(b, [0, 0, 0])
+        if before is not None:
+            delta[0] -= 1
+            if before[0] is None:
+                delta[2] -= 1
+            else:
+                delta[1] -= before[0]
+            gone.append(key)
+        if new is not None:
+            delta[0] += 1
+            if new[0] is None:
+                delta[2] += 1
+            else:
+                delta[1] += new[0]
+            put.append({"domain": domain, "side": side, "key": key, "bucket": b,
+                        "digest": new[0], "nk": new[1]})
+    for start in range(0, len(gone), IN_CHUNK):
+        conn.execute(delete(ENTRY).where(and_(ENTRY.c.domain == domain, ENTRY.c.side == side,
+                                              ENTRY.c.key.in_(gone[start:start + IN_CHUNK]))))
+    if put:
+        conn.execute(insert(ENTRY), put)
+    if moves:
+        _move_buckets(conn, domain, side, moves)
+    return len(gone) + len(put) - len(set(gone) & {p["key"] for p in put})
+
+
+def _move_buckets(conn: Connection, domain: str, side: str,
+                  moves: Mapping[int, list[int]]) -> None:
+    buckets = list(moves)
+    current: dict[int, tuple[int, int, int]] = {}
+    for start in range(0, len(buckets), IN_CHUNK):
+        chunk = buckets[start:start + IN_CHUNK]
+        for b, count, total, unknown in conn.execute(
+                select(BUCKET.c.bucket, BUCKET.c.count, BUCKET.c.total, BUCKET.c.unknown).where(
+                    and_(BUCKET.c.domain == domain, BUCKET.c.side == side,
+                         BUCKET.c.bucket.in_(chunk)))):
+            current[b] = (count, total, unknown)
+    rows = []
+    for b, (dc, dt, du) in moves.items():
+        count, total, unknown = current.get(b, (0, 0, 0))
+        if count + dc == 0:
+            continue  # an empty bucket has no row (as after a rebuild)
+        rows.append({"domain": domain, "side": side, "bucket": b, "count": count + dc,
+                     "total": _signed(total + dt), "unknown": unknown + du})
+    for start in range(0, len(buckets), IN_CHUNK):
+        chunk = buckets[start:start + IN_CHUNK]
+        conn.execute(delete(BUCKET).where(and_(
+            BUCKET.c.domain == domain, BUCKET.c.side == side, BUCKET.c.bucket.in_(chunk))))
+    if rows:
+        conn.execute(insert(BUCKET), rows)
+
+
+def update(session_or_conn: Any, system: str, changes: Iterable[Any],
+           records: Mapping[tuple[str, str], Any]) -> None:
+    """The router's capture, once per batch inside the batch's state transaction: keep
+    ``system``'s index in step with the changes it routes, from the records capture
+    already read (``records``: (domain, key) -> canonical record, absent when gone).
+
+    A change coexist wrote itself (an echo, which capture does not read back) makes the
+    entry unknown: the next run verifies that record live and records what it read.
+    """
+    conn = session_or_conn if isinstance(session_or_conn, Connection) else (
+        session_or_conn.connection())
+    by_domain: dict[str, dict[str, tuple[int | None, int | None] | None]] = {}
+    for change in changes:
+        entries = by_domain.setdefault(change.domain, {})
+        if change.op == "delete":
+            entries[change.key] = REMOVED
+        elif change.writer in COEXIST_WRITERS:
+            entries[change.key] = (None, None)
+        else:
+            record = records.get((change.domain, change.key))
+            if record is None:
+                entries[change.key] = REMOVED  # gone by the time capture read it
+                continue
+            try:
+                entries[change.key] = digest_of(record)
+            except Exception:  # noqa: BLE001 - a record that does not fit: unknown, verified
+                entries[change.key] = (None, None)
+    for domain, entries in by_domain.items():
+        apply(conn, domain, system, entries)
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+class Rebuild:
+    """One side's index written afresh from a full stream: ``add`` per item (held in
+    compact arrays, ~25 bytes a record, while the stream runs: the state database may
+    take one writer only, SQLite's BEGIN IMMEDIATE), then ``finish`` replaces the side's
+    index in one transaction, the old one visible until it commits."""
+
+    def __init__(self, engine, domain: str, side: str) -> None:
+        self.engine, self.domain, self.side = engine, domain, side
+        self.keys = bytearray()
+        self.ends = array("Q")
+        self.digests = array("q")
+        self.nks = array("q")
+        self.flags = bytearray()  # bit 0: digest unknown, bit 1: no natural key
+        self.records = 0
+
+    def add(self, key: str, digest: int | None, nk: int | None) -> None:
+        self.keys += key.encode()
+        self.ends.append(len(self.keys))
+        self.digests.append(0 if digest is None else digest)
+        self.nks.append(0 if nk is None else nk)
+        self.flags.append((digest is None) | (nk is None) << 1)
+        self.records += 1
+
+    def _rows(self):
+        start = 0
+        keys, ends, digests, nks, flags = self.keys, self.ends, self.digests, self.nks, self.flags
+        domain, side = self.domain, self.side
+        for i in range(self.records):
+            key = keys[start:ends[i]].decode()
+            start = ends[i]
+            f = flags[i]
+            yield {"domain": domain, "side": side, "key": key, "bucket": bucket_of(key),
+                   "digest": None if f & 1 else digests[i], "nk": None if f & 2 else nks[i]}
+
+    def finish(self) -> None:
+        count = [0] * BUCKETS
+        total = [0] * BUCKETS
+        unknown = [0] * BUCKETS
+        domain, side = self.domain, self.side
+        with self.engine.begin() as conn:
+            if not _lock(conn, domain, side):
+                conn.execute(insert(SIDE).values(domain=domain, side=side, built_at=None))
+            conn.execute(delete(ENTRY).where(and_(ENTRY.c.domain == domain,
+                                                  ENTRY.c.side == side)))
+            conn.execute(delete(BUCKET).where(and_(BUCKET.c.domain == domain,
+                                                   BUCKET.c.side == side)))
+            chunk: list[dict] = []
+            for row in self._rows():
+                b = row["bucket"]
+                count[b] += 1
+                if row["digest"] is None:
+                    unknown[b] += 1
+                else:
+                    total[b] += row["digest"]
+                chunk.append(row)
+                if len(chunk) >= REBUILD_CHUNK_ROWS:
+                    conn.execute(insert(ENTRY), chunk)
+                    chunk = []
+            if chunk:
+                conn.execute(insert(ENTRY), chunk)
+            rows = [{"domain": domain, "side": side, "bucket": b, "count": c,
+                     "total": _signed(total[b]), "unknown": unknown[b]}
+                    for b, c in enumerate(count) if c]
+            for start in range(0, len(rows), REBUILD_CHUNK_ROWS):
+                conn.execute(insert(BUCKET), rows[start:start + REBUILD_CHUNK_ROWS])
+            conn.execute(SIDE.update().where(and_(SIDE.c.domain == domain,
+                                                  SIDE.c.side == side)).values(
+                built_at=datetime.now(UTC)))
+
+
+class IndexTee:
+    """A side's full stream that also rebuilds that side's index (a cold run, ``--deep``)."""
+
+    def __init__(self, engine, domain: str, side: str) -> None:
+        self.rebuild = Rebuild(engine, domain, side)
+
+    def wrap(self, items):
+        add = self.rebuild.add
+        for item in items:
+            add(item.key, None if item.error else item.digest, item.nk)
+            yield item
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def built(engine, domain: str) -> bool:
+    """Were both sides' indexes of ``domain`` built?"""
+    with engine.connect() as conn:
+        n = conn.execute(select(SIDE.c.side).where(and_(
+            SIDE.c.domain == domain, SIDE.c.built_at.is_not(None)))).all()
+    return {s for (s,) in n} >= set(SIDES)
+
+
+def buckets(conn: Connection, domain: str, side: str) -> dict[int, tuple[int, int, int]]:
+    return {b: (c, t, u) for b, c, t, u in conn.execute(
+        select(BUCKET.c.bucket, BUCKET.c.count, BUCKET.c.total, BUCKET.c.unknown).where(
+            and_(BUCKET.c.domain == domain, BUCKET.c.side == side)))}
+
+
+def entries_in(conn: Connection, domain: str, side: str, bucket_ids: list[int],
+               ) -> dict[str, tuple[int | None, int | None]]:
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for start in range(0, len(bucket_ids), IN_CHUNK):
+        chunk = bucket_ids[start:start + IN_CHUNK]
+        for key, digest, nk in conn.execute(select(ENTRY.c.key, ENTRY.c.digest, ENTRY.c.nk).where(
+                and_(ENTRY.c.domain == domain, ENTRY.c.side == side,
+                     ENTRY.c.bucket.in_(chunk)))):
+            out[key] = (digest, nk)
+    return out
+
+
+def sample_keys(conn: Connection, domain: str, side: str, n: int, seed: int) -> list[str]:
+    """About ``n`` keys of one side's index, from buckets picked by ``seed``."""
+    if n <= 0:
+        return []
+    import random
+
+    rng = random.Random(seed)
+    rows = conn.execute(select(BUCKET.c.bucket, BUCKET.c.count).where(and_(
+        BUCKET.c.domain == domain, BUCKET.c.side == side))).all()
+    if not rows:
+        return []
+    picked, total = [], 0
+    for b, c in rng.sample(rows, len(rows)):
+        picked.append(b)
+        total += c
+        if total >= n:
+            break
+    return sorted(entries_in(conn, domain, side, picked))
+
+
+def duplicate_groups(conn: Connection, domain: str, side: str) -> list[list[str]]:
+    """Keys of one side sharing a natural-key hash, from the index."""
+    dup = (select(ENTRY.c.nk).where(and_(ENTRY.c.domain == domain, ENTRY.c.side == side,
+                                         ENTRY.c.nk.is_not(None)))
+           .group_by(ENTRY.c.nk).having(_count() > 1).subquery())
+    groups: dict[int, list[str]] = {}
+    for key, nk in conn.execute(select(ENTRY.c.key, ENTRY.c.nk).where(and_(
+            ENTRY.c.domain == domain, ENTRY.c.side == side, ENTRY.c.nk.in_(select(dup.c.nk))))):
+        groups.setdefault(nk, []).append(key)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def _count():
+    from sqlalchemy import func
+    return func.count()
+
+
+def orphan_xref(conn: Connection, domain: str):
+    """xref entries of ``domain`` whose key is in neither index."""
+    from workers.xref_sql import XrefRow
+
+    x = XrefRow.__table__  # type: ignore[attr-defined]
+    known = select(ENTRY.c.key).where(and_(ENTRY.c.domain == domain,
+                                           ENTRY.c.key == x.c.canonical_key))
+    return conn.execute(select(x.c.canonical_key, x.c.legacy_key, x.c.cloud_id).where(and_(
+        x.c.domain == domain, ~known.exists())).order_by(x.c.canonical_key)).all()
+
+
+def xref_keys(conn: Connection, domain: str, keys: list[str]) -> set[str]:
+    from workers.xref_sql import XrefRow
+
+    x = XrefRow.__table__  # type: ignore[attr-defined]
+    out: set[str] = set()
+    for start in range(0, len(keys), IN_CHUNK):
+        out.update(k for (k,) in conn.execute(select(x.c.canonical_key).where(and_(
+            x.c.domain == domain, x.c.canonical_key.in_(keys[start:start + IN_CHUNK])))))
+    return out
+
+
+__all__ = ["BUCKETS", "Rebuild", "apply", "bucket_of", "built", "buckets", "digest_of",
+           "duplicate_groups", "entries_in", "orphan_xref", "sample_keys", "update",
+           "xref_keys"]
