@@ -11,6 +11,14 @@ is its own):
 * ``reconcile_checksum_warm``: the same again (the nightly case: the cache
   holds every unchanged record);
 * ``reconcile_full``: full-stream mode (every cloud record over HTTP);
+* ``reconcile_index_cold``: what a first ``coexist reconcile`` (or ``--deep``) does:
+  both ERPs streamed in full, compared, and both digest indexes rebuilt into a fresh
+  state database (``--state-url``, default SQLite in the temporary directory);
+* ``reconcile_index_warm``: the default run once the indexes exist: the two indexes
+  compared in coexist's state, suspects and a sample (200 per side) verified live
+  through the legacy adapter's ``get_many`` and the cloud's ``GET`` per record.  It
+  reports ``checksum_requests`` (requests to the simulator's ``/reconcile``
+  endpoints, always 0: the warm figure is the figure against a cloud without them);
 * baseline ``datacompy``: both sides read through the same adapters
   (``LegacyErp.stream``, ``CloudErp.stream`` + the legacy normalisation),
   flattened into pandas DataFrames and compared by ``datacompy.PandasCompare``
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -126,6 +135,48 @@ def ours(legacy_url: str, cloud_url: str, mode: str) -> dict:
             "fell_back": report.fell_back}
 
 
+def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> dict:
+    import httpx
+
+    from coexistence.reconcile.findings import Finding
+    from workers.cloud_erp import CloudErp
+    from workers.db import create_state_engine
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine
+    from workers.reconcile.by_index import reconcile_by_index
+    from workers.reconcile.cloud import CloudReader
+    from workers.reconcile.legacy import LegacyReader
+    from workers.reconcile.runner import reconcile_domain
+
+    paths: list[str] = []
+    findings: list[Finding] = []
+    erp = CloudErp(cloud_url, timeout_s=600)
+    erp.http.event_hooks["request"].append(lambda request: paths.append(request.url.path))
+    engine = create_legacy_engine(legacy_url)
+    state = create_state_engine(state_url)
+    legacy, cloud = LegacyReader(LegacyErp(engine)), CloudReader(erp)
+    start = time.perf_counter()
+    if warm:
+        report, stats = reconcile_by_index("customer", legacy, cloud, state,
+                                           on_finding=findings.append, seed=1)
+        extra = {"buckets_differing": stats.buckets_differing, "suspects": stats.suspects,
+                 "sampled": stats.sampled}
+    else:
+        report = reconcile_domain("customer", legacy, cloud, mode="full",
+                                  on_finding=findings.append, rebuild_index=state)
+        extra = {}
+    seconds = time.perf_counter() - start
+    del httpx
+    c = report.counts
+    return {"seconds": seconds, "rows": max(c.rows_legacy, c.rows_cloud),
+            "findings": len(findings), "mismatched": c.mismatched,
+            "exclusive_legacy": c.exclusive_legacy, "exclusive_cloud": c.exclusive_cloud,
+            "cloud_records_fetched": report.cloud_records_fetched,
+            "segments_differing": report.segments_differing, "segments": report.segments,
+            "fell_back": report.fell_back, "cloud_requests": len(paths),
+            "checksum_requests": sum(p.startswith("/reconcile") for p in paths), **extra}
+
+
 def baseline(legacy_url: str, cloud_url: str) -> dict:
     import datacompy
     import pandas as pd
@@ -153,6 +204,22 @@ def baseline(legacy_url: str, cloud_url: str) -> dict:
     end = time.perf_counter()
     return {"seconds": end - start, "compare_s": end - loaded,
             "rows": max(len(legacy), len(cloud)), "differing_records": differing}
+
+
+def fresh_state(url: str) -> str:
+    """A state database at the head revision without digest indexes."""
+    from sqlalchemy import text
+
+    from workers import migrate
+    from workers.db import create_state_engine
+
+    engine = create_state_engine(url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        for table in ("reconcile_index", "reconcile_bucket", "reconcile_index_side"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+    return url
 
 
 def peak_rss_mb() -> float:
@@ -183,13 +250,22 @@ def main() -> None:
     parser.add_argument("--diff-pct", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--state-url", default=None,
+                        help="state database for the digest indexes (default: SQLite in the "
+                             "temporary directory; a PostgreSQL URL is emptied of them first)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only these measurements (checksum, full, index)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
         legacy_url, cloud_url, *rest = a.args
-        result = (baseline(legacy_url, cloud_url) if a.worker == "baseline"
-                  else ours(legacy_url, cloud_url, a.worker))
+        if a.worker == "baseline":
+            result = baseline(legacy_url, cloud_url)
+        elif a.worker in ("index_cold", "index_warm"):
+            result = index_run(legacy_url, cloud_url, rest[0], a.worker == "index_warm")
+        else:
+            result = ours(legacy_url, cloud_url, a.worker)
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
@@ -208,11 +284,18 @@ def main() -> None:
             seeded = build(dir_, a.customers, pct, a.seed)
             build_s = time.perf_counter() - t0
             legacy_url = f"sqlite:///{dir_ / 'legacy.db'}"
+            state_url = fresh_state(a.state_url or f"sqlite:///{dir_ / 'state.db'}")
+            only = set(a.only or ("checksum", "full", "index"))
+            plan = [(name, mode, args) for name, mode, args, group in (
+                ("reconcile_checksum_cold", "checksum", (), "checksum"),
+                ("reconcile_checksum_warm", "checksum", (), "checksum"),
+                ("reconcile_full", "full", (), "full"),
+                ("reconcile_index_cold", "index_cold", (state_url,), "index"),
+                ("reconcile_index_warm", "index_warm", (state_url,), "index"),
+            ) if group in only]
             with start_simulator(dir_ / "cloud.db") as sim:
-                runs = {name: in_subprocess(mode, legacy_url, sim.url) for name, mode in
-                        (("reconcile_checksum_cold", "checksum"),
-                         ("reconcile_checksum_warm", "checksum"),
-                         ("reconcile_full", "full"))}
+                runs = {name: in_subprocess(mode, legacy_url, sim.url, *args)
+                        for name, mode, args in plan}
                 base = None if a.no_baseline else in_subprocess("baseline", legacy_url, sim.url)
             for name, r in runs.items():
                 per_s = r["rows"] / r["seconds"]
@@ -221,7 +304,10 @@ def main() -> None:
                         "seeded": seeded, "build_s": round(build_s, 1),
                         **{k: r[k] for k in ("findings", "mismatched", "exclusive_legacy",
                                              "exclusive_cloud", "cloud_records_fetched",
-                                             "segments", "segments_differing", "fell_back")}}
+                                             "segments", "segments_differing", "fell_back",
+                                             "cloud_requests", "checksum_requests",
+                                             "suspects", "sampled") if k in r},
+                        "loadavg": [round(x, 2) for x in os.getloadavg()]}
                 if base is not None:
                     base_per_s = base["rows"] / base["seconds"]
                     line.update(baseline_per_s=round(base_per_s),

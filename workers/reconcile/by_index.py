@@ -198,18 +198,10 @@ def _legacy_items(legacy: LegacyReader, domain: str, keys: list[str],
 def _cloud_items(cloud: CloudReader, domain: str, keys: list[str],
                  check_clock: Callable[[], None]) -> dict[str, Item]:
     out: dict[str, Item] = {}
-    for n, key in enumerate(keys):
-        if n % 100 == 0:
-            check_clock()
-        cloud.requests += 1
-        try:
-            record = cloud.erp.get(domain, key)
-        except CoexistError as exc:
-            out[key] = Item(key, 0, None, error=str(exc))
-            continue
-        if record is not None:
-            out[key] = _item(record)
-    cloud.records_fetched += len(out)
+    step = cloud.BATCH_READS
+    for start in range(0, len(keys), step):
+        check_clock()
+        out.update(cloud.items_of(domain, keys[start:start + step]))
     return out
 
 
