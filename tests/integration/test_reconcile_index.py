@@ -176,3 +176,29 @@ def test_capture_s_incremental_update_keeps_the_buckets_equal_to_a_rebuild(state
         index.update(conn, "legacy", [_change(cursor + 2, key, writer=COEXIST_WRITER)], {})
     buckets, digests = _figures(state)
     assert digests[key] is None and buckets[index.bucket_of(key)][2] == 1
+
+
+def test_the_router_s_capture_keeps_the_index_current_so_a_warm_run_sees_a_change(env):
+    from coexistence.flags import FlagSource
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.router.capture import CaptureLoop
+
+    records = list(iter_customers(30, seed=12))
+    write_legacy(env["legacy"], records)
+    write_cloud(env["cloud"], records)
+    assert run("customer", "--format", "json").exit_code == 0  # cold: equal, index built
+    t = LEGACY_TRANSLATORS["customer"]
+    with env["legacy"].begin() as conn:  # a user's change: the change log has it
+        conn.execute(text('UPDATE "CUSTMAST" SET "CRLIMIT" = "CRLIMIT" + 100, '
+                          '"LCHGUSER" = \'JSMITH\' WHERE "CUSTNO" = :k'),
+                     {"k": t.legacy_key(records[3].key)})
+    # Before capture has routed it, a run without a sample cannot know...
+    assert _findings(run("customer", "--format", "json", "--sample", "0"))[0] == set()
+    state = create_state_engine(env["state_url"])
+    legacy = LegacyErp(env["legacy"])
+    CaptureLoop("legacy", legacy.feed, {"legacy": legacy, "cloud": env["cloud"]},
+                FlagSource(), state).drain()
+    # ...after it, the legacy index holds the new digest and the warm run finds it.
+    found, body = _findings(run("customer", "--format", "json", "--sample", "0"))
+    assert found == {("mismatch", records[3].key, "credit_limit", None, None)}
+    assert body["mode"] == "index" and body["cloud_records_fetched"] == 1
