@@ -113,11 +113,13 @@ def _change(cursor, key, op="upsert", writer="JSMITH"):
                   at=datetime.now(UTC), version=cursor)
 
 
-@pytest.fixture
-def state(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state(request, tmp_path):
     from tests.support.state import upgraded_state
 
-    engine = create_state_engine(upgraded_state(f"sqlite:///{tmp_path / 'state.db'}"))
+    url = (f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    engine = create_state_engine(upgraded_state(url))
     yield engine
     engine.dispose()
 
@@ -202,3 +204,38 @@ def test_the_router_s_capture_keeps_the_index_current_so_a_warm_run_sees_a_chang
     found, body = _findings(run("customer", "--format", "json", "--sample", "0"))
     assert found == {("mismatch", records[3].key, "credit_limit", None, None)}
     assert body["mode"] == "index" and body["cloud_records_fetched"] == 1
+
+
+def test_warm_equals_full_on_either_state_database(state, sim, tmp_path):
+    from tests.integration.test_reconcile import as_tuple
+    from workers.cloud_erp import CloudErp
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+    from workers.reconcile.by_index import reconcile_by_index
+    from workers.reconcile.cloud import CloudReader
+    from workers.reconcile.legacy import LegacyReader
+    from workers.reconcile.runner import reconcile_domain
+
+    engine = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    create_legacy_schema(engine)
+    legacy, cloud, links, expected = seeded(80)
+    write_legacy(engine, legacy)
+    erp = CloudErp(sim.url, timeout_s=5)
+    try:
+        write_cloud(erp, cloud)
+        xref = SqlXref(state)
+        for key, cloud_id in links:
+            xref.link("customer", key, cloud_id=cloud_id)
+        readers = LegacyReader(LegacyErp(engine)), CloudReader(erp)
+        cold: list = []
+        reconcile_domain("customer", *readers, xref=xref.entries("customer"), mode="full",
+                         on_finding=cold.append, rebuild_index=state)
+        warm: list = []
+        report, stats = reconcile_by_index("customer", *readers, state, on_finding=warm.append,
+                                           sample=0)
+    finally:
+        erp.close()
+        engine.dispose()
+    assert {as_tuple(f) for f in cold} == expected == {as_tuple(f) for f in warm}
+    assert stats.sampled == 0 and 0 < stats.suspects < 20
+    assert report.counts.rows_legacy == len(legacy) and report.counts.rows_cloud == len(cloud)
