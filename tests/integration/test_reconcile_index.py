@@ -10,6 +10,7 @@ import random
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import httpx
 import pytest
 from sqlalchemy import insert, text
 
@@ -239,3 +240,50 @@ def test_warm_equals_full_on_either_state_database(state, sim, tmp_path):
     assert {as_tuple(f) for f in cold} == expected == {as_tuple(f) for f in warm}
     assert stats.sampled == 0 and 0 < stats.suspects < 20
     assert report.counts.rows_legacy == len(legacy) and report.counts.rows_cloud == len(cloud)
+
+
+class _NoBatch(httpx.BaseTransport):
+    """A cloud that refuses ``$batch`` (404), in front of the real simulator."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.paths: list[str] = []
+
+    def handle_request(self, request):
+        self.paths.append(request.url.path)
+        if request.url.path == "/$batch":
+            return httpx.Response(404, json={"error": {"code": "NotFound"}})
+        return self.inner.handle_request(request)
+
+
+def test_a_cloud_without_batch_is_read_one_get_per_record(state, sim, tmp_path):
+    from workers.cloud_erp import CloudErp
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+    from workers.reconcile.by_index import reconcile_by_index
+    from workers.reconcile.cloud import CloudReader
+    from workers.reconcile.legacy import LegacyReader
+    from workers.reconcile.runner import reconcile_domain
+
+    engine = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    create_legacy_schema(engine)
+    records = list(iter_customers(20, seed=13))
+    write_legacy(engine, records)
+    transport = _NoBatch()
+    erp = CloudErp(sim.url, timeout_s=5, transport=transport)
+    try:
+        write_cloud(CloudErp(sim.url), [records[0].model_copy(update={"region": "ELSEWHERE"}),
+                                        *records[1:-1]])
+        readers = LegacyReader(LegacyErp(engine)), CloudReader(erp)
+        reconcile_domain("customer", *readers, mode="full", rebuild_index=state)
+        transport.paths.clear()
+        found: list = []
+        report, stats = reconcile_by_index("customer", *readers, state, on_finding=found.append,
+                                           sample=0)
+    finally:
+        erp.close()
+        engine.dispose()
+    assert sorted((str(f.kind), f.key) for f in found) == [
+        ("mismatch", records[0].key), ("missing_in_cloud", records[-1].key)]
+    assert transport.paths.count("/$batch") == 1  # asked once, then one GET per record
+    assert sum(p.startswith("/customers(") for p in transport.paths) == 2
