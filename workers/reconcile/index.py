@@ -110,9 +110,12 @@ def _signed(n: int) -> int:
     return n - (1 << 64) if n & _SIGN else n
 
 
-def digest_of(record) -> tuple[int, int | None]:
-    """(digest, natural-key hash) of a canonical record, as the readers compute them."""
-    record = normalise(record)
+def digest_of(record, *, normalised: bool = False) -> tuple[int, int | None]:
+    """(digest, natural-key hash) of a canonical record, as the readers compute them.
+    ``normalised``: the record already is in legacy normal form (one the legacy ERP
+    returned: ``normalise`` is idempotent there and costs more than the digest)."""
+    if not normalised:
+        record = normalise(record)
     return record_digest(record, normalised=True), natural_key_hash(natural_key(record))
 
 
@@ -225,7 +228,7 @@ def update(session_or_conn: Any, system: str, changes: Iterable[Any],
                 entries[change.key] = REMOVED  # gone by the time capture read it
                 continue
             try:
-                entries[change.key] = digest_of(record)
+                entries[change.key] = digest_of(record, normalised=system == "legacy")
             except Exception:  # noqa: BLE001 - a record that does not fit: unknown, verified
                 entries[change.key] = (None, None)
     for domain, entries in by_domain.items():
