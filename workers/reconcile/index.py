@@ -262,15 +262,14 @@ class Rebuild:
         self.records += 1
 
     def _rows(self):
+        """(key, bucket, digest, nk) per record, in the order added."""
         start = 0
         keys, ends, digests, nks, flags = self.keys, self.ends, self.digests, self.nks, self.flags
-        domain, side = self.domain, self.side
         for i in range(self.records):
             key = keys[start:ends[i]].decode()
             start = ends[i]
             f = flags[i]
-            yield {"domain": domain, "side": side, "key": key, "bucket": bucket_of(key),
-                   "digest": None if f & 1 else digests[i], "nk": None if f & 2 else nks[i]}
+            yield (key, bucket_of(key), None if f & 1 else digests[i], None if f & 2 else nks[i])
 
     def finish(self) -> None:
         count = [0] * BUCKETS
@@ -284,28 +283,47 @@ class Rebuild:
                                                   ENTRY.c.side == side)))
             conn.execute(delete(BUCKET).where(and_(BUCKET.c.domain == domain,
                                                    BUCKET.c.side == side)))
-            chunk: list[dict] = []
-            for row in self._rows():
-                b = row["bucket"]
-                count[b] += 1
-                if row["digest"] is None:
-                    unknown[b] += 1
-                else:
-                    total[b] += row["digest"]
-                chunk.append(row)
-                if len(chunk) >= REBUILD_CHUNK_ROWS:
-                    conn.execute(insert(ENTRY), chunk)
-                    chunk = []
-            if chunk:
-                conn.execute(insert(ENTRY), chunk)
-            rows = [{"domain": domain, "side": side, "bucket": b, "count": c,
-                     "total": _signed(total[b]), "unknown": unknown[b]}
-                    for b, c in enumerate(count) if c]
-            for start in range(0, len(rows), REBUILD_CHUNK_ROWS):
-                conn.execute(insert(BUCKET), rows[start:start + REBUILD_CHUNK_ROWS])
+
+            def rows():
+                for key, b, digest, nk in self._rows():
+                    count[b] += 1
+                    if digest is None:
+                        unknown[b] += 1
+                    else:
+                        total[b] += digest
+                    yield (domain, side, key, b, digest, nk)
+
+            _bulk_insert(conn, "reconcile_index",
+                         ("domain", "side", "key", "bucket", "digest", "nk"), rows())
+            _bulk_insert(conn, "reconcile_bucket",
+                         ("domain", "side", "bucket", "count", "total", "unknown"),
+                         ((domain, side, b, c, _signed(total[b]), unknown[b])
+                          for b, c in enumerate(count) if c))
             conn.execute(SIDE.update().where(and_(SIDE.c.domain == domain,
                                                   SIDE.c.side == side)).values(
                 built_at=datetime.now(UTC)))
+
+
+def _bulk_insert(conn: Connection, table: str, columns: tuple[str, ...], rows) -> None:
+    """Rows (tuples) into ``table`` through the driver: COPY on PostgreSQL, executemany
+    on SQLite (SQLAlchemy's per-row parameter handling costs more than the writing)."""
+    raw = conn.connection.driver_connection
+    cols = ", ".join(f'"{c}"' for c in columns)
+    if conn.dialect.name == "postgresql":
+        with raw.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    cur = raw.cursor()
+    sql = f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join("?" * len(columns))})'
+    chunk: list[tuple] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= REBUILD_CHUNK_ROWS:
+            cur.executemany(sql, chunk)
+            chunk = []
+    if chunk:
+        cur.executemany(sql, chunk)
 
 
 class IndexTee:
