@@ -84,7 +84,8 @@ def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, st
         stats.suspects = len(suspects)
         sampled: set[str] = set()
         for i, side in enumerate(index.SIDES):
-            sampled.update(index.sample_keys(conn, domain, side, sample, seed + i))
+            sampled.update(index.sample_keys(conn, domain, side, sample, seed + i,
+                                             sides[side]))
         sampled -= suspects
         stats.sampled = len(sampled)
         totals = {side: sum(c for c, _, _ in sides[side].values()) for side in index.SIDES}

@@ -351,9 +351,14 @@ def built(engine, domain: str) -> bool:
 
 
 def buckets(conn: Connection, domain: str, side: str) -> dict[int, tuple[int, int, int]]:
-    return {b: (c, t, u) for b, c, t, u in conn.execute(
-        select(BUCKET.c.bucket, BUCKET.c.count, BUCKET.c.total, BUCKET.c.unknown).where(
-            and_(BUCKET.c.domain == domain, BUCKET.c.side == side)))}
+    """bucket -> (count, digest sum, unknown digests) of one side (read through the
+    driver: up to 65,536 small rows, where SQLAlchemy's row handling would dominate)."""
+    raw = conn.connection.driver_connection
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    cur = raw.cursor()
+    cur.execute('SELECT "bucket", "count", "total", "unknown" FROM "reconcile_bucket" '
+                f'WHERE "domain" = {mark} AND "side" = {mark}', (domain, side))
+    return {b: (c, t, u) for b, c, t, u in cur.fetchall()}
 
 
 def entries_in(conn: Connection, domain: str, side: str, bucket_ids: list[int],
@@ -368,24 +373,28 @@ def entries_in(conn: Connection, domain: str, side: str, bucket_ids: list[int],
     return out
 
 
-def sample_keys(conn: Connection, domain: str, side: str, n: int, seed: int) -> list[str]:
-    """About ``n`` keys of one side's index, from buckets picked by ``seed``."""
+def sample_keys(conn: Connection, domain: str, side: str, n: int, seed: int,
+                side_buckets: Mapping[int, tuple[int, int, int]] | None = None) -> list[str]:
+    """About ``n`` keys of one side's index, from buckets picked by ``seed``
+    (``side_buckets``: that side's ``buckets``, if already read)."""
     if n <= 0:
         return []
     import random
 
-    rng = random.Random(seed)
-    rows = conn.execute(select(BUCKET.c.bucket, BUCKET.c.count).where(and_(
-        BUCKET.c.domain == domain, BUCKET.c.side == side))).all()
-    if not rows:
+    if side_buckets is None:
+        side_buckets = buckets(conn, domain, side)
+    if not side_buckets:
         return []
-    picked, total = [], 0
-    for b, c in rng.sample(rows, len(rows)):
-        picked.append(b)
-        total += c
-        if total >= n:
-            break
-    return sorted(entries_in(conn, domain, side, picked))
+    rng = random.Random(seed)
+    picked: set[int] = set()
+    total, tries = 0, 0
+    while total < n and len(picked) < len(side_buckets) and tries < 4 * BUCKETS:
+        tries += 1
+        b = rng.randrange(BUCKETS)
+        if b in side_buckets and b not in picked:
+            picked.add(b)
+            total += side_buckets[b][0]
+    return sorted(entries_in(conn, domain, side, sorted(picked)))
 
 
 def duplicate_groups(conn: Connection, domain: str, side: str) -> list[list[str]]:
