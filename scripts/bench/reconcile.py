@@ -156,6 +156,7 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
     state = create_state_engine(state_url)
     legacy, cloud = LegacyReader(LegacyErp(engine)), CloudReader(erp)
     start = time.perf_counter()
+    cpu = time.process_time()
     if warm:
         report, stats = reconcile_by_index("customer", legacy, cloud, state,
                                            on_finding=findings.append, seed=1)
@@ -166,6 +167,7 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
                                   on_finding=findings.append, rebuild_index=state)
         extra = {}
     seconds = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
     del httpx
     c = report.counts
     return {"seconds": seconds, "rows": max(c.rows_legacy, c.rows_cloud),
@@ -174,7 +176,39 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
             "cloud_records_fetched": report.cloud_records_fetched,
             "segments_differing": report.segments_differing, "segments": report.segments,
             "fell_back": report.fell_back, "cloud_requests": len(paths),
-            "checksum_requests": sum(p.startswith("/reconcile") for p in paths), **extra}
+            "checksum_requests": sum(p.startswith("/reconcile") for p in paths),
+            "cpu_s": cpu_s, **extra}
+
+
+def index_direct(legacy_url: str, cloud_db: str, state_url: str) -> dict:
+    """Both indexes built without the cloud's HTTP export: the legacy side as a cold run
+    reads it (``LegacyReader.items``), the cloud side from the simulator's own database
+    file (the same documents, translated and digested as ``CloudReader`` does).  Only to
+    prepare a warm measurement where a cold run over HTTP would take too long here."""
+    import sqlite3
+
+    from workers.db import create_state_engine
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine
+    from workers.reconcile.cloud import item_of_json
+    from workers.reconcile.index import Rebuild
+    from workers.reconcile.legacy import LegacyReader
+
+    state = create_state_engine(state_url)
+    start = time.perf_counter()
+    rebuild = Rebuild(state, "customer", "legacy")
+    for item in LegacyReader(LegacyErp(create_legacy_engine(legacy_url))).items("customer"):
+        rebuild.add(item.key, item.digest, item.nk)
+    rebuild.finish()
+    rebuild = Rebuild(state, "customer", "cloud")
+    db = sqlite3.connect(cloud_db)
+    for (data,) in db.execute("SELECT data FROM entities WHERE entity_set = 'customers' "
+                              "AND deleted = 0 ORDER BY number"):
+        doc = json.loads(data)
+        item = item_of_json("customer", doc)
+        rebuild.add(item.key, None if item.error else item.digest, item.nk)
+    rebuild.finish()
+    return {"seconds": time.perf_counter() - start, "rows": rebuild.records}
 
 
 def baseline(legacy_url: str, cloud_url: str) -> dict:
@@ -255,6 +289,10 @@ def main() -> None:
                              "temporary directory; a PostgreSQL URL is emptied of them first)")
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only these measurements (checksum, full, index)")
+    parser.add_argument("--warm-only-dir", default=None, metavar="DIR",
+                        help="reuse legacy.db + cloud.db built in DIR (see build()): build "
+                             "the indexes from the files (index_build_direct), then measure "
+                             "reconcile_index_warm only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -262,6 +300,8 @@ def main() -> None:
         legacy_url, cloud_url, *rest = a.args
         if a.worker == "baseline":
             result = baseline(legacy_url, cloud_url)
+        elif a.worker == "index_direct":
+            result = index_direct(legacy_url, cloud_url, rest[0])
         elif a.worker in ("index_cold", "index_warm"):
             result = index_run(legacy_url, cloud_url, rest[0], a.worker == "index_warm")
         else:
@@ -277,6 +317,29 @@ def main() -> None:
                              ".venv/bin/pip install datacompy, or pass --no-baseline") from None
     from workers.cloud_sim import start_simulator
 
+    if a.warm_only_dir:
+        dir_ = Path(a.warm_only_dir)
+        legacy_url = f"sqlite:///{dir_ / 'legacy.db'}"
+        state_url = fresh_state(a.state_url or f"sqlite:///{dir_ / 'state.db'}")
+        built = in_subprocess("index_direct", legacy_url, str(dir_ / "cloud.db"), state_url)
+        print(json.dumps({"name": "index_build_direct", "seconds": round(built["seconds"], 2),
+                          "rows": built["rows"], "peak_rss_mb": built["peak_rss_mb"],
+                          "loadavg": [round(x, 2) for x in os.getloadavg()]}), flush=True)
+        with start_simulator(dir_ / "cloud.db") as sim:
+            for _ in range(2):
+                r = in_subprocess("index_warm", legacy_url, sim.url, state_url)
+                print(json.dumps({"name": f"reconcile_index_warm_{r['rows']}",
+                                  "seconds": round(r["seconds"], 2),
+                                  "cpu_s": round(r["cpu_s"], 2),
+                                  "records_per_s": round(r["rows"] / r["seconds"]),
+                                  **{k: r[k] for k in ("peak_rss_mb", "findings", "mismatched",
+                                                       "exclusive_legacy", "exclusive_cloud",
+                                                       "cloud_records_fetched", "suspects",
+                                                       "sampled", "cloud_requests",
+                                                       "checksum_requests")},
+                                  "loadavg": [round(x, 2) for x in os.getloadavg()]}),
+                      flush=True)
+        return
     for pct in a.diff_pct:
         with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
             dir_ = Path(tmp)
@@ -307,6 +370,7 @@ def main() -> None:
                                              "segments", "segments_differing", "fell_back",
                                              "cloud_requests", "checksum_requests",
                                              "suspects", "sampled") if k in r},
+                        **({"cpu_s": round(r["cpu_s"], 2)} if "cpu_s" in r else {}),
                         "loadavg": [round(x, 2) for x in os.getloadavg()]}
                 if base is not None:
                     base_per_s = base["rows"] / base["seconds"]
