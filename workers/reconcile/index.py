@@ -1,7 +1,7 @@
 """Per-record digest indexes of both ERPs in coexist's state, with bucket sums kept
 incrementally, so that ``coexist reconcile`` compares two indexes before it reads either ERP.
 
-Tables (state revision 0010):
+Tables (state revision 0008):
 
 * ``reconcile_index``: one row per (domain, side, key): the record's digest
   (``coexistence.reconcile.digest``: the legacy row form of its legacy-normalised
