@@ -103,6 +103,9 @@ class OutboxRecord(BusTable, table=True):
         Index("ix_outbox_unsent_key", "partition_key", "id",
               postgresql_where=text("sent_at IS NULL"), sqlite_where=text("sent_at IS NULL")),
         Index("ix_outbox_sent_at", "sent_at"),
+        # The settle ledger (bus/ledger.py): what a cutover switch waits for.
+        Index("ix_outbox_unsettled", "domain", "flag_version",
+              postgresql_where=text("settled_at IS NULL"), sqlite_where=text("settled_at IS NULL")),
     )
 
     id: int | None = Field(
@@ -128,6 +131,13 @@ class OutboxRecord(BusTable, table=True):
     #: Set when this row failed alone while others were published (see the module doc).
     quarantined_until: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    #: The settle ledger (``bus.ledger``): the envelope's flag version, and when and how a
+    #: consumer finished with the message (handled, or its failure recorded).
+    flag_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False,
+                                                          server_default="0"))
+    settled_at: datetime | None = Field(default=None,
+                                        sa_column=Column(DateTime(timezone=True), nullable=True))
+    outcome: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
 
 
 class OutboxLease(BusTable, table=True):
@@ -217,6 +227,7 @@ def add_all_to_outbox(
                 "domain": env.domain,
                 "partition_key": env.key,
                 "correlation_id": env.correlation_id,
+                "flag_version": env.flag_version,
                 "payload": payload,
                 "created_at": now,
                 "attempts": 0,
@@ -263,12 +274,14 @@ def stuck(engine: Engine, min_attempts: int = 5, limit: int = 20) -> list[Outbox
 
 
 def purge_sent(engine: Engine, older_than: timedelta, *, chunk: int = 5000) -> int:
-    """Delete rows sent more than ``older_than`` ago, in chunks; returns how many."""
+    """Delete rows sent more than ``older_than`` ago and settled (``bus.ledger``: an
+    unsettled row is what a switch waits for), in chunks; returns how many."""
     cutoff = datetime.now(UTC) - older_than
     total = 0
     while True:
         with engine.begin() as conn:
-            ids = select(_T.c.id).where(_T.c.sent_at.is_not(None), _T.c.sent_at < cutoff)
+            ids = select(_T.c.id).where(_T.c.sent_at.is_not(None), _T.c.sent_at < cutoff,
+                                        _T.c.settled_at.is_not(None))
             ids = [r[0] for r in conn.execute(ids.limit(chunk))]
             if not ids:
                 return total

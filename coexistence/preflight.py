@@ -7,15 +7,17 @@ change against the rules and the guard facts and says which checks pass or fail.
 Rules:
 
 * a move that puts any record in a more advanced mode is **forward** and must
-  pass every guard: last reconciliation drift present and within threshold, no
-  open exceptions, backlog drained, upstream domains fully at least as far,
-  no freeze window active;
+  pass every guard: a last reconciliation that measured the drift, started after
+  the domain's last routed change or finished within ``max_reconcile_age_s``,
+  with drift within threshold; no open exceptions; no routed message of the
+  domain left unapplied (in the outbox or the broker); upstream domains fully at
+  least as far; no freeze window active;
 * moves are one step at a time (legacy -> shadow -> cloud -> cloud_only and
   back); a jump needs ``force``;
 * moving records out of ``cloud_only`` needs the legacy ERP backfilled first
   (the legacy ERP was not written in ``cloud_only``): the backfill check passes
-  when a reconciliation finished after the switch to ``cloud_only`` with drift
-  within threshold;
+  when a reconciliation finished after the switch to ``cloud_only``, started
+  after the domain's last routed change, with drift within threshold;
 * a domain mid-rollout can only widen/narrow that rollout, complete it or go
   back to its base mode (never a three-mode mix); this rule cannot be forced.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from coexistence.canonical import UPSTREAM
@@ -35,16 +37,63 @@ from coexistence.flags import FULL, MODES, FlagError, FlagState, Mode, Rollout
 
 #: Default for the largest acceptable drift of the last reconciliation, in percent of records.
 DEFAULT_MAX_DRIFT_PCT = 0.1
-#: Default largest backlog (unsent outbox rows of the domain) for a forward move.
+#: Default largest backlog (routed messages of the domain not yet applied) for a forward move.
 DEFAULT_MAX_BACKLOG = 0
+#: Default age in seconds within which a reconciliation counts even though the router
+#: routed a change of the domain after it started (15 min).
+DEFAULT_MAX_RECONCILE_AGE_S = 900.0
+#: Statuses of a reconciliation run that measured the drift (``reconcile_run.status``).
+MEASURED = ("ok", "drift")
 
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
-    """The last finished reconciliation run of a domain."""
+    """The last finished reconciliation run of a domain (``drift_pct`` is None for a run
+    that failed, timed out or was interrupted: it measured nothing)."""
 
-    drift_pct: float
+    drift_pct: float | None
     finished_at: datetime
+    run_id: str | None = None
+    started_at: datetime | None = None
+    status: str = "ok"
+
+    @property
+    def measured(self) -> bool:
+        return self.drift_pct is not None and self.status in MEASURED
+
+    def name(self) -> str:
+        """``run 3f2a... finished 2026-12-01T12:00:00+00:00``."""
+        run = f"run {self.run_id} " if self.run_id else ""
+        return f"{run}finished {self.finished_at.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Routed messages of a domain not yet applied, refused or recorded by a consumer
+    (the settle ledger): where they are, under which flag versions, on which queues."""
+
+    unsent: int = 0
+    in_broker: int = 0
+    by_version: Mapping[int, int] = field(default_factory=dict)
+    by_queue: Mapping[str, int] = field(default_factory=dict)
+    #: The newest outbox id among them: what a switch that waits for "everything routed
+    #: so far" waits for.
+    newest_id: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.unsent + self.in_broker
+
+    def describe(self) -> str:
+        """``20 (12 in the broker, 8 unsent)``."""
+        return f"{self.total} ({self.in_broker} in the broker, {self.unsent} unsent)"
+
+    def newest_version(self) -> int:
+        return max(self.by_version, default=0)
+
+    def queues(self) -> str:
+        """``coexist.write.cloud: 12, coexist.write.legacy: 8``."""
+        return ", ".join(f"{q}: {n}" for q, n in sorted(self.by_queue.items()))
 
 
 class PreflightFacts(Protocol):
@@ -57,15 +106,18 @@ class PreflightFacts(Protocol):
     def last_reconciliation(self, domain: str) -> Reconciliation | None:
         """The domain's last finished reconciliation run, or None if there is none."""
 
+    def last_routed_at(self, domain: str) -> datetime | None:
+        """When the router last routed a change of the domain (None: never)."""
+
     def open_exceptions(self, domain: str) -> int | None:
         """Open (not archived) entries of the exception store for the domain."""
 
-    def backlog(self, domain: str) -> int | None:
-        """Messages of the domain accepted but not yet delivered (unsent outbox rows)."""
-
-    def in_flight(self, domain: str, below_version: int) -> int | None:
-        """Messages of the domain routed under a flag version below ``below_version``
-        and not yet done; a switch waits for this to reach 0."""
+    def pending(self, domain: str, *, below_version: int | None = None,
+                up_to_id: int | None = None) -> Pending | None:
+        """Messages of the domain routed to an ERP writer or the report actor and not
+        settled yet, sent to the broker or not (routed under a flag version below
+        ``below_version``; with an outbox id up to ``up_to_id``).  A switch waits for it
+        to reach 0 and the backlog guard counts it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +164,8 @@ class GuardPolicy:
     max_drift_pct: float = DEFAULT_MAX_DRIFT_PCT
     max_backlog: int = DEFAULT_MAX_BACKLOG
     freeze_windows: tuple[FreezeWindow, ...] = ()
+    #: A reconciliation this young counts even if a change was routed after it started.
+    max_reconcile_age_s: float = DEFAULT_MAX_RECONCILE_AGE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,25 +317,12 @@ def _forward_guards(
     policy: GuardPolicy,
     now: datetime,
 ) -> list[Check]:
-    checks = []
-    rec = facts.last_reconciliation(d)
-    if rec is None:
-        checks.append(Check("drift", False, f"no reconciliation run for {d}; run one first"))
-    else:
-        ok = rec.drift_pct <= policy.max_drift_pct
-        checks.append(Check(
-            "drift", ok,
-            f"last reconciliation ({rec.finished_at.isoformat()}) drift {rec.drift_pct:g}% "
-            f"{'<=' if ok else '>'} threshold {policy.max_drift_pct:g}%",
-        ))
+    checks = [_drift_check(d, facts, policy, now)]
     checks.append(_count_check(
         "exceptions", facts.open_exceptions(d), 0, f"open exceptions for {d}",
         "resolve, replay or archive them (coexist dlq list)",
     ))
-    checks.append(_count_check(
-        "backlog", facts.backlog(d), policy.max_backlog, f"unsent outbox messages for {d}",
-        "wait for the relay to drain it",
-    ))
+    checks.append(_backlog_check(d, facts.pending(d), policy))
     behind = [
         f"{u} ({flags[u].describe()})"
         for u in UPSTREAM[d]
@@ -300,6 +341,69 @@ def _forward_guards(
     return checks
 
 
+def _drift_check(d: str, facts: PreflightFacts, policy: GuardPolicy, now: datetime) -> Check:
+    """The last reconciliation: finished, measured, recent enough, drift within the limit.
+
+    Recent enough: it started after the router last routed a change of the domain (so it
+    read both ERPs after that change), or it finished within ``max_reconcile_age_s``.
+    """
+    rec = facts.last_reconciliation(d)
+    if rec is None:
+        return Check("drift", False, f"no reconciliation run for {d}; run one first "
+                                     f"(coexist reconcile {d})")
+    if not rec.measured:
+        return Check("drift", False, f"the last reconciliation ({rec.name()}) ended "
+                                     f"{rec.status} and measured nothing; run one again "
+                                     f"(coexist reconcile {d})")
+    fresh = _freshness(d, rec, facts.last_routed_at(d), policy, now)
+    if fresh.startswith("stale"):
+        return Check("drift", False, f"the last reconciliation ({rec.name()}) is {fresh}; "
+                                     f"reconcile again (coexist reconcile {d})")
+    assert rec.drift_pct is not None
+    ok = rec.drift_pct <= policy.max_drift_pct
+    return Check(
+        "drift", ok,
+        f"last reconciliation ({rec.name()}, {fresh}) drift {rec.drift_pct:g}% "
+        f"{'<=' if ok else '>'} threshold {policy.max_drift_pct:g}%",
+    )
+
+
+def _freshness(d: str, rec: Reconciliation, routed_at: datetime | None, policy: GuardPolicy,
+               now: datetime) -> str:
+    """Why ``rec`` is recent enough, or ``stale: ...`` saying why not."""
+    started = rec.started_at or rec.finished_at
+    if routed_at is None:
+        return f"no {d} change routed since"
+    if started >= routed_at:
+        return f"started after the last routed {d} change at {routed_at.isoformat()}"
+    age_s = max(0.0, (now - rec.finished_at).total_seconds())
+    limit = policy.max_reconcile_age_s
+    if age_s <= limit:
+        return f"{_age(age_s)} old, within the {_age(limit)} allowed"
+    return (f"stale: it started before the last routed {d} change at "
+            f"{routed_at.isoformat()} and is {_age(age_s)} old, more than the "
+            f"{_age(limit)} allowed (COEXIST_MAX_RECONCILE_AGE_S)")
+
+
+def _age(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+def _backlog_check(d: str, pending: Pending | None, policy: GuardPolicy) -> Check:
+    if pending is None:
+        return Check("backlog", False, f"cannot tell how many {d} messages are routed but "
+                                       "not yet applied")
+    ok = pending.total <= policy.max_backlog
+    detail = (f"{pending.total} {d} message(s) routed but not yet applied "
+              f"({pending.in_broker} in the broker, {pending.unsent} unsent)")
+    if pending.total:
+        detail += f" [{pending.queues()}]"
+    if not ok:
+        detail += (f" (limit {policy.max_backlog}); start a worker (coexist worker / coexist "
+                   "run) and let it apply them")
+    return Check("backlog", ok, detail)
+
+
 def _count_check(name: str, value: int | None, limit: int, what: str, hint: str) -> Check:
     if value is None:
         return Check(name, False, f"cannot tell the number of {what}")
@@ -312,16 +416,29 @@ def _backfill_check(
 ) -> Check:
     rec = facts.last_reconciliation(d)
     since = current.changed_at
+    routed_at = facts.last_routed_at(d)
+    started = (rec.started_at or rec.finished_at) if rec is not None else None
+    # Every change routed while cloud_only missed the legacy ERP: the run must have read
+    # both after the last one (no age allowance here).
     done = (
-        rec is not None and since is not None and rec.finished_at >= since
-        and rec.drift_pct <= policy.max_drift_pct
+        rec is not None and rec.measured and since is not None and started is not None
+        and rec.finished_at >= since and (routed_at is None or started >= routed_at)
+        and rec.drift_pct is not None and rec.drift_pct <= policy.max_drift_pct
     )
+    if done and rec is not None:
+        return Check("backfill", True,
+                     f"legacy backfilled: a reconciliation after the switch to cloud_only "
+                     f"and after the last routed {d} change ({rec.name()}) found drift "
+                     f"{rec.drift_pct:g}%")
+    stale = ""
+    if (rec is not None and rec.measured and since is not None and rec.finished_at >= since
+            and routed_at is not None and started is not None and started < routed_at):
+        stale = (f" (the last reconciliation, {rec.name()}, started before the last routed "
+                 f"{d} change at {routed_at.isoformat()})")
     return Check(
-        "backfill", done,
-        "legacy backfilled: a reconciliation after the switch to cloud_only found drift "
-        f"{rec.drift_pct:g}%" if done and rec else
+        "backfill", False,
         f"the legacy ERP was not written while {d} was cloud_only; backfill it first: "
-        f"{backfill_command(d)}",
+        f"{backfill_command(d)}, then reconcile again{stale}",
     )
 
 

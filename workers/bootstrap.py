@@ -237,7 +237,8 @@ class App:
 
         s = self.settings
         return GuardPolicy(max_drift_pct=s.max_drift_pct, max_backlog=s.cutover_max_backlog,
-                           freeze_windows=s.freeze_windows)
+                           freeze_windows=s.freeze_windows,
+                           max_reconcile_age_s=s.max_reconcile_age_s)
 
     @property
     def cutover(self):
@@ -374,6 +375,7 @@ class App:
 
     def _open_broker(self) -> dramatiq.Broker:
         from bus.brokers import make_broker, setup
+        from bus.ledger import SettleLedger
 
         s = self.settings
         setting = "COEXIST_BROKER_URL" if s.broker_url else "COEXIST_HOME"
@@ -384,7 +386,8 @@ class App:
             options = {} if s.broker_url else {"lease_ms": int(s.bus_lease_s * 1000)}
             broker = make_broker(s.broker_url, sqlite_path=s.bus_path, queue_type=s.queue_type,
                                  **options)
-            setup(broker, store=self.exceptions, retry_options=self.retry_options)
+            setup(broker, store=self.exceptions, retry_options=self.retry_options,
+                  ledger=SettleLedger(self.state))
         dramatiq.set_broker(broker)
         return broker
 

@@ -148,8 +148,12 @@ class Settings(BaseSettings):
     #: Largest acceptable reconciliation drift in percent of records: ``reconcile``'s exit
     #: code, the cutover drift guard and ``status`` all judge drift by it.
     max_drift_pct: float = Field(0.1, ge=0, le=100)
-    #: Largest outbox backlog of a domain for a forward move.
+    #: Largest backlog of a domain for a forward move: routed messages not yet applied,
+    #: refused or recorded by a consumer (in the outbox or the broker; ``bus.ledger``).
     cutover_max_backlog: int = Field(0, ge=0)
+    #: Seconds within which the last reconciliation counts for the drift guard even if a
+    #: change of the domain was routed after it started (older: it must have started after).
+    max_reconcile_age_s: float = Field(900.0, ge=0)
     #: Bearer tokens the cloud simulator accepts, ``client:token,client:token``.
     sim_tokens: SecretStr | None = None
     #: OAuth clients the CRM simulator accepts, ``client_id:secret,...`` (unset: any client).

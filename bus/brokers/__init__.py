@@ -83,11 +83,14 @@ def setup(
     *,
     store: FailureRecorder,
     retry_options: dict[str, Any] | None = None,
+    ledger: dramatiq.Middleware | None = None,
 ) -> dramatiq.Broker:
     """Install our middleware stack on ``broker`` (idempotence is not attempted: call once).
 
     * dramatiq's ``Retries`` is removed and ``FailureClasses(store, **retry_options)``
       takes its place (see ``bus.retry``);
+    * ``ledger`` (``bus.ledger.SettleLedger``), when given: marks each message settled
+      once handled or recorded, its ``after_process_message`` running after theirs;
     * ``bus.correlation.CorrelationMiddleware`` first, so every log line of a handler
       carries the message's correlation id.
     """
@@ -96,6 +99,8 @@ def setup(
 
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
     broker.add_middleware(FailureClasses(store, **(retry_options or {})))
+    if ledger is not None:  # before it in the list: dramatiq runs after_* hooks in reverse
+        broker.add_middleware(ledger, before=FailureClasses)
     first = type(broker.middleware[0]) if broker.middleware else None
     broker.add_middleware(CorrelationMiddleware(), before=first)
     worker_log = logging.getLogger(DRAMATIQ_WORKER_LOGGER)

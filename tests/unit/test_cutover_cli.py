@@ -48,10 +48,11 @@ def reconciled(engine, domain: str, drift_pct: float = 0.0, at: datetime | None 
 
 
 def queued(engine, domain: str, flag_version: int = 0) -> None:
+    """A write to the cloud ERP routed under ``flag_version`` that no worker has applied."""
     env = new_envelope(domain=domain, kind="upsert", key="K1", payload={},
                        source_system="legacy", source_version=1, flag_version=flag_version)
     with Session(engine) as session:
-        add_to_outbox(session, env, actor_name="write_cloud", queue_name="cloud")
+        add_to_outbox(session, env, actor_name="write_cloud", queue_name="coexist.write.cloud")
         session.commit()
 
 
@@ -59,10 +60,10 @@ def run(*args: str):
     return CliRunner().invoke(cli, ["cutover", *args])
 
 
-def status(engine) -> dict[str, dict]:
+def status(engine, exit_code: int = 0) -> dict[str, dict]:
     result = run("status", "--format", "json")
-    assert result.exit_code == 0, result.output
-    return {r["domain"]: r for r in json.loads(result.output)["domains"]}
+    assert result.exit_code == exit_code, result.output
+    return {r["domain"]: r for r in json.loads(result.output.splitlines()[0])["domains"]}
 
 
 def test_status_shows_every_domain_in_legacy_at_version_zero(engine):
@@ -167,21 +168,47 @@ def test_a_malformed_freeze_window_is_a_one_line_error(engine, monkeypatch):
 def test_a_backlog_blocks_a_forward_move(engine):
     reconciled(engine, "customer", 0.0)
     queued(engine, "customer")
-    result = run("set", "customer", "shadow", "--reason", "r")
-    assert result.exit_code == 1 and "FAIL backlog: 1 unsent outbox messages" in result.output
-    assert status(engine)["customer"]["backlog"] == 1
+    plan = run("plan", "customer", "shadow")
+    assert plan.exit_code == 1
+    assert ("FAIL backlog: 1 customer message(s) routed but not yet applied (0 in the broker, "
+            "1 unsent) [coexist.write.cloud: 1]") in plan.output
+    result = run("set", "customer", "shadow", "--reason", "r", "--wait-timeout", "0.2")
+    assert result.exit_code == 1
+    assert "WAIT backlog" in result.output
+    assert ("customer: 1 message(s) routed under flag version <= 0 not yet applied (0 in the "
+            "broker, 1 unsent) [coexist.write.cloud: 1] after 0.2 s; the flag was not "
+            "changed") in result.output
+    assert "--no-wait" in result.output
+    row = status(engine)["customer"]
+    assert (row["mode"], row["version"], row["backlog"]) == ("legacy", 0, 1)
+    assert row["unsettled"]["by_flag_version"] == {"0": 1}
 
 
-def test_set_waits_for_work_routed_under_the_old_version_and_says_when_it_does_not_drain(engine):
+def test_set_and_rollback_wait_for_work_routed_so_far_and_change_nothing_when_it_stays(engine):
     run("set", "customer", "shadow", "--reason", "r", "--force")
     queued(engine, "customer", flag_version=1)
     result = run("rollback", "customer", "--reason", "undo", "--wait-timeout", "0.2")
     assert result.exit_code == 1
-    assert "the flag is set, but 1 customer message(s) routed under older" in result.output
-    assert status(engine)["customer"]["mode"] == "legacy"
-    queued(engine, "customer", flag_version=2)  # routed under the new version: not waited for
-    result = run("set", "customer", "shadow", "--reason", "again", "--force", "--no-wait")
-    assert result.exit_code == 0 and "drained" not in result.output
+    assert "customer: 1 message(s) routed under flag version <= 1 not yet applied" in \
+        result.output
+    assert "the flag was not changed" in result.output
+    assert status(engine)["customer"]["mode"] == "shadow"
+    result = run("rollback", "customer", "--reason", "undo anyway", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert "drained" not in result.output and "not waiting (--no-wait, audited)" in result.output
+    [entry] = [e for e in json.loads(run("history", "--format", "json").output)
+               if e["action"] == "rollback"]
+    assert entry["forced"] is True
+    assert entry["overridden"] == [
+        "wait: skipped (--no-wait); customer: 1 message(s) routed under flag version <= 1 not "
+        "yet applied (0 in the broker, 1 unsent) [coexist.write.cloud: 1]"]
+    # Now a v1 write is outstanding under v2: cutover status needs attention (exit 1).
+    row = status(engine, exit_code=1)["customer"]
+    assert (row["mode"], row["unsettled"]["by_flag_version"]) == ("legacy", {"1": 1})
+    out = json.loads(run("status", "customer", "--format", "json").output.splitlines()[0])
+    assert out["attention"] == [
+        "customer: 1 (0 in the broker, 1 unsent) message(s) routed under flag version(s) "
+        "older than 2 not yet applied [coexist.write.cloud: 1]"]
 
 
 def with_customers(n: int = 40) -> App:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout, initial_flags
 from coexistence.preflight import (
     GuardPolicy,
+    Pending,
     Reconciliation,
     parse_freeze_windows,
     plan,
@@ -30,19 +31,31 @@ class FakeFacts:
     reconciled_at: datetime = NOW - timedelta(hours=1)
     exceptions: dict[str, int | None] = field(default_factory=dict)
     backlogs: dict[str, int | None] = field(default_factory=dict)
+    #: When the router last routed a change per domain (absent: never).
+    routed_at: dict[str, datetime] = field(default_factory=dict)
+    #: Status of the last run per domain (absent: ok).
+    run_status: dict[str, str] = field(default_factory=dict)
 
     def last_reconciliation(self, domain):
         drift = self.drift.get(domain, 0.0)
-        return None if drift is None else Reconciliation(drift, self.reconciled_at)
+        status = self.run_status.get(domain, "ok")
+        if drift is None and status == "ok":
+            return None
+        return Reconciliation(drift, self.reconciled_at, run_id=f"run-{domain}",
+                              started_at=self.reconciled_at - timedelta(seconds=30),
+                              status=status)
+
+    def last_routed_at(self, domain):
+        return self.routed_at.get(domain)
 
     def open_exceptions(self, domain):
         return self.exceptions.get(domain, 0)
 
-    def backlog(self, domain):
-        return self.backlogs.get(domain, 0)
-
-    def in_flight(self, domain, below_version):
-        return self.backlog(domain)
+    def pending(self, domain, *, below_version=None, up_to_id=None):
+        n = self.backlogs.get(domain, 0)
+        return None if n is None else Pending(in_broker=n, by_version={1: n} if n else {},
+                                              by_queue={"coexist.write.cloud": n} if n else {},
+                                              newest_id=n)
 
 
 def state(domain: str, mode: Mode, version: int = 1, **kw) -> FlagState:
@@ -80,7 +93,8 @@ def test_a_healthy_domain_moves_one_step_forward():
         (FakeFacts(drift={"customer": 2.5}), "drift", "drift 2.5% > threshold 0.1%"),
         (FakeFacts(exceptions={"customer": 3}), "exceptions", "3 open exceptions"),
         (FakeFacts(exceptions={"customer": None}), "exceptions", "cannot tell"),
-        (FakeFacts(backlogs={"customer": 12}), "backlog", "12 unsent outbox messages"),
+        (FakeFacts(backlogs={"customer": 12}), "backlog",
+         "12 customer message(s) routed but not yet applied (12 in the broker, 0 unsent)"),
     ],
 )
 def test_a_forward_move_is_refused_while_a_guard_fails(facts, guard, text):

@@ -234,18 +234,20 @@ def test_a_relay_that_died_without_releasing_its_lease_is_taken_over_after_expir
     assert [k for k, _ in survivor.published] == ["C2"]
 
 
-def test_purge_deletes_only_rows_sent_long_enough_ago(engine):
-    put(engine, env(key="old"), env(key="recent"), env(key="unsent"))
+def test_purge_deletes_only_rows_sent_long_enough_ago_and_settled(engine):
+    put(engine, env(key="old"), env(key="old_unsettled"), env(key="recent"), env(key="unsent"))
     with engine.begin() as conn:
         now = datetime.now(UTC)
         t = OutboxRecord.__table__
-        conn.execute(update(t).where(t.c.partition_key == "old")
+        conn.execute(update(t).where(t.c.partition_key.in_(["old", "old_unsettled"]))
                      .values(sent_at=now - timedelta(days=8)))
+        conn.execute(update(t).where(t.c.partition_key == "old").values(settled_at=now))
         conn.execute(update(t).where(t.c.partition_key == "recent").values(sent_at=now))
     assert purge_sent(engine, timedelta(days=7)) == 1
     with Session(engine) as session:
         left = sorted(r.partition_key for r in session.exec(select(OutboxRecord)))
-    assert left == ["recent", "unsent"]
+    # A consumer has not finished with old_unsettled: the ledger keeps it (bus.ledger).
+    assert left == ["old_unsettled", "recent", "unsent"]
 
 
 def test_run_forever_publishes_backs_off_on_failure_and_stops_when_asked(engine):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from coexistence.canonical import DOMAINS
@@ -78,26 +80,32 @@ def _rollout(percent: float | None, segments: tuple[str, ...]) -> Rollout:
 
 
 def _print_plan(console: Console, p: TransitionPlan, force: bool, impact=None,
-                impact_error: str | None = None) -> None:
+                impact_error: str | None = None, waiting: bool = False) -> None:
+    """The plan's checks; with ``waiting`` a failed backlog check is what the switch is
+    about to wait for (WAIT), not a refusal."""
     console.print(f"[bold]{p.current.domain}[/]: {p.current.describe()} (v{p.current.version})"
                   f" -> {p.proposed.describe()} (v{p.proposed.version}) [{p.direction}]")
     if impact is not None:
         console.print(f"  records that would move: {impact.moving:,} of {impact.records:,}",
                       highlight=False)
     elif impact_error:
-        console.print(f"  records that would move: unknown ({impact_error})", highlight=False)
+        console.print(f"  records that would move: unknown ({escape(impact_error)})",
+                      highlight=False, soft_wrap=True)
     if not p.checks:
         console.print("  no checks apply (moving back is always allowed)")
     for c in p.checks:
         if c.ok:
             mark = "[green]PASS[/]"
+        elif waiting and c.name == "backlog":
+            mark = "[yellow]WAIT[/]"
         elif force and c.overridable:
             mark = "[yellow]FORCED[/]"
         else:
             mark = "[red]FAIL[/]"
-        console.print(f"  {mark} {c.name}: {c.detail}", highlight=False)
+        console.print(f"  {mark} {c.name}: {escape(c.detail)}", highlight=False,
+                      soft_wrap=True)
     for w in p.warnings:
-        console.print(f"  [yellow]WARN[/] {w}", highlight=False)
+        console.print(f"  [yellow]WARN[/] {escape(w)}", highlight=False, soft_wrap=True)
 
 
 def _impact(app, p: TransitionPlan, *, required: bool):
@@ -131,43 +139,79 @@ def cutover() -> None:
 @click.pass_obj
 @_user_errors
 def status(app, domain: str | None, fmt: str) -> None:
-    """Every domain's (or DOMAIN's) mode, rollout, flag version, backlog, dead letters and
-    last drift, and the broker's queues that carry its messages."""
+    """Every domain's (or DOMAIN's) mode, rollout, flag version, messages routed but not
+    yet applied (by flag version), dead letters and last drift, and the broker's queues
+    that carry its messages.  Exit 1 when something needs attention: a queue holding
+    messages with no consumer, or messages routed under an older flag version still not
+    applied."""
     from workers.observe.broker import read_broker
 
     rows = []
+    attention = []
     for name, state in _flags(app).items():
         if domain is not None and name != domain:
             continue
         rec = app.facts.last_reconciliation(name)
+        pending = app.cutover.pending(name)
         rows.append({
             "domain": name, "mode": state.mode.value, "base_mode": state.base_mode.value,
             "rollout": state.rollout.describe(), "version": state.version,
-            "backlog": app.facts.backlog(name),
+            "backlog": None if pending is None else pending.total,
+            "unsettled": None if pending is None else {
+                "total": pending.total, "unsent": pending.unsent,
+                "in_broker": pending.in_broker,
+                "by_flag_version": {str(v): n for v, n in sorted(pending.by_version.items())},
+                "by_queue": dict(sorted(pending.by_queue.items()))},
             "dead_letters": app.facts.open_exceptions(name),
             "last_drift_pct": rec.drift_pct if rec else None,
+            "last_reconciliation": None if rec is None else {
+                "id": rec.run_id, "status": rec.status, "drift_pct": rec.drift_pct,
+                "finished_at": rec.finished_at.isoformat()},
             "last_reconciled_at": rec.finished_at.isoformat() if rec else None,
         })
+        older = app.cutover.pending(name, below_version=state.version)
+        if older is not None and older.total:
+            attention.append(f"{name}: {older.describe()} message(s) routed under flag "
+                             f"version(s) older than {state.version} not yet applied "
+                             f"[{older.queues()}]")
     broker = read_broker(app.settings, _queues_of(app, domain))
+    attention = broker.attention() + attention
     if fmt == "json":
         click.echo(json.dumps({"store": app.flag_store.name, "domains": rows,
-                               "broker": broker.to_dict()}))
-        return
-    table = Table(title=f"cutover flags ({app.flag_store.name} store)")
-    for col in ("domain", "mode", "rollout", "version", "backlog", "dead letters", "last drift"):
-        table.add_column(col, justify="right" if col in ("version", "backlog") else "left")
+                               "broker": broker.to_dict(), "attention": attention}))
+    else:
+        _print_status(rows, broker, attention, app.flag_store.name)
+    if attention:
+        raise NeedsAttention(f"{len(attention)} thing(s) need attention")
+
+
+def _print_status(rows: list[dict], broker, attention: list[str], store: str) -> None:
+    table = Table(title=f"cutover flags ({store} store)")
+    for col in ("domain", "mode", "rollout", "version", "not yet applied", "dead letters",
+                "last drift"):
+        table.add_column(col, justify="right" if col == "version" else "left")
     for r in rows:
         mode = r["mode"] if r["rollout"] == "all" else f"{r['mode']} (else {r['base_mode']})"
         drift = "missing" if r["last_drift_pct"] is None else f"{r['last_drift_pct']:g}%"
-        table.add_row(r["domain"], mode, r["rollout"], str(r["version"]),
-                      _unknown(r["backlog"]), _unknown(r["dead_letters"]), drift)
+        u = r["unsettled"]
+        if u is None:
+            pending = "unknown"
+        elif not u["total"]:
+            pending = "0"
+        else:
+            versions = ", ".join(f"v{v}: {n}" for v, n in u["by_flag_version"].items())
+            pending = (f"{u['total']} ({versions}; {u['in_broker']} in the broker, "
+                       f"{u['unsent']} unsent)")
+        table.add_row(r["domain"], mode, r["rollout"], str(r["version"]), pending,
+                      _unknown(r["dead_letters"]), drift)
     console = _console()
     console.print(table)
     from workers.cli.status import print_broker
 
     print_broker(console, broker)
-    for reason in broker.attention():
-        console.print(f"  [bold red]attention[/]: {reason}", highlight=False)
+    for reason in attention:
+        console.print(f"  [bold red]attention[/]: {escape(reason)}", highlight=False,
+                      soft_wrap=True)
 
 
 def _queues_of(app, domain: str | None) -> list[str]:
@@ -219,38 +263,78 @@ def plan_cmd(app, domain: str, mode: str, percent: float | None, segments: tuple
 
 
 def _apply(app, p: TransitionPlan, *, action: str, reason: str, force: bool,
-           actor: str | None, wait: bool, wait_timeout_s: float, impact=None) -> None:
+           actor: str | None, wait: bool, wait_timeout_s: float,
+           replan: Callable[[], TransitionPlan], impact=None) -> None:
+    """The switch protocol (``workers.flags.ops``): wait for capture, drain what is routed
+    so far, check again, commit, drain what older versions still route."""
     from workers.flags import FlagNotPublished
-    from workers.flags.ops import DrainTimeout, TransitionRefused
+    from workers.flags.ops import DrainTimeout, TransitionRefused, outstanding
 
     console = _console()
     who = app.actor(actor)
     if not reason.strip():
         raise UserError("--reason must not be empty")
-    _print_plan(console, p, force, impact=impact)
-    if wait and p.allowed(force):
+    domain = p.current.domain
+    skipped = None
+    blocking = [c for c in p.blocking(force) if not (wait and c.name == "backlog")]
+    _print_plan(console, p, force, impact=impact, waiting=wait and not blocking)
+    if not wait:
+        left = app.cutover.pending(domain)
+        skipped = ("unknown what was in flight" if left is None else
+                   "nothing was in flight" if left.total == 0 else
+                   outstanding(domain, left, p.current.version))
+    elif not blocking:
         _wait_for_capture(app, wait_timeout_s)
         console.print("changes logged before this switch: all routed under the old flag")
+        try:
+            first = app.cutover.drain_before(domain, wait_timeout_s,
+                                             progress=lambda line: _say(console, line))
+        except DrainTimeout as exc:
+            raise Refused(str(exc)) from None
+        if first.total:
+            console.print(f"{domain}: the {first.total} message(s) routed under flag version "
+                          f"<= {p.current.version} before this switch: applied, refused or "
+                          "recorded", highlight=False)
+        else:
+            console.print(f"{domain}: no message routed under flag version <= "
+                          f"{p.current.version} was waiting", highlight=False)
+        again = replan()
+        if again.current.version != p.current.version:
+            raise Refused(f"{domain} changed meanwhile (now version {again.current.version}); "
+                          f"look at `coexist cutover history {domain}` and plan again")
+        if [c.ok for c in again.checks] != [c.ok for c in p.checks]:
+            console.print("checks again after the wait:")
+            _print_plan(console, again, force, impact=impact)
+        p = again
     try:
-        after = app.cutover.apply(p, actor=who, reason=reason, force=force, action=action)
+        after = app.cutover.apply(p, actor=who, reason=reason, force=force, action=action,
+                                  skipped_wait=skipped)
     except TransitionRefused as exc:
         raise Refused(str(exc)) from None
     except FlagNotPublished as exc:
         # Audited, so it is the truth; processes pick it up when Redis is back (their
         # watchers re-publish it from the audit).  A script must not retry it: exit 0.
-        after = app.cutover.flags()[p.current.domain]
+        after = app.cutover.flags()[domain]
         console.print(f"{after.domain} is now {after.describe()} at flag version "
                       f"{after.version} (audited)", highlight=False)
         click.echo(f"warning: {exc}; not waiting for the drain", err=True)
         return
     console.print(f"{after.domain} is now {after.describe()} at flag version {after.version}"
-                  + (" [yellow](forced)[/]" if p.failed else ""), highlight=False)
-    if wait:
-        try:
-            app.cutover.wait_for_drain(after, wait_timeout_s)
-        except DrainTimeout as exc:
-            raise Refused(str(exc)) from None
-        console.print(f"in-flight {after.domain} work under older flag versions: drained")
+                  + (" [yellow](forced)[/]" if p.failed or skipped else ""), highlight=False)
+    if skipped:
+        console.print(f"not waiting (--no-wait, audited): {escape(skipped)}", highlight=False,
+                      soft_wrap=True)
+        return
+    try:
+        app.cutover.wait_for_drain(after, wait_timeout_s,
+                                   progress=lambda line: _say(console, line))
+    except DrainTimeout as exc:
+        raise Refused(str(exc)) from None
+    console.print(f"in-flight {after.domain} work under older flag versions: drained")
+
+
+def _say(console: Console, line: str) -> None:
+    console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _wait_for_capture(app, timeout_s: float) -> None:
@@ -269,11 +353,14 @@ _reason = click.option("--reason", required=True, help="Why (mandatory, audited)
 _actor = click.option("--actor", help="Who (default: COEXIST_ACTOR, else USER).")
 _no_wait = click.option("--no-wait", is_flag=True,
                         help="Do not wait, before the switch, for the router to route every "
-                             "change already logged, nor, after it, for in-flight work under "
-                             "the old version to drain.")
+                             "change already logged and for the workers to apply every "
+                             "message routed so far, nor, after it, for work routed under "
+                             "the old version to drain (audited in the flag history).")
 _wait_timeout = click.option("--wait-timeout", type=click.FloatRange(min=0),
                              default=DRAIN_TIMEOUT_S, show_default=True,
-                             help="Longest wait for the drain, in seconds.")
+                             help="Longest time each wait (capture, the drain before the "
+                                  "switch, the drain after it) may take, in seconds; before "
+                                  "the switch a timeout changes nothing.")
 
 
 @cutover.command("set")
@@ -301,7 +388,8 @@ def set_cmd(app, domain: str, mode: str, percent: float | None, segments: tuple[
     if rollout.segments:
         impact, _ = _impact(app, p, required=True)
     _apply(app, p, action="set", reason=reason, force=force, actor=actor, wait=not no_wait,
-           wait_timeout_s=wait_timeout, impact=impact)
+           wait_timeout_s=wait_timeout, impact=impact,
+           replan=lambda: app.cutover.plan(p.current.domain, p.proposed.mode, rollout))
 
 
 @cutover.command()
@@ -328,7 +416,8 @@ def rollback(app, domain: str, reason: str, force: bool, actor: str | None, no_w
             "anyway)"
         )
     _apply(app, p, action="rollback", reason=reason, force=force, actor=actor,
-           wait=not no_wait, wait_timeout_s=wait_timeout)
+           wait=not no_wait, wait_timeout_s=wait_timeout,
+           replan=lambda: app.cutover.plan_rollback(p.current.domain))
 
 
 @cutover.command()

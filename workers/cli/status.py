@@ -27,7 +27,8 @@ from workers.cli.common import NeedsAttention
 def status(app, max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int,
            fmt: str) -> None:
     """The state database it read, the broker and its queues (ready / unacked /
-    consumers), Redis, per-domain mode and flag version, outbox backlog and lag, open
+    consumers), Redis, per-domain mode and flag version, outbox backlog and lag, messages
+    routed to the ERP writers but not yet applied (by flag version), open
     exceptions by class, last reconciliation, change-capture lag of both ERPs, channel
     subscriptions with their backlog, EDI trading partners (997s overdue or rejected, files
     waiting in inbound/ or in failed/), and freeze windows.
@@ -36,7 +37,8 @@ def status(app, max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int,
     attention (open exceptions, outbox backlog or lag over the limits, outbox rows
     that keep failing, capture lag over the limit, a reconciliation whose drift is
     above COEXIST_MAX_DRIFT_PCT, a configured ERP that cannot be read, the broker or
-    Redis unreachable, a queue holding messages that no consumer takes), each reason
+    Redis unreachable, a queue holding messages that no consumer takes, messages routed
+    under an older flag version still not applied), each reason
     printed; 2 bad configuration or no state database.  The cloud ERP's capture lag is
     measured only when COEXIST_CLOUD_URL is set.
     """
@@ -90,8 +92,8 @@ def _print(report) -> None:
         console.print(escape(f"redis: {r['url']} " + (
             "answers" if r["reachable"] else f"UNREACHABLE ({r['error']})")), highlight=False)
     table = Table(title="domains")
-    for col in ("domain", "mode", "flag v", "backlog", "lag s", "open exceptions",
-                "last reconciliation"):
+    for col in ("domain", "mode", "flag v", "backlog", "lag s", "not yet applied",
+                "open exceptions", "last reconciliation"):
         table.add_column(col, justify="right" if col in ("flag v", "backlog", "lag s")
                          else "left")
     for d in report.domains:
@@ -102,8 +104,12 @@ def _print(report) -> None:
         rec = "-" if run is None else (
             f"{run['status']} {run['drift_pct']:g}%" if run["drift_pct"] is not None
             else run["status"])
+        u = d["unsettled"]
+        pending = "0" if not u["total"] else (
+            f"{u['total']} (" + ", ".join(f"v{v}: {n}" for v, n in u["by_flag_version"].items())
+            + ")")
         table.add_row(d["domain"], mode, str(d["flag_version"]), str(d["backlog"]),
-                      f"{d['lag_s']:.1f}", exc, rec)
+                      f"{d['lag_s']:.1f}", pending, exc, rec)
     console.print(table)
     console.print(f"drift limit: {report.max_drift_pct:g}% (COEXIST_MAX_DRIFT_PCT)",
                   highlight=False)

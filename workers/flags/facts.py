@@ -1,14 +1,27 @@
 """Guard facts read from the state database (``coexistence.preflight.PreflightFacts``).
 
-* last reconciliation: the newest finished row of table ``reconcile_run``
-  (columns ``domain``, ``finished_at``, ``drift_pct``), written by the
-  reconciliation CLI.  No table or no finished run means "missing drift".
+* last reconciliation: the newest finished row of table ``reconcile_run`` (id, status,
+  started and finished at, drift), written by the reconciliation CLI.  A run still
+  ``running`` (or left so by a crash) has no ``finished_at`` and is not looked at; a
+  newest run that ``failed``, timed out or was ``interrupted`` measured nothing, and the
+  guard refuses it rather than trusting an older figure.  No table or no finished run
+  means "missing drift".
+* last routed change: the newest ``record_route.updated_at`` of the domain (the capture
+  transaction writes it for every SoR change it routes, in any mode, whether or not a
+  message results).  Stray writes do not move it: each is an open exception, which the
+  exceptions guard blocks on.
 * open exceptions: ``bus.exception_store.ExceptionStore(engine).open_count(domain)``.
-* backlog: ``bus.outbox.backlog(engine, domain)`` (unsent outbox rows).
-* in flight below a version: unsent outbox rows of the domain whose envelope
-  was stamped with an older flag version.  Messages already handed to the
-  broker but not yet consumed are not visible from SQL; the router's writer
-  actors apply writes only when newer, so those cannot regress a record.
+* pending (the backlog guard and the switch's wait): the settle ledger (``bus.ledger``),
+  messages routed to an ERP writer or the report actor that no consumer has applied,
+  refused or recorded yet, whether the relay sent them to the broker or not.  Messages
+  on the broker are not invisible: a write routed under an older flag version that is
+  applied after a switch can overwrite the new system of record's newer state, which is
+  why a switch waits for them.
+
+  Not counted: channel fan-out (``coexist.channel.*``) never writes an ERP, each event
+  carries the SoR's state at its version and channel consumers apply only newer ones;
+  a channel whose consumer is down must not hold every switch.  Commands
+  (``coexist.command``) are routed when consumed, under the flag in force then.
 
 A bus module that is not importable makes its fact unknown (``None``), which
 fails its guard; ``--force`` stays available.
@@ -17,16 +30,20 @@ fails its guard; ``--force`` stays available.
 from __future__ import annotations
 
 import importlib
-import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, column, inspect, select, table
+from sqlalchemy import Engine, column, func, inspect, select, table
 
-from coexistence.preflight import Reconciliation
+from coexistence.preflight import Pending, Reconciliation
+from workers.router import queues
 
 #: The reconciliation runs table; the reconciliation engineer owns its DDL.
-RECONCILE_RUN = table("reconcile_run", column("domain"), column("finished_at"),
-                      column("drift_pct"))
+RECONCILE_RUN = table("reconcile_run", column("id"), column("domain"), column("status"),
+                      column("started_at"), column("finished_at"), column("drift_pct"))
+#: The router's per-record routing state (``workers.router.state``).
+RECORD_ROUTE = table("record_route", column("domain"), column("updated_at"))
+#: Queues whose messages a switch waits for: the ERP writers and the business reports.
+SETTLED_QUEUES = (*queues.WRITE_QUEUE.values(), queues.REPORT_QUEUE)
 
 
 def _as_datetime(value) -> datetime:
@@ -44,17 +61,29 @@ class SqlPreflightFacts:
     def last_reconciliation(self, domain: str) -> Reconciliation | None:
         if not inspect(self.engine).has_table("reconcile_run"):
             return None
+        r = RECONCILE_RUN.c
         query = (
-            select(RECONCILE_RUN.c.drift_pct, RECONCILE_RUN.c.finished_at)
-            .where(RECONCILE_RUN.c.domain == domain, RECONCILE_RUN.c.finished_at.is_not(None))
-            .order_by(RECONCILE_RUN.c.finished_at.desc())
+            select(r.id, r.status, r.drift_pct, r.started_at, r.finished_at)
+            .where(r.domain == domain, r.finished_at.is_not(None))
+            .order_by(r.finished_at.desc())
             .limit(1)
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        if row is None or row.drift_pct is None:
+        if row is None:
             return None
-        return Reconciliation(float(row.drift_pct), _as_datetime(row.finished_at))
+        return Reconciliation(
+            None if row.drift_pct is None else float(row.drift_pct),
+            _as_datetime(row.finished_at), run_id=row.id,
+            started_at=_as_datetime(row.started_at) if row.started_at else None,
+            status=row.status)
+
+    def last_routed_at(self, domain: str) -> datetime | None:
+        query = select(func.max(RECORD_ROUTE.c.updated_at)).where(
+            RECORD_ROUTE.c.domain == domain)
+        with self.engine.connect() as conn:
+            newest = conn.execute(query).scalar_one()
+        return None if newest is None else _as_datetime(newest)
 
     def open_exceptions(self, domain: str) -> int | None:
         module = _optional("bus.exception_store")
@@ -62,25 +91,20 @@ class SqlPreflightFacts:
             return None
         return int(module.ExceptionStore(self.engine).open_count(domain))
 
-    def backlog(self, domain: str) -> int | None:
-        module = _optional("bus.outbox")
+    def pending(self, domain: str, *, below_version: int | None = None,
+                up_to_id: int | None = None) -> Pending | None:
+        module = _optional("bus.ledger")
         if module is None:
             return None
-        return int(module.backlog(self.engine, domain))
+        u = module.unsettled(self.engine, domain=domain, queues=SETTLED_QUEUES,
+                             below_version=below_version, up_to_id=up_to_id)
+        return Pending(u.unsent, u.in_broker, dict(u.by_version), dict(u.by_queue),
+                       u.newest_id)
 
-    def in_flight(self, domain: str, below_version: int) -> int | None:
-        module = _optional("bus.outbox")
-        if module is None:
-            return None
-        t = module.OutboxRecord.__table__
-        query = select(t.c.payload).where(t.c.sent_at.is_(None), t.c.domain == domain)
-        with self.engine.connect() as conn:
-            # The version lives inside the envelope JSON; the backlog being drained is
-            # small, and this runs only while `cutover set` waits.
-            return sum(
-                1 for (payload,) in conn.execute(query)
-                if json.loads(payload).get("flag_version", 0) < below_version
-            )
+    def backlog(self, domain: str) -> int | None:
+        """Routed messages of ``domain`` not yet applied (``pending``'s total)."""
+        p = self.pending(domain)
+        return None if p is None else p.total
 
 
 def _optional(name: str):

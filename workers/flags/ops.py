@@ -5,22 +5,34 @@ directly::
 
     cutover = Cutover(store, SqlPreflightFacts(engine), policy)   # app.cutover builds it
     p = cutover.plan("customer", Mode.SHADOW)              # nothing written
+    cutover.drain_before("customer", timeout_s=30)          # what is routed so far: applied
     state = cutover.set("customer", Mode.SHADOW, actor="alice", reason="pilot")
-    cutover.wait_for_drain(state, timeout_s=30)
+    cutover.wait_for_drain(state, timeout_s=30)             # what older versions still route
     state = cutover.rollback("customer", actor="alice", reason="drift found")
 
 ``set``/``rollback`` raise ``TransitionRefused`` (with the plan) when a check
 blocks the change; nothing is written then.
+
+The switch protocol (the CLI's ``set`` and ``rollback``): wait until the router has
+routed every change the ERPs logged (``workers.router.lag``), then until every message
+of the domain routed so far is settled (``drain_before``: applied, refused or recorded
+by a consumer, counted from the settle ledger, ``bus.ledger``), re-plan with the facts
+as they are now, commit the new flag, then wait for the messages still routed under
+older versions while the routers learn of it (``wait_for_drain``).  A drain that does
+not finish in time before the switch changes nothing (``DrainTimeout``); after it, the
+flag is set and the timeout says what is left.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout, check_domain
 from coexistence.preflight import (
     GuardPolicy,
+    Pending,
     PreflightFacts,
     TransitionPlan,
     backfill_command,
@@ -30,8 +42,21 @@ from coexistence.preflight import (
 )
 from workers.flags.store import FlagStore
 
-#: How often ``wait_for_drain`` looks at the in-flight count.
-DRAIN_POLL_S = 0.5
+#: How often the drain waits look at the ledger.
+DRAIN_POLL_S = 0.25
+#: While waiting, a progress line at least this often (and whenever the count changes).
+PROGRESS_EVERY_S = 5.0
+
+#: Told what is still outstanding while a drain waits.
+Progress = Callable[[str], None]
+
+
+def outstanding(domain: str, pending: Pending, version: int) -> str:
+    """``customer: 20 message(s) routed under flag version <= 3 not yet applied (12 in the
+    broker, 8 unsent) [coexist.write.cloud: 20]``."""
+    return (f"{domain}: {pending.total} message(s) routed under flag version <= {version} "
+            f"not yet applied ({pending.in_broker} in the broker, {pending.unsent} unsent) "
+            f"[{pending.queues()}]")
 
 
 class TransitionRefused(FlagError):
@@ -70,8 +95,12 @@ class Cutover:
                     now or datetime.now(UTC))
 
     def apply(self, p: TransitionPlan, *, actor: str, reason: str, force: bool = False,
-              action: str = "set") -> FlagState:
-        """Commit a plan if no check blocks it (failed checks overridden by ``force``)."""
+              action: str = "set", skipped_wait: str | None = None) -> FlagState:
+        """Commit a plan if no check blocks it (failed checks overridden by ``force``).
+
+        ``skipped_wait`` says that the switch did not wait for the drain (``--no-wait``)
+        and what was outstanding; it is audited with the overridden checks, as forced.
+        """
         blocking = p.blocking(force)
         if blocking:
             overridable = any(c.overridable for c in blocking)
@@ -82,6 +111,8 @@ class Cutover:
                 p,
             )
         overridden = tuple(f"{c.name}: {c.detail}" for c in p.failed)
+        if skipped_wait:
+            overridden += (f"wait: skipped (--no-wait); {skipped_wait}",)
         return self.store.commit(p.current, p.proposed, actor=actor, reason=reason,
                                  action=action, forced=bool(overridden), overridden=overridden)
 
@@ -99,18 +130,63 @@ class Cutover:
                 f"it first with `{backfill_command(domain)}`, then roll back (or force)", p)
         return self.apply(p, actor=actor, reason=reason, force=force, action="rollback")
 
-    def wait_for_drain(self, state: FlagState, timeout_s: float) -> None:
-        """Block until no message routed under a version older than ``state``'s is in flight."""
+    def pending(self, domain: str, below_version: int | None = None) -> Pending | None:
+        return self.facts.pending(domain, below_version=below_version)
+
+    def drain_before(self, domain: str, timeout_s: float,
+                     progress: Progress | None = None) -> Pending:
+        """Before a switch: block until every message of ``domain`` routed so far (to an
+        ERP writer or the report actor) is settled.  Messages routed while it waits are
+        left to ``wait_for_drain`` after the switch (a busy domain never reaches 0).
+
+        Returns what was outstanding when it started; raises ``DrainTimeout`` (nothing
+        changed) naming what is still outstanding after ``timeout_s``.
+        """
+        version = self.flags()[check_domain(domain)].version
+        first = self._pending(domain)
+        if first.total == 0:
+            return first
+        self._wait(domain, version, timeout_s, progress, up_to_id=first.newest_id,
+                   after=lambda left: (
+                       f"{outstanding(domain, left, version)} after {timeout_s:g} s; the "
+                       f"flag was not changed.  Start a worker (`coexist worker`, or "
+                       f"`coexist run` on the embedded default) and run this again, or pass "
+                       f"--no-wait to switch anyway (audited as such)"))
+        return first
+
+    def wait_for_drain(self, state: FlagState, timeout_s: float,
+                       progress: Progress | None = None) -> None:
+        """After a switch: block until no message routed under a version older than
+        ``state``'s is unsettled."""
+        self._wait(state.domain, state.version - 1, timeout_s, progress,
+                   below_version=state.version,
+                   after=lambda left: (
+                       f"the flag is set (version {state.version}), but "
+                       f"{outstanding(state.domain, left, state.version - 1)} after "
+                       f"{timeout_s:g} s; start a worker and watch `coexist cutover status "
+                       f"{state.domain}` before the next step"))
+
+    def _pending(self, domain: str, **where: int | None) -> Pending:
+        left = self.facts.pending(domain, **where)
+        if left is None:
+            raise DrainTimeout(f"{domain}: cannot tell which messages are still in flight "
+                               "(the settle ledger is not readable); pass --no-wait to switch "
+                               "anyway")
+        return left
+
+    def _wait(self, domain: str, version: int, timeout_s: float, progress: Progress | None,
+              after: Callable[[Pending], str], **where: int | None) -> None:
         deadline = time.monotonic() + timeout_s
+        said, said_at = -1, 0.0
         while True:
-            left = self.facts.in_flight(state.domain, state.version)
-            if left == 0:
+            left = self._pending(domain, **where)
+            if left.total == 0:
                 return
-            if time.monotonic() >= deadline:
-                what = "an unknown number of" if left is None else str(left)
-                raise DrainTimeout(
-                    f"the flag is set, but {what} {state.domain} message(s) routed under "
-                    f"older flag versions are still in flight after {timeout_s:g}s; watch "
-                    "`coexist cutover status` (backlog) before the next step"
-                )
-            time.sleep(DRAIN_POLL_S)
+            now = time.monotonic()
+            if now >= deadline:
+                raise DrainTimeout(after(left))
+            if progress is not None and (left.total != said or now - said_at
+                                         >= PROGRESS_EVERY_S):
+                progress(f"{outstanding(domain, left, version)}; waiting...")
+                said, said_at = left.total, now
+            time.sleep(min(DRAIN_POLL_S, max(0.0, deadline - now)))

@@ -3,13 +3,16 @@
 ``collect_status(app)`` reads, through the composition root's parts: which state
 database it is, every domain's flag (mode, rollout, version), outbox backlog and
 lag, open exceptions by failure class, the last reconciliation (judged against
-``COEXIST_MAX_DRIFT_PCT``), stuck outbox rows, the change capture position of both
+``COEXIST_MAX_DRIFT_PCT``), the messages routed but not yet applied (the settle
+ledger, by flag version), stuck outbox rows, the change capture position of both
 ERPs (the router's checkpoint against the feed's last cursor), the broker's queues
 (``workers.observe.broker``: ready / unacked / consumers), the channel subscriptions
 and their queues, Redis, and the freeze windows.  ``StatusReport.attention`` lists
 the reasons a person should look (open exceptions, backlog or lag over a threshold,
 capture lag, drift above the limit, an unreadable configured source, an unreachable
-broker or Redis, a queue holding messages with no consumer); empty means all is well.
+broker or Redis, a queue holding messages with no consumer, messages routed under an
+older flag version than the domain's current one still not applied); empty means all
+is well.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from bus import outbox
+from bus import ledger, outbox
 from bus.exception_store import ExceptionRecord
 from coexistence.canonical import DOMAINS
 from coexistence.router import CLOUD, LEGACY
@@ -28,6 +31,7 @@ from workers import checkpoints
 from workers.config import redact_url
 from workers.errors import first_line
 from workers.flags.audit import FlagAuditLog
+from workers.flags.facts import SETTLED_QUEUES
 from workers.observe.broker import BrokerView, read_broker
 from workers.observe.sources import (
     NOT_CONFIGURED,
@@ -221,6 +225,8 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
             "rollout": flag.rollout.describe(), "flag_version": flag.version,
             "backlog": outbox.backlog(state, domain),
             "lag_s": round(outbox.lag_seconds(state, domain), 3),
+            "unsettled": ledger.unsettled(state, domain=domain,
+                                          queues=SETTLED_QUEUES).to_dict(),
             "open_exceptions": exceptions.get(domain, {}),
             "last_reconciliation": run,
         })
@@ -246,6 +252,13 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
 def _attention(report: StatusReport, t: Thresholds) -> list[str]:
     reasons = []
     for d in report.domains:
+        older = {v: n for v, n in d["unsettled"]["by_flag_version"].items()
+                 if int(v) < d["flag_version"]}
+        if older:
+            versions = ", ".join(f"v{v}: {n}" for v, n in older.items())
+            reasons.append(f"{d['domain']}: {sum(older.values())} message(s) routed under "
+                           f"flag version(s) older than {d['flag_version']} not yet applied "
+                           f"({versions})")
         n = sum(d["open_exceptions"].values())
         if n:
             by_class = ", ".join(f"{k} {v}" for k, v in sorted(d["open_exceptions"].items()))
