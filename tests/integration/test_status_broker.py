@@ -123,22 +123,63 @@ def test_freeze_windows_are_shown_and_a_redis_that_does_not_answer_needs_attenti
         down.close()
 
 
-def test_cutover_status_shows_the_queues_of_the_domain(tmp_path):
+def test_cutover_status_shows_the_queues_of_the_domain_and_what_is_not_yet_applied(tmp_path):
     app = routed_app(tmp_path)
     try:
         capture_one_change(app)
         result = CliRunner().invoke(cli, ["cutover", "status", "customer", "--format", "json"],
                                     obj=app)
-        assert result.exit_code == 0, result.output
-        out = json.loads(result.output)
+        assert result.exit_code == 1, result.output  # a queue with messages and no consumer
+        out = json.loads(result.output.splitlines()[0])
         assert [d["domain"] for d in out["domains"]] == ["customer"]
+        [row] = out["domains"]
+        # The shadow write is routed under v1 and waits in the broker; the channel event is
+        # not a write the switch waits for.
+        assert row["unsettled"] == {"total": 1, "unsent": 0, "in_broker": 1,
+                                    "by_flag_version": {"1": 1},
+                                    "by_queue": {"coexist.write.cloud": 1}}
         names = [q["name"] for q in out["broker"]["queues"]]
         assert "coexist.channel.crm" in names and "coexist.write.cloud" in names
-        other = json.loads(CliRunner().invoke(cli, ["cutover", "status", "order", "--format",
-                                                    "json"], obj=app).output)
-        assert "coexist.channel.crm" not in [q["name"] for q in other["broker"]["queues"]]
+        assert "queue coexist.write.cloud holds 1 message(s) and has no consumer" in \
+            out["attention"]
+        other = CliRunner().invoke(cli, ["cutover", "status", "order", "--format", "json"],
+                                   obj=app)
+        assert "coexist.channel.crm" not in [
+            q["name"] for q in json.loads(other.output.splitlines()[0])["broker"]["queues"]]
         table = CliRunner().invoke(cli, ["cutover", "status", "customer"], obj=app)
         assert "holds 1 message(s) and has no consumer" in table.output
+        assert "1 (v1: 1; 1 in the broker, 0 unsent)" in table.output
+    finally:
+        app.close()
+
+
+def test_status_needs_attention_for_work_routed_under_an_older_flag_version(tmp_path):
+    app = routed_app(tmp_path)
+    try:
+        capture_one_change(app)
+        _, out = status(app)
+        [customer] = [d for d in out["domains"] if d["domain"] == "customer"]
+        assert customer["unsettled"]["by_flag_version"] == {"1": 1}
+        assert not any("older than" in r for r in out["attention"])
+        store = SqlFlagStore(app.state)
+        store.commit(store.load()["customer"],
+                     FlagState("customer", Mode.CLOUD, Mode.CLOUD, Rollout(), 2),
+                     actor="alice", reason="forced past a write", action="set", forced=True)
+        result, out = status(app)
+        assert result.exit_code == 1
+        assert ("customer: 1 message(s) routed under flag version(s) older than 2 not yet "
+                "applied (v1: 1)") in out["attention"]
+        worker = dramatiq.Worker(app.broker, worker_threads=1, worker_timeout=100,
+                                 queues={"coexist.write.cloud"})
+        worker.start()
+        try:
+            app.broker.join("coexist.write.cloud", timeout=20_000)
+        finally:
+            worker.stop()
+        _, out = status(app)
+        assert not any("older than" in r for r in out["attention"])
+        [customer] = [d for d in out["domains"] if d["domain"] == "customer"]
+        assert customer["unsettled"]["total"] == 0
     finally:
         app.close()
 

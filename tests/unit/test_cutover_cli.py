@@ -23,6 +23,7 @@ from workers.config import Settings
 from workers.db import create_state_engine
 from workers.erp_memory import InMemoryErp
 from workers.reconcile.store import ReconcileRun
+from workers.router.state import RecordRoute
 
 
 @pytest.fixture
@@ -38,13 +39,15 @@ def engine(tmp_path, monkeypatch):
     engine.dispose()
 
 
-def reconciled(engine, domain: str, drift_pct: float = 0.0, at: datetime | None = None):
-    """A finished reconciliation run, as `coexist reconcile` stores it."""
+def reconciled(engine, domain: str, drift_pct: float = 0.0, at: datetime | None = None) -> str:
+    """A finished reconciliation run, as `coexist reconcile` stores it; returns its id."""
     at = at or datetime.now(UTC)
+    run_id = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(insert(ReconcileRun.__table__).values(
-            id=str(uuid.uuid4()), domain=domain, started_at=at, finished_at=at,
+            id=run_id, domain=domain, started_at=at, finished_at=at,
             status="ok" if drift_pct == 0 else "drift", drift_pct=drift_pct))
+    return run_id
 
 
 def queued(engine, domain: str, flag_version: int = 0) -> None:
@@ -209,6 +212,34 @@ def test_set_and_rollback_wait_for_work_routed_so_far_and_change_nothing_when_it
     assert out["attention"] == [
         "customer: 1 (0 in the broker, 1 unsent) message(s) routed under flag version(s) "
         "older than 2 not yet applied [coexist.write.cloud: 1]"]
+
+
+def routed(engine, domain: str, at: datetime) -> None:
+    """The router routed a change of ``domain`` at ``at`` (its routing state row)."""
+    with engine.begin() as conn:
+        conn.execute(insert(RecordRoute.__table__).values(domain=domain, key="K9",
+                                                          last_version=1, updated_at=at))
+
+
+def test_a_stale_reconciliation_is_refused_and_a_fresh_one_passes_naming_the_run(engine):
+    now = datetime.now(UTC)
+    old = reconciled(engine, "customer", 0.0, at=now - timedelta(hours=2))
+    routed(engine, "customer", now - timedelta(hours=1))
+    plan = run("plan", "customer", "shadow", "--format", "json")
+    assert plan.exit_code == 1
+    [drift] = [c for c in json.loads(plan.output.splitlines()[0])["checks"]
+               if c["name"] == "drift"]
+    assert not drift["ok"]
+    assert f"the last reconciliation (run {old} finished" in drift["detail"]
+    assert "is stale: it started before the last routed customer change" in drift["detail"]
+    refused = run("set", "customer", "shadow", "--reason", "r")
+    assert refused.exit_code == 1 and "refused, drift failed" in refused.output
+    fresh = reconciled(engine, "customer", 0.0)
+    done = run("set", "customer", "shadow", "--reason", "r")
+    assert done.exit_code == 0, done.output
+    assert f"PASS drift: last reconciliation (run {fresh} finished" in done.output
+    assert "started after the last routed customer change" in done.output
+    assert status(engine)["customer"]["last_reconciliation"]["id"] == fresh
 
 
 def with_customers(n: int = 40) -> App:

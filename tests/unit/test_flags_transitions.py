@@ -184,6 +184,63 @@ def test_rolling_back_out_of_cloud_only_needs_a_backfill_first():
     assert p.allowed()
 
 
+def test_a_reconciliation_older_than_the_last_routed_change_and_the_max_age_is_refused():
+    # Reconciled an hour ago (started 30 s before that); a change routed 10 minutes ago.
+    facts = FakeFacts(routed_at={"customer": NOW - timedelta(minutes=10)})
+    p = check("customer", Mode.SHADOW, facts=facts)
+    assert failed(p) == {"drift"}
+    detail = p.failed[0].detail
+    assert "the last reconciliation (run run-customer finished 2026-11-20T11:00:00+00:00)" \
+        in detail
+    assert ("is stale: it started before the last routed customer change at "
+            "2026-11-20T11:50:00+00:00 and is 1:00:00 old, more than the 0:15:00 allowed "
+            "(COEXIST_MAX_RECONCILE_AGE_S)") in detail
+    assert "coexist reconcile customer" in detail
+    # Allowing an older run lets the same one pass, naming why it counts.
+    p = check("customer", Mode.SHADOW, facts=facts,
+              policy=GuardPolicy(max_reconcile_age_s=7200))
+    assert p.allowed(), p.failed
+    assert "1:00:00 old, within the 2:00:00 allowed" in p.checks[0].detail
+
+
+def test_a_reconciliation_that_started_after_the_last_routed_change_counts_however_old():
+    facts = FakeFacts(routed_at={"customer": NOW - timedelta(hours=2)})
+    p = check("customer", Mode.SHADOW, facts=facts, policy=GuardPolicy(max_reconcile_age_s=0))
+    assert p.allowed(), p.failed
+    assert ("run run-customer finished 2026-11-20T11:00:00+00:00, started after the last "
+            "routed customer change at 2026-11-20T10:00:00+00:00) drift 0%") in \
+        p.checks[0].detail
+
+
+def test_a_young_reconciliation_counts_even_with_a_change_routed_while_it_ran():
+    facts = FakeFacts(reconciled_at=NOW - timedelta(minutes=2),
+                      routed_at={"customer": NOW - timedelta(minutes=2, seconds=10)})
+    p = check("customer", Mode.SHADOW, facts=facts)
+    assert p.allowed(), p.failed
+    assert "0:02:00 old, within the 0:15:00 allowed" in p.checks[0].detail
+
+
+@pytest.mark.parametrize("status", ["interrupted", "failed", "timeout"])
+def test_a_last_run_that_measured_nothing_is_refused_even_with_an_older_good_one(status):
+    facts = FakeFacts(drift={"customer": None}, run_status={"customer": status})
+    p = check("customer", Mode.SHADOW, facts=facts)
+    assert failed(p) == {"drift"}
+    assert f"ended {status} and measured nothing; run one again" in p.failed[0].detail
+
+
+def test_a_backfill_must_have_been_verified_after_the_last_routed_change():
+    switched = NOW - timedelta(minutes=30)
+    current = initial_flags()
+    current["customer"] = state("customer", Mode.CLOUD_ONLY, changed_at=switched)
+    # Reconciled after the switch, but a person changed a customer in the cloud after that.
+    facts = FakeFacts(reconciled_at=switched + timedelta(minutes=5),
+                      routed_at={"customer": switched + timedelta(minutes=20)})
+    p = plan(current["customer"], rollback_target(current["customer"]), current, facts,
+             GuardPolicy(max_reconcile_age_s=86400), NOW)
+    assert failed(p) == {"backfill"}
+    assert "started before the last routed customer change" in p.failed[0].detail
+
+
 def test_a_partial_rollout_goes_forward_from_the_current_mode():
     current = initial_flags()
     current["customer"] = state("customer", Mode.SHADOW)
