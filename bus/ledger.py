@@ -46,8 +46,8 @@ SKIPPED = "skipped"
 #: Given by state revision 0008 to rows sent before the ledger existed (not known).
 BEFORE_LEDGER = "before_ledger"
 
-_T = OutboxRecord.__table__
-_EXC = ExceptionRecord.__table__
+_T = OutboxRecord.__table__  # type: ignore[attr-defined]
+_EXC = ExceptionRecord.__table__  # type: ignore[attr-defined]
 #: Attribute on the message proxy: when this delivery started (UTC), set before processing.
 _STARTED_ATTR = "_coexist_ledger_started"
 
