@@ -59,12 +59,17 @@ class Deployment:
         self.procs: list[Process] = []
 
     def start(self, command: str) -> Process:
+        """Start ``coexist COMMAND`` (not waiting for it: see ``started``)."""
         n = sum(1 for p in self.procs if p.args[0] == command)
         proc = Process([command, "--log-level", "INFO"], self.env,
                        self.tmp_path / f"{command}{n}.log")
         self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def started(proc: Process) -> Process:
         wait_until(lambda: '"coexist bootstrapped"' in proc.output() or not proc.alive(),
-                   WAIT_S, f"{command} started")
+                   WAIT_S, f"{proc.args[0]} started")
         assert proc.alive(), proc.output()
         return proc
 
@@ -138,8 +143,8 @@ def test_set_and_rollback_wait_for_what_the_broker_holds_and_say_what_is_outstan
         deployment, sim):
     d = deployment
     customers = list(iter_customers(N, seed=9))
-    d.start("router")
-    worker = d.start("worker")
+    router, worker = d.start("router"), d.start("worker")
+    d.started(router), d.started(worker)
     for c in customers:
         d.legacy.person_upsert(c, "JSMITH")
     wait_until(lambda: d.facts.pending("customer") is not None
@@ -171,7 +176,7 @@ def test_set_and_rollback_wait_for_what_the_broker_holds_and_say_what_is_outstan
     assert "coexist worker" in refused.stderr and "--no-wait" in refused.stderr
     assert (d.flag().mode.value, d.flag().version) == ("shadow", 1)
 
-    worker = d.start("worker")
+    worker = d.start("worker")  # `cutover set` waits for it to apply the 20 writes
     done = d.cli("cutover", "set", "customer", "cloud", "--reason", "wave 2",
                  "--wait-timeout", str(WAIT_S))
     assert done.returncode == 0, done.stdout + done.stderr
