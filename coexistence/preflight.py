@@ -79,6 +79,9 @@ class Pending:
     #: The newest outbox id among them: what a switch that waits for "everything routed
     #: so far" waits for.
     newest_id: int = 0
+    #: Which messages were counted, for the guard's text (" before the wait": those routed
+    #: before a switch started waiting; newer ones are waited for after it).
+    scope: str = ""
 
     @property
     def total(self) -> int:
@@ -394,7 +397,7 @@ def _backlog_check(d: str, pending: Pending | None, policy: GuardPolicy) -> Chec
         return Check("backlog", False, f"cannot tell how many {d} messages are routed but "
                                        "not yet applied")
     ok = pending.total <= policy.max_backlog
-    detail = (f"{pending.total} {d} message(s) routed but not yet applied "
+    detail = (f"{pending.total} {d} message(s) routed{pending.scope} but not yet applied "
               f"({pending.in_broker} in the broker, {pending.unsent} unsent)")
     if pending.total:
         detail += f" [{pending.queues()}]"

@@ -264,7 +264,7 @@ def plan_cmd(app, domain: str, mode: str, percent: float | None, segments: tuple
 
 def _apply(app, p: TransitionPlan, *, action: str, reason: str, force: bool,
            actor: str | None, wait: bool, wait_timeout_s: float,
-           replan: Callable[[], TransitionPlan], impact=None) -> None:
+           replan: Callable[[int], TransitionPlan], impact=None) -> None:
     """The switch protocol (``workers.flags.ops``): wait for capture, drain what is routed
     so far, check again, commit, drain what older versions still route."""
     from workers.flags import FlagNotPublished
@@ -298,7 +298,7 @@ def _apply(app, p: TransitionPlan, *, action: str, reason: str, force: bool,
         else:
             console.print(f"{domain}: no message routed under flag version <= "
                           f"{p.current.version} was waiting", highlight=False)
-        again = replan()
+        again = replan(first.newest_id)
         if again.current.version != p.current.version:
             raise Refused(f"{domain} changed meanwhile (now version {again.current.version}); "
                           f"look at `coexist cutover history {domain}` and plan again")
@@ -389,7 +389,8 @@ def set_cmd(app, domain: str, mode: str, percent: float | None, segments: tuple[
         impact, _ = _impact(app, p, required=True)
     _apply(app, p, action="set", reason=reason, force=force, actor=actor, wait=not no_wait,
            wait_timeout_s=wait_timeout, impact=impact,
-           replan=lambda: app.cutover.plan(p.current.domain, p.proposed.mode, rollout))
+           replan=lambda drained_to: app.cutover.plan(p.current.domain, p.proposed.mode,
+                                                      rollout, drained_to=drained_to))
 
 
 @cutover.command()
@@ -417,7 +418,8 @@ def rollback(app, domain: str, reason: str, force: bool, actor: str | None, no_w
         )
     _apply(app, p, action="rollback", reason=reason, force=force, actor=actor,
            wait=not no_wait, wait_timeout_s=wait_timeout,
-           replan=lambda: app.cutover.plan_rollback(p.current.domain))
+           replan=lambda drained_to: app.cutover.plan_rollback(p.current.domain,
+                                                               drained_to=drained_to))
 
 
 @cutover.command()

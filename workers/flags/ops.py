@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from coexistence.flags import FULL, FlagError, FlagState, Mode, Rollout, check_domain
@@ -59,6 +60,22 @@ def outstanding(domain: str, pending: Pending, version: int) -> str:
             f"[{pending.queues()}]")
 
 
+class _UpTo:
+    """The facts, with ``pending`` limited to messages up to an outbox id (a watermark)."""
+
+    def __init__(self, facts: PreflightFacts, up_to_id: int) -> None:
+        self.facts, self.up_to_id = facts, up_to_id
+
+    def __getattr__(self, name: str):
+        return getattr(self.facts, name)
+
+    def pending(self, domain: str, *, below_version: int | None = None,
+                up_to_id: int | None = None) -> Pending | None:
+        limit = self.up_to_id if up_to_id is None else min(up_to_id, self.up_to_id)
+        found = self.facts.pending(domain, below_version=below_version, up_to_id=limit)
+        return None if found is None else replace(found, scope=" before the wait")
+
+
 class TransitionRefused(FlagError):
     """A check blocked the change; ``plan`` says which."""
 
@@ -82,17 +99,24 @@ class Cutover:
         return self.store.audit.latest()
 
     def plan(self, domain: str, mode: Mode, rollout: Rollout = FULL,
-             now: datetime | None = None) -> TransitionPlan:
+             now: datetime | None = None, drained_to: int | None = None) -> TransitionPlan:
+        """``drained_to``: the watermark ``drain_before`` waited for; the backlog guard then
+        counts only messages up to it (what was routed while it waited is left to the
+        wait after the switch, or a busy domain could never move)."""
         flags = self.flags()
         current = flags[check_domain(domain)]
-        return plan(current, propose(current, mode, rollout), flags, self.facts, self.policy,
-                    now or datetime.now(UTC))
+        return plan(current, propose(current, mode, rollout), flags,
+                    self._facts(drained_to), self.policy, now or datetime.now(UTC))
 
-    def plan_rollback(self, domain: str, now: datetime | None = None) -> TransitionPlan:
+    def plan_rollback(self, domain: str, now: datetime | None = None,
+                      drained_to: int | None = None) -> TransitionPlan:
         flags = self.flags()
         current = flags[check_domain(domain)]
-        return plan(current, rollback_target(current), flags, self.facts, self.policy,
-                    now or datetime.now(UTC))
+        return plan(current, rollback_target(current), flags, self._facts(drained_to),
+                    self.policy, now or datetime.now(UTC))
+
+    def _facts(self, drained_to: int | None) -> PreflightFacts:
+        return self.facts if drained_to is None else _UpTo(self.facts, drained_to)
 
     def apply(self, p: TransitionPlan, *, actor: str, reason: str, force: bool = False,
               action: str = "set", skipped_wait: str | None = None) -> FlagState:
