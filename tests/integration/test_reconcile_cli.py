@@ -131,9 +131,11 @@ def test_a_run_past_its_timeout_exits_2_and_is_stored_as_timed_out(env):
     assert "reconcile customer: timed out after 1e-06 s" in result.output
     last = RunStore(create_state_engine(env["state_url"])).last("customer")
     assert last["status"] == "timeout" and last["drift_pct"] is None
-    # A timed-out run gives the guards no drift figure to trust.
-    assert SqlPreflightFacts(create_state_engine(env["state_url"])).last_reconciliation(
-        "customer") is None
+    # A timed-out run gives the guards no drift figure to trust (the guard names it).
+    seen = SqlPreflightFacts(create_state_engine(env["state_url"])).last_reconciliation(
+        "customer")
+    assert seen is not None and (seen.status, seen.drift_pct, seen.measured) == (
+        "timeout", None, False)
 
 
 def test_the_drift_limit_is_the_one_configured_for_the_guard_and_status(env, monkeypatch):
