@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 HANDLED = "handled"
 RECORDED = "recorded"
 SKIPPED = "skipped"
-#: Given by state revision 0008 to rows sent before the ledger existed (not known).
+#: Given by state revision 0009 to rows sent before the ledger existed (not known).
 BEFORE_LEDGER = "before_ledger"
 
 _T = OutboxRecord.__table__  # type: ignore[attr-defined]

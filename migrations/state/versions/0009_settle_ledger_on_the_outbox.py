@@ -7,8 +7,8 @@ their consumer finished is not known, and leaving them open would hold every swi
 its wait times out.  Upgrade with the write queues drained (``coexist status``).  Unsent
 rows get the flag version their envelope carries and stay unsettled.
 
-Revision ID: 0008
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
-down_revision = '0006'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
