@@ -9,12 +9,19 @@ one it applied for the record (kept by the target, in the same transaction or
 compare-and-set as the write), so duplicates and reordered deliveries never
 regress state.  The router builds ``source_version`` so that it increases
 across a switch of the system of record (see ``coexistence.router``).
+
+Revisions: coexist's own stamp says nothing of a person's edit, so a target
+also tells who made its current state and which revision it is
+(``get_current``), and a write may be conditioned on that revision
+(``if_revision``): when the record changed since it was read the write is not
+applied and the answer is ``Changed`` with what the target holds now (the
+caller re-reads and decides again).  See ``workers.router.handlers.apply_write``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -25,6 +32,30 @@ from coexistence.canonical import CanonicalRecord
 COEXIST_WRITER = "COEXIST"
 
 
+#: ``if_revision`` value meaning "the record must not exist (nor ever have existed)".
+ABSENT = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What a target holds of one record: who made its current state, and its revision.
+
+    ``revision`` is the target's own identity of that state (the cloud's ETag, the
+    legacy change-log ``SEQ`` of the record's last change, the fake's counter);
+    ``writer`` made it (``COEXIST_WRITER`` for coexist's routed writes, a person's
+    user / client id, a channel's command writer); ``version`` is the last source
+    version coexist applied (0 = none); ``exists`` is False for a tombstone.
+    """
+
+    revision: str
+    writer: str
+    version: int
+    exists: bool = True
+    at: datetime | None = None
+    #: The target's own id of the record (cloud UUID), when it has one.
+    target_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """The write changed the target; ``version`` is now the record's applied version."""
@@ -32,6 +63,11 @@ class Applied:
     domain: str
     key: str
     version: int
+    #: The record's revision after the write, when the target answered it ("" = unknown).
+    #: Not part of equality: the same write applied is the same result, whatever its ETag.
+    revision: str = field(default="", compare=False)
+    #: The target's own id of the record (cloud UUID), when known.
+    target_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +80,18 @@ class Stale:
     current: int
 
 
-WriteResult = Applied | Stale
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """Refused: the record is no longer at the revision the write was conditioned on."""
+
+    domain: str
+    key: str
+    expected: str
+    #: What the target holds now (``None``: nothing, not even a tombstone).
+    current: Current | None
+
+
+WriteResult = Applied | Stale | Changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +124,11 @@ class Erp(Protocol):
         """Every record of ``domain``, sorted by canonical key, in bounded memory."""
         ...
 
+    def get_current(self, domain: str, key: str) -> Current | None:
+        """Who made the record's current state and its revision (tombstones included),
+        or ``None`` when the target never held it."""
+        ...
+
     def upsert(
         self,
         record: CanonicalRecord,
@@ -85,6 +137,7 @@ class Erp(Protocol):
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         """Create or replace ``record`` if ``source_version`` is newer than the applied one.
 
@@ -93,6 +146,9 @@ class Erp(Protocol):
         channel's command writer for channel commands written into the SoR.
         ``repair`` also applies an EQUAL version (never an older one): the router
         re-sends the SoR's state over a stray write under the last routed version.
+        ``if_revision`` (a ``Current.revision``, or ``ABSENT``): apply only if the
+        record is still at that revision, checked atomically with the write, else
+        answer ``Changed``.
         """
         ...
 
@@ -105,9 +161,10 @@ class Erp(Protocol):
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         """Delete the record if ``source_version`` is newer than the applied one
-        (or equal, for a ``repair``)."""
+        (or equal, for a ``repair``), and, with ``if_revision``, still at that revision."""
         ...
 
 

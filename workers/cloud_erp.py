@@ -21,6 +21,14 @@ reads the record (tombstones included) with its ETag, answers ``Stale`` when
 the stored version is not older, else PATCHes with ``If-Match`` or POSTs when
 absent.  A lost race (412, or 409 on create) re-reads and decides again.
 
+Revision check: ``get_current`` answers the record's ETag and ``lastModifiedBy``
+(the client id of its last write) from the same small read; a write with
+``if_revision`` is sent with ``If-Match`` on that ETag (or as a create when it
+was absent) and, when the record changed meanwhile (412 / 409), answers
+``Changed`` with the fresh state instead of deciding by itself, so the caller
+(``workers.router.handlers.apply_write``) decides again.  The read is kept per
+thread, so the write that follows does not read again.
+
 A client-side rate limiter (``workers.ratelimit``, shared through Redis by the
 whole fleet when configured) keeps the workers under the cloud's limit.  The
 bearer token comes from ``Settings`` and is never logged.
@@ -44,7 +52,16 @@ import httpx
 from bus.errors import BusinessError, TechnicalError
 from coexistence.canonical import CanonicalRecord
 from coexistence.errors import TranslationError
-from coexistence.ports import COEXIST_WRITER, Applied, Change, Stale, WriteResult
+from coexistence.ports import (
+    ABSENT,
+    COEXIST_WRITER,
+    Applied,
+    Change,
+    Changed,
+    Current,
+    Stale,
+    WriteResult,
+)
 from coexistence.translate.cloud import (
     RESOURCES,
     canonical_from_json,
@@ -71,8 +88,9 @@ CLOUD_BATCH_MAX = 200
 CLOUD_POOL_CONNECTIONS = 20
 
 #: What an upsert reads of the current record: tombstones included, three fields only.
-_CURRENT_QUERY = {"includeDeleted": "true", "$select": "id,coexistSourceVersion"}
-_CURRENT_QS = "?includeDeleted=true&$select=id,coexistSourceVersion"
+_CURRENT_SELECT = "id,coexistSourceVersion,lastModifiedBy,lastModifiedDateTime"
+_CURRENT_QUERY = {"includeDeleted": "true", "$select": _CURRENT_SELECT}
+_CURRENT_QS = f"?includeDeleted=true&$select={_CURRENT_SELECT}"
 #: Success answers of a write (204 = ``Prefer: return=minimal`` honoured).
 _WRITTEN = (200, 201, 204)
 
@@ -102,6 +120,19 @@ class _Current:
     etag: str
     version: int
     deleted: bool
+    #: ``lastModifiedBy``: the client id that made this state (None: not read).
+    writer: str | None = None
+    modified: str | None = None
+
+    def public(self) -> Current:
+        at = None
+        if self.modified:
+            try:
+                at = datetime.fromisoformat(self.modified.replace("Z", "+00:00"))
+            except ValueError:
+                at = None
+        return Current(self.etag, self.writer or "", self.version, not self.deleted, at,
+                       self.id)
 
 
 class CloudErp:
@@ -185,12 +216,26 @@ class CloudErp:
             self._read_ahead.value = None
             return None
         doc = response.json()
+        writer = doc.get("lastModifiedBy")
         # A writer that merges over the current record (field ownership) upserts right
         # after reading it: keep what the upsert needs, so it can skip its own read.  An
         # etag gone stale meanwhile is answered 412 and the upsert reads again.  (A 404
         # is not kept: a tombstone's version still has to be read with includeDeleted.)
-        self._read_ahead.value = (domain, key, _current_from({"status": 200, "body": doc}))
+        held = _current_from({"status": 200, "body": doc})
+        if held is not None:
+            held = _Current(held.id, held.etag, held.version, held.deleted, writer,
+                            doc.get("lastModifiedDateTime"))
+        self._read_ahead.value = (domain, key, held)
         return canonical_from_json(domain, doc)
+
+    def get_current(self, domain: str, key: str) -> Current | None:
+        """ETag, ``lastModifiedBy`` and coexist's stamp of the record (tombstones included);
+        the write that follows on this thread reuses the read."""
+        ahead = self._take_read_ahead(domain, key)
+        current = ahead if ahead is not None and ahead.writer is not None else \
+            self._current(domain, key)
+        self._read_ahead.value = (domain, key, current) if current is not None else None
+        return current.public() if current is not None else None
 
     def _take_read_ahead(self, domain: str, key: str) -> _Current | None:
         held = getattr(self._read_ahead, "value", None)
@@ -254,19 +299,28 @@ class CloudErp:
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         domain, key = record.domain, record.key
         body = json.dumps(_document(record, source_version), separators=(",", ":")).encode()
         ahead = self._take_read_ahead(domain, key)
         for _ in range(CLOUD_CONFLICT_ROUNDS):
             current, ahead = ahead or self._current(domain, key), None
+            changed = _changed(domain, key, current, if_revision)
+            if changed is not None:
+                return changed
             if current is not None and not _newer(source_version, current.version, repair):
                 return Stale(domain, key, source_version, current.version)
             response = self._write_upsert(domain, key, current, body, idempotency_key, writer)
             if response.status_code in _WRITTEN:
-                return Applied(domain, key, source_version)
+                return _applied(domain, key, source_version, response, current)
             if response.status_code not in (409, 412, 404):
                 raise _business(response)
+            if if_revision is not None:
+                # Someone wrote between the caller's read and this write: the caller decides.
+                fresh = self._current(domain, key)
+                return Changed(domain, key, if_revision,
+                               fresh.public() if fresh is not None else None)
             log.info("cloud %s %s changed under us (%s); re-reading",
                      domain, key, response.status_code)
         raise CloudTechnicalError(
@@ -281,9 +335,14 @@ class CloudErp:
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
+        ahead = self._take_read_ahead(domain, key)
         for _ in range(CLOUD_CONFLICT_ROUNDS):
-            current = self._current(domain, key)
+            current, ahead = ahead or self._current(domain, key), None
+            changed = _changed(domain, key, current, if_revision)
+            if changed is not None:
+                return changed
             if current is None:
                 return Applied(domain, key, source_version)
             if not _newer(source_version, current.version, repair):
@@ -301,7 +360,11 @@ class CloudErp:
                 ok=(204, 404, 412),
             )
             if response.status_code == 204:
-                return Applied(domain, key, source_version)
+                return _applied(domain, key, source_version, response, current)
+            if if_revision is not None:
+                fresh = self._current(domain, key)
+                return Changed(domain, key, if_revision,
+                               fresh.public() if fresh is not None else None)
         raise CloudTechnicalError(
             f"{domain} {key}: lost {CLOUD_CONFLICT_ROUNDS} delete races in a row; retry later")
 
@@ -421,6 +484,26 @@ def _newer(incoming: int, current: int, repair: bool) -> bool:
     return incoming >= current if repair else incoming > current
 
 
+def _changed(domain: str, key: str, current: _Current | None,
+             if_revision: str | None) -> Changed | None:
+    if if_revision is None:
+        return None
+    held = current.etag if current is not None else ABSENT
+    if held == if_revision:
+        return None
+    return Changed(domain, key, if_revision, current.public() if current is not None else None)
+
+
+def _applied(domain: str, key: str, version: int, response: httpx.Response,
+             current: _Current | None) -> Applied:
+    """``Applied`` with the record's new ETag and cloud id (from the answer's headers)."""
+    target_id = current.id if current is not None else None
+    location = response.headers.get("OData-EntityId") or response.headers.get("Location")
+    if location and location.endswith(")") and "(" in location:
+        target_id = location[location.rindex("(") + 1:-1]
+    return Applied(domain, key, version, response.headers.get("ETag", ""), target_id)
+
+
 def _entity_set(domain: str) -> str:
     try:
         return RESOURCES[domain]
@@ -470,6 +553,8 @@ def _current_from(answer: dict) -> _Current | None:
         etag=doc["@odata.etag"],
         version=doc.get("coexistSourceVersion") or 0,
         deleted="@removed" in doc,
+        writer=doc.get("lastModifiedBy"),
+        modified=doc.get("lastModifiedDateTime"),
     )
 
 

@@ -13,7 +13,11 @@ cloud HTTP), so it implements the ports' rules exactly and nothing more:
   ``person_upsert`` / ``person_delete`` (how tests simulate someone typing into
   the ERP);
 * a person's write does not touch the applied version: only coexist's writes
-  carry a source version.
+  carry a source version;
+* every change bumps the record's revision and remembers its writer
+  (``get_current``); a write with ``if_revision`` applies only at that revision,
+  else answers ``Changed`` (not remembered under its idempotency key, so the
+  caller's re-decided retry is a new attempt).
 
 Thread-safe (one lock), so a fake can stand in for an ERP shared by threads.
 """
@@ -27,7 +31,16 @@ from datetime import UTC, datetime
 
 from bus.errors import BusinessError
 from coexistence.canonical import DOMAINS, CanonicalRecord, model_for
-from coexistence.ports import COEXIST_WRITER, Applied, Change, Stale, WriteResult
+from coexistence.ports import (
+    ABSENT,
+    COEXIST_WRITER,
+    Applied,
+    Change,
+    Changed,
+    Current,
+    Stale,
+    WriteResult,
+)
 
 __all__ = ["InMemoryErp", "IdempotencyConflict"]
 
@@ -45,6 +58,15 @@ class _Slot:
     applied: int = 0
     #: The record's own revision, bumped by every write (coexist's or a person's).
     revision: int = 0
+    #: Who made the current state, and when.
+    writer: str = ""
+    at: datetime | None = None
+
+    def current(self) -> Current | None:
+        if self.revision == 0 and self.applied == 0:
+            return None
+        return Current(str(self.revision), self.writer or COEXIST_WRITER, self.applied,
+                       self.record is not None, self.at)
 
 
 class InMemoryErp:
@@ -75,6 +97,11 @@ class InMemoryErp:
             if record is not None:
                 yield record
 
+    def get_current(self, domain: str, key: str) -> Current | None:
+        with self._lock:
+            slot = self._domain(domain).get(key)
+            return slot.current() if slot else None
+
     def upsert(
         self,
         record: CanonicalRecord,
@@ -83,6 +110,7 @@ class InMemoryErp:
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         domain = record.domain
         model_for(domain)  # unknown domain -> TranslationError (a business error)
@@ -92,6 +120,9 @@ class InMemoryErp:
             replay = self._replay(idempotency_key, fingerprint)
             if replay is not None:
                 return replay
+            changed = self._changed(domain, record.key, if_revision)
+            if changed is not None:
+                return changed
             slot = self._domain(domain).setdefault(record.key, _Slot())
             newer = source_version >= slot.applied if repair else source_version > slot.applied
             if not newer:
@@ -100,7 +131,7 @@ class InMemoryErp:
                 slot.record = record
                 slot.applied = source_version
                 self._append(domain, record.key, "upsert", writer, slot)
-                result = Applied(domain, record.key, source_version)
+                result = Applied(domain, record.key, source_version, str(slot.revision))
             self._idempotency[idempotency_key] = (fingerprint, result)
             return result
 
@@ -113,6 +144,7 @@ class InMemoryErp:
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         model_for(domain)
         fingerprint = ("delete", domain, key, source_version, repair)
@@ -120,6 +152,9 @@ class InMemoryErp:
             replay = self._replay(idempotency_key, fingerprint)
             if replay is not None:
                 return replay
+            changed = self._changed(domain, key, if_revision)
+            if changed is not None:
+                return changed
             slot = self._domain(domain).setdefault(key, _Slot())
             newer = source_version >= slot.applied if repair else source_version > slot.applied
             if not newer:
@@ -130,7 +165,7 @@ class InMemoryErp:
                 slot.applied = source_version
                 if existed:
                     self._append(domain, key, "delete", writer, slot)
-                result = Applied(domain, key, source_version)
+                result = Applied(domain, key, source_version, str(slot.revision))
             self._idempotency[idempotency_key] = (fingerprint, result)
             return result
 
@@ -175,6 +210,14 @@ class InMemoryErp:
             model_for(domain)  # raises the domain's TranslationError
             raise
 
+    def _changed(self, domain: str, key: str, if_revision: str | None) -> Changed | None:
+        if if_revision is None:
+            return None
+        slot = self._domain(domain).get(key)
+        current = slot.current() if slot else None
+        held = current.revision if current is not None else ABSENT
+        return None if held == if_revision else Changed(domain, key, if_revision, current)
+
     def _replay(self, idempotency_key: str, fingerprint: tuple) -> WriteResult | None:
         seen = self._idempotency.get(idempotency_key)
         if seen is None:
@@ -187,6 +230,7 @@ class InMemoryErp:
 
     def _append(self, domain: str, key: str, op: str, writer: str, slot: _Slot) -> None:
         slot.revision += 1
+        slot.writer, slot.at = writer, self._clock()
         self._changes.append(
             Change(
                 cursor=len(self._changes) + 1,
@@ -194,7 +238,7 @@ class InMemoryErp:
                 key=key,
                 op=op,  # type: ignore[arg-type]
                 writer=writer,
-                at=self._clock(),
+                at=slot.at,
                 version=slot.revision,
             )
         )

@@ -17,5 +17,6 @@ import workers.portal.store  # noqa: F401  (portal_delivery, portal_attempt, por
 import workers.reconcile.index  # noqa: F401  (reconcile_index, reconcile_bucket, reconcile_index_side)
 import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)
 import workers.router.lease  # noqa: F401  (capture_lease)
+import workers.router.observed  # noqa: F401  (observed_revision)
 import workers.router.state  # noqa: F401  (record_route)
 import workers.xref_sql  # noqa: F401  (xref)

@@ -101,8 +101,9 @@ class SqlXref:
             f"xref link of {domain} {canonical_key} lost {LINK_MAX_ATTEMPTS} races in a row"
         )
 
+    @staticmethod
     def _link_once(
-        self, conn, domain: str, key: str, wanted: dict[XrefColumn, str | None]
+        conn, domain: str, key: str, wanted: dict[XrefColumn, str | None]
     ) -> XrefEntry:
         match = [_T.c.canonical_key == key]
         match += [_T.c[col] == value for col, value in wanted.items() if value is not None]
@@ -135,6 +136,11 @@ class SqlXref:
             )
         return current
 
+    def link_in(self, conn, domain: str, canonical_key: str, *, legacy_key: str | None = None,
+                cloud_id: str | None = None) -> XrefEntry:
+        """``link`` inside the caller's transaction (see :func:`link_in`)."""
+        return link_in(conn, domain, canonical_key, legacy_key=legacy_key, cloud_id=cloud_id)
+
     def _one(self, domain: str, column: str, value: str) -> XrefEntry | None:
         with self._engine.connect() as conn:
             row = conn.execute(
@@ -166,3 +172,17 @@ class SqlXref:
             if len(rows) < self._page_rows:
                 return
             after = rows[-1].canonical_key
+
+
+def link_in(conn, domain: str, canonical_key: str, *, legacy_key: str | None = None,
+            cloud_id: str | None = None) -> XrefEntry:
+    """Link inside the caller's state transaction (a writer commits the link with its
+    observation row).  A race lost to a concurrent linker is a ``TechnicalError``: the
+    caller's transaction is rolled back and the bus retries the whole step."""
+    wanted: dict[XrefColumn, str | None] = {"legacy_key": legacy_key, "cloud_id": cloud_id}
+    try:
+        with conn.begin_nested():
+            return SqlXref._link_once(conn, domain, canonical_key, wanted)
+    except (IntegrityError, _LostRace):
+        raise TechnicalError(
+            f"xref link of {domain} {canonical_key} raced another writer; retried") from None

@@ -23,6 +23,7 @@ from workers.erp_memory import InMemoryErp
 from workers.migrate import upgrade as upgrade_schema
 from workers.router import handlers, queues
 from workers.router.capture import CaptureLoop, CaptureStats
+from workers.router.state import get_route
 
 
 @dataclass
@@ -70,6 +71,15 @@ class Harness:
                           queue_name=queues.COMMAND_QUEUE)
             session.commit()
 
+    def write_context(self) -> handlers.WriteContext:
+        """What the writer actors get in production: flags, pins, the state database."""
+        return handlers.WriteContext(self.flags, self._pinned_sor, self.engine)
+
+    def _pinned_sor(self, domain: str, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            route = get_route(conn, domain, key)
+        return route.pinned_sor if route else None
+
     def _publish(self, rows) -> None:
         for row in rows:
             self.pending.append((row.actor_name, Envelope.model_validate(row.envelope_dict())))
@@ -80,9 +90,9 @@ class Harness:
     def _dispatch(self, actor: str, env: Envelope) -> None:
         try:
             if actor == queues.WRITE_ACTOR[LEGACY]:
-                handlers.apply_write(env, self.legacy, self._send)
+                handlers.apply_write(env, self.legacy, self._send, self.write_context())
             elif actor == queues.WRITE_ACTOR[CLOUD]:
-                handlers.apply_write(env, self.cloud, self._send)
+                handlers.apply_write(env, self.cloud, self._send, self.write_context())
             elif actor == queues.COMMAND_ACTOR:
                 handlers.route_command(env, self.erps, self.flags, self._send)
             elif actor == queues.REPORT_ACTOR:

@@ -88,7 +88,7 @@ def test_a_write_older_than_the_target_holds_counts_as_stale(served):
     old = new_envelope(domain="customer", kind=queues.KIND_UPSERT, key=CUSTOMER.key,
                        payload={"record": CUSTOMER.model_dump(mode="json")},
                        source_system="legacy", source_version=0, flag_version=0)
-    handlers.apply_write(old, h.cloud, lambda *a: None)
+    handlers.apply_write(old, h.cloud, lambda *a: None, h.write_context())
     after = scrape(url)
     assert delta(before, after, "coexist_erp_writes_total", target=CLOUD, kind="upsert",
                  result="stale") == 1

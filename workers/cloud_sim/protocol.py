@@ -17,7 +17,7 @@ from workers.cloud_sim.http import Response
 from workers.cloud_sim.store import Row
 
 #: JSON names the server owns; ignored in request bodies.
-_SERVER_FIELDS = ("@odata.etag", "id", "lastModifiedDateTime")
+_SERVER_FIELDS = ("@odata.etag", "id", "lastModifiedDateTime", "lastModifiedBy")
 
 
 class ApiError(Exception):
@@ -74,7 +74,7 @@ def validate(model: type[CloudResource], body) -> dict:
     return data
 
 
-EXCLUDE = {"odata_etag", "id", "last_modified_date_time"}
+EXCLUDE = {"odata_etag", "id", "last_modified_date_time", "last_modified_by"}
 
 
 MINIMAL_APPLIED = ("Preference-Applied", "return=minimal")

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS entities (
     data TEXT NOT NULL,
     modified TEXT NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
+    modified_by TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (entity_set, id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS entities_number ON entities (entity_set, number);
@@ -85,6 +86,8 @@ class Row:
     raw: str
     modified: str
     deleted: bool
+    #: The client id of the last write (``lastModifiedBy``): who made this state.
+    modified_by: str = ""
 
     @property
     def etag(self) -> str:
@@ -100,10 +103,12 @@ class Row:
             # Answerable from the columns alone: no JSON parse.
             head = {"id": self.id, "number": self.number,
                     "coexistSourceVersion": self.source_version,
-                    "lastModifiedDateTime": self.modified}
+                    "lastModifiedDateTime": self.modified,
+                    "lastModifiedBy": self.modified_by}
             return {"@odata.etag": self.etag, **{k: head[k] for k in select}}
         doc = {"@odata.etag": self.etag, "id": self.id, **self.data}
         doc["lastModifiedDateTime"] = self.modified
+        doc["lastModifiedBy"] = self.modified_by
         if select is not None:
             doc = {k: v for k, v in doc.items() if k in select or k == "@odata.etag"}
         return doc
@@ -116,17 +121,21 @@ class Row:
             "number": self.number,
             "coexistSourceVersion": self.source_version,
             "lastModifiedDateTime": self.modified,
+            "lastModifiedBy": self.modified_by,
         }
 
 
-#: Fields a ``$select`` can get without parsing the stored document.
-_HEAD_FIELDS = frozenset({"id", "number", "coexistSourceVersion", "lastModifiedDateTime"})
+#: Fields a ``$select`` can get without parsing the stored document.  ``lastModifiedBy``
+#: is the client id of the last write, as real cloud ERPs keep it (the export and
+#: checksum streams leave it out: they carry data, not who wrote it).
+_HEAD_FIELDS = frozenset({"id", "number", "coexistSourceVersion", "lastModifiedDateTime",
+                          "lastModifiedBy"})
 
-_COLUMNS = "entity_set, id, number, rev, source_version, data, modified, deleted"
+_COLUMNS = "entity_set, id, number, rev, source_version, data, modified, deleted, modified_by"
 
 
 def _row(t: tuple) -> Row:
-    return Row(t[0], t[1], t[2], t[3], t[4], t[5], t[6], bool(t[7]))
+    return Row(t[0], t[1], t[2], t[3], t[4], t[5], t[6], bool(t[7]), t[8])
 
 
 class Store:
@@ -140,6 +149,11 @@ class Store:
         # NORMAL in WAL mode survives a process crash (the simulator's restart case).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(entities)")}
+        if "modified_by" not in columns:
+            # A store file of an older simulator: its rows' writer is unknown ("").
+            self.db.execute(
+                "ALTER TABLE entities ADD COLUMN modified_by TEXT NOT NULL DEFAULT ''")
         self.now = now_iso()
 
     def reset(self) -> None:
@@ -254,10 +268,11 @@ class Store:
         self, entity_set: str, number: str, data: dict, source_version: int | None, client: str
     ) -> Row:
         raw = _dumps(data)
-        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, raw, self.now, False)
+        row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, raw, self.now, False,
+                  client)
         self.db.execute(
-            f"INSERT INTO entities ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,0)",
-            (entity_set, row.id, number, 1, source_version, raw, row.modified),
+            f"INSERT INTO entities ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,0,?)",
+            (entity_set, row.id, number, 1, source_version, raw, row.modified, client),
         )
         self._change(row, "upsert", client)
         return row
@@ -266,12 +281,13 @@ class Store:
         """Overwrite a live row or revive a tombstone; bumps the revision."""
         raw = _dumps(data)
         new = Row(
-            row.entity_set, row.id, row.number, row.rev + 1, source_version, raw, self.now, False
+            row.entity_set, row.id, row.number, row.rev + 1, source_version, raw, self.now, False,
+            client,
         )
         self.db.execute(
-            "UPDATE entities SET rev=?, source_version=?, data=?, modified=?, deleted=0 "
-            "WHERE entity_set=? AND id=?",
-            (new.rev, source_version, raw, new.modified, row.entity_set, row.id),
+            "UPDATE entities SET rev=?, source_version=?, data=?, modified=?, deleted=0, "
+            "modified_by=? WHERE entity_set=? AND id=?",
+            (new.rev, source_version, raw, new.modified, client, row.entity_set, row.id),
         )
         self._change(new, "upsert", client)
         return new
@@ -279,12 +295,12 @@ class Store:
     def mark_deleted(self, row: Row, source_version: int | None, client: str) -> Row:
         new = Row(
             row.entity_set, row.id, row.number, row.rev + 1, source_version, row.raw,
-            self.now, True,
+            self.now, True, client,
         )
         self.db.execute(
-            "UPDATE entities SET rev=?, source_version=?, modified=?, deleted=1 "
+            "UPDATE entities SET rev=?, source_version=?, modified=?, deleted=1, modified_by=? "
             "WHERE entity_set=? AND id=?",
-            (new.rev, source_version, new.modified, row.entity_set, row.id),
+            (new.rev, source_version, new.modified, client, row.entity_set, row.id),
         )
         self._change(new, "delete", client)
         return new

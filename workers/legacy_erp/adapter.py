@@ -14,6 +14,16 @@ canonical record).  Writes are coexist's own: each runs in one transaction that
    ``repair`` also applies an equal one, never an older one);
 4. writes the header and replaces the lines, stamped ``LCHGUSER = writer``.
 
+Revision: the record's latest ``CHGLOG`` row (its ``SEQ``, ``LCHGUSER``,
+``CHGTS``) says who made its current state - a person, coexist, a channel
+writer - whatever the row's own audit stamp says (an update that did not stamp
+``LCHGUSER`` is logged as ``?``).  ``get_current`` reads it by key (index
+``CHGLOG_KEY``); a write with ``if_revision`` locks the header row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write transaction holds the
+database lock from its first statement) and compares that revision again inside
+its own transaction, so a person's edit committed between the caller's read and
+the write is seen: the write answers ``Changed`` and changes nothing.
+
 The version survives a delete (a tombstone row), so an older upsert arriving
 late never resurrects a deleted record.  A person's write (``person_upsert``,
 ``person_delete``: how tests and the demo simulate someone at a green screen)
@@ -33,8 +43,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bus.errors import BusinessError
 from coexistence.canonical import CanonicalRecord
-from coexistence.ports import COEXIST_WRITER, Applied, Stale, WriteResult
+from coexistence.ports import (
+    ABSENT,
+    COEXIST_WRITER,
+    Applied,
+    Changed,
+    Current,
+    Stale,
+    WriteResult,
+)
 from workers.legacy_erp.capture import (
+    CHGLOG,
+    KEY_SEPARATOR,
     XCOEXIDM,
     XCOEXVER,
     coexist_transaction,
@@ -78,6 +98,16 @@ class _Domain:
         )
         # Reads by key are the router's hot path: statements built once, keys bound.
         self.read_header = select(self.header).where(self._by_key(self.header))
+        self.lock_header = select(*(self.header.c[k] for k in self.keys)).where(
+            self._by_key(self.header)).with_for_update()
+        tables = [self.header.name] + ([self.child.name] if self.child is not None else [])
+        self.last_change = (
+            select(CHGLOG.c.SEQ, CHGLOG.c.LCHGUSER, CHGLOG.c.CHGTS, CHGLOG.c.OP)
+            .where(bindparam("chgkey") == CHGLOG.c.CHGKEY, CHGLOG.c.TABNAME.in_(tables))
+            .order_by(CHGLOG.c.SEQ.desc()).limit(1)
+        )
+        self.applied = select(XCOEXVER.c.SRCVER).where(
+            domain == XCOEXVER.c.DOMAIN, bindparam("reckey") == XCOEXVER.c.RECKEY)
         self.read_children = (
             select(self.child).where(self._by_key(self.child)).order_by(*self.child_order)
             if self.child is not None else None
@@ -85,6 +115,10 @@ class _Domain:
 
     def _by_key(self, table):
         return and_(*(table.c[k] == bindparam(f"key_{k}") for k in self.keys))
+
+    def chgkey(self, values: Mapping[str, Any]) -> str:
+        """The record's ``CHGLOG.CHGKEY`` (key columns, padding dropped, joined)."""
+        return KEY_SEPARATOR.join(str(values[k]).rstrip() for k in self.keys)
 
     def key_params(self, table, values: Mapping[str, Any]) -> dict[str, Any]:
         return {f"key_{k}": _padded(table.c[k], values[k]) for k in self.keys}
@@ -172,6 +206,26 @@ class LegacyErp:
                 out[key] = d.t.to_canonical(row, children)
         return out
 
+    def get_current(self, domain: str, key: str) -> Current | None:
+        d = self._domain(domain)
+        with self.engine.connect() as conn:
+            return self._current(conn, d, key)
+
+    def _current(self, conn, d: _Domain, key: str) -> Current | None:
+        values = d.t.key_columns(d.t.legacy_key(key))
+        last = conn.execute(d.last_change, {"chgkey": d.chgkey(values)}).first()
+        version = int(conn.execute(d.applied, {"reckey": key}).scalar() or 0)
+        header = conn.execute(d.read_header, d.key_params(d.header, values)).mappings().first()
+        if last is None:
+            if header is None and not version:
+                return None
+            # Change log pruned: the row's audit stamp is all there is.
+            writer = str(header["LCHGUSER"]).rstrip() if header is not None else COEXIST_WRITER
+            return Current("0", writer, version, header is not None)
+        at = datetime.fromtimestamp(int(last.CHGTS) / 1000, UTC)
+        return Current(str(last.SEQ), str(last.LCHGUSER).rstrip(), version,
+                       header is not None, at)
+
     def stream(self, domain: str) -> Iterator[CanonicalRecord]:
         """Every record of ``domain`` in canonical key order, holding one batch in memory.
 
@@ -218,6 +272,7 @@ class LegacyErp:
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         d = self._domain(record.domain)
         self._register(writer)
@@ -228,7 +283,8 @@ class LegacyErp:
         with self.engine.begin() as conn, \
                 coexist_transaction(conn, writer):
             return self._write(conn, d, record.key, source_version, repair, idempotency_key,
-                               fingerprint, lambda: self._replace(conn, d, header, children))
+                               fingerprint, lambda: self._replace(conn, d, header, children),
+                               if_revision)
 
     def delete(
         self,
@@ -239,6 +295,7 @@ class LegacyErp:
         idempotency_key: str,
         writer: str = COEXIST_WRITER,
         repair: bool = False,
+        if_revision: str | None = None,
     ) -> WriteResult:
         d = self._domain(domain)
         self._register(writer)
@@ -247,7 +304,7 @@ class LegacyErp:
         with self.engine.begin() as conn, \
                 coexist_transaction(conn, writer):
             return self._write(conn, d, key, source_version, repair, idempotency_key,
-                               fingerprint, lambda: self._remove(conn, d, values))
+                               fingerprint, lambda: self._remove(conn, d, values), if_revision)
 
     # ------------------------------------------------------------------ change feed
 
@@ -315,7 +372,7 @@ class LegacyErp:
             self._writers.add(writer)
 
     def _write(self, conn, d: _Domain, key: str, version: int, repair: bool, idem: str,
-               fingerprint: str, effect) -> WriteResult:
+               fingerprint: str, effect, if_revision: str | None = None) -> WriteResult:
         seen = conn.execute(
             select(XCOEXIDM.c.FPRINT, XCOEXIDM.c.RESULT, XCOEXIDM.c.SRCVER, XCOEXIDM.c.CURVER)
             .where(idem == XCOEXIDM.c.IDEMKEY)
@@ -328,9 +385,19 @@ class LegacyErp:
                 )
             return (Applied(d.name, key, seen.SRCVER) if seen.RESULT == "A"
                     else Stale(d.name, key, seen.SRCVER, seen.CURVER))
+        if if_revision is not None:
+            values = d.t.key_columns(d.t.legacy_key(key))
+            if self.dialect == "postgresql":
+                conn.execute(d.lock_header, d.key_params(d.header, values)).first()
+            current = self._current(conn, d, key)
+            held = current.revision if current is not None else ABSENT
+            if held != if_revision:
+                # Not remembered under the idempotency key: the caller decides again
+                # and its next attempt is a write of its own.
+                return Changed(d.name, key, if_revision, current)
         if self._advance_version(conn, d.name, key, version, repair):
             effect()
-            result: WriteResult = Applied(d.name, key, version)
+            result: WriteResult = Applied(d.name, key, version, self._revision(conn, d, key))
         else:
             current = conn.execute(
                 select(XCOEXVER.c.SRCVER).where(d.name == XCOEXVER.c.DOMAIN,
@@ -344,6 +411,11 @@ class LegacyErp:
             CRTTS=int(time.time() * 1000),
         ))
         return result
+
+    def _revision(self, conn, d: _Domain, key: str) -> str:
+        values = d.t.key_columns(d.t.legacy_key(key))
+        last = conn.execute(d.last_change, {"chgkey": d.chgkey(values)}).first()
+        return str(last.SEQ) if last is not None else ""
 
     def _advance_version(self, conn, domain: str, key: str, version: int, repair: bool) -> bool:
         """One conditional upsert: newer applies; equal too for a repair; older never."""

@@ -92,6 +92,10 @@ CHGLOG = Table(
     sqlite_autoincrement=True,
 )
 
+#: A record's latest change (who made its current state, its revision), read by key
+#: before every routed write (``LegacyErp.get_current``); legacy revision 0003.
+Index("CHGLOG_KEY", CHGLOG.c.CHGKEY, CHGLOG.c.SEQ)
+
 #: Last source version coexist applied per record (a tombstone survives a delete).
 XCOEXVER = Table(
     "XCOEXVER",

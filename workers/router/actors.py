@@ -30,9 +30,11 @@ def register_actors(
             route = get_route(conn, domain, key)
         return route.pinned_sor if route else None
 
+    context = handlers.WriteContext(app.flags, pinned_sor, app.state)
+
     def writer(system: str):
         def write(envelope: dict) -> None:
-            handlers.apply_write(from_dict(envelope), app.erps[system], app.send)
+            handlers.apply_write(from_dict(envelope), app.erps[system], app.send, context)
 
         write.__name__ = queues.WRITE_ACTOR[system]
         return write

@@ -52,7 +52,7 @@ from coexistence.router import (
 )
 from workers import checkpoints, metrics
 from workers.reconcile import index as reconcile_index
-from workers.router import queues
+from workers.router import observed, queues
 from workers.router.state import RouteRow, get_routes, put_routes
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ class CaptureLoop:
                         raise _NotRead(batch.missing)
                     batch.flush(session)
                     routes.flush()
+                    observed.flush(conn)
                     reconcile_index.update(session, self.system, changes, records)
                     checkpoints.advance(session, self.feed_name, through, expected=after)
                     session.commit()
@@ -317,6 +318,7 @@ class CaptureLoop:
         decision = self._decide(change, record, routes)
         assert decision is not None
         route = routes.get(change.domain, change.key)
+        observed.note(routes.conn, self.system, change, decision)
         if decision.action is Action.ECHO:
             stats.echoes += 1
             return

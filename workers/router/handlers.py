@@ -6,6 +6,17 @@ exception store; anything else is retried with backoff and then recorded.  A
 shadow write that keeps failing therefore ends as an open exception for its
 domain (a divergence, visible in ``cutover status`` and to reconciliation) and
 never blocks the SoR, whose write is a different message.
+
+Write conditions (``apply_write``; docs/architecture.md "Write conditions"):
+every routed write first reads what the target holds (``Erp.get_current``: its
+revision and who made it) and is sent conditioned on that revision (cloud
+``If-Match``, legacy compare-and-set under the header row's lock), so an edit
+landing between the read and the write is seen and decided again.  When the
+current state was made by someone else than coexist (**TargetChanged**) the
+write applies only if the target is a shadow for the record now (the stray
+path) or the edit was a stray that capture observed; otherwise the target is
+the SoR and its newer edit wins: the write is refused as a ``SwitchConflict``
+business record naming both values, the flag versions and who made the edit.
 """
 
 from __future__ import annotations
@@ -13,16 +24,27 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bus.envelope import Envelope, new_envelope
-from bus.errors import BusinessError
-from coexistence.canonical import decode
+from bus.errors import BusinessError, TechnicalError
+from coexistence.canonical import CanonicalRecord, decode
+from coexistence.errors import TranslationError
 from coexistence.ownership import FIELD_OWNERSHIP, OwnershipViolation, merge_owned
-from coexistence.ports import Erp, WriteResult
-from coexistence.router import decide_command, routed_version
+from coexistence.ports import (
+    ABSENT,
+    COEXIST_WRITER,
+    Applied,
+    Changed,
+    Current,
+    Erp,
+    Stale,
+    WriteResult,
+)
+from coexistence.router import decide_command, placement, routed_version, segment_attrs
 from workers import metrics
-from workers.router import queues
+from workers.router import observed, queues
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +55,29 @@ class StrayWrite(BusinessError):
 
 class OwnershipViolationReported(BusinessError):
     """A non-owner changed an owned field; the owner's value was kept."""
+
+
+class SwitchConflict(BusinessError):
+    """A routed write refused: the target is the SoR now and holds a newer edit by
+    someone else (made after coexist last saw the record).  The SoR's state wins."""
+
+
+#: Read-decide-write rounds when the target keeps changing under a write.
+WRITE_CONDITION_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What a writer needs to decide a TargetChanged case.
+
+    ``flags``: ``.state(domain)`` (the current flag of the domain); ``pinned_sor``:
+    a document's pin; ``state``: the state database engine (observations, xref),
+    ``None`` in pure tests (then no observation is read or written).
+    """
+
+    flags: Any
+    pinned_sor: Callable[[str, str], str | None] = lambda d, k: None
+    state: Any = None
 
 
 #: Sends one envelope to an actor: ``send(actor_name, queue_name, envelope)``.
@@ -60,7 +105,8 @@ def report_violations(violations: tuple[OwnershipViolation, ...], cause: Envelop
 
 
 @metrics.counts_writes
-def apply_write(env: Envelope, target: Erp, send: Send) -> WriteResult:
+def apply_write(env: Envelope, target: Erp, send: Send,
+                ctx: WriteContext | None = None) -> WriteResult:
     """Write one routed change into ``target`` (shadow write, repair or delete).
 
     Applies only when newer (``routed_version``); a repair (kind ``repair``:
@@ -69,20 +115,127 @@ def apply_write(env: Envelope, target: Erp, send: Send) -> WriteResult:
     the target's current one, so a non-owner's change to an owned field is kept
     out and reported (the report is sent before the write: a crash in between
     re-sends the same report id, which the exception store folds into one).
+
+    The write is conditioned on the target's current revision; a state made by
+    someone else than coexist is decided by :func:`decide_target_changed`
+    (module docstring).  ``ctx`` gives the flags, pins and state database; without
+    it a TargetChanged write is refused (nothing to decide with).
     """
     version = routed_version(env.flag_version, env.source_version)
     repair = env.kind == queues.KIND_REPAIR
     kwargs: dict[str, Any] = {"repair": True} if repair else {}
-    if env.kind == queues.KIND_DELETE or (repair and "record" not in env.payload):
-        return target.delete(env.domain, env.key, source_version=version,
-                             idempotency_key=env.message_id, **kwargs)
-    record = _record(env)
-    if env.domain in FIELD_OWNERSHIP and not repair:
-        current = target.get(env.domain, env.key)
-        record, violations = merge_owned(current, record, env.payload.get("origin", "erp"))
-        report_violations(violations, env, send)
-    return target.upsert(record, source_version=version, idempotency_key=env.message_id,
-                         **kwargs)
+    delete = env.kind == queues.KIND_DELETE or (repair and "record" not in env.payload)
+    incoming = None if delete else _record(env)
+    for _ in range(WRITE_CONDITION_ROUNDS):
+        record = incoming
+        if record is not None and env.domain in FIELD_OWNERSHIP and not repair:
+            held = target.get(env.domain, env.key)
+            record, violations = merge_owned(held, record, env.payload.get("origin", "erp"))
+            report_violations(violations, env, send)
+        current = target.get_current(env.domain, env.key)
+        if current is not None and current.writer != COEXIST_WRITER:
+            if not _newer(version, current.version, repair):
+                # A duplicate or an older write: refused by the version alone, as ever.
+                return Stale(env.domain, env.key, version, current.version)
+            decide_target_changed(env, target, record, current, ctx)
+        condition = current.revision if current is not None else ABSENT
+        if delete:
+            result = target.delete(env.domain, env.key, source_version=version,
+                                   idempotency_key=env.message_id, if_revision=condition,
+                                   **kwargs)
+        else:
+            assert record is not None
+            result = target.upsert(record, source_version=version,
+                                   idempotency_key=env.message_id, if_revision=condition,
+                                   **kwargs)
+        if isinstance(result, Changed):
+            log.info("%s %s %s changed under the write (%s); deciding again", target.system,
+                     env.domain, env.key, result.current.writer if result.current else "gone")
+            continue
+        if isinstance(result, Applied) and ctx is not None and ctx.state is not None:
+            _observe_write(ctx, target, env, result,
+                           created=not delete and (current is None or not current.exists))
+        return result
+    raise TechnicalError(f"{target.system} {env.domain} {env.key} changed under "
+                         f"{WRITE_CONDITION_ROUNDS} write attempts in a row; retry later")
+
+
+def _newer(incoming: int, current: int, repair: bool) -> bool:
+    return incoming >= current if repair else incoming > current
+
+
+def decide_target_changed(env: Envelope, target: Erp, record: CanonicalRecord | None,
+                          current: Current, ctx: WriteContext | None) -> None:
+    """The decision table of a write whose target holds someone else's newer state.
+
+    Returns (the write may apply) when the target is a shadow for the record now, or
+    is the SoR and capture observed the edit as a ``stray``; raises
+    ``SwitchConflict`` otherwise (the SoR's edit was an SoR edit, a channel write,
+    or was not captured yet).
+    """
+    flag = sor = mode = None
+    seen = None
+    if ctx is not None:
+        flag = ctx.flags.state(env.domain)
+        attrs = segment_attrs(record if record is not None else target.get(env.domain, env.key))
+        mode, sor, _shadows, _pinned = placement(env.domain, env.key, flag, attrs,
+                                                 ctx.pinned_sor(env.domain, env.key))
+        if target.system != sor:
+            return  # a shadow now: the stray path (capture reports the person's edit)
+        if ctx.state is not None:
+            with ctx.state.connect() as conn:
+                seen = observed.get_observed(conn, target.system, env.domain, env.key)
+            if seen is not None and seen.classification == observed.STRAY \
+                    and seen.made(current):
+                return  # a stray observed before the switch: overwritten, as policy says
+    raise SwitchConflict(_conflict_message(env, target, record, current, flag, mode, seen))
+
+
+def _conflict_message(env: Envelope, target: Erp, record: CanonicalRecord | None,
+                      current: Current, flag, mode, seen) -> str:
+    from workers.router.capture import differing_fields
+
+    held = target.get(env.domain, env.key) if current.exists else None
+    if record is None:
+        differs = "refused: delete; kept: the record"
+    elif held is None:
+        differs = "refused: the record; kept: its deletion"
+    else:
+        names = differing_fields(record, held)
+        differs = "; ".join(
+            f"{n}: refused {getattr(record, n)!s} vs kept {getattr(held, n)!s}" for n in names
+        ) or "no field differs"
+    when = current.at.isoformat() if current.at is not None else "at an unknown time"
+    if seen is None or not seen.made(current):
+        judged = "not captured yet"
+    else:
+        judged = f"captured as {seen.classification} under flag version {seen.flag_version}"
+    now = (f"flag version {flag.version} ({mode})" if flag is not None
+           else "flag state unknown to this writer")
+    return (
+        f"switch conflict: {env.domain} {env.key}: {target.system} is the system of record "
+        f"now and holds a newer edit by {current.writer} at {when} ({judged}); the write "
+        f"routed under flag version {env.flag_version} from {env.source_system} was not "
+        f"applied (current: {now}); {differs}; the SoR's state stays and reaches the other "
+        f"ERP through change capture"
+    )
+
+
+def _observe_write(ctx: WriteContext, target: Erp, env: Envelope, result: Applied,
+                   *, created: bool) -> None:
+    legacy_key = cloud_id = None
+    if created:
+        from coexistence.translate.legacy import LEGACY_TRANSLATORS
+
+        translator = LEGACY_TRANSLATORS.get(env.domain)
+        try:
+            legacy_key = translator.legacy_key(env.key) if translator is not None else None
+        except TranslationError:
+            legacy_key = None  # a key the legacy ERP cannot hold (fakes' keys): cloud id only
+        cloud_id = result.target_id if target.system == "cloud" else None
+    observed.record_write(ctx.state, target.system, env.domain, env.key, result,
+                          COEXIST_WRITER, env.flag_version, created=created,
+                          legacy_key=legacy_key, cloud_id=cloud_id)
 
 
 def route_command(env: Envelope, erps: Mapping[str, Erp], flags: Any, send: Send,

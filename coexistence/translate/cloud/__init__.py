@@ -19,6 +19,7 @@ demo, benchmarks) that handle every domain alike.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -74,9 +75,25 @@ def from_canonical(
     )
 
 
+#: Server metadata a document may carry that no resource model holds: ``lastModifiedBy``
+#: (the client id of the last write) is read by the writers' condition
+#: (workers/cloud_erp.py), not translated.
+METADATA_FIELDS = ("lastModifiedBy",)
+
+
 def parse_document(domain: str, data: bytes | str | Mapping[str, Any]) -> CloudResource:
     """Validate a cloud JSON document of ``domain``; defects raise ``TranslationError``."""
     translator_for(domain)
+    if isinstance(data, Mapping):
+        if any(f in data for f in METADATA_FIELDS):
+            data = {k: v for k, v in data.items() if k not in METADATA_FIELDS}
+    elif (b'"lastModifiedBy"' if isinstance(data, bytes) else '"lastModifiedBy"') in data:
+        try:
+            decoded = json.loads(data)
+        except ValueError:
+            decoded = None  # not JSON: ``parse`` names the defect
+        if isinstance(decoded, dict):
+            data = {k: v for k, v in decoded.items() if k not in METADATA_FIELDS}
     return parse(DOMAIN_MODELS[domain], data)
 
 
