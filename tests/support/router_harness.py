@@ -37,6 +37,8 @@ class Harness:
     events: dict[str, list[Envelope]] = field(default_factory=lambda: defaultdict(list))
     pending: list[tuple[str, Envelope]] = field(default_factory=list)
     captured: CaptureStats = field(default_factory=CaptureStats)
+    #: Actors whose worker is "stopped": their messages wait in ``pending``.
+    paused: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         self.erps = {LEGACY: self.legacy, CLOUD: self.cloud}
@@ -73,7 +75,7 @@ class Harness:
 
     def write_context(self) -> handlers.WriteContext:
         """What the writer actors get in production: flags, pins, the state database."""
-        return handlers.WriteContext(self.flags, self._pinned_sor, self.engine)
+        return handlers.WriteContext(self.flags, self._pinned_sor, self.engine, self.erps)
 
     def _pinned_sor(self, domain: str, key: str) -> str | None:
         with self.engine.connect() as conn:
@@ -113,10 +115,15 @@ class Harness:
                 self.captured.add(stats)
                 moved += stats.read
             moved += self.relay.run_once(10_000)
+            waiting = []
             while self.pending:
                 actor, env = self.pending.pop(0)
+                if actor in self.paused:
+                    waiting.append((actor, env))
+                    continue
                 self._dispatch(actor, env)
                 moved += 1
+            self.pending[:0] = waiting
             if not moved:
                 return
         raise AssertionError("the router did not settle: a write loop?")

@@ -30,7 +30,7 @@ def register_actors(
             route = get_route(conn, domain, key)
         return route.pinned_sor if route else None
 
-    context = handlers.WriteContext(app.flags, pinned_sor, app.state)
+    context = handlers.WriteContext(app.flags, pinned_sor, app.state, app.erps)
 
     def writer(system: str):
         def write(envelope: dict) -> None:

@@ -21,6 +21,7 @@ business record naming both values, the flag versions and who made the edit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -72,12 +73,14 @@ class WriteContext:
 
     ``flags``: ``.state(domain)`` (the current flag of the domain); ``pinned_sor``:
     a document's pin; ``state``: the state database engine (observations, xref),
-    ``None`` in pure tests (then no observation is read or written).
+    ``None`` in pure tests (then no observation is read or written); ``erps``: both
+    ERPs, so a repair reads the SoR's state when it is applied.
     """
 
     flags: Any
     pinned_sor: Callable[[str, str], str | None] = lambda d, k: None
     state: Any = None
+    erps: Mapping[str, Erp] | None = None
 
 
 #: Sends one envelope to an actor: ``send(actor_name, queue_name, envelope)``.
@@ -126,6 +129,22 @@ def apply_write(env: Envelope, target: Erp, send: Send,
     kwargs: dict[str, Any] = {"repair": True} if repair else {}
     delete = env.kind == queues.KIND_DELETE or (repair and "record" not in env.payload)
     incoming = None if delete else _record(env)
+    idempotency_key = env.message_id
+    if repair and ctx is not None and ctx.erps:
+        sor_now = _sor_now(env, ctx, incoming)
+        if env.payload.get("reread") and sor_now == target.system:
+            # A propagation that a later switch overtook: the target is the SoR itself.
+            return Stale(env.domain, env.key, version, version)
+        if sor_now in ctx.erps and (sor_now == env.source_system or env.payload.get("reread")):
+            # A repair re-sends the SoR's state: read it now, not as it was when the repair
+            # was decided (a write routed before a switch may have reached it since).
+            incoming = ctx.erps[sor_now].get(env.domain, env.key)
+            delete = incoming is None
+            # What is written depends on when it is read: a redelivery that reads another
+            # state is another write (its own idempotency key), the same state the same.
+            state = "delete" if incoming is None else incoming.model_dump_json()
+            idempotency_key = (f"{env.message_id}:"
+                               f"{hashlib.sha256(state.encode()).hexdigest()[:16]}")
     for _ in range(WRITE_CONDITION_ROUNDS):
         record = incoming
         if record is not None and env.domain in FIELD_OWNERSHIP and not repair:
@@ -133,20 +152,24 @@ def apply_write(env: Envelope, target: Erp, send: Send,
             record, violations = merge_owned(held, record, env.payload.get("origin", "erp"))
             report_violations(violations, env, send)
         current = target.get_current(env.domain, env.key)
+        into_sor = False
         if current is not None and current.writer != COEXIST_WRITER:
             if not _newer(version, current.version, repair):
                 # A duplicate or an older write: refused by the version alone, as ever.
                 return Stale(env.domain, env.key, version, current.version)
-            decide_target_changed(env, target, record, current, ctx)
+            outcome = decide_target_changed(env, target, record, current, version, ctx)
+            if outcome == STALE:
+                return Stale(env.domain, env.key, version, current.version)
+            into_sor = outcome == WRITE_SOR
         condition = current.revision if current is not None else ABSENT
         if delete:
             result = target.delete(env.domain, env.key, source_version=version,
-                                   idempotency_key=env.message_id, if_revision=condition,
+                                   idempotency_key=idempotency_key, if_revision=condition,
                                    **kwargs)
         else:
             assert record is not None
             result = target.upsert(record, source_version=version,
-                                   idempotency_key=env.message_id, if_revision=condition,
+                                   idempotency_key=idempotency_key, if_revision=condition,
                                    **kwargs)
         if isinstance(result, Changed):
             log.info("%s %s %s changed under the write (%s); deciding again", target.system,
@@ -155,6 +178,8 @@ def apply_write(env: Envelope, target: Erp, send: Send,
         if isinstance(result, Applied) and ctx is not None and ctx.state is not None:
             _observe_write(ctx, target, env, result,
                            created=not delete and (current is None or not current.exists))
+        if isinstance(result, Applied) and into_sor and ctx is not None:
+            _propagate(env, target, ctx, send)
         return result
     raise TechnicalError(f"{target.system} {env.domain} {env.key} changed under "
                          f"{WRITE_CONDITION_ROUNDS} write attempts in a row; retry later")
@@ -164,30 +189,88 @@ def _newer(incoming: int, current: int, repair: bool) -> bool:
     return incoming >= current if repair else incoming > current
 
 
-def decide_target_changed(env: Envelope, target: Erp, record: CanonicalRecord | None,
-                          current: Current, ctx: WriteContext | None) -> None:
-    """The decision table of a write whose target holds someone else's newer state.
+#: Outcomes of ``decide_target_changed``.
+WRITE, WRITE_SOR, STALE = "write", "write-sor", "stale"
 
-    Returns (the write may apply) when the target is a shadow for the record now, or
-    is the SoR and capture observed the edit as a ``stray``; raises
-    ``SwitchConflict`` otherwise (the SoR's edit was an SoR edit, a channel write,
-    or was not captured yet).
+
+def _placement(env: Envelope, ctx: WriteContext, record: CanonicalRecord | None,
+               target: Erp | None = None):
+    flag = ctx.flags.state(env.domain)
+    if record is None and target is not None:
+        record = target.get(env.domain, env.key)
+    mode, sor, shadows, _pinned = placement(env.domain, env.key, flag, segment_attrs(record),
+                                            ctx.pinned_sor(env.domain, env.key))
+    return flag, mode, sor, shadows
+
+
+def _sor_now(env: Envelope, ctx: WriteContext, record: CanonicalRecord | None) -> str:
+    return _placement(env, ctx, record)[2]
+
+
+def _propagate(env: Envelope, target: Erp, ctx: WriteContext, send: Send) -> None:
+    """A write that landed in what is now the SoR (a stray there overwritten after a
+    switch) is an SoR change whose capture is an echo: re-send the SoR's state to the
+    shadows as a repair (read when applied), under the current flag version."""
+    flag, _mode, sor, shadows = _placement(env, ctx, None, target)
+    for system in shadows:
+        if system == target.system or system not in queues.WRITE_ACTOR:
+            continue
+        repair_env = new_envelope(
+            domain=env.domain, kind=queues.KIND_REPAIR, key=env.key,
+            payload={"reason": "propagate", "after": env.message_id, "reread": True},
+            source_system=sor, source_version=0, flag_version=flag.version,
+            message_id=str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                      f"{env.message_id}:propagate:{system}:{flag.version}")),
+            correlation_id=env.correlation_id, causation_id=env.message_id,
+        )
+        send(queues.WRITE_ACTOR[system], queues.WRITE_QUEUE[system], repair_env)
+
+
+def decide_target_changed(env: Envelope, target: Erp, record: CanonicalRecord | None,
+                          current: Current, version: int, ctx: WriteContext | None) -> str:
+    """The decision table of a write whose target holds someone else's state (newer
+    than coexist's last write there): ``WRITE``, ``WRITE_SOR`` (write, into what is
+    the SoR now), ``STALE`` (refused as older); raises ``SwitchConflict`` for a newer
+    edit in what is now the SoR.
+
+    Capture's observation of the target's current state (``observed_revision``) says
+    how it was judged and under which flag version; flag versions only grow, so an
+    edit captured under an older flag version than the write's was seen before the
+    write was routed (the write was decided knowing it).
+
+    ========== ================================================= ====================
+    target now its current state, as capture observed it           outcome
+    ========== ================================================= ====================
+    shadow     an SoR edit / channel write captured under a newer  ``STALE`` (the SoR's
+               flag version than the write's (a rollback with      newer edit is there
+               this write still in flight)                         already)
+    shadow     anything else (a stray, not captured yet)          ``WRITE`` (stray path)
+    SoR        a ``stray`` (made while it was not the SoR)        ``WRITE_SOR`` (policy)
+    SoR        any edit captured under an older flag version       ``WRITE_SOR``
+               than the write's (seen before it was routed)
+    SoR        an SoR edit or channel write captured under the     ``SwitchConflict``
+               write's flag version or later, or not captured yet
+    ========== ================================================= ====================
     """
-    flag = sor = mode = None
+    flag = mode = None
     seen = None
     if ctx is not None:
-        flag = ctx.flags.state(env.domain)
-        attrs = segment_attrs(record if record is not None else target.get(env.domain, env.key))
-        mode, sor, _shadows, _pinned = placement(env.domain, env.key, flag, attrs,
-                                                 ctx.pinned_sor(env.domain, env.key))
-        if target.system != sor:
-            return  # a shadow now: the stray path (capture reports the person's edit)
+        flag, mode, sor, _shadows = _placement(env, ctx, record, target)
         if ctx.state is not None:
             with ctx.state.connect() as conn:
                 seen = observed.get_observed(conn, target.system, env.domain, env.key)
-            if seen is not None and seen.classification == observed.STRAY \
-                    and seen.made(current):
-                return  # a stray observed before the switch: overwritten, as policy says
+        # The observation of the state the target holds now (None: not captured yet).
+        made = seen if seen is not None and seen.made(current) else None
+        if target.system != sor:
+            # A shadow now: the stray path (capture reports the person's edit), unless its
+            # state is an SoR edit made when it was the SoR and routed after this write.
+            newer_sor_edit = made is not None and made.classification in (
+                observed.SOR_EDIT, observed.CHANNEL) and made.flag_version > env.flag_version
+            return STALE if newer_sor_edit else WRITE
+        if made is not None and made.classification == observed.STRAY:
+            return WRITE_SOR  # a stray observed before the switch: overwritten (policy)
+        if made is not None and made.flag_version < env.flag_version:
+            return WRITE_SOR  # seen before this write was routed: the write is newer
     raise SwitchConflict(_conflict_message(env, target, record, current, flag, mode, seen))
 
 

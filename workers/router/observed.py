@@ -4,7 +4,7 @@
 of the record in that ERP:
 
 * capture upserts it in its batch transaction for every change it decides
-  (``observe_change``), classified ``echo`` (coexist's own write), ``sor_edit``
+  (``note`` + ``flush``), classified ``echo`` (coexist's own write), ``sor_edit``
   (a person's change in the record's SoR), ``channel`` (a channel command's
   write in the SoR) or ``stray`` (a person's change in the system that was not
   the SoR);
@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field
 
 from coexistence.ports import Applied, Change, Current
+from coexistence.router import routed_version
 from workers.db import StateTable
 
 ECHO = "echo"
@@ -53,6 +54,9 @@ class ObservedRevision(StateTable, table=True):
     classification: str = Field(max_length=16)
     #: Flag version of the domain when coexist judged the change.
     flag_version: int = Field(sa_type=BigInteger)
+    #: The change's routed version (flag version << 40 | its source version), or the
+    #: version of coexist's write: orders an SoR edit against a delayed write.
+    version: int = Field(default=0, sa_type=BigInteger)
     #: When the change was made in the system (its change time), UTC.
     changed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     #: When coexist observed it.
@@ -73,6 +77,7 @@ class Observation:
     classification: str
     flag_version: int
     changed_at: datetime | None
+    version: int = 0
 
     def made(self, current: Current) -> bool:
         """Is ``current`` the state this observation saw (same writer, same change time)?"""
@@ -94,27 +99,21 @@ def _upsert(conn, rows: list[dict]) -> None:
     stmt = base.on_conflict_do_update(
         index_elements=[_T.c.system, _T.c.domain, _T.c.key],
         set_={c: ex[c] for c in ("revision", "writer", "classification", "flag_version",
-                                 "changed_at", "at")},
+                                 "version", "changed_at", "at")},
     )
     conn.execute(stmt, rows)
 
 
 def _row(system: str, domain: str, key: str, revision: str, writer: str,
-         classification: str, flag_version: int, changed_at: datetime | None) -> dict:
+         classification: str, flag_version: int, changed_at: datetime | None,
+         version: int) -> dict:
     if classification not in CLASSIFICATIONS:  # pragma: no cover - a programming error
         raise ValueError(f"classification {classification!r} not in {CLASSIFICATIONS}")
     return {"system": system, "domain": domain, "key": key, "revision": revision[:128],
             "writer": writer[:64], "classification": classification,
-            "flag_version": int(flag_version),
+            "flag_version": int(flag_version), "version": int(version),
             "changed_at": _utc(changed_at) if changed_at is not None else None,
             "at": datetime.now(UTC)}
-
-
-def observe_change(conn, system: str, change: Change, classification: str,
-                   flag_version: int) -> None:
-    """Capture's one call per decided change, inside its batch transaction."""
-    _upsert(conn, [_row(system, change.domain, change.key, str(change.version), change.writer,
-                        classification, flag_version, change.at)])
 
 
 def get_observed(conn, system: str, domain: str, key: str) -> Observation | None:
@@ -124,7 +123,8 @@ def get_observed(conn, system: str, domain: str, key: str) -> Observation | None
     if row is None:
         return None
     return Observation(row.system, row.domain, row.key, row.revision, row.writer,
-                       row.classification, int(row.flag_version), row.changed_at)
+                       row.classification, int(row.flag_version), row.changed_at,
+                       int(row.version))
 
 
 def record_write(engine, system: str, domain: str, key: str, result: Applied, writer: str,
@@ -136,7 +136,7 @@ def record_write(engine, system: str, domain: str, key: str, result: Applied, wr
 
     with engine.begin() as conn:
         _upsert(conn, [_row(system, domain, key, result.revision, writer, COEXIST,
-                            flag_version, None)])
+                            flag_version, None, result.version)])
         if created and (legacy_key or cloud_id):
             link_in(conn, domain, key, legacy_key=legacy_key, cloud_id=cloud_id)
 
@@ -165,7 +165,8 @@ def note(conn, system: str, change: Change, decision) -> None:
         held = conn.info[_NOTED] = (txn, {})
     held[1][(change.domain, change.key)] = _row(
         system, change.domain, change.key, str(change.version), change.writer,
-        classify(change, str(decision.action)), decision.flag_version, change.at)
+        classify(change, str(decision.action)), decision.flag_version, change.at,
+        routed_version(decision.flag_version, change.version))
 
 
 def flush(conn) -> None:

@@ -87,7 +87,8 @@ def parse_document(domain: str, data: bytes | str | Mapping[str, Any]) -> CloudR
     if isinstance(data, Mapping):
         if any(f in data for f in METADATA_FIELDS):
             data = {k: v for k, v in data.items() if k not in METADATA_FIELDS}
-    elif (b'"lastModifiedBy"' if isinstance(data, bytes) else '"lastModifiedBy"') in data:
+    elif (b'"lastModifiedBy"' in data if isinstance(data, bytes)
+          else '"lastModifiedBy"' in data):
         try:
             decoded = json.loads(data)
         except ValueError:

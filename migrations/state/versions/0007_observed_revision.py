@@ -25,6 +25,7 @@ def upgrade() -> None:
     sa.Column('writer', sa.String(length=64), nullable=False),
     sa.Column('classification', sa.String(length=16), nullable=False),
     sa.Column('flag_version', sa.BigInteger(), nullable=False),
+    sa.Column('version', sa.BigInteger(), nullable=False),
     sa.Column('changed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('system', 'domain', 'key')

@@ -1,0 +1,172 @@
+"""Property (issue 9): whatever the interleaving, no write overwrites a newer edit in the SoR.
+
+A hypothesis state machine drives the real capture loops, outbox, relay, decisions and
+writer handlers over the in-memory ERPs (state in SQLite, copied from one migrated
+template per example): people edit either ERP; routed writes are delivered in any
+order, late, or twice; the domain switches between ``shadow`` and ``cloud`` (and back)
+at any point.  A switch first lets capture catch up with both feeds, as ``cutover set``
+waits for capture before it flips the flag (an edit capture has not seen is then one
+made after the switch).  ``switch`` also drains what is in flight first, as
+``cutover set`` does; ``switch_no_wait`` (``--no-wait``) does not, so routed writes
+cross the switch: that is where the write conditions decide.
+
+Invariant after settling: both ERPs hold the same value, the last edit made in the
+system that was the record's SoR when it was made (or the initial state), and every
+other edit ends as an exception record: a ``StrayWrite`` (an edit into the shadow) or
+a ``SwitchConflict`` (a write refused over a newer edit).  Nothing else is recorded.
+
+After a ``switch_no_wait`` with work in flight two more outcomes are allowed, always
+with an exception record: a stray edit whose repair was still in flight when its
+system became the SoR stays that SoR's state (a ``StrayWrite``); and a stray's repair
+read from an SoR that had not yet received a write still in flight can settle both
+ERPs on that SoR's older state (any SoR edit of a period closed by such a switch).  The
+write conditions never let an older write overwrite a newer edit silently; these two
+come from repairs decided on a state the switch did not wait for (README, "What does
+not work yet").
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests.support.router_harness import Harness
+from workers.db import create_state_engine
+from workers.migrate import upgrade as upgrade_schema
+from workers.router.handlers import StrayWrite, SwitchConflict
+from workers.router.queues import REPORT_ACTOR
+
+from .test_write_conditions import BASE, limit
+
+KEY = BASE.key
+SYSTEMS = ("legacy", "cloud")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    # In memory-backed storage when there is one: hundreds of small commits per example.
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp("sw")
+    path = base / "template.db"
+    engine = create_state_engine(f"sqlite:///{path}")
+    upgrade_schema(engine)
+    engine.dispose()
+    yield path
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class Switches(RuleBasedStateMachine):
+    template = None
+    count = 0
+
+    def __init__(self):
+        super().__init__()
+        Switches.count += 1
+        path = self.template.with_name(f"run-{Switches.count}.db")
+        shutil.copy(self.template, path)
+        self.h = Harness(create_state_engine(f"sqlite:///{path}"))
+        self.h.set_mode("customer", "shadow")
+        self.h.legacy.person_upsert(BASE, "JSMITH")
+        self.h.settle()
+        self.expected = BASE.credit_limit
+        self.edits = 0
+        #: Stray edits not yet followed by a switch making their system the SoR, and
+        #: those that were (allowed to survive, see the module docstring).
+        self.strays: dict[str, set[Decimal]] = {s: set() for s in SYSTEMS}
+        self.promoted: set[Decimal] = set()
+        #: SoR edits of the current period; those of periods an undrained switch closed.
+        self.period: set[Decimal] = {BASE.credit_limit}
+        self.undrained: set[Decimal] = set()
+
+    def sor(self) -> str:
+        return "legacy" if str(self.h.flags.state("customer").mode) == "shadow" else "cloud"
+
+    @rule(system=st.sampled_from(SYSTEMS), cents=st.integers(1, 10_000))
+    def person_edits(self, system, cents):
+        self.edits += 1
+        value = Decimal(cents) / 100 + self.edits * 1000  # every edit a distinct value
+        erp = self.h.legacy if system == "legacy" else self.h.cloud
+        erp.person_upsert(limit(f"{value:.2f}"), "JSMITH" if system == "legacy" else "c.user")
+        if system == self.sor():
+            self.expected = Decimal(f"{value:.2f}")
+            self.period.add(self.expected)
+        else:
+            self.strays[system].add(Decimal(f"{value:.2f}"))
+
+    @rule(system=st.sampled_from(SYSTEMS))
+    def capture(self, system):
+        self.h.loops[SYSTEMS.index(system)].drain()
+
+    @rule()
+    def relay(self):
+        self.h.relay.run_once(10_000)
+
+    @precondition(lambda self: self.h.pending)
+    @rule(pick=st.integers(0, 1_000), twice=st.booleans())
+    def deliver(self, pick, twice):
+        actor, env = self.h.pending.pop(pick % len(self.h.pending))
+        if twice:  # redelivered later (a lost ack): the copy stays in flight
+            self.h.pending.append((actor, env))
+        self.h._dispatch(actor, env)
+
+    @rule()
+    def switch(self):
+        """``cutover set``: capture catches up, in-flight work drains, then the flip."""
+        self.h.settle()
+        self._flip()
+
+    @rule()
+    def switch_no_wait(self):
+        """``cutover set --no-wait``: capture catches up (its pre-switch wait), no drain."""
+        for loop in self.h.loops:
+            loop.drain()
+        self.h.relay.run_once(10_000)
+        if self.h.pending:
+            self.promoted |= self.strays["cloud" if self.sor() == "legacy" else "legacy"]
+            self.undrained |= self.period
+        self._flip()
+
+    def _flip(self):
+        self.h.set_mode("customer", "cloud" if self.sor() == "legacy" else "shadow")
+        self.strays[self.sor()] = set()
+        self.period = {self.expected}
+
+    @invariant()
+    def only_expected_exceptions(self):
+        for actor, _env, exc in self.h.business_errors:
+            assert isinstance(exc, StrayWrite | SwitchConflict), (actor, exc)
+            assert isinstance(exc, SwitchConflict) or actor == REPORT_ACTOR
+
+    def teardown(self):
+        try:
+            self.h.settle()
+            legacy = self.h.legacy.get("customer", KEY).credit_limit
+            cloud = self.h.cloud.get("customer", KEY).credit_limit
+            allowed = {self.expected} | self.promoted | self.undrained
+            assert legacy == cloud and legacy in allowed, (
+                f"legacy {legacy}, cloud {cloud}, last SoR edit {self.expected}, allowed "
+                f"after undrained switches {sorted(allowed)}; "
+                f"exceptions: {[str(e) for _, _, e in self.h.business_errors]}")
+            if legacy != self.expected:
+                assert self.h.business_errors, "another outcome than the last SoR edit, silently"
+            self.only_expected_exceptions()
+        finally:
+            self.h.engine.dispose()
+            Path(str(self.h.engine.url.database)).unlink(missing_ok=True)
+
+
+def test_no_interleaving_of_edits_writes_and_switches_loses_the_sors_last_edit(template):
+    Switches.template = template
+    Switches.TestCase.settings = settings(
+        max_examples=25, stateful_step_count=20, deadline=None,
+        # No "explain" phase: its line tracing is minutes on this machine.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    Switches.TestCase().runTest()
