@@ -24,23 +24,18 @@ write conditions must make safe.
 
 from __future__ import annotations
 
-import subprocess
 from decimal import Decimal
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 
 from bus.db import create_state_engine
 from coexistence.canonical import decode
 from tests.support import cloud_sim
-from tests.support.processes import (
-    Process,
-    coexist_env,
-    coexist_executable,
-    extra_pg_schema,
-    wait_until,
-)
+from tests.support.processes import Process, coexist_env, extra_pg_schema, wait_until
+from workers.cli import cli
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.migrate import upgrade as upgrade_schema
@@ -72,10 +67,11 @@ class Deployment:
         self.worker: Process | None = None
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([*coexist_executable(), *args], env=self.env, cwd=self.home,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"coexist {' '.join(args)}: {done.stdout}{done.stderr}"
-        return done.stdout
+        """``coexist ARGS`` with the deployment's settings (in this process: the command
+        is short-lived, the router and the workers it steers are the OS processes)."""
+        result = CliRunner().invoke(cli, list(args), env=self.env)
+        assert result.exit_code == 0, f"coexist {' '.join(args)}: {result.output}"
+        return result.output
 
     def start(self, command: str) -> Process:
         proc = Process([command, "--log-level", "INFO"], self.env,

@@ -210,17 +210,28 @@ def _sor_now(env: Envelope, ctx: WriteContext, record: CanonicalRecord | None) -
 def _propagate(env: Envelope, target: Erp, ctx: WriteContext, send: Send) -> None:
     """A write that landed in what is now the SoR (a stray there overwritten after a
     switch) is an SoR change whose capture is an echo: re-send the SoR's state to the
-    shadows as a repair (read when applied), under the current flag version."""
-    flag, _mode, sor, shadows = _placement(env, ctx, None, target)
+    shadows as a repair (read when applied) under the record's last routed version, as
+    capture's stray repairs are, so no shadow's applied version outruns what later
+    repairs carry."""
+    from coexistence.router import split_version
+    from workers.router.state import get_route
+
+    _flag, _mode, sor, shadows = _placement(env, ctx, None, target)
+    last = 0
+    if ctx.state is not None:
+        with ctx.state.connect() as conn:
+            route = get_route(conn, env.domain, env.key)
+        last = route.last_version if route is not None else 0
+    flag_version, source_version = split_version(last)
     for system in shadows:
         if system == target.system or system not in queues.WRITE_ACTOR:
             continue
         repair_env = new_envelope(
             domain=env.domain, kind=queues.KIND_REPAIR, key=env.key,
             payload={"reason": "propagate", "after": env.message_id, "reread": True},
-            source_system=sor, source_version=0, flag_version=flag.version,
+            source_system=sor, source_version=source_version, flag_version=flag_version,
             message_id=str(uuid.uuid5(uuid.NAMESPACE_URL,
-                                      f"{env.message_id}:propagate:{system}:{flag.version}")),
+                                      f"{env.message_id}:propagate:{system}:{_flag.version}")),
             correlation_id=env.correlation_id, causation_id=env.message_id,
         )
         send(queues.WRITE_ACTOR[system], queues.WRITE_QUEUE[system], repair_env)
