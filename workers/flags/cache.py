@@ -69,6 +69,13 @@ class FlagCache(FlagSource):
             for listener in self._listeners:
                 listener(old, new)
 
+    def refresh(self) -> None:
+        """Take the flags from the SQL audit (the source of truth) now, not when the watcher
+        next hears of them: a decision that must not use a flag older than the last switch
+        (capture judging a change made after a switch, a writer deciding whether its target
+        is the SoR now) calls this first.  One query."""
+        self.apply(self.store.audit.latest().values())
+
     def wait_for(self, domain: str, version: int, timeout_s: float) -> bool:
         """Block until ``domain`` is at ``version`` or later; False on timeout."""
         with self._changed:

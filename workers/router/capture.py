@@ -205,6 +205,13 @@ class CaptureLoop:
         """Route one batch; returns what it did (``read == 0`` when the feed is drained)."""
         after = checkpoints.get(self.engine, self.feed_name)
         changes = self.feed.read(after, self.batch_size)
+        if changes:
+            # Flags as audited now, read after the changes: a change made after a switch is
+            # judged under it even if this process's cache has not heard of it yet (a change
+            # made before it was captured before it: `cutover set` waits for that).
+            refresh = getattr(self.flags, "refresh", None)
+            if refresh is not None:
+                refresh()
         if not changes:
             return CaptureStats()
         # Every ERP read of the batch, before its state transaction opens.

@@ -195,6 +195,9 @@ WRITE, WRITE_SOR, STALE = "write", "write-sor", "stale"
 
 def _placement(env: Envelope, ctx: WriteContext, record: CanonicalRecord | None,
                target: Erp | None = None):
+    refresh = getattr(ctx.flags, "refresh", None)
+    if refresh is not None:
+        refresh()  # "the SoR now" is the audited flag, not a cache that may lag a switch
     flag = ctx.flags.state(env.domain)
     if record is None and target is not None:
         record = target.get(env.domain, env.key)
