@@ -12,22 +12,39 @@ then inserts nothing (returns False); if the first rolled back, the second
 claims it.  On SQLite the write lock serialises them.
 
 Effects outside SQL (HTTP calls) use the message id as the idempotency key.
+
+In production the claim is made by ``InboxMiddleware`` (installed by
+``bus.brokers.setup``) for every actor that opts in with the actor option
+``inbox="<consumer name>"``: it opens a state transaction before the actor runs,
+claims ``(consumer, message id)``, hands the connection to the actor through
+``current()``, and commits claim and effect together after the actor returned.
+A duplicate is acked without running the actor; an exception rolls both back
+and the failure classes (``bus.retry``) take over.  The batch consumer
+(``bus.batch``) claims a whole batch in one transaction the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dramatiq import Middleware
+from dramatiq.middleware import SkipMessage
 from prometheus_client import Counter
-from sqlalchemy import Column, DateTime, Engine, String, delete
+from sqlalchemy import Column, Connection, DateTime, Engine, String, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session
 
+from bus.brokers.base import request_redelivery
 from bus.db import BusTable
+
+log = logging.getLogger(__name__)
 
 DUPLICATES = Counter(
     "coexist_bus_duplicates_total",
@@ -60,6 +77,23 @@ def claim(session: Any, consumer: str, message_id: str) -> bool:
     fresh = session.execute(_insert_new(_dialect(session)), values).first() is not None
     if not fresh:
         DUPLICATES.labels(consumer=consumer).inc()
+    return fresh
+
+
+def claim_many(conn: Any, consumer: str, message_ids: list[str]) -> set[str]:
+    """Claim every id of ``message_ids`` in one statement; returns the ids claimed now.
+
+    The ids missing from the result were applied before (or appear twice in the list):
+    their effect must be skipped.  Same transaction rules as ``claim``.
+    """
+    if not message_ids:
+        return set()
+    now = datetime.now(UTC)
+    rows = [{"consumer": consumer, "message_id": m, "processed_at": now}
+            for m in dict.fromkeys(message_ids)]
+    fresh = {r[0] for r in conn.execute(_insert_new(_dialect(conn)), rows)}
+    if len(fresh) < len(message_ids):
+        DUPLICATES.labels(consumer=consumer).inc(len(message_ids) - len(fresh))
     return fresh
 
 
@@ -115,3 +149,150 @@ def _dialect(session: Any) -> str:
     if dialect is None:
         dialect = session.get_bind().dialect
     return dialect.name
+
+
+# -- the middleware ----------------------------------------------------------------------
+
+#: The state connection of the inbox transaction the running actor's effect belongs to.
+_current: ContextVar[Connection | None] = ContextVar("coexist_inbox_connection", default=None)
+#: Attribute of a dramatiq ``MessageProxy`` holding its open inbox transaction.
+_OPEN_ATTR = "_coexist_inbox"
+#: Attribute marking a message the inbox skipped as a duplicate (for the log filter).
+DUPLICATE_ATTR = "_coexist_inbox_duplicate"
+#: The actor option naming the consumer whose inbox an actor claims in.
+INBOX_OPTION = "inbox"
+
+
+def current() -> Connection:
+    """The state connection whose transaction commits with this message's inbox claim.
+
+    Only inside an actor that declares ``inbox=...`` (or a batch handler of the batch
+    consumer); anything written through it commits, or rolls back, with the claim.
+    """
+    conn = _current.get()
+    if conn is None:
+        raise RuntimeError("no inbox transaction: the actor does not declare inbox=<consumer>")
+    return conn
+
+
+@contextlib.contextmanager
+def bound(conn: Connection) -> Iterator[Connection]:
+    """Make ``conn`` what ``current()`` returns inside the block (the batch consumer's use)."""
+    token = _current.set(conn)
+    try:
+        yield conn
+    finally:
+        _current.reset(token)
+
+
+_USES_INBOX_ATTR = "coexist_uses_inbox"
+
+
+def uses_inbox(handler):
+    """Mark a channel handler whose effect is written through ``current()``: its actor
+    then declares the inbox of its subscription (``workers.router.actors``)."""
+    setattr(handler, _USES_INBOX_ATTR, True)
+    return handler
+
+
+def wants_inbox(handler: Any) -> bool:
+    return bool(getattr(handler, _USES_INBOX_ATTR, False))
+
+
+def consumer_of(broker: Any, message: Any) -> str | None:
+    """The inbox consumer name the actor of ``message`` declares, or ``None``."""
+    try:
+        actor = broker.get_actor(message.actor_name)
+    except Exception:
+        return None
+    return actor.options.get(INBOX_OPTION)
+
+
+class InboxMiddleware(Middleware):
+    """Claim-and-effect in one state transaction for actors declaring ``inbox="name"``.
+
+    dramatiq swallows exceptions of ``before_*`` hooks except ``SkipMessage``, so a
+    failing claim (state database down) never lets the actor run without it: the
+    message is handed back to its queue (``request_redelivery``) and skipped.  A
+    commit that fails after the actor returned does the same (the effect rolled back
+    with the claim; the redelivery applies it).
+    """
+
+    def __init__(self, engine: Engine, *, redelivery_pause_ms: int = 500):
+        self.engine = engine
+        self.redelivery_pause_ms = redelivery_pause_ms
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {INBOX_OPTION}
+
+    def before_process_message(self, broker, message) -> None:
+        name = consumer_of(broker, message)
+        if not name:
+            return
+        conn = None
+        try:
+            conn = self.engine.connect()
+            conn.begin()
+            fresh = claim(conn, name, message.message_id)
+        except Exception:
+            log.exception("Could not claim message %s in the inbox of %s; handing it back "
+                          "to its queue.", message.message_id, name)
+            if conn is not None:
+                _close(conn)
+            self._pause()
+            request_redelivery(message)
+            raise SkipMessage() from None
+        if not fresh:
+            _close(conn)
+            log.debug("Message %s was already applied by %s; skipped.", message.message_id, name)
+            setattr(message, DUPLICATE_ATTR, True)
+            raise SkipMessage()
+        setattr(message, _OPEN_ATTR, (conn, _current.set(conn)))
+
+    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+        opened = getattr(message, _OPEN_ATTR, None)
+        if opened is None:
+            return
+        delattr(message, _OPEN_ATTR)
+        conn, token = opened
+        _current.reset(token)
+        if exception is not None:
+            _close(conn)  # rolls back claim and effect; the failure classes decide the rest
+            return
+        try:
+            conn.commit()
+        except Exception:
+            log.exception("Could not commit the effect of message %s; handing it back to its "
+                          "queue.", message.message_id)
+            self._pause()
+            request_redelivery(message)
+        finally:
+            _close(conn)
+
+    def after_skip_message(self, broker, message) -> None:
+        opened = getattr(message, _OPEN_ATTR, None)
+        if opened is not None:  # another middleware skipped it after our claim
+            delattr(message, _OPEN_ATTR)
+            _current.reset(opened[1])
+            _close(opened[0])
+
+    def _pause(self) -> None:
+        if self.redelivery_pause_ms:
+            time.sleep(self.redelivery_pause_ms / 1000)
+
+
+def _close(conn: Connection) -> None:
+    with contextlib.suppress(Exception):  # rolling back a broken connection may fail too
+        conn.close()
+
+
+class DuplicateSkipped(logging.Filter):
+    """Drops dramatiq's WARNING "Message ... was skipped." for inbox duplicates (a
+    redelivery is routine; the inbox logs it at debug and counts it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Message %s was skipped"):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and getattr(args[0], DUPLICATE_ATTR, False))

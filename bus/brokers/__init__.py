@@ -34,6 +34,8 @@ from bus.correlation import CorrelationMiddleware
 from bus.errors import BusError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from bus.retry import FailureRecorder
 
 __all__ = [
@@ -84,6 +86,7 @@ def setup(
     store: FailureRecorder,
     retry_options: dict[str, Any] | None = None,
     ledger: dramatiq.Middleware | None = None,
+    state: Engine | None = None,
 ) -> dramatiq.Broker:
     """Install our middleware stack on ``broker`` (idempotence is not attempted: call once).
 
@@ -91,21 +94,35 @@ def setup(
       takes its place (see ``bus.retry``);
     * ``ledger`` (``bus.ledger.SettleLedger``), when given: marks each message settled
       once handled or recorded, its ``after_process_message`` running after theirs;
+    * ``bus.inbox.InboxMiddleware`` on the state engine (``state``, else the exception
+      store's engine): actors declaring ``inbox="consumer"`` claim each message in the
+      transaction of their effect (``bus.inbox.current()``);
+    * ``bus.batch.BatchConsumers``: actors declaring ``batch=<handler of a list>`` are
+      consumed in batches, one state transaction and one ack per batch;
     * ``bus.correlation.CorrelationMiddleware`` first, so every log line of a handler
       carries the message's correlation id.
     """
     # Imported here: bus.retry imports bus.brokers.base, which runs this package first.
+    from bus.batch import BatchConsumers
+    from bus.inbox import DuplicateSkipped, InboxMiddleware
     from bus.retry import FailureClasses
 
     broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, Retries)]
     broker.add_middleware(FailureClasses(store, **(retry_options or {})))
     if ledger is not None:  # before it in the list: dramatiq runs after_* hooks in reverse
         broker.add_middleware(ledger, before=FailureClasses)
+    engine = state if state is not None else getattr(store, "engine", None)
+    if engine is not None:
+        pause = (retry_options or {}).get("redelivery_pause_ms", 500)
+        # Last: its after-hook commits (or rolls back) before FailureClasses routes a failure.
+        broker.add_middleware(InboxMiddleware(engine, redelivery_pause_ms=pause))
+    broker.add_middleware(BatchConsumers(engine))
     first = type(broker.middleware[0]) if broker.middleware else None
     broker.add_middleware(CorrelationMiddleware(), before=first)
     worker_log = logging.getLogger(DRAMATIQ_WORKER_LOGGER)
-    if not any(isinstance(f, ReportedByFailureClasses) for f in worker_log.filters):
-        worker_log.addFilter(ReportedByFailureClasses())
+    for wanted in (ReportedByFailureClasses, DuplicateSkipped):
+        if not any(isinstance(f, wanted) for f in worker_log.filters):
+            worker_log.addFilter(wanted())
     return broker
 
 

@@ -101,6 +101,39 @@ class CoexistRabbitmqBroker(RabbitmqBroker):
 
 
 class _CoexistRabbitmqConsumer(_RabbitmqConsumer):
+    def poll(self, timeout_s: float):
+        """The next delivery if one is buffered or arrives within ``timeout_s``, else None
+        (the batch consumer's "what arrived within a few ms")."""
+        try:
+            if not self.channel.get_waiting_message_count():
+                self.connection.process_data_events(time_limit=timeout_s)
+            if not self.channel.get_waiting_message_count():
+                return None
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        return next(self)
+
+    def ack_many(self, messages) -> None:
+        """Ack ``messages`` with ONE ``basic_ack(multiple=True)`` of the highest tag.
+
+        Only for a consumer used by one thread that settled every earlier delivery
+        (acked or nacked) first: a multiple ack covers every unacked tag up to it.
+        """
+        tags = [m._tag for m in messages]
+        if not tags:
+            return
+        missing = [t for t in tags if t not in self.known_tags]
+        if missing:  # the channel was reset: these tags mean nothing any more
+            self.logger.warning("Failed to ack %d messages: not in known tags.", len(missing))
+            return
+        self.known_tags.difference_update(tags)
+        try:
+            self.connection.add_callback_threadsafe(
+                partial(self.channel.basic_ack, max(tags), multiple=True)
+            )
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+
     def nack(self, message) -> None:
         if not redelivery_requested(message):
             super().nack(message)

@@ -299,6 +299,16 @@ class SqliteConsumer(Consumer):
                 return None
             time.sleep(self.broker.poll_interval_ms / 1000)
 
+    def poll(self, timeout_s: float) -> MessageProxy | None:
+        """A buffered delivery, or one fetch more; never waits (the batch consumer's use:
+        each fetch is a write transaction, so a batch takes what is there)."""
+        if not self.buffer:
+            with self._held_lock:
+                room = self.prefetch - len(self.held)
+            if room > 0:
+                self._fetch(room)
+        return self.buffer.popleft() if self.buffer else None
+
     def _fetch(self, limit: int) -> bool:
         now = current_millis()
         conn = self.broker.db.conn
@@ -365,6 +375,24 @@ class SqliteConsumer(Consumer):
                 "Lease on message %s expired before its ack; it was or will be delivered again.",
                 message.message_id,
             )
+
+    def ack_many(self, messages: Sequence[MessageProxy]) -> None:
+        """Ack ``messages`` in ONE transaction (the batch consumer's ack)."""
+        ids = [m._row_id for m in messages
+               if isinstance(m, _SqliteMessage) and self._release(m._row_id)]
+        if not ids:
+            return
+        with self.broker.db.transaction() as conn:
+            deleted = 0
+            for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = ids[i : i + 500]
+                deleted += conn.execute(
+                    f"DELETE FROM bus_queue WHERE lease_owner = ? AND id IN "
+                    f"({', '.join('?' * len(chunk))})", (self.owner, *chunk)).rowcount
+        if deleted < len(ids):
+            self.broker.logger.warning(
+                "Leases on %d messages expired before their ack; they were or will be "
+                "delivered again.", len(ids) - deleted)
 
     def nack(self, message: MessageProxy) -> None:
         assert isinstance(message, _SqliteMessage)  # a consumer only sees its own messages

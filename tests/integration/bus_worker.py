@@ -3,11 +3,16 @@
     python -m tests.integration.bus_worker --state-url URL (--broker AMQP_URL | --sqlite PATH)
         [--queue-type classic|quorum] [--threads 8] [--min-backoff-ms 50] [--max-retries 3]
 
-Its actors are what a real coexist worker does, minus the ERP: validate the
-envelope, then apply an SQL effect together with the inbox claim in one
-transaction.  ``effects`` has no unique constraint on purpose, so a message
-applied twice shows up as two rows.  It prints ``ready`` once consuming and
-stops cleanly on SIGTERM (kill -9 is the point of the tests, though).
+Its actors use the production middleware (``bus.brokers.setup``) the way coexist's
+consumers do, minus the ERP: ``apply_effect`` declares ``inbox=``, so
+``bus.inbox.InboxMiddleware`` claims the message and the actor writes its effect
+through ``bus.inbox.current()`` in the same transaction; ``apply_batch`` (queue
+``<queue>_batch``) is consumed by the batch consumer (``bus.batch``), one transaction
+of claims and effects per batch.  ``effects`` has no unique constraint on purpose, so
+a message applied twice shows up as two rows.  It prints ``ready`` once consuming
+and stops cleanly on SIGTERM (kill -9 is the point of the tests, though).  With
+``--hold-batch-s S`` the batch handler prints ``holding N`` after writing a batch's
+effects and sleeps S seconds before its commit: the moment a crash test kills it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 import dramatiq
 from sqlalchemy import (
@@ -43,6 +49,11 @@ from workers.migrate import upgrade as upgrade_schema
 
 QUEUE = "bus_test"
 CONSUMER = "bus_worker"
+BATCH_CONSUMER = "bus_worker_batch"
+
+
+def batch_queue(queue: str = QUEUE) -> str:
+    return f"{queue}_batch"
 
 METADATA = MetaData()
 EFFECTS = Table(
@@ -55,11 +66,6 @@ ATTEMPTS = Table(
     "bus_test_attempts", METADATA,
     Column("message_id", String(128), primary_key=True),
     Column("attempts", Integer, nullable=False),
-)
-SKIPS = Table(
-    "bus_test_skips", METADATA,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("message_id", String(128), nullable=False),
 )
 
 
@@ -87,16 +93,27 @@ def effect_counts(engine: Engine) -> tuple[int, int]:
     return int(rows), int(distinct)
 
 
-def declare_actors(engine: Engine, queue: str = QUEUE) -> None:
+def declare_actors(engine: Engine, queue: str = QUEUE, hold_batch_s: float = 0.0) -> None:
     def apply(env: dict) -> None:
         envelope = from_dict(env)
-        with engine.begin() as conn:
-            if inbox.claim(conn, CONSUMER, envelope.message_id):
-                conn.execute(insert(EFFECTS).values(message_id=envelope.message_id,
-                                                    n=envelope.payload["n"]))
-                return
-        with engine.begin() as conn:
-            conn.execute(insert(SKIPS).values(message_id=envelope.message_id))
+        inbox.current().execute(insert(EFFECTS).values(message_id=envelope.message_id,
+                                                       n=envelope.payload["n"]))
+
+    def apply_many(envs: list[dict]) -> None:
+        envelopes = [from_dict(env) for env in envs]
+        for envelope in envelopes:
+            if envelope.payload.get("poison"):
+                raise BusinessError(f"poisoned message {envelope.key}")
+        inbox.current().execute(insert(EFFECTS), [
+            {"message_id": e.message_id, "n": e.payload["n"]} for e in envelopes])
+        if hold_batch_s:
+            print(f"holding {len(envelopes)}", flush=True)
+            time.sleep(hold_batch_s)
+
+    @dramatiq.actor(queue_name=batch_queue(queue), actor_name="apply_batch",
+                    inbox=BATCH_CONSUMER, batch=apply_many)
+    def apply_batch(env: dict) -> None:
+        apply_many([env])
 
     def count_attempt(message_id: str) -> int:
         with engine.begin() as conn:
@@ -112,11 +129,11 @@ def declare_actors(engine: Engine, queue: str = QUEUE) -> None:
             return conn.execute(select(ATTEMPTS.c.attempts)
                                 .where(ATTEMPTS.c.message_id == message_id)).scalar_one()
 
-    @dramatiq.actor(queue_name=queue, actor_name="apply_effect")
+    @dramatiq.actor(queue_name=queue, actor_name="apply_effect", inbox=CONSUMER)
     def apply_effect(env: dict) -> None:
         apply(env)
 
-    @dramatiq.actor(queue_name=queue, actor_name="fails_then_succeeds")
+    @dramatiq.actor(queue_name=queue, actor_name="fails_then_succeeds", inbox=CONSUMER)
     def fails_then_succeeds(env: dict) -> None:
         envelope = from_dict(env)
         if count_attempt(envelope.message_id) <= envelope.payload["fail_times"]:
@@ -148,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-backoff-ms", type=int, default=200)
     parser.add_argument("--max-retries", type=int, default=3)
     parser.add_argument("--lease-ms", type=int, default=2000)
+    parser.add_argument("--hold-batch-s", type=float, default=0.0)
     args = parser.parse_args(argv)
 
     # No pre-ping: a round trip per message; a dropped connection fails the message, which
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_retries": args.max_retries, "redelivery_pause_ms": 50,
     })
     dramatiq.set_broker(broker)
-    declare_actors(engine, args.queue)
+    declare_actors(engine, args.queue, args.hold_batch_s)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -44,7 +44,7 @@ def runtime(request, tmp_path):
         settings,
         erps={LEGACY: InMemoryErp("legacy"), CLOUD: InMemoryErp("cloud")},
         subscriptions=[Subscription("probe", frozenset({"customer"}))],
-        channel_handlers={"probe": seen.append},
+        channel_handlers={"probe": seen.extend},
         # Same policy, shorter clock: technical failures retry twice, milliseconds apart.
         retry_options={"max_retries": 2, "min_backoff_ms": 10, "max_backoff_ms": 50},
         create_state=True,

@@ -1,17 +1,27 @@
 """The router's dramatiq actors: decode the envelope, call a handler, nothing else.
 
-Retries, failure classes, correlation ids and the exception store are the
+Retries, failure classes, correlation ids, the inbox and the exception store are the
 middleware's job (``bus.brokers.setup``).
+
+The ERP writers, the command router and the report actor are consumed one message at a
+time by dramatiq's worker threads.  Each subscription's channel handler (a function of a
+sequence of envelopes) is consumed by the batch consumer (``bus.batch``): up to
+``CHANNEL_BATCH_SIZE`` deliveries per call, acked after the call returned; a failing
+batch falls back to one message per call, so failures keep their classes.  A channel
+handler that marks itself with ``bus.inbox.uses_inbox`` gets the inbox of its
+subscription's name: claims and whatever it writes through ``bus.inbox.current()``
+commit in one state transaction per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
-from bus.envelope import from_dict
+from bus.envelope import Envelope, from_dict
+from bus.inbox import wants_inbox
 from coexistence.router import CLOUD, LEGACY
 from workers.router import handlers, queues
 from workers.router.state import get_route
@@ -19,9 +29,16 @@ from workers.router.state import get_route
 if TYPE_CHECKING:
     from workers.bootstrap import App
 
+#: Most envelopes one channel handler call receives.
+CHANNEL_BATCH_SIZE = 200
+#: How long the batch consumer waits for more deliveries after the first one.
+CHANNEL_BATCH_WAIT_MS = 5
+
+ChannelHandler = Callable[[Sequence[Envelope]], None]
+
 
 def register_actors(
-    app: App, channel_handlers: dict[str, Callable[[Any], None]] | None = None
+    app: App, channel_handlers: dict[str, ChannelHandler] | None = None
 ) -> dict[str, dramatiq.Actor]:
     """Declare the router's actors (and one per subscription) on ``app.broker``."""
 
@@ -64,8 +81,15 @@ def register_actors(
             continue
 
         def deliver(envelope: dict, _handle=handle) -> None:
-            _handle(from_dict(envelope))
+            _handle([from_dict(envelope)])
 
+        def deliver_many(envelopes: list[dict], _handle=handle) -> None:
+            _handle([from_dict(e) for e in envelopes])
+
+        options: dict[str, Any] = {"batch": deliver_many, "batch_size": CHANNEL_BATCH_SIZE,
+                                   "batch_wait_ms": CHANNEL_BATCH_WAIT_MS}
+        if wants_inbox(handle):
+            options["inbox"] = sub.name
         actors[sub.actor] = dramatiq.actor(deliver, actor_name=sub.actor,
-                                           queue_name=sub.queue, broker=app.broker)
+                                           queue_name=sub.queue, broker=app.broker, **options)
     return actors

@@ -1,0 +1,332 @@
+"""The batch consumer: deliveries taken in batches, one state transaction and one ack each.
+
+An actor opts in with the actor option ``batch=<handler of a list>`` (besides its
+ordinary one-message function, which stays the fallback)::
+
+    dramatiq.actor(deliver_one, queue_name=q, inbox="crm", batch=deliver_many,
+                   batch_size=200, batch_wait_ms=5)
+
+``BatchConsumers`` (installed by ``bus.brokers.setup``) takes such queues away from
+dramatiq's worker threads when a ``dramatiq.Worker`` boots and runs one consumer
+thread per queue instead:
+
+1. take up to ``batch_size`` deliveries: whatever is buffered, or what arrives within
+   ``batch_wait_ms`` after the first one;
+2. with ``inbox="name"``: open ONE state transaction, claim every message id in one
+   statement (duplicates drop out, acked without effect), call ``batch([first arg of
+   each fresh message])`` with that transaction as ``bus.inbox.current()``, commit;
+   without it: call the handler;
+3. ack after the commit: ``basic_ack(multiple=True)`` on RabbitMQ, one transaction on
+   the embedded broker.
+
+When the batch handler raises, the transaction rolls back and every message of the
+batch goes through the ordinary per-message path instead (dramatiq's middleware
+pipeline: its own inbox claim, ``bus.retry``'s failure classes: business ->
+exception store, technical -> retries).  So a poisoned message costs each neighbour
+one extra attempt and never fails it; a crash (kill -9) before the commit leaves
+claims and effects uncommitted and every delivery unacked, so all of them come back
+and are applied once.  Order within a key is the handler's business (version checks),
+as on the per-message path.
+
+What the batch path does not do: it emits no ``before/after_process_message`` for the
+messages of a committed batch (those hooks are per message: a time limit, an inbox
+claim, a correlation context); it emits ``before/after_ack`` per message, as dramatiq
+does, so middleware that must see every settled message hooks ``after_ack``.
+Retries of a batch queue on RabbitMQ wait in ``<queue>.DQ`` like any other; this
+module runs dramatiq's own delay-queue consumer for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from queue import PriorityQueue
+from typing import Any
+
+from dramatiq import Middleware
+from dramatiq.common import dq_name, q_name
+from dramatiq.errors import ActorNotFound, BrokerConnectionError, Retry
+from dramatiq.middleware import SkipMessage
+from prometheus_client import Counter, Histogram
+from sqlalchemy import Engine
+
+from bus import inbox
+
+log = logging.getLogger(__name__)
+#: dramatiq's worker logger: its filters (``bus.brokers.setup``) apply to our lines too.
+worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
+
+BATCH_OPTION = "batch"
+#: Most deliveries in one batch (and half the prefetch).
+BATCH_SIZE = 200
+#: After the first delivery, how long to wait for more before handling the batch.
+BATCH_WAIT_MS = 5
+#: How long one wait for a first delivery lasts before the loop checks for shutdown.
+IDLE_TIMEOUT_MS = 1_000
+#: Pause before a consumer whose connection broke is opened again.
+RESTART_DELAY_S = 1.0
+_NO_QUEUE = "\x00coexist-no-queue"
+
+BATCHES = Counter("coexist_bus_batches_total", "Batches handled by the batch consumer",
+                  ["queue", "outcome"])
+BATCH_SIZES = Histogram("coexist_bus_batch_size", "Deliveries per batch", ["queue"],
+                        buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
+
+
+def is_batch_actor(actor: Any) -> bool:
+    return callable(actor.options.get(BATCH_OPTION))
+
+
+class BatchConsumers(Middleware):
+    """Runs a ``BatchConsumer`` thread per queue of batch actors inside a dramatiq worker."""
+
+    def __init__(self, engine: Engine | None):
+        self.engine = engine
+        self._queues: dict[int, list[str]] = {}
+        self._threads: dict[int, list[BatchConsumer]] = {}
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {BATCH_OPTION, "batch_size", "batch_wait_ms"}
+
+    def before_worker_boot(self, broker, worker) -> None:
+        wanted = worker.consumer_whitelist
+        queues = sorted({
+            actor.queue_name for actor in map(broker.get_actor, broker.get_declared_actors())
+            if is_batch_actor(actor) and (not wanted or actor.queue_name in wanted)
+        })
+        if not queues:
+            return
+        everything = set(wanted) if wanted else {q_name(q) for q in broker.get_declared_queues()}
+        # dramatiq's threads no longer consume these (an empty set would mean "all").
+        worker.consumer_whitelist = (everything - set(queues)) or {_NO_QUEUE}
+        self._queues[id(worker)] = queues
+
+    def after_worker_boot(self, broker, worker) -> None:
+        threads = self._threads[id(worker)] = [
+            BatchConsumer(broker, queue, self.engine, in_flight=worker.work_queue)
+            for queue in self._queues.pop(id(worker), [])
+        ]
+        for thread in threads:
+            thread.start()
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        threads = self._threads.pop(id(worker), [])
+        for thread in threads:
+            thread.stop()
+        for thread in threads:
+            thread.join(timeout=60)
+
+
+class BatchConsumer(threading.Thread):
+    """Consumes one queue in batches (see the module docstring).
+
+    ``in_flight``: a queue whose ``join()`` should also wait for the batch being handled
+    (the dramatiq worker's work queue, so ``Worker.join`` covers batches too).
+    """
+
+    def __init__(self, broker, queue_name: str, engine: Engine | None, *,
+                 in_flight: PriorityQueue | None = None, idle_timeout_ms: int = IDLE_TIMEOUT_MS):
+        super().__init__(name=f"coexist-batch-{queue_name}", daemon=True)
+        self.broker = broker
+        self.queue_name = queue_name
+        self.engine = engine
+        self.in_flight = in_flight
+        self.idle_timeout_ms = idle_timeout_ms
+        self.running = True
+        self.consumer: Any = None
+        actors = [broker.get_actor(name) for name in broker.get_declared_actors()]
+        sizes = [a.options.get("batch_size", BATCH_SIZE) for a in actors
+                 if a.queue_name == queue_name and is_batch_actor(a)] or [BATCH_SIZE]
+        waits = [a.options.get("batch_wait_ms", BATCH_WAIT_MS) for a in actors
+                 if a.queue_name == queue_name and is_batch_actor(a)] or [BATCH_WAIT_MS]
+        self.batch_size = max(1, min(sizes))
+        self.batch_wait_s = max(waits) / 1000
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run(self) -> None:
+        while self.running:
+            delays = None
+            try:
+                self.consumer = self.broker.consume(self.queue_name, prefetch=2 * self.batch_size,
+                                                    timeout=self.idle_timeout_ms)
+                delays = self._start_delay_consumer()
+                while self.running:
+                    batch = self.take()
+                    if batch:
+                        self.handle(batch)
+            except BrokerConnectionError as e:
+                log.warning("Batch consumer of %s lost its broker connection: %s",
+                            self.queue_name, e)
+            except Exception:
+                log.critical("Batch consumer of %s failed.", self.queue_name, exc_info=True)
+            finally:
+                if delays is not None:
+                    delays.stop()
+                    delays.join(timeout=10)
+                    with contextlib.suppress(Exception):
+                        delays.close()
+                self._close()
+            if self.running:
+                time.sleep(RESTART_DELAY_S)
+
+    def _start_delay_consumer(self):
+        # RabbitMQ keeps retries in <queue>.DQ until their eta; dramatiq's own consumer
+        # thread moves them back to the work queue (the embedded broker needs none).
+        delay_queue = dq_name(self.queue_name)
+        if delay_queue not in getattr(self.broker, "get_declared_delay_queues", set)():
+            return None
+        from dramatiq.worker import ConsumerThread
+
+        thread = ConsumerThread(broker=self.broker, queue_name=delay_queue, prefetch=1000,
+                                work_queue=PriorityQueue(), worker_timeout=self.idle_timeout_ms)
+        thread.start()
+        return thread
+
+    def _close(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):  # a broken connection cannot close cleanly
+                consumer.requeue([])
+                consumer.close()
+
+    # -- one batch ---------------------------------------------------------------------
+
+    def take(self) -> list[Any]:
+        """Up to ``batch_size`` deliveries: the first within the idle timeout, then what
+        is buffered or arrives within ``batch_wait_s``."""
+        first = next(self.consumer)
+        if first is None:
+            return []
+        batch = [first]
+        poll = getattr(self.consumer, "poll", None)
+        if poll is None:
+            return batch
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < self.batch_size:
+            message = poll(max(0.0, deadline - time.monotonic()))
+            if message is None:
+                break
+            batch.append(message)
+        return batch
+
+    def handle(self, messages: Sequence[Any]) -> None:
+        """Apply ``messages``, then settle every one of them."""
+        self._track(len(messages))
+        try:
+            BATCH_SIZES.labels(queue=self.queue_name).observe(len(messages))
+            groups: dict[str, list[Any]] = {}
+            for message in messages:
+                groups.setdefault(message.actor_name, []).append(message)
+            committed: list[Any] = []
+            for actor_name, group in groups.items():
+                try:
+                    actor = self.broker.get_actor(actor_name)
+                except ActorNotFound:
+                    actor = None
+                if actor is not None and is_batch_actor(actor) and self._batch(actor, group):
+                    committed += group
+                    continue
+                for message in group:  # settled one by one, before the batch's ack
+                    self.process_one(message)
+            if committed:
+                self._ack_all(committed)
+        finally:
+            self._track(-len(messages))
+
+    def _batch(self, actor, messages: Sequence[Any]) -> bool:
+        """True when the whole group's claims and effects committed."""
+        handler = actor.options[BATCH_OPTION]
+        consumer = actor.options.get(inbox.INBOX_OPTION)
+        try:
+            if consumer and self.engine is not None:
+                with self.engine.connect() as conn, conn.begin():
+                    fresh = inbox.claim_many(conn, consumer, [m.message_id for m in messages])
+                    todo = []
+                    for message in messages:
+                        if message.message_id in fresh:
+                            fresh.discard(message.message_id)  # a second copy in the batch
+                            todo.append(message)
+                    if len(todo) < len(messages):
+                        log.debug("%d of %d messages on %s were already applied by %s.",
+                                  len(messages) - len(todo), len(messages), self.queue_name,
+                                  consumer)
+                    if todo:
+                        with inbox.bound(conn):
+                            handler([_arg(m) for m in todo])
+            else:
+                handler([_arg(m) for m in messages])
+        except Exception as e:
+            BATCHES.labels(queue=self.queue_name, outcome="split").inc()
+            log.info("A batch of %d messages on %s failed (%s: %s); handling each alone.",
+                     len(messages), self.queue_name, type(e).__name__, e)
+            return False
+        BATCHES.labels(queue=self.queue_name, outcome="committed").inc()
+        return True
+
+    def process_one(self, message) -> None:
+        """One message through dramatiq's middleware pipeline, as its worker threads do."""
+        broker = self.broker
+        actor = None
+        try:
+            broker.emit_before("process_message", message)
+            result = None
+            if not message.failed:
+                actor = broker.get_actor(message.actor_name)
+                result = actor(*message.args, **message.kwargs)
+            broker.emit_after("process_message", message, result=result)
+        except SkipMessage as e:
+            if message.failed:
+                message.stuff_exception(e)
+            worker_log.warning("Message %s was skipped.", message)
+            broker.emit_after("skip_message", message)
+        except BaseException as e:
+            message.stuff_exception(e)
+            throws = message.options.get("throws") or (actor and actor.options.get("throws"))
+            if not isinstance(e, Retry) and not (throws and isinstance(e, throws)):
+                worker_log.error("Failed to process message %s with unhandled exception.",
+                                 message, exc_info=True)
+            if isinstance(e, ActorNotFound):
+                message.fail()
+            broker.emit_after("process_message", message, exception=e)
+        finally:
+            self._settle(message)
+            message.clear_exception()
+
+    def _settle(self, message) -> None:
+        verb = "nack" if message.failed else "ack"
+        self.broker.emit_before(verb, message)
+        getattr(self.consumer, verb)(message)
+        self.broker.emit_after(verb, message)
+
+    def _ack_all(self, messages: Sequence[Any]) -> None:
+        for message in messages:
+            self.broker.emit_before("ack", message)
+        ack_many = getattr(self.consumer, "ack_many", None)
+        if ack_many is not None:
+            ack_many(messages)
+        else:
+            for message in messages:
+                self.consumer.ack(message)
+        for message in messages:
+            self.broker.emit_after("ack", message)
+
+    def _track(self, n: int) -> None:
+        q = self.in_flight
+        if q is None:
+            return
+        if n > 0:
+            with q.mutex:
+                q.unfinished_tasks += n
+        else:
+            for _ in range(-n):
+                q.task_done()
+
+
+def _arg(message) -> Any:
+    return message.args[0] if message.args else None
