@@ -246,11 +246,12 @@ class BatchConsumer(threading.Thread):
         try:
             if consumer and self.engine is not None:
                 with self.engine.connect() as conn, conn.begin():
-                    fresh = inbox.claim_many(conn, consumer, [m.message_id for m in messages])
+                    ids = [inbox.message_id_of(m) for m in messages]
+                    fresh = inbox.claim_many(conn, consumer, ids)
                     todo = []
-                    for message in messages:
-                        if message.message_id in fresh:
-                            fresh.discard(message.message_id)  # a second copy in the batch
+                    for message, message_id in zip(messages, ids, strict=True):
+                        if message_id in fresh:
+                            fresh.discard(message_id)  # a second copy in the batch has none
                             todo.append(message)
                     if len(todo) < len(messages):
                         log.debug("%d of %d messages on %s were already applied by %s.",

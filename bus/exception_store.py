@@ -14,7 +14,9 @@ Archive and replay are operator changes: each is audited with actor and reason
 (``exception_action``), and an archived record is never replayed.  Replay
 re-enqueues through the normal path with retry counters reset, and only
 then marks the record ``replayed``: a crash in between replays it twice, which
-is harmless because consumers are idempotent through the inbox.
+is harmless because every consumer is idempotent in effect (the inbox, version
+checks, idempotency keys: docs/architecture.md, "What makes each consumer
+idempotent").
 """
 
 from __future__ import annotations
@@ -388,7 +390,7 @@ class ExceptionStore:
         record was handled by hand and is never replayed.  By group: the group's open
         records.  Each message is enqueued first and its record marked ``replayed``
         after, so a crash never loses one; a message replayed twice is applied once
-        thanks to the inbox.
+        in effect (see "What makes each consumer idempotent" in docs/architecture.md).
         """
         _need_selection(ids, group)
         _need_audit(actor, reason)

@@ -6,7 +6,8 @@ publishes unsent rows in id order, in batches, through a ``publish_batch``
 callable that returns only once the broker has confirmed every message, and
 marks them sent.  A failed publish leaves the rows unsent (retried with capped
 backoff), so a message is never lost; a crash between publish and mark
-publishes it again, which consumers absorb through the inbox.
+publishes it again, which every consumer absorbs (the inbox, or version checks
+and idempotency keys: docs/architecture.md, "What makes each consumer idempotent").
 
 Ordering.  Rows of one partition key (the envelope key) are published in id
 order.  On PostgreSQL several relays run at once: each claims rows with
@@ -17,7 +18,7 @@ rest for a later round.  So no relay ever publishes a key's row while an
 earlier row of that key is still unpublished by someone else.  Id order equals
 commit order for one key as long as writers of a key serialise on its state
 row (they do: they update it first); beyond that, consumers apply only newer
-versions (``bus.monotonic``).
+versions (checked against what the target holds).
 
 On SQLite one relay publishes at a time, enforced by a lease row, and no write
 lock is held while publishing (the embedded broker may live in the same file).

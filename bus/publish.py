@@ -2,9 +2,10 @@
 
 A publisher is a callable ``publish_batch(rows)`` that returns only once the
 broker has taken responsibility for EVERY row, and raises otherwise (the relay
-then leaves the rows unsent and retries; consumers absorb duplicates through
-the inbox).  A row is anything with ``to_message() -> dramatiq.Message``
-(``bus.outbox.OutboxRow``) or a ``dramatiq.Message`` itself.
+then leaves the rows unsent and retries; consumers absorb duplicates: the inbox
+or version checks, see docs/architecture.md).  A row is anything with
+``to_message() -> dramatiq.Message`` (``bus.outbox.OutboxRow``) or a
+``dramatiq.Message`` itself.
 
 * ``RabbitmqBatchPublisher``: one channel in confirm mode; publishes the whole
   batch, then waits for the confirms (one round trip per batch instead of one

@@ -6,5 +6,4 @@ import line per module that declares bus tables.
 
 import bus.exception_store  # noqa: F401  (exception_record, exception_action)
 import bus.inbox  # noqa: F401  (inbox)
-import bus.monotonic  # noqa: F401  (applied_version)
 import bus.outbox  # noqa: F401  (outbox, outbox_lease)

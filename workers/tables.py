@@ -6,7 +6,7 @@ models-versus-migrations test compare against).  Add one import line per module 
 declares state tables.
 """
 
-import bus.tables  # noqa: F401  (outbox, outbox_lease, inbox, applied_version, exception_record)
+import bus.tables  # noqa: F401  (outbox, outbox_lease, inbox, exception_record)
 import workers.api.idempotency  # noqa: F401  (api_idempotency, api_sequence)
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.crm.state  # noqa: F401  (crm_onboarding)

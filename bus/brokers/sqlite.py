@@ -24,9 +24,10 @@ to ``bus_dead_letters``; a delayed enqueue (retries) just sets
 times (it keeps killing its worker) is dead-lettered, like RabbitMQ quorum
 queues do.  Several worker processes can share the file: WAL mode, a busy
 timeout and ``BEGIN IMMEDIATE`` for multi-statement writes, as in
-``bus.db.create_state_engine``.  Delivery is at least once; the inbox makes
-effects exactly once.  Each live consumer keeps a row in ``bus_consumer`` fresh
-(``CONSUMER_HEARTBEAT_MS``), so a reader can tell a queue that nobody consumes.
+``bus.db.create_state_engine``.  Delivery is at least once; consumers make
+effects exactly once (the inbox, version checks: docs/architecture.md).  Each
+live consumer keeps a row in ``bus_consumer`` fresh (``CONSUMER_HEARTBEAT_MS``),
+so a reader can tell a queue that nobody consumes.
 """
 
 from __future__ import annotations

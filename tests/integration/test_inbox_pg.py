@@ -1,4 +1,4 @@
-"""Inbox and monotonic apply under concurrent delivery on real PostgreSQL."""
+"""The inbox under concurrent delivery on real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from bus.db import create_state_engine
-from bus.inbox import claim
-from bus.monotonic import apply_if_newer, current_version
+from bus.inbox import claim, claim_many
 from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = pytest.mark.integration
@@ -26,7 +25,6 @@ def engine(pg_url):
     upgrade_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE effect (message_id TEXT NOT NULL)"))
-        conn.execute(text("CREATE TABLE account (id TEXT PRIMARY KEY, version BIGINT)"))
     yield engine
     engine.dispose()
 
@@ -118,25 +116,24 @@ def test_many_concurrent_duplicate_deliveries_apply_each_effect_once(engine):
     assert sorted(effects(engine)) == sorted(messages)
 
 
-def test_concurrent_writers_of_one_key_end_at_the_newest_version(engine):
-    keys = [f"C{i}" for i in range(5)]
-    writes = [(k, v) for k in keys for v in range(1, 41)]
-    writes += random.Random(9).sample(writes, 60)  # duplicates
-    random.Random(11).shuffle(writes)
+def test_concurrent_overlapping_batch_claims_apply_each_effect_once(engine):
+    """``claim_many`` (the batch consumer's one statement per batch) under redelivery:
+    batches overlap, repeat ids inside one batch, and run concurrently."""
+    messages = [f"m{i}" for i in range(300)]
+    deliveries = messages * 3
+    random.Random(7).shuffle(deliveries)
+    batches = [deliveries[i : i + 40] for i in range(0, len(deliveries), 40)]
 
-    def write(item) -> None:
-        key, version = item
-        with Session(engine) as session:
-            if apply_if_newer(session, "crm.account", key, version):
-                session.execute(
-                    text("INSERT INTO account VALUES (:k, :v) "
-                         "ON CONFLICT (id) DO UPDATE SET version = excluded.version"),
-                    {"k": key, "v": version})
-            session.commit()
+    def deliver(batch: list[str]) -> int:
+        with engine.connect() as conn, conn.begin():
+            fresh = claim_many(conn, "crm", batch)
+            assert fresh <= set(batch)
+            if fresh:
+                conn.execute(text("INSERT INTO effect SELECT unnest(CAST(:m AS text[]))"),
+                             {"m": sorted(fresh)})
+            return len(fresh)
 
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(write, writes))
-    with engine.connect() as conn:
-        state = dict(conn.execute(text("SELECT id, version FROM account")).all())
-        assert state == {k: 40 for k in keys}
-        assert all(current_version(conn, "crm.account", k) == 40 for k in keys)
+        applied = sum(pool.map(deliver, batches))
+    assert applied == len(messages)
+    assert sorted(effects(engine)) == sorted(messages)

@@ -1,6 +1,6 @@
 """The bus end to end on the embedded default: state change + outbox -> relay -> SQLite
-broker -> actor with correlation, inbox and monotonic apply -> effect, every message
-delivered twice, one of them undecodable."""
+broker -> actor with correlation, the inbox middleware and a version check -> effect, every
+message delivered twice, one of them undecodable."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import text, update
 from sqlmodel import Session
 
+from bus import inbox
 from bus.brokers import make_broker, setup
 from bus.context import JsonLogFormatter
 from bus.db import create_state_engine
 from bus.envelope import from_dict, new_envelope
 from bus.exception_store import ExceptionStore
-from bus.inbox import DUPLICATES, once
-from bus.monotonic import apply_if_newer
+from bus.inbox import DUPLICATES
 from bus.outbox import OutboxRecord, OutboxRelay, add_to_outbox, backlog
 from bus.publish import make_publisher
 from workers.migrate import upgrade as upgrade_schema
@@ -51,18 +51,16 @@ def flow(tmp_path):
     failure_logger = logging.getLogger("bus.retry")
     failure_logger.addHandler(failures_handler)
 
-    @dramatiq.actor(broker=broker, queue_name="crm", actor_name="apply_account")
+    @dramatiq.actor(broker=broker, queue_name="crm", actor_name="apply_account", inbox="crm")
     def apply_account(envelope_dict):
         env = from_dict(envelope_dict)
-        with once(state, "crm", env.message_id) as session:
-            if session is None:
-                return
-            logger.info("applying %s v%s", env.key, env.source_version)
-            session.execute(text("INSERT INTO applied VALUES (:m)"), {"m": env.message_id})
-            if apply_if_newer(session, "crm.account", env.key, env.source_version):
-                session.execute(text("INSERT INTO account VALUES (:k, :v) ON CONFLICT (id) "
-                                     "DO UPDATE SET version = excluded.version"),
-                                {"k": env.key, "v": env.source_version})
+        conn = inbox.current()  # commits with the inbox claim; a duplicate never gets here
+        logger.info("applying %s v%s", env.key, env.source_version)
+        conn.execute(text("INSERT INTO applied VALUES (:m)"), {"m": env.message_id})
+        # The version check: a late older version never overwrites a newer one.
+        conn.execute(text("INSERT INTO account VALUES (:k, :v) ON CONFLICT (id) DO UPDATE "
+                          "SET version = excluded.version WHERE excluded.version > version"),
+                     {"k": env.key, "v": env.source_version})
 
     yield state, broker, stream, failures_stream
     logger.removeHandler(handler)
