@@ -64,6 +64,9 @@ BATCH_OPTION = "batch"
 BATCH_SIZE = 200
 #: After the first delivery, how long to wait for more before handling the batch.
 BATCH_WAIT_MS = 5
+#: Batch consumer threads per queue and process: while one waits for its commit, another
+#: takes the next batch.
+BATCH_CONSUMERS = 2
 #: How long one wait for a first delivery lasts before the loop checks for shutdown.
 IDLE_TIMEOUT_MS = 1_000
 #: Pause before a consumer whose connection broke is opened again.
@@ -90,7 +93,7 @@ class BatchConsumers(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {BATCH_OPTION, "batch_size", "batch_wait_ms"}
+        return {BATCH_OPTION, "batch_size", "batch_wait_ms", "batch_consumers"}
 
     def before_worker_boot(self, broker, worker) -> None:
         wanted = worker.consumer_whitelist
@@ -109,6 +112,7 @@ class BatchConsumers(Middleware):
         threads = self._threads[id(worker)] = [
             BatchConsumer(broker, queue, self.engine, in_flight=worker.work_queue)
             for queue in self._queues.pop(id(worker), [])
+            for _ in range(_consumers(broker, queue))
         ]
         for thread in threads:
             thread.start()
@@ -327,6 +331,13 @@ class BatchConsumer(threading.Thread):
         else:
             for _ in range(-n):
                 q.task_done()
+
+
+def _consumers(broker, queue_name: str) -> int:
+    counts = [broker.get_actor(name).options.get("batch_consumers", BATCH_CONSUMERS)
+              for name in broker.get_declared_actors()
+              if broker.get_actor(name).queue_name == queue_name]
+    return max(1, max(counts, default=BATCH_CONSUMERS))
 
 
 def _arg(message) -> Any:

@@ -52,6 +52,10 @@ CONSUMER = "bus_worker"
 BATCH_CONSUMER = "bus_worker_batch"
 
 
+#: Set once "ready" is printed.
+READY = threading.Event()
+
+
 def batch_queue(queue: str = QUEUE) -> str:
     return f"{queue}_batch"
 
@@ -99,22 +103,6 @@ def declare_actors(engine: Engine, queue: str = QUEUE, hold_batch_s: float = 0.0
         inbox.current().execute(insert(EFFECTS).values(message_id=envelope.message_id,
                                                        n=envelope.payload["n"]))
 
-    def apply_many(envs: list[dict]) -> None:
-        envelopes = [from_dict(env) for env in envs]
-        for envelope in envelopes:
-            if envelope.payload.get("poison"):
-                raise BusinessError(f"poisoned message {envelope.key}")
-        inbox.current().execute(insert(EFFECTS), [
-            {"message_id": e.message_id, "n": e.payload["n"]} for e in envelopes])
-        if hold_batch_s:
-            print(f"holding {len(envelopes)}", flush=True)
-            time.sleep(hold_batch_s)
-
-    @dramatiq.actor(queue_name=batch_queue(queue), actor_name="apply_batch",
-                    inbox=BATCH_CONSUMER, batch=apply_many)
-    def apply_batch(env: dict) -> None:
-        apply_many([env])
-
     def count_attempt(message_id: str) -> int:
         with engine.begin() as conn:
             stmt = postgresql.insert(ATTEMPTS).values(message_id=message_id, attempts=1)
@@ -128,6 +116,26 @@ def declare_actors(engine: Engine, queue: str = QUEUE, hold_batch_s: float = 0.0
                     conn.execute(insert(ATTEMPTS).values(message_id=message_id, attempts=1))
             return conn.execute(select(ATTEMPTS.c.attempts)
                                 .where(ATTEMPTS.c.message_id == message_id)).scalar_one()
+
+    def apply_many(envs: list[dict]) -> None:
+        envelopes = [from_dict(env) for env in envs]
+        for envelope in envelopes:
+            if envelope.payload.get("poison"):
+                raise BusinessError(f"poisoned message {envelope.key}")
+            fail_times = envelope.payload.get("fail_times", 0)
+            if fail_times and count_attempt(envelope.message_id) <= fail_times:
+                raise TechnicalError("cloud ERP answered 503")
+        inbox.current().execute(insert(EFFECTS), [
+            {"message_id": e.message_id, "n": e.payload["n"]} for e in envelopes])
+        if hold_batch_s:
+            READY.wait()  # "ready" is the first line the test reads
+            print(f"holding {len(envelopes)}", flush=True)
+            time.sleep(hold_batch_s)
+
+    @dramatiq.actor(queue_name=batch_queue(queue), actor_name="apply_batch",
+                    inbox=BATCH_CONSUMER, batch=apply_many)
+    def apply_batch(env: dict) -> None:
+        apply_many([env])
 
     @dramatiq.actor(queue_name=queue, actor_name="apply_effect", inbox=CONSUMER)
     def apply_effect(env: dict) -> None:
@@ -190,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     drainer = threading.Thread(target=drain.run_forever, args=(stop, 0.3), daemon=True)
     drainer.start()
     print("ready", flush=True)
+    READY.set()
     stop.wait()
     worker.stop(timeout=10_000)
     broker.close()

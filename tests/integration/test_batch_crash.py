@@ -17,6 +17,7 @@ import sqlite3
 import threading
 
 import pytest
+from sqlalchemy import select
 
 from bus.brokers import make_broker
 from bus.brokers.sqlite import SqliteBroker
@@ -131,5 +132,43 @@ def test_kill_9_mid_batch_on_the_embedded_broker(tmp_path):
     finally:
         for w in workers:
             w.stop()
+        broker.close()
+        engine.dispose()
+
+
+@pytest.mark.integration
+def test_a_technical_failure_in_a_batch_is_retried_through_the_delay_queue(pg_url, rabbit_vhost,
+                                                                           tmp_path):
+    """The message fails in its batch and alone, waits in ``.DQ``, comes back and is applied
+    once; its neighbours are applied at once."""
+    engine = create_state_engine(pg_url)
+    bus_worker.prepare_state(engine)
+    broker = make_broker(rabbit_vhost)
+    queue = "batchretry"
+    batch_queue = bus_worker.batch_queue(queue)
+    worker = None
+    try:
+        broker.declare_queue(batch_queue)
+        messages = [bus_worker.message_for("apply_batch", n, batch_queue) for n in range(60)]
+        flaky = bus_worker.message_for("apply_batch", 1000, batch_queue, fail_times=2)
+        _publish_all(broker, [*messages[:30], flaky, *messages[30:]])
+        worker = Worker(tmp_path, "--state-url", pg_url, "--broker", rabbit_vhost, "--queue",
+                        queue, "--min-backoff-ms", "50", "--max-backoff-ms", "100")
+        _wait_for(lambda: bus_worker.effect_counts(engine)[1] >= 61, "every effect", [worker],
+                  timeout_s=30)
+        worker.stop()
+        assert worker.proc.returncode == 0, worker.tail()
+        with engine.connect() as conn:
+            attempts = dict(conn.execute(select(bus_worker.ATTEMPTS)).all())
+        assert attempts == {flaky.message_id: 3}  # in its batch, alone, then the retry
+        _assert_exactly_once(engine, 61)
+        assert broker.get_queue_message_counts(batch_queue) == (0, 0, 0)
+        assert ExceptionStore(engine).open_count() == 0
+    finally:
+        if worker is not None:
+            worker.stop()
+        for name in broker.queue_names(batch_queue):
+            with contextlib.suppress(Exception):  # the run's vhost goes at the end anyway
+                broker.channel.queue_delete(name)
         broker.close()
         engine.dispose()
