@@ -11,8 +11,9 @@ through ``bus.inbox.current()`` in the same transaction; ``apply_batch`` (queue
 of claims and effects per batch.  ``effects`` has no unique constraint on purpose, so
 a message applied twice shows up as two rows.  It prints ``ready`` once consuming
 and stops cleanly on SIGTERM (kill -9 is the point of the tests, though).  With
-``--hold-batch-s S`` the batch handler prints ``holding N`` after writing a batch's
-effects and sleeps S seconds before its commit: the moment a crash test kills it.
+``--hold-batch-s S`` the batch handler prints ``holding N`` after writing the effects
+of a batch of N > 1 and sleeps S seconds before its commit: the moment a crash test
+kills it.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def declare_actors(engine: Engine, queue: str = QUEUE, hold_batch_s: float = 0.0
                 raise TechnicalError("cloud ERP answered 503")
         inbox.current().execute(insert(EFFECTS), [
             {"message_id": e.message_id, "n": e.payload["n"]} for e in envelopes])
-        if hold_batch_s:
+        if hold_batch_s and len(envelopes) > 1:  # a batch, not a lone delivery
             READY.wait()  # "ready" is the first line the test reads
             print(f"holding {len(envelopes)}", flush=True)
             time.sleep(hold_batch_s)
