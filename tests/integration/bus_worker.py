@@ -55,6 +55,7 @@ BATCH_CONSUMER = "bus_worker_batch"
 
 #: Set once "ready" is printed.
 READY = threading.Event()
+PRINT_LOCK = threading.Lock()
 
 
 def batch_queue(queue: str = QUEUE) -> str:
@@ -130,7 +131,9 @@ def declare_actors(engine: Engine, queue: str = QUEUE, hold_batch_s: float = 0.0
             {"message_id": e.message_id, "n": e.payload["n"]} for e in envelopes])
         if hold_batch_s and len(envelopes) > 1:  # a batch, not a lone delivery
             READY.wait()  # "ready" is the first line the test reads
-            print(f"holding {len(envelopes)}", flush=True)
+            with PRINT_LOCK:  # two batch consumer threads may hold at once: whole lines
+                sys.stdout.write(f"holding {len(envelopes)}\n")
+                sys.stdout.flush()
             time.sleep(hold_batch_s)
 
     @dramatiq.actor(queue_name=batch_queue(queue), actor_name="apply_batch",
