@@ -240,6 +240,7 @@ class BatchConsumer(threading.Thread):
                 for message in group:  # settled one by one, before the batch's ack
                     self.process_one(message)
             if committed:
+                self._committed(committed)
                 self._ack_all(committed)
         finally:
             self._track(-len(messages))
@@ -309,6 +310,15 @@ class BatchConsumer(threading.Thread):
         self.broker.emit_before(verb, message)
         getattr(self.consumer, verb)(message)
         self.broker.emit_after(verb, message)
+
+    def _committed(self, messages: Sequence[Any]) -> None:
+        """Tell middleware that settles messages (``bus.ledger.SettleLedger``) that these
+        messages' effects are committed: the per-message path's ``after_process_message``
+        does not run for them."""
+        for middleware in self.broker.middleware:
+            hook = getattr(middleware, "after_batch_commit", None)
+            if hook is not None:
+                hook(self.broker, messages)
 
     def _ack_all(self, messages: Sequence[Any]) -> None:
         for message in messages:

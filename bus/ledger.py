@@ -62,6 +62,17 @@ def mark_settled(engine: Engine, message_id: str, outcome: str) -> bool:
     return bool(result.rowcount)
 
 
+def mark_settled_many(engine: Engine, message_ids: list[str], outcome: str) -> int:
+    """``mark_settled`` for a batch's messages in one statement; how many rows it marked."""
+    if not message_ids:
+        return 0
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(_T).where(_T.c.message_id.in_(message_ids), _T.c.settled_at.is_(None))
+            .values(settled_at=datetime.now(UTC), outcome=outcome))
+    return int(result.rowcount or 0)
+
+
 def recorded_since(engine: Engine, message_id: str, actor_name: str, since: datetime) -> bool:
     """True when the exception store recorded ``message_id`` for ``actor_name`` at or after
     ``since`` (this delivery's failure; an older record of an earlier run does not count)."""
@@ -108,6 +119,16 @@ class SettleLedger(Middleware):
             from bus.brokers.base import request_redelivery
 
             request_redelivery(message)
+
+    def after_batch_commit(self, broker, messages) -> None:
+        """The batch consumer's hook (``bus.batch``): a committed batch's effects are done,
+        so each of its messages is settled, in one statement, before the batch's ack.  A
+        failing mark is logged; the rows stay unsettled and the next delivery of any of
+        them (or none: channels are not waited for by a switch) marks them."""
+        try:
+            mark_settled_many(self.engine, [m.message_id for m in messages], HANDLED)
+        except Exception:
+            log.exception("Could not mark a batch of %d messages settled.", len(messages))
 
     def after_skip_message(self, broker, message) -> None:
         # Skipped by middleware (a duplicate the inbox already applied): it is finished.

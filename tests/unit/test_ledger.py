@@ -8,6 +8,7 @@ a SQLite state database, so each test asserts on the outbox row: settled, how, o
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import dramatiq
@@ -173,3 +174,46 @@ def test_a_dead_letter_the_drain_recorded_counts_as_settled(engine):
         error_type="DeadLetter", error_message="over the delivery limit", call_site="-",
         attempts=21)
     assert ledger.unsettled(engine, domain="customer").total == 0
+
+
+def test_a_batch_the_batch_consumer_committed_is_settled_before_its_ack(tmp_path, engine):
+    """Channel subscriptions run on the batch consumer (``bus.batch``), which does not pass
+    each message through ``after_process_message``: its committed batch is settled in one
+    statement, so the outbox rows are finished (and purgeable) like any other."""
+    from bus.brokers import make_broker
+
+    broker = make_broker(None, sqlite_path=tmp_path / "bus.db", poll_interval_ms=5)
+    setup(broker, store=ExceptionStore(engine), ledger=ledger.SettleLedger(engine))
+    seen: list[str] = []
+
+    def handle(envelopes: list[dict]) -> None:
+        seen.extend(e["key"] for e in envelopes)
+
+    def one(envelope: dict) -> None:  # the per-message path; never used for a batch
+        raise AssertionError("a batch actor's messages go through its batch handler")
+
+    dramatiq.actor(one, broker=broker, queue_name="coexist.channel.t", actor_name="channel_t",
+                   batch=handle)
+    ids = []
+    for n in range(5):
+        env = new_envelope(domain="customer", kind="event", key=str(n), payload={},
+                           source_system="legacy", source_version=n, flag_version=2)
+        with Session(engine) as session:
+            add_to_outbox(session, env, actor_name="channel_t", queue_name="coexist.channel.t")
+            session.commit()
+        broker.enqueue(dramatiq.Message(queue_name="coexist.channel.t", actor_name="channel_t",
+                                        args=(env.model_dump(mode="json"),), kwargs={},
+                                        options={}, message_id=env.message_id))
+        ids.append(env.message_id)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not all(row(engine, i).settled_at for i in ids):
+            assert time.monotonic() < deadline, [row(engine, i) for i in ids]
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        broker.close()
+    assert sorted(seen) == [str(n) for n in range(5)]
+    assert {row(engine, i).outcome for i in ids} == {ledger.HANDLED}

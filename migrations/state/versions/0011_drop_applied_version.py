@@ -3,7 +3,7 @@ had no production caller; writers check versions against what the target holds
 (``workers.router.handlers.apply_write``), channel consumers in their own stores.
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0009
 """
 
 from __future__ import annotations
