@@ -3,7 +3,7 @@ had no production caller; writers check versions against what the target holds
 (``workers.router.handlers.apply_write``), channel consumers in their own stores.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0006"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
