@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 #: Most envelopes one channel handler call receives.
 CHANNEL_BATCH_SIZE = 200
+#: A channel handler with this attribute set to False is consumed one message per call
+#: (dramatiq's own threads) instead of by the batch consumer.
+BATCHED_ATTR = "batched"
 #: How long the batch consumer waits for more deliveries after the first one.
 CHANNEL_BATCH_WAIT_MS = 5
 
@@ -86,8 +89,10 @@ def register_actors(
         def deliver_many(envelopes: list[dict], _handle=handle) -> None:
             _handle([from_dict(e) for e in envelopes])
 
-        options: dict[str, Any] = {"batch": deliver_many, "batch_size": CHANNEL_BATCH_SIZE,
-                                   "batch_wait_ms": CHANNEL_BATCH_WAIT_MS}
+        options: dict[str, Any] = {}
+        if getattr(handle, BATCHED_ATTR, True):
+            options.update(batch=deliver_many, batch_size=CHANNEL_BATCH_SIZE,
+                           batch_wait_ms=CHANNEL_BATCH_WAIT_MS)
         if wants_inbox(handle):
             options["inbox"] = sub.name
         actors[sub.actor] = dramatiq.actor(deliver, actor_name=sub.actor,
