@@ -68,6 +68,7 @@ def _payload_upcaster(domain: str, version: int, payload: dict) -> tuple[int, di
     return model.current_schema_version, {**payload, "record": record}
 
 
+
 def subscriptions_from(settings: Settings) -> tuple[queues.Subscription, ...]:
     """The channel subscriptions declared in the configuration (``[subscriptions.NAME]``)."""
     return tuple(
@@ -483,6 +484,7 @@ class App:
 #: another process.
 CHANNEL_HANDLERS: dict[str, str] = {
     "edi": "workers.edi.consumer:channel_handler",
+    "portal": "workers.portal.consumer:channel_handler",
 }
 
 

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 CONF = ROOT / "scripts" / "supervisord" / "coexist.conf"
-PROGRAMS = {"coexist-router", "coexist-worker-00", "coexist-worker-01"}
+PROGRAMS = {"coexist-router", "coexist-worker-00", "coexist-worker-01", "coexist-portal"}
 #: Longest wait for supervisord to start (startsecs=5) or stop (SIGTERM) the programs,
 #: or for the work to settle.
 WAIT_S = 60.0
@@ -95,7 +95,7 @@ files = {CONF}
             return {}
 
     def running(self) -> dict[str, int]:
-        """Program -> pid, once all three are RUNNING (past startsecs)."""
+        """Program -> pid, once all of them are RUNNING (past startsecs)."""
         procs = self.processes()
         if set(procs) == PROGRAMS and all(p["statename"] == "RUNNING" for p in procs.values()):
             return {name: p["pid"] for name, p in procs.items()}
@@ -118,7 +118,7 @@ files = {CONF}
 
     def program_log(self, name: str) -> str:
         files = {"coexist-router": "router.jsonl", "coexist-worker-00": "worker-00.jsonl",
-                 "coexist-worker-01": "worker-01.jsonl"}
+                 "coexist-worker-01": "worker-01.jsonl", "coexist-portal": "portal.jsonl"}
         path = self.dir / "log" / files[name]
         return path.read_text(errors="replace") if path.exists() else ""
 
@@ -177,9 +177,10 @@ def test_supervisord_runs_the_conf_restarts_a_killed_worker_and_stops_all_gracef
     deployment,
 ):
     sup, legacy, state, settings, vhost = deployment
-    pids = wait_until(sup.running, WAIT_S, "supervisord starts the router and two workers")
+    pids = wait_until(sup.running, WAIT_S,
+                      "supervisord starts the router, two workers and the portal dispatcher")
     wait_until(lambda: all(sup.started(name) for name in PROGRAMS), WAIT_S,
-               "the three programs finish starting")
+               "the four programs finish starting")
 
     written: list[str] = []
     customers = iter(iter_customers(100_000, seed=11))
@@ -214,8 +215,8 @@ def test_supervisord_runs_the_conf_restarts_a_killed_worker_and_stops_all_gracef
     assert {n: p["statename"] for n, p in procs.items()} == dict.fromkeys(PROGRAMS, "STOPPED")
     # SIGTERM handled: each exits 0 (never SIGKILLed after stopwaitsecs); the log line may
     # reach the file a moment after supervisorctl returns.
-    log = wait_until(lambda: (text := sup.log()).count("stopped: coexist-") >= 3 and text,
-                     WAIT_S, "supervisord logs how each program stopped")
+    log = wait_until(lambda: (text := sup.log()).count("stopped: coexist-") >= len(PROGRAMS)
+                     and text, WAIT_S, "supervisord logs how each program stopped")
     for name in PROGRAMS:
         assert f"stopped: {name} (exit status 0)" in log, log[-3000:]
     assert "exited: coexist-worker-00 (terminated by SIGKILL" in log

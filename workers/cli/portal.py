@@ -213,41 +213,37 @@ def notices_cmd(ctx, fmt) -> None:
 @portal.command("deliver")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(min=1),
               help="Delivery threads.")
+@click.option("--timeout-s", default=15.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="One attempt's whole HTTP exchange.")
+@click.option("--lease-margin-s", default=15.0, show_default=True,
+              type=click.FloatRange(0.5, 600),
+              help="A claim outlives the attempt's timeout by this much; a killed "
+                   "dispatcher's claims are taken by another this long after its timeout.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                                 case_sensitive=False))
 @click.pass_context
-def deliver_cmd(ctx: click.Context, threads: int, log_level: str) -> None:
+def deliver_cmd(ctx: click.Context, threads: int, timeout_s: float, lease_margin_s: float,
+                log_level: str) -> None:
     """Deliver due webhooks (and replayed dead letters) until SIGTERM."""
     import dramatiq
 
     from bus.context import configure_logging
-    from bus.envelope import from_dict
     from workers.bootstrap import App, start
-    from workers.portal.delivery import (
-        REDELIVER_ACTOR,
-        REDELIVER_QUEUE,
-        Dispatcher,
-        redeliver,
-    )
-    from workers.portal.endpoints import EndpointRegistry
+    from workers.portal.delivery import REDELIVER_QUEUE
+    from workers.portal.process import Delivery
 
     configure_logging(log_level)
     app = start(App(ctx.obj.settings, erps={}), register=False)
-    registry = EndpointRegistry(app.state)
-
-    def portal_redeliver(envelope: dict) -> None:
-        redeliver(from_dict(envelope).payload, app.state, registry)
-
-    dramatiq.actor(portal_redeliver, actor_name=REDELIVER_ACTOR, queue_name=REDELIVER_QUEUE,
-                   broker=app.broker)
+    delivery = Delivery(app, threads=threads, timeout_s=timeout_s,
+                        lease_margin_s=lease_margin_s)
     worker = dramatiq.Worker(app.broker, worker_threads=2, queues={REDELIVER_QUEUE})
     worker.start()
-    dispatcher = Dispatcher(app.state, registry, app.exceptions, threads=threads)
     stop = stop_on_signals()
+    delivery.start(stop)
     try:
-        dispatcher.run_forever(stop)
+        stop.wait()
     finally:
+        delivery.close()
         worker.stop()
-        dispatcher.close()
         app.close()

@@ -1,7 +1,8 @@
 """``coexist run`` / ``coexist router`` / ``coexist worker``: the long-running processes.
 
-* ``run``: router (change capture of both ERPs + outbox relay) and the worker
-  threads in one process; the embedded default on one machine.
+* ``run``: router (change capture of both ERPs + outbox relay), the worker
+  threads and the portal's webhook dispatcher in one process; the embedded default on
+  one machine.
 * ``router``: capture + relay only.  Run as many as availability needs (on one
   host or several): one captures each ERP at a time, the others stand by and take
   over within ``--capture-lease-s`` (+1 s) of its end (``workers.router.lease``).
@@ -134,14 +135,20 @@ def run(ctx: click.Context, threads: int, log_level: str, metrics_port: int | No
         # The embedded default's first start may create a new, empty SQLite state database.
         app = _started(ctx.obj, log_level, create_state=True)
         _serve_metrics(metrics_port, app)
+        # The portal's webhook dispatcher (what `coexist portal deliver` runs on its own).
+        from workers.portal.process import Delivery
+
+        portal = Delivery(app, threads=4)
         worker = _start_worker(app, threads)
         loops = _start_channel_loops(app, stop.event)
+        portal.start(stop.event)
         try:
             run_router(app, stop.event, lease_s=lease_s)
         finally:
             stop.event.set()
             worker.stop()
             _join(loops)
+            portal.close()
             app.close()
     stop.exit(ctx)
 

@@ -142,11 +142,13 @@ class Dispatcher:
                  *, http: httpx.Client | None = None, timeout_s: float = DELIVERY_TIMEOUT_S,
                  per_endpoint: int = PER_ENDPOINT_IN_FLIGHT, threads: int = POOL_THREADS,
                  rng: random.Random | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 lease_margin_s: float = LEASE_MARGIN_S) -> None:
         self.engine = engine
         self.registry = registry
         self.exceptions = exceptions
         self.timeout_s = timeout_s
+        self.lease_margin_s = lease_margin_s
         self.http = http or httpx.Client(
             timeout=httpx.Timeout(timeout_s), follow_redirects=False,
             headers={"User-Agent": "coexist-webhooks", "Content-Type": "application/json"},
@@ -221,7 +223,7 @@ class Dispatcher:
 
     def _claim(self, now: datetime, limit: int) -> list[Claim]:
         wall_now = datetime.fromtimestamp(self.wall(), UTC)
-        lease = wall_now + timedelta(seconds=self.timeout_s + LEASE_MARGIN_S)
+        lease = wall_now + timedelta(seconds=self.timeout_s + self.lease_margin_s)
         with self._lock:
             busy = dict(self._in_flight)
         endpoints = {e.id: e for e in self.registry.list() if e.active}
