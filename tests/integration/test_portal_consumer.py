@@ -16,7 +16,7 @@ from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
 from coexistence.router import CLOUD, LEGACY
 from tests.support import records as r
-from workers.bootstrap import CHANNEL_CONSUMERS, bootstrap
+from workers.bootstrap import CHANNEL_HANDLERS, bootstrap
 from workers.config import Settings, SubscriptionSection
 from workers.erp_memory import InMemoryErp
 from workers.portal.consumer import channel_handler
@@ -61,7 +61,7 @@ def _apply_newer(rows) -> dict:
 
 
 def test_the_composition_root_registers_the_portal_consumer_for_its_subscription(app):
-    assert CHANNEL_CONSUMERS["portal"] == "workers.portal.consumer:channel_handler"
+    assert CHANNEL_HANDLERS["portal"] == "workers.portal.consumer:channel_handler"
     sub = next(s for s in app.subscriptions if s.name == "portal")
     assert sub.actor in app.actors
     assert app.actors[sub.actor].queue_name == "coexist.channel.portal"

@@ -31,14 +31,16 @@ def status(app, max_backlog: int, max_outbox_lag_s: float, max_capture_lag: int,
     routed to the ERP writers but not yet applied (by flag version), open
     exceptions by class, last reconciliation, change-capture lag of both ERPs, channel
     subscriptions with their backlog, EDI trading partners (997s overdue or rejected, files
-    waiting in inbound/ or in failed/), and freeze windows.
+    waiting in inbound/ or in failed/), the portal's endpoints, webhook backlog and notices
+    (disabled or failing endpoints), and freeze windows.
 
     Exit status, for monitoring scripts: 0 all is well; 1 something needs
     attention (open exceptions, outbox backlog or lag over the limits, outbox rows
     that keep failing, capture lag over the limit, a reconciliation whose drift is
     above COEXIST_MAX_DRIFT_PCT, a configured ERP that cannot be read, the broker or
     Redis unreachable, a queue holding messages that no consumer takes, messages routed
-    under an older flag version still not applied), each reason
+    under an older flag version still not applied, a portal endpoint disabled or failing,
+    due webhooks waiting longer than --max-outbox-lag), each reason
     printed; 2 bad configuration or no state database.  The cloud ERP's capture lag is
     measured only when COEXIST_CLOUD_URL is set.
     """
@@ -142,6 +144,8 @@ def _print(report) -> None:
             f"with errors; inbound/ {p['inbound_waiting']} waiting{oldest}, "
             f"{p['inbound_claimed']} being answered; failed/ {p['failed_files']} file(s); "
             f"{p['outbound_pending']} outbound not written"), highlight=False)
+    if report.portal is not None:
+        _print_portal(console, report.portal)
     if report.freeze:
         for w in report.freeze:
             console.print(escape(f"freeze window {w['window']}: {w['state']}"),
@@ -158,3 +162,15 @@ def _print(report) -> None:
             console.print(escape(f"  - {reason}"), highlight=False)
     else:
         console.print("[green]all is well[/]")
+
+
+def _print_portal(console: Console, portal) -> None:
+    e, d = portal["endpoints"], portal["deliveries"]
+    console.print(escape(
+        f"portal webhooks: endpoints {e['active']} active, {e['disabled']} disabled, "
+        f"{e['failing']} failing; deliveries {d['due']} due (oldest {d['oldest_due_s']:g}s), "
+        f"{d['waiting_retry']} waiting to retry, {d['failed']} failed"), highlight=False)
+    for n in portal["notices"]:
+        console.print(escape(f"  endpoint {n['endpoint_id']} ({n['customer_key']}, {n['url']}):"
+                             f" {n['state']}: {n['detail']}; {n['failed_deliveries']} failed "
+                             "deliveries"), highlight=False)

@@ -7,7 +7,8 @@ lag, open exceptions by failure class, the last reconciliation (judged against
 ledger, by flag version), stuck outbox rows, the change capture position of both
 ERPs (the router's checkpoint against the feed's last cursor), the broker's queues
 (``workers.observe.broker``: ready / unacked / consumers), the channel subscriptions
-and their queues, Redis, and the freeze windows.  ``StatusReport.attention`` lists
+and their queues, the portal's endpoints, webhook backlog and notices, Redis, and the
+freeze windows.  ``StatusReport.attention`` lists
 the reasons a person should look (open exceptions, backlog or lag over a threshold,
 capture lag, drift above the limit, an unreadable configured source, an unreachable
 broker or Redis, a queue holding messages with no consumer, messages routed under an
@@ -81,6 +82,8 @@ class StatusReport:
     max_drift_pct: float = 0.0
     #: EDI trading partners (``workers.edi.handlers.partner_status``), when configured.
     edi: list[dict[str, Any]] = field(default_factory=list)
+    #: The portal channel (``workers.portal.status``): endpoints, webhook backlog, notices.
+    portal: dict[str, Any] | None = None
     attention: list[str] = field(default_factory=list)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -90,6 +93,7 @@ class StatusReport:
                 "capture": self.capture, "subscriptions": self.subscriptions,
                 "freeze_windows": self.freeze, "max_drift_pct": self.max_drift_pct,
                 "edi": self.edi,
+                "portal": self.portal,
                 "sources": [s.to_dict() for s in self.sources],
                 "attention": self.attention, "ok": not self.attention}
 
@@ -245,6 +249,10 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
                           max_drift_pct=settings.max_drift_pct)
     report.freeze = freeze_windows(app, report.at)
     report.edi = edi_partners(app, report.at, notes)
+    if has_table(state, "portal_endpoint"):
+        from workers.portal.status import portal_status
+
+        report.portal = portal_status(state, report.at)
     report.attention = _attention(report, thresholds)
     return report
 
@@ -286,6 +294,10 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
     for p in report.edi:
         reasons += [f"EDI partner {p['partner']}: {why}" for why in p["attention"]]
     reasons += report.broker.attention()
+    if report.portal is not None:
+        from workers.portal.status import attention as portal_attention
+
+        reasons += portal_attention(report.portal, t.max_outbox_lag_s)
     if report.redis is not None and not report.redis["reachable"]:
         reasons.append(f"Redis (COEXIST_REDIS_URL={report.redis['url']}) unreachable: "
                        f"{report.redis['error']}")

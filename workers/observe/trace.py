@@ -15,6 +15,9 @@
   filtered to the key, so a person's own edit sits next to what it caused;
 * the EDI documents of an order, shipment or invoice (850, its 997, 855, 856, 810)
   with their control numbers and acknowledgment state.
+* portal orders placed through the API (``POST /v1/orders``: correlation id,
+  Idempotency-Key, the answer) and the portal's webhooks with every delivery attempt
+  (``workers.portal.trace``).
 
 For a correlation id the timeline holds every message and exception carrying
 it, the flag changes their versions name, and the captured change that
@@ -38,6 +41,7 @@ from coexistence.errors import TranslationError
 from workers.observe import trace_feeds, trace_state
 from workers.observe.sources import OK, SourceNote
 from workers.observe.timeline import Target, Trace, TraceEvent, TraceInputError, legacy_key
+from workers.portal import trace as trace_portal
 
 __all__ = ["DEFAULT_CLOUD_SCAN", "DEFAULT_LIMIT", "Target", "Trace", "TraceEvent",
            "TraceInputError", "build_trace", "parse_target"]
@@ -78,8 +82,9 @@ def parse_target(text: str) -> Target:
 
 
 # Order of events at the same instant: a cause before its effects.
-_SOURCE_RANK = {"flag_audit": 0, "chglog": 1, "cloud_feed": 1, "edi": 1, "outbox": 2,
-                "inbox": 3, "exception": 4, "reconcile": 5}
+_SOURCE_RANK = {"flag_audit": 0, "api": 1, "chglog": 1, "cloud_feed": 1, "edi": 1,
+                "outbox": 2, "inbox": 3, "portal_delivery": 3, "portal_attempt": 4,
+                "exception": 4, "reconcile": 5}
 
 
 def build_trace(
@@ -106,9 +111,12 @@ def build_trace(
     failures = trace_state.exceptions(state, target, since, limit)
     events += failures
     trace.sources.append(SourceNote("exception store", OK, f"{len(failures)} record(s)"))
+    portal = (trace_portal.api_orders(state, target, trace, since, limit)
+              + trace_portal.deliveries(state, target, trace, since, limit))
+    events += portal
     if trace.domain is None:
         # A correlation id names its object through the messages that carry it.
-        for e in messages + failures:
+        for e in messages + failures + portal:
             if e.detail.get("domain") and e.detail.get("key"):
                 trace.domain, trace.key = e.detail["domain"], e.detail["key"]
                 break
