@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from coexistence.canonical import DOCUMENT_DOMAINS, DOMAINS, CanonicalRecord
 from coexistence.flags import Mode
@@ -140,12 +141,15 @@ class PhasedCutover:
     def __init__(self, driver: Driver, *, cloud_people: Callable[[CanonicalRecord, str], None],
                  changes_per_domain: int = 3, report: Callable[[StepReport], None] = print,
                  reconcile: Callable[[str], float] | None = None, edi: bool = False,
-                 edi_buyer: Callable | None = None):
+                 edi_buyer: Callable | None = None, portal: Any = None):
         """``reconcile(domain) -> drift %`` runs and stores a reconciliation before every
         forward move, so the cutover guards judge real drift; without it (fake ERPs) the
         moves are forced, and audited as forced.  ``edi``: the app's trading partner
         (``workers.edi.demo``) sends 850s before and after the order domain moves
-        (``edi_buyer(order, units)`` sends them instead of coexist's own writer)."""
+        (``edi_buyer(order, units)`` sends them instead of coexist's own writer).
+        ``portal`` (a ``workers.portal.flow.PortalFlow``): a portal customer places an order
+        before and after the order domain moves, and its webhook receiver is compared with
+        the SoR at the end."""
         self.driver = driver
         self.app = driver.app
         self.legacy = self.app.erps[LEGACY]
@@ -158,6 +162,7 @@ class PhasedCutover:
         self.reconcile = reconcile
         self.drift: dict[str, float] = {}
         self.reports: list[StepReport] = []
+        self.portal = portal
         self._n = itertools.count(1)
         #: Every person's edit: (system, domain, key).
         self.edits: list[tuple[str, str, str]] = []
@@ -181,16 +186,27 @@ class PhasedCutover:
         self.enter_shadow()
         self.work(sor=LEGACY, title="people edit the legacy ERP (SoR); one stray write per domain")
         self.edi_round("before", LEGACY)
+        self.portal_order("before the order domain moves")
         self.move_all(Mode.CLOUD)
         self.edi_round("after", CLOUD)
         self.work(sor=CLOUD, title="people edit the cloud ERP (SoR; open documents stay in "
                                     "legacy); one stray write per domain")
+        self.portal_order("after the order domain moved to the cloud")
         self.pinned_order_stays()
         self.rollback_and_forward("customer")
         self.move_all(Mode.CLOUD_ONLY)
         self.work(sor=CLOUD, title="cloud_only: the legacy ERP is no longer written",
                   compare_both=False)
+        if self.portal is not None:
+            self._step("the portal customer's webhooks against the SoR",
+                       notes=self.portal.final_notes(), compare_both=False)
         return self.reports
+
+    def portal_order(self, when: str) -> None:
+        """A portal customer orders through the API; its webhooks follow (``portal``)."""
+        if self.portal is not None:
+            self._step(f"a portal order {when}",
+                       notes=self.portal.order_step(self.driver, when))
 
     def enter_shadow(self) -> None:
         for domain in DOMAINS:

@@ -14,12 +14,13 @@ from coexistence.router import CLOUD, LEGACY
 from coexistence.sample import SampleSpec
 from tests.support import cloud_sim
 from workers.bootstrap import bootstrap
-from workers.config import Settings
+from workers.config import Settings, SubscriptionSection
 from workers.driver import Driver
 from workers.edi.demo import demo_sections
 from workers.flags import FlagAuditLog
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.legacy_erp.seed import seed_legacy
+from workers.portal.flow import PortalFlow
 from workers.router.state import get_route
 from workers.scenario import PhasedCutover, reconciler
 
@@ -39,12 +40,14 @@ def driver(request, tmp_path, sim):
     create_legacy_schema(engine)
     seed_legacy(engine, SampleSpec(customers=6, products=8))
     engine.dispose()
+    # The trading partner is mock-edi: its ids, the folders it reads and writes.
+    sections = demo_sections(tmp_path, EDI_CUSTOMER, partner_id="MOCKEDI", our_id="NORTHWIND")
+    sections["subscriptions"]["portal"] = SubscriptionSection(
+        domains=("order", "shipment", "invoice", "price"))
     settings = Settings(
         home=tmp_path, state_url=f"sqlite:///{tmp_path / 'state.db'}", legacy_url=legacy_url,
         broker_url=broker_url, queue_type="classic", redis_url=None, redis_prefix="coexist:",
-        cloud_url=sim.url,
-        # The trading partner is mock-edi: its ids, the folders it reads and writes.
-        **demo_sections(tmp_path, EDI_CUSTOMER, partner_id="MOCKEDI", our_id="NORTHWIND"),
+        cloud_url=sim.url, **sections,
     )
     app = bootstrap(settings, create_state=True)
     app.broker.flush_all()
@@ -56,13 +59,16 @@ def driver(request, tmp_path, sim):
 def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing(driver, sim):
     app = driver.app
     mock = mock_edi(app)
+    portal = PortalFlow(app)
     scenario = PhasedCutover(driver, cloud_people=sim.person_upsert, changes_per_domain=2,
                              report=lambda r: None, reconcile=reconciler(app), edi=True,
-                             edi_buyer=mock_buyer(mock) if mock else None)
+                             edi_buyer=mock_buyer(mock) if mock else None, portal=portal)
     try:
         reports = scenario.run()
         judged = mock_judges(mock, scenario) if mock else None
+        _the_portal_flow_reached_the_right_sor_and_its_receiver_equals_it(portal, app)
     finally:
+        portal.close()
         if mock:
             mock.__exit__(None, None, None)
 
@@ -170,3 +176,39 @@ def mock_judges(mock, scenario):
             if d.direction == "out":
                 acks.setdefault(d.doc_type, set()).add(d.ack_status)
     return disagreements, lines, acks
+
+def _the_portal_flow_reached_the_right_sor_and_its_receiver_equals_it(portal, app):
+    """The portal order placed before the order domain moved went to the legacy ERP and stays
+    pinned there; the one placed after went to the cloud; every webhook arrived signed (the
+    independent ``standardwebhooks`` package verifies the stored bodies too) and a receiver
+    applying only newer versions ends equal to the SoR."""
+    from sqlalchemy import select
+    from standardwebhooks import Webhook
+
+    from workers.portal import signing
+    from workers.portal.store import DELIVERED, DELIVERY
+
+    before, after = portal.orders
+    assert (before.system, after.system) == (LEGACY, CLOUD)
+    assert before.replayed_same and after.replayed_same
+    assert get_route_pin(app, before.order_key) == LEGACY
+    assert [v["answered_by"] for v in portal.view()] == [LEGACY, CLOUD]
+    r = portal.receiver
+    assert r.rejected == [] and r.verified > 0 and len(r.held) > 0
+    assert {("order.status_changed", before.order_key),
+            ("order.status_changed", after.order_key)} <= set(r.held)
+    assert portal.differences() == []
+    with app.state.connect() as conn:
+        rows = conn.execute(select(DELIVERY)).all()
+    assert rows and {row.status for row in rows} == {DELIVERED}
+    row = rows[-1]
+    body = row.body.encode()
+    ts = int(__import__("time").time())
+    head = signing.headers([portal.receiver.secret], row.webhook_id, ts, body)
+    assert Webhook(portal.receiver.secret).verify(body, head)["id"] == row.webhook_id
+
+
+def get_route_pin(app, order_key):
+    with app.state.connect() as conn:
+        route = get_route(conn, "order", order_key)
+    return route.pinned_sor if route else None

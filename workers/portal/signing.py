@@ -58,3 +58,38 @@ def headers(secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) ->
         raise BadSecret(f"message {msg_id}: no active secret to sign with")
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
             "webhook-signature": " ".join(sigs)}
+
+
+#: How far a ``webhook-timestamp`` may be from the receiver's clock (the spec's 5 minutes).
+TOLERANCE_S = 300
+
+
+class BadSignature(ValueError):
+    """A delivery whose headers do not verify (names which header and why)."""
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, *, now: float | None = None,
+           tolerance_s: float = TOLERANCE_S) -> str:
+    """What a receiver does: check the three headers against ``secret``; returns the
+    ``webhook-id`` (to dedupe on), or raises ``BadSignature``."""
+    import time
+
+    head = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, stamp, sigs = (head["webhook-id"], head["webhook-timestamp"],
+                               head["webhook-signature"])
+    except KeyError as exc:
+        raise BadSignature(f"missing header {exc.args[0]}") from None
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise BadSignature(f"webhook-timestamp {stamp!r} is not an integer") from None
+    now = time.time() if now is None else now
+    if abs(now - timestamp) > tolerance_s:
+        raise BadSignature(f"webhook-timestamp {timestamp} is more than {tolerance_s:g} s "
+                           "from now")
+    expected = signature(secret, msg_id, timestamp, body).encode()
+    for candidate in sigs.split():
+        if hmac.compare_digest(candidate.encode(), expected):
+            return msg_id
+    raise BadSignature("no webhook-signature matches the secret")
