@@ -7,6 +7,7 @@ runs as a subprocess on a free loopback port with its own SQLite file.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,31 @@ def _print_step(console: Console, n: int, report: StepReport) -> None:
                   f"stray writes {report.strays}; open exceptions: {exceptions}")
     for note in report.notes:
         console.print(f"  - {note}")
+
+
+#: What the demo's portal subscription receives (``[subscriptions.portal]``).
+PORTAL_DOMAINS = ("order", "shipment", "invoice", "price")
+
+
+def _print_portal(console: Console, portal) -> None:
+    """The portal customer's view: its orders through the API, its webhooks received."""
+    table = Table(title=f"portal customer {portal.customer}: its orders (GET /v1/orders/KEY)",
+                  title_justify="left")
+    for col in ("order", "placed", "status", "lines", "answered by", "pinned"):
+        table.add_column(col)
+    for v in portal.view():
+        table.add_row(v["order_key"], v["placed"], v["status"], str(v["lines"]),
+                      v["answered_by"], "yes" if v["pinned"] else "no")
+    console.print(table)
+    r = portal.receiver
+    console.print(f"  webhooks at {portal.endpoint.url}: {r.verified} received and verified "
+                  f"(coexist's verifier), {len(r.rejected)} rejected, {r.duplicates} "
+                  f"duplicate(s) deduped by webhook-id", highlight=False)
+    if r.last is not None:
+        last = r.last
+        console.print(f"  last signed webhook: {last['type']} {last['key']} v{last['version']} "
+                      f"(webhook-id {last['webhook-id']}, signature {last['signature']}, "
+                      f"verified)", highlight=False)
 
 
 #: Marks a folder as a demo home; only such a folder is ever emptied, and only of these.
@@ -108,9 +134,10 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
     from workers.bootstrap import App, bootstrap
     from workers.cloud_sim import start_simulator
     from workers.cloud_sim.admin import SimulatorAdmin
-    from workers.config import Settings
+    from workers.config import Settings, SubscriptionSection
     from workers.driver import Driver
     from workers.legacy_erp.seed import seed_legacy
+    from workers.portal.flow import PortalFlow
     from workers.scenario import PhasedCutover, reconciler
 
     console = Console(width=None if Console().is_terminal else 110)
@@ -135,22 +162,35 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
         from workers.edi.demo import demo_sections, demo_toml
 
         buyer = _first_customer(App(Settings(home=home)), legacy_url)
-        (home / "coexist.toml").write_text(demo_toml(home, buyer))
+        # The demo's channel subscriptions, where `coexist status|run` on this home read them.
+        (home / "coexist.toml").write_text(
+            demo_toml(home, buyer)
+            + "\n# the portal channel receives these domains' events\n"
+            f"[subscriptions.portal]\ndomains = {json.dumps(list(PORTAL_DOMAINS))}\n")
+        sections = demo_sections(home, buyer)
+        sections["subscriptions"]["portal"] = SubscriptionSection(domains=PORTAL_DOMAINS)
         settings = Settings(home=home, state_url=f"sqlite:///{home / 'state.db'}",
                             legacy_url=legacy_url, cloud_url=sim.url, actor="coexist-demo",
-                            **demo_sections(home, buyer))
+                            **sections)
         app = bootstrap(settings, create_state=True)
         driver = Driver(app)
         people = SimulatorAdmin(sim.url)
+        portal = PortalFlow(app)
+        console.print(f"[bold]portal customer[/] {portal.customer}: API at {portal.api.url} "
+                      f"(in this process), webhook endpoint {portal.endpoint.id} -> "
+                      f"{portal.endpoint.url}")
         steps = iter(range(1, 100))
         scenario = PhasedCutover(
             driver, cloud_people=people.person_upsert, changes_per_domain=changes,
             report=lambda r: _print_step(console, next(steps), r), reconcile=reconciler(app),
             edi=True,
+            portal=portal,
         )
         try:
             reports = scenario.run()
+            _print_portal(console, portal)
         finally:
+            portal.close()
             people.close()
             driver.stop()
         if keep:
@@ -230,6 +270,11 @@ def closing_hints(home: Path, scenario) -> list[str]:
             "  coexist edi status    # 997s we wait for (the demo partner sends none back)",
             f"  ls {quote(str(home / 'edi'))}/*/outbound",
         ]
+    portal = getattr(scenario, "portal", None)
+    if portal is not None and portal.orders:
+        lines += ["  coexist portal endpoint list",
+                  f"  coexist trace order:{portal.orders[0].order_key}    # a portal order: "
+                  "the API call, its webhooks and their attempts"]
     lines += [
         "",
         "Reconcile the demo's two ERPs yourself (the cloud simulator keeps its file):",
