@@ -149,17 +149,34 @@ def _wrk(urls, auth, concurrency, duration_s) -> dict:
     return figures
 
 
-def _loadgen(urls, auth, concurrency, duration_s) -> dict:
+def _loadgen(urls, auth, concurrency, duration_s, body: str | None = None) -> dict:
     env = {**os.environ}
     if auth:
         env["LOADGEN_AUTHORIZATION"] = auth
+    post = ["--post-body", body] if body is not None else []
     out = subprocess.run(
         [sys.executable, str(_HERE / "loadgen.py"), "--concurrency", str(concurrency),
-         "--duration-s", str(duration_s), *urls],
+         "--duration-s", str(duration_s), *post, *urls],
         env=env, capture_output=True, text=True, timeout=duration_s + 120, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     figures["load_generator"] = "scripts/bench/loadgen.py (httpx asyncio)"
     return figures
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux ``/proc``): a per-request cost
+    that the machine's load does not inflate, unlike requests/s."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(proc: subprocess.Popen, run) -> tuple[dict, float]:
+    """``run()``'s figures and the server's CPU microseconds per request during it."""
+    c0 = cpu_s(proc.pid)
+    figure = run()
+    used = cpu_s(proc.pid) - c0
+    total = figure.get("requests", 0) + figure.get("warmup_requests", 0)
+    return figure, round(used / max(total, 1) * 1e6, 1)
 
 
 def bare_server() -> tuple[subprocess.Popen, str]:
@@ -173,12 +190,12 @@ def bare_server() -> tuple[subprocess.Popen, str]:
 def inquiry(args, home: Path) -> None:
     from workers.api.auth import new_token, token_hash
 
-    env = {**os.environ, "COEXIST_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    for name in ("COEXIST_BROKER_URL", "COEXIST_STATE_URL", "COEXIST_CLOUD_URL",
-                 "COEXIST_REDIS_URL", "COEXIST_LEGACY_URL", "COEXIST_ENV_FILE"):
-        env.pop(name, None)
+    env = _clean_env(home)
     subprocess.run([str(BIN / "coexist"), "legacy", "seed", "--customers", str(args.customers)],
                    env=env, check=True, capture_output=True, timeout=600)
+    # The API is a process: it needs the state database at the code's revision.
+    subprocess.run([str(BIN / "coexist"), "db", "upgrade"], env=env, check=True,
+                   capture_output=True, timeout=600)
     token = new_token()
     consumers = home / "consumers.json"
     consumers.write_text(json.dumps({"consumers": [
@@ -187,7 +204,8 @@ def inquiry(args, home: Path) -> None:
     keys = [str(10_000 + i) for i in range(min(args.keys, args.customers))]
     bare, bare_url = bare_server()
     try:
-        baseline = load([bare_url], None, args.concurrency, args.duration_s)
+        baseline, bare_cpu = measured(
+            bare, lambda: load([bare_url], None, args.concurrency, args.duration_s))
     finally:
         stop(bare)
     for name, ttl in (("api_inquiry_warm", "60"), ("api_inquiry_cold", "0")):
@@ -201,7 +219,9 @@ def inquiry(args, home: Path) -> None:
             wait_http(f"{base}/v1/openapi.json")
             with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as http:
                 statuses = {http.get(u).status_code for u in urls}  # warms the cache
-            figure = load(urls, f"Bearer {token}", args.concurrency, args.duration_s)
+            figure, api_cpu = measured(
+                proc, lambda urls=urls: load(urls, f"Bearer {token}", args.concurrency,
+                                             args.duration_s))
         finally:
             stop(proc)
         print(json.dumps({
@@ -210,9 +230,105 @@ def inquiry(args, home: Path) -> None:
             "ratio": round(figure["requests_per_s"] / baseline["requests_per_s"], 3),
             "p50_ms": figure["p50_ms"], "p99_ms": figure["p99_ms"],
             "baseline_p99_ms": baseline["p99_ms"], "concurrency": args.concurrency,
+            "server_cpu_us_per_request": api_cpu, "baseline_cpu_us_per_request": bare_cpu,
+            "cpu_ratio": round(bare_cpu / api_cpu, 3) if api_cpu else None,
             "non_2xx": figure.get("non_2xx", 0), "warmup_statuses": sorted(statuses),
             "keys": len(keys), "load_generator": figure["load_generator"],
             "loadavg": os.getloadavg()}), flush=True)
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "COEXIST_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    for name in ("COEXIST_BROKER_URL", "COEXIST_STATE_URL", "COEXIST_CLOUD_URL",
+                 "COEXIST_REDIS_URL", "COEXIST_LEGACY_URL", "COEXIST_ENV_FILE",
+                 "COEXIST_CONFIG"):
+        env.pop(name, None)
+    return env
+
+
+def orders(args, home: Path) -> None:
+    """Inbound portal orders end to end: ``POST /v1/orders`` (Idempotency-Key claimed in the
+    state database, customer, contract prices and products read from the SoR, the order
+    written into the SoR through ``route_command``, the answer stored for replays) against
+    ``coexist api serve`` as its own process, the order domain in ``legacy`` mode (the
+    legacy reference ERP on SQLite, state on SQLite, the embedded broker).  Baselines in
+    the same run: the bare endpoint answering the same POSTs, and the SoR write alone (the
+    same orders upserted through the legacy adapter by as many threads)."""
+    import uuid
+
+    from coexistence.canonical.models import Order
+    from workers.api.auth import new_token, token_hash
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine
+
+    home = home / "orders"
+    home.mkdir()
+    env = _clean_env(home)
+    subprocess.run([str(BIN / "coexist"), "legacy", "seed", "--customers", str(args.customers)],
+                   env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run([str(BIN / "coexist"), "db", "upgrade"], env=env, check=True,
+                   capture_output=True, timeout=600)
+    legacy_engine = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
+    legacy = LegacyErp(legacy_engine)
+    customer = next(c for c in legacy.stream("customer")
+                    if c.status == "active" and not c.credit_hold)
+    sku = next(p.key for p in legacy.stream("product")
+               if p.status == "active" and p.currency == customer.currency)
+    token = new_token()
+    (home / "consumers.json").write_text(json.dumps({"consumers": [
+        {"name": "bench-portal", "role": "portal", "account": customer.key,
+         "token_sha256": token_hash(token)}]}))
+    env["COEXIST_API_CONSUMERS"] = str(home / "consumers.json")
+    body = json.dumps({"customer_key": customer.key, "customer_po": "BENCH",
+                       "lines": [{"sku": sku, "quantity": 3}]})
+    concurrency = args.order_concurrency
+
+    bare, bare_url = bare_server()
+    try:
+        baseline, bare_cpu = measured(
+            bare, lambda: _loadgen([bare_url], None, concurrency, args.duration_s, body))
+    finally:
+        stop(bare)
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "coexist"), "api", "serve", "--port", str(port),
+                             "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/v1/openapi.json")
+        figure, api_cpu = measured(proc, lambda: _loadgen(
+            [f"{base}/v1/orders"], f"Bearer {token}", concurrency, args.duration_s, body))
+    finally:
+        stop(proc)
+    accepted = figure["statuses"].get("201", 0)
+    written = sum(1 for o in legacy.stream("order") if o.channel == "portal")
+
+    # The SoR write alone: the same kind of order upserted by as many threads.
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    n = max(200, int(accepted / max(args.duration_s, 1) * 2))
+    records = [Order.model_validate({
+        "key": str(80_000_000 + i), "customer_key": customer.key, "status": "open",
+        "channel": "portal", "currency": customer.currency, "ordered_at": now,
+        "lines": [{"line_no": 1, "sku": sku, "quantity": 3, "unit_price": "9.50"}]})
+        for i in range(n)]
+    w0 = time.perf_counter()
+    with ThreadPoolExecutor(min(concurrency, 16)) as pool:
+        list(pool.map(lambda rec: legacy.upsert(rec, source_version=1,
+                                                idempotency_key=str(uuid.uuid4())), records))
+    sor_rate = n / (time.perf_counter() - w0)
+    legacy_engine.dispose()
+    print(json.dumps({
+        "name": "api_portal_orders", "orders_per_s": figure["requests_per_s"],
+        "accepted": accepted, "orders_in_sor": written, "statuses": figure["statuses"],
+        "p50_ms": figure["p50_ms"], "p99_ms": figure["p99_ms"],
+        "baseline_per_s": baseline["requests_per_s"],
+        "ratio": round(figure["requests_per_s"] / baseline["requests_per_s"], 3),
+        "server_cpu_us_per_order": api_cpu, "baseline_cpu_us_per_request": bare_cpu,
+        "sor_write_only_per_s": round(sor_rate, 1),
+        "ratio_to_sor_write": round(figure["requests_per_s"] / sor_rate, 3),
+        "concurrency": concurrency, "sor": "legacy reference ERP (SQLite)",
+        "load_generator": figure["load_generator"], "loadavg": os.getloadavg()}), flush=True)
 
 
 def webhooks(args, home: Path) -> None:
@@ -298,11 +414,14 @@ def main() -> None:
     p.add_argument("--deliveries", type=int, default=2000)
     p.add_argument("--endpoints", type=int, default=20)
     p.add_argument("--timeout-s", type=float, default=300.0)
-    p.add_argument("--only", choices=["inquiry", "webhooks"])
+    p.add_argument("--order-concurrency", type=int, default=16)
+    p.add_argument("--only", choices=["inquiry", "orders", "webhooks"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="coexist-bench-api-") as tmp:
         if args.only in (None, "inquiry"):
             inquiry(args, Path(tmp))
+        if args.only in (None, "orders"):
+            orders(args, Path(tmp))
         if args.only in (None, "webhooks"):
             webhooks(args, Path(tmp))
 

@@ -37,6 +37,7 @@ from coexistence.policy import NotPermitted, Role, check_write
 from workers.api import idempotency
 from workers.api.auth import Consumer
 from workers.api.deps import ApiDeps
+from workers.api.edge import EdgeCache
 from workers.api.schemas import (
     API_SCHEMA_VERSION,
     AvailabilityAnswer,
@@ -133,8 +134,23 @@ def parse_idempotency_key(raw: str) -> str:
     return value
 
 
+class GovernedApi(FastAPI):
+    """FastAPI with the warm inquiry path in front (``workers.api.edge``)."""
+
+    edge: EdgeCache | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        edge = self.edge
+        if edge is not None and scope["type"] == "http" and scope["method"] == "GET":
+            entry = edge.get(scope)
+            if entry is not None:
+                await edge.serve(entry, scope, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(deps: ApiDeps) -> FastAPI:
-    app = FastAPI(
+    app = GovernedApi(
         title="coexist governed API", version="1",
         description="Flag-aware inquiry answered by each domain's system of record, and "
                     "portal orders with Idempotency-Key. Every body carries schema_version; "
@@ -152,6 +168,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     inquiry = deps.inquiry
+    edge = None
+    if inquiry.cache.ttl_s > 0:
+        edge = app.edge = EdgeCache(inquiry.reader.flags, inquiry.cache.clock)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -194,8 +213,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
                         "read now; no answer is better than a wrong one",
                         headers={"Retry-After": str(deps.settings.retry_after_s)})
 
-    async def answer(compute) -> dict[str, Any]:
-        """Cache-only on the loop; a miss reads the SoR in a worker thread."""
+    async def answer(request: Request, compute) -> dict[str, Any]:
+        """Cache-only on the loop; a miss reads the SoR in a worker thread; the whole
+        answer is kept for the warm path (``workers.api.edge``)."""
         try:
             reads = inquiry.reads(cached_only=True)
             data = compute(reads)
@@ -209,7 +229,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
                 raise unavailable(exc) from None
             except SorBadRecord as exc:
                 raise ApiError(502, "sor_bad_record", str(exc), exc.field) from None
-        return {"schema_version": API_SCHEMA_VERSION, "data": data, "meta": reads.meta()}
+        body = {"schema_version": API_SCHEMA_VERSION, "data": data, "meta": reads.meta()}
+        if edge is not None:
+            edge.put(request.scope, body)
+        return body
 
     def fresh_headers(body: dict[str, Any]) -> dict[str, str]:
         meta = body["meta"]
@@ -218,15 +241,16 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/v1/customers/{key}/credit", response_model=CreditAnswer,
              responses=_problems(401, 403, 404, 422, 502, 503), tags=["inquiry"])
-    async def credit(key: key_path, authorization: bearer = None):
+    async def credit(request: Request, key: key_path, authorization: bearer = None):
         """Credit limit, exposure and hold of a customer, from the customer domain's SoR."""
         consumer = consumer_of(authorization)
-        body = await answer(lambda reads: inquiry.credit(reads, consumer.scope, key))
+        body = await answer(request, lambda reads: inquiry.credit(reads, consumer.scope, key))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.get("/v1/prices", response_model=PriceAnswer,
              responses=_problems(401, 403, 404, 422, 502, 503), tags=["inquiry"])
-    async def prices(customer: Annotated[str, Query(min_length=1, max_length=40,
+    async def prices(request: Request,
+                     customer: Annotated[str, Query(min_length=1, max_length=40,
                                                     pattern=_KEY_PATTERN)],
                      sku: Annotated[str, Query(min_length=1, max_length=40,
                                                pattern=_KEY_PATTERN)],
@@ -234,29 +258,30 @@ def create_app(deps: ApiDeps) -> FastAPI:
                      authorization: bearer = None):
         """The customer's contract price for a SKU and quantity: the break that applies."""
         consumer = consumer_of(authorization)
-        body = await answer(lambda reads: inquiry.price(reads, consumer.scope, customer, sku,
-                                                        qty))
+        body = await answer(request, lambda reads: inquiry.price(reads, consumer.scope,
+                                                                 customer, sku, qty))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.get("/v1/availability", response_model=AvailabilityAnswer,
              responses=_problems(401, 403, 404, 422, 502, 503), tags=["inquiry"])
-    async def availability(sku: Annotated[str, Query(min_length=1, max_length=40,
+    async def availability(request: Request,
+                           sku: Annotated[str, Query(min_length=1, max_length=40,
                                                      pattern=_KEY_PATTERN)],
                            warehouse: Annotated[str | None, Query(
                                min_length=1, max_length=10, pattern=r"^[A-Za-z0-9_-]+$")] = None,
                            authorization: bearer = None):
         """On hand, allocated and available to promise, per warehouse (fields per role)."""
         consumer = consumer_of(authorization)
-        body = await answer(lambda reads: inquiry.availability(reads, consumer.scope, sku,
+        body = await answer(request, lambda reads: inquiry.availability(reads, consumer.scope, sku,
                                                                warehouse))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.get("/v1/orders/{key}", response_model=OrderAnswer,
              responses=_problems(401, 403, 404, 422, 502, 503), tags=["inquiry"])
-    async def order(key: key_path, authorization: bearer = None):
+    async def order(request: Request, key: key_path, authorization: bearer = None):
         """An order with its shipments and invoices, each from its own SoR (pins honoured)."""
         consumer = consumer_of(authorization)
-        body = await answer(lambda reads: inquiry.order(reads, consumer.scope, key))
+        body = await answer(request, lambda reads: inquiry.order(reads, consumer.scope, key))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.post("/v1/orders", status_code=201, response_model=OrderAcceptedAnswer,

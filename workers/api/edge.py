@@ -1,0 +1,128 @@
+"""The warm inquiry path without the framework: whole answers kept per caller and URL.
+
+A profile of a warm ``GET /v1/customers/{key}/credit`` (py-spy ``--gil``, the ASGI app
+driven in-process) put 65 % of its CPU in FastAPI/Starlette (dependency solving, the
+middleware stack, routing) and 25 % in recomputing the answer from cached reads and
+encoding it.  ``EdgeCache`` keeps the answer the full path produced, keyed by the
+caller's exact ``Authorization`` header, the path and the query string, and
+``GovernedApi.__call__`` serves a hit before FastAPI sees the request.
+
+What makes a hit the same answer the full path would give:
+
+* only a ``200`` computed from fresh (never stale) reads is kept;
+* it expires when its oldest read would (``max_age_s - age_s`` after it was made), and is
+  ignored as soon as any domain it read has a new flag version (a switch misses at once,
+  as the read cache does);
+* the body is re-encoded with ``meta.cached = true`` and ``meta.age_s`` of now, with the
+  same ``Cache-Control``/``Age`` headers, and the request's ``X-Correlation-Id`` (or a new
+  one) like every answer;
+* the key holds the exact credential that the full path authenticated (consumers are fixed
+  for the life of the process), so a hit is never served to another caller.
+
+Everything else (misses, errors, other methods, ``COEXIST_API_CACHE_TTL_S=0``) goes through
+FastAPI unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from coexistence.flags import FlagSource
+
+#: Answers kept (LRU).
+MAX_ENTRIES = 20_000
+_CORRELATION = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    body: dict[str, Any]
+    #: (domain, flag version) of every read the answer made.
+    versions: tuple[tuple[str, int], ...]
+    stored_at: float
+    base_age_s: float
+    expires_at: float
+
+
+class EdgeCache:
+    def __init__(self, flags: FlagSource, clock: Callable[[], float],
+                 max_entries: int = MAX_ENTRIES) -> None:
+        self.flags = flags
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(scope) -> tuple | None:
+        auth = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value
+                break
+        if auth is None:
+            return None
+        return (auth, scope["path"], scope.get("query_string", b""))
+
+    def put(self, scope, body: dict[str, Any]) -> None:
+        meta = body["meta"]
+        if meta["stale"] or meta["max_age_s"] <= 0:
+            return
+        key = self.key(scope)
+        if key is None:
+            return
+        versions = tuple(sorted({(s["domain"], s["flag_version"])
+                                 for s in meta["answered_by"]}))
+        now = self.clock()
+        entry = Entry(body, versions, now, meta["age_s"],
+                      now + max(meta["max_age_s"] - meta["age_s"], 0.0))
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def get(self, scope) -> Entry | None:
+        key = self.key(scope)
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.clock() >= entry.expires_at or any(
+                self.flags.state(domain).version != version
+                for domain, version in entry.versions):
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+            return None
+        return entry
+
+    async def serve(self, entry: Entry, scope, send) -> None:
+        age = entry.base_age_s + max(self.clock() - entry.stored_at, 0.0)
+        body = {**entry.body, "meta": {**entry.body["meta"], "cached": True,
+                                       "age_s": round(age, 3)}}
+        raw = json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None,
+                         separators=(",", ":")).encode()
+        cid = None
+        for name, value in scope["headers"]:
+            if name == b"x-correlation-id":
+                cid = value if _CORRELATION.match(value) else None
+                break
+        cid = cid or str(uuid.uuid4()).encode()
+        meta = body["meta"]
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(len(raw)).encode()),
+            (b"content-type", b"application/json"),
+            (b"cache-control", f"max-age={int(meta['max_age_s'])}".encode()),
+            (b"age", str(int(age)).encode()),
+            (b"x-correlation-id", cid)]})
+        await send({"type": "http.response.body", "body": raw})
