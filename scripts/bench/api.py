@@ -372,6 +372,7 @@ def webhooks(args, home: Path) -> None:
         with engine.connect() as conn:
             bodies = [(r.body, r.endpoint_id) for r in conn.execute(select(DELIVERY))]
         dispatcher = Dispatcher(engine, registry, ExceptionStore(engine), threads=16)
+        cpu0 = time.process_time()
         started = time.perf_counter()
         deadline = time.monotonic() + args.timeout_s
         while time.monotonic() < deadline:
@@ -384,19 +385,23 @@ def webhooks(args, home: Path) -> None:
             time.sleep(0.005)
         dispatcher.wait(30)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
         dispatcher.close()
         with httpx.Client(limits=httpx.Limits(max_connections=32)) as http:
-            b0 = time.perf_counter()
+            b0, bcpu0 = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(16) as pool:
                 list(pool.map(lambda b: http.post(f"{url}hook/{b[1]}", content=b[0].encode(),
                                                   headers={"Content-Type": "application/json"}),
                               bodies))
             b_elapsed = time.perf_counter() - b0
+            b_cpu = time.process_time() - bcpu0
         rate = args.deliveries / elapsed
         base = len(bodies) / b_elapsed
         print(json.dumps({
             "name": "portal_webhook_deliveries", "records_per_s": round(rate, 1),
             "baseline_per_s": round(base, 1), "ratio": round(rate / base, 3),
+            "cpu_us_per_delivery": round(cpu / args.deliveries * 1e6, 1),
+            "baseline_cpu_us_per_post": round(b_cpu / max(len(bodies), 1) * 1e6, 1),
             "deliveries": args.deliveries, "undelivered": left, "endpoints": args.endpoints,
             "threads": 16, "baseline": "httpx thread pool, same bodies, no signing or state",
             "loadavg": os.getloadavg()}), flush=True)

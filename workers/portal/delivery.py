@@ -66,6 +66,9 @@ DISABLE_AFTER_FAILING_S = 5 * 24 * 3600.0
 #: Deliveries in flight per endpoint (its lane) and in the whole pool.
 PER_ENDPOINT_IN_FLIGHT = 2
 POOL_THREADS = 16
+#: Longest a dispatcher signs with the endpoints and secrets it read (changes made through
+#: the registry are seen on the next round: each is an audit row).
+ENDPOINT_REFRESH_S = 1.0
 #: Margin of a claim's lease beyond the attempt's timeout.
 LEASE_MARGIN_S = 15.0
 
@@ -160,9 +163,15 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.wall = wall
         self._lock = threading.Lock()
-        self._round: dict[int, tuple] = {}
+        #: Active endpoints and their signing secrets as last read: (audit mark, wall
+        #: time read, {endpoint id: (endpoint, secrets)}); see ``_endpoints``.
+        self._view: tuple[int | None, float, dict[int, tuple]] | None = None
         self._in_flight: Counter[int] = Counter()
         self._futures: set[Future] = set()
+        # Group commit of successes: attempts finishing together share one transaction.
+        self._delivered: list[tuple] = []
+        self._delivered_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loop
 
@@ -226,11 +235,9 @@ class Dispatcher:
         lease = wall_now + timedelta(seconds=self.timeout_s + self.lease_margin_s)
         with self._lock:
             busy = dict(self._in_flight)
-        endpoints = {e.id: e for e in self.registry.list() if e.active}
-        active = set(endpoints)
+        active = set(self._endpoints())
         if not active:
             return []
-        secrets: dict[int, list[str]] = {}
         due = (select(DELIVERY.c.id, DELIVERY.c.endpoint_id)
                .where(DELIVERY.c.status == PENDING, DELIVERY.c.next_attempt_at <= now,
                       DELIVERY.c.endpoint_id.in_(active),
@@ -238,8 +245,13 @@ class Dispatcher:
                .order_by(DELIVERY.c.next_attempt_at, DELIVERY.c.id)
                .limit(limit * 8))
         claims: list[Claim] = []
+        # Read what is due without the write lock (SQLite has one): most rounds find nothing.
+        with self.engine.connect() as conn:
+            rows = conn.execute(due).all()
+        if not rows:
+            return []
         with self.engine.begin() as conn:
-            for row in conn.execute(due).all():
+            for row in rows:
                 if len(claims) >= limit:
                     break
                 if busy.get(row.endpoint_id, 0) >= self.per_endpoint:
@@ -255,12 +267,33 @@ class Dispatcher:
                 claims.append(Claim(full.id, full.endpoint_id, full.webhook_id, full.event_type,
                                     full.domain, full.object_key, full.body, full.attempts,
                                     full.correlation_id))
-        for claim in claims:
-            if claim.endpoint_id not in secrets:
-                secrets[claim.endpoint_id] = self.registry.secrets(claim.endpoint_id, wall_now)
-        # What this round read of each endpoint: the attempt signs and decides with it.
-        self._round = {i: (endpoints[i], secrets[i]) for i in secrets}
         return claims
+
+    def _endpoints(self) -> dict[int, tuple]:
+        """Active endpoints with their signing secrets, read again when an endpoint changed
+        (every change is an audit row: add, disable, enable, rotate-secret, auto-disable),
+        when this dispatcher marked one failing or healthy, and at least every
+        ``ENDPOINT_REFRESH_S`` (secrets leave their overlap by time): not on every round."""
+        from workers.portal.endpoints import PortalAudit
+
+        audit = PortalAudit.__table__
+        with self.engine.connect() as conn:
+            mark = conn.execute(select(func.max(audit.c.id))).scalar_one()
+        wall = self.wall()
+        with self._lock:
+            view = self._view
+        if view is not None and view[0] == mark and 0 <= wall - view[1] < ENDPOINT_REFRESH_S:
+            return view[2]
+        wall_now = datetime.fromtimestamp(wall, UTC)
+        fresh = {e.id: (e, self.registry.secrets(e.id, wall_now))
+                 for e in self.registry.list() if e.active}
+        with self._lock:
+            self._view = (mark, wall, fresh)
+        return fresh
+
+    def _forget_endpoints(self) -> None:
+        with self._lock:
+            self._view = None
 
     # ------------------------------------------------------------------ one attempt
 
@@ -273,7 +306,8 @@ class Dispatcher:
 
     def attempt(self, claim: Claim, now: datetime) -> str:
         """POST one claimed message and record what happened; returns the outcome."""
-        held = self._round.get(claim.endpoint_id)
+        with self._lock:
+            held = self._view[2].get(claim.endpoint_id) if self._view is not None else None
         if held is None:
             endpoint, secrets = self.registry.get(claim.endpoint_id), None
         else:
@@ -304,8 +338,8 @@ class Dispatcher:
         duration_ms = int((time.monotonic() - started) * 1000)
         attempt_no = claim.attempts + 1
         if status is not None and 200 <= status < 300:
-            self._finish(claim, attempt_no, now, status, None, duration_ms, "delivered",
-                         healthy=endpoint.failing_since is not None)
+            self._record_delivered(claim, attempt_no, now, status, duration_ms,
+                                   healthy=endpoint.failing_since is not None)
             return "delivered"
         if status == 410:
             reason = f"receiver answered 410 Gone to {claim.webhook_id}"
@@ -358,6 +392,37 @@ class Dispatcher:
                 status=DELIVERED if outcome == "delivered" else FAILED, attempts=attempt_no,
                 last_status=status, last_error=error, lease_until=None, finished_at=now))
 
+    def _record_delivered(self, claim: Claim, attempt_no: int, now: datetime, status: int,
+                          duration_ms: int, *, healthy: bool) -> None:
+        """Record a success; returns once it is committed.  Successes finishing while
+        another thread commits are committed together by the next one (group commit), so
+        16 threads delivering do not queue for the state database's write lock one by one
+        (SQLite has one)."""
+        with self._delivered_lock:
+            self._delivered.append((claim, attempt_no, now, status, duration_ms, healthy))
+        with self._commit_lock:
+            with self._delivered_lock:
+                batch, self._delivered = self._delivered, []
+            if not batch:
+                return  # a thread that committed before this one took this success along
+            t = PortalEndpoint.__table__
+            with self.engine.begin() as conn:
+                conn.execute(insert(ATTEMPT), [
+                    {"delivery_id": c.id, "endpoint_id": c.endpoint_id, "attempt_no": n,
+                     "at": at, "status_code": code, "error": None, "duration_ms": ms,
+                     "outcome": "delivered", "next_attempt_at": None}
+                    for c, n, at, code, ms, _h in batch])
+                for c, n, at, code, _ms, _h in batch:
+                    conn.execute(update(DELIVERY).where(DELIVERY.c.id == c.id).values(
+                        status=DELIVERED, attempts=n, last_status=code, last_error=None,
+                        lease_until=None, finished_at=at))
+                healed = {c.endpoint_id for c, *_rest, h in batch if h}
+                for endpoint_id in healed:
+                    conn.execute(update(t).where(t.c.id == endpoint_id)
+                                 .values(failing_since=None))
+            if healed:
+                self._forget_endpoints()
+
     def _retry(self, claim: Claim, attempt_no: int, now: datetime, status: int | None,
                error: str, duration_ms: int, next_at: datetime) -> None:
         with self.engine.begin() as conn:
@@ -370,8 +435,12 @@ class Dispatcher:
     def _failing(self, endpoint_id: int, now: datetime) -> None:
         t = PortalEndpoint.__table__
         with self.engine.begin() as conn:
-            conn.execute(update(t).where(t.c.id == endpoint_id, t.c.failing_since.is_(None))
-                         .values(failing_since=now))
+            marked = conn.execute(update(t).where(t.c.id == endpoint_id,
+                                                  t.c.failing_since.is_(None))
+                                  .values(failing_since=now)).rowcount
+        if marked:
+            self._forget_endpoints()
+        with self.engine.connect() as conn:
             since = utc(conn.execute(select(t.c.failing_since).where(t.c.id == endpoint_id))
                         .scalar_one())
         if since is not None and (now - since).total_seconds() >= DISABLE_AFTER_FAILING_S:
