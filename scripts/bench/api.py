@@ -13,6 +13,10 @@ Prints one JSON line per figure, each with its baseline from the same run:
   uvicorn, same flags.  Load: ``wrk`` (Debian's ``wrk`` package; ``loadgen.py``, httpx +
   asyncio, when it is missing) in a separate process, ``--concurrency`` connections
   cycling over ``--keys`` customers.
+* ``api_portal_orders``: inbound portal orders end to end, ``POST /v1/orders`` with a new
+  Idempotency-Key each against ``coexist api serve`` (the order domain in ``legacy``: the
+  SoR write in the legacy reference ERP on SQLite); baselines: the bare endpoint answering
+  the same POSTs, and the SoR write alone (the adapter's upsert from as many threads).
 * ``portal_webhook_deliveries``: ``--deliveries`` queued webhook messages over
   ``--endpoints`` endpoints delivered by the dispatcher (signing, lanes, attempt log in
   SQLite state) to a receiver process (a bare ASGI app under uvicorn answering 200).
@@ -21,12 +25,16 @@ Prints one JSON line per figure, each with its baseline from the same run:
 Targets (issue 15): warm p99 < 50 ms at 200 concurrent requests; warm >= 0.5x the bare
 endpoint's requests/s.  Bounded: every phase has a duration or a timeout.
 
-Profiles (py-spy, this machine at load average 5-12, so figures swing): a warm credit answer
-spends ~17 % in coexist's handler (cache lookups, exposure sums, JSON) and the rest in the
-FastAPI/Starlette middleware stack, uvicorn's h11 parser and socket writes (~20 %); a
-webhook delivery's time outside HTTP is mostly waiting for SQLite's write lock (``BEGIN
-IMMEDIATE``: one commit per attempt from 16 threads); PostgreSQL state or batching attempt
-records is the lever there.
+Every HTTP figure also reports the server's CPU microseconds per request (``/proc``), with
+the bare endpoint's: on the shared machine (load averages 10-17) requests/s measure the load
+generator's share of 2 cores more than the server.
+
+Profiles (py-spy ``--gil``): a warm credit answer driven in-process spent 65 % of its 147 us
+in FastAPI/Starlette (dependency solving, middleware, routing) and 25 % recomputing the
+answer from cached reads and encoding it; ``workers.api.edge`` now serves kept answers
+before FastAPI (15 us).  The dispatcher spent 47 % of its time re-reading the endpoint
+registry on every round and queued for SQLite's write lock with one commit per attempt;
+it now re-reads endpoints only on a change and commits successes together.
 """
 
 from __future__ import annotations
