@@ -480,8 +480,9 @@ class App:
 
 
 #: The channel handler of each subscription name this code base can run itself
-#: (``module:function(app) -> handler``); a subscription not named here is consumed by
-#: another process.
+#: (``module:function(app) -> handler``: ``channel_handler(app)`` in
+#: ``workers/<channel>/consumer.py``), built only for the subscriptions the configuration
+#: declares; a subscription not named here is consumed by another process.
 CHANNEL_HANDLERS: dict[str, str] = {
     "edi": "workers.edi.consumer:channel_handler",
     "portal": "workers.portal.consumer:channel_handler",
