@@ -13,6 +13,8 @@ Prints one JSON line per figure, each with its baseline from the same run:
   uvicorn, same flags.  Load: ``wrk`` (Debian's ``wrk`` package; ``loadgen.py``, httpx +
   asyncio, when it is missing) in a separate process, ``--concurrency`` connections
   cycling over ``--keys`` customers.
+* ``api_inquiry_warm_inprocess``: CPU per warm credit answer of the ASGI app driven in
+  process (no server, no sockets) with and without the warm path, against a bare ASGI app.
 * ``api_portal_orders``: inbound portal orders end to end, ``POST /v1/orders`` with a new
   Idempotency-Key each against ``coexist api serve`` (the order domain in ``legacy``: the
   SoR write in the legacy reference ERP on SQLite); baselines: the bare endpoint answering
@@ -245,6 +247,88 @@ def inquiry(args, home: Path) -> None:
             "loadavg": os.getloadavg()}), flush=True)
 
 
+def inquiry_inprocess(args, home: Path) -> None:
+    """``api_inquiry_warm_inprocess``: CPU per warm credit answer of the ASGI app itself,
+    driven in this process without a server or sockets (what py-spy profiled), against a
+    bare ASGI app driven the same way; with the warm path (``workers.api.edge``) and
+    without it (the same app with its edge cache switched off)."""
+    import asyncio
+
+    from workers.api.app import create_app
+    from workers.api.auth import Consumers, new_token, token_hash
+    from workers.api.deps import ApiDeps, ApiSettings
+    from workers.bootstrap import App, start
+    from workers.config import Settings
+
+    home = home / "inprocess"
+    home.mkdir()
+    env = _clean_env(home)
+    subprocess.run([str(BIN / "coexist"), "legacy", "seed", "--customers", str(args.customers)],
+                   env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run([str(BIN / "coexist"), "db", "upgrade"], env=env, check=True,
+                   capture_output=True, timeout=600)
+    token = new_token()
+    consumers = Consumers.from_json({"consumers": [
+        {"name": "desk", "role": "inquiry", "token_sha256": token_hash(token)}]})
+    settings = Settings(home=home)
+    root = App(settings)
+    app = start(App(settings, erps={"legacy": root.legacy}), register=False)
+    asgi = create_app(ApiDeps.from_app(app, ApiSettings(cache_ttl_s=600), consumers=consumers))
+    edge = asgi.edge
+    body = b'{"schema_version":1,"data":{"ok":true}}'
+
+    async def bare(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    keys = [str(10_000 + i) for i in range(min(args.keys, args.customers))]
+
+    async def call(target, path: str) -> int:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80),
+                 "headers": [(b"host", b"bench"), (b"authorization", f"Bearer {token}".encode())]}
+        status = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await target(scope, receive, send)
+        return status[0]
+
+    async def per_request(target, n: int) -> float:
+        c0 = time.process_time()
+        for i in range(n):
+            assert await call(target, f"/v1/customers/{keys[i % len(keys)]}/credit") == 200
+        return round((time.process_time() - c0) / n * 1e6, 1)
+
+    async def run() -> dict:
+        for k in keys:  # warm the caches
+            assert await call(asgi, f"/v1/customers/{k}/credit") == 200
+        n = args.inprocess_requests
+        bare_us = await per_request(bare, n)
+        warm_us = await per_request(asgi, n)
+        asgi.edge = None
+        full_us = await per_request(asgi, n)
+        asgi.edge = edge
+        return {"name": "api_inquiry_warm_inprocess", "cpu_us_per_request": warm_us,
+                "without_warm_path_cpu_us": full_us, "baseline_cpu_us": bare_us,
+                "requests": n, "loadavg": os.getloadavg()}
+
+    try:
+        print(json.dumps(asyncio.run(run())), flush=True)
+    finally:
+        app.close()
+        root.close()
+
+
 def _clean_env(home: Path) -> dict[str, str]:
     env = {**os.environ, "COEXIST_HOME": str(home), "PYTHONPATH": str(ROOT)}
     for name in ("COEXIST_BROKER_URL", "COEXIST_STATE_URL", "COEXIST_CLOUD_URL",
@@ -428,11 +512,14 @@ def main() -> None:
     p.add_argument("--endpoints", type=int, default=20)
     p.add_argument("--timeout-s", type=float, default=300.0)
     p.add_argument("--order-concurrency", type=int, default=16)
-    p.add_argument("--only", choices=["inquiry", "orders", "webhooks"])
+    p.add_argument("--inprocess-requests", type=int, default=5000)
+    p.add_argument("--only", choices=["inquiry", "inprocess", "orders", "webhooks"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="coexist-bench-api-") as tmp:
         if args.only in (None, "inquiry"):
             inquiry(args, Path(tmp))
+        if args.only in (None, "inprocess"):
+            inquiry_inprocess(args, Path(tmp))
         if args.only in (None, "orders"):
             orders(args, Path(tmp))
         if args.only in (None, "webhooks"):
