@@ -35,7 +35,8 @@ simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 CUSTOMERS = ("10001", "10002", "10003")
 #: Order events queued on coexist.channel.portal (one webhook each).
-EVENTS = 240
+#: Three of the channel's batches (200 each): a kill after the first commit lands mid-work.
+EVENTS = 600
 WAIT_S = 60.0
 
 
