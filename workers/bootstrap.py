@@ -95,7 +95,7 @@ class App:
 
     #: Parts that can be given to the constructor instead of built.
     PARTS = ("state", "exceptions", "broker", "flag_store", "flags", "legacy_engine", "legacy",
-             "cloud", "erps", "subscriptions", "facts", "cutover", "edi")
+             "cloud", "erps", "subscriptions", "facts", "cutover", "edi", "crm")
 
     def __init__(self, settings: Settings | Callable[[], Settings], **parts: Any) -> None:
         unknown = set(parts) - set(self.PARTS)
@@ -213,6 +213,26 @@ class App:
             yield cloud
         finally:
             cloud.close()
+
+    @property
+    def crm(self):
+        """The CRM adapter of the ``crm`` channel (``[crm]``; ``SetupError`` without it)."""
+        return self._part("crm", self._open_crm)
+
+    def _open_crm(self):
+        from workers.crm.client import CrmClient
+
+        section = self.settings.crm
+        if section is None:
+            raise SetupError("CRM", "[crm]", None, "no [crm] section in the configuration "
+                             "(url, client_id; the secret in COEXIST_CRM_CLIENT_SECRET)")
+        secret = self.settings.crm_client_secret
+        with opening("CRM", "[crm] url", section.url):
+            return CrmClient(section.url, client_id=section.client_id,
+                             client_secret=secret.get_secret_value() if secret else "",
+                             api_version=section.api_version, timeout_s=section.timeout_s,
+                             slow_fraction=section.budget_slow_pct / 100,
+                             pause_fraction=1 - section.budget_reserve_pct / 100)
 
     @property
     def subscriptions(self) -> tuple[queues.Subscription, ...]:
@@ -458,7 +478,7 @@ class App:
         built = set(self._built)
         if "flags" in built:
             self._parts["flags"].stop()
-        for name in ("cloud", "erps"):
+        for name in ("cloud", "erps", "crm"):
             if name not in built:
                 continue
             part = self._parts[name]
@@ -486,19 +506,26 @@ class App:
 CHANNEL_HANDLERS: dict[str, str] = {
     "edi": "workers.edi.consumer:channel_handler",
     "portal": "workers.portal.consumer:channel_handler",
+    "crm": "workers.crm.consumer:channel_handler",
 }
+#: The configuration section a channel's handler needs in this process; without it the
+#: subscription's queue is left to a process that has it (the CRM's URL and credentials).
+CHANNEL_SECTIONS: dict[str, str] = {"crm": "crm"}
 
 
 def channel_handlers_for(app: App) -> dict[str, Any]:
-    """The handlers of the configured subscriptions that ``CHANNEL_HANDLERS`` names."""
+    """The handlers of the configured subscriptions that ``CHANNEL_HANDLERS`` names (and whose
+    ``CHANNEL_SECTIONS`` entry, if any, is configured in this process)."""
     import importlib
 
     out: dict[str, Any] = {}
     for sub in app.subscriptions:
         target = CHANNEL_HANDLERS.get(sub.name)
-        if target is not None:
-            module, _, name = target.partition(":")
-            out[sub.name] = getattr(importlib.import_module(module), name)(app)
+        section = CHANNEL_SECTIONS.get(sub.name)
+        if target is None or (section and getattr(app.settings, section, None) is None):
+            continue
+        module, _, name = target.partition(":")
+        out[sub.name] = getattr(importlib.import_module(module), name)(app)
     return out
 
 

@@ -12,8 +12,9 @@
    RabbitMQ, Redis or PostgreSQL (state and the legacy ERP in SQLite files under
    ``COEXIST_HOME``, the embedded SQLite broker, flags in SQLite).
 
-Sections today: ``[subscriptions.NAME]`` (which channel consumes which domains) and
-``[[edi.partners]]`` (the EDI trading partners).
+Sections today: ``[subscriptions.NAME]`` (which channel consumes which domains),
+``[[edi.partners]]`` (the EDI trading partners) and ``[crm]`` (the CRM of the ``crm``
+channel; its OAuth secret is ``COEXIST_CRM_CLIENT_SECRET``, never in the file).
 
 Scalar settings are environment variables (``COEXIST_`` + the field name in upper
 case).  A **section** is a field whose value is a pydantic model (or a table of
@@ -62,6 +63,54 @@ _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 class ConfigError(ValueError):
     """A setting that is missing, malformed or contradictory; the message names it."""
+
+
+class CrmSection(BaseModel):
+    """``[crm]``: the CRM the ``crm`` channel keeps in sync (Salesforce REST or the CRM
+    simulator).  The OAuth client's secret is not here: ``COEXIST_CRM_CLIENT_SECRET``
+    (environment or env file) only, so it is never in a file people share."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The CRM's login URL (``https://login.salesforce.com``, the simulator's URL).
+    url: str
+    #: The OAuth client (connected app) coexist logs in as (client-credentials flow).
+    client_id: str = Field(min_length=1)
+    #: Salesforce REST API version (sObject Collections upsert needs 46.0 or later).
+    api_version: str = "60.0"
+    #: Percent of the daily API budget left to the people using the CRM: the channel
+    #: pauses once the rest is used.
+    budget_reserve_pct: float = Field(2.0, ge=0, lt=100)
+    #: From this percent of the budget used, every request waits first (slows down).
+    budget_slow_pct: float = Field(90.0, ge=0, le=100)
+    #: Seconds between two reads of the CRM's change feed (people's edits, new accounts).
+    poll_interval_s: float = Field(5.0, gt=0, le=3600)
+    #: Seconds a paused channel waits before it tries the CRM again.
+    pause_s: float = Field(60.0, gt=0, le=86_400)
+    #: Per-request timeout, in seconds.
+    timeout_s: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{2,3}\.0", value) or float(value) < 46:
+            raise ValueError("must be a Salesforce API version like 60.0, at least 46.0 "
+                             "(sObject Collections upsert)")
+        return value
+
+    @model_validator(mode="after")
+    def _slow_before_pause(self) -> CrmSection:
+        if self.budget_slow_pct > 100 - self.budget_reserve_pct:
+            raise ValueError(f"budget_slow_pct {self.budget_slow_pct:g} is beyond the pause "
+                             f"at {100 - self.budget_reserve_pct:g}% (100 - budget_reserve_pct)")
+        return self
 
 
 class SubscriptionSection(BaseModel):
@@ -158,6 +207,9 @@ class Settings(BaseSettings):
     sim_tokens: SecretStr | None = None
     #: OAuth clients the CRM simulator accepts, ``client_id:secret,...`` (unset: any client).
     crm_sim_clients: SecretStr | None = None
+    #: The OAuth client secret coexist logs in to the CRM with (the ``[crm]`` section's
+    #: ``client_id``); environment or env file only.
+    crm_client_secret: SecretStr | None = None
     #: Show tracebacks for errors (also ``coexist --debug``).
     debug: bool = False
 
@@ -194,6 +246,8 @@ class Settings(BaseSettings):
     subscriptions: dict[str, SubscriptionSection] = Field(default_factory=dict)
     #: ``[[edi.partners]]``: the EDI trading partners (``coexistence.edi.profiles``).
     edi: EdiSettings | None = None
+    #: ``[crm]``: the CRM of the ``crm`` channel (its secret: ``COEXIST_CRM_CLIENT_SECRET``).
+    crm: CrmSection | None = None
 
     # ------------------------------------------------------------------ where from
 
@@ -268,6 +322,16 @@ class Settings(BaseSettings):
             if not _CHANNEL_NAME.match(name):
                 raise ValueError(f"channel name {name!r} must be lower-case letters, digits "
                                  "and _, starting with a letter (it names a queue)")
+        return value
+
+    @field_validator("crm")
+    @classmethod
+    def _crm_secret(cls, value: CrmSection | None, info) -> CrmSection | None:
+        secret = info.data.get("crm_client_secret")
+        if value is not None and (secret is None or not secret.get_secret_value()):
+            raise ValueError("COEXIST_CRM_CLIENT_SECRET is not set: the CRM's OAuth client "
+                             f"{value.client_id!r} needs its secret (environment or "
+                             "COEXIST_ENV_FILE, never the TOML file)")
         return value
 
     @model_validator(mode="after")
@@ -505,7 +569,8 @@ def explain_validation(exc: ValidationError, env_names: Mapping[str, str],
     return "; ".join(lines)
 
 
-_SECRET_FIELDS = frozenset({"cloud_token", "sim_tokens", "crm_sim_clients"})
+_SECRET_FIELDS = frozenset({"cloud_token", "sim_tokens", "crm_sim_clients",
+                            "crm_client_secret"})
 
 
 def _shown(value: Any) -> str:

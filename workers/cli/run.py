@@ -101,10 +101,12 @@ def _start_worker(app, threads: int):
 
 
 def _start_channel_loops(app, stop: threading.Event) -> list[threading.Thread]:
-    """The polling loops of the channels this process runs (EDI: the partners' folders)."""
-    from workers.edi.consumer import start_poller
+    """The polling loops of the channels this process runs (EDI: the partners' folders;
+    CRM: its change feed, one holder at a time across processes under a lease)."""
+    from workers.crm.consumer import start_poller as crm_poller
+    from workers.edi.consumer import start_poller as edi_poller
 
-    return [t for t in (start_poller(app, stop),) if t is not None]
+    return [t for t in (edi_poller(app, stop), crm_poller(app, stop)) if t is not None]
 
 
 def _join(threads: list[threading.Thread]) -> None:

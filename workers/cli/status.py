@@ -133,6 +133,10 @@ def _print(report) -> None:
             console.print(escape(f"subscription {s['name']}: {', '.join(s['domains'])} "
                                  f"({', '.join(s['kinds'])}) -> {s['queue']}: backlog "
                                  f"{backlog}, consumers {consumers}"), highlight=False)
+            if "crm" in s:
+                from workers.crm.status import describe
+
+                console.print(escape(f"  {describe(s['crm'])}"), highlight=False)
     else:
         console.print("subscriptions: none configured (no channel receives events)",
                       highlight=False)

@@ -109,15 +109,17 @@ def exception_detail(app, record_id: int) -> dict[str, Any] | None:
 def trace_result(app, parsed, *, since: datetime | None = None, limit: int = 200,
                  cloud_scan: int = 20_000):
     """The timeline ``coexist trace`` prints, for a parsed target (``parse_target``)."""
+    from workers.crm.trace import crm_source
     from workers.observe import build_trace
     from workers.observe.sources import cloud_source, legacy_source
 
     legacy, legacy_note = legacy_source(app)
     cloud, cloud_note = cloud_source(app)
+    crm, crm_note = crm_source(app)
     try:
         return build_trace(app.state, parsed, since=since, limit=limit, legacy=legacy,
                            legacy_note=legacy_note, cloud=cloud, cloud_note=cloud_note,
-                           cloud_scan=cloud_scan)
+                           cloud_scan=cloud_scan, crm=crm, crm_note=crm_note)
     finally:
         if cloud is not None:
             cloud.close()

@@ -464,13 +464,15 @@ def poll_inbound(*, crm: Crm, engine: Engine, sor_record: SorLookup,
                  directory: Callable[[], Iterable[Customer]], reports: Reports,
                  limit: int = MAX_BATCH, feed: str = FEED,
                  defaults: onboarding.OnboardingDefaults = onboarding.OnboardingDefaults(),
-                 number_base: int = state.CRM_CUSTOMER_NUMBER_BASE) -> InboundStats:
+                 number_base: int = state.CRM_CUSTOMER_NUMBER_BASE,
+                 fence: Callable[[Session], None] | None = None) -> InboundStats:
     """Handle up to ``limit`` CRM change events after the checkpoint of ``feed``.
 
     ``sor_record(domain, key)`` reads the record from its SoR now; ``directory()``
     yields the customers onboarding matches against (the ERPs').  Raises
     ``ReplayExpired`` (business: an operator must reconcile) and ``CrmUnavailable`` /
-    ``CrmPaused`` (nothing committed; call again later).
+    ``CrmPaused`` (nothing committed; call again later).  ``fence(session)`` runs first in
+    the committing transaction (the poller's lease: ``LeaseLost`` rolls it back).
     """
     after = checkpoints.get(engine, feed)
     changes = crm.changes(after, limit)
@@ -481,6 +483,8 @@ def poll_inbound(*, crm: Crm, engine: Engine, sor_record: SorLookup,
     for change in changes:
         run.handle(change)
     with Session(engine) as session:
+        if fence is not None:
+            fence(session)
         add_all_to_outbox(session, run.commands, actor_name=queues.COMMAND_ACTOR,
                           queue_name=queues.COMMAND_QUEUE)
         state.mark_done(session, run.done)

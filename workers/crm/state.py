@@ -111,3 +111,95 @@ def mark_done(session: Session, crm_account_ids: list[str]) -> None:
     if crm_account_ids:
         session.execute(update(_T).where(_T.c.crm_account_id.in_(crm_account_ids))
                         .values(state="done"))
+
+
+# ===================================================================== channel state
+
+#: The one row of ``crm_channel`` (one CRM per installation).
+CHANNEL_ROW = "crm"
+
+
+class CrmChannelState(StateTable, table=True):
+    """The CRM channel as its processes last saw it: paused or not, and the API budget.
+
+    Written by the outbound consumer and the inbound poller (every process of the
+    channel), read by ``coexist status``.  A pause is a time, not a flag: every consumer
+    holds its messages (re-queued with a delay, not counted as failures) until
+    ``paused_until``, then tries again; a CRM that is still over budget pauses it again.
+    """
+
+    __tablename__ = "crm_channel"
+
+    name: str = Field(primary_key=True, max_length=20)
+    paused_until: datetime | None = Field(default=None)
+    pause_reason: str = Field(default="", max_length=500)
+    #: ``Sforce-Limit-Info: api-usage=used/max`` as last seen.
+    budget_used: int | None = Field(default=None)
+    budget_max: int | None = Field(default=None)
+    updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+_C = CrmChannelState.__table__
+
+
+def channel_state(engine: Engine) -> CrmChannelState | None:
+    with Session(engine) as session:
+        row = session.get(CrmChannelState, CHANNEL_ROW)
+        if row is not None:
+            session.expunge(row)
+        return row
+
+
+def paused_until(engine: Engine, now: datetime | None = None) -> datetime | None:
+    """The end of the channel's pause when it is paused now, else ``None``."""
+    row = channel_state(engine)
+    if row is None or row.paused_until is None:
+        return None
+    until = _aware(row.paused_until)
+    return until if until > (now or datetime.now(UTC)) else None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _upsert(engine: Engine, **values) -> None:
+    values["updated_at"] = datetime.now(UTC)
+    with Session(engine) as session:
+        done = session.execute(update(_C).where(_C.c.name == CHANNEL_ROW).values(**values))
+        if done.rowcount == 0:  # type: ignore[attr-defined]
+            session.add(CrmChannelState(name=CHANNEL_ROW, **values))
+            try:
+                session.commit()
+            except IntegrityError:  # another process inserted it first
+                session.rollback()
+                session.execute(update(_C).where(_C.c.name == CHANNEL_ROW).values(**values))
+                session.commit()
+            return
+        session.commit()
+
+
+def pause(engine: Engine, until: datetime, reason: str, budget=None) -> None:
+    """Pause the channel until ``until`` (never shortens a longer pause already set)."""
+    current = paused_until(engine)
+    if current is not None and current >= until:
+        return
+    values: dict = {"paused_until": until, "pause_reason": reason[:500]}
+    if budget is not None:
+        values.update(budget_used=budget.used, budget_max=budget.max)
+    _upsert(engine, **values)
+
+
+def resume(engine: Engine) -> None:
+    """The CRM took a request again: the channel is not paused."""
+    row = channel_state(engine)
+    if row is not None and row.paused_until is not None:
+        _upsert(engine, paused_until=None, pause_reason="")
+
+
+def note_budget(engine: Engine, budget) -> None:
+    """Remember the API budget the CRM last reported (``coexist status`` shows it)."""
+    row = channel_state(engine)
+    if row is not None and (row.budget_used, row.budget_max) == (budget.used, budget.max):
+        return
+    _upsert(engine, budget_used=budget.used, budget_max=budget.max)

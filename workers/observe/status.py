@@ -197,6 +197,10 @@ def subscriptions(app, broker: BrokerView) -> list[dict[str, Any]]:
                     "kinds": sorted(sub.kinds), "queue": sub.queue,
                     "backlog": None if q is None or not broker.reachable else q.held,
                     "consumers": None if q is None else q.consumers})
+        if sub.name == "crm":
+            from workers.crm.status import crm_channel
+
+            out[-1]["crm"] = crm_channel(app.state, app.settings.crm is not None)
     return out
 
 
@@ -293,6 +297,11 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
             reasons.append(f"{note.name} {note.state}: {note.detail}")
     for p in report.edi:
         reasons += [f"EDI partner {p['partner']}: {why}" for why in p["attention"]]
+    for sub in report.subscriptions:
+        crm = sub.get("crm")
+        if crm and crm["paused"]:
+            reasons.append(f"CRM channel paused until {crm['paused_until']} (API budget; "
+                           f"nothing lost): {crm['pause_reason']}")
     reasons += report.broker.attention()
     if report.portal is not None:
         from workers.portal.status import attention as portal_attention

@@ -98,6 +98,8 @@ def build_trace(
     cloud: Any = None,
     cloud_note: SourceNote | None = None,
     cloud_scan: int = DEFAULT_CLOUD_SCAN,
+    crm: Any = None,
+    crm_note: SourceNote | None = None,
 ) -> Trace:
     """The timeline of ``target``, oldest first.  ``legacy`` (an engine on the legacy
     database) and ``cloud`` (a ``ChangeFeed``) are optional; their notes say why not."""
@@ -132,6 +134,10 @@ def build_trace(
         events += trace_feeds.cloud_feed(state, cloud, cloud_note, trace, since, limit,
                                          cloud_scan, wanted)
         events += trace_feeds.edi_documents(state, trace, since, limit, wanted)
+        if crm is not None or crm_note is not None:
+            from workers.crm.trace import crm_events
+
+            events += crm_events(state, crm, crm_note, trace, wanted)
     else:
         for name in ("legacy change log", "cloud change feed"):
             trace.sources.append(SourceNote(name, "skipped", "no domain and key to look up"))

@@ -1,0 +1,113 @@
+"""The CRM channel's outbound consumer on the in-memory CRM and in-memory SQLite state.
+
+What happens to a delivery's messages: synced / stale / refused are acked, a record the
+CRM cannot take now raises a technical error (the bus retries), a spent API budget
+pauses the channel (a row every process sees) and re-queues the messages with a delay,
+without another request to the CRM until the pause ends.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bus.errors import TechnicalError, is_business
+from coexistence.crm.ports import VERSION_FIELD
+from coexistence.router import routed_version
+from coexistence.sample import SampleSpec
+from tests.support.crm import ListReports, event, memory_state_engine
+from workers.crm import state
+from workers.crm.consumer import CrmConsumer, CrmRetryLater
+from workers.crm.handlers import Outcome
+from workers.crm_memory import InMemoryCrm
+
+SPEC = SampleSpec(customers=20, seed=5)
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def parts():
+    crm, engine, reports, deferred, clock = InMemoryCrm(), memory_state_engine(), \
+        ListReports(), [], Clock()
+    consumer = CrmConsumer(crm=lambda: crm, engine=engine, reports=reports,
+                           defer=lambda env, s: deferred.append((env.message_id, s)),
+                           pause_s=120, clock=clock)
+    return consumer, crm, engine, reports, deferred, clock
+
+
+def test_one_envelope_or_a_batch_shows_in_the_crm_and_redelivery_changes_nothing(parts):
+    consumer, crm, _engine, _reports, deferred, _clock = parts
+    customers = [SPEC.record("customer", i) for i in range(10)]
+    [first] = consumer(event(customers[0], 3))  # a single delivery, not a list
+    assert first.outcome is Outcome.SYNCED
+    envs = [event(c, 2 + i) for i, c in enumerate(customers)]
+    again = envs + envs[:4]
+    random.Random(3).shuffle(again)
+    consumer(again)
+    consumer(again)  # redelivered after a crash
+    shown = crm.records["Account"]
+    assert set(shown) == {c.key for c in customers}
+    # customer 0 was shown at version 3 before the batch carried it at version 2: kept.
+    assert shown[customers[0].key][VERSION_FIELD] == routed_version(1, 3)
+    for i, c in enumerate(customers[1:], 1):
+        assert shown[c.key][VERSION_FIELD] == routed_version(1, 2 + i)
+    assert not deferred
+
+
+def test_a_spent_budget_pauses_the_channel_and_requeues_without_calling_the_crm(parts):
+    consumer, crm, engine, reports, deferred, clock = parts
+    envs = [event(SPEC.record("customer", i), 1) for i in range(3)]
+    crm.pause()
+    results = consumer(envs)
+    assert [r.outcome for r in results] == [Outcome.PAUSED] * 3
+    assert [m for m, _ in deferred] == [e.message_id for e in envs]
+    assert all(1 <= s <= 60 for _, s in deferred)
+    until = state.paused_until(engine, clock.now)
+    assert until == clock.now + timedelta(seconds=120)
+    assert not reports.all  # not a failure
+    # While paused, nothing is asked of the CRM: the budget stays where it is.
+    crm.pause(False)
+    used = crm.budget_used
+    deferred.clear()
+    assert [r.outcome for r in consumer(envs[:1])] == [Outcome.PAUSED]
+    assert crm.budget_used == used and len(deferred) == 1
+    # The pause ends: the same messages go through and the channel is no longer paused.
+    clock.now += timedelta(seconds=121)
+    assert [r.outcome for r in consumer(envs)] == [Outcome.SYNCED] * 3
+    assert state.paused_until(engine, clock.now) is None
+    row = state.channel_state(engine)
+    assert row is not None and row.paused_until is None
+    assert (row.budget_used, row.budget_max) == (crm.budget_used, crm.daily_limit)
+
+
+def test_a_locked_row_raises_a_technical_error_and_the_retry_writes_it(parts):
+    consumer, crm, _engine, reports, _deferred, _clock = parts
+    a, b = SPEC.record("customer", 1), SPEC.record("customer", 2)
+    crm.lock(b.key)
+    with pytest.raises(CrmRetryLater) as raised:
+        consumer([event(a, 1), event(b, 1)])
+    assert isinstance(raised.value, TechnicalError) and not is_business(raised.value)
+    assert "UNABLE_TO_LOCK_ROW" in str(raised.value)
+    assert set(crm.records["Account"]) == {a.key}
+    consumer([event(a, 1), event(b, 1)])  # the bus's retry of the same delivery
+    assert set(crm.records["Account"]) == {a.key, b.key}
+    assert not reports.all
+
+
+def test_a_refused_record_is_a_business_report_and_its_message_is_acked(parts):
+    consumer, _crm, _engine, reports, _deferred, _clock = parts
+    good = SPEC.record("customer", 3)
+    bad = event(SPEC.record("customer", 4), 1)
+    bad = bad.model_copy(update={"payload": {"record": {"nonsense": True}}})
+    results = consumer([event(good, 1), bad])
+    assert [r.outcome for r in results] == [Outcome.SYNCED, Outcome.REFUSED]
+    assert [r.error_type for r in reports.all] == ["CrmRefused:BAD_EVENT"]

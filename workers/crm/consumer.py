@@ -1,0 +1,271 @@
+"""The CRM channel in the production processes: the outbound consumer and the feed poller.
+
+Outbound (``channel_handler(app)``, registered for the subscription ``crm``): the
+router's canonical events of ``coexist.channel.crm`` go to ``sync_outbound`` (one
+sObject Collections request per object per 200 records), and each envelope's result
+decides what happens to its message:
+
+* ``synced`` / ``stale`` (never regress) / ``skipped`` / ``refused`` (already in the
+  exception store, replayable): acked;
+* ``retry`` (row lock, parent not in the CRM yet, CRM unavailable): ``CrmRetryLater`` is
+  raised, a technical error, so the bus's failure middleware retries the delivery with
+  backoff and records it as technical once the retries are spent;
+* ``paused`` (403 ``REQUEST_LIMIT_EXCEEDED``, or the client-side budget reserve reached):
+  the channel is paused until a time (the ``crm_channel`` row, seen by every process and
+  by ``coexist status``), and the message is re-queued with a delay, without counting an
+  attempt; while the pause lasts, messages are re-queued without calling the CRM.
+
+Idempotent in effect: the CRM's own rule that ``Coexist_Version__c`` never goes down
+(``Stale`` for an older version; the same version is the same content) makes a
+redelivery, a deferred copy or a replayed batch a no-op, so the consumer does not use
+the inbox (whose "seen" mark would drop a deferred copy that shares its message id).
+
+Inbound (``CrmPoller``): one thread per process that runs the channel calls
+``poll_inbound`` every ``[crm] poll_interval_s`` under a lease (``crm.inbound``,
+``workers.router.lease``), whose fence is taken in the same transaction that commits
+the commands and the feed checkpoint: two pollers never both commit one batch (the
+checkpoint's compare-and-set guards that too), and only the lease holder polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from prometheus_client import Counter
+from sqlalchemy import Engine
+
+from bus.envelope import Envelope
+from bus.errors import TechnicalError
+from coexistence.canonical import CanonicalRecord, Customer
+from coexistence.crm.ports import ApiBudget, Crm, CrmPaused, CrmUnavailable, ReplayExpired
+from coexistence.router import placement
+from workers.crm import handlers, state
+from workers.crm.handlers import Outcome, Result
+from workers.crm.reports import CRM_QUEUE, OUTBOUND_ACTOR, ExceptionStoreReports, Reports
+
+if TYPE_CHECKING:
+    from workers.bootstrap import App
+
+log = logging.getLogger("coexist.crm")
+
+#: Longest delay of one re-queue while the channel is paused, in seconds: a delayed
+#: message on RabbitMQ is held unacked by a worker until it is due, which must stay
+#: well below the broker's consumer timeout; a longer pause re-queues again.
+MAX_DEFER_S = 60.0
+#: The inbound poller's lease, and how long a silent holder keeps it from the others.
+INBOUND_LEASE = "crm.inbound"
+INBOUND_LEASE_TTL_S = 30.0
+
+DEFERRED = Counter("coexist_crm_deferred_total",
+                   "CRM channel messages re-queued while the channel is paused")
+PAUSES = Counter("coexist_crm_pauses_total", "Times the CRM channel paused (API budget)")
+
+
+class CrmRetryLater(TechnicalError):
+    """Some records of the delivery could not be written now; the bus retries it.
+
+    The records of the delivery that were written show again at the same version on the
+    retry (the CRM's version rule makes that a no-op)."""
+
+
+class CrmConsumer:
+    """``sync_outbound`` for a delivery of one envelope or a batch (see the module doc)."""
+
+    def __init__(self, *, crm: Callable[[], Crm], engine: Engine, reports: Reports,
+                 defer: Callable[[Envelope, float], None], pause_s: float = 60.0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self._crm, self.engine, self.reports = crm, engine, reports
+        self.defer, self.pause_s, self.clock = defer, pause_s, clock
+
+    def __call__(self, delivery: Envelope | Sequence[Envelope]) -> list[Result]:
+        envelopes = [delivery] if isinstance(delivery, Envelope) else list(delivery)
+        if not envelopes:
+            return []
+        now = self.clock()
+        row = state.channel_state(self.engine)
+        until = state._aware(row.paused_until) if row and row.paused_until else None
+        if until is not None and until > now:
+            self._defer_all(envelopes, until - now)
+            return [Result(e.message_id, Outcome.PAUSED, f"channel paused until {until}")
+                    for e in envelopes]
+        crm = self._crm()
+        results = handlers.sync_outbound(envelopes, crm=crm, reports=self.reports)
+        budget = _budget(crm)
+        paused = [(e, r) for e, r in zip(envelopes, results, strict=True)
+                  if r.outcome is Outcome.PAUSED]
+        if paused:
+            until = now + timedelta(seconds=self.pause_s)
+            state.pause(self.engine, until, paused[0][1].detail, budget)
+            PAUSES.inc()
+            log.warning("CRM channel paused until %s: %s", until.isoformat(),
+                        paused[0][1].detail)
+            self._defer_all([e for e, _ in paused], until - now)
+        else:
+            if until is not None:  # a pause that ran out, and the CRM took the request
+                state.resume(self.engine)
+            if budget is not None:
+                state.note_budget(self.engine, budget)
+        retry = [r for r in results if r.outcome is Outcome.RETRY]
+        if retry:
+            codes = sorted({r.code or "RETRY" for r in retry})
+            raise CrmRetryLater(f"{len(retry)} of {len(envelopes)} CRM record(s) not written "
+                                f"now ({', '.join(codes)}): {retry[0].detail}")
+        return results
+
+    def _defer_all(self, envelopes: Iterable[Envelope], wait: timedelta) -> None:
+        delay = min(max(wait.total_seconds(), 1.0), MAX_DEFER_S)
+        for env in envelopes:
+            self.defer(env, delay)
+            DEFERRED.inc()
+
+
+def _budget(crm: Crm) -> ApiBudget | None:
+    try:
+        budget = crm.budget()
+    except (CrmUnavailable, CrmPaused):
+        return None
+    return budget if budget is not None and budget.max else None
+
+
+def channel_handler(app: App) -> Callable[[Envelope | Sequence[Envelope]], Any]:
+    """The ``crm`` subscription's handler in ``app``'s process (``workers.bootstrap``)."""
+
+    def defer(env: Envelope, delay_s: float) -> None:
+        app.broker.enqueue(dramatiq.Message(
+            queue_name=CRM_QUEUE, actor_name=OUTBOUND_ACTOR,
+            args=(env.model_dump(mode="json"),), kwargs={}, options={},
+            message_id=env.message_id), delay=int(delay_s * 1000))
+
+    section = app.settings.crm
+    return CrmConsumer(crm=lambda: app.crm, engine=app.state,
+                       reports=ExceptionStoreReports(app.exceptions), defer=defer,
+                       pause_s=section.pause_s if section else 60.0)
+
+
+# ===================================================================== inbound
+
+
+def sor_lookup(app: App) -> handlers.SorLookup:
+    """``(domain, key) -> (system, record)`` from the record's SoR now (flag and pin)."""
+    from workers.router.state import get_route
+
+    def lookup(domain: str, key: str) -> tuple[str, CanonicalRecord] | None:
+        with app.state.connect() as conn:
+            route = get_route(conn, domain, key)
+        pinned = route.pinned_sor if route else None
+        _mode, sor, _shadows, _pinned = placement(domain, key, app.flags.state(domain), {},
+                                                  pinned)
+        record = app.erps[sor].get(domain, key)
+        return (sor, record) if record is not None else None
+
+    return lookup
+
+
+def customer_directory(app: App) -> Callable[[], Iterable[Customer]]:
+    """The customers onboarding matches a new CRM account against: both ERPs' (the SoR
+    may not have copied a new one to the other yet), each key once."""
+
+    def directory() -> Iterable[Customer]:
+        seen: set[str] = set()
+        sor = placement("customer", "", app.flags.state("customer"), {}, None)[1]
+        for system in (sor, *(s for s in app.erps if s != sor)):
+            for customer in app.erps[system].stream("customer"):
+                if customer.key not in seen:
+                    seen.add(customer.key)
+                    yield customer  # type: ignore[misc]
+
+    return directory
+
+
+class CrmPoller:
+    """Reads the CRM's change feed every ``interval_s`` while this process holds the lease."""
+
+    def __init__(self, app: App, *, interval_s: float | None = None,
+                 lease_ttl_s: float = INBOUND_LEASE_TTL_S):
+        from workers.router.lease import Lease, process_identity
+
+        self.app = app
+        section = app.settings.crm
+        self.interval_s = interval_s or (section.poll_interval_s if section else 5.0)
+        self.lease = Lease(app.state, INBOUND_LEASE, process_identity(), lease_ttl_s)
+        self.reports = ExceptionStoreReports(app.exceptions)
+        self.sor_record = sor_lookup(app)
+        self.directory = customer_directory(app)
+        self.turns = 0
+        self.last: handlers.InboundStats | None = None
+        self._failing: str | None = None
+
+    def run_once(self) -> handlers.InboundStats | None:
+        """One read of the feed (``None`` when paused or another process holds the lease)."""
+        if state.paused_until(self.app.state) is not None:
+            return None
+        if not self.lease.try_acquire():
+            return None
+        stats = handlers.poll_inbound(
+            crm=self.app.crm, engine=self.app.state, sor_record=self.sor_record,
+            directory=self.directory, reports=self.reports, fence=self.lease.fence)
+        self.turns += 1
+        self.last = stats
+        return stats
+
+    def run_forever(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                busy = False
+                try:
+                    stats = self.run_once()
+                    busy = stats is not None and stats.read >= handlers.MAX_BATCH
+                    self._recovered()
+                except CrmPaused as paused:
+                    until = datetime.now(UTC) + timedelta(
+                        seconds=self.app.settings.crm.pause_s if self.app.settings.crm else 60)
+                    state.pause(self.app.state, until, str(paused), paused.budget)
+                    self._failed(f"CRM paused until {until.isoformat()}: {paused}")
+                except ReplayExpired as expired:
+                    # Business: events were missed; an operator must reconcile.  Reported
+                    # once per distinct message, the poller keeps trying (nothing to skip to
+                    # without a person's decision).
+                    self._failed(f"CRM change feed: {expired}; reconcile the CRM and reset "
+                                 "the `crm` checkpoint")
+                except Exception as exc:  # one bad turn must not end the thread
+                    self._failed(f"CRM feed poll failed; retrying: {type(exc).__name__}: "
+                                 f"{exc}", exc_info=not isinstance(exc, TechnicalError))
+                if not busy:
+                    stop.wait(self.interval_s)
+        finally:
+            self.lease.release()
+
+    def _failed(self, message: str, exc_info: bool = False) -> None:
+        if message != self._failing:
+            log.warning(message, exc_info=exc_info)
+            self._failing = message
+
+    def _recovered(self) -> None:
+        if self._failing is not None:
+            log.info("CRM feed poll works again")
+            self._failing = None
+
+
+def start_poller(app: App, stop: threading.Event) -> threading.Thread | None:
+    """The inbound poller thread, when this process runs the CRM channel (``[crm]`` set
+    and the ``crm`` subscription configured)."""
+    if not runs_crm(app):
+        return None
+    poller = CrmPoller(app)
+    thread = threading.Thread(target=poller.run_forever, args=(stop,), name="crm-inbound",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def runs_crm(app: App) -> bool:
+    return app.settings.crm is not None and any(s.name == "crm" for s in app.subscriptions)
+
+
+__all__ = ["CrmConsumer", "CrmPoller", "CrmRetryLater", "channel_handler", "runs_crm",
+           "sor_lookup", "start_poller"]

@@ -1,0 +1,62 @@
+"""The CRM channel as ``coexist status`` shows it: paused or not, API budget, inbound feed.
+
+Read from coexist's state database only (the ``crm_channel`` row the consumers and the
+poller write, the ``crm`` feed checkpoint, the inbound poller's lease): ``status``
+spends none of the CRM's API budget.  The backlog of ``coexist.channel.crm`` is the
+subscription's, shown next to it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, inspect, select
+
+from workers import checkpoints
+from workers.crm import handlers, state
+
+
+def crm_channel(engine: Engine, configured: bool, now: datetime | None = None
+                ) -> dict[str, Any]:
+    """``{"configured", "paused", "paused_until", "pause_reason", "budget_used",
+    "budget_max", "budget_at", "inbound_checkpoint", "inbound_holder"}``."""
+    now = now or datetime.now(UTC)
+    out: dict[str, Any] = {"configured": configured, "paused": False, "paused_until": None,
+                           "pause_reason": "", "budget_used": None, "budget_max": None,
+                           "budget_at": None, "inbound_checkpoint": None,
+                           "inbound_holder": None}
+    if not inspect(engine).has_table(state.CrmChannelState.__tablename__):
+        return out
+    row = state.channel_state(engine)
+    if row is not None:
+        until = state._aware(row.paused_until) if row.paused_until else None
+        out.update(paused=until is not None and until > now,
+                   paused_until=until.isoformat() if until else None,
+                   pause_reason=row.pause_reason if until and until > now else "",
+                   budget_used=row.budget_used, budget_max=row.budget_max,
+                   budget_at=state._aware(row.updated_at).isoformat())
+    out["inbound_checkpoint"] = checkpoints.get(engine, handlers.FEED)
+    from workers.router.lease import CaptureLease
+
+    with engine.connect() as conn:
+        t = CaptureLease.__table__
+        holder = conn.execute(select(t.c.holder, t.c.expires_at_ms)
+                              .where(t.c.name == "crm.inbound")).first()
+    if holder is not None and holder.expires_at_ms > now.timestamp() * 1000:
+        out["inbound_holder"] = holder.holder
+    return out
+
+
+def describe(c: dict[str, Any]) -> str:
+    """One line for people."""
+    if not c["configured"]:
+        return "CRM channel: no [crm] section (nothing consumes coexist.channel.crm)"
+    budget = ("budget unknown (no request yet)" if c["budget_max"] is None else
+              f"API budget {c['budget_used']}/{c['budget_max']} "
+              f"({100 * c['budget_used'] / c['budget_max']:.1f}% used)")
+    paused = (f"PAUSED until {c['paused_until']} ({c['pause_reason']})" if c["paused"]
+              else "running")
+    inbound = (f"feed checkpoint {c['inbound_checkpoint']}, polled by "
+               f"{c['inbound_holder'] or 'nobody now'}")
+    return f"CRM channel: {paused}; {budget}; {inbound}"
