@@ -59,7 +59,7 @@ log = logging.getLogger("coexist.crm")
 MAX_DEFER_S = 60.0
 #: The inbound poller's lease, and how long a silent holder keeps it from the others.
 INBOUND_LEASE = "crm.inbound"
-INBOUND_LEASE_TTL_S = 30.0
+INBOUND_LEASE_TTL_S = 10.0
 
 DEFERRED = Counter("coexist_crm_deferred_total",
                    "CRM channel messages re-queued while the channel is paused")
@@ -204,7 +204,7 @@ class CrmPoller:
         """One read of the feed (``None`` when paused or another process holds the lease)."""
         if state.paused_until(self.app.state) is not None:
             return None
-        if not self.lease.try_acquire():
+        if not self.lease.held and not self.lease.try_acquire():
             return None
         stats = handlers.poll_inbound(
             crm=self.app.crm, engine=self.app.state, sor_record=self.sor_record,
@@ -213,7 +213,20 @@ class CrmPoller:
         self.last = stats
         return stats
 
+    def _keep(self, stop: threading.Event) -> None:
+        """Renew the lease while held, look for it while not (a turn may take longer than
+        the TTL: onboarding many accounts is many requests)."""
+        tick = self.lease.ttl_ms / 4000
+        while not stop.wait(tick):
+            try:
+                self.lease.renew() if self.lease.held else self.lease.try_acquire()
+            except Exception:  # the thread must outlive any one failure
+                log.exception("CRM inbound lease: unexpected failure")
+
     def run_forever(self, stop: threading.Event) -> None:
+        keeper = threading.Thread(target=self._keep, args=(stop,), name="crm-inbound-lease",
+                                  daemon=True)
+        keeper.start()
         try:
             while not stop.is_set():
                 busy = False
@@ -238,6 +251,7 @@ class CrmPoller:
                 if not busy:
                     stop.wait(self.interval_s)
         finally:
+            keeper.join(self.lease.ttl_ms / 1000)
             self.lease.release()
 
     def _failed(self, message: str, exc_info: bool = False) -> None:

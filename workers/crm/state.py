@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import BigInteger, Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import Field
@@ -42,7 +42,9 @@ class CrmOnboarding(StateTable, table=True):
     #: ``link``, ``create`` or ``duplicate_in_crm``.
     decision: str = Field(max_length=20)
     #: Allocated numbers are unique; a link or a duplicate names an existing customer.
-    allocated: int | None = Field(default=None, unique=True)
+    #: 64-bit: numbers from ``CRM_CUSTOMER_NUMBER_BASE`` (9e9) do not fit PostgreSQL's
+    #: ``integer`` (revision 0009 widened it).
+    allocated: int | None = Field(default=None, unique=True, sa_type=BigInteger)
     name_key: str = Field(default="", max_length=200)
     postal_keys: str = Field(default="", max_length=200)
     tax_key: str = Field(default="", max_length=40)

@@ -1,5 +1,7 @@
 """``crm_channel``: the CRM channel's pause (until when, why) and the API budget it last
-saw (workers/crm/state.py), written by its consumers and poller, read by ``coexist status``.
+saw (workers/crm/state.py), written by its consumers and poller, read by ``coexist status``;
+``crm_onboarding.allocated`` 64-bit (the numbers coexist allocates from 9000000001 overflowed
+PostgreSQL's ``integer``).
 
 Revision ID: 0009
 Revises: 0006
@@ -26,7 +28,13 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
+    with op.batch_alter_table('crm_onboarding', schema=None) as batch_op:
+        batch_op.alter_column('allocated', existing_type=sa.Integer(), type_=sa.BigInteger(),
+                              existing_nullable=True)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('crm_onboarding', schema=None) as batch_op:
+        batch_op.alter_column('allocated', existing_type=sa.BigInteger(), type_=sa.Integer(),
+                              existing_nullable=True)
     op.drop_table('crm_channel')
