@@ -9,6 +9,7 @@ broker) and ``settle()`` returns once two rounds in a row moved nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import dramatiq
 
@@ -26,6 +27,9 @@ class Driver:
         self.relay = app.relay()
         self.drain = make_drain(app.broker, app.exceptions, app.queue_names())
         self.captured = CaptureStats()
+        #: More feeds to read every round (the CRM's inbound poller): each returns how
+        #: many changes it read.
+        self.pollers: list[Callable[[], int]] = []
         self.worker = dramatiq.Worker(app.broker, worker_threads=threads, worker_timeout=100,
                                       queues=app.consumed_queues())
         self.worker.start()
@@ -43,6 +47,8 @@ class Driver:
                 stats = loop.drain()
                 captured.add(stats)
                 moved += stats.read
+            for poll in self.pollers:
+                moved += poll()
             moved += self.relay.run_once(5000)
             for name in self.app.consumed_queues() or self.app.queue_names():
                 self._join(name, int(timeout_s * 1000))

@@ -133,6 +133,8 @@ class StepReport:
     strays: int
     exceptions: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    #: The CRM's agreement with the SoR after the step (when the scenario has a CRM).
+    crm: Any = None
 
 
 class PhasedCutover:
@@ -141,7 +143,7 @@ class PhasedCutover:
     def __init__(self, driver: Driver, *, cloud_people: Callable[[CanonicalRecord, str], None],
                  changes_per_domain: int = 3, report: Callable[[StepReport], None] = print,
                  reconcile: Callable[[str], float] | None = None, edi: bool = False,
-                 edi_buyer: Callable | None = None, portal: Any = None):
+                 edi_buyer: Callable | None = None, portal: Any = None, crm: Any = None):
         """``reconcile(domain) -> drift %`` runs and stores a reconciliation before every
         forward move, so the cutover guards judge real drift; without it (fake ERPs) the
         moves are forced, and audited as forced.  ``edi``: the app's trading partner
@@ -149,7 +151,8 @@ class PhasedCutover:
         (``edi_buyer(order, units)`` sends them instead of coexist's own writer).
         ``portal`` (a ``workers.portal.flow.PortalFlow``): a portal customer places an order
         before and after the order domain moves, and its webhook receiver is compared with
-        the SoR at the end."""
+        the SoR at the end.  ``crm`` (``workers.crm.scenario.CrmPeople``) adds people
+        working in the CRM and the CRM's check after every step."""
         self.driver = driver
         self.app = driver.app
         self.legacy = self.app.erps[LEGACY]
@@ -160,6 +163,7 @@ class PhasedCutover:
         self.cutover = self.app.cutover
         self.exceptions = self.app.exceptions
         self.reconcile = reconcile
+        self.crm = crm
         self.drift: dict[str, float] = {}
         self.reports: list[StepReport] = []
         self.portal = portal
@@ -183,6 +187,11 @@ class PhasedCutover:
     # ------------------------------------------------------------------ steps
 
     def run(self) -> list[StepReport]:
+        if self.crm is not None and self.crm.load is not None:
+            loaded = self.crm.load()
+            self.driver.settle()
+            self._step("the CRM loaded from the SoR (the cloud is not backfilled yet)",
+                       notes=[f"CRM first load: {loaded}"], compare_both=False)
         self.enter_shadow()
         self.work(sor=LEGACY, title="people edit the legacy ERP (SoR); one stray write per domain")
         self.edi_round("before", LEGACY)
@@ -237,6 +246,8 @@ class PhasedCutover:
                 self._person_edit(wrong, stray)
                 self.strays.append((wrong, domain, stray.key))
                 notes.append(f"stray write into {wrong}: {domain} {stray.key}")
+        if self.crm is not None:
+            self.crm.act(self._open_records(sor, "customer", 2))
         self.driver.settle()
         self._step(title, notes=notes, compare_both=compare_both)
 
@@ -340,7 +351,8 @@ class PhasedCutover:
             notes = [*notes, "reconciled before the moves (drift %): " + ", ".join(
                 f"{d} {p:.2f}" for d, p in self.drift.items())]
             self.drift = {}
+        crm = self.crm.check() if self.crm is not None else None
         report = StepReport(title, {d: str(flags[d].mode) for d in DOMAINS}, agreements,
-                            stats.routed, stats.echoes, stats.strays, groups, list(notes))
+                            stats.routed, stats.echoes, stats.strays, groups, list(notes), crm)
         self.reports.append(report)
         self.report(report)

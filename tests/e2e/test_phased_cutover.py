@@ -2,7 +2,10 @@
 simulator over HTTP, on the embedded broker and on RabbitMQ.  Every domain goes legacy ->
 shadow -> cloud -> cloud_only in dependency order while people keep editing both ERPs, with
 a rollback from cloud.  After each step every record both ERPs share is equal through the
-translators; stray writes are reported; pinned documents do not move; nothing loops."""
+translators; stray writes are reported; pinned documents do not move; nothing loops.  The
+CRM (simulator process, channel ``crm``) is kept in sync throughout: after every step it
+shows every customer, order, shipment and invoice as its SoR has it (read through the CRM's
+own API), and what people typed into the CRM is in the SoR (or refused and set back)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ from bus.exception_store import ExceptionStore
 from coexistence.canonical import DOMAINS
 from coexistence.router import CLOUD, LEGACY
 from coexistence.sample import SampleSpec
-from tests.support import cloud_sim
+from tests.support import cloud_sim, crm_sim
 from workers.bootstrap import bootstrap
-from workers.config import Settings, SubscriptionSection
+from workers.config import CrmSection, Settings, SubscriptionSection
+from workers.crm.consumer import CrmPoller
+from workers.crm.scenario import for_app as crm_people
 from workers.driver import Driver
 from workers.edi.demo import demo_sections
 from workers.flags import FlagAuditLog
@@ -22,16 +27,17 @@ from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.legacy_erp.seed import seed_legacy
 from workers.portal.flow import PortalFlow
 from workers.router.state import get_route
-from workers.scenario import PhasedCutover, reconciler
+from workers.scenario import PhasedCutover, normalised, reconciler
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
+crm_simulator, crm = crm_sim.crm_simulator, crm_sim.crm
 
 #: The sample's first customer: the demo trading partner's buyer.
 EDI_CUSTOMER = "10000"
 
 
 @pytest.fixture(params=["embedded", "rabbitmq"])
-def driver(request, tmp_path, sim):
+def driver(request, tmp_path, sim, crm):
     broker_url = None
     if request.param == "rabbitmq":
         broker_url = request.getfixturevalue("rabbit_vhost")
@@ -44,25 +50,35 @@ def driver(request, tmp_path, sim):
     sections = demo_sections(tmp_path, EDI_CUSTOMER, partner_id="MOCKEDI", our_id="NORTHWIND")
     sections["subscriptions"]["portal"] = SubscriptionSection(
         domains=("order", "shipment", "invoice", "price"))
+    sections["subscriptions"]["crm"] = SubscriptionSection(
+        domains=("customer", "order", "shipment", "invoice"))
     settings = Settings(
         home=tmp_path, state_url=f"sqlite:///{tmp_path / 'state.db'}", legacy_url=legacy_url,
         broker_url=broker_url, queue_type="classic", redis_url=None, redis_prefix="coexist:",
         cloud_url=sim.url, **sections,
+        crm=CrmSection(url=crm.url, client_id=crm.client_id),
+        crm_client_secret=crm.client_secret,
     )
     app = bootstrap(settings, create_state=True)
     app.broker.flush_all()
     d = Driver(app)
+    poller = CrmPoller(app)
+    d.pollers.append(lambda: (stats := poller.run_once()) and stats.read or 0)
     yield d
+    poller.lease.release()
     d.stop()
 
 
-def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing(driver, sim):
+def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing(
+        driver, sim, crm):
     app = driver.app
     mock = mock_edi(app)
     portal = PortalFlow(app, verify=_standard_webhooks)
+    people = crm_people(app, crm.admin, same=lambda a, b: normalised(a) == normalised(b))
     scenario = PhasedCutover(driver, cloud_people=sim.person_upsert, changes_per_domain=2,
                              report=lambda r: None, reconcile=reconciler(app), edi=True,
-                             edi_buyer=mock_buyer(mock) if mock else None, portal=portal)
+                             edi_buyer=mock_buyer(mock) if mock else None, portal=portal,
+                             crm=people)
     try:
         reports = scenario.run()
         judged = mock_judges(mock, scenario) if mock else None
@@ -71,6 +87,16 @@ def test_a_phased_cutover_keeps_both_erps_equal_reports_strays_and_loops_nothing
         portal.close()
         if mock:
             mock.__exit__(None, None, None)
+
+    # The CRM agrees with the SoR after every step, and the people's CRM edits (a new
+    # company -> one numbered customer, a contact -> the SoR, a credit limit -> refused and
+    # set back) ended where the rules say, in every working phase (legacy, cloud, cloud_only).
+    for report in reports:
+        assert report.crm is not None and report.crm.agrees, (report.title, report.crm.line())
+        assert all(a.sor_rows > 0 for a in report.crm.agreements.values()), report.title
+    edits = [e for r in reports for e in r.crm.edits]
+    assert len(edits) == 3 * 3 and all(ok for _, ok in edits), edits
+    assert len(people.onboarded) == 3
 
     compared = [r for r in reports if r.agreements]
     assert len(compared) >= 5

@@ -8,6 +8,7 @@ runs as a subprocess on a free loopback port with its own SQLite file.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ def _print_step(console: Console, n: int, report: StepReport) -> None:
                   f"stray writes {report.strays}; open exceptions: {exceptions}")
     for note in report.notes:
         console.print(f"  - {note}")
+    if report.crm is not None:
+        console.print(f"  {report.crm.line()}", style=None if report.crm.agrees else "bold red",
+                      highlight=False)
 
 
 #: What the demo's portal subscription receives (``[subscriptions.portal]``).
@@ -66,10 +70,14 @@ def _print_portal(console: Console, portal) -> None:
                       f"(webhook-id {last['webhook-id']}, signature {last['signature']}, "
                       f"verified)", highlight=False)
 
+#: The demo's OAuth client in its CRM simulator (its secret is made up per run).
+DEMO_CRM_CLIENT = "coexist-demo"
+#: What the demo's CRM shows.
+CRM_DOMAINS = ("customer", "order", "shipment", "invoice")
 
 #: Marks a folder as a demo home; only such a folder is ever emptied, and only of these.
 DEMO_MARKER = ".coexist-demo"
-DEMO_FILES = ("legacy.db", "state.db", "bus.db", "cloud.db", "coexist.toml")
+DEMO_FILES = ("legacy.db", "state.db", "bus.db", "cloud.db", "crm.db", "coexist.toml")
 #: The demo trading partner's drop folders (``workers.edi.demo``), replaced like the files.
 DEMO_FOLDERS = ("edi",)
 DEMO_LOG = "coexist.log"
@@ -134,11 +142,15 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
     from workers.bootstrap import App, bootstrap
     from workers.cloud_sim import start_simulator
     from workers.cloud_sim.admin import SimulatorAdmin
-    from workers.config import Settings, SubscriptionSection
+    from workers.config import CrmSection, Settings, SubscriptionSection
+    from workers.crm.consumer import CrmPoller
+    from workers.crm.scenario import for_app as crm_people
+    from workers.crm_sim import start_crm_simulator
+    from workers.crm_sim.admin import CrmSimulatorAdmin
     from workers.driver import Driver
     from workers.legacy_erp.seed import seed_legacy
     from workers.portal.flow import PortalFlow
-    from workers.scenario import PhasedCutover, reconciler
+    from workers.scenario import PhasedCutover, normalised, reconciler
 
     console = Console(width=None if Console().is_terminal else 110)
     home = home.resolve()
@@ -156,8 +168,12 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
     console.print(f"[bold]legacy ERP seeded[/] ({legacy_url}): {counts} "
                   f"({report.rows} rows in {report.seconds:.1f} s)")
 
-    with start_simulator(home / "cloud.db") as sim:
+    crm_secret = secrets.token_urlsafe(16)
+    with start_simulator(home / "cloud.db") as sim, start_crm_simulator(
+            home / "crm.db", clients={DEMO_CRM_CLIENT: crm_secret}) as crm_sim:
         console.print(f"[bold]cloud ERP simulator[/] at {sim.url}")
+        console.print(f"[bold]CRM simulator[/] at {crm_sim.url} (channel crm: customers, "
+                      "orders, shipments, invoices)")
         # One EDI trading partner, the buyer of the first customer (workers.edi.demo).
         from workers.edi.demo import demo_sections, demo_toml
 
@@ -169,22 +185,29 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
             f"[subscriptions.portal]\ndomains = {json.dumps(list(PORTAL_DOMAINS))}\n")
         sections = demo_sections(home, buyer)
         sections["subscriptions"]["portal"] = SubscriptionSection(domains=PORTAL_DOMAINS)
-        settings = Settings(home=home, state_url=f"sqlite:///{home / 'state.db'}",
-                            legacy_url=legacy_url, cloud_url=sim.url, actor="coexist-demo",
-                            **sections)
+        sections["subscriptions"]["crm"] = SubscriptionSection(domains=CRM_DOMAINS)
+        settings = Settings(
+            home=home, state_url=f"sqlite:///{home / 'state.db'}", legacy_url=legacy_url,
+            cloud_url=sim.url, actor="coexist-demo",
+            crm=CrmSection(url=crm_sim.url, client_id=DEMO_CRM_CLIENT),
+            crm_client_secret=crm_secret, **sections)
         app = bootstrap(settings, create_state=True)
         driver = Driver(app)
+        poller = CrmPoller(app)
+        driver.pollers.append(lambda: (stats := poller.run_once()) and stats.read or 0)
         people = SimulatorAdmin(sim.url)
         portal = PortalFlow(app)
         console.print(f"[bold]portal customer[/] {portal.customer}: API at {portal.api.url} "
                       f"(in this process), webhook endpoint {portal.endpoint.id} -> "
                       f"{portal.endpoint.url}")
+        crm_admin = CrmSimulatorAdmin(crm_sim.url)
         steps = iter(range(1, 100))
         scenario = PhasedCutover(
             driver, cloud_people=people.person_upsert, changes_per_domain=changes,
             report=lambda r: _print_step(console, next(steps), r), reconcile=reconciler(app),
             edi=True,
             portal=portal,
+            crm=crm_people(app, crm_admin, same=lambda a, b: normalised(a) == normalised(b)),
         )
         try:
             reports = scenario.run()
@@ -192,6 +215,8 @@ def demo(home: Path, customers: int, changes: int, keep: bool, console_port: int
         finally:
             portal.close()
             people.close()
+            crm_admin.close()
+            poller.lease.release()
             driver.stop()
         if keep:
             _report_run(console, reports, started, home, scenario)
@@ -209,6 +234,7 @@ def _report_run(console: Console, reports, started: float, home: Path, scenario)
     disagreements = sum(1 for r in reports for a in r.agreements.values() if not a.agrees)
     edi_problems = scenario.edi.problems if scenario.edi is not None else []
     disagreements += len(edi_problems)
+    disagreements += sum(1 for r in reports if r.crm is not None and not r.crm.agrees)
     elapsed = time.perf_counter() - started
     console.print(
         f"\n[bold]{'done' if not disagreements else 'DONE WITH DISAGREEMENTS'}[/] in "
@@ -275,6 +301,10 @@ def closing_hints(home: Path, scenario) -> list[str]:
         lines += ["  coexist portal endpoint list",
                   f"  coexist trace order:{portal.orders[0].order_key}    # a portal order: "
                   "the API call, its webhooks and their attempts"]
+    onboarded = getattr(getattr(scenario, "crm", None), "onboarded", None)
+    if onboarded:
+        lines.append(f"  coexist trace customer:{onboarded[0]}    # typed into the CRM by a "
+                     "person, created in the SoR")
     lines += [
         "",
         "Reconcile the demo's two ERPs yourself (the cloud simulator keeps its file):",
