@@ -111,8 +111,10 @@ def _register() -> None:
     from workers.cli.edi import edi
 
     cli.add_command(edi)
+    from workers.cli.crm import crm
     from workers.cli.crm_sim import crm_sim
 
+    cli.add_command(crm)
     cli.add_command(crm_sim)
     from workers.cli.api import api
     from workers.cli.portal import portal
