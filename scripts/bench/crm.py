@@ -10,11 +10,18 @@ Prints one JSON line per figure:
 * ``crm_accounts_first_load``: the same, creating the accounts (the duplicate rule and id
   allocation run for each), batched only: what a first sync of the customer base costs.
 
-The figure is the handler and the simulator on one machine; the end-to-end figure through
-the bus (SoR change -> capture -> outbox -> broker -> CRM) comes when the CRM worker
-consumes the router's fan-out.  Rounds of batched and one-by-one alternate so load from
-other processes hits both alike.  Usage: ``python scripts/bench/crm.py [--accounts 4000]
-[--single 600] [--rounds 3]``.
+* ``crm_accounts_end_to_end``: SoR change -> CRM record updated through the production
+  path: people's edits of ``--e2e`` customers in the legacy reference ERP (SQLite), the
+  router's capture, the outbox, the embedded broker, the ``crm`` subscription's consumer
+  (``workers.crm.consumer``, 8 worker threads) and the CRM simulator, timed from the first
+  edit committed to the last account showing it (read back through the CRM's API); its
+  baseline is the one-by-one figure above.  Until the bus's batch consumer hands the
+  consumer real batches, each delivery is one message, so this path sends one request per
+  account too.
+
+The first two figures are the handler and the simulator on one machine.  Rounds of
+batched and one-by-one alternate so load from other processes hits both alike.  Usage:
+``python scripts/bench/crm.py [--accounts 4000] [--single 600] [--rounds 3] [--e2e 1000]``.
 """
 
 from __future__ import annotations
@@ -72,12 +79,77 @@ def _run(crm: CrmClient, envs, batch: int) -> float:
     return time.perf_counter() - started
 
 
+def _end_to_end(customers, sim, secret: str, tmp: Path) -> dict:
+    """The production path, in one process: capture, relay, broker, consumer, CRM."""
+    from workers.bootstrap import bootstrap
+    from workers.cloud_sim import start_simulator
+    from workers.config import CrmSection, Settings, SubscriptionSection
+    from workers.crm_sim.admin import CrmSimulatorAdmin
+    from workers.driver import Driver
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+
+    home = tmp / "e2e"
+    home.mkdir()
+    legacy_url = f"sqlite:///{home / 'legacy.db'}"
+    engine = create_legacy_engine(legacy_url)
+    create_legacy_schema(engine)
+    admin = CrmSimulatorAdmin(sim.url)
+    # The rounds above wrote these accounts under flag version 1; a flag change since (v5,
+    # still legacy) makes the SoR's new changes newer, as a real cutover step would.
+    from coexistence.flags import FlagState, Mode, Rollout
+    from workers.db import create_state_engine
+    from workers.flags import SqlFlagStore
+    from workers.migrate import upgrade
+
+    state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+    upgrade(state)
+    store = SqlFlagStore(state)
+    for version in range(1, 6):
+        store.commit(store.load()["customer"],
+                     FlagState("customer", Mode.LEGACY, Mode.LEGACY, Rollout(), version),
+                     actor="bench", reason="bench", action="set")
+    state.dispose()
+    with start_simulator(home / "cloud.db") as cloud:
+        settings = Settings(
+            home=home, state_url=f"sqlite:///{home / 'state.db'}", legacy_url=legacy_url,
+            cloud_url=cloud.url,
+            subscriptions={"crm": SubscriptionSection(domains=("customer",))},
+            crm=CrmSection(url=sim.url, client_id="bench"), crm_client_secret=secret)
+        app = bootstrap(settings, create_state=True)
+        driver = Driver(app, threads=8)
+        try:
+            legacy = LegacyErp(engine)
+            marker = Decimal(777_777)
+            started = time.perf_counter()
+            for c in customers:
+                legacy.person_upsert(c.model_copy(update={"credit_limit": marker}), "JSMITH")
+            written = time.perf_counter() - started
+            driver.settle(timeout_s=600)
+            seconds = time.perf_counter() - started
+        finally:
+            driver.stop()
+    keys = {c.key for c in customers}
+    rows = admin.query("SELECT Coexist_Id__c, Credit_Limit__c FROM Account")
+    shown = {r["Coexist_Id__c"] for r in rows
+             if r["Coexist_Id__c"] in keys and float(r["Credit_Limit__c"]) == float(marker)}
+    admin.close()
+    engine.dispose()
+    if shown != keys:
+        raise RuntimeError(f"{len(keys - shown)} account(s) not updated end to end")
+    return {"accounts": len(keys), "seconds": round(seconds, 2),
+            "sor_writes_s": round(written, 2), "records_per_s": round(len(keys) / seconds),
+            "after_writes_per_s": round(len(keys) / (seconds - written))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=4000)
     parser.add_argument("--single", type=int, default=600,
                         help="accounts per one-by-one round (it is the slow side)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--e2e", type=int, default=1000,
+                        help="accounts through the production path (0: skip)")
     args = parser.parse_args()
     # Distinct companies only: the sample has a few look-alikes the duplicate rule refuses.
     seen, customers = set(), []
@@ -115,6 +187,14 @@ def main() -> None:
             "targets": {"records_per_s": 1000, "ratio": 5},
         }), flush=True)
         crm.close()
+        if args.e2e:
+            e2e = _end_to_end(customers[:args.e2e], sim, secret, Path(tmp))
+            print(json.dumps({
+                "name": "crm_accounts_end_to_end", **e2e, "baseline_per_s": round(base),
+                "ratio": round(e2e["records_per_s"] / base, 1),
+                "delivery": "one message per delivery (no batch consumer yet)",
+                "load_avg": os.getloadavg()[0],
+                "targets": {"records_per_s": 1000, "ratio": 5}}), flush=True)
 
 
 if __name__ == "__main__":

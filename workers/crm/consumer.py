@@ -57,6 +57,10 @@ log = logging.getLogger("coexist.crm")
 #: message on RabbitMQ is held unacked by a worker until it is due, which must stay
 #: well below the broker's consumer timeout; a longer pause re-queues again.
 MAX_DEFER_S = 60.0
+#: How long a consumer trusts its last read of the channel's pause row, in seconds (a pause
+#: set by another process is seen within this), and how often it writes the API budget.
+STATE_READ_S = 1.0
+BUDGET_WRITE_S = 5.0
 #: The inbound poller's lease, and how long a silent holder keeps it from the others.
 INBOUND_LEASE = "crm.inbound"
 INBOUND_LEASE_TTL_S = 10.0
@@ -81,14 +85,27 @@ class CrmConsumer:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self._crm, self.engine, self.reports = crm, engine, reports
         self.defer, self.pause_s, self.clock = defer, pause_s, clock
+        self._lock = threading.Lock()
+        self._until: datetime | None = None
+        self._read_at: datetime | None = None
+        self._budget_at: datetime | None = None
+
+    def _paused_until(self, now: datetime) -> datetime | None:
+        """The pause's end as last read (at most ``STATE_READ_S`` old)."""
+        with self._lock:
+            if self._read_at is None or (now - self._read_at).total_seconds() >= STATE_READ_S:
+                row = state.channel_state(self.engine)
+                self._until = state._aware(row.paused_until) if row and row.paused_until \
+                    else None
+                self._read_at = now
+            return self._until
 
     def __call__(self, delivery: Envelope | Sequence[Envelope]) -> list[Result]:
         envelopes = [delivery] if isinstance(delivery, Envelope) else list(delivery)
         if not envelopes:
             return []
         now = self.clock()
-        row = state.channel_state(self.engine)
-        until = state._aware(row.paused_until) if row and row.paused_until else None
+        until = self._paused_until(now)
         if until is not None and until > now:
             self._defer_all(envelopes, until - now)
             return [Result(e.message_id, Outcome.PAUSED, f"channel paused until {until}")
@@ -101,6 +118,8 @@ class CrmConsumer:
         if paused:
             until = now + timedelta(seconds=self.pause_s)
             state.pause(self.engine, until, paused[0][1].detail, budget)
+            with self._lock:
+                self._until, self._read_at = until, now
             PAUSES.inc()
             log.warning("CRM channel paused until %s: %s", until.isoformat(),
                         paused[0][1].detail)
@@ -108,7 +127,11 @@ class CrmConsumer:
         else:
             if until is not None:  # a pause that ran out, and the CRM took the request
                 state.resume(self.engine)
-            if budget is not None:
+                with self._lock:
+                    self._until = None
+            if budget is not None and (self._budget_at is None or (
+                    now - self._budget_at).total_seconds() >= BUDGET_WRITE_S):
+                self._budget_at = now
                 state.note_budget(self.engine, budget)
         retry = [r for r in results if r.outcome is Outcome.RETRY]
         if retry:
