@@ -46,6 +46,7 @@ def parts():
 
 def test_one_envelope_or_a_batch_shows_in_the_crm_and_redelivery_changes_nothing(parts):
     consumer, crm, _engine, _reports, deferred, _clock = parts
+    synced = _sample("coexist_crm_records_total", object="Account", result="synced")
     customers = [SPEC.record("customer", i) for i in range(10)]
     [first] = consumer(event(customers[0], 3))  # a single delivery, not a list
     assert first.outcome is Outcome.SYNCED
@@ -61,6 +62,16 @@ def test_one_envelope_or_a_batch_shows_in_the_crm_and_redelivery_changes_nothing
     for i, c in enumerate(customers[1:], 1):
         assert shown[c.key][VERSION_FIELD] == routed_version(1, 2 + i)
     assert not deferred
+    # The business metric, accounts synced: 1, then 9 newer in the batch (customer 0 stale),
+    # then the redelivery's 9 again at the same versions (equal version: the same values).
+    assert _sample("coexist_crm_records_total", object="Account",
+                   result="synced") - synced == 19
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_a_spent_budget_pauses_the_channel_and_requeues_without_calling_the_crm(parts):
@@ -74,6 +85,7 @@ def test_a_spent_budget_pauses_the_channel_and_requeues_without_calling_the_crm(
     until = state.paused_until(engine, clock.now)
     assert until == clock.now + timedelta(seconds=120)
     assert not reports.all  # not a failure
+    assert _sample("coexist_crm_deferred_total") >= 3
     # While paused, nothing is asked of the CRM: the budget stays where it is.
     crm.pause(False)
     used = crm.budget_used
