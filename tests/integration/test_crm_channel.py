@@ -216,3 +216,38 @@ def test_an_expired_checkpoint_is_refused_loudly(crm, client, engine, erp, repor
     with pytest.raises(ReplayExpired, match="retention"):
         _poll(fresh, engine, erp, reports)
     fresh.close()
+
+
+def test_the_consumer_pauses_on_request_limit_exceeded_and_resumes_with_nothing_lost(
+        crm, client, engine, reports):
+    """The real adapter and simulator: 403 REQUEST_LIMIT_EXCEEDED pauses the channel (the
+    state row ``coexist status`` reads), the messages are re-queued, not failed; after the
+    pause and once the CRM answers again, the same messages are shown."""
+    from datetime import UTC, datetime, timedelta
+
+    from workers.crm import state
+    from workers.crm.consumer import CrmConsumer
+    from workers.crm.status import crm_channel
+
+    deferred: list[Envelope] = []
+    now = [datetime.now(UTC)]
+    consumer = CrmConsumer(crm=lambda: client, engine=engine, reports=reports,
+                           defer=lambda env, _s: deferred.append(env), pause_s=30,
+                           clock=lambda: now[0])
+    envs = [event(c, 1) for c in list(SPEC.iter("customer"))[:5]]
+    crm.faults(limit_exceeded_s=3600)
+    assert {r.outcome for r in consumer(envs)} == {Outcome.PAUSED}
+    assert deferred == envs
+    shown = crm_channel(engine, True, now[0])
+    assert shown["paused"] and "REQUEST_LIMIT_EXCEEDED" in shown["pause_reason"]
+    assert ExceptionStore(engine).list(status=None) == []
+    crm.faults(limit_exceeded_s=0)
+    now[0] += timedelta(seconds=31)
+    assert {r.outcome for r in consumer(deferred)} == {Outcome.SYNCED}
+    assert state.paused_until(engine, now[0]) is None
+    assert set(shown_keys(crm)) == {e.key for e in envs}
+
+
+def shown_keys(sim) -> list[str]:
+    return [r["Coexist_Id__c"] for r in sim.query("SELECT Coexist_Id__c FROM Account")
+            if r["Coexist_Id__c"]]

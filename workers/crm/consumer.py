@@ -117,12 +117,13 @@ class CrmConsumer:
                   if r.outcome is Outcome.PAUSED]
         if paused:
             until = now + timedelta(seconds=self.pause_s)
-            state.pause(self.engine, until, paused[0][1].detail, budget)
+            first = paused[0][1]
+            reason = f"{first.code}: {first.detail}" if first.code else first.detail
+            state.pause(self.engine, until, reason, budget)
             with self._lock:
                 self._until, self._read_at = until, now
             PAUSES.inc()
-            log.warning("CRM channel paused until %s: %s", until.isoformat(),
-                        paused[0][1].detail)
+            log.warning("CRM channel paused until %s: %s", until.isoformat(), reason)
             self._defer_all([e for e, _ in paused], until - now)
         else:
             if until is not None:  # a pause that ran out, and the CRM took the request
