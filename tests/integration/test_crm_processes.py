@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 COEXIST = str(Path(sys.executable).with_name("coexist"))
 #: Longest wait for the processes to do what they are asked, in seconds (a bound).
 WAIT_S = 30
-SPEC = SampleSpec(customers=300, seed=41)
+SPEC = SampleSpec(customers=160, seed=41)
 
 
 def _home(tmp_path: Path, crm, cloud_url: str, *, state_url: str | None = None,
@@ -176,7 +176,7 @@ def test_kill_9_of_a_crm_worker_mid_batch_loses_nothing_and_applies_nothing_twic
         people = [crm.person_create("rep1", "Account", {"Name": f"Crash Test Co {i}",
                                                         "BillingPostalCode": "60601"}
                                     ).json()["id"] for i in range(2)]
-        _wait(lambda: len(_keyed(crm)) >= 40, f"the CRM taking accounts\n{_logs(home)}",
+        _wait(lambda: len(_keyed(crm)) >= 25, f"the CRM taking accounts\n{_logs(home)}",
               *procs)
         w1.send_signal(signal.SIGKILL)
         w1.wait(WAIT_S)
