@@ -154,6 +154,7 @@ def test_coexist_run_syncs_the_crm_both_ways(tmp_path, sim, crm):
     assert sub["crm"]["configured"] and not sub["crm"]["paused"]
     assert sub["crm"]["budget_max"] and sub["crm"]["budget_used"] > 0
     assert sub["crm"]["inbound_checkpoint"] > 0
+    assert report["crm"] == sub["crm"]  # what the console's channel panel reads
 
 
 def test_kill_9_of_a_crm_worker_mid_batch_loses_nothing_and_applies_nothing_twice(

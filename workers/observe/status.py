@@ -84,6 +84,8 @@ class StatusReport:
     edi: list[dict[str, Any]] = field(default_factory=list)
     #: The portal channel (``workers.portal.status``): endpoints, webhook backlog, notices.
     portal: dict[str, Any] | None = None
+    #: The CRM channel (``workers.crm.status.crm_channel``) when ``crm`` is subscribed.
+    crm: dict[str, Any] | None = None
     attention: list[str] = field(default_factory=list)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -94,6 +96,7 @@ class StatusReport:
                 "freeze_windows": self.freeze, "max_drift_pct": self.max_drift_pct,
                 "edi": self.edi,
                 "portal": self.portal,
+                "crm": self.crm,
                 "sources": [s.to_dict() for s in self.sources],
                 "attention": self.attention, "ok": not self.attention}
 
@@ -251,6 +254,7 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
     report = StatusReport(redact_url(settings.state_url), broker, domains, box, capture, notes,
                           subscriptions=subscriptions(app, broker), redis=redis_status(app),
                           max_drift_pct=settings.max_drift_pct)
+    report.crm = next((s["crm"] for s in report.subscriptions if "crm" in s), None)
     report.freeze = freeze_windows(app, report.at)
     report.edi = edi_partners(app, report.at, notes)
     if has_table(state, "portal_endpoint"):
