@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     crm_sim_clients: SecretStr | None = None
     #: The OAuth client secret coexist logs in to the CRM with (the ``[crm]`` section's
     #: ``client_id``); environment or env file only.
-    crm_client_secret: SecretStr | None = None
+    crm_client_secret: SecretStr | None = Field(None, repr=False)
     #: Show tracebacks for errors (also ``coexist --debug``).
     debug: bool = False
 
