@@ -40,7 +40,7 @@ pytestmark = pytest.mark.integration
 
 COEXIST = str(Path(sys.executable).with_name("coexist"))
 #: Longest wait for the processes to do what they are asked, in seconds (a bound).
-WAIT_S = 30
+WAIT_S = 60
 SPEC = SampleSpec(customers=160, seed=41)
 
 
