@@ -43,7 +43,7 @@ class CrmOnboarding(StateTable, table=True):
     decision: str = Field(max_length=20)
     #: Allocated numbers are unique; a link or a duplicate names an existing customer.
     #: 64-bit: numbers from ``CRM_CUSTOMER_NUMBER_BASE`` (9e9) do not fit PostgreSQL's
-    #: ``integer`` (revision 0009 widened it).
+    #: ``integer`` (revision 0012 widened it).
     allocated: int | None = Field(default=None, unique=True, sa_type=BigInteger)
     name_key: str = Field(default="", max_length=200)
     postal_keys: str = Field(default="", max_length=200)

@@ -3,8 +3,8 @@ saw (workers/crm/state.py), written by its consumers and poller, read by ``coexi
 ``crm_onboarding.allocated`` 64-bit (the numbers coexist allocates from 9000000001 overflowed
 PostgreSQL's ``integer``).
 
-Revision ID: 0009
-Revises: 0006
+Revision ID: 0012
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009'
-down_revision = '0006'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
