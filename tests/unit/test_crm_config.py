@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.crm import memory_state_engine
-from workers.bootstrap import App, configured_channel_handlers
+from workers.bootstrap import App, channel_handlers_for
 from workers.config import ConfigError, Settings
 from workers.crm.client import CrmClient
 from workers.crm.consumer import CrmConsumer, runs_crm
@@ -34,7 +34,7 @@ def test_the_crm_section_builds_the_client_and_the_consumer(tmp_path):
         assert isinstance(client, CrmClient)
         assert client.api_version == "60.0" and client.pause_fraction == pytest.approx(0.95)
         assert runs_crm(app)
-        handlers = configured_channel_handlers(app)
+        handlers = channel_handlers_for(app)
         assert isinstance(handlers["crm"], CrmConsumer)
     finally:
         app.close()
@@ -68,6 +68,6 @@ def test_a_bad_crm_setting_is_one_line_naming_it(tmp_path, extra, message):
 def test_no_crm_section_no_crm_consumer_and_a_clear_error_when_asked(tmp_path):
     s = load(tmp_path, SUB)
     app = App(s)
-    assert configured_channel_handlers(app) == {} and not runs_crm(app)
+    assert channel_handlers_for(app) == {} and not runs_crm(app)
     with pytest.raises(SetupError, match=r"no \[crm\] section"):
         app.crm  # noqa: B018
