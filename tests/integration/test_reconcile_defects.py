@@ -110,8 +110,10 @@ def test_a_cloud_answering_an_unexpected_shape_fails_the_run_with_exit_2(env, od
     assert len(lines) == 1 and "unexpected shape" in lines[0], result.output
     last = RunStore(_state(env)).last("customer")
     assert last["status"] == "failed" and "unexpected shape" in last["detail"]
-    # The failed run is the newest: the guard has no drift figure to trust.
-    assert SqlPreflightFacts(_state(env)).last_reconciliation("customer") is None
+    # The failed run is the newest: the guard sees it and has no drift figure to trust
+    # (the drift guard refuses a newest run that failed, naming it).
+    seen = SqlPreflightFacts(_state(env)).last_reconciliation("customer")
+    assert seen is not None and seen.status == "failed" and seen.drift_pct is None
 
 
 def cli_main():

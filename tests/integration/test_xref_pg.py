@@ -115,13 +115,13 @@ def test_a_link_chosen_as_a_deadlock_victim_is_run_again(tmp_path, monkeypatch):
     real = SqlXref._link_once
     victims = []
 
-    def once(self, conn, *args):
+    def once(conn, *args):
         if not victims:
             victims.append(args)
             raise DBAPIError("INSERT INTO xref ...", {}, _Deadlock())
-        return real(self, conn, *args)
+        return real(conn, *args)
 
-    monkeypatch.setattr(SqlXref, "_link_once", once)
+    monkeypatch.setattr(SqlXref, "_link_once", staticmethod(once))
     assert xref.link("customer", "1", legacy_key="L1") == XrefEntry("customer", "1", "L1")
     assert len(victims) == 1
 
@@ -131,7 +131,7 @@ def test_a_link_chosen_as_a_deadlock_victim_is_run_again(tmp_path, monkeypatch):
     victims.clear()
     monkeypatch.setattr(
         SqlXref, "_link_once",
-        lambda self, conn, *a: (_ for _ in ()).throw(DBAPIError("SELECT", {}, _Other())),
+        staticmethod(lambda conn, *a: (_ for _ in ()).throw(DBAPIError("SELECT", {}, _Other()))),
     )
     with pytest.raises(DBAPIError):
         xref.link("customer", "2", legacy_key="L2")
