@@ -13,6 +13,7 @@ and says drained.  Then the same for the rollback, with 20 cloud edits waiting i
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from datetime import UTC, datetime
@@ -182,9 +183,10 @@ def test_set_and_rollback_wait_for_what_the_broker_holds_and_say_what_is_outstan
     done = d.cli("cutover", "set", "customer", "cloud", "--reason", "wave 2",
                  "--wait-timeout", str(WAIT_S))
     assert done.returncode == 0, done.stdout + done.stderr
-    # The worker may have applied them before the switch looked: either way none is left.
-    assert (f"customer: the {N} message(s) routed under flag version <= 1 before this switch: "
-            "applied, refused or recorded") in done.stdout or \
+    # The worker may have applied some or all of them before the switch looked: whatever
+    # was left when it looked is named, and none is left after.
+    assert re.search(r"customer: the \d+ message\(s\) routed under flag version <= 1 before "
+                     r"this switch: applied, refused or recorded", done.stdout) or \
         "customer: no message routed under flag version <= 1 was waiting" in done.stdout
     assert "in-flight customer work under older flag versions: drained" in done.stdout
     assert (d.flag().mode.value, d.flag().version) == ("cloud", 2)
