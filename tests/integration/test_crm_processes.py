@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import routed_version
@@ -157,6 +158,13 @@ def test_coexist_run_syncs_the_crm_both_ways(tmp_path, sim, crm):
     assert report["crm"] == sub["crm"]  # what the console's channel panel reads
 
 
+def _channel_rows(state) -> int:
+    """Messages the router queued for the crm channel (outbox rows, sent or not)."""
+    with state.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM outbox WHERE queue_name = "
+                                 "'coexist.channel.crm'")).scalar_one()
+
+
 def test_kill_9_of_a_crm_worker_mid_batch_loses_nothing_and_applies_nothing_twice(
         tmp_path, sim, crm, fresh_rabbit_vhost, pg_url):
     amqp, _vhost = fresh_rabbit_vhost
@@ -164,8 +172,9 @@ def test_kill_9_of_a_crm_worker_mid_batch_loses_nothing_and_applies_nothing_twic
     legacy_engine = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
     legacy = LegacyErp(legacy_engine)
     customers = list(SPEC.iter("customer"))
-    # Slow CRM answers, so the kill lands while the worker has requests in flight.
-    crm.faults(latency_ms=25)
+    # Slow CRM answers, so the kill lands while the worker has requests in flight: the
+    # channel runs on the batch consumer, one sObject Collections request per batch.
+    crm.faults(latency_ms=1500)
     router = _start("router", env, home)
     w1 = _start("worker", env, home, "worker1", "--threads", "4")
     w2 = _start("worker", env, home, "worker2", "--threads", "4")
@@ -177,10 +186,16 @@ def test_kill_9_of_a_crm_worker_mid_batch_loses_nothing_and_applies_nothing_twic
         people = [crm.person_create("rep1", "Account", {"Name": f"Crash Test Co {i}",
                                                         "BillingPostalCode": "60601"}
                                     ).json()["id"] for i in range(2)]
-        _wait(lambda: len(_keyed(crm)) >= 25, f"the CRM taking accounts\n{_logs(home)}",
-              *procs)
+        state = create_engine(pg_url)
+        try:
+            _wait(lambda: _channel_rows(state) >= len(customers),
+                  f"the router fanning the customers out to the CRM\n{_logs(home)}", *procs)
+        finally:
+            state.dispose()
+        time.sleep(0.5)  # the workers' first collection requests are in flight (1.5 s each)
         w1.send_signal(signal.SIGKILL)
         w1.wait(WAIT_S)
+        # (the two people's accounts are keyed too once the SoR numbered them)
         assert len(_keyed(crm)) < len(customers), "the kill came after the whole load"
         w3 = _start("worker", env, home, "worker3", "--threads", "4")
         procs = [router, w2, w3]
