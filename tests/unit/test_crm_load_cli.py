@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from coexistence.crm.ports import VERSION_FIELD
 from coexistence.router import CLOUD, LEGACY, routed_version
 from coexistence.sample import SampleSpec
-from tests.support.crm import ListReports, event, memory_state_engine
+from tests.support.crm import ListReports, event
 from workers.bootstrap import App
 from workers.cli import cli
 from workers.config import CrmSection, Settings
@@ -33,7 +33,7 @@ def test_load_shows_every_record_from_its_sor_and_never_regresses_a_newer_one(tm
     sync_outbound([event(newer, 5)], crm=crm, reports=ListReports())
     settings = Settings(home=tmp_path, crm=CrmSection(url="http://crm.invalid", client_id="c"),
                         crm_client_secret="x")
-    app = App(settings, state=memory_state_engine(), erps={LEGACY: legacy, CLOUD: cloud},
+    app = App(settings, state=_file_state(tmp_path), erps={LEGACY: legacy, CLOUD: cloud},
               crm=crm)
     try:
         result = CliRunner().invoke(cli, ["crm", "load"], obj=app)
@@ -54,3 +54,15 @@ def test_load_shows_every_record_from_its_sor_and_never_regresses_a_newer_one(tm
         assert state.paused_until(app.state) is None
     finally:
         app.close()
+
+
+def _file_state(tmp_path):
+    """A file database: the command's threads (the flag watcher among them) each get their
+    own connection; an in-memory StaticPool shares one, and two of them interleaved
+    transactions on it ("cannot start a transaction within a transaction", intermittently)."""
+    from workers.db import create_state_engine
+    from workers.migrate import upgrade as upgrade_schema
+
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade_schema(engine)
+    return engine
