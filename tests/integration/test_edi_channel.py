@@ -451,3 +451,23 @@ def test_856_and_810_carry_the_po_number_as_the_partner_sent_it_not_as_the_erp_s
     assert "*Po-9x~" in next(s for s in outbound(folder, "810")[0].read_text().split("\n")
                              if s.startswith("BIG"))
     assert "BAK*00*AD*Po-9x*" in outbound(folder, "855")[0].read_text()
+
+
+def test_a_poller_stopping_writes_what_a_dead_peer_left_allocated(edi):
+    """A peer died between numbering and the file's final name; this poller is asked to
+    stop before its next pass: it still writes the file and records it ``written``."""
+    import threading
+
+    from workers.edi.consumer import EdiPoller
+
+    profile = edi.settings.partner("ACME")
+    with edi.engine.begin() as conn:
+        out = control.record_outbound(conn, profile, kind="855", at=NOW, sets=[control.OutSet(
+            "855", [["BAK", "00", "AD", "PO-2", "20260601"]], "order", "2")])
+    stop = threading.Event()
+    stop.set()  # no pass runs at all: only the flush at stop
+    EdiPoller(edi, poll_s=0.01).run_forever(stop)
+    assert (edi.folder(profile).outbound / out.file_name).read_bytes() == out.content
+    with edi.engine.connect() as conn:
+        assert conn.execute(select(INTERCHANGE.c.status).where(
+            INTERCHANGE.c.id == out.id)).scalar_one() == "written"

@@ -124,7 +124,8 @@ def worker(w, name: str) -> Process:
 
 def bootstrapped(p: Process) -> bool:
     assert p.alive(), p.output()[-3000:]
-    return '"coexist bootstrapped"' in p.output()
+    out = p.output()  # consuming the queue and polling the folders, both
+    return '"coexist bootstrapped"' in out and '"edi poller started"' in out
 
 
 def names(folder: Path) -> list[str]:
@@ -163,7 +164,8 @@ def check_exactly_once(w, n_850: int, n_810: int) -> None:
     assert len(invoices) == n_810 and all(count == 1 for _, count in invoices)
     files = names(folder / "outbound")
     assert sorted(r.file_name for r in out_rows) == files
-    assert all(r.status == "written" for r in out_rows)
+    unwritten = [(r.file_name, r.status) for r in out_rows if r.status != "written"]
+    assert not unwritten, (unwritten, exception_summary(w))
     for r in out_rows:
         assert (folder / "outbound" / r.file_name).read_bytes() == bytes(r.content)
     # Control numbers: never reused, no gap the partner would see.
@@ -173,12 +175,29 @@ def check_exactly_once(w, n_850: int, n_810: int) -> None:
     assert len([f for f in files if f.endswith("-810.x12")]) == n_810
 
 
+def exception_summary(w) -> list[tuple[str, str]]:
+    """The business exceptions the run recorded (what a failed check should show)."""
+    from bus.exception_store import ExceptionRecord
+
+    with w["state"].connect() as conn:
+        rows = conn.execute(select(ExceptionRecord.__table__.c.error_type,
+                                   ExceptionRecord.__table__.c.error_message)).all()
+    return [(r.error_type, r.error_message[:200]) for r in rows]
+
+
 def done(w, n_850: int, n_810: int):
+    """Every file there, and no interchange still ``allocated`` (a victim's file can be on
+    disk before the peer's next pass records it written)."""
     folder = w["folder"]
     out = names(folder / "outbound")
-    return (len(names(folder / "processed")) == n_850
+    if not (len(names(folder / "processed")) == n_850
             and len([f for f in out if f.endswith("-810.x12")]) == n_810
-            and len([f for f in out if f.endswith("-997.x12")]) == n_850)
+            and len([f for f in out if f.endswith("-997.x12")]) == n_850):
+        return False
+    with w["state"].connect() as conn:
+        return conn.execute(select(func.count()).select_from(INTERCHANGE).where(
+            INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated")
+        ).scalar_one() == 0
 
 
 def test_a_killed_edi_worker_loses_nothing_and_its_peer_on_the_same_folders_doubles_nothing(
