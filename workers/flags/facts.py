@@ -23,25 +23,25 @@
   a channel whose consumer is down must not hold every switch.  Commands
   (``coexist.command``) are routed when consumed, under the flag in force then.
 
-A bus module that is not importable makes its fact unknown (``None``), which
-fails its guard; ``--force`` stays available.
+Every table is created by the state migrations (``coexist migrate``), so each fact is
+read, never guessed.
 """
 
 from __future__ import annotations
 
-import importlib
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, column, func, inspect, select, table
+from sqlalchemy import Engine, func, select
 
+from bus import ledger
+from bus.exception_store import ExceptionStore
 from coexistence.preflight import Pending, Reconciliation
+from workers.reconcile.store import ReconcileRun
 from workers.router import queues
+from workers.router.state import RecordRoute
 
-#: The reconciliation runs table; the reconciliation engineer owns its DDL.
-RECONCILE_RUN = table("reconcile_run", column("id"), column("domain"), column("status"),
-                      column("started_at"), column("finished_at"), column("drift_pct"))
-#: The router's per-record routing state (``workers.router.state``).
-RECORD_ROUTE = table("record_route", column("domain"), column("updated_at"))
+RECONCILE_RUN = ReconcileRun.__table__
+RECORD_ROUTE = RecordRoute.__table__
 #: Queues whose messages a switch waits for: the ERP writers and the business reports.
 SETTLED_QUEUES = (*queues.WRITE_QUEUE.values(), queues.REPORT_QUEUE)
 
@@ -59,8 +59,6 @@ class SqlPreflightFacts:
         self.engine = engine
 
     def last_reconciliation(self, domain: str) -> Reconciliation | None:
-        if not inspect(self.engine).has_table("reconcile_run"):
-            return None
         r = RECONCILE_RUN.c
         query = (
             select(r.id, r.status, r.drift_pct, r.started_at, r.finished_at)
@@ -86,17 +84,11 @@ class SqlPreflightFacts:
         return None if newest is None else _as_datetime(newest)
 
     def open_exceptions(self, domain: str) -> int | None:
-        module = _optional("bus.exception_store")
-        if module is None:
-            return None
-        return int(module.ExceptionStore(self.engine).open_count(domain))
+        return int(ExceptionStore(self.engine).open_count(domain))
 
     def pending(self, domain: str, *, below_version: int | None = None,
                 up_to_id: int | None = None) -> Pending | None:
-        module = _optional("bus.ledger")
-        if module is None:
-            return None
-        u = module.unsettled(self.engine, domain=domain, queues=SETTLED_QUEUES,
+        u = ledger.unsettled(self.engine, domain=domain, queues=SETTLED_QUEUES,
                              below_version=below_version, up_to_id=up_to_id)
         return Pending(u.unsent, u.in_broker, dict(u.by_version), dict(u.by_queue),
                        u.newest_id)
@@ -106,9 +98,3 @@ class SqlPreflightFacts:
         p = self.pending(domain)
         return None if p is None else p.total
 
-
-def _optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
