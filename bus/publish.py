@@ -30,7 +30,7 @@ import dramatiq
 import pika
 import pika.exceptions
 
-from bus.brokers.rabbitmq import CoexistRabbitmqBroker
+from bus.brokers.rabbitmq import CoexistRabbitmqBroker, connection_node
 from bus.brokers.sqlite import SqliteBroker
 from bus.errors import TechnicalError
 
@@ -80,6 +80,7 @@ class RabbitmqBatchPublisher:
         self._nacked: list[int] = []
         self._returned: list[str] = []
         self._declared: set[str] = set()
+        self._opens = 0
 
     def __call__(self, rows: Iterable[Any]) -> None:
         messages = _messages(rows)
@@ -138,6 +139,9 @@ class RabbitmqBatchPublisher:
             return self._channel
         self.close()
         self._conn = pika.BlockingConnection(self.broker.parameters)
+        self._opens += 1
+        if self._opens > 1:  # one line per reconnect: which node of a cluster it went to
+            log.info("Outbox publisher reconnected to %s.", connection_node(self._conn))
         blocking = self._conn.channel()
         channel = blocking._impl  # the asynchronous channel; see the module docstring
         selected: list[bool] = []

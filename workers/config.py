@@ -166,7 +166,8 @@ class Settings(BaseSettings):
     state_url: str = ""
     #: The legacy ERP's database.
     legacy_url: str = ""
-    #: AMQP URL for RabbitMQ; unset selects the embedded SQLite broker.
+    #: AMQP URL for RabbitMQ (a cluster: its nodes' URLs, comma-separated); unset selects
+    #: the embedded SQLite broker.
     broker_url: str | None = None
     #: ``classic`` on one node, ``quorum`` for a RabbitMQ cluster.
     queue_type: Literal["classic", "quorum"] = "classic"
@@ -296,9 +297,14 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _amqp(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps:// (or be unset for the embedded "
-                             "broker)")
+        from bus.brokers.rabbitmq import split_broker_urls
+
+        if value:
+            try:
+                split_broker_urls(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (one amqp:// URL, or a cluster's nodes "
+                                 "comma-separated; unset for the embedded broker)") from None
         return value
 
     @field_validator("cloud_url")
@@ -600,6 +606,8 @@ def redact_url(url: str | None) -> str:
     """A URL safe to log: the password is replaced by ``***`` (also in malformed URLs)."""
     if not url:
         return "-"
+    if url.count("://") > 1:  # a cluster's nodes (COEXIST_BROKER_URL): every password
+        return _redact_text(url)
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -28,7 +28,13 @@ import dramatiq
 from dramatiq.middleware import Retries
 
 from bus.brokers.base import redelivery_requested, request_redelivery
-from bus.brokers.rabbitmq import QUEUE_TYPES, CoexistRabbitmqBroker, QueueType
+from bus.brokers.rabbitmq import (
+    QUEUE_TYPES,
+    CoexistRabbitmqBroker,
+    QueueType,
+    connection_parameters,
+    split_broker_urls,
+)
 from bus.brokers.sqlite import SqliteBroker
 from bus.correlation import CorrelationMiddleware
 from bus.errors import BusError
@@ -41,10 +47,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CoexistRabbitmqBroker",
     "SqliteBroker",
+    "connection_parameters",
     "make_broker",
     "redelivery_requested",
     "request_redelivery",
     "setup",
+    "split_broker_urls",
 ]
 
 
@@ -56,18 +64,19 @@ def make_broker(
     middleware: list[dramatiq.Middleware] | None = None,
     **options: Any,
 ) -> dramatiq.Broker:
-    """The broker for ``url``: RabbitMQ for ``amqp://``/``amqps://``, else embedded SQLite.
+    """The broker for ``url``: RabbitMQ for ``amqp://``/``amqps://`` (several nodes of a
+    cluster comma-separated, see ``split_broker_urls``), else embedded SQLite.
 
     ``sqlite_path`` is required when ``url`` is ``None``; ``queue_type``
     (``classic``/``quorum``) only applies to RabbitMQ.  ``options`` go to the
     broker class (``heartbeat``, ``delivery_limit``, ``lease_ms``...).
     """
     if url:
-        if not url.startswith(("amqp://", "amqps://")):
-            raise ValueError(
-                "broker URL must start with amqp:// or amqps:// (or be empty for the embedded "
-                f"SQLite broker), got scheme {url.split(':', 1)[0]!r}"
-            )
+        try:
+            split_broker_urls(url)
+        except ValueError as exc:
+            raise ValueError(f"broker URL: {exc} (or leave it empty for the embedded SQLite "
+                             "broker)") from None
         if queue_type not in QUEUE_TYPES:
             raise ValueError(
                 f"queue type must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}"

@@ -163,13 +163,23 @@ def management_url(settings: Settings) -> str | None:
         return None
     if configured:
         return configured.rstrip("/")
-    parts = urlsplit(settings.broker_url or "")
+    parts = urlsplit(_first_node(settings.broker_url or ""))
     scheme = "https" if parts.scheme == "amqps" else "http"
     return f"{scheme}://{parts.hostname or '127.0.0.1'}:{MANAGEMENT_PORT}"
 
 
+def _first_node(url: str) -> str:
+    """The first node's URL of a cluster's comma-separated list (the only one of one URL)."""
+    from bus.brokers import split_broker_urls
+
+    try:
+        return split_broker_urls(url)[0]
+    except ValueError:
+        return url
+
+
 def _amqp_credentials(url: str) -> tuple[str, str, str]:
-    parts = urlsplit(url)
+    parts = urlsplit(_first_node(url))
     vhost = unquote(parts.path[1:]) if parts.path not in ("", "/") else "/"
     return unquote(parts.username or "guest"), unquote(parts.password or "guest"), vhost
 
@@ -258,13 +268,16 @@ def _passive(amqp_url: str, queues: list[str]) -> list[QueueView]:
     import pika
     import pika.exceptions
 
-    params = pika.URLParameters(amqp_url)
-    params.connection_attempts = 1
-    params.retry_delay = 0
-    params.socket_timeout = BROKER_PROBE_TIMEOUT_S
-    params.stack_timeout = BROKER_PROBE_TIMEOUT_S * 2
-    params.blocked_connection_timeout = BROKER_PROBE_TIMEOUT_S
-    connection = pika.BlockingConnection(params)
+    from bus.brokers import connection_parameters
+
+    nodes = connection_parameters(amqp_url, shuffle=False)  # a cluster: the first that answers
+    for params in nodes:
+        params.connection_attempts = 1
+        params.retry_delay = 0
+        params.socket_timeout = BROKER_PROBE_TIMEOUT_S
+        params.stack_timeout = BROKER_PROBE_TIMEOUT_S * 2
+        params.blocked_connection_timeout = BROKER_PROBE_TIMEOUT_S
+    connection = pika.BlockingConnection(nodes)
     try:
         channel = connection.channel()
 
