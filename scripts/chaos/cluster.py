@@ -3,6 +3,7 @@
     .venv/bin/python scripts/chaos/cluster.py --up          # start it, print the URLs, wait
     .venv/bin/python scripts/chaos/cluster.py --run         # the fault run (one JSON report)
     .venv/bin/python scripts/chaos/run.py --cluster ...     # the chaos run on such a cluster
+                                                            # (see attach_to_chaos_run)
 
 ``Cluster`` starts RabbitMQ nodes ``coexist-c1-<id>@localhost`` ... beside the system node
 (which it never touches): each its own AMQP and distribution port on 127.0.0.1, its data
@@ -58,6 +59,8 @@ if str(ROOT) not in sys.path:
 RABBITMQ_BIN = Path(os.environ.get("COEXIST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 PG_ADMIN_URL = os.environ.get("COEXIST_CHAOS_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+#: How many times the queues are read to find the busiest one before the kill.
+BUSIEST_SAMPLES = 5
 #: Longest wait for a node to boot (or to boot again after a kill), in seconds.
 NODE_START_TIMEOUT_S = 120.0
 
@@ -582,7 +585,7 @@ class FaultRun:
                 errors.append(TimeoutError(f"load not done within --max-s ({seq[0]} edits)"))
                 break
             if fault is None and seq[0] >= total * self.args.kill_at:
-                fault = FaultWatch(self, consumers_before)
+                fault = FaultWatch(self.cluster, "/", self.args.down_s, consumers_before)
                 fault.start()
             back_at = fault.figures.get("back_at") if fault is not None else None
             if (fault is not None and fault.error) or (
@@ -597,12 +600,12 @@ class FaultRun:
         self.report["edits"] = len(edits)
         self.report["edits_per_s"] = round(len(edits) / (time.monotonic() - started), 1)
         if fault is None:
-            fault = FaultWatch(self, consumers_before)
+            fault = FaultWatch(self.cluster, "/", self.args.down_s, consumers_before)
             fault.start()
         fault.join(max(1.0, self.deadline - time.monotonic()))
+        self.report["fault"] = fault.figures
         if fault.error:
             raise fault.error
-        self.report["fault"] = fault.figures
         return edits
 
     def _settle(self, cloud, expected: dict[str, Decimal]) -> list[dict]:
@@ -697,13 +700,29 @@ def _line_time(line: dict) -> float:
         return 0.0
 
 
-class FaultWatch(threading.Thread):
-    """Kill -9 of the busiest queue's leader node, and what recovery took: a new leader
-    elected, consumers counted back on the survivors, the node started again."""
+def wait_for(check, timeout_s: float, what: str, poll_s: float = 0.2):
+    """``check()``'s first truthy value within ``timeout_s``, else TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout_s:g} s")
+        time.sleep(poll_s)
 
-    def __init__(self, run: FaultRun, consumers_before: dict[str, int]):
+
+class FaultWatch(threading.Thread):
+    """Kill -9 of the busiest queue's leader node (of ``vhost``), and what recovery took: a
+    new leader elected, every work queue's consumers counted back on the survivors
+    (``consumers_before``, default: as counted just before the kill), the node started
+    again ``down_s`` after the kill and back in the cluster."""
+
+    def __init__(self, cluster: Cluster, vhost: str, down_s: float,
+                 consumers_before: dict[str, int] | None = None):
         super().__init__(daemon=True, name="fault")
-        self.run_, self.consumers_before = run, consumers_before
+        self.cluster, self.vhost, self.down_s = cluster, vhost, down_s
+        self.consumers_before = consumers_before
         self.figures: dict = {}
         self.error: BaseException | None = None
 
@@ -712,21 +731,34 @@ class FaultWatch(threading.Thread):
             self._fault()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the load
             self.error = exc
+            self.figures["error"] = f"{type(exc).__name__}: {exc}"
+
+    def _work_queues(self, via: Node | None = None) -> list[dict]:
+        return [q for q in self.cluster.queues(self.vhost, via=via)
+                if not q["name"].endswith((".DQ", ".XQ"))]
 
     def _fault(self) -> None:
-        cluster = self.run_.cluster
-        queues = [q for q in cluster.queues("/") if not q["name"].endswith((".DQ", ".XQ"))]
-        busiest = max(queues, key=lambda q: (int(q.get("messages") or 0),
-                                             int(q.get("consumers") or 0), q["name"]))
+        cluster = self.cluster
+        # Busiest: the most messages held (ready + unacked) over a few samples; consumers
+        # that keep up hold few at any one moment.
+        held: Counter = Counter()
+        for _ in range(BUSIEST_SAMPLES):
+            queues = self._work_queues()
+            held.update({q["name"]: int(q.get("messages") or 0) for q in queues})
+            time.sleep(0.2)
+        if self.consumers_before is None:
+            self.consumers_before = {q["name"]: int(q.get("consumers") or 0) for q in queues}
+        busiest = max(queues, key=lambda q: (held[q["name"]], q["name"] == "coexist.write.cloud",
+                                             q["name"]))
         victim = cluster.node(busiest["leader"])
         survivor = next(n for n in cluster.nodes if n is not victim)
         self.figures.update({
             "queue": busiest["name"], "queue_type": busiest.get("type"),
             "messages_at_kill": int(busiest.get("messages") or 0),
+            "messages_held_in_samples": dict(held),
             "killed_node": victim.name, "killed_amqp_port": victim.amqp_port,
-            "leaders_before": Counter(q["leader"] for q in queues),
+            "leaders_before": dict(Counter(q["leader"] for q in queues)),
         })
-        self.run_.report["fault"] = self.figures
         killed_at = cluster.kill9(victim)
         self.figures["killed_at"] = killed_at
         log(f"kill -9 {victim.name} (leader of {busiest['name']}, "
@@ -734,36 +766,113 @@ class FaultWatch(threading.Thread):
 
         def new_leader():
             with contextlib.suppress(Exception):
-                for q in cluster.queues("/", via=survivor):
+                for q in self._work_queues(via=survivor):
                     if q["name"] == busiest["name"] and q.get("leader") not in (
                             None, "", victim.name):
                         return q["leader"]
             return None
 
-        self.figures["new_leader"] = self.run_._wait(new_leader, 60, "a new leader", 0.2)
+        self.figures["new_leader"] = wait_for(new_leader, 60, "a new leader", 0.2)
         self.figures["new_leader_s"] = round(time.time() - killed_at, 1)
+        before = self.consumers_before
 
         def consumers_back():
             with contextlib.suppress(Exception):
                 now = {q["name"]: int(q.get("consumers") or 0)
-                       for q in cluster.queues("/", via=survivor)}
-                return all(now.get(q, 0) >= n for q, n in self.consumers_before.items())
+                       for q in self._work_queues(via=survivor)}
+                return all(now.get(q, 0) >= n for q, n in before.items())
             return False
 
-        self.run_._wait(consumers_back, 90, "every queue's consumers back", 0.5)
+        wait_for(consumers_back, 90, "every queue's consumers back", 0.5)
         self.figures["consumers_back_s"] = round(time.time() - killed_at, 1)
-        wait = killed_at + self.run_.args.down_s - time.time()
+        wait = killed_at + self.down_s - time.time()
         if wait > 0:
             time.sleep(wait)
         self.figures["restarted_at"] = time.time()
         restarted = time.monotonic()
         cluster.restart(victim)
-        self.run_._wait(lambda: victim.name in cluster.running_nodes(survivor), 60,
-                        f"{victim.name} back in the cluster", 0.5)
+        wait_for(lambda: victim.name in cluster.running_nodes(survivor), 60,
+                 f"{victim.name} back in the cluster", 0.5)
         self.figures["node_back_s"] = round(time.monotonic() - restarted, 1)
         self.figures["back_at"] = time.time()
         self.figures["down_s"] = round(time.time() - killed_at, 1)
         log(f"{victim.name} is back ({self.figures['node_back_s']} s to boot and rejoin)")
+
+
+# --------------------------------------------------------------------------- run.py --cluster
+
+#: ``run.py --cluster``: seconds into the people's load at which the node is killed, and
+#: how long it stays down (environment, since run.py's options are its own).
+CHAOS_KILL_AFTER_S = float(os.environ.get("COEXIST_CHAOS_CLUSTER_KILL_AFTER_S", "8"))
+CHAOS_DOWN_S = float(os.environ.get("COEXIST_CHAOS_CLUSTER_DOWN_S", "10"))
+
+
+def attach_to_chaos_run(run_module) -> Cluster:
+    """``scripts/chaos/run.py --cluster``: the chaos run's RabbitMQ becomes a fresh
+    three-node cluster. Its ``rabbitmqctl`` (vhost, permissions, close_all_connections,
+    delete_vhost) goes to a live node of the cluster; ``provision`` gives the processes
+    every node's URL; ``CHAOS_KILL_AFTER_S`` into the load the busiest queue's leader is
+    killed with kill -9 and started again ``CHAOS_DOWN_S`` later; the report gets the
+    ``cluster`` figures. The cluster is removed when the script exits."""
+    import atexit
+
+    missing = [n for n in ("rabbitmqctl", "provision", "Run") if not hasattr(run_module, n)]
+    missing += [f"Run.{n}" for n in ("load", "verify")
+                if not hasattr(getattr(run_module, "Run", None), n)]
+    if missing:
+        raise SystemExit(f"scripts/chaos/run.py --cluster: run.py has no {', '.join(missing)} "
+                         "any more; scripts/chaos/cluster.py attach_to_chaos_run needs updating")
+    cluster = Cluster()
+    cluster.__enter__()
+    atexit.register(cluster.stop)
+    state: dict = {"vhost": "/", "fault": None}
+
+    def rabbitmqctl(*args: str) -> str:
+        done = cluster.ctl(cluster.alive()[0], *args, check=False)
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, ["rabbitmqctl", *args],
+                                                done.stdout, done.stderr)
+        return done.stdout
+
+    provision, load, verify = run_module.provision, run_module.Run.load, run_module.Run.verify
+
+    def cluster_provision(estate, *a, **kw):
+        provision(estate, *a, **kw)
+        state["vhost"] = estate.vhost
+        estate.env["COEXIST_BROKER_URL"] = cluster.urls(estate.vhost)
+        estate.env["COEXIST_QUEUE_TYPE"] = "quorum"
+
+    def cluster_load(self, *a, **kw):
+        fault = FaultWatch(cluster, state["vhost"], CHAOS_DOWN_S)
+        state["fault"] = fault
+        timer = threading.Timer(CHAOS_KILL_AFTER_S, fault.start)
+        timer.daemon = True
+        timer.start()
+        try:
+            return load(self, *a, **kw)
+        finally:
+            timer.cancel()
+            if fault.is_alive():
+                fault.join(NODE_START_TIMEOUT_S + 120)
+            self.faults["kill_node"] += 1 if "killed_at" in fault.figures else 0
+
+    def cluster_verify(self, *a, **kw):
+        result = verify(self, *a, **kw)
+        fault = state["fault"]
+        figures = fault.figures if fault is not None else {}
+        log(f"cluster: {json.dumps({**cluster.figures, 'fault': figures}, default=str)}")
+        if fault is None or fault.error is not None or "back_at" not in figures:
+            raise RuntimeError("cluster fault did not complete: "
+                               + (figures.get("error") or "the load ended before the kill "
+                                  f"(COEXIST_CHAOS_CLUSTER_KILL_AFTER_S={CHAOS_KILL_AFTER_S:g})"))
+        result["cluster"] = {**cluster.figures, "fault": figures}
+        return result
+
+    run_module.rabbitmqctl = rabbitmqctl
+    run_module.provision = cluster_provision
+    run_module.Run.load = cluster_load
+    run_module.Run.verify = cluster_verify
+    return cluster
 
 
 # --------------------------------------------------------------------------- entry points

@@ -659,7 +659,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-s", type=float, default=900.0,
                    help="Give up (exit 2) if the run is not done by then.")
     p.add_argument("--keep", action="store_true", help="Keep the run's folder (logs).")
+    p.add_argument("--cluster", action="store_true", help="RabbitMQ as a three-node cluster, "
+                   "its busiest queue's leader killed mid-load (scripts/chaos/cluster.py).")
     args = p.parse_args(argv)
+    if args.cluster:
+        from cluster import attach_to_chaos_run
+
+        attach_to_chaos_run(sys.modules[__name__])
     signal.signal(signal.SIGTERM, _terminate)  # a stopped run still removes what it made
     home = Path(tempfile.mkdtemp(prefix="coexist-chaos-"))
     estate = Estate(uuid.uuid4().hex[:8], home)
