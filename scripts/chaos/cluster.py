@@ -905,6 +905,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="give up (exit 2) if the run is not done by then")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
     args = p.parse_args(argv)
+    if args.run and args.nodes < 3:
+        p.error("--run needs at least 3 nodes: a quorum queue survives the loss of a minority")
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     report: dict = {"mode": "up" if args.up else "run"}
