@@ -10,18 +10,27 @@ Prints one JSON line per figure:
 * ``crm_accounts_first_load``: the same, creating the accounts (the duplicate rule and id
   allocation run for each), batched only: what a first sync of the customer base costs.
 
+* ``crm_inbound_echoes``: the inbound poller reading a feed of coexist's own writes (the
+  rounds above), ``FEED_READ`` events a read against the former 200: CPU per event.
+
 * ``crm_accounts_end_to_end``: SoR change -> CRM record updated through the production
-  path: people's edits of ``--e2e`` customers in the legacy reference ERP (SQLite), the
-  router's capture, the outbox, the embedded broker, the ``crm`` subscription's consumer
-  (``workers.crm.consumer``, 8 worker threads) and the CRM simulator, timed from the first
-  edit committed to the last account showing it (read back through the CRM's API); its
-  baseline is the one-by-one figure above.  Until the bus's batch consumer hands the
-  consumer real batches, each delivery is one message, so this path sends one request per
-  account too.
+  processes, as supervisord runs them: ``coexist router`` + ``coexist worker --threads 8``
+  on RabbitMQ + PostgreSQL (``--stack rabbit``, the default) or ``coexist run`` on the
+  embedded broker and SQLite (``--stack embedded``), the legacy reference ERP on SQLite,
+  the CRM simulator above.  After a warm-up (the customers typed into the legacy ERP one
+  by one, all shown in the CRM: ``first_sync``), each of ``--e2e-rounds`` rounds edits
+  every customer's credit limit in the legacy ERP (a batch job, 200 customers per
+  transaction) and is timed from before the first edit to the commit time of the last
+  account's update in the CRM (its change feed); the best round is reported, every
+  round listed.  CPU per account of each process comes from /proc; ``--profile DIR``
+  writes ``py-spy record --gil`` profiles (raw) of each process over the rounds.  Its
+  baseline is the one-by-one figure above.
 
 The first two figures are the handler and the simulator on one machine.  Rounds of
 batched and one-by-one alternate so load from other processes hits both alike.  Usage:
-``python scripts/bench/crm.py [--accounts 4000] [--single 600] [--rounds 3] [--e2e 1000]``.
+``python scripts/bench/crm.py [--accounts 4000] [--single 600] [--rounds 3] [--e2e 1000]
+[--e2e-rounds 3] [--stack rabbit|embedded ...] [--profile DIR]``; environment
+``COEXIST_BENCH_PG_URL`` (admin URL), ``COEXIST_BENCH_AMQP_URL``.
 """
 
 from __future__ import annotations
@@ -79,30 +88,153 @@ def _run(crm: CrmClient, envs, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def _end_to_end(customers, sim, secret: str, tmp: Path) -> dict:
-    """The production path, in one process: capture, relay, broker, consumer, CRM."""
-    from workers.bootstrap import bootstrap
+PG_ADMIN_URL = os.environ.get("COEXIST_BENCH_PG_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+AMQP = os.environ.get("COEXIST_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: Customers one legacy transaction edits in the edit phase (a batch job's commit size).
+EDIT_TX = 200
+#: How often the bench reads the CRM back while it waits, in seconds.
+POLL_S = 0.05
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its reaped children so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: Longest wait for the processes to show an edit in the CRM, in seconds.
+E2E_TIMEOUT_S = 300.0
+
+
+def _shown(admin, keys: set[str], credit: Decimal) -> int:
+    rows = admin.query(f"SELECT Coexist_Id__c FROM Account WHERE Credit_Limit__c = {credit}")
+    return len({r["Coexist_Id__c"] for r in rows} & keys)
+
+
+class _Feed:
+    """When each account showed a value, from the CRM's own change feed: the commit time
+    of the update that wrote it (exact, and cheap to read: only new events each time,
+    where a query of every account per read would load the CRM the bench measures)."""
+
+    def __init__(self, crm: CrmClient, ids: set[str]):
+        self.crm, self.ids = crm, ids
+        self.after = 0
+        while batch := crm.changes(self.after, 1000):
+            self.after = batch[-1].replay_id
+
+    def wait(self, credit: Decimal, procs, timeout_s: float = E2E_TIMEOUT_S
+             ) -> list[float]:
+        """The commit times (epoch s) of the updates showing ``credit``, one per account."""
+        at: dict[str, float] = {}
+        deadline = time.perf_counter() + timeout_s
+        while len(at) < len(self.ids):
+            batch = self.crm.changes(self.after, 1000)
+            for e in batch:
+                if e.record_id in self.ids and e.record_id not in at and \
+                        e.fields.get("Credit_Limit__c") == float(credit):
+                    at[e.record_id] = e.commit_ms / 1000
+            if batch:
+                self.after = batch[-1].replay_id
+                continue
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"`coexist {name}` ended ({proc.returncode})")
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{len(self.ids) - len(at)} account(s) not updated end "
+                                   f"to end within {timeout_s:g} s")
+            time.sleep(POLL_S)
+        return sorted(at.values())
+
+
+def _wait_shown(admin, keys, credit, procs, timeout_s: float = E2E_TIMEOUT_S) -> float:
+    """perf_counter() when every account of ``keys`` shows ``credit`` in the CRM."""
+    deadline = time.perf_counter() + timeout_s
+    while _shown(admin, keys, credit) < len(keys):
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"`coexist {name}` ended ({proc.returncode})")
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{len(keys) - _shown(admin, keys, credit)} account(s) not "
+                               f"updated end to end within {timeout_s:g} s")
+        time.sleep(0.2)
+    return time.perf_counter()
+
+
+def _quartiles(times: list[float], started: float) -> dict[str, float]:
+    """Seconds after ``started`` by which the first, a quarter, half, three quarters were
+    shown."""
+    return {f"{int(q * 100)}%": round(times[int(q * (len(times) - 1))] - started, 2)
+            for q in (0.0, 0.25, 0.5, 0.75)}
+
+
+def _edit_all(engine, keys: list[str], credit: Decimal, writer: str) -> None:
+    """A legacy batch job (a credit review): ``EDIT_TX`` customers per transaction, each
+    row's change captured by the legacy ERP's change-log triggers as any edit is."""
+    from sqlalchemy import update
+
+    from workers.legacy_erp.adapter import LegacyErp, _padded
+
+    d = LegacyErp(engine).tables("customer")
+    numbers = [d.t.key_columns(d.t.legacy_key(k))["CUSTNO"] for k in keys]
+    t = d.header
+    for start in range(0, len(numbers), EDIT_TX):
+        with engine.begin() as conn:
+            conn.execute(update(t).where(t.c.CUSTNO.in_(numbers[start:start + EDIT_TX]))
+                         .values(CRLIMIT=int(credit * 100),
+                                 LCHGUSER=_padded(t.c.LCHGUSER, writer)))
+
+
+def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
+                profile: Path | None, edit_rounds: int) -> dict:
+    """The production path as OS processes, as supervisord runs them: ``coexist router``
+    and ``coexist worker`` on RabbitMQ + PostgreSQL (``stack="rabbit"``), or ``coexist
+    run`` on the embedded broker and SQLite (``stack="embedded"``)."""
+    import subprocess
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from coexistence.flags import FlagState, Mode, Rollout
     from workers.cloud_sim import start_simulator
-    from workers.config import CrmSection, Settings, SubscriptionSection
     from workers.crm_sim.admin import CrmSimulatorAdmin
-    from workers.driver import Driver
+    from workers.db import create_state_engine
+    from workers.flags import SqlFlagStore
     from workers.legacy_erp.adapter import LegacyErp
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+    from workers.migrate import upgrade
 
-    home = tmp / "e2e"
+    home = tmp / f"e2e-{stack}"
     home.mkdir()
     legacy_url = f"sqlite:///{home / 'legacy.db'}"
     engine = create_legacy_engine(legacy_url)
     create_legacy_schema(engine)
-    admin = CrmSimulatorAdmin(sim.url)
+    cleanup = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COEXIST_")}
+    env.update(COEXIST_HOME=str(home), COEXIST_LEGACY_URL=legacy_url,
+               COEXIST_CRM_CLIENT_SECRET=secret, PYTHONPATH=str(ROOT))
+    if stack == "rabbit":
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        admin_pg = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin_pg.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        cleanup.append(lambda: (admin_pg.connect().execute(
+            text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')), admin_pg.dispose()))
+        state_url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+        vhost = f"coexist_bench_{uuid.uuid4().hex[:8]}"
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True)
+        cleanup.append(lambda: subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost],
+                                              check=False))
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*",
+                        ".*", ".*"], check=True)
+        env.update(COEXIST_STATE_URL=state_url, COEXIST_BROKER_URL=AMQP + vhost)
+    else:
+        state_url = f"sqlite:///{home / 'state.db'}"
+        env.update(COEXIST_STATE_URL=state_url, COEXIST_BROKER_URL="")
     # The rounds above wrote these accounts under flag version 1; a flag change since (v5,
     # still legacy) makes the SoR's new changes newer, as a real cutover step would.
-    from coexistence.flags import FlagState, Mode, Rollout
-    from workers.db import create_state_engine
-    from workers.flags import SqlFlagStore
-    from workers.migrate import upgrade
-
-    state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+    state = create_state_engine(state_url)
     upgrade(state)
     store = SqlFlagStore(state)
     for version in range(1, 6):
@@ -110,36 +242,117 @@ def _end_to_end(customers, sim, secret: str, tmp: Path) -> dict:
                      FlagState("customer", Mode.LEGACY, Mode.LEGACY, Rollout(), version),
                      actor="bench", reason="bench", action="set")
     state.dispose()
-    with start_simulator(home / "cloud.db") as cloud:
-        settings = Settings(
-            home=home, state_url=f"sqlite:///{home / 'state.db'}", legacy_url=legacy_url,
-            cloud_url=cloud.url,
-            subscriptions={"crm": SubscriptionSection(domains=("customer",))},
-            crm=CrmSection(url=sim.url, client_id="bench"), crm_client_secret=secret)
-        app = bootstrap(settings, create_state=True)
-        driver = Driver(app, threads=8)
-        try:
+    (home / "coexist.toml").write_text(
+        '[subscriptions.crm]\ndomains = ["customer"]\n\n'
+        f'[crm]\nurl = "{sim.url}"\nclient_id = "bench"\npoll_interval_s = 5\n')
+    coexist = [str(Path(sys.executable).with_name("coexist"))]
+    commands = {"run": ["run"]} if stack == "embedded" else {
+        "router": ["router"], "worker": ["worker", "--threads", "8"]}
+    admin = CrmSimulatorAdmin(sim.url)
+    reader = CrmClient(sim.url, client_id="bench", client_secret=secret)
+    procs: dict[str, subprocess.Popen] = {}
+    spies: list[subprocess.Popen] = []
+    keys = [c.key for c in customers]
+    try:
+        with start_simulator(home / "cloud.db") as cloud:
+            env["COEXIST_CLOUD_URL"] = cloud.url
+            for name, args in commands.items():
+                with open(home / f"{name}.log", "w") as out:
+                    procs[name] = subprocess.Popen(
+                        coexist + [*args, "--log-level", "WARNING"], env=env, cwd=ROOT,
+                        stdout=out, stderr=subprocess.STDOUT)
             legacy = LegacyErp(engine)
-            marker = Decimal(777_777)
+            # Warm-up: the customers enter the SoR one by one (people typing), all of them
+            # reach the CRM, so the edits below meet warm processes.
+            warm = Decimal(111_111)
             started = time.perf_counter()
             for c in customers:
-                legacy.person_upsert(c.model_copy(update={"credit_limit": marker}), "JSMITH")
-            written = time.perf_counter() - started
-            driver.settle(timeout_s=600)
-            seconds = time.perf_counter() - started
-        finally:
-            driver.stop()
-    keys = {c.key for c in customers}
-    rows = admin.query("SELECT Coexist_Id__c, Credit_Limit__c FROM Account")
-    shown = {r["Coexist_Id__c"] for r in rows
-             if r["Coexist_Id__c"] in keys and float(r["Credit_Limit__c"]) == float(marker)}
-    admin.close()
+                legacy.person_upsert(c.model_copy(update={"credit_limit": warm}), "JSMITH")
+            typed = time.perf_counter() - started
+            done = _wait_shown(admin, set(keys), warm, procs)
+            first = {"seconds": round(done - started, 2), "sor_writes_s": round(typed, 2),
+                     "records_per_s": round(len(keys) / (done - started))}
+            cpu0 = {n: _cpu_s(p.pid) for n, p in procs.items()}
+            cpu0["crm_sim"] = _cpu_s(sim.process.pid)
+            if profile is not None:
+                profile.mkdir(parents=True, exist_ok=True)
+                spies = [subprocess.Popen(
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                     str(p.pid), "--gil", "-r", "200", "-f", "raw", "-o",
+                     str(profile / f"{stack}-{n}.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for n, p in procs.items()]
+                time.sleep(1.0)  # py-spy attached
+            ids = {r["Id"] for r in admin.query("SELECT Id, Coexist_Id__c FROM Account")
+                   if r["Coexist_Id__c"] in set(keys)}
+            feed = _Feed(reader, ids)
+            rounds = []
+            for n in range(edit_rounds):
+                marker = Decimal(777_000 + n)
+                started, clock = time.perf_counter(), time.time()
+                _edit_all(engine, keys, marker, "JSMITH")
+                written = time.perf_counter() - started
+                times = feed.wait(marker, procs)
+                seconds = times[-1] - clock
+                rounds.append({"seconds": round(seconds, 2), "sor_writes_s": round(written, 2),
+                               "records_per_s": round(len(keys) / seconds),
+                               "shown_at_s": _quartiles(times, clock)})
+            if _shown(admin, set(keys), marker) != len(keys):
+                raise RuntimeError("the CRM's feed and its records disagree")
+            cpu = {n: round((_cpu_s(p.pid) - cpu0[n]) * 1e3 / len(keys) / edit_rounds, 3)
+                   for n, p in procs.items()}
+            cpu["crm_sim"] = round((_cpu_s(sim.process.pid) - cpu0["crm_sim"]) * 1e3
+                                   / len(keys) / edit_rounds, 3)
+    except Exception:
+        for log in home.glob("*.log"):
+            print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        for spy in spies:
+            spy.send_signal(2)
+        for spy in spies:
+            spy.wait(60)
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        admin.close()
+        reader.close()
+        engine.dispose()
+        for step in reversed(cleanup):
+            step()
+    best = max(rounds, key=lambda r: r["records_per_s"])
+    return {"stack": stack, "processes": sorted(procs), "accounts": len(keys),
+            "records_per_s": best["records_per_s"], "best": best,
+            "rounds": [r["records_per_s"] for r in rounds], "round_detail": rounds,
+            "cpu_ms_per_account": cpu, "first_sync": first}
+
+
+def _echoes(crm: CrmClient, tmp: Path, limit: int) -> dict:
+    """The inbound poller reading the feed from its start (the rounds above: every event
+    is coexist's own write, an echo): CPU seconds per event, requests, transactions."""
+    from workers.crm import handlers
+    from workers.db import create_state_engine
+    from workers.migrate import upgrade
+
+    engine = create_state_engine(f"sqlite:///{tmp / f'echoes-{limit}.db'}")
+    upgrade(engine)
+    polls, read = 0, 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    while True:
+        stats = handlers.poll_inbound(crm=crm, engine=engine, sor_record=lambda d, k: None,
+                                      directory=lambda: (), reports=_Reports(), limit=limit)
+        polls += 1
+        read += stats.read
+        if stats.read < limit:
+            break
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     engine.dispose()
-    if shown != keys:
-        raise RuntimeError(f"{len(keys - shown)} account(s) not updated end to end")
-    return {"accounts": len(keys), "seconds": round(seconds, 2),
-            "sor_writes_s": round(written, 2), "records_per_s": round(len(keys) / seconds),
-            "after_writes_per_s": round(len(keys) / (seconds - written))}
+    return {"events": read, "polls": polls, "cpu_us_per_event": round(cpu * 1e6 / read, 1),
+            "wall_us_per_event": round(wall * 1e6 / read, 1)}
 
 
 def main() -> None:
@@ -150,6 +363,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--e2e", type=int, default=1000,
                         help="accounts through the production path (0: skip)")
+    parser.add_argument("--e2e-rounds", type=int, default=3,
+                        help="edit rounds of the end-to-end run (the best is reported)")
+    parser.add_argument("--stack", choices=("rabbit", "embedded"), action="append",
+                        help="the end-to-end run's stack (repeat for both; default rabbit)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="folder for py-spy --gil profiles (raw) of each process of the "
+                        "end-to-end edit phase")
     args = parser.parse_args()
     # Distinct companies only: the sample has a few look-alikes the duplicate rule refuses.
     seen, customers = set(), []
@@ -186,13 +406,22 @@ def main() -> None:
             "baseline_rounds": [round(s) for s in single], "load_avg": os.getloadavg()[0],
             "targets": {"records_per_s": 1000, "ratio": 5},
         }), flush=True)
+        from coexistence.crm.ports import MAX_BATCH
+        from workers.crm.handlers import FEED_READ
+
+        old, new = _echoes(crm, Path(tmp), MAX_BATCH), _echoes(crm, Path(tmp), FEED_READ)
+        print(json.dumps({
+            "name": "crm_inbound_echoes", "read_size": FEED_READ, **new,
+            "baseline": {"read_size": MAX_BATCH, **old},
+            "cpu_ratio": round(old["cpu_us_per_event"] / new["cpu_us_per_event"], 2),
+            "load_avg": os.getloadavg()[0]}), flush=True)
         crm.close()
-        if args.e2e:
-            e2e = _end_to_end(customers[:args.e2e], sim, secret, Path(tmp))
+        for stack in (args.stack or ["rabbit"]) if args.e2e else []:
+            e2e = _end_to_end(customers[:args.e2e], sim, secret, Path(tmp), stack,
+                              args.profile, args.e2e_rounds)
             print(json.dumps({
                 "name": "crm_accounts_end_to_end", **e2e, "baseline_per_s": round(base),
                 "ratio": round(e2e["records_per_s"] / base, 1),
-                "delivery": "one message per delivery (no batch consumer yet)",
                 "load_avg": os.getloadavg()[0],
                 "targets": {"records_per_s": 1000, "ratio": 5}}), flush=True)
 

@@ -256,7 +256,7 @@ class CrmPoller:
                 busy = False
                 try:
                     stats = self.run_once()
-                    busy = stats is not None and stats.read >= handlers.MAX_BATCH
+                    busy = stats is not None and stats.read >= handlers.FEED_READ
                     self._recovered()
                 except CrmPaused as paused:
                     until = datetime.now(UTC) + timedelta(

@@ -71,6 +71,11 @@ log = logging.getLogger("coexist.crm")
 FEED = "crm"
 #: The channel name commands carry (``workers.router.queues.COMMAND_WRITERS``).
 CHANNEL = "crm"
+#: Change events one poll reads (the feed's most per request).  Most of them are coexist's
+#: own writes coming back (one per account it updates), dropped by ``changeOrigin`` for
+#: little each; reading them 200 at a time cost a request and a state transaction (the
+#: checkpoint) per 200 outbound accounts (``scripts/bench/crm.py``'s ``crm_inbound_echoes``).
+FEED_READ = 1000
 #: Objects in dependency order, so a batch writes parents before their documents.
 _ORDER = ("customer", "order", "shipment", "invoice")
 
@@ -462,7 +467,7 @@ class _Inbound:
 
 def poll_inbound(*, crm: Crm, engine: Engine, sor_record: SorLookup,
                  directory: Callable[[], Iterable[Customer]], reports: Reports,
-                 limit: int = MAX_BATCH, feed: str = FEED,
+                 limit: int = FEED_READ, feed: str = FEED,
                  defaults: onboarding.OnboardingDefaults = onboarding.OnboardingDefaults(),
                  number_base: int = state.CRM_CUSTOMER_NUMBER_BASE,
                  fence: Callable[[Session], None] | None = None) -> InboundStats:
