@@ -118,3 +118,46 @@ def test_binding_off_loopback_without_a_token_is_refused(world):
     result = CliRunner().invoke(cli, ["console", "--host", "0.0.0.0"], env=world.env)
     assert result.exit_code == 2
     assert "COEXIST_CONSOLE_TOKEN" in result.output
+
+
+def test_onboarding_time_on_the_kpi_strip_is_coexist_status_s_crm_figure(tmp_path):
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from sqlalchemy.orm import Session
+
+    from workers.console import data
+    from workers.crm import state as crm_state
+    from workers.db import create_state_engine
+    from workers.migrate import upgrade
+
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = create_state_engine(state_url)
+    upgrade(engine)
+    created = datetime.now(UTC) - timedelta(hours=2)
+    with Session(engine) as session:
+        for i, took_s in enumerate((30, 90, 600)):
+            session.add(crm_state.CrmOnboarding(
+                crm_account_id=f"001Dx00000000{i}AAA", customer_key=str(9_000_000_001 + i),
+                decision=crm_state.CREATE, allocated=9_000_000_001 + i, state="done",
+                crm_created_at=created, completed_at=created + timedelta(seconds=took_s)))
+        session.commit()
+    engine.dispose()
+    (tmp_path / "coexist.toml").write_text(
+        '[subscriptions.crm]\ndomains = ["customer"]\n\n'
+        '[crm]\nurl = "http://127.0.0.1:9"\nclient_id = "console-test"\n')
+    env = {"COEXIST_HOME": str(tmp_path), "COEXIST_STATE_URL": state_url,
+           "COEXIST_LEGACY_URL": f"sqlite:///{tmp_path / 'legacy.db'}",
+           "COEXIST_BROKER_URL": "", "COEXIST_CLOUD_URL": "", "COEXIST_REDIS_URL": "",
+           "COEXIST_CRM_CLIENT_SECRET": "not-used"}
+    app = App(Settings.from_env(env))
+    try:
+        with TestClient(create_app(app, sampler=Sampler(app))) as c:
+            kpi = c.get("/api/kpis").json()["onboarding_time"]
+        assert kpi == data.kpis(app)["onboarding_time"]
+    finally:
+        app.close()
+    cli_crm = cli_json(SimpleNamespace(env=env), "status")["crm"]
+    assert kpi == cli_crm["onboarding_time"]
+    assert kpi == {"window_days": 7, "completed": 3, "median_s": 90.0, "p95_s": 600.0,
+                   "open": 0}

@@ -194,14 +194,18 @@ def kpis(app, *, days: int = 7) -> dict[str, Any]:
             .group_by(_EXC.c.queue_name)).all()
         out["failed_syncs_per_channel"] = {
             q.removeprefix("coexist.channel."): int(n) for q, n in failed}
-    out.update(_onboarding(state))
+    out.update(_onboarding(state, days))
     return out
 
 
-def _onboarding(state: Engine) -> dict[str, Any]:
+def _onboarding(state: Engine, days: int) -> dict[str, Any]:
+    """Onboarding decisions by kind, and onboarding time (the same figure as ``coexist
+    status``'s ``crm.onboarding_time`` over the same window)."""
     if not has_table(state, "crm_onboarding"):
-        return {"duplicate_accounts_prevented": None, "onboarding": None}
+        return {"duplicate_accounts_prevented": None, "onboarding": None,
+                "onboarding_time": None}
     from workers.crm.state import DUPLICATE, LINK, CrmOnboarding
+    from workers.crm.status import onboarding_time
 
     t = CrmOnboarding.__table__
     with state.connect() as conn:
@@ -211,6 +215,7 @@ def _onboarding(state: Engine) -> dict[str, Any]:
         "duplicate_accounts_prevented": int(decisions.get(LINK, 0))
         + int(decisions.get(DUPLICATE, 0)),
         "onboarding": {k: int(v) for k, v in decisions.items()},
+        "onboarding_time": onboarding_time(state, days=days),
     }
 
 

@@ -150,7 +150,8 @@ async function refreshChannels(){
  if(c.edi) box.append(el("h3",{},"EDI partners"),kv({partners:c.edi.partners.join(", ")||"none configured",...c.edi.problems}));
  if(c.portal) box.append(el("h3",{},"portal endpoints needing attention"), c.portal.length?kv(Object.fromEntries(c.portal.map(n=>[n.customer+" "+n.url,n.state+": "+n.detail]))):el("div",{class:"muted"},"none"));
 }
-async function refreshKpis(){ document.getElementById("kpis").replaceChildren(kv(await get("/api/kpis"))); }
+function onboardingTime(t){ return !t?"no CRM onboarding":!t.completed?`none completed in ${t.window_days} days (${t.open} open)`:`median ${t.median_s} s, p95 ${t.p95_s} s over ${t.completed} account(s) in ${t.window_days} days (${t.open} open)`; }
+async function refreshKpis(){ const k=await get("/api/kpis"); document.getElementById("kpis").replaceChildren(kv({...k,onboarding_time:onboardingTime(k.onboarding_time)})); }
 async function refresh(){
  const parts=[refreshBoard,refreshExceptions,refreshCharts,refreshChannels,refreshKpis];
  const results=await Promise.allSettled(parts.map(f=>f()));

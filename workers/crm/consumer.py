@@ -15,6 +15,10 @@ decides what happens to its message:
   by ``coexist status``), and the message is re-queued with a delay, without counting an
   attempt; while the pause lasts, messages are re-queued without calling the CRM.
 
+A customer written onto its CRM account completes the onboarding that created it from
+that account (``crm_onboarding.completed_at``, one statement per delivery): its number is
+in the CRM; the onboarding time (``workers.crm.status.onboarding_time``) ends there.
+
 Idempotent in effect: the CRM's own rule that ``Coexist_Version__c`` never goes down
 (``Stale`` for an older version; the same version is the same content) makes a
 redelivery, a deferred copy or a replayed batch a no-op, so the consumer does not use
@@ -134,6 +138,9 @@ class CrmConsumer:
                     now - self._budget_at).total_seconds() >= BUDGET_WRITE_S):
                 self._budget_at = now
                 state.note_budget(self.engine, budget)
+        shown = [e.key for e, r in zip(envelopes, results, strict=True)
+                 if r.outcome is Outcome.SYNCED and e.domain == "customer"]
+        state.note_shown(self.engine, shown, now)
         retry = [r for r in results if r.outcome is Outcome.RETRY]
         if retry:
             codes = sorted({r.code or "RETRY" for r in retry})

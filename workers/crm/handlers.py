@@ -29,6 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -267,6 +268,8 @@ class _Inbound:
     stats: InboundStats = field(default_factory=InboundStats)
     commands: list[Envelope] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
+    #: Of ``done``: accounts that show their customer already (links set to the SoR's).
+    completed: list[str] = field(default_factory=list)
     #: Customer key -> index in ``commands`` of the create command this run asks for.
     creating: dict[str, int] = field(default_factory=dict)
     _known: list[onboarding.Known] | None = None
@@ -351,6 +354,7 @@ class _Inbound:
         if account is None:
             return self.ignore(change, "the account was deleted before onboarding")
         candidate = onboarding.Candidate.of(crm_id, account.fields)
+        created = _created_at(account.fields, change)
         if prior is None:
             if account.key is not None:
                 return self.ignore(change, "the account is keyed by a customer already")
@@ -361,9 +365,10 @@ class _Inbound:
                                       (decision.other_crm_id,), candidate)
             if isinstance(decision, onboarding.Link):
                 prior = state.decide(self.engine, candidate, state.LINK,
-                                     decision.customer_key)
+                                     decision.customer_key, crm_created_at=created)
             else:
-                prior = state.decide(self.engine, candidate, state.CREATE, base=self.base)
+                prior = state.decide(self.engine, candidate, state.CREATE, base=self.base,
+                                     crm_created_at=created)
         key = prior.customer_key
         if prior.decision == state.DUPLICATE:
             self.done.append(crm_id)
@@ -380,7 +385,8 @@ class _Inbound:
         if prior.decision == state.LINK:
             self.stats.linked += 1
             ONBOARDED.labels("link").inc()
-            self.set_back(change, "customer", key, None)
+            if self.set_back(change, "customer", key, None):
+                self.completed.append(crm_id)
             return None
         customer = onboarding.new_customer(key, account.fields, self.defaults)
         self.creating[key] = len(self.commands)
@@ -492,11 +498,25 @@ def poll_inbound(*, crm: Crm, engine: Engine, sor_record: SorLookup,
             fence(session)
         add_all_to_outbox(session, run.commands, actor_name=queues.COMMAND_ACTOR,
                           queue_name=queues.COMMAND_QUEUE)
-        state.mark_done(session, run.done)
+        state.mark_done(session, run.done, run.completed)
         checkpoints.advance(session, feed, changes[-1].replay_id, expected=after)
         session.commit()
     run.stats.last_replay_id = changes[-1].replay_id
     return run.stats
+
+
+def _created_at(fields: dict[str, Any], change: CrmChange) -> datetime:
+    """When the account was created in the CRM: its ``CreatedDate``, else (a CRM that does
+    not give it, an unreadable value) the commit time of the change that brought it."""
+    raw = fields.get("CreatedDate")
+    if isinstance(raw, str):
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            value = None
+        if value is not None:
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(change.commit_ms / 1000, UTC)
 
 
 def _stable_id(name: str) -> str:

@@ -15,6 +15,7 @@ New customer numbers are allocated by coexist from ``CRM_CUSTOMER_NUMBER_BASE`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Engine, func, select, update
@@ -52,6 +53,13 @@ class CrmOnboarding(StateTable, table=True):
     #: ``done``.
     state: str = Field(default="decided", max_length=10)
     decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    #: When the account was created in the CRM (its ``CreatedDate``; the CREATE event's
+    #: commit time when the record has none): where the onboarding time starts.
+    crm_created_at: datetime | None = Field(default=None)
+    #: When the CRM account showed the SoR's customer: a link, once the account is keyed
+    #: and set to the SoR's values; a new customer, once the SoR created it and the
+    #: outbound channel wrote it (its number) onto the account.  ``None`` until then.
+    completed_at: datetime | None = Field(default=None)
 
 
 _T = CrmOnboarding.__table__
@@ -71,8 +79,8 @@ def known_pending(engine: Engine) -> list[Known]:
 
 
 def decide(engine: Engine, candidate: Candidate, decision: str,
-           customer_key: str | None = None, *, base: int = CRM_CUSTOMER_NUMBER_BASE
-           ) -> CrmOnboarding:
+           customer_key: str | None = None, *, base: int = CRM_CUSTOMER_NUMBER_BASE,
+           crm_created_at: datetime | None = None) -> CrmOnboarding:
     """Commit a decision for ``candidate`` (a new number for ``create``); idempotent.
 
     A decision already taken for the account is returned unchanged.  Two decisions
@@ -96,7 +104,8 @@ def decide(engine: Engine, candidate: Candidate, decision: str,
                                 decision=decision, allocated=allocated,
                                 name_key=candidate.name_key[:200],
                                 postal_keys=",".join(sorted(candidate.postal_keys))[:200],
-                                tax_key=candidate.tax_key[:40])
+                                tax_key=candidate.tax_key[:40],
+                                crm_created_at=crm_created_at)
             session.add(row)
             try:
                 session.commit()
@@ -108,11 +117,31 @@ def decide(engine: Engine, candidate: Candidate, decision: str,
     raise RuntimeError(f"could not record the onboarding of CRM account {candidate.crm_id}")
 
 
-def mark_done(session: Session, crm_account_ids: list[str]) -> None:
-    """In the caller's transaction (with the outbox commands and the feed checkpoint)."""
+def mark_done(session: Session, crm_account_ids: list[str],
+              completed: Sequence[str] = (), now: datetime | None = None) -> None:
+    """In the caller's transaction (with the outbox commands and the feed checkpoint);
+    ``completed``: those of them the CRM shows as their customer already (links)."""
     if crm_account_ids:
         session.execute(update(_T).where(_T.c.crm_account_id.in_(crm_account_ids))
                         .values(state="done"))
+    if completed:
+        session.execute(update(_T).where(_T.c.crm_account_id.in_(list(completed)),
+                                         _T.c.completed_at.is_(None))
+                        .values(completed_at=now or datetime.now(UTC)))
+
+
+def note_shown(engine: Engine, customer_keys: list[str], now: datetime | None = None) -> int:
+    """The outbound channel wrote these customers onto their CRM accounts: the onboardings
+    that created them are complete (their number is in the CRM).  One statement; returns
+    how many onboardings completed."""
+    if not customer_keys:
+        return 0
+    with engine.begin() as conn:
+        done = conn.execute(update(_T).where(
+            _T.c.customer_key.in_(customer_keys), _T.c.decision == CREATE,
+            _T.c.state == "done", _T.c.completed_at.is_(None))
+            .values(completed_at=now or datetime.now(UTC)))
+    return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # ===================================================================== channel state

@@ -8,7 +8,9 @@ subscription's, shown next to it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+import statistics
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, inspect, select
@@ -20,14 +22,16 @@ from workers.crm import handlers, state
 def crm_channel(engine: Engine, configured: bool, now: datetime | None = None
                 ) -> dict[str, Any]:
     """``{"configured", "paused", "paused_until", "pause_reason", "budget_used",
-    "budget_max", "budget_at", "inbound_checkpoint", "inbound_holder"}``."""
+    "budget_max", "budget_at", "inbound_checkpoint", "inbound_holder", "onboarding_time"}``
+    (``onboarding_time``: see ``onboarding_time``)."""
     now = now or datetime.now(UTC)
     out: dict[str, Any] = {"configured": configured, "paused": False, "paused_until": None,
                            "pause_reason": "", "budget_used": None, "budget_max": None,
                            "budget_at": None, "inbound_checkpoint": None,
-                           "inbound_holder": None}
+                           "inbound_holder": None, "onboarding_time": None}
     if not inspect(engine).has_table(state.CrmChannelState.__tablename__):
         return out
+    out["onboarding_time"] = onboarding_time(engine, now=now)
     row = state.channel_state(engine)
     if row is not None:
         until = state._aware(row.paused_until) if row.paused_until else None
@@ -48,6 +52,37 @@ def crm_channel(engine: Engine, configured: bool, now: datetime | None = None
     return out
 
 
+#: The window onboarding time is measured over, in days (the console's KPI window too).
+ONBOARDING_WINDOW_DAYS = 7
+
+
+def onboarding_time(engine: Engine, *, days: int = ONBOARDING_WINDOW_DAYS,
+                    now: datetime | None = None) -> dict[str, Any]:
+    """How long person-created CRM accounts took to become customers, over the onboardings
+    completed in the last ``days``: from the account's creation in the CRM to the CRM
+    showing its customer (linked to an existing one and set to the SoR's values, or created
+    in the SoR and its number written back).  ``{"window_days", "completed", "median_s",
+    "p95_s", "open"}`` (``open``: decided, not yet shown; seconds ``None`` without data);
+    p95 is the nearest-rank percentile."""
+    now = now or datetime.now(UTC)
+    t = state.CrmOnboarding.__table__
+    since = now - timedelta(days=days)
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.crm_created_at, t.c.completed_at).where(
+            t.c.decision.in_((state.LINK, state.CREATE)),
+            t.c.completed_at.is_not(None), t.c.completed_at >= since,
+            t.c.crm_created_at.is_not(None))).all()
+        open_ = conn.execute(select(t.c.crm_account_id).where(
+            t.c.decision.in_((state.LINK, state.CREATE)),
+            t.c.completed_at.is_(None))).all()
+    took = sorted(max((state._aware(done) - state._aware(created)).total_seconds(), 0.0)
+                  for created, done in rows)
+    return {"window_days": days, "completed": len(took),
+            "median_s": round(statistics.median(took), 1) if took else None,
+            "p95_s": round(took[math.ceil(0.95 * len(took)) - 1], 1) if took else None,
+            "open": len(open_)}
+
+
 def describe(c: dict[str, Any]) -> str:
     """One line for people."""
     if not c["configured"]:
@@ -59,4 +94,9 @@ def describe(c: dict[str, Any]) -> str:
               else "running")
     inbound = (f"feed checkpoint {c['inbound_checkpoint']}, polled by "
                f"{c['inbound_holder'] or 'nobody now'}")
-    return f"CRM channel: {paused}; {budget}; {inbound}"
+    line = f"CRM channel: {paused}; {budget}; {inbound}"
+    times = c.get("onboarding_time")
+    if times and times["completed"]:
+        line += (f"; onboarding time median {times['median_s']:g} s, p95 {times['p95_s']:g} s "
+                 f"over {times['completed']} account(s) in {times['window_days']} days")
+    return line
