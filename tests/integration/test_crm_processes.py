@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import routed_version
 from coexistence.sample import SampleSpec
 from tests.support import cloud_sim, crm_sim
+from workers.crm import state as crm_state
+from workers.crm.status import onboarding_time
 from workers.db import create_state_engine
 from workers.flags import SqlFlagStore
 from workers.legacy_erp.adapter import LegacyErp
@@ -104,8 +107,8 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 def _accounts(crm) -> dict[str, dict]:
-    rows = crm.query("SELECT Id, Name, AccountNumber, Coexist_Id__c, Coexist_Version__c "
-                     "FROM Account")
+    rows = crm.query("SELECT Id, Name, AccountNumber, Coexist_Id__c, Coexist_Version__c, "
+                     "CreatedDate FROM Account")
     return {r["Id"]: r for r in rows}
 
 
@@ -143,6 +146,14 @@ def test_coexist_run_syncs_the_crm_both_ways(tmp_path, sim, crm):
         assert account["Coexist_Id__c"] == made.key
         assert len([a for a in _accounts(crm).values()
                     if a["Name"].upper() == "WALK-IN HARDWARE"]) == 1
+        # The consumer that wrote the number completed the onboarding (its time is known).
+        state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+        try:
+            _wait(lambda: onboarding_time(state)["completed"] == 1,
+                  "the onboarding completed in coexist's state", proc)
+            decision = crm_state.decision_of(state, new)
+        finally:
+            state.dispose()
         status = subprocess.run([COEXIST, "status", "--format", "json"], env=env,
                                 capture_output=True, text=True, timeout=WAIT_S)
     finally:
@@ -156,6 +167,14 @@ def test_coexist_run_syncs_the_crm_both_ways(tmp_path, sim, crm):
     assert sub["crm"]["budget_max"] and sub["crm"]["budget_used"] > 0
     assert sub["crm"]["inbound_checkpoint"] > 0
     assert report["crm"] == sub["crm"]  # what the console's channel panel reads
+    # Onboarding time runs from the account's CreatedDate in the CRM to the number back.
+    assert crm_state._aware(decision.crm_created_at) == datetime.fromisoformat(
+        account["CreatedDate"])
+    times = report["crm"]["onboarding_time"]
+    assert times["completed"] == 1 and times["open"] == 0
+    assert times["median_s"] == times["p95_s"] == round((crm_state._aware(
+        decision.completed_at) - crm_state._aware(decision.crm_created_at)).total_seconds(), 1)
+    assert 0 < times["median_s"] < WAIT_S
 
 
 def _channel_rows(state) -> int:
