@@ -132,15 +132,27 @@ def mark_done(session: Session, crm_account_ids: list[str],
 
 def note_shown(engine: Engine, customer_keys: list[str], now: datetime | None = None) -> int:
     """The outbound channel wrote these customers onto their CRM accounts: the onboardings
-    that created them are complete (their number is in the CRM).  One statement; returns
-    how many onboardings completed."""
+    that created them are complete (their number is in the CRM).  Returns how many
+    completed.
+
+    Reads the open creates first (a short list, most often empty: one small statement per
+    delivery) rather than matching every key of the delivery in SQL: the UPDATE with an
+    ``IN`` of up to 200 keys per delivery was 12 % of the worker's samples end to end."""
     if not customer_keys:
         return 0
     with engine.begin() as conn:
-        done = conn.execute(update(_T).where(
-            _T.c.customer_key.in_(customer_keys), _T.c.decision == CREATE,
-            _T.c.state == "done", _T.c.completed_at.is_(None))
-            .values(completed_at=now or datetime.now(UTC)))
+        open_ = conn.execute(select(_T.c.crm_account_id, _T.c.customer_key).where(
+            _T.c.decision == CREATE, _T.c.state == "done",
+            _T.c.completed_at.is_(None))).all()
+        if not open_:
+            return 0
+        shown = set(customer_keys)
+        ids = [r.crm_account_id for r in open_ if r.customer_key in shown]
+        if not ids:
+            return 0
+        done = conn.execute(update(_T).where(_T.c.crm_account_id.in_(ids),
+                                             _T.c.completed_at.is_(None))
+                            .values(completed_at=now or datetime.now(UTC)))
     return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
 
