@@ -187,7 +187,7 @@ def _edit_all(engine, keys: list[str], credit: Decimal, writer: str) -> None:
 
 
 def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
-                profile: Path | None, edit_rounds: int) -> dict:
+                profile: Path | None, edit_rounds: int, flag_version: int = 5) -> dict:
     """The production path as OS processes, as supervisord runs them: ``coexist router``
     and ``coexist worker`` on RabbitMQ + PostgreSQL (``stack="rabbit"``), or ``coexist
     run`` on the embedded broker and SQLite (``stack="embedded"``)."""
@@ -232,12 +232,13 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
     else:
         state_url = f"sqlite:///{home / 'state.db'}"
         env.update(COEXIST_STATE_URL=state_url, COEXIST_BROKER_URL="")
-    # The rounds above wrote these accounts under flag version 1; a flag change since (v5,
-    # still legacy) makes the SoR's new changes newer, as a real cutover step would.
+    # The rounds above wrote these accounts under flag version 1, an earlier stack's run
+    # under its own; flag changes since (still legacy) make this run's changes newer, as a
+    # real cutover step would (a fresh legacy ERP numbers its changes from 1 again).
     state = create_state_engine(state_url)
     upgrade(state)
     store = SqlFlagStore(state)
-    for version in range(1, 6):
+    for version in range(1, flag_version + 1):
         store.commit(store.load()["customer"],
                      FlagState("customer", Mode.LEGACY, Mode.LEGACY, Rollout(), version),
                      actor="bench", reason="bench", action="set")
@@ -420,9 +421,9 @@ def main() -> None:
             "cpu_ratio": round(old["cpu_us_per_event"] / new["cpu_us_per_event"], 2),
             "load_avg": os.getloadavg()[0]}), flush=True)
         crm.close()
-        for stack in (args.stack or ["rabbit"]) if args.e2e else []:
+        for n, stack in enumerate((args.stack or ["rabbit"]) if args.e2e else []):
             e2e = _end_to_end(customers[:args.e2e], sim, secret, Path(tmp), stack,
-                              args.profile, args.e2e_rounds)
+                              args.profile, args.e2e_rounds, flag_version=5 * (n + 1))
             print(json.dumps({
                 "name": "crm_accounts_end_to_end", **e2e, "baseline_per_s": round(base),
                 "ratio": round(e2e["records_per_s"] / base, 1),
