@@ -229,6 +229,15 @@ class Settings(BaseSettings):
     api_order_number_base: int | None = Field(None, ge=0)
     #: Seconds Idempotency-Keys are kept (at least a day).
     api_idempotency_ttl_s: float | None = Field(None, ge=0)
+    #: Default rate limit of an API consumer (requests/s, and the burst it may save up);
+    #: a consumer's own ``rate_per_s``/``burst`` in the consumers file wins.
+    api_rate_per_s: float | None = Field(None, gt=0)
+    api_rate_burst: int | None = Field(None, ge=1)
+    #: Inquiry trace (``coexist trace``): share of inquiries considered, most recorded per
+    #: second per API process, and hours they are kept.
+    api_trace_sample: float | None = Field(None, ge=0, le=1)
+    api_trace_max_per_s: float | None = Field(None, ge=0)
+    api_trace_retention_h: float | None = Field(None, gt=0)
     #: The cutover console's token (``coexist console``): required when it is bound to an
     #: address other than loopback; sent as a bearer token or basic-auth password.
     console_token: SecretStr | None = None

@@ -8,7 +8,9 @@ skewed clocks still agree).  Without Redis (the embedded single-machine
 default) the bucket lives in the process.
 
 Both expose ``try_acquire(n) -> wait_s`` (0.0 = taken) and a blocking
-``acquire(n)``.
+``acquire(n)``; ``take(n) -> Taken`` also says how many tokens are left (the API's
+``RateLimit`` header).  ``AsyncRedisTokenBucket`` is the same Redis bucket for an event
+loop (the governed API, ``workers.api.limits``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "RateLimiter",
+    "Taken",
     "LocalTokenBucket",
     "RedisTokenBucket",
+    "AsyncRedisTokenBucket",
     "Unlimited",
     "make_rate_limiter",
 ]
+
+
+class Taken(NamedTuple):
+    """One draw: ``wait_s`` 0.0 means taken; ``tokens`` is what the bucket holds after it."""
+
+    wait_s: float
+    tokens: float
 
 
 class RateLimiter(Protocol):
@@ -79,6 +90,9 @@ class LocalTokenBucket(_Blocking):
         self._lock = threading.Lock()
 
     def try_acquire(self, n: int = 1) -> float:
+        return self.take(n).wait_s
+
+    def take(self, n: int = 1) -> Taken:
         if n > self.burst:
             raise ValueError(f"cannot take {n} tokens from a bucket of {self.burst:g}")
         with self._lock:
@@ -87,8 +101,8 @@ class LocalTokenBucket(_Blocking):
             self._at = now
             if self._tokens >= n:
                 self._tokens -= n
-                return 0.0
-            return (n - self._tokens) / self.rate_per_s
+                return Taken(0.0, self._tokens)
+            return Taken((n - self._tokens) / self.rate_per_s, self._tokens)
 
 
 #: Refill and take in one atomic step, on the Redis server's clock.  Returns the
@@ -109,6 +123,21 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
+
+
+#: The same step, returning "wait tokens" (what ``take`` reports).
+_TOKEN_BUCKET_TAKE_LUA = _TOKEN_BUCKET_LUA.replace(
+    "return tostring(wait)", "return tostring(wait) .. ' ' .. tostring(tokens)")
+
+
+def _taken(reply) -> Taken:
+    wait, tokens = (reply.decode() if isinstance(reply, bytes) else reply).split()
+    return Taken(float(wait), float(tokens))
+
+
+def _check(rate_per_s: float, burst: float) -> None:
+    if rate_per_s <= 0 or burst < 1:
+        raise ValueError(f"rate_per_s must be > 0 and burst >= 1, got {rate_per_s}, {burst}")
 
 
 class RedisTokenBucket(_Blocking):
@@ -137,6 +166,33 @@ class RedisTokenBucket(_Blocking):
             raise ValueError(f"cannot take {n} tokens from a bucket of {self.burst:g}")
         wait = self._script(keys=[self.key], args=[self.rate_per_s, self.burst, n])
         return float(wait)
+
+    def take(self, n: int = 1) -> Taken:
+        if n > self.burst:
+            raise ValueError(f"cannot take {n} tokens from a bucket of {self.burst:g}")
+        if not hasattr(self, "_take"):
+            self._take = self._script.registered_client.register_script(
+                _TOKEN_BUCKET_TAKE_LUA)
+        return _taken(self._take(keys=[self.key], args=[self.rate_per_s, self.burst, n]))
+
+
+class AsyncRedisTokenBucket:
+    """``RedisTokenBucket`` for an event loop: ``await take(n)``; same key, same script, so
+    processes using either draw from one bucket.  ``client`` is a ``redis.asyncio.Redis``."""
+
+    def __init__(self, client, name: str, rate_per_s: float, burst: float, *,
+                 prefix: str = "coexist:"):
+        _check(rate_per_s, burst)
+        self.key = f"{prefix}ratelimit:{name}"
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self._script = client.register_script(_TOKEN_BUCKET_TAKE_LUA)
+
+    async def take(self, n: int = 1) -> Taken:
+        if n > self.burst:
+            raise ValueError(f"cannot take {n} tokens from a bucket of {self.burst:g}")
+        return _taken(await self._script(keys=[self.key],
+                                         args=[self.rate_per_s, self.burst, n]))
 
 
 def make_rate_limiter(

@@ -8,6 +8,7 @@ declares state tables.
 
 import bus.tables  # noqa: F401  (outbox, outbox_lease, inbox, exception_record)
 import workers.api.idempotency  # noqa: F401  (api_idempotency, api_sequence)
+import workers.api.trace  # noqa: F401  (api_inquiry)
 import workers.checkpoints  # noqa: F401  (cdc_checkpoint)
 import workers.crm.state  # noqa: F401  (crm_onboarding)
 import workers.edi.store  # noqa: F401  (edi_interchange, edi_document, edi_counter, edi_event)

@@ -60,7 +60,8 @@ def live(tmp_path):
     deps = ApiDeps.build(erps={"legacy": legacy, "cloud": cloud},
                          queries={"legacy": MemoryQueries(legacy), "cloud": MemoryQueries(cloud)},
                          flags=w.flags(), state=state, consumers=w.consumers(),
-                         settings=ApiSettings(cache_ttl_s=1.0), send=lambda *a: None)
+                         settings=ApiSettings(cache_ttl_s=1.0, rate_per_s=1e6, rate_burst=10**6),
+                         send=lambda *a: None)
     server = ServerThread(create_app(deps)).start()
     yield f"http://127.0.0.1:{server.port}", legacy
     legacy.release.set()

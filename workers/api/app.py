@@ -12,7 +12,9 @@ Every answer says which system answered under which flag version (``meta``),
 carries ``schema_version``, and the ``X-Correlation-Id`` header (taken from the
 request when valid, else new).  Every 4xx/5xx body is one ``Problem`` shape.
 Inquiries first try to answer from the cache on the event loop; only a miss
-goes to a worker thread to read a SoR.
+goes to a worker thread to read a SoR.  Every request with a valid credential first
+draws from its consumer's rate-limit bucket (``workers.api.limits``: 429 over budget);
+inquiries are sampled into the inquiry trace (``workers.api.trace``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from workers.api import idempotency
 from workers.api.auth import Consumer
 from workers.api.deps import ApiDeps
 from workers.api.edge import EdgeCache
+from workers.api.limits import Budget, ConsumerLimits, with_headers
 from workers.api.schemas import (
     API_SCHEMA_VERSION,
     AvailabilityAnswer,
@@ -50,6 +53,7 @@ from workers.api.schemas import (
 )
 from workers.api.service import ApiError, Miss
 from workers.api.sor import SorBadRecord, SorUnavailable
+from workers.api.trace import InquiryTrace
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +71,30 @@ _PROBLEM_CONTENT = {"application/problem+json": {
     "schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
+_RATE_HEADERS = {
+    "Retry-After": {"description": "Whole seconds until the consumer's bucket holds a token.",
+                    "schema": {"type": "integer", "minimum": 1}},
+    "RateLimit-Policy": {"description": 'The consumer\'s budget (draft-ietf-httpapi-'
+                         'ratelimit-headers): `"consumer";q=<burst>;w=<seconds to refill>`. '
+                         "Sent on every answer to an authenticated consumer.",
+                         "schema": {"type": "string"}},
+    "RateLimit": {"description": 'What is left: `"consumer";r=<requests left>;t=<seconds>`. '
+                  "Sent on every answer to an authenticated consumer.",
+                  "schema": {"type": "string"}},
+}
+
+
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Bad request", 401: "No valid credential", 403: "Not allowed for this consumer",
             404: "Not found (or not visible to this consumer)", 409: "Conflict",
             422: "Refused: the request cannot be processed as sent",
+            429: "Over this consumer's rate limit; retry after Retry-After",
             502: "The SoR holds a record that cannot be read",
             503: "A system of record cannot be read now; retry after Retry-After"}
-    return {c: {"description": text[c], "content": _PROBLEM_CONTENT} for c in codes}
+    out: dict[int | str, dict[str, Any]] = {
+        c: {"description": text[c], "content": _PROBLEM_CONTENT} for c in (*codes, 429)}
+    out[429]["headers"] = _RATE_HEADERS
+    return out
 
 
 def problem_response(status: int, code: str, detail: str, *, field: str | None = None,
@@ -135,21 +156,39 @@ def parse_idempotency_key(raw: str) -> str:
 
 
 class GovernedApi(FastAPI):
-    """FastAPI with the warm inquiry path in front (``workers.api.edge``)."""
+    """FastAPI with the consumer's rate limit and the warm inquiry path in front
+    (``workers.api.limits``, ``workers.api.edge``)."""
 
     edge: EdgeCache | None = None
+    limits: ConsumerLimits | None = None
+    inquiry_trace: InquiryTrace | None = None
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        limits = self.limits
+        consumer = None
+        if limits is not None:
+            consumer = limits.consumer_of(scope)
+            if consumer is not None:
+                verdict = await limits.take(consumer)
+                if not verdict.allowed:
+                    await limits.refuse(verdict, scope, send)
+                    return
+                send = with_headers(send, verdict.headers())
         edge = self.edge
-        if edge is not None and scope["type"] == "http" and scope["method"] == "GET":
+        if edge is not None and scope["method"] == "GET":
             entry = edge.get(scope)
             if entry is not None:
-                await edge.serve(entry, scope, send)
+                cid, meta = await edge.serve(entry, scope, send)
+                if consumer is not None and self.inquiry_trace is not None:
+                    self.inquiry_trace.record(consumer, scope, 200, meta, cid.decode())
                 return
         await super().__call__(scope, receive, send)
 
 
-def create_app(deps: ApiDeps) -> FastAPI:
+def create_app(deps: ApiDeps) -> GovernedApi:
     app = GovernedApi(
         title="coexist governed API", version="1",
         description="Flag-aware inquiry answered by each domain's system of record, and "
@@ -168,6 +207,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     inquiry = deps.inquiry
+    settings = deps.settings
+    app.limits = ConsumerLimits(deps.consumers, Budget(settings.rate_per_s, settings.rate_burst),
+                                redis_url=settings.redis_url, prefix=settings.redis_prefix)
+    app.inquiry_trace = InquiryTrace(deps.state, sample=settings.trace_sample,
+                                     max_per_s=settings.trace_max_per_s,
+                                     retention_h=settings.trace_retention_h)
     edge = None
     if inquiry.cache.ttl_s > 0:
         edge = app.edge = EdgeCache(inquiry.reader.flags, inquiry.cache.clock)
@@ -213,9 +258,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
                         "read now; no answer is better than a wrong one",
                         headers={"Retry-After": str(deps.settings.retry_after_s)})
 
-    async def answer(request: Request, compute) -> dict[str, Any]:
+    async def answer(request: Request, consumer: Consumer, compute) -> dict[str, Any]:
         """Cache-only on the loop; a miss reads the SoR in a worker thread; the whole
-        answer is kept for the warm path (``workers.api.edge``)."""
+        answer is kept for the warm path (``workers.api.edge``) and sampled into the
+        inquiry trace."""
         try:
             reads = inquiry.reads(cached_only=True)
             data = compute(reads)
@@ -226,13 +272,19 @@ def create_app(deps: ApiDeps) -> FastAPI:
             try:
                 data, reads = await run_in_threadpool(full)
             except SorUnavailable as exc:
+                traced(consumer, request, 503, None)
                 raise unavailable(exc) from None
             except SorBadRecord as exc:
                 raise ApiError(502, "sor_bad_record", str(exc), exc.field) from None
         body = {"schema_version": API_SCHEMA_VERSION, "data": data, "meta": reads.meta()}
         if edge is not None:
             edge.put(request.scope, body)
+        traced(consumer, request, 200, body["meta"])
         return body
+
+    def traced(consumer: Consumer, request: Request, status: int, meta) -> None:
+        if app.inquiry_trace is not None:
+            app.inquiry_trace.record(consumer, request.scope, status, meta, _cid(request))
 
     def fresh_headers(body: dict[str, Any]) -> dict[str, str]:
         meta = body["meta"]
@@ -244,7 +296,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def credit(request: Request, key: key_path, authorization: bearer = None):
         """Credit limit, exposure and hold of a customer, from the customer domain's SoR."""
         consumer = consumer_of(authorization)
-        body = await answer(request, lambda reads: inquiry.credit(reads, consumer.scope, key))
+        body = await answer(request, consumer,
+                            lambda reads: inquiry.credit(reads, consumer.scope, key))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.get("/v1/prices", response_model=PriceAnswer,
@@ -258,8 +311,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
                      authorization: bearer = None):
         """The customer's contract price for a SKU and quantity: the break that applies."""
         consumer = consumer_of(authorization)
-        body = await answer(request, lambda reads: inquiry.price(reads, consumer.scope,
-                                                                 customer, sku, qty))
+        body = await answer(request, consumer, lambda reads: inquiry.price(
+            reads, consumer.scope, customer, sku, qty))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.get("/v1/availability", response_model=AvailabilityAnswer,
@@ -272,8 +325,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
                            authorization: bearer = None):
         """On hand, allocated and available to promise, per warehouse (fields per role)."""
         consumer = consumer_of(authorization)
-        body = await answer(request, lambda reads: inquiry.availability(reads, consumer.scope, sku,
-                                                               warehouse))
+        body = await answer(request, consumer, lambda reads: inquiry.availability(
+            reads, consumer.scope, sku, warehouse))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.get("/v1/orders/{key}", response_model=OrderAnswer,
@@ -281,7 +334,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def order(request: Request, key: key_path, authorization: bearer = None):
         """An order with its shipments and invoices, each from its own SoR (pins honoured)."""
         consumer = consumer_of(authorization)
-        body = await answer(request, lambda reads: inquiry.order(reads, consumer.scope, key))
+        body = await answer(request, consumer,
+                            lambda reads: inquiry.order(reads, consumer.scope, key))
         return JSONResponse(body, headers=fresh_headers(body))
 
     @app.post("/v1/orders", status_code=201, response_model=OrderAcceptedAnswer,

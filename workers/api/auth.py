@@ -8,8 +8,12 @@ api token`` makes one and prints the entry to add)::
     {"consumers": [
       {"name": "acme-portal", "role": "portal", "account": "10042",
        "children": ["10043", "10044"], "token_sha256": "9f86d08..."},
-      {"name": "service-desk", "role": "inquiry", "token_sha256": "..."}
+      {"name": "service-desk", "role": "inquiry", "token_sha256": "...",
+       "rate_per_s": 50, "burst": 100}
     ]}
+
+``rate_per_s`` and ``burst`` are the consumer's own rate limit (``workers.api.limits``);
+without them the configured default applies.
 
 ``account`` is the customer account a portal user (or a trading partner) acts
 for; ``children`` the accounts below it in the customer hierarchy (the ERPs keep
@@ -41,6 +45,9 @@ class Consumer:
     account: str | None
     scope: Scope
     token_sha256: str
+    #: This consumer's rate limit (``workers.api.limits``); ``None``: the default.
+    rate_per_s: float | None = None
+    burst: int | None = None
 
     @property
     def idempotency_account(self) -> str:
@@ -86,7 +93,18 @@ def consumer_from(entry: Mapping[str, Any], where: str) -> Consumer:
         scope = validate_scope(Scope(role, customers, name))
     except PolicyConfigError as exc:
         raise ConsumerConfigError(f"{where}: {exc}") from None
-    return Consumer(name, role, account, scope, digest)
+    rate = entry.get("rate_per_s")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)
+                             or not 0 < rate <= 1e9):
+        raise ConsumerConfigError(f"{where}: field rate_per_s must be a number of requests "
+                                  f"per second above 0, got {rate!r}")
+    burst = entry.get("burst")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)
+                              or not 1 <= burst <= 1e9):
+        raise ConsumerConfigError(f"{where}: field burst must be a whole number of requests, "
+                                  f"at least 1, got {burst!r}")
+    return Consumer(name, role, account, scope, digest,
+                    float(rate) if rate is not None else None, burst)
 
 
 class Consumers:

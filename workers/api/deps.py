@@ -18,8 +18,10 @@ from sqlalchemy import Engine
 from coexistence.flags import FlagSource
 from workers.api.auth import Consumers
 from workers.api.idempotency import IDEMPOTENCY_TTL_S
+from workers.api.limits import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from workers.api.service import Inquiry, OrderIntake
 from workers.api.sor import InquiryCache, PinLookup, SorReader, sql_pins
+from workers.api.trace import TRACE_MAX_PER_S, TRACE_RETENTION_H, TRACE_SAMPLE
 
 #: Default time an inquiry answer is reused (its stated staleness bound).
 CACHE_TTL_S = 2.0
@@ -44,6 +46,14 @@ class ApiSettings:
     retry_after_s: int = RETRY_AFTER_S
     order_number_base: int = ORDER_NUMBER_BASE
     idempotency_ttl_s: float = IDEMPOTENCY_TTL_S
+    rate_per_s: float = DEFAULT_RATE_PER_S
+    rate_burst: int = DEFAULT_BURST
+    #: Shared rate-limit buckets (``workers.api.limits``); ``None``: in the process.
+    redis_url: str | None = None
+    redis_prefix: str = "coexist:"
+    trace_sample: float = TRACE_SAMPLE
+    trace_max_per_s: float = TRACE_MAX_PER_S
+    trace_retention_h: float = TRACE_RETENTION_H
 
     @classmethod
     def from_settings(cls, s) -> ApiSettings:
@@ -64,6 +74,12 @@ class ApiSettings:
             retry_after_s=pick(s.api_retry_after_s, RETRY_AFTER_S),
             order_number_base=pick(s.api_order_number_base, ORDER_NUMBER_BASE),
             idempotency_ttl_s=ttl,
+            rate_per_s=pick(s.api_rate_per_s, DEFAULT_RATE_PER_S),
+            rate_burst=pick(s.api_rate_burst, DEFAULT_BURST),
+            redis_url=s.redis_url, redis_prefix=s.redis_prefix,
+            trace_sample=pick(s.api_trace_sample, TRACE_SAMPLE),
+            trace_max_per_s=pick(s.api_trace_max_per_s, TRACE_MAX_PER_S),
+            trace_retention_h=pick(s.api_trace_retention_h, TRACE_RETENTION_H),
         )
 
     @classmethod

@@ -106,7 +106,8 @@ class EdgeCache:
             return None
         return entry
 
-    async def serve(self, entry: Entry, scope, send) -> None:
+    async def serve(self, entry: Entry, scope, send) -> tuple[bytes, dict[str, Any]]:
+        """Send the kept answer; its correlation id and ``meta`` (for the inquiry trace)."""
         age = entry.base_age_s + max(self.clock() - entry.stored_at, 0.0)
         body = {**entry.body, "meta": {**entry.body["meta"], "cached": True,
                                        "age_s": round(age, 3)}}
@@ -126,3 +127,4 @@ class EdgeCache:
             (b"age", str(int(age)).encode()),
             (b"x-correlation-id", cid)]})
         await send({"type": "http.response.body", "body": raw})
+        return cid, meta

@@ -7,7 +7,9 @@
 Configuration (``workers.config``): ``COEXIST_API_CONSUMERS`` (the consumers JSON file),
 ``COEXIST_API_CACHE_TTL_S``, ``COEXIST_API_SERVE_STALE``, ``COEXIST_API_STALE_MAX_S``,
 ``COEXIST_API_RETRY_AFTER_S``, ``COEXIST_API_ORDER_NUMBER_BASE``,
-``COEXIST_API_IDEMPOTENCY_TTL_S``; the ERPs, state and broker as for every command.
+``COEXIST_API_IDEMPOTENCY_TTL_S``, ``COEXIST_API_RATE_PER_S``, ``COEXIST_API_RATE_BURST``
+(rate limits shared through ``COEXIST_REDIS_URL`` when set), ``COEXIST_API_TRACE_*``;
+the ERPs, state and broker as for every command.
 """
 
 from __future__ import annotations
@@ -70,8 +72,12 @@ def api() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--log-level", default="info", show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics (requests and 429s per consumer) on "
+                   "127.0.0.1:PORT.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, log_level: str) -> None:
+def serve(ctx: click.Context, host: str, port: int, log_level: str,
+          metrics_port: int | None) -> None:
     """Serve the API until SIGTERM (uvicorn finishes the requests in flight)."""
     import uvicorn
 
@@ -81,11 +87,21 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str) -> None:
     configure_logging(log_level.upper())
     root = ctx.obj
     app = root if root.has("erps") else _open_app(root)
+    asgi = None
     try:
         asgi = create_app(api_deps(app))
+        if metrics_port is not None:
+            from workers import metrics_server
+
+            try:
+                metrics_server.serve(metrics_port)
+            except OSError as exc:
+                raise UserError(str(exc)) from None
         uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False,
                     lifespan="off")
     finally:
+        if asgi is not None and asgi.inquiry_trace is not None:
+            asgi.inquiry_trace.close()  # the last second's sampled inquiries
         if app is not root:
             cloud = app.erps.get("cloud")
             app.close()

@@ -16,7 +16,8 @@
 * the EDI documents of an order, shipment or invoice (850, its 997, 855, 856, 810)
   with their control numbers and acknowledgment state.
 * portal orders placed through the API (``POST /v1/orders``: correlation id,
-  Idempotency-Key, the answer) and the portal's webhooks with every delivery attempt
+  Idempotency-Key, the answer), sampled inquiry calls (``GET``: who asked, which system
+  answered), and the portal's webhooks with every delivery attempt
   (``workers.portal.trace``).
 
 For a correlation id the timeline holds every message and exception carrying
@@ -82,7 +83,7 @@ def parse_target(text: str) -> Target:
 
 
 # Order of events at the same instant: a cause before its effects.
-_SOURCE_RANK = {"flag_audit": 0, "api": 1, "chglog": 1, "cloud_feed": 1, "edi": 1,
+_SOURCE_RANK = {"flag_audit": 0, "api": 1, "api_inquiry": 1, "chglog": 1, "cloud_feed": 1, "edi": 1,
                 "outbox": 2, "inbox": 3, "portal_delivery": 3, "portal_attempt": 4,
                 "exception": 4, "reconcile": 5}
 
@@ -114,6 +115,7 @@ def build_trace(
     events += failures
     trace.sources.append(SourceNote("exception store", OK, f"{len(failures)} record(s)"))
     portal = (trace_portal.api_orders(state, target, trace, since, limit)
+              + trace_portal.inquiries(state, target, trace, since, limit)
               + trace_portal.deliveries(state, target, trace, since, limit))
     events += portal
     if trace.domain is None:

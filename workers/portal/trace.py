@@ -5,8 +5,10 @@
   attempt (HTTP status or transport error, duration, what it led to);
 * ``api_orders``: portal orders placed through ``POST /v1/orders`` (the API call, its
   ``X-Correlation-Id``, Idempotency-Key, consumer account and the answer given), found by
-  the order's key or the call's correlation id.  Inquiries (``GET``) are answered from
-  the SoRs without leaving a record, so they do not appear.
+  the order's key or the call's correlation id;
+* ``inquiries``: sampled inquiry calls (``GET``) about the record (``workers.api.trace``:
+  who asked, which system answered under which flag version, cached or stale); a
+  sample bounded per second and by a retention window, not every call.
 """
 
 from __future__ import annotations
@@ -108,4 +110,41 @@ def api_orders(state: Engine, target: Target, trace: Trace, since, limit) -> lis
             f"{row.idem_key!r}): {answer}", row.account, None, row.message_id,
             row.correlation_id, "api", detail))
     trace.sources.append(SourceNote("API orders", OK, f"{len(out)} call(s)"))
+    return out
+
+
+def inquiries(state: Engine, target: Target, trace: Trace, since, limit) -> list[TraceEvent]:
+    from workers.api.trace import ApiInquiry
+
+    t = ApiInquiry.__table__
+    if not has_table(state, t.name):
+        return []
+    stmt = select(t)
+    if target.correlation_id:
+        stmt = stmt.where(t.c.correlation_id == target.correlation_id)
+    else:
+        stmt = stmt.where(t.c.domain == target.domain, t.c.object_key == target.key)
+    if since is not None:
+        stmt = stmt.where(t.c.at >= since)
+    with state.connect() as conn:
+        rows = conn.execute(stmt.order_by(t.c.id.desc()).limit(limit)).all()
+    out = []
+    for row in rows:
+        answered = json.loads(row.answered_by or "[]")
+        by = ", ".join(f"{a['domain']} from {a['system']} (flag v{a['flag_version']}"
+                       + (", pinned" if a.get("pinned") else "") + ")" for a in answered)
+        how = "stale cache" if row.stale else "cache" if row.cached else "SoR read"
+        versions = {a["flag_version"] for a in answered if a.get("domain") == row.domain}
+        out.append(TraceEvent(
+            utc(row.at), "api",
+            f"GET {row.path} by {row.consumer} ({row.role}): {row.status}"
+            + (f", {by}, {how}" if answered else ""), row.consumer,
+            versions.pop() if len(versions) == 1 else None, None, row.correlation_id,
+            "api_inquiry",
+            {"domain": row.domain, "key": row.object_key, "consumer": row.consumer,
+             "role": row.role, "status": row.status, "answered_by": answered,
+             "cached": row.cached, "stale": row.stale, "age_s": row.age_s}))
+    trace.sources.append(SourceNote("API inquiries", OK,
+                                    f"{len(out)} sampled call(s) (a bounded sample: "
+                                    "workers.api.trace)"))
     return out
