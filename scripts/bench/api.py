@@ -10,9 +10,16 @@ Prints one JSON line per figure, each with its baseline from the same run:
   SQLite) served by ``coexist api serve`` as its own process, with the cache warm
   (TTL 60 s, every key asked once before measuring) and cold (TTL 0: every request
   reads the SoR).  Baseline: a bare ASGI app returning a constant, under the same
-  uvicorn, same flags.  Load: ``wrk`` (Debian's ``wrk`` package; ``loadgen.py``, httpx +
-  asyncio, when it is missing) in a separate process, ``--concurrency`` connections
-  cycling over ``--keys`` customers.
+  uvicorn, same flags.  Load: ``loadgen.py`` (raw asyncio sockets, keep-alive, pre-encoded
+  requests, ``--gen-processes`` processes; its own CPU per request is reported), or
+  Debian's ``wrk`` with ``--generator wrk``; ``--concurrency`` connections cycling over
+  ``--keys`` customers.  The bench consumer's rate limit is in the path (a budget it
+  cannot spend), and so is the inquiry trace (its defaults).
+* ``api_inquiry_warm_paced``: the warm API asked at a fixed rate, ``--paced-fraction``
+  (0.5) x the bare endpoint's closed-loop requests/s of this run (the throughput target
+  itself), over the same ``--concurrency`` connections, open loop (latency from each
+  request's scheduled time); baseline: the bare endpoint at the same rate.  This is the
+  p99 target's test: a closed loop's latency is concurrency / throughput (queueing).
 * ``api_inquiry_warm_inprocess``: CPU per warm credit answer of the ASGI app driven in
   process (no server, no sockets) with and without the warm path, against a bare ASGI app.
 * ``api_portal_orders``: inbound portal orders end to end, ``POST /v1/orders`` with a new
@@ -28,8 +35,9 @@ Targets (issue 15): warm p99 < 50 ms at 200 concurrent requests; warm >= 0.5x th
 endpoint's requests/s.  Bounded: every phase has a duration or a timeout.
 
 Every HTTP figure also reports the server's CPU microseconds per request (``/proc``), with
-the bare endpoint's: on the shared machine (load averages 10-17) requests/s measure the load
-generator's share of 2 cores more than the server.
+the bare endpoint's, and the generator's own CPU per request.  (Until this round the
+generator was httpx + asyncio: at ~1 ms of CPU per request it, not the server, set the
+figures - 87 req/s against a bare endpoint at 91.)
 
 Profiles (py-spy ``--gil``): a warm credit answer driven in-process spent 65 % of its 147 us
 in FastAPI/Starlette (dependency solving, middleware, routing) and 25 % recomputing the
@@ -42,9 +50,9 @@ it now re-reads endpoints only on a change and commits successes together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -76,6 +84,11 @@ async def app(scope, receive, send):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             access_log=False, lifespan="off")
 """
+
+
+#: The bench consumers' rate limit: the limiter stays in the request path (every request
+#: draws a token, as in production) with a budget the bench cannot spend.
+UNSPENDABLE = {"rate_per_s": 1e6, "burst": 10**6}
 
 
 def free_port() -> int:
@@ -126,11 +139,13 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def load(urls: list[str], auth: str | None, concurrency: int, duration_s: float) -> dict:
-    """wrk (Debian's) when installed, else ``loadgen.py``; either runs as its own process."""
-    if shutil.which("wrk"):
+def load(urls: list[str], auth: str | None, concurrency: int, duration_s: float,
+         rate: float = 0.0) -> dict:
+    """``loadgen.py`` (raw sockets, ``--gen-processes`` processes) by default; Debian's
+    ``wrk`` with ``--generator wrk`` (closed loop only)."""
+    if GENERATOR["name"] == "wrk" and not rate:
         return _wrk(urls, auth, concurrency, duration_s)
-    return _loadgen(urls, auth, concurrency, duration_s)
+    return _loadgen(urls, auth, concurrency, duration_s, rate=rate)
 
 
 def _wrk(urls, auth, concurrency, duration_s) -> dict:
@@ -159,17 +174,26 @@ def _wrk(urls, auth, concurrency, duration_s) -> dict:
     return figures
 
 
-def _loadgen(urls, auth, concurrency, duration_s, body: str | None = None) -> dict:
+#: The load generator chosen on the command line (``main``).
+GENERATOR = {"name": "loadgen", "processes": 2}
+
+
+def _loadgen(urls, auth, concurrency, duration_s, body: str | None = None,
+             rate: float = 0.0) -> dict:
     env = {**os.environ}
     if auth:
         env["LOADGEN_AUTHORIZATION"] = auth
     post = ["--post-body", body] if body is not None else []
+    paced = ["--rate", str(rate)] if rate else []
     out = subprocess.run(
         [sys.executable, str(_HERE / "loadgen.py"), "--concurrency", str(concurrency),
-         "--duration-s", str(duration_s), *post, *urls],
+         "--duration-s", str(duration_s), "--processes", str(GENERATOR["processes"]),
+         *paced, *post, *urls],
         env=env, capture_output=True, text=True, timeout=duration_s + 120, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    figures["load_generator"] = "scripts/bench/loadgen.py (httpx asyncio)"
+    figures["load_generator"] = (f"scripts/bench/loadgen.py (raw asyncio sockets, "
+                                 f"{figures['processes']} processes)")
+    figures["warmup_requests"] = 0  # loadgen counts only the measured window
     return figures
 
 
@@ -180,12 +204,28 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads were runnable but waiting for a CPU (Linux
+    ``/proc/PID/task/*/schedstat``, field 2): the machine's queueing, not the server's."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def measured(proc: subprocess.Popen, run) -> tuple[dict, float]:
-    """``run()``'s figures and the server's CPU microseconds per request during it."""
-    c0 = cpu_s(proc.pid)
+    """``run()``'s figures and the server's CPU microseconds per request during it; the
+    figures get the server's run-queue wait per second of the run."""
+    c0, q0, t0 = cpu_s(proc.pid), runqueue_wait_s(proc.pid), time.monotonic()
     figure = run()
+    figure["server_runqueue_wait_ms_per_s"] = round(
+        (runqueue_wait_s(proc.pid) - q0) / (time.monotonic() - t0) * 1000, 1)
     used = cpu_s(proc.pid) - c0
     total = figure.get("requests", 0) + figure.get("warmup_requests", 0)
+    if "generator_cpu_s" in figure:
+        # loadgen's warm-up also hit the server; its share of requests is known.
+        total = figure["requests"] * (1 + figure["warmup_s"] / figure["duration_s"])
     return figure, round(used / max(total, 1) * 1e6, 1)
 
 
@@ -209,13 +249,19 @@ def inquiry(args, home: Path) -> None:
     token = new_token()
     consumers = home / "consumers.json"
     consumers.write_text(json.dumps({"consumers": [
-        {"name": "bench-desk", "role": "inquiry", "token_sha256": token_hash(token)}]}))
+        {"name": "bench-desk", "role": "inquiry", "token_sha256": token_hash(token),
+         **UNSPENDABLE}]}))
     env["COEXIST_API_CONSUMERS"] = str(consumers)
     keys = [str(10_000 + i) for i in range(min(args.keys, args.customers))]
     bare, bare_url = bare_server()
     try:
         baseline, bare_cpu = measured(
             bare, lambda: load([bare_url], None, args.concurrency, args.duration_s))
+        # The paced runs ask for a share of the bare endpoint's throughput (0.5: the
+        # throughput target itself), of the bare endpoint first.
+        rates = [round(baseline["requests_per_s"] * f, 1) for f in args.paced_fraction]
+        bare_paced = [measured(bare, lambda rate=rate: load(
+            [bare_url], None, args.concurrency, args.duration_s, rate))[0] for rate in rates]
     finally:
         stop(bare)
     for name, ttl in (("api_inquiry_warm", "60"), ("api_inquiry_cold", "0")):
@@ -225,6 +271,7 @@ def inquiry(args, home: Path) -> None:
              "warning"], env={**env, "COEXIST_API_CACHE_TTL_S": ttl})
         base = f"http://127.0.0.1:{port}"
         urls = [f"{base}/v1/customers/{k}/credit" for k in keys]
+        paced = []
         try:
             wait_http(f"{base}/v1/openapi.json")
             with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as http:
@@ -232,19 +279,63 @@ def inquiry(args, home: Path) -> None:
             figure, api_cpu = measured(
                 proc, lambda urls=urls: load(urls, f"Bearer {token}", args.concurrency,
                                              args.duration_s))
+            for rate in rates if ttl != "0" else ():
+                spy = _py_spy(args, proc.pid, f"{name}_paced_{rate:g}")
+                paced.append(measured(proc, lambda urls=urls, rate=rate: load(
+                    urls, f"Bearer {token}", args.concurrency, args.duration_s, rate)))
+                if spy is not None:
+                    spy.wait(60)
         finally:
             stop(proc)
+        rps = figure["requests_per_s"]
         print(json.dumps({
-            "name": name, "requests_per_s": figure["requests_per_s"],
+            "name": name, "requests_per_s": rps,
             "baseline_per_s": baseline["requests_per_s"],
-            "ratio": round(figure["requests_per_s"] / baseline["requests_per_s"], 3),
+            "ratio": round(rps / baseline["requests_per_s"], 3),
             "p50_ms": figure["p50_ms"], "p99_ms": figure["p99_ms"],
             "baseline_p99_ms": baseline["p99_ms"], "concurrency": args.concurrency,
+            # Closed loop: each of the connections waits for its answer, so the mean
+            # latency is concurrency / throughput (Little's law) - queueing, not service.
+            "closed_loop_mean_ms": round(args.concurrency / rps * 1000, 1) if rps else None,
             "server_cpu_us_per_request": api_cpu, "baseline_cpu_us_per_request": bare_cpu,
             "cpu_ratio": round(bare_cpu / api_cpu, 3) if api_cpu else None,
-            "non_2xx": figure.get("non_2xx", 0), "warmup_statuses": sorted(statuses),
+            "server_runqueue_wait_ms_per_s": figure["server_runqueue_wait_ms_per_s"],
+            "statuses": figure.get("statuses"), "warmup_statuses": sorted(statuses),
+            "generator_cpu_us_per_request": figure.get("generator_cpu_us_per_request"),
             "keys": len(keys), "load_generator": figure["load_generator"],
             "loadavg": os.getloadavg()}), flush=True)
+        for (fig, cpu), bare_fig, fraction, rate in zip(paced, bare_paced,
+                                                        args.paced_fraction, rates,
+                                                        strict=False):
+            print(json.dumps({
+                "name": f"{name}_paced", "target_rate_per_s": rate,
+                "rate_is": f"{fraction}x the bare endpoint's closed-loop requests/s of "
+                           "this run",
+                "requests_per_s": fig["requests_per_s"],
+                "p50_ms": fig["p50_ms"], "p90_ms": fig["p90_ms"],
+                "p99_ms": fig["p99_ms"], "max_ms": fig["max_ms"],
+                "baseline_requests_per_s": bare_fig["requests_per_s"],
+                "baseline_p50_ms": bare_fig["p50_ms"], "baseline_p90_ms": bare_fig["p90_ms"],
+                "baseline_p99_ms": bare_fig["p99_ms"],
+                "concurrency": args.concurrency, "server_cpu_us_per_request": cpu,
+                "server_runqueue_wait_ms_per_s": fig["server_runqueue_wait_ms_per_s"],
+                "baseline_runqueue_wait_ms_per_s": bare_fig["server_runqueue_wait_ms_per_s"],
+                "statuses": fig.get("statuses"),
+                "generator_cpu_us_per_request": fig.get("generator_cpu_us_per_request"),
+                "load_generator": fig["load_generator"] + ", open loop",
+                "loadavg": os.getloadavg()}), flush=True)
+
+
+def _py_spy(args, pid: int, name: str):
+    """``py-spy record --gil`` of the server for one measured run (``--py-spy DIR``)."""
+    if not args.py_spy:
+        return None
+    out = Path(args.py_spy) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [str(BIN / "py-spy"), "record", "--gil", "--nonblocking", "--format", "raw",
+         "--duration", str(int(args.duration_s + 2)), "--pid", str(pid), "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def inquiry_inprocess(args, home: Path) -> None:
@@ -269,7 +360,8 @@ def inquiry_inprocess(args, home: Path) -> None:
                    capture_output=True, timeout=600)
     token = new_token()
     consumers = Consumers.from_json({"consumers": [
-        {"name": "desk", "role": "inquiry", "token_sha256": token_hash(token)}]})
+        {"name": "desk", "role": "inquiry", "token_sha256": token_hash(token),
+         **UNSPENDABLE}]})
     settings = Settings(home=home)
     root = App(settings)
     app = start(App(settings, erps={"legacy": root.legacy}), register=False)
@@ -369,7 +461,7 @@ def orders(args, home: Path) -> None:
     token = new_token()
     (home / "consumers.json").write_text(json.dumps({"consumers": [
         {"name": "bench-portal", "role": "portal", "account": customer.key,
-         "token_sha256": token_hash(token)}]}))
+         "token_sha256": token_hash(token), **UNSPENDABLE}]}))
     env["COEXIST_API_CONSUMERS"] = str(home / "consumers.json")
     body = json.dumps({"customer_key": customer.key, "customer_po": "BENCH",
                        "lines": [{"sku": sku, "quantity": 3}]})
@@ -514,7 +606,16 @@ def main() -> None:
     p.add_argument("--order-concurrency", type=int, default=16)
     p.add_argument("--inprocess-requests", type=int, default=5000)
     p.add_argument("--only", choices=["inquiry", "inprocess", "orders", "webhooks"])
+    p.add_argument("--generator", choices=["loadgen", "wrk"], default="loadgen")
+    p.add_argument("--gen-processes", type=int, default=2,
+                   help="loadgen processes sharing the connections")
+    p.add_argument("--paced-fraction", type=float, nargs="+", default=[0.5],
+                   help="The paced warm runs' rates, as fractions of the bare endpoint's.")
+    p.add_argument("--py-spy", metavar="DIR",
+                   help="Record the server with py-spy --gil during each paced run (raw "
+                        "collapsed stacks in DIR).")
     args = p.parse_args()
+    GENERATOR.update(name=args.generator, processes=args.gen_processes)
     with tempfile.TemporaryDirectory(prefix="coexist-bench-api-") as tmp:
         if args.only in (None, "inquiry"):
             inquiry(args, Path(tmp))
