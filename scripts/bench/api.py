@@ -73,13 +73,14 @@ BIN = Path(sys.executable).parent
 BARE_APP = """
 import sys, uvicorn
 BODY = b'{"schema_version":1,"data":{"ok":true}}'
+LENGTH = str(len(BODY)).encode()  # as the API sends it (no chunked encoding)
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     while (await receive()).get("more_body"):
         pass
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+                "headers": [(b"content-length", LENGTH), (b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": BODY})
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             access_log=False, lifespan="off")
