@@ -22,7 +22,7 @@ from bus.exception_store import ExceptionStore
 from tests.support import cloud_sim
 from tests.support import records as r
 from tests.support.processes import Process, coexist_env, coexist_executable, wait_until
-from tests.support.receiver import ServerThread
+from tests.support.receiver import serving
 from tests.support.state import upgraded_state
 from workers.bootstrap import App
 from workers.config import Settings, SubscriptionSection
@@ -85,11 +85,8 @@ class DedupingReceiver:
 
 @pytest.fixture
 def receiver():
-    rec = DedupingReceiver()
-    server = ServerThread(rec).start()
-    rec.port = server.port  # type: ignore[attr-defined]
-    yield rec
-    server.stop()
+    with serving(DedupingReceiver()) as rec:
+        yield rec
 
 
 def _cli(env, *args) -> str:

@@ -18,7 +18,7 @@ from standardwebhooks import Webhook
 from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
 from tests.support import records as r
-from tests.support.receiver import Receiver, ServerThread
+from tests.support.receiver import serving, step
 from workers.db import create_state_engine
 from workers.migrate import upgrade as upgrade_schema
 from workers.portal import delivery as d
@@ -31,12 +31,8 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def receiver():
-    rec = Receiver()
-    server = ServerThread(rec).start()
-    rec.port = server.port
-    yield rec
-    rec.release()
-    server.stop()
+    with serving() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -68,12 +64,6 @@ def _queue(engine, registry, *records, version=1):
                    order_owner=lambda k: None, now=T0)
 
 
-def _step(dispatcher, now):
-    started = dispatcher.run_once(now)
-    assert dispatcher.wait(10)
-    return started
-
-
 def _attempts(engine):
     with engine.connect() as conn:
         return conn.execute(select(ATTEMPT).order_by(ATTEMPT.c.id)).all()
@@ -87,7 +77,7 @@ def test_a_delivery_is_signed_per_standard_webhooks_and_carries_the_scoped_recor
     engine, registry, _, dispatcher = env
     endpoint, secret = _add(registry, receiver.script("/ok", [200]))
     _queue(engine, registry, r.order("O1", "C1"))
-    assert _step(dispatcher, T0) == 1
+    assert step(dispatcher, T0) == 1
     [req] = receiver.at("/ok")
     payload = _verify(secret, req)
     assert payload["type"] == "order.status_changed"
@@ -105,7 +95,7 @@ def test_during_a_rotation_both_secrets_verify_and_after_the_overlap_only_the_ne
     endpoint, old = _add(registry, receiver.script("/rot", [200]))
     new = registry.rotate_secret(endpoint.id, actor="ops", reason="yearly rotation")
     _queue(engine, registry, r.order("O1", "C1"))
-    _step(dispatcher, T0)
+    step(dispatcher, T0)
     [req] = receiver.at("/rot")
     assert len(req.headers["webhook-signature"].split(" ")) == 2
     assert _verify(old, req) and _verify(new, req)
@@ -122,7 +112,7 @@ def test_failures_are_retried_on_the_schedule_with_jitter_and_the_id_stays_the_s
     _queue(engine, registry, r.order("O1", "C1"))
     now = T0
     for _ in range(3):
-        _step(dispatcher, now)
+        step(dispatcher, now)
         with engine.connect() as conn:
             now = conn.execute(select(DELIVERY.c.next_attempt_at)).scalar_one()
             now = now.replace(tzinfo=UTC)
@@ -141,8 +131,8 @@ def test_nothing_is_attempted_before_it_is_due(env, receiver):
     engine, registry, _, dispatcher = env
     _add(registry, receiver.script("/later", [500, 200]))
     _queue(engine, registry, r.order("O1", "C1"))
-    _step(dispatcher, T0)
-    assert _step(dispatcher, T0 + timedelta(seconds=3)) == 0
+    step(dispatcher, T0)
+    assert step(dispatcher, T0 + timedelta(seconds=3)) == 0
     assert len(receiver.at("/later")) == 1
 
 
@@ -151,9 +141,9 @@ def test_429_and_503_retry_after_is_honoured_when_longer_than_the_schedule(env, 
     _add(registry, receiver.script("/busy", [(429, {"Retry-After": "120"}),
                                              (503, {"Retry-After": "3600"}), 200]))
     _queue(engine, registry, r.order("O1", "C1"))
-    _step(dispatcher, T0)
-    _step(dispatcher, T0 + timedelta(seconds=120))
-    _step(dispatcher, T0 + timedelta(seconds=120 + 3600))
+    step(dispatcher, T0)
+    step(dispatcher, T0 + timedelta(seconds=120))
+    step(dispatcher, T0 + timedelta(seconds=120 + 3600))
     a = _attempts(engine)
     assert [x.status_code for x in a] == [429, 503, 200]
     gaps = [(x.next_attempt_at - x.at).total_seconds() for x in a[:2]]
@@ -164,7 +154,7 @@ def test_a_receiver_that_hangs_times_out_and_is_retried(env, receiver):
     engine, registry, _, dispatcher = env
     _add(registry, receiver.script("/hang", ["hang"]))
     _queue(engine, registry, r.order("O1", "C1"))
-    _step(dispatcher, T0)
+    step(dispatcher, T0)
     [a] = _attempts(engine)
     assert (a.outcome, a.status_code, a.error) == ("retry", None, "timeout after 1 s")
 
@@ -176,13 +166,13 @@ def test_410_disables_the_endpoint_audited_and_its_messages_go_to_the_exception_
     _queue(engine, registry, r.order("O1", "C1"))
     _queue(engine, registry, r.order("O2", "C1"))
     dispatcher.per_endpoint = 1
-    _step(dispatcher, T0)
+    step(dispatcher, T0)
     assert not registry.get(endpoint.id).active
     assert registry.history(endpoint.id)[0].action == "auto-disable"
     records = exceptions.list()
     assert sorted(x.error_type for x in records) == ["WebhookEndpointDisabled",
                                                      "WebhookEndpointGone"]
-    assert _step(dispatcher, T0 + timedelta(hours=1)) == 0
+    assert step(dispatcher, T0 + timedelta(hours=1)) == 0
     [notice] = d.notices(engine)
     assert (notice.state, notice.failed_deliveries) == ("disabled", 2)
 
@@ -194,7 +184,7 @@ def test_after_the_last_attempt_the_message_is_dead_lettered_and_a_replay_delive
     _queue(engine, registry, r.order("O1", "C1"))
     now = T0
     for _ in range(8):
-        _step(dispatcher, now)
+        step(dispatcher, now)
         with engine.connect() as conn:
             now = conn.execute(select(DELIVERY.c.next_attempt_at)).scalar_one().replace(
                 tzinfo=UTC)
@@ -207,7 +197,7 @@ def test_after_the_last_attempt_the_message_is_dead_lettered_and_a_replay_delive
                                                                d.REDELIVER_QUEUE)
     # What the portal_redeliver actor runs when `coexist dlq replay` sends the message back.
     assert d.redeliver(message["args"][0]["payload"], engine, registry, now=now) == "rescheduled"
-    _step(dispatcher, now)
+    step(dispatcher, now)
     assert _attempts(engine)[-1].outcome == "delivered"
     first, last = receiver.at("/dead")[0], receiver.at("/dead")[-1]
     assert first.headers["webhook-id"] == last.headers["webhook-id"]
@@ -219,7 +209,7 @@ def test_an_endpoint_failing_for_days_is_disabled_with_an_operator_notice(env, r
     endpoint, _ = _add(registry, receiver.script("/down", [503]))
     for day in range(7):
         _queue(engine, registry, r.order("O1", "C1", customer_po=f"PO-{day}"), version=day + 1)
-        _step(dispatcher, T0 + timedelta(days=day))
+        step(dispatcher, T0 + timedelta(days=day))
         if not registry.get(endpoint.id).active:
             break
     assert day == 5
@@ -233,9 +223,9 @@ def test_a_failing_endpoint_shows_as_failing_until_a_success(env, receiver):
     engine, registry, _, dispatcher = env
     _add(registry, receiver.script("/wobbly", [500, 200]))
     _queue(engine, registry, r.order("O1", "C1"))
-    _step(dispatcher, T0)
+    step(dispatcher, T0)
     assert [n.state for n in d.notices(engine)] == ["failing"]
-    _step(dispatcher, T0 + timedelta(minutes=1))
+    step(dispatcher, T0 + timedelta(minutes=1))
     assert d.notices(engine) == []
 
 
@@ -266,8 +256,8 @@ def test_payload_of_a_record_the_endpoint_may_not_see_is_never_queued(env, recei
     engine, registry, _, dispatcher = env
     _add(registry, receiver.script("/mine", [200]), customer="C1")
     _queue(engine, registry, r.order("O9", "C9"), r.price("P9", "C9", "WID-1"))
-    assert _step(dispatcher, T0) == 0
+    assert step(dispatcher, T0) == 0
     _queue(engine, registry, r.product("WID-1"))
-    assert _step(dispatcher, T0) == 0  # products are not a portal event
+    assert step(dispatcher, T0) == 0  # products are not a portal event
     body = json.dumps([x.body for x in receiver.requests])
     assert "C9" not in body

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from coexistence.router import CLOUD, LEGACY
 from tests.support import api_world as w
-from tests.support.receiver import Receiver, ServerThread
+from tests.support.receiver import serving, step
 from workers.api.app import create_app
 from workers.api.deps import ApiDeps, ApiSettings
 from workers.bootstrap import bootstrap
@@ -31,12 +31,8 @@ ORDER = {"customer_key": w.ACCOUNT, "customer_po": "PO-77",
 
 @pytest.fixture
 def receiver():
-    rec = Receiver()
-    server = ServerThread(rec).start()
-    rec.port = server.port
-    yield rec
-    rec.release()
-    server.stop()
+    with serving() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -61,11 +57,6 @@ def _cli(app, *args):
     return result, result.output
 
 
-def _step(dispatcher, now):
-    dispatcher.run_once(now)
-    assert dispatcher.wait(10)
-
-
 def test_status_shows_a_failing_endpoint_and_the_webhook_backlog_and_trace_every_attempt(
         world, receiver):
     app, driver, dispatcher = world
@@ -87,7 +78,7 @@ def test_status_shows_a_failing_endpoint_and_the_webhook_backlog_and_trace_every
     assert any(a.startswith("portal: 1 webhook(s) due") for a in report["attention"])
 
     now = datetime.now(UTC)
-    _step(dispatcher, now)  # 500: retried, the endpoint is failing
+    step(dispatcher, now)  # 500: retried, the endpoint is failing
     result, out = _cli(app, "status")
     assert result.exit_code == 1
     assert "portal webhooks: endpoints 1 active, 0 disabled, 1 failing" in out
@@ -97,7 +88,7 @@ def test_status_shows_a_failing_endpoint_and_the_webhook_backlog_and_trace_every
     assert any(a.startswith(f"portal endpoint 1 ({w.ACCOUNT}") and "failing" in a
                for a in report["attention"])
 
-    _step(dispatcher, now + timedelta(minutes=1))  # 200: delivered, no longer failing
+    step(dispatcher, now + timedelta(minutes=1))  # 200: delivered, no longer failing
     report = json.loads(_cli(app, "status", "--format", "json")[1].splitlines()[0])
     assert report["portal"]["notices"] == []
     assert report["portal"]["deliveries"] == {"due": 0, "waiting_retry": 0, "failed": 0,

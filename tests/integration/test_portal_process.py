@@ -18,7 +18,7 @@ from standardwebhooks import Webhook
 from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
 from tests.support import records as r
-from tests.support.receiver import Receiver, ServerThread
+from tests.support.receiver import serving
 from tests.support.state import upgraded_state
 from workers.config import Settings
 from workers.db import create_state_engine
@@ -44,12 +44,8 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def receiver():
-    rec = Receiver()
-    server = ServerThread(rec).start()
-    rec.port = server.port
-    yield rec
-    rec.release()
-    server.stop()
+    with serving() as rec:
+        yield rec
 
 
 def _cli(env, *args) -> str:

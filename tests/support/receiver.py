@@ -5,15 +5,21 @@ makes the first POST to ``/a`` answer 500 and every later one 200 (the last entr
 repeats).  An answer is a status code, ``(status, headers)``, or ``"hang"`` (hold
 the request until ``release()`` or the server stops - a timeout for the client).
 Every request is kept (headers lower-cased, raw body) for assertions.
+
+``serving()`` runs one on loopback for a ``with`` block (the portal tests' ``receiver``
+fixture); ``step()`` is one dispatcher round and the wait for its deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -112,3 +118,26 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def serving(receiver: Any = None) -> Iterator[Any]:
+    """``receiver`` (a new ``Receiver`` unless given) served on loopback until the block
+    ends; its ``port`` is set, a held (``"hang"``) request is released before the stop."""
+    rec = receiver if receiver is not None else Receiver()
+    server = ServerThread(rec).start()
+    rec.port = server.port
+    try:
+        yield rec
+    finally:
+        release = getattr(rec, "release", None)
+        if release is not None:
+            release()
+        server.stop()
+
+
+def step(dispatcher, now=None, timeout_s: float = 10.0) -> int:
+    """One round of a portal ``Dispatcher`` at ``now``, waiting for what it started."""
+    started = dispatcher.run_once(now)
+    assert dispatcher.wait(timeout_s)
+    return started
