@@ -35,8 +35,10 @@ simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 CUSTOMERS = ("10001", "10002", "10003")
 #: Order events queued on coexist.channel.portal (one webhook each).
-#: Three of the channel's batches (200 each): a kill after the first commit lands mid-work.
-EVENTS = 600
+#: Six of the channel's batches (200 each): a kill after the first commit lands mid-work
+#: even when the test process is descheduled for a while between seeing it and killing
+#: (with three, CI at load 9-10 once saw all 600 queued before the kill landed).
+EVENTS = 1200
 WAIT_S = 60.0
 
 
