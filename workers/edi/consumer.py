@@ -139,11 +139,6 @@ def channel_handler(app: App) -> Callable[[Sequence[Envelope]], None]:
         return outcomes
 
     handle.__name__ = f"channel_{CHANNEL}"
-    # One message per call for now: in batches from two consumer threads, the phased-cutover
-    # e2e saw an 810 wait out its 856 past the settle and a gap in the ISA13s (a number
-    # committed whose file the batch's fallback path did not write yet). Until that path is
-    # proven, EDI keeps the per-message consumer its tests were written against.
-    handle.batched = False  # type: ignore[attr-defined]
     return handle  # type: ignore[return-value]
 
 

@@ -128,29 +128,44 @@ class Outcome:
 
 
 def handle_inbound(deps: EdiDeps, partners: Iterable[str] | None = None, *,
-                   abandoned_after_s: float = ABANDONED_CLAIM_S) -> list[FileOutcome]:
+                   abandoned_after_s: float = ABANDONED_CLAIM_S,
+                   batch_files: int | None = None) -> list[FileOutcome]:
     """Claim and answer every complete file in the partners' ``inbound/`` folders, and the
-    claims older than ``abandoned_after_s`` (a worker died holding them)."""
+    claims older than ``abandoned_after_s`` (a worker died holding them), up to
+    ``batch_files`` (``INBOUND_BATCH_FILES``) files per state transaction."""
     wanted = set(partners) if partners is not None else None
+    size = max(1, batch_files or INBOUND_BATCH_FILES)
     out: list[FileOutcome] = []
     for profile in deps.settings.partners:
         if wanted is not None and profile.id not in wanted:
             continue
         folder = deps.folder(profile).ensure()
         claims = folder.abandoned_claims(abandoned_after_s)
-        for name in folder.ready():
-            c = folder.claim(name)
-            if c is not None:
-                claims.append(c)
-        out.extend(handle_files(deps, profile, folder, claims))
+        names = folder.ready()
+        # Claimed a batch at a time: a file waits unclaimed (for any worker) until its batch.
+        while claims or names:
+            while names and len(claims) < size:
+                c = folder.claim(names.pop(0))
+                if c is not None:
+                    claims.append(c)
+            out.extend(handle_files(deps, profile, folder, claims[:size]))
+            claims = claims[size:]
     return out
+
+
+#: Most inbound files answered in one state transaction (one polling pass takes several).
+INBOUND_BATCH_FILES = 200
 
 
 def handle_files(deps: EdiDeps, profile: PartnerProfile, folder: DropFolder,
                  claims: Sequence[Claimed]) -> list[FileOutcome]:
-    """Answer claimed files as one batch: each file's own state transaction, then every
-    answer written, one directory fsync, and every file moved (one more fsync)."""
-    outcomes = [(claimed, _answer_file(deps, profile, claimed)) for claimed in claims]
+    """Answer claimed files as one batch: ONE state transaction for all their interchanges
+    (a fault in any of them, a bug or a concurrent worker's duplicate, rolls it back and
+    each interchange gets its own transaction instead), then every answer written in
+    ISA13 order, one directory fsync, and every file moved (one more fsync)."""
+    prepared = [(claimed, *_read_file(deps, profile, claimed)) for claimed in claims]
+    _answer_batch(deps, profile, prepared)
+    outcomes = [(claimed, outcome) for claimed, outcome, _ in prepared]
     flush_pending(deps, ids=[i for _, o in outcomes for i in o.answers])
     for claimed, outcome in outcomes:
         outcome.moved_to = str(folder.finish(claimed, ok=outcome.ok, sync_dir=False))
@@ -168,6 +183,30 @@ def handle_files(deps: EdiDeps, profile: PartnerProfile, folder: DropFolder,
 
 def _answer_file(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed) -> FileOutcome:
     """Read and answer one claimed file; never raises for what is in the file."""
+    outcome, works = _read_file(deps, profile, claimed)
+    _answer_batch(deps, profile, [(claimed, outcome, works)])
+    return outcome
+
+
+@dataclass
+class _Work:
+    """One readable interchange of a claimed file, planned before any state transaction."""
+
+    ic: x12.Interchange
+    content: bytes
+    digest: str
+    sender: str
+    fault: tuple[str, str] | None
+    plan: _Plan
+    now: datetime
+    isa13: int
+    dedupe: str
+
+
+def _read_file(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed
+               ) -> tuple[FileOutcome, list[_Work]]:
+    """Read one claimed file and plan each interchange (the SoR lookups happen here, outside
+    any transaction); what cannot be read or planned is recorded on the outcome."""
     outcome = FileOutcome(profile.id, claimed.name, ok=True)
     data = claimed.path.read_bytes()
     try:
@@ -178,19 +217,100 @@ def _answer_file(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed) -> Fi
         outcome.ok = False
         outcome.problems.append(str(exc))
         interchanges = []
-    for index, ic in enumerate(interchanges):
+    works: list[_Work] = []
+    for ic in interchanges:
         try:
-            _handle_interchange(deps, profile, claimed, ic, index, outcome)
+            works.append(_prepare(deps, profile, ic))
         except (TechnicalError, SetupError):
-            raise  # the state database or the SoR is unavailable: leave the claim for a retry
+            raise  # the SoR is unavailable: leave the claim for a retry
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the file
-            log.exception("EDI interchange %s of %s failed", ic.control, claimed.name)
-            _record(deps, profile, f"bug:{_sha(ic.text.encode('latin-1'))[:32]}",
-                    type(exc).__name__, f"{claimed.name}: interchange {ic.control}: {exc}",
-                    raw=ic.text.encode("latin-1"))
-            outcome.ok = False
-            outcome.problems.append(f"{type(exc).__name__}: {exc}")
-    return outcome
+            _bug(deps, profile, claimed, ic, exc, outcome)
+    return outcome, works
+
+
+def _bug(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed, ic: x12.Interchange,
+         exc: Exception, outcome: FileOutcome) -> None:
+    log.error("EDI interchange %s of %s failed", ic.control, claimed.name,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    _record(deps, profile, f"bug:{_sha(ic.text.encode('latin-1'))[:32]}",
+            type(exc).__name__, f"{claimed.name}: interchange {ic.control}: {exc}",
+            raw=ic.text.encode("latin-1"))
+    outcome.ok = False
+    outcome.problems.append(f"{type(exc).__name__}: {exc}")
+
+
+def _prepare(deps: EdiDeps, profile: PartnerProfile, ic: x12.Interchange) -> _Work:
+    content = ic.text.encode("latin-1")
+    sender = f"{ic.sender_qualifier}:{ic.sender_id}"[:20]
+    fault = _envelope_fault(profile, ic)
+    plan = _plan(deps, profile, ic) if fault is None else _Plan()
+    isa13 = int(ic.control) if ic.control.isdigit() else 0
+    return _Work(ic, content, _sha(content), sender, fault, plan, deps.clock(), isa13,
+                 f"{sender}:{isa13}")
+
+
+def _run(conn, deps: EdiDeps, profile: PartnerProfile, claimed: Claimed, w: _Work):
+    return _interchange_transaction(
+        conn, deps, profile, claimed, w.ic, w.plan, w.fault, now=w.now, digest=w.digest,
+        content=w.content, sender=w.sender, isa13=w.isa13, dedupe=w.dedupe)
+
+
+def _answer_batch(deps: EdiDeps, profile: PartnerProfile,
+                  prepared: Sequence[tuple[Claimed, FileOutcome, list[_Work]]]) -> None:
+    """Every planned interchange of ``prepared`` in one transaction; on any fault there,
+    each in its own (a duplicate recorded concurrently, a bug confined to its file)."""
+    results: dict[int, tuple] = {}
+    todo = [(claimed, outcome, w) for claimed, outcome, works in prepared for w in works]
+    if not todo:
+        return
+    if len(todo) > 1:
+        try:
+            with deps.engine.begin() as conn:
+                for claimed, _outcome, w in todo:
+                    results[id(w)] = _run(conn, deps, profile, claimed, w)
+        except (TechnicalError, SetupError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried one interchange per transaction
+            log.info("EDI batch of %d interchanges from %s rolled back (%s: %s); answering "
+                     "each in its own transaction", len(todo), profile.id,
+                     type(exc).__name__, exc)
+            results = {}
+    for claimed, outcome, w in todo:
+        result = results.get(id(w))
+        if result is None:
+            try:
+                result = _one_transaction(deps, profile, claimed, w)
+            except (TechnicalError, SetupError):
+                raise  # the state database is unavailable: leave the claim for a retry
+            except Exception as exc:  # noqa: BLE001 - a bug must not lose the file
+                _bug(deps, profile, claimed, w.ic, exc, outcome)
+                continue
+        _settle(deps, profile, w, result, outcome)
+
+
+def _one_transaction(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed, w: _Work):
+    for attempt in range(2):
+        try:
+            with deps.engine.begin() as conn:
+                return _run(conn, deps, profile, claimed, w)
+        except IntegrityError:
+            if attempt:
+                raise
+            # Another worker recorded the same interchange first: it is a duplicate now.
+    raise AssertionError("unreachable")
+
+
+def _settle(deps: EdiDeps, profile: PartnerProfile, w: _Work, result,
+            outcome: FileOutcome) -> None:
+    problems, errors, orders, answers = result
+    for n, (error_type, message, key) in enumerate(errors):
+        _record(deps, profile, f"{w.digest[:32]}:{n}", error_type, message, raw=w.content,
+                key=key)
+    outcome.problems.extend(problems)
+    outcome.orders.extend(orders)
+    outcome.answers.extend(answers)
+    if errors:
+        outcome.ok = False
 
 
 def _sha(data: bytes) -> str:
@@ -264,38 +384,6 @@ def _verdict_words(ts: x12.TransactionSet, sv: acks.SetVerdict) -> str:
         return head + f": a {ts.code} is not a document this partner sends us"
     parts = [str(f) for f in ts.errors] + [f.describe(ts.file) for f in sv.findings]
     return head + (": " + "; ".join(parts) if parts else "")
-
-
-def _handle_interchange(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed,
-                        ic: x12.Interchange, index: int, outcome: FileOutcome) -> None:
-    content = ic.text.encode("latin-1")
-    digest = _sha(content)
-    sender = f"{ic.sender_qualifier}:{ic.sender_id}"[:20]
-    fault = _envelope_fault(profile, ic)
-    plan = _plan(deps, profile, ic) if fault is None else _Plan()
-    now = deps.clock()
-    isa13 = int(ic.control) if ic.control.isdigit() else 0
-    dedupe = f"{sender}:{isa13}"
-    for attempt in range(2):
-        try:
-            with deps.engine.begin() as conn:
-                result = _interchange_transaction(
-                    conn, deps, profile, claimed, ic, plan, fault, now=now, digest=digest,
-                    content=content, sender=sender, isa13=isa13, dedupe=dedupe)
-            break
-        except IntegrityError:
-            if attempt:
-                raise
-            # Another worker recorded the same interchange first: it is a duplicate now.
-            continue
-    problems, errors, orders, answers = result
-    for n, (error_type, message, key) in enumerate(errors):
-        _record(deps, profile, f"{digest[:32]}:{n}", error_type, message, raw=content, key=key)
-    outcome.problems.extend(problems)
-    outcome.orders.extend(orders)
-    outcome.answers.extend(answers)
-    if errors:
-        outcome.ok = False
 
 
 def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claimed: Claimed,
@@ -534,27 +622,117 @@ def _apply_ack(conn, profile: PartnerProfile, ack: acks.AckedSet, now: datetime)
 # =========================================================================== outbound
 
 
+#: The order documents of one order go out in this order within a batch: an 855 before the
+#: 856, an 856 before the 810 that bills it.
+_DOC_RANK = {"855": 0, "856": 1, "810": 2}
+
+
+@dataclass
+class _Send:
+    """One document decided before the state transaction: numbered and recorded in it."""
+
+    index: int
+    env: Envelope
+    profile: PartnerProfile
+    doc: str
+    key: str
+    out_set: control.OutSet
+    now: datetime
+    #: An 810 whose 856 is not sent yet: it may go only after an 856 of this batch.
+    needs_856: bool = False
+
+
 def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps) -> list[Outcome]:
-    """855/856/810 for canonical events; one outcome per envelope, in order."""
-    out: list[Outcome] = []
-    for env in envelopes:
+    """855/856/810 for canonical events; one outcome per envelope, in order.
+
+    The documents of a batch are numbered and recorded in ONE state transaction (855s,
+    then 856s, then 810s, so an 810 whose 856 is in the same batch goes after it and
+    does not wait); a fault there (a concurrent worker's duplicate, a document that
+    fails its checks) rolls it back and each document gets its own transaction.  Then
+    every file is written in ISA13 order (``flush_pending``).
+    """
+    out: list[Outcome | None] = [None] * len(envelopes)
+    sends: list[_Send] = []
+    for i, env in enumerate(envelopes):
         try:
-            out.append(_one_event(env, deps))
-        except (BusinessError, ValueError, ValidationError) as exc:
-            _record(deps, None, env.message_id, type(exc).__name__,
-                    f"EDI {DOC_FOR_DOMAIN.get(env.domain, '?')} for {env.domain} {env.key}: "
-                    f"{exc}", envelope=env)
-            out.append(Outcome(env.message_id, "business_error", str(exc)))
-        except Exception as exc:  # noqa: BLE001 - the caller retries this one alone
-            out.append(Outcome(env.message_id, "technical_error",
-                               f"{type(exc).__name__}: {exc}"))
-    # The batch's files are written after their numbers were committed: one directory
-    # fsync for the batch.  A crash in between leaves them ``allocated`` for the next flush.
-    flush_pending(deps, ids=[o.interchange_id for o in out if o.status == "sent"])
-    return out
+            decided = _decide(i, env, deps)
+        except Exception as exc:  # noqa: BLE001 - classified in _failed
+            out[i] = _failed(deps, env, exc)
+            continue
+        if isinstance(decided, Outcome):
+            out[i] = decided
+        else:
+            sends.append(decided)
+    shipping = {(s.profile.id, s.out_set.order_key) for s in sends if s.doc == "856"}
+    ready: list[_Send] = []
+    for s in sends:
+        if s.needs_856 and (s.profile.id, s.out_set.order_key) not in shipping:
+            record = s.env
+            out[s.index] = Outcome(
+                record.message_id, "technical_error",
+                f"810 for invoice {s.key} waits for the 856 of order {s.out_set.order_key} "
+                f"(up to {s.profile.hold_810_for_856_minutes} min after the invoice): a "
+                "partner is never billed before it is shipped")
+        else:
+            ready.append(s)
+    ready.sort(key=lambda s: (_DOC_RANK.get(s.doc, 9), s.index))
+    done: dict[int, Outcome] = {}
+    if len(ready) > 1:
+        try:
+            with deps.engine.begin() as conn:
+                for s in ready:
+                    done[s.index] = _send(conn, s)
+        except Exception as exc:  # noqa: BLE001 - retried one document per transaction
+            log.info("EDI batch of %d documents rolled back (%s: %s); numbering each in its "
+                     "own transaction", len(ready), type(exc).__name__, exc)
+            done = {}
+    for s in ready:
+        if s.index not in done:
+            try:
+                with deps.engine.begin() as conn:
+                    done[s.index] = _send(conn, s)
+            except IntegrityError:
+                done[s.index] = Outcome(s.env.message_id, "duplicate",
+                                        f"{s.doc} for {s.env.domain} {s.key} was sent to "
+                                        f"{s.profile.id} already (concurrently)")
+            except Exception as exc:  # noqa: BLE001 - classified in _failed
+                done[s.index] = _failed(deps, s.env, exc)
+        out[s.index] = done[s.index]
+    # The batch's files are written after their numbers were committed, lower ISA13s
+    # first (a peer's too): one directory fsync for the batch.  A crash in between leaves
+    # them ``allocated`` for the next flush.
+    flush_pending(deps, ids=[o.interchange_id for o in done.values() if o.status == "sent"
+                             and o.interchange_id is not None])
+    return [o for o in out if o is not None]
 
 
-def _one_event(env: Envelope, deps: EdiDeps) -> Outcome:
+def _failed(deps: EdiDeps, env: Envelope, exc: Exception) -> Outcome:
+    if isinstance(exc, BusinessError | ValueError | ValidationError) \
+            and not isinstance(exc, TechnicalError):
+        _record(deps, None, env.message_id, type(exc).__name__,
+                f"EDI {DOC_FOR_DOMAIN.get(env.domain, '?')} for {env.domain} {env.key}: "
+                f"{exc}", envelope=env)
+        return Outcome(env.message_id, "business_error", str(exc))
+    # the caller retries this one alone
+    return Outcome(env.message_id, "technical_error", f"{type(exc).__name__}: {exc}")
+
+
+def _send(conn, s: _Send) -> Outcome:
+    """Number and record one document in ``conn``'s transaction (or find it sent)."""
+    env = s.env
+    if _already_sent(conn, s.profile, s.doc, s.key):
+        return Outcome(env.message_id, "duplicate", f"{s.doc} for {env.domain} {s.key} was "
+                       f"sent to {s.profile.id} already")
+    o = s.out_set
+    sent = control.record_outbound(
+        conn, s.profile, kind=s.doc, at=s.now,
+        sets=[control.OutSet(s.doc, o.body, env.domain, s.key, o.order_key, o.po_number,
+                             env.correlation_id, o.detail)])
+    return Outcome(env.message_id, "sent", f"{s.doc} {sent.file_name}", sent.id)
+
+
+def _decide(index: int, env: Envelope, deps: EdiDeps) -> Outcome | _Send:
+    """What to send for one event (SoR reads and the document built), or why nothing."""
     doc = DOC_FOR_DOMAIN.get(env.domain)
     if doc is None or env.kind not in (queues.KIND_EVENT, queues.KIND_UPSERT):
         return Outcome(env.message_id, "skipped", f"{env.kind} of {env.domain}: no EDI document")
@@ -579,29 +757,11 @@ def _one_event(env: Envelope, deps: EdiDeps) -> Outcome:
     if doc in ("856", "810") and order is not None:
         order = _with_partners_po(deps, profile, order)
     now = deps.clock()
-    if doc == "810" and _waits_for_856(deps, profile, record, order, env, now):
-        return Outcome(env.message_id, "technical_error",
-                       f"810 for invoice {record.key} waits for the 856 of order "
-                       f"{record.order_key} (up to {profile.hold_810_for_856_minutes} min "
-                       "after the invoice): a partner is never billed before it is shipped")
     built = _build(doc, record, order, profile, deps, now)
     if isinstance(built, str):
         return Outcome(env.message_id, "skipped", built)
-    out_set = built
-    try:
-        with deps.engine.begin() as conn:
-            if _already_sent(conn, profile, doc, record.key):
-                return Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} "
-                               f"{record.key} was sent to {profile.id} already")
-            sent = control.record_outbound(
-                conn, profile, kind=doc, at=now,
-                sets=[control.OutSet(doc, out_set.body, env.domain, record.key,
-                                     out_set.order_key, out_set.po_number, env.correlation_id,
-                                     out_set.detail)])
-    except IntegrityError:
-        return Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} {record.key} was "
-                       f"sent to {profile.id} already (concurrently)")
-    return Outcome(env.message_id, "sent", f"{doc} {sent.file_name}", sent.id)
+    needs = doc == "810" and _waits_for_856(deps, profile, record, order, env, now)
+    return _Send(index, env, profile, doc, record.key, built, now, needs_856=needs)
 
 
 def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps: EdiDeps,
@@ -683,31 +843,48 @@ def flush_pending(deps: EdiDeps, ids: Sequence[int] | None = None) -> list[int]:
     Called after each commit and at start-up: an interchange whose numbers were
     committed but whose file never got its final name (a crash in between) is
     written now, with the same bytes.
+
+    Files are written in ISA13 order per partner, and with ``ids`` every lower number of
+    the same partner still ``allocated`` goes first, whoever committed it (another
+    thread, another process, one killed before its rename): a partner never sees an
+    ISA13 file appear after a higher one.  A number is committed before the next one is
+    allocated (the counter row's lock), so every lower number is visible here.
     """
-    stmt = select(INTERCHANGE.c.id, INTERCHANGE.c.partner, INTERCHANGE.c.file_name,
-                  INTERCHANGE.c.content).where(INTERCHANGE.c.direction == "out",
-                                               INTERCHANGE.c.status == "allocated")
+    stmt = select(INTERCHANGE.c.id, INTERCHANGE.c.partner, INTERCHANGE.c.isa13,
+                  INTERCHANGE.c.file_name, INTERCHANGE.c.content).where(
+        INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated")
     if ids is not None:
         if not ids:
             return []
-        stmt = stmt.where(INTERCHANGE.c.id.in_(list(ids)))
+        partners = select(INTERCHANGE.c.partner).where(
+            INTERCHANGE.c.id.in_(list(ids))).distinct()
+        stmt = stmt.where(INTERCHANGE.c.partner.in_(partners))
     with deps.engine.connect() as conn:
-        rows = conn.execute(stmt.order_by(INTERCHANGE.c.id)).all()
+        rows = conn.execute(stmt.order_by(INTERCHANGE.c.partner, INTERCHANGE.c.isa13,
+                                          INTERCHANGE.c.id)).all()
+    if ids is not None:
+        wanted = set(ids)
+        upto: dict[str, int] = {}
+        for row in rows:
+            if row.id in wanted:
+                upto[row.partner] = max(upto.get(row.partner, 0), int(row.isa13))
+        rows = [r for r in rows if int(r.isa13) <= upto.get(r.partner, -1)]
     done: list[int] = []
-    folders: dict[str, DropFolder] = {}
+    by_partner: dict[str, list] = {}
     for row in rows:
-        profile = deps.settings.partner(row.partner)
+        by_partner.setdefault(row.partner, []).append(row)
+    for partner, mine in by_partner.items():
+        profile = deps.settings.partner(partner)
         if profile is None:
             continue
-        folder = folders.setdefault(profile.id, deps.folder(profile))
-        try:
-            folder.write_outbound(row.file_name, bytes(row.content), sync_dir=False)
-        except OutboundExists as exc:
-            _record(deps, profile, f"out:{row.id}", "EdiOutboundNameTaken", str(exc))
-            continue
-        done.append(row.id)
-    for folder in folders.values():
-        folder.sync_dirs()  # the names are durable before any row says "written"
+        folder = deps.folder(profile)
+        written = folder.write_outbound_many([(r.file_name, bytes(r.content)) for r in mine])
+        for row, result in zip(mine, written, strict=True):
+            if isinstance(result, OutboundExists):
+                _record(deps, profile, f"out:{row.id}", "EdiOutboundNameTaken", str(result))
+            else:
+                done.append(row.id)
+        folder.sync_outbound()  # the names are durable before any row says "written"
     if done:
         with deps.engine.begin() as conn:
             conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id.in_(done),
