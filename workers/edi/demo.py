@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,7 @@ from coexistence.edi.profiles import EdiSettings, PartnerProfile
 from coexistence.router import LEGACY
 from workers.edi.consumer import EdiPoller
 from workers.edi.handlers import documents_for
-from workers.edi.store import DOCUMENT
+from workers.edi.store import DOCUMENT, INTERCHANGE
 from workers.router.state import get_route
 
 PARTNER = "DEMOBUY"
@@ -221,16 +222,46 @@ class EdiTrading:
                                  f"one each of {want}")
         o.documents = {d.doc_type: d.isa13 for d in docs if d.direction == "out"}
 
+    def _outbound_files(self, attempts: int = 10) -> tuple[list[Path], dict[Path, bytes]]:
+        """Every outbound file we wrote, wherever the partner has it now, with its bytes.
+
+        A partner may move what it has read into a folder of its own under outbound/, and
+        mock-edi claims a file first by renaming it to ``NAME.processing``: a listing taken
+        during such a move misses the file.  So the listing is taken again (briefly) until
+        it holds every file the state database says was written."""
+        folder = self.app.edi.folder(self.profile)
+        with self.app.state.connect() as conn:
+            names = {r.file_name for r in conn.execute(
+                select(INTERCHANGE.c.file_name).where(
+                    INTERCHANGE.c.partner == self.profile.id,
+                    INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "written"))}
+        found: dict[str, Path] = {}
+        contents: dict[Path, bytes] = {}
+        for attempt in range(attempts):
+            for p in folder.outbound.rglob("*.x12*"):
+                if p.name.startswith("."):
+                    continue
+                name = p.name[: p.name.index(".x12") + 4]
+                if name in found:
+                    continue
+                try:
+                    contents[p] = p.read_bytes()
+                except FileNotFoundError:
+                    continue  # moved while we looked: found again next time
+                found[name] = p
+            if names <= set(found) or attempt == attempts - 1:
+                break
+            time.sleep(0.1)
+        files = sorted(found.values(), key=lambda p: p.name)
+        return files, contents
+
     def _read_back(self, label: str) -> list[str]:
         """Every outbound file through coexist's reader and the partner's 997 judgement."""
-        folder = self.app.edi.folder(self.profile)
-        # A partner may move what it has read into a folder of its own under outbound/.
-        files = sorted((p for p in folder.outbound.rglob("*.x12")
-                        if not p.name.startswith(".")), key=lambda p: p.name)
+        files, contents = self._outbound_files()
         seen: list[int] = []
         for path in files:
             try:
-                interchanges = x12.read(path.read_bytes(), file=path.name)
+                interchanges = x12.read(contents[path], file=path.name)
             except x12.X12Error as exc:
                 self.problems.append(f"EDI {label}: {path.name} does not read back: {exc}")
                 continue

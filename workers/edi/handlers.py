@@ -629,33 +629,38 @@ _DOC_RANK = {"855": 0, "856": 1, "810": 2}
 
 @dataclass
 class _Send:
-    """One document decided before the state transaction: numbered and recorded in it."""
+    """One event that may become a document: its SoR reads done, decided in the transaction."""
 
     index: int
     env: Envelope
     profile: PartnerProfile
     doc: str
-    key: str
-    out_set: control.OutSet
+    record: Order | Shipment | Invoice
+    order: Order | None
     now: datetime
-    #: An 810 whose 856 is not sent yet: it may go only after an 856 of this batch.
-    needs_856: bool = False
+    #: The SoR's units of the document's products, read before the transaction.
+    units: dict[str, str | None]
+
+    @property
+    def key(self) -> str:
+        return self.record.key
 
 
 def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps) -> list[Outcome]:
     """855/856/810 for canonical events; one outcome per envelope, in order.
 
-    The documents of a batch are numbered and recorded in ONE state transaction (855s,
-    then 856s, then 810s, so an 810 whose 856 is in the same batch goes after it and
-    does not wait); a fault there (a concurrent worker's duplicate, a document that
-    fails its checks) rolls it back and each document gets its own transaction.  Then
-    every file is written in ISA13 order (``flush_pending``).
+    First every SoR read (the order, the products' units), outside any transaction.  Then
+    the documents of the batch are decided, numbered and recorded in ONE state
+    transaction, 855s first, then 856s, then 810s, so an 810 whose 856 is in the same
+    batch sees it sent and does not wait.  A fault there (a concurrent worker's
+    duplicate, a document that fails its checks) rolls it back and each document gets its
+    own transaction.  Then every file is written in ISA13 order (``flush_pending``).
     """
     out: list[Outcome | None] = [None] * len(envelopes)
     sends: list[_Send] = []
     for i, env in enumerate(envelopes):
         try:
-            decided = _decide(i, env, deps)
+            decided = _read_sor(i, env, deps)
         except Exception as exc:  # noqa: BLE001 - classified in _failed
             out[i] = _failed(deps, env, exc)
             continue
@@ -663,34 +668,22 @@ def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps) -> list[Outcome]
             out[i] = decided
         else:
             sends.append(decided)
-    shipping = {(s.profile.id, s.out_set.order_key) for s in sends if s.doc == "856"}
-    ready: list[_Send] = []
-    for s in sends:
-        if s.needs_856 and (s.profile.id, s.out_set.order_key) not in shipping:
-            record = s.env
-            out[s.index] = Outcome(
-                record.message_id, "technical_error",
-                f"810 for invoice {s.key} waits for the 856 of order {s.out_set.order_key} "
-                f"(up to {s.profile.hold_810_for_856_minutes} min after the invoice): a "
-                "partner is never billed before it is shipped")
-        else:
-            ready.append(s)
-    ready.sort(key=lambda s: (_DOC_RANK.get(s.doc, 9), s.index))
+    sends.sort(key=lambda s: (_DOC_RANK.get(s.doc, 9), s.index))
     done: dict[int, Outcome] = {}
-    if len(ready) > 1:
+    if len(sends) > 1:
         try:
             with deps.engine.begin() as conn:
-                for s in ready:
-                    done[s.index] = _send(conn, s)
+                for s in sends:
+                    done[s.index] = _send(conn, deps, s)
         except Exception as exc:  # noqa: BLE001 - retried one document per transaction
             log.info("EDI batch of %d documents rolled back (%s: %s); numbering each in its "
-                     "own transaction", len(ready), type(exc).__name__, exc)
+                     "own transaction", len(sends), type(exc).__name__, exc)
             done = {}
-    for s in ready:
+    for s in sends:
         if s.index not in done:
             try:
                 with deps.engine.begin() as conn:
-                    done[s.index] = _send(conn, s)
+                    done[s.index] = _send(conn, deps, s)
             except IntegrityError:
                 done[s.index] = Outcome(s.env.message_id, "duplicate",
                                         f"{s.doc} for {s.env.domain} {s.key} was sent to "
@@ -717,22 +710,8 @@ def _failed(deps: EdiDeps, env: Envelope, exc: Exception) -> Outcome:
     return Outcome(env.message_id, "technical_error", f"{type(exc).__name__}: {exc}")
 
 
-def _send(conn, s: _Send) -> Outcome:
-    """Number and record one document in ``conn``'s transaction (or find it sent)."""
-    env = s.env
-    if _already_sent(conn, s.profile, s.doc, s.key):
-        return Outcome(env.message_id, "duplicate", f"{s.doc} for {env.domain} {s.key} was "
-                       f"sent to {s.profile.id} already")
-    o = s.out_set
-    sent = control.record_outbound(
-        conn, s.profile, kind=s.doc, at=s.now,
-        sets=[control.OutSet(s.doc, o.body, env.domain, s.key, o.order_key, o.po_number,
-                             env.correlation_id, o.detail)])
-    return Outcome(env.message_id, "sent", f"{s.doc} {sent.file_name}", sent.id)
-
-
-def _decide(index: int, env: Envelope, deps: EdiDeps) -> Outcome | _Send:
-    """What to send for one event (SoR reads and the document built), or why nothing."""
+def _read_sor(index: int, env: Envelope, deps: EdiDeps) -> Outcome | _Send:
+    """The SoR reads one event needs (no state transaction is open), or why it needs none."""
     doc = DOC_FOR_DOMAIN.get(env.domain)
     if doc is None or env.kind not in (queues.KIND_EVENT, queues.KIND_UPSERT):
         return Outcome(env.message_id, "skipped", f"{env.kind} of {env.domain}: no EDI document")
@@ -754,26 +733,52 @@ def _decide(index: int, env: Envelope, deps: EdiDeps) -> Outcome | _Send:
         return Outcome(env.message_id, "skipped", f"customer {customer} has no trading partner")
     if doc not in profile.receives:
         return Outcome(env.message_id, "skipped", f"partner {profile.id} does not receive {doc}")
+    units: dict[str, str | None] = {}
+    if doc in ("856", "810"):
+        for line in record.lines:  # type: ignore[union-attr]
+            if line.sku not in units:
+                units[line.sku] = deps.unit_of(line.sku)
+    return _Send(index, env, profile, doc, record, order, deps.clock(), units)
+
+
+def _waiting_810(s: _Send) -> Outcome:
+    return Outcome(s.env.message_id, "technical_error",
+                   f"810 for invoice {s.key} waits for the 856 of order {s.record.order_key} "  # type: ignore[union-attr]
+                   f"(up to {s.profile.hold_810_for_856_minutes} min after the invoice): a "
+                   "partner is never billed before it is shipped")
+
+
+def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
+    """Decide, number and record one document in ``conn``'s transaction (or find it sent,
+    or find why it is not sent: not shipped yet, void, an 810 that waits for its 856)."""
+    env, profile, doc, record = s.env, s.profile, s.doc, s.record
+    order = s.order
     if doc in ("856", "810") and order is not None:
-        order = _with_partners_po(deps, profile, order)
-    now = deps.clock()
-    built = _build(doc, record, order, profile, deps, now)
+        order = _with_partners_po(conn, profile, order)
+    if doc == "810" and _waits_for_856(conn, profile, record, order, env, s.now):
+        return _waiting_810(s)
+    built = _build(conn, doc, record, order, profile, s.units, s.now)
     if isinstance(built, str):
         return Outcome(env.message_id, "skipped", built)
-    needs = doc == "810" and _waits_for_856(deps, profile, record, order, env, now)
-    return _Send(index, env, profile, doc, record.key, built, now, needs_856=needs)
+    if _already_sent(conn, profile, doc, record.key):
+        return Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} {record.key} was "
+                       f"sent to {profile.id} already")
+    sent = control.record_outbound(
+        conn, profile, kind=doc, at=s.now,
+        sets=[control.OutSet(doc, built.body, env.domain, record.key, built.order_key,
+                             built.po_number, env.correlation_id, built.detail)])
+    return Outcome(env.message_id, "sent", f"{doc} {sent.file_name}", sent.id)
 
 
-def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps: EdiDeps,
-           now: datetime) -> control.OutSet | str:
+def _build(conn, doc: str, record, order: Order | None, profile: PartnerProfile,
+           units: dict[str, str | None], now: datetime) -> control.OutSet | str:
     """The set to send, or why nothing is sent (yet)."""
     if doc == "855":
         assert order is not None
         if order.status is OrderStatus.DRAFT:
             return f"order {order.key} is a draft"
-        with deps.engine.connect() as conn:
-            row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}
-                               ).first()
+        row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}
+                           ).first()
         if row is None:
             return f"order {order.key} did not come by 850 from {profile.id}: no 855"
         detail = json.loads(row.detail)
@@ -791,28 +796,27 @@ def _build(doc: str, record, order: Order | None, profile: PartnerProfile, deps:
         if documents.shipped_at(record) is None:
             return f"shipment {record.key} has not shipped yet"
         body = documents.build_856(record, order, structure=profile.asn_structure,
-                                   unit_of=deps.unit_of)
+                                   unit_of=units.get)
         return control.OutSet("856", body, order_key=order.key, po_number=order.customer_po)
     assert isinstance(record, Invoice)
     if record.status is InvoiceStatus.VOID:
         return f"invoice {record.key} is void"
-    body = documents.build_810(record, order, unit_of=deps.unit_of)
+    body = documents.build_810(record, order, unit_of=units.get)
     return control.OutSet("810", body, order_key=record.order_key,
                           po_number=order.customer_po if order else None)
 
 
-def _with_partners_po(deps: EdiDeps, profile: PartnerProfile, order: Order) -> Order:
+def _with_partners_po(conn, profile: PartnerProfile, order: Order) -> Order:
     """The order with the PO number exactly as the partner's 850 gave it: an ERP may store
     it normalised (the legacy ERP upper-cases it), and a partner matches 856s and 810s to
     its orders by that number (mock-edi found it in the e2e)."""
-    with deps.engine.connect() as conn:
-        row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}).first()
+    row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}).first()
     if row is None or not row.po_number or row.po_number == order.customer_po:
         return order
     return order.model_copy(update={"customer_po": row.po_number})
 
 
-def _waits_for_856(deps: EdiDeps, profile: PartnerProfile, invoice, order: Order | None,
+def _waits_for_856(conn, profile: PartnerProfile, invoice, order: Order | None,
                    env: Envelope, now: datetime) -> bool:
     """True while an 810 must wait: the partner receives 856s, the order is in the SoR,
     none of its 856s was sent yet, and the invoice event is younger than the profile's
@@ -823,9 +827,8 @@ def _waits_for_856(deps: EdiDeps, profile: PartnerProfile, invoice, order: Order
         return False
     if now - env.occurred_at > timedelta(minutes=profile.hold_810_for_856_minutes):
         return False
-    with deps.engine.connect() as conn:
-        sent = conn.execute(_SHIPPED_856, {"b_partner": profile.id,
-                                           "b_order": invoice.order_key}).first()
+    sent = conn.execute(_SHIPPED_856, {"b_partner": profile.id,
+                                       "b_order": invoice.order_key}).first()
     return sent is None
 
 
