@@ -14,6 +14,10 @@
 
 Prints one JSON line per direction: documents per second, the baseline's, their ratio, and
 the CPU time per document of each (less dependent on the machine's load than the rates).
+coexist fsyncs a batch's files concurrently (``DropFolder.write_outbound_many``) where the
+baseline fsyncs one file after another, so a second baseline (``baseline_batch_fsync``) moves
+the same files with the files of each 200 fsynced together: the I/O floor coexist itself
+works against.
 Target: >= 500 documents/s each way.  State is SQLite in a temporary folder unless
 ``--state-url`` names another database (it must be empty).
 """
@@ -79,6 +83,31 @@ def _write_like(folder: Path, name: str, content: bytes) -> None:
     os.rename(tmp, folder / name)
 
 
+def _write_batch_like(folder: Path, items: list[tuple[str, bytes]]) -> None:
+    """The same files as ``_write_like``, 200 at a time: written, fsynced together, renamed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        for start in range(0, len(items), 200):
+            chunk = items[start:start + 200]
+            temps = []
+            for name, content in chunk:
+                tmp = folder / f".{name}.tmp"
+                tmp.write_bytes(content)
+                temps.append(tmp)
+
+            def sync(path: Path) -> None:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            list(pool.map(sync, temps))
+            for tmp, (name, _) in zip(temps, chunk, strict=True):
+                os.rename(tmp, folder / name)
+
+
 def bench_inbound(root: Path, n: int, url: str | None) -> dict:
     files = [_850(i) for i in range(n)]
     # Baseline: the same files in, a same-size answer out, the input moved; no processing.
@@ -92,6 +121,18 @@ def bench_inbound(root: Path, n: int, url: str | None) -> dict:
         os.rename(base.inbound / name, base.processed / name)
     baseline = n / (time.perf_counter() - t0)
     base_cpu = time.process_time() - c0
+    # The same, the answers of 200 files fsynced together.
+    base2 = DropFolder(root / "base2").ensure()
+    for i, content in enumerate(files):
+        (base2.inbound / f"po{i:06d}.edi").write_bytes(content)
+    t0 = time.perf_counter()
+    names = sorted(os.listdir(base2.inbound))
+    answers = [(f"ans{i:06d}.x12", (base2.inbound / name).read_bytes()[:400])
+               for i, name in enumerate(names)]
+    _write_batch_like(base2.outbound, answers)
+    for name in names:
+        os.rename(base2.inbound / name, base2.processed / name)
+    baseline2 = n / (time.perf_counter() - t0)
 
     deps = _deps(root / "in", url)
     folder = deps.folder(deps.settings.partners[0]).ensure()
@@ -104,6 +145,7 @@ def bench_inbound(root: Path, n: int, url: str | None) -> dict:
     return {"bench": "edi_inbound_850_to_997_and_command", "documents": n,
             "docs_per_s": round(n / elapsed), "baseline_docs_per_s": round(baseline),
             "ratio": round(n / elapsed / baseline, 3), "target_docs_per_s": 500,
+            "baseline_batch_fsync_docs_per_s": round(baseline2),
             "cpu_ms_per_doc": round(1000 * cpu / n, 3),
             "baseline_cpu_ms_per_doc": round(1000 * base_cpu / n, 3)}
 
@@ -144,10 +186,15 @@ def bench_outbound(root: Path, n: int, url: str | None) -> dict:
         _write_like(base.outbound, f"doc{i:06d}.x12", content)
     baseline = len(contents) / (time.perf_counter() - t0)
     base_cpu = time.process_time() - c0
+    base2 = DropFolder(root / "outbase2").ensure()
+    t0 = time.perf_counter()
+    _write_batch_like(base2.outbound, [(f"doc{i:06d}.x12", c) for i, c in enumerate(contents)])
+    baseline2 = len(contents) / (time.perf_counter() - t0)
     m = len(envs)
     return {"bench": "edi_outbound_856_810_written", "documents": m,
             "docs_per_s": round(m / elapsed), "baseline_docs_per_s": round(baseline),
             "ratio": round(m / elapsed / baseline, 3), "target_docs_per_s": 500,
+            "baseline_batch_fsync_docs_per_s": round(baseline2),
             "cpu_ms_per_doc": round(1000 * cpu / m, 3),
             "baseline_cpu_ms_per_doc": round(1000 * base_cpu / len(contents), 3)}
 
