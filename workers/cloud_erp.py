@@ -68,6 +68,7 @@ from coexistence.translate.cloud import (
     from_canonical,
     to_json_dict,
 )
+from coexistence.writes import applies
 from workers.ratelimit import RateLimiter, Unlimited, make_rate_limiter
 
 log = logging.getLogger("coexist.cloud_erp")
@@ -309,7 +310,7 @@ class CloudErp:
             changed = _changed(domain, key, current, if_revision)
             if changed is not None:
                 return changed
-            if current is not None and not _newer(source_version, current.version, repair):
+            if current is not None and not applies(source_version, current.version, repair):
                 return Stale(domain, key, source_version, current.version)
             response = self._write_upsert(domain, key, current, body, idempotency_key, writer)
             if response.status_code in _WRITTEN:
@@ -345,7 +346,7 @@ class CloudErp:
                 return changed
             if current is None:
                 return Applied(domain, key, source_version)
-            if not _newer(source_version, current.version, repair):
+            if not applies(source_version, current.version, repair):
                 return Stale(domain, key, source_version, current.version)
             if current.deleted:
                 return Applied(domain, key, source_version)
@@ -477,11 +478,6 @@ class _StreamRetry(Exception):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _newer(incoming: int, current: int, repair: bool) -> bool:
-    """A write applies when newer; a repair also re-applies an equal version."""
-    return incoming >= current if repair else incoming > current
 
 
 def _changed(domain: str, key: str, current: _Current | None,

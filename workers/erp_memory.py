@@ -41,6 +41,7 @@ from coexistence.ports import (
     Stale,
     WriteResult,
 )
+from coexistence.writes import applies
 
 __all__ = ["InMemoryErp", "IdempotencyConflict"]
 
@@ -124,7 +125,7 @@ class InMemoryErp:
             if changed is not None:
                 return changed
             slot = self._domain(domain).setdefault(record.key, _Slot())
-            newer = source_version >= slot.applied if repair else source_version > slot.applied
+            newer = applies(source_version, slot.applied, repair)
             if not newer:
                 result: WriteResult = Stale(domain, record.key, source_version, slot.applied)
             else:
@@ -156,7 +157,7 @@ class InMemoryErp:
             if changed is not None:
                 return changed
             slot = self._domain(domain).setdefault(key, _Slot())
-            newer = source_version >= slot.applied if repair else source_version > slot.applied
+            newer = applies(source_version, slot.applied, repair)
             if not newer:
                 result: WriteResult = Stale(domain, key, source_version, slot.applied)
             else:

@@ -17,10 +17,10 @@ from sqlalchemy import event
 
 from coexistence.canonical import decode
 from coexistence.router import CLOUD, LEGACY
+from coexistence.writes import StrayWrite
 from tests.support.router_harness import Harness
 from workers.router import queues
 from workers.router.capture import CaptureLoop
-from workers.router.handlers import StrayWrite
 
 CUSTOMER = decode("customer", {
     "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",

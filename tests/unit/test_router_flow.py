@@ -11,8 +11,8 @@ from sqlalchemy import text
 from coexistence.canonical import decode
 from coexistence.canonical.models import OrderStatus
 from coexistence.flags import Rollout, percent_to_buckets
+from coexistence.writes import OwnershipViolationReported, StrayWrite
 from tests.support.router_harness import Harness
-from workers.router.handlers import OwnershipViolationReported, StrayWrite
 
 CUSTOMER = decode("customer", {
     "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",

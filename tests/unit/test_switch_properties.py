@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from coexistence.writes import StrayWrite, SwitchConflict
 from tests.support.router_harness import Harness
 from workers.db import create_state_engine
 from workers.migrate import upgrade as upgrade_schema
-from workers.router.handlers import StrayWrite, SwitchConflict
 from workers.router.queues import REPORT_ACTOR
 
 from .test_write_conditions import BASE, limit

@@ -17,9 +17,9 @@ from bus.envelope import new_envelope
 from coexistence.canonical import decode
 from coexistence.ports import COEXIST_WRITER, Applied, Changed, Stale
 from coexistence.router import routed_version
+from coexistence.writes import StrayWrite, SwitchConflict
 from tests.support.router_harness import Harness
 from workers.router import handlers, observed, queues
-from workers.router.handlers import StrayWrite, SwitchConflict
 from workers.xref_sql import SqlXref
 
 BASE = decode("customer", {

@@ -52,6 +52,7 @@ from coexistence.ports import (
     Stale,
     WriteResult,
 )
+from coexistence.writes import applies
 from workers.legacy_erp.capture import (
     CHGLOG,
     KEY_SEPARATOR,
@@ -421,8 +422,7 @@ class LegacyErp:
         """One conditional upsert: newer applies; equal too for a repair; older never."""
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         ins = dialect_insert(XCOEXVER).values(DOMAIN=domain, RECKEY=key, SRCVER=int(version))
-        newer = (ins.excluded.SRCVER >= XCOEXVER.c.SRCVER if repair
-                 else ins.excluded.SRCVER > XCOEXVER.c.SRCVER)
+        newer = applies(ins.excluded.SRCVER, XCOEXVER.c.SRCVER, repair)
         stmt = ins.on_conflict_do_update(
             index_elements=[XCOEXVER.c.DOMAIN, XCOEXVER.c.RECKEY],
             set_={"SRCVER": ins.excluded.SRCVER},

@@ -44,23 +44,11 @@ from coexistence.ports import (
     WriteResult,
 )
 from coexistence.router import decide_command, placement, routed_version, segment_attrs
+from coexistence.writes import OwnershipViolationReported, StrayWrite, SwitchConflict, applies
 from workers import metrics
 from workers.router import observed, queues
 
 log = logging.getLogger(__name__)
-
-
-class StrayWrite(BusinessError):
-    """A person wrote into an ERP that is not the system of record for the record."""
-
-
-class OwnershipViolationReported(BusinessError):
-    """A non-owner changed an owned field; the owner's value was kept."""
-
-
-class SwitchConflict(BusinessError):
-    """A routed write refused: the target is the SoR now and holds a newer edit by
-    someone else (made after coexist last saw the record).  The SoR's state wins."""
 
 
 #: Read-decide-write rounds when the target keeps changing under a write.
@@ -154,7 +142,7 @@ def apply_write(env: Envelope, target: Erp, send: Send,
         current = target.get_current(env.domain, env.key)
         into_sor = False
         if current is not None and current.writer != COEXIST_WRITER:
-            if not _newer(version, current.version, repair):
+            if not applies(version, current.version, repair):
                 # A duplicate or an older write: refused by the version alone, as ever.
                 return Stale(env.domain, env.key, version, current.version)
             outcome = decide_target_changed(env, target, record, current, version, ctx)
@@ -183,10 +171,6 @@ def apply_write(env: Envelope, target: Erp, send: Send,
         return result
     raise TechnicalError(f"{target.system} {env.domain} {env.key} changed under "
                          f"{WRITE_CONDITION_ROUNDS} write attempts in a row; retry later")
-
-
-def _newer(incoming: int, current: int, repair: bool) -> bool:
-    return incoming >= current if repair else incoming > current
 
 
 #: Outcomes of ``decide_target_changed``.
