@@ -20,10 +20,10 @@ caller re-reads and decides again).  See ``workers.router.handlers.apply_write``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from coexistence.canonical import CanonicalRecord
 
@@ -165,6 +165,44 @@ class Erp(Protocol):
     ) -> WriteResult:
         """Delete the record if ``source_version`` is newer than the applied one
         (or equal, for a ``repair``), and, with ``if_revision``, still at that revision."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One conditioned write of a batch (``BatchErp.write_many``).
+
+    ``record`` ``None`` is a delete.  ``current`` is what the caller read of the target
+    (``read_many``) and conditions the write on: its revision (``If-Match`` on the cloud,
+    the re-check under the row lock on legacy), ``None`` meaning the record must be
+    absent.  The write applies only if still at that revision and ``applies``
+    (``coexistence.writes``) says its version is newer; else ``Changed`` / ``Stale``.
+    """
+
+    domain: str
+    key: str
+    record: CanonicalRecord | None
+    source_version: int
+    idempotency_key: str
+    current: Current | None
+    writer: str = COEXIST_WRITER
+    repair: bool = False
+
+
+@runtime_checkable
+class BatchErp(Protocol):
+    """An ERP that reads and writes many records per round trip (the batched writers)."""
+
+    def read_many(self, domain: str, keys: Sequence[str]
+                  ) -> dict[str, tuple[CanonicalRecord | None, Current | None]]:
+        """For each key: the record (``None`` if absent or deleted) and what ``get_current``
+        answers, from ONE tombstone-aware read per record."""
+        ...
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult | Exception]:
+        """Each op's own result in op order: ``Applied``, ``Stale``, ``Changed``, or the
+        business error the target answered for that op alone (the others still apply).
+        A technical failure raises for the whole batch (nothing is known of it)."""
         ...
 
 

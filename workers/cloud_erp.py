@@ -60,6 +60,7 @@ from coexistence.ports import (
     Changed,
     Current,
     Stale,
+    WriteOp,
     WriteResult,
 )
 from coexistence.translate.cloud import (
@@ -125,6 +126,13 @@ class _Current:
     writer: str | None = None
     modified: str | None = None
 
+    @classmethod
+    def of(cls, current: Current) -> _Current:
+        """Back from the port's ``Current`` (a caller's read) to what a write needs."""
+        modified = current.at.isoformat() if current.at is not None else None
+        return cls(current.target_id or "", current.revision, current.version,
+                   not current.exists, current.writer, modified)
+
     def public(self) -> Current:
         at = None
         if self.modified:
@@ -134,6 +142,21 @@ class _Current:
                 at = None
         return Current(self.etag, self.writer or "", self.version, not self.deleted, at,
                        self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One write of a batch: its place, what it writes (``record`` None: a delete) and
+    the state it is conditioned on."""
+
+    index: int
+    domain: str
+    key: str
+    record: CanonicalRecord | None
+    version: int
+    idempotency_key: str
+    current: _Current | None
+    repair: bool
 
 
 class CloudErp:
@@ -370,47 +393,150 @@ class CloudErp:
             f"{domain} {key}: lost {CLOUD_CONFLICT_ROUNDS} delete races in a row; retry later")
 
     def upsert_many(
-        self, items: Sequence[tuple[CanonicalRecord, int, str]]
+        self,
+        items: Sequence[tuple[CanonicalRecord, int, str] | tuple[CanonicalRecord, int, str, str]],
+        *,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
+        if_revision: str | None = None,
     ) -> list[WriteResult | CloudBusinessError]:
-        """Upsert (record, source_version, idempotency_key) items through ``$batch``.
+        """Upsert (record, source_version, idempotency_key[, if_revision]) items through
+        ``$batch``, each with the checks of :meth:`upsert`.
 
-        Reads the current versions in one batch, writes the newer ones in a
-        second, and settles lost races one by one.  The result for each item is
-        ``Applied``, ``Stale`` or the ``CloudBusinessError`` the cloud answered
-        for it (the others are still applied).  At most ``CLOUD_BATCH_MAX`` items.
+        Reads the current states in one batch (ETag, version, writer; tombstones
+        included) and writes the newer ones in a second, each ``If-Match`` on the ETag
+        read.  ``if_revision`` (per item, else the keyword for all, e.g. ``ABSENT``):
+        apply only if the record is still at that revision, else ``Changed``.  A write
+        that loses a race (412 / 409: someone wrote between the read and the write) is
+        never re-sent blindly: it answers ``Changed`` with the fresh state, so the
+        caller decides on it (the router's TargetChanged path).  ``repair`` also
+        re-applies an equal version.  The result for each item is ``Applied``,
+        ``Stale``, ``Changed`` or the ``CloudBusinessError`` the cloud answered for it
+        (the others are still applied).  At most ``CLOUD_BATCH_MAX`` items.
         """
         if len(items) > CLOUD_BATCH_MAX:
             raise ValueError(f"{len(items)} items; at most {CLOUD_BATCH_MAX} per batch")
         reads = [
             {"id": str(i), "method": "GET",
-             "url": _by_number(r.domain, r.key).lstrip("/") + _CURRENT_QS}
-            for i, (r, _, _) in enumerate(items)
+             "url": _by_number(item[0].domain, item[0].key).lstrip("/") + _CURRENT_QS}
+            for i, item in enumerate(items)
         ]
-        currents = [_current_from(a) for a in self._batch(reads)]
+        currents = [_current_from(a) for a in self._batch(reads)] if reads else []
         results: list[WriteResult | CloudBusinessError | None] = [None] * len(items)
-        writes, pending = [], []
-        for i, ((record, version, idem), current) in enumerate(zip(items, currents, strict=True)):
-            if current is not None and current.version >= version:
-                results[i] = Stale(record.domain, record.key, version, current.version)
+        entries: list[_Entry] = []
+        for i, (item, current) in enumerate(zip(items, currents, strict=True)):
+            record, version, idem = item[0], item[1], item[2]
+            condition = item[3] if len(item) > 3 else if_revision  # type: ignore[misc]
+            changed = _changed(record.domain, record.key, current, condition)
+            if changed is not None:
+                results[i] = changed
                 continue
-            writes.append(
-                _write_op(str(i), record.domain, current, _document(record, version), idem))
-            pending.append(i)
-        for answer in self._batch(writes) if writes else []:
-            i = int(answer["id"])
-            record, version, idem = items[i]
-            status = answer["status"]
-            if status in _WRITTEN:
-                results[i] = Applied(record.domain, record.key, version)
-            elif status in (404, 409, 412):
-                # Lost a race with another writer: decide again on fresh state.
-                results[i] = self.upsert(record, source_version=version, idempotency_key=idem)
-            else:
-                error = answer.get("body", {}).get("error", {})
-                results[i] = CloudBusinessError(
-                    status, error.get("message", ""), error.get("code", ""),
-                    [d.get("target", "") for d in error.get("details", [])])
+            entries.append(_Entry(i, record.domain, record.key, record, version, idem,
+                                  current, repair))
+        for entry, result in zip(entries, self._write_entries(entries, writer), strict=True):
+            results[entry.index] = result
         return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ BatchErp
+
+    def read_many(self, domain: str, keys: Sequence[str]
+                  ) -> dict[str, tuple[CanonicalRecord | None, Current | None]]:
+        """One tombstone-aware GET per record (whole documents, with ETag and
+        ``lastModifiedBy``), ``CLOUD_BATCH_MAX`` per ``$batch``."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, tuple[CanonicalRecord | None, Current | None]] = {}
+        for start in range(0, len(keys), CLOUD_BATCH_MAX):
+            chunk = keys[start:start + CLOUD_BATCH_MAX]
+            reads = [{"id": str(n), "method": "GET",
+                      "url": _by_number(domain, key).lstrip("/") + "?includeDeleted=true"}
+                     for n, key in enumerate(chunk)]
+            for key, answer in zip(chunk, self._batch(reads), strict=True):
+                current = _current_from(answer)
+                if current is None:
+                    out[key] = (None, None)
+                elif current.deleted:
+                    out[key] = (None, current.public())
+                else:
+                    out[key] = (canonical_from_json(domain, answer["body"]), current.public())
+        return out
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult | Exception]:
+        """Conditioned writes through ``$batch`` (one request per writer and 200 ops):
+        each op ``If-Match`` on the revision its caller read, so a person's edit made
+        since is answered ``Changed`` (with the fresh state) and never overwritten."""
+        results: list[WriteResult | Exception | None] = [None] * len(ops)
+        by_writer: dict[str, list[_Entry]] = {}
+        for i, op in enumerate(ops):
+            held = _Current.of(op.current) if op.current is not None else None
+            by_writer.setdefault(op.writer, []).append(
+                _Entry(i, op.domain, op.key, op.record, op.source_version, op.idempotency_key,
+                       held, op.repair))
+        for writer, entries in by_writer.items():
+            for entry, result in zip(entries, self._write_entries(entries, writer), strict=True):
+                results[entry.index] = result
+        return results  # type: ignore[return-value]
+
+    def _write_entries(self, entries: Sequence[_Entry], writer: str
+                       ) -> list[WriteResult | CloudBusinessError]:
+        """Write ``entries`` (each conditioned on its ``current``) in ``$batch`` requests;
+        lost races answer ``Changed`` with the state read again in one more batch."""
+        results: list[WriteResult | CloudBusinessError | None] = [None] * len(entries)
+        pending: list[tuple[int, dict]] = []
+        for n, e in enumerate(entries):
+            current = e.current
+            if current is not None and not applies(e.version, current.version, e.repair):
+                results[n] = Stale(e.domain, e.key, e.version, current.version)
+            elif e.record is None and (current is None or current.deleted):
+                results[n] = Applied(e.domain, e.key, e.version)
+            elif e.record is None:
+                assert current is not None
+                pending.append((n, {
+                    "id": str(n), "method": "DELETE",
+                    "url": f"{_entity_set(e.domain)}({current.id})",
+                    "headers": {"If-Match": current.etag,
+                                "X-Coexist-Source-Version": str(e.version),
+                                "Idempotency-Key": f"{e.idempotency_key}:{current.etag}"}}))
+            else:
+                pending.append((n, _write_op(str(n), e.domain, current,
+                                             _document(e.record, e.version),
+                                             e.idempotency_key)))
+        lost: list[int] = []
+        headers = {"X-Client-Id": writer}
+        for start in range(0, len(pending), CLOUD_BATCH_MAX):
+            chunk = pending[start:start + CLOUD_BATCH_MAX]
+            for (n, _op), answer in zip(chunk, self._batch([op for _, op in chunk], headers),
+                                        strict=True):
+                e, status = entries[n], answer["status"]
+                if status in _WRITTEN:
+                    results[n] = _applied_from(e.domain, e.key, e.version,
+                                               answer.get("headers") or {}, e.current)
+                elif status in (404, 409, 412):
+                    lost.append(n)
+                elif _is_technical(status):
+                    raise CloudTechnicalError(
+                        f"cloud ERP $batch: {e.domain} {e.key} answered {status}; retry later")
+                else:
+                    error = (answer.get("body") or {}).get("error", {})
+                    results[n] = CloudBusinessError(
+                        status, error.get("message", ""), error.get("code", ""),
+                        [d.get("target", "") for d in error.get("details", [])])
+        if lost:
+            fresh = self._currents([(entries[n].domain, entries[n].key) for n in lost])
+            for n, now in zip(lost, fresh, strict=True):
+                e = entries[n]
+                expected = e.current.etag if e.current is not None else ABSENT
+                results[n] = Changed(e.domain, e.key, expected,
+                                     now.public() if now is not None else None)
+        return results  # type: ignore[return-value]
+
+    def _currents(self, keys: Sequence[tuple[str, str]]) -> list[_Current | None]:
+        out: list[_Current | None] = []
+        for start in range(0, len(keys), CLOUD_BATCH_MAX):
+            reads = [{"id": str(n), "method": "GET",
+                      "url": _by_number(domain, key).lstrip("/") + _CURRENT_QS}
+                     for n, (domain, key) in enumerate(keys[start:start + CLOUD_BATCH_MAX])]
+            out += [_current_from(a) for a in self._batch(reads)]
+        return out
 
     # ------------------------------------------------------------------ internals
 
@@ -428,10 +554,10 @@ class CloudErp:
         return self._request(op["method"], "/" + op["url"], headers=headers,
                              content=body, ok=(*_WRITTEN, 404, 409, 412))
 
-    def _batch(self, operations: list[dict]) -> list[dict]:
+    def _batch(self, operations: list[dict], headers: dict | None = None) -> list[dict]:
         content = json.dumps({"requests": operations}, separators=(",", ":")).encode()
         response = self._request("POST", "/$batch", content=content, cost=len(operations),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
         answers = response.json()["responses"]
         order = {op["id"]: n for n, op in enumerate(operations)}
         return sorted(answers, key=lambda a: order[a["id"]])
@@ -498,6 +624,17 @@ def _applied(domain: str, key: str, version: int, response: httpx.Response,
     if location and location.endswith(")") and "(" in location:
         target_id = location[location.rindex("(") + 1:-1]
     return Applied(domain, key, version, response.headers.get("ETag", ""), target_id)
+
+
+def _applied_from(domain: str, key: str, version: int, headers: dict,
+                  current: _Current | None) -> Applied:
+    """``Applied`` from one ``$batch`` answer's headers (ETag, the created record's id)."""
+    found = {k.lower(): v for k, v in headers.items()}
+    target_id = current.id if current is not None else None
+    location = found.get("odata-entityid") or found.get("location")
+    if location and location.endswith(")") and "(" in location:
+        target_id = location[location.rindex("(") + 1:-1]
+    return Applied(domain, key, version, found.get("etag", ""), target_id)
 
 
 def _entity_set(domain: str) -> str:

@@ -25,7 +25,7 @@ Thread-safe (one lock), so a fake can stand in for an ERP shared by threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,6 +39,7 @@ from coexistence.ports import (
     Changed,
     Current,
     Stale,
+    WriteOp,
     WriteResult,
 )
 from coexistence.writes import applies
@@ -169,6 +170,37 @@ class InMemoryErp:
                 result = Applied(domain, key, source_version, str(slot.revision))
             self._idempotency[idempotency_key] = (fingerprint, result)
             return result
+
+    # ------------------------------------------------------------------ BatchErp
+
+    def read_many(self, domain: str, keys: Sequence[str]
+                  ) -> dict[str, tuple[CanonicalRecord | None, Current | None]]:
+        with self._lock:
+            slots = self._domain(domain)
+            out: dict[str, tuple[CanonicalRecord | None, Current | None]] = {}
+            for key in keys:
+                slot = slots.get(key)
+                out[key] = (slot.record, slot.current()) if slot else (None, None)
+            return out
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult | Exception]:
+        results: list[WriteResult | Exception] = []
+        for op in ops:
+            condition = op.current.revision if op.current is not None else ABSENT
+            try:
+                if op.record is None:
+                    results.append(self.delete(
+                        op.domain, op.key, source_version=op.source_version,
+                        idempotency_key=op.idempotency_key, writer=op.writer,
+                        repair=op.repair, if_revision=condition))
+                else:
+                    results.append(self.upsert(
+                        op.record, source_version=op.source_version,
+                        idempotency_key=op.idempotency_key, writer=op.writer,
+                        repair=op.repair, if_revision=condition))
+            except BusinessError as exc:
+                results.append(exc)
+        return results
 
     # ------------------------------------------------------------------ ChangeFeed
 

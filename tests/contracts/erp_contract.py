@@ -38,7 +38,17 @@ from coexistence.canonical import (
     Product,
     Shipment,
 )
-from coexistence.ports import COEXIST_WRITER, Applied, Change, ChangeFeed, Erp, Stale
+from coexistence.ports import (
+    COEXIST_WRITER,
+    Applied,
+    BatchErp,
+    Change,
+    Changed,
+    ChangeFeed,
+    Erp,
+    Stale,
+    WriteOp,
+)
 
 #: A person's user id in the tests (someone typing into the ERP by hand).
 PERSON = "JSMITH"
@@ -361,6 +371,60 @@ class ErpContract:
                                   idempotency_key=new_key(), repair=True)
         assert done == Applied("customer", ours.key, 4)
         assert harness.erp.get("customer", ours.key) is None
+
+    # -------------------------------------------------------------- batches (BatchErp)
+
+    def test_read_many_answers_each_record_and_its_revision_tombstones_included(self, harness):
+        erp = harness.erp
+        assert isinstance(erp, BatchErp)
+        live, gone = self.make_record("customer", 20), self.make_record("customer", 21)
+        erp.upsert(live, source_version=3, idempotency_key=new_key())
+        erp.upsert(gone, source_version=3, idempotency_key=new_key())
+        erp.delete("customer", gone.key, source_version=4, idempotency_key=new_key())
+        read = erp.read_many("customer", [live.key, gone.key, "99998"])
+        assert read[live.key][0] == self.as_stored(live)
+        assert read[live.key][1] == erp.get_current("customer", live.key)
+        assert read[gone.key][0] is None and read[gone.key][1].exists is False
+        assert read[gone.key][1].version == 4
+        assert read["99998"] == (None, None)
+
+    def test_write_many_gives_each_op_its_own_result(self, harness):
+        erp = harness.erp
+        new, old, bye = (self.make_record("customer", n) for n in (22, 23, 24))
+        erp.upsert(old, source_version=9, idempotency_key=new_key())
+        erp.upsert(bye, source_version=1, idempotency_key=new_key())
+        read = erp.read_many("customer", [new.key, old.key, bye.key])
+        results = erp.write_many([
+            WriteOp("customer", new.key, new, 5, new_key(), read[new.key][1]),
+            WriteOp("customer", old.key, self.make_record("customer", 23, 1), 8, new_key(),
+                    read[old.key][1]),
+            WriteOp("customer", bye.key, None, 2, new_key(), read[bye.key][1]),
+        ])
+        assert [type(r) for r in results] == [Applied, Stale, Applied]
+        assert results[1] == Stale("customer", old.key, 8, 9)
+        assert erp.get("customer", new.key) == self.as_stored(new)
+        assert erp.get("customer", old.key) == self.as_stored(old)
+        assert erp.get("customer", bye.key) is None
+
+    def test_a_batched_write_never_overwrites_an_edit_made_since_its_read(self, harness):
+        erp = harness.erp
+        ours, theirs = self.make_record("customer", 25), self.make_record("customer", 25, 3)
+        newcomer = self.make_record("customer", 26)
+        erp.upsert(ours, source_version=2, idempotency_key=new_key())
+        read = erp.read_many("customer", [ours.key, newcomer.key])
+        # A person edits one record and creates the other after the read, before the write.
+        harness.person_upsert(theirs, PERSON)
+        harness.person_upsert(newcomer, PERSON)
+        results = erp.write_many([
+            WriteOp("customer", ours.key, self.make_record("customer", 25, 1), 7, new_key(),
+                    read[ours.key][1]),
+            WriteOp("customer", newcomer.key, self.make_record("customer", 26, 1), 7,
+                    new_key(), read[newcomer.key][1]),
+        ])
+        assert [type(r) for r in results] == [Changed, Changed]
+        assert results[0].current.writer == PERSON
+        assert erp.get("customer", ours.key) == self.as_stored(theirs)
+        assert erp.get("customer", newcomer.key) == self.as_stored(newcomer)
 
 
 def read_all(feed: ChangeFeed, batch: int = 500) -> list[Change]:

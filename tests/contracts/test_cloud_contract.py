@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from bus.errors import TechnicalError
-from coexistence.ports import COEXIST_WRITER, Applied, Stale
-from tests.contracts.erp_contract import ErpContract, ErpHarness, new_key, sample
+from coexistence.ports import COEXIST_WRITER, Applied, Changed, Stale
+from tests.contracts.erp_contract import PERSON, ErpContract, ErpHarness, new_key, sample
 from tests.support import cloud_sim
 from tests.support.cloud_sim import SimulatorAdmin
 from workers.cloud_erp import CloudErp, CloudTechnicalError
@@ -182,3 +182,41 @@ def test_an_upsert_right_after_a_read_skips_its_own_read_but_never_writes_over_a
     assert cloud.get("customer", record.key) == mine
     writes = [c for c in sim.changes() if c["number"] == record.key]
     assert [c["clientId"] for c in writes] == [COEXIST_WRITER, "someone", COEXIST_WRITER]
+
+
+def test_a_batched_upsert_never_overwrites_an_edit_made_between_its_read_and_its_write(
+        cloud, sim):
+    """The 412 of ``upsert_many`` answers Changed with the fresh state (issue 9): before, it
+    re-sent the write unconditioned and the version check alone let it overwrite."""
+    ours = [sample("customer", 30 + n) for n in range(3)]
+    cloud.upsert_many([(r, 1, new_key()) for r in ours])
+    theirs = ours[1].model_copy(update={"name": "Typed By A Person"})
+    real = cloud._batch
+
+    def batch_then_a_person_edits(operations, headers=None):
+        answers = real(operations, headers)
+        if all(op["method"] == "GET" for op in operations):
+            sim.person_upsert(theirs, PERSON)  # between the batch's read and its write
+        return answers
+
+    cloud._batch = batch_then_a_person_edits
+    newer = [r.model_copy(update={"name": f"Routed {r.key}"}) for r in ours]
+    results = cloud.upsert_many([(r, 2, new_key()) for r in newer])
+    assert [type(r) for r in results] == [Applied, Changed, Applied]
+    assert results[1].current.writer == PERSON
+    assert cloud.get("customer", ours[1].key).name == "Typed By A Person"
+    assert cloud.get("customer", ours[0].key).name == f"Routed {ours[0].key}"
+
+
+def test_a_batched_upsert_honours_repair_and_its_revision_condition(cloud, sim):
+    record = sample("customer", 40)
+    cloud.upsert_many([(record, 3, new_key())])
+    sim.person_upsert(record.model_copy(update={"name": "Stray Edit"}), PERSON)
+    etag = cloud.get_current("customer", record.key).revision
+    # An equal version applies only as a repair (issue 11 item 6: it used to be ignored).
+    assert cloud.upsert_many([(record, 3, new_key())]) == [Stale("customer", record.key, 3, 3)]
+    assert cloud.upsert_many([(record, 3, new_key(), "W/\"other\"")], repair=True)[0] == \
+        Changed("customer", record.key, "W/\"other\"", cloud.get_current("customer", record.key))
+    assert cloud.upsert_many([(record, 3, new_key(), etag)], repair=True) == \
+        [Applied("customer", record.key, 3)]
+    assert cloud.get("customer", record.key) == record

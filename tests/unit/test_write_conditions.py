@@ -15,10 +15,12 @@ from sqlalchemy import select
 
 from bus.envelope import new_envelope
 from coexistence.canonical import decode
+from coexistence.flags import FlagSource
 from coexistence.ports import COEXIST_WRITER, Applied, Changed, Stale
 from coexistence.router import routed_version
 from coexistence.writes import StrayWrite, SwitchConflict
 from tests.support.router_harness import Harness
+from workers.erp_memory import InMemoryErp
 from workers.router import handlers, observed, queues
 from workers.xref_sql import SqlXref
 
@@ -232,3 +234,48 @@ def test_capture_and_the_writers_record_what_they_observed_and_link_created_reco
     # The shadow write created the record in the cloud: its ids are linked.
     entry = SqlXref(h.engine).by_canonical("customer", "10003")
     assert entry is not None and entry.legacy_key == "0000010003"
+
+
+# ---------------------------------------------------------------- channel commands
+
+
+class EditsOnceAfterARead(InMemoryErp):
+    """An SoR in which a person saves an edit right after coexist's first read."""
+
+    def __init__(self, edit):
+        super().__init__("legacy")
+        self.edit, self.reads = edit, 0
+
+    def _edited(self):
+        self.reads += 1
+        if self.reads == 1:
+            self.person_upsert(self.edit, "JSMITH")
+
+    def get(self, domain, key):
+        record = super().get(domain, key)
+        self._edited()
+        return record
+
+    def read_many(self, domain, keys):
+        answer = super().read_many(domain, keys)
+        self._edited()
+        return answer
+
+
+def test_a_command_never_overwrites_a_persons_edit_made_between_its_read_and_its_write():
+    """``route_command`` conditioned on the revision its merge was built on (issue 9): the
+    person's credit limit stays, the CRM's contact lands.  Before, the merge over the older
+    read was written unconditioned and the credit limit went back to 1000.00."""
+    sor = EditsOnceAfterARead(limit("2500.00"))
+    sor.upsert(BASE, source_version=routed_version(0, 1), idempotency_key="seed")
+    command = new_envelope(
+        domain="customer", kind=queues.KIND_COMMAND, key="10003",
+        payload={"record": BASE.model_copy(update={"contact_name": "Ada Okafor"})
+                 .model_dump(mode="json"), "channel": "crm"},
+        source_system="crm", source_version=7)
+    result = handlers.route_command(command, {"legacy": sor, "cloud": InMemoryErp("cloud")},
+                                    FlagSource(), lambda *a: None)
+    held = sor.get("customer", "10003")
+    assert held.credit_limit == Decimal("2500.00") and held.contact_name == "Ada Okafor"
+    assert isinstance(result, Applied)
+    assert sor.get_current("customer", "10003").writer == "COEXCRM"

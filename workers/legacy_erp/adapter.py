@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,7 @@ from coexistence.ports import (
     Changed,
     Current,
     Stale,
+    WriteOp,
     WriteResult,
 )
 from coexistence.writes import applies
@@ -306,6 +307,70 @@ class LegacyErp:
                 coexist_transaction(conn, writer):
             return self._write(conn, d, key, source_version, repair, idempotency_key,
                                fingerprint, lambda: self._remove(conn, d, values), if_revision)
+
+    # ------------------------------------------------------------------ batches
+
+    def read_many(self, domain: str, keys: Sequence[str]
+                  ) -> dict[str, tuple[CanonicalRecord | None, Current | None]]:
+        """``BatchErp``: each record and its ``Current`` on one connection (the revision
+        first: an edit landing after it fails the write's re-check, never goes unseen)."""
+        d = self._domain(domain)
+        out: dict[str, tuple[CanonicalRecord | None, Current | None]] = {}
+        with self.engine.connect() as conn:
+            for key in dict.fromkeys(keys):
+                current = self._current(conn, d, key)
+                record = None
+                if current is not None and current.exists:
+                    values = d.t.key_columns(d.t.legacy_key(key))
+                    row = conn.execute(d.read_header,
+                                       d.key_params(d.header, values)).mappings().first()
+                    if row is not None:
+                        children = ()
+                        if d.read_children is not None:
+                            children = conn.execute(
+                                d.read_children, d.key_params(d.child, values)).mappings().all()
+                        record = d.t.to_canonical(row, children)
+                out[key] = (record, current)
+        return out
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult | Exception]:
+        """``BatchErp``: one transaction per writer for the whole batch, each op with the
+        checks of :meth:`upsert` / :meth:`delete` (idempotency replay, the re-check of its
+        revision under the row lock, the version).  A record the legacy schema cannot
+        hold, or a reused idempotency key, is that op's business error (nothing of it is
+        written); a database error rolls back the whole batch and raises."""
+        results: list[WriteResult | Exception | None] = [None] * len(ops)
+        by_writer: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            by_writer.setdefault(op.writer, []).append(i)
+        now = datetime.now(UTC)
+        for writer, indexes in by_writer.items():
+            self._register(writer)
+            with self.engine.begin() as conn, coexist_transaction(conn, writer):
+                for i in indexes:
+                    op = ops[i]
+                    try:
+                        results[i] = self._write_op(conn, op, now)
+                    except BusinessError as exc:
+                        results[i] = exc
+        return results  # type: ignore[return-value]
+
+    def _write_op(self, conn, op: WriteOp, now: datetime) -> WriteResult:
+        d = self._domain(op.domain)
+        condition = op.current.revision if op.current is not None else ABSENT
+        if op.record is None:
+            values = d.t.key_columns(d.t.legacy_key(op.key))
+            fingerprint = _fingerprint("delete", d.name, op.key, op.source_version, op.writer,
+                                       op.repair)
+            return self._write(conn, d, op.key, op.source_version, op.repair,
+                               op.idempotency_key, fingerprint,
+                               lambda: self._remove(conn, d, values), condition)
+        header, children = d.t.from_canonical(op.record, changed_by=op.writer, changed_at=now)
+        fingerprint = _fingerprint("upsert", d.name, op.key, op.source_version, op.writer,
+                                   op.repair, op.record.model_dump_json())
+        return self._write(conn, d, op.key, op.source_version, op.repair, op.idempotency_key,
+                           fingerprint, lambda: self._replace(conn, d, header, children),
+                           condition)
 
     # ------------------------------------------------------------------ change feed
 

@@ -37,6 +37,7 @@ from coexistence.ports import (
     ABSENT,
     COEXIST_WRITER,
     Applied,
+    BatchErp,
     Changed,
     Current,
     Erp,
@@ -338,12 +339,37 @@ def route_command(env: Envelope, erps: Mapping[str, Erp], flags: Any, send: Send
     decision = decide_command(env.domain, record, flag,
                               pinned_sor=pinned_sor(env.domain, env.key))
     sor = erps[decision.sor]
-    current = sor.get(env.domain, env.key)
-    merged, violations = merge_owned(current, record, channel)
-    report_violations(violations, env, send)
     version = routed_version(decision.flag_version, env.source_version)
-    return sor.upsert(merged, source_version=version, idempotency_key=env.message_id,
-                      writer=writer)
+    for _ in range(WRITE_CONDITION_ROUNDS):
+        # Conditioned on the revision the merge was built on: a person's edit landing
+        # between this read and the write is answered Changed, and the merge is made
+        # again over it (the command changes only what its channel owns).
+        held, current = read_held(sor, env.domain, env.key)
+        merged, violations = merge_owned(held, record, channel)
+        report_violations(violations, env, send)
+        condition = current.revision if current is not None else ABSENT
+        result = sor.upsert(merged, source_version=version, idempotency_key=env.message_id,
+                            writer=writer, if_revision=condition)
+        if isinstance(result, Changed):
+            log.info("%s %s %s changed under a %s command (%s); merging again", sor.system,
+                     env.domain, env.key, channel,
+                     result.current.writer if result.current else "gone")
+            continue
+        return result
+    raise TechnicalError(f"{sor.system} {env.domain} {env.key} changed under "
+                         f"{WRITE_CONDITION_ROUNDS} command attempts in a row; retry later")
+
+
+def read_held(target: Erp, domain: str, key: str
+              ) -> tuple[CanonicalRecord | None, Current | None]:
+    """The record and its ``Current`` from one tombstone-aware read when the target reads
+    in batches (``BatchErp``); else the revision first, then the record (an edit between
+    the two makes the write's condition fail, so it is never unseen)."""
+    if isinstance(target, BatchErp):
+        return target.read_many(domain, [key])[key]
+    current = target.get_current(domain, key)
+    held = target.get(domain, key) if current is not None and current.exists else None
+    return held, current
 
 
 def report(env: Envelope) -> None:
