@@ -19,6 +19,10 @@ thread per queue instead:
 3. ack after the commit: ``basic_ack(multiple=True)`` on RabbitMQ, one transaction on
    the embedded broker.
 
+A batch handler without an inbox may return the positions of messages it leaves to the
+per-message path (the ERP writers do, for every case that needs a decision): those go
+through it one by one, the others are acked with the batch.
+
 When the batch handler raises, the transaction rolls back and every message of the
 batch goes through the ordinary per-message path instead (dramatiq's middleware
 pipeline: its own inbox claim, ``bus.retry``'s failure classes: business ->
@@ -234,10 +238,13 @@ class BatchConsumer(threading.Thread):
                     actor = self.broker.get_actor(actor_name)
                 except ActorNotFound:
                     actor = None
-                if actor is not None and is_batch_actor(actor) and self._batch(actor, group):
-                    committed += group
-                    continue
-                for message in group:  # settled one by one, before the batch's ack
+                alone = self._batch(actor, group) if actor is not None and \
+                    is_batch_actor(actor) else None
+                if alone is None:
+                    alone = group
+                else:
+                    committed += [m for m in group if not any(m is a for a in alone)]
+                for message in alone:  # settled one by one, before the batch's ack
                     self.process_one(message)
             if committed:
                 self._committed(committed)
@@ -245,8 +252,14 @@ class BatchConsumer(threading.Thread):
         finally:
             self._track(-len(messages))
 
-    def _batch(self, actor, messages: Sequence[Any]) -> bool:
-        """True when the whole group's claims and effects committed."""
+    def _batch(self, actor, messages: Sequence[Any]) -> list[Any] | None:
+        """The messages left to the per-message path once the group's claims and
+        effects committed (``None``: the batch failed, every message goes alone).
+
+        A handler that returns a sequence of positions (into the list it was given)
+        leaves those messages to the per-message path: their effects are its own
+        business (they were not applied by the batch), so they get its decisions and
+        failure classes while the others are acked with the batch."""
         handler = actor.options[BATCH_OPTION]
         consumer = actor.options.get(inbox.INBOX_OPTION)
         try:
@@ -263,18 +276,26 @@ class BatchConsumer(threading.Thread):
                         log.debug("%d of %d messages on %s were already applied by %s.",
                                   len(messages) - len(todo), len(messages), self.queue_name,
                                   consumer)
+                    handed: Sequence[Any] = todo
+                    left = None
                     if todo:
                         with inbox.bound(conn):
-                            handler([_arg(m) for m in todo])
+                            left = handler([_arg(m) for m in todo])
+                    if left:
+                        # Their claims would commit with the batch and the per-message
+                        # path would then skip them as applied.
+                        raise RuntimeError("a batch handler with an inbox cannot leave "
+                                           "messages to the per-message path")
             else:
-                handler([_arg(m) for m in messages])
+                handed = messages
+                left = handler([_arg(m) for m in messages])
         except Exception as e:
             BATCHES.labels(queue=self.queue_name, outcome="split").inc()
             log.info("A batch of %d messages on %s failed (%s: %s); handling each alone.",
                      len(messages), self.queue_name, type(e).__name__, e)
-            return False
+            return None
         BATCHES.labels(queue=self.queue_name, outcome="committed").inc()
-        return True
+        return [handed[i] for i in left] if left else []
 
     def process_one(self, message) -> None:
         """One message through dramatiq's middleware pipeline, as its worker threads do."""

@@ -39,6 +39,12 @@ class Harness:
     captured: CaptureStats = field(default_factory=CaptureStats)
     #: Actors whose worker is "stopped": their messages wait in ``pending``.
     paused: set[str] = field(default_factory=set)
+    #: Deliver the ERP writers' messages in batches, as the batch consumer does
+    #: (``handlers.apply_writes``, then ``apply_write`` for what it leaves).
+    batched: bool = True
+    #: Batches the writers were handed, and messages they left to the single path.
+    write_batches: int = 0
+    left_alone: int = 0
 
     def __post_init__(self):
         self.erps = {LEGACY: self.legacy, CLOUD: self.cloud}
@@ -106,6 +112,16 @@ class Harness:
         except BusinessError as exc:
             self.business_errors.append((actor, env, exc))
 
+    def _dispatch_batch(self, actor: str, envs: list[Envelope]) -> None:
+        """The batch consumer's path for an ERP writer: the batch, then each left message
+        alone (business errors collected per message, as the middleware records them)."""
+        target = self.legacy if actor == queues.WRITE_ACTOR[LEGACY] else self.cloud
+        self.write_batches += 1
+        left = handlers.apply_writes(envs, target, self._send, self.write_context())
+        self.left_alone += len(left)
+        for i in left:
+            self._dispatch(actor, envs[i])
+
     def settle(self, max_rounds: int = 50) -> None:
         """Capture, relay and deliver until nothing moves."""
         for _ in range(max_rounds):
@@ -116,10 +132,18 @@ class Harness:
                 moved += stats.read
             moved += self.relay.run_once(10_000)
             waiting = []
+            writers = set(queues.WRITE_ACTOR.values())
             while self.pending:
                 actor, env = self.pending.pop(0)
                 if actor in self.paused:
                     waiting.append((actor, env))
+                    continue
+                if self.batched and actor in writers:
+                    group = [env]
+                    while self.pending and self.pending[0][0] == actor and len(group) < 200:
+                        group.append(self.pending.pop(0)[1])
+                    self._dispatch_batch(actor, group)
+                    moved += len(group)
                     continue
                 self._dispatch(actor, env)
                 moved += 1

@@ -41,7 +41,7 @@ from coexistence.writes import StrayWrite, SwitchConflict
 from tests.support.router_harness import Harness
 from workers.db import create_state_engine
 from workers.migrate import upgrade as upgrade_schema
-from workers.router.queues import REPORT_ACTOR
+from workers.router.queues import REPORT_ACTOR, WRITE_ACTOR
 
 from .test_write_conditions import BASE, limit
 
@@ -115,6 +115,24 @@ class Switches(RuleBasedStateMachine):
         if twice:  # redelivered later (a lost ack): the copy stays in flight
             self.h.pending.append((actor, env))
         self.h._dispatch(actor, env)
+
+    @precondition(lambda self: self.h.pending)
+    @rule(pick=st.integers(0, 1_000), size=st.integers(2, 6), twice=st.booleans())
+    def deliver_batch(self, pick, size, twice):
+        """The batch consumer's path: several deliveries of one writer in one batch."""
+        writers = set(WRITE_ACTOR.values())
+        first = pick % len(self.h.pending)
+        actor = self.h.pending[first][0]
+        if actor not in writers:
+            return
+        chosen = [i for i, (a, _e) in enumerate(self.h.pending) if a == actor]
+        chosen = chosen[chosen.index(first):][:size]
+        envs = [self.h.pending[i][1] for i in chosen]
+        for i in reversed(chosen):
+            del self.h.pending[i]
+        if twice:  # a lost ack: the whole batch comes back later
+            self.h.pending += [(actor, e) for e in envs]
+        self.h._dispatch_batch(actor, envs)
 
     @rule()
     def switch(self):

@@ -3,14 +3,17 @@
 Retries, failure classes, correlation ids, the inbox and the exception store are the
 middleware's job (``bus.brokers.setup``).
 
-The ERP writers, the command router and the report actor are consumed one message at a
-time by dramatiq's worker threads.  Each subscription's channel handler (a function of a
-sequence of envelopes) is consumed by the batch consumer (``bus.batch``): up to
-``CHANNEL_BATCH_SIZE`` deliveries per call, acked after the call returned; a failing
-batch falls back to one message per call, so failures keep their classes.  A channel
-handler that marks itself with ``bus.inbox.uses_inbox`` gets the inbox of its
-subscription's name: claims and whatever it writes through ``bus.inbox.current()``
-commit in one state transaction per batch.
+The ERP writers are consumed by the batch consumer too (``handlers.apply_writes``: one
+read and one conditioned write request per batch); every message that needs a decision
+(a repair, a target someone else changed, a lost race, a business error) is left to the
+per-message path, ``handlers.apply_write``.  The command router and the report actor
+are consumed one message at a time by dramatiq's worker threads.  Each subscription's
+channel handler (a function of a sequence of envelopes) is consumed by the batch
+consumer (``bus.batch``): up to ``CHANNEL_BATCH_SIZE`` deliveries per call, acked after
+the call returned; a failing batch falls back to one message per call, so failures
+keep their classes.  A channel handler that marks itself with ``bus.inbox.uses_inbox``
+gets the inbox of its subscription's name: claims and whatever it writes through
+``bus.inbox.current()`` commit in one state transaction per batch.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ BATCHED_ATTR = "batched"
 #: How long the batch consumer waits for more deliveries after the first one.
 CHANNEL_BATCH_WAIT_MS = 5
 
+#: Most routed writes one ERP writer call takes (the cloud's ``$batch`` limit).
+WRITE_BATCH_SIZE = 200
+#: How long an ERP writer's batch consumer waits for more writes after the first one.
+WRITE_BATCH_WAIT_MS = 5
+
 ChannelHandler = Callable[[Sequence[Envelope]], None]
 
 
@@ -59,6 +67,13 @@ def register_actors(
         write.__name__ = queues.WRITE_ACTOR[system]
         return write
 
+    def batch_writer(system: str):
+        def write_many(envelopes: list[dict]) -> list[int]:
+            return handlers.apply_writes([from_dict(e) for e in envelopes], app.erps[system],
+                                         app.send, context)
+
+        return write_many
+
     def route_command(envelope: dict) -> None:
         handlers.route_command(from_dict(envelope), app.erps, app.flags, app.send, pinned_sor)
 
@@ -69,7 +84,9 @@ def register_actors(
     for system in (LEGACY, CLOUD):
         actors[queues.WRITE_ACTOR[system]] = dramatiq.actor(
             writer(system), actor_name=queues.WRITE_ACTOR[system],
-            queue_name=queues.WRITE_QUEUE[system], broker=app.broker)
+            queue_name=queues.WRITE_QUEUE[system], broker=app.broker,
+            batch=batch_writer(system), batch_size=WRITE_BATCH_SIZE,
+            batch_wait_ms=WRITE_BATCH_WAIT_MS)
     actors[queues.COMMAND_ACTOR] = dramatiq.actor(
         route_command, actor_name=queues.COMMAND_ACTOR, queue_name=queues.COMMAND_QUEUE,
         broker=app.broker)

@@ -20,6 +20,11 @@ document was pinned by the other ERP's capture meanwhile) and need an SoR record
 that was not read, the transaction is rolled back, that record read, and the batch
 decided again: the same rule as a crash before the commit.
 
+Coalescing: the changes of one key inside a batch cause ONE routed write per target,
+the latest one's (a later change's write replaces the earlier one: the later state wins,
+and its routed version, the higher, says so).  Every change still reaches the routing
+state, the observations, the digest index and the channels.
+
 Message ids are derived from (system, cursor, purpose), so the same change
 always causes messages with the same ids: duplicates anywhere downstream are
 absorbed by inboxes, idempotency keys and version checks.
@@ -94,6 +99,8 @@ class CaptureStats:
     writes: int = 0
     events: int = 0
     vanished: int = 0
+    #: Routed writes replaced by a later change of the same key in the same batch.
+    coalesced: int = 0
 
     def add(self, other: CaptureStats) -> None:
         for name in self.__dataclass_fields__:
@@ -146,6 +153,8 @@ class _Batch:
         self.sor_records = sor_records
         #: SoR records the decisions needed that were not read: the batch is not committed.
         self.missing: set[tuple[str, str, str]] = set()
+        #: (actor, domain, key) -> position of the key's routed write in its route's list.
+        self.writes: dict[tuple[str, str, str], int] = {}
 
     def sor_record(self, sor: str, domain: str, key: str) -> CanonicalRecord | None:
         """The SoR's record as read before the transaction; never a read of the SoR (one
@@ -158,6 +167,19 @@ class _Batch:
 
     def add(self, actor: str, queue: str, env: Envelope) -> None:
         self.by_route[(actor, queue)].append(env)
+
+    def add_write(self, actor: str, queue: str, env: Envelope) -> bool:
+        """A routed write; the changes of one key in one batch coalesce to ONE write per
+        target: a later change's write replaces the earlier one in place (the later state
+        wins; its version is the higher).  False when it replaced one."""
+        envs = self.by_route[(actor, queue)]
+        at = self.writes.get((actor, env.domain, env.key))
+        if at is not None:
+            envs[at] = env
+            return False
+        self.writes[(actor, env.domain, env.key)] = len(envs)
+        envs.append(env)
+        return True
 
     def flush(self, session: Session) -> None:
         for (actor, queue), envs in self.by_route.items():
@@ -346,8 +368,10 @@ class CaptureLoop:
         for target in decision.targets:
             env = self._envelope(change, kind, record, decision, f"write:{target}",
                                  extra={"origin": origin, "mode": decision.mode})
-            batch.add(queues.WRITE_ACTOR[target], queues.WRITE_QUEUE[target], env)
-            stats.writes += 1
+            if batch.add_write(queues.WRITE_ACTOR[target], queues.WRITE_QUEUE[target], env):
+                stats.writes += 1
+            else:
+                stats.coalesced += 1
         if decision.fan_out:
             event_kind = queues.KIND_EVENT if record else queues.KIND_DELETE
             for sub in self.subscriptions:

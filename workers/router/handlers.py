@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from coexistence.ports import (
     Current,
     Erp,
     Stale,
+    WriteOp,
     WriteResult,
 )
 from coexistence.router import decide_command, placement, routed_version, segment_attrs
@@ -178,6 +179,85 @@ def apply_write(env: Envelope, target: Erp, send: Send,
 WRITE, WRITE_SOR, STALE = "write", "write-sor", "stale"
 
 
+def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
+                 ctx: WriteContext | None = None) -> list[int]:
+    """Write a batch of routed changes into ``target``: ONE tombstone-aware read per
+    record (``read_many``) and one conditioned write per record (``write_many``: one
+    ``$batch`` on the cloud, one transaction on legacy).  Returns the positions of the
+    envelopes left to :func:`apply_write`, one message at a time, so that every case
+    that needs a decision keeps exactly the per-message path and its failure classes:
+
+    * repairs (they read the SoR when applied), and a second change of a key already
+      in the batch (capture coalesces them; a redelivery may not be);
+    * a target whose current state someone else made (TargetChanged: the decision
+      table), unless the version alone refuses the write (``Stale``, as there);
+    * an op answered ``Changed`` (someone wrote since the read: decided on fresh
+      state) or a business error (recorded for that message only);
+    * a record that cannot be decoded, or a target that does not read in batches.
+
+    The others are applied or refused as ``Stale`` here, with the same rule
+    (``coexistence.writes.applies``), the same idempotency keys and the same ownership
+    merge; their observations (and created records' xref links) are written in one
+    state transaction.  A technical failure raises: the batch consumer then handles
+    every message alone.
+    """
+    if not isinstance(target, BatchErp):
+        return list(range(len(envs)))
+    single: list[int] = []
+    chosen: dict[tuple[str, str], int] = {}
+    for i, env in enumerate(envs):
+        if env.kind not in (queues.KIND_UPSERT, queues.KIND_DELETE) or \
+                (env.domain, env.key) in chosen:
+            single.append(i)
+        else:
+            chosen[(env.domain, env.key)] = i
+    by_domain: dict[str, list[int]] = {}
+    for (domain, _key), i in chosen.items():
+        by_domain.setdefault(domain, []).append(i)
+    ops: list[WriteOp] = []
+    placed: list[int] = []
+    for domain, indexes in by_domain.items():
+        held = target.read_many(domain, [envs[i].key for i in indexes])
+        for i in indexes:
+            env = envs[i]
+            record, current = held[env.key]
+            version = routed_version(env.flag_version, env.source_version)
+            if current is not None and not applies(version, current.version, False):
+                metrics.wrote(target.system, env.kind,
+                              Stale(env.domain, env.key, version, current.version))
+                continue  # a duplicate or an older write, refused by the version alone
+            if current is not None and current.writer != COEXIST_WRITER:
+                single.append(i)  # TargetChanged: the decision table, per message
+                continue
+            incoming = None
+            if env.kind == queues.KIND_UPSERT:
+                try:
+                    incoming = _record(env)
+                except TranslationError:
+                    single.append(i)  # recorded as that message's business error
+                    continue
+                if env.domain in FIELD_OWNERSHIP:
+                    incoming, violations = merge_owned(record, incoming,
+                                                       env.payload.get("origin", "erp"))
+                    report_violations(violations, env, send)
+            ops.append(WriteOp(env.domain, env.key, incoming, version, env.message_id,
+                               current))
+            placed.append(i)
+    applied: list[tuple[Envelope, Applied, bool]] = []
+    for i, op, result in zip(placed, ops, target.write_many(ops) if ops else [], strict=True):
+        env = envs[i]
+        if isinstance(result, Applied):
+            created = op.record is not None and (op.current is None or not op.current.exists)
+            applied.append((env, result, created))
+        if isinstance(result, Applied | Stale):
+            metrics.wrote(target.system, env.kind, result)
+        else:
+            single.append(i)  # Changed, or a business error: decided / recorded alone
+    if applied and ctx is not None and ctx.state is not None:
+        _observe_writes(ctx, target, applied)
+    return sorted(single)
+
+
 def _placement(env: Envelope, ctx: WriteContext, record: CanonicalRecord | None,
                target: Erp | None = None):
     refresh = getattr(ctx.flags, "refresh", None)
@@ -301,6 +381,28 @@ def _conflict_message(env: Envelope, target: Erp, record: CanonicalRecord | None
         f"applied (current: {now}); {differs}; the SoR's state stays and reaches the other "
         f"ERP through change capture"
     )
+
+
+def _observe_writes(ctx: WriteContext, target: Erp,
+                    applied: Sequence[tuple[Envelope, Applied, bool]]) -> None:
+    rows = []
+    for env, result, created in applied:
+        legacy_key, cloud_id = _created_ids(target, env, result) if created else (None, None)
+        rows.append(observed.Written(target.system, env.domain, env.key, result,
+                                     COEXIST_WRITER, env.flag_version, created, legacy_key,
+                                     cloud_id))
+    observed.record_writes(ctx.state, rows)
+
+
+def _created_ids(target: Erp, env: Envelope, result: Applied) -> tuple[str | None, str | None]:
+    from coexistence.translate.legacy import LEGACY_TRANSLATORS
+
+    translator = LEGACY_TRANSLATORS.get(env.domain)
+    try:
+        legacy_key = translator.legacy_key(env.key) if translator is not None else None
+    except TranslationError:
+        legacy_key = None  # a key the legacy ERP cannot hold (fakes' keys): cloud id only
+    return legacy_key, result.target_id if target.system == "cloud" else None
 
 
 def _observe_write(ctx: WriteContext, target: Erp, env: Envelope, result: Applied,

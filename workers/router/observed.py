@@ -141,6 +141,35 @@ def record_write(engine, system: str, domain: str, key: str, result: Applied, wr
             link_in(conn, domain, key, legacy_key=legacy_key, cloud_id=cloud_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """One applied write of a batch, for :func:`record_writes`."""
+
+    system: str
+    domain: str
+    key: str
+    result: Applied
+    writer: str
+    flag_version: int
+    created: bool = False
+    legacy_key: str | None = None
+    cloud_id: str | None = None
+
+
+def record_writes(engine, writes: list[Written]) -> None:
+    """:func:`record_write` for a whole batch of writes, in ONE state transaction."""
+    from workers.xref_sql import link_in
+
+    if not writes:
+        return
+    with engine.begin() as conn:
+        _upsert(conn, [_row(w.system, w.domain, w.key, w.result.revision, w.writer, COEXIST,
+                            w.flag_version, None, w.result.version) for w in writes])
+        for w in writes:
+            if w.created and (w.legacy_key or w.cloud_id):
+                link_in(conn, w.domain, w.key, legacy_key=w.legacy_key, cloud_id=w.cloud_id)
+
+
 _NOTED = "coexist.observed"
 
 
