@@ -26,11 +26,12 @@ through it one by one, the others are acked with the batch.
 When the batch handler raises, the transaction rolls back and every message of the
 batch goes through the ordinary per-message path instead (dramatiq's middleware
 pipeline: its own inbox claim, ``bus.retry``'s failure classes: business ->
-exception store, technical -> retries).  So a poisoned message costs each neighbour
-one extra attempt and never fails it; a crash (kill -9) before the commit leaves
-claims and effects uncommitted and every delivery unacked, so all of them come back
-and are applied once.  Order within a key is the handler's business (version checks),
-as on the per-message path.
+exception store, technical -> retries).  A redelivered retry (``retries`` > 0) is
+handled alone from the start.  So a poisoned message costs each neighbour one extra
+attempt and never fails it, and costs itself one extra attempt in all; a crash
+(kill -9) before the commit leaves claims and effects uncommitted and every delivery
+unacked, so all of them come back and are applied once.  Order within a key is the
+handler's business (version checks), as on the per-message path.
 
 What the batch path does not do: it emits no ``before/after_process_message`` for the
 messages of a committed batch (those hooks are per message: a time limit, an inbox
@@ -115,7 +116,8 @@ class BatchConsumers(Middleware):
 
     def after_worker_boot(self, broker, worker) -> None:
         threads = self._threads[id(worker)] = [
-            BatchConsumer(broker, queue, self.engine, in_flight=worker.work_queue)
+            BatchConsumer(broker, queue, self.engine, in_flight=worker.work_queue,
+                          worker=worker)
             for queue in self._queues.pop(id(worker), [])
             for _ in range(_consumers(broker, queue))
         ]
@@ -138,12 +140,15 @@ class BatchConsumer(threading.Thread):
     """
 
     def __init__(self, broker, queue_name: str, engine: Engine | None, *,
-                 in_flight: PriorityQueue | None = None, idle_timeout_ms: int = IDLE_TIMEOUT_MS):
+                 in_flight: PriorityQueue | None = None, idle_timeout_ms: int = IDLE_TIMEOUT_MS,
+                 worker: Any = None):
         super().__init__(name=f"coexist-batch-{queue_name}", daemon=True)
         self.broker = broker
         self.queue_name = queue_name
         self.engine = engine
         self.in_flight = in_flight
+        #: The dramatiq worker, whose ``join()`` must also wait for retries held here.
+        self.worker = worker
         self.idle_timeout_ms = idle_timeout_ms
         self.running = True
         self.consumer: Any = None
@@ -180,6 +185,9 @@ class BatchConsumer(threading.Thread):
                     delays.join(timeout=10)
                     with contextlib.suppress(Exception):
                         delays.close()
+                    consumers = getattr(self.worker, "consumers", None)
+                    if consumers is not None and consumers.get(delays.queue_name) is delays:
+                        del consumers[delays.queue_name]
                 self._close()
             if self.running:
                 time.sleep(RESTART_DELAY_S)
@@ -194,6 +202,11 @@ class BatchConsumer(threading.Thread):
 
         thread = ConsumerThread(broker=self.broker, queue_name=delay_queue, prefetch=1000,
                                 work_queue=PriorityQueue(), worker_timeout=self.idle_timeout_ms)
+        consumers = getattr(self.worker, "consumers", None)
+        if consumers is not None and delay_queue not in consumers:
+            # ``Worker.join`` waits for its consumers' delay queues: a retry waiting for its
+            # eta here is work in progress too (the worker never consumes this queue).
+            consumers[delay_queue] = thread
         thread.start()
         return thread
 
@@ -238,12 +251,17 @@ class BatchConsumer(threading.Thread):
                     actor = self.broker.get_actor(actor_name)
                 except ActorNotFound:
                     actor = None
-                alone = self._batch(actor, group) if actor is not None and \
-                    is_batch_actor(actor) else None
+                # A delivery that failed before goes alone at once: a poisoned message then
+                # costs its batch one attempt in all, not one per retry.
+                retried = [m for m in group if int(m.options.get("retries", 0)) > 0]
+                fresh = [m for m in group if int(m.options.get("retries", 0)) == 0]
+                alone = self._batch(actor, fresh) if actor is not None and \
+                    is_batch_actor(actor) and fresh else None
                 if alone is None:
                     alone = group
                 else:
-                    committed += [m for m in group if not any(m is a for a in alone)]
+                    committed += [m for m in fresh if not any(m is a for a in alone)]
+                    alone = retried + alone
                 for message in alone:  # settled one by one, before the batch's ack
                     self.process_one(message)
             if committed:

@@ -4,6 +4,7 @@ real outbox relay, real dramatiq worker threads and middleware; ERPs are in-memo
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -131,7 +132,16 @@ def test_a_shadow_that_keeps_failing_technically_is_retried_then_recorded_as_div
     for key in ("77776", "77777"):
         app.erps[LEGACY].person_upsert(CUSTOMER.model_copy(update={"key": key}), "JSMITH")
     runtime.settle()
-    assert len(attempts) == 3  # the first try and two retries
+    # A retry the batch consumer holds between two deliveries (prefetched, not yet handled)
+    # is invisible to settle's queue counts: wait for the record, the event asserted on.
+    deadline = time.monotonic() + 30
+    while not ExceptionStore(app.state).list(domain="customer") and \
+            time.monotonic() < deadline:
+        runtime.settle()
+    # The first try, two retries, and at most one more: the first delivery's batch (its
+    # write_many fails, so each message goes alone); retries skip the batch, so the
+    # batch path never doubles a poisoned message's attempts (it did: 6).
+    assert 3 <= len(attempts) <= 4
     assert cloud.get("customer", "77776") is not None
     assert app.erps[LEGACY].get("customer", "77777") is not None
     [record] = ExceptionStore(app.state).list(domain="customer")
