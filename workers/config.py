@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     #: Embedded broker: seconds a message a worker took stays invisible to the others
     #: without renewal; a worker killed mid-message hands it back after at most this long.
     bus_lease_s: float = Field(30.0, ge=1, le=3600)
+    #: Most routed writes an ERP writer takes per batch (one read and one write request
+    #: each); 1 consumes them one message at a time (the path every decision takes).
+    write_batch_size: int = Field(200, ge=1, le=200)
     #: RabbitMQ management API for ``status``'s queue view (default: derived from the
     #: broker URL, port 15672); ``off`` reads queues by passive declares only.
     broker_management_url: str | None = None

@@ -12,8 +12,13 @@ Prints one JSON line per figure (``name``, ``records_per_s``, ``baseline_per_s``
   -> change capture -> outbox (SQLite state) -> RabbitMQ -> writer actors -> the cloud
   simulator over HTTP, until every record is in the cloud.  Latency: the legacy change's
   time to the cloud write's time, both read from the ERPs' own feeds, so it includes the
-  queueing of a burst.  Baseline: raw pika (durable queue, batched confirms, manual acks)
-  moving the same number of messages, from ``scripts/bench/bus.py``, in the same run.
+  queueing of a burst.  Baselines in the same run: raw pika (durable queue, batched
+  confirms, manual acks) moving the same number of messages, from ``scripts/bench/bus.py``;
+  and the same end-to-end run with the writers one message at a time
+  (``COEXIST_WRITE_BATCH_SIZE=1``, ``one_by_one_per_s``).  After the burst, ``--light``
+  single changes typed ``--light-gap-s`` apart give the light-load latency
+  (``light_load_p99_ms``: legacy change time to coexist's cloud write time).  The worker
+  processes' CPU per customer is read from /proc.
 
 RabbitMQ gets a private vhost (``rabbitmqctl``, removed after); files go to a temp folder.
 Bounded: the end-to-end phase gives up after ``--timeout-s``.
@@ -102,7 +107,8 @@ def bench_decisions(n: int) -> dict:
             "decisions": rounds * len(pairs)}
 
 
-def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int) -> dict:
+def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int,
+                 write_batch_size: int = 200, light: int = 0, light_gap_s: float = 0.2) -> dict:
     from coexistence.router import CLOUD, LEGACY
     from workers.bootstrap import bootstrap, run_router
     from workers.cloud_sim import start_simulator
@@ -131,18 +137,25 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             state = app.cutover.set("customer", Mode.SHADOW, actor="bench", reason="bench",
                                 force=True)
             app.flags.wait_for("customer", state.version, 10)
-            # People's inserts: the changes to route (they sit in the change log).
-            spec = SampleSpec(customers=changes, products=2, prices_per_customer=1)
-            seed_legacy(legacy_engine, spec, domains=["customer"])
             # As in production (supervisord): worker processes beside the router process.
             env = {**os.environ, "COEXIST_HOME": str(home), "COEXIST_STATE_URL":
                    settings.state_url, "COEXIST_LEGACY_URL": settings.legacy_url,
-                   "COEXIST_BROKER_URL": settings.broker_url, "COEXIST_CLOUD_URL": sim.url}
+                   "COEXIST_BROKER_URL": settings.broker_url, "COEXIST_CLOUD_URL": sim.url,
+                   "COEXIST_WRITE_BATCH_SIZE": str(write_batch_size)}
             procs = [subprocess.Popen(
                 [sys.executable, "-c", "from workers.cli import main; main()", "worker",
                  "--threads", str(threads), "--log-level", "WARNING"],
                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL) for _ in range(worker_procs)]
             worker = dramatiq.Worker(app.broker, worker_threads=threads) if not procs else None
+            # The workers are up (consuming) before the clock starts: their start-up (imports,
+            # connections) is neither in the rate nor in the CPU per customer.
+            _wait_for_consumers(settings.broker_url, "coexist.write.cloud", len(procs),
+                                timeout_s)
+            cpu_before = _children_cpu(procs)
+            # People's inserts: the changes to route (they sit in the change log).
+            spec = SampleSpec(customers=changes, products=2, prices_per_customer=1)
+            seed_legacy(legacy_engine, spec, domains=["customer"])
+            entries = len(app.erps[LEGACY].read(0, changes * 10))
             stop = threading.Event()
             router = threading.Thread(target=run_router, args=(app, stop), daemon=True)
             start = time.time()
@@ -162,6 +175,9 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                 if done < changes:
                     time.sleep(0.05)
             elapsed = time.time() - start
+            cpu = _children_cpu(procs) - cpu_before
+            light_lat = _light_load(app, admin, light, light_gap_s, after, timeout_s) \
+                if light and done == changes else []
             stop.set()
             router.join(10)
             if worker is not None:
@@ -180,8 +196,132 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
     p50, p99 = _pct(latencies)
+    light_p50, light_p99 = _pct(light_lat)
     return {"per_s": done / elapsed, "p50_ms": p50, "p99_ms": p99, "done": done,
-            "cloud_rows": cloud_rows, "seconds": round(elapsed, 2)}
+            "cloud_rows": cloud_rows, "seconds": round(elapsed, 2), "change_log_entries": entries,
+            "worker_cpu_ms_per_customer": round(cpu * 1000 / max(1, done), 3),
+            "light_changes": len(light_lat), "light_p50_ms": light_p50,
+            "light_p99_ms": light_p99}
+
+
+def _wait_for_consumers(url: str, queue: str, wanted: int, timeout_s: float) -> None:
+    import pika
+
+    deadline = time.time() + timeout_s
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        while time.time() < deadline:
+            try:
+                found = channel.queue_declare(queue, passive=True).method.consumer_count
+            except pika.exceptions.ChannelClosedByBroker:  # not declared yet
+                channel, found = connection.channel(), 0
+            if found >= wanted:
+                return
+            time.sleep(0.1)
+    finally:
+        connection.close()
+    raise TimeoutError(f"{wanted} consumers on {queue}: not within {timeout_s:g} s")
+
+
+def _children_cpu(procs) -> float:
+    """User + system CPU seconds the worker processes used so far (Linux /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in procs:
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float) -> list[float]:
+    """``n`` single customers typed one at a time, ``gap_s`` apart, after the burst: each
+    one's latency from its legacy change to coexist's write in the cloud (both ERPs' own
+    change times)."""
+    from coexistence.router import LEGACY
+
+    legacy = app.erps[LEGACY]
+    typed = {}
+    for i, record in enumerate(iter_customers(n, seed=11)):
+        record = record.model_copy(update={"key": str(8_000_000 + i)})
+        legacy.person_upsert(record, "JSMITH")
+        typed[record.key] = None
+        time.sleep(gap_s)
+    seen: dict[str, datetime] = {}
+    deadline = time.time() + timeout_s
+    while len(seen) < n and time.time() < deadline:
+        page = admin.changes(after, 1000)
+        for entry in page:
+            if entry["clientId"] == "COEXIST" and entry["number"] in typed:
+                seen.setdefault(entry["number"], datetime.fromisoformat(entry["at"]))
+        if page:
+            after = page[-1]["cursor"]
+        else:
+            time.sleep(0.05)
+    first_at: dict[str, datetime] = {}
+    for change in legacy.read(0, 10**7):
+        if change.key in typed:
+            first_at.setdefault(change.key, change.at)
+    return [(seen[k] - first_at[k]).total_seconds() for k in seen if k in first_at]
+
+
+def bench_http_clients(requests: int, ops: int = 200) -> dict:
+    """The client's CPU per ``$batch`` request of ``ops`` reads (the writers' request shape)
+    against the simulator: httpx as ``CloudErp`` uses it, and stdlib ``http.client`` on
+    one keep-alive connection, same body, same run.  The simulator is another process, so
+    this process's CPU time is the client's alone."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from workers.cloud_erp import CloudErp
+    from workers.cloud_sim import start_simulator
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            start_simulator(Path(tmp) / "cloud.db") as sim:
+        erp = CloudErp(sim.url)
+        records = list(iter_customers(ops, seed=5))
+        erp.upsert_many([(r, 1, f"seed-{r.key}") for r in records])
+        reads = [{"id": str(i), "method": "GET",
+                  "url": f"customers(number='{r.key}')?includeDeleted=true"}
+                 for i, r in enumerate(records)]
+        body = json.dumps({"requests": reads}, separators=(",", ":")).encode()
+
+        def timed(fn) -> tuple[float, float]:
+            fn()  # warm: connection open, code paths loaded
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(requests):
+                fn()
+            return ((time.process_time() - cpu) * 1000 / requests,
+                    (time.perf_counter() - wall) * 1000 / requests)
+
+        def with_httpx():
+            erp._batch(reads)
+
+        split = urlsplit(sim.url)
+        conn = http.client.HTTPConnection(split.hostname, split.port)
+
+        def with_stdlib():
+            conn.request("POST", "/$batch", body=body, headers={
+                "Content-Type": "application/json", "X-Client-Id": "COEXIST",
+                "Accept": "application/json"})
+            answer = conn.getresponse()
+            data = json.loads(answer.read())["responses"]
+            assert len(data) == ops
+
+        httpx_cpu, httpx_wall = timed(with_httpx)
+        std_cpu, std_wall = timed(with_stdlib)
+        conn.close()
+        erp.close()
+    return {"name": "http_client_per_batch_request", "ops_per_request": ops,
+            "requests": requests, "httpx_client_cpu_ms": round(httpx_cpu, 3),
+            "httpx_wall_ms": round(httpx_wall, 3), "stdlib_client_cpu_ms": round(std_cpu, 3),
+            "stdlib_wall_ms": round(std_wall, 3),
+            "httpx_client_cpu_us_per_op": round(httpx_cpu * 1000 / ops, 2),
+            "stdlib_client_cpu_us_per_op": round(std_cpu * 1000 / ops, 2),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main() -> int:
@@ -194,22 +334,46 @@ def main() -> int:
     parser.add_argument("--worker-procs", type=int, default=2,
                         help="`coexist worker` processes (0: threads in the router's process)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads per process")
+    parser.add_argument("--light", type=int, default=40,
+                        help="single changes typed one at a time for the light-load latency")
+    parser.add_argument("--light-gap-s", type=float, default=0.2)
+    parser.add_argument("--http-requests", type=int, default=50,
+                        help="$batch requests per HTTP client in the client comparison (0: skip)")
+    parser.add_argument("--skip-one-by-one", action="store_true",
+                        help="skip the baseline with COEXIST_WRITE_BATCH_SIZE=1")
     args = parser.parse_args()
     print(json.dumps(bench_decisions(args.decisions)), flush=True)
+    if args.http_requests:
+        print(json.dumps(bench_http_clients(args.http_requests)), flush=True)
     if args.skip_end_to_end:
         return 0
+    load_before = os.getloadavg()
     baseline = _bus_bench().bench_baseline(args.changes, args.timeout_s)
-    ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads)
+    single = None if args.skip_one_by_one else bench_shadow(
+        args.changes, args.timeout_s, args.worker_procs, args.threads, write_batch_size=1)
+    ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads,
+                        light=args.light, light_gap_s=args.light_gap_s)
     print(json.dumps({
         "name": "router_shadow_end_to_end",
         "records_per_s": round(ours["per_s"], 1),
         "baseline_per_s": round(baseline["per_s"], 1),
         "ratio": round(ours["per_s"] / baseline["per_s"], 4),
+        "one_by_one_per_s": round(single["per_s"], 1) if single else None,
+        "ratio_to_one_by_one": round(ours["per_s"] / single["per_s"], 2) if single else None,
         "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"],
+        "light_load_p50_ms": ours["light_p50_ms"], "light_load_p99_ms": ours["light_p99_ms"],
+        "light_changes": ours["light_changes"], "light_gap_s": args.light_gap_s,
+        "worker_cpu_ms_per_customer": ours["worker_cpu_ms_per_customer"],
+        "one_by_one_worker_cpu_ms_per_customer":
+            single["worker_cpu_ms_per_customer"] if single else None,
+        "one_by_one_p99_ms": single["p99_ms"] if single else None,
         "baseline_p50_ms": baseline["p50_ms"], "baseline_p99_ms": baseline["p99_ms"],
-        "changes": args.changes, "applied": ours["done"], "cloud_rows": ours["cloud_rows"],
+        "changes": args.changes, "change_log_entries": ours["change_log_entries"],
+        "applied": ours["done"], "cloud_rows": ours["cloud_rows"],
+        "one_by_one_applied": single["done"] if single else None,
         "seconds": ours["seconds"], "worker_procs": args.worker_procs,
-        "threads": args.threads,
+        "threads": args.threads, "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }), flush=True)
     return 0 if ours["done"] == args.changes else 1
 

@@ -94,6 +94,10 @@ _READ = re.compile(r"capture legacy: read (\d+) changes after cursor (\d+) throu
 _COMMITTED = re.compile(r"capture legacy: committed the batch through cursor (\d+)")
 _RECEIVED = re.compile(r"Received message write_cloud\(.*\) with id '([^']+)'")
 _DONE = re.compile(r"(?:Acknowledging|Rejecting) message '([^']+)'")
+#: The writers' batch path (``handlers.apply_writes``): a batch is in flight from its first
+#: line to its second (its ERP writes under way, nothing acked).
+_BATCH = re.compile(r"cloud write batch (\S+): (\d+) messages")
+_BATCH_DONE = re.compile(r"cloud write batch (\S+): done")
 
 
 class CountedChannel:
@@ -196,6 +200,10 @@ class Watch:
             elif m := _RECEIVED.search(msg):
                 self.in_flight.add(m[1])
             elif m := _DONE.search(msg):
+                self.in_flight.discard(m[1])
+            elif m := _BATCH.search(msg):
+                self.in_flight.add(m[1])
+            elif m := _BATCH_DONE.search(msg):
                 self.in_flight.discard(m[1])
         return self
 

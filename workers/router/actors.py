@@ -40,7 +40,8 @@ BATCHED_ATTR = "batched"
 #: How long the batch consumer waits for more deliveries after the first one.
 CHANNEL_BATCH_WAIT_MS = 5
 
-#: Most routed writes one ERP writer call takes (the cloud's ``$batch`` limit).
+#: Most routed writes one ERP writer call takes (the cloud's ``$batch`` limit); the
+#: setting ``COEXIST_WRITE_BATCH_SIZE`` lowers it (1: one message at a time).
 WRITE_BATCH_SIZE = 200
 #: How long an ERP writer's batch consumer waits for more writes after the first one.
 WRITE_BATCH_WAIT_MS = 5
@@ -82,11 +83,13 @@ def register_actors(
 
     actors = {}
     for system in (LEGACY, CLOUD):
+        size = int(getattr(app.settings, "write_batch_size", WRITE_BATCH_SIZE))
+        batching: dict[str, Any] = {} if size <= 1 else {
+            "batch": batch_writer(system), "batch_size": min(size, WRITE_BATCH_SIZE),
+            "batch_wait_ms": WRITE_BATCH_WAIT_MS}
         actors[queues.WRITE_ACTOR[system]] = dramatiq.actor(
             writer(system), actor_name=queues.WRITE_ACTOR[system],
-            queue_name=queues.WRITE_QUEUE[system], broker=app.broker,
-            batch=batch_writer(system), batch_size=WRITE_BATCH_SIZE,
-            batch_wait_ms=WRITE_BATCH_WAIT_MS)
+            queue_name=queues.WRITE_QUEUE[system], broker=app.broker, **batching)
     actors[queues.COMMAND_ACTOR] = dramatiq.actor(
         route_command, actor_name=queues.COMMAND_ACTOR, queue_name=queues.COMMAND_QUEUE,
         broker=app.broker)

@@ -203,6 +203,9 @@ def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
     """
     if not isinstance(target, BatchErp):
         return list(range(len(envs)))
+    batch_id = envs[0].message_id if envs else "-"
+    # The crash tests land a kill -9 between these two lines (mid-write, nothing acked).
+    log.debug("%s write batch %s: %d messages", target.system, batch_id, len(envs))
     single: list[int] = []
     chosen: dict[tuple[str, str], int] = {}
     for i, env in enumerate(envs):
@@ -255,6 +258,8 @@ def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
             single.append(i)  # Changed, or a business error: decided / recorded alone
     if applied and ctx is not None and ctx.state is not None:
         _observe_writes(ctx, target, applied)
+    log.debug("%s write batch %s: done (%d applied, %d left to the single path)",
+              target.system, batch_id, len(applied), len(single))
     return sorted(single)
 
 
