@@ -108,7 +108,8 @@ def bench_decisions(n: int) -> dict:
 
 
 def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int,
-                 write_batch_size: int = 200, light: int = 0, light_gap_s: float = 0.2) -> dict:
+                 write_batch_size: int = 200, light: int = 0, light_gap_s: float = 0.2,
+                 py_spy: str | None = None) -> dict:
     from coexistence.router import CLOUD, LEGACY
     from workers.bootstrap import bootstrap, run_router
     from workers.cloud_sim import start_simulator
@@ -158,6 +159,8 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             entries = len(app.erps[LEGACY].read(0, changes * 10))
             stop = threading.Event()
             router = threading.Thread(target=run_router, args=(app, stop), daemon=True)
+            spies = _py_spy(py_spy, {"worker": procs[0].pid if procs else os.getpid(),
+                                     "router": os.getpid()})
             start = time.time()
             if worker is not None:
                 worker.start()
@@ -176,6 +179,10 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                     time.sleep(0.05)
             elapsed = time.time() - start
             cpu = _children_cpu(procs) - cpu_before
+            for spy in spies:
+                spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
+            for spy in spies:
+                spy.wait(30)
             light_lat = _light_load(app, admin, light, light_gap_s, after, timeout_s) \
                 if light and done == changes else []
             stop.set()
@@ -202,6 +209,19 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             "worker_cpu_ms_per_customer": round(cpu * 1000 / max(1, done), 3),
             "light_changes": len(light_lat), "light_p50_ms": light_p50,
             "light_p99_ms": light_p99}
+
+
+def _py_spy(folder: str | None, pids: dict[str, int]) -> list[subprocess.Popen]:
+    """``py-spy record --gil`` (raw collapsed stacks) of each process for the burst."""
+    if not folder:
+        return []
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "--gil", "--nonblocking", "--format", "raw",
+                              "--pid", str(pid), "-o", str(out / f"{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in pids.items()]
 
 
 def _wait_for_consumers(url: str, queue: str, wanted: int, timeout_s: float) -> None:
@@ -337,6 +357,8 @@ def main() -> int:
     parser.add_argument("--light", type=int, default=40,
                         help="single changes typed one at a time for the light-load latency")
     parser.add_argument("--light-gap-s", type=float, default=0.2)
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="py-spy record --gil of a worker and the router during the burst")
     parser.add_argument("--http-requests", type=int, default=50,
                         help="$batch requests per HTTP client in the client comparison (0: skip)")
     parser.add_argument("--skip-one-by-one", action="store_true",
@@ -352,7 +374,7 @@ def main() -> int:
     single = None if args.skip_one_by_one else bench_shadow(
         args.changes, args.timeout_s, args.worker_procs, args.threads, write_batch_size=1)
     ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads,
-                        light=args.light, light_gap_s=args.light_gap_s)
+                        light=args.light, light_gap_s=args.light_gap_s, py_spy=args.py_spy)
     print(json.dumps({
         "name": "router_shadow_end_to_end",
         "records_per_s": round(ours["per_s"], 1),
