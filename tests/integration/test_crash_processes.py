@@ -14,8 +14,9 @@ Mid-batch is proven, not hoped for: the router logs (DEBUG) each capture batch o
 reads are done and again once it committed; a kill is counted as mid-batch when the last
 batch logged was read and not committed *and* the durable checkpoint is still where that
 batch started (nothing of it committed).  Mid-write likewise: the worker had received a
-``write_cloud`` message and not acknowledged it, while the cloud simulator answers writes
-late (``latency_ms``).
+``write_cloud`` message and not acknowledged it, or had begun a writer batch
+(``handlers.apply_writes``' first DEBUG line) and not finished it, while the cloud
+simulator answers writes late (``latency_ms``).
 
 After the last restart and settle: both ERPs equal through the translators, every record
 at the last version a person wrote (nothing regressed), every stray write (a person's edit
