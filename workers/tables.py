@@ -15,6 +15,7 @@ import workers.edi.store  # noqa: F401  (edi_interchange, edi_document, edi_coun
 import workers.flags.audit  # noqa: F401  (flag_audit)
 import workers.portal.endpoints  # noqa: F401  (portal_endpoint, _secret, _audit)
 import workers.portal.store  # noqa: F401  (portal_delivery, portal_attempt, portal_object_state)
+import workers.reconcile.checkpoint  # noqa: F401  (backfill_checkpoint)
 import workers.reconcile.index  # noqa: F401  (reconcile_index, reconcile_bucket, reconcile_index_side)
 import workers.reconcile.store  # noqa: F401  (reconcile_run, reconcile_finding)
 import workers.router.lease  # noqa: F401  (capture_lease)

@@ -17,6 +17,7 @@ from workers.cli import cli
 from workers.cloud_erp import CloudErp
 from workers.db import create_state_engine
 from workers.flags.facts import SqlPreflightFacts
+from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.migrate import upgrade as upgrade_schema
 from workers.reconcile.store import RunStore
@@ -108,10 +109,20 @@ def test_repair_shows_what_it_would_do_and_with_yes_enqueues_from_the_sor(env):
     assert "in cloud from legacy" in dry.output  # legacy mode: the legacy ERP is the SoR
     state = create_state_engine(env["state_url"])
     assert backlog(state, "customer") == 0
+    cloud_before = {r.key for r in env["cloud"].stream("customer")}
     done = run("customer", "--repair", "--yes", "--format", "csv")
-    assert "repairs enqueued in the outbox" in done.output
-    # missing in cloud + missing in legacy (a delete) + 2 mismatched records
-    assert backlog(state, "customer") == 4
+    assert "3 repairs enqueued in the outbox" in done.output, done.output
+    # The record missing in the cloud is written by the streaming backfill itself; the
+    # delete (missing in legacy) and the 2 mismatched records go through the outbox.
+    assert backlog(state, "customer") == 3
+    assert "backfill wrote 1 into cloud" in done.output
+    created = {r.key for r in env["cloud"].stream("customer")} - cloud_before
+    # Only it: the key mismatch (legacy 91060 is cloud 92060) is not "repaired" into a
+    # duplicate customer.
+    assert created == {legacy[3].key}
+    held = LegacyErp(env["legacy"]).get("customer", legacy[3].key)
+    assert env["cloud"].get("customer", legacy[3].key) == held
+    state.dispose()
 
 
 def test_unreachable_cloud_or_unknown_domain_exit_2_with_one_line(env, monkeypatch):

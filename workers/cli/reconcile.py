@@ -18,7 +18,7 @@ from bus.errors import BusError
 from coexistence.canonical import DOMAINS
 from coexistence.errors import CoexistError
 from coexistence.reconcile.engine import UnsortedStream
-from coexistence.reconcile.findings import Finding, Report
+from coexistence.reconcile.findings import REPAIRABLE, Finding, Report
 from workers.cli.common import UserError, hard_deadline
 from workers.config import redact_url
 
@@ -108,6 +108,8 @@ def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, deep, 
         app = app.with_settings(**overrides)
     if max_drift is None:
         max_drift = app.settings.max_drift_pct
+    # The backfill's plain progress lines are on unless asked off (--no-progress).
+    backfill_lines = progress is None and not sys.stderr.isatty()
     if progress is None:
         progress = sys.stderr.isatty()
     deadline = time.monotonic() + timeout if timeout else None
@@ -118,7 +120,8 @@ def reconcile(app, domains, max_drift, output, fmt, limit, timeout, mode, deep, 
             results = []
             for domain in domains or DOMAINS:
                 results.append(_one(ctx, domain, max_drift, limit, mode, progress, deadline,
-                                    out, timeout, repair, yes, fmt, deep, sample))
+                                    out, timeout, repair, yes, fmt, deep, sample,
+                                    backfill_lines))
     finally:
         if overrides:
             app.close()
@@ -160,15 +163,21 @@ def _open(app, stack: ExitStack, timeout: float | None) -> _Context:
 
 
 def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out, timeout,
-         repair, yes, fmt="table", deep=False, sample=None) -> tuple[Report, str, list[Finding]]:
+         repair, yes, fmt="table", deep=False, sample=None, backfill_lines=False,
+         ) -> tuple[Report, str, list[Finding], dict | None]:
     from workers.reconcile.cloud import CloudUnavailable
     from workers.reconcile.runner import ChecksumsUnavailable, ReconcileTimeout
 
     keep_max = KEEP_FINDINGS_MAX if limit is None else min(limit, KEEP_FINDINGS_MAX)
     kept: list[Finding] = []
     written = [0]
+    # Records of findings no repair fixes (a key mismatch, a duplicate): the backfill
+    # leaves them alone, whatever --limit keeps.
+    unrepairable: set[str] = set()
 
     def on_finding(f: Finding) -> None:
+        if repair and f.kind not in REPAIRABLE:
+            unrepairable.update(k for k in (f.key, f.cloud_key, *(f.keys or ())) if k)
         if limit is not None and written[0] >= limit:
             return
         written[0] += 1
@@ -213,11 +222,94 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
     status = "drift" if report.counts.drift_pct > max_drift else "ok"
     ctx.runs.finish(run_id, report, status)
     ctx.runs.add_findings(run_id, kept)
-    if repair:
+    backfilled = None
+    if repair and not yes:
         # With --format json/csv stdout is the summary alone: what repair says goes to stderr.
         _repair(ctx, domain, kept, run_id, yes, report.counts.findings > len(kept),
                 err=fmt != "table")
-    return report, status, kept
+    elif repair and report.counts.findings:
+        backfilled = _backfill(ctx, domain, run_id, unrepairable, report, progress,
+                               backfill_lines, err=fmt != "table")
+    return report, status, kept, backfilled
+
+
+def _backfill(ctx: _Context, domain: str, run_id: str, unrepairable: set[str],
+              report: Report, progress: bool, lines: bool, err: bool) -> dict:
+    """``--repair --yes``: the streaming, resumable backfill of what differs
+    (``workers.reconcile.backfill``); a second Ctrl-C or a kill -9 loses nothing."""
+    from coexistence.flags import FlagSource
+    from workers.flags import FlagAuditLog
+    from workers.reconcile.backfill import Backfill, ProgressLines
+    from workers.reconcile.cloud import CloudUnavailable
+
+    flags = FlagSource(FlagAuditLog(ctx.state).latest())
+    total = max(report.counts.rows_legacy, report.counts.rows_cloud)
+    with _backfill_bar(progress, domain) as bar:
+        tick = bar if bar is not None else (ProgressLines(domain) if lines else None)
+        try:
+            done = Backfill(domain, ctx.legacy, ctx.cloud, ctx.state, flags, run_id=run_id,
+                            skip_keys=unrepairable, progress=tick, total=total).run()
+        except (CoexistError, UnsortedStream) as exc:
+            raise UserError(f"backfill {domain}: {exc} (run again to resume)") from None
+        except (CloudUnavailable, BusError, httpx.HTTPError) as exc:
+            raise UserError(f"backfill {domain}: cloud ERP: {exc} "
+                            "(run again to resume)") from None
+        except SQLAlchemyError as exc:
+            raise UserError(f"backfill {domain}: database: {getattr(exc, 'orig', exc)} "
+                            "(run again to resume)") from None
+    click.echo(done.describe(), err=err)
+    for line in done.errors:
+        click.echo(f"  {line}", err=True)
+    return done.to_dict()
+
+
+def _rate_column_class():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:,.0f}/s" if task.speed else "")
+    return RateColumn
+
+
+def _RateColumn():  # noqa: N802 - a column, built lazily (rich is imported on use)
+    return _rate_column_class()()
+
+
+class _backfill_bar:
+    """A rich bar with done/total, rate and ETA on stderr (a terminal), or nothing."""
+
+    def __init__(self, enabled: bool, domain: str) -> None:
+        self.enabled, self.domain = enabled, domain
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TaskProgressColumn(),
+                                 _RateColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True),
+                                 transient=True)
+        self.progress.start()
+        task = self.progress.add_task(f"backfill {self.domain}", total=None)
+
+        def tick(done: int, total: int | None) -> None:
+            self.progress.update(task, completed=done, total=total)
+        return tick
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.stop()
 
 
 def _compare(ctx: _Context, domain, mode, deep, sample, on_finding, tick, deadline) -> Report:
@@ -294,10 +386,13 @@ def _summary(report: Report, status: str) -> dict:
 
 
 def _print(results, fmt: str, limit: int | None) -> None:
-    summaries = [_summary(r, s) for r, s, _ in results]
+    summaries = [_summary(r, s) for r, s, _, _ in results]
+    for summary, (*_, backfilled) in zip(summaries, results, strict=True):
+        if backfilled is not None and fmt == "json":
+            summary["backfill"] = backfilled
     if fmt == "json":
         click.echo(json.dumps({"runs": summaries, "findings": [
-            f.to_dict() for _, _, kept in results for f in kept]}, ensure_ascii=False))
+            f.to_dict() for _, _, kept, _ in results for f in kept]}, ensure_ascii=False))
         return
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -316,11 +411,11 @@ def _print(results, fmt: str, limit: int | None) -> None:
                       f"{s['mismatched']:,}", f"{s['unchanged']:,}", f"{s['duplicates']:,}",
                       f"{s['orphans']:,}", f"{s['drift_pct']:.3f}", s["mode"])
     console.print(table)
-    for r, _, _ in results:
+    for r, _, _, _ in results:
         console.print(f"[dim]{r.domain} tolerances: {'; '.join(r.tolerances)}[/dim]",
                       highlight=False)
     shown = PRINT_FINDINGS_DEFAULT if limit is None else limit
-    findings = [f for _, _, kept in results for f in kept][:shown]
+    findings = [f for _, _, kept, _ in results for f in kept][:shown]
     if findings:
         ft = Table(title=f"findings (first {len(findings)})")
         for col in ("kind", "domain", "key", "field", "legacy", "cloud", "owner / detail"):

@@ -43,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bus.errors import BusinessError
 from coexistence.canonical import CanonicalRecord
+from coexistence.errors import CoexistError
 from coexistence.ports import (
     ABSENT,
     COEXIST_WRITER,
@@ -287,6 +288,51 @@ class LegacyErp:
             return self._write(conn, d, record.key, source_version, repair, idempotency_key,
                                fingerprint, lambda: self._replace(conn, d, header, children),
                                if_revision)
+
+    def upsert_many(
+        self,
+        items: Iterable[tuple[CanonicalRecord, int, str]],
+        *,
+        writer: str = COEXIST_WRITER,
+        repair: bool = False,
+        if_revision: str | None = None,
+    ) -> list[WriteResult | CoexistError]:
+        """Upsert (record, source_version, idempotency_key) items of one domain in **one**
+        transaction, each with the checks of :meth:`upsert` (idempotency replay, version:
+        newer applies, equal too for a ``repair``, older never; ``if_revision`` for every
+        item, e.g. ``ABSENT``: only where no record exists, so a person's record made
+        meanwhile wins as ``Changed``).
+
+        A record the legacy schema cannot hold is answered by its ``CoexistError`` in
+        its place (the others are still written); a database error rolls back the whole
+        batch.  Another helper's ``upsert`` changes stay independent of this method.
+        """
+        items = list(items)
+        if not items:
+            return []
+        domains = {record.domain for record, _, _ in items}
+        if len(domains) != 1:
+            raise ValueError(f"upsert_many takes one domain per call, got {sorted(domains)}")
+        d = self._domain(domains.pop())
+        self._register(writer)
+        now = datetime.now(UTC)
+        results: list[WriteResult | CoexistError | None] = [None] * len(items)
+        prepared = []
+        for i, (record, version, idem) in enumerate(items):
+            try:
+                header, children = d.t.from_canonical(record, changed_by=writer, changed_at=now)
+            except CoexistError as exc:
+                results[i] = exc
+                continue
+            fingerprint = _fingerprint("upsert", d.name, record.key, version, writer, repair,
+                                       record.model_dump_json())
+            prepared.append((i, record.key, version, idem, fingerprint, header, children))
+        with self.engine.begin() as conn, coexist_transaction(conn, writer):
+            for i, key, version, idem, fingerprint, header, children in prepared:
+                results[i] = self._write(
+                    conn, d, key, version, repair, idem, fingerprint,
+                    lambda h=header, c=children: self._replace(conn, d, h, c), if_revision)
+        return results  # type: ignore[return-value]
 
     def delete(
         self,

@@ -37,8 +37,9 @@ class LegacyReader:
         self.erp = erp
         self.engine: Engine = erp.engine
 
-    def items(self, domain: str) -> Iterator[Item]:
-        """Every record of ``domain`` as an ``Item``, sorted by canonical key."""
+    def items(self, domain: str, after: str | None = None) -> Iterator[Item]:
+        """Every record of ``domain`` as an ``Item``, sorted by canonical key (only those
+        with a key above ``after``, when given: a resumed backfill)."""
         d = self.erp._domain(domain)  # tables and the canonical sort key of the adapter
         dialect = self.engine.dialect.name
         head_cols, child_cols = digest_columns(domain)
@@ -60,15 +61,23 @@ class LegacyReader:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             # One transaction: both cursors read one snapshot.
             conn.begin()
-            hkey = d.sort_key(d.header, dialect).label("XSORTKEY")
-            headers = _rows(conn, select(*h_cols, hkey).order_by(hkey), "xrec_headers")
+            hexpr = d.sort_key(d.header, dialect)
+            hkey = hexpr.label("XSORTKEY")
+            hquery = select(*h_cols, hkey).order_by(hkey)
+            if after is not None:
+                hquery = hquery.where(hexpr > after)
+            headers = _rows(conn, hquery, "xrec_headers")
             c_names: list[str] = []
             lines = iter(())
             if d.child is not None:
                 c_names = list(child_cols)
-                ckey = d.sort_key(d.child, dialect).label("XSORTKEY")
-                lines = _rows(conn, select(*(d.child.c[c] for c in child_cols), ckey)
-                              .order_by(ckey, *d.child_order), "xrec_lines")
+                cexpr = d.sort_key(d.child, dialect)
+                ckey = cexpr.label("XSORTKEY")
+                cquery = select(*(d.child.c[c] for c in child_cols), ckey).order_by(
+                    ckey, *d.child_order)
+                if after is not None:
+                    cquery = cquery.where(cexpr > after)
+                lines = _rows(conn, cquery, "xrec_lines")
             pending = next(lines, None)
             n_h = len(h_names)
             n_c = len(c_names)

@@ -1,0 +1,422 @@
+"""The streaming backfill behind ``coexist reconcile --repair --yes`` (and the initial load).
+
+Both ERPs are read as streams sorted by canonical key (the legacy rows through
+``LegacyReader.items``, the cloud through its NDJSON export, resumable by key)
+and merge-joined; records whose digests agree are skipped without translation.
+For each record that differs, the system of record comes from the cutover flags
+(``FlagState.sor_for`` with the record's rollout segments) and:
+
+* a record **missing in the target** is written directly, in batches: into the
+  cloud through ``CloudErp.upsert_many`` (one ``$batch`` read of the current
+  versions and one ``$batch`` of writes, up to 200 records), into the legacy ERP
+  through ``LegacyErp.upsert_many`` (one transaction per batch);
+* a **mismatch** (both hold the record, they differ) and a record the SoR does
+  not hold (a delete) are few: they go through the outbox as today's repairs do
+  (``workers.router.repair.enqueue_repairs``), whose writer decides a person's
+  edit in the target by the switch-safety table;
+* records the reconciliation reported under a kind no repair fixes (a key
+  mismatch, a duplicate: ``skip_keys``) and records that do not translate are
+  left alone and counted.
+
+Versions: each write carries the record's last routed version
+(``record_route.last_version``, 0 for a record never routed), read when its
+batch is written; a record whose route moved after the stream began (capture
+routed a person's edit meanwhile) is read again from the SoR first, so an old
+state never goes out under a newer version.  Targets refuse an older version
+(the cloud also an equal one when it holds the record: a record someone created
+there meanwhile is left as it is and counted stale; the legacy ERP re-applies
+an equal version, as repairs do).  After each batch, in one state transaction:
+the writes' observations (``observed_revision``, as a writer records them), the
+xref links of the created records, the pins of open documents, the batch's
+outbox repairs and the checkpoint (``workers.reconcile.checkpoint``).  A rerun
+after an interruption starts behind the checkpoint; what was written but not
+checkpointed is found equal and linked, never written twice.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bus.errors import TechnicalError
+from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
+from coexistence.errors import CoexistError, TranslationError
+from coexistence.ports import COEXIST_WRITER, Applied, Changed, Stale
+from coexistence.reconcile.engine import Item, merge
+from coexistence.reconcile.tolerances import normalise
+from coexistence.router import is_closed, segment_attrs, split_version
+from workers.reconcile import checkpoint
+
+#: Records per target write (the cloud's ``$batch`` limit).
+BATCH_RECORDS = 200
+#: Repairs (mismatches, deletes) per outbox transaction.
+REPAIR_BATCH = 500
+#: Seconds between two progress lines when stderr is not a terminal.
+PROGRESS_EVERY_S = 5.0
+#: Errors kept (with their key) for the report.
+ERRORS_KEPT = 20
+
+SYSTEMS = ("legacy", "cloud")
+
+
+@dataclass
+class BackfillReport:
+    domain: str
+    resumed_after: str | None = None
+    scanned: int = 0
+    equal: int = 0
+    written: dict[str, int] = field(default_factory=lambda: {"legacy": 0, "cloud": 0})
+    stale: int = 0
+    changed: int = 0
+    enqueued: int = 0
+    linked_on_resume: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+    seconds: float = 0.0
+
+    def error(self, text: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < ERRORS_KEPT:
+            self.errors.append(text)
+
+    @property
+    def rate(self) -> float:
+        return sum(self.written.values()) / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {"domain": self.domain, "resumed_after": self.resumed_after,
+                "scanned": self.scanned, "equal": self.equal, "written": dict(self.written),
+                "stale": self.stale, "changed": self.changed, "enqueued": self.enqueued,
+                "linked_on_resume": self.linked_on_resume, "skipped": self.skipped,
+                "errors": self.error_count, "first_errors": list(self.errors),
+                "seconds": round(self.seconds, 3), "records_per_s": round(self.rate, 1)}
+
+    def describe(self) -> str:
+        w = self.written
+        resumed = f", resumed after {self.resumed_after!r}" if self.resumed_after else ""
+        return (f"{self.domain}: backfill wrote {w['cloud']:,} into cloud and "
+                f"{w['legacy']:,} into legacy, {self.enqueued:,} repairs enqueued in the "
+                f"outbox, {self.stale:,} stale, {self.changed:,} changed meanwhile, "
+                f"{self.skipped:,} skipped, {self.error_count:,} errors; "
+                f"{self.scanned:,} records in {self.seconds:.1f} s "
+                f"({self.rate:,.0f} written/s){resumed}")
+
+
+class _Direction:
+    """What one run writes into one target ERP, and how far it is committed."""
+
+    def __init__(self, target: str, mark: checkpoint.Mark | None) -> None:
+        self.target = target
+        self.after = mark.last_key if mark is not None else None
+        self.pending_hi = mark.pending_hi if mark is not None else None
+        self.written = mark.written if mark is not None else 0
+        self.creates: list[tuple[str, CanonicalRecord]] = []
+        self.repairs: list[tuple[str, CanonicalRecord | None]] = []
+        self.links: list[str] = []  # equal on resume, possibly written without state
+
+    def done(self, key: str) -> bool:
+        return self.after is not None and key <= self.after
+
+    def full(self) -> bool:
+        return len(self.creates) >= BATCH_RECORDS or len(self.repairs) >= REPAIR_BATCH
+
+
+class Backfill:
+    """One domain's backfill run.  ``legacy``/``cloud`` are the reconciliation readers
+    (``LegacyReader``, ``CloudReader``); their ``erp`` attributes write."""
+
+    def __init__(self, domain: str, legacy, cloud, state, flags, *, run_id: str,
+                 skip_keys: Iterable[str] = (),
+                 progress: Callable[[int, int | None], None] | None = None,
+                 total: int | None = None) -> None:
+        self.domain, self.legacy, self.cloud, self.state = domain, legacy, cloud, state
+        self.erps = {"legacy": legacy.erp, "cloud": cloud.erp}
+        self.flag = flags.state(domain)
+        self.run_id = run_id
+        self.skip_keys = frozenset(skip_keys)
+        self.progress = progress
+        self.total = total
+        self.report = BackfillReport(domain)
+        self.started_at = datetime.now(UTC)
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> BackfillReport:
+        t0 = time.monotonic()
+        with self.state.connect() as conn:
+            marks = checkpoint.load(conn, self.domain)
+        dirs = {t: _Direction(t, marks.get(t)) for t in SYSTEMS}
+        afters = [d.after for d in dirs.values()]
+        start = None if any(a is None for a in afters) else min(a for a in afters if a)
+        self.report.resumed_after = start
+        done0 = self._count_upto(start) if start is not None else 0
+        # The stream's snapshot starts after this instant: a route updated later was
+        # routed after the record was read.
+        self.started_at = datetime.now(UTC)
+        left = self.legacy.items(self.domain, after=start)
+        right = self.cloud.stream(self.domain, after=start or "")
+        n = 0
+        if self.progress is not None:
+            self.progress(done0, self.total)
+        for a, b in merge(left, right):
+            key = (a or b).key  # type: ignore[union-attr]
+            self._pair(key, a, b, dirs)
+            n += 1
+            for d in dirs.values():
+                if d.full():
+                    self._flush(d, key)
+            if self.progress is not None and n % 1000 == 0:
+                self.progress(done0 + n, self.total)
+        self.report.scanned = n
+        for d in dirs.values():
+            self._flush(d, None)
+        with self.state.begin() as conn:
+            checkpoint.clear(conn, self.domain)
+        if self.progress is not None:
+            self.progress(done0 + n, self.total)
+        self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def _pair(self, key: str, a: Item | None, b: Item | None,
+              dirs: dict[str, _Direction]) -> None:
+        if a is not None and b is not None and a.digest == b.digest and not a.error:
+            self.report.equal += 1
+            for d in dirs.values():
+                if d.pending_hi is not None and not d.done(key) and key <= d.pending_hi:
+                    d.links.append(key)
+            return
+        if key in self.skip_keys or (a is not None and a.error) or (b is not None and b.error):
+            self.report.skipped += 1
+            return
+        try:
+            record = (a or b).record  # type: ignore[union-attr]
+        except CoexistError as exc:
+            self.report.skipped += 1
+            self.report.error(f"{self.domain} {key}: {exc}")
+            return
+        sor = str(self.flag.sor_for(key, segment_attrs(record)))
+        target = "cloud" if sor == "legacy" else "legacy"
+        d = dirs[target]
+        if d.done(key):
+            return
+        held = a if sor == "legacy" else b
+        other = b if sor == "legacy" else a
+        if held is None:
+            d.repairs.append((key, None))  # the SoR does not hold it: delete (outbox)
+        elif other is None:
+            d.creates.append((key, held.record))
+        else:
+            d.repairs.append((key, held.record))
+
+    # ------------------------------------------------------------------ a batch
+
+    def _flush(self, d: _Direction, upto: str | None) -> None:
+        """Write ``d``'s batch and commit its state; ``upto`` is the merge's position
+        (every key <= it is decided), ``None`` at the end of the streams."""
+        if not (d.creates or d.repairs or d.links):
+            return
+        last = upto if upto is not None else max(
+            [k for k, _ in d.creates] + [k for k, _ in d.repairs] + d.links)
+        creates, repairs, links = d.creates, d.repairs, d.links
+        d.creates, d.repairs, d.links = [], [], []
+        with self.state.begin() as conn:
+            routes = _routes(conn, self.domain, [k for k, _ in creates])
+            if creates:
+                checkpoint.put(conn, self.domain, d.target, last_key=d.after or "",
+                               pending_hi=last, written=d.written, run_id=self.run_id)
+        items, moved = [], []
+        for key, record in creates:
+            version, updated_at = routes.get(key, (0, None))
+            if updated_at is not None and _utc(updated_at) >= self.started_at:
+                moved.append(key)
+            items.append([record, version, f"backfill:{self.domain}:{key}:{version}"])
+        if moved:
+            self._reread(d.target, items, set(moved))
+        results = self._write(d.target, [tuple(i) for i in items if i[0] is not None])
+        applied: list[tuple[Applied, int]] = []
+        for (record, version, _), result in zip(
+                [i for i in items if i[0] is not None], results, strict=True):
+            if isinstance(result, Applied):
+                applied.append((result, version))
+            elif isinstance(result, Stale):
+                self.report.stale += 1
+            elif isinstance(result, Changed):
+                self.report.changed += 1
+            else:
+                self.report.error(f"{self.domain} {record.key} into {d.target}: {result}")
+        self._commit(d, last, applied, repairs, links, {i[0].key: i[0] for i in items
+                                                         if i[0] is not None})
+
+    def _reread(self, target: str, items: list[list], keys: set[str]) -> None:
+        sor = "legacy" if target == "cloud" else "cloud"
+        for item in items:
+            key = item[0].key
+            if key in keys:
+                record = self.erps[sor].get(self.domain, key)
+                item[0] = normalise(record) if record is not None else None
+
+    def _write(self, target: str, items: list[tuple]) -> list:
+        if not items:
+            return []
+        erp = self.erps[target]
+        if target == "cloud":
+            return erp.upsert_many(items)
+        # Legacy: one transaction; an equal version re-applies, as a repair's does.
+        return erp.upsert_many(items, repair=True)
+
+    def _commit(self, d: _Direction, last: str, applied: list[tuple[Applied, int]],
+                repairs: list, links: list[str], records: dict[str, CanonicalRecord]) -> None:
+        from workers.router.repair import enqueue_repairs
+
+        if repairs:
+            sor = "legacy" if d.target == "cloud" else "cloud"
+            self.report.enqueued += enqueue_repairs(
+                self.state, [(self.domain, k, r) for k, r in repairs], sor=sor,
+                target=d.target, reason="reconciliation repair", run_id=self.run_id)
+        with Session(self.state) as session:
+            conn = session.connection()
+            if applied:
+                _observe(conn, d.target, self.domain, applied)
+            created = [(r.key, r.target_id if d.target == "cloud" else None)
+                       for r, _ in applied] + [(k, None) for k in links]
+            _link_many(conn, self.domain, created, self.report)
+            self.report.linked_on_resume += len(links)
+            if self.domain in DOCUMENT_DOMAINS:
+                from workers.router.state import put_routes
+
+                sor = "legacy" if d.target == "cloud" else "cloud"
+                put_routes(conn, [(self.domain, r.key, sor, v) for r, v in applied
+                                  if not is_closed(records.get(r.key))])
+            d.written += len(applied)
+            d.after = last
+            d.pending_hi = None
+            checkpoint.put(conn, self.domain, d.target, last_key=last, pending_hi=None,
+                           written=d.written, run_id=self.run_id)
+            session.commit()
+        self.report.written[d.target] += len(applied)
+
+    def _count_upto(self, key: str) -> int:
+        """Legacy records at or before ``key`` (what an earlier run already went past)."""
+        t = self.legacy.erp.tables(self.domain)
+        dialect = self.legacy.engine.dialect.name
+        with self.legacy.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.header).where(
+                t.sort_key(t.header, dialect) <= key)).scalar() or 0)
+
+
+def _routes(conn, domain: str, keys: list[str]) -> dict[str, tuple[int, datetime]]:
+    """(last routed version, when the route last changed) of ``keys``, in one query each
+    500 keys."""
+    from workers.router.state import RecordRoute
+
+    t = RecordRoute.__table__  # type: ignore[attr-defined]
+    out: dict[str, tuple[int, datetime]] = {}
+    for i in range(0, len(keys), 500):
+        for row in conn.execute(select(t.c.key, t.c.last_version, t.c.updated_at).where(
+                t.c.domain == domain, t.c.key.in_(keys[i:i + 500]))):
+            out[row.key] = (int(row.last_version), row.updated_at)
+    return out
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _observe(conn, target: str, domain: str, applied: list[tuple[Applied, int]]) -> None:
+    """The writes' observations, as ``observed.record_write`` keeps them for a writer."""
+    from workers.router.observed import COEXIST, _row, _upsert
+
+    _upsert(conn, [_row(target, domain, r.key, r.revision, COEXIST_WRITER, COEXIST,
+                        split_version(v)[0], None, r.version) for r, v in applied])
+
+
+def _link_many(conn, domain: str, created: list[tuple[str, str | None]],
+               report: BackfillReport) -> None:
+    """Link the created records' ids (legacy key, cloud id when known) in the xref: new
+    rows in one statement; existing rows get a missing id; a link that conflicts with
+    another record's is reported, not forced."""
+    from coexistence.translate.legacy import LEGACY_TRANSLATORS
+    from workers.xref_sql import _T as XREF
+    from workers.xref_sql import link_in
+
+    if not created:
+        return
+    translator = LEGACY_TRANSLATORS.get(domain)
+    wanted: dict[str, tuple[str | None, str | None]] = {}
+    for key, cloud_id in created:
+        try:
+            legacy_key = translator.legacy_key(key) if translator is not None else None
+        except TranslationError:
+            legacy_key = None
+        wanted[key] = (legacy_key, cloud_id)
+    existing: dict[str, tuple[str | None, str | None]] = {}
+    keys = list(wanted)
+    for i in range(0, len(keys), 500):
+        for row in conn.execute(select(XREF.c.canonical_key, XREF.c.legacy_key,
+                                       XREF.c.cloud_id).where(
+                XREF.c.domain == domain, XREF.c.canonical_key.in_(keys[i:i + 500]))):
+            existing[row.canonical_key] = (row.legacy_key, row.cloud_id)
+    now = datetime.now(UTC)
+    new = [{"domain": domain, "canonical_key": k, "legacy_key": lk, "cloud_id": cid,
+            "created_at": now, "updated_at": now}
+           for k, (lk, cid) in wanted.items() if k not in existing and (lk or cid)]
+    try:
+        with conn.begin_nested():
+            if new:
+                conn.execute(XREF.insert(), new)
+    except IntegrityError:
+        # Another record holds one of these ids: link one by one, reporting the conflicts.
+        for row in new:
+            _link_one(conn, link_in, domain, row["canonical_key"], row["legacy_key"],
+                      row["cloud_id"], report)
+    for k, (lk, cid) in wanted.items():
+        held = existing.get(k)
+        if held is None:
+            continue
+        if (lk and held[0] != lk) or (cid and held[1] != cid):
+            _link_one(conn, link_in, domain, k, lk, cid, report)
+
+
+def _link_one(conn, link_in, domain, key, legacy_key, cloud_id, report) -> None:
+    try:
+        link_in(conn, domain, key, legacy_key=legacy_key, cloud_id=cloud_id)
+    except (CoexistError, TechnicalError) as exc:
+        report.error(f"{domain} {key}: xref not linked: {exc}")
+
+
+class ProgressLines:
+    """Plain progress lines on stderr every ``PROGRESS_EVERY_S`` (stderr not a terminal)."""
+
+    def __init__(self, domain: str, stream=None, every_s: float = PROGRESS_EVERY_S) -> None:
+        self.domain, self.stream, self.every_s = domain, stream or sys.stderr, every_s
+        self.t0 = time.monotonic()
+        self.first: int | None = None
+        self.last_print = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = done
+        if now - self.last_print < self.every_s and done != total:
+            return
+        self.last_print = now
+        rate = (done - self.first) / max(now - self.t0, 1e-9)
+        of = f"/{total:,}" if total else ""
+        eta = ""
+        if total and rate > 0 and done < total:
+            eta = f", ETA {_duration((total - done) / rate)}"
+        print(f"backfill {self.domain}: {done:,}{of} records, {rate:,.0f}/s{eta}",
+              file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
