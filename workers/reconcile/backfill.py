@@ -118,7 +118,8 @@ class _Direction:
         self.after = mark.last_key if mark is not None else None
         self.pending_hi = mark.pending_hi if mark is not None else None
         self.written = mark.written if mark is not None else 0
-        self.creates: list[tuple[str, CanonicalRecord]] = []
+        #: (key, record, its digest and natural-key hash, as the target's index keeps them)
+        self.creates: list[tuple[str, CanonicalRecord, int, int | None]] = []
         self.repairs: list[tuple[str, CanonicalRecord | None]] = []
         self.links: list[str] = []  # equal on resume, possibly written without state
 
@@ -145,6 +146,7 @@ class Backfill:
         self.progress = progress
         self.total = total
         self.report = BackfillReport(domain)
+        self.dirs: dict[str, _Direction] = {}
         self.started_at = datetime.now(UTC)
 
     # ------------------------------------------------------------------ the run
@@ -153,7 +155,7 @@ class Backfill:
         t0 = time.monotonic()
         with self.state.connect() as conn:
             marks = checkpoint.load(conn, self.domain)
-        dirs = {t: _Direction(t, marks.get(t)) for t in SYSTEMS}
+        dirs = self.dirs = {t: _Direction(t, marks.get(t)) for t in SYSTEMS}
         afters = [d.after for d in dirs.values()]
         start = None if any(a is None for a in afters) else min(a for a in afters if a)
         self.report.resumed_after = start
@@ -212,7 +214,7 @@ class Backfill:
         if held is None:
             d.repairs.append((key, None))  # the SoR does not hold it: delete (outbox)
         elif other is None:
-            d.creates.append((key, held.record))
+            d.creates.append((key, held.record, held.digest, held.nk))
         else:
             d.repairs.append((key, held.record))
 
@@ -224,26 +226,27 @@ class Backfill:
         if not (d.creates or d.repairs or d.links):
             return
         last = upto if upto is not None else max(
-            [k for k, _ in d.creates] + [k for k, _ in d.repairs] + d.links)
+            [c[0] for c in d.creates] + [k for k, _ in d.repairs] + d.links)
         creates, repairs, links = d.creates, d.repairs, d.links
         d.creates, d.repairs, d.links = [], [], []
         with self.state.begin() as conn:
-            routes = _routes(conn, self.domain, [k for k, _ in creates])
+            routes = _routes(conn, self.domain, [c[0] for c in creates])
             if creates:
                 checkpoint.put(conn, self.domain, d.target, last_key=d.after or "",
                                pending_hi=last, written=d.written, run_id=self.run_id)
-        items, moved = [], []
-        for key, record in creates:
+        items, moved, digests = [], [], {}
+        for key, record, digest, nk in creates:
             version, updated_at = routes.get(key, (0, None))
             if updated_at is not None and _utc(updated_at) >= self.started_at:
                 moved.append(key)
             items.append([record, version, f"backfill:{self.domain}:{key}:{version}"])
+            digests[key] = (digest, nk)
         if moved:
-            self._reread(d.target, items, set(moved))
-        results = self._write(d.target, [tuple(i) for i in items if i[0] is not None])
+            self._reread(d.target, items, set(moved), digests)
+        items = [i for i in items if i[0] is not None]
+        results = self._write(d.target, [tuple(i) for i in items])
         applied: list[tuple[Applied, int]] = []
-        for (record, version, _), result in zip(
-                [i for i in items if i[0] is not None], results, strict=True):
+        for (record, version, _), result in zip(items, results, strict=True):
             if isinstance(result, Applied):
                 applied.append((result, version))
             elif isinstance(result, Stale):
@@ -252,16 +255,22 @@ class Backfill:
                 self.report.changed += 1
             else:
                 self.report.error(f"{self.domain} {record.key} into {d.target}: {result}")
-        self._commit(d, last, applied, repairs, links, {i[0].key: i[0] for i in items
-                                                         if i[0] is not None})
+        self._commit(d, last, applied, repairs, links, {i[0].key: i[0] for i in items},
+                     digests)
 
-    def _reread(self, target: str, items: list[list], keys: set[str]) -> None:
+    def _reread(self, target: str, items: list[list], keys: set[str], digests: dict) -> None:
+        """Records whose route moved after the stream began: read from the SoR now (after
+        the route was read), so the version they go out under is never newer than them."""
+        from workers.reconcile import index
+
         sor = "legacy" if target == "cloud" else "cloud"
         for item in items:
             key = item[0].key
             if key in keys:
                 record = self.erps[sor].get(self.domain, key)
                 item[0] = normalise(record) if record is not None else None
+                if record is not None:
+                    digests[key] = index.digest_of(item[0], normalised=True)
 
     def _write(self, target: str, items: list[tuple]) -> list:
         if not items:
@@ -273,7 +282,9 @@ class Backfill:
         return erp.upsert_many(items, repair=True)
 
     def _commit(self, d: _Direction, last: str, applied: list[tuple[Applied, int]],
-                repairs: list, links: list[str], records: dict[str, CanonicalRecord]) -> None:
+                repairs: list, links: list[str], records: dict[str, CanonicalRecord],
+                digests: dict[str, tuple[int, int | None]]) -> None:
+        from workers.reconcile import index
         from workers.router.repair import enqueue_repairs
 
         if repairs:
@@ -295,11 +306,25 @@ class Backfill:
                 sor = "legacy" if d.target == "cloud" else "cloud"
                 put_routes(conn, [(self.domain, r.key, sor, v) for r, v in applied
                                   if not is_closed(records.get(r.key))])
+            # The target now holds what the source held: its digest index (if built)
+            # says so, and the next warm reconciliation need not verify these records.
+            index.apply(conn, self.domain, d.target, {r.key: digests[r.key] for r, _ in applied
+                                                      if r.key in digests})
             d.written += len(applied)
             d.after = last
             d.pending_hi = None
             checkpoint.put(conn, self.domain, d.target, last_key=last, pending_hi=None,
                            written=d.written, run_id=self.run_id)
+            for o in self.dirs.values():
+                if o is not d and not (o.creates or o.repairs or o.links) and (
+                        o.after is None or o.after < last):
+                    # Nothing pending for the other target either: it is done up to here too.
+                    o.after = last
+                    hi = o.pending_hi if o.pending_hi is not None and o.pending_hi > last \
+                        else None
+                    o.pending_hi = hi
+                    checkpoint.put(conn, self.domain, o.target, last_key=last, pending_hi=hi,
+                                   written=o.written, run_id=self.run_id)
             session.commit()
         self.report.written[d.target] += len(applied)
 
