@@ -284,16 +284,20 @@ class Backfill:
     def _commit(self, d: _Direction, last: str, applied: list[tuple[Applied, int]],
                 repairs: list, links: list[str], records: dict[str, CanonicalRecord],
                 digests: dict[str, tuple[int, int | None]]) -> None:
+        from bus.outbox import add_to_outbox
         from workers.reconcile import index
-        from workers.router.repair import enqueue_repairs
+        from workers.router import queues
+        from workers.router.repair import repair_envelope
 
-        if repairs:
-            sor = "legacy" if d.target == "cloud" else "cloud"
-            self.report.enqueued += enqueue_repairs(
-                self.state, [(self.domain, k, r) for k, r in repairs], sor=sor,
-                target=d.target, reason="reconciliation repair", run_id=self.run_id)
         with Session(self.state) as session:
             conn = session.connection()
+            # The repairs commit with the checkpoint: a resumed run never sends them twice.
+            sor = "legacy" if d.target == "cloud" else "cloud"
+            for key, record in repairs:
+                env = repair_envelope(conn, record, domain=self.domain, key=key, sor=sor,
+                                      reason="reconciliation repair", run_id=self.run_id)
+                add_to_outbox(session, env, actor_name=queues.WRITE_ACTOR[d.target],
+                              queue_name=queues.WRITE_QUEUE[d.target])
             if applied:
                 _observe(conn, d.target, self.domain, applied)
             created = [(r.key, r.target_id if d.target == "cloud" else None)
@@ -326,6 +330,7 @@ class Backfill:
                     checkpoint.put(conn, self.domain, o.target, last_key=last, pending_hi=hi,
                                    written=o.written, run_id=self.run_id)
             session.commit()
+        self.report.enqueued += len(repairs)
         self.report.written[d.target] += len(applied)
 
     def _count_upto(self, key: str) -> int:

@@ -1,0 +1,112 @@
+"""The streaming backfill against the simulator: what changes while it runs.
+
+A record someone creates in the target between the backfill's read and its write is
+kept (counted stale); a record whose route moved meanwhile (capture routed a person's
+edit of the SoR) is read again, so its new state goes out under its new version;
+mismatches and deletes go through the outbox; a record no repair fixes is left alone."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.orm import Session
+
+from bus.outbox import backlog
+from coexistence.flags import FlagSource
+from coexistence.router import routed_version
+from coexistence.sample import iter_customers
+from tests.integration.test_reconcile import write_cloud, write_legacy
+from tests.support import cloud_sim
+from tests.support.state import upgraded_state
+from workers.cloud_erp import CloudErp
+from workers.db import create_state_engine
+from workers.legacy_erp.adapter import LegacyErp
+from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.reconcile.backfill import Backfill
+from workers.reconcile.cloud import CloudReader
+from workers.reconcile.legacy import LegacyReader
+from workers.router.state import put_route
+from workers.xref_sql import SqlXref
+
+simulator, sim = cloud_sim.simulator, cloud_sim.sim
+
+
+@pytest.fixture
+def world(tmp_path, sim):
+    engine = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    create_legacy_schema(engine)
+    state = create_state_engine(upgraded_state(f"sqlite:///{tmp_path / 'state.db'}"))
+    erp = CloudErp(sim.url)
+    yield engine, state, erp
+    erp.close()
+    state.dispose()
+    engine.dispose()
+
+
+def _backfill(engine, state, erp, run_id="run-1", **kwargs) -> Backfill:
+    return Backfill("customer", LegacyReader(LegacyErp(engine)), CloudReader(erp), state,
+                    FlagSource({}), run_id=run_id, **kwargs)
+
+
+def test_what_changes_during_a_backfill_is_never_overwritten_with_an_older_state(
+        world, sim, monkeypatch):
+    engine, state, erp = world
+    records = list(iter_customers(6, seed=8))
+    write_legacy(engine, records)
+    legacy = LegacyErp(engine)
+    created_meanwhile, edited_meanwhile = records[1], records[4]
+    person_copy = created_meanwhile.model_copy(update={"credit_limit": Decimal(1)})
+    edited = legacy.get("customer", edited_meanwhile.key).model_copy(
+        update={"credit_limit": edited_meanwhile.credit_limit + 42})
+    new_version = routed_version(0, 7)
+    run = _backfill(engine, state, erp)
+    items, original = run.legacy.items, erp.upsert_many
+
+    def edited_after_it_was_read(domain, after=None):
+        for item in items(domain, after=after):
+            yield item
+            if item.key == edited.key:
+                # Someone edits the record in the legacy ERP; capture routes the edit.
+                legacy.person_upsert(edited, "JSMITH")
+                with Session(state) as session:
+                    put_route(session.connection(), "customer", edited.key, pinned_sor=None,
+                              last_version=new_version)
+                    session.commit()
+
+    def created_before_the_write(batch):
+        # Between the backfill's read of both streams and its write, a person creates one
+        # of the records in the cloud.
+        sim.person_upsert(person_copy, "ana.cloud")
+        monkeypatch.setattr(erp, "upsert_many", original)
+        return original(batch)
+
+    monkeypatch.setattr(run.legacy, "items", edited_after_it_was_read)
+    monkeypatch.setattr(erp, "upsert_many", created_before_the_write)
+    report = run.run()
+    assert report.written["cloud"] == 5 and report.stale == 1, report.to_dict()
+    assert erp.get("customer", created_meanwhile.key).credit_limit == 1  # the person's
+    assert erp.get("customer", edited.key).credit_limit == edited.credit_limit
+    assert erp.get_current("customer", edited.key).version == new_version
+    xref = SqlXref(state)
+    assert xref.by_canonical("customer", records[0].key).legacy_key is not None
+    assert xref.by_canonical("customer", created_meanwhile.key) is None  # not ours
+
+
+def test_mismatches_and_deletes_go_through_the_outbox_and_unrepairable_keys_are_left(world):
+    engine, state, erp = world
+    records = list(iter_customers(8, seed=9))
+    write_legacy(engine, records[:6])
+    cloud = [records[0], records[1].model_copy(update={"credit_limit": Decimal(3)}), records[2],
+             records[6]]  # 3, 4, 5 missing in the cloud; 6 only there (a delete); 1 differs
+    write_cloud(erp, cloud)
+    report = _backfill(engine, state, erp, skip_keys={records[5].key}).run()
+    assert report.written == {"cloud": 2, "legacy": 0}
+    assert report.enqueued == 2 and backlog(state, "customer") == 2
+    assert report.equal == 2 and report.skipped == 1
+    assert erp.get("customer", records[5].key) is None
+    assert erp.get("customer", records[1].key).credit_limit == 3  # the outbox repairs it
+    # A second run finds nothing new to write and no checkpoint left behind.
+    again = _backfill(engine, state, erp, "run-2", skip_keys={records[5].key}).run()
+    assert again.written == {"cloud": 0, "legacy": 0} and again.resumed_after is None
+    assert again.enqueued == 2  # the outbox has not been drained: still differing
