@@ -63,8 +63,8 @@ def test_what_changes_during_a_backfill_is_never_overwritten_with_an_older_state
     run = _backfill(engine, state, erp)
     items, original = run.legacy.items, erp.upsert_many
 
-    def edited_after_it_was_read(domain, after=None):
-        for item in items(domain, after=after):
+    def edited_after_it_was_read(domain, after=None, **kwargs):
+        for item in items(domain, after=after, **kwargs):
             yield item
             if item.key == edited.key:
                 # Someone edits the record in the legacy ERP; capture routes the edit.

@@ -18,7 +18,7 @@ from bus.errors import BusError
 from coexistence.canonical import DOMAINS
 from coexistence.errors import CoexistError
 from coexistence.reconcile.engine import UnsortedStream
-from coexistence.reconcile.findings import REPAIRABLE, Finding, Report
+from coexistence.reconcile.findings import Finding, Kind, Report
 from workers.cli.common import UserError, hard_deadline
 from workers.config import redact_url
 
@@ -171,13 +171,14 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
     keep_max = KEEP_FINDINGS_MAX if limit is None else min(limit, KEEP_FINDINGS_MAX)
     kept: list[Finding] = []
     written = [0]
-    # Records of findings no repair fixes (a key mismatch, a duplicate): the backfill
-    # leaves them alone, whatever --limit keeps.
+    # Records of key mismatches: the backfill leaves them alone, whatever --limit keeps
+    # (duplicates within one side are copied as they are, and reported).
     unrepairable: set[str] = set()
 
     def on_finding(f: Finding) -> None:
-        if repair and f.kind not in REPAIRABLE:
-            unrepairable.update(k for k in (f.key, f.cloud_key, *(f.keys or ())) if k)
+        if repair and f.kind == Kind.KEY_MISMATCH:
+            # One record under two numbers: creating either side's would duplicate it.
+            unrepairable.update(k for k in (f.key, f.cloud_key) if k)
         if limit is not None and written[0] >= limit:
             return
         written[0] += 1
@@ -303,8 +304,9 @@ class _backfill_bar:
         self.progress.start()
         task = self.progress.add_task(f"backfill {self.domain}", total=None)
 
-        def tick(done: int, total: int | None) -> None:
-            self.progress.update(task, completed=done, total=total)
+        def tick(done: int, written: int, total: int | None) -> None:
+            self.progress.update(task, completed=done, total=total,
+                                 description=f"backfill {self.domain} ({written:,} written)")
         return tick
 
     def __exit__(self, *exc) -> None:

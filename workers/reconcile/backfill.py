@@ -35,7 +35,9 @@ checkpointed is found equal and linked, never written twice.
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,7 +52,6 @@ from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
 from coexistence.errors import CoexistError, TranslationError
 from coexistence.ports import COEXIST_WRITER, Applied, Changed, Stale
 from coexistence.reconcile.engine import Item, merge
-from coexistence.reconcile.tolerances import normalise
 from coexistence.router import is_closed, segment_attrs, split_version
 from workers.reconcile import checkpoint
 
@@ -58,6 +59,8 @@ from workers.reconcile import checkpoint
 BATCH_RECORDS = 200
 #: Repairs (mismatches, deletes) per outbox transaction.
 REPAIR_BATCH = 500
+#: Batches read ahead of the one being written (the writer thread's queue).
+WRITES_IN_FLIGHT = 2
 #: Seconds between two progress lines when stderr is not a terminal.
 PROGRESS_EVERY_S = 5.0
 #: Errors kept (with their key) for the report.
@@ -116,7 +119,8 @@ class _Direction:
     def __init__(self, target: str, mark: checkpoint.Mark | None) -> None:
         self.target = target
         self.after = mark.last_key if mark is not None else None
-        self.pending_hi = mark.pending_hi if mark is not None else None
+        #: Keys up to this one may hold an interrupted run's writes without their state.
+        self.resume_hi = mark.pending_hi if mark is not None else None
         self.written = mark.written if mark is not None else 0
         #: (key, record, its digest and natural-key hash, as the target's index keeps them)
         self.creates: list[tuple[str, CanonicalRecord, int, int | None]] = []
@@ -136,7 +140,7 @@ class Backfill:
 
     def __init__(self, domain: str, legacy, cloud, state, flags, *, run_id: str,
                  skip_keys: Iterable[str] = (),
-                 progress: Callable[[int, int | None], None] | None = None,
+                 progress: Callable[[int, int, int | None], None] | None = None,
                  total: int | None = None) -> None:
         self.domain, self.legacy, self.cloud, self.state = domain, legacy, cloud, state
         self.erps = {"legacy": legacy.erp, "cloud": cloud.erp}
@@ -147,6 +151,9 @@ class Backfill:
         self.total = total
         self.report = BackfillReport(domain)
         self.dirs: dict[str, _Direction] = {}
+        #: Batches for the writer thread (two in flight at most: bounded memory).
+        self._jobs: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT)
+        self._failed: BaseException | None = None
         self.started_at = datetime.now(UTC)
 
     # ------------------------------------------------------------------ the run
@@ -163,27 +170,37 @@ class Backfill:
         # The stream's snapshot starts after this instant: a route updated later was
         # routed after the record was read.
         self.started_at = datetime.now(UTC)
-        left = self.legacy.items(self.domain, after=start)
+        # Records as the legacy ERP holds them (what the router writes too); the digests
+        # compare in the common normal form either way.
+        left = self.legacy.items(self.domain, after=start, normalised=False)
         right = self.cloud.stream(self.domain, after=start or "")
         n = 0
         if self.progress is not None:
-            self.progress(done0, self.total)
-        for a, b in merge(left, right):
-            key = (a or b).key  # type: ignore[union-attr]
-            self._pair(key, a, b, dirs)
-            n += 1
+            self.progress(done0, 0, self.total)
+        writer = threading.Thread(target=self._writer, name="backfill-writer", daemon=True)
+        writer.start()
+        try:
+            for a, b in merge(left, right):
+                key = (a or b).key  # type: ignore[union-attr]
+                self._pair(key, a, b, dirs)
+                n += 1
+                for d in dirs.values():
+                    if d.full():
+                        self._flush(d, key)
+                if self.progress is not None and n % 1000 == 0:
+                    self.progress(done0 + n, self.written_count(), self.total)
+            self.report.scanned = n
             for d in dirs.values():
-                if d.full():
-                    self._flush(d, key)
-            if self.progress is not None and n % 1000 == 0:
-                self.progress(done0 + n, self.total)
-        self.report.scanned = n
-        for d in dirs.values():
-            self._flush(d, None)
+                self._flush(d, None)
+        finally:
+            self._jobs.put(None)
+            writer.join()
+        if self._failed is not None:
+            raise self._failed
         with self.state.begin() as conn:
             checkpoint.clear(conn, self.domain)
         if self.progress is not None:
-            self.progress(done0 + n, self.total)
+            self.progress(done0 + n, self.written_count(), self.total)
         self.report.seconds = time.monotonic() - t0
         return self.report
 
@@ -192,7 +209,7 @@ class Backfill:
         if a is not None and b is not None and a.digest == b.digest and not a.error:
             self.report.equal += 1
             for d in dirs.values():
-                if d.pending_hi is not None and not d.done(key) and key <= d.pending_hi:
+                if d.resume_hi is not None and not d.done(key) and key <= d.resume_hi:
                     d.links.append(key)
             return
         if key in self.skip_keys or (a is not None and a.error) or (b is not None and b.error):
@@ -221,19 +238,52 @@ class Backfill:
     # ------------------------------------------------------------------ a batch
 
     def _flush(self, d: _Direction, upto: str | None) -> None:
-        """Write ``d``'s batch and commit its state; ``upto`` is the merge's position
+        """Hand ``d``'s batch to the writer thread; ``upto`` is the merge's position
         (every key <= it is decided), ``None`` at the end of the streams."""
         if not (d.creates or d.repairs or d.links):
             return
         last = upto if upto is not None else max(
             [c[0] for c in d.creates] + [k for k, _ in d.repairs] + d.links)
-        creates, repairs, links = d.creates, d.repairs, d.links
+        # A target with nothing pending is done up to here too (its earlier batches are
+        # ahead of this one in the writer's queue).
+        others = [o for o in self.dirs.values()
+                  if o is not d and not (o.creates or o.repairs or o.links)]
+        job = (d, last, d.creates, d.repairs, d.links, others)
         d.creates, d.repairs, d.links = [], [], []
+        while True:
+            if self._failed is not None:
+                raise self._failed
+            try:
+                self._jobs.put(job, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _writer(self) -> None:
+        """The writer thread: batches in order, so checkpoints only move forward; the
+        next batch is read and translated while this one is in flight."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if self._failed is not None:
+                continue  # drain: the run is failing
+            try:
+                self._execute(*job)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the run's thread
+                self._failed = exc
+
+    def written_count(self) -> int:
+        return sum(self.report.written.values())
+
+    def _execute(self, d: _Direction, last: str, creates: list, repairs: list, links: list,
+                 others: list) -> None:
         with self.state.begin() as conn:
             routes = _routes(conn, self.domain, [c[0] for c in creates])
             if creates:
                 checkpoint.put(conn, self.domain, d.target, last_key=d.after or "",
-                               pending_hi=last, written=d.written, run_id=self.run_id)
+                               pending_hi=max(last, d.resume_hi or ""), written=d.written,
+                               run_id=self.run_id)
         items, moved, digests = [], [], {}
         for key, record, digest, nk in creates:
             version, updated_at = routes.get(key, (0, None))
@@ -256,7 +306,7 @@ class Backfill:
             else:
                 self.report.error(f"{self.domain} {record.key} into {d.target}: {result}")
         self._commit(d, last, applied, repairs, links, {i[0].key: i[0] for i in items},
-                     digests)
+                     digests, others)
 
     def _reread(self, target: str, items: list[list], keys: set[str], digests: dict) -> None:
         """Records whose route moved after the stream began: read from the SoR now (after
@@ -268,9 +318,9 @@ class Backfill:
             key = item[0].key
             if key in keys:
                 record = self.erps[sor].get(self.domain, key)
-                item[0] = normalise(record) if record is not None else None
+                item[0] = record
                 if record is not None:
-                    digests[key] = index.digest_of(item[0], normalised=True)
+                    digests[key] = index.digest_of(record)
 
     def _write(self, target: str, items: list[tuple]) -> list:
         if not items:
@@ -283,7 +333,7 @@ class Backfill:
 
     def _commit(self, d: _Direction, last: str, applied: list[tuple[Applied, int]],
                 repairs: list, links: list[str], records: dict[str, CanonicalRecord],
-                digests: dict[str, tuple[int, int | None]]) -> None:
+                digests: dict[str, tuple[int, int | None]], others: list) -> None:
         from bus.outbox import add_to_outbox
         from workers.reconcile import index
         from workers.router import queues
@@ -316,19 +366,15 @@ class Backfill:
                                                       if r.key in digests})
             d.written += len(applied)
             d.after = last
-            d.pending_hi = None
-            checkpoint.put(conn, self.domain, d.target, last_key=last, pending_hi=None,
-                           written=d.written, run_id=self.run_id)
-            for o in self.dirs.values():
-                if o is not d and not (o.creates or o.repairs or o.links) and (
-                        o.after is None or o.after < last):
-                    # Nothing pending for the other target either: it is done up to here too.
+            checkpoint.put(conn, self.domain, d.target, last_key=last,
+                           pending_hi=_still_pending(d, last), written=d.written,
+                           run_id=self.run_id)
+            for o in others:
+                if o.after is None or o.after < last:
                     o.after = last
-                    hi = o.pending_hi if o.pending_hi is not None and o.pending_hi > last \
-                        else None
-                    o.pending_hi = hi
-                    checkpoint.put(conn, self.domain, o.target, last_key=last, pending_hi=hi,
-                                   written=o.written, run_id=self.run_id)
+                    checkpoint.put(conn, self.domain, o.target, last_key=last,
+                                   pending_hi=_still_pending(o, last), written=o.written,
+                                   run_id=self.run_id)
             session.commit()
         self.report.enqueued += len(repairs)
         self.report.written[d.target] += len(applied)
@@ -340,6 +386,12 @@ class Backfill:
         with self.legacy.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.header).where(
                 t.sort_key(t.header, dialect) <= key)).scalar() or 0)
+
+
+def _still_pending(d: _Direction, last: str) -> str | None:
+    """The checkpoint's ``pending_hi`` once ``last`` is committed: an interrupted run's
+    range not yet passed."""
+    return d.resume_hi if d.resume_hi is not None and d.resume_hi > last else None
 
 
 def _routes(conn, domain: str, keys: list[str]) -> dict[str, tuple[int, datetime]]:
@@ -431,7 +483,7 @@ class ProgressLines:
         self.first: int | None = None
         self.last_print = 0.0
 
-    def __call__(self, done: int, total: int | None) -> None:
+    def __call__(self, done: int, written: int, total: int | None) -> None:
         now = time.monotonic()
         if self.first is None:
             self.first = done
@@ -443,8 +495,8 @@ class ProgressLines:
         eta = ""
         if total and rate > 0 and done < total:
             eta = f", ETA {_duration((total - done) / rate)}"
-        print(f"backfill {self.domain}: {done:,}{of} records, {rate:,.0f}/s{eta}",
-              file=self.stream, flush=True)
+        print(f"backfill {self.domain}: {done:,}{of} records, {rate:,.0f}/s, "
+              f"{written:,} written{eta}", file=self.stream, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -37,9 +37,12 @@ class LegacyReader:
         self.erp = erp
         self.engine: Engine = erp.engine
 
-    def items(self, domain: str, after: str | None = None) -> Iterator[Item]:
+    def items(self, domain: str, after: str | None = None, *,
+              normalised: bool = True) -> Iterator[Item]:
         """Every record of ``domain`` as an ``Item``, sorted by canonical key (only those
-        with a key above ``after``, when given: a resumed backfill)."""
+        with a key above ``after``, when given: a resumed backfill).  ``normalised=False``:
+        an item's ``record`` is the legacy ERP's record as ``LegacyErp.get`` reads it (what
+        a backfill writes), not its comparison form (the digests are the same)."""
         d = self.erp._domain(domain)  # tables and the canonical sort key of the adapter
         dialect = self.engine.dialect.name
         head_cols, child_cols = digest_columns(domain)
@@ -95,7 +98,7 @@ class LegacyReader:
                     nk = natural_key_hash(nk_fn([header[i] for i in nk_h],
                                                 [[row[i] for i in nk_c] for row in children]))
                 yield Item(key, digest, nk, _loader(translate, h_names, header, c_names,
-                                                    children, number_keys))
+                                                    children, number_keys, normalised))
         finally:
             conn.close()
 
@@ -139,12 +142,13 @@ def _unpadded(row: dict, keys) -> dict:
     return row
 
 
-def _loader(translate, h_names, header, c_names, children, keys=()):
+def _loader(translate, h_names, header, c_names, children, keys=(), normalised=True):
     # Normalised like the cloud side: a value typed into the legacy ERP by hand (mixed
     # case, say) that the legacy ERP's own writes would have normalised is the same
     # record within the declared tolerances, not a mismatch.
     def load():
-        return normalise(translate(
+        record = translate(
             _unpadded(dict(zip(h_names, header, strict=False)), keys),
-            [_unpadded(dict(zip(c_names, row, strict=False)), keys) for row in children]))
+            [_unpadded(dict(zip(c_names, row, strict=False)), keys) for row in children])
+        return normalise(record) if normalised else record
     return load
