@@ -90,6 +90,12 @@ def fresh_state(url: str) -> str:
     return url
 
 
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cli_run(legacy_url: str, cloud_url: str, state_url: str, home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COEXIST_")}
     env.update(COEXIST_HOME=str(home), COEXIST_LEGACY_URL=legacy_url,
@@ -197,7 +203,9 @@ def main() -> None:
                           "seconds": round(old["seconds"], 2),
                           "records_per_s": round(old_per_s), "loadavg": load()}), flush=True)
         with start_simulator(dir_ / "cloud.db") as sim:
+            sim_cpu0 = cpu_of(sim.process.pid)
             r = cli_run(legacy_url, sim.url, state_url, dir_)
+            sim_cpu_s = cpu_of(sim.process.pid) - sim_cpu0
             from workers.cloud_erp import CloudErp
 
             with CloudErp(sim.url, timeout_s=600) as erp:
@@ -212,7 +220,11 @@ def main() -> None:
             "backfill_phase_per_s": phase_per_s,
             "reconcile_phase_s": round(r["seconds"] - (b.get("seconds") or 0), 2),
             "written": b.get("written"), "errors": b.get("errors"),
-            "cpu_s": round(r["cpu_s"], 2), "peak_rss_mb": r["peak_rss_mb"],
+            "skipped": b.get("skipped"), "stale": b.get("stale"),
+            "cpu_s": round(r["cpu_s"], 2), "backfill_phase_cpu_s": b.get("cpu_s"),
+            "simulator_cpu_s": round(sim_cpu_s, 2),
+            "cpu_ms_per_record": round(1000 * (r["cpu_s"] + sim_cpu_s) / a.customers, 3),
+            "peak_rss_mb": r["peak_rss_mb"],
             "vs_batch_writes_only": round(phase_per_s / base_per_s, 2),
             "vs_one_at_a_time": round(per_s / old_per_s, 2),
             "build_s": round(build_s, 1), "target_per_s": 2000, "loadavg": load()}),

@@ -84,6 +84,8 @@ class BackfillReport:
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     seconds: float = 0.0
+    #: CPU time of this process (all its threads) during the run.
+    cpu_s: float = 0.0
 
     def error(self, text: str) -> None:
         self.error_count += 1
@@ -100,7 +102,8 @@ class BackfillReport:
                 "stale": self.stale, "changed": self.changed, "enqueued": self.enqueued,
                 "linked_on_resume": self.linked_on_resume, "skipped": self.skipped,
                 "errors": self.error_count, "first_errors": list(self.errors),
-                "seconds": round(self.seconds, 3), "records_per_s": round(self.rate, 1)}
+                "seconds": round(self.seconds, 3), "cpu_s": round(self.cpu_s, 3),
+                "records_per_s": round(self.rate, 1)}
 
     def describe(self) -> str:
         w = self.written
@@ -159,7 +162,7 @@ class Backfill:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> BackfillReport:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         with self.state.connect() as conn:
             marks = checkpoint.load(conn, self.domain)
         dirs = self.dirs = {t: _Direction(t, marks.get(t)) for t in SYSTEMS}
@@ -202,6 +205,7 @@ class Backfill:
         if self.progress is not None:
             self.progress(done0 + n, self.written_count(), self.total)
         self.report.seconds = time.monotonic() - t0
+        self.report.cpu_s = time.process_time() - cpu0
         return self.report
 
     def _pair(self, key: str, a: Item | None, b: Item | None,
