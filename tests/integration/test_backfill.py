@@ -32,11 +32,14 @@ from workers.xref_sql import SqlXref
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 
-@pytest.fixture
-def world(tmp_path, sim):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request, tmp_path, sim):
+    """Legacy SQLite, the simulator, and coexist's state on SQLite or PostgreSQL."""
     engine = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
     create_legacy_schema(engine)
-    state = create_state_engine(upgraded_state(f"sqlite:///{tmp_path / 'state.db'}"))
+    url = (f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    state = create_state_engine(upgraded_state(url))
     erp = CloudErp(sim.url)
     yield engine, state, erp
     erp.close()
