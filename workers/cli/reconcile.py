@@ -228,7 +228,9 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
         # With --format json/csv stdout is the summary alone: what repair says goes to stderr.
         _repair(ctx, domain, kept, run_id, yes, report.counts.findings > len(kept),
                 err=fmt != "table")
-    elif repair and report.counts.findings:
+    elif repair and (report.counts.exclusive_legacy or report.counts.exclusive_cloud
+                     or report.counts.mismatched):
+        # Only something a write can fix is worth streaming both ERPs again for.
         backfilled = _backfill(ctx, domain, run_id, unrepairable, report, progress,
                                backfill_lines, err=fmt != "table")
     return report, status, kept, backfilled
