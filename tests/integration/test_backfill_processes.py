@@ -1,7 +1,8 @@
 """The streaming backfill as its users run it: ``coexist reconcile --repair --yes`` as an OS
-process, killed with SIGKILL mid-run, then run again to the end.  The cloud simulator's own
-change feed is the judge: every legacy record is in the cloud, as the legacy ERP holds it,
-written exactly once; the xref links every record; the checkpoint is gone at the end."""
+process, killed with SIGKILL (or interrupted with Ctrl-C) mid-run, then run again to the
+end.  The cloud simulator's own change feed is the judge: every legacy record is in the
+cloud, as the legacy ERP holds it, written exactly once; the xref links every record; the
+checkpoint is gone at the end."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def _cloud_writes(sim) -> Counter:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_a_backfill_killed_mid_run_resumes_and_writes_every_record_exactly_once(
-        tmp_path, sim):
+        tmp_path, sim, signum):
     legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
     state_url = upgraded_state(f"sqlite:///{tmp_path / 'state.db'}")
     engine = create_legacy_engine(legacy_url)
@@ -72,8 +74,14 @@ def test_a_backfill_killed_mid_run_resumes_and_writes_every_record_exactly_once(
             mark = wait_until(lambda: (_checkpoint(state_url) or (None, 0))[1] >= 400
                               and _checkpoint(state_url), 90,
                               "the first run committed two batches", poll_s=0.02)
-            first.signal(signal.SIGKILL)
-            assert first.popen.wait(30) == -signal.SIGKILL
+            first.signal(signum)
+            if signum == signal.SIGKILL:
+                assert first.popen.wait(30) == -signal.SIGKILL
+            else:
+                # Ctrl-C: the batches in flight are finished and committed, then exit 130
+                # with one line, no traceback.
+                assert first.popen.wait(30) == 130, first.output()[-2000:]
+                assert "Traceback" not in first.output()
         finally:
             first.stop()
         killed_at = _checkpoint(state_url)
