@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from bus.outbox import backlog
-from coexistence.flags import FlagSource
+from coexistence.flags import FULL, FlagSource, FlagState, Mode
+from coexistence.ports import COEXIST_WRITER
+from coexistence.reconcile.tolerances import normalise
 from coexistence.router import routed_version
 from coexistence.sample import iter_customers
 from tests.integration.test_reconcile import write_cloud, write_legacy
@@ -113,3 +115,26 @@ def test_mismatches_and_deletes_go_through_the_outbox_and_unrepairable_keys_are_
     again = _backfill(engine, state, erp, "run-2", skip_keys={records[5].key}).run()
     assert again.written == {"cloud": 0, "legacy": 0} and again.resumed_after is None
     assert again.enqueued == 2  # the outbox has not been drained: still differing
+
+
+def test_in_cloud_only_the_legacy_erp_is_backfilled_from_the_cloud_in_batches(world):
+    engine, state, erp = world
+    records = list(iter_customers(450, seed=10))
+    write_cloud(erp, records)
+    flags = FlagSource({"customer": FlagState("customer", Mode.CLOUD_ONLY, Mode.CLOUD_ONLY,
+                                              FULL, 3)})
+    run = Backfill("customer", LegacyReader(LegacyErp(engine)), CloudReader(erp), state,
+                   flags, run_id="run-c")
+    report = run.run()
+    assert report.written == {"cloud": 0, "legacy": 450}, report.to_dict()
+    legacy = LegacyErp(engine)
+    cloud = {r.key: r for r in erp.stream("customer")}
+    # The legacy ERP holds each cloud record in its own normal form, written by coexist.
+    held = {r.key: r for r in legacy.stream("customer")}
+    assert held == {k: normalise(r) for k, r in cloud.items()}
+    assert {legacy.get_current("customer", k).writer for k in held} == {COEXIST_WRITER}
+    assert SqlXref(state).by_canonical("customer", records[0].key).legacy_key is not None
+    # Nothing left to do: a second run writes nothing.
+    again = Backfill("customer", LegacyReader(LegacyErp(engine)), CloudReader(erp), state,
+                     flags, run_id="run-d").run()
+    assert again.written == {"cloud": 0, "legacy": 0} and again.equal == 450
