@@ -25,6 +25,7 @@ from workers.cloud_erp import CloudErp
 from workers.db import create_state_engine
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.reconcile import checkpoint
 from workers.reconcile.backfill import Backfill
 from workers.reconcile.cloud import CloudReader
 from workers.reconcile.legacy import LegacyReader
@@ -138,3 +139,16 @@ def test_in_cloud_only_the_legacy_erp_is_backfilled_from_the_cloud_in_batches(wo
     again = Backfill("customer", LegacyReader(LegacyErp(engine)), CloudReader(erp), state,
                      flags, run_id="run-d").run()
     assert again.written == {"cloud": 0, "legacy": 0} and again.equal == 450
+
+
+def test_a_first_batch_that_never_committed_in_either_direction_starts_from_the_first_key(
+        world):
+    engine, state, erp = world
+    records = list(iter_customers(5, seed=12))
+    write_legacy(engine, records)
+    with state.begin() as conn:  # both targets marked by a run killed inside its first batch
+        for target in ("cloud", "legacy"):
+            checkpoint.put(conn, "customer", target, last_key="", pending_hi=records[2].key,
+                           written=0, run_id="killed")
+    report = _backfill(engine, state, erp).run()
+    assert report.resumed_after is None and report.written["cloud"] == 5

@@ -121,7 +121,8 @@ class _Direction:
 
     def __init__(self, target: str, mark: checkpoint.Mark | None) -> None:
         self.target = target
-        self.after = mark.last_key if mark is not None else None
+        # "" is the mark of a first batch that never committed: nothing is done yet.
+        self.after = (mark.last_key or None) if mark is not None else None
         #: Keys up to this one may hold an interrupted run's writes without their state.
         self.resume_hi = mark.pending_hi if mark is not None else None
         self.written = mark.written if mark is not None else 0
@@ -167,6 +168,7 @@ class Backfill:
             marks = checkpoint.load(conn, self.domain)
         dirs = self.dirs = {t: _Direction(t, marks.get(t)) for t in SYSTEMS}
         afters = [d.after for d in dirs.values()]
+        # Resume behind the lowest committed key (None: some target has committed nothing).
         start = None if any(a is None for a in afters) else min(a for a in afters if a)
         self.report.resumed_after = start
         done0 = self._count_upto(start) if start is not None else 0
