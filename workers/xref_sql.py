@@ -186,3 +186,9 @@ def link_in(conn, domain: str, canonical_key: str, *, legacy_key: str | None = N
     except (IntegrityError, _LostRace):
         raise TechnicalError(
             f"xref link of {domain} {canonical_key} raced another writer; retried") from None
+
+
+def unlink_in(conn, domain: str, canonical_key: str) -> None:
+    """Remove a record's link inside the caller's state transaction (its routed delete
+    applied: the record is in neither ERP any more)."""
+    conn.execute(_T.delete().where(_T.c.domain == domain, _T.c.canonical_key == canonical_key))

@@ -167,7 +167,8 @@ def apply_write(env: Envelope, target: Erp, send: Send,
             continue
         if isinstance(result, Applied) and ctx is not None and ctx.state is not None:
             _observe_write(ctx, target, env, result,
-                           created=not delete and (current is None or not current.exists))
+                           created=not delete and (current is None or not current.exists),
+                           deleted=delete)
         if isinstance(result, Applied) and into_sor and ctx is not None:
             _propagate(env, target, ctx, send)
         return result
@@ -411,7 +412,7 @@ def _created_ids(target: Erp, env: Envelope, result: Applied) -> tuple[str | Non
 
 
 def _observe_write(ctx: WriteContext, target: Erp, env: Envelope, result: Applied,
-                   *, created: bool) -> None:
+                   *, created: bool, deleted: bool = False) -> None:
     legacy_key = cloud_id = None
     if created:
         from coexistence.translate.legacy import LEGACY_TRANSLATORS
@@ -424,7 +425,7 @@ def _observe_write(ctx: WriteContext, target: Erp, env: Envelope, result: Applie
         cloud_id = result.target_id if target.system == "cloud" else None
     observed.record_write(ctx.state, target.system, env.domain, env.key, result,
                           COEXIST_WRITER, env.flag_version, created=created,
-                          legacy_key=legacy_key, cloud_id=cloud_id)
+                          deleted=deleted, legacy_key=legacy_key, cloud_id=cloud_id)
 
 
 def route_command(env: Envelope, erps: Mapping[str, Erp], flags: Any, send: Send,

@@ -128,16 +128,20 @@ def get_observed(conn, system: str, domain: str, key: str) -> Observation | None
 
 
 def record_write(engine, system: str, domain: str, key: str, result: Applied, writer: str,
-                 flag_version: int, *, created: bool, legacy_key: str | None = None,
-                 cloud_id: str | None = None) -> None:
+                 flag_version: int, *, created: bool, deleted: bool = False,
+                 legacy_key: str | None = None, cloud_id: str | None = None) -> None:
     """After an applied write: the new observation and, for a record the writer created,
-    its xref link (canonical key, legacy key, cloud id), in one state transaction."""
-    from workers.xref_sql import link_in
+    its xref link (canonical key, legacy key, cloud id), in one state transaction.  A
+    routed delete removes the link: the record is gone from both ERPs, and an entry left
+    behind would be an orphan that reconciliation counts as drift."""
+    from workers.xref_sql import link_in, unlink_in
 
     with engine.begin() as conn:
         _upsert(conn, [_row(system, domain, key, result.revision, writer, COEXIST,
                             flag_version, None, result.version)])
-        if created and (legacy_key or cloud_id):
+        if deleted:
+            unlink_in(conn, domain, key)
+        elif created and (legacy_key or cloud_id):
             link_in(conn, domain, key, legacy_key=legacy_key, cloud_id=cloud_id)
 
 
