@@ -63,6 +63,10 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crm_channel import ACTIONS as CRM_ACTIONS  # noqa: E402
+from crm_channel import CRM_WAIT_S, CrmChannel, CrmPlan  # noqa: E402
+
 PG_ADMIN_URL = os.environ.get("COEXIST_CHAOS_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("COEXIST_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -72,16 +76,38 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 #: cloud fault windows)
 SCALES = {
     "tiny": dict(customers=60, edits=200, worker_kills=2, router_kills=1, closes=1,
-                 cloud_windows=1),
+                 cloud_windows=1, crm=CrmPlan(onboard=2, duplicate=2, contact=2, forbidden=2,
+                                              locks=1, limits=1)),
     "small": dict(customers=200, edits=600, worker_kills=3, router_kills=1, closes=1,
-                  cloud_windows=1),
+                  cloud_windows=1, crm=CrmPlan(onboard=4, duplicate=4, contact=4, forbidden=4,
+                                               locks=2, limits=1)),
     "medium": dict(customers=2_000, edits=10_000, worker_kills=10, router_kills=2, closes=2,
-                   cloud_windows=3),
+                   cloud_windows=3, crm=CrmPlan(onboard=20, duplicate=10, contact=20,
+                                                forbidden=20, locks=4, limits=2)),
     "full": dict(customers=20_000, edits=100_000, worker_kills=12, router_kills=3, closes=3,
-                 cloud_windows=4),
+                 cloud_windows=4, crm=CrmPlan(onboard=50, duplicate=20, contact=50,
+                                              forbidden=50, locks=6, limits=3)),
 }
+#: The channels a run drives besides the two ERPs (``--channels``).
+CHANNELS = ("crm", "deletes")
 #: Share of people's edits typed into the ERP that is not the SoR (stray writes).
 STRAY_SHARE = 0.03
+#: Share of people's changes that delete the customer in the SoR (a clerk closing a
+#: duplicate or a dead account); a deleted customer is not edited again.
+DELETE_SHARE = 0.02
+#: Business reports an operator reviews and archives before a move: each is what a person
+#: in the run did (the verdict checks there is one per such act).
+REVIEWED = {
+    "StrayWrite": "stray writes the run made, each reported and repaired",
+    "OwnershipViolationReported": "credit limits typed over in the CRM, refused, set back",
+    "CrmDuplicateAccount": "duplicate accounts saved in the CRM, no customer created",
+}
+#: Seconds after a fault counted as "during the fault" in the throughput figures.
+FAULT_WINDOW_S = 10
+#: The cloud simulator's clients that are people (everything else is coexist writing).
+PERSON_CLIENTS = frozenset({"clerk", "stray", "reader"})
+#: Seconds after a fault within which a technical failure it caused is first recorded.
+FAULT_EXPLAINS_S = 120.0
 #: Fraction of a phase's edits at which the switch forward and the rollback happen.
 SWITCH_AT, ROLLBACK_AT = 0.4, 0.7
 
@@ -105,6 +131,7 @@ class Estate:
     redis_prefix: str = ""
     sim_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    crm: CrmChannel | None = None
 
     @property
     def state_url(self) -> str:
@@ -243,6 +270,9 @@ def provision(estate: Estate) -> None:
         "COEXIST_REDIS_PREFIX": estate.redis_prefix, "COEXIST_ACTOR": "chaos-run",
         "COEXIST_BROKER_MANAGEMENT_URL": "off", "PYTHONPATH": str(ROOT),
     })
+    if estate.crm is not None:
+        (estate.home / "coexist.toml").write_text(estate.crm.toml())
+        env.update(estate.crm.env())
     estate.env = env
 
 
@@ -279,6 +309,8 @@ class Edit:
     system: str
     sor: str
     at: float
+    #: "edit" (the credit limit set to ``seq``) or "delete" (the record removed in its SoR).
+    kind: str = "edit"
 
     @property
     def stray(self) -> bool:
@@ -289,7 +321,8 @@ class People:
     """Clerks editing customers' credit limits; each edit's value is its sequence number,
     so the last edit is known from the value alone."""
 
-    def __init__(self, estate: Estate, keys: list[str], seed: int):
+    def __init__(self, estate: Estate, keys: list[str], seed: int,
+                 delete_share: float = DELETE_SHARE):
         from workers.cloud_sim.admin import SimulatorAdmin
         from workers.legacy_erp.adapter import LegacyErp
         from workers.legacy_erp.schema import create_legacy_engine
@@ -303,15 +336,35 @@ class People:
         self.sor = "legacy"
         self.lock = threading.Lock()
         self.seq = 0
+        #: Customers people deleted in the SoR.
+        self.deleted: set[str] = set()
+        self.delete_share = delete_share
 
     def edit_one(self, keys: list[str] | None = None) -> Edit:
         """One person's edit of one of ``keys`` (threads get disjoint keys, so the edits of
-        one record happen one after the other and the highest value is the last edit)."""
+        one record happen one after the other and the highest value is the last edit).
+        Now and then the change is a delete in the SoR: the key then leaves ``keys`` (the
+        thread's own list), so nobody edits a deleted customer again."""
         with self.lock:
             self.seq += 1
             seq, sor = self.seq, self.sor
-            key = self.rng.choice(keys or self.keys)
-            stray = self.rng.random() < STRAY_SHARE
+            pool = keys if keys is not None else self.keys
+            key = self.rng.choice(pool)
+            roll = self.rng.random()
+            stray = roll < STRAY_SHARE
+            delete = not stray and roll < STRAY_SHARE + self.delete_share and len(pool) > 1
+            if delete:
+                pool.remove(key)
+                self.deleted.add(key)
+        if delete:
+            if sor == "legacy":
+                self.legacy.person_delete("customer", key, "CLERK")
+            else:
+                self.cloud.person_delete("customer", key, "clerk")
+            edit = Edit(seq, key, sor, sor, time.time(), "delete")
+            with self.lock:
+                self.edits.append(edit)
+            return edit
         system = ("cloud" if sor == "legacy" else "legacy") if stray else sor
         who = "STRAY" if stray else "CLERK"
         # A person starts from what the ERP in front of them shows.
@@ -336,6 +389,12 @@ class People:
         r.raise_for_status()
         return canonical_from_json("customer", r.json())
 
+    def sor_customers(self) -> dict:
+        """Every customer in the SoR now, by key (the run ends with the legacy ERP as SoR)."""
+        if self.sor != "legacy":
+            raise RuntimeError("the verdict reads the SoR after the rollback (legacy)")
+        return {r.key: r for r in self.legacy.stream("customer")}
+
     def close(self) -> None:
         self.cloud.close()
         self.engine.dispose()
@@ -355,6 +414,14 @@ class Run:
         self.routers: list[Proc] = []
         self.workers: list[Proc] = []
         self.sim: Proc | None = None
+        self.crm_sim: Proc | None = None
+        #: (wall time, kind) of every fault injected, for explaining exception records.
+        self.fault_times: list[tuple[float, str]] = []
+        #: People's changes by kind, outside the clerks' ERP edits (CRM actions).
+        self.changes: Counter = Counter()
+        self.clerk_keys: list[str] = []
+        #: (wall start, wall end, SoR) of each phase of people's load.
+        self.phase_spans: list[tuple[float, float, str]] = []
         self.phase_rates: dict[str, float] = {}
         self.switches: list[dict] = []
         self.cloud_fault_windows: list[tuple[float, float]] = []
@@ -380,6 +447,12 @@ class Run:
                                       "--port", str(e.sim_port)], e.env, e.home)
         self.sim.start()
         self._wait(lambda: self._http_ok(e.cloud_url + "/changes?limit=1"), 30, "cloud sim")
+        if e.crm is not None:
+            self.crm_sim = Proc("crm-sim", e.crm.sim_args(), {**e.env, **e.crm.sim_env()},
+                                e.home)
+            self.crm_sim.start()
+            self._wait(lambda: self._http_ok(e.crm.url + "/admin/faults"), 30, "CRM sim")
+            e.crm.connect()
         log(f"seeded {len(keys)} customers")
         return keys
 
@@ -389,6 +462,10 @@ class Run:
         log("backfilling the cloud from the legacy ERP")
         cli(self.estate, "reconcile", "customer", "--repair", "--yes", check=False)
         self.settle()
+        if self.estate.crm is not None:
+            log("first load of the CRM")
+            cli(self.estate, "crm", "load", timeout_s=300)
+            self.settle()
         self._move("shadow", "chaos: customer backfilled, into shadow")
 
     def start_processes(self) -> Supervisor:
@@ -426,7 +503,9 @@ class Run:
         for attempt in range(1, 6):
             self.review_exceptions()
             cli(e, "reconcile", "customer", "--repair", "--yes", check=False)
-            cli(e, "reconcile", "customer", check=False)
+            checked = cli(e, "reconcile", "customer", "--format", "json", check=False)
+            (e.home / f"reconcile-{len(self.switches) + 1}-{attempt}.json").write_text(
+                checked.stdout + checked.stderr)
             cmd = (["cutover", "rollback", "customer"] if rollback
                    else ["cutover", "set", "customer", mode])
             done = cli(e, *cmd, "--reason", reason, check=False, timeout_s=300)
@@ -442,21 +521,25 @@ class Run:
         raise RuntimeError(f"customer could not be moved to {mode}: {self.notes[-1]}")
 
     def review_exceptions(self) -> None:
-        """What the operator does before a move: the stray writes the run made were each
-        reported and repaired, so they are archived; any other open record is replayed
-        (after a fault, its retries may have run out)."""
-        done = cli(self.estate, "dlq", "list", "--group", "--format", "json", check=False)
-        groups = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
-        for g in groups:
-            if g["error_type"] == "StrayWrite":
-                cli(self.estate, "dlq", "archive", "--group", g["group"], "--reason",
-                    "chaos: stray writes the run made, each reported and repaired",
-                    check=False)
-            else:
-                cli(self.estate, "dlq", "replay", "--group", g["group"], "--reason",
-                    "chaos: retried after an injected fault", check=False)
-                self.replayed[g["error_type"]] += g["count"]
-        if groups:
+        """What the operator does before a move: the reports of what the run's people did
+        (stray writes, credit limits typed over in the CRM, duplicate CRM accounts) were
+        each reviewed, so they are archived (one command for all); any other open record is
+        replayed by its group (after a fault, its retries may have run out)."""
+        done = cli(self.estate, "dlq", "list", "--limit", "100000", "--format", "json",
+                   check=False)
+        records = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+        reviewed = [r for r in records if r["error_type"] in REVIEWED]
+        if reviewed:
+            kinds = sorted({r["error_type"] for r in reviewed})
+            cli(self.estate, "dlq", "archive", *[str(r["id"]) for r in reviewed], "--reason",
+                "chaos: " + "; ".join(REVIEWED[k] for k in kinds), check=False)
+        groups = Counter((r["group"], r["error_type"]) for r in records
+                         if r["error_type"] not in REVIEWED)
+        for (group, error_type), count in groups.items():
+            cli(self.estate, "dlq", "replay", "--group", group, "--reason",
+                "chaos: retried after an injected fault", check=False)
+            self.replayed[error_type] += count
+        if records:
             self.settle()
 
     # -- faults
@@ -464,15 +547,22 @@ class Run:
         s = self.scale
         kinds = (["kill_worker"] * s["worker_kills"] + ["kill_router"] * s["router_kills"]
                  + ["close_connections"] * s["closes"] + ["cloud_faults"] * s["cloud_windows"])
+        if self.estate.crm is not None:
+            kinds += s["crm"].kinds()
         rng = random.Random(self.args.seed)
         rng.shuffle(kinds)
         # Spread them over the middle 80 % of the load, away from the switches.
         points = sorted(rng.uniform(0.1, 0.9) for _ in kinds)
         return [(int(p * total_edits), k) for p, k in zip(points, kinds, strict=True)]
 
-    def inject(self, kind: str) -> None:
+    def inject(self, kind: str, people: People | None = None) -> None:
         e = self.estate
-        if kind == "kill_worker":
+        if kind.startswith("crm_"):
+            e.crm.act(kind, people.legacy, self.clerk_keys)
+            if kind in CRM_ACTIONS:
+                self.changes[kind] += 1
+                return
+        elif kind == "kill_worker":
             victim = random.choice([w for w in self.workers if w.alive()] or self.workers)
             victim.kill9()
         elif kind == "kill_router":
@@ -491,6 +581,7 @@ class Run:
             threading.Timer(4.0, self._clear_cloud_faults, args=(started,)).start()
             admin.close()
         self.faults[kind] += 1
+        self.fault_times.append((time.time(), kind))
         log(f"fault: {kind}")
 
     def _clear_cloud_faults(self, started: float) -> None:
@@ -526,8 +617,11 @@ class Run:
                    ("cloud as SoR", int(total * ROLLBACK_AT), "legacy"),
                    ("after the rollback", total, None)]
         errors: list[BaseException] = []
+        # Each thread's own keys, kept across phases (a deleted key leaves its list).
+        shares = [people.keys[n::threads] for n in range(threads)]
         for phase, upto, next_sor in targets:
             started = time.monotonic()
+            wall_started, sor = time.time(), people.sor
             before = people.seq
 
             def work(keys: list[str], upto: int = upto) -> None:
@@ -537,7 +631,7 @@ class Run:
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
 
-            pool = [threading.Thread(target=work, args=(people.keys[n::threads],), daemon=True)
+            pool = [threading.Thread(target=work, args=(shares[n],), daemon=True)
                     for n in range(threads)]
             for t in pool:
                 t.start()
@@ -545,11 +639,12 @@ class Run:
                 if time.monotonic() > self.deadline:
                     raise TimeoutError(f"load not finished within --max-s ({people.seq})")
                 while plan and plan[0][0] <= people.seq:
-                    self.inject(plan.pop(0)[1])
+                    self.inject(plan.pop(0)[1], people)
                 time.sleep(0.05)
             if errors:
                 raise errors[0]
             self._rate(phase, started, people.seq - before)
+            self.phase_spans.append((wall_started, time.time(), sor))
             if next_sor == "cloud":
                 self._move("cloud", "chaos: customer moves to the cloud")
             elif next_sor == "legacy":
@@ -558,7 +653,7 @@ class Run:
                 with people.lock:
                     people.sor = next_sor
         for _, kind in plan:
-            self.inject(kind)
+            self.inject(kind, people)
 
     def _rate(self, phase: str, started: float, edits: int) -> None:
         seconds = max(time.monotonic() - started, 1e-6)
@@ -605,10 +700,15 @@ class Run:
         for e in people.edits:
             if not e.stray:
                 last_sor[e.key] = e
-                sor_values[e.key].append(e.seq)
+                if e.kind == "edit":
+                    sor_values[e.key].append(e.seq)
         lost, regressed, diverged = [], [], []
         for key in touched:
-            expected = (Decimal(last_sor[key].seq) if key in last_sor else initial[key])
+            last = last_sor.get(key)
+            if last is not None and last.kind == "delete":
+                expected = None  # deleted in its SoR: gone from both ERPs
+            else:
+                expected = Decimal(last.seq) if last is not None else initial[key]
             legacy = people.legacy.get("customer", key)
             cloud = people.cloud_get(key)
             values = {"legacy": legacy.credit_limit if legacy else None,
@@ -619,37 +719,125 @@ class Run:
             for system, value in values.items():
                 if value == expected:
                     continue
-                older = value is not None and int(value) in sor_values[key]
+                # A delete not applied on a side is lost (the record lives on there); an
+                # older SoR edit where a newer one belongs is a regression.
+                older = (expected is not None and value is not None
+                         and int(value) in sor_values[key])
                 (regressed if older else lost).append(
                     {"key": key, "system": system, "holds": str(value),
                      "expected": str(expected)})
-        exceptions = self._exceptions(people)
-        return {"touched_records": len(touched), "lost": len(lost), "regressed": len(regressed),
-                "diverged": len(diverged),
+        deleted = {e.key for e in people.edits if e.kind == "delete"}
+        gone = [k for k in deleted
+                if people.legacy.get("customer", k) is None and people.cloud_get(k) is None]
+        records = self.exception_records()
+        exceptions = self._exceptions(people, records)
+        crm = None
+        if self.estate.crm is not None:
+            crm = self.estate.crm.verdict(people.sor_customers(), people.cloud_get,
+                                          people.deleted, records)
+        return {"crm": crm, "touched_records": len(touched), "lost": len(lost),
+                "regressed": len(regressed), "diverged": len(diverged),
+                "deletes": {"made": len(deleted), "gone_from_both": len(gone)},
                 "examples": {"lost": lost[:5], "regressed": regressed[:5],
                              "diverged": diverged[:5]},
                 "exceptions": exceptions}
 
-    def _exceptions(self, people: People) -> dict:
+    def exception_records(self) -> list[dict]:
         done = cli(self.estate, "dlq", "list", "--status", "all", "--limit", "100000",
                    "--format", "json", check=False)
-        records = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+        return json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+
+    def _exceptions(self, people: People, records: list[dict]) -> dict:
         by_type = Counter(r["error_type"] for r in records)
         strays = sum(1 for e in people.edits if e.stray)
-        unexplained = [r for r in records
-                       if r["error_type"] != "StrayWrite" and not self._fault_explains(r)]
+        unexplained = [r for r in records if not self._explains(r, strays)]
+        # More stray reports than strays made: the surplus is explained by nothing.
+        surplus = max(0, by_type.get("StrayWrite", 0) - strays)
         return {"by_type": dict(by_type), "by_class": dict(Counter(r["failure_class"]
                                                                    for r in records)),
                 "stray_writes_made": strays, "stray_reports": by_type.get("StrayWrite", 0),
-                "unexplained": len(unexplained),
-                "unexplained_examples": [{k: r[k] for k in ("id", "error_type",
+                "unexplained": len(unexplained) + surplus,
+                "unexplained_examples": [{k: r[k] for k in ("id", "error_type", "key",
+                                                            "first_failed_at",
                                                             "error_message")}
                                          for r in unexplained[:5]]}
 
+    def _explains(self, record: dict, strays: int) -> bool:
+        """Whether something the run did explains ``record``: a person's act for a business
+        report, an injected fault shortly before it for a technical failure."""
+        crm = self.estate.crm
+        kind = record["error_type"]
+        if kind == "StrayWrite":
+            return strays > 0
+        if kind == "OwnershipViolationReported":
+            return crm is not None and record["key"] in crm.truth.forbidden
+        if kind == "CrmDuplicateAccount":
+            return crm is not None and any(d[0] for d in crm.truth.duplicates)
+        if kind == "CrmRefused:UNABLE_TO_LOCK_ROW":
+            return crm is not None and record["key"] in crm.truth.locked
+        return self._fault_explains(record)
+
     def _fault_explains(self, record: dict) -> bool:
-        """A technical failure recorded while a fault was injected (cloud fault window,
-        connection closes, kills) is explained by it."""
-        return record["failure_class"] in ("technical", "dead_letter") and bool(self.faults)
+        """A technical failure first recorded within ``FAULT_EXPLAINS_S`` after an injected
+        fault (cloud or CRM fault window, connection closes, kills) is explained by it."""
+        from datetime import datetime
+
+        if record["failure_class"] not in ("technical", "dead_letter"):
+            return False
+        try:
+            at = datetime.fromisoformat(record["first_failed_at"]).timestamp()
+        except (TypeError, ValueError):
+            return False
+        return any(t - 5 <= at <= t + FAULT_EXPLAINS_S for t, _kind in self.fault_times)
+
+    def throughput(self, people: People, started: float, ended: float) -> dict:
+        """coexist's routed writes per second into the cloud (read from the simulator's own
+        change feed: writes by coexist's client, not by people) while the legacy ERP was the
+        SoR, in 1-s buckets within ``FAULT_WINDOW_S`` after a fault against the other
+        buckets of the same run. People do not wait for coexist, so in calm buckets the
+        figure follows their pace."""
+        from datetime import datetime
+
+        writes: Counter = Counter()
+        after = 0
+        while page := people.cloud.changes(after, 1000):
+            for c in page:
+                if c["clientId"] not in PERSON_CLIENTS:
+                    writes[int(datetime.fromisoformat(c["at"]).timestamp())] += 1
+            after = page[-1]["cursor"]
+        edits = Counter(int(e.at) for e in people.edits if e.sor == "legacy")
+        spans = [(a, b) for a, b, sor in self.phase_spans if sor == "legacy"]
+        faulty = [(t, t + FAULT_WINDOW_S) for t, _ in self.fault_times]
+        buckets = {"fault": [], "calm": []}
+        for a, b in spans:
+            for sec in range(int(a) + 1, int(b)):  # whole seconds inside the phase
+                hit = any(x <= sec + 1 and sec <= y for x, y in faulty)
+                buckets["fault" if hit else "calm"].append(sec)
+        out: dict = {"window_s": FAULT_WINDOW_S}
+        for name, secs in buckets.items():
+            n = len(secs) or 1
+            out[name] = {"seconds": len(secs),
+                         "routed_writes_per_s": round(sum(writes[x] for x in secs) / n, 1),
+                         "people_edits_per_s": round(sum(edits[x] for x in secs) / n, 1)}
+        calm = out["calm"]["routed_writes_per_s"]
+        out["fault_vs_calm"] = round(out["fault"]["routed_writes_per_s"] / calm, 2) \
+            if calm else None
+        return out
+
+    def wait_crm(self, people: People) -> float:
+        """Wait (bounded) until the CRM shows what people did; returns the seconds."""
+        started = time.monotonic()
+        crm = self.estate.crm
+        crm.clear_faults()
+        deadline = min(started + CRM_WAIT_S, self.deadline)
+        while True:
+            if crm.done(people.sor_customers(), people.cloud_get, people.deleted):
+                break
+            if time.monotonic() > deadline:
+                log("the CRM did not show everything within its wait; the verdict says what")
+                break
+            time.sleep(1.0)
+        return round(time.monotonic() - started, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -661,7 +849,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="Keep the run's folder (logs).")
     p.add_argument("--cluster", action="store_true", help="RabbitMQ as a three-node cluster, "
                    "its busiest queue's leader killed mid-load (scripts/chaos/cluster.py).")
+    p.add_argument("--channels", default=",".join(CHANNELS),
+                   help=f"Comma-separated channels to drive besides the ERPs ({', '.join(CHANNELS)}"
+                        "; '' for the ERPs only).")
     args = p.parse_args(argv)
+    channels = {c.strip() for c in args.channels.split(",") if c.strip()}
+    if channels - set(CHANNELS):
+        p.error(f"--channels: unknown {', '.join(sorted(channels - set(CHANNELS)))} "
+                f"(known: {', '.join(CHANNELS)})")
     if args.cluster:
         from cluster import attach_to_chaos_run
 
@@ -669,29 +864,42 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # a stopped run still removes what it made
     home = Path(tempfile.mkdtemp(prefix="coexist-chaos-"))
     estate = Estate(uuid.uuid4().hex[:8], home)
+    if "crm" in channels:
+        estate.crm = CrmChannel(home, free_port(), args.seed)
     started = time.monotonic()
     run = Run(args, estate)
     sup: Supervisor | None = None
     people: People | None = None
-    report: dict = {"scale": args.scale, "seed": args.seed, "home": str(home)}
+    report: dict = {"scale": args.scale, "seed": args.seed, "home": str(home),
+                    "channels": sorted(channels)}
     ok = False
     try:
         provision(estate)
         keys = run.setup()
         sup = run.start_processes()
         run.backfill_and_shadow()
-        people = People(estate, keys, args.seed)
-        initial = {k: people.legacy.get("customer", k).credit_limit for k in keys}
+        clerk_keys = estate.crm.reserve(keys) if estate.crm is not None else keys
+        run.clerk_keys = clerk_keys
+        people = People(estate, clerk_keys, args.seed,
+                        delete_share=DELETE_SHARE if "deletes" in channels else 0.0)
+        initial = {k: people.legacy.get("customer", k).credit_limit for k in clerk_keys}
+        load_started = time.time()
         run.load(people)
         log("load done; waiting for coexist to settle")
         settle_s = run.settle()
+        if estate.crm is not None:
+            report["crm_wait_s"] = run.wait_crm(people)
+            settle_s += run.settle()
+        report["throughput"] = run.throughput(people, load_started, time.time())
         sup.halt.set()
         result = run.verify(people, initial)
         repair = cli(estate, "reconcile", "customer", "--repair", "--yes", check=False)
         final = cli(estate, "reconcile", "customer", "--format", "json", check=False)
         drift, duplicates = _drift(final.stdout)
         report.update({
-            "changes": len(people.edits), "customers": len(keys),
+            "changes": len(people.edits) + sum(run.changes.values()),
+            "changes_by_kind": {**_kinds(people.edits), **run.changes},
+            "customers": len(keys),
             "faults": dict(run.faults), "restarts": dict(sup.restarts),
             "switches": run.switches, "settle_s": settle_s,
             "edits_per_s_by_phase": run.phase_rates, "replayed": dict(run.replayed),
@@ -701,18 +909,23 @@ def main(argv: list[str] | None = None) -> int:
         })
         ok = (result["lost"] == 0 and result["regressed"] == 0 and result["diverged"] == 0
               and duplicates == 0 and result["exceptions"]["unexplained"] == 0
-              and drift == 0.0)
+              and drift == 0.0 and result["deletes"]["gone_from_both"]
+              == result["deletes"]["made"]
+              and (result["crm"] is None or result["crm"]["ok"]))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the report says why
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(report["error"])
     finally:
         if sup is not None:
             sup.halt.set()
-        for proc in [*run.routers, *run.workers, *([run.sim] if run.sim else [])]:
+        for proc in [*run.routers, *run.workers, *([run.sim] if run.sim else []),
+                     *([run.crm_sim] if run.crm_sim else [])]:
             with contextlib.suppress(Exception):
                 proc.stop()
         if people is not None:
             people.close()
+        if estate.crm is not None:
+            estate.crm.close()
         teardown(estate, args.keep)
     report["seconds"] = round(time.monotonic() - started, 1)
     report["cli_seconds"] = {k: round(v, 1) for k, v in CLI_SECONDS.most_common()}
@@ -720,6 +933,12 @@ def main(argv: list[str] | None = None) -> int:
     report["ok"] = ok
     print(json.dumps(report, default=str))
     return 0 if ok else (2 if "error" in report else 1)
+
+
+def _kinds(edits: list[Edit]) -> dict[str, int]:
+    """People's ERP changes by kind: edits in the SoR, stray writes, deletes."""
+    return dict(Counter("stray_write" if e.stray else
+                        ("erp_delete" if e.kind == "delete" else "erp_edit") for e in edits))
 
 
 def _drift(stdout: str) -> tuple[float | None, int | None]:
