@@ -1,8 +1,10 @@
 """The chaos run at its smallest scale, in the suite: a regression in any guarantee it checks
 (nothing lost, nothing regressed, the ERPs equal, every exception explained, drift 0 after
-repair) fails CI. The real processes on PostgreSQL + RabbitMQ (quorum) + Redis + the cloud
-simulator, with kill -9 of workers and the active router, a closed-connections storm, a
-cloud fault window, and a forward switch and rollback through the guarded CLI."""
+repair, the CRM at the SoR's values with its people's edits where the rules put them,
+deletes gone from both ERPs) fails CI. The real processes on PostgreSQL + RabbitMQ (quorum)
++ Redis + the cloud and CRM simulators, with kill -9 of workers and the active router, a
+closed-connections storm, a cloud fault window, CRM UNABLE_TO_LOCK_ROW and
+REQUEST_LIMIT_EXCEEDED, and a forward switch and rollback through the guarded CLI."""
 
 from __future__ import annotations
 
@@ -39,4 +41,12 @@ def test_the_tiny_chaos_run_loses_nothing_and_explains_every_exception():
     assert report["lost"] == report["regressed"] == report["diverged"] == 0
     assert report["faults"]["kill_worker"] >= 2 and report["faults"]["kill_router"] >= 1
     assert report["exceptions"]["stray_reports"] >= 1
+    assert report["faults"]["crm_lock"] >= 1 and report["faults"]["crm_limit"] >= 1
+    crm = report["crm"]
+    assert crm["ok"] and crm["missing"] == crm["differ"] == crm["accounts_twice"] == 0
+    assert crm["onboarded"]["one_customer_each"] == crm["onboarded"]["made"] >= 1
+    assert crm["duplicates"]["made"] >= 1 and crm["duplicates"]["became_customers"] == 0
+    assert crm["forbidden_edits"]["reported"] == crm["forbidden_edits"]["made"] >= 1
+    assert crm["contacts"]["made"] >= 1 and crm["contacts"]["wrong_in_sor"] == 0
+    assert report["deletes"]["gone_from_both"] == report["deletes"]["made"] >= 1
     print(json.dumps(report))
