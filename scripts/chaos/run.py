@@ -525,9 +525,7 @@ class Run:
         (stray writes, credit limits typed over in the CRM, duplicate CRM accounts) were
         each reviewed, so they are archived (one command for all); any other open record is
         replayed by its group (after a fault, its retries may have run out)."""
-        done = cli(self.estate, "dlq", "list", "--limit", "100000", "--format", "json",
-                   check=False)
-        records = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+        records = self.exception_records("open")
         reviewed = [r for r in records if r["error_type"] in REVIEWED]
         if reviewed:
             kinds = sorted({r["error_type"] for r in reviewed})
@@ -742,10 +740,16 @@ class Run:
                              "diverged": diverged[:5]},
                 "exceptions": exceptions}
 
-    def exception_records(self) -> list[dict]:
-        done = cli(self.estate, "dlq", "list", "--status", "all", "--limit", "100000",
-                   "--format", "json", check=False)
-        return json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+    def exception_records(self, status: str = "all") -> list[dict]:
+        """What ``coexist dlq list --status S --format json`` lists, read in this process
+        (the same store and summary; a CLI process per read costs seconds on a loaded
+        machine, and the operator's acts on them, archive and replay, stay CLI commands)."""
+        from bus.exception_store import ExceptionStore
+        from workers.observe.exceptions import record_summary
+
+        store = ExceptionStore(self.status_app().state)
+        return [record_summary(r) for r in
+                store.list(status=None if status == "all" else status, limit=None)]
 
     def _exceptions(self, people: People, records: list[dict]) -> dict:
         by_type = Counter(r["error_type"] for r in records)
