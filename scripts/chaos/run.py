@@ -101,6 +101,8 @@ REVIEWED = {
     "StrayWrite": "stray writes the run made, each reported and repaired",
     "OwnershipViolationReported": "credit limits typed over in the CRM, refused, set back",
     "CrmDuplicateAccount": "duplicate accounts saved in the CRM, no customer created",
+    "CrmRefused:DUPLICATES_DETECTED": "ERP customers the CRM's duplicate rule calls one "
+                                      "company (the seed's look-alikes), to merge by hand",
 }
 #: Seconds after a fault counted as "during the fault" in the throughput figures.
 FAULT_WINDOW_S = 10
@@ -777,6 +779,8 @@ class Run:
             return crm is not None and record["key"] in crm.truth.forbidden
         if kind == "CrmDuplicateAccount":
             return crm is not None and any(d[0] for d in crm.truth.duplicates)
+        if kind == "CrmRefused:DUPLICATES_DETECTED":
+            return crm is not None and record["key"] in crm.lookalikes
         if kind == "CrmRefused:UNABLE_TO_LOCK_ROW":
             return crm is not None and record["key"] in crm.truth.locked
         return self._fault_explains(record)
@@ -882,7 +886,10 @@ def main(argv: list[str] | None = None) -> int:
         keys = run.setup()
         sup = run.start_processes()
         run.backfill_and_shadow()
-        clerk_keys = estate.crm.reserve(keys) if estate.crm is not None else keys
+        clerk_keys = keys
+        if estate.crm is not None:
+            estate.crm.find_lookalikes(people_seed(estate))
+            clerk_keys = estate.crm.reserve(keys)
         run.clerk_keys = clerk_keys
         people = People(estate, clerk_keys, args.seed,
                         delete_share=DELETE_SHARE if "deletes" in channels else 0.0)
@@ -937,6 +944,18 @@ def main(argv: list[str] | None = None) -> int:
     report["ok"] = ok
     print(json.dumps(report, default=str))
     return 0 if ok else (2 if "error" in report else 1)
+
+
+def people_seed(estate: Estate) -> list:
+    """Every customer of the seeded legacy ERP (before anyone edits)."""
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.legacy_erp.schema import create_legacy_engine
+
+    engine = create_legacy_engine(estate.legacy_url)
+    try:
+        return list(LegacyErp(engine).stream("customer"))
+    finally:
+        engine.dispose()
 
 
 def _kinds(edits: list[Edit]) -> dict[str, int]:
