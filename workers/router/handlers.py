@@ -396,7 +396,7 @@ def _observe_writes(ctx: WriteContext, target: Erp,
         legacy_key, cloud_id = _created_ids(target, env, result) if created else (None, None)
         rows.append(observed.Written(target.system, env.domain, env.key, result,
                                      COEXIST_WRITER, env.flag_version, created, legacy_key,
-                                     cloud_id))
+                                     cloud_id, deleted=env.kind == queues.KIND_DELETE))
     observed.record_writes(ctx.state, rows)
 
 

@@ -158,11 +158,13 @@ class Written:
     created: bool = False
     legacy_key: str | None = None
     cloud_id: str | None = None
+    deleted: bool = False
 
 
 def record_writes(engine, writes: list[Written]) -> None:
-    """:func:`record_write` for a whole batch of writes, in ONE state transaction."""
-    from workers.xref_sql import link_in
+    """:func:`record_write` for a whole batch of writes, in ONE state transaction (a routed
+    delete removes the record's xref link there too)."""
+    from workers.xref_sql import link_in, unlink_in
 
     if not writes:
         return
@@ -170,7 +172,9 @@ def record_writes(engine, writes: list[Written]) -> None:
         _upsert(conn, [_row(w.system, w.domain, w.key, w.result.revision, w.writer, COEXIST,
                             w.flag_version, None, w.result.version) for w in writes])
         for w in writes:
-            if w.created and (w.legacy_key or w.cloud_id):
+            if w.deleted:
+                unlink_in(conn, w.domain, w.key)
+            elif w.created and (w.legacy_key or w.cloud_id):
                 link_in(conn, w.domain, w.key, legacy_key=w.legacy_key, cloud_id=w.cloud_id)
 
 
