@@ -188,3 +188,27 @@ def test_no_interleaving_of_edits_writes_and_switches_loses_the_sors_last_edit(t
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     Switches.TestCase().runTest()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (README, 'What does not work yet'): three --no-wait switches with work in "
+    "flight; a stray's repair re-read from an SoR still missing a routed write overwrites the "
+    "stray, and that older write lands after the next switch: the ERPs end unequal "
+    "(legacy 1000.00, cloud 3000.01) with only StrayWrite records; reconciliation reports it"))
+def test_three_undrained_switches_with_a_repair_and_a_write_in_flight_keep_both_erps_equal(
+        template):
+    """The interleaving hypothesis found (it passed 25, 300 and 400 generated examples
+    before): replayed step by step so that it runs on every suite."""
+    Switches.template = template
+    s = Switches()
+    steps = [("switch", {}), ("person_edits", {"cents": 1, "system": "legacy"}),
+             ("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {}),
+             ("deliver", {"pick": 0, "twice": False}),
+             ("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {}),
+             ("deliver", {"pick": 0, "twice": False}),
+             ("person_edits", {"cents": 1, "system": "legacy"}),
+             ("deliver", {"pick": 0, "twice": False}), ("switch_no_wait", {})]
+    for name, kwargs in steps:
+        getattr(s, name)(**kwargs)
+        s.only_expected_exceptions()
+    s.teardown()
