@@ -20,7 +20,7 @@ caller re-reads and decides again).  See ``workers.router.handlers.apply_write``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -211,4 +211,34 @@ class ChangeFeed(Protocol):
 
     def read(self, after: int, limit: int) -> list[Change]:
         """Up to ``limit`` changes with ``cursor > after``, in cursor order."""
+        ...
+
+
+# ------------------------------------------------------------------ optional capabilities
+# Small protocols for what some adapters can do and others cannot; callers test them with
+# ``isinstance`` instead of probing attribute names.
+
+
+@runtime_checkable
+class BulkReader(Protocol):
+    """An ERP that reads many records by key in one round trip."""
+
+    def get_many(self, domain: str, keys: Iterable[str]) -> dict[str, CanonicalRecord]:
+        """The current records of ``keys`` (a key with no record is absent)."""
+        ...
+
+
+@runtime_checkable
+class FeedHead(Protocol):
+    """A change feed that can say its newest cursor without reading the pages up to it."""
+
+    def last_cursor(self) -> int:
+        ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """An adapter holding connections that its owner closes."""
+
+    def close(self) -> None:
         ...

@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from bus.envelope import Envelope, register_payload_upcaster
 from coexistence.canonical import MODELS
 from coexistence.canonical.upcast import upcast
-from coexistence.ports import Erp
+from coexistence.ports import Closeable, Erp
 from coexistence.router import CLOUD, LEGACY
 from workers.config import ConfigError, Settings, redact_url
 from workers.errors import SetupError, opening
@@ -483,10 +483,9 @@ class App:
                 continue
             part = self._parts[name]
             for erp in (part.values() if isinstance(part, dict) else [part]):
-                close = getattr(erp, "close", None)
-                if close:
-                    close()
-        if self._publisher is not None and hasattr(self._publisher, "close"):
+                if isinstance(erp, Closeable):
+                    erp.close()
+        if isinstance(self._publisher, Closeable):
             self._publisher.close()
             self._publisher = None
         if "broker" in built:

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 # (bus.inbox does) would wait for that lock forever.
 from bus import outbox
 from coexistence.canonical import DOMAINS
+from coexistence.ports import FeedHead
 from workers import checkpoints
 from workers.flags.audit import FlagAuditLog
 from workers.observe.status import open_exceptions
@@ -85,7 +86,7 @@ class StateCollector:
         return [family]
 
     def _capture(self):
-        if self.legacy_feed is None or not hasattr(self.legacy_feed, "last_cursor"):
+        if not isinstance(self.legacy_feed, FeedHead):
             return []
         family = GaugeMetricFamily("coexist_capture_lag_changes",
                                    "Change-log rows the router has not captured yet",

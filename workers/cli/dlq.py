@@ -61,6 +61,7 @@ def _enqueue_with_configured_broker(app) -> Callable[[dict], Any]:
     import dramatiq
 
     from bus.publish import make_publisher
+    from coexistence.ports import Closeable
 
     publish = make_publisher(app.broker)
     fields = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id",
@@ -70,7 +71,7 @@ def _enqueue_with_configured_broker(app) -> Callable[[dict], Any]:
         msg = dramatiq.Message(**{k: message[k] for k in fields if k in message})
         publish([msg])
 
-    enqueue.close = getattr(publish, "close", None)  # type: ignore[attr-defined]
+    enqueue.close = publish.close if isinstance(publish, Closeable) else None  # type: ignore[attr-defined]
     return enqueue
 
 

@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from bus.envelope import Envelope, new_envelope
 from bus.outbox import add_all_to_outbox
 from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
-from coexistence.ports import COEXIST_WRITER, Change, ChangeFeed, Erp
+from coexistence.ports import COEXIST_WRITER, BulkReader, Change, ChangeFeed, Erp
 from coexistence.router import (
     Action,
     Decision,
@@ -423,9 +423,8 @@ class CaptureLoop:
 
 def _get_many(erp: Erp, domain: str, keys: list[str]) -> dict[str, CanonicalRecord]:
     """``erp``'s current records of ``keys`` (absent: none), in bulk where it can."""
-    get_many = getattr(erp, "get_many", None)
-    if get_many is not None:
-        return get_many(domain, keys)
+    if isinstance(erp, BulkReader):
+        return erp.get_many(domain, keys)
     return {k: r for k in dict.fromkeys(keys) if (r := erp.get(domain, k)) is not None}
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import Engine
 
-from coexistence.ports import ChangeFeed
+from coexistence.ports import ChangeFeed, FeedHead
 from workers import checkpoints
 from workers.router.capture import checkpoint_name as feed_name
 
@@ -31,9 +31,8 @@ class CaptureBehind(Exception):
 
 def head_after(feed: ChangeFeed, cursor: int) -> int:
     """The last cursor in ``feed`` after ``cursor`` (``cursor`` itself when nothing is newer)."""
-    last = getattr(feed, "last_cursor", None)
-    if callable(last):
-        return max(cursor, int(last()))
+    if isinstance(feed, FeedHead):
+        return max(cursor, int(feed.last_cursor()))
     head = cursor
     for _ in range(HEAD_MAX_PAGES):
         page = feed.read(head, HEAD_PAGE)
