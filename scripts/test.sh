@@ -10,4 +10,4 @@ source "$ROOT/scripts/browser.sh"
 cd "$ROOT"
 ruff check bus coexistence workers tests scripts migrations
 mypy  # bus and coexistence (pyproject.toml [tool.mypy])
-exec python -m pytest -q -p no:cacheprovider "$@"
+exec python -m pytest -q -p no:cacheprovider --durations=25 "$@"
