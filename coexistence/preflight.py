@@ -438,6 +438,16 @@ def _backfill_check(
             and routed_at is not None and started is not None and started < routed_at):
         stale = (f" (the last reconciliation, {rec.name()}, started before the last routed "
                  f"{d} change at {routed_at.isoformat()})")
+    pending = facts.pending(d)
+    if pending is not None and pending.total:
+        # A ``--repair`` run's repairs go through the outbox: until they are applied, the
+        # reconciliation that follows still sees the drift they will remove.
+        return Check(
+            "backfill", False,
+            f"{pending.describe()} routed {d} writes, repairs included, are not applied yet; "
+            f"wait until `coexist status` shows none unsettled for {d}, then reconcile "
+            f"again{stale} (backfill: {backfill_command(d)})",
+        )
     return Check(
         "backfill", False,
         f"the legacy ERP was not written while {d} was cloud_only; backfill it first: "

@@ -241,6 +241,23 @@ def test_a_backfill_must_have_been_verified_after_the_last_routed_change():
     assert "started before the last routed customer change" in p.failed[0].detail
 
 
+def test_a_backfill_whose_repairs_are_still_in_flight_says_wait_not_backfill_again():
+    """Right after ``reconcile --repair --yes`` its repairs are still being applied: the
+    guard says so and to wait, instead of asking for the backfill that was just run."""
+    switched = NOW - timedelta(minutes=30)
+    current = initial_flags()
+    current["customer"] = state("customer", Mode.CLOUD_ONLY, changed_at=switched)
+    facts = FakeFacts(reconciled_at=switched + timedelta(minutes=5), drift={"customer": 4.0},
+                      backlogs={"customer": 12})
+    p = plan(current["customer"], rollback_target(current["customer"]), current, facts,
+             GuardPolicy(max_reconcile_age_s=86400), NOW)
+    assert failed(p) == {"backfill"}
+    detail = p.failed[0].detail
+    assert "12 (12 in the broker, 0 unsent) routed customer writes" in detail
+    assert "not applied yet; wait until `coexist status`" in detail
+    assert "backfill it first" not in detail
+
+
 def test_a_partial_rollout_goes_forward_from_the_current_mode():
     current = initial_flags()
     current["customer"] = state("customer", Mode.SHADOW)
