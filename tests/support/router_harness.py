@@ -45,6 +45,11 @@ class Harness:
     #: Batches the writers were handed, and messages they left to the single path.
     write_batches: int = 0
     left_alone: int = 0
+    #: Messages a handler asked to have retried later (``handlers.SorBehind``): the
+    #: caller puts them back in flight (``settle`` in its next round).
+    retried: list[tuple[str, Envelope]] = field(default_factory=list)
+    #: How many times that happened.
+    retries: int = 0
 
     def __post_init__(self):
         self.erps = {LEGACY: self.legacy, CLOUD: self.cloud}
@@ -111,6 +116,10 @@ class Harness:
                 raise AssertionError(f"no actor {actor}")
         except BusinessError as exc:
             self.business_errors.append((actor, env, exc))
+        except handlers.SorBehind:
+            # The retry middleware's part: the message comes back later (``retried``).
+            self.retried.append((actor, env))
+            self.retries += 1
 
     def _dispatch_batch(self, actor: str, envs: list[Envelope]) -> None:
         """The batch consumer's path for an ERP writer: the batch, then each left message
@@ -142,12 +151,19 @@ class Harness:
                     group = [env]
                     while self.pending and self.pending[0][0] == actor and len(group) < 200:
                         group.append(self.pending.pop(0)[1])
+                    retried = len(self.retried)
                     self._dispatch_batch(actor, group)
-                    moved += len(group)
+                    moved += len(group) - (len(self.retried) - retried)
                     continue
+                retried = len(self.retried)
                 self._dispatch(actor, env)
-                moved += 1
-            self.pending[:0] = waiting
+                moved += 1 if len(self.retried) == retried else 0
+            again, self.retried = self.retried, []
+            self.pending[:0] = waiting + again
             if not moved:
+                if again and not self.paused:
+                    raise AssertionError(
+                        f"{len(again)} message(s) retried with nothing else left to move: "
+                        f"a repair waits for a routed write that never comes")
                 return
         raise AssertionError("the router did not settle: a write loop?")

@@ -4,8 +4,9 @@ SQLite every transaction is ``BEGIN IMMEDIATE``: the write lock every process wa
 
 The ERPs are wrapped: every method call checks that no transaction is open on the state
 engine (tracked by engine events), for a normal batch, for a batch with a stray write whose
-SoR is the cloud (the repair carries the cloud's record), and for a batch whose decision
-changes between the look before the transaction and the transaction itself.
+SoR is the cloud (the repair carries the cloud's record, read with its applied version),
+and for a batch whose decision changes between the look before the transaction and the
+transaction itself.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def test_a_stray_write_batch_reads_the_cloud_sor_before_its_transaction(h):
     loop.feed_name = h.loops[0].feed_name
     stats = loop.run_once()
     assert stats.strays == 1 and stats.writes == 1
-    assert "cloud.get" in calls, "the repair's SoR record was read (from the cloud)"
+    assert "cloud.read_many" in calls, (
+        "the repair's SoR record and its applied version were read (from the cloud)")
     h.settle()
     assert h.legacy.get("customer", "10042") == CUSTOMER, "repaired from the cloud's record"
     [(_actor, _env, exc)] = h.business_errors
@@ -123,7 +125,7 @@ def test_a_decision_that_changes_after_the_first_look_is_read_for_and_decided_ag
     loop.flags = Moving()
     stats = loop.run_once()
     assert stats.strays == 1 and stats.routed == 0
-    assert calls.count("cloud.get") + calls.count("cloud.get_many") == 1
+    assert [c for c in calls if c.startswith("cloud.")] == ["cloud.read_many"]
     with h.engine.connect() as conn:
         rows = conn.exec_driver_sql(
             "SELECT queue_name FROM outbox ORDER BY id").scalars().all()

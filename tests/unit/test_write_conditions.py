@@ -279,3 +279,51 @@ def test_a_command_never_overwrites_a_persons_edit_made_between_its_read_and_its
     assert held.credit_limit == Decimal("2500.00") and held.contact_name == "Ada Okafor"
     assert isinstance(result, Applied)
     assert sor.get_current("customer", "10003").writer == "COEXCRM"
+
+
+# -------------------------------------------------- repairs and the last routed version
+
+
+def test_a_strays_repair_waits_until_the_sor_holds_the_write_routed_to_it_before_the_switch(h):
+    """``--no-wait`` with the cloud writer stopped: a legacy SoR edit (2000.00) waits for the
+    cloud when the cloud becomes the SoR; a person then edits legacy (a stray).  Its repair
+    must not copy the cloud's older state (1000.00) into legacy before the routed write has
+    landed in the cloud: before, legacy ended 1000.00 and the cloud 2000.00, unequal, with
+    only the StrayWrite recorded."""
+    h.paused.add(queues.WRITE_ACTOR["cloud"])
+    h.legacy.person_upsert(limit("2000.00"), "JSMITH")
+    h.settle()                                     # routed to the cloud; its writer is stopped
+    h.set_mode("customer", "cloud")                # --no-wait: the write crosses the switch
+    h.legacy.person_upsert(limit("3000.00"), "JSMITH")   # a stray into what is the shadow now
+    h.settle()                                     # captured; its repair waits for the cloud
+    repairs = [env for actor, env in h.pending if env.kind == queues.KIND_REPAIR]
+    assert [env.payload.get("reread") for env in repairs] == [True]
+    assert "record" not in repairs[0].payload      # the cloud's 1000.00 is not the SoR's state
+    assert h.retries >= 1 and limits(h) == (Decimal("3000.00"), Decimal("1000.00"))
+    h.paused.clear()
+    h.settle()
+    assert limits(h) == (Decimal("2000.00"), Decimal("2000.00"))
+    assert [type(e) for _, _, e in h.business_errors] == [StrayWrite]
+
+
+def test_a_repair_that_reaches_the_sor_after_a_later_routed_change_writes_nothing_over_it(h):
+    """A stray's repair decided under an older last routed version lands after its target
+    became the SoR and the SoR's own later edit was routed: it writes nothing over the SoR,
+    whose state is re-sent to the shadow.  (Before, the repair's older state was tried over
+    the SoR: here refused as a SwitchConflict, both ERPs still 3000.00; over a state coexist
+    had written there it was applied, an echo never routed on: the divergence the replayed
+    case in test_switch_properties.py shows.)"""
+    h.set_mode("customer", "cloud")
+    h.paused.add(queues.WRITE_ACTOR["legacy"])
+    h.legacy.person_upsert(limit("2000.00"), "JSMITH")   # a stray; its repair (1000.00) waits
+    h.settle()
+    h.set_mode("customer", "shadow")               # --no-wait: legacy is the SoR again
+    h.paused.clear()
+    h.legacy.person_upsert(limit("3000.00"), "JSMITH")   # the SoR's edit, routed to the cloud
+    for loop in h.loops:
+        loop.drain()
+    h.relay.run_once(10_000)
+    h.pending.sort(key=lambda p: p[1].kind != queues.KIND_REPAIR)   # the repair lands first
+    h.settle()
+    assert limits(h) == (Decimal("3000.00"), Decimal("3000.00"))
+    assert [type(e) for _, _, e in h.business_errors] == [StrayWrite]

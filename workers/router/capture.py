@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from bus.envelope import Envelope, new_envelope
 from bus.outbox import add_all_to_outbox
 from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
-from coexistence.ports import COEXIST_WRITER, BulkReader, Change, ChangeFeed, Erp
+from coexistence.ports import COEXIST_WRITER, BatchErp, BulkReader, Change, ChangeFeed, Erp
 from coexistence.router import (
     Action,
     Decision,
@@ -147,10 +147,12 @@ class _NotRead(Exception):  # noqa: N818 - a control-flow signal inside run_once
 class _Batch:
     """What one batch writes, and the SoR records read for it before its transaction."""
 
-    def __init__(self, sor_records: Mapping[tuple[str, str, str], CanonicalRecord | None]
-                 ) -> None:
+    def __init__(self, sor_records: Mapping[tuple[str, str, str], CanonicalRecord | None],
+                 sor_versions: Mapping[tuple[str, str, str], int] | None = None) -> None:
         self.by_route: dict[tuple[str, str], list[Envelope]] = defaultdict(list)
         self.sor_records = sor_records
+        #: The version coexist last applied to each SoR record read (``Current.version``).
+        self.sor_versions = sor_versions or {}
         #: SoR records the decisions needed that were not read: the batch is not committed.
         self.missing: set[tuple[str, str, str]] = set()
         #: (actor, domain, key) -> position of the key's routed write in its route's list.
@@ -164,6 +166,10 @@ class _Batch:
             self.missing.add(wanted)
             return None
         return self.sor_records[wanted]
+
+    def sor_applied(self, sor: str, domain: str, key: str) -> int:
+        """The version coexist last applied to the SoR's record when it was read (0: none)."""
+        return self.sor_versions.get((sor, domain, key), 0)
 
     def add(self, actor: str, queue: str, env: Envelope) -> None:
         self.by_route[(actor, queue)].append(env)
@@ -238,14 +244,15 @@ class CaptureLoop:
             return CaptureStats()
         # Every ERP read of the batch, before its state transaction opens.
         records = self._records(changes)
-        sor_records = self._sor_records(self._expected_strays(changes, records))
+        sor_versions: dict[tuple[str, str, str], int] = {}
+        sor_records = self._sor_records(self._expected_strays(changes, records), sor_versions)
         through = changes[-1].cursor
         # The text names the cursors: each batch's line passes the log's repeat limiter.
         log.debug("capture %s: read %d changes after cursor %d through %d", self.system,
                   len(changes), after, through)
         while True:
             stats = CaptureStats(read=len(changes))
-            batch = _Batch(sor_records)
+            batch = _Batch(sor_records, sor_versions)
             try:
                 with Session(self.engine) as session:
                     if self.fence is not None:
@@ -265,7 +272,7 @@ class CaptureLoop:
                     session.commit()
             except _NotRead as missing:
                 # Rolled back: read what the decision needs, outside any transaction.
-                sor_records.update(self._sor_records(missing.wanted))
+                sor_records.update(self._sor_records(missing.wanted, sor_versions))
                 continue
             break
         log.debug("capture %s: committed the batch through cursor %d", self.system, through)
@@ -285,15 +292,32 @@ class CaptureLoop:
                 wanted.add((decision.sor, change.domain, change.key))
         return wanted
 
-    def _sor_records(self, wanted: Iterable[tuple[str, str, str]]
+    def _sor_records(self, wanted: Iterable[tuple[str, str, str]],
+                     versions: dict[tuple[str, str, str], int]
                      ) -> dict[tuple[str, str, str], CanonicalRecord | None]:
-        """The SoR's current record (``None``: it has none) for each (SoR, domain, key)."""
+        """The SoR's current record (``None``: it has none) for each (SoR, domain, key);
+        ``versions`` gets the version coexist last applied there (``Current.version``),
+        from the same read where the SoR reads in batches: a repair carries the record
+        only when it holds the record's last routed version (``_report_stray``)."""
         grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
         for sor, domain, key in sorted(wanted):
             grouped[(sor, domain)].append(key)
         out: dict[tuple[str, str, str], CanonicalRecord | None] = {}
         for (sor, domain), keys in grouped.items():
-            found = _get_many(self.erps[sor], domain, keys)
+            erp = self.erps[sor]
+            if isinstance(erp, BatchErp):
+                held = erp.read_many(domain, keys)
+                for k in keys:
+                    record, current = held.get(k, (None, None))
+                    out[(sor, domain, k)] = record
+                    versions[(sor, domain, k)] = current.version if current is not None else 0
+                continue
+            # The version first, then the record: a write between the two is one the
+            # record already holds (the version read is never newer than the record).
+            for k in keys:
+                current = erp.get_current(domain, k)
+                versions[(sor, domain, k)] = current.version if current is not None else 0
+            found = _get_many(erp, domain, keys)
             out.update(((sor, domain, k), found.get(k)) for k in keys)
         return out
 
@@ -354,7 +378,7 @@ class CaptureLoop:
         if decision.action is Action.ROUTE:
             self._route_sor_change(routes, change, record, decision, batch, stats)
         else:
-            self._report_stray(change, record, decision, route, batch, stats)
+            self._report_stray(change, record, decision, route, batch, stats, routes.conn)
 
     def _route_sor_change(self, routes, change, record, decision: Decision, batch, stats):
         stats.routed += 1
@@ -381,7 +405,7 @@ class CaptureLoop:
                     batch.add(sub.actor, sub.queue, env)
                     stats.events += 1
 
-    def _report_stray(self, change, record, decision: Decision, route, batch, stats):
+    def _report_stray(self, change, record, decision: Decision, route, batch, stats, conn):
         stats.strays += 1
         sor_record = batch.sor_record(decision.sor, change.domain, change.key)
         fields = differing_fields(sor_record, record)
@@ -391,12 +415,19 @@ class CaptureLoop:
             "repaired": bool(decision.targets),
         })
         batch.add(queues.REPORT_ACTOR, queues.REPORT_QUEUE, report)
+        last = route.last_version if route is not None else 0
+        # The SoR's record is the repair's content only if it holds the record's last
+        # routed version (coexist applied it there, or it is the SoR's own change): else
+        # a write routed to it is still in flight, and the repair reads the SoR when it
+        # is applied, once the SoR holds it (``handlers.apply_write``).
+        fresh = sor_holds(conn, decision.sor, change.domain, change.key, last,
+                          batch.sor_applied(decision.sor, change.domain, change.key))
+        content = record_payload(sor_record) if fresh else {"reread": True}
         for target in decision.targets:
-            last = route.last_version if route is not None else 0
             flag_version, source_version = split_version(last)
             env = new_envelope(
                 domain=change.domain, kind=queues.KIND_REPAIR, key=change.key,
-                payload={**record_payload(sor_record), "stray_cursor": change.cursor},
+                payload={**content, "stray_cursor": change.cursor},
                 source_system=decision.sor, source_version=source_version,
                 schema_version=_schema_version(sor_record), flag_version=flag_version,
                 occurred_at=change.at,
@@ -419,6 +450,18 @@ class CaptureLoop:
             message_id=message_id(self.system, change.cursor, purpose),
             correlation_id=correlation_of(self.system, change),
         )
+
+
+def sor_holds(conn, sor: str, domain: str, key: str, last: int, applied: int) -> bool:
+    """Does the SoR's state include the record's last routed version ``last``?  Yes when
+    coexist applied that version (or a later one) there (``applied``: the SoR's
+    ``Current.version``), or when the SoR's own change of that version (or a later one)
+    was observed (``observed_revision.version``): then no routed write older than its
+    state is still on its way to it."""
+    if last <= 0 or applied >= last:
+        return True
+    seen = observed.get_observed(conn, sor, domain, key)
+    return seen is not None and seen.version >= last
 
 
 def _get_many(erp: Erp, domain: str, keys: list[str]) -> dict[str, CanonicalRecord]:

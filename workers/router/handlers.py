@@ -17,6 +17,14 @@ write applies only if the target is a shadow for the record now (the stray
 path) or the edit was a stray that capture observed; otherwise the target is
 the SoR and its newer edit wins: the write is refused as a ``SwitchConflict``
 business record naming both values, the flag versions and who made the edit.
+
+Repairs (``apply_write``, kind ``repair``) never carry an SoR state older than the
+record's last routed version (``record_route.last_version``): the SoR is read when the
+repair is applied, and only once it holds that version (``SorBehind``, retried, until a
+write routed to it before a switch has landed); the state read is written under that
+version.  A repair whose target has become the SoR writes over it only the SoR state
+of the record's current last routed version; else the SoR's state stands and is re-sent
+to the shadows.
 """
 
 from __future__ import annotations
@@ -120,20 +128,39 @@ def apply_write(env: Envelope, target: Erp, send: Send,
     delete = env.kind == queues.KIND_DELETE or (repair and "record" not in env.payload)
     incoming = None if delete else _record(env)
     idempotency_key = env.message_id
+    reread = repair and bool(env.payload.get("reread"))
+    if reread and (ctx is None or not ctx.erps):
+        raise BusinessError(f"repair of {env.domain} {env.key} reads the SoR when applied: "
+                            f"this writer has no ERPs to read it from")
     if repair and ctx is not None and ctx.erps:
         sor_now = _sor_now(env, ctx, incoming)
-        if env.payload.get("reread") and sor_now == target.system:
-            # A propagation that a later switch overtook: the target is the SoR itself.
-            return Stale(env.domain, env.key, version, version)
-        if sor_now in ctx.erps and (sor_now == env.source_system or env.payload.get("reread")):
+        last = _last_routed(ctx, env)
+        if sor_now == target.system and (reread or version < last):
+            # The target is the SoR now, and the repair carries no state decided on what
+            # the SoR held at the record's last routed version (it was to read it when
+            # applied, or a later SoR change was routed since it was decided): nothing to
+            # write over the SoR.  Its state stands and is re-sent to the shadows, so both
+            # ERPs settle on it (a stray there stays, already reported).
+            _propagate(env, target, ctx, send)
+            return Stale(env.domain, env.key, version, max(version, last))
+        if sor_now in ctx.erps and sor_now != target.system:
             # A repair re-sends the SoR's state: read it now, not as it was when the repair
-            # was decided (a write routed before a switch may have reached it since).
-            incoming = ctx.erps[sor_now].get(env.domain, env.key)
+            # was decided (a write routed before a switch may have reached it since) -- and
+            # only once the SoR holds the record's last routed version: a write still on its
+            # way to the SoR would land after the repair, and the repair would have put an
+            # older state into the shadow than the SoR ends with.
+            sor = ctx.erps[sor_now]
+            held, held_current = read_held(sor, env.domain, env.key)
+            _wait_for_last_routed(ctx, env, sor_now, held_current, last)
+            incoming = held
             delete = incoming is None
+            # The state read holds every change routed up to ``last``: written under that
+            # version, so an older routed write still in flight to the target is refused.
+            version = max(version, last)
             # What is written depends on when it is read: a redelivery that reads another
             # state is another write (its own idempotency key), the same state the same.
             state = "delete" if incoming is None else incoming.model_dump_json()
-            idempotency_key = (f"{env.message_id}:"
+            idempotency_key = (f"{env.message_id}:{version}:"
                                f"{hashlib.sha256(state.encode()).hexdigest()[:16]}")
     for _ in range(WRITE_CONDITION_ROUNDS):
         record = incoming
@@ -151,6 +178,13 @@ def apply_write(env: Envelope, target: Erp, send: Send,
             if outcome == STALE:
                 return Stale(env.domain, env.key, version, current.version)
             into_sor = outcome == WRITE_SOR
+            if into_sor and not repair and ctx is not None and \
+                    version < _last_routed(ctx, env):
+                # A later change of the record was routed after this write: over a stray in
+                # the SoR it would put back an older state than the shadow ends with.  The
+                # SoR's state stands (the stray, reported) and is re-sent to the shadows.
+                _propagate(env, target, ctx, send)
+                return Stale(env.domain, env.key, version, _last_routed(ctx, env))
         condition = current.revision if current is not None else ABSENT
         if delete:
             result = target.delete(env.domain, env.key, source_version=version,
@@ -174,6 +208,42 @@ def apply_write(env: Envelope, target: Erp, send: Send,
         return result
     raise TechnicalError(f"{target.system} {env.domain} {env.key} changed under "
                          f"{WRITE_CONDITION_ROUNDS} write attempts in a row; retry later")
+
+
+class SorBehind(TechnicalError):
+    """A repair that reads the SoR found it not yet holding the record's last routed
+    version (a write routed to it is still in flight): retried later, as any technical
+    failure; after the retry policy it is recorded (class ``technical``), never dropped."""
+
+
+def _last_routed(ctx: WriteContext, env: Envelope) -> int:
+    """The record's last routed version (``record_route.last_version``; 0: none known)."""
+    from workers.router.state import get_route
+
+    if ctx.state is None:
+        return 0
+    with ctx.state.connect() as conn:
+        route = get_route(conn, env.domain, env.key)
+    return route.last_version if route is not None else 0
+
+
+def _wait_for_last_routed(ctx: WriteContext, env: Envelope, sor: str,
+                          current: Current | None, last: int) -> None:
+    from workers.router.capture import sor_holds
+
+    if last <= 0 or ctx.state is None:
+        return
+    applied = current.version if current is not None else 0
+    with ctx.state.connect() as conn:
+        if sor_holds(conn, sor, env.domain, env.key, last, applied):
+            return
+    from coexistence.router import split_version
+
+    raise SorBehind(f"repair of {env.domain} {env.key}: the SoR ({sor}) does not hold the "
+                    f"record's last routed version yet (flag version / source version "
+                    f"{'/'.join(map(str, split_version(last)))}; it holds "
+                    f"{'/'.join(map(str, split_version(applied)))}): a write to it is still "
+                    f"in flight; retried once it has landed")
 
 
 #: Outcomes of ``decide_target_changed``.
@@ -330,7 +400,11 @@ def decide_target_changed(env: Envelope, target: Erp, record: CanonicalRecord | 
                flag version than the write's (a rollback with      newer edit is there
                this write still in flight)                         already)
     shadow     anything else (a stray, not captured yet)          ``WRITE`` (stray path)
-    SoR        a ``stray`` (made while it was not the SoR)        ``WRITE_SOR`` (policy)
+    SoR        a ``stray`` (made while it was not the SoR)        ``WRITE_SOR`` (policy;
+                                                                   ``apply_write`` refuses
+                                                                   it as stale when older
+                                                                   than the last routed
+                                                                   version)
     SoR        any edit captured under an older flag version       ``WRITE_SOR``
                than the write's (seen before it was routed)
     SoR        an SoR edit or channel write captured under the     ``SwitchConflict``
