@@ -244,3 +244,24 @@ def test_an_older_write_over_a_stray_in_the_sor_leaves_the_stray_and_both_erps_e
     s.teardown()
     assert limits(s.h) == (Decimal("3000.01"), Decimal("3000.01"))
     assert [type(e) for _, _, e in s.h.business_errors] == [StrayWrite]
+
+
+def test_a_strays_repair_with_an_sor_write_in_flight_never_settles_on_the_sors_older_state(
+        template):
+    """The narrower case (README's former "What does not work yet"), as hypothesis finds it
+    on the code before the fix once the property no longer allows it: a legacy SoR edit
+    (1000.01) in flight to the cloud across a ``--no-wait`` switch; a stray in legacy
+    (2000.01); another ``--no-wait`` switch.  Before: the stray's repair read the cloud's
+    older state (1000.00) before the write had landed and both ERPs settled on it, the
+    SoR edit 1000.01 lost, only the stray recorded.  Now the repair waits for the cloud;
+    it lands once legacy is the SoR again and leaves the stray there, in both ERPs."""
+    Switches.template = template
+    s = Switches()
+    steps = [("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {}),
+             ("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {})]
+    for name, kwargs in steps:
+        getattr(s, name)(**kwargs)
+        s.only_expected_exceptions()
+    s.teardown()
+    assert limits(s.h) == (Decimal("2000.01"), Decimal("2000.01"))
+    assert [type(e) for _, _, e in s.h.business_errors] == [StrayWrite]
