@@ -182,12 +182,12 @@ class Switches(RuleBasedStateMachine):
 
 
 def test_no_interleaving_of_edits_writes_and_switches_loses_the_sors_last_edit(template):
-    """25 examples per suite run; ``COEXIST_SWITCH_EXAMPLES=500`` (with
-    ``--hypothesis-seed``) for a longer search."""
+    """25 examples of 20 steps per suite run; ``COEXIST_SWITCH_EXAMPLES=500`` and
+    ``COEXIST_SWITCH_STEPS=40`` (with ``--hypothesis-seed``) for a longer search."""
     Switches.template = template
     Switches.TestCase.settings = settings(
         max_examples=int(os.environ.get("COEXIST_SWITCH_EXAMPLES", "25")),
-        stateful_step_count=20, deadline=None,
+        stateful_step_count=int(os.environ.get("COEXIST_SWITCH_STEPS", "20")), deadline=None,
         # No "explain" phase: its line tracing is minutes on this machine.
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
