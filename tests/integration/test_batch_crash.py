@@ -19,17 +19,14 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from bus.brokers import make_broker
 from bus.brokers.sqlite import SqliteBroker
 from bus.db import create_state_engine
 from bus.exception_store import ExceptionStore
 from tests.integration import bus_worker
-from tests.integration.test_bus_failures import (
-    Worker,
-    _assert_exactly_once,
-    _publish_all,
-    _wait_for,
-)
+from tests.support.bus_runs import Worker, rabbit_run
+from tests.support.bus_runs import assert_exactly_once as _assert_exactly_once
+from tests.support.bus_runs import publish_all as _publish_all
+from tests.support.bus_runs import wait_for as _wait_for
 
 #: Messages in a run: a few batches (the batch consumer takes up to 200 at once).
 MESSAGES = 600
@@ -79,32 +76,11 @@ def _crash_mid_batch_then_restart(engine, broker, queue: str, start_worker,
 def test_kill_9_mid_batch_on_postgresql_and_rabbitmq(pg_url, rabbit_vhost, tmp_path):
     # Classic queues: the quorum queues' redelivery after a dead consumer is proven by
     # test_bus_failures.py; what is new here is the batch's one commit and one ack.
-    queue_type = "classic"
-    engine = create_state_engine(pg_url)
-    bus_worker.prepare_state(engine)
-    broker = make_broker(rabbit_vhost, queue_type=queue_type)
-    queue = f"batchcrash_{queue_type}"
-    workers: list[Worker] = []
-
-    def start_worker(*extra: str) -> Worker:
-        w = Worker(tmp_path, "--state-url", pg_url, "--broker", rabbit_vhost, "--queue", queue,
-                   "--queue-type", queue_type, *extra)
-        workers.append(w)
-        return w
-
-    try:
-        broker.declare_queue(bus_worker.batch_queue(queue))
-        _crash_mid_batch_then_restart(engine, broker, queue, start_worker)
-        assert broker.get_queue_message_counts(bus_worker.batch_queue(queue)) == (0, 0, 0)
-    finally:
-        for w in workers:
-            w.stop()
-        for q in (queue, bus_worker.batch_queue(queue)):
-            for name in broker.queue_names(q):
-                with contextlib.suppress(Exception):  # the run's vhost goes at the end anyway
-                    broker.channel.queue_delete(name)
-        broker.close()
-        engine.dispose()
+    queue = "batchcrash_classic"
+    with rabbit_run(pg_url, rabbit_vhost, tmp_path, queue,
+                    declare=(bus_worker.batch_queue(queue),)) as run:
+        _crash_mid_batch_then_restart(run.engine, run.broker, queue, run.start_worker)
+        assert run.broker.get_queue_message_counts(bus_worker.batch_queue(queue)) == (0, 0, 0)
 
 
 def test_kill_9_mid_batch_on_the_embedded_broker(tmp_path):
@@ -142,19 +118,14 @@ def test_a_technical_failure_in_a_batch_is_retried_through_the_delay_queue(pg_ur
                                                                            tmp_path):
     """The message fails in its batch and alone, waits in ``.DQ``, comes back and is applied
     once; its neighbours are applied at once."""
-    engine = create_state_engine(pg_url)
-    bus_worker.prepare_state(engine)
-    broker = make_broker(rabbit_vhost)
     queue = "batchretry"
     batch_queue = bus_worker.batch_queue(queue)
-    worker = None
-    try:
-        broker.declare_queue(batch_queue)
+    with rabbit_run(pg_url, rabbit_vhost, tmp_path, queue, declare=(batch_queue,)) as run:
+        engine, broker = run.engine, run.broker
         messages = [bus_worker.message_for("apply_batch", n, batch_queue) for n in range(60)]
         flaky = bus_worker.message_for("apply_batch", 1000, batch_queue, fail_times=2)
         _publish_all(broker, [*messages[:30], flaky, *messages[30:]])
-        worker = Worker(tmp_path, "--state-url", pg_url, "--broker", rabbit_vhost, "--queue",
-                        queue, "--min-backoff-ms", "50", "--max-backoff-ms", "100")
+        worker = run.start_worker("--min-backoff-ms", "50", "--max-backoff-ms", "100")
         _wait_for(lambda: bus_worker.effect_counts(engine)[1] >= 61, "every effect", [worker],
                   timeout_s=30)
         worker.stop()
@@ -165,11 +136,3 @@ def test_a_technical_failure_in_a_batch_is_retried_through_the_delay_queue(pg_ur
         _assert_exactly_once(engine, 61)
         assert broker.get_queue_message_counts(batch_queue) == (0, 0, 0)
         assert ExceptionStore(engine).open_count() == 0
-    finally:
-        if worker is not None:
-            worker.stop()
-        for name in broker.queue_names(batch_queue):
-            with contextlib.suppress(Exception):  # the run's vhost goes at the end anyway
-                broker.channel.queue_delete(name)
-        broker.close()
-        engine.dispose()

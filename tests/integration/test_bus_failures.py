@@ -9,69 +9,29 @@ constraint, so a double application would show).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from bus.brokers import make_broker
-from bus.db import create_state_engine
 from bus.exception_store import ExceptionStore
-from bus.publish import PublishError, make_publisher
 from tests.integration import bus_worker
 from tests.support import services
+from tests.support.bus_runs import RUN_TIMEOUT_S, Worker, rabbit_run
+from tests.support.bus_runs import assert_exactly_once as _assert_exactly_once
+from tests.support.bus_runs import publish_all as _publish_all
+from tests.support.bus_runs import wait_for as _wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Messages in the kill -9 run: the 10,000 the issue names (about 30-50 s per queue type on
 #: this 2-core machine); ``COEXIST_BUS_FAILURE_MESSAGES`` makes it smaller for quick runs.
 KILL_RUN_MESSAGES = int(os.environ.get("COEXIST_BUS_FAILURE_MESSAGES", "10000"))
 #: Messages in the connection-loss run.
 CUT_RUN_MESSAGES = min(2000, KILL_RUN_MESSAGES)
-#: Hard bound on waiting for a run to complete.
-RUN_TIMEOUT_S = 60
-
-
-class Worker:
-    """The worker subprocess; its stderr goes to a file shown when a test fails."""
-
-    def __init__(self, tmp_path: Path, *args: str):
-        self.log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
-        env = {**os.environ, "dramatiq_restart_delay": "300", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.bus_worker", *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
-        )
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
-            self.proc.kill()
-            raise AssertionError(f"worker did not start:\n{self.tail()}")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(params=["classic", "quorum"])
@@ -82,52 +42,9 @@ def queue_type(request):
 @pytest.fixture
 def setup_run(pg_url, rabbit_vhost, queue_type, tmp_path):
     """(engine, broker, queue, start_worker) for one test; everything cleaned up after."""
-    engine = create_state_engine(pg_url)
-    bus_worker.prepare_state(engine)
-    broker = make_broker(rabbit_vhost, queue_type=queue_type)
-    queue = f"failures_{uuid.uuid4().hex[:8]}"
-    workers: list[Worker] = []
-
-    def start_worker(*extra: str) -> Worker:
-        w = Worker(tmp_path, "--state-url", pg_url, "--broker", rabbit_vhost, "--queue", queue,
-                   "--queue-type", queue_type, *extra)
-        workers.append(w)
-        return w
-
-    yield engine, broker, queue, start_worker
-    for w in workers:
-        w.stop()
-    for name in broker.queue_names(queue):
-        # Best effort: the run's vhost is deleted at the end anyway.
-        with contextlib.suppress(Exception):
-            broker.channel.queue_delete(name)
-    broker.close()
-    engine.dispose()
-
-
-def _wait_for(predicate, what: str, workers=(), timeout_s: float = RUN_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    tails = "\n---\n".join(w.tail() for w in workers)
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
-def _publish_all(broker, messages, batch: int = 500) -> None:
-    publish = make_publisher(broker)
-    for i in range(0, len(messages), batch):
-        chunk = messages[i : i + batch]
-        for _attempt in range(20):  # what the outbox relay does: retry the whole batch
-            try:
-                publish(chunk)
-                break
-            except PublishError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("could not publish a batch in 20 attempts")
-    publish.close()
+    with rabbit_run(pg_url, rabbit_vhost, tmp_path, f"failures_{uuid.uuid4().hex[:8]}",
+                    queue_type) as run:
+        yield run.engine, run.broker, run.queue, run.start_worker
 
 
 def _settle(broker, queue: str, worker: Worker) -> None:
@@ -137,15 +54,6 @@ def _settle(broker, queue: str, worker: Worker) -> None:
     worker.stop()
     assert worker.proc.returncode == 0, worker.tail()
     assert broker.get_queue_message_counts(queue) == (0, 0, 0)
-
-
-def _assert_exactly_once(engine, expected: int) -> None:
-    rows, distinct = bus_worker.effect_counts(engine)
-    assert (rows, distinct) == (expected, expected)
-    with engine.connect() as conn:
-        inbox_rows = conn.execute(select(func.count()).select_from(
-            bus_worker.inbox.InboxRecord.__table__)).scalar_one()
-    assert inbox_rows == expected
 
 
 def test_kill_9_mid_run_then_restart_applies_every_message_exactly_once(setup_run):
