@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from tests.support.edi import partner_toml
 from workers.db import create_state_engine
 from workers.edi.store import INTERCHANGE
 from workers.migrate import upgrade as upgrade_schema
@@ -21,16 +22,7 @@ PER_WORKER = 40
 
 def _config(tmp_path) -> Path:
     path = tmp_path / "edi.toml"
-    path.write_text(f'''
-[[edi.partners]]
-id = "ACME"
-partner_isa = {{ qualifier = "ZZ", id = "ACMEBUY" }}
-our_isa = {{ qualifier = "ZZ", id = "DISTCO" }}
-partner_gs = "ACMEBUY"
-our_gs = "DISTCO"
-customers = ["10000"]
-folder = "{tmp_path / 'acme'}"
-''')
+    path.write_text(partner_toml(tmp_path / "acme"))
     return path
 
 

@@ -16,6 +16,7 @@ from bus.exception_store import ExceptionStore
 from coexistence.canonical.models import Invoice, Order
 from coexistence.edi import documents
 from coexistence.edi.profiles import EdiSettings
+from tests.support.edi import partner_toml
 from workers.cli import cli
 from workers.db import create_state_engine
 from workers.edi import handlers
@@ -29,18 +30,7 @@ UNITS = {"WID-01000": "EA", "GIZ-00020": "EA"}
 def test_trace_and_status_show_the_orders_edi_documents_and_the_partners_folders(tmp_path):
     folder = tmp_path / "acme"
     config = tmp_path / "coexist.toml"
-    config.write_text(f'''
-[[edi.partners]]
-id = "ACME"
-partner_isa = {{ qualifier = "ZZ", id = "ACMEBUY" }}
-our_isa = {{ qualifier = "ZZ", id = "DISTCO" }}
-partner_gs = "ACMEBUY"
-our_gs = "DISTCO"
-customers = ["10000"]
-ack_window_minutes = 60
-hold_810_for_856_minutes = 0
-folder = "{folder}"
-''')
+    config.write_text(partner_toml(folder, ack_window_minutes=60, hold_810_for_856_minutes=0))
     settings = EdiSettings.from_toml(config.read_text())
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
     upgrade_schema(engine)

@@ -11,6 +11,7 @@ from coexistence.canonical.models import Order
 from coexistence.edi import documents
 from coexistence.edi.profiles import EdiSettings
 from coexistence.sample import SampleSpec
+from tests.support.edi import partner_toml
 from workers.cli import cli
 from workers.db import create_state_engine
 from workers.legacy_erp.adapter import LegacyErp
@@ -33,16 +34,7 @@ def test_one_poll_answers_the_waiting_850s_from_the_sors_catalogue(tmp_path):
     upgrade_schema(state)
     state.dispose()
     config = tmp_path / "coexist.toml"
-    config.write_text(f'''
-[[edi.partners]]
-id = "ACME"
-partner_isa = {{ qualifier = "ZZ", id = "ACMEBUY" }}
-our_isa = {{ qualifier = "ZZ", id = "DISTCO" }}
-partner_gs = "ACMEBUY"
-our_gs = "DISTCO"
-customers = ["{customer}"]
-folder = "{tmp_path / 'acme'}"
-''')
+    config.write_text(partner_toml(tmp_path / "acme", [customer]))
     profile = EdiSettings.from_toml(config.read_text()).partners[0]
     sku = sorted(units)[0]
     order = Order.model_validate({

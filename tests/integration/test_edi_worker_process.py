@@ -21,6 +21,7 @@ from coexistence.edi import documents
 from coexistence.edi.profiles import EdiSettings
 from coexistence.sample import SampleSpec
 from tests.support import cloud_sim
+from tests.support.edi import partner_toml
 from tests.support.processes import Process, coexist_env, wait_until
 from workers.bootstrap import App
 from workers.config import Settings
@@ -53,20 +54,12 @@ def world(tmp_path, sim, pg_url, fresh_rabbit_vhost):
     skus = sorted(units)[:4]
     folder = tmp_path / "acme"
     config = tmp_path / "coexist.toml"
-    config.write_text(f'''
+    config.write_text('''
 [subscriptions.edi]
 domains = ["order", "shipment", "invoice"]
 kinds = ["event"]
 
-[[edi.partners]]
-id = "ACME"
-partner_isa = {{ qualifier = "ZZ", id = "ACMEBUY" }}
-our_isa = {{ qualifier = "ZZ", id = "DISTCO" }}
-partner_gs = "ACMEBUY"
-our_gs = "DISTCO"
-customers = ["{customer}"]
-folder = "{folder}"
-''')
+''' + partner_toml(folder, [customer]))
     env = coexist_env(tmp_path, state_url=pg_url, legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}",
                       cloud_url=sim.url, broker_url=amqp, config=str(config),
                       edi_poll_s="0.2", edi_claim_timeout_s="2")

@@ -7,6 +7,8 @@ canonical record with what a partner would read.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -27,6 +29,18 @@ def profile(folder: str = "/nonexistent/edi", **overrides: Any) -> PartnerProfil
     }
     data.update(overrides)
     return PartnerProfile.model_validate(data)
+
+
+def partner_toml(folder: Any, customers: Iterable[str] = ("10000",), **extra: Any) -> str:
+    """The ``[[edi.partners]]`` block of the partner ``profile()`` makes (ACME, its ISA/GS ids)
+    as a config file holds it, dropping into ``folder``; ``extra``: more keys (strings,
+    numbers, lists of strings)."""
+    keys: dict[str, Any] = {"customers": list(customers), **extra, "folder": str(folder)}
+    return ('[[edi.partners]]\nid = "ACME"\n'
+            'partner_isa = { qualifier = "ZZ", id = "ACMEBUY" }\n'
+            'our_isa = { qualifier = "ZZ", id = "DISTCO" }\n'
+            'partner_gs = "ACMEBUY"\nour_gs = "DISTCO"\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
 
 
 def _d(value: str) -> date:
