@@ -26,6 +26,7 @@ from bus.db import create_state_engine
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.sample import iter_customers
 from tests.support import cloud_sim
+from tests.support import deployment as deployment_support
 from tests.support.processes import (
     ROOT,
     Process,
@@ -35,9 +36,6 @@ from tests.support.processes import (
     wait_until,
 )
 from workers.flags import SqlFlagStore, SqlPreflightFacts
-from workers.legacy_erp.adapter import LegacyErp
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-from workers.migrate import upgrade as upgrade_schema
 from workers.reconcile.store import ReconcileRun
 
 pytestmark = pytest.mark.integration
@@ -50,29 +48,19 @@ N = 20
 WAIT_S = 60
 
 
-class Deployment:
+class Deployment(deployment_support.Deployment):
     def __init__(self, tmp_path, env: dict[str, str], state_url: str, legacy_url: str):
-        self.tmp_path, self.env = tmp_path, env
-        self.state = create_state_engine(state_url)
-        self.legacy_engine = create_legacy_engine(legacy_url)
-        self.legacy = LegacyErp(self.legacy_engine)
+        super().__init__(tmp_path, env, state_url, legacy_url)
         self.facts = SqlPreflightFacts(self.state)
-        self.procs: list[Process] = []
 
     def start(self, command: str) -> Process:
         """Start ``coexist COMMAND`` (not waiting for it: see ``started``)."""
         n = sum(1 for p in self.procs if p.args[0] == command)
-        proc = Process([command, "--log-level", "INFO"], self.env,
-                       self.tmp_path / f"{command}{n}.log")
-        self.procs.append(proc)
-        return proc
+        return self.spawn([command, "--log-level", "INFO"], f"{command}{n}.log")
 
     @staticmethod
     def started(proc: Process) -> Process:
-        wait_until(lambda: '"coexist bootstrapped"' in proc.output() or not proc.alive(),
-                   WAIT_S, f"{proc.args[0]} started")
-        assert proc.alive(), proc.output()
-        return proc
+        return deployment_support.Deployment.started(proc, WAIT_S)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(coexist_executable() + list(args), env=self.env, cwd=ROOT,
@@ -84,15 +72,6 @@ class Deployment:
 
     def flag(self):
         return SqlFlagStore(self.state).load()["customer"]
-
-    def close(self) -> str:
-        logs = []
-        for proc in self.procs:
-            proc.stop()
-            logs.append(f"--- {proc.log.name}\n{proc.output()[-3000:]}")
-        self.state.dispose()
-        self.legacy_engine.dispose()
-        return "\n".join(logs)
 
 
 @pytest.fixture(params=["embedded", "rabbitmq_postgresql"])
@@ -109,11 +88,8 @@ def deployment(request, tmp_path, sim):
         legacy_url = legacy_schema.__enter__()
         settings = {"broker_url": rabbit_url, "broker_management_url": "off"}
     try:
-        engine = create_legacy_engine(legacy_url)
-        create_legacy_schema(engine)
-        engine.dispose()
+        deployment_support.prepare(state_url, legacy_url)
         state = create_state_engine(state_url)
-        upgrade_schema(state)
         store = SqlFlagStore(state)
         before = store.load()["customer"]
         store.commit(before, FlagState("customer", Mode.SHADOW, Mode.SHADOW, Rollout(), 1),
@@ -121,11 +97,8 @@ def deployment(request, tmp_path, sim):
         state.dispose()
         env = coexist_env(tmp_path, state_url=state_url, legacy_url=legacy_url,
                           cloud_url=sim.url, actor="maria", **settings)
-        d = Deployment(tmp_path, env, state_url, legacy_url)
-        try:
+        with deployment_support.running(Deployment(tmp_path, env, state_url, legacy_url)) as d:
             yield d
-        finally:
-            print(d.close())
     finally:
         if legacy_schema is not None:
             legacy_schema.__exit__(None, None, None)

@@ -24,18 +24,15 @@ from bus.db import create_state_engine
 from coexistence.router import LEGACY
 from coexistence.sample import iter_customers
 from tests.support import cloud_sim
+from tests.support import deployment as deployment_support
 from tests.support.processes import Process, coexist_env, extra_pg_schema, free_port, wait_until
 from workers import checkpoints
 from workers.cli import cli
-from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.cdc import LegacyChangeFeed
 from workers.legacy_erp.schema import (
     captured_tables,
-    create_legacy_engine,
-    create_legacy_schema,
     key_decoders,
 )
-from workers.migrate import upgrade as upgrade_schema
 from workers.router.capture import checkpoint_name, correlation_of
 from workers.router.lease import holders, lease_name
 
@@ -49,23 +46,19 @@ TAKEOVER_S = 10.0
 SETTLE_S = 60.0
 
 
-class Deployment:
+class Deployment(deployment_support.Deployment):
     def __init__(self, tmp_path, state_url: str, legacy_url: str, env: dict[str, str]):
-        self.tmp_path, self.state_url, self.env = tmp_path, state_url, env
-        self.state = create_state_engine(state_url)
-        self.legacy_engine = create_legacy_engine(legacy_url, pool_size=8)
-        self.legacy = LegacyErp(self.legacy_engine)
+        super().__init__(tmp_path, env, state_url, legacy_url, pool_size=8)
         self.feed = LegacyChangeFeed(self.legacy_engine, captured_tables(), key_decoders())
-        self.routers: list[Process] = []
+        self.routers = self.procs
 
     def router(self, name: str, *extra: str) -> Process:
         port = free_port()
         env = {**self.env,
                "COEXIST_STATE_URL": f"{self.state_url}&application_name=coexist-{name}"}
-        proc = Process(["router", "--metrics-port", str(port), "--log-level", "INFO", *extra],
-                       env, self.tmp_path / f"{name}.log")
+        proc = self.spawn(["router", "--metrics-port", str(port), "--log-level", "INFO", *extra],
+                          f"{name}.log", env)
         proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        self.routers.append(proc)
         return proc
 
     def holder_pid(self, system: str = LEGACY) -> int | None:
@@ -100,39 +93,18 @@ class Deployment:
     def every_change(self):
         return [c for batch in self.feed.iter_changes(0) for c in batch]
 
-    def close(self) -> str:
-        logs = []
-        for proc in self.routers:  # every one, whatever happened to the one before
-            try:
-                proc.stop()
-            except BaseException:  # noqa: BLE001 - the last resort below must still run
-                proc.popen.kill()
-                proc.popen.wait(10)
-            logs.append(f"--- {proc.log.name}\n{proc.output()[-3000:]}")
-        self.state.dispose()
-        self.legacy_engine.dispose()
-        return "\n".join(logs)
-
 
 @pytest.fixture
 def deployment(tmp_path, pg_url, pg_database_url, sim, fresh_rabbit_vhost):
     with extra_pg_schema(pg_database_url) as legacy_url:
-        engine = create_legacy_engine(legacy_url)
-        create_legacy_schema(engine)
-        engine.dispose()
-        state = create_state_engine(pg_url)
-        upgrade_schema(state)
-        state.dispose()
+        deployment_support.prepare(pg_url, legacy_url)
         env = coexist_env(tmp_path, state_url=pg_url, legacy_url=legacy_url,
                           cloud_url=sim.url, broker_url=fresh_rabbit_vhost[0], actor="test")
         result = CliRunner().invoke(cli, ["cutover", "set", "customer", "shadow", "--force",
                                           "--reason", "standby test", "--no-wait"], env=env)
         assert result.exit_code == 0, result.output
-        d = Deployment(tmp_path, pg_url, legacy_url, env)
-        try:
+        with deployment_support.running(Deployment(tmp_path, pg_url, legacy_url, env)) as d:
             yield d
-        finally:
-            print(d.close())
 
 
 def assert_each_change_routed_exactly_once(d: Deployment) -> int:

@@ -31,14 +31,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from bus.db import create_state_engine
 from coexistence.canonical import decode
 from tests.support import cloud_sim
+from tests.support import deployment as deployment_support
 from tests.support.processes import Process, coexist_env, extra_pg_schema, wait_until
 from workers.cli import cli
-from workers.legacy_erp.adapter import LegacyErp
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-from workers.migrate import upgrade as upgrade_schema
 
 #: Each case is about 20-30 s on an idle machine; the bound leaves room for a loaded one.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -57,13 +54,10 @@ def customer(key: str, limit: str):
     })
 
 
-class Deployment:
+class Deployment(deployment_support.Deployment):
     def __init__(self, home, env: dict[str, str], state_url: str, legacy_url: str, sim):
-        self.home, self.env, self.sim = home, env, sim
-        self.state = create_state_engine(state_url)
-        self.legacy_engine = create_legacy_engine(legacy_url)
-        self.legacy = LegacyErp(self.legacy_engine)
-        self.procs: list[Process] = []
+        super().__init__(home, env, state_url, legacy_url)
+        self.sim = sim
         self.worker: Process | None = None
 
     def cli(self, *args: str) -> str:
@@ -74,13 +68,8 @@ class Deployment:
         return result.output
 
     def start(self, command: str) -> Process:
-        proc = Process([command, "--log-level", "INFO"], self.env,
-                       self.home / f"{command}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        wait_until(lambda: '"coexist bootstrapped"' in proc.output() or not proc.alive(),
-                   WAIT_S, f"coexist {command} starts")
-        assert proc.alive(), proc.output()[-3000:]
-        return proc
+        return self.started(self.spawn([command, "--log-level", "INFO"],
+                                       f"{command}-{len(self.procs)}.log"), WAIT_S)
 
     def start_worker(self) -> None:
         self.worker = self.start("worker")
@@ -154,27 +143,12 @@ class Deployment:
                 "AND sent_at IS NOT NULL"), {"a": actor, "k": f"%{key}%"}).scalar_one()
 
     def close(self) -> str:
-        logs = []
-        for proc in self.procs:
-            try:
-                proc.stop()
-            except BaseException:  # noqa: BLE001 - every process must still be ended
-                proc.popen.kill()
-                proc.popen.wait(10)
-            logs.append(f"--- {proc.log.name}\n{proc.output()[-2500:]}")
-        self.state.dispose()
-        self.legacy_engine.dispose()
-        return "\n".join(logs)
+        return super().close(tail=2500)
 
 
 def _deploy(home, env: dict[str, str], state_url: str, legacy_url: str, sim):
-    engine = create_legacy_engine(legacy_url)
-    create_legacy_schema(engine)
-    engine.dispose()
-    state = create_state_engine(state_url)
-    upgrade_schema(state)
-    state.dispose()
-    return Deployment(home, env, state_url, legacy_url, sim)
+    deployment_support.prepare(state_url, legacy_url)
+    return deployment_support.running(Deployment(home, env, state_url, legacy_url, sim))
 
 
 @pytest.fixture
@@ -182,22 +156,16 @@ def on_rabbitmq_and_postgres(tmp_path, pg_url, pg_database_url, sim, fresh_rabbi
     with extra_pg_schema(pg_database_url) as legacy_url:
         env = coexist_env(tmp_path, state_url=pg_url, legacy_url=legacy_url,
                           cloud_url=sim.url, broker_url=fresh_rabbit_vhost[0], actor="ops")
-        d = _deploy(tmp_path, env, pg_url, legacy_url, sim)
-        try:
+        with _deploy(tmp_path, env, pg_url, legacy_url, sim) as d:
             yield d
-        finally:
-            print(d.close())
 
 
 @pytest.fixture
 def on_the_embedded_default(tmp_path, sim):
     env = coexist_env(tmp_path, cloud_url=sim.url, actor="ops")
-    d = _deploy(tmp_path, env, f"sqlite:///{tmp_path / 'state.db'}",
-                f"sqlite:///{tmp_path / 'legacy.db'}", sim)
-    try:
+    with _deploy(tmp_path, env, f"sqlite:///{tmp_path / 'state.db'}",
+                 f"sqlite:///{tmp_path / 'legacy.db'}", sim) as d:
         yield d
-    finally:
-        print(d.close())
 
 
 def forward_and_rollback(d: Deployment) -> None:
