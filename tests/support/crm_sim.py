@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.shared import shared
 from workers.crm_sim import start_crm_simulator
 from workers.crm_sim.admin import CrmSimulatorAdmin
 
@@ -78,15 +79,27 @@ def _start(directory, *, tls: bool):
                        ca_file)
 
 
+def _shared(tmp_path_factory, *, tls: bool):
+    """The session's simulator (HTTP or HTTPS), whichever modules import its fixture."""
+    def start():
+        sim, handle = _start(tmp_path_factory.mktemp("crm_sim_tls" if tls else "crm_sim"),
+                             tls=tls)
+
+        def stop() -> None:
+            try:
+                handle.admin.close()
+            finally:
+                sim.stop()
+        return handle, stop
+
+    return shared("crm_sim_tls" if tls else "crm_sim", start)
+
+
 @pytest.fixture(scope="session")
 def crm_simulator(tmp_path_factory):
     """One CRM simulator subprocess (HTTP) for the session."""
-    sim, handle = _start(tmp_path_factory.mktemp("crm_sim"), tls=False)
-    try:
+    with _shared(tmp_path_factory, tls=False) as handle:
         yield handle
-    finally:
-        handle.admin.close()
-        sim.stop()
 
 
 @pytest.fixture
@@ -100,12 +113,8 @@ def crm(crm_simulator):
 def crm_simulator_tls(tmp_path_factory):
     """One CRM simulator subprocess serving HTTPS for the session."""
     pytest.importorskip("cryptography")
-    sim, handle = _start(tmp_path_factory.mktemp("crm_sim_tls"), tls=True)
-    try:
+    with _shared(tmp_path_factory, tls=True) as handle:
         yield handle
-    finally:
-        handle.admin.close()
-        sim.stop()
 
 
 @pytest.fixture
