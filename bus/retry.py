@@ -22,7 +22,11 @@ ones except ``SkipMessage``/``MiddlewareError``), so this middleware never lets
 one escape: it catches, logs and requests redelivery.
 
 Retry state lives in ``message.options``: ``retries`` (how many retries were
-enqueued so far; a replay resets it) and ``last_error``.
+enqueued so far; a replay resets it), ``last_error``, and the cross-layer budget's
+``failures`` (failed attempts so far, HTTP attempts of the adapter included) and
+``retry_history`` (one line per failed delivery).  A technical failure is recorded
+once ``max_retries`` retries were made *or* the message's retry budget
+(``bus.budget``: ``retry_budget`` failures in all) is spent, whichever comes first.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any, Protocol
 from dramatiq import Middleware
 from dramatiq.errors import Retry
 
+from bus import budget as retry_budget
 from bus.brokers.base import request_redelivery
 from bus.errors import MessageDecodeError, is_business
 from bus.exception_store import call_site
@@ -105,6 +110,9 @@ class FailureClasses(Middleware):
         message may override them with the options ``max_retries``,
         ``min_backoff`` and ``max_backoff`` (milliseconds, as in dramatiq).
       redelivery_pause_ms: see ``REDELIVERY_PAUSE_MS``.
+      budget / delivery_s: the cross-layer retry budget (``bus.budget``): failed
+        attempts one message may spend in all, and seconds one delivery may spend on
+        in-call retries; option ``retry_budget`` overrides the first per actor/message.
     """
 
     def __init__(
@@ -115,22 +123,41 @@ class FailureClasses(Middleware):
         min_backoff_ms: int = RETRY_MIN_BACKOFF_MS,
         max_backoff_ms: int = RETRY_MAX_BACKOFF_MS,
         redelivery_pause_ms: int = REDELIVERY_PAUSE_MS,
+        budget: int = retry_budget.RETRY_BUDGET,
+        delivery_s: float | None = retry_budget.RETRY_DELIVERY_S,
     ):
+        if max_retries < 0 or budget < 1:
+            raise ValueError("max_retries must be >= 0 and budget >= 1")
         self.store = store
         self.max_retries = max_retries
         self.min_backoff_ms = min_backoff_ms
         self.max_backoff_ms = max_backoff_ms
         self.redelivery_pause_ms = redelivery_pause_ms
+        self.budget = budget
+        self.delivery_s = delivery_s
 
     @property
     def actor_options(self) -> set[str]:
-        return {"max_retries", "min_backoff", "max_backoff", "throws"}
+        return {"max_retries", "min_backoff", "max_backoff", "throws", "retry_budget"}
+
+    def before_process_message(self, broker, message):
+        # The handler's adapters spend from it (``bus.budget.current()``).
+        deadline = time.monotonic() + self.delivery_s if self.delivery_s else None
+        retry_budget.open_budget(retry_budget.Budget(
+            limit=int(self._option(broker, message, "retry_budget", self.budget)),
+            spent_before=int(message.options.get("failures", 0)),
+            deadline=deadline))
+
+    def after_skip_message(self, broker, message):
+        retry_budget.open_budget(None)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        budget = retry_budget.current()
+        retry_budget.open_budget(None)
         if exception is None:
             return
         try:
-            self._route(broker, message, exception)
+            self._route(broker, message, exception, budget)
         except Exception:
             log.exception(
                 "Could not record or retry failed message %s; handing it back to its queue.",
@@ -149,7 +176,8 @@ class FailureClasses(Middleware):
             return default
         return actor.options.get(name, default)
 
-    def _route(self, broker, message, exception: BaseException) -> None:
+    def _route(self, broker, message, exception: BaseException,
+               budget: retry_budget.Budget | None = None) -> None:
         if isinstance(exception, MessageDecodeError):
             self._record("undecodable", message, exception)
             return
@@ -159,8 +187,27 @@ class FailureClasses(Middleware):
             return
         retries = int(message.options.get("retries", 0))
         max_retries = self._option(broker, message, "max_retries", self.max_retries)
-        if retries >= max_retries:
-            self._record("technical", message, exception)
+        limit = int(self._option(broker, message, "retry_budget", self.budget))
+        spent_before = int(message.options.get("failures", 0))
+        # This delivery's failed HTTP attempts, plus the delivery's own failure unless the
+        # adapter raised it after counting its attempts.
+        spent_now = budget.failures if budget is not None else 0
+        if not retry_budget.is_counted(exception):
+            spent_now += 1
+        failures = spent_before + max(1, spent_now)
+        error = f"{type(exception).__name__}: {exception}"[:LAST_ERROR_MAX_CHARS]
+        history = [*message.options.get("retry_history", ()),
+                   f"{datetime.now(UTC).isoformat(timespec='seconds')} delivery {retries + 1}: "
+                   f"{max(1, spent_now)} failed attempt(s); {error[:200]}"][
+                       -retry_budget.HISTORY_MAX:]
+        state = {"failures": failures, "retry_history": history, "last_error": error}
+        if retries >= max_retries or failures >= limit:
+            spent = message.copy(options=state)
+            why = (f"retry budget spent: {failures} failed attempts of {limit} in "
+                   f"{retries + 1} deliveries" if failures >= limit else
+                   f"{retries + 1} deliveries ({max_retries} retries), {failures} failed "
+                   f"attempts of {limit}")
+            self._record("technical", spent, exception, note=why)
             return
         delay = backoff_ms(
             retries,
@@ -169,16 +216,17 @@ class FailureClasses(Middleware):
         )
         if isinstance(exception, Retry) and exception.delay is not None:
             delay = min(exception.delay, self.max_backoff_ms)
-        error = f"{type(exception).__name__}: {exception}"[:LAST_ERROR_MAX_CHARS]
-        retry = message.copy(options={"retries": retries + 1, "last_error": error})
+        retry = message.copy(options={"retries": retries + 1, **state})
         log.info(
-            "Retrying message %s (%d/%d) in %d ms after %s.",
-            message.message_id, retries + 1, max_retries, delay, type(exception).__name__,
+            "Retrying message %s (%d/%d, %d/%d failed attempts) in %d ms after %s.",
+            message.message_id, retries + 1, max_retries, failures, limit, delay,
+            type(exception).__name__,
         )
         # Raises when the broker does not confirm: then we must not ack (see _route's caller).
         broker.enqueue(retry, delay=delay)
 
-    def _record(self, failure_class: str, message, exception: BaseException) -> None:
+    def _record(self, failure_class: str, message, exception: BaseException,
+                note: str | None = None) -> None:
         args = message.args
         envelope = args[0] if args and isinstance(args[0], dict) else None
         raw = getattr(exception, "raw", None) if failure_class == "undecodable" else None
@@ -195,7 +243,7 @@ class FailureClasses(Middleware):
             raw=raw,
             message=message.asdict(),
             error_type=type(exception).__name__,
-            error_message=str(exception),
+            error_message=f"{exception} ({note})" if note else str(exception),
             call_site=call_site(exception),
             attempts=int(message.options.get("retries", 0)) + 1,
             failed_at=datetime.now(UTC),

@@ -366,6 +366,7 @@ class App:
         if not s.cloud_url:
             raise SetupError("cloud ERP", "COEXIST_CLOUD_URL", None,
                              "not set (the URL of the cloud ERP API)")
+        options.setdefault("attempts", s.cloud_retry_attempts)
         with opening("cloud ERP", "COEXIST_CLOUD_URL", s.cloud_url):
             return CloudErp.from_settings(s, **options)
 
@@ -407,7 +408,9 @@ class App:
             options = {} if s.broker_url else {"lease_ms": int(s.bus_lease_s * 1000)}
             broker = make_broker(s.broker_url, sqlite_path=s.bus_path, queue_type=s.queue_type,
                                  **options)
-            setup(broker, store=self.exceptions, retry_options=self.retry_options,
+            # As configured; a test's overrides win.
+            retry_options = {**s.retry_options(), **(self.retry_options or {})}
+            setup(broker, store=self.exceptions, retry_options=retry_options,
                   ledger=SettleLedger(self.state))
         dramatiq.set_broker(broker)
         return broker

@@ -5,7 +5,10 @@ Failures are classified before they leave this module:
 * **technical** (timeouts, connection errors, a connection cut mid-response,
   5xx, 429) are retried here with capped, jittered exponential backoff that
   waits at least the server's ``Retry-After``; when the attempts run out a
-  ``CloudTechnicalError`` goes to the bus's retry policy;
+  ``CloudTechnicalError`` goes to the bus's retry policy.  Inside a message the
+  retries also spend from its cross-layer budget (``bus.budget``): every failed
+  attempt counts, and no retry starts once the budget is spent or its wait would
+  end after the delivery's deadline;
 * **business** (400, 404, 409, 412, 422 and other 4xx) raise a
   ``CloudBusinessError`` carrying the server's message and field paths.
 
@@ -49,6 +52,7 @@ from urllib.parse import quote
 
 import httpx
 
+from bus import budget as retry_budget
 from bus.errors import BusinessError, TechnicalError
 from coexistence.canonical import CanonicalRecord
 from coexistence.errors import TranslationError
@@ -290,11 +294,16 @@ class CloudErp:
                     return
             except (httpx.TransportError, _StreamRetry) as exc:
                 failures += 1
-                if failures >= self.attempts:
-                    raise CloudTechnicalError(
-                        f"export of {domain} failed {failures} times: {exc}") from None
+                budget = retry_budget.current()
+                if budget is not None:
+                    budget.failed()
+                wait = self._backoff(failures - 1, None)
+                if failures >= self.attempts or (budget is not None
+                                                 and not budget.may_retry(wait)):
+                    raise retry_budget.counted(CloudTechnicalError(
+                        f"export of {domain} failed {failures} times: {exc}")) from None
                 self.retries += 1
-                self.sleep(self._backoff(failures - 1, None))
+                self.sleep(wait)
 
     def read(self, after: int, limit: int) -> list[Change]:
         """``ChangeFeed``: entries after ``after`` in cursor order."""
@@ -566,11 +575,14 @@ class CloudErp:
                  cost: int = 1, **kwargs) -> httpx.Response:
         """One request with technical retries; returns a response whose status is in ``ok``."""
         cost = min(cost, int(getattr(self.limiter, "burst", cost)))
-        failure = ""
+        failure, stopped = "", ""
+        budget = retry_budget.current()
+        made = 0
         for attempt in range(self.attempts):
             if attempt:
                 self.retries += 1
             self.limiter.acquire(cost)
+            made += 1
             retry_after = None
             try:
                 response = self.http.request(method, path, **kwargs)
@@ -584,10 +596,18 @@ class CloudErp:
                     raise _business(response)
                 failure = f"HTTP {response.status_code}"
                 retry_after = _retry_after_s(response)
+            if budget is not None:
+                budget.failed()
             if attempt + 1 < self.attempts:
-                self.sleep(self._backoff(attempt, retry_after))
-        raise CloudTechnicalError(
-            f"cloud ERP {method} {path} failed {self.attempts} times; last: {failure}")
+                wait = self._backoff(attempt, retry_after)
+                if budget is not None and not budget.may_retry(wait):
+                    stopped = (f" (message retry budget: {budget.spent} of {budget.limit} "
+                               "failed attempts spent)" if budget.left <= 0 else
+                               f" (delivery deadline: next try in {wait:.1f} s is too late)")
+                    break
+                self.sleep(wait)
+        raise retry_budget.counted(CloudTechnicalError(
+            f"cloud ERP {method} {path} failed {made} times{stopped}; last: {failure}"))
 
     def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
         # Full jitter spreads a fleet's retries; Retry-After is a floor, the cap a ceiling.

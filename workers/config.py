@@ -192,6 +192,25 @@ class Settings(BaseSettings):
     cloud_rate_per_s: float = Field(0.0, ge=0)
     #: Token bucket size of that rate limit (default: one second's worth).
     cloud_burst: float = Field(0.0, ge=0)
+    #: HTTP attempts per cloud ERP request (1: no in-call retry); inside a message they
+    #: also spend from its retry budget and stop at its delivery deadline.
+    cloud_retry_attempts: int = Field(6, ge=1, le=20)
+    # The retry budget of one message across layers (``bus.budget``, ``bus.retry``; see
+    # docs/architecture.md "Which layer retries what").
+    #: Failed attempts one message may spend in all, over its deliveries: each failed
+    #: HTTP attempt counts, and each delivery that failed without one; then it is
+    #: recorded as a technical exception with its attempt history.
+    retry_budget: int = Field(24, ge=1, le=1000)
+    #: Re-deliveries of a message after a technical failure (the bus's retries).
+    retry_max_retries: int = Field(8, ge=0, le=100)
+    #: The bus's backoff before the first retry, doubling up to the cap (jittered).
+    retry_min_backoff_s: float = Field(15.0, gt=0, le=1800)
+    #: Longest wait between two deliveries; kept below RabbitMQ's ``consumer_timeout``
+    #: (30 min), since a waiting retry is an unacked delivery.
+    retry_max_backoff_s: float = Field(600.0, gt=0, le=1800)
+    #: Seconds one delivery may spend on in-call retries; then it fails and the bus
+    #: retries it later (a worker thread is not held by an outage).
+    retry_delivery_s: float = Field(30.0, gt=0, le=3600)
     #: Who changes flags and replays exceptions (``--actor`` wins; else ``USER``).
     actor: str | None = None
     #: The login name, the actor's last fallback.
@@ -351,6 +370,20 @@ class Settings(BaseSettings):
                              f"{value.client_id!r} needs its secret (environment or "
                              "COEXIST_ENV_FILE, never the TOML file)")
         return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Settings:
+        if self.retry_min_backoff_s > self.retry_max_backoff_s:
+            raise ValueError(f"COEXIST_RETRY_MIN_BACKOFF_S {self.retry_min_backoff_s:g} is "
+                             f"above COEXIST_RETRY_MAX_BACKOFF_S {self.retry_max_backoff_s:g}")
+        return self
+
+    def retry_options(self) -> dict[str, Any]:
+        """The failure middleware's policy (``bus.retry.FailureClasses``) as configured."""
+        return {"max_retries": self.retry_max_retries,
+                "min_backoff_ms": int(self.retry_min_backoff_s * 1000),
+                "max_backoff_ms": int(self.retry_max_backoff_s * 1000),
+                "budget": self.retry_budget, "delivery_s": self.retry_delivery_s}
 
     @model_validator(mode="after")
     def _derived_urls(self) -> Settings:
