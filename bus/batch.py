@@ -58,6 +58,7 @@ from dramatiq.middleware import SkipMessage
 from prometheus_client import Counter
 from sqlalchemy import Engine
 
+from bus import budget as retry_budget
 from bus import inbox
 
 log = logging.getLogger(__name__)
@@ -280,38 +281,62 @@ class BatchConsumer(threading.Thread):
         failure classes while the others are acked with the batch."""
         handler = actor.options[BATCH_OPTION]
         consumer = actor.options.get(inbox.INBOX_OPTION)
+        budget = self._budget()
         try:
-            if consumer and self.engine is not None:
-                with self.engine.connect() as conn, conn.begin():
-                    ids = [inbox.message_id_of(m) for m in messages]
-                    fresh = inbox.claim_many(conn, consumer, ids)
-                    todo = []
-                    for message, message_id in zip(messages, ids, strict=True):
-                        if message_id in fresh:
-                            fresh.discard(message_id)  # a second copy in the batch has none
-                            todo.append(message)
-                    if len(todo) < len(messages):
-                        log.debug("%d of %d messages on %s were already applied by %s.",
-                                  len(messages) - len(todo), len(messages), self.queue_name,
-                                  consumer)
-                    handed: Sequence[Any] = todo
-                    left = None
-                    if todo:
-                        with inbox.bound(conn):
-                            left = handler([_arg(m) for m in todo])
-                    if left:
-                        # Their claims would commit with the batch and the per-message
-                        # path would then skip them as applied.
-                        raise RuntimeError("a batch handler with an inbox cannot leave "
-                                           "messages to the per-message path")
-            else:
-                handed = messages
-                left = handler([_arg(m) for m in messages])
+            with retry_budget.scope(budget):
+                return self._apply(handler, consumer, messages)
         except Exception as e:
             BATCHES.labels(queue=self.queue_name, outcome="split").inc()
             log.info("A batch of %d messages on %s failed (%s: %s); handling each alone.",
                      len(messages), self.queue_name, type(e).__name__, e)
+            if budget is not None and budget.failures:
+                # Each message was in the requests that failed: its own path goes on from
+                # what the batch spent (``options`` travels with its retries).
+                for message in messages:
+                    message.options["failures"] = \
+                        int(message.options.get("failures", 0)) + budget.failures
             return None
+
+    def _budget(self) -> retry_budget.Budget | None:
+        """The batch's retry budget: the failure middleware's, with one delivery's
+        deadline, so in-call retries of a batch are bounded like a message's."""
+        from bus.retry import FailureClasses  # bus.retry imports this package's parent
+
+        for middleware in self.broker.middleware:
+            if isinstance(middleware, FailureClasses):
+                deadline = time.monotonic() + middleware.delivery_s \
+                    if middleware.delivery_s else None
+                return retry_budget.Budget(limit=middleware.budget, deadline=deadline)
+        return None
+
+    def _apply(self, handler, consumer, messages: Sequence[Any]) -> list[Any]:
+        """Claims (with an inbox), the handler and the commit; raises when the batch fails."""
+        if consumer and self.engine is not None:
+            with self.engine.connect() as conn, conn.begin():
+                ids = [inbox.message_id_of(m) for m in messages]
+                fresh = inbox.claim_many(conn, consumer, ids)
+                todo = []
+                for message, message_id in zip(messages, ids, strict=True):
+                    if message_id in fresh:
+                        fresh.discard(message_id)  # a second copy in the batch has none
+                        todo.append(message)
+                if len(todo) < len(messages):
+                    log.debug("%d of %d messages on %s were already applied by %s.",
+                              len(messages) - len(todo), len(messages), self.queue_name,
+                              consumer)
+                handed: Sequence[Any] = todo
+                left = None
+                if todo:
+                    with inbox.bound(conn):
+                        left = handler([_arg(m) for m in todo])
+                if left:
+                    # Their claims would commit with the batch and the per-message
+                    # path would then skip them as applied.
+                    raise RuntimeError("a batch handler with an inbox cannot leave "
+                                       "messages to the per-message path")
+        else:
+            handed = messages
+            left = handler([_arg(m) for m in messages])
         BATCHES.labels(queue=self.queue_name, outcome="committed").inc()
         return [handed[i] for i in left] if left else []
 

@@ -66,9 +66,10 @@ RECORDED = Counter(
     ["failure_class"],
 )
 
-#: Options dramatiq and brokers add while a message travels; a replay starts clean.
+#: Options dramatiq, brokers and ``bus.retry`` add while a message travels; a replay starts
+#: clean (its retry budget too: the record keeps the history).
 _TRANSIENT_OPTIONS = ("traceback", "eta", "redis_message_id", "requeue_timestamps",
-                      "dead_message", "retries")
+                      "dead_message", "retries", "failures", "retry_history")
 
 
 class ExceptionRecord(BusTable, table=True):

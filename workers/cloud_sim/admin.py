@@ -25,6 +25,12 @@ class SimulatorAdmin:
         response.raise_for_status()
         return response.json()
 
+    def stats(self) -> dict:
+        """``{"injected": {kind: count}, "requests": n}`` since the start or last reset."""
+        response = self.http.get("/admin/stats")
+        response.raise_for_status()
+        return response.json()
+
     def person_upsert(self, record: CanonicalRecord, writer: str) -> None:
         """``writer`` edits the record by hand: no source version, no idempotency key."""
         entity_set = RESOURCES[record.domain]

@@ -20,6 +20,8 @@ Routes (``{set}`` is an entity set of ``coexistence.cloud.models.RESOURCE_MODELS
                                      (``checksum``)
 ``GET  /changes?after=&limit=``      change feed, strictly increasing ``cursor``, ``clientId``
 ``GET|PUT /admin/faults``            read or replace the fault settings (see ``faults``)
+``GET  /admin/stats``                faults injected so far, by kind (``injected``), and
+                                     requests answered outside ``/admin`` (``requests``)
 ``POST /admin/reset``                forget everything (data, feed, keys, faults): tests
 ``*    /admin/as/{client}/...``      any request above made as another client (a person's
                                      write in tests), exempt from faults and rate limits
@@ -115,6 +117,9 @@ class CloudSimulator:
         self.buckets: dict[str, LocalTokenBucket] = {}
         self.base_url = ""
         self._clock = clock
+        #: Faults injected so far, by kind, and requests seen (``/admin/stats``).
+        self.injected: dict[str, int] = {}
+        self.requests = 0
 
     # ----------------------------------------------------------------- entry point
 
@@ -125,10 +130,15 @@ class CloudSimulator:
             if path.startswith("/admin/"):
                 if path == "/admin/faults":
                     return self._admin_faults(req)
+                if path == "/admin/stats" and req.method == "GET":
+                    return json_response(200, {"injected": dict(self.injected),
+                                               "requests": self.requests})
                 if path == "/admin/reset" and req.method == "POST":
                     self.store.reset()
                     self.faults = Faults()
                     self.buckets.clear()
+                    self.injected.clear()
+                    self.requests = 0
                     return json_response(204, None)
                 match = re.match(r"^/admin/as/([^/]+)(/.*)$", path)
                 if not match:
@@ -145,6 +155,9 @@ class CloudSimulator:
     async def _guarded(self, req: Request, client: str) -> Response:
         is_write = req.method in ("POST", "PATCH", "DELETE", "PUT")
         fault = self.faults.draw(is_write)
+        self.requests += 1
+        if fault is not None:
+            self.injected[fault] = self.injected.get(fault, 0) + 1
         retry_after = [("Retry-After", str(int(self.faults.retry_after_s)))]
         if fault == "429":
             raise ApiError(429, "TooManyRequests", "injected 429 burst", headers=retry_after)

@@ -44,6 +44,12 @@ def record_detail(r: ExceptionRecord, actions: Iterable[dict[str, Any]] = ()
     out["status_changed_at"] = iso(r.status_changed_at)
     out["envelope"] = r.envelope_dict()
     out["message"] = r.message_dict()
+    options = (out["message"] or {}).get("options") or {}
+    if options.get("retry_history"):
+        # The retry budget's account (``bus.budget``): failed attempts over all layers,
+        # one line per failed delivery.
+        out["failed_attempts"] = options.get("failures")
+        out["retry_history"] = options["retry_history"]
     if r.raw is not None:
         preview = r.raw[:RAW_PREVIEW_BYTES]
         out["raw_bytes"] = len(r.raw)
