@@ -204,3 +204,13 @@ def test_max_retries_still_ends_a_message_with_budget_left(broker, store, worker
     assert len(calls) == 2
     assert "2 deliveries (1 retries), 2 failed attempts of 7" in \
         store.records[0]["error_message"]
+
+
+def test_a_replay_starts_with_a_fresh_budget():
+    from bus.exception_store import reset_for_replay
+
+    message = {"queue_name": "coexist.write.cloud.DQ", "options": {
+        "retries": 3, "failures": 24, "retry_history": ["..."], "max_retries": 9}}
+    options = reset_for_replay(message, 7)["options"]
+    assert "failures" not in options and "retry_history" not in options
+    assert options["retries"] == 0 and options["max_retries"] == 9
