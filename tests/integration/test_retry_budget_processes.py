@@ -185,6 +185,9 @@ def test_a_failing_cloud_write_spends_one_budget_then_replays_from_the_cli(home,
         assert all("HTTP 503" in h for h in history)
         assert detail["attempts"] == 3  # deliveries
         assert not _cloud_has(url, "10002")
+        traced = coexist(env, "trace", "customer:10002", "--format", "json")
+        assert traced.returncode == 0, traced.stdout + traced.stderr
+        assert f"retry budget spent: {BUDGET} failed attempts" in traced.stdout
 
         # 3. The cloud recovers; the operator replays through the CLI; the writer applies.
         admin.faults()
