@@ -24,9 +24,13 @@ class BusinessError(BusError):
 
 
 class TechnicalError(BusError):
-    """Always retried (up to the retry policy): the world was unavailable."""
+    """Always retried (up to the retry policy): the world was unavailable.
+
+    ``retry_after_s``: the least wait the failing service asked for (``Retry-After``);
+    the bus's next delivery waits at least that long (up to its backoff cap)."""
 
     retryable = True
+    retry_after_s: float | None = None
 
 
 class MessageDecodeError(BusinessError):

@@ -216,6 +216,10 @@ class FailureClasses(Middleware):
         )
         if isinstance(exception, Retry) and exception.delay is not None:
             delay = min(exception.delay, self.max_backoff_ms)
+        asked = getattr(exception, "retry_after_s", None)
+        if isinstance(asked, int | float) and asked > 0:
+            # The service's Retry-After is a floor for the next delivery too.
+            delay = max(delay, min(int(asked * 1000), self.max_backoff_ms))
         retry = message.copy(options={"retries": retries + 1, **state})
         log.info(
             "Retrying message %s (%d/%d, %d/%d failed attempts) in %d ms after %s.",

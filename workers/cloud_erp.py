@@ -600,14 +600,22 @@ class CloudErp:
                 budget.failed()
             if attempt + 1 < self.attempts:
                 wait = self._backoff(attempt, retry_after)
+                if budget is not None and retry_after is not None \
+                        and retry_after > self.max_backoff_s:
+                    # Asked to wait longer than an in-call wait may: no attempt spent on a
+                    # too-early retry; the bus's next delivery waits Retry-After out.
+                    stopped = f" (Retry-After {retry_after:g} s: retried by the bus)"
+                    break
                 if budget is not None and not budget.may_retry(wait):
                     stopped = (f" (message retry budget: {budget.spent} of {budget.limit} "
                                "failed attempts spent)" if budget.left <= 0 else
                                f" (delivery deadline: next try in {wait:.1f} s is too late)")
                     break
                 self.sleep(wait)
-        raise retry_budget.counted(CloudTechnicalError(
-            f"cloud ERP {method} {path} failed {made} times{stopped}; last: {failure}"))
+        error = CloudTechnicalError(
+            f"cloud ERP {method} {path} failed {made} times{stopped}; last: {failure}")
+        error.retry_after_s = retry_after
+        raise retry_budget.counted(error)
 
     def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
         # Full jitter spreads a fleet's retries; Retry-After is a floor, the cap a ceiling.

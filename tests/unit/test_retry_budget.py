@@ -214,3 +214,39 @@ def test_a_replay_starts_with_a_fresh_budget():
     options = reset_for_replay(message, 7)["options"]
     assert "failures" not in options and "retry_history" not in options
     assert options["retries"] == 0 and options["max_retries"] == 9
+
+
+def test_a_retry_after_beyond_the_in_call_cap_goes_to_the_bus():
+    cloud = Failing(429, retry_after="60")
+    with _erp(cloud) as erp, retry_budget.scope(retry_budget.Budget(limit=24)), \
+            pytest.raises(CloudTechnicalError, match="Retry-After 60 s: retried by the bus") \
+            as caught:
+        erp.get("customer", "C1")
+    assert cloud.requests == 1  # no in-call attempt spent before the server's time
+    assert caught.value.retry_after_s == 60
+
+
+class _Enqueued:
+    def __init__(self):
+        self.delays = []
+
+    def get_actor(self, name):
+        raise LookupError(name)
+
+    def enqueue(self, message, *, delay=None):
+        self.delays.append(delay)
+
+
+def test_the_bus_waits_at_least_retry_after_up_to_its_cap():
+    middleware = retry.FailureClasses(FakeStore(), min_backoff_ms=100, max_backoff_ms=90_000)
+    broker = _Enqueued()
+    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={},
+                               options={})
+    error = CloudTechnicalError("429")
+    error.retry_after_s = 60
+    middleware._route(broker, message, error)
+    error.retry_after_s = 3600
+    middleware._route(broker, message, error)
+    middleware._route(broker, message, CloudTechnicalError("no Retry-After"))
+    assert broker.delays[0] == 60_000 and broker.delays[1] == 90_000
+    assert broker.delays[2] <= 100
