@@ -26,6 +26,7 @@ from tests.support.receiver import serving
 from tests.support.state import upgraded_state
 from workers.bootstrap import App
 from workers.config import Settings, SubscriptionSection
+from workers.portal.asgi import read_body
 from workers.portal.events import webhook_id
 from workers.portal.store import DELIVERED, DELIVERY
 
@@ -56,12 +57,7 @@ class DedupingReceiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status = 204
         try:

@@ -23,6 +23,8 @@ from typing import Any
 
 import uvicorn
 
+from workers.portal.asgi import read_body
+
 
 @dataclass
 class Received:
@@ -64,12 +66,7 @@ class Receiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         with self._lock:

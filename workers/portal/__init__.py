@@ -4,5 +4,6 @@
 * ``events``: canonical events -> queued webhook messages (the channel handler);
 * ``delivery``: the dispatcher (lanes per endpoint, retries, disables, dead letters);
 * ``signing``: Standard Webhooks signatures;
-* ``store``: the delivery, attempt and object-state tables.
+* ``store``: the delivery, attempt and object-state tables;
+* ``asgi``: ``read_body``, the request body of the small ASGI receivers.
 """
