@@ -82,8 +82,9 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", LENGTH), (b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": BODY})
+# The same server stack as `coexist api serve` (httptools, no proxy-headers middleware).
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-            access_log=False, lifespan="off")
+            access_log=False, lifespan="off", http="httptools", proxy_headers=False)
 """
 
 

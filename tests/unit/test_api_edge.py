@@ -109,3 +109,57 @@ def test_a_kept_answer_is_never_served_to_another_credential(world):
     assert client.get(f"/v1/customers/{w.ACCOUNT}/credit",
                       headers={"Authorization": "Bearer nope"}).status_code == 401
     assert len(computed) > made  # the partner's request was evaluated, not served warm
+
+
+def _edge_body(data) -> dict:
+    return {"schema_version": 1, "data": data, "meta": {
+        "answered_by": [{"domain": "customer", "system": "legacy", "flag_version": 3}],
+        "cached": False, "stale": False, "age_s": 1.5, "max_age_s": 10}}
+
+
+class _Flags:
+    def state(self, domain):
+        from types import SimpleNamespace
+        return SimpleNamespace(version=3)
+
+
+def _scope():
+    return {"path": "/v1/customers/1/credit", "query_string": b"",
+            "headers": [(b"authorization", b"Bearer t")]}
+
+
+def test_a_kept_answers_bytes_are_what_encoding_it_anew_gives():
+    import asyncio
+    import json
+
+    from workers.api.edge import EdgeCache
+
+    clock = Clock()
+    edge = EdgeCache(_Flags(), clock)
+    body = _edge_body({"name": "Zoë \"age_s\": 1", "limit": "10.00"})
+    edge.put(_scope(), body)
+    clock.now += 2.25
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    entry = edge.get(_scope())
+    cid, age = asyncio.run(edge.serve(entry, _scope(), send,
+                                      headers=[(b"ratelimit", b"r=1")]))
+    expected = {**body, "meta": {**body["meta"], "cached": True, "age_s": 3.75}}
+    raw = sent[1]["body"]
+    assert age == 3.75
+    assert raw == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-length"] == str(len(raw)).encode()
+    assert headers[b"age"] == b"3" and headers[b"ratelimit"] == b"r=1"
+    assert headers[b"x-correlation-id"] == cid
+
+
+def test_an_answer_holding_the_age_marker_itself_is_not_kept():
+    from workers.api.edge import _AGE, EdgeCache
+
+    edge = EdgeCache(_Flags(), Clock())
+    edge.put(_scope(), _edge_body({"name": _AGE}))
+    assert edge.get(_scope()) is None

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import re
-import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
@@ -40,6 +39,7 @@ from workers.api import idempotency
 from workers.api.auth import Consumer
 from workers.api.deps import ApiDeps
 from workers.api.edge import EdgeCache
+from workers.api.ids import new_correlation_id
 from workers.api.limits import Budget, ConsumerLimits, with_headers
 from workers.api.schemas import (
     API_SCHEMA_VERSION,
@@ -121,7 +121,7 @@ class CorrelationMiddleware:
             if name == b"x-correlation-id":
                 given = value.decode("latin-1")
                 break
-        cid = given if given and _CORRELATION.match(given) else str(uuid.uuid4())
+        cid = given if given and _CORRELATION.match(given) else new_correlation_id()
         scope.setdefault("state", {})["correlation_id"] = cid
         token = context.correlation_id.set(cid)
 
@@ -139,7 +139,7 @@ class CorrelationMiddleware:
 
 
 def _cid(request: Request) -> str:
-    return request.scope.get("state", {}).get("correlation_id") or str(uuid.uuid4())
+    return request.scope.get("state", {}).get("correlation_id") or new_correlation_id()
 
 
 def parse_idempotency_key(raw: str) -> str:
@@ -169,22 +169,34 @@ class GovernedApi(FastAPI):
             return
         limits = self.limits
         consumer = None
+        verdict = None
+        authorization = correlation = None
+        for name, value in scope["headers"]:  # one pass for both (the warm path's lookups)
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif name == b"x-correlation-id" and correlation is None:
+                correlation = value
         if limits is not None:
-            consumer = limits.consumer_of(scope)
+            consumer = limits.consumer_for(authorization)
             if consumer is not None:
                 verdict = await limits.take(consumer)
                 if not verdict.allowed:
                     await limits.refuse(verdict, scope, send)
                     return
-                send = with_headers(send, verdict.headers())
         edge = self.edge
-        if edge is not None and scope["method"] == "GET":
-            entry = edge.get(scope)
+        if edge is not None and scope["method"] == "GET" and authorization is not None:
+            entry = edge.get(scope, authorization)
             if entry is not None:
-                cid, meta = await edge.serve(entry, scope, send)
-                if consumer is not None and self.inquiry_trace is not None:
-                    self.inquiry_trace.record(consumer, scope, 200, meta, cid.decode())
+                cid, age = await edge.serve(
+                    entry, scope, send, correlation_id=correlation,
+                    headers=verdict.headers() if verdict is not None else ())
+                trace = self.inquiry_trace
+                if consumer is not None and trace is not None and trace.admit():
+                    trace.keep(consumer, scope, 200, edge.meta(entry, age), cid.decode())
                 return
+        if verdict is not None:
+            send = with_headers(send, verdict.headers())
         await super().__call__(scope, receive, send)
 
 

@@ -13,8 +13,9 @@ What makes a hit the same answer the full path would give:
 * it expires when its oldest read would (``max_age_s - age_s`` after it was made), and is
   ignored as soon as any domain it read has a new flag version (a switch misses at once,
   as the read cache does);
-* the body is re-encoded with ``meta.cached = true`` and ``meta.age_s`` of now, with the
-  same ``Cache-Control``/``Age`` headers, and the request's ``X-Correlation-Id`` (or a new
+* the body, with ``meta.cached = true``, is encoded once when kept; each hit splices
+  ``meta.age_s`` of now into those bytes (the same bytes ``json.dumps`` would give), with
+  the same ``Cache-Control``/``Age`` headers, and the request's ``X-Correlation-Id`` (or a new
   one) like every answer;
 * the key holds the exact credential that the full path authenticated (consumers are fixed
   for the life of the process), so a hit is never served to another caller.
@@ -28,17 +29,27 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from coexistence.flags import FlagSource
+from workers.api.ids import new_correlation_id
 
 #: Answers kept (LRU).
 MAX_ENTRIES = 20_000
 _CORRELATION = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+#: Stands for ``meta.age_s`` in a kept answer's encoding; split out at ``put``.
+_AGE = "\x00coexist-age\x00"
+_AGE_JSON = json.dumps(_AGE).encode()
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,11 @@ class Entry:
     stored_at: float
     base_age_s: float
     expires_at: float
+    #: The answer as sent (``meta.cached`` true), encoded once: the bytes before and after
+    #: the value of ``meta.age_s``, which ``serve`` puts between them.
+    head: bytes = b""
+    tail: bytes = b""
+    cache_control: bytes = b""
 
 
 class EdgeCache:
@@ -61,12 +77,13 @@ class EdgeCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(scope) -> tuple | None:
-        auth = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                auth = value
-                break
+    def key(scope, authorization: bytes | None = None) -> tuple | None:
+        auth = authorization
+        if auth is None:
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    auth = value
+                    break
         if auth is None:
             return None
         return (auth, scope["path"], scope.get("query_string", b""))
@@ -78,53 +95,66 @@ class EdgeCache:
         key = self.key(scope)
         if key is None:
             return
+        head, marker, tail = _encode(
+            {**body, "meta": {**meta, "cached": True, "age_s": _AGE}}).rpartition(_AGE_JSON)
+        if not marker or _AGE_JSON in head:
+            return  # the answer itself holds the marker: not kept (never spliced wrongly)
         versions = tuple(sorted({(s["domain"], s["flag_version"])
                                  for s in meta["answered_by"]}))
         now = self.clock()
         entry = Entry(body, versions, now, meta["age_s"],
-                      now + max(meta["max_age_s"] - meta["age_s"], 0.0))
+                      now + max(meta["max_age_s"] - meta["age_s"], 0.0), head, tail,
+                      f"max-age={int(meta['max_age_s'])}".encode())
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def get(self, scope) -> Entry | None:
-        key = self.key(scope)
+    def get(self, scope, authorization: bytes | None = None) -> Entry | None:
+        key = self.key(scope, authorization)
         if key is None:
             return None
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
             return None
+        flags = self.flags
         if self.clock() >= entry.expires_at or any(
-                self.flags.state(domain).version != version
-                for domain, version in entry.versions):
+                flags.state(domain).version != version for domain, version in entry.versions):
             with self._lock:
                 if self._entries.get(key) is entry:
                     del self._entries[key]
             return None
         return entry
 
-    async def serve(self, entry: Entry, scope, send) -> tuple[bytes, dict[str, Any]]:
-        """Send the kept answer; its correlation id and ``meta`` (for the inquiry trace)."""
-        age = entry.base_age_s + max(self.clock() - entry.stored_at, 0.0)
-        body = {**entry.body, "meta": {**entry.body["meta"], "cached": True,
-                                       "age_s": round(age, 3)}}
-        raw = json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None,
-                         separators=(",", ":")).encode()
-        cid = None
-        for name, value in scope["headers"]:
-            if name == b"x-correlation-id":
-                cid = value if _CORRELATION.match(value) else None
-                break
-        cid = cid or str(uuid.uuid4()).encode()
-        meta = body["meta"]
+    async def serve(self, entry: Entry, scope, send, *, correlation_id: bytes | None = None,
+                    headers: list[tuple[bytes, bytes]] | tuple = ()
+                    ) -> tuple[bytes, float]:
+        """Send the kept answer (with ``headers`` added: the rate-limit fields); its
+        correlation id (the request's ``correlation_id`` when valid, else found in
+        ``scope`` or new) and the ``meta.age_s`` it carried.  The body is the kept
+        encoding with the age spliced in: what ``json.dumps`` of the answer would give."""
+        age = round(entry.base_age_s + max(self.clock() - entry.stored_at, 0.0), 3)
+        cid = correlation_id
+        if cid is None:
+            for name, value in scope["headers"]:
+                if name == b"x-correlation-id":
+                    cid = value
+                    break
+        if cid is None or not _CORRELATION.match(cid):
+            cid = new_correlation_id().encode()
+        raw = b"%b%r%b" % (entry.head, age, entry.tail)
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-length", str(len(raw)).encode()),
+            (b"content-length", b"%d" % len(raw)),
             (b"content-type", b"application/json"),
-            (b"cache-control", f"max-age={int(meta['max_age_s'])}".encode()),
-            (b"age", str(int(age)).encode()),
-            (b"x-correlation-id", cid)]})
+            (b"cache-control", entry.cache_control),
+            (b"age", b"%d" % int(age)),
+            (b"x-correlation-id", cid), *headers]})
         await send({"type": "http.response.body", "body": raw})
-        return cid, meta
+        return cid, age
+
+    @staticmethod
+    def meta(entry: Entry, age: float) -> dict[str, Any]:
+        """The ``meta`` a served answer carried (for the inquiry trace)."""
+        return {**entry.body["meta"], "cached": True, "age_s": age}

@@ -28,17 +28,18 @@ Requests without a valid credential draw from no bucket (they are answered 401).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 from prometheus_client import Counter
 
 from workers.api.auth import Consumer, Consumers
+from workers.api.ids import new_correlation_id
 from workers.api.schemas import Problem
 from workers.ratelimit import AsyncRedisTokenBucket, LocalTokenBucket, Taken
 
@@ -64,6 +65,11 @@ FALLBACKS = Counter("coexist_api_ratelimit_fallback_total",
                     "not answer")
 
 
+@functools.lru_cache(maxsize=256)
+def _policy(burst: int, window_s: int) -> bytes:
+    return f'"{POLICY}";q={burst};w={window_s}'.encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     rate_per_s: float
@@ -75,7 +81,7 @@ class Budget:
         return max(1, math.ceil(self.burst / self.rate_per_s))
 
     def policy(self) -> bytes:
-        return f'"{POLICY}";q={self.burst};w={self.window_s}'.encode()
+        return _policy(self.burst, self.window_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +130,14 @@ class ConsumerLimits:
     def consumer_of(self, scope) -> Consumer | None:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                return self.consumers.authenticate(value.decode("latin-1"))
+                return self.consumer_for(value)
         return None
+
+    def consumer_for(self, authorization: bytes | None) -> Consumer | None:
+        """The consumer of an ``Authorization`` header's value (``None``: no valid one)."""
+        if authorization is None:
+            return None
+        return self.consumers.authenticate(authorization.decode("latin-1"))
 
     def _local_take(self, consumer: Consumer, budget: Budget) -> Taken:
         bucket = self._local.get(consumer.name)
@@ -219,4 +231,4 @@ def correlation_of(scope) -> str:
             if _CORRELATION.match(value):
                 return value.decode("latin-1")
             break
-    return str(uuid.uuid4())
+    return new_correlation_id()

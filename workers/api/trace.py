@@ -76,6 +76,9 @@ QUEUE_MAX = 10_000
 UNTRACED = Counter("coexist_api_inquiries_untraced_total",
                    "Inquiries not kept in the inquiry trace (sampled out, over the per-second "
                    "cap, queue full, or the write failed)", ["reason"])
+_SAMPLED_OUT = UNTRACED.labels("sampled_out")
+_OVER_CAP = UNTRACED.labels("over_cap")
+_QUEUE_FULL = UNTRACED.labels("queue_full")
 
 
 class ApiInquiry(StateTable, table=True):
@@ -145,18 +148,29 @@ class InquiryTrace:
     def record(self, consumer, scope, status: int, meta: dict[str, Any] | None,
                correlation_id: str) -> None:
         """Keep this inquiry if the sample and the cap allow; never blocks on the DB."""
+        if self.admit():
+            self.keep(consumer, scope, status, meta, correlation_id)
+
+    def admit(self) -> bool:
+        """Whether the next inquiry is to be kept (the sample, the cap, the queue's room);
+        one not admitted is counted by reason.  ``keep`` it when true."""
         if not self.enabled:
-            return
+            return False
         if self.sample < 1 and random.random() >= self.sample:
-            UNTRACED.labels("sampled_out").inc()
-            return
+            _SAMPLED_OUT.inc()
+            return False
         assert self._bucket is not None
         if self._bucket.try_acquire() > 0:
-            UNTRACED.labels("over_cap").inc()
-            return
+            _OVER_CAP.inc()
+            return False
         if len(self._queue) >= QUEUE_MAX:
-            UNTRACED.labels("queue_full").inc()
-            return
+            _QUEUE_FULL.inc()
+            return False
+        return True
+
+    def keep(self, consumer, scope, status: int, meta: dict[str, Any] | None,
+             correlation_id: str) -> None:
+        """Queue an admitted inquiry for the trace's writer thread."""
         query = scope.get("query_string", b"")
         targets = targets_of(scope["path"], query)
         if not targets:
