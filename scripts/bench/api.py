@@ -84,7 +84,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 # The same server stack as `coexist api serve` (httptools, no proxy-headers middleware).
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-            access_log=False, lifespan="off", http="httptools", proxy_headers=False)
+            access_log=False, lifespan="off", http=sys.argv[2], proxy_headers=False)
 """
 
 
@@ -177,7 +177,7 @@ def _wrk(urls, auth, concurrency, duration_s) -> dict:
 
 
 #: The load generator chosen on the command line (``main``).
-GENERATOR = {"name": "loadgen", "processes": 2}
+GENERATOR = {"name": "loadgen", "processes": 2, "http": "httptools"}
 
 
 def _loadgen(urls, auth, concurrency, duration_s, body: str | None = None,
@@ -233,7 +233,7 @@ def measured(proc: subprocess.Popen, run) -> tuple[dict, float]:
 
 def bare_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), GENERATOR["http"]])
     url = f"http://127.0.0.1:{port}/"
     wait_http(url)
     return proc, url
@@ -270,7 +270,7 @@ def inquiry(args, home: Path) -> None:
         port = free_port()
         proc = subprocess.Popen(
             [str(BIN / "coexist"), "api", "serve", "--port", str(port), "--log-level",
-             "warning"], env={**env, "COEXIST_API_CACHE_TTL_S": ttl})
+             "warning", "--http", GENERATOR["http"]], env={**env, "COEXIST_API_CACHE_TTL_S": ttl})
         base = f"http://127.0.0.1:{port}"
         urls = [f"{base}/v1/customers/{k}/credit" for k in keys]
         paced = []
@@ -304,7 +304,8 @@ def inquiry(args, home: Path) -> None:
             "server_runqueue_wait_ms_per_s": figure["server_runqueue_wait_ms_per_s"],
             "statuses": figure.get("statuses"), "warmup_statuses": sorted(statuses),
             "generator_cpu_us_per_request": figure.get("generator_cpu_us_per_request"),
-            "keys": len(keys), "load_generator": figure["load_generator"],
+            "keys": len(keys), "http": GENERATOR["http"],
+            "load_generator": figure["load_generator"],
             "loadavg": os.getloadavg()}), flush=True)
         for (fig, cpu), bare_fig, fraction, rate in zip(paced, bare_paced,
                                                         args.paced_fraction, rates,
@@ -324,6 +325,7 @@ def inquiry(args, home: Path) -> None:
                 "baseline_runqueue_wait_ms_per_s": bare_fig["server_runqueue_wait_ms_per_s"],
                 "statuses": fig.get("statuses"),
                 "generator_cpu_us_per_request": fig.get("generator_cpu_us_per_request"),
+                "http": GENERATOR["http"],
                 "load_generator": fig["load_generator"] + ", open loop",
                 "loadavg": os.getloadavg()}), flush=True)
 
@@ -477,7 +479,7 @@ def orders(args, home: Path) -> None:
         stop(bare)
     port = free_port()
     proc = subprocess.Popen([str(BIN / "coexist"), "api", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=env)
+                             "--log-level", "warning", "--http", GENERATOR["http"]], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/v1/openapi.json")
@@ -611,13 +613,16 @@ def main() -> None:
     p.add_argument("--generator", choices=["loadgen", "wrk"], default="loadgen")
     p.add_argument("--gen-processes", type=int, default=2,
                    help="loadgen processes sharing the connections")
+    p.add_argument("--http", choices=["httptools", "h11"], default="httptools",
+                   help="uvicorn's HTTP implementation, for the API and the bare endpoint "
+                        "alike (coexist api serve --http).")
     p.add_argument("--paced-fraction", type=float, nargs="+", default=[0.5],
                    help="The paced warm runs' rates, as fractions of the bare endpoint's.")
     p.add_argument("--py-spy", metavar="DIR",
                    help="Record the server with py-spy --gil during each paced run (raw "
                         "collapsed stacks in DIR).")
     args = p.parse_args()
-    GENERATOR.update(name=args.generator, processes=args.gen_processes)
+    GENERATOR.update(name=args.generator, processes=args.gen_processes, http=args.http)
     with tempfile.TemporaryDirectory(prefix="coexist-bench-api-") as tmp:
         if args.only in (None, "inquiry"):
             inquiry(args, Path(tmp))

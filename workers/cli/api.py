@@ -72,11 +72,15 @@ def api() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--log-level", default="info", show_default=True)
+@click.option("--http", "http_impl", type=click.Choice(["httptools", "h11"]),
+              default="httptools", show_default=True,
+              help="uvicorn's HTTP implementation (h11: pure Python, about twice the CPU "
+                   "per request).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics (requests and 429s per consumer) on "
                    "127.0.0.1:PORT.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, log_level: str,
+def serve(ctx: click.Context, host: str, port: int, log_level: str, http_impl: str,
           metrics_port: int | None) -> None:
     """Serve the API until SIGTERM (uvicorn finishes the requests in flight)."""
     import uvicorn
@@ -101,7 +105,7 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str,
         # the process's GIL time on the warm inquiry path (py-spy); no proxy-headers
         # middleware: nothing here reads the client's address.
         uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False,
-                    lifespan="off", http="httptools", proxy_headers=False)
+                    lifespan="off", http=http_impl, proxy_headers=False)
     finally:
         if asgi is not None and asgi.inquiry_trace is not None:
             asgi.inquiry_trace.close()  # the last second's sampled inquiries
