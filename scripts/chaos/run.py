@@ -66,6 +66,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crm_channel import ACTIONS as CRM_ACTIONS  # noqa: E402
 from crm_channel import CRM_WAIT_S, CrmChannel, CrmPlan  # noqa: E402
+from edi_channel import EdiChannel  # noqa: E402
+from edi_channel import wait as wait_edi  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("COEXIST_CHAOS_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -73,23 +75,23 @@ REDIS_URL = os.environ.get("COEXIST_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/0"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 #: name -> (customers, people's edits, worker kills, router kills, connection closes,
-#: cloud fault windows)
+#: cloud fault windows, the CRM's people and faults, 850s the EDI partner sends)
 SCALES = {
     "tiny": dict(customers=60, edits=200, worker_kills=2, router_kills=1, closes=1,
                  cloud_windows=1, crm=CrmPlan(onboard=2, duplicate=2, contact=2, forbidden=2,
-                                              locks=1, limits=1)),
+                                              locks=1, limits=1), edi=5),
     "small": dict(customers=200, edits=600, worker_kills=3, router_kills=1, closes=1,
                   cloud_windows=1, crm=CrmPlan(onboard=4, duplicate=4, contact=4, forbidden=4,
-                                               locks=2, limits=1)),
+                                               locks=2, limits=1), edi=10),
     "medium": dict(customers=2_000, edits=10_000, worker_kills=10, router_kills=2, closes=2,
                    cloud_windows=3, crm=CrmPlan(onboard=20, duplicate=10, contact=20,
-                                                forbidden=20, locks=4, limits=2)),
+                                                forbidden=20, locks=4, limits=2), edi=60),
     "full": dict(customers=20_000, edits=100_000, worker_kills=12, router_kills=3, closes=3,
                  cloud_windows=4, crm=CrmPlan(onboard=50, duplicate=20, contact=50,
-                                              forbidden=50, locks=6, limits=3)),
+                                              forbidden=50, locks=6, limits=3), edi=200),
 }
 #: The channels a run drives besides the two ERPs (``--channels``).
-CHANNELS = ("crm", "deletes")
+CHANNELS = ("crm", "deletes", "edi")
 #: Share of people's edits typed into the ERP that is not the SoR (stray writes).
 STRAY_SHARE = 0.03
 #: Share of people's changes that delete the customer in the SoR (a clerk closing a
@@ -103,6 +105,7 @@ REVIEWED = {
     "CrmDuplicateAccount": "duplicate accounts saved in the CRM, no customer created",
     "CrmRefused:DUPLICATES_DETECTED": "ERP customers the CRM's duplicate rule calls one "
                                       "company (the seed's look-alikes), to merge by hand",
+    "EdiDuplicateInterchange": "interchanges the EDI partner sent twice, answered TA1 025",
 }
 #: Seconds after a fault counted as "during the fault" in the throughput figures.
 FAULT_WINDOW_S = 10
@@ -134,6 +137,7 @@ class Estate:
     sim_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     crm: CrmChannel | None = None
+    edi: EdiChannel | None = None
 
     @property
     def state_url(self) -> str:
@@ -439,8 +443,9 @@ class Run:
         e = self.estate
         engine = create_legacy_engine(e.legacy_url)
         create_legacy_schema(engine)
+        # The EDI partner orders products: their units come from the SoR's catalogue.
         seed_legacy(engine, SampleSpec(customers=self.scale["customers"], products=20),
-                    domains=("customer",))
+                    domains=("customer", "product") if e.edi is not None else ("customer",))
         with engine.connect() as conn:
             keys = [str(int(k)) for (k,) in conn.execute(text('SELECT "CUSTNO" FROM "CUSTMAST"'))]
         engine.dispose()
@@ -549,6 +554,8 @@ class Run:
                  + ["close_connections"] * s["closes"] + ["cloud_faults"] * s["cloud_windows"])
         if self.estate.crm is not None:
             kinds += s["crm"].kinds()
+        if self.estate.edi is not None:
+            kinds += ["edi_850"] * s["edi"]
         rng = random.Random(self.args.seed)
         rng.shuffle(kinds)
         # Spread them over the middle 80 % of the load, away from the switches.
@@ -557,6 +564,10 @@ class Run:
 
     def inject(self, kind: str, people: People | None = None) -> None:
         e = self.estate
+        if kind.startswith("edi_"):
+            e.edi.act(kind, people.legacy)
+            self.changes[kind] += 1
+            return
         if kind.startswith("crm_"):
             e.crm.act(kind, people.legacy, self.clerk_keys)
             if kind in CRM_ACTIONS:
@@ -735,7 +746,8 @@ class Run:
         if self.estate.crm is not None:
             crm = self.estate.crm.verdict(people.sor_customers(), people.cloud_get,
                                           people.deleted, records)
-        return {"crm": crm, "touched_records": len(touched), "lost": len(lost),
+        edi = self.estate.edi.verdict(people.engine) if self.estate.edi is not None else None
+        return {"crm": crm, "edi": edi, "touched_records": len(touched), "lost": len(lost),
                 "regressed": len(regressed), "diverged": len(diverged),
                 "deletes": {"made": len(deleted), "gone_from_both": len(gone)},
                 "examples": {"lost": lost[:5], "regressed": regressed[:5],
@@ -783,6 +795,8 @@ class Run:
             return crm is not None and record["key"] in crm.lookalikes
         if kind == "CrmRefused:UNABLE_TO_LOCK_ROW":
             return crm is not None and record["key"] in crm.truth.locked
+        if kind == "EdiDuplicateInterchange":
+            return self.estate.edi is not None and bool(self.estate.edi.resent)
         return self._fault_explains(record)
 
     def _fault_explains(self, record: dict) -> bool:
@@ -874,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
     estate = Estate(uuid.uuid4().hex[:8], home)
     if "crm" in channels:
         estate.crm = CrmChannel(home, free_port(), args.seed)
+    if "edi" in channels:
+        estate.edi = EdiChannel(home, args.seed)
     started = time.monotonic()
     run = Run(args, estate)
     sup: Supervisor | None = None
@@ -884,22 +900,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provision(estate)
         keys = run.setup()
+        if estate.edi is not None:
+            # The partner's customer: one the CRM's people do not take (they take from the
+            # end), the clerks do not edit or delete (taken out of their keys below).
+            avoid = estate.crm.find_lookalikes(people_seed(estate)) if estate.crm else set()
+            estate.edi.choose(keys, avoid)
+            with (home / "coexist.toml").open("a") as f:
+                f.write(estate.edi.toml())
+            estate.env.update(estate.edi.env())
         sup = run.start_processes()
         run.backfill_and_shadow()
         clerk_keys = keys
         if estate.crm is not None:
             estate.crm.find_lookalikes(people_seed(estate))
             clerk_keys = estate.crm.reserve(keys)
+        if estate.edi is not None:
+            clerk_keys = [k for k in clerk_keys if k != estate.edi.customer]
         run.clerk_keys = clerk_keys
         people = People(estate, clerk_keys, args.seed,
                         delete_share=DELETE_SHARE if "deletes" in channels else 0.0)
         initial = {k: people.legacy.get("customer", k).credit_limit for k in clerk_keys}
+        if estate.edi is not None:
+            estate.edi.connect(people.legacy)
         load_started = time.time()
         run.load(people)
         log("load done; waiting for coexist to settle")
         settle_s = run.settle()
         if estate.crm is not None:
             report["crm_wait_s"] = run.wait_crm(people)
+            settle_s += run.settle()
+        if estate.edi is not None:
+            report["edi_wait_s"] = wait_edi(estate.edi, people.legacy, run.deadline)
             settle_s += run.settle()
         report["throughput"] = run.throughput(people, load_started, time.time())
         sup.halt.set()
@@ -922,7 +953,8 @@ def main(argv: list[str] | None = None) -> int:
               and duplicates == 0 and result["exceptions"]["unexplained"] == 0
               and drift == 0.0 and result["deletes"]["gone_from_both"]
               == result["deletes"]["made"]
-              and (result["crm"] is None or result["crm"]["ok"]))
+              and (result["crm"] is None or result["crm"]["ok"])
+              and (result["edi"] is None or result["edi"]["ok"]))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the report says why
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(report["error"])
