@@ -68,6 +68,9 @@ from crm_channel import ACTIONS as CRM_ACTIONS  # noqa: E402
 from crm_channel import CRM_WAIT_S, CrmChannel, CrmPlan  # noqa: E402
 from edi_channel import EdiChannel  # noqa: E402
 from edi_channel import wait as wait_edi  # noqa: E402
+from portal_channel import ACTIONS as PORTAL_ACTIONS  # noqa: E402
+from portal_channel import PortalChannel  # noqa: E402
+from portal_channel import wait as wait_portal  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("COEXIST_CHAOS_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -75,23 +78,28 @@ REDIS_URL = os.environ.get("COEXIST_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/0"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 #: name -> (customers, people's edits, worker kills, router kills, connection closes,
-#: cloud fault windows, the CRM's people and faults, 850s the EDI partner sends)
+#: cloud fault windows, the CRM's people and faults, 850s the EDI partner sends, portal
+#: orders, inquiries and kills of the API and the webhook delivery process)
 SCALES = {
     "tiny": dict(customers=60, edits=200, worker_kills=2, router_kills=1, closes=1,
                  cloud_windows=1, crm=CrmPlan(onboard=2, duplicate=2, contact=2, forbidden=2,
-                                              locks=1, limits=1), edi=5),
+                                              locks=1, limits=1), edi=5,
+                 portal=dict(orders=6, inquiries=3, kill_api=1, kill_deliverer=1)),
     "small": dict(customers=200, edits=600, worker_kills=3, router_kills=1, closes=1,
                   cloud_windows=1, crm=CrmPlan(onboard=4, duplicate=4, contact=4, forbidden=4,
-                                               locks=2, limits=1), edi=10),
+                                               locks=2, limits=1), edi=10,
+                  portal=dict(orders=12, inquiries=6, kill_api=1, kill_deliverer=1)),
     "medium": dict(customers=2_000, edits=10_000, worker_kills=10, router_kills=2, closes=2,
                    cloud_windows=3, crm=CrmPlan(onboard=20, duplicate=10, contact=20,
-                                                forbidden=20, locks=4, limits=2), edi=60),
+                                                forbidden=20, locks=4, limits=2), edi=60,
+                   portal=dict(orders=60, inquiries=30, kill_api=2, kill_deliverer=2)),
     "full": dict(customers=20_000, edits=100_000, worker_kills=12, router_kills=3, closes=3,
                  cloud_windows=4, crm=CrmPlan(onboard=50, duplicate=20, contact=50,
-                                              forbidden=50, locks=6, limits=3), edi=200),
+                                              forbidden=50, locks=6, limits=3), edi=200,
+                 portal=dict(orders=200, inquiries=100, kill_api=3, kill_deliverer=3)),
 }
 #: The channels a run drives besides the two ERPs (``--channels``).
-CHANNELS = ("crm", "deletes", "edi")
+CHANNELS = ("crm", "deletes", "edi", "portal")
 #: Share of people's edits typed into the ERP that is not the SoR (stray writes).
 STRAY_SHARE = 0.03
 #: Share of people's changes that delete the customer in the SoR (a clerk closing a
@@ -106,6 +114,8 @@ REVIEWED = {
     "CrmRefused:DUPLICATES_DETECTED": "ERP customers the CRM's duplicate rule calls one "
                                       "company (the seed's look-alikes), to merge by hand",
     "EdiDuplicateInterchange": "interchanges the EDI partner sent twice, answered TA1 025",
+    "WebhookEndpointGone": "the customer's endpoint taken down (410): disabled by coexist",
+    "EndpointError": "webhooks for the endpoint the customer took down, after it was disabled",
 }
 #: Seconds after a fault counted as "during the fault" in the throughput figures.
 FAULT_WINDOW_S = 10
@@ -138,6 +148,7 @@ class Estate:
     env: dict[str, str] = field(default_factory=dict)
     crm: CrmChannel | None = None
     edi: EdiChannel | None = None
+    portal: PortalChannel | None = None
 
     @property
     def state_url(self) -> str:
@@ -421,6 +432,9 @@ class Run:
         self.workers: list[Proc] = []
         self.sim: Proc | None = None
         self.crm_sim: Proc | None = None
+        #: ``coexist api serve`` and ``coexist portal deliver`` (the portal channel).
+        self.portal_procs: list[Proc] = []
+        self.skus: list[str] = []
         #: (wall time, kind) of every fault injected, for explaining exception records.
         self.fault_times: list[tuple[float, str]] = []
         #: People's changes by kind, outside the clerks' ERP edits (CRM actions).
@@ -445,7 +459,8 @@ class Run:
         create_legacy_schema(engine)
         # The EDI partner orders products: their units come from the SoR's catalogue.
         seed_legacy(engine, SampleSpec(customers=self.scale["customers"], products=20),
-                    domains=("customer", "product") if e.edi is not None else ("customer",))
+                    domains=("customer", "product") if e.edi is not None or e.portal is not None
+                    else ("customer",))
         with engine.connect() as conn:
             keys = [str(int(k)) for (k,) in conn.execute(text('SELECT "CUSTNO" FROM "CUSTMAST"'))]
         engine.dispose()
@@ -481,7 +496,11 @@ class Run:
             self.routers.append(Proc(f"router{n}", ["router", "--capture-lease-s", "3"],
                                      e.env, e.home))
             self.workers.append(Proc(f"worker{n}", ["worker", "--threads", "4"], e.env, e.home))
-        sup = Supervisor([*self.routers, *self.workers])
+        if e.portal is not None:
+            e.portal.add_endpoints(lambda *a: cli(e, *a))
+            self.portal_procs = [Proc(name, args, e.env, e.home)
+                                 for name, args in e.portal.proc_args().items()]
+        sup = Supervisor([*self.routers, *self.workers, *self.portal_procs])
         for p in sup.procs:
             p.start()
         sup.start()
@@ -556,6 +575,12 @@ class Run:
             kinds += s["crm"].kinds()
         if self.estate.edi is not None:
             kinds += ["edi_850"] * s["edi"]
+        if self.estate.portal is not None:
+            kinds += [kind for kind, count in (
+                ("portal_order", s["portal"]["orders"]),
+                ("portal_inquiry", s["portal"]["inquiries"]),
+                ("kill_api", s["portal"]["kill_api"]),
+                ("kill_deliverer", s["portal"]["kill_deliverer"])) for _ in range(count)]
         rng = random.Random(self.args.seed)
         rng.shuffle(kinds)
         # Spread them over the middle 80 % of the load, away from the switches.
@@ -568,7 +593,14 @@ class Run:
             e.edi.act(kind, people.legacy)
             self.changes[kind] += 1
             return
-        if kind.startswith("crm_"):
+        if kind in PORTAL_ACTIONS:
+            e.portal.act(kind, self.skus, self.deadline)
+            self.changes[kind] += 1
+            return
+        if kind in ("kill_api", "kill_deliverer"):
+            victim = next(p for p in self.portal_procs if p.name == kind.removeprefix("kill_"))
+            victim.kill9()
+        elif kind.startswith("crm_"):
             e.crm.act(kind, people.legacy, self.clerk_keys)
             if kind in CRM_ACTIONS:
                 self.changes[kind] += 1
@@ -747,7 +779,10 @@ class Run:
             crm = self.estate.crm.verdict(people.sor_customers(), people.cloud_get,
                                           people.deleted, records)
         edi = self.estate.edi.verdict(people.engine) if self.estate.edi is not None else None
-        return {"crm": crm, "edi": edi, "touched_records": len(touched), "lost": len(lost),
+        portal = (self.estate.portal.verdict(people.legacy, lambda *a, **k: cli(
+            self.estate, *a, **k), records) if self.estate.portal is not None else None)
+        return {"crm": crm, "edi": edi, "portal": portal, "touched_records": len(touched),
+                "lost": len(lost),
                 "regressed": len(regressed), "diverged": len(diverged),
                 "deletes": {"made": len(deleted), "gone_from_both": len(gone)},
                 "examples": {"lost": lost[:5], "regressed": regressed[:5],
@@ -797,6 +832,12 @@ class Run:
             return crm is not None and record["key"] in crm.truth.locked
         if kind == "EdiDuplicateInterchange":
             return self.estate.edi is not None and bool(self.estate.edi.resent)
+        if kind in ("WebhookEndpointGone", "EndpointError"):
+            # Webhooks for the endpoint the customer took down (/gone): the 410 itself, and
+            # those that came for it after coexist disabled it; never one for /hook.
+            portal = self.estate.portal
+            return portal is not None and f"endpoint {portal.endpoints.get('/gone')} " in (
+                record.get("error_message") or "") + " "
         return self._fault_explains(record)
 
     def _fault_explains(self, record: dict) -> bool:
@@ -890,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
         estate.crm = CrmChannel(home, free_port(), args.seed)
     if "edi" in channels:
         estate.edi = EdiChannel(home, args.seed)
+    if "portal" in channels:
+        estate.portal = PortalChannel(home, free_port(), free_port())
     started = time.monotonic()
     run = Run(args, estate)
     sup: Supervisor | None = None
@@ -900,22 +943,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provision(estate)
         keys = run.setup()
-        if estate.edi is not None:
-            # The partner's customer: one the CRM's people do not take (they take from the
-            # end), the clerks do not edit or delete (taken out of their keys below).
-            avoid = estate.crm.find_lookalikes(people_seed(estate)) if estate.crm else set()
-            estate.edi.choose(keys, avoid)
+        seed = people_seed(estate)
+        # The partner's and the portal's customers: ones the CRM's people do not take (they
+        # take from the end), the clerks do not edit or delete (taken out of their keys).
+        avoid = set(estate.crm.find_lookalikes(seed)) if estate.crm else set()
+        for channel in (estate.edi, estate.portal):
+            if channel is None:
+                continue
+            if channel is estate.edi:
+                estate.edi.choose(keys, avoid)
+            else:
+                estate.portal.choose(seed, avoid)
+            avoid.add(channel.customer)
             with (home / "coexist.toml").open("a") as f:
-                f.write(estate.edi.toml())
-            estate.env.update(estate.edi.env())
+                f.write(channel.toml())
+            estate.env.update(channel.env())
+        run.skus = sorted(p.key for p in people_seed(estate, "product"))
         sup = run.start_processes()
         run.backfill_and_shadow()
         clerk_keys = keys
         if estate.crm is not None:
             estate.crm.find_lookalikes(people_seed(estate))
             clerk_keys = estate.crm.reserve(keys)
-        if estate.edi is not None:
-            clerk_keys = [k for k in clerk_keys if k != estate.edi.customer]
+        taken = {c.customer for c in (estate.edi, estate.portal) if c is not None}
+        clerk_keys = [k for k in clerk_keys if k not in taken]
         run.clerk_keys = clerk_keys
         people = People(estate, clerk_keys, args.seed,
                         delete_share=DELETE_SHARE if "deletes" in channels else 0.0)
@@ -932,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
         if estate.edi is not None:
             report["edi_wait_s"] = wait_edi(estate.edi, people.legacy, run.deadline)
             settle_s += run.settle()
+        if estate.portal is not None:
+            report["portal_wait_s"] = wait_portal(estate.portal, run.deadline)
         report["throughput"] = run.throughput(people, load_started, time.time())
         sup.halt.set()
         result = run.verify(people, initial)
@@ -954,14 +1007,16 @@ def main(argv: list[str] | None = None) -> int:
               and drift == 0.0 and result["deletes"]["gone_from_both"]
               == result["deletes"]["made"]
               and (result["crm"] is None or result["crm"]["ok"])
-              and (result["edi"] is None or result["edi"]["ok"]))
+              and (result["edi"] is None or result["edi"]["ok"])
+              and (result["portal"] is None or result["portal"]["ok"]))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the report says why
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(report["error"])
     finally:
         if sup is not None:
             sup.halt.set()
-        for proc in [*run.routers, *run.workers, *([run.sim] if run.sim else []),
+        for proc in [*run.routers, *run.workers, *run.portal_procs,
+                     *([run.sim] if run.sim else []),
                      *([run.crm_sim] if run.crm_sim else [])]:
             with contextlib.suppress(Exception):
                 proc.stop()
@@ -969,6 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
             people.close()
         if estate.crm is not None:
             estate.crm.close()
+        if estate.portal is not None:
+            with contextlib.suppress(Exception):
+                estate.portal.close()
         teardown(estate, args.keep)
     report["seconds"] = round(time.monotonic() - started, 1)
     report["cli_seconds"] = {k: round(v, 1) for k, v in CLI_SECONDS.most_common()}
@@ -978,14 +1036,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else (2 if "error" in report else 1)
 
 
-def people_seed(estate: Estate) -> list:
-    """Every customer of the seeded legacy ERP (before anyone edits)."""
+def people_seed(estate: Estate, domain: str = "customer") -> list:
+    """Every customer (or record of ``domain``) of the seeded legacy ERP (before anyone
+    edits)."""
     from workers.legacy_erp.adapter import LegacyErp
     from workers.legacy_erp.schema import create_legacy_engine
 
     engine = create_legacy_engine(estate.legacy_url)
     try:
-        return list(LegacyErp(engine).stream("customer"))
+        return list(LegacyErp(engine).stream(domain))
     finally:
         engine.dispose()
 

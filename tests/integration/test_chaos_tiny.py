@@ -1,10 +1,13 @@
 """The chaos run at its smallest scale, in the suite: a regression in any guarantee it checks
 (nothing lost, nothing regressed, the ERPs equal, every exception explained, drift 0 after
 repair, the CRM at the SoR's values with its people's edits where the rules put them,
-deletes gone from both ERPs) fails CI. The real processes on PostgreSQL + RabbitMQ (quorum)
-+ Redis + the cloud and CRM simulators, with kill -9 of workers and the active router, a
+deletes gone from both ERPs, every 850 answered 997/855/856/810 once, every portal order
+placed once and its webhook delivered) fails CI. The real processes on PostgreSQL + RabbitMQ
+(quorum) + Redis + the cloud and CRM simulators + the API and the webhook delivery process,
+with kill -9 of workers, the active router, the API and the delivery process, a
 closed-connections storm, a cloud fault window, CRM UNABLE_TO_LOCK_ROW and
-REQUEST_LIMIT_EXCEEDED, and a forward switch and rollback through the guarded CLI."""
+REQUEST_LIMIT_EXCEEDED, a duplicated 850 interchange, retried Idempotency-Keys, an endpoint
+that times out then answers 410, and a forward switch and rollback through the guarded CLI."""
 
 from __future__ import annotations
 
@@ -49,4 +52,15 @@ def test_the_tiny_chaos_run_loses_nothing_and_explains_every_exception():
     assert crm["forbidden_edits"]["reported"] == crm["forbidden_edits"]["made"] >= 1
     assert crm["contacts"]["made"] >= 1 and crm["contacts"]["wrong_in_sor"] == 0
     assert report["deletes"]["gone_from_both"] == report["deletes"]["made"] >= 1
+    edi = report["edi"]
+    assert edi["ok"] and edi["sent"] == edi["acknowledged"] == edi["fulfilled"] >= 1
+    assert edi["lost"] == edi["duplicated"] == 0 and edi["resent_as_duplicates"] >= 1
+    assert all(edi["outbound_sets"].get(t) == edi["sent"] for t in ("997", "855", "856", "810"))
+    portal = report["portal"]
+    assert portal["ok"] and portal["orders_accepted"] == portal["orders_sent"] >= 1
+    assert portal["lost"] == portal["orders_applied_twice"] == 0
+    assert portal["orders_retried_same_key"] >= 1
+    assert portal["webhooks"]["delivered"] >= portal["orders_accepted"]
+    assert portal["gone_endpoint"]["status_after"] != "active"
+    assert report["faults"]["kill_api"] >= 1 and report["faults"]["kill_deliverer"] >= 1
     print(json.dumps(report))
