@@ -100,6 +100,8 @@ SCALES = {
 }
 #: The channels a run drives besides the two ERPs (``--channels``).
 CHANNELS = ("crm", "deletes", "edi", "portal")
+#: People's acts in the channels (kept in the plan whatever ``--faults`` says).
+NOT_FAULTS = frozenset({*CRM_ACTIONS, "edi_850", *PORTAL_ACTIONS})
 #: Share of people's edits typed into the ERP that is not the SoR (stray writes).
 STRAY_SHARE = 0.03
 #: Share of people's changes that delete the customer in the SoR (a clerk closing a
@@ -581,6 +583,11 @@ class Run:
                 ("portal_inquiry", s["portal"]["inquiries"]),
                 ("kill_api", s["portal"]["kill_api"]),
                 ("kill_deliverer", s["portal"]["kill_deliverer"])) for _ in range(count)]
+        if self.args.faults != "all":
+            # Only the faults named (people's acts in the channels stay): to see what one
+            # kind of fault costs against the calm seconds of the same run.
+            keep = {k for k in self.args.faults.split(",") if k}
+            kinds = [k for k in kinds if k in keep or k in NOT_FAULTS]
         rng = random.Random(self.args.seed)
         rng.shuffle(kinds)
         # Spread them over the middle 80 % of the load, away from the switches.
@@ -885,7 +892,43 @@ class Run:
         calm = out["calm"]["routed_writes_per_s"]
         out["fault_vs_calm"] = round(out["fault"]["routed_writes_per_s"] / calm, 2) \
             if calm else None
+        out.update(self._fault_evidence(writes, edits, spans, buckets))
         return out
+
+    def _fault_evidence(self, writes: Counter, edits: Counter, spans: list, buckets: dict
+                        ) -> dict:
+        """Where the fault seconds lose routed writes, from this run's own timestamps:
+        each fault-window second attributed to the latest fault before it (by kind), the
+        seconds in them without a single routed write, each fault's per-second timeline, and
+        whether writes missing inside the phases were made up afterwards (between the
+        phase's end and the next phase, while people pause for a switch or the settle)."""
+        inside = {sec for a, b in spans for sec in range(int(a) + 1, int(b))}
+        faults = sorted(self.fault_times)
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for sec in buckets["fault"]:
+            latest = [(t, k) for t, k in faults if t <= sec + 1]
+            by_kind[latest[-1][1] if latest else "before_first"].append(sec)
+        kinds = {k: {"seconds": len(v),
+                     "routed_writes_per_s": round(sum(writes[x] for x in v) / len(v), 1),
+                     "people_edits_per_s": round(sum(edits[x] for x in v) / len(v), 1),
+                     "seconds_without_a_write": sum(1 for x in v if writes[x] == 0)}
+                 for k, v in sorted(by_kind.items())}
+        timeline = []
+        for t, k in faults:
+            sec = int(t)
+            if sec not in inside:
+                continue
+            timeline.append({"kind": k, "at": round(t, 1),
+                             "writes": [writes[sec + d] for d in range(-2, FAULT_WINDOW_S + 1)],
+                             "edits": [edits[sec + d] for d in range(-2, FAULT_WINDOW_S + 1)]})
+        made_up = []
+        for a, b in spans:
+            secs = range(int(a) + 1, int(b))
+            after = range(int(b), int(b) + 30)
+            made_up.append({"edits": sum(edits[x] for x in secs),
+                            "writes_inside": sum(writes[x] for x in secs),
+                            "writes_30s_after": sum(writes[x] for x in after)})
+        return {"by_kind": kinds, "timeline_from_minus_2s": timeline, "phases": made_up}
 
     def wait_crm(self, people: People) -> float:
         """Wait (bounded) until the CRM shows what people did; returns the seconds."""
@@ -912,6 +955,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="Keep the run's folder (logs).")
     p.add_argument("--cluster", action="store_true", help="RabbitMQ as a three-node cluster, "
                    "its busiest queue's leader killed mid-load (scripts/chaos/cluster.py).")
+    p.add_argument("--faults", default="all",
+                   help="Comma-separated fault kinds to inject (kill_worker, kill_router, "
+                        "close_connections, cloud_faults, crm_lock, crm_limit, kill_api, "
+                        "kill_deliverer; 'none' for none; default all).")
     p.add_argument("--channels", default=",".join(CHANNELS),
                    help=f"Comma-separated channels to drive besides the ERPs ({', '.join(CHANNELS)}"
                         "; '' for the ERPs only).")
@@ -938,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
     sup: Supervisor | None = None
     people: People | None = None
     report: dict = {"scale": args.scale, "seed": args.seed, "home": str(home),
-                    "channels": sorted(channels)}
+                    "channels": sorted(channels), "faults_injected": args.faults}
     ok = False
     try:
         provision(estate)
@@ -958,7 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
             with (home / "coexist.toml").open("a") as f:
                 f.write(channel.toml())
             estate.env.update(channel.env())
-        run.skus = sorted(p.key for p in people_seed(estate, "product"))
+        # Portal customers order what is orderable (a discontinued SKU is refused, 422).
+        run.skus = sorted(p.key for p in people_seed(estate, "product")
+                          if str(p.status) == "active")
         sup = run.start_processes()
         run.backfill_and_shadow()
         clerk_keys = keys
