@@ -891,7 +891,7 @@ class Run:
                          "people_edits_per_s": round(sum(edits[x] for x in secs) / n, 1)}
         calm = out["calm"]["routed_writes_per_s"]
         out["fault_vs_calm"] = round(out["fault"]["routed_writes_per_s"] / calm, 2) \
-            if calm else None
+            if calm and out["fault"]["seconds"] else None  # None: no fault in a legacy phase
         out.update(self._fault_evidence(writes, edits, spans, buckets))
         return out
 
