@@ -102,8 +102,8 @@ def test_an_810_whose_856_is_not_in_the_batch_still_waits_and_its_neighbours_go(
     order = _accept_order(edi)
     inv = event(invoice_of(order)).model_copy(update={"occurred_at": NOW})
     out = handlers.handle_events([inv, event(order)], edi)
-    assert [o.status for o in out] == ["technical_error", "sent"]
-    assert "waits for the 856" in out[0].detail
+    assert [o.status for o in out] == ["held", "sent"]
+    assert "held for the 856" in out[0].detail
 
 
 def test_a_batch_of_documents_is_one_transaction_and_files_appear_in_isa13_order(
@@ -153,8 +153,8 @@ def test_a_document_that_fails_in_the_batch_costs_its_neighbours_nothing(edi, mo
     out = handlers.handle_events(envs, edi)
     # The 810 was counted on the batch's 856, which did not go: it waits (never billed
     # before shipped), and the 855 goes.
-    assert [o.status for o in out] == ["sent", "business_error", "technical_error"]
-    assert "waits for the 856" in out[2].detail
+    assert [o.status for o in out] == ["sent", "business_error", "held"]
+    assert "held for the 856" in out[2].detail
     folder = edi.folder(edi.settings.partner("ACME"))
     assert len(outbound(folder, "855")) == 1 and outbound(folder, "810") == []
     isa13s = sorted(int(p.name.split("-")[1]) for p in folder.outbound.glob("*.x12"))

@@ -19,7 +19,7 @@ from coexistence.edi.profiles import EdiSettings
 from tests.support import edi as support
 from workers.db import create_state_engine
 from workers.edi import control, handlers
-from workers.edi.store import DOCUMENT, INTERCHANGE
+from workers.edi.store import DOCUMENT, HELD, INTERCHANGE
 from workers.edi.transport import DropFolder, OutboundExists
 from workers.migrate import upgrade as upgrade_schema
 from workers.router import queues
@@ -419,13 +419,52 @@ def test_an_810_waits_for_its_orders_856_and_goes_once_the_856_is_sent(edi):
     inv = event(invoice_of(order)).model_copy(update={"occurred_at": NOW})
     [waiting] = handlers.handle_events([inv], edi)
     folder = edi.folder(edi.settings.partner("ACME"))
-    assert waiting.status == "technical_error" and "waits for the 856" in waiting.detail
+    assert waiting.status == "held" and "held for the 856" in waiting.detail
     assert outbound(folder, "810") == []
-    handlers.handle_events([event(shipment_of(order))], edi)
-    [sent] = handlers.handle_events([inv], edi)  # the retry
-    assert sent.status == "sent"
+    with edi.engine.connect() as conn:
+        assert conn.execute(select(HELD.c.invoice_key)).scalars().all() == [inv.key]
+    # The 856's own call releases the held 810 (no bus retry): after the 856, once.
+    [shipped] = handlers.handle_events([event(shipment_of(order))], edi)
+    assert shipped.status == "sent"
     assert [p.name.rsplit("-", 1)[1] for p in sorted(folder.outbound.glob("*.x12"))] == [
         "997.x12", "856.x12", "810.x12"]
+    with edi.engine.connect() as conn:
+        assert conn.execute(select(HELD.c.invoice_key)).scalars().all() == []
+    [again] = handlers.handle_events([inv], edi)  # a redelivered invoice event
+    assert again.status == "duplicate"
+    assert handlers.release_held(edi) == []
+
+
+def test_a_held_810_whose_856_went_out_elsewhere_is_released_by_the_poll(edi):
+    # Two concurrent batches: one held the 810, the other sent the 856 without seeing the
+    # hold; the poll (or the later commit's own release) sends it.
+    order = _accept_order(edi)
+    edi.orders[order.key] = order
+    inv = event(invoice_of(order)).model_copy(update={"occurred_at": NOW})
+    [held] = handlers.handle_events([inv], edi)
+    assert held.status == "held"
+    [shipped] = handlers.handle_events([event(shipment_of(order))], edi, release=False)
+    assert shipped.status == "sent"
+    folder = edi.folder(edi.settings.partner("ACME"))
+    assert outbound(folder, "810") == []
+    [released] = handlers.release_held(edi)
+    assert released.status == "sent" and len(outbound(folder, "810")) == 1
+    assert handlers.release_held(edi) == []
+
+
+def test_a_held_810_goes_without_its_856_once_the_hold_is_over(edi):
+    order = _accept_order(edi)
+    edi.orders[order.key] = order
+    inv = event(invoice_of(order)).model_copy(update={"occurred_at": NOW})
+    [held] = handlers.handle_events([inv], edi)
+    assert held.status == "held" and handlers.release_held(edi) == []
+    hold = edi.settings.partner("ACME").hold_810_for_856_minutes
+    later = edi.clock() + timedelta(minutes=hold, seconds=1)
+    edi.clock = lambda: later
+    [released] = handlers.release_held(edi)
+    assert released.status == "sent"
+    folder = edi.folder(edi.settings.partner("ACME"))
+    assert len(outbound(folder, "810")) == 1 and outbound(folder, "856") == []
 
 
 def test_an_810_for_an_order_that_never_ships_goes_after_the_hold(edi):

@@ -18,7 +18,8 @@
   every poll) writes it with the stored bytes: same control numbers, no second file.
 
 * ``EdiPoller``: ``handle_inbound`` every ``COEXIST_EDI_POLL_S`` seconds over every
-  partner's ``inbound/`` and ``flush_pending`` at start and on each pass; run by
+  partner's ``inbound/``, ``flush_pending`` at start and on each pass, and
+  ``release_held`` (the held 810s whose 856 is out or whose hold is over); run by
   ``coexist run`` and by a ``coexist worker`` that runs the edi channel, when
   ``[[edi.partners]]`` are configured.  Several pollers on the same folders are safe: a
   file is claimed by a rename only one of them wins, and an interchange is recorded under
@@ -139,12 +140,9 @@ def channel_handler(app: App) -> Callable[[Sequence[Envelope]], None]:
         return outcomes
 
     handle.__name__ = f"channel_{CHANNEL}"
-    # One message per call still: on the batch consumer over RabbitMQ the phased-cutover e2e
-    # (rabbitmq) saw an 810 that arrived in an earlier batch than its 856 wait, by retry,
-    # past the settle (3 of 3 runs at the lead's merge); on the per-message consumer that
-    # retry is awaited like any other.  ``handle_events`` batches whatever it is given (the
-    # inbound pass batches its files regardless).
-    handle.batched = False  # type: ignore[attr-defined]
+    # On the batch consumer (``handle.batched`` is not False).  An 810 whose 856 is not
+    # out yet is held durably in ``edi_held`` (outcome ``held``, acked), not retried by the
+    # bus: the batch of the 856, or the next poll, sends it.
     return handle  # type: ignore[return-value]
 
 
@@ -169,12 +167,14 @@ class EdiPoller:
         """One pass: pending outbound files first, then every complete inbound file."""
         flushed = handlers.flush_pending(self.deps)
         files = handlers.handle_inbound(self.deps, abandoned_after_s=self.abandoned_after_s)
+        released = handlers.release_held(self.deps)
         self.passes += 1
         for f in files:
             log.info("edi inbound %s %s", f.partner, f.file, extra={
                 "ok": f.ok, "moved_to": f.moved_to, "orders": f.orders,
                 "problems": f.problems[:5]})
         return {"flushed": len(flushed), "files": len(files),
+                "released": sum(1 for o in released if o.status == "sent"),
                 "failed": sum(1 for f in files if not f.ok),
                 "orders": sum(len(f.orders) for f in files)}
 

@@ -45,7 +45,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bus.envelope import Envelope, new_envelope
@@ -57,7 +57,7 @@ from coexistence.canonical.models import Invoice, InvoiceStatus, Order, OrderSta
 from coexistence.edi import acks, documents, x12
 from coexistence.edi.profiles import EdiSettings, PartnerProfile
 from workers.edi import control
-from workers.edi.store import DOCUMENT, INTERCHANGE, utcnow
+from workers.edi.store import DOCUMENT, HELD, INTERCHANGE, utcnow
 from workers.edi.transport import Claimed, DropFolder, OutboundExists
 from workers.errors import SetupError
 from workers.router import queues
@@ -576,6 +576,10 @@ _SENT = select(DOCUMENT.c.id).where(
 _SHIPPED_856 = select(DOCUMENT.c.id).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "out",
     DOCUMENT.c.doc_type == "856", DOCUMENT.c.order_key == bindparam("b_order")).limit(1)
+_HELD_ONE = select(HELD.c.invoice_key).where(
+    HELD.c.partner == bindparam("b_partner"), HELD.c.invoice_key == bindparam("b_key"))
+_UNHOLD = delete(HELD).where(HELD.c.partner == bindparam("b_partner"),
+                             HELD.c.invoice_key == bindparam("b_key"))
 _ORDER_850 = select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "in",
     DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == bindparam("b_order")
@@ -650,7 +654,8 @@ class _Send:
         return self.record.key
 
 
-def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps) -> list[Outcome]:
+def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps, *,
+                  release: bool = True) -> list[Outcome]:
     """855/856/810 for canonical events; one outcome per envelope, in order.
 
     First every SoR read (the order, the products' units), outside any transaction.  Then
@@ -702,6 +707,21 @@ def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps) -> list[Outcome]
     # them ``allocated`` for the next flush.
     flush_pending(deps, ids=[o.interchange_id for o in done.values() if o.status == "sent"
                              and o.interchange_id is not None])
+    if release:
+        # Held 810s of the orders whose 856 went out here, or whose 810 was held here
+        # while a concurrent batch sent the 856 (one of the two commits sees the other).
+        # (An order whose 810 went out in this batch needs no look: a second invoice of it
+        # held elsewhere is left to the poll.)
+        billed = {(s.profile.id, s.record.order_key) for s in sends  # type: ignore[union-attr]
+                  if s.doc == "810" and done[s.index].status == "sent"}
+        touched = {(s.profile.id, s.record.order_key) for s in sends  # type: ignore[union-attr]
+                   if (s.doc == "856" and done[s.index].status == "sent")
+                   or (s.doc == "810" and done[s.index].status == "held")} - billed
+        if touched:
+            try:
+                release_held(deps, touched)
+            except Exception:  # noqa: BLE001 - still held: the next poll releases them
+                log.exception("releasing held 810s failed; the next poll tries again")
     return [o for o in out if o is not None]
 
 
@@ -747,11 +767,61 @@ def _read_sor(index: int, env: Envelope, deps: EdiDeps) -> Outcome | _Send:
     return _Send(index, env, profile, doc, record, order, deps.clock(), units)
 
 
-def _waiting_810(s: _Send) -> Outcome:
-    return Outcome(s.env.message_id, "technical_error",
-                   f"810 for invoice {s.key} waits for the 856 of order {s.record.order_key} "  # type: ignore[union-attr]
+def _hold_810(conn, s: _Send) -> Outcome:
+    """Hold the 810 in ``edi_held`` (the newest event of the invoice wins) until its 856
+    goes out or the hold is over: ``release_held`` sends it then.  Durable, unlike a bus
+    retry, which may give up before the hold ends."""
+    record = s.record
+    values = {"order_key": record.order_key, "envelope": s.env.model_dump_json(),  # type: ignore[union-attr]
+              "held_at": s.now, "release_after": _aware(s.env.occurred_at) + timedelta(
+                  minutes=s.profile.hold_810_for_856_minutes)}
+    key = {"b_partner": s.profile.id, "b_key": record.key}
+    if conn.execute(_HELD_ONE, key).first() is None:
+        conn.execute(HELD.insert(), {"partner": s.profile.id, "invoice_key": record.key,
+                                     **values})
+    else:
+        conn.execute(update(HELD).where(HELD.c.partner == s.profile.id,
+                                        HELD.c.invoice_key == record.key).values(**values))
+    return Outcome(s.env.message_id, "held",
+                   f"810 for invoice {s.key} held for the 856 of order {record.order_key} "  # type: ignore[union-attr]
                    f"(up to {s.profile.hold_810_for_856_minutes} min after the invoice): a "
                    "partner is never billed before it is shipped")
+
+
+#: Most held 810s one ``release_held`` call handles.
+RELEASE_LIMIT = 500
+
+
+def release_held(deps: EdiDeps, orders: Iterable[tuple[str, str]] | None = None) -> list[Outcome]:
+    """Send the held 810s whose 856 went out or whose hold is over.
+
+    ``orders``: only those (partner, order key) pairs, and only those with an 856 sent
+    (after a batch that sent 856s or held 810s: of two concurrent batches, one holding an
+    810 and one sending its 856, the later to commit finds the other's row here).
+    Without it (each poll): every held 810 whose 856 is out or whose hold is over.  An
+    810 whose SoR cannot be read now stays held for the next poll."""
+    shipped = exists().where(DOCUMENT.c.partner == HELD.c.partner,
+                             DOCUMENT.c.direction == "out", DOCUMENT.c.doc_type == "856",
+                             DOCUMENT.c.order_key == HELD.c.order_key)
+    query = select(HELD.c.envelope)
+    if orders is not None:
+        pairs = sorted(set(orders))
+        if not pairs:
+            return []
+        query = query.where(shipped, or_(*(and_(HELD.c.partner == p, HELD.c.order_key == k)
+                                           for p, k in pairs)))
+    else:
+        query = query.where(or_(shipped, HELD.c.release_after < deps.clock()))
+    with deps.engine.connect() as conn:
+        rows = conn.execute(query.order_by(HELD.c.held_at).limit(RELEASE_LIMIT)).scalars().all()
+    if not rows:
+        return []
+    envelopes = [Envelope.model_validate_json(r) for r in rows]
+    outcomes = handle_events(envelopes, deps, release=False)
+    for o in outcomes:
+        log.info("edi held 810 %s", o.status, extra={"message_id": o.message_id,
+                                                    "detail": o.detail})
+    return outcomes
 
 
 def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
@@ -761,8 +831,11 @@ def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
     order = s.order
     if doc in ("856", "810") and order is not None:
         order = _with_partners_po(conn, profile, order)
-    if doc == "810" and _waits_for_856(conn, profile, record, order, env, s.now):
-        return _waiting_810(s)
+    if doc == "810":
+        if _waits_for_856(conn, profile, record, order, env, s.now):
+            return _hold_810(conn, s)
+        # Whatever becomes of it now (sent, a duplicate, void), it no longer waits.
+        conn.execute(_UNHOLD, {"b_partner": profile.id, "b_key": record.key})
     built = _build(conn, doc, record, order, profile, s.units, s.now)
     if isinstance(built, str):
         return Outcome(env.message_id, "skipped", built)
@@ -826,7 +899,8 @@ def _waits_for_856(conn, profile: PartnerProfile, invoice, order: Order | None,
                    env: Envelope, now: datetime) -> bool:
     """True while an 810 must wait: the partner receives 856s, the order is in the SoR,
     none of its 856s was sent yet, and the invoice event is younger than the profile's
-    hold.  (The retry brings it back; an order that never ships is billed after the hold.)"""
+    hold.  (It is then held in ``edi_held``; ``release_held`` sends it once the 856 is out,
+    and an order that never ships is billed after the hold.)"""
     if not profile.hold_810_for_856_minutes or "856" not in profile.receives or order is None:
         return False
     if invoice.status is InvoiceStatus.VOID:

@@ -149,7 +149,28 @@ class EdiEvent(StateTable, table=True):
     at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+class EdiHeld(StateTable, table=True):
+    """An 810 that waits for an 856 of its order (``hold_810_for_856_minutes``): held here,
+    durably, instead of by bus retries that may give up first.  Sending the 810 deletes
+    its row in the transaction that records it; the 856's batch and every poll release
+    the held 810s whose 856 went out or whose hold is over."""
+
+    __tablename__ = "edi_held"
+    __table_args__ = (Index("ix_edi_held_order", "partner", "order_key"),
+                      Index("ix_edi_held_release", "release_after"))
+
+    partner: str = Field(sa_column=Column(String(40), primary_key=True))
+    invoice_key: str = Field(sa_column=Column(String(64), primary_key=True))
+    order_key: str = Field(sa_column=Column(String(64), nullable=False))
+    #: The invoice event (JSON of the envelope), handled again at release.
+    envelope: str = Field(sa_column=Column(Text, nullable=False))
+    held_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: The event's time plus the hold: from then on the 810 goes without its 856.
+    release_after: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 INTERCHANGE = EdiInterchange.__table__
 DOCUMENT = EdiDocument.__table__
 COUNTER = EdiCounter.__table__
 EVENT = EdiEvent.__table__
+HELD = EdiHeld.__table__
