@@ -219,3 +219,42 @@ def test_a_killed_edi_worker_loses_nothing_and_its_peer_on_the_same_folders_doub
         peer.stop()
     check_exactly_once(w, N_850, N_810)
     assert all("edi poller started" in p.output() for p in (victim, peer))
+
+
+def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no_number(world):
+    """The real ``coexist worker`` SIGKILLs itself (``COEXIST_FAULT_EDI_KILL_BEFORE_RENAME``)
+    after the 810s' control numbers were committed and their bytes fsynced under temporary
+    names, right before the first final rename.  The next worker writes those interchanges
+    with the recorded bytes (no reuse, no gap) and sends nothing twice for the redelivered
+    invoice events."""
+    from workers.edi.transport import FAULT_KILL_BEFORE_RENAME
+
+    w = world
+    n = 3
+    enqueue_invoices(w, n)
+    victim = Process(["worker", "--threads", "2"], {**w["env"], FAULT_KILL_BEFORE_RENAME: "810"},
+                     w["home"] / "victim.log")
+    try:
+        victim.popen.wait(WAIT_S)
+    finally:
+        victim.stop()
+    assert victim.popen.returncode == -9, victim.output()[-3000:]
+    outbound = w["folder"] / "outbound"
+    # Killed at the rename: numbers committed, no file under its final name yet.
+    assert names(outbound) == []
+    assert any(p.name.endswith(".tmp") for p in outbound.iterdir())
+    with w["state"].connect() as conn:
+        allocated = {r.file_name: bytes(r.content) for r in conn.execute(
+            select(INTERCHANGE.c.file_name, INTERCHANGE.c.content).where(
+                INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated"))}
+    assert allocated and all(f.endswith("-810.x12") for f in allocated)
+    peer = worker(w, "peer")
+    try:
+        wait_until(lambda: done(w, 0, n), WAIT_S, "every 810 sent", poll_s=0.05)
+        assert peer.stop() == 0
+    finally:
+        peer.stop()
+    check_exactly_once(w, 0, n)
+    # The killed worker's interchanges went out with the numbers and bytes it committed.
+    for name, content in allocated.items():
+        assert (outbound / name).read_bytes() == content

@@ -15,11 +15,18 @@
   when taken); outbound files are written under a temporary dot-name,
   fsynced, and given their final name by ``os.link``, which refuses an
   existing name, so a file the partner may be reading is never replaced.
+
+Fault injection (tests only, off unless set): ``COEXIST_FAULT_EDI_KILL_BEFORE_RENAME=810``
+(a document type, or ``any``) makes the process SIGKILL itself right before it gives an
+outbound file of that type its final name, after its control numbers were committed and
+its bytes fsynced under the temporary name: the crash test kills a real ``coexist worker``
+exactly there.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import uuid
@@ -32,6 +39,18 @@ from pathlib import Path
 TEMP_SUFFIXES = (".tmp", ".part", ".processing")
 CLAIM_SUFFIX = ".processing"
 FOLDERS = ("inbound", "outbound", "processed", "failed")
+
+
+#: The fault-injection point's setting (see the module docstring).
+FAULT_KILL_BEFORE_RENAME = "COEXIST_FAULT_EDI_KILL_BEFORE_RENAME"
+
+
+def _fault_before_final_name(name: str) -> None:
+    """SIGKILL this process here when ``COEXIST_FAULT_EDI_KILL_BEFORE_RENAME`` names the
+    type of ``name`` (``ACME-000000001-810.x12``) or ``any``; nothing when it is unset."""
+    wanted = os.environ.get(FAULT_KILL_BEFORE_RENAME)
+    if wanted and (wanted == "any" or name.endswith(f"-{wanted}.x12")):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class OutboundExists(FileExistsError):
@@ -171,6 +190,7 @@ class DropFolder:
                 fh.write(content)
                 fh.flush()
                 os.fsync(fh.fileno())
+            _fault_before_final_name(name)
             try:
                 os.link(tmp, final)
             except FileExistsError:
@@ -211,6 +231,7 @@ class DropFolder:
             for i, tmp in temps.items():
                 name, content = items[i]
                 final = self.outbound / name
+                _fault_before_final_name(name)
                 try:
                     os.link(tmp, final)
                     out[i] = final
