@@ -265,7 +265,7 @@ def _answer_batch(deps: EdiDeps, profile: PartnerProfile,
         return
     if len(todo) > 1:
         try:
-            with deps.engine.begin() as conn:
+            with deps.engine.begin() as conn, control.numbering_batch(conn):
                 if any(w.plan.sets_850 for _c, _o, w in todo):
                     # The order-key counter before the partner's (as every interchange's own
                     # transaction takes them): two pollers' batches never deadlock.
@@ -683,7 +683,7 @@ def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps, *,
     done: dict[int, Outcome] = {}
     if len(sends) > 1:
         try:
-            with deps.engine.begin() as conn:
+            with deps.engine.begin() as conn, control.numbering_batch(conn):
                 for s in sends:
                     done[s.index] = _send(conn, deps, s)
         except Exception as exc:  # noqa: BLE001 - retried one document per transaction
