@@ -159,3 +159,23 @@ def test_a_document_that_fails_in_the_batch_costs_its_neighbours_nothing(edi, mo
     assert len(outbound(folder, "855")) == 1 and outbound(folder, "810") == []
     isa13s = sorted(int(p.name.split("-")[1]) for p in folder.outbound.glob("*.x12"))
     assert isa13s == list(range(1, len(isa13s) + 1))  # the rolled-back batch left no gap
+
+
+def test_a_numbering_batch_hands_out_consecutive_numbers_and_gives_them_back_on_rollback(edi):
+    profile = edi.settings.partner("ACME")
+    with edi.engine.begin() as conn:
+        assert control.allocate(conn, profile.id, control.ISA) == 1
+    with edi.engine.begin() as conn, control.numbering_batch(conn):
+        got = [control.allocate(conn, profile.id, control.ISA) for _ in range(3)]
+        got.append(control.allocate(conn, profile.id, control.ISA, 2))
+    assert got == [2, 3, 4, 5]
+    try:
+        with edi.engine.begin() as conn, control.numbering_batch(conn):
+            assert control.allocate(conn, profile.id, control.ISA, 3) == 7
+            raise RuntimeError("the batch fails")
+    except RuntimeError:
+        pass
+    with edi.engine.begin() as conn:
+        # The batch's final value was written once (6), the failed one's not at all.
+        assert control.allocate(conn, profile.id, control.ISA) == 7
+        assert control._BATCH_KEY not in conn.info
