@@ -459,6 +459,14 @@ def test_a_held_810_goes_without_its_856_once_the_hold_is_over(edi):
     [held] = handlers.handle_events([inv], edi)
     assert held.status == "held" and handlers.release_held(edi) == []
     hold = edi.settings.partner("ACME").hold_810_for_856_minutes
+    [acme] = [r for r in handlers.partner_status(edi.engine, edi.settings, now=NOW)
+              if r["partner"] == "ACME"]
+    assert acme["held_810"] == 1 and not any("held" in a for a in acme["attention"])
+    # Past the hold and nothing released it (no poll ran): coexist status says so.
+    [acme] = [r for r in handlers.partner_status(
+        edi.engine, edi.settings, now=NOW + timedelta(minutes=hold, hours=1))
+        if r["partner"] == "ACME"]
+    assert any("held for their 856 past the hold" in a for a in acme["attention"])
     later = edi.clock() + timedelta(minutes=hold, seconds=1)
     edi.clock = lambda: later
     [released] = handlers.release_held(edi)

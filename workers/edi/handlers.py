@@ -1125,7 +1125,8 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
     """Per partner, for ``coexist status``: acknowledgment problems (overdue, rejected,
     accepted with errors), files waiting in ``inbound/`` (and the oldest one's age), files
     being answered (claimed), files in ``failed/``, outbound interchanges whose file is
-    not written yet; and the reasons among them that need attention."""
+    not written yet, 810s held for their 856 (``held_810``); and the reasons among them
+    that need attention (a held 810 past its hold: no poll released it)."""
     problems = acknowledgment_problems(engine, settings, now=now)
     with engine.connect() as conn:
         pending = dict(conn.execute(
@@ -1133,6 +1134,12 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
                 INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated",
                 INTERCHANGE.c.created_at < now - timedelta(seconds=stale_after_s))
             .group_by(INTERCHANGE.c.partner)).all())
+        held = dict(conn.execute(select(HELD.c.partner, func.count())
+                                 .group_by(HELD.c.partner)).all())
+        overheld = dict(conn.execute(
+            select(HELD.c.partner, func.count()).where(
+                HELD.c.release_after < now - timedelta(seconds=stale_after_s))
+            .group_by(HELD.c.partner)).all())
     out = []
     for profile in settings.partners:
         folder = DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
@@ -1155,6 +1162,7 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
             "oldest_waiting_s": round(max(ages), 1) if ages else None,
             "inbound_claimed": claimed, "failed_files": failed,
             "outbound_pending": int(pending.get(profile.id, 0)),
+            "held_810": int(held.get(profile.id, 0)),
             "ack_window_minutes": profile.ack_window_minutes,
         }
         attention = []
@@ -1172,6 +1180,9 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
             attention.append(f"{row['outbound_pending']} outbound interchange(s) numbered "
                              f"more than {stale_after_s:.0f} s ago but not written (coexist "
                              "edi flush)")
+        if overheld.get(profile.id):
+            attention.append(f"{overheld[profile.id]} 810(s) held for their 856 past the hold "
+                             f"and not sent: is a worker polling (coexist edi poll)?")
         row["attention"] = attention
         out.append(row)
     return out
