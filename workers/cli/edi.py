@@ -104,8 +104,9 @@ def flush(app) -> None:
 def poll(app) -> None:
     """One pass over every partner's inbound/ folder (for cron, when no `coexist worker`
     runs the edi channel): write pending outbound files, then claim and answer every
-    complete inbound file.  Reads the systems of record (units, orders) as the router
-    does.  Exit 1 when a file went to failed/."""
+    complete inbound file, then send the held 810s whose 856 is out or whose hold is over.
+    Reads the systems of record (units, orders) as the router does.  Exit 1 when a file
+    went to failed/."""
     from workers.edi.consumer import EdiPoller
 
     _deps(app)
@@ -114,7 +115,7 @@ def poll(app) -> None:
                        abandoned_after_s=s.edi_claim_timeout_s).run_once()
     click.echo(f"{result['files']} inbound file(s) answered ({result['failed']} to failed/, "
                f"{result['orders']} order command(s)); {result['flushed']} pending outbound "
-               "file(s) written")
+               f"file(s) written; {result['released']} held 810(s) sent")
     sys.exit(1 if result["failed"] else 0)
 
 
