@@ -7,9 +7,10 @@ fake and the router's writers all call it, so a write that one target refuses as
 
 The exceptions are business events (never retried, recorded in the exception store
 under their class name): a person writing into the shadow (``StrayWrite``), a
-non-owner's change to an owned field (``OwnershipViolationReported``), and a routed
+non-owner's change to an owned field (``OwnershipViolationReported``), a routed
 write refused because the target is the SoR now and holds a newer edit
-(``SwitchConflict``).
+(``SwitchConflict``), and a stray that stayed although its ``StrayWrite`` record was
+decided as repaired (``StrayKept``: its system became the SoR before the repair landed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar, overload
 
 from coexistence.errors import BusinessError
 
-__all__ = ["applies", "StrayWrite", "OwnershipViolationReported", "SwitchConflict"]
+__all__ = ["applies", "StrayWrite", "OwnershipViolationReported", "SwitchConflict", "StrayKept"]
 
 _V = TypeVar("_V")
 
@@ -52,3 +53,11 @@ class OwnershipViolationReported(BusinessError):
 class SwitchConflict(BusinessError):
     """A routed write refused: the target is the SoR now and holds a newer edit by
     someone else (made after coexist last saw the record).  The SoR's state wins."""
+
+
+class StrayKept(BusinessError):
+    """A stray edit was not overwritten: its system became the SoR before the repair (or
+    the routed write over it) landed, so the stray stays and is re-sent to the shadows.
+    The follow-up of the stray's ``StrayWrite`` record, which capture decided as
+    "overwritten from the SoR"; it names the kept and the replaced value of each field
+    and the flag versions."""

@@ -12,12 +12,15 @@ cross the switch: that is where the write conditions decide.
 
 Invariant after settling: both ERPs hold the same value, the last edit made in the
 system that was the record's SoR when it was made (or the initial state), and every
-other edit ends as an exception record: a ``StrayWrite`` (an edit into the shadow) or
-a ``SwitchConflict`` (a write refused over a newer edit).  Nothing else is recorded.
+other edit ends as an exception record: a ``StrayWrite`` (an edit into the shadow), a
+``SwitchConflict`` (a write refused over a newer edit) or a ``StrayKept`` (below).
+Nothing else is recorded.
 
 After a ``switch_no_wait`` with work in flight one more outcome is allowed, always with
-its ``StrayWrite`` record: a stray edit whose repair was still in flight when its system
-became the SoR stays that SoR's state, in both ERPs.  Nothing else: a repair waits
+its ``StrayWrite`` record and a ``StrayKept`` record naming the kept value (the
+``StrayWrite``, decided at capture, says "overwritten from the SoR"; the follow-up says
+what happened): a stray edit whose repair was still in flight when its system became the
+SoR stays that SoR's state, in both ERPs.  Nothing else: a repair waits
 (``SorBehind``, retried here as the retry middleware does) until the SoR holds the
 record's last routed version, so no repair settles the ERPs on an SoR state older than a
 write still in flight (before, such a repair could leave them on the SoR's older state,
@@ -37,7 +40,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from coexistence.writes import StrayWrite, SwitchConflict
+from coexistence.writes import StrayKept, StrayWrite, SwitchConflict
 from tests.support.router_harness import Harness
 from workers.db import create_state_engine
 from workers.migrate import upgrade as upgrade_schema
@@ -60,6 +63,15 @@ def template(tmp_path_factory):
     engine.dispose()
     yield path
     shutil.rmtree(base, ignore_errors=True)
+
+
+def records(h: Harness) -> list[BaseException]:
+    """The business records as the exception store keeps them: one per message id (a
+    report sent again under the same id updates its record)."""
+    kept: dict[str, BaseException] = {}
+    for _actor, env, exc in h.business_errors:
+        kept[env.message_id] = exc
+    return list(kept.values())
 
 
 class Switches(RuleBasedStateMachine):
@@ -160,7 +172,7 @@ class Switches(RuleBasedStateMachine):
     @invariant()
     def only_expected_exceptions(self):
         for actor, _env, exc in self.h.business_errors:
-            assert isinstance(exc, StrayWrite | SwitchConflict), (actor, exc)
+            assert isinstance(exc, StrayWrite | SwitchConflict | StrayKept), (actor, exc)
             assert isinstance(exc, SwitchConflict) or actor == REPORT_ACTOR
 
     def teardown(self):
@@ -175,6 +187,11 @@ class Switches(RuleBasedStateMachine):
                 f"exceptions: {[str(e) for _, _, e in self.h.business_errors]}")
             if legacy != self.expected:
                 assert self.h.business_errors, "another outcome than the last SoR edit, silently"
+                # A promoted stray: its records say it was kept, not only "overwritten".
+                kept = [str(e) for e in records(self.h) if isinstance(e, StrayKept)
+                        and f"credit_limit: kept {legacy} vs replaced" in str(e)]
+                assert kept, (f"the stray {legacy} stayed, but no StrayKept record names "
+                              f"it: {[str(e) for _, _, e in self.h.business_errors]}")
             self.only_expected_exceptions()
         finally:
             self.h.engine.dispose()
@@ -206,7 +223,8 @@ def test_three_undrained_switches_with_a_repair_and_a_write_in_flight_keep_both_
     Now the repair waits (``SorBehind``, retried) until the SoR holds the record's last
     routed version; it lands only after legacy is the SoR again, so it writes nothing
     over the SoR and re-sends the SoR's state instead: both ERPs hold the stray made in
-    legacy over its own SoR edit (4000.01, reported as a ``StrayWrite``)."""
+    legacy over its own SoR edit (4000.01, reported as a ``StrayWrite`` and, once its repair
+    left it in place, as a ``StrayKept``)."""
     Switches.template = template
     s = Switches()
     steps = [("switch", {}), ("person_edits", {"cents": 1, "system": "legacy"}),
@@ -221,8 +239,10 @@ def test_three_undrained_switches_with_a_repair_and_a_write_in_flight_keep_both_
         s.only_expected_exceptions()
     s.teardown()
     assert limits(s.h) == (Decimal("4000.01"), Decimal("4000.01"))
-    assert {type(e) for _, _, e in s.h.business_errors} == {StrayWrite}
+    assert {type(e) for e in records(s.h)} == {StrayWrite, StrayKept}
     assert s.h.retries >= 1  # the repair did wait for the SoR
+    kept = [str(e) for e in records(s.h) if isinstance(e, StrayKept)]
+    assert len(kept) == 1 and "credit_limit: kept 4000.01 vs replaced" in kept[0], kept
 
 
 def test_an_older_write_over_a_stray_in_the_sor_leaves_the_stray_and_both_erps_equal(template):
@@ -243,7 +263,8 @@ def test_an_older_write_over_a_stray_in_the_sor_leaves_the_stray_and_both_erps_e
         s.only_expected_exceptions()
     s.teardown()
     assert limits(s.h) == (Decimal("3000.01"), Decimal("3000.01"))
-    assert [type(e) for _, _, e in s.h.business_errors] == [StrayWrite]
+    assert [type(e) for e in records(s.h)] == [StrayWrite, StrayKept]
+    assert "credit_limit: kept 3000.01 vs replaced" in str(records(s.h)[1])
 
 
 def test_a_strays_repair_with_an_sor_write_in_flight_never_settles_on_the_sors_older_state(
@@ -264,4 +285,33 @@ def test_a_strays_repair_with_an_sor_write_in_flight_never_settles_on_the_sors_o
         s.only_expected_exceptions()
     s.teardown()
     assert limits(s.h) == (Decimal("2000.01"), Decimal("2000.01"))
-    assert [type(e) for _, _, e in s.h.business_errors] == [StrayWrite]
+    assert [type(e) for e in records(s.h)] == [StrayWrite, StrayKept]
+    assert "credit_limit: kept 2000.01 vs replaced" in str(records(s.h)[1])
+
+
+def test_a_redelivered_repair_over_a_later_stray_writes_or_is_decided_never_replayed(template):
+    """Found by hypothesis once the property asked for ``StrayKept``: a stray's repair
+    (legacy's stray 4000.01) is delivered twice; its first copy overwrites the stray.  A
+    later stray (5000.01) is made in legacy, which then becomes the SoR again.  The second
+    copy decides to overwrite that stray (policy) but wrote under the first copy's
+    idempotency key, so legacy answered the first write's stored result (Applied) without
+    writing: the writer recorded a coexist observation over the stray's, re-sent the stray
+    to the cloud as the SoR's state, and the stray's own repair then met an edit "not
+    captured yet" (a false ``SwitchConflict``).  Before: both ERPs 5000.01, the stray kept
+    with only its ``StrayWrite`` ("overwritten from the SoR") and a false
+    ``SwitchConflict``.  Now a write over someone else's edit has its own key (the edit's
+    revision in it): the stray is overwritten, as its record says."""
+    Switches.template = template
+    s = Switches()
+    legacy = {"cents": 1, "system": "legacy"}
+    steps = ([("person_edits", legacy)] * 3 + [("switch_no_wait", {})] * 2
+             + [("deliver", {"pick": 0, "twice": False}), ("switch_no_wait", {}),
+                ("person_edits", legacy), ("switch_no_wait", {}),
+                ("deliver", {"pick": 229, "twice": True})]
+             + [("switch_no_wait", {})] * 3 + [("person_edits", legacy), ("switch_no_wait", {})])
+    for name, kwargs in steps:
+        getattr(s, name)(**kwargs)
+        s.only_expected_exceptions()
+    s.teardown()
+    assert limits(s.h) == (Decimal("3000.01"), Decimal("3000.01"))
+    assert [type(e) for e in records(s.h)] == [StrayWrite, StrayWrite]

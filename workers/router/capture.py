@@ -427,7 +427,8 @@ class CaptureLoop:
             flag_version, source_version = split_version(last)
             env = new_envelope(
                 domain=change.domain, kind=queues.KIND_REPAIR, key=change.key,
-                payload={**content, "stray_cursor": change.cursor},
+                payload={**content, "stray_cursor": change.cursor,
+                         "stray_version": change.version},
                 source_system=decision.sor, source_version=source_version,
                 schema_version=_schema_version(sor_record), flag_version=flag_version,
                 occurred_at=change.at,

@@ -54,7 +54,13 @@ from coexistence.ports import (
     WriteResult,
 )
 from coexistence.router import decide_command, placement, routed_version, segment_attrs
-from coexistence.writes import OwnershipViolationReported, StrayWrite, SwitchConflict, applies
+from coexistence.writes import (
+    OwnershipViolationReported,
+    StrayKept,
+    StrayWrite,
+    SwitchConflict,
+    applies,
+)
 from workers import metrics
 from workers.router import observed, queues
 
@@ -140,7 +146,11 @@ def apply_write(env: Envelope, target: Erp, send: Send,
             # the SoR held at the record's last routed version (it was to read it when
             # applied, or a later SoR change was routed since it was decided): nothing to
             # write over the SoR.  Its state stands and is re-sent to the shadows, so both
-            # ERPs settle on it (a stray there stays, already reported).
+            # ERPs settle on it (a stray there stays, already reported: a ``StrayKept``
+            # record says so, as the stray's own record said it would be overwritten).
+            report_kept_stray(env, target, ctx, send, None,
+                              f"its repair (routed under flag version {env.flag_version}) "
+                              f"landed after {target.system} became the system of record")
             _propagate(env, target, ctx, send)
             return Stale(env.domain, env.key, version, max(version, last))
         if sor_now in ctx.erps and sor_now != target.system:
@@ -183,17 +193,30 @@ def apply_write(env: Envelope, target: Erp, send: Send,
                 # A later change of the record was routed after this write: over a stray in
                 # the SoR it would put back an older state than the shadow ends with.  The
                 # SoR's state stands (the stray, reported) and is re-sent to the shadows.
+                report_kept_stray(env, target, ctx, send, current,
+                                  f"the write routed over it (flag version "
+                                  f"{env.flag_version}) is older than the record's last "
+                                  f"routed change, and {target.system} is the system of "
+                                  f"record now")
                 _propagate(env, target, ctx, send)
                 return Stale(env.domain, env.key, version, _last_routed(ctx, env))
         condition = current.revision if current is not None else ABSENT
+        key = idempotency_key
+        if current is not None and current.writer != COEXIST_WRITER:
+            # A write over someone else's edit is decided on that edit: its own key.  A
+            # redelivered copy whose first delivery applied, reaching a later edit (a stray
+            # made since), would otherwise get the first write's stored answer (Applied)
+            # without writing, and the writer would record an observation and re-send a
+            # state that never was written.
+            key = f"{idempotency_key}:over:{current.revision}"
         if delete:
             result = target.delete(env.domain, env.key, source_version=version,
-                                   idempotency_key=idempotency_key, if_revision=condition,
+                                   idempotency_key=key, if_revision=condition,
                                    **kwargs)
         else:
             assert record is not None
             result = target.upsert(record, source_version=version,
-                                   idempotency_key=idempotency_key, if_revision=condition,
+                                   idempotency_key=key, if_revision=condition,
                                    **kwargs)
         if isinstance(result, Changed):
             log.info("%s %s %s changed under the write (%s); deciding again", target.system,
@@ -381,6 +404,70 @@ def _propagate(env: Envelope, target: Erp, ctx: WriteContext, send: Send) -> Non
         send(queues.WRITE_ACTOR[system], queues.WRITE_QUEUE[system], repair_env)
 
 
+def report_kept_stray(env: Envelope, target: Erp, ctx: WriteContext, send: Send,
+                      current: Current | None, why: str) -> bool:
+    """When ``target`` (the SoR now) holds a stray that this write leaves in place, send
+    the ``StrayKept`` record: the follow-up of the stray's ``StrayWrite``, which capture
+    decided as "overwritten from the SoR".  It names the kept value (the stray) and the
+    replaced one (what the other ERP holds now, which the re-send overwrites) of each
+    differing field, the flag versions and the stray's own report.
+
+    Sent before the writer returns (before the ack), with an id derived from the stray's
+    revision: a crash in between redelivers the write, which decides the same and sends
+    the same id again (the exception store keeps one record per id), and every write that
+    leaves the same stray (its repair, an older routed write) names it once.  The repair
+    of an earlier stray of the record (``stray_version`` not the one held) sends nothing:
+    the held stray's own repair decides.  Returns whether a record was sent."""
+    if ctx.state is None or ctx.erps is None:
+        return False
+    if current is None:
+        current = target.get_current(env.domain, env.key)
+    if current is None or not current.exists or current.writer == COEXIST_WRITER:
+        return False
+    with ctx.state.connect() as conn:
+        seen = observed.get_observed(conn, target.system, env.domain, env.key)
+    if seen is None or seen.classification != observed.STRAY or not seen.made(current):
+        return False  # not a captured stray (an SoR edit, or not captured yet)
+    if "stray_version" in env.payload and str(env.payload["stray_version"]) != seen.revision:
+        # The repair of an earlier stray, superseded by the one the target holds: that
+        # one's own repair decides (and reports) what happens to it.
+        return False
+    from workers.router.capture import differing_fields, message_id
+
+    flag, mode, _sor, shadows = _placement(env, ctx, None, target)
+    kept = target.get(env.domain, env.key)
+    others = [s for s in shadows if s != target.system and s in ctx.erps]
+    replaced = {s: ctx.erps[s].get(env.domain, env.key) for s in others}
+    fields = []
+    for system, record in replaced.items():
+        for name in differing_fields(record, kept):
+            if name == "<record>":
+                fields.append([name, "the record" if kept is not None else "absent",
+                               "absent" if record is None else "the record", system])
+            else:
+                fields.append([name, str(getattr(kept, name)), str(getattr(record, name)),
+                               system])
+    cursor = env.payload.get("stray_cursor")
+    report_env = new_envelope(
+        domain=env.domain, kind=queues.KIND_STRAY_KEPT, key=env.key,
+        payload={"system": target.system, "writer": seen.writer, "revision": seen.revision,
+                 "stray_flag_version": seen.flag_version, "write_flag_version":
+                 env.flag_version, "flag_version": flag.version, "mode": str(mode),
+                 "shadows": others, "fields": fields, "why": why,
+                 "stray_report": (message_id(target.system, int(cursor), "stray")
+                                  if cursor is not None and "stray_version" in env.payload
+                                  else None)},
+        source_system=env.source_system, source_version=env.source_version,
+        flag_version=env.flag_version,
+        message_id=str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                  f"stray-kept:{target.system}:{env.domain}:{env.key}:"
+                                  f"{seen.revision}")),
+        correlation_id=env.correlation_id, causation_id=env.message_id,
+    )
+    send(queues.REPORT_ACTOR, queues.REPORT_QUEUE, report_env)
+    return True
+
+
 def decide_target_changed(env: Envelope, target: Erp, record: CanonicalRecord | None,
                           current: Current, version: int, ctx: WriteContext | None) -> str:
     """The decision table of a write whose target holds someone else's state (newer
@@ -564,6 +651,19 @@ def report(env: Envelope) -> None:
             f"stray write: {p.get('writer')} changed {env.domain} {env.key} in {p.get('system')} "
             f"({p.get('op')}), which is not its system of record ({p.get('sor')}); "
             f"fields: {fields}; {action}"
+        )
+    if env.kind == queues.KIND_STRAY_KEPT:
+        fields = "; ".join(f"{n}: kept {k} vs replaced {r} (in {s})"
+                           for n, k, r, s in p.get("fields") or []) or "no field differs"
+        shadows = ", ".join(p.get("shadows") or []) or "no shadow"
+        of = f" (its StrayWrite record: message {p['stray_report']})" \
+            if p.get("stray_report") else ""
+        raise StrayKept(
+            f"stray kept: {p.get('writer')}'s change of {env.domain} {env.key} in "
+            f"{p.get('system')} (revision {p.get('revision')}, a stray captured under flag "
+            f"version {p.get('stray_flag_version')}) was not overwritten from the SoR{of}: "
+            f"{p.get('why')} (flag version {p.get('flag_version')}, mode {p.get('mode')}); it "
+            f"stays the system of record's state and is re-sent to {shadows}; {fields}"
         )
     if env.kind == queues.KIND_OWNERSHIP:
         raise OwnershipViolationReported(

@@ -34,6 +34,8 @@ KIND_COMMAND = "command"
 KIND_EVENT = "event"
 KIND_STRAY = "stray_write"
 KIND_OWNERSHIP = "ownership_violation"
+#: A stray that stayed (its system became the SoR before its repair landed).
+KIND_STRAY_KEPT = "stray_kept"
 
 
 @dataclass(frozen=True, slots=True)
