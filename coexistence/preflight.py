@@ -82,14 +82,19 @@ class Pending:
     #: Which messages were counted, for the guard's text (" before the wait": those routed
     #: before a switch started waiting; newer ones are waited for after it).
     scope: str = ""
+    #: Repairs waiting for the SoR (``repair_wait``) that have no ledger row (a writer's
+    #: re-send to the shadows): in flight too, though the ledger cannot see them.
+    waiting_repairs: int = 0
 
     @property
     def total(self) -> int:
-        return self.unsent + self.in_broker
+        return self.unsent + self.in_broker + self.waiting_repairs
 
     def describe(self) -> str:
         """``20 (12 in the broker, 8 unsent)``."""
-        return f"{self.total} ({self.in_broker} in the broker, {self.unsent} unsent)"
+        waiting = (f", {self.waiting_repairs} repair(s) waiting for the SoR"
+                   if self.waiting_repairs else "")
+        return f"{self.total} ({self.in_broker} in the broker, {self.unsent} unsent{waiting})"
 
     def newest_version(self) -> int:
         return max(self.by_version, default=0)

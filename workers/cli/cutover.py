@@ -145,6 +145,7 @@ def status(app, domain: str | None, fmt: str) -> None:
     messages with no consumer, or messages routed under an older flag version still not
     applied."""
     from workers.observe.broker import read_broker
+    from workers.observe.waits_text import waiting_attention
 
     rows = []
     attention = []
@@ -153,6 +154,8 @@ def status(app, domain: str | None, fmt: str) -> None:
             continue
         rec = app.facts.last_reconciliation(name)
         pending = app.cutover.pending(name)
+        reader = getattr(app.facts, "repairs_waiting", None)
+        waiting = reader(name) if reader is not None else None
         rows.append({
             "domain": name, "mode": state.mode.value, "base_mode": state.base_mode.value,
             "rollout": state.rollout.describe(), "version": state.version,
@@ -168,7 +171,11 @@ def status(app, domain: str | None, fmt: str) -> None:
                 "id": rec.run_id, "status": rec.status, "drift_pct": rec.drift_pct,
                 "finished_at": rec.finished_at.isoformat()},
             "last_reconciled_at": rec.finished_at.isoformat() if rec else None,
+            "repairs_waiting": waiting,
         })
+        said = waiting_attention(name, waiting)
+        if said:
+            attention.append(said)
         older = app.cutover.pending(name, below_version=state.version)
         if older is not None and older.total:
             attention.append(f"{name}: {older.describe()} message(s) routed under flag "

@@ -88,10 +88,21 @@ class SqlPreflightFacts:
 
     def pending(self, domain: str, *, below_version: int | None = None,
                 up_to_id: int | None = None) -> Pending | None:
+        from workers.router.waits import waiting_outside_ledger
+
         u = ledger.unsettled(self.engine, domain=domain, queues=SETTLED_QUEUES,
                              below_version=below_version, up_to_id=up_to_id)
         return Pending(u.unsent, u.in_broker, dict(u.by_version), dict(u.by_queue),
-                       u.newest_id)
+                       u.newest_id, waiting_repairs=waiting_outside_ledger(self.engine, domain))
+
+    def repairs_waiting(self, domain: str) -> dict:
+        """Repairs of ``domain`` waiting for the SoR (``repair_wait``): ``count``,
+        ``oldest_s`` (seconds since the oldest one first waited), ``recorded`` (gave up
+        after the retry policy: technical exceptions)."""
+        from workers.router.waits import waiting
+
+        return waiting(self.engine, domain).get(
+            domain, {"count": 0, "oldest_s": None, "recorded": 0})
 
     def backlog(self, domain: str) -> int | None:
         """Routed messages of ``domain`` not yet applied (``pending``'s total)."""

@@ -55,9 +55,11 @@ Progress = Callable[[str], None]
 def outstanding(domain: str, pending: Pending, version: int) -> str:
     """``customer: 20 message(s) routed under flag version <= 3 not yet applied (12 in the
     broker, 8 unsent) [coexist.write.cloud: 20]``."""
+    waiting = (f", {pending.waiting_repairs} repair(s) waiting for the SoR"
+               if pending.waiting_repairs else "")
     return (f"{domain}: {pending.total} message(s) routed under flag version <= {version} "
-            f"not yet applied ({pending.in_broker} in the broker, {pending.unsent} unsent) "
-            f"[{pending.queues()}]")
+            f"not yet applied ({pending.in_broker} in the broker, {pending.unsent} unsent"
+            f"{waiting}) [{pending.queues()}]")
 
 
 class _UpTo:

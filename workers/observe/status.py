@@ -227,6 +227,9 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
     flags = FlagAuditLog(state).latest()
     exceptions = open_exceptions(state)
     runs = last_reconciliations(state)
+    from workers.router.waits import waiting as repairs_waiting
+
+    waiting = repairs_waiting(state)
     domains = []
     for domain in DOMAINS:
         flag = flags[domain]
@@ -240,6 +243,8 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
                                           queues=SETTLED_QUEUES).to_dict(),
             "open_exceptions": exceptions.get(domain, {}),
             "last_reconciliation": run,
+            "repairs_waiting": waiting.get(domain, {"count": 0, "oldest_s": None,
+                                                    "recorded": 0}),
         })
     stuck = outbox.stuck(state)
     box = {"backlog": outbox.backlog(state), "lag_s": round(outbox.lag_seconds(state), 3),
@@ -266,6 +271,8 @@ def collect_status(app, thresholds: Thresholds = Thresholds()) -> StatusReport:
 
 
 def _attention(report: StatusReport, t: Thresholds) -> list[str]:
+    from workers.observe.waits_text import waiting_attention
+
     reasons = []
     for d in report.domains:
         older = {v: n for v, n in d["unsettled"]["by_flag_version"].items()
@@ -275,6 +282,9 @@ def _attention(report: StatusReport, t: Thresholds) -> list[str]:
             reasons.append(f"{d['domain']}: {sum(older.values())} message(s) routed under "
                            f"flag version(s) older than {d['flag_version']} not yet applied "
                            f"({versions})")
+        said = waiting_attention(d["domain"], d.get("repairs_waiting"))
+        if said:
+            reasons.append(said)
         n = sum(d["open_exceptions"].values())
         if n:
             by_class = ", ".join(f"{k} {v}" for k, v in sorted(d["open_exceptions"].items()))

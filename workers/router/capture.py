@@ -413,6 +413,9 @@ class CaptureLoop:
             "system": self.system, "writer": change.writer, "sor": decision.sor,
             "op": change.op, "fields": fields, "policy": str(decision.stray_policy),
             "repaired": bool(decision.targets),
+            # Both values of each differing field (the stray's, the SoR's when captured):
+            # the record names what the stray was (to be) overwritten with.
+            "values": [[n, _value(record, n), _value(sor_record, n)] for n in fields],
         })
         batch.add(queues.REPORT_ACTOR, queues.REPORT_QUEUE, report)
         last = route.last_version if route is not None else 0
@@ -463,6 +466,14 @@ def sor_holds(conn, sor: str, domain: str, key: str, last: int, applied: int) ->
         return True
     seen = observed.get_observed(conn, sor, domain, key)
     return seen is not None and seen.version >= last
+
+
+def _value(record: CanonicalRecord | None, name: str) -> str:
+    """A field's value as a report names it (shortened; ``absent`` for no record)."""
+    if record is None or name == "<record>":
+        return "absent" if record is None else "present"
+    text = str(getattr(record, name))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _get_many(erp: Erp, domain: str, keys: list[str]) -> dict[str, CanonicalRecord]:

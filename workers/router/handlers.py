@@ -152,6 +152,10 @@ def apply_write(env: Envelope, target: Erp, send: Send,
                               f"its repair (routed under flag version {env.flag_version}) "
                               f"landed after {target.system} became the system of record")
             _propagate(env, target, ctx, send)
+            if ctx.state is not None:  # it may have waited for the SoR before the switch
+                from workers.router import waits
+
+                waits.clear_wait(ctx.state, env.message_id)
             return Stale(env.domain, env.key, version, max(version, last))
         if sor_now in ctx.erps and sor_now != target.system:
             # A repair re-sends the SoR's state: read it now, not as it was when the repair
@@ -161,7 +165,7 @@ def apply_write(env: Envelope, target: Erp, send: Send,
             # older state into the shadow than the SoR ends with.
             sor = ctx.erps[sor_now]
             held, held_current = read_held(sor, env.domain, env.key)
-            _wait_for_last_routed(ctx, env, sor_now, held_current, last)
+            _wait_for_last_routed(ctx, env, sor_now, held_current, last, target.system)
             incoming = held
             delete = incoming is None
             # The state read holds every change routed up to ``last``: written under that
@@ -251,16 +255,24 @@ def _last_routed(ctx: WriteContext, env: Envelope) -> int:
 
 
 def _wait_for_last_routed(ctx: WriteContext, env: Envelope, sor: str,
-                          current: Current | None, last: int) -> None:
+                          current: Current | None, last: int, target: str) -> None:
     from workers.router.capture import sor_holds
 
     if last <= 0 or ctx.state is None:
         return
+    from workers.router import waits
+
     applied = current.version if current is not None else 0
     with ctx.state.connect() as conn:
-        if sor_holds(conn, sor, env.domain, env.key, last, applied):
-            return
+        held = sor_holds(conn, sor, env.domain, env.key, last, applied)
+    if held:
+        waits.clear_wait(ctx.state, env.message_id)
+        return
     from coexistence.router import split_version
+
+    # Seen by ``coexist status`` / ``cutover status`` and waited for by ``cutover set``.
+    waits.note_wait(ctx.state, message_id=env.message_id, domain=env.domain, key=env.key,
+                    target=target, sor=sor, waits_for=last)
 
     raise SorBehind(f"repair of {env.domain} {env.key}: the SoR ({sor}) does not hold the "
                     f"record's last routed version yet (flag version / source version "
@@ -437,7 +449,13 @@ def report_kept_stray(env: Envelope, target: Erp, ctx: WriteContext, send: Send,
     flag, mode, _sor, shadows = _placement(env, ctx, None, target)
     kept = target.get(env.domain, env.key)
     others = [s for s in shadows if s != target.system and s in ctx.erps]
-    replaced = {s: ctx.erps[s].get(env.domain, env.key) for s in others}
+    # Compared with what the write carried (the SoR's former state), else with what the
+    # shadows hold now (which the re-send replaces).
+    replaced: dict[str, CanonicalRecord | None] = {}
+    if "record" in env.payload and env.kind != queues.KIND_DELETE:
+        replaced["the write"] = _record(env)
+    else:
+        replaced.update({s: ctx.erps[s].get(env.domain, env.key) for s in others})
     fields = []
     for system, record in replaced.items():
         for name in differing_fields(record, kept):
@@ -539,11 +557,15 @@ def _conflict_message(env: Envelope, target: Erp, record: CanonicalRecord | None
         judged = "not captured yet"
     else:
         judged = f"captured as {seen.classification} under flag version {seen.flag_version}"
+    # The cloud adapter reads the writer from ``lastModifiedBy`` (empty when the cloud does
+    # not answer it); legacy from the change log's ``LCHGUSER`` (``?``: not stamped).
+    who = current.writer if current.writer not in ("", "?") else (
+        "an unknown writer (the target did not name who made its current state)")
     now = (f"flag version {flag.version} ({mode})" if flag is not None
            else "flag state unknown to this writer")
     return (
         f"switch conflict: {env.domain} {env.key}: {target.system} is the system of record "
-        f"now and holds a newer edit by {current.writer} at {when} ({judged}); the write "
+        f"now and holds a newer edit by {who} at {when} ({judged}); the write "
         f"routed under flag version {env.flag_version} from {env.source_system} was not "
         f"applied (current: {now}); {differs}; the SoR's state stays and reaches the other "
         f"ERP through change capture"
@@ -647,13 +669,16 @@ def report(env: Envelope) -> None:
     if env.kind == queues.KIND_STRAY:
         fields = ", ".join(p.get("fields") or []) or "no field differs"
         action = "overwritten from the SoR" if p.get("repaired") else "reported only"
+        sor = p.get("sor")
+        values = "".join(f"; {n}: {v} in {p.get('system')} vs {w} in the SoR ({sor}) "
+                         f"when captured" for n, v, w in p.get("values") or [])
         raise StrayWrite(
             f"stray write: {p.get('writer')} changed {env.domain} {env.key} in {p.get('system')} "
             f"({p.get('op')}), which is not its system of record ({p.get('sor')}); "
-            f"fields: {fields}; {action}"
+            f"fields: {fields}; {action}{values}"
         )
     if env.kind == queues.KIND_STRAY_KEPT:
-        fields = "; ".join(f"{n}: kept {k} vs replaced {r} (in {s})"
+        fields = "; ".join(f"{n}: kept {k} vs {r} (in {s})"
                            for n, k, r, s in p.get("fields") or []) or "no field differs"
         shadows = ", ".join(p.get("shadows") or []) or "no shadow"
         of = f" (its StrayWrite record: message {p['stray_report']})" \
@@ -662,8 +687,9 @@ def report(env: Envelope) -> None:
             f"stray kept: {p.get('writer')}'s change of {env.domain} {env.key} in "
             f"{p.get('system')} (revision {p.get('revision')}, a stray captured under flag "
             f"version {p.get('stray_flag_version')}) was not overwritten from the SoR{of}: "
-            f"{p.get('why')} (flag version {p.get('flag_version')}, mode {p.get('mode')}); it "
-            f"stays the system of record's state and is re-sent to {shadows}; {fields}"
+            f"{p.get('why')} (flag version {p.get('flag_version')}, mode {p.get('mode')}), so "
+            f"the write left it in place as the system of record's state and re-sent it to "
+            f"{shadows}; {fields}"
         )
     if env.kind == queues.KIND_OWNERSHIP:
         raise OwnershipViolationReported(
