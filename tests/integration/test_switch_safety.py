@@ -12,10 +12,13 @@ cloud (its write to legacy waits); ``cutover rollback``; a person edits it in le
 the worker starts.
 
 Afterwards both ERPs hold the person's newest edit and exactly one ``SwitchConflict``
-record per case names both values.  On the way, the xref holds the ids of the customers
-the cloud writer created (issue 10 item 3).  Before the write conditions, the forward
-case ended with the cloud holding the older legacy value (7777.03) and the rollback
-with legacy holding 5555.00, with no exception anywhere.
+record per case names both values.  Then a third case: a legacy SoR edit waits for the
+cloud across a ``--no-wait`` switch, a stray is made in legacy, and a ``--no-wait``
+rollback makes legacy the SoR before the stray's repair lands: the stray stays in both
+ERPs, and a ``StrayKept`` record (besides its ``StrayWrite``) says so.  On the way, the
+xref holds the ids of the customers the cloud writer created (issue 10 item 3).  Before
+the write conditions, the forward case ended with the cloud holding the older legacy
+value (7777.03) and the rollback with legacy holding 5555.00, with no exception anywhere.
 
 With no worker running, b9's drain wait in ``cutover set`` / ``rollback`` would time
 out, so those steps use ``--no-wait`` (audited as such): that is exactly the case the
@@ -211,6 +214,29 @@ def forward_and_rollback(d: Deployment) -> None:
     # Nothing else went wrong, nothing else was recorded; 10003 stays settled.
     assert [t for t, _ in d.exceptions() if not t.endswith("SwitchConflict")] == []
     assert d.limits("10003") == (Decimal("4242.00"), Decimal("4242.00"))
+
+    # ---- a stray whose repair lands after its ERP became the SoR stays, and says so
+    d.stop_worker()
+    to_cloud = d.routed_to("write_cloud", "10003")
+    d.person_edits_legacy("10003", "1111.00")         # the SoR's edit, waits for the cloud
+    wait_until(lambda: d.routed_to("write_cloud", "10003") > to_cloud and d.unsent() == 0,
+               WAIT_S, "the legacy edit's write to the cloud is in the broker")
+    d.cli("cutover", "set", "customer", "cloud", "--force", "--reason", "again", "--no-wait")
+    to_legacy = d.routed_to("write_legacy", "10003")
+    d.person_edits_legacy("10003", "2222.00")         # a stray: legacy is the shadow now
+    wait_until(lambda: d.routed_to("write_legacy", "10003") > to_legacy and d.unsent() == 0,
+               WAIT_S, "the stray's repair is in the broker")
+    d.cli("cutover", "rollback", "customer", "--reason", "back again", "--no-wait")
+    d.start_worker()
+    wait_until(lambda: d.limits("10003") == (Decimal("2222.00"), Decimal("2222.00"))
+               and any(t.endswith("StrayKept") for t, _ in d.exceptions()), WAIT_S,
+               "the stray in both ERPs, a StrayKept record")
+    [kept] = [m for t, m in d.exceptions() if t.endswith("StrayKept")]
+    assert "customer 10003 in legacy" in kept and "credit_limit: kept 2222.00 vs" in kept
+    [stray] = [m for t, m in d.exceptions() if t.endswith("StrayWrite")]
+    assert "2222.00 in legacy vs" in stray
+    status = CliRunner().invoke(cli, ["cutover", "status", "customer"], env=d.env)
+    assert "waiting for the SoR" not in status.output, status.output
 
 
 def test_a_switch_and_a_rollback_never_lose_a_newer_edit_on_rabbitmq_and_postgres(

@@ -320,3 +320,24 @@ def test_a_redelivered_repair_over_a_later_stray_writes_or_is_decided_never_repl
     s.teardown()
     assert limits(s.h) == (Decimal("3000.01"), Decimal("3000.01"))
     assert [type(e) for e in records(s.h)] == [StrayWrite, StrayWrite]
+
+
+def test_a_kept_stray_the_shadow_already_holds_is_still_named_by_its_value(template):
+    """Found by hypothesis (seed 11, 300 examples): a cloud stray (4000.01) whose repair,
+    decided when legacy was the SoR, lands after the cloud became the SoR while legacy
+    already holds the stray (re-sent before): nothing differs between the SoR and the
+    shadow, yet the ``StrayKept`` record must name the value kept (from the fields the
+    stray's capture reported), not "no field differs"."""
+    Switches.template = template
+    s = Switches()
+    steps = [("switch", {}), ("person_edits", {"cents": 1, "system": "legacy"}),
+             ("person_edits", {"cents": 1, "system": "cloud"}),
+             ("person_edits", {"cents": 1, "system": "cloud"}), ("switch_no_wait", {}),
+             ("person_edits", {"cents": 1, "system": "cloud"}), ("switch_no_wait", {})]
+    for name, kwargs in steps:
+        getattr(s, name)(**kwargs)
+        s.only_expected_exceptions()
+    s.teardown()
+    assert limits(s.h) == (Decimal("4000.01"), Decimal("4000.01"))
+    kept = [str(e) for e in records(s.h) if isinstance(e, StrayKept)]
+    assert len(kept) == 1 and "credit_limit: kept 4000.01 vs " in kept[0], kept

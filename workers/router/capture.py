@@ -431,7 +431,7 @@ class CaptureLoop:
             env = new_envelope(
                 domain=change.domain, kind=queues.KIND_REPAIR, key=change.key,
                 payload={**content, "stray_cursor": change.cursor,
-                         "stray_version": change.version},
+                         "stray_version": change.version, "stray_fields": fields},
                 source_system=decision.sor, source_version=source_version,
                 schema_version=_schema_version(sor_record), flag_version=flag_version,
                 occurred_at=change.at,

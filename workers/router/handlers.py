@@ -465,6 +465,13 @@ def report_kept_stray(env: Envelope, target: Erp, ctx: WriteContext, send: Send,
             else:
                 fields.append([name, str(getattr(kept, name)), str(getattr(record, name)),
                                system])
+    if not fields and kept is not None:
+        # The shadows hold the stray's state already (an earlier re-send): name the fields
+        # the stray changed (capture's report), with the value kept.
+        for name in env.payload.get("stray_fields") or []:
+            if name in type(kept).model_fields:
+                fields.append([name, str(getattr(kept, name)), "the same",
+                               ", ".join(others) + " already"])
     cursor = env.payload.get("stray_cursor")
     report_env = new_envelope(
         domain=env.domain, kind=queues.KIND_STRAY_KEPT, key=env.key,
