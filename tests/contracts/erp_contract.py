@@ -42,6 +42,7 @@ from coexistence.ports import (
     COEXIST_WRITER,
     Applied,
     BatchErp,
+    BulkReader,
     Change,
     Changed,
     ChangeFeed,
@@ -218,6 +219,24 @@ class ErpContract:
         result = harness.erp.upsert(record, source_version=10, idempotency_key=new_key())
         assert result == Applied(domain, record.key, 10)
         assert harness.erp.get(domain, record.key) == self.as_stored(record)
+
+    @pytest.mark.parametrize("domain", ["customer", "inventory", "order"])
+    def test_get_many_answers_each_existing_record_as_get_does(self, harness, domain):
+        # BulkReader (one round trip for many keys): lines stay with their own header,
+        # a composite key (inventory) matches as a whole, absent and repeated keys are fine.
+        erp = harness.erp
+        if not isinstance(erp, BulkReader):
+            pytest.skip("not a BulkReader")
+        records = [self.make_record(domain, n, variant=n) for n in (31, 32, 33)]
+        for record in records:
+            erp.upsert(record, source_version=5, idempotency_key=new_key())
+        absent = self.make_record(domain, 39).key
+        keys = [records[2].key, absent, records[0].key, records[1].key, records[0].key]
+        found = erp.get_many(domain, keys)
+        assert set(found) == {r.key for r in records}
+        for record in records:
+            assert found[record.key] == self.as_stored(record) == erp.get(domain, record.key)
+        assert erp.get_many(domain, []) == {}
 
     def test_a_record_never_written_reads_as_none(self, harness):
         assert harness.erp.get("customer", "99999") is None

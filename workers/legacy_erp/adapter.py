@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CHAR, Engine, and_, bindparam, case, func, literal, select
+from sqlalchemy import CHAR, Engine, and_, bindparam, case, func, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bus.errors import BusinessError
@@ -70,6 +70,9 @@ __all__ = ["LegacyErp", "LegacyIdempotencyConflict"]
 
 #: Header rows fetched per round trip while streaming a domain.
 STREAM_BATCH_ROWS = 500
+#: Keys per ``IN`` list of ``get_many`` (two binds each for a composite key: far below
+#: SQLite's 32,766 and PostgreSQL's 65,535 bind parameters).
+GET_MANY_CHUNK = 500
 
 
 class LegacyIdempotencyConflict(BusinessError):
@@ -115,9 +118,31 @@ class _Domain:
             select(self.child).where(self._by_key(self.child)).order_by(*self.child_order)
             if self.child is not None else None
         )
+        # get_many: headers, and their lines in record then line order, of a list of keys.
+        self.read_headers = select(self.header).where(self._in_keys(self.header))
+        self.read_lines = (
+            select(self.child).where(self._in_keys(self.child)).order_by(
+                *(self.child.c[k] for k in self.keys), *self.child_order)
+            if self.child is not None else None
+        )
 
     def _by_key(self, table):
         return and_(*(table.c[k] == bindparam(f"key_{k}") for k in self.keys))
+
+    def _in_keys(self, table):
+        keys = bindparam("keys", expanding=True)
+        if len(self.keys) == 1:
+            return table.c[self.keys[0]].in_(keys)
+        return tuple_(*(table.c[k] for k in self.keys)).in_(keys)
+
+    def ident(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """A record's key columns without their padding: what a row read back matches."""
+        return tuple(str(values[k]).rstrip() for k in self.keys)
+
+    def in_value(self, table, ident: tuple[str, ...]):
+        """The bind value of ``ident`` in :meth:`_in_keys` (padded as the columns are)."""
+        padded = tuple(_padded(table.c[k], v) for k, v in zip(self.keys, ident, strict=True))
+        return padded[0] if len(padded) == 1 else padded
 
     def chgkey(self, values: Mapping[str, Any]) -> str:
         """The record's ``CHGLOG.CHGKEY`` (key columns, padding dropped, joined)."""
@@ -193,20 +218,42 @@ class LegacyErp:
         return self.get_many(domain, [key]).get(key)
 
     def get_many(self, domain: str, keys: Iterable[str]) -> dict[str, CanonicalRecord]:
-        """The records of ``keys`` that exist, read on one connection (the router's batches)."""
+        """The records of ``keys`` that exist (the router's batches), in bulk
+        (:meth:`_records`) on one connection."""
         d = self._domain(domain)
-        out: dict[str, CanonicalRecord] = {}
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return {}
         with self.engine.connect() as conn:
-            for key in dict.fromkeys(keys):
-                values = d.t.key_columns(d.t.legacy_key(key))
-                row = conn.execute(d.read_header, d.key_params(d.header, values)).mappings().first()
-                if row is None:
-                    continue
-                children = ()
-                if d.read_children is not None:
-                    children = conn.execute(
-                        d.read_children, d.key_params(d.child, values)).mappings().all()
-                out[key] = d.t.to_canonical(row, children)
+            return self._records(conn, d, keys)
+
+    @staticmethod
+    def _records(conn, d: _Domain, keys: Iterable[str]) -> dict[str, CanonicalRecord]:
+        """The records of ``keys`` that exist: one query for the headers and one for their
+        lines per ``GET_MANY_CHUNK`` keys (``IN`` lists), lines grouped to their header."""
+        # Key columns (rstripped, as CHAR comparison ignores padding) -> the keys asked.
+        wanted: dict[tuple[str, ...], list[str]] = {}
+        for key in dict.fromkeys(keys):
+            values = d.t.key_columns(d.t.legacy_key(key))
+            wanted.setdefault(d.ident(values), []).append(key)
+        out: dict[str, CanonicalRecord] = {}
+        idents = list(wanted)
+        for i in range(0, len(idents), GET_MANY_CHUNK):
+            chunk = idents[i:i + GET_MANY_CHUNK]
+            params = {"keys": [d.in_value(d.header, ident) for ident in chunk]}
+            headers = {d.ident(row): row
+                       for row in conn.execute(d.read_headers, params).mappings()}
+            if not headers:
+                continue
+            lines: dict[tuple[str, ...], list] = {}
+            if d.read_lines is not None:
+                params = {"keys": [d.in_value(d.child, ident) for ident in headers]}
+                for row in conn.execute(d.read_lines, params).mappings():
+                    lines.setdefault(d.ident(row), []).append(row)
+            for ident, row in headers.items():
+                record = d.t.to_canonical(row, lines.get(ident, ()))
+                for key in wanted.get(ident, ()):
+                    out[key] = record
         return out
 
     def get_current(self, domain: str, key: str) -> Current | None:
@@ -361,23 +408,11 @@ class LegacyErp:
         """``BatchErp``: each record and its ``Current`` on one connection (the revision
         first: an edit landing after it fails the write's re-check, never goes unseen)."""
         d = self._domain(domain)
-        out: dict[str, tuple[CanonicalRecord | None, Current | None]] = {}
         with self.engine.connect() as conn:
-            for key in dict.fromkeys(keys):
-                current = self._current(conn, d, key)
-                record = None
-                if current is not None and current.exists:
-                    values = d.t.key_columns(d.t.legacy_key(key))
-                    row = conn.execute(d.read_header,
-                                       d.key_params(d.header, values)).mappings().first()
-                    if row is not None:
-                        children = ()
-                        if d.read_children is not None:
-                            children = conn.execute(
-                                d.read_children, d.key_params(d.child, values)).mappings().all()
-                        record = d.t.to_canonical(row, children)
-                out[key] = (record, current)
-        return out
+            currents = {key: self._current(conn, d, key) for key in dict.fromkeys(keys)}
+            records = self._records(
+                conn, d, [k for k, c in currents.items() if c is not None and c.exists])
+        return {key: (records.get(key), current) for key, current in currents.items()}
 
     def write_many(self, ops: Sequence[WriteOp]) -> list[WriteResult | Exception]:
         """``BatchErp``: one transaction per writer for the whole batch, each op with the
