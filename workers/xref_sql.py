@@ -12,15 +12,25 @@ which now sees the winner's row and ends in a no-op (same mapping) or an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Engine, String, UniqueConstraint, or_, select, update
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    String,
+    UniqueConstraint,
+    bindparam,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Field
 
 from bus.errors import TechnicalError
-from coexistence.xref import XrefColumn, XrefEntry, plan_link
+from coexistence.xref import XREF_COLUMNS, XrefColumn, XrefEntry, plan_link
 from workers.db import StateTable
 
 #: Canonical keys compare in code-point order in every database ("C" collation on
@@ -186,6 +196,100 @@ def link_in(conn, domain: str, canonical_key: str, *, legacy_key: str | None = N
     except (IntegrityError, _LostRace):
         raise TechnicalError(
             f"xref link of {domain} {canonical_key} raced another writer; retried") from None
+
+
+#: Ids per ``IN`` list of :func:`link_many_in`'s read.
+LINK_MANY_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One link asked of :func:`link_many_in`."""
+
+    canonical_key: str
+    legacy_key: str | None = None
+    cloud_id: str | None = None
+
+
+def link_many_in(conn, domain: str, links: Sequence[Link]) -> list[XrefEntry]:
+    """:func:`link_in` for a batch of links in the caller's state transaction, with the
+    outcome of linking them one after the other: one read of every row involved (``IN``
+    lists), each link decided by ``plan_link`` against that read and the links before it,
+    then one INSERT of the new rows and one guarded UPDATE per set of filled columns.
+
+    A conflict (with a stored row or an earlier link of the batch) raises
+    ``XrefConflict`` before anything is written; a race lost to a concurrent linker is a
+    ``TechnicalError`` (the caller's transaction rolls back, the bus retries)."""
+    if not links:
+        return []
+    keys = {link.canonical_key for link in links}
+    ids: dict[XrefColumn, set[str]] = {
+        "legacy_key": {link.legacy_key for link in links if link.legacy_key is not None},
+        "cloud_id": {link.cloud_id for link in links if link.cloud_id is not None},
+    }
+    rows: dict[str, XrefEntry] = {}
+    for column, values in (("canonical_key", keys), *ids.items()):
+        values = sorted(values)
+        for i in range(0, len(values), LINK_MANY_CHUNK):
+            for row in conn.execute(select(_T).where(
+                    _T.c.domain == domain, _T.c[column].in_(values[i:i + LINK_MANY_CHUNK]))):
+                rows[row.canonical_key] = _entry(row)
+    # The state as the links decided so far leave it: entries by key, holders by id.
+    held: dict[XrefColumn, dict[str, str]] = {
+        col: {getattr(e, col): k for k, e in rows.items() if getattr(e, col) is not None}
+        for col in XREF_COLUMNS
+    }
+    stored = dict(rows)
+    out: list[XrefEntry] = []
+    for link in links:
+        key = link.canonical_key
+        wanted: dict[XrefColumn, str | None] = {"legacy_key": link.legacy_key,
+                                                "cloud_id": link.cloud_id}
+        current = rows.get(key)
+        holders = {col: held[col].get(value) for col, value in wanted.items()
+                   if value is not None}
+        fill = plan_link(current, holders, domain, key, wanted)
+        entry = current if not fill else XrefEntry(
+            domain, key,
+            fill.get("legacy_key", current.legacy_key if current else None),
+            fill.get("cloud_id", current.cloud_id if current else None))
+        if entry is None:
+            entry = XrefEntry(domain, key)
+        rows[key] = entry
+        for col, value in fill.items():
+            held[col][value] = key
+        out.append(entry)
+    now = datetime.now(UTC)
+    new = [{"domain": domain, "canonical_key": k, "legacy_key": e.legacy_key,
+            "cloud_id": e.cloud_id, "created_at": now, "updated_at": now}
+           for k, e in rows.items() if k not in stored]
+    # Filled columns of stored rows, grouped by which columns (one UPDATE shape each).
+    fills: dict[tuple[XrefColumn, ...], list[dict]] = {}
+    for k, e in rows.items():
+        before = stored.get(k)
+        if before is None or before == e:
+            continue
+        cols = tuple(c for c in XREF_COLUMNS if getattr(before, c) != getattr(e, c))
+        fills.setdefault(cols, []).append({"b_key": k, **{f"b_{c}": getattr(e, c)
+                                                          for c in cols}})
+    try:
+        with conn.begin_nested():
+            if new:
+                conn.execute(_T.insert(), new)
+            for cols, params in fills.items():
+                result = conn.execute(
+                    update(_T)
+                    .where(_T.c.domain == domain, _T.c.canonical_key == bindparam("b_key"),
+                           *(_T.c[c].is_(None) for c in cols))
+                    .values(updated_at=now, **{c: bindparam(f"b_{c}") for c in cols}),
+                    params)
+                if result.rowcount != len(params):
+                    raise _LostRace
+    except (IntegrityError, _LostRace):
+        raise TechnicalError(
+            f"xref links of {len(links)} {domain} records raced another writer; retried"
+        ) from None
+    return out
 
 
 def unlink_in(conn, domain: str, canonical_key: str) -> None:

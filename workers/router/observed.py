@@ -163,19 +163,31 @@ class Written:
 
 def record_writes(engine, writes: list[Written]) -> None:
     """:func:`record_write` for a whole batch of writes, in ONE state transaction (a routed
-    delete removes the record's xref link there too)."""
-    from workers.xref_sql import link_in, unlink_in
+    delete removes the record's xref link there too).  The created records' links go in
+    bulk per domain (``link_many_in``: one read, one insert), in write order around the
+    deletes."""
+    from workers.xref_sql import Link, link_many_in, unlink_in
 
     if not writes:
         return
     with engine.begin() as conn:
         _upsert(conn, [_row(w.system, w.domain, w.key, w.result.revision, w.writer, COEXIST,
                             w.flag_version, None, w.result.version) for w in writes])
+        links: dict[str, list[Link]] = {}
+
+        def flush() -> None:
+            for domain, batch in links.items():
+                link_many_in(conn, domain, batch)
+            links.clear()
+
         for w in writes:
             if w.deleted:
+                flush()
                 unlink_in(conn, w.domain, w.key)
             elif w.created and (w.legacy_key or w.cloud_id):
-                link_in(conn, w.domain, w.key, legacy_key=w.legacy_key, cloud_id=w.cloud_id)
+                links.setdefault(w.domain, []).append(
+                    Link(w.key, legacy_key=w.legacy_key, cloud_id=w.cloud_id))
+        flush()
 
 
 _NOTED = "coexist.observed"
