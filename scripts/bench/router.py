@@ -18,7 +18,9 @@ Prints one JSON line per figure (``name``, ``records_per_s``, ``baseline_per_s``
   (``COEXIST_WRITE_BATCH_SIZE=1``, ``one_by_one_per_s``).  After the burst, ``--light``
   single changes typed ``--light-gap-s`` apart give the light-load latency
   (``light_load_p99_ms``: legacy change time to coexist's cloud write time).  The worker
-  processes' CPU per customer is read from /proc.
+  processes' CPU per customer is read from /proc; the router (capture) runs in this
+  process, whose CPU per customer (``router_process_cpu_ms_per_customer``: the router
+  thread plus this script's polls of the simulator's feed) is read too.
 
 RabbitMQ gets a private vhost (``rabbitmqctl``, removed after); files go to a temp folder.
 Bounded: the end-to-end phase gives up after ``--timeout-s``.
@@ -162,6 +164,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             spies = _py_spy(py_spy, {"worker": procs[0].pid if procs else os.getpid(),
                                      "router": os.getpid()})
             start = time.time()
+            own_cpu_before = time.process_time()
             if worker is not None:
                 worker.start()
             router.start()
@@ -179,6 +182,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                     time.sleep(0.05)
             elapsed = time.time() - start
             cpu = _children_cpu(procs) - cpu_before
+            own_cpu = time.process_time() - own_cpu_before
             for spy in spies:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             for spy in spies:
@@ -207,6 +211,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
     return {"per_s": done / elapsed, "p50_ms": p50, "p99_ms": p99, "done": done,
             "cloud_rows": cloud_rows, "seconds": round(elapsed, 2), "change_log_entries": entries,
             "worker_cpu_ms_per_customer": round(cpu * 1000 / max(1, done), 3),
+            "router_process_cpu_ms_per_customer": round(own_cpu * 1000 / max(1, done), 3),
             "light_changes": len(light_lat), "light_p50_ms": light_p50,
             "light_p99_ms": light_p99}
 
@@ -386,6 +391,7 @@ def main() -> int:
         "light_load_p50_ms": ours["light_p50_ms"], "light_load_p99_ms": ours["light_p99_ms"],
         "light_changes": ours["light_changes"], "light_gap_s": args.light_gap_s,
         "worker_cpu_ms_per_customer": ours["worker_cpu_ms_per_customer"],
+        "router_process_cpu_ms_per_customer": ours["router_process_cpu_ms_per_customer"],
         "one_by_one_worker_cpu_ms_per_customer":
             single["worker_cpu_ms_per_customer"] if single else None,
         "one_by_one_p99_ms": single["p99_ms"] if single else None,
