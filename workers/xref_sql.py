@@ -31,6 +31,7 @@ from sqlmodel import Field
 
 from bus.errors import TechnicalError
 from coexistence.xref import XREF_COLUMNS, XrefColumn, XrefEntry, plan_link
+from workers.bulk_sql import executemany
 from workers.db import StateTable
 
 #: Canonical keys compare in code-point order in every database ("C" collation on
@@ -63,6 +64,8 @@ class XrefRow(StateTable, table=True):
 
 
 _T = XrefRow.__table__  # type: ignore[attr-defined]
+#: The bulk insert of new links (driver-level executemany: ``workers.bulk_sql``).
+_INSERT_XREF = _T.insert()
 
 
 #: PostgreSQL SQLSTATEs that mean "two writers crossed; run the transaction again":
@@ -275,7 +278,7 @@ def link_many_in(conn, domain: str, links: Sequence[Link]) -> list[XrefEntry]:
     try:
         with conn.begin_nested():
             if new:
-                conn.execute(_T.insert(), new)
+                executemany(conn, _INSERT_XREF, new)
             for cols, params in fills.items():
                 result = conn.execute(
                     update(_T)

@@ -432,8 +432,9 @@ def _link_many(conn, domain: str, created: list[tuple[str, str | None]],
     rows in one statement; existing rows get a missing id; a link that conflicts with
     another record's is reported, not forced."""
     from coexistence.translate.legacy import LEGACY_TRANSLATORS
+    from workers.bulk_sql import executemany
+    from workers.xref_sql import _INSERT_XREF, link_in
     from workers.xref_sql import _T as XREF
-    from workers.xref_sql import link_in
 
     if not created:
         return
@@ -459,7 +460,7 @@ def _link_many(conn, domain: str, created: list[tuple[str, str | None]],
     try:
         with conn.begin_nested():
             if new:
-                conn.execute(XREF.insert(), new)
+                executemany(conn, _INSERT_XREF, new)
     except IntegrityError:
         # Another record holds one of these ids: link one by one, reporting the conflicts.
         for row in new:

@@ -38,6 +38,7 @@ from sqlmodel import Field
 from coexistence.ports import COEXIST_WRITER
 from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
 from coexistence.reconcile.tolerances import normalise
+from workers.bulk_sql import executemany
 from workers.db import StateTable
 
 #: Buckets per (domain, side): 65,536 keeps ~15 records a bucket at 1M records, so a
@@ -99,6 +100,9 @@ class ReconcileIndexSide(StateTable, table=True):
 ENTRY = ReconcileIndexEntry.__table__  # type: ignore[attr-defined]
 BUCKET = ReconcileBucket.__table__  # type: ignore[attr-defined]
 SIDE = ReconcileIndexSide.__table__  # type: ignore[attr-defined]
+#: The bulk inserts of :func:`apply` (driver-level executemany: ``workers.bulk_sql``).
+_INSERT_ENTRY = insert(ENTRY)
+_INSERT_BUCKET = insert(BUCKET)
 
 
 def bucket_of(key: str) -> int:
@@ -172,7 +176,7 @@ def apply(conn: Connection, domain: str, side: str,
         conn.execute(delete(ENTRY).where(and_(ENTRY.c.domain == domain, ENTRY.c.side == side,
                                               ENTRY.c.key.in_(gone[start:start + IN_CHUNK]))))
     if put:
-        conn.execute(insert(ENTRY), put)
+        executemany(conn, _INSERT_ENTRY, put)
     if moves:
         _move_buckets(conn, domain, side, moves)
     return len(gone) + len(put) - len(set(gone) & {p["key"] for p in put})
@@ -201,7 +205,7 @@ def _move_buckets(conn: Connection, domain: str, side: str,
         conn.execute(delete(BUCKET).where(and_(
             BUCKET.c.domain == domain, BUCKET.c.side == side, BUCKET.c.bucket.in_(chunk))))
     if rows:
-        conn.execute(insert(BUCKET), rows)
+        executemany(conn, _INSERT_BUCKET, rows)
 
 
 def update(session_or_conn: Any, system: str, changes: Iterable[Any],

@@ -23,6 +23,7 @@ same change time (legacy ``CHGTS``, cloud ``lastModifiedDateTime``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +33,7 @@ from sqlmodel import Field
 
 from coexistence.ports import Applied, Change, Current
 from coexistence.router import routed_version
+from workers.bulk_sql import executemany
 from workers.db import StateTable
 
 ECHO = "echo"
@@ -93,15 +95,21 @@ def _utc(at: datetime) -> datetime:
 def _upsert(conn, rows: list[dict]) -> None:
     if not rows:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    # One statement per dialect, run at the driver level (workers.bulk_sql): a batch's
+    # observations without SQLAlchemy's per-row parameter work.
+    executemany(conn, _upsert_statement(conn.dialect.name), rows)
+
+
+@functools.cache
+def _upsert_statement(dialect: str):
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     base = insert(_T)
     ex = base.excluded
-    stmt = base.on_conflict_do_update(
+    return base.on_conflict_do_update(
         index_elements=[_T.c.system, _T.c.domain, _T.c.key],
         set_={c: ex[c] for c in ("revision", "writer", "classification", "flag_version",
                                  "version", "changed_at", "at")},
     )
-    conn.execute(stmt, rows)
 
 
 def _row(system: str, domain: str, key: str, revision: str, writer: str,
