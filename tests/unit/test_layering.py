@@ -47,3 +47,52 @@ def test_the_domain_never_opens_an_engine_or_a_session():
                 if name in {"create_engine", "Session", "connect", "open"}:
                     calls.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
     assert calls == []
+
+
+#: What opens a configured part: a database engine, the broker, the flag store and cache,
+#: the cloud and legacy adapters.  Issue 11, build item 1: only the composition root calls
+#: these (commands get the parts from the ``App`` in click's ``ctx.obj``).
+BUILDERS = {"create_state_engine", "create_legacy_engine", "make_broker", "store_for",
+            "RedisFlagStore", "SqlFlagStore", "FlagCache", "CloudErp", "LegacyErp",
+            "CrmClient", "Cutover", "SqlPreflightFacts"}
+#: The few other call sites, each with its reason (module -> builders it may call).
+BUILT_ELSEWHERE = {
+    # store_for is the root's helper: Redis in front of SQL, else SQL.
+    "workers/flags/__init__.py": {"RedisFlagStore", "SqlFlagStore"},
+    # alembic's migration lock opens a second engine on the URL it was given.
+    "workers/migrate.py": {"create_state_engine"},
+    # `coexist api openapi`: an in-memory throwaway, not the configured state database.
+    "workers/cli/api.py": {"create_state_engine"},
+    # The demo's own reference world: the legacy ERP of its demo home.
+    "workers/cli/demo.py": {"LegacyErp"},
+}
+
+
+def builder_calls(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            func = func.value  # RedisFlagStore.from_url(...)
+        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        if name in BUILDERS:
+            found.add(name)
+    return found
+
+
+def test_only_the_composition_root_builds_adapters():
+    offenders = {}
+    for package in ("bus", "coexistence", "workers"):
+        for path in (ROOT / package).rglob("*.py"):
+            where = str(path.relative_to(ROOT))
+            if where == "workers/bootstrap.py":
+                continue
+            extra = builder_calls(path) - BUILT_ELSEWHERE.get(where, set())
+            if extra:
+                offenders[where] = sorted(extra)
+    assert offenders == {}
+    root = builder_calls(ROOT / "workers" / "bootstrap.py")
+    assert {"create_state_engine", "make_broker", "store_for", "CloudErp"} <= root
+

@@ -132,3 +132,33 @@ def test_the_check_fails_on_what_the_cli_does_not_have():
     assert problem("coexist nosuch") == "coexist has no command 'nosuch'"
     assert "yaml" in (problem("coexist status --format yaml") or "")
     assert problem("coexist cutover plan customer shadow") is None
+
+
+def _section(title_prefix: str) -> str:
+    match = re.search(rf"^## {re.escape(title_prefix)}.*?(?=^## )", TEXT, flags=re.S | re.M)
+    assert match, f"README has no section '## {title_prefix}...'"
+    return match.group(0)
+
+
+def test_the_readme_says_to_activate_the_venv_before_using_coexist():
+    # Issue 11: after the demo `coexist` was "command not found".
+    fenced = "\n".join(_fenced(TEXT))
+    assert "source .venv/bin/activate" in fenced
+    before = fenced.index("source .venv/bin/activate")
+    assert re.search(r"^coexist ", fenced[before:], flags=re.M)
+    # The simulator is a coexist subcommand, not a module to run by hand.
+    assert "python -m workers.cloud_sim" not in TEXT
+
+
+def test_the_runbook_walks_one_cutover_step_in_order():
+    runbook = _section("Runbook")
+    steps = re.findall(r"^\d+\. \*\*(\w[\w ]*)\*\*", runbook, flags=re.M)
+    want = ["Start", "Reconcile", "Backfill", "Wait", "Plan", "Set", "Watch", "Roll back"]
+    assert [s for s in steps if s in want] == want, steps
+    for command in ("coexist db upgrade", "coexist reconcile customer --repair --yes",
+                    "coexist cutover plan customer shadow", "coexist cutover set customer",
+                    "coexist cutover status customer", "coexist cutover rollback customer"):
+        assert command in " ".join(runbook.split()), command
+    # PostgreSQL schemas are made by `coexist db upgrade`, never by a process's start.
+    start = runbook[runbook.index("**Start**"):runbook.index("**Reconcile**")]
+    assert "coexist db upgrade" in start and "creates coexist's state tables" not in start
