@@ -96,3 +96,19 @@ def test_only_the_composition_root_builds_adapters():
     root = builder_calls(ROOT / "workers" / "bootstrap.py")
     assert {"create_state_engine", "make_broker", "store_for", "CloudErp"} <= root
 
+
+
+def test_the_business_exceptions_of_writes_belong_to_the_domain():
+    # Issue 11, build item 8: StrayWrite and OwnershipViolationReported were workers' own.
+    from coexistence import writes
+    from coexistence.errors import BusinessError
+
+    for cls in (writes.StrayWrite, writes.OwnershipViolationReported):
+        assert cls.__module__ == "coexistence.writes" and issubclass(cls, BusinessError)
+    defined_elsewhere = [
+        str(path.relative_to(ROOT)) for package in ("bus", "workers")
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+        and node.name in ("StrayWrite", "OwnershipViolationReported")]
+    assert defined_elsewhere == []
