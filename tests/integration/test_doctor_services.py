@@ -56,6 +56,11 @@ def test_doctor_on_the_embedded_default_and_a_part_that_does_not_answer(tmp_path
     result = CliRunner().invoke(cli, ["doctor"], obj=App(Settings(home=tmp_path)))
     assert result.exit_code == 0, result.output
     assert "ok   cloud ERP: not configured (COEXIST_CLOUD_URL)" in result.output
+    # No process has made the embedded broker's file yet: doctor does not say it answers.
+    [broker] = [x for x in result.output.splitlines() if x.startswith("ok   broker: ")]
+    assert broker == (f"ok   broker: embedded {tmp_path / 'bus.db'} not made yet (no coexist "
+                      "process has started with this COEXIST_HOME)"), broker
+    assert not (tmp_path / "bus.db").exists()
     down = App(Settings(home=tmp_path, cloud_url="http://127.0.0.1:9"))
     result = CliRunner().invoke(cli, ["doctor"], obj=down)
     assert result.exit_code == 1

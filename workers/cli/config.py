@@ -87,6 +87,10 @@ def doctor(app) -> None:
         view = read_broker(s, app.queue_names())
         if not view.reachable:
             raise RuntimeError(f"does not answer: {view.error}")
+        if not s.broker_url and not s.bus_path.is_file():
+            # Nothing to answer yet: it is made by the first process (not "answers").
+            return (f"embedded {view.url} not made yet (no coexist process has started "
+                    "with this COEXIST_HOME)")
         detail = "; ".join(view.notes)
         return f"{view.kind} {view.url} answers ({view.source})" + (
             f"; {detail}" if detail else "")
