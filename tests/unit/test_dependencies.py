@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PRODUCT = ("bus", "coexistence", "workers", "migrations")
 #: Drivers SQLAlchemy loads by the dialect name in a URL, never imported by name.
-DRIVERS = {"psycopg": "postgresql+psycopg"}
+#: Libraries another one loads by a name the product gives it (uvicorn's ``http=...``).
+DRIVERS = {"psycopg": "postgresql+psycopg", "httptools": '"httptools"'}
 
 
 def _name(requirement: str) -> str:
