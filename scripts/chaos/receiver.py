@@ -19,6 +19,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from workers.portal.asgi import Disconnected, read_body
+
 #: Seconds the gone endpoint's first request hangs (beyond the dispatcher's --timeout-s).
 HANG_S = 6.0
 
@@ -51,12 +53,10 @@ class ChaosReceiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(receive)
+        except Disconnected:
+            return  # the sender died mid-request; it sends the whole request again
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if scope["path"] == "/gone":
             with self.lock:

@@ -26,7 +26,7 @@ from tests.support.receiver import serving
 from tests.support.state import upgraded_state
 from workers.bootstrap import App
 from workers.config import Settings, SubscriptionSection
-from workers.portal.asgi import read_body
+from workers.portal.asgi import Disconnected, read_body
 from workers.portal.events import webhook_id
 from workers.portal.store import DELIVERED, DELIVERY
 
@@ -57,14 +57,18 @@ class DedupingReceiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = await read_body(receive)
+        try:
+            body = await read_body(receive)
+        except Disconnected:
+            return  # the sender died mid-request; it sends the whole request again
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status = 204
         try:
             self.secrets[scope["path"]].verify(body, headers)
         except Exception as exc:  # noqa: BLE001 - a failed verification is the finding
             with self.lock:
-                self.bad.append(f"{scope['path']}: {exc}")
+                self.bad.append(f"{scope['path']}: {exc} ({len(body)} body bytes, "
+                                f"content-length {headers.get('content-length')})")
             status = 400
         else:
             with self.lock:

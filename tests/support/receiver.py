@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from workers.portal.asgi import read_body
+from workers.portal.asgi import Disconnected, read_body
 
 
 @dataclass
@@ -66,7 +66,10 @@ class Receiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = await read_body(receive)
+        try:
+            body = await read_body(receive)
+        except Disconnected:
+            return  # the sender died mid-request; it sends the whole request again
         path = scope["path"]
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         with self._lock:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from workers.portal.asgi import read_body
+import pytest
+
+from workers.portal.asgi import Disconnected, read_body
 
 
 def _receive(*messages):
@@ -31,7 +33,8 @@ def test_an_empty_request_has_an_empty_body():
     assert asyncio.run(read_body(_receive({"type": "http.request"}))) == b""
 
 
-def test_a_disconnect_ends_the_body_with_what_arrived():
+def test_a_disconnect_before_the_end_of_the_body_is_no_body():
     receive = _receive({"type": "http.request", "body": b"part", "more_body": True},
                        {"type": "http.disconnect"})
-    assert asyncio.run(read_body(receive)) == b"part"
+    with pytest.raises(Disconnected, match="after 4 body bytes"):
+        asyncio.run(read_body(receive))

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from coexistence.policy import serialise
 from coexistence.router import LEGACY
 from workers.portal import signing
-from workers.portal.asgi import read_body
+from workers.portal.asgi import Disconnected, read_body
 from workers.portal.endpoints import EndpointRegistry
 from workers.portal.events import EVENT_TYPE, scope_of
 from workers.portal.store import DELIVERY, PENDING
@@ -105,7 +105,10 @@ class WebhookReceiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        body = await read_body(receive)
+        try:
+            body = await read_body(receive)
+        except Disconnected:
+            return  # the sender died mid-request; it sends the whole request again
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         status = 204
         with self.lock:
