@@ -9,9 +9,9 @@ tables: the schema is built and upgraded by migrations (``coexist db upgrade``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, Table, create_engine, event
 from sqlalchemy.orm import registry
 from sqlmodel import SQLModel
 
@@ -23,6 +23,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 class BusTable(SQLModel, registry=registry(metadata=BUS_METADATA)):
     """Base class of the bus's SQL tables."""
+
+    #: Set by SQLAlchemy's declarative mapping on every ``table=True`` subclass; declared
+    #: here only for the type checker (SQLModel's class does not declare it).
+    __table__: ClassVar[Table]
 
 
 def create_state_engine(url: str, **kwargs: Any) -> Engine:

@@ -120,6 +120,13 @@ class ExceptionRecord(BusTable, table=True):
 _T = ExceptionRecord.__table__
 
 
+def _stored_id(rec: ExceptionRecord) -> int:
+    """The id of a record read back from the table (its primary key, so never None)."""
+    if rec.id is None:
+        raise ValueError("an exception record that was never stored has no id")
+    return rec.id
+
+
 class ExceptionAction(BusTable, table=True):
     """Who archived or replayed a record, when and why (operator changes are audited)."""
 
@@ -198,7 +205,8 @@ def call_site(exc: BaseException) -> str:
 def _module_of(filename: str) -> str:
     path = os.path.abspath(filename)
     for name, module in list(sys.modules.items()):
-        if getattr(module, "__file__", None) and os.path.abspath(module.__file__) == path:
+        module_file = getattr(module, "__file__", None)
+        if module_file and os.path.abspath(module_file) == path:
             return name
     return os.path.splitext(os.path.basename(path))[0]
 
@@ -286,7 +294,10 @@ class ExceptionStore:
                             **values))
                 except IntegrityError:
                     continue
-                return int(result.inserted_primary_key[0])
+                inserted = result.inserted_primary_key
+                if inserted is None:  # pragma: no cover - a single-row INSERT always has one
+                    raise RuntimeError("the exception store's INSERT returned no id")
+                return int(inserted[0])
         raise RuntimeError(f"could not record failure of message {message_id}")
 
     def get(self, record_id: int) -> ExceptionRecord | None:
@@ -402,32 +413,33 @@ class ExceptionStore:
         if wanted is not None:
             found = {r.id for r in records}
             result.skipped.extend((i, "no such record") for i in wanted if i not in found)
-        for rec in sorted(records, key=lambda r: r.id):
+        for rec in sorted(records, key=_stored_id):
+            rec_id = _stored_id(rec)
             if rec.status == "archived":
-                result.skipped.append((rec.id, "archived (handled by hand): never replayed"))
+                result.skipped.append((rec_id, "archived (handled by hand): never replayed"))
                 continue
             message = rec.message_dict()
             if message is None:
-                result.skipped.append((rec.id, "no message to replay (only raw bytes were "
+                result.skipped.append((rec_id, "no message to replay (only raw bytes were "
                                                "received); archive it once handled"))
                 continue
-            message = reset_for_replay(message, rec.id)
+            message = reset_for_replay(message, rec_id)
             if dry_run:
-                result.replayed.append(rec.id)
+                result.replayed.append(rec_id)
                 continue
             try:
                 enqueue(message)
             except Exception as exc:  # report and go on: the record stays as it was
-                result.failed.append((rec.id, f"{type(exc).__name__}: {exc}"))
+                result.failed.append((rec_id, f"{type(exc).__name__}: {exc}"))
                 continue
             now = datetime.now(UTC)
             with self.engine.begin() as conn:
-                conn.execute(update(_T).where(_T.c.id == rec.id).values(
+                conn.execute(update(_T).where(_T.c.id == rec_id).values(
                     status="replayed", status_changed_at=now,
                     replay_count=_T.c.replay_count + 1))
-                conn.execute(_A.insert().values(record_id=rec.id, action="replay",
+                conn.execute(_A.insert().values(record_id=rec_id, action="replay",
                                                 actor=actor, reason=reason, at=now))
-            result.replayed.append(rec.id)
+            result.replayed.append(rec_id)
         return result
 
     @staticmethod

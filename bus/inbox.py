@@ -116,6 +116,7 @@ _CLAIM_MANY_PG = text(
 def _insert_new(dialect: str):
     # Built once per dialect (building it costs more than running it).  RETURNING, not
     # rowcount: SQLAlchemy does not report rowcount for INSERT on psycopg.
+    ins: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
         ins = postgresql.insert(_T)
     elif dialect == "sqlite":

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dramatiq import Middleware
-from sqlalchemy import Engine, and_, case, exists, func, select, update
+from sqlalchemy import ColumnElement, Engine, and_, case, exists, func, select, update
 
 from bus.brokers.base import redelivery_requested
 from bus.exception_store import ExceptionRecord
@@ -46,8 +46,8 @@ SKIPPED = "skipped"
 #: Given by state revision 0009 to rows sent before the ledger existed (not known).
 BEFORE_LEDGER = "before_ledger"
 
-_T = OutboxRecord.__table__  # type: ignore[attr-defined]
-_EXC = ExceptionRecord.__table__  # type: ignore[attr-defined]
+_T = OutboxRecord.__table__
+_EXC = ExceptionRecord.__table__
 #: Attribute on the message proxy: when this delivery started (UTC), set before processing.
 _STARTED_ATTR = "_coexist_ledger_started"
 
@@ -181,7 +181,7 @@ def unsettled(
     A row whose message the exception store holds (a RabbitMQ dead letter the drain
     recorded, or a failure recorded just before a crash) counts as settled.
     """
-    conditions = [_T.c.settled_at.is_(None)]
+    conditions: list[ColumnElement[bool]] = [_T.c.settled_at.is_(None)]
     if domain is not None:
         conditions.append(_T.c.domain == domain)
     if queues is not None:

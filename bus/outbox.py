@@ -281,9 +281,9 @@ def purge_sent(engine: Engine, older_than: timedelta, *, chunk: int = 5000) -> i
     total = 0
     while True:
         with engine.begin() as conn:
-            ids = select(_T.c.id).where(_T.c.sent_at.is_not(None), _T.c.sent_at < cutoff,
-                                        _T.c.settled_at.is_not(None))
-            ids = [r[0] for r in conn.execute(ids.limit(chunk))]
+            settled = select(_T.c.id).where(_T.c.sent_at.is_not(None), _T.c.sent_at < cutoff,
+                                            _T.c.settled_at.is_not(None))
+            ids = [r[0] for r in conn.execute(settled.limit(chunk))]
             if not ids:
                 return total
             conn.execute(delete(_T).where(_T.c.id.in_(ids)))

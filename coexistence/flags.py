@@ -98,6 +98,7 @@ SEGMENT_KEYS: tuple[str, ...] = ("warehouse", "region", "customer_group")
 PERCENT_SCALE = 10_000
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_SEGMENTS: Mapping[str, frozenset[str]] = MappingProxyType({})
 
 
 #: Sticky buckets of recently seen keys: routers see the same hot records again and again.
@@ -166,7 +167,7 @@ class Rollout:
     """Which records of a domain a partial move selects (see the module docstring)."""
 
     percent_buckets: int = PERCENT_SCALE
-    segments: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
+    segments: Mapping[str, frozenset[str]] = field(default_factory=lambda: _NO_SEGMENTS)
 
     def __post_init__(self) -> None:
         if not 0 <= self.percent_buckets <= PERCENT_SCALE:

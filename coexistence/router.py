@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
+from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord, Order
 from coexistence.flags import ROUTES, SEGMENT_KEYS
 from coexistence.ports import COEXIST_WRITER, Change
 
@@ -103,7 +103,7 @@ def is_closed(record: CanonicalRecord | None) -> bool:
     """A document that no longer needs pinning (closed order, delivered shipment, paid invoice)."""
     if record is None:
         return False
-    if record.domain == "order":
+    if isinstance(record, Order):  # the one record of domain "order"
         return record.status in ("closed", "cancelled")
     return bool(getattr(record, "is_closed", False))
 
