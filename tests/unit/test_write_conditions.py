@@ -327,3 +327,29 @@ def test_a_repair_that_reaches_the_sor_after_a_later_routed_change_writes_nothin
     h.settle()
     assert limits(h) == (Decimal("3000.00"), Decimal("3000.00"))
     assert [type(e) for _, _, e in h.business_errors] == [StrayWrite]
+
+
+def test_a_strays_repair_does_not_wait_for_a_version_no_write_to_the_sor_carries(h):
+    """The record's last routed version can be one the SoR never gets: a change routed to
+    other targets only (a channel such as the CRM) moves ``record_route.last_version``
+    too.  With every write to the SoR settled (as the settle ledger marks them once
+    handled), a stray's repair reads the SoR and applies; before, it waited for that
+    version (``SorBehind``) until its retries ran out -- the chaos run's rollback drain
+    stalled on such repairs."""
+    from sqlalchemy import text
+
+    h.set_mode("customer", "cloud")
+    h.settle()
+    with h.engine.begin() as conn:
+        # What a channel-only route of a later change leaves: a higher last version...
+        conn.execute(text("UPDATE record_route SET last_version = last_version + :n "
+                          "WHERE domain = 'customer' AND key = '10003'"),
+                     {"n": routed_version(0, 50)})
+        # ...and every routed message handled (the SettleLedger's mark).
+        conn.execute(text("UPDATE outbox SET settled_at = CURRENT_TIMESTAMP, "
+                          "outcome = 'handled' WHERE settled_at IS NULL"))
+    h.legacy.person_upsert(limit("2000.00"), "JSMITH")   # a stray into the shadow
+    h.settle()
+    assert limits(h) == (BASE.credit_limit, BASE.credit_limit)
+    assert h.retries == 0
+    assert [type(e) for _, _, e in h.business_errors] == [StrayWrite]

@@ -264,7 +264,8 @@ def _wait_for_last_routed(ctx: WriteContext, env: Envelope, sor: str,
 
     applied = current.version if current is not None else 0
     with ctx.state.connect() as conn:
-        held = sor_holds(conn, sor, env.domain, env.key, last, applied)
+        held = sor_holds(conn, sor, env.domain, env.key, last, applied) or \
+            not _write_in_flight(conn, env, sor)
     if held:
         waits.clear_wait(ctx.state, env.message_id)
         return
@@ -279,6 +280,22 @@ def _wait_for_last_routed(ctx: WriteContext, env: Envelope, sor: str,
                     f"{'/'.join(map(str, split_version(last)))}; it holds "
                     f"{'/'.join(map(str, split_version(applied)))}): a write to it is still "
                     f"in flight; retried once it has landed")
+
+
+def _write_in_flight(conn, env: Envelope, sor: str) -> bool:
+    """Is a write of this record to ``sor`` still unsettled in the settle ledger (routed,
+    not yet applied, refused or recorded)?  The record's last routed version may never
+    reach the SoR: a change routed to other targets only (a channel, the other ERP while
+    the SoR was not a target) moves ``record_route.last_version`` too, and a repair that
+    waited for the SoR to hold it would wait until its retries ran out."""
+    from sqlalchemy import exists, select
+
+    from bus.outbox import OutboxRecord
+
+    t = OutboxRecord.__table__
+    return bool(conn.execute(select(exists().where(
+        t.c.domain == env.domain, t.c.settled_at.is_(None), t.c.partition_key == env.key,
+        t.c.queue_name == queues.WRITE_QUEUE[sor], t.c.message_id != env.message_id))).scalar())
 
 
 #: Outcomes of ``decide_target_changed``.
