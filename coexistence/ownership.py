@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coexistence.canonical import MODELS, CanonicalRecord
+from coexistence.errors import TranslationError
 
 #: The systems that may own fields.  ``erp`` means "the system of record of the domain".
 OWNERS: frozenset[str] = frozenset({"erp", "crm", "edi", "portal"})
@@ -82,6 +83,12 @@ def merge_owned(
     """Apply ``incoming`` from ``source`` on top of ``current``, keeping fields ``source`` does
     not own.  ``source`` is ``erp`` for either ERP.  A new record (no ``current``) is taken
     whole: nobody owned its fields yet.
+
+    A field whose two values are the same once both records are normalised as the legacy
+    ERP holds them (upper case, widths, rounding: ``coexistence.translate.legacy``) is no
+    attempt to change it: the held value is kept and nothing is reported.  Such a
+    difference is coexist's own making -- a CRM-typed "Walk-In Co" created while the cloud
+    was the SoR comes back from the legacy ERP as "WALK-IN CO" -- never a person's edit.
     """
     if current is None:
         return incoming, ()
@@ -89,6 +96,7 @@ def merge_owned(
     owned = table.get(domain, {})
     keep: dict[str, Any] = {}
     violations = []
+    norm_current = norm_incoming = None
     for field in type(incoming).model_fields:
         owner = owned.get(field, "erp")
         if owner == source:
@@ -96,9 +104,27 @@ def merge_owned(
         old, new = getattr(current, field), getattr(incoming, field)
         if old != new:
             keep[field] = old
+            if norm_current is None:
+                norm_current, norm_incoming = _normalised(current), _normalised(incoming)
+            if getattr(norm_current, field) == getattr(norm_incoming, field):
+                continue
             violations.append(
                 OwnershipViolation(domain, incoming.key, field, owner, source, old, new)
             )
     if not keep:
         return incoming, ()
     return incoming.model_copy(update=keep), tuple(violations)
+
+
+def _normalised(record: CanonicalRecord) -> CanonicalRecord:
+    """``record`` as the legacy ERP holds it; unchanged when it cannot say (no translator
+    for the domain, or a value the legacy ERP cannot hold: then every difference counts)."""
+    from coexistence.translate.legacy import LEGACY_TRANSLATORS
+
+    translator = LEGACY_TRANSLATORS.get(record.domain)
+    if translator is None:
+        return record
+    try:
+        return translator.normalise(record)
+    except TranslationError:
+        return record

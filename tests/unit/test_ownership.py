@@ -56,3 +56,38 @@ def test_the_erp_cannot_change_the_crms_contacts():
 def test_a_new_record_is_taken_whole():
     merged, violations = merge_owned(None, BASE, "crm")
     assert merged == BASE and violations == ()
+
+
+WALK_IN = decode("customer", {
+    "schema_version": 2, "key": "9000000054", "name": "Walk-In Chaos 54", "status": "active",
+    "currency": "USD", "credit_limit": "0", "credit_hold": False, "terms": "net30",
+    "customer_group": "RETAIL", "region": "WEST",
+    "sites": [{"site_id": "1", "kind": "bill_to", "name": "Walk-In Chaos 54",
+               "line1": "54 Market St", "region": "CO",
+               "city": "Denver", "postal_code": "80054", "country": "US"}],
+})
+
+
+def test_a_difference_the_legacy_erps_normalisation_made_is_no_violation():
+    # The CRM-typed customer, as the legacy ERP holds it (upper case) after coexist wrote it
+    # there: the CRM's record again is no attempt to change its name or sites.
+    from coexistence.translate.legacy import normalise
+
+    held = normalise(WALK_IN)
+    assert held.name == "WALK-IN CHAOS 54" and held.sites[0].city == "DENVER"
+    incoming = WALK_IN.model_copy(update={"contact_name": "Dana Chaos"})
+    merged, violations = merge_owned(held, incoming, "crm")
+    assert violations == ()
+    assert merged.name == held.name and merged.sites == held.sites  # the held values stay
+    assert merged.contact_name == "Dana Chaos"
+
+
+def test_a_real_change_beside_a_case_only_difference_is_still_reported():
+    from coexistence.translate.legacy import normalise
+
+    held = normalise(WALK_IN)
+    incoming = WALK_IN.model_copy(update={"name": "Walk-In Chaos 55"})
+    merged, violations = merge_owned(held, incoming, "crm")
+    assert [(v.field, v.kept, v.refused) for v in violations] == [
+        ("name", "WALK-IN CHAOS 54", "Walk-In Chaos 55")]
+    assert merged.name == "WALK-IN CHAOS 54"

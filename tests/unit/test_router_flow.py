@@ -128,6 +128,35 @@ def test_a_crm_command_goes_to_the_sor_first_then_the_shadow_keeping_erp_owned_f
     assert isinstance(exc, OwnershipViolationReported) and "credit_limit" in str(exc)
 
 
+def test_a_crm_command_differing_only_by_the_legacy_erps_normalisation_is_not_reported(h):
+    # The legacy ERP (the SoR) holds the company as it holds every name: upper case (its
+    # translator's normalisation).  The CRM's command carries the name and address as the
+    # person typed them: that is no attempt to change them, and nobody's violation.
+    from coexistence.translate.legacy import normalise
+
+    typed = decode("customer", {
+        **CUSTOMER.model_dump(mode="json"),
+        "sites": [{"site_id": "1", "kind": "bill_to", "name": "Acme Supply",
+                   "line1": "54 Market St", "region": "CO", "city": "Denver",
+                   "postal_code": "80054", "country": "US"}]})
+    held = normalise(typed)
+    assert held.name == "ACME SUPPLY"
+    h.set_mode("customer", "shadow")
+    h.legacy.person_upsert(held, "JSMITH")
+    h.settle()
+    h.command(typed.model_copy(update={"contact_email": "new@acme.test"}), "crm", version=1)
+    h.settle()
+    assert h.business_errors == []
+    expected = held.model_copy(update={"contact_email": "new@acme.test"})
+    assert h.legacy.get("customer", "10042") == expected
+    # A real change of the name from the CRM is still refused and reported.
+    h.command(typed.model_copy(update={"name": "Acme Supplies"}), "crm", version=2)
+    h.settle()
+    [(_a, _e, exc)] = h.business_errors
+    assert isinstance(exc, OwnershipViolationReported) and "Acme Supplies" in str(exc)
+    assert h.legacy.get("customer", "10042").name == "ACME SUPPLY"
+
+
 def test_a_person_changing_crm_owned_contacts_in_the_erp_is_not_propagated(h):
     h.set_mode("customer", "shadow")
     h.legacy.person_upsert(CUSTOMER, "JSMITH")
