@@ -48,16 +48,18 @@ def portal_status(engine: Engine, now: datetime | None = None) -> dict[str, Any]
 
 
 def attention(portal: dict[str, Any], max_wait_s: float) -> list[str]:
-    """What ``status`` asks a person to look at: every notice, and due webhooks that wait
-    longer than ``max_wait_s`` (no dispatcher is delivering)."""
+    """What ``status`` asks a person to look at: every notice, and due webhooks that have
+    waited at least ``max_wait_s`` (no dispatcher is delivering).  At least, not longer:
+    the age is rounded to 0.1 s, so with ``max_wait_s`` 0 a webhook due for less than
+    0.05 s would not count although it is due."""
     out = []
     for n in portal["notices"]:
         out.append(f"portal endpoint {n['endpoint_id']} ({n['customer_key']}, {n['url']}) "
                    f"{n['state']}: {n['detail']}; {n['failed_deliveries']} failed "
                    "deliveries (coexist dlq list)")
     d = portal["deliveries"]
-    if d["due"] and d["oldest_due_s"] > max_wait_s:
+    if d["due"] and d["oldest_due_s"] >= max_wait_s:
         out.append(f"portal: {d['due']} webhook(s) due, the oldest for {d['oldest_due_s']:g}s "
-                   f"> {max_wait_s:g}s (is `coexist portal deliver` or `coexist run` "
+                   f">= {max_wait_s:g}s (is `coexist portal deliver` or `coexist run` "
                    "running?)")
     return out
