@@ -78,11 +78,31 @@ class Process:
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                self._dump_stacks()
                 self.popen.kill()
                 self.popen.wait(30)
         if not self._out.closed:
             self._out.close()
         return self.popen.returncode
+
+    def _dump_stacks(self) -> None:
+        """A process that does not stop on SIGTERM: its threads' stacks (py-spy, a dev
+        dependency) go into its output before the SIGKILL, so the failure says where it
+        hung instead of only that it did."""
+        spy = _py_spy()
+        if spy is None or self._out.closed:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            dump = subprocess.run([spy, "dump", "--pid", str(self.popen.pid)],
+                                  capture_output=True, timeout=20)
+            self._out.write(b"\n--- did not stop on SIGTERM; py-spy dump ---\n" +
+                            dump.stdout + dump.stderr)
+            self._out.flush()
+
+
+def _py_spy() -> str | None:
+    found = Path(sys.executable).with_name("py-spy")
+    return str(found) if found.exists() else None
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str,
