@@ -10,22 +10,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
+from tests.support.state import state_engine  # noqa: F401 - fixture
 from workers.bulk_sql import executemany
-from workers.db import create_state_engine
-from workers.migrate import upgrade as upgrade_schema
 from workers.router.observed import _upsert_statement
 from workers.xref_sql import _INSERT_XREF
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        engine = create_state_engine(request.getfixturevalue("pg_url"))
-    upgrade_schema(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(state_engine):  # noqa: F811 - the shared fixture, under this module's name
+    return state_engine
 
 
 def _rows(system: str, n: int, version: int) -> list[dict]:

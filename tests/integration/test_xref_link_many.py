@@ -11,21 +11,14 @@ import pytest
 from sqlalchemy import event
 
 from coexistence.xref import XrefConflict
-from workers.db import create_state_engine
-from workers.migrate import upgrade as upgrade_schema
+from tests.support.state import state_engine  # noqa: F401 - fixture
 from workers.xref_memory import MemoryXref
 from workers.xref_sql import Link, SqlXref, link_many_in
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        engine = create_state_engine(request.getfixturevalue("pg_url"))
-    upgrade_schema(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(state_engine):  # noqa: F811 - the shared fixture, under this module's name
+    return state_engine
 
 
 def _maybe(rng: random.Random, values: list[str]) -> str | None:
