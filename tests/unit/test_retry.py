@@ -7,7 +7,6 @@ ended: the queue, the store, or the dead-letter table.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import dramatiq
@@ -17,23 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bus import retry
-from bus.brokers import setup
 from bus.brokers.sqlite import SqliteBroker
 from bus.errors import BusinessError, TechnicalError
-
-
-class FakeStore:
-    """Exception store in memory; ``down`` makes ``record`` fail like a lost database."""
-
-    def __init__(self):
-        self.records: list[dict] = []
-        self.down = False
-
-    def record(self, **fields) -> int:
-        if self.down:
-            raise ConnectionError("exception store unreachable")
-        self.records.append(fields)
-        return len(self.records)
+from tests.support.retry_bus import FakeStore, retry_broker, running_worker, wait_for
 
 
 class FlakyBroker(SqliteBroker):
@@ -54,31 +39,18 @@ def store():
 
 @pytest.fixture
 def broker(tmp_path, store):
-    b = FlakyBroker(tmp_path / "bus.db", lease_ms=2000, poll_interval_ms=5, redelivery_delay_ms=0)
-    setup(b, store=store, retry_options={"min_backoff_ms": 5, "max_backoff_ms": 20,
-                                         "max_retries": 3, "redelivery_pause_ms": 0})
-    previous = dramatiq.broker.global_broker
-    dramatiq.set_broker(b)  # the actors below are declared on the global broker
-    yield b
-    dramatiq.set_broker(previous)
-    b.close()
+    with retry_broker(tmp_path / "bus.db", store, broker_cls=FlakyBroker, max_retries=3) as b:
+        yield b  # the actors below are declared on the global broker
 
 
 @pytest.fixture
 def worker(broker):
-    w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
-    w.start()
-    yield w
-    w.stop(timeout=5000)
+    with running_worker(broker, threads=2) as w:
+        yield w
 
 
 def _wait_for(predicate, within_s: float = 5.0):
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
+    wait_for(predicate, within_s)
 
 
 def _envelope(n: int = 0) -> dict:

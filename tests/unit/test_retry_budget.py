@@ -16,9 +16,8 @@ import pytest
 
 from bus import budget as retry_budget
 from bus import retry
-from bus.brokers import setup
-from bus.brokers.sqlite import SqliteBroker
 from bus.errors import TechnicalError
+from tests.support.retry_bus import FakeStore, retry_broker, running_worker, wait_for
 from workers import cloud_erp
 from workers.cloud_erp import CloudErp, CloudTechnicalError
 from workers.config import Settings
@@ -107,15 +106,6 @@ def test_the_worst_case_is_bounded_in_attempts_and_time():
 # ---------------------------------------------------------------------- through the bus
 
 
-class FakeStore:
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def record(self, **fields) -> int:
-        self.records.append(fields)
-        return len(self.records)
-
-
 @pytest.fixture
 def store():
     return FakeStore()
@@ -123,33 +113,18 @@ def store():
 
 @pytest.fixture
 def broker(tmp_path, store):
-    b = SqliteBroker(tmp_path / "bus.db", lease_ms=2000, poll_interval_ms=5,
-                     redelivery_delay_ms=0)
-    setup(b, store=store, retry_options={"min_backoff_ms": 5, "max_backoff_ms": 20,
-                                         "max_retries": 8, "redelivery_pause_ms": 0,
-                                         "budget": 7})
-    previous = dramatiq.broker.global_broker
-    dramatiq.set_broker(b)
-    yield b
-    dramatiq.set_broker(previous)
-    b.close()
+    with retry_broker(tmp_path / "bus.db", store, max_retries=8, budget=7) as b:
+        yield b
 
 
 @pytest.fixture
 def worker(broker):
-    w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
-    w.start()
-    yield w
-    w.stop(timeout=5000)
+    with running_worker(broker, threads=1) as w:
+        yield w
 
 
 def _wait_for(predicate, within_s: float = 10.0):
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
+    wait_for(predicate, within_s)
 
 
 def test_a_message_spends_one_budget_over_http_attempts_and_deliveries(broker, store, worker):
