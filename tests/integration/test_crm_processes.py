@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import routed_version
 from coexistence.sample import SampleSpec
-from tests.support import cloud_sim, crm_sim
+from tests.support import cloud_sim, crm_sim, processes
 from workers.crm import state as crm_state
 from workers.crm.status import onboarding_time
 from workers.db import create_state_engine
@@ -83,15 +83,7 @@ def _start(command: str, env: dict, home: Path, name: str | None = None,
 
 
 def _wait(predicate, what: str, *procs: subprocess.Popen, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        for p in procs:
-            assert p.poll() is None, f"a process ended ({p.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.1)
+    return processes.wait_until(predicate, timeout_s, what, alive=procs)
 
 
 def _stop(*procs: subprocess.Popen) -> None:

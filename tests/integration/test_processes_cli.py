@@ -9,19 +9,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from coexistence.canonical import decode
-from coexistence.flags import FlagState, Mode, Rollout
-from tests.support import cloud_sim
-from workers.db import create_state_engine
-from workers.flags import SqlFlagStore
+from tests.support import cloud_sim, processes
+from tests.support.state import shadow_home
 from workers.legacy_erp.adapter import LegacyErp
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-from workers.migrate import upgrade as upgrade_schema
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
@@ -39,15 +34,7 @@ WAIT_S = 60
 def deployment(tmp_path, sim):
     """A home with state and legacy databases, customer in shadow, a TOML file that
     subscribes channel ``crm`` to customers, and the environment of a supervisord program."""
-    state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    upgrade_schema(state)
-    store = SqlFlagStore(state)
-    store.commit(store.load()["customer"],
-                 FlagState("customer", Mode.SHADOW, Mode.SHADOW, Rollout(), 1),
-                 actor="alice", reason="pilot", action="set")
-    state.dispose()
-    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
-    create_legacy_schema(legacy)
+    legacy = shadow_home(tmp_path)
     (tmp_path / "coexist.toml").write_text(
         "# which channel consumes which domains\n"
         "[subscriptions.crm]\ndomains = [\"customer\", \"order\"]\nkinds = [\"event\"]\n")
@@ -69,11 +56,7 @@ def started(home: Path, command: str) -> bool:
 
 
 def wait_until(predicate, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert proc.poll() is None, f"the process ended ({proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s"
-        time.sleep(0.1)
+    processes.wait_until(predicate, WAIT_S, what, alive=[proc])
 
 
 def channel_events(home: Path) -> int:

@@ -28,13 +28,10 @@ import httpx
 import pytest
 
 from coexistence.canonical import decode
-from coexistence.flags import FlagState, Mode, Rollout
+from tests.support import processes
+from tests.support.state import shadow_home
 from workers.cloud_sim.admin import SimulatorAdmin
-from workers.db import create_state_engine
-from workers.flags import SqlFlagStore
 from workers.legacy_erp.adapter import LegacyErp
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-from workers.migrate import upgrade as upgrade_schema
 
 pytestmark = [pytest.mark.integration]
 
@@ -64,15 +61,7 @@ def customer(key: str, name: str):
 
 
 def wait_until(predicate, what: str, *procs: subprocess.Popen, within_s: float = WAIT_S):
-    deadline = time.monotonic() + within_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        for proc in procs:
-            assert proc.poll() is None, f"a process ended ({proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {within_s} s"
-        time.sleep(0.1)
+    return processes.wait_until(predicate, within_s, what, alive=procs)
 
 
 def stop(proc: subprocess.Popen) -> int:
@@ -92,15 +81,7 @@ def coexist(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def home(tmp_path):
-    state = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    upgrade_schema(state)
-    store = SqlFlagStore(state)
-    store.commit(store.load()["customer"],
-                 FlagState("customer", Mode.SHADOW, Mode.SHADOW, Rollout(), 1),
-                 actor="alice", reason="pilot", action="set")
-    state.dispose()
-    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
-    create_legacy_schema(legacy)
+    legacy = shadow_home(tmp_path)
     yield tmp_path, legacy
     legacy.dispose()
 

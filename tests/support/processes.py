@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +106,17 @@ def _py_spy() -> str | None:
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str,
-               poll_s: float = 0.1) -> Any:
+               poll_s: float = 0.1, *, alive: Sequence[subprocess.Popen] = ()) -> Any:
     """``check()``'s first truthy result within ``timeout_s``, else AssertionError naming
-    ``what`` and the last value seen."""
+    ``what`` and the last value seen; also as soon as a process of ``alive`` has ended."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while True:
         last = check()
         if last:
             return last
+        for proc in alive:
+            assert proc.poll() is None, f"a process ended ({proc.returncode}) before {what}"
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:g} s (last: {last!r})")
         time.sleep(poll_s)

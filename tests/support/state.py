@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from workers import migrate
@@ -29,3 +31,25 @@ def state_engine(request, tmp_path):
     migrate.upgrade(engine)
     yield engine
     engine.dispose()
+
+
+def shadow_home(home: Path):
+    """A home as a deployment's processes find it: ``state.db`` upgraded with the customer
+    domain in shadow (set by alice, "pilot") and ``legacy.db`` with the legacy schema.
+    Returns the legacy engine (the caller disposes of it)."""
+    from coexistence.flags import FlagState, Mode, Rollout
+    from workers.flags import SqlFlagStore
+    from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+
+    state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+    try:
+        migrate.upgrade(state)
+        store = SqlFlagStore(state)
+        store.commit(store.load()["customer"],
+                     FlagState("customer", Mode.SHADOW, Mode.SHADOW, Rollout(), 1),
+                     actor="alice", reason="pilot", action="set")
+    finally:
+        state.dispose()
+    legacy = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
+    create_legacy_schema(legacy)
+    return legacy
