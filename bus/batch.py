@@ -60,6 +60,7 @@ from sqlalchemy import Engine
 
 from bus import budget as retry_budget
 from bus import inbox
+from bus.brokers.base import request_redelivery
 
 log = logging.getLogger(__name__)
 #: dramatiq's worker logger: its filters (``bus.brokers.setup``) apply to our lines too.
@@ -263,7 +264,13 @@ class BatchConsumer(threading.Thread):
                 else:
                     committed += [m for m in fresh if not any(m is a for a in alone)]
                     alone = retried + alone
-                for message in alone:  # settled one by one, before the batch's ack
+                for n, message in enumerate(alone):  # settled one by one, before the ack
+                    if not self.running:
+                        # Stopping: what is left goes back to its queue unapplied (a
+                        # graceful stop must not wait for up to a batch of messages one
+                        # at a time, each with its own retries).
+                        self._hand_back(alone[n:])
+                        break
                     self.process_one(message)
             if committed:
                 self._committed(committed)
@@ -368,6 +375,16 @@ class BatchConsumer(threading.Thread):
         finally:
             self._settle(message)
             message.clear_exception()
+
+    def _hand_back(self, messages: Sequence[Any]) -> None:
+        """Give deliveries back unapplied, each settled (nacked for redelivery), so that
+        the batch's ``basic_ack(multiple=True)`` that follows cannot ack them too."""
+        log.info("Stopping: %d messages of a batch on %s go back to their queue.",
+                 len(messages), self.queue_name)
+        for message in messages:
+            request_redelivery(message)
+            with contextlib.suppress(Exception):  # a broken connection gives it back anyway
+                self.consumer.nack(message)
 
     def _settle(self, message) -> None:
         verb = "nack" if message.failed else "ack"
