@@ -203,6 +203,18 @@ class Switches(RuleBasedStateMachine):
             Path(str(self.h.engine.url.database)).unlink(missing_ok=True)
 
 
+def replay(template: Path, steps: list[tuple[str, dict]]) -> Switches:
+    """Run ``steps`` (rule name, arguments) of the state machine as hypothesis found them,
+    its invariant after each, then its teardown; the machine, for the test's asserts."""
+    Switches.template = template
+    s = Switches()
+    for name, kwargs in steps:
+        getattr(s, name)(**kwargs)
+        s.only_expected_exceptions()
+    s.teardown()
+    return s
+
+
 def test_no_interleaving_of_edits_writes_and_switches_loses_the_sors_last_edit(template):
     """25 examples of 20 steps per suite run; ``COEXIST_SWITCH_EXAMPLES=500`` and
     ``COEXIST_SWITCH_STEPS=40`` (with ``--hypothesis-seed``) for a longer search."""
@@ -230,8 +242,6 @@ def test_three_undrained_switches_with_a_repair_and_a_write_in_flight_keep_both_
     over the SoR and re-sends the SoR's state instead: both ERPs hold the stray made in
     legacy over its own SoR edit (4000.01, reported as a ``StrayWrite`` and, once its repair
     left it in place, as a ``StrayKept``)."""
-    Switches.template = template
-    s = Switches()
     steps = [("switch", {}), ("person_edits", {"cents": 1, "system": "legacy"}),
              ("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {}),
              ("deliver", {"pick": 0, "twice": False}),
@@ -239,10 +249,7 @@ def test_three_undrained_switches_with_a_repair_and_a_write_in_flight_keep_both_
              ("deliver", {"pick": 0, "twice": False}),
              ("person_edits", {"cents": 1, "system": "legacy"}),
              ("deliver", {"pick": 0, "twice": False}), ("switch_no_wait", {})]
-    for name, kwargs in steps:
-        getattr(s, name)(**kwargs)
-        s.only_expected_exceptions()
-    s.teardown()
+    s = replay(template, steps)
     assert limits(s.h) == (Decimal("4000.01"), Decimal("4000.01"))
     assert {type(e) for e in records(s.h)} == {StrayWrite, StrayKept}
     assert s.h.retries >= 1  # the repair did wait for the SoR
@@ -258,15 +265,10 @@ def test_an_older_write_over_a_stray_in_the_sor_leaves_the_stray_and_both_erps_e
     legacy ends with (1000.01 in the cloud, and the stray's repair, waiting for the cloud to
     hold the last routed version, waited forever).  It is stale; the SoR's state (the stray,
     reported) is re-sent to legacy."""
-    Switches.template = template
-    s = Switches()
     steps = [("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {}),
              ("person_edits", {"cents": 1, "system": "cloud"}), ("switch_no_wait", {}),
              ("person_edits", {"cents": 1, "system": "cloud"}), ("switch_no_wait", {})]
-    for name, kwargs in steps:
-        getattr(s, name)(**kwargs)
-        s.only_expected_exceptions()
-    s.teardown()
+    s = replay(template, steps)
     assert limits(s.h) == (Decimal("3000.01"), Decimal("3000.01"))
     assert [type(e) for e in records(s.h)] == [StrayWrite, StrayKept]
     assert "credit_limit: kept 3000.01 vs " in str(records(s.h)[1])
@@ -281,14 +283,9 @@ def test_a_strays_repair_with_an_sor_write_in_flight_never_settles_on_the_sors_o
     older state (1000.00) before the write had landed and both ERPs settled on it, the
     SoR edit 1000.01 lost, only the stray recorded.  Now the repair waits for the cloud;
     it lands once legacy is the SoR again and leaves the stray there, in both ERPs."""
-    Switches.template = template
-    s = Switches()
     steps = [("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {}),
              ("person_edits", {"cents": 1, "system": "legacy"}), ("switch_no_wait", {})]
-    for name, kwargs in steps:
-        getattr(s, name)(**kwargs)
-        s.only_expected_exceptions()
-    s.teardown()
+    s = replay(template, steps)
     assert limits(s.h) == (Decimal("2000.01"), Decimal("2000.01"))
     assert [type(e) for e in records(s.h)] == [StrayWrite, StrayKept]
     assert "credit_limit: kept 2000.01 vs " in str(records(s.h)[1])
@@ -306,18 +303,13 @@ def test_a_redelivered_repair_over_a_later_stray_writes_or_is_decided_never_repl
     with only its ``StrayWrite`` ("overwritten from the SoR") and a false
     ``SwitchConflict``.  Now a write over someone else's edit has its own key (the edit's
     revision in it): the stray is overwritten, as its record says."""
-    Switches.template = template
-    s = Switches()
     legacy = {"cents": 1, "system": "legacy"}
     steps = ([("person_edits", legacy)] * 3 + [("switch_no_wait", {})] * 2
              + [("deliver", {"pick": 0, "twice": False}), ("switch_no_wait", {}),
                 ("person_edits", legacy), ("switch_no_wait", {}),
                 ("deliver", {"pick": 229, "twice": True})]
              + [("switch_no_wait", {})] * 3 + [("person_edits", legacy), ("switch_no_wait", {})])
-    for name, kwargs in steps:
-        getattr(s, name)(**kwargs)
-        s.only_expected_exceptions()
-    s.teardown()
+    s = replay(template, steps)
     assert limits(s.h) == (Decimal("3000.01"), Decimal("3000.01"))
     assert [type(e) for e in records(s.h)] == [StrayWrite, StrayWrite]
 
@@ -328,16 +320,11 @@ def test_a_kept_stray_the_shadow_already_holds_is_still_named_by_its_value(templ
     already holds the stray (re-sent before): nothing differs between the SoR and the
     shadow, yet the ``StrayKept`` record must name the value kept (from the fields the
     stray's capture reported), not "no field differs"."""
-    Switches.template = template
-    s = Switches()
     steps = [("switch", {}), ("person_edits", {"cents": 1, "system": "legacy"}),
              ("person_edits", {"cents": 1, "system": "cloud"}),
              ("person_edits", {"cents": 1, "system": "cloud"}), ("switch_no_wait", {}),
              ("person_edits", {"cents": 1, "system": "cloud"}), ("switch_no_wait", {})]
-    for name, kwargs in steps:
-        getattr(s, name)(**kwargs)
-        s.only_expected_exceptions()
-    s.teardown()
+    s = replay(template, steps)
     assert limits(s.h) == (Decimal("4000.01"), Decimal("4000.01"))
     kept = [str(e) for e in records(s.h) if isinstance(e, StrayKept)]
     assert len(kept) == 1 and "credit_limit: kept 4000.01 vs " in kept[0], kept
