@@ -249,6 +249,9 @@ class BatchConsumer(threading.Thread):
                 groups.setdefault(message.actor_name, []).append(message)
             committed: list[Any] = []
             for actor_name, group in groups.items():
+                if not self.running:
+                    self._hand_back(group)  # stopping: not started, so given back
+                    continue
                 try:
                     actor = self.broker.get_actor(actor_name)
                 except ActorNotFound:
