@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from workers.portal.asgi import Disconnected, read_body
+from tests.support.receiver import BadSignature, WebhookInbox, read_request
 
 #: Seconds the gone endpoint's first request hangs (beyond the dispatcher's --timeout-s).
 HANG_S = 6.0
@@ -39,12 +39,10 @@ class Held:
 class ChaosReceiver:
     secret: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: webhook-id -> times it arrived at /hook (1 = once).
-    ids: Counter = field(default_factory=Counter)
+    #: Signatures verified, each webhook-id applied once (``tests.support.receiver``).
+    inbox: WebhookInbox = field(default_factory=WebhookInbox)
     #: (event type, object key) -> the newest state applied.
     objects: dict[tuple[str, str], Held] = field(default_factory=dict)
-    #: Deliveries with a bad or missing signature (must stay 0).
-    bad_signatures: int = 0
     #: Deliveries whose version was older than what the receiver held (not applied).
     older: int = 0
     gone_requests: int = 0
@@ -53,11 +51,10 @@ class ChaosReceiver:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        try:
-            body = await read_body(receive)
-        except Disconnected:
-            return  # the sender died mid-request; it sends the whole request again
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        request = await read_request(scope, receive)
+        if request is None:
+            return
+        body, headers = request
         if scope["path"] == "/gone":
             with self.lock:
                 self.gone_requests += 1
@@ -73,22 +70,17 @@ class ChaosReceiver:
 
     def apply(self, body: bytes, headers: dict[str, str]) -> int:
         from standardwebhooks import Webhook
-        from standardwebhooks.webhooks import WebhookVerificationError
 
         try:
-            Webhook(self.secret).verify(body, headers)
-        except (WebhookVerificationError, Exception):  # noqa: BLE001 - counted, refused
-            with self.lock:
-                self.bad_signatures += 1
+            wid = self.inbox.take(Webhook(self.secret), body, headers, "/hook")
+        except BadSignature:
             return 400
+        if wid is None:
+            return 200  # a duplicate delivery: acknowledged, not applied again
         event = json.loads(body)
-        wid = headers.get("webhook-id", "")
         data = event.get("data") or {}
         key = (event.get("type", ""), str(data.get("key")))
         with self.lock:
-            self.ids[wid] += 1
-            if self.ids[wid] > 1:
-                return 200  # a duplicate delivery: acknowledged, not applied again
             held = self.objects.get(key)
             version = int(data.get("version") or 0)
             if held is not None and version <= held.version:
@@ -100,9 +92,9 @@ class ChaosReceiver:
 
     def figures(self) -> dict:
         with self.lock:
-            return {"delivered": len(self.ids),
-                    "duplicates_by_id": sum(c - 1 for c in self.ids.values()),
-                    "bad_signatures": self.bad_signatures, "older_not_applied": self.older,
+            return {"delivered": len(self.inbox.ids),
+                    "duplicates_by_id": self.inbox.duplicates,
+                    "bad_signatures": len(self.inbox.bad), "older_not_applied": self.older,
                     "objects": len(self.objects), "gone_requests": self.gone_requests,
                     "gone_answers": {str(k): v for k, v in self.gone_answers.items()}}
 

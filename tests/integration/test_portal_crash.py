@@ -10,7 +10,6 @@ import asyncio
 import re
 import signal
 import subprocess
-import threading
 
 import dramatiq
 import pytest
@@ -22,11 +21,10 @@ from bus.exception_store import ExceptionStore
 from tests.support import cloud_sim
 from tests.support import records as r
 from tests.support.processes import Process, coexist_env, coexist_executable, wait_until
-from tests.support.receiver import serving
+from tests.support.receiver import BadSignature, WebhookInbox, read_request, serving
 from tests.support.state import upgraded_state
 from workers.bootstrap import App
 from workers.config import Settings, SubscriptionSection
-from workers.portal.asgi import Disconnected, read_body
 from workers.portal.events import webhook_id
 from workers.portal.store import DELIVERED, DELIVERY
 
@@ -49,35 +47,35 @@ class DedupingReceiver:
     def __init__(self) -> None:
         self.secrets: dict[str, Webhook] = {}
         self.applied: dict[str, bytes] = {}
-        self.received = 0
-        self.duplicates = 0
-        self.bad: list[str] = []
-        self.lock = threading.Lock()
+        self.inbox = WebhookInbox()
+
+    @property
+    def received(self) -> int:
+        return self.inbox.received
+
+    @property
+    def duplicates(self) -> int:
+        return self.inbox.duplicates
+
+    @property
+    def bad(self) -> list[str]:
+        return self.inbox.bad
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
-        try:
-            body = await read_body(receive)
-        except Disconnected:
-            return  # the sender died mid-request; it sends the whole request again
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        request = await read_request(scope, receive)
+        if request is None:
+            return
+        body, headers = request
         status = 204
         try:
-            self.secrets[scope["path"]].verify(body, headers)
-        except Exception as exc:  # noqa: BLE001 - a failed verification is the finding
-            with self.lock:
-                self.bad.append(f"{scope['path']}: {exc} ({len(body)} body bytes, "
-                                f"content-length {headers.get('content-length')})")
+            wid = self.inbox.take(self.secrets[scope["path"]], body, headers, scope["path"])
+        except BadSignature:
             status = 400
         else:
-            with self.lock:
-                self.received += 1
-                msg_id = headers["webhook-id"]
-                if msg_id in self.applied:
-                    self.duplicates += 1
-                else:
-                    self.applied[msg_id] = body
+            if wid is not None:
+                self.applied[wid] = body
         # The receiver's own work after applying: a dispatcher killed now never learns of
         # the success and sends the message again (the receiver dedupes it).
         await asyncio.sleep(0.05)

@@ -141,3 +141,56 @@ def step(dispatcher, now=None, timeout_s: float = 10.0) -> int:
     started = dispatcher.run_once(now)
     assert dispatcher.wait(timeout_s)
     return started
+
+
+async def read_request(scope, receive) -> tuple[bytes, dict[str, str]] | None:
+    """An ASGI request's body and lower-cased headers; ``None`` when its sender died
+    mid-body (it sends the whole request again)."""
+    try:
+        body = await read_body(receive)
+    except Disconnected:
+        return None
+    return body, {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+
+
+@dataclass
+class WebhookInbox:
+    """What a well-behaved webhook receiver keeps: every delivery's Standard Webhooks
+    signature verified, each ``webhook-id`` applied once (a second delivery of an id is
+    a duplicate: acknowledged, not applied again)."""
+
+    #: webhook-id -> deliveries that verified (1 = once).
+    ids: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: Deliveries whose signature did not verify, with why.
+    bad: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, verifier: Any, body: bytes, headers: dict[str, str], where: str = ""
+             ) -> str | None:
+        """The delivery's webhook-id when it is new, else ``None`` (a duplicate, or a bad
+        signature: see ``bad``).  ``verifier`` is a ``standardwebhooks.Webhook``."""
+        try:
+            verifier.verify(body, headers)
+        except Exception as exc:  # noqa: BLE001 - a failed verification is the finding
+            with self.lock:
+                self.bad.append(f"{where}: {exc} ({len(body)} body bytes, "
+                                f"content-length {headers.get('content-length')})")
+            raise BadSignature from None
+        wid = headers.get("webhook-id", "")
+        with self.lock:
+            self.ids[wid] += 1
+            return wid if self.ids[wid] == 1 else None
+
+    @property
+    def received(self) -> int:
+        with self.lock:
+            return sum(self.ids.values())
+
+    @property
+    def duplicates(self) -> int:
+        with self.lock:
+            return sum(n - 1 for n in self.ids.values())
+
+
+class BadSignature(Exception):
+    """A delivery whose signature did not verify (recorded in ``WebhookInbox.bad``)."""
