@@ -194,3 +194,37 @@ def test_the_trace_purges_rows_past_its_retention():
         assert [r.at.replace(tzinfo=UTC) for r in _rows(a.state)] == [clock[0]]
     finally:
         a.close()
+
+
+def test_the_trace_admits_again_once_its_cap_refills_after_skipping_draws(monkeypatch):
+    """Over the cap the trace skips the bucket until a token is due; then admits again."""
+    import workers.api.trace as trace_module
+
+    now = [1000.0]
+    monkeypatch.setattr(trace_module.time, "monotonic", lambda: now[0])
+    a = Api(ApiSettings(cache_ttl_s=0))
+    try:
+        trace = InquiryTrace(a.state, max_per_s=2)
+        trace._bucket.clock = lambda: now[0]
+        trace._bucket._at = now[0]
+        assert [trace.admit() for _ in range(3)] == [True, True, False]
+        draws = []
+        take = trace._bucket.take
+        trace._bucket.take = lambda n=1: draws.append(n) or take(n)
+        now[0] += 0.4  # the next token is due at +0.5 s: no draw before it
+        assert trace.admit() is False and draws == []
+        now[0] += 0.11
+        assert trace.admit() is True and draws == [1]
+    finally:
+        a.close()
+
+
+def test_a_remembered_authorization_header_maps_to_the_consumer_authenticate_gives():
+    consumers = _consumers()
+    for raw in (f"Bearer {BURSTY}".encode(), f"bearer {QUIET}".encode()):
+        first = consumers.authenticate_header(raw)
+        assert first is consumers.authenticate(raw.decode()) is not None
+        assert consumers.authenticate_header(raw) is first
+    assert consumers.authenticate_header(b"Bearer nope") is None
+    assert consumers.authenticate_header(None) is None
+    assert len(consumers._by_header) == 2  # only valid credentials are remembered

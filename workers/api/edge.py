@@ -119,9 +119,14 @@ class EdgeCache:
             entry = self._entries.get(key)
         if entry is None:
             return None
-        flags = self.flags
-        if self.clock() >= entry.expires_at or any(
-                flags.state(domain).version != version for domain, version in entry.versions):
+        fresh = self.clock() < entry.expires_at
+        if fresh:
+            state = self.flags.state
+            for domain, version in entry.versions:  # a loop, not any(genexpr): per request
+                if state(domain).version != version:
+                    fresh = False
+                    break
+        if not fresh:
             with self._lock:
                 if self._entries.get(key) is entry:
                     del self._entries[key]
@@ -149,7 +154,7 @@ class EdgeCache:
             (b"content-length", b"%d" % len(raw)),
             (b"content-type", b"application/json"),
             (b"cache-control", entry.cache_control),
-            (b"age", b"%d" % int(age)),
+            (b"age", b"%d" % age),
             (b"x-correlation-id", cid), *headers]})
         await send({"type": "http.response.body", "body": raw})
         return cid, age

@@ -55,6 +55,7 @@ REDIS_RETRY_S = 5.0
 REDIS_TIMEOUT_S = 0.25
 #: The quota policy's name in the RateLimit fields.
 POLICY = "consumer"
+_POLICY_NAME = POLICY.encode()
 
 REQUESTS = Counter("coexist_api_requests_total",
                    "Requests of the governed API with a valid credential, by consumer and "
@@ -84,11 +85,21 @@ class Budget:
         return _policy(self.burst, self.window_s)
 
 
-@dataclass(frozen=True, slots=True)
 class Verdict:
-    consumer: Consumer
-    budget: Budget
-    taken: Taken
+    """One request's draw: its consumer, the budget it drew from and what it got.
+
+    A plain slotted class, not a frozen dataclass: it is made on every request, and a
+    frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost more than the
+    draw itself."""
+
+    __slots__ = ("consumer", "budget", "taken", "_policy")
+
+    def __init__(self, consumer: Consumer, budget: Budget, taken: Taken,
+                 policy: bytes | None = None) -> None:
+        self.consumer = consumer
+        self.budget = budget
+        self.taken = taken
+        self._policy = policy if policy is not None else budget.policy()
 
     @property
     def allowed(self) -> bool:
@@ -99,13 +110,15 @@ class Verdict:
         return max(1, math.ceil(self.taken.wait_s))
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        if self.allowed:
-            reset = (self.budget.burst - self.taken.tokens) / self.budget.rate_per_s
+        wait_s, tokens = self.taken
+        budget = self.budget
+        if wait_s <= 0:
+            reset = math.ceil((budget.burst - tokens) / budget.rate_per_s)
         else:
-            reset = self.taken.wait_s
-        remaining = max(0, math.floor(self.taken.tokens))
-        return [(b"ratelimit-policy", self.budget.policy()),
-                (b"ratelimit", f'"{POLICY}";r={remaining};t={math.ceil(reset)}'.encode())]
+            reset = math.ceil(wait_s)
+        remaining = max(0, math.floor(tokens))
+        return [(b"ratelimit-policy", self._policy),
+                (b"ratelimit", b'"%b";r=%d;t=%d' % (_POLICY_NAME, remaining, reset))]
 
 
 class ConsumerLimits:
@@ -122,6 +135,9 @@ class ConsumerLimits:
                                      dict[str, AsyncRedisTokenBucket]]] = {}
         self._redis_down_until = 0.0
         self._counters: dict[str, tuple] = {}
+        #: Per consumer name: (the consumer, its budget, its policy field) - the budget is
+        #: worked out once, not per request.
+        self._budgets: dict[str, tuple[Consumer, Budget, bytes]] = {}
 
     def budget_of(self, consumer: Consumer) -> Budget:
         return Budget(consumer.rate_per_s or self.default.rate_per_s,
@@ -137,7 +153,7 @@ class ConsumerLimits:
         """The consumer of an ``Authorization`` header's value (``None``: no valid one)."""
         if authorization is None:
             return None
-        return self.consumers.authenticate(authorization.decode("latin-1"))
+        return self.consumers.authenticate_header(authorization)
 
     def _local_take(self, consumer: Consumer, budget: Budget) -> Taken:
         bucket = self._local.get(consumer.name)
@@ -167,7 +183,11 @@ class ConsumerLimits:
         return bucket
 
     async def take(self, consumer: Consumer) -> Verdict:
-        budget = self.budget_of(consumer)
+        held = self._budgets.get(consumer.name)
+        if held is None or held[0] is not consumer:
+            budget = self.budget_of(consumer)
+            held = self._budgets[consumer.name] = (consumer, budget, budget.policy())
+        budget = held[1]
         taken = None
         if self.redis_url and time.monotonic() >= self._redis_down_until:
             try:
@@ -180,7 +200,7 @@ class ConsumerLimits:
             if self.redis_url:
                 FALLBACKS.inc()
             taken = self._local_take(consumer, budget)
-        verdict = Verdict(consumer, budget, taken)
+        verdict = Verdict(consumer, budget, taken, held[2])
         counters = self._counters.get(consumer.name)
         if counters is None:
             counters = self._counters[consumer.name] = (

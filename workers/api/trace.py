@@ -140,6 +140,10 @@ class InquiryTrace:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._purged_at = 0.0
+        #: ``time.monotonic()`` before which the cap's bucket is known to be empty: an
+        #: inquiry then is counted over the cap without drawing (at a busy portal nearly
+        #: every inquiry is over the cap, and the draw was most of the trace's cost).
+        self._closed_until = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -160,7 +164,13 @@ class InquiryTrace:
             _SAMPLED_OUT.inc()
             return False
         assert self._bucket is not None
-        if self._bucket.try_acquire() > 0:
+        now = time.monotonic()
+        if now < self._closed_until:
+            _OVER_CAP.inc()
+            return False
+        wait_s = self._bucket.try_acquire()
+        if wait_s > 0:
+            self._closed_until = now + wait_s
             _OVER_CAP.inc()
             return False
         if len(self._queue) >= QUEUE_MAX:
