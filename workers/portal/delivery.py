@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
-from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
 
 from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
@@ -257,30 +257,37 @@ class Dispatcher:
                       or_(DELIVERY.c.lease_until.is_(None), DELIVERY.c.lease_until < wall_now))
                .order_by(DELIVERY.c.next_attempt_at, DELIVERY.c.id)
                .limit(limit * 8))
-        claims: list[Claim] = []
         # Read what is due without the write lock (SQLite has one): most rounds find nothing.
         with self.engine.connect() as conn:
             rows = conn.execute(due).all()
         if not rows:
             return []
+        # Pick within the lanes first, then take them all in one statement: an UPDATE per
+        # row plus a SELECT per row held the write lock for 2 statements per delivery.
+        chosen: list[int] = []
+        for row in rows:
+            if len(chosen) >= limit:
+                break
+            if busy.get(row.endpoint_id, 0) >= self.per_endpoint:
+                continue
+            busy[row.endpoint_id] = busy.get(row.endpoint_id, 0) + 1
+            chosen.append(row.id)
+        if not chosen:
+            return []
+        # Only rows still pending and unleased are taken (another dispatcher may have
+        # claimed one since the read); RETURNING names exactly the rows this one took.
+        take = (update(DELIVERY)
+                .where(DELIVERY.c.id.in_(chosen), DELIVERY.c.status == PENDING,
+                       or_(DELIVERY.c.lease_until.is_(None), DELIVERY.c.lease_until < wall_now))
+                .values(lease_until=lease)
+                .returning(DELIVERY.c.id, DELIVERY.c.endpoint_id, DELIVERY.c.webhook_id,
+                           DELIVERY.c.event_type, DELIVERY.c.domain, DELIVERY.c.object_key,
+                           DELIVERY.c.body, DELIVERY.c.attempts, DELIVERY.c.correlation_id))
         with self.engine.begin() as conn:
-            for row in rows:
-                if len(claims) >= limit:
-                    break
-                if busy.get(row.endpoint_id, 0) >= self.per_endpoint:
-                    continue
-                taken = conn.execute(update(DELIVERY).where(
-                    DELIVERY.c.id == row.id, DELIVERY.c.status == PENDING,
-                    or_(DELIVERY.c.lease_until.is_(None), DELIVERY.c.lease_until < wall_now))
-                    .values(lease_until=lease)).rowcount
-                if not taken:
-                    continue
-                busy[row.endpoint_id] = busy.get(row.endpoint_id, 0) + 1
-                full = conn.execute(select(DELIVERY).where(DELIVERY.c.id == row.id)).one()
-                claims.append(Claim(full.id, full.endpoint_id, full.webhook_id, full.event_type,
-                                    full.domain, full.object_key, full.body, full.attempts,
-                                    full.correlation_id))
-        return claims
+            taken = {r.id: r for r in conn.execute(take)}
+        return [Claim(r.id, r.endpoint_id, r.webhook_id, r.event_type, r.domain, r.object_key,
+                      r.body, r.attempts, r.correlation_id)
+                for r in (taken[i] for i in chosen if i in taken)]
 
     def _endpoints(self) -> dict[int, tuple]:
         """Active endpoints with their signing secrets, read again when an endpoint changed
@@ -425,10 +432,14 @@ class Dispatcher:
                      "at": at, "status_code": code, "error": None, "duration_ms": ms,
                      "outcome": "delivered", "next_attempt_at": None}
                     for c, n, at, code, ms, _h in batch])
-                for c, n, at, code, _ms, _h in batch:
-                    conn.execute(update(DELIVERY).where(DELIVERY.c.id == c.id).values(
-                        status=DELIVERED, attempts=n, last_status=code, last_error=None,
-                        lease_until=None, finished_at=at))
+                # One UPDATE executed for the whole batch (executemany), not one per row.
+                conn.execute(
+                    update(DELIVERY).where(DELIVERY.c.id == bindparam("b_id")).values(
+                        status=DELIVERED, attempts=bindparam("b_attempts"),
+                        last_status=bindparam("b_status"), last_error=None,
+                        lease_until=None, finished_at=bindparam("b_at")),
+                    [{"b_id": c.id, "b_attempts": n, "b_status": code, "b_at": at}
+                     for c, n, at, code, _ms, _h in batch])
                 healed = {c.endpoint_id for c, *_rest, h in batch if h}
                 for endpoint_id in healed:
                     conn.execute(update(t).where(t.c.id == endpoint_id)
