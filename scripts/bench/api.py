@@ -424,6 +424,7 @@ def inquiry_inprocess(args, home: Path) -> None:
     try:
         print(json.dumps(asyncio.run(run())), flush=True)
     finally:
+        asgi.inquiry_trace.close()  # its writer thread, before the folder is removed
         app.close()
         root.close()
 
@@ -486,8 +487,11 @@ def orders(args, home: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/v1/openapi.json")
+        spy = _py_spy(args, proc.pid, "orders")
         figure, api_cpu = measured(proc, lambda: _loadgen(
             [f"{base}/v1/orders"], f"Bearer {token}", concurrency, args.duration_s, body))
+        if spy is not None:
+            spy.wait(60)
     finally:
         stop(proc)
     accepted = figure["statuses"].get("201", 0)
