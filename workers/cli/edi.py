@@ -47,29 +47,51 @@ def edi() -> None:
 @click.pass_obj
 def status(app, fmt: str) -> None:
     """Outbound sets unacknowledged past the partner's window, rejected (AK5 R) or accepted
-    with errors (AK5 E).  Exit 1 when there is any."""
-    from workers.edi.handlers import acknowledgment_problems
+    with errors (AK5 E), and the 810s held for their order's 856.  Exit 1 when a set has a
+    problem or a held 810 is past its hold (no poll sent it)."""
+    from workers.edi.handlers import acknowledgment_problems, held_810s
 
     deps = _deps(app)
-    problems = acknowledgment_problems(deps.engine, deps.settings, now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    problems = acknowledgment_problems(deps.engine, deps.settings, now=now)
+    held = held_810s(deps.engine, now=now)
+    rows = [{
+        "problem": p.problem, "partner": p.document.partner, "type": p.document.doc_type,
+        "isa13": p.document.isa13, "gs06": p.document.gs06, "st02": p.document.st02,
+        "business": f"{p.document.business_domain}:{p.document.business_key}",
+        "sent_at": p.document.created_at.isoformat(), "note": p.document.ack_note,
+    } for p in problems] + [{
+        "problem": "held_past_hold" if h.overdue else "held", "partner": h.partner,
+        "type": "810", "isa13": None, "gs06": None, "st02": None,
+        "business": f"invoice:{h.invoice_key}", "order": f"order:{h.order_key}",
+        "held_at": h.held_at.isoformat(), "release_after": h.release_after.isoformat(),
+        "note": f"waits for an 856 of order {h.order_key}",
+    } for h in held]
+    failing = bool(problems) or any(h.overdue for h in held)
     if fmt == "json":
-        click.echo(json.dumps([{
-            "problem": p.problem, "partner": p.document.partner, "type": p.document.doc_type,
-            "isa13": p.document.isa13, "gs06": p.document.gs06, "st02": p.document.st02,
-            "business": f"{p.document.business_domain}:{p.document.business_key}",
-            "sent_at": p.document.created_at.isoformat(), "note": p.document.ack_note,
-        } for p in problems], indent=2))
+        click.echo(json.dumps(rows, indent=2))
     else:
+        console = Console(file=sys.stdout, width=160)
         table = Table("problem", "partner", "set", "ISA13/GS06/ST02", "for", "sent", "note")
         for p in problems:
             d = p.document
             table.add_row(p.problem, d.partner, d.doc_type, f"{d.isa13}/{d.gs06}/{d.st02}",
                           f"{d.business_domain}:{d.business_key}",
                           f"{d.created_at:%Y-%m-%d %H:%M}", d.ack_note or "")
-        console = Console(file=sys.stdout, width=160)
         console.print(table if problems else "every outbound set is acknowledged or within "
                                             "its partner's window")
-    sys.exit(1 if problems else 0)
+        if held:
+            htable = Table("held 810", "partner", "for", "order", "held", "goes without its "
+                           "856 at", title="810s held for their order's 856")
+            for h in held:
+                htable.add_row("past its hold" if h.overdue else "held", h.partner,
+                               f"invoice:{h.invoice_key}", h.order_key,
+                               f"{h.held_at:%Y-%m-%d %H:%M}",
+                               f"{h.release_after:%Y-%m-%d %H:%M}")
+            console.print(htable)
+        else:
+            console.print("no 810 is held for its 856")
+    sys.exit(1 if failing else 0)
 
 
 @edi.command()
@@ -124,18 +146,32 @@ def poll(app) -> None:
 @click.pass_obj
 def documents(app, target: str) -> None:
     """EDI documents of one business object (``order:KEY``, ``shipment:KEY``,
-    ``invoice:KEY``) or one correlation id, with control numbers and acknowledgment state."""
-    from workers.edi.handlers import documents_for
+    ``invoice:KEY``) or one correlation id, with control numbers and acknowledgment state,
+    and its 810s held for their 856 (not numbered yet)."""
+    from workers.edi.handlers import documents_for, held_810s
 
     deps = _deps(app)
+    now = datetime.now(UTC)
     domain, sep, key = target.partition(":")
     if sep and domain in ("order", "shipment", "invoice"):
         docs = documents_for(deps.engine, domain=domain, key=key)
+        held = ([] if domain == "shipment" else held_810s(
+            deps.engine, now=now, order_key=key if domain == "order" else None,
+            invoice_key=key if domain == "invoice" else None))
     else:
         docs = documents_for(deps.engine, correlation_id=target)
+        held = held_810s(deps.engine, now=now, correlation_id=target)
     table = Table("when", "dir", "partner", "set", "ISA13/GS06/ST02", "ack", "file")
     for d in docs:
         table.add_row(f"{d.created_at:%Y-%m-%d %H:%M:%S}", d.direction, d.partner, d.doc_type,
                       f"{d.isa13}/{d.gs06}/{d.st02}", d.ack_status, d.file_name)
-    Console(file=sys.stdout, width=160).print(table if docs else f"no EDI documents for {target}")
-    sys.exit(0 if docs else 1)
+    for h in held:
+        table.add_row(f"{h.held_at:%Y-%m-%d %H:%M:%S}", "held", h.partner, "810",
+                      "-/-/- (not numbered)",
+                      "past its hold" if h.overdue else
+                      f"waits for an 856 until {h.release_after:%Y-%m-%d %H:%M}",
+                      f"invoice:{h.invoice_key}")
+    found = bool(docs or held)
+    Console(file=sys.stdout, width=160).print(table if found else
+                                              f"no EDI documents for {target}")
+    sys.exit(0 if found else 1)

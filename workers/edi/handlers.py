@@ -1064,6 +1064,48 @@ def documents_for(engine: Engine, *, domain: str | None = None, key: str | None 
     return sorted(docs, key=lambda d: (d.created_at, d.id))
 
 
+
+@dataclass(frozen=True)
+class HeldView:
+    """An 810 held for its order's 856 (``edi_held``), for ``coexist edi status`` and
+    ``coexist edi documents``."""
+
+    partner: str
+    invoice_key: str
+    order_key: str
+    correlation_id: str | None
+    held_at: datetime
+    release_after: datetime
+    #: Past ``release_after`` by more than ``stale_after_s``: no poll released it.
+    overdue: bool
+
+
+def held_810s(engine: Engine, *, now: datetime, order_key: str | None = None,
+              invoice_key: str | None = None, correlation_id: str | None = None,
+              stale_after_s: float | None = None) -> list[HeldView]:
+    """The held 810s (all, or one order's, one invoice's, one correlation's), oldest first."""
+    if stale_after_s is None:
+        stale_after_s = STALE_INBOUND_S
+    query = select(HELD)
+    if order_key is not None:
+        query = query.where(HELD.c.order_key == order_key)
+    if invoice_key is not None:
+        query = query.where(HELD.c.invoice_key == invoice_key)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(HELD.c.held_at, HELD.c.invoice_key)).all()
+    out = []
+    for r in rows:
+        try:
+            corr = Envelope.model_validate_json(r.envelope).correlation_id
+        except ValueError:
+            corr = None
+        if correlation_id is not None and corr != correlation_id:
+            continue
+        release = _aware(r.release_after)
+        out.append(HeldView(r.partner, r.invoice_key, r.order_key, corr, _aware(r.held_at),
+                            release, now - release > timedelta(seconds=stale_after_s)))
+    return out
+
 @dataclass(frozen=True)
 class AckProblem:
     document: DocumentView
