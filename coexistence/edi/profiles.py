@@ -22,6 +22,15 @@ table) or the section on its own::
     customers = ["10042"]
     folder = "/srv/edi/acme"        # inbound/ outbound/ processed/ failed/
 
+or, on the partner's SFTP server (``transport = "sftp"``, the extra ``coexist[sftp]``)::
+
+    transport = "sftp"
+    sftp = { host = "sftp.acme.example", port = 22, user = "distco",
+             key_path = "/etc/coexist/acme_ed25519",      # or password_env = "ACME_SFTP_PW"
+             known_hosts = "/etc/coexist/known_hosts",
+             inbound = "out/850", outbound = "in", processed = "out/done",
+             failed = "out/failed" }
+
 Every error names the partner and the field (``EdiConfigError``).
 """
 
@@ -31,7 +40,15 @@ import contextlib
 import tomllib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bus.errors import BusinessError
 from coexistence.edi.x12 import Party, Separators
@@ -53,6 +70,39 @@ class IsaId(BaseModel):
 
     def party(self) -> Party:
         return Party(self.qualifier, self.id)
+
+
+class SftpSettings(BaseModel):
+    """Where a partner's four folders are on its SFTP server, and how coexist logs in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(gt=0, lt=65536)] = 22
+    user: Annotated[str, Field(min_length=1)]
+    #: A private key file (the usual way); or ``password_env``.
+    key_path: str | None = None
+    #: The name of the environment variable holding the password (never the password).
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    #: known_hosts file the server's host key must be in (unset: ~/.ssh/known_hosts).
+    known_hosts: str | None = None
+    #: Remote folders (relative to the login folder, or absolute).
+    inbound: Annotated[str, Field(min_length=1)] = "inbound"
+    outbound: Annotated[str, Field(min_length=1)] = "outbound"
+    processed: Annotated[str, Field(min_length=1)] = "processed"
+    failed: Annotated[str, Field(min_length=1)] = "failed"
+    #: Seconds to connect, and a quarter of what one SFTP step may take.
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _login(self) -> SftpSettings:
+        if not self.key_path and not self.password_env:
+            raise ValueError("give key_path (a private key file) or password_env (the "
+                             "variable holding the password)")
+        if len({self.inbound, self.outbound, self.processed, self.failed}) < 4:
+            raise ValueError("inbound, outbound, processed and failed must be four "
+                             "different remote folders")
+        return self
 
 
 class PartnerProfile(BaseModel):
@@ -101,10 +151,22 @@ class PartnerProfile(BaseModel):
     ship_to: dict[str, Key] = Field(default_factory=dict)
     #: Currency of an 850 without CUR.
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
-    #: File-drop root holding inbound/, outbound/, processed/, failed/.
-    folder: Annotated[str, Field(min_length=1)]
+    #: ``folder``: a file-drop root; ``sftp``: the folders on the partner's SFTP server.
+    transport: Literal["folder", "sftp"] = "folder"
+    #: File-drop root holding inbound/, outbound/, processed/, failed/ (transport folder).
+    folder: str = Field(default="", validate_default=True)
+    #: The SFTP server and remote folders (transport sftp).
+    sftp: SftpSettings | None = None
     #: A file is taken only when unchanged for this long (0: rely on the final rename).
     settle_seconds: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, v: str, info: ValidationInfo) -> str:
+        if not v and info.data.get("transport", "folder") == "folder":
+            raise ValueError("Field required (the file-drop root, unless transport = "
+                             "\"sftp\")")
+        return v
 
     @field_validator("element_separator", "component_separator", "segment_terminator")
     @classmethod
@@ -122,6 +184,9 @@ class PartnerProfile(BaseModel):
         if self.segment_terminator in ("\n", "\r") and self.segment_suffix:
             raise ValueError("segment_suffix must be empty when the segment terminator is a "
                              "line break")
+        if self.transport == "sftp" and self.sftp is None:
+            raise ValueError("transport = \"sftp\" needs an sftp table (host, user, key_path "
+                             "or password_env, remote folders)")
         for code, customer in self.buyer_ids.items():
             if customer not in self.customers:
                 raise ValueError(f"buyer_ids[{code!r}] = {customer!r} is not one of this "
@@ -156,7 +221,8 @@ class EdiSettings(BaseModel):
         _unique_by(self.partners, "id", lambda p: p.id)
         _unique_by(self.partners, "partner_isa",
                    lambda p: (p.partner_isa.qualifier, p.partner_isa.id))
-        _unique_by(self.partners, "folder", lambda p: p.folder)
+        _unique_by([p for p in self.partners if p.transport == "folder"], "folder",
+                   lambda p: p.folder)
         owner: dict[str, str] = {}
         for p in self.partners:
             for c in p.customers:

@@ -46,6 +46,7 @@ from coexistence.canonical.models import Order
 from coexistence.edi.profiles import EdiSettings
 from coexistence.router import LEGACY, placement
 from workers.edi import handlers
+from workers.errors import SetupError
 
 if TYPE_CHECKING:
     from workers.bootstrap import App
@@ -182,6 +183,9 @@ class EdiPoller:
         while not stop.is_set():
             try:
                 self.run_once()
+            except (SetupError, TechnicalError) as exc:
+                # A partner's SFTP server refusing the login or unreachable: one line.
+                log.error("EDI poll failed: %s; trying again in %.1f s", exc, self.poll_s)
             except Exception:  # noqa: BLE001 - a pass that fails is retried next time
                 log.exception("EDI poll failed; trying again in %.1f s", self.poll_s)
             stop.wait(self.poll_s)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from coexistence.edi import acks, documents, x12
 from coexistence.edi.profiles import EdiSettings, PartnerProfile
 from workers.edi import control
 from workers.edi.store import DOCUMENT, HELD, INTERCHANGE, utcnow
-from workers.edi.transport import Claimed, DropFolder, OutboundExists
+from workers.edi.transport import Claimed, DropFolder, OutboundExists, folder_for
 from workers.errors import SetupError
 from workers.router import queues
 
@@ -99,7 +98,8 @@ class EdiDeps:
     may_receive: Callable[[PartnerProfile, str], bool] = partner_may_receive
 
     def folder(self, profile: PartnerProfile) -> DropFolder:
-        return DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
+        """The partner's transport (a ``DropFolder``, or an ``SftpFolder`` with its interface)."""
+        return folder_for(profile)
 
 
 @dataclass
@@ -208,7 +208,7 @@ def _read_file(deps: EdiDeps, profile: PartnerProfile, claimed: Claimed
     """Read one claimed file and plan each interchange (the SoR lookups happen here, outside
     any transaction); what cannot be read or planned is recorded on the outcome."""
     outcome = FileOutcome(profile.id, claimed.name, ok=True)
-    data = claimed.path.read_bytes()
+    data = claimed.read_bytes()
     try:
         interchanges = x12.read(data, file=claimed.name)
     except x12.X12Error as exc:
@@ -1184,19 +1184,19 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
             .group_by(HELD.c.partner)).all())
     out = []
     for profile in settings.partners:
-        folder = DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
-        waiting = folder.ready()
-        ages = []
-        for name in waiting:
-            try:
-                ages.append(now.timestamp() - (folder.inbound / name).stat().st_mtime)
-            except FileNotFoundError:
-                continue
-        claimed = _count(folder.inbound, lambda n: n.endswith(".processing"))
-        failed = _count(folder.failed, lambda n: not n.startswith("."))
+        folder = folder_for(profile)
+        unreachable = None
+        try:
+            waiting = folder.waiting()
+            claimed = folder.count("inbound", lambda n: n.endswith(".processing"))
+            failed = folder.count("failed", lambda n: not n.startswith("."))
+        except (SetupError, TechnicalError) as exc:  # an SFTP server down or refusing us
+            waiting, claimed, failed, unreachable = [], 0, 0, str(exc)
+        ages = [now.timestamp() - mtime for _name, mtime in waiting]
         mine = [p for p in problems if p.document.partner == profile.id]
         row = {
-            "partner": profile.id, "folder": profile.folder,
+            "partner": profile.id,
+            "folder": profile.folder if profile.transport == "folder" else folder.target,
             "overdue": sum(1 for p in mine if p.problem == "overdue"),
             "rejected": sum(1 for p in mine if p.problem == "rejected"),
             "errors": sum(1 for p in mine if p.problem == "errors"),
@@ -1208,6 +1208,8 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
             "ack_window_minutes": profile.ack_window_minutes,
         }
         attention = []
+        if unreachable:
+            attention.append(f"its folders cannot be read: {unreachable}")
         if row["overdue"]:
             attention.append(f"{row['overdue']} outbound set(s) without a 997 after "
                              f"{profile.ack_window_minutes} min")
@@ -1228,10 +1230,3 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
         row["attention"] = attention
         out.append(row)
     return out
-
-
-def _count(folder: Path, keep: Callable[[str], bool]) -> int:
-    try:
-        return sum(1 for name in os.listdir(folder) if keep(name))
-    except FileNotFoundError:
-        return 0

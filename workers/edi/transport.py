@@ -30,10 +30,14 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from coexistence.edi.profiles import PartnerProfile
 
 #: Suffixes of files that are still being written (ours or the partner's).
 TEMP_SUFFIXES = (".tmp", ".part", ".processing")
@@ -61,7 +65,13 @@ class OutboundExists(FileExistsError):
 class Claimed:
     #: The name the partner gave the file.
     name: str
-    path: Path
+    #: Where the claim is: a local path, or the remote path on an SFTP server.
+    path: PurePath
+    #: Reads the claimed file's bytes (SFTP); a local claim reads ``path``.
+    reader: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
+
+    def read_bytes(self) -> bytes:
+        return self.reader() if self.reader is not None else Path(self.path).read_bytes()
 
     @property
     def claim_name(self) -> str:
@@ -154,7 +164,24 @@ class DropFolder:
         """
         target_dir = self.processed if ok else self.failed
         target_dir.mkdir(parents=True, exist_ok=True)
-        return _link_free(claimed.path, target_dir, claimed.name, move=True, sync=sync_dir)
+        return _link_free(Path(claimed.path), target_dir, claimed.name, move=True, sync=sync_dir)
+
+    def waiting(self) -> list[tuple[str, float]]:
+        """(name, mtime) of every complete file in ``inbound/`` (``coexist status``)."""
+        out = []
+        for name in self.ready():
+            try:
+                out.append((name, (self.inbound / name).stat().st_mtime))
+            except FileNotFoundError:
+                continue
+        return out
+
+    def count(self, which: str, keep: Callable[[str], bool]) -> int:
+        """How many names in ``inbound/`` or ``failed/`` ``keep`` accepts."""
+        try:
+            return sum(1 for name in os.listdir(self.root / which) if keep(name))
+        except FileNotFoundError:
+            return 0
 
     def sync_outbound(self) -> None:
         """fsync ``outbound/``: the names ``write_outbound_many`` gave are durable."""
@@ -252,6 +279,15 @@ class DropFolder:
                 return self.write_outbound(candidate, content)[0]
             except OutboundExists:
                 n += 1
+
+
+def folder_for(profile: PartnerProfile) -> Any:
+    """The partner's transport: its drop folder, or its folders on an SFTP server."""
+    if profile.transport == "sftp":
+        from workers.edi.sftp import SftpFolder
+
+        return SftpFolder(profile)
+    return DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
 
 
 def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = True) -> Path:
