@@ -108,6 +108,47 @@ def _write_batch_like(folder: Path, items: list[tuple[str, bytes]]) -> None:
                 os.rename(tmp, folder / name)
 
 
+class Stages:
+    """User and system CPU (``os.times``) per stage of the inbound path, by wrapping the
+    handlers' stage functions for the duration of the measured call (bench only)."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, list[float]] = {}
+
+    def wrap(self, owner, attr: str, stage: str):
+        original = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            t0 = os.times()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                t1 = os.times()
+                acc = self.cpu.setdefault(stage, [0.0, 0.0])
+                acc[0] += t1.user - t0.user
+                acc[1] += t1.system - t0.system
+
+        setattr(owner, attr, timed)
+        return lambda: setattr(owner, attr, original)
+
+    def report(self, n: int) -> dict:
+        return {stage: {"user_ms": round(1000 * u / n, 3), "sys_ms": round(1000 * s / n, 3)}
+                for stage, (u, s) in self.cpu.items()}
+
+
+def _inbound_stages() -> tuple[Stages, list]:
+    from workers.edi import transport
+
+    st = Stages()
+    undo = [st.wrap(handlers, "_read_file", "read_and_plan"),
+            st.wrap(handlers, "_answer_batch", "state_transaction"),
+            st.wrap(handlers, "flush_pending", "write_997s"),
+            st.wrap(transport.DropFolder, "claim", "claim"),
+            st.wrap(transport.DropFolder, "finish", "move_to_processed"),
+            st.wrap(transport.DropFolder, "sync_dirs", "directory_fsyncs")]
+    return st, undo
+
+
 def bench_inbound(root: Path, n: int, url: str | None) -> dict:
     files = [_850(i) for i in range(n)]
     # Baseline: the same files in, a same-size answer out, the input moved; no processing.
@@ -138,15 +179,21 @@ def bench_inbound(root: Path, n: int, url: str | None) -> dict:
     folder = deps.folder(deps.settings.partners[0]).ensure()
     for i, content in enumerate(files):
         (folder.inbound / f"po{i:06d}.edi").write_bytes(content)
-    t0, c0 = time.perf_counter(), time.process_time()
+    stages, undo = _inbound_stages()
+    t0, c0, o0 = time.perf_counter(), time.process_time(), os.times()
     results = handlers.handle_inbound(deps)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    elapsed, cpu, o1 = time.perf_counter() - t0, time.process_time() - c0, os.times()
+    for u in undo:
+        u()
     assert len(results) == n and all(r.ok for r in results), results[:1]
     return {"bench": "edi_inbound_850_to_997_and_command", "documents": n,
             "docs_per_s": round(n / elapsed), "baseline_docs_per_s": round(baseline),
             "ratio": round(n / elapsed / baseline, 3), "target_docs_per_s": 500,
             "baseline_batch_fsync_docs_per_s": round(baseline2),
             "cpu_ms_per_doc": round(1000 * cpu / n, 3),
+            "user_ms_per_doc": round(1000 * (o1.user - o0.user) / n, 3),
+            "sys_ms_per_doc": round(1000 * (o1.system - o0.system) / n, 3),
+            "stages_cpu_per_doc": stages.report(n),
             "baseline_cpu_ms_per_doc": round(1000 * base_cpu / n, 3)}
 
 
