@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -131,8 +132,17 @@ def test_a_dropped_connection_loses_nothing_and_doubles_nothing(server, tmp_path
     assert sorted(orders(deps)) == ["PO-1", "PO-2"]
     assert names(root / "inbound") == []
     assert names(root / "processed") == ["po1.edi", "po2.edi"]
-    out = names(root / "outbound")
+    out = [n for n in names(root / "outbound") if not n.startswith(".")]
     assert len(out) == 2 and all(n.endswith("-997.x12") for n in out), out
+    # At most the dropped write's temporary dot-file, which no partner reads.
+    left = [n for n in names(root / "outbound") if n.startswith(".")]
+    assert len(left) <= 1 and all(n.endswith(".tmp") for n in left), left
+    for tmp in left:  # once old, the next write of that name removes it
+        os.utime(root / "outbound" / tmp, (0, 0))
+        name = tmp[1:].rsplit(".", 2)[0]
+        folder = deps.folder(deps.settings.partners[0])
+        assert folder.write_outbound(name, (root / "outbound" / name).read_bytes())[1] is False
+        assert [n for n in names(root / "outbound") if n.startswith(".")] == []
     with deps.engine.connect() as conn:
         statuses = conn.execute(select(INTERCHANGE.c.status).where(
             INTERCHANGE.c.direction == "out")).scalars().all()

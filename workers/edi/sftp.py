@@ -15,7 +15,8 @@ operations:
   ``failed/`` (``name.1``, ``name.2``... when taken), again by the standard rename that
   refuses an existing name; outbound files are written under a temporary dot-name,
   fsynced (``fsync@openssh.com`` when the server offers it), then renamed.  A temporary
-  file a dropped connection left behind is removed at the next write of the same name.
+  (dot-)file a dropped connection left behind is removed at a later write of the same name
+  once it is older than ``LEFTOVER_AGE_S``.
 
 SFTP has no directory fsync: once the server answered a rename, its durability is the
 server's (``sync_dirs`` is a no-op here).  A dropped connection is a ``TechnicalError``
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
     from coexistence.edi.profiles import PartnerProfile, SftpSettings
 
 T = TypeVar("T")
+
+
+#: A temporary outbound file older than this is a dropped connection's, removed at the next
+#: write of its name (a younger one may be another worker's write in progress).
+LEFTOVER_AGE_S = 600.0
 
 
 class SftpUnavailable(TechnicalError):
@@ -356,6 +362,7 @@ class SftpFolder:
             raise OutboundExists(f"{self.target}{final} already exists with other content; "
                                  "not overwritten")
         tmp = self.outbound / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        renamed = False
         try:
             async with s.sftp.open(str(tmp), "xb") as fh:
                 await fh.write(content)
@@ -367,6 +374,7 @@ class SftpFolder:
             _fault_before_final_name(name)
             try:
                 await s.sftp.rename(str(tmp), str(final))
+                renamed = True
             except (asyncssh.SFTPFileAlreadyExists, asyncssh.SFTPFailure):
                 if await s.sftp.exists(str(final)) and await self._same(s, final, content):
                     return final, False
@@ -375,7 +383,7 @@ class SftpFolder:
             return final, True
         finally:
             try:
-                if await s.sftp.exists(str(tmp)):
+                if not renamed and await s.sftp.exists(str(tmp)):
                     await s.sftp.remove(str(tmp))
             except (OSError, asyncssh.Error):
                 pass  # the connection dropped: the next write of this name removes it
@@ -385,8 +393,12 @@ class SftpFolder:
             return await fh.read() == content
 
     async def _leftovers(self, s: _Session) -> list[str]:
+        """Our temporary files older than ``LEFTOVER_AGE_S`` (a dropped connection's): a
+        younger one may be another worker's write in progress."""
+        now = time.time()
         return [e.filename for e in await self._entries(s, self.outbound)
-                if e.filename.startswith(".") and e.filename.endswith(".tmp")]
+                if e.filename.startswith(".") and e.filename.endswith(".tmp")
+                and e.attrs.mtime is not None and now - e.attrs.mtime > LEFTOVER_AGE_S]
 
     def write_outbound(self, name: str, content: bytes, *, sync_dir: bool = True
                        ) -> tuple[PurePosixPath, bool]:
