@@ -56,8 +56,9 @@ from coexistence.canonical.models import Invoice, InvoiceStatus, Order, OrderSta
 from coexistence.edi import acks, documents, x12
 from coexistence.edi.profiles import EdiSettings, PartnerProfile
 from workers.edi import control
+from workers.edi.sftp import SftpFolder
 from workers.edi.store import DOCUMENT, HELD, INTERCHANGE, utcnow
-from workers.edi.transport import Claimed, DropFolder, OutboundExists, folder_for
+from workers.edi.transport import Claimed, DropFolder, OutboundExists
 from workers.errors import SetupError
 from workers.router import queues
 
@@ -83,6 +84,13 @@ def partner_may_receive(profile: PartnerProfile, customer_key: str) -> bool:
     return customer_key in profile.customers
 
 
+def folder_for(profile: PartnerProfile) -> DropFolder | SftpFolder:
+    """The partner's transport: its drop folder, or its folders on an SFTP server."""
+    if profile.transport == "sftp":
+        return SftpFolder(profile)
+    return DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
+
+
 @dataclass
 class EdiDeps:
     """What the handlers need, by name."""
@@ -98,7 +106,7 @@ class EdiDeps:
     may_receive: Callable[[PartnerProfile, str], bool] = partner_may_receive
 
     def folder(self, profile: PartnerProfile) -> DropFolder:
-        """The partner's transport (a ``DropFolder``, or an ``SftpFolder`` with its interface)."""
+        """The partner's transport (a ``DropFolder``, or an ``SftpFolder`` with its interface)."""  # noqa: E501
         return folder_for(profile)
 
 

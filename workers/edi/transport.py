@@ -34,10 +34,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from coexistence.edi.profiles import PartnerProfile
 
 #: Suffixes of files that are still being written (ours or the partner's).
 TEMP_SUFFIXES = (".tmp", ".part", ".processing")
@@ -279,15 +275,6 @@ class DropFolder:
                 return self.write_outbound(candidate, content)[0]
             except OutboundExists:
                 n += 1
-
-
-def folder_for(profile: PartnerProfile) -> Any:
-    """The partner's transport: its drop folder, or its folders on an SFTP server."""
-    if profile.transport == "sftp":
-        from workers.edi.sftp import SftpFolder
-
-        return SftpFolder(profile)
-    return DropFolder(profile.folder, settle_seconds=profile.settle_seconds)
 
 
 def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = True) -> Path:
