@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -20,9 +21,15 @@ from coexistence.canonical import CanonicalRecord
 from coexistence.errors import CoexistError
 from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
 from coexistence.reconcile.engine import Item
+from coexistence.reconcile.fast import CLOUD_DIGESTS
 from coexistence.reconcile.segments import Segment
 from coexistence.reconcile.tolerances import normalise
-from coexistence.translate.cloud import RESOURCES, canonical_from_json
+from coexistence.translate.cloud import (
+    RESOURCES,
+    canonical_from_json,
+    parse_document,
+    translator_for,
+)
 from workers.cloud_erp import CloudErp, CloudTechnicalError
 
 
@@ -41,10 +48,33 @@ def item_of(record: CanonicalRecord) -> Item:
 UNTRANSLATABLE_DIGEST = 0
 
 
+def _normalised(domain: str, doc) -> CanonicalRecord:
+    return normalise(translator_for(domain).to_canonical(doc))
+
+
 def item_of_json(domain: str, line: bytes | str | dict) -> Item:
     """A cloud document as an ``Item``; one the canonical model cannot hold (a
     150-character name, a negative price) becomes an item carrying its error, so
-    the run reports it and goes on."""
+    the run reports it and goes on.
+
+    Where the domain has one, the digest comes from the validated document without
+    building the canonical record (``coexistence.reconcile.fast``; the record is built
+    only when a comparison asks for it); a document the fast path cannot vouch for
+    takes the canonical path (``item_of_slow``), which names its defect."""
+    fast = CLOUD_DIGESTS.get(domain)
+    if fast is not None:
+        try:
+            doc = parse_document(domain, line)
+        except CoexistError:
+            doc = None
+        got = fast(doc) if doc is not None else None
+        if got is not None:
+            return Item(doc.number, got[0], got[1], load=partial(_normalised, domain, doc))
+    return item_of_slow(domain, line)
+
+
+def item_of_slow(domain: str, line: bytes | str | dict) -> Item:
+    """``item_of_json`` through the canonical record (the oracle of the fast path)."""
     try:
         return item_of(canonical_from_json(domain, line))
     except CoexistError as exc:
