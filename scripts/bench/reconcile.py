@@ -161,7 +161,8 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
         report, stats = reconcile_by_index("customer", legacy, cloud, state,
                                            on_finding=findings.append, seed=1)
         extra = {"buckets_differing": stats.buckets_differing, "suspects": stats.suspects,
-                 "sampled": stats.sampled}
+                 "sampled": stats.sampled,
+                 "stages": stats.stages}
     else:
         report = reconcile_domain("customer", legacy, cloud, mode="full",
                                   on_finding=findings.append, rebuild_index=state)
@@ -336,7 +337,7 @@ def main() -> None:
                                                        "exclusive_legacy", "exclusive_cloud",
                                                        "cloud_records_fetched", "suspects",
                                                        "sampled", "cloud_requests",
-                                                       "checksum_requests")},
+                                                       "checksum_requests", "stages")},
                                   "loadavg": [round(x, 2) for x in os.getloadavg()]}),
                       flush=True)
         return
@@ -369,7 +370,7 @@ def main() -> None:
                                              "exclusive_cloud", "cloud_records_fetched",
                                              "segments", "segments_differing", "fell_back",
                                              "cloud_requests", "checksum_requests",
-                                             "suspects", "sampled") if k in r},
+                                             "suspects", "sampled", "stages") if k in r},
                         **({"cpu_s": round(r["cpu_s"], 2)} if "cpu_s" in r else {}),
                         "loadavg": [round(x, 2) for x in os.getloadavg()]}
                 if base is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
@@ -54,6 +54,17 @@ class IndexStats:
     sample_stale: int = 0
     legacy_live_count: int | None = None
     legacy_index_count: int = 0
+    #: Stage -> (wall seconds, this process's CPU seconds), in run order: where a run's
+    #: time goes (the wall beyond the CPU is waiting on the ERPs or the disk).
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def lap(self, stage: str) -> None:
+        """Close ``stage``: the time since the previous lap (or the start) goes to it."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        last = getattr(self, "_last", None)
+        if last is not None:
+            self.stages[stage] = (round(wall - last[0], 3), round(cpu - last[1], 3))
+        self._last = (wall, cpu)
 
 
 def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, state, *,
@@ -64,6 +75,7 @@ def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, st
                        ) -> tuple[Report, IndexStats]:
     """Compare ``domain`` through both indexes, verifying only suspects live."""
     stats = IndexStats()
+    stats.lap("start")  # the clock starts; no stage of its own
     report = Report(domain, tolerances=tolerances_for(domain), mode="index")
     seed = time.time_ns() if seed is None else seed
 
@@ -93,11 +105,14 @@ def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, st
         orphans = index.orphan_xref(conn, domain)
         check = sorted(suspects | sampled)
         with_xref = index.xref_keys(conn, domain, check)
+    stats.lap("index")
     check_clock()
     stats.legacy_index_count = totals["legacy"]
 
     live_l = _legacy_items(legacy, domain, check, check_clock)
+    stats.lap("legacy_live")
     live_c = _cloud_items(cloud, domain, check, check_clock)
+    stats.lap("cloud_live")
     report.cloud_records_fetched = len(live_c)
 
     # Sampled keys whose live digest is not what the index holds: the index missed a
@@ -137,13 +152,16 @@ def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, st
     report.segments = len(sides["legacy"].keys() | sides["cloud"].keys())
     report.segments_differing = stats.buckets_differing
 
+    stats.lap("match")
     # What was read goes back into the index.
     with state.begin() as conn:
         for side, live in (("legacy", live_l), ("cloud", live_c)):
             index.apply(conn, domain, side, {
                 k: (None if live[k].error else live[k].digest, live[k].nk) if k in live
                 else index.REMOVED for k in check})
+    stats.lap("write_back")
     stats.legacy_live_count = _legacy_count(legacy, domain)
+    stats.lap("legacy_count")
     now_indexed = totals["legacy"] - len(indexed["legacy"]) + len(live_l)
     if stats.legacy_live_count != now_indexed:
         report.tolerances += (
