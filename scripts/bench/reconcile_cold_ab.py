@@ -48,6 +48,7 @@ def main() -> None:
             for name, src in (("baseline", a.baseline_src), ("this", str(ROOT))):
                 state = dir_ / f"state-{name}.db"
                 state.unlink(missing_ok=True)
+                state_url = bench.fresh_state(f"sqlite:///{state}")  # migrated schema
                 env = {**os.environ, "PYTHONPATH": src}
                 out = subprocess.run(
                     [
@@ -57,7 +58,7 @@ def main() -> None:
                         "index_cold",
                         legacy_url,
                         sim.url,
-                        f"sqlite:///{state}",
+                        state_url,
                     ],
                     capture_output=True,
                     text=True,

@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
+
+# Run as a script, scripts/bench/ (which holds a bus.py) must not shadow the packages.
+sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 
 def main() -> None:
