@@ -159,9 +159,14 @@ def test_a_hostile_value_anywhere_gives_the_oracles_item(record, data):
     for _ in range(data.draw(st.integers(1, 3))):
         (parent_path, key) = data.draw(st.sampled_from(paths))
         parent = doc
-        for p in parent_path:
+        for p in parent_path:  # an earlier draw may have replaced the path's container
+            if not isinstance(parent, (dict, list)) or (
+                    isinstance(parent, list) and not 0 <= p < len(parent)) or (
+                    isinstance(parent, dict) and p not in parent):
+                parent = None
+                break
             parent = parent[p]
-        if key in parent:
+        if isinstance(parent, dict) and key in parent:
             parent[key] = copy.deepcopy(data.draw(HOSTILE))
     try:
         line = json.dumps(doc).encode()
