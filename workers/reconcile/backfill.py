@@ -31,6 +31,18 @@ xref links of the created records, the pins of open documents, the batch's
 outbox repairs and the checkpoint (``workers.reconcile.checkpoint``).  A rerun
 after an interruption starts behind the checkpoint; what was written but not
 checkpointed is found equal and linked, never written twice.
+
+Three stages, each on its own thread, joined by bounded queues (``WRITES_IN_FLIGHT``
+batches each): the caller's thread reads both streams and builds batches; the
+*writer* reads the batch's routes (a read that takes no write lock) and writes it
+into the target; the *committer* commits each written batch's state, in order, on
+its own connection while the writer writes the next one.  So a checkpoint moves to
+a batch's last key only after that batch's target write and the state commits of
+every earlier batch.  Before a batch is written, the checkpoint's ``pending_hi``
+must durably cover its last key: each commit sets it to the last key of every batch
+already handed to the writer, so the writer only commits it itself when it got
+ahead of that (the first batch).  Every state write of the run's threads is taken
+under one lock, so the two never wait on each other's database lock.
 """
 
 from __future__ import annotations
@@ -130,6 +142,10 @@ class _Direction:
         self.creates: list[tuple[str, CanonicalRecord, int, int | None]] = []
         self.repairs: list[tuple[str, CanonicalRecord | None]] = []
         self.links: list[str] = []  # equal on resume, possibly written without state
+        #: The last key of the last batch with writes handed to the writer thread.
+        self.announced: str | None = None
+        #: The ``pending_hi`` committed in the checkpoint (keys a write may be pending to).
+        self.durable_pending = mark.pending_hi if mark is not None else None
 
     def done(self, key: str) -> bool:
         return self.after is not None and key <= self.after
@@ -157,6 +173,11 @@ class Backfill:
         self.dirs: dict[str, _Direction] = {}
         #: Batches for the writer thread (two in flight at most: bounded memory).
         self._jobs: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT)
+        #: Written batches for the committer thread, in order.
+        self._commits: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT)
+        #: Held around every state write transaction of the run's threads.
+        self._state_lock = threading.Lock()
+        self._reads = None  # the engine the writer reads routes through
         self._failed: BaseException | None = None
         self.started_at = datetime.now(UTC)
 
@@ -182,7 +203,11 @@ class Backfill:
         n = 0
         if self.progress is not None:
             self.progress(done0, 0, self.total)
+        self._reads = _read_engine(self.state)
         writer = threading.Thread(target=self._writer, name="backfill-writer", daemon=True)
+        committer = threading.Thread(target=self._committer, name="backfill-committer",
+                                     daemon=True)
+        committer.start()
         writer.start()
         try:
             for a, b in merge(left, right):
@@ -198,8 +223,11 @@ class Backfill:
             for d in dirs.values():
                 self._flush(d, None)
         finally:
-            self._jobs.put(None)
+            self._put(self._jobs, None, check=False)
             writer.join()
+            committer.join()
+            if self._reads is not self.state:
+                self._reads.dispose()
         if self._failed is not None:
             raise self._failed
         with self.state.begin() as conn:
@@ -255,41 +283,69 @@ class Backfill:
         others = [o for o in self.dirs.values()
                   if o is not d and not (o.creates or o.repairs or o.links)]
         job = (d, last, d.creates, d.repairs, d.links, others)
+        if d.creates:
+            # Announced before the writer can take it: the next commit's pending_hi covers it.
+            d.announced = last
         d.creates, d.repairs, d.links = [], [], []
+        self._put(self._jobs, job)
+
+    def _put(self, q: queue.Queue, item, check: bool = True) -> None:
+        """Put ``item`` into the bounded queue ``q``, giving up when the run fails (a
+        failed stage drains its queue, so the end marker ``None`` always gets in)."""
         while True:
-            if self._failed is not None:
+            if check and self._failed is not None:
                 raise self._failed
             try:
-                self._jobs.put(job, timeout=0.5)
+                q.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
     def _writer(self) -> None:
         """The writer thread: batches in order, so checkpoints only move forward; the
-        next batch is read and translated while this one is in flight."""
+        next batch is read and translated while this one is in flight, and the previous
+        one's state commits meanwhile (``_committer``)."""
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                if self._failed is not None:
+                    continue  # drain: the run is failing
+                try:
+                    written = self._execute(*job)
+                    self._put(self._commits, written)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the run's thread
+                    if self._failed is None:
+                        self._failed = exc
+        finally:
+            self._put(self._commits, None, check=False)
+
+    def _committer(self) -> None:
+        """The committer thread: each written batch's state, in the order written."""
         while True:
-            job = self._jobs.get()
+            job = self._commits.get()
             if job is None:
                 return
             if self._failed is not None:
-                continue  # drain: the run is failing
+                continue
             try:
-                self._execute(*job)
+                self._commit(*job)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the run's thread
-                self._failed = exc
+                if self._failed is None:
+                    self._failed = exc
 
     def written_count(self) -> int:
         return sum(self.report.written.values())
 
     def _execute(self, d: _Direction, last: str, creates: list, repairs: list, links: list,
-                 others: list) -> None:
-        with self.state.begin() as conn:
+                 others: list) -> tuple:
+        """Write one batch into its target (the writer thread); returns what
+        ``_commit`` needs."""
+        with self._reads.connect() as conn:
             routes = _routes(conn, self.domain, [c[0] for c in creates])
-            if creates:
-                checkpoint.put(conn, self.domain, d.target, last_key=d.after or "",
-                               pending_hi=max(last, d.resume_hi or ""), written=d.written,
-                               run_id=self.run_id)
+        if creates:
+            self._ensure_pending(d, last)
         items, moved, digests = [], [], {}
         for key, record, digest, nk in creates:
             version, updated_at = routes.get(key, (0, None))
@@ -311,8 +367,21 @@ class Backfill:
                 self.report.changed += 1
             else:
                 self.report.error(f"{self.domain} {record.key} into {d.target}: {result}")
-        self._commit(d, last, applied, repairs, links, {i[0].key: i[0] for i in items},
-                     digests, others)
+        return (d, last, applied, repairs, links, {i[0].key: i[0] for i in items}, digests,
+                others)
+
+    def _ensure_pending(self, d: _Direction, last: str) -> None:
+        """Make the checkpoint's ``pending_hi`` cover ``last`` before its batch is written
+        (a kill after the write and before the state commit: the rerun links what it
+        finds equal up to there).  Usually an earlier commit already did."""
+        if d.durable_pending is not None and d.durable_pending >= last:
+            return
+        with self._state_lock:
+            hi = max(k for k in (last, d.announced, d.resume_hi) if k)
+            with self.state.begin() as conn:
+                checkpoint.put(conn, self.domain, d.target, last_key=d.after or "",
+                               pending_hi=hi, written=d.written, run_id=self.run_id)
+            d.durable_pending = hi
 
     def _reread(self, target: str, items: list[list], keys: set[str], digests: dict) -> None:
         """Records whose route moved after the stream began: read from the SoR now (after
@@ -345,7 +414,7 @@ class Backfill:
         from workers.router import queues
         from workers.router.repair import repair_envelope
 
-        with Session(self.state) as session:
+        with self._state_lock, Session(self.state) as session:
             conn = session.connection()
             # The repairs commit with the checkpoint: a resumed run never sends them twice.
             sor = "legacy" if d.target == "cloud" else "cloud"
@@ -370,18 +439,21 @@ class Backfill:
             # says so, and the next warm reconciliation need not verify these records.
             index.apply(conn, self.domain, d.target, {r.key: digests[r.key] for r, _ in applied
                                                       if r.key in digests})
-            d.written += len(applied)
-            d.after = last
+            pending = {d.target: _still_pending(d, last)}
             checkpoint.put(conn, self.domain, d.target, last_key=last,
-                           pending_hi=_still_pending(d, last), written=d.written,
+                           pending_hi=pending[d.target], written=d.written + len(applied),
                            run_id=self.run_id)
             for o in others:
                 if o.after is None or o.after < last:
-                    o.after = last
+                    pending[o.target] = _still_pending(o, last)
                     checkpoint.put(conn, self.domain, o.target, last_key=last,
-                                   pending_hi=_still_pending(o, last), written=o.written,
+                                   pending_hi=pending[o.target], written=o.written,
                                    run_id=self.run_id)
             session.commit()
+            d.written += len(applied)
+            for o in (d, *others):
+                if o.target in pending:
+                    o.after, o.durable_pending = last, pending[o.target]
         self.report.enqueued += len(repairs)
         self.report.written[d.target] += len(applied)
 
@@ -395,9 +467,23 @@ class Backfill:
 
 
 def _still_pending(d: _Direction, last: str) -> str | None:
-    """The checkpoint's ``pending_hi`` once ``last`` is committed: an interrupted run's
-    range not yet passed."""
-    return d.resume_hi if d.resume_hi is not None and d.resume_hi > last else None
+    """The checkpoint's ``pending_hi`` once ``last`` is committed: the last key of the
+    batches handed to the writer after it (one may be being written now) or an
+    interrupted run's range not yet passed, whichever is higher."""
+    ahead = [k for k in (d.announced, d.resume_hi) if k is not None and k > last]
+    return max(ahead) if ahead else None
+
+
+def _read_engine(state):
+    """An engine for the writer's reads of the state database that takes no write lock:
+    the state engine begins SQLite transactions IMMEDIATE (the writer would wait for
+    the committer's transaction); a plain connection reads the WAL's last commit."""
+    if state.dialect.name != "sqlite" or state.url.database in (None, "", ":memory:"):
+        return state
+    from sqlalchemy import create_engine
+
+    return create_engine(state.url, connect_args={"check_same_thread": False,
+                                                  "timeout": 30})
 
 
 def _routes(conn, domain: str, keys: list[str]) -> dict[str, tuple[int, datetime]]:
