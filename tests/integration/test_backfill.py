@@ -152,3 +152,45 @@ def test_a_first_batch_that_never_committed_in_either_direction_starts_from_the_
                            written=0, run_id="killed")
     report = _backfill(engine, state, erp).run()
     assert report.resumed_after is None and report.written["cloud"] == 5
+
+
+def test_a_backfill_past_its_deadline_commits_what_it_wrote_and_a_rerun_resumes(world, sim):
+    """``--timeout``: at the deadline the backfill stops taking records, the batches it
+    wrote are committed with their checkpoint, and a rerun writes only the rest."""
+    import time
+
+    from workers.reconcile.backfill import BATCH_RECORDS, BackfillTimeout
+
+    engine, state, erp = world
+    records = list(iter_customers(10 * BATCH_RECORDS, seed=12))
+    write_legacy(engine, records)
+    run = _backfill(engine, state, erp, deadline=time.monotonic() + 3600)
+    batches, original = [], erp.upsert_many
+
+    def deadline_passes_after_two_batches(batch):
+        batches.append(len(batch))
+        if len(batches) == 2:
+            run.deadline = time.monotonic()  # the reading thread sees it on its next batch
+        return original(batch)
+
+    erp.upsert_many = deadline_passes_after_two_batches
+    with pytest.raises(BackfillTimeout):
+        run.run()
+    erp.upsert_many = original
+    in_cloud = {c.key for c in erp.stream("customer")}
+    first = sum(r.key in in_cloud for r in records)
+    assert 2 * BATCH_RECORDS <= first < len(records), (first, batches)
+    with state.connect() as conn:
+        mark = checkpoint.load(conn, "customer")["cloud"]
+    assert mark.written == first and mark.last_key  # every write it made is committed
+    again = _backfill(engine, state, erp, "run-2").run()
+    assert again.resumed_after == mark.last_key
+    assert again.written["cloud"] == len(records) - first
+    writes = {}
+    after = 0
+    while page := sim.changes(after, 1000):
+        for entry in page:
+            writes[entry["number"]] = writes.get(entry["number"], 0) + 1
+        after = page[-1]["cursor"]
+    assert len(writes) == len(records) and set(writes.values()) == {1}
+    assert SqlXref(state).by_canonical("customer", records[-1].key).legacy_key is not None

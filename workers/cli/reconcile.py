@@ -237,12 +237,15 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
 
 
 def _backfill(ctx: _Context, domain: str, run_id: str, unrepairable: set[str],
-              report: Report, progress: bool, lines: bool, err: bool) -> dict:
+              report: Report, progress: bool, lines: bool, err: bool,
+              deadline: float | None = None, timeout: float | None = None) -> dict:
     """``--repair --yes``: the streaming, resumable backfill of what differs
-    (``workers.reconcile.backfill``); a second Ctrl-C or a kill -9 loses nothing."""
+    (``workers.reconcile.backfill``); a second Ctrl-C or a kill -9 loses nothing.
+    ``--timeout`` covers it too: at the deadline it stops taking records, commits
+    what it wrote and exits 2 (a rerun resumes)."""
     from coexistence.flags import FlagSource
     from workers.flags import FlagAuditLog
-    from workers.reconcile.backfill import Backfill, ProgressLines
+    from workers.reconcile.backfill import Backfill, BackfillTimeout, ProgressLines
     from workers.reconcile.cloud import CloudUnavailable
 
     flags = FlagSource(FlagAuditLog(ctx.state).latest())
@@ -251,7 +254,11 @@ def _backfill(ctx: _Context, domain: str, run_id: str, unrepairable: set[str],
         tick = bar if bar is not None else (ProgressLines(domain) if lines else None)
         try:
             done = Backfill(domain, ctx.legacy, ctx.cloud, ctx.state, flags, run_id=run_id,
-                            skip_keys=unrepairable, progress=tick, total=total).run()
+                            skip_keys=unrepairable, progress=tick, total=total,
+                            deadline=deadline).run()
+        except BackfillTimeout:
+            raise UserError(f"backfill {domain}: timed out after {timeout:g} s "
+                            "(what it wrote is committed; run again to resume)") from None
         except (CoexistError, UnsortedStream) as exc:
             raise UserError(f"backfill {domain}: {exc} (run again to resume)") from None
         except (CloudUnavailable, BusError, httpx.HTTPError) as exc:

@@ -128,6 +128,15 @@ class BackfillReport:
                 f"({self.rate:,.0f} written/s){resumed}")
 
 
+class BackfillTimeout(Exception):
+    """The run's deadline (``--timeout``) passed: the batches already written are
+    committed, the checkpoint stays, a rerun resumes behind it."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"{domain}: backfill deadline passed")
+        self.domain = domain
+
+
 class _Direction:
     """What one run writes into one target ERP, and how far it is committed."""
 
@@ -161,7 +170,7 @@ class Backfill:
     def __init__(self, domain: str, legacy, cloud, state, flags, *, run_id: str,
                  skip_keys: Iterable[str] = (),
                  progress: Callable[[int, int, int | None], None] | None = None,
-                 total: int | None = None) -> None:
+                 total: int | None = None, deadline: float | None = None) -> None:
         self.domain, self.legacy, self.cloud, self.state = domain, legacy, cloud, state
         self.erps = {"legacy": legacy.erp, "cloud": cloud.erp}
         self.flag = flags.state(domain)
@@ -170,6 +179,9 @@ class Backfill:
         self.progress = progress
         self.total = total
         self.report = BackfillReport(domain)
+        #: ``time.monotonic()`` by which the run stops (``--timeout``); None: never.
+        self.deadline = deadline
+        self._stopped = False  # the deadline passed: batches not yet written are dropped
         self.dirs: dict[str, _Direction] = {}
         #: Batches for the writer thread (two in flight at most: bounded memory).
         self._jobs: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT)
@@ -211,6 +223,10 @@ class Backfill:
         writer.start()
         try:
             for a, b in merge(left, right):
+                if self.deadline is not None and n % BATCH_RECORDS == 0 \
+                        and time.monotonic() >= self.deadline:
+                    self._stopped = True
+                    break
                 key = (a or b).key  # type: ignore[union-attr]
                 self._pair(key, a, b, dirs)
                 n += 1
@@ -220,8 +236,9 @@ class Backfill:
                 if self.progress is not None and n % 1000 == 0:
                     self.progress(done0 + n, self.written_count(), self.total)
             self.report.scanned = n
-            for d in dirs.values():
-                self._flush(d, None)
+            if not self._stopped:
+                for d in dirs.values():
+                    self._flush(d, None)
         finally:
             self._put(self._jobs, None, check=False)
             writer.join()
@@ -230,6 +247,10 @@ class Backfill:
                 self._reads.dispose()
         if self._failed is not None:
             raise self._failed
+        if self._stopped:
+            self.report.seconds = time.monotonic() - t0
+            self.report.cpu_s = time.process_time() - cpu0
+            raise BackfillTimeout(self.domain)
         with self.state.begin() as conn:
             checkpoint.clear(conn, self.domain)
         if self.progress is not None:
@@ -310,8 +331,8 @@ class Backfill:
                 job = self._jobs.get()
                 if job is None:
                     return
-                if self._failed is not None:
-                    continue  # drain: the run is failing
+                if self._failed is not None or self._stopped:
+                    continue  # drain: the run is failing, or its deadline passed
                 try:
                     written = self._execute(*job)
                     self._put(self._commits, written)
