@@ -3,11 +3,12 @@ run in this process on ``--customers`` sample customers (legacy SQLite -> an emp
 simulator, SQLite state, as ``backfill.py`` builds them), with the writer thread's stages
 timed, wall and the thread's own CPU (``time.thread_time``), summed over the batches:
 
-* ``_execute``: one batch in the writer thread (routes read, ``pending_hi`` checkpoint,
-  the target write, the state transaction);
+* ``_execute``: one batch in the writer thread (routes read, ``pending_hi`` checkpoint
+  when needed, the target write);
 * ``_write``: the target write (``CloudErp.upsert_many``: ``$batch`` JSON and HTTP);
 * ``_commit``: the batch's state transaction (observations, xref links, digest-index
-  entries, checkpoint);
+  entries, checkpoint), on the committer thread (on main before the third stage: inside
+  ``_execute``, in the writer thread);
 * ``run``: the reading thread (both streams merged, records paired and batched).
 
 ``run``'s wall is the backfill phase (records per second = customers / it); the cold
