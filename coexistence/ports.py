@@ -206,6 +206,21 @@ class BatchErp(Protocol):
         ...
 
 
+@runtime_checkable
+class NumberingErp(Protocol):
+    """An ERP that gives a new customer its number ("create and assign a number"): how a
+    customer onboarded from the CRM is created in its SoR."""
+
+    def create_numbered(self, record: CanonicalRecord, *, idempotency_key: str,
+                        writer: str = COEXIST_WRITER) -> str:
+        """Create ``record`` (a customer; its key is ignored) under the next number of the
+        ERP's own sequence, taken in the transaction of the insert, written as ``writer``;
+        returns the new canonical key.  Idempotent on ``idempotency_key``: a create asked
+        for again (a redelivery, a retry after a crash) returns the customer the first one
+        made and creates nothing."""
+        ...
+
+
 class ChangeFeed(Protocol):
     """An ERP's change capture, read in cursor order after a checkpoint."""
 

@@ -55,7 +55,7 @@ import httpx
 from bus import budget as retry_budget
 from bus.errors import BusinessError, TechnicalError
 from coexistence.canonical import CanonicalRecord
-from coexistence.errors import TranslationError
+from coexistence.errors import CoexistError, TranslationError
 from coexistence.ports import (
     ABSENT,
     COEXIST_WRITER,
@@ -358,6 +358,27 @@ class CloudErp:
                      domain, key, response.status_code)
         raise CloudTechnicalError(
             f"{domain} {key}: lost {CLOUD_CONFLICT_ROUNDS} write races in a row; retry later")
+
+    def create_numbered(self, record: CanonicalRecord, *, idempotency_key: str,
+                        writer: str = COEXIST_WRITER) -> str:
+        """Create ``record`` (a customer; its key is ignored) without a number: the cloud
+        assigns the next of its sequence; returns the key.  The same request again with
+        ``idempotency_key`` replays the first answer (the same number, nothing created); a
+        different record under the key is the cloud's 422 ``IdempotencyKeyReused``."""
+        domain = record.domain
+        if domain != "customer":
+            raise CoexistError(f"the cloud ERP numbers customers only, not {domain}")
+        doc = _document(record, 0)
+        doc.pop("number", None)
+        response = self._request(
+            "POST", f"/{_entity_set(domain)}", ok=(201,),
+            content=json.dumps(doc, separators=(",", ":")).encode(),
+            headers={"Content-Type": "application/json", "X-Client-Id": writer,
+                     "Idempotency-Key": f"{idempotency_key}:create-numbered"})
+        number = response.json().get("number")
+        if not number:
+            raise CloudTechnicalError(f"the cloud created a {domain} without a number")
+        return str(number)
 
     def delete(
         self,

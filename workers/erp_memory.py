@@ -80,6 +80,7 @@ class InMemoryErp:
         self._slots: dict[str, dict[str, _Slot]] = {domain: {} for domain in DOMAINS}
         self._changes: list[Change] = []
         self._idempotency: dict[str, tuple[tuple, WriteResult]] = {}
+        self._numbered: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ Erp
@@ -211,6 +212,22 @@ class InMemoryErp:
             return self._changes[start : start + max(limit, 0)]
 
     # ------------------------------------------------------------------ people
+
+    def create_numbered(self, record: CanonicalRecord, *, idempotency_key: str,
+                        writer: str = COEXIST_WRITER) -> str:
+        """``NumberingErp``: the next number above every numeric key held (from 100000),
+        idempotent on ``idempotency_key`` (the first create's key)."""
+        with self._lock:
+            earlier = self._numbered.get(idempotency_key)
+            if earlier is not None:
+                return earlier
+            held = [int(k) for k in self._domain(record.domain) if k.isdigit()]
+            key = str(max([99_999, *held]) + 1)
+            slot = self._domain(record.domain).setdefault(key, _Slot())
+            slot.record = record.model_copy(update={"key": key})
+            self._append(record.domain, key, "upsert", writer, slot)
+            self._numbered[idempotency_key] = key
+            return key
 
     def person_upsert(self, record: CanonicalRecord, writer: str) -> None:
         """Someone typed ``record`` into the ERP by hand (no source version)."""

@@ -30,10 +30,12 @@ from coexistence.router import routed_version
 from coexistence.sample import SampleSpec
 from tests.support import cloud_sim, crm_sim, processes
 from workers.crm import state as crm_state
+from workers.crm.handlers import FAULT_KILL_AFTER_SOR_CREATE
 from workers.crm.status import onboarding_time
 from workers.db import create_state_engine
 from workers.flags import SqlFlagStore
 from workers.legacy_erp.adapter import LegacyErp
+from workers.legacy_erp.numbering import FIRST_CUSTOMER_NUMBER
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.migrate import upgrade as upgrade_schema
 
@@ -136,6 +138,8 @@ def test_coexist_run_syncs_the_crm_both_ways(tmp_path, sim, crm):
         account = _wait(lambda: (a := _accounts(crm)[new])["AccountNumber"] and a,
                         "the number back in the CRM", proc)
         assert account["Coexist_Id__c"] == made.key
+        # The SoR gave the number: the legacy ERP's sequence, not coexist's 9000000001.
+        assert made.key == str(FIRST_CUSTOMER_NUMBER) == account["AccountNumber"]
         assert len([a for a in _accounts(crm).values()
                     if a["Name"].upper() == "WALK-IN HARDWARE"]) == 1
         # The consumer that wrote the number completed the onboarding (its time is known).
@@ -167,6 +171,54 @@ def test_coexist_run_syncs_the_crm_both_ways(tmp_path, sim, crm):
     assert times["median_s"] == times["p95_s"] == round((crm_state._aware(
         decision.completed_at) - crm_state._aware(decision.crm_created_at)).total_seconds(), 1)
     assert 0 < times["median_s"] < WAIT_S
+
+
+def test_kill_9_after_the_sor_created_an_onboarded_customer_makes_no_second(
+        tmp_path, sim, crm):
+    """The process dies (SIGKILL, by the fault point) right after the legacy ERP created
+    the customer of a new CRM account and before coexist recorded its number; the
+    restarted process asks the SoR again under the account's idempotency key and gets the
+    customer it made: one customer, its number on the account."""
+    env, home = _home(tmp_path, crm, sim.url)
+    legacy_engine = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
+    legacy = LegacyErp(legacy_engine)
+
+    def created():
+        return [c for c in legacy.stream("customer") if c.name.upper() == "WALK-IN HARDWARE"]
+
+    killed = _start("run", {**env, FAULT_KILL_AFTER_SOR_CREATE: "1"}, home, "killed")
+    proc = None
+    try:
+        new = crm.person_create("rep1", "Account", {"Name": "Walk-in Hardware",
+                                                    "BillingPostalCode": "80202"}).json()["id"]
+        killed.wait(WAIT_S)
+        assert killed.returncode == -signal.SIGKILL, _logs(home)
+        [made] = created()
+        state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+        try:
+            pending = crm_state.decision_of(state, new)
+            assert pending.customer_key == crm_state.NUMBER_PENDING
+        finally:
+            state.dispose()
+        assert not _accounts(crm)[new]["Coexist_Id__c"]
+        proc = _start("run", env, home)
+        account = _wait(lambda: (a := _accounts(crm)[new])["AccountNumber"] and a,
+                        f"the number back in the CRM\n{_logs(home)}", proc)
+        assert account["Coexist_Id__c"] == account["AccountNumber"] == made.key
+        assert [c.key for c in created()] == [made.key]
+        assert len([a for a in _accounts(crm).values()
+                    if a["Name"].upper() == "WALK-IN HARDWARE"]) == 1
+        state = create_state_engine(f"sqlite:///{home / 'state.db'}")
+        try:
+            decision = crm_state.decision_of(state, new)
+        finally:
+            state.dispose()
+        assert (decision.decision, decision.customer_key) == ("create", made.key)
+    finally:
+        _stop(*(p for p in (killed, proc) if p is not None))
+        legacy_engine.dispose()
+    assert proc.returncode == 0, _logs(home)
+    assert "Traceback" not in (home / "run.log").read_text()
 
 
 def _channel_rows(state) -> int:

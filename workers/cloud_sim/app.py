@@ -7,7 +7,9 @@ Routes (``{set}`` is an entity set of ``coexistence.cloud.models.RESOURCE_MODELS
                                      ``lastModifiedDateTime gt <ISO>``, joined by ``and``),
                                      ``modifiedSince=<ISO>``; ``value`` + ``@odata.nextLink``
 ``POST /{set}``                      create; the server assigns the UUID ``id``; 409 when the
-                                     number exists (a tombstone with that number is revived)
+                                     number exists (a tombstone with that number is revived);
+                                     ``customers`` without a ``number``: the server assigns
+                                     the next of its sequence (``NUMBERED_SETS``)
 ``GET|PATCH|DELETE /{set}({id})``    by id, or by alternate key ``/{set}(number='10042')``;
                                      ``?includeDeleted=true`` shows a tombstone (``@removed``),
                                      ``$select=id,coexistSourceVersion`` only those fields
@@ -77,6 +79,11 @@ MAX_BATCH_OPERATIONS = 200
 #: Default and largest page of a list or the change feed.
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+#: Entity sets whose POST may leave ``number`` out (the server assigns it), and the first
+#: number of each sequence: customers numbered from 500000 up, apart from the legacy
+#: ERP's sequence (100000 up) so the two ERPs' new customers do not meet during a
+#: coexistence in which both create some.
+NUMBERED_SETS: dict[str, int] = {"customers": 500_000}
 #: Header carrying the source version of a DELETE (PATCH/POST carry it in the body).
 SOURCE_VERSION_HEADER = "x-coexist-source-version"
 
@@ -353,6 +360,11 @@ class CloudSimulator:
 
     def _create(self, entity_set: str, model: type[CloudResource], body, client: str,
                 headers: dict) -> Answer:
+        if entity_set in NUMBERED_SETS and isinstance(body, dict) and not body.get("number"):
+            # No number given: the server assigns the next one of its sequence, in this
+            # request's transaction (an Idempotency-Key replay answers the same number).
+            body = {**body, "number": self.store.next_number(entity_set,
+                                                             NUMBERED_SETS[entity_set])}
         data = validate(model, body)
         number = data["number"]
         existing = self.store.by_number(entity_set, number)

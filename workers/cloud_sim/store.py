@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS changes (
     at TEXT NOT NULL,
     rev INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS number_sequences (
+    entity_set TEXT PRIMARY KEY,
+    next_number INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     client TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -276,6 +280,25 @@ class Store:
         )
         self._change(row, "upsert", client)
         return row
+
+    def next_number(self, entity_set: str, first: int) -> str:
+        """The next business number of ``entity_set``'s sequence (from ``first``), taken in
+        the request's transaction, so the insert that uses it commits it or gives it back.
+        A number in use (created with a number the client chose) is skipped."""
+        row = self.db.execute("SELECT next_number FROM number_sequences WHERE entity_set=?",
+                              (entity_set,)).fetchone()
+        number = max(int(row[0]) if row else first, first)
+        # Numbers the client chose: only all-digit ones can collide with the sequence.
+        top = self.db.execute(
+            "SELECT MAX(CAST(number AS INTEGER)) FROM entities WHERE entity_set=? "
+            "AND number NOT GLOB '*[^0-9]*' AND number <> ''", (entity_set,)).fetchone()[0]
+        if top is not None and int(top) >= number:
+            number = int(top) + 1
+        self.db.execute(
+            "INSERT INTO number_sequences (entity_set, next_number) VALUES (?, ?) "
+            "ON CONFLICT (entity_set) DO UPDATE SET next_number = excluded.next_number",
+            (entity_set, number + 1))
+        return str(number)
 
     def replace(self, row: Row, data: dict, source_version: int | None, client: str) -> Row:
         """Overwrite a live row or revive a tombstone; bumps the revision."""

@@ -68,6 +68,11 @@ BUDGET_WRITE_S = 5.0
 #: The inbound poller's lease, and how long a silent holder keeps it from the others.
 INBOUND_LEASE = "crm.inbound"
 INBOUND_LEASE_TTL_S = 10.0
+#: Longest a customer delivery waits for an onboarded customer's number to be recorded
+#: (``CrmConsumer._onboarded_first``), in seconds: past it (a poller down that long) the
+#: customer is shown as it is, and an account the poller keys later is reported as a
+#: ``CrmDuplicateAccount`` (never a second ERP customer).
+PENDING_HOLD_S = 120.0
 
 DEFERRED = Counter("coexist_crm_deferred_total",
                    "CRM channel messages re-queued while the channel is paused")
@@ -115,7 +120,17 @@ class CrmConsumer:
             return [Result(e.message_id, Outcome.PAUSED, f"channel paused until {until}")
                     for e in envelopes]
         crm = self._crm()
-        results = handlers.sync_outbound(envelopes, crm=crm, reports=self.reports)
+        held = self._onboarded_first(crm, envelopes, now)
+        if held:
+            results = [Result(e.message_id, Outcome.RETRY, "a customer onboarded from the CRM "
+                              "is waiting for its number from the SoR", "ONBOARDING_PENDING")
+                       if e.message_id in held else None for e in envelopes]
+            rest = [e for e in envelopes if e.message_id not in held]
+            done = iter(handlers.sync_outbound(rest, crm=crm, reports=self.reports)
+                        if rest else [])
+            results = [r if r is not None else next(done) for r in results]
+        else:
+            results = handlers.sync_outbound(envelopes, crm=crm, reports=self.reports)
         budget = _budget(crm)
         paused = [(e, r) for e, r in zip(envelopes, results, strict=True)
                   if r.outcome is Outcome.PAUSED]
@@ -147,6 +162,32 @@ class CrmConsumer:
             raise CrmRetryLater(f"{len(retry)} of {len(envelopes)} CRM record(s) not written "
                                 f"now ({', '.join(codes)}): {retry[0].detail}")
         return results
+
+    def _onboarded_first(self, crm: Crm, envelopes: Sequence[Envelope],
+                         now: datetime) -> set[str]:
+        """A customer the SoR created for a person's CRM account reaches the CRM as that
+        account, never as a second one: the SoR creates it (and its change may be routed
+        here) before the inbound poller keyed the account by its number.  Key such
+        accounts first (the poller's link, idempotent); while a create's number is not
+        recorded yet (the moment between the SoR's create and coexist's record of it, or
+        after a crash there until the poller asks again), hold the delivery's customers
+        (retried) for up to ``PENDING_HOLD_S``.  Returns the message ids held.  One small
+        read per delivery (the open creates: most often none)."""
+        keys = {e.key for e in envelopes if e.domain == "customer"}
+        if not keys:
+            return set()
+        open_ = state.open_creates(self.engine)
+        if not open_:
+            return set()
+        for row in open_:
+            if row.customer_key in keys:
+                crm.link(row.crm_account_id, row.customer_key,
+                         correlation_id=handlers._stable_id(f"crm:onboard:{row.crm_account_id}"))
+        if any(row.customer_key == state.NUMBER_PENDING and (
+                now - state._aware(row.decided_at)).total_seconds() < PENDING_HOLD_S
+               for row in open_):
+            return {e.message_id for e in envelopes if e.domain == "customer"}
+        return set()
 
     def _defer_all(self, envelopes: Iterable[Envelope], wait: timedelta) -> None:
         delay = min(max(wait.total_seconds(), 1.0), MAX_DEFER_S)
@@ -197,6 +238,27 @@ def sor_lookup(app: App) -> handlers.SorLookup:
     return lookup
 
 
+def sor_numbering(app: App) -> handlers.CreateNumbered:
+    """``(customer, idempotency_key) -> key``: the customer domain's SoR now creates the
+    customer under the next number of its own sequence (``NumberingErp``), written as the
+    CRM channel's command writer, so its change capture routes it on (the shadow, and the
+    CRM, where the number lands on the account)."""
+    from coexistence.ports import NumberingErp
+    from workers.router import queues
+
+    writer = queues.COMMAND_WRITERS[handlers.CHANNEL]
+
+    def create(customer: Customer, idempotency_key: str) -> str:
+        sor = placement("customer", "", app.flags.state("customer"), {}, None)[1]
+        erp = app.erps[sor]
+        if not isinstance(erp, NumberingErp):
+            raise TypeError(f"the {sor} ERP cannot assign customer numbers "
+                            "(no create_numbered)")
+        return erp.create_numbered(customer, idempotency_key=idempotency_key, writer=writer)
+
+    return create
+
+
 def customer_directory(app: App) -> Callable[[], Iterable[Customer]]:
     """The customers onboarding matches a new CRM account against: both ERPs' (the SoR
     may not have copied a new one to the other yet), each key once."""
@@ -227,6 +289,7 @@ class CrmPoller:
         self.reports = ExceptionStoreReports(app.exceptions)
         self.sor_record = sor_lookup(app)
         self.directory = customer_directory(app)
+        self.create_customer = sor_numbering(app)
         self.turns = 0
         self.last: handlers.InboundStats | None = None
         self._failing: str | None = None
@@ -239,7 +302,8 @@ class CrmPoller:
             return None
         stats = handlers.poll_inbound(
             crm=self.app.crm, engine=self.app.state, sor_record=self.sor_record,
-            directory=self.directory, reports=self.reports, fence=self.lease.fence)
+            directory=self.directory, reports=self.reports, fence=self.lease.fence,
+            create_customer=self.create_customer)
         self.turns += 1
         self.last = stats
         return stats

@@ -26,6 +26,8 @@ is idempotent, so a crash anywhere re-reads the same events and ends the same wa
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope, new_envelope
+from bus.errors import BusinessError
 from bus.outbox import add_all_to_outbox
 from coexistence.canonical import CanonicalRecord, Customer, decode
 from coexistence.crm import mapping, onboarding
@@ -239,6 +242,9 @@ def _refuse(env: Envelope, reports: Reports, code: str, message: str,
 
 #: Looks up the SoR's record of (domain, key): (system, record), or None.
 SorLookup = Callable[[str, str], "tuple[str, CanonicalRecord] | None"]
+#: ``(customer, idempotency_key) -> key``: the SoR creates the customer under a number of
+#: its own sequence (``coexistence.ports.NumberingErp``), idempotent on the key.
+CreateNumbered = Callable[[Customer, str], str]
 
 
 @dataclass
@@ -265,6 +271,7 @@ class _Inbound:
     reports: Reports
     defaults: onboarding.OnboardingDefaults
     base: int
+    create_customer: CreateNumbered | None = None
     stats: InboundStats = field(default_factory=InboundStats)
     commands: list[Envelope] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
@@ -352,6 +359,8 @@ class _Inbound:
             return self.ignore(change, "onboarded already")
         account = self.crm.get("Account", crm_id)
         if account is None:
+            if prior is not None:
+                state.forget_pending(self.engine, crm_id)
             return self.ignore(change, "the account was deleted before onboarding")
         candidate = onboarding.Candidate.of(crm_id, account.fields)
         created = _created_at(account.fields, change)
@@ -366,9 +375,18 @@ class _Inbound:
             if isinstance(decision, onboarding.Link):
                 prior = state.decide(self.engine, candidate, state.LINK,
                                      decision.customer_key, crm_created_at=created)
+            elif self.create_customer is not None:
+                # The decision first, its number still to come from the SoR (below).
+                prior = state.decide(self.engine, candidate, state.CREATE,
+                                     state.NUMBER_PENDING, crm_created_at=created)
             else:
                 prior = state.decide(self.engine, candidate, state.CREATE, base=self.base,
                                      crm_created_at=created)
+        if prior.decision == state.CREATE and prior.customer_key == state.NUMBER_PENDING:
+            numbered = self.numbered(change, crm_id, account.fields)
+            if numbered is None:
+                return None
+            prior = numbered
         key = prior.customer_key
         if prior.decision == state.DUPLICATE:
             self.done.append(crm_id)
@@ -396,6 +414,24 @@ class _Inbound:
         if self._known is not None:
             self._known.append(candidate.known_as(key))
         return None
+
+    def numbered(self, change: CrmChange, crm_id: str, fields: dict[str, Any]):
+        """The SoR creates the customer of a ``create`` decision and gives it its number;
+        the decision keeps it.  Asked again after a crash between the two (the decision
+        still without its number), the SoR answers the customer it made under the same
+        idempotency key: never a second one.  ``None`` when the SoR refused (reported)."""
+        assert self.create_customer is not None
+        try:
+            number = self.create_customer(onboarding.new_customer("0", fields, self.defaults),
+                                          numbered_create_key(crm_id))
+        except BusinessError as exc:
+            state.forget_pending(self.engine, crm_id)
+            self.report(change, "create", "CrmOnboardingRefused",
+                        f"the SoR did not create the customer of CRM account {crm_id}: "
+                        f"{exc}", "customer", crm_id)
+            return None
+        _fault_after_sor_create()
+        return state.set_number(self.engine, crm_id, number)
 
     def duplicate(self, change: CrmChange, crm_id: str, key: str, others: tuple[str, ...],
                   candidate: onboarding.Candidate) -> None:
@@ -476,7 +512,8 @@ def poll_inbound(*, crm: Crm, engine: Engine, sor_record: SorLookup,
                  limit: int = FEED_READ, feed: str = FEED,
                  defaults: onboarding.OnboardingDefaults = onboarding.OnboardingDefaults(),
                  number_base: int = state.CRM_CUSTOMER_NUMBER_BASE,
-                 fence: Callable[[Session], None] | None = None) -> InboundStats:
+                 fence: Callable[[Session], None] | None = None,
+                 create_customer: CreateNumbered | None = None) -> InboundStats:
     """Handle up to ``limit`` CRM change events after the checkpoint of ``feed``.
 
     ``sor_record(domain, key)`` reads the record from its SoR now; ``directory()``
@@ -484,10 +521,14 @@ def poll_inbound(*, crm: Crm, engine: Engine, sor_record: SorLookup,
     ``ReplayExpired`` (business: an operator must reconcile) and ``CrmUnavailable`` /
     ``CrmPaused`` (nothing committed; call again later).  ``fence(session)`` runs first in
     the committing transaction (the poller's lease: ``LeaseLost`` rolls it back).
+    ``create_customer``: how a new customer gets its number, from the SoR (what
+    ``coexist worker`` passes: ``consumer.sor_numbering``); without it (handler tests and
+    benches with no ERP) coexist numbers it from ``number_base`` up.
     """
     after = checkpoints.get(engine, feed)
     changes = crm.changes(after, limit)
-    run = _Inbound(crm, engine, sor_record, directory, reports, defaults, number_base)
+    run = _Inbound(crm, engine, sor_record, directory, reports, defaults, number_base,
+                   create_customer)
     if not changes:
         run.stats.last_replay_id = after
         return run.stats
@@ -517,6 +558,23 @@ def _created_at(fields: dict[str, Any], change: CrmChange) -> datetime:
         if value is not None:
             return value if value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromtimestamp(change.commit_ms / 1000, UTC)
+
+
+#: Fault injection (tests only, off unless set): ``1`` makes the process SIGKILL itself
+#: right after the SoR created an onboarded customer and before coexist recorded its
+#: number, where the crash test kills a real ``coexist run``/``worker``.
+FAULT_KILL_AFTER_SOR_CREATE = "COEXIST_FAULT_CRM_KILL_AFTER_SOR_CREATE"
+
+
+def _fault_after_sor_create() -> None:
+    if os.environ.get(FAULT_KILL_AFTER_SOR_CREATE) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def numbered_create_key(crm_account_id: str) -> str:
+    """The idempotency key of the SoR create that onboards CRM account ``crm_account_id``:
+    one account, one customer, however often it is asked for."""
+    return f"crm-onboard:{crm_account_id}"
 
 
 def _stable_id(name: str) -> str:

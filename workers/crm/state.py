@@ -9,8 +9,10 @@ the match keys, so that
 * the same company typed again before the SoR created the first one matches the first
   (``known_pending``), and never becomes a second customer.
 
-New customer numbers are allocated by coexist from ``CRM_CUSTOMER_NUMBER_BASE`` upwards
-(see ``docs/architecture.md``: the ERP port has no "create and assign a number" yet).
+A new customer's number comes from its SoR (``coexistence.ports.NumberingErp``: the
+legacy ERP's control record, the cloud's own sequence), which creates the customer before
+the decision is committed here; the decision keeps that number.  Without an SoR to ask
+(handler tests, benches) coexist numbers it from ``CRM_CUSTOMER_NUMBER_BASE`` upwards.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from sqlmodel import Field
 from coexistence.crm.onboarding import Candidate, Known
 from workers.db import StateTable
 
-#: First customer number coexist allocates for a customer created from the CRM; above any
-#: number the ERPs assign (10-digit legacy keys), so the two never collide.
+#: First customer number coexist allocates for a customer created from the CRM when no SoR
+#: numbers it (see above); above the ERPs' own sequences, so the two never collide.
 CRM_CUSTOMER_NUMBER_BASE = 9_000_000_000
 
 LINK, CREATE, DUPLICATE = "link", "create", "duplicate_in_crm"
+#: The customer key of a ``create`` decision whose SoR has not given the number yet.
+NUMBER_PENDING = ""
 
 
 class CrmOnboarding(StateTable, table=True):
@@ -73,7 +77,8 @@ def decision_of(engine: Engine, crm_account_id: str) -> CrmOnboarding | None:
 def known_pending(engine: Engine) -> list[Known]:
     """Customers onboarding asked the SoR to create, as matching sees them."""
     with Session(engine) as session:
-        rows = session.execute(select(_T).where(_T.c.decision == CREATE)).all()
+        rows = session.execute(select(_T).where(_T.c.decision == CREATE,
+                                                _T.c.customer_key != NUMBER_PENDING)).all()
     return [Known(r.customer_key, r.name_key, frozenset(filter(None, r.postal_keys.split(","))),
                   r.tax_key) for r in rows]
 
@@ -81,7 +86,9 @@ def known_pending(engine: Engine) -> list[Known]:
 def decide(engine: Engine, candidate: Candidate, decision: str,
            customer_key: str | None = None, *, base: int = CRM_CUSTOMER_NUMBER_BASE,
            crm_created_at: datetime | None = None) -> CrmOnboarding:
-    """Commit a decision for ``candidate`` (a new number for ``create``); idempotent.
+    """Commit a decision for ``candidate``; idempotent.  A ``create`` names the number
+    the SoR gave the customer (``customer_key``), or, without one, takes coexist's next
+    number from ``base`` up (no SoR to ask: handler tests, benches).
 
     A decision already taken for the account is returned unchanged.  Two decisions
     racing for one number: the loser's insert fails on the unique number and it
@@ -94,7 +101,7 @@ def decide(engine: Engine, candidate: Candidate, decision: str,
         with Session(engine) as session:
             allocated = None
             key = customer_key
-            if decision == CREATE:
+            if decision == CREATE and customer_key is None:
                 top = session.execute(select(func.max(_T.c.allocated))).scalar_one_or_none()
                 allocated = max(int(top or 0), base) + 1
                 key = str(allocated)
@@ -115,6 +122,41 @@ def decide(engine: Engine, candidate: Candidate, decision: str,
             session.refresh(row)
             return row
     raise RuntimeError(f"could not record the onboarding of CRM account {candidate.crm_id}")
+
+
+def set_number(engine: Engine, crm_account_id: str, customer_key: str) -> CrmOnboarding:
+    """The SoR created the customer of this ``create`` decision as ``customer_key``."""
+    if not customer_key:
+        raise ValueError(f"no customer number for CRM account {crm_account_id}")
+    with Session(engine) as session:
+        session.execute(update(_T).where(_T.c.crm_account_id == crm_account_id,
+                                         _T.c.customer_key == NUMBER_PENDING)
+                        .values(customer_key=customer_key))
+        session.commit()
+    row = decision_of(engine, crm_account_id)
+    if row is None or row.customer_key != customer_key:
+        raise RuntimeError(f"CRM account {crm_account_id}'s onboarding holds customer "
+                           f"{row.customer_key if row else None!r}, the SoR made "
+                           f"{customer_key!r}")
+    return row
+
+
+def open_creates(engine: Engine) -> list:
+    """``create`` decisions whose customer the CRM does not show yet (its number not
+    recorded, or not yet written onto the account): crm_account_id, customer_key,
+    decided_at."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(_T.c.crm_account_id, _T.c.customer_key,
+                                        _T.c.decided_at).where(
+            _T.c.decision == CREATE, _T.c.completed_at.is_(None))).all())
+
+
+def forget_pending(engine: Engine, crm_account_id: str) -> None:
+    """Drop a ``create`` decision the SoR never numbered (it refused the create, or the
+    account went away): nothing waits for it any more."""
+    with engine.begin() as conn:
+        conn.execute(_T.delete().where(_T.c.crm_account_id == crm_account_id,
+                                       _T.c.customer_key == NUMBER_PENDING))
 
 
 def mark_done(session: Session, crm_account_ids: list[str],

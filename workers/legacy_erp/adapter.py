@@ -55,6 +55,7 @@ from coexistence.ports import (
     WriteResult,
 )
 from coexistence.writes import applies
+from workers.legacy_erp import numbering
 from workers.legacy_erp.capture import (
     CHGLOG,
     KEY_SEPARATOR,
@@ -458,6 +459,41 @@ class LegacyErp:
     def read(self, after: int, limit: int):
         """The legacy change log (see ``LegacyChangeFeed.read``)."""
         return self.feed.read(after, limit)
+
+    # ------------------------------------------------------------------ numbering
+
+    def create_numbered(self, record: CanonicalRecord, *, idempotency_key: str,
+                        writer: str = COEXIST_WRITER) -> str:
+        """Create ``record`` (a customer; its key is ignored) under the next number of the
+        ERP's customer sequence, taken in the insert's transaction; returns its key.
+
+        An earlier create with ``idempotency_key`` returns the customer it made and
+        creates nothing (found by the key first, whatever the record says now)."""
+        d = self._domain(record.domain)
+        if d.name != "customer":
+            raise CoexistError(f"the legacy ERP numbers customers only, not {d.name}")
+        self._register(writer)
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn, coexist_transaction(conn, writer):
+            earlier = numbering.created_by(conn, idempotency_key)
+            if earlier is not None:
+                return earlier
+            number = numbering.next_number(conn, d.header)
+            key = str(number)
+            header, children = d.t.from_canonical(record.model_copy(update={"key": key}),
+                                                  changed_by=writer, changed_at=now)
+            conn.execute(d.header.insert().values(header))
+            if d.child is not None and children:
+                conn.execute(d.child.insert(), children)
+            conn.execute(numbering.XCOEXNUM.insert().values(
+                IDEMKEY=idempotency_key, DOMAIN=d.name, RECKEY=key, WRITER=writer,
+                CRTTS=int(time.time() * 1000)))
+            return key
+
+    def created_by(self, domain: str, idempotency_key: str) -> str | None:
+        """The key of the record a numbered create with ``idempotency_key`` made, if any."""
+        with self.engine.connect() as conn:
+            return numbering.created_by(conn, idempotency_key)
 
     # ------------------------------------------------------------------ people
 
