@@ -42,6 +42,7 @@ import secrets
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from coexistence.crm.mapping import account_fields  # noqa: E402
 from coexistence.sample import iter_customers  # noqa: E402
 from workers.crm.client import CrmClient  # noqa: E402
 from workers.crm.handlers import Outcome, sync_outbound  # noqa: E402
+from workers.crm.reports import CRM_QUEUE  # noqa: E402
 from workers.crm_sim import duplicates, start_crm_simulator  # noqa: E402
 from workers.router import queues  # noqa: E402
 
@@ -167,6 +169,40 @@ def _quartiles(times: list[float], started: float) -> dict[str, float]:
     shown."""
     return {f"{int(q * 100)}%": round(times[int(q * (len(times) - 1))] - started, 2)
             for q in (0.0, 0.25, 0.5, 0.75)}
+
+
+def _stages(state, clock: float, n: int, wait_s: float = 10.0) -> dict:
+    """Where a round's time went before the CRM, per account, from coexist's own records:
+    seconds after the edit by which the router had captured the change into the outbox
+    (``captured``, the outbox row's ``created_at``), the relay had published it to the
+    broker (``published``, ``sent_at``) and the CRM consumer had settled it after the
+    CRM's results (``settled``, ``settled_at``): quartiles and the last, of the round's
+    ``coexist.channel.crm`` messages (waits up to ``wait_s`` for them all to settle)."""
+    from sqlalchemy import text
+
+    since = datetime.fromtimestamp(clock, UTC)
+    query = text("SELECT created_at, sent_at, settled_at FROM outbox WHERE queue_name = "
+                 ":q AND created_at >= :since")
+    deadline = time.perf_counter() + wait_s
+    while True:
+        with state.connect() as conn:
+            rows = conn.execute(query, {"q": CRM_QUEUE, "since": since}).all()
+        if (len(rows) >= n and all(r.settled_at for r in rows)) or \
+                time.perf_counter() > deadline:
+            break
+        time.sleep(0.2)
+
+    def spread(values: list) -> dict:
+        times = sorted(v.timestamp() for v in values if v is not None)
+        if not times:
+            return {}
+        out = _quartiles(times, clock)
+        out["100%"] = round(times[-1] - clock, 2)
+        return out
+
+    return {"messages": len(rows), "captured": spread([r.created_at for r in rows]),
+            "published": spread([r.sent_at for r in rows]),
+            "settled": spread([r.settled_at for r in rows])}
 
 
 def _edit_all(engine, keys: list[str], credit: Decimal, writer: str) -> None:
@@ -287,6 +323,8 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
             ids = {r["Id"] for r in admin.query("SELECT Id, Coexist_Id__c FROM Account")
                    if r["Coexist_Id__c"] in set(keys)}
             feed = _Feed(reader, ids)
+            stages_db = create_state_engine(state_url)
+            cleanup.append(stages_db.dispose)
             rounds = []
             for n in range(edit_rounds):
                 marker = Decimal(777_000 + n)
@@ -296,12 +334,15 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
                 written = time.perf_counter() - started
                 times = feed.wait(marker, procs)
                 seconds = times[-1] - clock
+                stages = _stages(stages_db, clock, len(keys))
                 # (the bench's own reads of /limits count one request each)
                 requests = reader.budget(refresh=True).used - used - 1
                 rounds.append({"seconds": round(seconds, 2), "sor_writes_s": round(written, 2),
                                "crm_requests": requests,
                                "records_per_s": round(len(keys) / seconds),
-                               "shown_at_s": _quartiles(times, clock)})
+                               "shown_at_s": {**_quartiles(times, clock),
+                                              "100%": round(seconds, 2)},
+                               "stages_s": stages})
             if _shown(admin, set(keys), marker) != len(keys):
                 raise RuntimeError("the CRM's feed and its records disagree")
             cpu = {n: round((_cpu_s(p.pid) - cpu0[n]) * 1e3 / len(keys) / edit_rounds, 3)
