@@ -167,3 +167,47 @@ def test_a_sor_that_refuses_the_create_is_reported_and_the_feed_moves_on(legacy)
     [report] = reports.of("CrmOnboardingRefused")
     assert "IdempotencyKeyReused" in report.message and stats.last_replay_id > 0
     assert list(legacy.stream("customer")) == []
+
+
+def test_the_sor_s_change_reaching_the_crm_first_never_makes_a_second_account(legacy):
+    """The SoR has the customer before the poller keyed the person's account: the outbound
+    consumer holds the customer while its number is pending, then keys that account
+    first, so the CRM shows one account."""
+    from tests.support.crm import event
+    from workers.crm.consumer import PENDING_RECHECK_S, CrmConsumer
+    from workers.crm.handlers import Outcome
+
+    crm, engine, reports, deferred = InMemoryCrm(), memory_state_engine(), ListReports(), []
+    consumer = CrmConsumer(crm=lambda: crm, engine=engine, reports=reports,
+                           defer=lambda env, s: deferred.append((env.message_id, s)))
+    crm_id = crm.person_create("Account", dict(ACCOUNT))
+    other = SPEC.record("customer", 1)
+    create = _create(legacy)
+
+    def create_then_die(customer, idem):
+        create(customer, idem)
+        raise _Crash
+
+    with pytest.raises(_Crash):
+        _poll(crm, engine, legacy, reports, create_then_die)
+    [made] = list(legacy.stream("customer"))
+    # The router's event of the SoR's create arrives while the number is pending: held
+    # (re-queued shortly), as is every customer of that delivery; nothing reaches the CRM.
+    first, bystander = event(made, 1), event(other, 1)
+    results = consumer([first, bystander])
+    assert {r.outcome for r in results} == {Outcome.PAUSED}
+    assert sorted(deferred) == sorted([(first.message_id, PENDING_RECHECK_S),
+                                       (bystander.message_id, PENDING_RECHECK_S)])
+    assert _accounts(crm) == [crm_id]
+    # The number recorded (here by hand: the poller's own turn links the account as
+    # well), the redelivered event keys the person's account first and updates it.
+    state.set_number(engine, crm_id, made.key)
+    consumer([first, bystander])
+    assert crm.by_id[crm_id]["Coexist_Id__c"] == made.key
+    assert crm.by_id[crm_id]["AccountNumber"] == made.key
+    assert len(_accounts(crm)) == 2  # the person's, and the bystander's
+    assert reports.of("CrmDuplicateAccount") == []
+
+
+def _accounts(crm) -> list[str]:
+    return sorted(i for i in crm.by_id if i.startswith("001"))

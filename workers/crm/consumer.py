@@ -73,6 +73,8 @@ INBOUND_LEASE_TTL_S = 10.0
 #: customer is shown as it is, and an account the poller keys later is reported as a
 #: ``CrmDuplicateAccount`` (never a second ERP customer).
 PENDING_HOLD_S = 120.0
+#: How soon a held customer delivery looks again, in seconds.
+PENDING_RECHECK_S = 1.0
 
 DEFERRED = Counter("coexist_crm_deferred_total",
                    "CRM channel messages re-queued while the channel is paused")
@@ -122,15 +124,15 @@ class CrmConsumer:
         crm = self._crm()
         held = self._onboarded_first(crm, envelopes, now)
         if held:
-            results = [Result(e.message_id, Outcome.RETRY, "a customer onboarded from the CRM "
-                              "is waiting for its number from the SoR", "ONBOARDING_PENDING")
-                       if e.message_id in held else None for e in envelopes]
-            rest = [e for e in envelopes if e.message_id not in held]
-            done = iter(handlers.sync_outbound(rest, crm=crm, reports=self.reports)
-                        if rest else [])
-            results = [r if r is not None else next(done) for r in results]
-        else:
-            results = handlers.sync_outbound(envelopes, crm=crm, reports=self.reports)
+            # Re-queued with a short delay (not a failure, no retry attempt counted), as
+            # a pause holds them; the rest of the delivery goes on.
+            self._defer_all([e for e in envelopes if e.message_id in held],
+                            timedelta(seconds=PENDING_RECHECK_S))
+            envelopes = [e for e in envelopes if e.message_id not in held]
+            if not envelopes:
+                return [Result(m, Outcome.PAUSED, "waiting for an onboarded customer's "
+                               "number from the SoR", "ONBOARDING_PENDING") for m in held]
+        results = handlers.sync_outbound(envelopes, crm=crm, reports=self.reports)
         budget = _budget(crm)
         paused = [(e, r) for e, r in zip(envelopes, results, strict=True)
                   if r.outcome is Outcome.PAUSED]
@@ -156,6 +158,10 @@ class CrmConsumer:
         shown = [e.key for e, r in zip(envelopes, results, strict=True)
                  if r.outcome is Outcome.SYNCED and e.domain == "customer"]
         state.note_shown(self.engine, shown, now)
+        if held:
+            results = [*results, *(Result(m, Outcome.PAUSED, "waiting for an onboarded "
+                                          "customer's number from the SoR",
+                                          "ONBOARDING_PENDING") for m in sorted(held))]
         retry = [r for r in results if r.outcome is Outcome.RETRY]
         if retry:
             codes = sorted({r.code or "RETRY" for r in retry})
