@@ -211,3 +211,27 @@ def test_the_sor_s_change_reaching_the_crm_first_never_makes_a_second_account(le
 
 def _accounts(crm) -> list[str]:
     return sorted(i for i in crm.by_id if i.startswith("001"))
+
+
+def test_a_crm_that_cannot_take_the_link_now_holds_only_that_customer(legacy):
+    from coexistence.crm.ports import CrmUnavailable
+    from tests.support.crm import event
+    from workers.crm.consumer import CrmConsumer
+
+    crm, engine, reports, deferred = InMemoryCrm(), memory_state_engine(), ListReports(), []
+    consumer = CrmConsumer(crm=lambda: crm, engine=engine, reports=reports,
+                           defer=lambda env, s: deferred.append(env.message_id))
+    crm_id = crm.person_create("Account", dict(ACCOUNT))
+    _poll(crm, engine, legacy, reports, _create(legacy))
+    crm.by_id[crm_id]["Coexist_Id__c"] = None  # as if the poller's link had not landed
+    [made] = list(legacy.stream("customer"))
+
+    def down(*_a, **_k):
+        raise CrmUnavailable("503")
+
+    crm.link = down
+    mine, bystander = event(made, 1), event(SPEC.record("customer", 1), 1)
+    consumer([mine, bystander])
+    assert deferred == [mine.message_id]
+    keys = [crm.by_id[i].get("Coexist_Id__c") for i in _accounts(crm)]
+    assert len(keys) == 2 and bystander.key in keys and keys.count(made.key) <= 1

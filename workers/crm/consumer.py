@@ -185,10 +185,20 @@ class CrmConsumer:
         open_ = state.open_creates(self.engine)
         if not open_:
             return set()
+        unlinked: set[str] = set()
         for row in open_:
             if row.customer_key in keys:
-                crm.link(row.crm_account_id, row.customer_key,
-                         correlation_id=handlers._stable_id(f"crm:onboard:{row.crm_account_id}"))
+                try:
+                    crm.link(row.crm_account_id, row.customer_key,
+                             correlation_id=handlers._stable_id(
+                                 f"crm:onboard:{row.crm_account_id}"))
+                except (CrmPaused, CrmUnavailable):
+                    # Not keyed yet: its customer waits (a write now could be a second
+                    # account); the rest goes on, and meets the same CRM state.
+                    unlinked.add(row.customer_key)
+        if unlinked:
+            return {e.message_id for e in envelopes
+                    if e.domain == "customer" and e.key in unlinked}
         if any(row.customer_key == state.NUMBER_PENDING and (
                 now - state._aware(row.decided_at)).total_seconds() < PENDING_HOLD_S
                for row in open_):
