@@ -59,7 +59,7 @@ from prometheus_client import Counter
 from sqlalchemy import Engine
 
 from bus import budget as retry_budget
-from bus import inbox
+from bus import inbox, stages
 from bus.brokers.base import request_redelivery
 
 log = logging.getLogger(__name__)
@@ -228,15 +228,21 @@ class BatchConsumer(threading.Thread):
         if first is None:
             return []
         batch = [first]
+        traced = [time.time()] if stages.enabled() else None
         poll = getattr(self.consumer, "poll", None)
-        if poll is None:
-            return batch
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.batch_size:
-            message = poll(max(0.0, deadline - time.monotonic()))
-            if message is None:
-                break
-            batch.append(message)
+        if poll is not None:
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(batch) < self.batch_size:
+                message = poll(max(0.0, deadline - time.monotonic()))
+                if message is None:
+                    break
+                batch.append(message)
+                if traced is not None:
+                    traced.append(time.time())
+        if traced is not None:
+            stages.mark_each("received", zip(traced, map(stages.message_key, batch),
+                                             strict=True))
+            stages.mark("batch_start", map(stages.message_key, batch))
         return batch
 
     def handle(self, messages: Sequence[Any]) -> None:
@@ -278,6 +284,8 @@ class BatchConsumer(threading.Thread):
             if committed:
                 self._committed(committed)
                 self._ack_all(committed)
+                if stages.enabled():
+                    stages.mark("acked", map(stages.message_key, committed))
         finally:
             self._track(-len(messages))
 

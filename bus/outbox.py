@@ -68,6 +68,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
+from bus import stages
 from bus.db import BusTable
 from bus.envelope import Envelope, encode
 from bus.errors import TechnicalError
@@ -512,6 +513,8 @@ class OutboxRelay:
                              last_error=None))
         conn.commit()
         RELAYED.inc(len(rows))
+        if stages.enabled():
+            stages.mark("published", (f"{r.domain}:{r.partition_key}" for r in rows))
 
 
 def _array(values: list, item_type) -> Any:

@@ -620,10 +620,13 @@ def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2,
     captures.start()
     try:
         while not stop.is_set():
-            if captures.run_once():
+            # Each capture at its own pace (``LeasedCaptures.run_due``): at once after
+            # changes, soon while people are typing, ``poll_s`` when idle.
+            moved, wait_s = captures.run_due(poll_s)
+            if moved:
                 relay.wake()
-            else:
-                stop.wait(poll_s)
+            if wait_s > 0:
+                stop.wait(wait_s)
     finally:
         captures.close()
     relay_thread.join(10)

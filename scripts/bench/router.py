@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -111,7 +112,7 @@ def bench_decisions(n: int) -> dict:
 
 def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int,
                  write_batch_size: int = 200, light: int = 0, light_gap_s: float = 0.2,
-                 py_spy: str | None = None) -> dict:
+                 py_spy: str | None = None, stage_trace: bool = False) -> dict:
     from coexistence.router import CLOUD, LEGACY
     from workers.bootstrap import bootstrap, run_router
     from workers.cloud_sim import start_simulator
@@ -145,6 +146,10 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                    settings.state_url, "COEXIST_LEGACY_URL": settings.legacy_url,
                    "COEXIST_BROKER_URL": settings.broker_url, "COEXIST_CLOUD_URL": sim.url,
                    "COEXIST_WRITE_BATCH_SIZE": str(write_batch_size)}
+            trace = home / "stages.jsonl" if stage_trace and light else None
+            if trace is not None:  # the workers trace from their start (one line a batch)
+                from bus import stages
+                env[stages.ENV] = str(trace)
             procs = [subprocess.Popen(
                 [sys.executable, "-c", "from workers.cli import main; main()", "worker",
                  "--threads", str(threads), "--log-level", "WARNING"],
@@ -187,8 +192,13 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             for spy in spies:
                 spy.wait(30)
-            light_lat = _light_load(app, admin, light, light_gap_s, after, timeout_s) \
-                if light and done == changes else []
+            if trace is not None:
+                stages.enable(str(trace))  # the router (capture, relay) runs in this process
+            light_lat, breakdown = _light_load(app, admin, light, light_gap_s, after, timeout_s,
+                                               trace) \
+                if light and done == changes else ([], None)
+            if trace is not None:
+                stages.enable(None)
             stop.set()
             router.join(10)
             if worker is not None:
@@ -213,7 +223,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             "worker_cpu_ms_per_customer": round(cpu * 1000 / max(1, done), 3),
             "router_process_cpu_ms_per_customer": round(own_cpu * 1000 / max(1, done), 3),
             "light_changes": len(light_lat), "light_p50_ms": light_p50,
-            "light_p99_ms": light_p99}
+            "light_p99_ms": light_p99, "light_stages": breakdown}
 
 
 def _py_spy(folder: str | None, pids: dict[str, int]) -> list[subprocess.Popen]:
@@ -262,10 +272,58 @@ def _children_cpu(procs) -> float:
     return total
 
 
-def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float) -> list[float]:
+#: legacy change -> ... -> the cloud's own write time (inside the request) -> the writer
+#: got the answer -> the batch's commit and ack.
+STAGES = ("legacy_change", "capture_read", "outbox_commit", "published", "received",
+          "batch_start", "cloud_write", "written", "acked")
+
+
+def _stage_breakdown(path: Path, first_at: dict[str, datetime],
+                     cloud_at: dict[str, datetime]) -> dict:
+    """Per-stage latencies (p50/p99 ms) of the light-load changes from the stage trace
+    (``bus.stages``) of every process: legacy change -> each stage -> the cloud's own
+    write time -> the batch's ack.  Each stage is the first time the key passed it."""
+    seen: dict[str, dict[str, float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:  # a line cut by a process killed mid-write
+                continue
+            pairs = item.get("tk") or [(item["t"], k) for k in item.get("k", ())]
+            for t, k in pairs:
+                key = k.partition(":")[2]
+                if key in first_at:
+                    stage = seen.setdefault(key, {})
+                    stage[item["s"]] = min(t, stage.get(item["s"], t))
+    steps: dict[str, list[float]] = {f"{a}->{b}": [] for a, b in itertools.pairwise(STAGES)}
+    total: list[float] = []
+    complete = 0
+    for key, at in first_at.items():
+        times = dict(seen.get(key, {}), legacy_change=at.timestamp())
+        if key in cloud_at:
+            times["cloud_write"] = cloud_at[key].timestamp()
+        if all(s in times for s in STAGES):
+            complete += 1
+            total.append(times["cloud_write"] - times["legacy_change"])
+        for a, b in itertools.pairwise(STAGES):
+            if a in times and b in times:
+                steps[f"{a}->{b}"].append(times[b] - times[a])
+    out = {}
+    for name, values in steps.items():
+        p50, p99 = _pct(values)
+        out[name] = {"n": len(values), "p50_ms": p50, "p99_ms": p99,
+                     "max_ms": round(max(values) * 1000, 1) if values else None}
+    p50, p99 = _pct(total)
+    return {"complete": complete, "of": len(first_at), "stages": out,
+            "legacy_change->cloud_write": {"p50_ms": p50, "p99_ms": p99}}
+
+
+def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float,
+                trace: Path | None = None) -> tuple[list[float], dict | None]:
     """``n`` single customers typed one at a time, ``gap_s`` apart, after the burst: each
     one's latency from its legacy change to coexist's write in the cloud (both ERPs' own
-    change times)."""
+    change times); with ``trace`` (the stage trace file) also their per-stage breakdown."""
     from coexistence.router import LEGACY
 
     legacy = app.erps[LEGACY]
@@ -290,7 +348,9 @@ def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float) 
     for change in legacy.read(0, 10**7):
         if change.key in typed:
             first_at.setdefault(change.key, change.at)
-    return [(seen[k] - first_at[k]).total_seconds() for k in seen if k in first_at]
+    latencies = [(seen[k] - first_at[k]).total_seconds() for k in seen if k in first_at]
+    breakdown = _stage_breakdown(trace, first_at, seen) if trace is not None else None
+    return latencies, breakdown
 
 
 def bench_http_clients(requests: int, ops: int = 200) -> dict:
@@ -366,6 +426,9 @@ def main() -> int:
                         help="py-spy record --gil of a worker and the router during the burst")
     parser.add_argument("--http-requests", type=int, default=50,
                         help="$batch requests per HTTP client in the client comparison (0: skip)")
+    parser.add_argument("--stages", action="store_true",
+                        help="trace the light-load changes' stages (bus.stages) and print "
+                             "their per-stage latencies (router_light_load_stages)")
     parser.add_argument("--skip-one-by-one", action="store_true",
                         help="skip the baseline with COEXIST_WRITE_BATCH_SIZE=1")
     args = parser.parse_args()
@@ -379,7 +442,8 @@ def main() -> int:
     single = None if args.skip_one_by_one else bench_shadow(
         args.changes, args.timeout_s, args.worker_procs, args.threads, write_batch_size=1)
     ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads,
-                        light=args.light, light_gap_s=args.light_gap_s, py_spy=args.py_spy)
+                        light=args.light, light_gap_s=args.light_gap_s, py_spy=args.py_spy,
+                        stage_trace=args.stages)
     print(json.dumps({
         "name": "router_shadow_end_to_end",
         "records_per_s": round(ours["per_s"], 1),
@@ -403,6 +467,9 @@ def main() -> int:
         "threads": args.threads, "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }), flush=True)
+    if ours["light_stages"] is not None:
+        print(json.dumps({"name": "router_light_load_stages", **ours["light_stages"],
+                          "loadavg": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     return 0 if ours["done"] == args.changes else 1
 
 

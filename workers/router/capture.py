@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from bus import stages
 from bus.envelope import Envelope, new_envelope
 from bus.outbox import add_all_to_outbox
 from coexistence.canonical import DOCUMENT_DOMAINS, CanonicalRecord
@@ -228,12 +229,38 @@ class CaptureLoop:
         #: Called first in every batch's state transaction; raises to refuse the batch
         #: (``workers.router.lease``: this process no longer holds the capture lease).
         self.fence: Callable[[Session], None] | None = None
+        #: The checkpoint as this loop last read or committed it, so a look that finds
+        #: nothing after it costs no state-database transaction (on SQLite each one takes
+        #: the write lock; a router polls often).  A batch is never read from it alone:
+        #: when the feed has changes after it, the stored checkpoint is read as before
+        #: and the batch read from that one; any failure forgets it.
+        self._checkpoint: int | None = None
+
+    def forget_checkpoint(self) -> None:
+        """Read the checkpoint from the state database again on the next batch (another
+        process may have moved it: the capture lease changed hands)."""
+        self._checkpoint = None
 
     def run_once(self) -> CaptureStats:
         """Route one batch; returns what it did (``read == 0`` when the feed is drained)."""
+        try:
+            return self._run_once()
+        except BaseException:
+            self._checkpoint = None
+            raise
+
+    def _run_once(self) -> CaptureStats:
+        known = self._checkpoint
+        changes = self.feed.read(known, self.batch_size) if known is not None else None
+        if changes is not None and not changes:
+            return CaptureStats()  # nothing after the checkpoint this loop last saw
         after = checkpoints.get(self.engine, self.feed_name)
-        changes = self.feed.read(after, self.batch_size)
+        if changes is None or after != known:
+            changes = self.feed.read(after, self.batch_size)
+        self._checkpoint = after
         if changes:
+            if stages.enabled():
+                stages.mark("capture_read", (f"{c.domain}:{c.key}" for c in changes))
             # Flags as audited now, read after the changes: a change made after a switch is
             # judged under it even if this process's cache has not heard of it yet (a change
             # made before it was captured before it: `cutover set` waits for that).
@@ -275,6 +302,9 @@ class CaptureLoop:
                 sor_records.update(self._sor_records(missing.wanted, sor_versions))
                 continue
             break
+        self._checkpoint = through
+        if stages.enabled():
+            stages.mark("outbox_commit", (f"{c.domain}:{c.key}" for c in changes))
         log.debug("capture %s: committed the batch through cursor %d", self.system, through)
         metrics.captured(self.system, stats, changes)
         return stats

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bus import stages
 from bus.envelope import Envelope, new_envelope
 from bus.errors import BusinessError, TechnicalError
 from coexistence.canonical import CanonicalRecord, decode
@@ -370,7 +371,10 @@ def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
                                current))
             placed.append(i)
     applied: list[tuple[Envelope, Applied, bool]] = []
-    for i, op, result in zip(placed, ops, target.write_many(ops) if ops else [], strict=True):
+    results = target.write_many(ops) if ops else []
+    if stages.enabled():
+        stages.mark("written", (f"{op.domain}:{op.key}" for op in ops))
+    for i, op, result in zip(placed, ops, results, strict=True):
         env = envs[i]
         if isinstance(result, Applied):
             created = op.record is not None and (op.current is None or not op.current.exists)

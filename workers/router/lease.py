@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,6 +63,14 @@ LEASE_TTL_S = 5.0
 RENEW_EVERY_S = 1.0
 #: Longest a standby's look waits for a lease row a batch holds (PostgreSQL).
 ACQUIRE_LOCK_TIMEOUT_MS = 500
+#: Polling of a capture that came back empty (``LeasedCaptures.run_due``): a feed that had
+#: changes within ``ACTIVE_WINDOW_S`` looks again after its fast interval (people are
+#: typing: a change waits for the next look, on average half of it), one that had none
+#: after the idle interval (``run_router``'s ``poll_s``).  Only the legacy ERP's change
+#: log (one indexed query) polls fast; the cloud's feed is an HTTP API with a request
+#: budget, polled at the idle interval always.
+FAST_POLL_S = {"legacy": 0.02}
+ACTIVE_WINDOW_S = 10.0
 
 
 class CaptureLease(StateTable, table=True):
@@ -241,8 +250,15 @@ class LeasedCaptures:
     """
 
     def __init__(self, engine: Engine, loops: Iterable[Any], *, holder: str | None = None,
-                 ttl_s: float = LEASE_TTL_S) -> None:
+                 ttl_s: float = LEASE_TTL_S,
+                 fast_poll_s: dict[str, float] | None = None) -> None:
         self.holder = holder or process_identity()
+        self.fast_poll_s = dict(FAST_POLL_S if fast_poll_s is None else fast_poll_s)
+        #: Per system: when its capture is due again, and when it last read changes.
+        self._due: dict[str, float] = {}
+        self._active: dict[str, float] = {}
+        #: Per system: the lease token its loop last ran under.
+        self._ran_under: dict[str, int | None] = {}
         self.loops = list(loops)
         self.leases = {loop.system: Lease(engine, lease_name(loop.system), self.holder, ttl_s)
                        for loop in self.loops}
@@ -265,20 +281,55 @@ class LeasedCaptures:
 
     def run_once(self) -> int:
         """One batch of every capture this process holds; returns the changes read."""
+        return sum(self._run(loop) for loop in self.loops if self.leases[loop.system].held)
+
+    def run_due(self, idle_poll_s: float) -> tuple[int, float]:
+        """One batch of every held capture that is due; returns the changes read and how
+        long to wait before the next one is due (0: at once).
+
+        A capture that read changes is due again at once (a backlog drains without a
+        pause); one that read none waits its fast interval (``FAST_POLL_S``) if it read
+        changes within ``ACTIVE_WINDOW_S``, else ``idle_poll_s``."""
         moved = 0
         for loop in self.loops:
-            if not self.leases[loop.system].held:
+            system = loop.system
+            if not self.leases[system].held or self._due.get(system, 0.0) > time.monotonic():
                 continue
-            try:
-                moved += loop.run_once().read
-            except LeaseLost as exc:
-                log.warning("capture of %s stopped: %s", loop.system, exc)
-            except Exception as exc:  # a feed that fails is retried on the next turn
-                # An unreachable ERP is routine (one line, repeats collapsed by the log
-                # handler); anything else is a bug and keeps its traceback.
-                log.warning("capture from %s failed; retrying: %s", loop.system, exc,
-                            exc_info=not isinstance(exc, TechnicalError))
-        return moved
+            read = self._run(loop)
+            now = time.monotonic()
+            if read:
+                self._active[system] = now
+                self._due[system] = now
+            else:
+                fast = self.fast_poll_s.get(system)
+                recent = now - self._active.get(system, -ACTIVE_WINDOW_S) < ACTIVE_WINDOW_S
+                self._due[system] = now + (min(fast, idle_poll_s) if fast and recent
+                                           else idle_poll_s)
+            moved += read
+        held = [self._due.get(loop.system, 0.0) for loop in self.loops
+                if self.leases[loop.system].held]
+        if not held:  # a standby: look again at the idle interval
+            return moved, idle_poll_s
+        return moved, max(0.0, min(held) - time.monotonic())
+
+    def _run(self, loop) -> int:
+        token = self.leases[loop.system].token
+        if self._ran_under.get(loop.system) != token:
+            # Taken (again): another router may have moved the checkpoint meanwhile.
+            forget = getattr(loop, "forget_checkpoint", None)
+            if forget is not None:
+                forget()
+            self._ran_under[loop.system] = token
+        try:
+            return loop.run_once().read
+        except LeaseLost as exc:
+            log.warning("capture of %s stopped: %s", loop.system, exc)
+        except Exception as exc:  # a feed that fails is retried on the next turn
+            # An unreachable ERP is routine (one line, repeats collapsed by the log
+            # handler); anything else is a bug and keeps its traceback.
+            log.warning("capture from %s failed; retrying: %s", loop.system, exc,
+                        exc_info=not isinstance(exc, TechnicalError))
+        return 0
 
     def close(self) -> None:
         """Stop the lease thread and release every lease held (a standby takes over)."""

@@ -1,0 +1,149 @@
+"""The router's polling of its captures (``LeasedCaptures.run_due``) and a capture's look
+at an empty feed (no state-database transaction), plus the stage trace (``bus.stages``).
+
+Light-load latency was dominated by the idle poll (0.2 s: a change waited ~100 ms on
+average for the next look, see scripts/bench/router.py --stages); a feed that had changes
+recently now looks again after its fast interval, an idle one after ``poll_s``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.pool import StaticPool
+
+from bus import stages
+from bus.db import create_state_engine
+from coexistence.canonical import decode
+from coexistence.flags import FlagSource
+from coexistence.router import CLOUD, LEGACY
+from workers import checkpoints
+from workers.erp_memory import InMemoryErp
+from workers.migrate import upgrade as upgrade_schema
+from workers.router.capture import CaptureLoop, checkpoint_name
+from workers.router.lease import ACTIVE_WINDOW_S, LeasedCaptures
+from workers.router.queues import Subscription
+
+CUSTOMER = decode("customer", {
+    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
+    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
+    "customer_group": "RETAIL", "region": "WEST",
+})
+
+
+@pytest.fixture
+def state():
+    engine = create_state_engine("sqlite://", poolclass=StaticPool)
+    upgrade_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+class Loop:
+    def __init__(self, system, reads):
+        self.system, self.fence, self.reads, self.runs = system, None, list(reads), 0
+
+    def run_once(self):
+        self.runs += 1
+        return type("Stats", (), {"read": self.reads.pop(0) if self.reads else 0})()
+
+
+def held(state, loops, **kw) -> LeasedCaptures:
+    captures = LeasedCaptures(state, loops, holder="me", **kw)
+    for lease in captures.leases.values():
+        lease.try_acquire()
+    return captures
+
+
+def test_a_capture_that_read_changes_is_due_at_once_then_polls_fast_while_active(state):
+    legacy = Loop(LEGACY, [5, 0])
+    captures = held(state, [legacy], fast_poll_s={LEGACY: 0.02})
+    assert captures.run_due(0.2) == (5, 0.0)  # a backlog drains without a pause
+    moved, wait = captures.run_due(0.2)
+    assert moved == 0 and 0 < wait <= 0.02, "people are typing: look again soon"
+    assert captures.run_due(0.2) == (0, pytest.approx(wait, abs=0.02))
+    assert legacy.runs == 2, "not due yet: not run"
+    captures.close()
+
+
+def test_an_idle_capture_and_one_without_a_fast_interval_poll_at_the_idle_interval(state):
+    legacy, cloud = Loop(LEGACY, [0, 0]), Loop(CLOUD, [3, 0])
+    captures = held(state, [legacy, cloud], fast_poll_s={LEGACY: 0.02})
+    moved, wait = captures.run_due(0.2)
+    assert moved == 3 and wait == 0.0  # the cloud is due again at once
+    moved, wait = captures.run_due(0.2)
+    assert moved == 0 and 0.15 < wait <= 0.2, (
+        "legacy had no change in its window and the cloud (an HTTP API) never polls fast")
+    # Active long ago: idle again.
+    captures._active[LEGACY] = time.monotonic() - ACTIVE_WINDOW_S - 1
+    captures._due.clear()
+    legacy.reads = [0]
+    cloud.reads = [0]
+    assert 0.15 < captures.run_due(0.2)[1] <= 0.2
+    captures.close()
+
+
+def test_a_standby_looks_again_at_the_idle_interval(state):
+    other = LeasedCaptures(state, [Loop(LEGACY, [])], holder="other")
+    for lease in other.leases.values():
+        lease.try_acquire()
+    standby = LeasedCaptures(state, [Loop(LEGACY, [1])], holder="me")
+    assert standby.run_due(0.2) == (0, 0.2) and standby.loops[0].runs == 0
+    other.close()
+
+
+def count_transactions(engine) -> list[str]:
+    begun: list[str] = []
+    event.listen(engine, "begin", lambda conn: begun.append("begin"))
+    return begun
+
+
+def test_an_empty_look_at_the_feed_opens_no_state_transaction_and_a_batch_reads_the_stored_one(
+        state):
+    legacy = InMemoryErp(LEGACY)
+    loop = CaptureLoop(LEGACY, legacy, {LEGACY: legacy, CLOUD: InMemoryErp(CLOUD)},
+                       FlagSource(), state,
+                       subscriptions=[Subscription("probe", frozenset({"customer"}))])
+    assert loop.run_once().read == 0  # the first look reads the checkpoint
+    begun = count_transactions(state)
+    for _ in range(5):
+        assert loop.run_once().read == 0
+    assert begun == [], "an empty feed is looked at without the state database"
+    legacy.person_upsert(CUSTOMER, "JSMITH")
+    assert loop.run_once().routed == 1 and begun, "a batch commits as before"
+    assert checkpoints.get(state, checkpoint_name(LEGACY)) == 1
+
+
+def test_a_capture_whose_checkpoint_another_loop_moved_reads_from_the_stored_one(state):
+    legacy = InMemoryErp(LEGACY)
+    erps = {LEGACY: legacy, CLOUD: InMemoryErp(CLOUD)}
+    subs = [Subscription("probe", frozenset({"customer"}))]
+    a = CaptureLoop(LEGACY, legacy, erps, FlagSource(), state, subscriptions=subs)
+    b = CaptureLoop(LEGACY, legacy, erps, FlagSource(), state, subscriptions=subs)
+    assert a.run_once().read == 0  # a knows checkpoint 0
+    legacy.person_upsert(CUSTOMER, "JSMITH")
+    assert b.run_once().routed == 1  # another holder (a takeover) routed it
+    legacy.person_upsert(CUSTOMER.model_copy(update={"credit_hold": True}), "JSMITH")
+    stats = a.run_once()
+    assert (stats.read, stats.routed) == (1, 1), "only the change after the stored checkpoint"
+    assert checkpoints.get(state, checkpoint_name(LEGACY)) == 2
+
+
+def test_the_stage_trace_writes_one_line_per_batch_and_nothing_when_off(tmp_path):
+    path = tmp_path / "stages.jsonl"
+    stages.mark("capture_read", ["customer:1"])  # off: nothing
+    stages.enable(str(path))
+    try:
+        stages.mark("capture_read", ["customer:1", "customer:2"], at=10.0)
+        stages.mark_each("received", [(11.0, "customer:1"), (12.0, "customer:2")])
+        stages.mark("acked", [])  # no keys: no line
+    finally:
+        stages.enable(None)
+    stages.mark("written", ["customer:1"])
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(x["s"], x.get("t"), x.get("k"), x.get("tk")) for x in lines] == [
+        ("capture_read", 10.0, ["customer:1", "customer:2"], None),
+        ("received", None, None, [[11.0, "customer:1"], [12.0, "customer:2"]]),
+    ]
