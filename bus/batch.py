@@ -161,6 +161,8 @@ class BatchConsumer(threading.Thread):
                  if a.queue_name == queue_name and is_batch_actor(a)] or [BATCH_WAIT_MS]
         self.batch_size = max(1, min(sizes))
         self.batch_wait_s = max(waits) / 1000
+        #: Deliveries in the last batch taken (``_linger``).
+        self._last_size = 0
 
     def stop(self) -> None:
         self.running = False
@@ -230,7 +232,7 @@ class BatchConsumer(threading.Thread):
         batch = [first]
         traced = [time.time()] if stages.enabled() else None
         poll = getattr(self.consumer, "poll", None)
-        if poll is not None:
+        if poll is not None and self._linger(batch, poll, traced):
             deadline = time.monotonic() + self.batch_wait_s
             while len(batch) < self.batch_size:
                 message = poll(max(0.0, deadline - time.monotonic()))
@@ -243,7 +245,22 @@ class BatchConsumer(threading.Thread):
             stages.mark_each("received", zip(traced, map(stages.message_key, batch),
                                              strict=True))
             stages.mark("batch_start", map(stages.message_key, batch))
+        self._last_size = len(batch)
         return batch
+
+    def _linger(self, batch: list[Any], poll, traced: list[float] | None) -> bool:
+        """Whether to wait ``batch_wait_s`` for more deliveries after the first: only when
+        the queue is busy (another delivery is already buffered, or the last batch held
+        more than one).  A lone change on an idle queue goes at once instead of waiting
+        for company that is not coming; a burst still fills its batches (while one is
+        handled the next deliveries buffer, and the next take finds them)."""
+        buffered = poll(0.0)
+        if buffered is None:
+            return self._last_size > 1
+        batch.append(buffered)
+        if traced is not None:
+            traced.append(time.time())
+        return True
 
     def handle(self, messages: Sequence[Any]) -> None:
         """Apply ``messages``, then settle every one of them."""
