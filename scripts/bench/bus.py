@@ -118,6 +118,18 @@ def _cpu_s(pids) -> float:
     return total / tick
 
 
+def _postgres_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL server process so far (this host's; includes other
+    users' sessions, so it is an upper bound on the bench's share)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip().startswith("postgres"):
+                    pids.append(int(entry.name))
+    return _cpu_s(pids)
+
+
 def _profile(pids, name: str) -> list[subprocess.Popen]:
     """py-spy (``--gil``: only samples holding the GIL) on each worker for a few seconds."""
     if PROFILE_DIR is None:
@@ -204,15 +216,26 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
 
         if not drain:
             start_workers()
+        process_cpu, pg_cpu = time.process_time(), _postgres_cpu_s()
         stop = threading.Event()
         relay = OutboxRelay(engine, RabbitmqBatchPublisher(broker), idle_poll_s=0.01)
-        relay_thread = threading.Thread(target=relay.run_forever, args=(stop, PUBLISH_BATCH),
-                                        daemon=True)
+        relay_cpu: list[float] = []
+
+        def relay_run() -> None:  # the relay thread's own CPU (time.thread_time)
+            cpu_start = time.thread_time()
+            try:
+                relay.run_forever(stop, PUBLISH_BATCH)
+            finally:
+                relay_cpu.append(time.thread_time() - cpu_start)
+
+        relay_thread = threading.Thread(target=relay_run, daemon=True)
         # Built beforehand, as the baselines' messages are: the application's cost of making
         # an envelope is not the bus's; committing it to the outbox is, and is timed.
         envelopes = [_envelope(k, 0.0) for k in range(n)]
+        own_spies = _profile([os.getpid()], f"{mode}{'-drain' if drain else ''}-producer")
         start = time.time()
         relay_thread.start()
+        producer_cpu = time.thread_time()
         for i in range(0, n, PRODUCER_TX_SIZE):
             t0 = time.time()
             envs = envelopes[i : i + PRODUCER_TX_SIZE]
@@ -222,6 +245,7 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
                 add_all_to_outbox(conn, envs, actor_name="bench_apply", queue_name=queue)
             relay.wake()
         produced = time.time()
+        producer_cpu = time.thread_time() - producer_cpu
         relayed = None
         if drain:
             while backlog(engine):
@@ -244,7 +268,7 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
         if len(rows) < n:
             raise RuntimeError(f"ours: only {len(rows)} of {n} effects within {timeout_s} s")
         cpu = _cpu_s(p.pid for p in procs) - cpu0[0]
-        for spy in spies:
+        for spy in spies + own_spies:
             spy.wait(timeout=60)
         for p in procs:  # settle: nothing held unacked may be applied after the count
             p.terminate()
@@ -266,7 +290,16 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
                 "worker_cpu_ms_per_msg": round(cpu * 1000 / n, 3),
                 # When the producer had committed everything, and the relay published it.
                 "produced_s": round(produced - start, 2),
-                "relayed_s": round((relayed or end) - start, 2)}
+                "relayed_s": round((relayed or end) - start, 2),
+                # The bench process: its producer loop (outbox commits, main thread) and
+                # the relay thread, CPU per message, and the PostgreSQL server's CPU.
+                "producer_cpu_ms_per_msg": round(producer_cpu * 1000 / n, 3),
+                "relay_cpu_ms_per_msg": round(relay_cpu[0] * 1000 / n, 3) if relay_cpu
+                else None,
+                "bench_process_cpu_ms_per_msg": round(
+                    (time.process_time() - process_cpu) * 1000 / n, 3),
+                "postgres_cpu_ms_per_msg": round(
+                    (_postgres_cpu_s() - pg_cpu) * 1000 / n, 3)}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -503,7 +536,12 @@ def main() -> int:
                           "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                           "seconds": r["seconds"], "messages": n,
                           **{k: r[k] for k in ("produced_s", "relayed_s",
-                                               "worker_cpu_ms_per_msg") if k in r},
+                                               "worker_cpu_ms_per_msg",
+                                               "producer_cpu_ms_per_msg",
+                                               "relay_cpu_ms_per_msg",
+                                               "bench_process_cpu_ms_per_msg",
+                                               "postgres_cpu_ms_per_msg") if k in r},
+                          "loadavg": [round(x, 2) for x in os.getloadavg()],
                           **({"exactly_once": True} if r.get("exactly_once") else {})}),
               flush=True)
     admin.dispose()
