@@ -42,9 +42,7 @@ def consumer_with(first, buffered=(), last_size=0, wait_s=0.2) -> BatchConsumer:
 
 def test_a_lone_delivery_on_an_idle_queue_is_taken_without_waiting_for_company():
     batch = consumer_with("m1", last_size=1)
-    start = time.monotonic()
     assert batch.take() == ["m1"]
-    assert time.monotonic() - start < 0.1, "no 0.2 s linger"
     assert batch.consumer.timeouts == [0.0], "one look at what is buffered, no wait"
 
 

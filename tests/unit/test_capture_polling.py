@@ -8,7 +8,6 @@ recently now looks again after its fast interval, an idle one after ``poll_s``."
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from sqlalchemy import event
@@ -22,6 +21,7 @@ from coexistence.router import CLOUD, LEGACY
 from workers import checkpoints
 from workers.erp_memory import InMemoryErp
 from workers.migrate import upgrade as upgrade_schema
+from workers.router import lease as lease_module
 from workers.router.capture import CaptureLoop, checkpoint_name
 from workers.router.lease import ACTIVE_WINDOW_S, LeasedCaptures
 from workers.router.queues import Subscription
@@ -50,6 +50,23 @@ class Loop:
         return type("Stats", (), {"read": self.reads.pop(0) if self.reads else 0})()
 
 
+class Clock:
+    """``workers.router.lease``'s monotonic clock, moved by hand (no measured durations)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(lease_module, "time", fake)
+    return fake
+
+
 def held(state, loops, **kw) -> LeasedCaptures:
     captures = LeasedCaptures(state, loops, holder="me", **kw)
     for lease in captures.leases.values():
@@ -57,31 +74,32 @@ def held(state, loops, **kw) -> LeasedCaptures:
     return captures
 
 
-def test_a_capture_that_read_changes_is_due_at_once_then_polls_fast_while_active(state):
-    legacy = Loop(LEGACY, [5, 0])
+def test_a_capture_that_read_changes_is_due_at_once_then_polls_fast_while_active(state, clock):
+    legacy = Loop(LEGACY, [5, 0, 0])
     captures = held(state, [legacy], fast_poll_s={LEGACY: 0.02})
     assert captures.run_due(0.2) == (5, 0.0)  # a backlog drains without a pause
-    moved, wait = captures.run_due(0.2)
-    assert moved == 0 and 0 < wait <= 0.02, "people are typing: look again soon"
-    assert captures.run_due(0.2) == (0, pytest.approx(wait, abs=0.02))
+    assert captures.run_due(0.2) == (0, pytest.approx(0.02)), "people are typing: look soon"
+    clock.now += 0.01
+    assert captures.run_due(0.2) == (0, pytest.approx(0.01))
     assert legacy.runs == 2, "not due yet: not run"
+    clock.now += 0.01
+    assert captures.run_due(0.2) == (0, pytest.approx(0.02)) and legacy.runs == 3
     captures.close()
 
 
-def test_an_idle_capture_and_one_without_a_fast_interval_poll_at_the_idle_interval(state):
+def test_an_idle_capture_and_one_without_a_fast_interval_poll_at_the_idle_interval(state, clock):
     legacy, cloud = Loop(LEGACY, [0, 0]), Loop(CLOUD, [3, 0])
     captures = held(state, [legacy, cloud], fast_poll_s={LEGACY: 0.02})
-    moved, wait = captures.run_due(0.2)
-    assert moved == 3 and wait == 0.0  # the cloud is due again at once
-    moved, wait = captures.run_due(0.2)
-    assert moved == 0 and 0.15 < wait <= 0.2, (
+    assert captures.run_due(0.2) == (3, 0.0)  # the cloud is due again at once
+    assert captures.run_due(0.2) == (0, pytest.approx(0.2)), (
         "legacy had no change in its window and the cloud (an HTTP API) never polls fast")
-    # Active long ago: idle again.
-    captures._active[LEGACY] = time.monotonic() - ACTIVE_WINDOW_S - 1
-    captures._due.clear()
-    legacy.reads = [0]
+    # Legacy active, but longer ago than the window: idle again.
+    legacy.reads = [4, 0]
+    clock.now += 0.2
+    assert captures.run_due(0.2)[0] == 4
+    clock.now += ACTIVE_WINDOW_S + 1
     cloud.reads = [0]
-    assert 0.15 < captures.run_due(0.2)[1] <= 0.2
+    assert captures.run_due(0.2) == (0, pytest.approx(0.2))
     captures.close()
 
 
