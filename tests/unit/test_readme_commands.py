@@ -45,7 +45,10 @@ def commands(text: str) -> list[str]:
     for line in _fenced(text) + _inline(text):
         line = re.sub(r"<[^>]*>", "VALUE", line)  # `<correlation id | domain:key>`
         for part in re.split(r"&&|\|\||[|;]", line):
-            part = part.strip().replace("[", " ").replace("]", " ")
+            part = part.strip()
+            if re.match(r"^'?coexist\[", part):  # a pip extra (`coexist[sftp]`), not a command
+                continue
+            part = part.replace("[", " ").replace("]", " ")
             if re.match(r"^([\w.-]*/)*coexist(\s|$)", part):  # coexist, .venv/bin/coexist
                 out.append(part)
     return out
