@@ -9,7 +9,10 @@ People (through the API only, with bearer tokens from a consumers file of the ru
   answer); any failed attempt (the API killed, 409 in flight, 5xx) is retried with the
   same key until it is answered;
 * ``portal_inquiry``: ``GET /v1/orders/{key}`` of an order placed before and
-  ``GET /v1/customers/{key}/credit`` with an inquiry token.
+  ``GET /v1/customers/{key}/credit`` with an inquiry token;
+* ``portal_status``: a person at the order desk, in the order domain's SoR (the legacy ERP),
+  moves one of the portal's accepted orders a step on (open -> allocated -> shipped ->
+  invoiced), so an order gets several ``order.status_changed`` webhooks, not one.
 
 Faults: ``kill_api`` (kill -9 of the API process), ``kill_deliverer`` (kill -9 of the
 delivery process mid-run: its claims are retaken after ``--timeout-s`` + ``--lease-margin-s``),
@@ -18,7 +21,8 @@ and the ``/gone`` endpoint (times out, then 410).
 Verdict: every Idempotency-Key gave one order (the legacy ERP's own ``ORDHDR``, by the
 order's PO number, and the same order key on every answer to it); every accepted order's
 ``order.status_changed`` webhook reached ``/hook`` (``lost`` otherwise), with the SoR's
-status at the newest version the receiver applied; duplicate deliveries are flagged by
+status at the newest version the receiver applied, and that status the last one the order
+desk set (the script's own log of the status changes); duplicate deliveries are flagged by
 ``webhook-id`` only; every signature verified; the gone endpoint disabled by coexist.
 """
 
@@ -40,7 +44,9 @@ RETRY_EVERY = 3
 ORDER_WAIT_S = 90.0
 #: How long after the ERPs settled the receiver may wait for the last webhook, in seconds.
 PORTAL_WAIT_S = 90.0
-ACTIONS = ("portal_order", "portal_inquiry")
+ACTIONS = ("portal_order", "portal_inquiry", "portal_status")
+#: The steps the order desk moves an order through, after the portal placed it ("open").
+STATUS_STEPS = ("allocated", "shipped", "invoiced")
 FAULTS = ("kill_api", "kill_deliverer")
 EVENTS = ("order.status_changed", "shipment.milestone", "invoice.posted")
 
@@ -62,6 +68,10 @@ class PortalChannel:
         self.inquiries: Counter = Counter()
         self.endpoints: dict[str, int] = {}
         self.problems: list[str] = []
+        #: order key -> the statuses the order desk set, in order (the ground truth).
+        self.statuses: dict[str, list[str]] = {}
+        #: Status changes that found no accepted order still open to move (not made).
+        self.status_skipped = 0
 
     @property
     def url(self) -> str:
@@ -118,11 +128,39 @@ class PortalChannel:
 
     # ------------------------------------------------------------------ people
 
-    def act(self, kind: str, skus: list[str], deadline: float) -> None:
+    def act(self, kind: str, skus: list[str], deadline: float, legacy=None) -> bool:
+        """One person's act; ``False`` if there was nothing to do (no order to move yet)."""
+        if kind == "portal_status":
+            return self._status(legacy)
         target = {"portal_order": self._order, "portal_inquiry": self._inquiry}[kind]
         t = threading.Thread(target=self._safely, args=(target, skus, deadline), daemon=True)
         t.start()
         self.threads.append(t)
+        return True
+
+    def _status(self, legacy) -> bool:
+        """The order desk moves the accepted portal order furthest behind one step on, in
+        the SoR (``person_upsert``: a person's write, captured as an event)."""
+        with self.lock:
+            placed = sorted({k for e in self.orders.values() for k in e["order_keys"]})
+            movable = [k for k in placed if len(self.statuses.get(k, ())) < len(STATUS_STEPS)]
+            if not movable:
+                self.status_skipped += 1
+                return False
+            key = min(movable, key=lambda k: (len(self.statuses.get(k, ())), k))
+            step = STATUS_STEPS[len(self.statuses.get(key, ()))]
+            self.statuses.setdefault(key, []).append(step)
+        order = legacy.get("order", key)
+        if order is None:
+            with self.lock:
+                self.statuses[key].pop()
+                self.problems.append(f"portal_status: order {key} not in the legacy ERP")
+            return False
+        from coexistence.canonical.models import OrderStatus
+
+        legacy.person_upsert(order.model_copy(update={"status": OrderStatus(step)}),
+                             "ORDERDESK")
+        return True
 
     def _safely(self, target, skus, deadline) -> None:
         try:
@@ -237,9 +275,10 @@ class PortalChannel:
                 continue
             record = legacy.get("order", order_key)
             sor_status = str(getattr(record.status, "value", record.status)) if record else None
-            if sor_status is not None and held.record.get("status") != sor_status:
+            desk = (self.statuses.get(order_key) or ["open"])[-1]
+            if held.record.get("status") != sor_status or sor_status != desk:
                 stale.append({"order": order_key, "receiver": held.record.get("status"),
-                              "sor": sor_status})
+                              "sor": sor_status, "desk_set_last": desk})
         gone_id = self.endpoints.get("/gone")
         listed = cli("portal", "endpoint", "list", "--format", "json", check=False).stdout
         try:
@@ -261,6 +300,13 @@ class PortalChannel:
             "answers": dict(self.answers), "inquiries": dict(self.inquiries),
             "webhooks": {**figures, "orders_not_delivered": len(not_delivered),
                          "stale_at_receiver": len(stale)},
+            "status_changes": {
+                "made": sum(len(v) for v in self.statuses.values()),
+                "orders_moved": len(self.statuses),
+                "by_status": dict(Counter(s for v in self.statuses.values() for s in v)),
+                "skipped_no_order_yet": self.status_skipped,
+                "order_webhooks_applied": self.receiver.applied.get("order.status_changed", 0),
+                "orders_at_desk_status": accepted - len(stale) - len(not_delivered)},
             "lost": len(lost) + len(not_delivered),
             "gone_endpoint": {"status_after": gone_status, "dead_letters": gone_records},
             "internal_errors_500": errors_500,
@@ -275,7 +321,9 @@ class PortalChannel:
     def done(self) -> bool:
         with self.lock:
             keys = {k for e in self.orders.values() for k in e["order_keys"]}
-        return all(("order.status_changed", k) in self.receiver.objects for k in keys)
+            want = {k: (self.statuses.get(k) or ["open"])[-1] for k in keys}
+        held = {k: self.receiver.objects.get(("order.status_changed", k)) for k in keys}
+        return all(h is not None and h.record.get("status") == want[k] for k, h in held.items())
 
 
 def wait(channel: PortalChannel, deadline: float) -> float:

@@ -47,6 +47,8 @@ class ChaosReceiver:
     older: int = 0
     gone_requests: int = 0
     gone_answers: Counter = field(default_factory=Counter)
+    #: Deliveries applied (a newer version than held), by event type.
+    applied: Counter = field(default_factory=Counter)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -88,6 +90,7 @@ class ChaosReceiver:
                 return 200
             self.objects[key] = Held(version, data.get("record") or {},
                                      bool(data.get("deleted")), key[0])
+            self.applied[key[0]] += 1
         return 200
 
     def figures(self) -> dict:
@@ -96,6 +99,7 @@ class ChaosReceiver:
                     "duplicates_by_id": self.inbox.duplicates,
                     "bad_signatures": len(self.inbox.bad), "older_not_applied": self.older,
                     "objects": len(self.objects), "gone_requests": self.gone_requests,
+                    "applied_by_type": dict(self.applied),
                     "gone_answers": {str(k): v for k, v in self.gone_answers.items()}}
 
 

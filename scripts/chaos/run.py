@@ -79,24 +79,26 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 #: name -> (customers, people's edits, worker kills, router kills, connection closes,
 #: cloud fault windows, the CRM's people and faults, 850s the EDI partner sends, portal
-#: orders, inquiries and kills of the API and the webhook delivery process)
+#: orders, inquiries, the order desk's status changes of them, and kills of the API and the
+#: webhook delivery process)
 SCALES = {
     "tiny": dict(customers=60, edits=200, worker_kills=2, router_kills=1, closes=1,
                  cloud_windows=1, crm=CrmPlan(onboard=2, duplicate=2, contact=2, forbidden=2,
                                               locks=1, limits=1), edi=5,
-                 portal=dict(orders=6, inquiries=3, kill_api=1, kill_deliverer=1)),
+                 portal=dict(orders=6, inquiries=3, statuses=6, kill_api=1, kill_deliverer=1)),
     "small": dict(customers=200, edits=600, worker_kills=3, router_kills=1, closes=1,
                   cloud_windows=1, crm=CrmPlan(onboard=4, duplicate=4, contact=4, forbidden=4,
                                                locks=2, limits=1), edi=10,
-                  portal=dict(orders=12, inquiries=6, kill_api=1, kill_deliverer=1)),
+                  portal=dict(orders=12, inquiries=6, statuses=12, kill_api=1, kill_deliverer=1)),
     "medium": dict(customers=2_000, edits=10_000, worker_kills=10, router_kills=2, closes=2,
                    cloud_windows=3, crm=CrmPlan(onboard=20, duplicate=10, contact=20,
                                                 forbidden=20, locks=4, limits=2), edi=60,
-                   portal=dict(orders=60, inquiries=30, kill_api=2, kill_deliverer=2)),
+                   portal=dict(orders=60, inquiries=30, statuses=90, kill_api=2, kill_deliverer=2)),
     "full": dict(customers=20_000, edits=100_000, worker_kills=12, router_kills=3, closes=3,
                  cloud_windows=4, crm=CrmPlan(onboard=50, duplicate=20, contact=50,
                                               forbidden=50, locks=6, limits=3), edi=200,
-                 portal=dict(orders=200, inquiries=100, kill_api=3, kill_deliverer=3)),
+                 portal=dict(orders=200, inquiries=100, statuses=300, kill_api=3,
+                             kill_deliverer=3)),
 }
 #: The channels a run drives besides the two ERPs (``--channels``).
 CHANNELS = ("crm", "deletes", "edi", "portal")
@@ -581,6 +583,7 @@ class Run:
             kinds += [kind for kind, count in (
                 ("portal_order", s["portal"]["orders"]),
                 ("portal_inquiry", s["portal"]["inquiries"]),
+                ("portal_status", s["portal"]["statuses"]),
                 ("kill_api", s["portal"]["kill_api"]),
                 ("kill_deliverer", s["portal"]["kill_deliverer"])) for _ in range(count)]
         if self.args.faults != "all":
@@ -601,8 +604,8 @@ class Run:
             self.changes[kind] += 1
             return
         if kind in PORTAL_ACTIONS:
-            e.portal.act(kind, self.skus, self.deadline)
-            self.changes[kind] += 1
+            if e.portal.act(kind, self.skus, self.deadline, people.legacy):
+                self.changes[kind] += 1
             return
         if kind in ("kill_api", "kill_deliverer"):
             victim = next(p for p in self.portal_procs if p.name == kind.removeprefix("kill_"))
@@ -1073,6 +1076,9 @@ def main(argv: list[str] | None = None) -> int:
             people.close()
         if estate.crm is not None:
             estate.crm.close()
+        if estate.edi is not None:
+            with contextlib.suppress(Exception):
+                estate.edi.close()
         if estate.portal is not None:
             with contextlib.suppress(Exception):
                 estate.portal.close()

@@ -1,11 +1,12 @@
 """The chaos run at its smallest scale, in the suite: a regression in any guarantee it checks
 (nothing lost, nothing regressed, the ERPs equal, every exception explained, drift 0 after
 repair, the CRM at the SoR's values with its people's edits where the rules put them,
-deletes gone from both ERPs, every 850 answered 997/855/856/810 once, every portal order
-placed once and its webhook delivered) fails CI. The real processes on PostgreSQL + RabbitMQ
-(quorum) + Redis + the cloud and CRM simulators + the API and the webhook delivery process,
-with kill -9 of workers, the active router, the API and the delivery process, a
-closed-connections storm, a cloud fault window, CRM UNABLE_TO_LOCK_ROW and
+deletes gone from both ERPs, every 850 answered 997/855/856/810 once and each answer
+accepted by mock-edi, the partner, without a disagreement, every portal order placed once and
+its webhooks delivered up to the last status the order desk set) fails CI. The real processes
+on PostgreSQL + RabbitMQ (quorum) + Redis + the cloud and CRM simulators + the API and the
+webhook delivery process + mock-edi, with kill -9 of workers, the active router, the API and
+the delivery process, a closed-connections storm, a cloud fault window, CRM UNABLE_TO_LOCK_ROW and
 REQUEST_LIMIT_EXCEEDED, a duplicated 850 interchange, retried Idempotency-Keys, an endpoint
 that times out then answers 410, and a forward switch and rollback through the guarded CLI."""
 
@@ -56,11 +57,21 @@ def test_the_tiny_chaos_run_loses_nothing_and_explains_every_exception():
     assert edi["ok"] and edi["sent"] == edi["acknowledged"] == edi["fulfilled"] >= 1
     assert edi["lost"] == edi["duplicated"] == 0 and edi["resent_as_duplicates"] >= 1
     assert all(edi["outbound_sets"].get(t) == edi["sent"] for t in ("997", "855", "856", "810"))
+    # The partner is mock-edi: it accepted every 855/856/810 (its 997s) and disagrees with none.
+    mock = edi["mock_edi"]
+    assert mock["ok"] and mock["rejected"] == 0 and mock["disagreements"] == {}
+    assert all(mock["its_997s"].get(fid, {}).get("A") == edi["sent"] for fid in ("PR", "SH", "IN"))
+    assert mock["orders_reconciled"] == mock["orders_placed"] == edi["sent"]
     portal = report["portal"]
     assert portal["ok"] and portal["orders_accepted"] == portal["orders_sent"] >= 1
     assert portal["lost"] == portal["orders_applied_twice"] == 0
     assert portal["orders_retried_same_key"] >= 1
     assert portal["webhooks"]["delivered"] >= portal["orders_accepted"]
+    # The order desk moved orders on after the portal placed them: the receiver ends at the
+    # status it set last (stale 0), after more webhooks than orders.
+    moved = portal["status_changes"]
+    assert moved["made"] >= 1 and moved["orders_at_desk_status"] == portal["orders_accepted"]
+    assert moved["order_webhooks_applied"] > portal["orders_accepted"]
     assert portal["gone_endpoint"]["status_after"] != "active"
     assert report["faults"]["kill_api"] >= 1 and report["faults"]["kill_deliverer"] >= 1
     print(json.dumps(report))
