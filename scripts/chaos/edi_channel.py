@@ -257,13 +257,24 @@ class EdiChannel:
             out[po.strip()].append(str(int(ordno)))
         return out
 
+    def confirmed(self, po: str) -> bool:
+        """mock-edi holds coexist's 855 for ``po``: every line confirmed as ordered."""
+        reply = self.mock.get(f"/_mock/orders/{po}?partner={OUR_ID}")
+        lines = reply.body.get("reconciliation") if reply.status == 200 else None
+        return bool(lines) and all(ln["confirmed"] == ln["ordered"] for ln in lines)
+
     def warehouse(self, legacy) -> int:
-        """Ship and invoice every partner order not yet done; returns how many it did."""
+        """Ship and invoice every partner order the buyer holds the 855 of and not yet done;
+        returns how many it did. (A warehouse ships a confirmed order: one shipped seconds
+        after it was entered, before its 855 was out, mock-edi reports as
+        ``shipped-before-confirmed``; coexist does not hold an 856 back for the 855.)"""
         from coexistence.canonical.models import Invoice, Shipment
 
         done = 0
         for po, keys in self.orders_by_po(legacy.engine).items():
             if po in self.fulfilled or po not in self.sent:
+                continue
+            if not self.confirmed(po):
                 continue
             order = legacy.get("order", keys[0])
             if order is None:

@@ -70,8 +70,11 @@ class PortalChannel:
         self.problems: list[str] = []
         #: order key -> the statuses the order desk set, in order (the ground truth).
         self.statuses: dict[str, list[str]] = {}
-        #: Status changes that found no accepted order still open to move (not made).
-        self.status_skipped = 0
+        #: Status changes asked for while no accepted order was left to move: the desk
+        #: makes them as soon as there is one (at the next act, at the latest in ``wait``).
+        self.status_pending = 0
+        self.status_deferred = 0
+        self.legacy = None
 
     @property
     def url(self) -> str:
@@ -130,13 +133,30 @@ class PortalChannel:
 
     def act(self, kind: str, skus: list[str], deadline: float, legacy=None) -> bool:
         """One person's act; ``False`` if there was nothing to do (no order to move yet)."""
+        if legacy is not None:
+            self.legacy = legacy
+        self.catch_up()
         if kind == "portal_status":
-            return self._status(legacy)
+            if self._status(legacy):
+                return True
+            with self.lock:
+                self.status_pending += 1
+                self.status_deferred += 1
+            return False
         target = {"portal_order": self._order, "portal_inquiry": self._inquiry}[kind]
         t = threading.Thread(target=self._safely, args=(target, skus, deadline), daemon=True)
         t.start()
         self.threads.append(t)
         return True
+
+    def catch_up(self) -> int:
+        """The status changes left pending, made now that there are orders to move."""
+        made = 0
+        while self.status_pending and self.legacy is not None and self._status(self.legacy):
+            with self.lock:
+                self.status_pending -= 1
+            made += 1
+        return made
 
     def _status(self, legacy) -> bool:
         """The order desk moves the accepted portal order furthest behind one step on, in
@@ -145,7 +165,6 @@ class PortalChannel:
             placed = sorted({k for e in self.orders.values() for k in e["order_keys"]})
             movable = [k for k in placed if len(self.statuses.get(k, ())) < len(STATUS_STEPS)]
             if not movable:
-                self.status_skipped += 1
                 return False
             key = min(movable, key=lambda k: (len(self.statuses.get(k, ())), k))
             step = STATUS_STEPS[len(self.statuses.get(key, ()))]
@@ -304,7 +323,8 @@ class PortalChannel:
                 "made": sum(len(v) for v in self.statuses.values()),
                 "orders_moved": len(self.statuses),
                 "by_status": dict(Counter(s for v in self.statuses.values() for s in v)),
-                "skipped_no_order_yet": self.status_skipped,
+                "deferred_no_order_yet": self.status_deferred,
+                "never_made": self.status_pending,
                 "order_webhooks_applied": self.receiver.applied.get("order.status_changed", 0),
                 "orders_at_desk_status": accepted - len(stale) - len(not_delivered)},
             "lost": len(lost) + len(not_delivered),
@@ -331,6 +351,7 @@ def wait(channel: PortalChannel, deadline: float) -> float:
     started = time.monotonic()
     end = min(started + PORTAL_WAIT_S, deadline)
     channel.join(max(0.0, end - time.monotonic()))
+    channel.catch_up()
     while not channel.done() and time.monotonic() < end:
         time.sleep(0.5)
     return round(time.monotonic() - started, 1)

@@ -94,6 +94,13 @@ SCALES = {
                    cloud_windows=3, crm=CrmPlan(onboard=20, duplicate=10, contact=20,
                                                 forbidden=20, locks=4, limits=2), edi=60,
                    portal=dict(orders=60, inquiries=30, statuses=90, kill_api=2, kill_deliverer=2)),
+    # The full run's estate, faults and channels with 30 % of its edits: what fits in ~35 min
+    # on the shared 2-core machine (people edited at 20-25/s there at load 16-24).
+    "large": dict(customers=20_000, edits=30_000, worker_kills=12, router_kills=3, closes=3,
+                  cloud_windows=4, crm=CrmPlan(onboard=50, duplicate=20, contact=50,
+                                               forbidden=50, locks=6, limits=3), edi=200,
+                  portal=dict(orders=200, inquiries=100, statuses=300, kill_api=3,
+                              kill_deliverer=3)),
     "full": dict(customers=20_000, edits=100_000, worker_kills=12, router_kills=3, closes=3,
                  cloud_windows=4, crm=CrmPlan(onboard=50, duplicate=20, contact=50,
                                               forbidden=50, locks=6, limits=3), edi=200,
@@ -493,6 +500,12 @@ class Run:
             cli(self.estate, "crm", "load", timeout_s=300)
             self.settle()
         self._move("shadow", "chaos: customer backfilled, into shadow")
+        if self.args.second_domain:
+            d = self.args.second_domain
+            log(f"backfilling the cloud's {d} domain from the legacy ERP")
+            cli(self.estate, "reconcile", d, "--repair", "--yes", check=False)
+            self.settle()
+            self._move("shadow", f"chaos: {d} backfilled, into shadow", domain=d)
 
     def start_processes(self) -> Supervisor:
         e = self.estate
@@ -527,28 +540,31 @@ class Run:
             return False
 
     # -- operator actions through the guarded CLI
-    def _move(self, mode: str, reason: str, *, rollback: bool = False) -> dict:
+    def _move(self, mode: str, reason: str, *, rollback: bool = False,
+              domain: str = "customer") -> dict:
         e = self.estate
         started = time.monotonic()
         for attempt in range(1, 6):
             self.review_exceptions()
-            cli(e, "reconcile", "customer", "--repair", "--yes", check=False)
-            checked = cli(e, "reconcile", "customer", "--format", "json", check=False)
-            (e.home / f"reconcile-{len(self.switches) + 1}-{attempt}.json").write_text(
+            cli(e, "reconcile", domain, "--repair", "--yes", check=False)
+            checked = cli(e, "reconcile", domain, "--format", "json", check=False)
+            (e.home / f"reconcile-{domain}-{len(self.switches) + 1}-{attempt}.json").write_text(
                 checked.stdout + checked.stderr)
-            cmd = (["cutover", "rollback", "customer"] if rollback
-                   else ["cutover", "set", "customer", mode])
+            cmd = (["cutover", "rollback", domain] if rollback
+                   else ["cutover", "set", domain, mode])
             done = cli(e, *cmd, "--reason", reason, check=False, timeout_s=300)
             if done.returncode == 0:
                 step = {"to": "rollback" if rollback else mode, "attempts": attempt,
                         "seconds": round(time.monotonic() - started, 1)}
+                if domain != "customer":
+                    step["domain"] = domain
                 self.switches.append(step)
-                log(f"customer -> {step['to']} after {attempt} attempt(s)")
+                log(f"{domain} -> {step['to']} after {attempt} attempt(s)")
                 return step
             self.notes.append(f"{' '.join(cmd)} attempt {attempt} refused: "
                               f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
             time.sleep(2)
-        raise RuntimeError(f"customer could not be moved to {mode}: {self.notes[-1]}")
+        raise RuntimeError(f"{domain} could not be moved to {mode}: {self.notes[-1]}")
 
     def review_exceptions(self) -> None:
         """What the operator does before a move: the reports of what the run's people did
@@ -604,7 +620,8 @@ class Run:
             self.changes[kind] += 1
             return
         if kind in PORTAL_ACTIONS:
-            if e.portal.act(kind, self.skus, self.deadline, people.legacy):
+            e.portal.act(kind, self.skus, self.deadline, people.legacy)
+            if kind != "portal_status":
                 self.changes[kind] += 1
             return
         if kind in ("kill_api", "kill_deliverer"):
@@ -698,10 +715,16 @@ class Run:
                 raise errors[0]
             self._rate(phase, started, people.seq - before)
             self.phase_spans.append((wall_started, time.time(), sor))
+            second = self.args.second_domain
             if next_sor == "cloud":
                 self._move("cloud", "chaos: customer moves to the cloud")
+                if second:  # one more domain forward, while people pause as for the first
+                    self._move("cloud", f"chaos: {second} moves to the cloud", domain=second)
             elif next_sor == "legacy":
                 self._move("legacy", "chaos: rollback drill", rollback=True)
+                if second:
+                    self._move("legacy", f"chaos: {second} rollback drill", rollback=True,
+                               domain=second)
             if next_sor:
                 with people.lock:
                     people.sor = next_sor
@@ -962,10 +985,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="Comma-separated fault kinds to inject (kill_worker, kill_router, "
                         "close_connections, cloud_faults, crm_lock, crm_limit, kill_api, "
                         "kill_deliverer; 'none' for none; default all).")
+    p.add_argument("--second-domain", default=None,
+                   help="One more domain moved shadow -> cloud -> rolled back with the "
+                        "customer domain, through the same guarded CLI ('' for none; "
+                        "default product, none at --scale tiny: it costs the suite ~60 s).")
     p.add_argument("--channels", default=",".join(CHANNELS),
                    help=f"Comma-separated channels to drive besides the ERPs ({', '.join(CHANNELS)}"
                         "; '' for the ERPs only).")
     args = p.parse_args(argv)
+    if args.second_domain is None:
+        args.second_domain = "" if args.scale == "tiny" else "product"
     channels = {c.strip() for c in args.channels.split(",") if c.strip()}
     if channels - set(CHANNELS):
         p.error(f"--channels: unknown {', '.join(sorted(channels - set(CHANNELS)))} "
@@ -1043,6 +1072,17 @@ def main(argv: list[str] | None = None) -> int:
         repair = cli(estate, "reconcile", "customer", "--repair", "--yes", check=False)
         final = cli(estate, "reconcile", "customer", "--format", "json", check=False)
         drift, duplicates = _drift(final.stdout)
+        second = None
+        if args.second_domain:
+            d = args.second_domain
+            cli(estate, "reconcile", d, "--repair", "--yes", check=False)
+            done = cli(estate, "reconcile", d, "--format", "json", check=False)
+            d_drift, d_dups = _drift(done.stdout, d)
+            second = {"domain": d, "switches": [s for s in run.switches if s.get("domain") == d],
+                      "final_drift_pct": d_drift, "duplicates": d_dups}
+            second["ok"] = d_drift == 0.0 and d_dups == 0 and len(second["switches"]) == 3
+        if result["portal"] is not None:  # made during the load or, deferred, at its end
+            run.changes["portal_status"] = result["portal"]["status_changes"]["made"]
         report.update({
             "changes": len(people.edits) + sum(run.changes.values()),
             "changes_by_kind": {**_kinds(people.edits), **run.changes},
@@ -1051,7 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
             "switches": run.switches, "settle_s": settle_s,
             "edits_per_s_by_phase": run.phase_rates, "replayed": dict(run.replayed),
             "reconcile_repair_exit": repair.returncode, "final_drift_pct": drift,
-            "duplicates": duplicates,
+            "duplicates": duplicates, "second_domain": second,
             **result, "notes": run.notes,
         })
         ok = (result["lost"] == 0 and result["regressed"] == 0 and result["diverged"] == 0
@@ -1060,7 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
               == result["deletes"]["made"]
               and (result["crm"] is None or result["crm"]["ok"])
               and (result["edi"] is None or result["edi"]["ok"])
-              and (result["portal"] is None or result["portal"]["ok"]))
+              and (result["portal"] is None or result["portal"]["ok"])
+              and (second is None or second["ok"]))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the report says why
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(report["error"])
@@ -1110,14 +1151,14 @@ def _kinds(edits: list[Edit]) -> dict[str, int]:
                         ("erp_delete" if e.kind == "delete" else "erp_edit") for e in edits))
 
 
-def _drift(stdout: str) -> tuple[float | None, int | None]:
-    """The customer run's drift % and duplicate count from `coexist reconcile --format json`."""
+def _drift(stdout: str, domain: str = "customer") -> tuple[float | None, int | None]:
+    """A domain's drift % and duplicate count from `coexist reconcile --format json`."""
     try:
         runs = json.loads(stdout)["runs"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return None, None
     for r in runs:
-        if r.get("domain") == "customer":
+        if r.get("domain") == domain:
             return float(r.get("drift_pct") or 0.0), int(r.get("duplicates") or 0)
     return None, None
 
