@@ -127,6 +127,8 @@ REVIEWED = {
     "EdiDuplicateInterchange": "interchanges the EDI partner sent twice, answered TA1 025",
     "WebhookEndpointGone": "the customer's endpoint taken down (410): disabled by coexist",
     "EndpointError": "webhooks for the endpoint the customer took down, after it was disabled",
+    "WebhookEndpointDisabled": "webhooks waiting for the endpoint the customer took down when "
+                               "coexist disabled it",
 }
 #: Seconds after a fault counted as "during the fault" in the throughput figures.
 FAULT_WINDOW_S = 10
@@ -865,9 +867,10 @@ class Run:
             return crm is not None and record["key"] in crm.truth.locked
         if kind == "EdiDuplicateInterchange":
             return self.estate.edi is not None and bool(self.estate.edi.resent)
-        if kind in ("WebhookEndpointGone", "EndpointError"):
-            # Webhooks for the endpoint the customer took down (/gone): the 410 itself, and
-            # those that came for it after coexist disabled it; never one for /hook.
+        if kind in ("WebhookEndpointGone", "EndpointError", "WebhookEndpointDisabled"):
+            # Webhooks for the endpoint the customer took down (/gone): the 410 itself, those
+            # waiting for it when coexist disabled it (more of them now that the order desk
+            # moves orders on) and those that came after; never one for /hook.
             portal = self.estate.portal
             return portal is not None and f"endpoint {portal.endpoints.get('/gone')} " in (
                 record.get("error_message") or "") + " "
