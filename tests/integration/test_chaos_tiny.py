@@ -70,10 +70,12 @@ def test_the_tiny_chaos_run_loses_nothing_and_explains_every_exception():
     assert portal["orders_retried_same_key"] >= 1
     assert portal["webhooks"]["delivered"] >= portal["orders_accepted"]
     # The order desk moved orders on after the portal placed them: the receiver ends at the
-    # status it set last (stale 0), after more webhooks than orders.
+    # status it set last (stale 0). How many webhooks that took is timing: a change the
+    # router captures together with the order's entry, or a delivery that arrives after a
+    # newer one (counted as older, not applied), leaves one applied webhook per order.
     moved = portal["status_changes"]
     assert moved["made"] >= 1 and moved["orders_at_desk_status"] == portal["orders_accepted"]
-    assert moved["order_webhooks_applied"] > portal["orders_accepted"]
+    assert moved["order_webhooks_applied"] >= portal["orders_accepted"]
     assert portal["gone_endpoint"]["status_after"] != "active"
     assert report["faults"]["kill_api"] >= 1 and report["faults"]["kill_deliverer"] >= 1
     print(json.dumps(report))
