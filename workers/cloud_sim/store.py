@@ -161,10 +161,12 @@ class Store:
         self.now = now_iso()
 
     def reset(self) -> None:
-        """Forget every entity, change and idempotency key (tests start empty)."""
+        """Forget every entity, change, idempotency key and number sequence (tests start
+        empty: a reset simulator numbers from the start again)."""
         self.rollback()
         self.db.executescript(
             "DELETE FROM entities; DELETE FROM changes; DELETE FROM idempotency;"
+            "DELETE FROM number_sequences;"
             "DELETE FROM sqlite_sequence WHERE name='changes';"
         )
 
