@@ -46,6 +46,7 @@ from workers.edi.transport import (
     Claimed,
     OutboundExists,
     _fault_before_final_name,
+    write_copy,
 )
 from workers.errors import SetupError
 
@@ -428,13 +429,7 @@ class SftpFolder:
 
     def write_outbound_copy(self, name: str, content: bytes) -> PurePosixPath:
         """Write ``content`` under ``name`` or, when taken, ``name.resend-N`` (a resend)."""
-        n = 0
-        while True:
-            candidate = name if n == 0 else f"{name}.resend-{n}"
-            try:
-                return self.write_outbound(candidate, content)[0]
-            except OutboundExists:
-                n += 1
+        return write_copy(self.write_outbound, name, content)
 
 
 def describe(cfg: SftpSettings) -> str:

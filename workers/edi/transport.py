@@ -34,11 +34,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import TypeVar
 
 #: Suffixes of files that are still being written (ours or the partner's).
 TEMP_SUFFIXES = (".tmp", ".part", ".processing")
 CLAIM_SUFFIX = ".processing"
 FOLDERS = ("inbound", "outbound", "processed", "failed")
+
+T = TypeVar("T")
 
 
 #: The fault-injection point's setting (see the module docstring).
@@ -268,13 +271,20 @@ class DropFolder:
 
     def write_outbound_copy(self, name: str, content: bytes) -> Path:
         """Write ``content`` under ``name`` or, when taken, ``name.resend-N`` (a resend)."""
-        n = 0
-        while True:
-            candidate = name if n == 0 else f"{name}.resend-{n}"
-            try:
-                return self.write_outbound(candidate, content)[0]
-            except OutboundExists:
-                n += 1
+        return write_copy(self.write_outbound, name, content)
+
+
+def write_copy(write_outbound: Callable[[str, bytes], Sequence[T]], name: str,
+               content: bytes) -> T:
+    """``write_outbound(name, content)``, or under ``name.resend-N`` for the first N not
+    taken: a resend never overwrites (both transports' ``write_outbound_copy``)."""
+    n = 0
+    while True:
+        candidate = name if n == 0 else f"{name}.resend-{n}"
+        try:
+            return write_outbound(candidate, content)[0]
+        except OutboundExists:
+            n += 1
 
 
 def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = True) -> Path:
