@@ -11,52 +11,19 @@ from datetime import UTC, datetime
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from bus.envelope import new_envelope
-from bus.exception_store import ExceptionStore
-from coexistence.canonical.models import Invoice, Order
-from coexistence.edi import documents
-from coexistence.edi.profiles import EdiSettings
-from tests.support.edi import partner_toml
+from tests.support.edi_world import ordered_and_invoiced
 from workers.cli import cli
-from workers.db import create_state_engine
 from workers.edi import handlers
 from workers.edi.store import DOCUMENT
-from workers.migrate import upgrade as upgrade_schema
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
-UNITS = {"WID-01000": "EA", "GIZ-00020": "EA"}
 
 
 def test_trace_and_status_show_the_orders_edi_documents_and_the_partners_folders(tmp_path):
-    folder = tmp_path / "acme"
-    config = tmp_path / "coexist.toml"
-    config.write_text(partner_toml(folder, ack_window_minutes=60, hold_810_for_856_minutes=0))
-    settings = EdiSettings.from_toml(config.read_text())
-    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    upgrade_schema(engine)
-    orders: dict[str, Order] = {}
-    deps = handlers.EdiDeps(engine, settings, ExceptionStore(engine), unit_of=UNITS.get,
-                            get_order=orders.get, clock=lambda: NOW)
-    profile = settings.partners[0]
-    po = Order.model_validate({
-        "key": "0", "customer_key": "10000", "status": "open", "channel": "edi",
-        "customer_po": "PO-9", "currency": "USD", "ordered_at": NOW,
-        "lines": [{"line_no": 1, "sku": "WID-01000", "quantity": 4, "unit_price": "2.50"}]})
-    inbound = deps.folder(profile).ensure().inbound
-    (inbound / "po9.edi").write_text(documents.partner_850(profile, po, control=7, at=NOW,
-                                                           unit_of=UNITS.get))
-    [answered] = handlers.handle_inbound(deps)
-    [key] = answered.orders
-    order = po.model_copy(update={"key": key})
-    orders[key] = order
-    invoice = Invoice.model_validate({
-        "key": "55001", "order_key": key, "customer_key": "10000", "status": "open",
-        "currency": "USD", "issued_on": "2026-06-03", "due_on": "2026-07-03",
-        "tax_amount": "0", "lines": [{"line_no": 1, "sku": "WID-01000", "description": "w",
-                                      "quantity": 4, "unit_price": "2.50"}]})
-    envs = [new_envelope(domain=r.domain, kind="event", key=r.key,
-                         payload={"record": r.model_dump(mode="json")}, source_system="legacy",
-                         source_version=1) for r in (order, invoice)]
+    world = ordered_and_invoiced(tmp_path, NOW, ack_window_minutes=60,
+                                 hold_810_for_856_minutes=0)
+    engine, deps, key, envs, env = world.engine, world.deps, world.key, world.envs, world.env
+    folder, inbound = world.folder, world.inbound
     assert [o.status for o in handlers.handle_events(envs, deps)] == ["sent", "sent"]
     with engine.begin() as conn:  # the partner's 997 rejected the 810
         conn.execute(update(DOCUMENT).where(DOCUMENT.c.doc_type == "810")
@@ -68,10 +35,6 @@ def test_trace_and_status_show_the_orders_edi_documents_and_the_partners_folders
     (folder / "failed" / "bad.edi").write_text("x")
     engine.dispose()
 
-    env = {"COEXIST_HOME": str(tmp_path), "COEXIST_CONFIG": str(config),
-           "COEXIST_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
-           "COEXIST_LEGACY_URL": f"sqlite:///{tmp_path / 'nolegacy.db'}",
-           "COEXIST_CLOUD_URL": "", "COEXIST_BROKER_URL": "", "COEXIST_REDIS_URL": ""}
     traced = CliRunner().invoke(cli, ["trace", f"order:{key}", "--format", "json"], env=env)
     assert traced.exit_code == 0, traced.output
     edi = [e for e in json.loads(traced.output)["events"] if e["source"] == "edi"]
