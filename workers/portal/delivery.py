@@ -364,10 +364,12 @@ class Dispatcher:
         if status == 410:
             reason = f"receiver answered 410 Gone to {claim.webhook_id}"
             self._finish(claim, attempt_no, now, status, "410 Gone", duration_ms, "gone")
+            # Disabled before the dead letter is recorded: whoever sees the exception record
+            # (an operator, a replay) sees the endpoint already disabled, as its message says.
+            self.disable(endpoint.id, reason, action="auto-disable")
             self._dead_letter(claim, attempt_no, "WebhookEndpointGone",
                               f"{endpoint.url} answered 410 Gone; endpoint {endpoint.id} "
                               "disabled", "business")
-            self.disable(endpoint.id, reason, action="auto-disable")
             return "gone"
         error = error or f"HTTP {status}"
         delay = next_delay_s(attempt_no, wait_hint, self.rng)
