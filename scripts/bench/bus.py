@@ -105,6 +105,9 @@ def _envelope(n: int, t0: float):
 #: Where ``--profile`` writes py-spy profiles of our workers (``None``: no profiling).
 PROFILE_DIR: Path | None = None
 PROFILE_SECONDS = 4
+#: ``--profile-mode``: "gil" (only samples holding the GIL: CPU) or "idle" (every thread's
+#: stack, waiting included: where the wall goes), each thread apart (``--threads``).
+PROFILE_MODE = "gil"
 
 
 def _cpu_s(pids) -> float:
@@ -118,27 +121,36 @@ def _cpu_s(pids) -> float:
     return total / tick
 
 
-def _postgres_cpu_s() -> float:
-    """CPU seconds of every PostgreSQL server process so far (this host's; includes other
-    users' sessions, so it is an upper bound on the bench's share)."""
+def _server_cpu_s(comm: str) -> float:
+    """CPU seconds so far of every process of this host whose name starts with ``comm``
+    (``postgres``, ``beam.smp``: RabbitMQ); includes other users' work, so it is an upper
+    bound on the bench's share."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip().startswith("postgres"):
+                if (entry / "comm").read_text().strip().startswith(comm):
                     pids.append(int(entry.name))
     return _cpu_s(pids)
 
 
+def _postgres_cpu_s() -> float:
+    return _server_cpu_s("postgres")
+
+
+def _rabbitmq_cpu_s() -> float:
+    return _server_cpu_s("beam.smp")
+
+
 def _profile(pids, name: str) -> list[subprocess.Popen]:
-    """py-spy (``--gil``: only samples holding the GIL) on each worker for a few seconds."""
+    """py-spy (``PROFILE_MODE``) on each of ``pids`` for ``PROFILE_SECONDS``."""
     if PROFILE_DIR is None:
         return []
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen(
-        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--gil",
-         "-d", str(PROFILE_SECONDS), "-r", "250", "-f", "raw", "-o",
-         str(PROFILE_DIR / f"{name}-{pid}.txt")],
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+         f"--{PROFILE_MODE}", "--threads", "-d", str(PROFILE_SECONDS), "-r", "250", "-f",
+         "raw", "-o", str(PROFILE_DIR / f"{name}-{PROFILE_MODE}-{pid}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
 
 
@@ -216,7 +228,7 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
 
         if not drain:
             start_workers()
-        process_cpu, pg_cpu = time.process_time(), _postgres_cpu_s()
+        process_cpu, pg_cpu, mq_cpu = time.process_time(), _postgres_cpu_s(), _rabbitmq_cpu_s()
         stop = threading.Event()
         relay = OutboxRelay(engine, RabbitmqBatchPublisher(broker), idle_poll_s=0.01)
         relay_cpu: list[float] = []
@@ -299,7 +311,9 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
                 "bench_process_cpu_ms_per_msg": round(
                     (time.process_time() - process_cpu) * 1000 / n, 3),
                 "postgres_cpu_ms_per_msg": round(
-                    (_postgres_cpu_s() - pg_cpu) * 1000 / n, 3)}
+                    (_postgres_cpu_s() - pg_cpu) * 1000 / n, 3),
+                "rabbitmq_cpu_ms_per_msg": round(
+                    (_rabbitmq_cpu_s() - mq_cpu) * 1000 / n, 3)}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -449,9 +463,12 @@ def bench_plain_dramatiq(n: int, workers: int, threads: int, timeout_s: float,
                                      args=(to_message_arg(_envelope(k, 0.0)),), kwargs={},
                                      options={}) for k in range(n)]
         publish = make_publisher(broker)
+        mq_cpu = _rabbitmq_cpu_s()
         start = time.time()
+        publisher_cpu = time.thread_time()
         for i in range(0, n, PUBLISH_BATCH):
             publish(messages[i : i + PUBLISH_BATCH])
+        publisher_cpu = time.thread_time() - publisher_cpu
         if drain:
             for p in procs:
                 p.start()
@@ -467,7 +484,9 @@ def bench_plain_dramatiq(n: int, workers: int, threads: int, timeout_s: float,
         seconds = last.value - (first.value if drain else start)
         return {"per_s": n / seconds, "p50_ms": None, "p99_ms": None,
                 "seconds": round(seconds, 2),
-                "worker_cpu_ms_per_msg": round(cpu * 1000 / n, 3)}
+                "worker_cpu_ms_per_msg": round(cpu * 1000 / n, 3),
+                "relay_cpu_ms_per_msg": round(publisher_cpu * 1000 / n, 3),
+                "rabbitmq_cpu_ms_per_msg": round((_rabbitmq_cpu_s() - mq_cpu) * 1000 / n, 3)}
     finally:
         for p in procs:
             if p.is_alive():
@@ -495,7 +514,12 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(FIGURES),
                         help=f"comma-separated figures to run, of {', '.join(FIGURES)}")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy --gil profiles of our workers (raw format) into DIR")
+                        help="py-spy profiles (raw format) of our workers and the bench "
+                        "process (producer and relay threads) into DIR")
+    parser.add_argument("--profile-mode", choices=("gil", "idle"), default="gil",
+                        help="gil: samples holding the GIL (CPU); idle: every thread, "
+                        "waiting included (wall)")
+    parser.add_argument("--profile-seconds", type=int, default=4)
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-consumer", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -507,8 +531,9 @@ def main() -> int:
                               args.baseline_consumer[2] == "multi")
         return 0
 
-    global PROFILE_DIR
-    PROFILE_DIR = args.profile
+    global PROFILE_DIR, PROFILE_MODE, PROFILE_SECONDS
+    PROFILE_DIR, PROFILE_MODE = args.profile, args.profile_mode
+    PROFILE_SECONDS = args.profile_seconds
     wanted = [f for f in args.only.split(",") if f]
     unknown = sorted(set(wanted) - set(FIGURES))
     if unknown:
@@ -540,7 +565,8 @@ def main() -> int:
                                                "producer_cpu_ms_per_msg",
                                                "relay_cpu_ms_per_msg",
                                                "bench_process_cpu_ms_per_msg",
-                                               "postgres_cpu_ms_per_msg") if k in r},
+                                               "postgres_cpu_ms_per_msg",
+                                               "rabbitmq_cpu_ms_per_msg") if k in r},
                           "loadavg": [round(x, 2) for x in os.getloadavg()],
                           **({"exactly_once": True} if r.get("exactly_once") else {})}),
               flush=True)
