@@ -33,6 +33,7 @@ broker itself is down the probe fails too and nothing is quarantined.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -327,6 +328,8 @@ class OutboxRelay:
         self._lease_until: datetime | None = None
         #: After a failed batch: publish one row at a time until one goes through.
         self._solo = False
+        #: PostgreSQL: the relay's own connection, kept between rounds (``_connection``).
+        self._conn: Any = None
 
     def wake(self) -> None:
         """Cut the idle sleep short (a producer in the same process just committed)."""
@@ -343,7 +346,7 @@ class OutboxRelay:
         """
         if self._sqlite and not self._take_lease():
             return 0
-        with self.engine.connect() as conn:
+        with self._connection() as conn:
             rows = self._claim(conn, 1 if self._solo else batch_size)
             if not rows:
                 return 0
@@ -383,10 +386,55 @@ class OutboxRelay:
                     self._wake.wait(self.idle_poll_s)
                     self._wake.clear()
         finally:
+            self.close()
+
+    def close(self) -> None:
+        """Give up the relay's connection (PostgreSQL) and its lease (SQLite)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection cannot close cleanly
+                conn.close()
+        try:
+            self.release_lease()
+        except Exception as exc:  # the lease expires on its own
+            log.warning("outbox relay %s could not release its lease: %s", self.name, exc)
+
+    @contextlib.contextmanager
+    def _connection(self):
+        """The connection of one round.
+
+        SQLite: one from the pool, as before.  PostgreSQL: the relay's own, kept open
+        between rounds and outside the pool, so a round (every ``idle_poll_s`` while
+        idle) pays no checkout ping; every round trip a busy router makes the relay
+        thread wait for the GIL and a CPU again.  Its session commits without waiting
+        for the WAL flush: all the relay ever writes is bookkeeping that a crash may
+        lose at no cost (a lost sent mark publishes its rows again, which every
+        consumer absorbs: the module doc; a lost attempt count or quarantine is tried
+        again).  Any error but a refused publish drops it; the next round opens another.
+        """
+        if self._sqlite:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            conn = self.engine.connect()
             try:
-                self.release_lease()
-            except Exception as exc:  # the lease expires on its own
-                log.warning("outbox relay %s could not release its lease: %s", self.name, exc)
+                conn.detach()  # never back to the pool with this session's setting
+                conn.exec_driver_sql("SET synchronous_commit = off")
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        try:
+            yield self._conn
+        except OutboxPublishError:
+            raise  # its transaction is committed: the connection is fine
+        except BaseException:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
 
     def _probe_after(self, failed: OutboxRow) -> int:
         """After ``failed`` failed alone: publish another row, then ``failed`` once more.
@@ -440,9 +488,24 @@ class OutboxRelay:
             stmt = stmt.where(_T.c.id != exclude)
         if only is not None:
             stmt = stmt.where(_T.c.id == only)
-        if not self._sqlite:
-            stmt = stmt.with_for_update(skip_locked=True)
         conn.begin()
+        if not self._sqlite:
+            # One round trip: the claim, and per row whether an earlier unsent row of its
+            # key is held by someone else (locked by another relay, or quarantined).
+            claimed = stmt.with_for_update(skip_locked=True).cte("claimed")
+            other = _T.alias("other")
+            blocked = (select(other.c.id)
+                       .where(other.c.sent_at.is_(None),
+                              other.c.partition_key == claimed.c.partition_key,
+                              other.c.id < claimed.c.id,
+                              other.c.id.not_in(select(claimed.c.id).correlate(None)))
+                       .exists())
+            rows = [_row(r[:-1]) for r in conn.execute(
+                select(*claimed.c, blocked.label("blocked")).order_by(claimed.c.id))
+                if not r[-1]]
+            if not rows:
+                conn.rollback()
+            return rows
         rows = [_row(r) for r in conn.execute(stmt)]
         if rows:
             held = [r.id for r in rows]
@@ -454,8 +517,7 @@ class OutboxRelay:
                 .group_by(_T.c.partition_key)
             ).all())
             rows = [r for r in rows if r.id < barrier.get(r.partition_key, r.id + 1)]
-        if not rows or self._sqlite:
-            conn.rollback()
+        conn.rollback()  # SQLite: the lease keeps other relays away, not locks
         return rows
 
     def _take_lease(self) -> bool:
@@ -520,11 +582,6 @@ class OutboxRelay:
             raise OutboxPublishError(
                 f"publishing {len(rows)} outbox rows (ids {ids[0]}..{ids[-1]}) failed: {error}"
             ) from exc
-        if not self._sqlite:
-            # A lost mark only publishes its rows again, which every consumer absorbs (the
-            # module doc), so the mark need not wait for its WAL flush: an fsync less per
-            # batch.  What the rows carry was made durable by their writer's commit.
-            conn.execute(_ASYNC_COMMIT)
         conn.execute(update(_T).where(self._ids(ids))
                      .values(sent_at=datetime.now(UTC), attempts=_T.c.attempts + 1,
                              last_error=None))
@@ -541,9 +598,6 @@ def _json(value: str) -> bytes:
 def _array(values: list, item_type) -> Any:
     return bindparam(None, values, type_=postgresql.ARRAY(item_type))
 
-
-#: PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk.
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 
 #: Selected in ``OutboxRow``'s field order, so a result row maps positionally.
 _ROW_COLUMNS = tuple(_T.c[name] for name in OutboxRow.__dataclass_fields__)

@@ -69,4 +69,5 @@ class Driver:
 
     def stop(self) -> None:
         self.worker.stop()
+        self.relay.close()  # its own connection, outside the pool the app disposes
         self.app.close()

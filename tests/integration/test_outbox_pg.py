@@ -127,3 +127,83 @@ def test_parallel_relays_publish_every_row_exactly_once_in_per_key_order(engine,
         published[key].append(seq)
     assert published == written, "per-key order was not kept"
     assert broker.failures > 0, "the failure path was not exercised"
+
+
+def test_the_relay_commits_its_bookkeeping_without_waiting_for_the_wal_and_writers_wait(engine):
+    """A lost sent mark only publishes its rows again (consumers absorb that), a lost
+    attempt count is counted again: the relay's session commits asynchronously.  The
+    writer's outbox rows commit as every other transaction does."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def on_commit(conn):
+        seen.append(conn.exec_driver_sql("SHOW synchronous_commit").scalar_one())
+
+    with engine.begin() as conn:
+        add_all_to_outbox(conn, [env("C1", 1), env("C2", 2)], actor_name="a", queue_name="q")
+    relay = OutboxRelay(engine, lambda rows: None)
+    failing = OutboxRelay(engine, lambda rows: (_ for _ in ()).throw(ConnectionError("down")))
+    event.listen(engine, "commit", on_commit)
+    try:
+        with pytest.raises(outbox.OutboxPublishError):
+            failing.run_once()
+        assert relay.run_once() == 2
+        with engine.begin() as conn:
+            add_to_outbox(conn, env("C3", 3), actor_name="a", queue_name="q")
+    finally:
+        event.remove(engine, "commit", on_commit)
+        relay.close()
+        failing.close()
+    # the relays' commits (each one's session setting, the failed attempt's count, the
+    # sent mark), then the writer's
+    assert seen[-1] == "on" and set(seen[:-1]) == {"off"} and len(seen) >= 3
+    assert backlog(engine) == 1
+
+
+def test_an_idle_relay_takes_no_connection_from_the_pool_per_round(engine):
+    """Each round of an idle relay (every ``idle_poll_s``) used to check a connection out
+    of the pool, which pings PostgreSQL first: a round trip the relay thread of a busy
+    router waits for.  It keeps its own connection now, and opens another after an error."""
+    from sqlalchemy import event
+
+    checkouts = []
+    event.listen(engine, "checkout", lambda *a: checkouts.append(1))
+    relay = OutboxRelay(engine, lambda rows: None)
+    try:
+        for _ in range(5):
+            assert relay.run_once() == 0
+        assert len(checkouts) == 1
+        with engine.begin() as conn:
+            add_to_outbox(conn, env("C1", 1), actor_name="a", queue_name="q")
+        checkouts.clear()
+        assert relay.run_once() == 1
+        assert checkouts == []
+        relay._conn.invalidate()  # the server closed it, say
+        assert relay.run_once() == 0  # a new one, no error
+        assert len(checkouts) == 1
+    finally:
+        relay.close()
+
+
+def test_a_published_batch_costs_two_statements_its_claim_and_its_mark(engine):
+    """The claim reads the rows and, in the same statement, whether an earlier row of
+    each key is held elsewhere (it was a second query per batch)."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    with engine.begin() as conn:
+        add_all_to_outbox(conn, [env(f"C{n % 7}", n) for n in range(40)], actor_name="a",
+                          queue_name="q")
+    relay = OutboxRelay(engine, lambda rows: None)
+    relay.run_once()  # opens the relay's connection
+    with engine.begin() as conn:
+        add_all_to_outbox(conn, [env(f"C{n % 7}", n) for n in range(40, 80)], actor_name="a",
+                          queue_name="q")
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *a: statements.append(statement))
+    try:
+        assert relay.run_once() == 40
+    finally:
+        relay.close()
+    assert len(statements) == 2, statements
