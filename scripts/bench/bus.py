@@ -332,6 +332,96 @@ def bench_ours(admin, n: int, workers: int, threads: int, timeout_s: float,
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+# -- a burst beside a busy capture thread (the router's shape) ----------------------------
+
+#: Rows per burst chunk (the router's capture batch) and the CPU the "capture" spends on
+#: each chunk before committing it, holding the GIL as translation and routing do.
+BURST_CHUNK = 500
+BURST_CAPTURE_CPU_S = 0.4
+
+
+def _burn(seconds: float) -> None:
+    """Pure-Python CPU work (holds the GIL but for the interpreter's switches)."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        for i in range(2000):
+            x += i * i
+
+
+def bench_burst(admin, chunks: int, timeout_s: float) -> dict:
+    """The router's shape: one thread captures (CPU-bound, ``BURST_CAPTURE_CPU_S`` per
+    chunk) and commits ``BURST_CHUNK`` outbox rows at a time, waking the relay, which runs
+    beside it in the same process with its defaults (``OutboxRelay``, as ``coexist
+    router`` runs it) and publishes to RabbitMQ with confirms.  Per chunk: seconds from
+    its commit until its last row was marked sent, and the relay's batches."""
+    name = f"coexist_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    state_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    queue = f"bench_{uuid.uuid4().hex[:8]}"
+    engine = create_state_engine(state_url)
+    broker = make_broker(AMQP_URL)
+    try:
+        upgrade_schema(engine)
+        broker.declare_queue(queue)
+        publisher = RabbitmqBatchPublisher(broker)
+        sizes: list[int] = []
+
+        def publish(rows) -> None:
+            sizes.append(len(rows))
+            publisher(rows)
+
+        relay = OutboxRelay(engine, publish)
+        stop = threading.Event()
+        relay_cpu: list[float] = []
+
+        def relay_run() -> None:
+            cpu_start = time.thread_time()
+            try:
+                relay.run_forever(stop)
+            finally:
+                relay_cpu.append(time.thread_time() - cpu_start)
+
+        thread = threading.Thread(target=relay_run, daemon=True)
+        thread.start()
+        commits: list[tuple[int, float]] = []  # (last id of the chunk, commit time)
+        n = 0
+        start = time.time()
+        for _ in range(chunks):
+            _burn(BURST_CAPTURE_CPU_S)
+            envs = [_envelope(n + k, time.time()) for k in range(BURST_CHUNK)]
+            n += BURST_CHUNK
+            with engine.begin() as conn:
+                add_all_to_outbox(conn, envs, actor_name="bench_apply", queue_name=queue)
+            commits.append((n, time.time()))
+            relay.wake()
+        deadline = time.time() + timeout_s
+        while backlog(engine) and time.time() < deadline:
+            time.sleep(0.02)
+        stop.set()
+        thread.join(timeout=10)
+        if backlog(engine):
+            raise RuntimeError(f"burst: {backlog(engine)} rows unsent after {timeout_s} s")
+        with engine.connect() as conn:
+            sent = [r[0].timestamp() for r in conn.execute(text(
+                "SELECT sent_at FROM outbox ORDER BY id"))]
+        lags = [max(sent[last - BURST_CHUNK:last]) - at for last, at in commits]
+        return {"per_s": n / (max(sent) - start), "p50_ms": None, "p99_ms": None,
+                "seconds": round(max(sent) - start, 2), "messages": n,
+                "chunk_published_after_commit_s": [round(x, 3) for x in lags],
+                "relay_batches": len(sizes), "relay_cpu_ms_per_msg":
+                    round(relay_cpu[0] * 1000 / n, 3) if relay_cpu else None}
+    finally:
+        for q in broker.queue_names(queue):
+            with contextlib.suppress(Exception):  # cleanup is best effort
+                broker.channel.queue_delete(q)
+        broker.close()
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 # -- baseline: raw pika -----------------------------------------------------------------
 
 
@@ -501,7 +591,7 @@ def bench_plain_dramatiq(n: int, workers: int, threads: int, timeout_s: float,
 
 
 FIGURES = ("pika", "pika_multi", "dramatiq", "one", "batch",
-           "drain_dramatiq", "drain_one", "drain_batch")
+           "drain_dramatiq", "drain_one", "drain_batch", "burst")
 
 
 def main() -> int:
@@ -520,6 +610,8 @@ def main() -> int:
                         help="gil: samples holding the GIL (CPU); idle: every thread, "
                         "waiting included (wall)")
     parser.add_argument("--profile-seconds", type=int, default=4)
+    parser.add_argument("--burst-chunks", type=int, default=6,
+                        help=f"burst: chunks of {BURST_CHUNK} rows")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-consumer", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -551,6 +643,7 @@ def main() -> int:
         "drain_dramatiq": lambda: bench_plain_dramatiq(n, w, t, timeout, drain=True),
         "drain_one": lambda: bench_ours(admin, n, w, t, timeout, "one", drain=True),
         "drain_batch": lambda: bench_ours(admin, n, w, t, timeout, "batch", drain=True),
+        "burst": lambda: bench_burst(admin, args.burst_chunks, timeout),
     }
     results: dict[str, dict] = {}
     for name in FIGURES:
@@ -559,14 +652,16 @@ def main() -> int:
         r = results[name] = runs[name]()
         print(json.dumps({"name": f"bus_{name}", "records_per_s": round(r["per_s"], 1),
                           "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                          "seconds": r["seconds"], "messages": n,
+                          "seconds": r["seconds"], "messages": r.get("messages", n),
                           **{k: r[k] for k in ("produced_s", "relayed_s",
                                                "worker_cpu_ms_per_msg",
                                                "producer_cpu_ms_per_msg",
                                                "relay_cpu_ms_per_msg",
                                                "bench_process_cpu_ms_per_msg",
                                                "postgres_cpu_ms_per_msg",
-                                               "rabbitmq_cpu_ms_per_msg") if k in r},
+                                               "rabbitmq_cpu_ms_per_msg",
+                                               "chunk_published_after_commit_s",
+                                               "relay_batches") if k in r},
                           "loadavg": [round(x, 2) for x in os.getloadavg()],
                           **({"exactly_once": True} if r.get("exactly_once") else {})}),
               flush=True)
