@@ -207,3 +207,39 @@ def test_a_published_batch_costs_two_statements_its_claim_and_its_mark(engine):
     finally:
         relay.close()
     assert len(statements) == 2, statements
+
+
+def test_on_postgresql_a_quarantined_row_holds_back_only_its_key(engine):
+    """The claim's per-key check in one statement (PostgreSQL's path) still keeps a key's
+    later row behind its quarantined earlier one, while other keys go."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    published: list[tuple[str, int]] = []
+    refused = {"P"}
+
+    def publish(rows):
+        if any(r.partition_key in refused for r in rows):
+            raise ValueError("queue refuses P")
+        published.extend((r.partition_key, r.envelope_dict()["source_version"]) for r in rows)
+
+    with engine.begin() as conn:
+        add_all_to_outbox(conn, [env("P", 1), env("X", 2), env("P", 3), env("Y", 4)],
+                          actor_name="a", queue_name="q")
+    relay = OutboxRelay(engine, publish)
+    try:
+        with pytest.raises(outbox.OutboxPublishError):
+            relay.run_once()  # the whole batch fails
+        assert relay.run_once() == 1  # P alone fails, X goes, P fails again: quarantined
+        assert relay.run_once() == 1  # Y; P's second row waits behind the first
+        assert relay.run_once() == 0
+        assert published == [("X", 2), ("Y", 4)]
+        refused.clear()
+        with engine.begin() as conn:
+            conn.execute(update(outbox.OutboxRecord.__table__).values(
+                quarantined_until=datetime.now(UTC) - timedelta(seconds=1)))
+        assert relay.run_once() == 2
+    finally:
+        relay.close()
+    assert published == [("X", 2), ("Y", 4), ("P", 1), ("P", 3)]
