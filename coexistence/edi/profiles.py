@@ -19,6 +19,7 @@ table) or the section on its own::
     ack_window_minutes = 120
     asn_structure = "SOPI"          # or "SOI"
     hold_810_for_856_minutes = 60   # an 810 waits this long for its order's 856
+    hold_for_855_minutes = 60       # an 856 (or 810) waits this long for its order's 855
     customers = ["10042"]
     folder = "/srv/edi/acme"        # inbound/ outbound/ processed/ failed/
 
@@ -56,6 +57,9 @@ from coexistence.edi.x12 import Party, Separators
 Key = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
 OUTBOUND_DOCUMENTS: tuple[Literal["855", "856", "810"], ...] = ("855", "856", "810")
 INBOUND_DOCUMENTS = ("850",)
+#: The order documents in the order a partner must receive them: its order confirmed (855)
+#: before it is shipped (856), shipped before it is billed (810).
+DOCUMENT_ORDER = ("855", "856", "810")
 
 
 class EdiConfigError(BusinessError):
@@ -138,11 +142,16 @@ class PartnerProfile(BaseModel):
     #: A second interchange with the same sender and ISA13 within this window is a duplicate.
     duplicate_window_days: Annotated[int, Field(gt=0)] = 365
     asn_structure: Literal["SOI", "SOPI"] = "SOI"
-    #: An 810 for an order none of whose 856s was sent yet waits (is retried) this long
-    #: after its invoice event, so the partner never gets a bill before the shipment it
-    #: bills; after that it is sent anyway (an invoice for an order that does not ship).
-    #: 0: never wait.  Only when the partner receives 856s.
+    #: An 810 for an order none of whose 856s was sent yet waits (held in ``edi_held``)
+    #: this long after its invoice event, so the partner never gets a bill before the
+    #: shipment it bills; after that it is sent anyway (an invoice for an order that does
+    #: not ship).  0: never wait.  Only when the partner receives 856s.
     hold_810_for_856_minutes: Annotated[int, Field(ge=0)] = 60
+    #: An 856 (and an 810) of an order that came by 850 waits this long after its event
+    #: for the order's 855, so the partner never gets a shipment (or a bill) for an order
+    #: it has not seen confirmed; after that it goes anyway.  0: never wait.  Only when
+    #: the partner receives 855s.
+    hold_for_855_minutes: Annotated[int, Field(ge=0)] = 60
     #: Customer keys this partner may see (and orders for), never another partner's.
     customers: tuple[Key, ...] = Field(min_length=1)
     #: N1*BY identification code (N104) -> customer key, when the partner has several.
@@ -198,6 +207,16 @@ class PartnerProfile(BaseModel):
                 if s in value:
                     raise ValueError(f"{name} {value!r} contains the separator {s!r}")
         return self
+
+    def must_follow(self, doc: str) -> tuple[tuple[str, int], ...]:
+        """The documents of the same order ``doc`` must follow for this partner, each with
+        its hold in minutes (how long after ``doc``'s event it waits for that one), the
+        nearest first: an 810 follows the 856 and the 855, an 856 the 855, an 855 nothing.
+        A document the partner does not receive, or whose hold is 0, is not waited for."""
+        holds = {"855": self.hold_for_855_minutes, "856": self.hold_810_for_856_minutes}
+        earlier = DOCUMENT_ORDER[:DOCUMENT_ORDER.index(doc)] if doc in DOCUMENT_ORDER else ()
+        return tuple((d, holds[d]) for d in reversed(earlier)
+                     if d in self.receives and holds[d] > 0)
 
     @property
     def separators(self) -> Separators:

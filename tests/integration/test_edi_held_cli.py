@@ -28,10 +28,12 @@ def test_edi_status_and_documents_list_held_810s(tmp_path):
     status = run(cli, ["edi", "status", "--format", "json"], env=env)
     assert status.exit_code == 0, status.output  # held within its hold: not a failure
     [row] = json.loads(status.output)
-    assert (row["problem"], row["partner"], row["type"], row["business"], row["order"]) == (
-        "held", "ACME", "810", "invoice:55001", f"order:{key}")
+    assert (row["problem"], row["partner"], row["type"], row["business"], row["order"],
+            row["waits_for"]) == ("held", "ACME", "810", "invoice:55001", f"order:{key}", "856")
+    assert 0 <= row["age_s"] < 600
     table = run(cli, ["edi", "status"], env=env)
-    assert "810s held for their order's 856" in table.output and "invoice:55001" in table.output
+    assert "documents held for the one of their order they follow" in table.output
+    assert "invoice:55001" in table.output and "856" in table.output
 
     docs = run(cli, ["edi", "documents", f"order:{key}"], env=env)
     assert docs.exit_code == 0, docs.output

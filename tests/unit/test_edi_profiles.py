@@ -58,3 +58,27 @@ def test_a_customer_belongs_to_one_partner_only():
 def test_broken_toml_is_one_clear_line():
     with pytest.raises(EdiConfigError, match="x.toml: not valid TOML"):
         EdiSettings.from_toml("[[edi.partners]\n", source="x.toml")
+
+
+@pytest.mark.parametrize(("change", "doc", "follows"), [
+    ("", "855", ()),
+    ("", "856", (("855", 60),)),
+    ("", "810", (("856", 60), ("855", 60))),
+    ("hold_for_855_minutes = 5\nhold_810_for_856_minutes = 30", "810",
+     (("856", 30), ("855", 5))),
+    ("hold_for_855_minutes = 0", "856", ()),
+    ("hold_for_855_minutes = 0", "810", (("856", 60),)),
+    ('receives = ["856", "810"]', "856", ()),
+    ('receives = ["855", "810"]', "810", (("855", 60),)),
+    ("hold_810_for_856_minutes = 0", "810", (("855", 60),)),
+    ("", "997", ()),
+])
+def test_a_document_follows_the_earlier_documents_of_its_order_that_its_partner_receives(
+        change, doc, follows):
+    [p] = EdiSettings.from_toml(ONE + change + "\n").partners
+    assert p.must_follow(doc) == follows
+
+
+def test_a_negative_hold_for_the_855_names_the_field():
+    with pytest.raises(EdiConfigError, match="edi partner ACME: field hold_for_855_minutes"):
+        EdiSettings.from_toml(ONE + "hold_for_855_minutes = -1\n")

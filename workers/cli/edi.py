@@ -47,14 +47,15 @@ def edi() -> None:
 @click.pass_obj
 def status(app, fmt: str) -> None:
     """Outbound sets unacknowledged past the partner's window, rejected (AK5 R) or accepted
-    with errors (AK5 E), and the 810s held for their order's 856.  Exit 1 when a set has a
-    problem or a held 810 is past its hold (no poll sent it)."""
-    from workers.edi.handlers import acknowledgment_problems, held_810s
+    with errors (AK5 E), and the documents held for the one of their order they must
+    follow (an 856 for its 855, an 810 for its 856), with their age.  Exit 1 when a set
+    has a problem or a held document is past its hold (no poll sent it)."""
+    from workers.edi.handlers import acknowledgment_problems, held_documents
 
     deps = _deps(app)
     now = datetime.now(UTC)
     problems = acknowledgment_problems(deps.engine, deps.settings, now=now)
-    held = held_810s(deps.engine, now=now)
+    held = held_documents(deps.engine, now=now)
     rows = [{
         "problem": p.problem, "partner": p.document.partner, "type": p.document.doc_type,
         "isa13": p.document.isa13, "gs06": p.document.gs06, "st02": p.document.st02,
@@ -62,10 +63,11 @@ def status(app, fmt: str) -> None:
         "sent_at": p.document.created_at.isoformat(), "note": p.document.ack_note,
     } for p in problems] + [{
         "problem": "held_past_hold" if h.overdue else "held", "partner": h.partner,
-        "type": "810", "isa13": None, "gs06": None, "st02": None,
-        "business": f"invoice:{h.invoice_key}", "order": f"order:{h.order_key}",
-        "held_at": h.held_at.isoformat(), "release_after": h.release_after.isoformat(),
-        "note": f"waits for an 856 of order {h.order_key}",
+        "type": h.doc_type, "isa13": None, "gs06": None, "st02": None,
+        "business": f"{h.business_domain}:{h.business_key}", "order": f"order:{h.order_key}",
+        "waits_for": h.waits_for, "held_at": h.held_at.isoformat(), "age_s": h.age_s,
+        "release_after": h.release_after.isoformat(),
+        "note": f"waits for the {h.waits_for} of order {h.order_key}",
     } for h in held]
     failing = bool(problems) or any(h.overdue for h in held)
     if fmt == "json":
@@ -81,17 +83,26 @@ def status(app, fmt: str) -> None:
         console.print(table if problems else "every outbound set is acknowledged or within "
                                             "its partner's window")
         if held:
-            htable = Table("held 810", "partner", "for", "order", "held", "goes without its "
-                           "856 at", title="810s held for their order's 856")
+            htable = Table("held", "partner", "set", "for", "order", "waits for", "age",
+                           "goes without it at",
+                           title="documents held for the one of their order they follow")
             for h in held:
                 htable.add_row("past its hold" if h.overdue else "held", h.partner,
-                               f"invoice:{h.invoice_key}", h.order_key,
-                               f"{h.held_at:%Y-%m-%d %H:%M}",
+                               h.doc_type, f"{h.business_domain}:{h.business_key}",
+                               h.order_key, h.waits_for, _age(h.age_s),
                                f"{h.release_after:%Y-%m-%d %H:%M}")
             console.print(htable)
         else:
-            console.print("no 810 is held for its 856")
+            console.print("no document is held for another one of its order")
     sys.exit(1 if failing else 0)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @edi.command()
@@ -126,7 +137,8 @@ def flush(app) -> None:
 def poll(app) -> None:
     """One pass over every partner's inbound/ folder (for cron, when no `coexist worker`
     runs the edi channel): write pending outbound files, then claim and answer every
-    complete inbound file, then send the held 810s whose 856 is out or whose hold is over.
+    complete inbound file, then send the held documents whose awaited one (the 855 of an
+    856, the 856 of an 810) is out or whose hold is over.
     Reads the systems of record (units, orders) as the router does.  Exit 1 when a file
     went to failed/."""
     from workers.edi.consumer import EdiPoller
@@ -137,7 +149,7 @@ def poll(app) -> None:
                        abandoned_after_s=s.edi_claim_timeout_s).run_once()
     click.echo(f"{result['files']} inbound file(s) answered ({result['failed']} to failed/, "
                f"{result['orders']} order command(s)); {result['flushed']} pending outbound "
-               f"file(s) written; {result['released']} held 810(s) sent")
+               f"file(s) written; {result['released']} held document(s) sent")
     sys.exit(1 if result["failed"] else 0)
 
 
@@ -147,30 +159,31 @@ def poll(app) -> None:
 def documents(app, target: str) -> None:
     """EDI documents of one business object (``order:KEY``, ``shipment:KEY``,
     ``invoice:KEY``) or one correlation id, with control numbers and acknowledgment state,
-    and its 810s held for their 856 (not numbered yet)."""
-    from workers.edi.handlers import documents_for, held_810s
+    and its documents held for the one they follow (not numbered yet: an 856 waiting for
+    its 855, an 810 for its 856)."""
+    from workers.edi.handlers import documents_for, held_documents
 
     deps = _deps(app)
     now = datetime.now(UTC)
     domain, sep, key = target.partition(":")
     if sep and domain in ("order", "shipment", "invoice"):
         docs = documents_for(deps.engine, domain=domain, key=key)
-        held = ([] if domain == "shipment" else held_810s(
-            deps.engine, now=now, order_key=key if domain == "order" else None,
-            invoice_key=key if domain == "invoice" else None))
+        held = (held_documents(deps.engine, now=now, order_key=key) if domain == "order"
+                else held_documents(deps.engine, now=now, domain=domain, key=key))
     else:
         docs = documents_for(deps.engine, correlation_id=target)
-        held = held_810s(deps.engine, now=now, correlation_id=target)
+        held = held_documents(deps.engine, now=now, correlation_id=target)
     table = Table("when", "dir", "partner", "set", "ISA13/GS06/ST02", "ack", "file")
     for d in docs:
         table.add_row(f"{d.created_at:%Y-%m-%d %H:%M:%S}", d.direction, d.partner, d.doc_type,
                       f"{d.isa13}/{d.gs06}/{d.st02}", d.ack_status, d.file_name)
     for h in held:
-        table.add_row(f"{h.held_at:%Y-%m-%d %H:%M:%S}", "held", h.partner, "810",
+        table.add_row(f"{h.held_at:%Y-%m-%d %H:%M:%S}", "held", h.partner, h.doc_type,
                       "-/-/- (not numbered)",
-                      "past its hold" if h.overdue else
-                      f"waits for an 856 until {h.release_after:%Y-%m-%d %H:%M}",
-                      f"invoice:{h.invoice_key}")
+                      f"past its hold (held {_age(h.age_s)})" if h.overdue else
+                      f"waits for the {h.waits_for} until {h.release_after:%Y-%m-%d %H:%M} "
+                      f"(held {_age(h.age_s)})",
+                      f"{h.business_domain}:{h.business_key}")
     found = bool(docs or held)
     Console(file=sys.stdout, width=160).print(table if found else
                                               f"no EDI documents for {target}")

@@ -19,7 +19,8 @@
 
 * ``EdiPoller``: ``handle_inbound`` every ``COEXIST_EDI_POLL_S`` seconds over every
   partner's ``inbound/``, ``flush_pending`` at start and on each pass, and
-  ``release_held`` (the held 810s whose 856 is out or whose hold is over); run by
+  ``release_held`` (the held 856s and 810s whose 855 / 856 is out or whose hold is
+  over); run by
   ``coexist run`` and by a ``coexist worker`` that runs the edi channel, when
   ``[[edi.partners]]`` are configured.  Several pollers on the same folders are safe: a
   file is claimed by a rename only one of them wins, and an interchange is recorded under
@@ -141,9 +142,10 @@ def channel_handler(app: App) -> Callable[[Sequence[Envelope]], None]:
         return outcomes
 
     handle.__name__ = f"channel_{CHANNEL}"
-    # On the batch consumer (``handle.batched`` is not False).  An 810 whose 856 is not
-    # out yet is held durably in ``edi_held`` (outcome ``held``, acked), not retried by the
-    # bus: the batch of the 856, or the next poll, sends it.
+    # On the batch consumer (``handle.batched`` is not False).  An 856 whose 855 is not
+    # out yet, or an 810 whose 856 is not, is held durably in ``edi_held`` (outcome
+    # ``held``, acked), not retried by the bus: the batch that sends the awaited document,
+    # or the next poll, sends it.
     return handle  # type: ignore[return-value]
 
 

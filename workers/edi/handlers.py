@@ -27,7 +27,10 @@ Outbound (``handle_events``): canonical events from the router's fan-out
 an order that came by 850), an 856 (once the shipment has shipped) or an 810
 (a posted, not void, invoice) for the partner that owns the customer, and
 only that partner (``partner_may_receive``).  One document per business key
-per partner, ever: a redelivered or reordered event is a ``duplicate``.
+per partner, ever: a redelivered or reordered event is a ``duplicate``.  A document
+never overtakes the one of its order it must follow (``PartnerProfile.must_follow``: an
+856 its 855, an 810 its 856): it is held in ``edi_held`` until that one is out (or its
+hold is over), whatever order the events come in.
 Each envelope gets its own outcome; a bad one never fails its neighbours.
 """
 
@@ -581,13 +584,16 @@ _ORDER_KEY_OF_PO = select(DOCUMENT.c.order_key).where(
 _SENT = select(DOCUMENT.c.id).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "out",
     DOCUMENT.c.doc_type == bindparam("b_doc"), DOCUMENT.c.business_key == bindparam("b_key"))
-_SHIPPED_856 = select(DOCUMENT.c.id).where(
+_SENT_FOR_ORDER = select(DOCUMENT.c.id).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "out",
-    DOCUMENT.c.doc_type == "856", DOCUMENT.c.order_key == bindparam("b_order")).limit(1)
-_HELD_ONE = select(HELD.c.invoice_key).where(
-    HELD.c.partner == bindparam("b_partner"), HELD.c.invoice_key == bindparam("b_key"))
+    DOCUMENT.c.doc_type == bindparam("b_doc"), DOCUMENT.c.order_key == bindparam("b_order")
+).limit(1)
+_HELD_ONE = select(HELD.c.business_key).where(
+    HELD.c.partner == bindparam("b_partner"), HELD.c.doc_type == bindparam("b_doc"),
+    HELD.c.business_key == bindparam("b_key"))
 _UNHOLD = delete(HELD).where(HELD.c.partner == bindparam("b_partner"),
-                             HELD.c.invoice_key == bindparam("b_key"))
+                             HELD.c.doc_type == bindparam("b_doc"),
+                             HELD.c.business_key == bindparam("b_key"))
 _ORDER_850 = select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "in",
     DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == bindparam("b_order")
@@ -661,6 +667,11 @@ class _Send:
     def key(self) -> str:
         return self.record.key
 
+    @property
+    def order_key(self) -> str:
+        """The key of the order the document belongs to."""
+        return self.record.key if isinstance(self.record, Order) else self.record.order_key
+
 
 def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps, *,
                   release: bool = True) -> list[Outcome]:
@@ -716,20 +727,18 @@ def handle_events(envelopes: Sequence[Envelope], deps: EdiDeps, *,
     flush_pending(deps, ids=[o.interchange_id for o in done.values() if o.status == "sent"
                              and o.interchange_id is not None])
     if release:
-        # Held 810s of the orders whose 856 went out here, or whose 810 was held here
-        # while a concurrent batch sent the 856 (one of the two commits sees the other).
-        # (An order whose 810 went out in this batch needs no look: a second invoice of it
-        # held elsewhere is left to the poll.)
-        billed = {(s.profile.id, s.record.order_key) for s in sends  # type: ignore[union-attr]
-                  if s.doc == "810" and done[s.index].status == "sent"}
-        touched = {(s.profile.id, s.record.order_key) for s in sends  # type: ignore[union-attr]
-                   if (s.doc == "856" and done[s.index].status == "sent")
-                   or (s.doc == "810" and done[s.index].status == "held")} - billed
+        # Held documents of the orders whose 855 or 856 went out here, or whose document
+        # was held here while a concurrent batch sent the one it waits for (one of the two
+        # commits sees the other).
+        touched = {(s.profile.id, s.order_key) for s in sends
+                   if (s.doc in _AWAITED and done[s.index].status == "sent")
+                   or done[s.index].status == "held"}
         if touched:
             try:
                 release_held(deps, touched)
             except Exception:  # noqa: BLE001 - still held: the next poll releases them
-                log.exception("releasing held 810s failed; the next poll tries again")
+                log.exception("releasing held EDI documents failed; the next poll tries "
+                              "again")
     return [o for o in out if o is not None]
 
 
@@ -775,61 +784,89 @@ def _read_sor(index: int, env: Envelope, deps: EdiDeps) -> Outcome | _Send:
     return _Send(index, env, profile, doc, record, order, deps.clock(), units)
 
 
-def _hold_810(conn, s: _Send) -> Outcome:
-    """Hold the 810 in ``edi_held`` (the newest event of the invoice wins) until its 856
-    goes out or the hold is over: ``release_held`` sends it then.  Durable, unlike a bus
-    retry, which may give up before the hold ends."""
-    record = s.record
-    values = {"order_key": record.order_key, "envelope": s.env.model_dump_json(),  # type: ignore[union-attr]
-              "held_at": s.now, "release_after": _aware(s.env.occurred_at) + timedelta(
-                  minutes=s.profile.hold_810_for_856_minutes)}
-    key = {"b_partner": s.profile.id, "b_key": record.key}
+def _hold(conn, s: _Send, waits_for: str, release_after: datetime) -> Outcome:
+    """Hold the document in ``edi_held`` (the newest event of its business object wins;
+    the first hold's time is kept) until ``waits_for`` of its order goes out or the hold
+    is over: ``release_held`` sends it then.  Durable, unlike a bus retry, which may give
+    up before the hold ends."""
+    values = {"order_key": s.order_key, "waits_for": waits_for,
+              "envelope": s.env.model_dump_json(), "release_after": release_after}
+    key = {"b_partner": s.profile.id, "b_doc": s.doc, "b_key": s.key}
     if conn.execute(_HELD_ONE, key).first() is None:
-        conn.execute(HELD.insert(), {"partner": s.profile.id, "invoice_key": record.key,
-                                     **values})
+        conn.execute(HELD.insert(), {"partner": s.profile.id, "doc_type": s.doc,
+                                     "business_key": s.key, "held_at": s.now, **values})
     else:
         conn.execute(update(HELD).where(HELD.c.partner == s.profile.id,
-                                        HELD.c.invoice_key == record.key).values(**values))
+                                        HELD.c.doc_type == s.doc,
+                                        HELD.c.business_key == s.key).values(**values))
+    why = _WHY_WAIT[waits_for]
     return Outcome(s.env.message_id, "held",
-                   f"810 for invoice {s.key} held for the 856 of order {record.order_key} "  # type: ignore[union-attr]
-                   f"(up to {s.profile.hold_810_for_856_minutes} min after the invoice): a "
-                   "partner is never billed before it is shipped")
+                   f"{s.doc} for {s.env.domain} {s.key} held for the {waits_for} of order "
+                   f"{s.order_key} (until {release_after:%Y-%m-%d %H:%M} UTC at the "
+                   f"latest): {why}")
 
 
-#: Most held 810s one ``release_held`` call handles.
+#: Documents others wait for, and why a partner must get them first.
+_WHY_WAIT = {"855": "a partner never gets a shipment or a bill for an order it has not "
+                    "seen confirmed",
+             "856": "a partner is never billed before it is shipped"}
+_AWAITED = frozenset(_WHY_WAIT)
+
+#: Most held documents one ``release_held`` call handles per round.
 RELEASE_LIMIT = 500
 
 
-def release_held(deps: EdiDeps, orders: Iterable[tuple[str, str]] | None = None) -> list[Outcome]:
-    """Send the held 810s whose 856 went out or whose hold is over.
+def _awaited_sent():
+    return exists().where(DOCUMENT.c.partner == HELD.c.partner,
+                          DOCUMENT.c.direction == "out", DOCUMENT.c.doc_type == HELD.c.waits_for,
+                          DOCUMENT.c.order_key == HELD.c.order_key)
 
-    ``orders``: only those (partner, order key) pairs, and only those with an 856 sent
-    (after a batch that sent 856s or held 810s: of two concurrent batches, one holding an
-    810 and one sending its 856, the later to commit finds the other's row here).
-    Without it (each poll): every held 810 whose 856 is out or whose hold is over.  An
-    810 whose SoR cannot be read now stays held for the next poll."""
-    shipped = exists().where(DOCUMENT.c.partner == HELD.c.partner,
-                             DOCUMENT.c.direction == "out", DOCUMENT.c.doc_type == "856",
-                             DOCUMENT.c.order_key == HELD.c.order_key)
-    query = select(HELD.c.envelope)
+
+def release_held(deps: EdiDeps, orders: Iterable[tuple[str, str]] | None = None) -> list[Outcome]:
+    """Send the held documents whose awaited document went out or whose hold is over.
+
+    ``orders``: only those (partner, order key) pairs, and only what has its awaited
+    document sent (after a batch that sent 855s/856s or held documents: of two concurrent
+    batches, one holding a document and one sending what it waits for, the later to commit
+    finds the other's row here).  Without it (each poll): every held document whose awaited
+    one is out or whose hold is over.  What goes out may release the next one of its order
+    (an 856 sent lets its 810 go): that is looked at again here, up to the chain's length.
+    A document whose SoR cannot be read now, or that waits for another one still, stays
+    held for the next poll."""
+    outcomes: list[Outcome] = []
+    query = select(HELD.c.envelope, HELD.c.partner, HELD.c.order_key)
     if orders is not None:
         pairs = sorted(set(orders))
         if not pairs:
             return []
-        query = query.where(shipped, or_(*(and_(HELD.c.partner == p, HELD.c.order_key == k)
-                                           for p, k in pairs)))
+        query = query.where(_awaited_sent(), _of_orders(pairs))
     else:
-        query = query.where(or_(shipped, HELD.c.release_after < deps.clock()))
-    with deps.engine.connect() as conn:
-        rows = conn.execute(query.order_by(HELD.c.held_at).limit(RELEASE_LIMIT)).scalars().all()
-    if not rows:
-        return []
-    envelopes = [Envelope.model_validate_json(r) for r in rows]
-    outcomes = handle_events(envelopes, deps, release=False)
-    for o in outcomes:
-        log.info("edi held 810 %s", o.status, extra={"message_id": o.message_id,
-                                                    "detail": o.detail})
+        query = query.where(or_(_awaited_sent(), HELD.c.release_after < deps.clock()))
+    for _round in range(len(_AWAITED) + 1):
+        with deps.engine.connect() as conn:
+            rows = conn.execute(query.order_by(HELD.c.held_at).limit(RELEASE_LIMIT)).all()
+        if not rows:
+            break
+        envelopes = [Envelope.model_validate_json(r.envelope) for r in rows]
+        order_of = {e.message_id: (r.partner, r.order_key) for e, r in zip(envelopes, rows,
+                                                                            strict=True)}
+        released = handle_events(envelopes, deps, release=False)
+        for o in released:
+            log.info("edi held document %s", o.status, extra={"message_id": o.message_id,
+                                                               "detail": o.detail})
+        outcomes.extend(released)
+        sent = sorted({order_of[o.message_id] for o in released
+                       if o.status == "sent" and o.message_id in order_of})
+        if not sent:
+            break
+        # What just went out may be what another held document of its order waits for.
+        query = select(HELD.c.envelope, HELD.c.partner, HELD.c.order_key).where(
+            _awaited_sent(), _of_orders(sent))
     return outcomes
+
+
+def _of_orders(pairs: Sequence[tuple[str, str]]):
+    return or_(*(and_(HELD.c.partner == p, HELD.c.order_key == k) for p, k in pairs))
 
 
 def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
@@ -839,17 +876,23 @@ def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
     order = s.order
     if doc in ("856", "810") and order is not None:
         order = _with_partners_po(conn, profile, order)
-    if doc == "810":
-        if _waits_for_856(conn, profile, record, order, env, s.now):
-            return _hold_810(conn, s)
-        # Whatever becomes of it now (sent, a duplicate, void), it no longer waits.
-        conn.execute(_UNHOLD, {"b_partner": profile.id, "b_key": record.key})
     built = _build(conn, doc, record, order, profile, s.units, s.now)
     if isinstance(built, str):
-        return Outcome(env.message_id, "skipped", built)
-    if _already_sent(conn, profile, doc, record.key):
-        return Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} {record.key} was "
-                       f"sent to {profile.id} already")
+        outcome = Outcome(env.message_id, "skipped", built)
+    elif _already_sent(conn, profile, doc, record.key):
+        outcome = Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} {record.key} "
+                          f"was sent to {profile.id} already")
+    else:
+        waiting = _waits_for(conn, profile, doc, s.order_key, order, env, s.now)
+        if waiting is not None:
+            return _hold(conn, s, *waiting)
+        outcome = None
+    if doc in _HOLDABLE:
+        # Whatever becomes of it now (sent, a duplicate, void, not shipped after all), it
+        # no longer waits.
+        conn.execute(_UNHOLD, {"b_partner": profile.id, "b_doc": doc, "b_key": record.key})
+    if outcome is not None:
+        return outcome
     sent = control.record_outbound(
         conn, profile, kind=doc, at=s.now,
         sets=[control.OutSet(doc, built.body, env.domain, record.key, built.order_key,
@@ -903,21 +946,33 @@ def _with_partners_po(conn, profile: PartnerProfile, order: Order) -> Order:
     return order.model_copy(update={"customer_po": row.po_number})
 
 
-def _waits_for_856(conn, profile: PartnerProfile, invoice, order: Order | None,
-                   env: Envelope, now: datetime) -> bool:
-    """True while an 810 must wait: the partner receives 856s, the order is in the SoR,
-    none of its 856s was sent yet, and the invoice event is younger than the profile's
-    hold.  (It is then held in ``edi_held``; ``release_held`` sends it once the 856 is out,
-    and an order that never ships is billed after the hold.)"""
-    if not profile.hold_810_for_856_minutes or "856" not in profile.receives or order is None:
-        return False
-    if invoice.status is InvoiceStatus.VOID:
-        return False
-    if now - env.occurred_at > timedelta(minutes=profile.hold_810_for_856_minutes):
-        return False
-    sent = conn.execute(_SHIPPED_856, {"b_partner": profile.id,
-                                       "b_order": invoice.order_key}).first()
-    return sent is None
+#: Documents that may wait for another one of their order (``PartnerProfile.must_follow``).
+_HOLDABLE = frozenset({"856", "810"})
+
+
+def _waits_for(conn, profile: PartnerProfile, doc: str, order_key: str, order: Order | None,
+               env: Envelope, now: datetime) -> tuple[str, datetime] | None:
+    """(the document it waits for, when it goes without it) while ``doc`` must wait: one
+    it must follow (``profile.must_follow``) is not sent yet for its order, and the event
+    is younger than that one's hold.  An 855 is waited for only when the order came by 850
+    from this partner (no other order gets one); nothing is waited for while the order is
+    not in the SoR.  (It is then held in ``edi_held``; ``release_held`` sends it once the
+    awaited one is out, and after the hold it goes anyway: an order that never ships is
+    billed, one never confirmed is shipped.)"""
+    if order is None:
+        return None
+    for awaited, minutes in profile.must_follow(doc):
+        release_after = _aware(env.occurred_at) + timedelta(minutes=minutes)
+        if now >= release_after:
+            continue
+        if awaited == "855" and conn.execute(
+                _ORDER_850, {"b_partner": profile.id, "b_order": order_key}).first() is None:
+            continue
+        sent = conn.execute(_SENT_FOR_ORDER, {"b_partner": profile.id, "b_doc": awaited,
+                                              "b_order": order_key}).first()
+        if sent is None:
+            return awaited, release_after
+    return None
 
 
 def _already_sent(conn, profile: PartnerProfile, doc: str, key: str) -> bool:
@@ -1075,32 +1130,48 @@ def documents_for(engine: Engine, *, domain: str | None = None, key: str | None 
 
 @dataclass(frozen=True)
 class HeldView:
-    """An 810 held for its order's 856 (``edi_held``), for ``coexist edi status`` and
-    ``coexist edi documents``."""
+    """A document held for the one of its order it must follow (``edi_held``: an 856 for
+    its 855, an 810 for its 856), for ``coexist edi status`` and ``coexist edi documents``."""
 
     partner: str
-    invoice_key: str
+    #: ``856`` or ``810``.
+    doc_type: str
+    #: ``shipment`` or ``invoice``, and its key.
+    business_domain: str
+    business_key: str
     order_key: str
+    #: The document of the order it waits for: ``855`` or ``856``.
+    waits_for: str
     correlation_id: str | None
     held_at: datetime
     release_after: datetime
+    #: Seconds since it was first held.
+    age_s: float
     #: Past ``release_after`` by more than ``stale_after_s``: no poll released it.
     overdue: bool
 
 
-def held_810s(engine: Engine, *, now: datetime, order_key: str | None = None,
-              invoice_key: str | None = None, correlation_id: str | None = None,
-              stale_after_s: float | None = None) -> list[HeldView]:
-    """The held 810s (all, or one order's, one invoice's, one correlation's), oldest first."""
+_DOMAIN_OF_DOC = {doc: domain for domain, doc in DOC_FOR_DOMAIN.items()}
+
+
+def held_documents(engine: Engine, *, now: datetime, order_key: str | None = None,
+                   domain: str | None = None, key: str | None = None,
+                   correlation_id: str | None = None,
+                   stale_after_s: float | None = None) -> list[HeldView]:
+    """The held documents (all, or one order's, one business object's, one correlation's),
+    oldest first."""
     if stale_after_s is None:
         stale_after_s = STALE_INBOUND_S
     query = select(HELD)
     if order_key is not None:
         query = query.where(HELD.c.order_key == order_key)
-    if invoice_key is not None:
-        query = query.where(HELD.c.invoice_key == invoice_key)
+    if domain is not None:
+        query = query.where(HELD.c.doc_type == DOC_FOR_DOMAIN.get(domain, "?"))
+    if key is not None:
+        query = query.where(HELD.c.business_key == key)
     with engine.connect() as conn:
-        rows = conn.execute(query.order_by(HELD.c.held_at, HELD.c.invoice_key)).all()
+        rows = conn.execute(query.order_by(HELD.c.held_at, HELD.c.doc_type,
+                                           HELD.c.business_key)).all()
     out = []
     for r in rows:
         try:
@@ -1109,10 +1180,13 @@ def held_810s(engine: Engine, *, now: datetime, order_key: str | None = None,
             corr = None
         if correlation_id is not None and corr != correlation_id:
             continue
-        release = _aware(r.release_after)
-        out.append(HeldView(r.partner, r.invoice_key, r.order_key, corr, _aware(r.held_at),
-                            release, now - release > timedelta(seconds=stale_after_s)))
+        held, release = _aware(r.held_at), _aware(r.release_after)
+        out.append(HeldView(r.partner, r.doc_type, _DOMAIN_OF_DOC.get(r.doc_type, "?"),
+                            r.business_key, r.order_key, r.waits_for, corr, held, release,
+                            round(max(0.0, (now - held).total_seconds()), 1),
+                            now - release > timedelta(seconds=stale_after_s)))
     return out
+
 
 @dataclass(frozen=True)
 class AckProblem:
@@ -1175,8 +1249,9 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
     """Per partner, for ``coexist status``: acknowledgment problems (overdue, rejected,
     accepted with errors), files waiting in ``inbound/`` (and the oldest one's age), files
     being answered (claimed), files in ``failed/``, outbound interchanges whose file is
-    not written yet, 810s held for their 856 (``held_810``); and the reasons among them
-    that need attention (a held 810 past its hold: no poll released it)."""
+    not written yet, 856s held for their 855 (``held_856``) and 810s for their 856
+    (``held_810``); and the reasons among them that need attention (a held document past
+    its hold: no poll released it)."""
     problems = acknowledgment_problems(engine, settings, now=now)
     with engine.connect() as conn:
         pending = dict(conn.execute(
@@ -1184,12 +1259,14 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
                 INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated",
                 INTERCHANGE.c.created_at < now - timedelta(seconds=stale_after_s))
             .group_by(INTERCHANGE.c.partner)).all())
-        held = dict(conn.execute(select(HELD.c.partner, func.count())
-                                 .group_by(HELD.c.partner)).all())
-        overheld = dict(conn.execute(
-            select(HELD.c.partner, func.count()).where(
+        held: dict[tuple[str, str], int] = {
+            (p, d): n for p, d, n in conn.execute(
+                select(HELD.c.partner, HELD.c.doc_type, func.count())
+                .group_by(HELD.c.partner, HELD.c.doc_type)).all()}
+        overheld = conn.execute(
+            select(HELD.c.partner, HELD.c.doc_type, HELD.c.waits_for, func.count()).where(
                 HELD.c.release_after < now - timedelta(seconds=stale_after_s))
-            .group_by(HELD.c.partner)).all())
+            .group_by(HELD.c.partner, HELD.c.doc_type, HELD.c.waits_for)).all()
     out = []
     for profile in settings.partners:
         folder = folder_for(profile)
@@ -1212,7 +1289,8 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
             "oldest_waiting_s": round(max(ages), 1) if ages else None,
             "inbound_claimed": claimed, "failed_files": failed,
             "outbound_pending": int(pending.get(profile.id, 0)),
-            "held_810": int(held.get(profile.id, 0)),
+            "held_856": int(held.get((profile.id, "856"), 0)),
+            "held_810": int(held.get((profile.id, "810"), 0)),
             "ack_window_minutes": profile.ack_window_minutes,
         }
         attention = []
@@ -1232,9 +1310,10 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
             attention.append(f"{row['outbound_pending']} outbound interchange(s) numbered "
                              f"more than {stale_after_s:.0f} s ago but not written (coexist "
                              "edi flush)")
-        if overheld.get(profile.id):
-            attention.append(f"{overheld[profile.id]} 810(s) held for their 856 past the hold "
-                             f"and not sent: is a worker polling (coexist edi poll)?")
+        for partner, doc, waits_for, n in overheld:
+            if partner == profile.id:
+                attention.append(f"{n} {doc}(s) held for their {waits_for} past the hold and "
+                                 "not sent: is a worker polling (coexist edi poll)?")
         row["attention"] = attention
         out.append(row)
     return out

@@ -150,22 +150,31 @@ class EdiEvent(StateTable, table=True):
 
 
 class EdiHeld(StateTable, table=True):
-    """An 810 that waits for an 856 of its order (``hold_810_for_856_minutes``): held here,
-    durably, instead of by bus retries that may give up first.  Sending the 810 deletes
-    its row in the transaction that records it; the 856's batch and every poll release
-    the held 810s whose 856 went out or whose hold is over."""
+    """An outbound document that waits for the one of its order it must follow (an 856
+    for the 855, an 810 for the 856; ``PartnerProfile.must_follow``): held here, durably,
+    instead of by bus retries that may give up first.  Sending the document deletes its
+    row in the transaction that records it; the batch that sends the awaited document, and
+    every poll, release the held documents whose awaited one went out or whose hold is
+    over (revision 0018; 0016 held 810s only)."""
 
     __tablename__ = "edi_held"
     __table_args__ = (Index("ix_edi_held_order", "partner", "order_key"),
                       Index("ix_edi_held_release", "release_after"))
 
     partner: str = Field(sa_column=Column(String(40), primary_key=True))
-    invoice_key: str = Field(sa_column=Column(String(64), primary_key=True))
+    #: The held document: ``856`` or ``810``.
+    doc_type: str = Field(sa_column=Column(String(4), primary_key=True))
+    #: Its business object's key (the shipment's for an 856, the invoice's for an 810).
+    business_key: str = Field(sa_column=Column(String(64), primary_key=True))
     order_key: str = Field(sa_column=Column(String(64), nullable=False))
-    #: The invoice event (JSON of the envelope), handled again at release.
+    #: The document of the same order it waits for: ``855`` or ``856``.
+    waits_for: str = Field(sa_column=Column(String(4), nullable=False))
+    #: The event (JSON of the envelope), handled again at release.
     envelope: str = Field(sa_column=Column(Text, nullable=False))
+    #: When it was first held (a re-hold, for a redelivery or a second awaited document,
+    #: keeps it): its age in ``coexist edi status``.
     held_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    #: The event's time plus the hold: from then on the 810 goes without its 856.
+    #: The event's time plus the hold: from then on it goes without what it waits for.
     release_after: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
