@@ -874,8 +874,11 @@ def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
     or find why it is not sent: not shipped yet, void, an 810 that waits for its 856)."""
     env, profile, doc, record = s.env, s.profile, s.doc, s.record
     order = s.order
+    by_850 = None
     if doc in ("856", "810") and order is not None:
-        order = _with_partners_po(conn, profile, order)
+        by_850 = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}
+                              ).first()
+        order = _with_partners_po(order, by_850)
     built = _build(conn, doc, record, order, profile, s.units, s.now)
     if isinstance(built, str):
         outcome = Outcome(env.message_id, "skipped", built)
@@ -883,7 +886,8 @@ def _send(conn, deps: EdiDeps, s: _Send) -> Outcome:
         outcome = Outcome(env.message_id, "duplicate", f"{doc} for {env.domain} {record.key} "
                           f"was sent to {profile.id} already")
     else:
-        waiting = _waits_for(conn, profile, doc, s.order_key, order, env, s.now)
+        waiting = _waits_for(conn, profile, doc, s.order_key, order, by_850 is not None, env,
+                             s.now)
         if waiting is not None:
             return _hold(conn, s, *waiting)
         outcome = None
@@ -936,14 +940,13 @@ def _build(conn, doc: str, record, order: Order | None, profile: PartnerProfile,
                           po_number=order.customer_po if order else None)
 
 
-def _with_partners_po(conn, profile: PartnerProfile, order: Order) -> Order:
+def _with_partners_po(order: Order, by_850) -> Order:
     """The order with the PO number exactly as the partner's 850 gave it: an ERP may store
     it normalised (the legacy ERP upper-cases it), and a partner matches 856s and 810s to
     its orders by that number (mock-edi found it in the e2e)."""
-    row = conn.execute(_ORDER_850, {"b_partner": profile.id, "b_order": order.key}).first()
-    if row is None or not row.po_number or row.po_number == order.customer_po:
+    if by_850 is None or not by_850.po_number or by_850.po_number == order.customer_po:
         return order
-    return order.model_copy(update={"customer_po": row.po_number})
+    return order.model_copy(update={"customer_po": by_850.po_number})
 
 
 #: Documents that may wait for another one of their order (``PartnerProfile.must_follow``).
@@ -951,7 +954,8 @@ _HOLDABLE = frozenset({"856", "810"})
 
 
 def _waits_for(conn, profile: PartnerProfile, doc: str, order_key: str, order: Order | None,
-               env: Envelope, now: datetime) -> tuple[str, datetime] | None:
+               came_by_850: bool, env: Envelope, now: datetime
+               ) -> tuple[str, datetime] | None:
     """(the document it waits for, when it goes without it) while ``doc`` must wait: one
     it must follow (``profile.must_follow``) is not sent yet for its order, and the event
     is younger than that one's hold.  An 855 is waited for only when the order came by 850
@@ -965,8 +969,7 @@ def _waits_for(conn, profile: PartnerProfile, doc: str, order_key: str, order: O
         release_after = _aware(env.occurred_at) + timedelta(minutes=minutes)
         if now >= release_after:
             continue
-        if awaited == "855" and conn.execute(
-                _ORDER_850, {"b_partner": profile.id, "b_order": order_key}).first() is None:
+        if awaited == "855" and not came_by_850:
             continue
         sent = conn.execute(_SENT_FOR_ORDER, {"b_partner": profile.id, "b_doc": awaited,
                                               "b_order": order_key}).first()
