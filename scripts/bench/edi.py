@@ -20,6 +20,13 @@ the same files with the files of each 200 fsynced together: the I/O floor coexis
 works against.
 Target: >= 500 documents/s each way.  State is SQLite in a temporary folder unless
 ``--state-url`` names another database (it must be empty).
+
+``--transport sftp`` measures the inbound path over the SFTP transport instead: the
+partner's folders on an asyncssh SFTP server on loopback (started in this process, the
+test suite's ``tests/support/sftp_server.py``, so its CPU is counted too), and as the
+baseline a plain asyncssh SFTP client doing, per file, what the file-drop baseline does:
+claim rename, read, a same-size answer written under a temporary name, fsynced and
+renamed, the input renamed into ``processed/``; no processing.
 """
 
 from __future__ import annotations
@@ -254,13 +261,95 @@ def _deps(root: Path, url: str | None) -> handlers.EdiDeps:
                             unit_of=lambda s: "EA", get_order=lambda k: None)
 
 
+def bench_inbound_sftp(root: Path, n: int, url: str | None) -> dict:
+    import asyncio
+
+    import asyncssh
+
+    from tests.support.sftp_server import LoopbackSftp
+    from workers.edi import sftp
+
+    files = [_850(i) for i in range(n)]
+    srv = LoopbackSftp(root / "sftp-root", root / "keys")
+    (root / "sftp-root").mkdir()
+    srv.start()
+    try:
+        # Baseline: a plain client, the same steps per file as the file-drop baseline.
+        for sub in ("b-inbound", "b-outbound", "b-processed"):
+            (srv.root / sub).mkdir()
+        for i, content in enumerate(files):
+            _write_like(srv.root / "b-inbound", f"po{i:06d}.edi", content)
+
+        async def plain() -> float:
+            async with asyncssh.connect(
+                    "127.0.0.1", srv.port, username="distco",
+                    client_keys=[str(srv.client_key_path)],
+                    known_hosts=str(srv.known_hosts)) as conn, conn.start_sftp_client() as c:
+                t0 = time.perf_counter()
+                for i, name in enumerate(sorted(await c.listdir("b-inbound"))):
+                    if name.startswith("."):
+                        continue
+                    claim = f"b-inbound/{name}.x.processing"
+                    await c.rename(f"b-inbound/{name}", claim)
+                    async with c.open(claim, "rb") as fh:
+                        data = await fh.read()
+                    tmp = f"b-outbound/.ans{i:06d}.x12.tmp"
+                    async with c.open(tmp, "wb") as fh:
+                        await fh.write(data[:400])
+                        await fh.fsync()
+                    await c.rename(tmp, f"b-outbound/ans{i:06d}.x12")
+                    await c.rename(claim, f"b-processed/{name}")
+                return time.perf_counter() - t0
+
+        c0 = time.process_time()
+        base_elapsed = asyncio.run(plain())
+        base_cpu = time.process_time() - c0
+
+        root_in = root / "in-sftp"
+        root_in.mkdir()
+        engine = create_state_engine(url or f"sqlite:///{root_in / 'state.db'}")
+        upgrade_schema(engine)
+        settings = EdiSettings.from_data({"partners": [{
+            "id": "ACME", "partner_isa": {"qualifier": "ZZ", "id": "ACMEBUY"},
+            "our_isa": {"qualifier": "ZZ", "id": "DISTCO"}, "partner_gs": "ACMEBUY",
+            "our_gs": "DISTCO", "customers": ["10000"], "buyer_ids": {"10000": "10000"},
+            "transport": "sftp", "sftp": {**srv.settings(), "timeout_s": 30.0}}]})
+        deps = handlers.EdiDeps(engine, settings, ExceptionStore(engine),
+                                unit_of=lambda s: "EA", get_order=lambda k: None)
+        deps.folder(settings.partners[0]).ensure()
+        for i, content in enumerate(files):
+            _write_like(srv.root / "inbound", f"po{i:06d}.edi", content)
+        deps.folder(settings.partners[0]).ready()  # connected before the clock starts
+        t0, c0, o0 = time.perf_counter(), time.process_time(), os.times()
+        results = handlers.handle_inbound(deps)
+        elapsed, cpu, o1 = time.perf_counter() - t0, time.process_time() - c0, os.times()
+        assert len(results) == n and all(r.ok for r in results), results[:1]
+        assert len(list((srv.root / "outbound").glob("*-997.x12"))) == n
+    finally:
+        sftp.close_all()
+        srv.stop()
+    return {"bench": "edi_inbound_850_to_997_and_command_over_sftp", "documents": n,
+            "docs_per_s": round(n / elapsed), "baseline_docs_per_s": round(n / base_elapsed),
+            "ratio": round(base_elapsed / elapsed, 3), "target_docs_per_s": 500,
+            "cpu_ms_per_doc": round(1000 * cpu / n, 3),
+            "user_ms_per_doc": round(1000 * (o1.user - o0.user) / n, 3),
+            "sys_ms_per_doc": round(1000 * (o1.system - o0.system) / n, 3),
+            "baseline_cpu_ms_per_doc": round(1000 * base_cpu / n, 3),
+            "note": "server in this process: its CPU is in both figures"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--documents", type=int, default=400)
     ap.add_argument("--state-url", default=None)
+    ap.add_argument("--transport", choices=["folder", "sftp"], default="folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="coexist-edi-bench-") as tmp:
         root = Path(tmp)
+        if args.transport == "sftp":
+            print(json.dumps({**bench_inbound_sftp(root, args.documents, args.state_url),
+                              "load_avg": os.getloadavg()[0]}))
+            return
         print(json.dumps({**bench_inbound(root, args.documents, args.state_url),
                           "load_avg": os.getloadavg()[0]}))
         print(json.dumps({**bench_outbound(root, args.documents, args.state_url),
