@@ -15,6 +15,10 @@ changes.  The stages, in the order a routed change passes them:
 * ``written``: the ERP writer's conditioned write request returned;
 * ``acked``: the batch's claims/effects committed and its deliveries were acked.
 
+Besides the stages of keys, :func:`span` writes what a process was doing from one time
+to another (``{"s": name, "p": pid, "t0": start, "t1": end, ...}``: the router's capture
+runs, with their system and changes read), so a change's wait can be set against them.
+
 Off (the default) it costs one attribute test per call.  Lines are small and written
 with one ``write`` each on a file opened for appending, so processes can share the file.
 """
@@ -75,6 +79,14 @@ def mark_each(stage: str, timed: Iterable[tuple[float, str]]) -> None:
     pairs = [[t, k] for t, k in timed]
     if pairs:
         _write({"s": stage, "p": os.getpid(), "tk": pairs})
+
+
+def span(name: str, start: float, end: float, **fields) -> None:
+    """This process did ``name`` from ``start`` to ``end`` (epoch seconds); ``fields``
+    (JSON values) say more."""
+    if _path is None:
+        return
+    _write({"s": name, "p": os.getpid(), "t0": start, "t1": end, **fields})
 
 
 def message_key(message) -> str:

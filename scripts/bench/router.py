@@ -29,6 +29,7 @@ Bounded: the end-to-end phase gives up after ``--timeout-s``.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import itertools
 import json
@@ -160,6 +161,7 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             _wait_for_consumers(settings.broker_url, "coexist.write.cloud", len(procs),
                                 timeout_s)
             cpu_before = _children_cpu(procs)
+            sim_cpu_before = _children_cpu([sim.process])
             # People's inserts: the changes to route (they sit in the change log).
             spec = SampleSpec(customers=changes, products=2, prices_per_customer=1)
             seed_legacy(legacy_engine, spec, domains=["customer"])
@@ -187,18 +189,22 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                     time.sleep(0.05)
             elapsed = time.time() - start
             cpu = _children_cpu(procs) - cpu_before
+            sim_cpu = _children_cpu([sim.process]) - sim_cpu_before
             own_cpu = time.process_time() - own_cpu_before
             for spy in spies:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             for spy in spies:
                 spy.wait(30)
+            gc_cb = None
             if trace is not None:
                 stages.enable(str(trace))  # the router (capture, relay) runs in this process
+                gc_cb = _trace_gc()
             light_lat, breakdown = _light_load(app, admin, light, light_gap_s, after, timeout_s,
                                                trace) \
                 if light and done == changes else ([], None)
             if trace is not None:
                 stages.enable(None)
+                gc.callbacks.remove(gc_cb)
             stop.set()
             router.join(10)
             if worker is not None:
@@ -222,8 +228,26 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             "cloud_rows": cloud_rows, "seconds": round(elapsed, 2), "change_log_entries": entries,
             "worker_cpu_ms_per_customer": round(cpu * 1000 / max(1, done), 3),
             "router_process_cpu_ms_per_customer": round(own_cpu * 1000 / max(1, done), 3),
+            "cloud_sim_cpu_ms_per_customer": round(sim_cpu * 1000 / max(1, done), 3),
             "light_changes": len(light_lat), "light_p50_ms": light_p50,
             "light_p99_ms": light_p99, "light_stages": breakdown}
+
+
+def _trace_gc(min_s: float = 0.002):
+    """A garbage collection of this process taking ``min_s`` or more: a ``gc`` span."""
+    from bus import stages
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        now = time.time()
+        if phase == "start":
+            started[0] = now
+        elif now - started[0] >= min_s:
+            stages.span("gc", started[0], now, n=info.get("generation"))
+
+    gc.callbacks.append(callback)
+    return callback
 
 
 def _py_spy(folder: str | None, pids: dict[str, int]) -> list[subprocess.Popen]:
@@ -260,7 +284,8 @@ def _wait_for_consumers(url: str, queue: str, wanted: int, timeout_s: float) -> 
 
 
 def _children_cpu(procs) -> float:
-    """User + system CPU seconds the worker processes used so far (Linux /proc)."""
+    """User + system CPU seconds the processes (workers, the simulator) used so far
+    (Linux /proc)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for proc in procs:
@@ -274,21 +299,29 @@ def _children_cpu(procs) -> float:
 
 #: legacy change -> ... -> the cloud's own write time (inside the request) -> the writer
 #: got the answer -> the batch's commit and ack.
-STAGES = ("legacy_change", "capture_read", "outbox_commit", "published", "received",
-          "batch_start", "cloud_write", "written", "acked")
+STAGES = ("legacy_change", "legacy_committed", "capture_read", "outbox_commit", "published",
+          "received", "batch_start", "cloud_write", "written", "acked")
 
 
 def _stage_breakdown(path: Path, first_at: dict[str, datetime],
-                     cloud_at: dict[str, datetime]) -> dict:
+                     cloud_at: dict[str, datetime], committed_at: dict[str, float],
+                     worst: int = 3) -> dict:
     """Per-stage latencies (p50/p99 ms) of the light-load changes from the stage trace
-    (``bus.stages``) of every process: legacy change -> each stage -> the cloud's own
-    write time -> the batch's ack.  Each stage is the first time the key passed it."""
+    (``bus.stages``) of every process: legacy change -> its commit (as the typist saw it
+    return) -> each stage -> the cloud's own write time -> the batch's ack.  Each stage is
+    the first time the key passed it.  For the ``worst`` changes, each stage's time and
+    what this process did while the change waited for its capture read (``spans``: the
+    capture runs and garbage collections between its commit and that read)."""
     seen: dict[str, dict[str, float]] = {}
+    spans: list[dict] = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 item = json.loads(line)
             except ValueError:  # a line cut by a process killed mid-write
+                continue
+            if "t0" in item:
+                spans.append(item)
                 continue
             pairs = item.get("tk") or [(item["t"], k) for k in item.get("k", ())]
             for t, k in pairs:
@@ -299,10 +332,14 @@ def _stage_breakdown(path: Path, first_at: dict[str, datetime],
     steps: dict[str, list[float]] = {f"{a}->{b}": [] for a, b in itertools.pairwise(STAGES)}
     total: list[float] = []
     complete = 0
+    every: dict[str, dict[str, float]] = {}
     for key, at in first_at.items():
         times = dict(seen.get(key, {}), legacy_change=at.timestamp())
+        if key in committed_at:
+            times["legacy_committed"] = committed_at[key]
         if key in cloud_at:
             times["cloud_write"] = cloud_at[key].timestamp()
+        every[key] = times
         if all(s in times for s in STAGES):
             complete += 1
             total.append(times["cloud_write"] - times["legacy_change"])
@@ -315,8 +352,25 @@ def _stage_breakdown(path: Path, first_at: dict[str, datetime],
         out[name] = {"n": len(values), "p50_ms": p50, "p99_ms": p99,
                      "max_ms": round(max(values) * 1000, 1) if values else None}
     p50, p99 = _pct(total)
+    ranked = sorted((k for k, t in every.items() if "cloud_write" in t),
+                    key=lambda k: every[k]["cloud_write"] - every[k]["legacy_change"],
+                    reverse=True)
+    slowest = []
+    for key in ranked[:worst]:
+        times = every[key]
+        t0 = times.get("legacy_committed", times["legacy_change"])
+        t1 = times.get("capture_read", t0)
+        slowest.append({
+            "key": key,
+            "ms_after_change": {s: round((times[s] - times["legacy_change"]) * 1000, 1)
+                                for s in STAGES if s in times},
+            "spans": [{"s": x["s"], "sys": x.get("sys"), "n": x.get("n"),
+                       "from_ms": round((x["t0"] - t0) * 1000, 1),
+                       "ms": round((x["t1"] - x["t0"]) * 1000, 1)}
+                      for x in spans if x["t1"] >= t0 - 0.05 and x["t0"] <= t1]})
     return {"complete": complete, "of": len(first_at), "stages": out,
-            "legacy_change->cloud_write": {"p50_ms": p50, "p99_ms": p99}}
+            "legacy_change->cloud_write": {"p50_ms": p50, "p99_ms": p99},
+            "slowest": slowest}
 
 
 def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float,
@@ -327,11 +381,11 @@ def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float,
     from coexistence.router import LEGACY
 
     legacy = app.erps[LEGACY]
-    typed = {}
+    typed: dict[str, float] = {}  # key -> when the typist's commit returned
     for i, record in enumerate(iter_customers(n, seed=11)):
         record = record.model_copy(update={"key": str(8_000_000 + i)})
         legacy.person_upsert(record, "JSMITH")
-        typed[record.key] = None
+        typed[record.key] = time.time()
         time.sleep(gap_s)
     seen: dict[str, datetime] = {}
     deadline = time.time() + timeout_s
@@ -349,7 +403,7 @@ def _light_load(app, admin, n: int, gap_s: float, after: int, timeout_s: float,
         if change.key in typed:
             first_at.setdefault(change.key, change.at)
     latencies = [(seen[k] - first_at[k]).total_seconds() for k in seen if k in first_at]
-    breakdown = _stage_breakdown(trace, first_at, seen) if trace is not None else None
+    breakdown = _stage_breakdown(trace, first_at, seen, typed) if trace is not None else None
     return latencies, breakdown
 
 
@@ -456,6 +510,7 @@ def main() -> int:
         "light_changes": ours["light_changes"], "light_gap_s": args.light_gap_s,
         "worker_cpu_ms_per_customer": ours["worker_cpu_ms_per_customer"],
         "router_process_cpu_ms_per_customer": ours["router_process_cpu_ms_per_customer"],
+        "cloud_sim_cpu_ms_per_customer": ours["cloud_sim_cpu_ms_per_customer"],
         "one_by_one_worker_cpu_ms_per_customer":
             single["worker_cpu_ms_per_customer"] if single else None,
         "one_by_one_p99_ms": single["p99_ms"] if single else None,
