@@ -619,14 +619,9 @@ def run_router(app: App, stop: threading.Event, *, poll_s: float = 0.2,
     drain_thread = start_dlq_drain(app, stop)
     captures.start()
     try:
-        while not stop.is_set():
-            # Each capture at its own pace (``LeasedCaptures.run_due``): at once after
-            # changes, soon while people are typing, ``poll_s`` when idle.
-            moved, wait_s = captures.run_due(poll_s)
-            if moved:
-                relay.wake()
-            if wait_s > 0:
-                stop.wait(wait_s)
+        # Each capture in its own thread, at its own pace (``LeasedCaptures.run_due``): at
+        # once after changes, soon while people are typing, ``poll_s`` when idle.
+        captures.run_forever(stop, poll_s, relay.wake)
     finally:
         captures.close()
     relay_thread.join(10)

@@ -3,11 +3,15 @@ at an empty feed (no state-database transaction), plus the stage trace (``bus.st
 
 Light-load latency was dominated by the idle poll (0.2 s: a change waited ~100 ms on
 average for the next look, see scripts/bench/router.py --stages); a feed that had changes
-recently now looks again after its fast interval, an idle one after ``poll_s``."""
+recently now looks again after its fast interval, an idle one after ``poll_s``.  Each
+capture runs in its own thread (``LeasedCaptures.run_forever``), so one waiting on its feed
+never holds back the other; a failing one backs off."""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 
 import pytest
 from sqlalchemy import event
@@ -15,6 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 from bus import stages
 from bus.db import create_state_engine
+from bus.errors import TechnicalError
 from coexistence.canonical import decode
 from coexistence.flags import FlagSource
 from coexistence.router import CLOUD, LEGACY
@@ -77,29 +82,30 @@ def held(state, loops, **kw) -> LeasedCaptures:
 def test_a_capture_that_read_changes_is_due_at_once_then_polls_fast_while_active(state, clock):
     legacy = Loop(LEGACY, [5, 0, 0])
     captures = held(state, [legacy], fast_poll_s={LEGACY: 0.02})
-    assert captures.run_due(0.2) == (5, 0.0)  # a backlog drains without a pause
-    assert captures.run_due(0.2) == (0, pytest.approx(0.02)), "people are typing: look soon"
+    assert captures.run_due(LEGACY, 0.2) == (5, 0.0)  # a backlog drains without a pause
+    assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.02)), "people are typing"
     clock.now += 0.01
-    assert captures.run_due(0.2) == (0, pytest.approx(0.01))
+    assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.01))
     assert legacy.runs == 2, "not due yet: not run"
     clock.now += 0.01
-    assert captures.run_due(0.2) == (0, pytest.approx(0.02)) and legacy.runs == 3
+    assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.02)) and legacy.runs == 3
     captures.close()
 
 
 def test_an_idle_capture_and_one_without_a_fast_interval_poll_at_the_idle_interval(state, clock):
     legacy, cloud = Loop(LEGACY, [0, 0]), Loop(CLOUD, [3, 0])
     captures = held(state, [legacy, cloud], fast_poll_s={LEGACY: 0.02})
-    assert captures.run_due(0.2) == (3, 0.0)  # the cloud is due again at once
-    assert captures.run_due(0.2) == (0, pytest.approx(0.2)), (
-        "legacy had no change in its window and the cloud (an HTTP API) never polls fast")
+    assert captures.run_due(CLOUD, 0.2) == (3, 0.0)  # the cloud is due again at once
+    assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.2)), (
+        "legacy had no change in its window")
+    assert captures.run_due(CLOUD, 0.2) == (0, pytest.approx(0.2)), (
+        "the cloud (an HTTP API) never polls fast")
     # Legacy active, but longer ago than the window: idle again.
     legacy.reads = [4, 0]
     clock.now += 0.2
-    assert captures.run_due(0.2)[0] == 4
+    assert captures.run_due(LEGACY, 0.2)[0] == 4
     clock.now += ACTIVE_WINDOW_S + 1
-    cloud.reads = [0]
-    assert captures.run_due(0.2) == (0, pytest.approx(0.2))
+    assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.2))
     captures.close()
 
 
@@ -108,8 +114,113 @@ def test_a_standby_looks_again_at_the_idle_interval(state):
     for lease in other.leases.values():
         lease.try_acquire()
     standby = LeasedCaptures(state, [Loop(LEGACY, [1])], holder="me")
-    assert standby.run_due(0.2) == (0, 0.2) and standby.loops[0].runs == 0
+    assert standby.run_due(LEGACY, 0.2) == (0, 0.2) and standby.loops[0].runs == 0
     other.close()
+
+
+class BlockedFeed(Loop):
+    """A capture whose feed read does not return until released (the cloud's HTTP API
+    behind a server busy with a batch of writes, a large batch of echoes)."""
+
+    def __init__(self, system):
+        super().__init__(system, [])
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def run_once(self):
+        self.entered.set()
+        assert self.release.wait(10), "never released"
+        return super().run_once()
+
+
+class Looking(Loop):
+    """A capture whose feed is empty; ``looked`` is set once it has looked three times."""
+
+    def __init__(self, system):
+        super().__init__(system, [])
+        self.looked = threading.Event()
+
+    def run_once(self):
+        stats = super().run_once()
+        if self.runs >= 3:
+            self.looked.set()
+        return stats
+
+
+def test_a_capture_waiting_on_its_feed_never_holds_back_the_other_erps_capture(state):
+    cloud, legacy = BlockedFeed(CLOUD), Looking(LEGACY)
+    captures = held(state, [cloud, legacy], fast_poll_s={LEGACY: 0.001})
+    stop = threading.Event()
+    runner = threading.Thread(target=captures.run_forever, args=(stop, 0.001), daemon=True)
+    runner.start()
+    try:
+        assert cloud.entered.wait(5), "the cloud's capture started"
+        assert legacy.looked.wait(5), (
+            "the legacy capture looked at its feed again and again while the cloud's "
+            "capture was still waiting on its own")
+        assert not cloud.release.is_set() and cloud.runs == 0
+    finally:
+        cloud.release.set()
+        stop.set()
+        runner.join(5)
+    assert not runner.is_alive(), "every capture thread ends once stopped"
+    captures.close()
+
+
+class Failing(Loop):
+    def __init__(self, system, outcomes):
+        super().__init__(system, [])
+        self.outcomes = list(outcomes)
+
+    def run_once(self):
+        self.runs += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return type("Stats", (), {"read": outcome})()
+
+
+def test_a_capture_that_keeps_failing_backs_off_and_logs_once_per_state_change(
+        state, clock, caplog):
+    away = TechnicalError("legacy ERP unreachable")
+    legacy = Failing(LEGACY, [3, away, away, away, away, away, away, away, 0, away])
+    captures = held(state, [legacy], fast_poll_s={LEGACY: 0.02})
+    assert captures.run_due(LEGACY, 0.2) == (3, 0.0)  # active: would poll every 20 ms
+    waits = []
+    with caplog.at_level(logging.INFO, logger=lease_module.__name__):
+        for _ in range(7):
+            read, wait_s = captures.run_due(LEGACY, 0.2)
+            assert read == 0
+            waits.append(round(wait_s, 3))
+            assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(wait_s)), (
+                "not tried again before its backoff is over")
+            clock.now += wait_s
+        assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0], "doubling, capped"
+        assert legacy.runs == 8
+        assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.2)), (
+            "working again: back to its own pace (idle: its last change was 22.6 s ago)")
+        clock.now += 0.2
+        assert captures.run_due(LEGACY, 0.2) == (0, pytest.approx(0.2)), (
+            "a new failure backs off from the start again")
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records
+             if r.getMessage().startswith("capture from")]
+    failed = ("WARNING", "capture from legacy failed; retrying with backoff: "
+                         "TechnicalError: legacy ERP unreachable")
+    assert lines == [failed, ("INFO", "capture from legacy works again"), failed], (
+        "one line when it starts failing, one when it works again")
+    captures.close()
+
+
+def test_a_capture_failing_differently_logs_the_new_failure(state, clock, caplog):
+    legacy = Failing(LEGACY, [TechnicalError("timeout"), TechnicalError("timeout"),
+                              TechnicalError("connection refused")])
+    captures = held(state, [legacy])
+    with caplog.at_level(logging.WARNING, logger=lease_module.__name__):
+        for _ in range(3):
+            clock.now += captures.run_due(LEGACY, 0.2)[1]
+    assert [r.getMessage().rpartition(": ")[2] for r in caplog.records
+            if r.getMessage().startswith("capture from")] == [
+        "timeout", "connection refused"]
+    captures.close()
 
 
 def count_transactions(engine) -> list[str]:

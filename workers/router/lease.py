@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlmodel import Field
 
+from bus import stages
 from bus.errors import TechnicalError
 from workers.db import StateTable
 
@@ -71,6 +72,11 @@ ACQUIRE_LOCK_TIMEOUT_MS = 500
 #: budget, polled at the idle interval always.
 FAST_POLL_S = {"legacy": 0.02}
 ACTIVE_WINDOW_S = 10.0
+#: A capture whose run failed (an ERP away, a state database refusing) waits before its
+#: next try: the idle interval after the first failure, doubling per failure in a row up
+#: to this.  No jitter: one router captures each ERP (the lease), so no herd retries
+#: together.
+CAPTURE_BACKOFF_MAX_S = 10.0
 
 
 class CaptureLease(StateTable, table=True):
@@ -245,8 +251,10 @@ class LeasedCaptures:
     """The capture loops of one router process, each run only while its lease is held.
 
     ``start()`` runs the lease thread (renew what is held, look for what is
-    not); ``run_once()`` runs one batch of every loop this process holds the
-    lease of, each fenced by it; ``close()`` releases the leases.
+    not); ``run_forever()`` runs every capture in a thread of its own, each at its
+    own pace (``run_due``), until stopped; ``run_once()`` runs one batch of every
+    loop this process holds the lease of, each fenced by it; ``close()`` releases
+    the leases.
     """
 
     def __init__(self, engine: Engine, loops: Iterable[Any], *, holder: str | None = None,
@@ -257,6 +265,9 @@ class LeasedCaptures:
         #: Per system: when its capture is due again, and when it last read changes.
         self._due: dict[str, float] = {}
         self._active: dict[str, float] = {}
+        #: Per system: its runs that failed in a row, and the failure last logged.
+        self._failures: dict[str, int] = {}
+        self._failing: dict[str, str] = {}
         #: Per system: the lease token its loop last ran under.
         self._ran_under: dict[str, int | None] = {}
         self.loops = list(loops)
@@ -281,55 +292,104 @@ class LeasedCaptures:
 
     def run_once(self) -> int:
         """One batch of every capture this process holds; returns the changes read."""
-        return sum(self._run(loop) for loop in self.loops if self.leases[loop.system].held)
+        return sum(self._run(loop) or 0 for loop in self.loops
+                   if self.leases[loop.system].held)
 
-    def run_due(self, idle_poll_s: float) -> tuple[int, float]:
-        """One batch of every held capture that is due; returns the changes read and how
-        long to wait before the next one is due (0: at once).
+    def run_forever(self, stop: threading.Event, idle_poll_s: float,
+                    moved: Callable[[], None] | None = None) -> None:
+        """Run every capture in a thread of its own (``run_due``) until ``stop`` is set;
+        ``moved()`` after each run that read changes (the relay's wake-up).
+
+        One thread per ERP: a capture waiting on its feed (the cloud's HTTP API behind a
+        busy server, a batch of echoes being recorded) never holds back another ERP's
+        look at its own feed."""
+        threads = [threading.Thread(target=self._pace, args=(loop, stop, idle_poll_s, moved),
+                                    name=f"capture-{loop.system}", daemon=True)
+                   for loop in self.loops]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _pace(self, loop, stop: threading.Event, idle_poll_s: float,
+              moved: Callable[[], None] | None) -> None:
+        while not stop.is_set():
+            try:
+                read, wait_s = self.run_due(loop.system, idle_poll_s)
+                if read and moved is not None:
+                    moved()
+            except Exception:  # the thread must outlive any one failure
+                log.exception("capture of %s: unexpected failure", loop.system)
+                wait_s = idle_poll_s
+            if wait_s > 0:
+                stop.wait(wait_s)
+
+    def run_due(self, system: str, idle_poll_s: float) -> tuple[int, float]:
+        """One batch of ``system``'s capture if this process holds it and it is due;
+        returns the changes read and how long to wait before it is due again (0: at once).
 
         A capture that read changes is due again at once (a backlog drains without a
         pause); one that read none waits its fast interval (``FAST_POLL_S``) if it read
-        changes within ``ACTIVE_WINDOW_S``, else ``idle_poll_s``."""
-        moved = 0
-        for loop in self.loops:
-            system = loop.system
-            if not self.leases[system].held or self._due.get(system, 0.0) > time.monotonic():
-                continue
-            read = self._run(loop)
-            now = time.monotonic()
-            if read:
-                self._active[system] = now
-                self._due[system] = now
-            else:
-                fast = self.fast_poll_s.get(system)
-                recent = now - self._active.get(system, -ACTIVE_WINDOW_S) < ACTIVE_WINDOW_S
-                self._due[system] = now + (min(fast, idle_poll_s) if fast and recent
-                                           else idle_poll_s)
-            moved += read
-        held = [self._due.get(loop.system, 0.0) for loop in self.loops
-                if self.leases[loop.system].held]
-        if not held:  # a standby: look again at the idle interval
-            return moved, idle_poll_s
-        return moved, max(0.0, min(held) - time.monotonic())
+        changes within ``ACTIVE_WINDOW_S``, else ``idle_poll_s``; one that failed backs
+        off (``idle_poll_s`` doubling per failure in a row, up to
+        ``CAPTURE_BACKOFF_MAX_S``).  A standby looks again at ``idle_poll_s``."""
+        if not self.leases[system].held:
+            return 0, idle_poll_s
+        due = self._due.get(system, 0.0)
+        now = time.monotonic()
+        if due > now:
+            return 0, due - now
+        loop = next(loop for loop in self.loops if loop.system == system)
+        read = self._run(loop)
+        now = time.monotonic()
+        if read is None:
+            failures = self._failures[system] = self._failures.get(system, 0) + 1
+            self._due[system] = now + min(CAPTURE_BACKOFF_MAX_S,
+                                          idle_poll_s * 2 ** min(failures - 1, 30))
+            read = 0
+        elif read:
+            self._active[system] = now
+            self._due[system] = now
+        else:
+            fast = self.fast_poll_s.get(system)
+            recent = now - self._active.get(system, -ACTIVE_WINDOW_S) < ACTIVE_WINDOW_S
+            self._due[system] = now + (min(fast, idle_poll_s) if fast and recent
+                                       else idle_poll_s)
+        return read, max(0.0, self._due[system] - time.monotonic())
 
-    def _run(self, loop) -> int:
-        token = self.leases[loop.system].token
-        if self._ran_under.get(loop.system) != token:
+    def _run(self, loop) -> int | None:
+        """One batch of ``loop``: the changes read, or None if it failed."""
+        system = loop.system
+        token = self.leases[system].token
+        if self._ran_under.get(system) != token:
             # Taken (again): another router may have moved the checkpoint meanwhile.
             forget = getattr(loop, "forget_checkpoint", None)
             if forget is not None:
                 forget()
-            self._ran_under[loop.system] = token
+            self._ran_under[system] = token
+        traced = stages.enabled()
+        started = time.time() if traced else 0.0
         try:
-            return loop.run_once().read
+            read = loop.run_once().read
         except LeaseLost as exc:
-            log.warning("capture of %s stopped: %s", loop.system, exc)
-        except Exception as exc:  # a feed that fails is retried on the next turn
-            # An unreachable ERP is routine (one line, repeats collapsed by the log
-            # handler); anything else is a bug and keeps its traceback.
-            log.warning("capture from %s failed; retrying: %s", loop.system, exc,
-                        exc_info=not isinstance(exc, TechnicalError))
-        return 0
+            log.warning("capture of %s stopped: %s", system, exc)
+            return 0
+        except Exception as exc:  # a feed that fails is retried, backing off
+            # One line per state change (a new failure, then "works again"), not one per
+            # try.  An unreachable ERP is routine; anything else is a bug and keeps its
+            # traceback.
+            failure = f"{type(exc).__name__}: {exc}"
+            if self._failing.get(system) != failure:
+                self._failing[system] = failure
+                log.warning("capture from %s failed; retrying with backoff: %s", system,
+                            failure, exc_info=not isinstance(exc, TechnicalError))
+            return None
+        if traced:
+            stages.span("capture_run", started, time.time(), sys=system, n=read)
+        self._failures.pop(system, None)
+        if self._failing.pop(system, None) is not None:
+            log.info("capture from %s works again", system)
+        return read
 
     def close(self) -> None:
         """Stop the lease thread and release every lease held (a standby takes over)."""
