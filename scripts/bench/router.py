@@ -113,7 +113,8 @@ def bench_decisions(n: int) -> dict:
 
 def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int,
                  write_batch_size: int = 200, light: int = 0, light_gap_s: float = 0.2,
-                 py_spy: str | None = None, stage_trace: bool = False) -> dict:
+                 py_spy: str | None = None, stage_trace: bool = False,
+                 py_spy_mode: str = "gil") -> dict:
     from coexistence.router import CLOUD, LEGACY
     from workers.bootstrap import bootstrap, run_router
     from workers.cloud_sim import start_simulator
@@ -169,7 +170,8 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             stop = threading.Event()
             router = threading.Thread(target=run_router, args=(app, stop), daemon=True)
             spies = _py_spy(py_spy, {"worker": procs[0].pid if procs else os.getpid(),
-                                     "router": os.getpid()})
+                                     "router": os.getpid(), "cloud_sim": sim.process.pid},
+                            py_spy_mode)
             start = time.time()
             own_cpu_before = time.process_time()
             if worker is not None:
@@ -250,14 +252,18 @@ def _trace_gc(min_s: float = 0.002):
     return callback
 
 
-def _py_spy(folder: str | None, pids: dict[str, int]) -> list[subprocess.Popen]:
-    """``py-spy record --gil`` (raw collapsed stacks) of each process for the burst."""
+def _py_spy(folder: str | None, pids: dict[str, int],
+            mode: str = "gil") -> list[subprocess.Popen]:
+    """``py-spy record`` (raw collapsed stacks) of each process for the burst: ``mode``
+    ``gil`` (threads holding the GIL), ``cpu`` (threads on a CPU: py-spy's default) or
+    ``idle`` (every thread, waiting included)."""
     if not folder:
         return []
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
-    return [subprocess.Popen([str(spy), "record", "--gil", "--nonblocking", "--format", "raw",
+    flags = {"gil": ["--gil"], "cpu": [], "idle": ["--idle"]}[mode]
+    return [subprocess.Popen([str(spy), "record", *flags, "--nonblocking", "--format", "raw",
                               "--pid", str(pid), "-o", str(out / f"{name}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name, pid in pids.items()]
@@ -477,7 +483,10 @@ def main() -> int:
                         help="single changes typed one at a time for the light-load latency")
     parser.add_argument("--light-gap-s", type=float, default=0.2)
     parser.add_argument("--py-spy", metavar="DIR",
-                        help="py-spy record --gil of a worker and the router during the burst")
+                        help="py-spy record of a worker, the router and the cloud simulator "
+                             "during the burst")
+    parser.add_argument("--py-spy-mode", choices=("gil", "cpu", "idle"), default="gil",
+                        help="what py-spy samples: GIL holders, threads on a CPU, or all")
     parser.add_argument("--http-requests", type=int, default=50,
                         help="$batch requests per HTTP client in the client comparison (0: skip)")
     parser.add_argument("--stages", action="store_true",
@@ -497,7 +506,7 @@ def main() -> int:
         args.changes, args.timeout_s, args.worker_procs, args.threads, write_batch_size=1)
     ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads,
                         light=args.light, light_gap_s=args.light_gap_s, py_spy=args.py_spy,
-                        stage_trace=args.stages)
+                        stage_trace=args.stages, py_spy_mode=args.py_spy_mode)
     print(json.dumps({
         "name": "router_shadow_end_to_end",
         "records_per_s": round(ours["per_s"], 1),
