@@ -117,7 +117,9 @@ class _Routes:
         self.dirty: set[tuple[str, str]] = set()
         keys: dict[str, list[str]] = defaultdict(list)
         for change in changes:
-            keys[change.domain].append(change.key)
+            # coexist's own writes (echoes) are decided without the routing state.
+            if change.writer != COEXIST_WRITER:
+                keys[change.domain].append(change.key)
         for domain, ks in keys.items():
             found = get_routes(conn, domain, ks)
             for k in ks:
@@ -313,6 +315,8 @@ class CaptureLoop:
         """(SoR, domain, key) of the changes that the routing state as it is now makes
         stray writes: a look before the transaction, so their SoR records can be read
         first.  The transaction decides again and asks for any it needs beyond these."""
+        if all(change.writer == COEXIST_WRITER for change in changes):
+            return set()  # echoes only (a write routed by coexist): none is a stray
         with self.engine.connect() as conn:
             routes = _Routes(conn, changes)
         wanted: set[tuple[str, str, str]] = set()
