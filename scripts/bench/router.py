@@ -114,7 +114,7 @@ def bench_decisions(n: int) -> dict:
 def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int,
                  write_batch_size: int = 200, light: int = 0, light_gap_s: float = 0.2,
                  py_spy: str | None = None, stage_trace: bool = False,
-                 py_spy_mode: str = "gil") -> dict:
+                 py_spy_mode: str = "gil", light_settle: bool = False) -> dict:
     from coexistence.router import CLOUD, LEGACY
     from workers.bootstrap import bootstrap, run_router
     from workers.cloud_sim import start_simulator
@@ -197,6 +197,9 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             for spy in spies:
                 spy.wait(30)
+            settle_s = None
+            if light_settle and done == changes:
+                settle_s, after = _settle(app, admin, after, timeout_s)
             gc_cb = None
             if trace is not None:
                 stages.enable(str(trace))  # the router (capture, relay) runs in this process
@@ -206,7 +209,8 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
                 if light and done == changes else ([], None)
             if trace is not None:
                 stages.enable(None)
-                gc.callbacks.remove(gc_cb)
+                if gc_cb is not None:
+                    gc.callbacks.remove(gc_cb)
             stop.set()
             router.join(10)
             if worker is not None:
@@ -232,7 +236,24 @@ def bench_shadow(changes: int, timeout_s: float, worker_procs: int, threads: int
             "router_process_cpu_ms_per_customer": round(own_cpu * 1000 / max(1, done), 3),
             "cloud_sim_cpu_ms_per_customer": round(sim_cpu * 1000 / max(1, done), 3),
             "light_changes": len(light_lat), "light_p50_ms": light_p50,
-            "light_p99_ms": light_p99, "light_stages": breakdown}
+            "light_p99_ms": light_p99, "light_stages": breakdown, "settle_s": settle_s}
+
+
+def _settle(app, admin, after: int, timeout_s: float) -> tuple[float, int]:
+    """Wait until the router's cloud capture has read the cloud's feed up to its head (the
+    echoes of the burst's writes): the seconds that took, and the feed's head cursor."""
+    from coexistence.router import CLOUD
+    from workers import checkpoints
+    from workers.router.capture import checkpoint_name
+
+    start = time.time()
+    while page := admin.changes(after, 1000):
+        after = page[-1]["cursor"]
+    deadline = start + timeout_s
+    while (checkpoints.get(app.state, checkpoint_name(CLOUD)) or 0) < after \
+            and time.time() < deadline:
+        time.sleep(0.02)
+    return round(time.time() - start, 2), after
 
 
 def _trace_gc(min_s: float = 0.002):
@@ -240,13 +261,16 @@ def _trace_gc(min_s: float = 0.002):
     from bus import stages
 
     started = [0.0]
+    span = getattr(stages, "span", None)  # None: an older commit run as the baseline
+    if span is None:
+        return None
 
     def callback(phase: str, info: dict) -> None:
         now = time.time()
         if phase == "start":
             started[0] = now
         elif now - started[0] >= min_s:
-            stages.span("gc", started[0], now, n=info.get("generation"))
+            span("gc", started[0], now, n=info.get("generation"))
 
     gc.callbacks.append(callback)
     return callback
@@ -492,6 +516,9 @@ def main() -> int:
     parser.add_argument("--stages", action="store_true",
                         help="trace the light-load changes' stages (bus.stages) and print "
                              "their per-stage latencies (router_light_load_stages)")
+    parser.add_argument("--light-settle", action="store_true",
+                        help="type the light-load changes only once the router's cloud "
+                             "capture has read the burst's echoes (no backlog left)")
     parser.add_argument("--skip-one-by-one", action="store_true",
                         help="skip the baseline with COEXIST_WRITE_BATCH_SIZE=1")
     args = parser.parse_args()
@@ -506,7 +533,8 @@ def main() -> int:
         args.changes, args.timeout_s, args.worker_procs, args.threads, write_batch_size=1)
     ours = bench_shadow(args.changes, args.timeout_s, args.worker_procs, args.threads,
                         light=args.light, light_gap_s=args.light_gap_s, py_spy=args.py_spy,
-                        stage_trace=args.stages, py_spy_mode=args.py_spy_mode)
+                        stage_trace=args.stages, py_spy_mode=args.py_spy_mode,
+                        light_settle=args.light_settle)
     print(json.dumps({
         "name": "router_shadow_end_to_end",
         "records_per_s": round(ours["per_s"], 1),
@@ -517,6 +545,7 @@ def main() -> int:
         "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"],
         "light_load_p50_ms": ours["light_p50_ms"], "light_load_p99_ms": ours["light_p99_ms"],
         "light_changes": ours["light_changes"], "light_gap_s": args.light_gap_s,
+        "light_settle_s": ours["settle_s"],
         "worker_cpu_ms_per_customer": ours["worker_cpu_ms_per_customer"],
         "router_process_cpu_ms_per_customer": ours["router_process_cpu_ms_per_customer"],
         "cloud_sim_cpu_ms_per_customer": ours["cloud_sim_cpu_ms_per_customer"],
