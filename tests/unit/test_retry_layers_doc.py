@@ -12,7 +12,8 @@ from pathlib import Path
 from workers.config import Settings, env_names_of
 
 DOC = Path(__file__).parents[2] / "docs" / "architecture.md"
-MODULES = ("workers.cloud_erp", "workers.router.handlers", "workers.xref_sql", "bus.retry",
+MODULES = ("workers.cloud_erp", "workers.router.handlers", "workers.router.lease",
+           "workers.xref_sql", "bus.retry",
            "bus.budget", "bus.outbox", "bus.brokers.rabbitmq", "bus.brokers.sqlite",
            "bus.dlq_drain")
 _FIGURE = re.compile(r"`([A-Z][A-Z0-9_]+)` = ([0-9][0-9.,]*) ?(ms|s|min|h)?\b")
