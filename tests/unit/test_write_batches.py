@@ -96,10 +96,42 @@ def test_what_needs_a_decision_is_left_to_the_single_path_and_neighbours_still_a
     fine = upsert(customer("10005"), 1)
     envs = [bad, repair, first, again, theirs, fine]
     left = handlers.apply_writes(envs, h.cloud, h._send, h.write_context())
-    assert left == [0, 1, 3, 4]
+    assert left == [0, 1, 3]
     assert h.cloud.get("customer", "10003").credit_limit == Decimal("1000.00")
     assert h.cloud.get("customer", "10005") is not None
-    assert h.cloud.get("customer", "10004").credit_limit == Decimal("42.00")
+    # Someone else's state in the shadow (not captured yet): the decision table's stray
+    # path, decided with the batch (write over it) under the key apply_write uses.
+    assert h.cloud.get("customer", "10004").credit_limit == Decimal("1000.00")
+    assert h.cloud.get_current("customer", "10004").writer == COEXIST_WRITER
+
+
+def test_writes_over_the_shadows_former_sor_edits_go_with_the_batch(h):
+    """After a switch, the shadow's records were last written by people while it was the
+    SoR: the writes routed over them are decided (the decision table: WRITE) and written
+    in the batch, not one message at a time (a chaos run's rollback drained 4,702 such
+    writes into the legacy ERP at 7-22/s); delivered again, they are refused by version."""
+    h.legacy = Counting(LEGACY)
+    h.erps[LEGACY] = h.legacy
+    h.__post_init__()
+    h.set_mode("customer", "shadow")
+    keys = [str(10100 + n) for n in range(20)]
+    for key in keys:
+        h.legacy.person_upsert(customer(key, "1.00"), "JSMITH")  # SoR edits, routed
+    h.settle()
+    h.set_mode("customer", "cloud")
+    h.paused.add(queues.WRITE_ACTOR[LEGACY])
+    for key in keys:
+        h.cloud.person_upsert(customer(key, "2.00"), "c.user")  # the SoR now
+    h.settle()
+    envs = [e for a, e in h.pending if a == queues.WRITE_ACTOR[LEGACY]]
+    assert len(envs) == len(keys)
+    assert all(h.legacy.get_current("customer", k).writer == "JSMITH" for k in keys)
+    left = handlers.apply_writes(envs, h.legacy, h._send, h.write_context())
+    assert left == [] and h.legacy.writes == 1
+    assert all(h.legacy.get("customer", k).credit_limit == Decimal("2.00") for k in keys)
+    assert handlers.apply_writes(envs, h.legacy, h._send, h.write_context()) == []
+    assert h.legacy.writes == 1
+    assert h.business_errors == []
 
 
 def test_a_persons_edit_between_the_batchs_read_and_its_write_is_never_overwritten(h):
