@@ -53,6 +53,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
@@ -82,11 +83,12 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 #: orders, inquiries, the order desk's status changes of them, and kills of the API and the
 #: webhook delivery process)
 SCALES = {
-    "tiny": dict(customers=60, edits=200, worker_kills=2, router_kills=1, closes=1,
+    "tiny": dict(customers=60, edits=200, people_batch=4, worker_kills=2, router_kills=1, closes=1,
                  cloud_windows=1, crm=CrmPlan(onboard=2, duplicate=2, contact=2, forbidden=2,
                                               locks=1, limits=1), edi=5,
                  portal=dict(orders=6, inquiries=3, statuses=6, kill_api=1, kill_deliverer=1)),
-    "small": dict(customers=200, edits=600, worker_kills=3, router_kills=1, closes=1,
+    "small": dict(customers=200, edits=600, people_batch=10, worker_kills=3, router_kills=1,
+                  closes=1,
                   cloud_windows=1, crm=CrmPlan(onboard=4, duplicate=4, contact=4, forbidden=4,
                                                locks=2, limits=1), edi=10,
                   portal=dict(orders=12, inquiries=6, statuses=12, kill_api=1, kill_deliverer=1)),
@@ -130,6 +132,10 @@ REVIEWED = {
     "WebhookEndpointDisabled": "webhooks waiting for the endpoint the customer took down when "
                                "coexist disabled it",
 }
+#: People's edits saved together in one ERP transaction (``People.edit_batch``; a scale's
+#: ``people_batch`` or ``--people-batch`` overrides): one by one, the people of a full run
+#: edited at ~21/s on the loaded shared machine, a round trip per statement.
+PEOPLE_BATCH = 25
 #: Seconds after a fault counted as "during the fault" in the throughput figures.
 FAULT_WINDOW_S = 10
 #: The cloud simulator's clients that are people (everything else is coexist writing).
@@ -263,7 +269,31 @@ def _die_with_parent() -> None:
 
 
 def _terminate(signum, frame) -> None:
+    # Once: the clean-up and the partial report that follow must not be cut short by a
+    # second signal (a test's timeout, then its own clean-up).
+    signal.signal(signum, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_all(procs: list[Proc], timeout_s: float = 20.0) -> None:
+    """SIGTERM every process at once, wait for them together up to ``timeout_s``, then
+    kill -9 what is left: stopping them one by one (up to 30 s each) could outlast a
+    test's patience after its SIGTERM, and the run then printed no report at all."""
+    for proc in procs:
+        if proc.alive():
+            with contextlib.suppress(OSError):
+                proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        if proc.popen is None:
+            continue
+        try:
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(10)
 
 
 def cli(estate: Estate, *args: str, check: bool = True, timeout_s: float = 600
@@ -371,43 +401,142 @@ class People:
         self.delete_share = delete_share
 
     def edit_one(self, keys: list[str] | None = None) -> Edit:
-        """One person's edit of one of ``keys`` (threads get disjoint keys, so the edits of
-        one record happen one after the other and the highest value is the last edit).
-        Now and then the change is a delete in the SoR: the key then leaves ``keys`` (the
-        thread's own list), so nobody edits a deleted customer again."""
+        """One person's edit of one of ``keys`` (a batch of one: :meth:`edit_batch`)."""
+        return self.edit_batch(keys if keys is not None else self.keys, 1)[0]
+
+    def edit_batch(self, keys: list[str], limit: int, upto: int | None = None) -> list[Edit]:
+        """Up to ``limit`` people's edits of distinct records of ``keys`` (the thread's own
+        list: threads get disjoint keys, so the edits of one record happen one after the
+        other and the highest value is the last edit), made in one transaction per ERP
+        (a clerk's screen of several customers saved at once): the records read in one
+        round trip, written in a few, committed once. Sequence numbers stop at ``upto``.
+        Now and then a change is a delete in the SoR: the key then leaves ``keys``, so
+        nobody edits a deleted customer again. Each ``Edit`` is logged when its ERP has
+        committed it (``at``: the commit), so the ground truth holds exactly what the ERPs
+        were told."""
+        picks: list[tuple[int, str, str, str]] = []  # (seq, key, system, kind)
         with self.lock:
-            self.seq += 1
-            seq, sor = self.seq, self.sor
-            pool = keys if keys is not None else self.keys
-            key = self.rng.choice(pool)
-            roll = self.rng.random()
-            stray = roll < STRAY_SHARE
-            delete = not stray and roll < STRAY_SHARE + self.delete_share and len(pool) > 1
-            if delete:
-                pool.remove(key)
-                self.deleted.add(key)
-        if delete:
-            if sor == "legacy":
-                self.legacy.person_delete("customer", key, "CLERK")
+            sor = self.sor
+            n = min(limit, len(keys), (upto - self.seq) if upto is not None else limit)
+            for key in self.rng.sample(keys, max(n, 0)):
+                self.seq += 1
+                roll = self.rng.random()
+                stray = roll < STRAY_SHARE
+                delete = (not stray and roll < STRAY_SHARE + self.delete_share
+                          and len(keys) > 1)
+                if delete:
+                    keys.remove(key)
+                    self.deleted.add(key)
+                other = "cloud" if sor == "legacy" else "legacy"
+                picks.append((self.seq, key, other if stray else sor,
+                              "delete" if delete else "edit"))
+        made: list[Edit] = []
+        for system in ("legacy", "cloud"):
+            mine = [p for p in picks if p[2] == system]
+            if not mine:
+                continue
+            who = "CLERK" if system == sor else "STRAY"
+            if system == "legacy":
+                self._legacy_batch(mine, who)
             else:
-                self.cloud.person_delete("customer", key, "clerk")
-            edit = Edit(seq, key, sor, sor, time.time(), "delete")
-            with self.lock:
-                self.edits.append(edit)
-            return edit
-        system = ("cloud" if sor == "legacy" else "legacy") if stray else sor
-        who = "STRAY" if stray else "CLERK"
-        # A person starts from what the ERP in front of them shows.
-        current = self.legacy.get("customer", key) if system == "legacy" else self.cloud_get(key)
-        record = current.model_copy(update={"credit_limit": Decimal(seq)})
-        if system == "legacy":
-            self.legacy.person_upsert(record, who)
-        else:
-            self.cloud.person_upsert(record, who.lower())
-        edit = Edit(seq, key, system, sor, time.time())
+                self._cloud_batch(mine, who.lower())
+            at = time.time()
+            made += [Edit(seq, key, system, sor, at, kind) for seq, key, _, kind in mine]
+        made.sort(key=lambda e: e.seq)
         with self.lock:
-            self.edits.append(edit)
-        return edit
+            self.edits.extend(made)
+        return made
+
+    def _legacy_batch(self, picks: list[tuple[int, str, str, str]], who: str) -> None:
+        """The legacy ERP's screen: each record as it shows now (one read), its credit limit
+        typed over (header updated, its sites written again, as ``LegacyErp.person_upsert``
+        does) or the record deleted (stamped first, as ``person_delete`` does), all in one
+        transaction; each statement run for the whole batch at once (executemany)."""
+        from sqlalchemy import and_, bindparam
+
+        from workers.legacy_erp.adapter import _padded
+
+        d = self.legacy.tables("customer")
+        edits = [(seq, key) for seq, key, _, kind in picks if kind == "edit"]
+        deletes = [key for _, key, _, kind in picks if kind == "delete"]
+        current = self.legacy.get_many("customer", [k for _, k in edits])
+        now = datetime.now(UTC)
+        rows, sites = [], []
+        for seq, key in edits:
+            record = current[key].model_copy(update={"credit_limit": Decimal(seq)})
+            header, children = d.t.from_canonical(record, changed_by=who, changed_at=now)
+            rows.append(header)
+            sites += children
+        by_key = and_(*(d.header.c[k] == bindparam(f"k_{k}") for k in d.keys))
+        cols = [c for c in d.updatable if rows and c in rows[0]]
+        idents = [d.t.key_columns(d.t.legacy_key(k)) for k in deletes]
+        with self.engine.begin() as conn:
+            if rows:
+                # Header first: the line triggers read its LCHGUSER for the change log.
+                conn.execute(d.header.update().where(by_key).values(
+                    {c: bindparam(f"v_{c}") for c in cols}),
+                    [{**{f"k_{k}": _padded(d.header.c[k], h[k]) for k in d.keys},
+                      **{f"v_{c}": h[c] for c in cols}} for h in rows])
+            if deletes:
+                conn.execute(d.header.update().where(by_key).values(
+                    LCHGUSER=bindparam("v_user")),
+                    [{**{f"k_{k}": _padded(d.header.c[k], v[k]) for k in d.keys},
+                      "v_user": _padded(d.header.c.LCHGUSER, who)} for v in idents])
+            if d.child is not None and (rows or deletes):
+                child_key = and_(*(d.child.c[k] == bindparam(f"k_{k}") for k in d.keys))
+                conn.execute(d.child.delete().where(child_key),
+                             [{f"k_{k}": _padded(d.child.c[k], v[k]) for k in d.keys}
+                              for v in [*rows, *idents]])
+                if sites:
+                    conn.execute(d.child.insert(), sites)
+            if deletes:
+                conn.execute(d.header.delete().where(by_key),
+                             [{f"k_{k}": _padded(d.header.c[k], v[k]) for k in d.keys}
+                              for v in idents])
+
+    def _cloud_batch(self, picks: list[tuple[int, str, str, str]], who: str) -> None:
+        """The cloud ERP's screen, through the simulator's ``$batch`` as person ``who``
+        (exempt from faults): the records read in one request, then each written back
+        with its credit limit typed over (or deleted) in one more, as
+        ``SimulatorAdmin.person_upsert`` / ``person_delete`` do one by one."""
+        from coexistence.translate.cloud import (
+            RESOURCES,
+            canonical_from_json,
+            from_canonical,
+            to_json_dict,
+        )
+
+        base = RESOURCES["customer"]
+        edits = [(seq, key) for seq, key, _, kind in picks if kind == "edit"]
+        ops = []
+        if edits:
+            reads = self._cloud_ops(who, [{"id": key, "method": "GET",
+                                           "url": f"/{base}(number='{key}')"}
+                                          for _, key in edits])
+            for seq, key in edits:
+                answer = reads[key]
+                if answer["status"] != 200:
+                    raise RuntimeError(f"cloud read of customer {key}: {answer}")
+                record = canonical_from_json("customer", answer["body"]).model_copy(
+                    update={"credit_limit": Decimal(seq)})
+                doc = to_json_dict(from_canonical(record), body=True)
+                doc.pop("coexistSourceVersion", None)  # a person leaves coexist's stamp
+                ops.append({"id": key, "method": "PATCH",
+                            "url": f"/{base}({answer['body']['id']})", "body": doc})
+        ops += [{"id": key, "method": "DELETE", "url": f"/{base}(number='{key}')"}
+                for _, key, _, kind in picks if kind == "delete"]
+        for key, answer in self._cloud_ops(who, ops).items():
+            if answer["status"] not in (200, 204, 404):
+                raise RuntimeError(f"cloud write of customer {key}: {answer}")
+
+    def _cloud_ops(self, who: str, ops: list[dict]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for i in range(0, len(ops), 200):  # the simulator's $batch limit
+            r = self.cloud.http.post(f"/admin/as/{who}/$batch",
+                                     json={"requests": ops[i:i + 200]})
+            r.raise_for_status()
+            out.update({a["id"]: a for a in r.json()["responses"]})
+        return out
 
     def cloud_get(self, key: str):
         """The cloud's record through the simulator's admin path (exempt from faults)."""
@@ -456,10 +585,14 @@ class Run:
         #: (wall start, wall end, SoR) of each phase of people's load.
         self.phase_spans: list[tuple[float, float, str]] = []
         self.phase_rates: dict[str, float] = {}
+        #: Seconds coexist took to settle after each phase, before its switch.
+        self.drains: dict[str, float] = {}
         self.switches: list[dict] = []
         self.cloud_fault_windows: list[tuple[float, float]] = []
         self.replayed: Counter = Counter()
         self._status_app = None
+        #: Where the run is (the partial report of a stopped run names it).
+        self.stage = "provision"
 
     # -- setup
     def setup(self) -> list[str]:
@@ -564,7 +697,8 @@ class Run:
                 log(f"{domain} -> {step['to']} after {attempt} attempt(s)")
                 return step
             self.notes.append(f"{' '.join(cmd)} attempt {attempt} refused: "
-                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
+                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}"
+                              f"{_drifted(checked.stdout, domain)}")
             time.sleep(2)
         raise RuntimeError(f"{domain} could not be moved to {mode}: {self.notes[-1]}")
 
@@ -684,6 +818,7 @@ class Run:
         """People edit from ``threads`` threads; they pause while an operator switches the
         SoR (a cutover window), and faults are injected as the edits pass the plan's points."""
         total = self.scale["edits"]
+        batch = self.args.people_batch or self.scale.get("people_batch", PEOPLE_BATCH)
         plan = self.fault_plan(total)
         targets = [("before the switch", int(total * SWITCH_AT), "cloud"),
                    ("cloud as SoR", int(total * ROLLBACK_AT), "legacy"),
@@ -692,14 +827,25 @@ class Run:
         # Each thread's own keys, kept across phases (a deleted key leaves its list).
         shares = [people.keys[n::threads] for n in range(threads)]
         for phase, upto, next_sor in targets:
+            self.stage = f"load: {phase}"
             started = time.monotonic()
             wall_started, sor = time.time(), people.sor
             before = people.seq
 
             def work(keys: list[str], upto: int = upto) -> None:
+                # --edits-per-s: people's pace (each thread its share), 0 = as fast as the
+                # ERPs take their edits.
+                pace = self.args.edits_per_s / threads if self.args.edits_per_s else 0.0
+                began, made = time.monotonic(), 0
                 try:
                     while people.seq < upto and not errors:
-                        people.edit_one(keys)
+                        if not keys:
+                            raise RuntimeError("a clerk has no customer left to edit")
+                        made += len(people.edit_batch(keys, batch, upto))
+                        if pace:
+                            ahead = began + made / pace - time.monotonic()
+                            if ahead > 0:
+                                time.sleep(ahead)
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
 
@@ -718,6 +864,13 @@ class Run:
             self._rate(phase, started, people.seq - before)
             self.phase_spans.append((wall_started, time.time(), sor))
             second = self.args.second_domain
+            if next_sor:
+                # The operator lets coexist drain what people did before switching (people
+                # are paused): the guarded switch waits only DRAIN_TIMEOUT_S for in-flight
+                # work, and a backlog longer than its retries would fail the run.
+                self.stage = f"settle before the switch after {phase}"
+                self.drains[phase] = self.settle()
+                self.stage = f"switch after {phase}"
             if next_sor == "cloud":
                 self._move("cloud", "chaos: customer moves to the cloud")
                 if second:  # one more domain forward, while people pause as for the first
@@ -992,6 +1145,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="One more domain moved shadow -> cloud -> rolled back with the "
                         "customer domain, through the same guarded CLI ('' for none; "
                         "default product, none at --scale tiny: it costs the suite ~60 s).")
+    p.add_argument("--people-batch", type=int, default=0,
+                   help="People's edits saved per ERP transaction (default: the scale's, "
+                        f"{PEOPLE_BATCH} from medium up).")
+    p.add_argument("--edits-per-s", type=float, default=0.0,
+                   help="People's pace over all their threads (default 0: as fast as the "
+                        "ERPs take the edits).")
     p.add_argument("--channels", default=",".join(CHANNELS),
                    help=f"Comma-separated channels to drive besides the ERPs ({', '.join(CHANNELS)}"
                         "; '' for the ERPs only).")
@@ -1024,6 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         provision(estate)
+        run.stage = "setup"
         keys = run.setup()
         seed = people_seed(estate)
         # The partner's and the portal's customers: ones the CRM's people do not take (they
@@ -1044,6 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
         run.skus = sorted(p.key for p in people_seed(estate, "product")
                           if str(p.status) == "active")
         sup = run.start_processes()
+        run.stage = "backfill and shadow"
         run.backfill_and_shadow()
         clerk_keys = keys
         if estate.crm is not None:
@@ -1059,6 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
             estate.edi.connect(people.legacy)
         load_started = time.time()
         run.load(people)
+        run.stage = "settle after the load"
         log("load done; waiting for coexist to settle")
         settle_s = run.settle()
         if estate.crm is not None:
@@ -1071,6 +1233,7 @@ def main(argv: list[str] | None = None) -> int:
             report["portal_wait_s"] = wait_portal(estate.portal, run.deadline)
         report["throughput"] = run.throughput(people, load_started, time.time())
         sup.halt.set()
+        run.stage = "verify"
         result = run.verify(people, initial)
         repair = cli(estate, "reconcile", "customer", "--repair", "--yes", check=False)
         final = cli(estate, "reconcile", "customer", "--format", "json", check=False)
@@ -1093,6 +1256,7 @@ def main(argv: list[str] | None = None) -> int:
             "faults": dict(run.faults), "restarts": dict(sup.restarts),
             "switches": run.switches, "settle_s": settle_s,
             "edits_per_s_by_phase": run.phase_rates, "replayed": dict(run.replayed),
+            "settle_before_switch_s": run.drains,
             "reconcile_repair_exit": repair.returncode, "final_drift_pct": drift,
             "duplicates": duplicates, "second_domain": second,
             **result, "notes": run.notes,
@@ -1108,14 +1272,22 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the report says why
         report["error"] = f"{type(exc).__name__}: {exc}"
         log(report["error"])
+        # What the run got to (a run stopped or failed midway says how far it came).
+        report.setdefault("partial", {
+            "stage": run.stage, "changes_so_far": (len(people.edits) if people else 0)
+            + sum(run.changes.values()),
+            "faults": dict(run.faults), "switches": run.switches,
+            "edits_per_s_by_phase": run.phase_rates,
+            "settle_before_switch_s": run.drains,
+            "restarts": dict(sup.restarts) if sup is not None else {},
+            "notes": run.notes})
     finally:
         if sup is not None:
             sup.halt.set()
-        for proc in [*run.routers, *run.workers, *run.portal_procs,
-                     *([run.sim] if run.sim else []),
-                     *([run.crm_sim] if run.crm_sim else [])]:
-            with contextlib.suppress(Exception):
-                proc.stop()
+        with contextlib.suppress(Exception):
+            stop_all([*run.routers, *run.workers, *run.portal_procs,
+                      *([run.sim] if run.sim else []),
+                      *([run.crm_sim] if run.crm_sim else [])])
         if people is not None:
             people.close()
         if estate.crm is not None:
@@ -1146,6 +1318,24 @@ def people_seed(estate: Estate, domain: str = "customer") -> list:
         return list(LegacyErp(engine).stream(domain))
     finally:
         engine.dispose()
+
+
+def _drifted(stdout: str, domain: str) -> str:
+    """What the reconcile before a refused switch found (counts and the first findings:
+    which records drifted), for the run's notes; '' when it found nothing."""
+    try:
+        out = json.loads(stdout)
+    except (json.JSONDecodeError, TypeError):
+        return ""
+    runs = [r for r in out.get("runs") or [] if r.get("domain") == domain]
+    counts = {k: v for r in runs for k, v in r.items()
+              if k in ("drift_pct", "mismatched", "exclusive_legacy", "exclusive_cloud",
+                       "duplicates", "orphans", "key_mismatches", "untranslatable")
+              and v}
+    findings = out.get("findings") or []
+    if not counts and not findings:
+        return ""
+    return f"; reconcile before it: {json.dumps(counts)}, findings {json.dumps(findings[:5])}"
 
 
 def _kinds(edits: list[Edit]) -> dict[str, int]:
