@@ -429,7 +429,11 @@ class LegacyErp:
         for writer, indexes in by_writer.items():
             self._register(writer)
             with self.engine.begin() as conn, coexist_transaction(conn, writer):
-                for i in indexes:
+                # Rows locked in key order: two writers' batches sharing records (two
+                # changes of one record in two workers' batches) then wait for each other
+                # instead of deadlocking, which rolled a whole batch back to be written
+                # one message at a time (a chaos run's cloud phase).
+                for i in sorted(indexes, key=lambda i: (ops[i].domain, ops[i].key)):
                     op = ops[i]
                     try:
                         results[i] = self._write_op(conn, op, now)

@@ -33,7 +33,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bus import stages
@@ -333,6 +333,9 @@ def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
     # The crash tests land a kill -9 between these two lines (mid-write, nothing acked).
     log.debug("%s write batch %s: %d messages", target.system, batch_id, len(envs))
     single: list[int] = []
+    # The batch's TargetChanged decisions read "the SoR now" once (the audited flag,
+    # refreshed at the first), not once per record: a round trip each under load.
+    decide_ctx = replace(ctx, flags=_RefreshedOnce(ctx.flags)) if ctx is not None else None
     chosen: dict[tuple[str, str], int] = {}
     for i, env in enumerate(envs):
         if env.kind not in (queues.KIND_UPSERT, queues.KIND_DELETE) or \
@@ -372,7 +375,8 @@ def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
                 # shadow's state, or refuse as stale) are decided here and written with
                 # the batch; a write into the SoR (re-sent to the shadows afterwards) and
                 # a switch conflict (a business error) stay on the per-message path.
-                outcome = _decide_in_batch(env, target, incoming, current, version, ctx)
+                outcome = _decide_in_batch(env, target, incoming, current, version,
+                                           decide_ctx)
                 if outcome == STALE:
                     metrics.wrote(target.system, env.kind,
                                   Stale(env.domain, env.key, version, current.version))
@@ -403,6 +407,23 @@ def apply_writes(envs: Sequence[Envelope], target: Erp, send: Send,
     log.debug("%s write batch %s: done (%d applied, %d left to the single path)",
               target.system, batch_id, len(applied), len(single))
     return sorted(single)
+
+
+class _RefreshedOnce:
+    """A batch's flags: ``refresh`` reads the audited flag at its first call only."""
+
+    def __init__(self, flags: Any) -> None:
+        self._flags, self._fresh = flags, False
+
+    def refresh(self) -> None:
+        if not self._fresh:
+            self._fresh = True
+            refresh = getattr(self._flags, "refresh", None)
+            if refresh is not None:
+                refresh()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._flags, name)
 
 
 def _decide_in_batch(env: Envelope, target: Erp, record: CanonicalRecord | None,
