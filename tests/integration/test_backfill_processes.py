@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from coexistence.sample import iter_customers
-from tests.integration.test_reconcile import write_legacy
+from tests.integration.test_reconcile import write_cloud, write_legacy
 from tests.support import cloud_sim
 from tests.support.processes import Process, coexist_env, wait_until
 from tests.support.state import upgraded_state
@@ -57,14 +57,23 @@ def _cloud_writes(sim) -> Counter:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("cloud_holds", [False, True], ids=["empty-cloud", "cloud-holds-one"])
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_a_backfill_killed_mid_run_resumes_and_writes_every_record_exactly_once(
-        tmp_path, sim, signum):
+        tmp_path, sim, signum, cloud_holds):
+    """An empty cloud takes the one-pass backfill (no reconciliation first, also when
+    resumed: the cloud holds nothing beyond the checkpoint); a cloud that holds a record
+    of its own (beyond every legacy key: a delete, through the outbox) is compared
+    first, and resumed the same way."""
     legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
     state_url = upgraded_state(f"sqlite:///{tmp_path / 'state.db'}")
     engine = create_legacy_engine(legacy_url)
     create_legacy_schema(engine)
-    write_legacy(engine, list(iter_customers(N_CUSTOMERS, seed=23)))
+    records = list(iter_customers(N_CUSTOMERS + 1, seed=23))
+    write_legacy(engine, records[:N_CUSTOMERS])
+    own = records[N_CUSTOMERS]
+    if cloud_holds:
+        write_cloud(CloudErp(sim.url), [own])
     env = coexist_env(tmp_path, legacy_url=legacy_url, cloud_url=sim.url, state_url=state_url)
     args = ["reconcile", "customer", "--repair", "--yes", "--format", "json"]
     sim.faults(latency_ms=LATENCY_MS)
@@ -96,16 +105,19 @@ def test_a_backfill_killed_mid_run_resumes_and_writes_every_record_exactly_once(
     body = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     backfill = body["runs"][0]["backfill"]
     assert backfill["resumed_after"] == killed_at[0], out[:2000]
+    # Compared first: warm (the first run built the indexes before it was stopped).
+    assert body["runs"][0]["mode"] == ("index" if cloud_holds else "one-sided")
+    assert backfill["enqueued"] == (1 if cloud_holds else 0)  # the delete of ``own``
     assert "backfill customer:" in out  # the plain progress lines (stderr is no terminal)
 
     # The cloud holds every legacy record, as the legacy ERP holds it...
     legacy = {r.key: r for r in LegacyErp(engine).stream("customer")}
     with CloudErp(sim.url) as erp:
-        cloud = {r.key: r for r in erp.stream("customer")}
+        cloud = {r.key: r for r in erp.stream("customer") if r.key != own.key}
     assert cloud == legacy
     # ...each written once across both runs (no rewrite of what the first run did).
     writes = _cloud_writes(sim)
-    assert set(writes) == set(legacy)
+    assert set(writes) == set(legacy) | ({own.key} if cloud_holds else set())
     assert max(writes.values()) == 1, writes.most_common(3)
     assert backfill["written"]["cloud"] + killed_at[1] <= N_CUSTOMERS
     state = create_engine(state_url)
@@ -118,3 +130,47 @@ def test_a_backfill_killed_mid_run_resumes_and_writes_every_record_exactly_once(
     engine.dispose()
     assert linked == N_CUSTOMERS  # also those written by the killed run before its commit
     assert left == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_backfill_past_its_timeout_exits_2_with_its_writes_committed_and_a_rerun_ends_it(
+        tmp_path, sim):
+    """``--timeout`` covers the backfill as well as the comparison: the command stops at
+    a batch boundary, keeps what it wrote (checkpoint), says so in one line, exits 2 and
+    stores the run as timed out; a rerun writes the rest, each record once."""
+    legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    state_url = upgraded_state(f"sqlite:///{tmp_path / 'state.db'}")
+    engine = create_legacy_engine(legacy_url)
+    create_legacy_schema(engine)
+    write_legacy(engine, list(iter_customers(N_CUSTOMERS, seed=24)))
+    env = coexist_env(tmp_path, legacy_url=legacy_url, cloud_url=sim.url, state_url=state_url)
+    args = ["reconcile", "customer", "--repair", "--yes", "--format", "json"]
+    # 10 batches of two requests each: at least 6 s, twice the timeout.
+    sim.faults(latency_ms=300)
+    try:
+        first = Process([*args, "--timeout", "3"], env, tmp_path / "first.log")
+        assert first.popen.wait(60) == 2, first.output()[-2000:]
+        out = first.output()
+        first.stop()
+    finally:
+        sim.faults(latency_ms=0)
+    assert "timed out after 3 s" in out and "run again to resume" in out, out[-2000:]
+    assert "Traceback" not in out
+    # Every record it wrote is committed with the checkpoint (none, on a machine so
+    # loaded that the deadline passed before the first batch).
+    mark = _checkpoint(state_url)
+    in_cloud = sum(_cloud_writes(sim).values())
+    assert in_cloud < N_CUSTOMERS and in_cloud == (mark[1] if mark is not None else 0)
+    state = create_engine(state_url)
+    with state.connect() as conn:
+        status = conn.execute(text("SELECT status FROM reconcile_run "
+                                   "ORDER BY started_at DESC LIMIT 1")).scalar()
+    state.dispose()
+    assert status == "timeout"
+    second = Process(args, env, tmp_path / "second.log")
+    assert second.popen.wait(90) == 1, second.output()[-3000:]
+    second.stop()
+    writes = _cloud_writes(sim)
+    assert len(writes) == N_CUSTOMERS and max(writes.values()) == 1
+    assert _checkpoint(state_url) is None
+    engine.dispose()

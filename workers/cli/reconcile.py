@@ -188,6 +188,13 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
             kept.append(f)
 
     run_id = ctx.runs.start(domain, max_drift)
+    if repair and yes and mode != "checksum":
+        filled = _fill_empty(ctx, domain, run_id, max_drift, on_finding, progress,
+                             backfill_lines, fmt != "table", deadline, timeout)
+        if filled is not None:
+            report, status, backfilled = filled
+            ctx.runs.add_findings(run_id, kept)
+            return report, status, kept, backfilled
     try:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -231,46 +238,110 @@ def _one(ctx: _Context, domain, max_drift, limit, mode, progress, deadline, out,
     elif repair and (report.counts.exclusive_legacy or report.counts.exclusive_cloud
                      or report.counts.mismatched):
         # Only something a write can fix is worth streaming both ERPs again for.
-        backfilled = _backfill(ctx, domain, run_id, unrepairable, report, progress,
-                               backfill_lines, err=fmt != "table")
+        total = max(report.counts.rows_legacy, report.counts.rows_cloud)
+        _, backfilled = _backfill(ctx, domain, run_id, unrepairable, total, progress,
+                                  backfill_lines, fmt != "table", deadline, timeout)
     return report, status, kept, backfilled
 
 
-def _backfill(ctx: _Context, domain: str, run_id: str, unrepairable: set[str],
-              report: Report, progress: bool, lines: bool, err: bool,
-              deadline: float | None = None, timeout: float | None = None) -> dict:
+def _fill_empty(ctx: _Context, domain: str, run_id: str, max_drift: float, on_finding,
+                progress: bool, lines: bool, err: bool, deadline: float | None,
+                timeout: float | None) -> tuple[Report, str, dict] | None:
+    """``--repair --yes`` when one ERP holds nothing of ``domain`` (beyond the backfill
+    checkpoint): no reconciliation first; the backfill reconciles what it streams
+    (``workers.reconcile.backfill_empty``) and the run stores that.  ``None``: both
+    ERPs hold records (compare first)."""
+    from workers.reconcile.backfill_empty import empty_side, source_rows
+
+    try:
+        with _backfill_errors(domain, timeout):
+            empty = empty_side(ctx.legacy, ctx.cloud, ctx.state, domain)
+        if empty is None:
+            return None
+        run, backfilled = _backfill(ctx, domain, run_id, (), source_rows(ctx.legacy, domain,
+                                                                          empty),
+                                    progress, lines, err, deadline, timeout, empty=empty,
+                                    on_finding=on_finding)
+    except KeyboardInterrupt:
+        ctx.runs.fail(run_id, "interrupted", "interrupted (Ctrl-C)")
+        raise
+    except UserError as exc:
+        ctx.runs.fail(run_id, getattr(exc, "run_status", "failed"), str(exc))
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        ctx.runs.fail(run_id, "failed", reason)
+        raise UserError(f"backfill {domain}: failed: {reason}") from None
+    report = run.reconciled
+    status = "drift" if report.counts.drift_pct > max_drift else "ok"
+    ctx.runs.finish(run_id, report, status)
+    return report, status, backfilled
+
+
+class _backfill_errors:
+    """A backfill's failures as one line each (``UserError``); what it wrote stays
+    committed, so each says that a rerun resumes."""
+
+    def __init__(self, domain: str, timeout: float | None) -> None:
+        self.domain, self.timeout = domain, timeout
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from workers.reconcile.backfill import BackfillTimeout
+        from workers.reconcile.cloud import CloudUnavailable
+
+        domain = self.domain
+        if exc is None:
+            return False
+        if isinstance(exc, BackfillTimeout):
+            error = UserError(f"backfill {domain}: timed out after {self.timeout:g} s "
+                              "(what it wrote is committed; run again to resume)")
+            error.run_status = "timeout"  # type: ignore[attr-defined]
+        elif isinstance(exc, CoexistError | UnsortedStream):
+            error = UserError(f"backfill {domain}: {exc} (run again to resume)")
+        elif isinstance(exc, CloudUnavailable | BusError | httpx.HTTPError):
+            error = UserError(f"backfill {domain}: cloud ERP: {exc} (run again to resume)")
+        elif isinstance(exc, SQLAlchemyError):
+            error = UserError(f"backfill {domain}: database: {getattr(exc, 'orig', exc)} "
+                              "(run again to resume)")
+        else:
+            return False
+        raise error from None
+
+
+def _backfill(ctx: _Context, domain: str, run_id: str, unrepairable, total: int | None,
+              progress: bool, lines: bool, err: bool, deadline: float | None = None,
+              timeout: float | None = None, *, empty: str | None = None,
+              on_finding=None) -> tuple:
     """``--repair --yes``: the streaming, resumable backfill of what differs
     (``workers.reconcile.backfill``); a second Ctrl-C or a kill -9 loses nothing.
     ``--timeout`` covers it too: at the deadline it stops taking records, commits
-    what it wrote and exits 2 (a rerun resumes)."""
+    what it wrote and exits 2 (a rerun resumes).  ``empty``: that ERP holds nothing
+    and the run reconciles as it goes (``backfill_empty.IntoEmpty``, findings to
+    ``on_finding``).  Returns the run and its report's dict."""
     from coexistence.flags import FlagSource
     from workers.flags import FlagAuditLog
-    from workers.reconcile.backfill import Backfill, BackfillTimeout, ProgressLines
-    from workers.reconcile.cloud import CloudUnavailable
+    from workers.reconcile.backfill import Backfill, ProgressLines
+    from workers.reconcile.backfill_empty import IntoEmpty
 
     flags = FlagSource(FlagAuditLog(ctx.state).latest())
-    total = max(report.counts.rows_legacy, report.counts.rows_cloud)
     with _backfill_bar(progress, domain) as bar:
         tick = bar if bar is not None else (ProgressLines(domain) if lines else None)
-        try:
-            done = Backfill(domain, ctx.legacy, ctx.cloud, ctx.state, flags, run_id=run_id,
-                            skip_keys=unrepairable, progress=tick, total=total,
-                            deadline=deadline).run()
-        except BackfillTimeout:
-            raise UserError(f"backfill {domain}: timed out after {timeout:g} s "
-                            "(what it wrote is committed; run again to resume)") from None
-        except (CoexistError, UnsortedStream) as exc:
-            raise UserError(f"backfill {domain}: {exc} (run again to resume)") from None
-        except (CloudUnavailable, BusError, httpx.HTTPError) as exc:
-            raise UserError(f"backfill {domain}: cloud ERP: {exc} "
-                            "(run again to resume)") from None
-        except SQLAlchemyError as exc:
-            raise UserError(f"backfill {domain}: database: {getattr(exc, 'orig', exc)} "
-                            "(run again to resume)") from None
+        kwargs = {"run_id": run_id, "skip_keys": unrepairable, "progress": tick,
+                  "total": total, "deadline": deadline}
+        if empty is None:
+            run = Backfill(domain, ctx.legacy, ctx.cloud, ctx.state, flags, **kwargs)
+        else:
+            run = IntoEmpty(domain, ctx.legacy, ctx.cloud, ctx.state, flags, empty=empty,
+                            on_finding=on_finding, **kwargs)
+        with _backfill_errors(domain, timeout):
+            done = run.run()
     click.echo(done.describe(), err=err)
     for line in done.errors:
         click.echo(f"  {line}", err=True)
-    return done.to_dict()
+    return run, done.to_dict()
 
 
 def _rate_column_class():

@@ -208,10 +208,7 @@ class Backfill:
         # The stream's snapshot starts after this instant: a route updated later was
         # routed after the record was read.
         self.started_at = datetime.now(UTC)
-        # Records as the legacy ERP holds them (what the router writes too); the digests
-        # compare in the common normal form either way.
-        left = self.legacy.items(self.domain, after=start, normalised=False)
-        right = self.cloud.stream(self.domain, after=start or "")
+        left, right = self._streams(start, fresh=not marks)
         n = 0
         if self.progress is not None:
             self.progress(done0, 0, self.total)
@@ -229,6 +226,7 @@ class Backfill:
                     break
                 key = (a or b).key  # type: ignore[union-attr]
                 self._pair(key, a, b, dirs)
+                self._seen(a, b)
                 n += 1
                 for d in dirs.values():
                     if d.full():
@@ -251,6 +249,7 @@ class Backfill:
             self.report.seconds = time.monotonic() - t0
             self.report.cpu_s = time.process_time() - cpu0
             raise BackfillTimeout(self.domain)
+        self._streams_done()
         with self.state.begin() as conn:
             checkpoint.clear(conn, self.domain)
         if self.progress is not None:
@@ -258,6 +257,19 @@ class Backfill:
         self.report.seconds = time.monotonic() - t0
         self.report.cpu_s = time.process_time() - cpu0
         return self.report
+
+    def _streams(self, start: str | None, fresh: bool) -> tuple[Iterable[Item], Iterable[Item]]:
+        """Both ERPs' records after ``start``, sorted by key (``fresh``: no checkpoint)."""
+        # Records as the legacy ERP holds them (what the router writes too); the digests
+        # compare in the common normal form either way.
+        return (self.legacy.items(self.domain, after=start, normalised=False),
+                self.cloud.stream(self.domain, after=start or ""))
+
+    def _seen(self, a: Item | None, b: Item | None) -> None:
+        """Each pair of the merge, once decided (``IntoEmpty`` reconciles it)."""
+
+    def _streams_done(self) -> None:
+        """Both streams ran to their end and every batch is committed."""
 
     def _pair(self, key: str, a: Item | None, b: Item | None,
               dirs: dict[str, _Direction]) -> None:
