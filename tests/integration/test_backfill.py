@@ -194,3 +194,58 @@ def test_a_backfill_past_its_deadline_commits_what_it_wrote_and_a_rerun_resumes(
         after = page[-1]["cursor"]
     assert len(writes) == len(records) and set(writes.values()) == {1}
     assert SqlXref(state).by_canonical("customer", records[-1].key).legacy_key is not None
+
+
+def test_batches_written_out_of_order_commit_in_order_and_never_past_one_not_written(
+        world, sim):
+    """The writers are parallel: a slow first batch is still written when the second
+    fails and later ones succeed.  The checkpoint never moves past the batch that was
+    not written (its records would be skipped on resume); a rerun writes the rest, each
+    record once, and links those written without their state."""
+    import threading
+
+    from workers.cloud_erp import CloudTechnicalError
+    from workers.reconcile.backfill import BATCH_RECORDS, WRITERS
+
+    assert WRITERS >= 3  # what this test is about
+    engine, state, erp = world
+    records = list(iter_customers(5 * BATCH_RECORDS, seed=13))
+    write_legacy(engine, records)
+    first_keys = {r.key for r in records[:BATCH_RECORDS]}
+    second_keys = {r.key for r in records[BATCH_RECORDS:2 * BATCH_RECORDS]}
+    third_written = threading.Event()
+    original = erp.upsert_many
+
+    def out_of_order(batch):
+        keys = {item[0].key for item in batch}
+        if keys & first_keys:
+            third_written.wait(10)  # finishes after a later batch
+        elif keys & second_keys:
+            third_written.wait(10)
+            raise CloudTechnicalError("cloud ERP unreachable")
+        results = original(batch)
+        if not keys & (first_keys | second_keys):
+            third_written.set()
+        return results
+
+    erp.upsert_many = out_of_order
+    with pytest.raises(CloudTechnicalError):
+        _backfill(engine, state, erp).run()
+    erp.upsert_many = original
+    with state.connect() as conn:
+        mark = checkpoint.load(conn, "customer")["cloud"]
+    assert mark.last_key < min(second_keys), mark  # not past the batch never written
+    assert mark.pending_hi is not None and mark.pending_hi >= max(first_keys)
+    in_cloud = {c.key for c in erp.stream("customer")}
+    assert not in_cloud & second_keys and in_cloud - first_keys  # a later one was written
+    again = _backfill(engine, state, erp, "run-2").run()
+    assert again.written["cloud"] == len(records) - len(in_cloud)
+    writes = {}
+    after = 0
+    while page := sim.changes(after, 1000):
+        for entry in page:
+            writes[entry["number"]] = writes.get(entry["number"], 0) + 1
+        after = page[-1]["cursor"]
+    assert len(writes) == len(records) and set(writes.values()) == {1}
+    linked = sum(SqlXref(state).by_canonical("customer", r.key) is not None for r in records)
+    assert linked == len(records)

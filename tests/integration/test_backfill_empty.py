@@ -140,7 +140,7 @@ def test_a_backfill_into_an_empty_cloud_reports_what_a_cold_reconciliation_would
 
 
 def test_a_resumed_backfill_into_an_empty_cloud_writes_only_the_rest(world, sim):
-    """Interrupted after two batches (a cloud failure), the rerun finds the cloud empty
+    """Interrupted at its last batch (a cloud failure), the rerun finds the cloud empty
     beyond the checkpoint, resumes there, and counts only what it streamed."""
     from workers.cloud_erp import CloudTechnicalError
 
@@ -149,13 +149,13 @@ def test_a_resumed_backfill_into_an_empty_cloud_writes_only_the_rest(world, sim)
     write_legacy(engine, records)
     batches, original = [], erp.upsert_many
 
-    def fails_on_the_third_batch(batch):
+    def fails_on_the_last_batch(batch):
         batches.append(len(batch))
-        if len(batches) == 3:
+        if any(item[0].key == records[-1].key for item in batch):
             raise CloudTechnicalError("cloud ERP unreachable")
         return original(batch)
 
-    erp.upsert_many = fails_on_the_third_batch
+    erp.upsert_many = fails_on_the_last_batch
     first = IntoEmpty("customer", *_readers(engine, erp), state, FlagSource({}),
                       empty="cloud", run_id="run-1")
     with pytest.raises(CloudTechnicalError):
@@ -165,7 +165,8 @@ def test_a_resumed_backfill_into_an_empty_cloud_writes_only_the_rest(world, sim)
         mark = checkpoint.load(conn, "customer")["cloud"]
     in_cloud = sum(1 for _ in erp.stream("customer"))
     # The second batch may be written and not committed (its keys are under pending_hi).
-    assert BATCH_RECORDS <= mark.written <= in_cloud == 2 * BATCH_RECORDS
+    # (The writers are parallel: the second may not have been sent before the failure.)
+    assert BATCH_RECORDS <= mark.written <= in_cloud <= 2 * BATCH_RECORDS
     assert mark.pending_hi is not None
     # The cloud now holds records, none beyond the checkpoint: still one-sided.
     assert empty_side(*_readers(engine, erp), state, "customer") == "cloud"

@@ -47,6 +47,7 @@ under one lock, so the two never wait on each other's database lock.
 
 from __future__ import annotations
 
+import collections
 import queue
 import sys
 import threading
@@ -71,8 +72,15 @@ from workers.reconcile import checkpoint
 BATCH_RECORDS = 200
 #: Repairs (mismatches, deletes) per outbox transaction.
 REPAIR_BATCH = 500
-#: Batches read ahead of the one being written (the writer thread's queue).
+#: Batches read ahead of those being written (the writer threads' queue).
 WRITES_IN_FLIGHT = 2
+#: Writer threads: batches written into the target at the same time, each on its own
+#: connection, so one batch's request is prepared (and the state of earlier ones
+#: committed) while the target answers another; the state still commits in batch order.
+WRITERS = 3
+#: Written batches whose state commits in one transaction, at most (only those already
+#: written when the committer gets to them: it never waits to fill a group).
+COMMIT_GROUP = 4
 #: Seconds between two progress lines when stderr is not a terminal.
 PROGRESS_EVERY_S = 5.0
 #: Errors kept (with their key) for the report.
@@ -163,6 +171,22 @@ class _Direction:
         return len(self.creates) >= BATCH_RECORDS or len(self.repairs) >= REPAIR_BATCH
 
 
+class _Slot:
+    """One batch handed to the writers: its arguments, then what ``_execute`` returned
+    (``None``: not written), and an event set once a writer is done with it."""
+
+    __slots__ = ("args", "result", "done")
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+        self.result: tuple | None = None
+        self.done = threading.Event()
+
+    def finish(self, result: tuple | None) -> None:
+        self.result = result
+        self.done.set()
+
+
 class Backfill:
     """One domain's backfill run.  ``legacy``/``cloud`` are the reconciliation readers
     (``LegacyReader``, ``CloudReader``); their ``erp`` attributes write."""
@@ -181,14 +205,18 @@ class Backfill:
         self.report = BackfillReport(domain)
         #: ``time.monotonic()`` by which the run stops (``--timeout``); None: never.
         self.deadline = deadline
-        self._stopped = False  # the deadline passed: batches not yet written are dropped
+        self._stopped = False  # the deadline passed: no more batches are handed out
         self.dirs: dict[str, _Direction] = {}
-        #: Batches for the writer thread (two in flight at most: bounded memory).
+        #: Batches for the writer threads (bounded: memory, and what a stop finishes).
         self._jobs: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT)
-        #: Written batches for the committer thread, in order.
-        self._commits: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT)
+        #: The same batches in the order handed out, for the committer (bounded too).
+        self._order: queue.Queue = queue.Queue(maxsize=WRITES_IN_FLIGHT + WRITERS)
         #: Held around every state write transaction of the run's threads.
         self._state_lock = threading.Lock()
+        #: Held while the writers count results into the report.
+        self._tally = threading.Lock()
+        #: Held around a write into the legacy ERP.
+        self._legacy_writes = threading.Lock()
         self._reads = None  # the engine the writer reads routes through
         self._failed: BaseException | None = None
         self.started_at = datetime.now(UTC)
@@ -213,11 +241,13 @@ class Backfill:
         if self.progress is not None:
             self.progress(done0, 0, self.total)
         self._reads = _read_engine(self.state)
-        writer = threading.Thread(target=self._writer, name="backfill-writer", daemon=True)
+        writers = [threading.Thread(target=self._writer, name=f"backfill-writer-{i}",
+                                    daemon=True) for i in range(WRITERS)]
         committer = threading.Thread(target=self._committer, name="backfill-committer",
                                      daemon=True)
         committer.start()
-        writer.start()
+        for writer in writers:
+            writer.start()
         try:
             for a, b in merge(left, right):
                 if self.deadline is not None and n % BATCH_RECORDS == 0 \
@@ -238,8 +268,13 @@ class Backfill:
                 for d in dirs.values():
                     self._flush(d, None)
         finally:
-            self._put(self._jobs, None, check=False)
-            writer.join()
+            # Batches already handed out are written and committed (a stop, Ctrl-C), or
+            # dropped (a failure); then every stage ends.
+            for _ in writers:
+                self._put(self._jobs, None, check=False)
+            self._put(self._order, None, check=False)
+            for writer in writers:
+                writer.join()
             committer.join()
             if self._reads is not self.state:
                 self._reads.dispose()
@@ -315,12 +350,17 @@ class Backfill:
         # ahead of this one in the writer's queue).
         others = [o for o in self.dirs.values()
                   if o is not d and not (o.creates or o.repairs or o.links)]
-        job = (d, last, d.creates, d.repairs, d.links, others)
+        job = _Slot((d, last, d.creates, d.repairs, d.links, others))
         if d.creates:
-            # Announced before the writer can take it: the next commit's pending_hi covers it.
+            # Announced before a writer can take it: the next commit's pending_hi covers it.
             d.announced = last
         d.creates, d.repairs, d.links = [], [], []
-        self._put(self._jobs, job)
+        self._put(self._order, job)
+        try:
+            self._put(self._jobs, job)
+        except BaseException:
+            job.finish(None)  # never written: the committer must not wait for it
+            raise
 
     def _put(self, q: queue.Queue, item, check: bool = True) -> None:
         """Put ``item`` into the bounded queue ``q``, giving up when the run fails (a
@@ -335,36 +375,62 @@ class Backfill:
                 continue
 
     def _writer(self) -> None:
-        """The writer thread: batches in order, so checkpoints only move forward; the
-        next batch is read and translated while this one is in flight, and the previous
-        one's state commits meanwhile (``_committer``)."""
-        try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    return
-                if self._failed is not None or self._stopped:
-                    continue  # drain: the run is failing, or its deadline passed
-                try:
-                    written = self._execute(*job)
-                    self._put(self._commits, written)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the run's thread
-                    if self._failed is None:
-                        self._failed = exc
-        finally:
-            self._put(self._commits, None, check=False)
-
-    def _committer(self) -> None:
-        """The committer thread: each written batch's state, in the order written."""
+        """A writer thread: takes the next batch handed out and writes it into its
+        target; the reading thread prepares the next batches meanwhile, and the state
+        of the batches already written commits in their order (``_committer``)."""
         while True:
-            job = self._commits.get()
+            job = self._jobs.get()
             if job is None:
                 return
-            if self._failed is not None:
+            result = None
+            try:
+                if self._failed is None:  # else drain: the run is failing
+                    result = self._execute(*job.args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the run's thread
+                if self._failed is None:
+                    self._failed = exc
+            finally:
+                job.finish(result)
+
+    def _committer(self) -> None:
+        """The committer thread: the state of the written batches, in the order they
+        were handed out (so a checkpoint only moves forward, over batches all written),
+        those already written when it gets to them in one transaction."""
+        held: collections.deque = collections.deque()
+        end = False
+        broken = False  # a batch was not written (or a commit failed): none after commits
+        while not (end and not held):
+            if not held:
+                job = self._order.get()
+                if job is None:
+                    return
+                held.append(job)
+            while not end and len(held) < COMMIT_GROUP:
+                try:
+                    job = self._order.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    end = True
+                else:
+                    held.append(job)
+            held[0].done.wait()
+            group = []
+            while held and held[0].done.is_set() and len(group) < COMMIT_GROUP:
+                group.append(held.popleft())
+            # The run is failing: what was written before the first batch that was not is
+            # still committed; nothing after it (drained).
+            written = []
+            for job in group:
+                broken = broken or job.result is None
+                if not broken:
+                    written.append(job.result)
+            if not written:
                 continue
             try:
-                self._commit(*job)
+                self._commit(written)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the run's thread
+                broken = True
                 if self._failed is None:
                     self._failed = exc
 
@@ -391,15 +457,22 @@ class Backfill:
         items = [i for i in items if i[0] is not None]
         results = self._write(d.target, [tuple(i) for i in items])
         applied: list[tuple[Applied, int]] = []
+        stale, changed, errors = 0, 0, []
         for (record, version, _), result in zip(items, results, strict=True):
             if isinstance(result, Applied):
                 applied.append((result, version))
             elif isinstance(result, Stale):
-                self.report.stale += 1
+                stale += 1
             elif isinstance(result, Changed):
-                self.report.changed += 1
+                changed += 1
             else:
-                self.report.error(f"{self.domain} {record.key} into {d.target}: {result}")
+                errors.append(f"{self.domain} {record.key} into {d.target}: {result}")
+        if stale or changed or errors:
+            with self._tally:
+                self.report.stale += stale
+                self.report.changed += changed
+                for text in errors:
+                    self.report.error(text)
         return (d, last, applied, repairs, links, {i[0].key: i[0] for i in items}, digests,
                 others)
 
@@ -436,59 +509,77 @@ class Backfill:
         erp = self.erps[target]
         if target == "cloud":
             return erp.upsert_many(items)
-        # Legacy: one transaction; an equal version re-applies, as a repair's does.
-        return erp.upsert_many(items, repair=True)
+        # Legacy: one transaction; an equal version re-applies, as a repair's does.  One
+        # writer at a time (a SQLite legacy database takes one; its batches are local).
+        with self._legacy_writes:
+            return erp.upsert_many(items, repair=True)
 
-    def _commit(self, d: _Direction, last: str, applied: list[tuple[Applied, int]],
-                repairs: list, links: list[str], records: dict[str, CanonicalRecord],
-                digests: dict[str, tuple[int, int | None]], others: list) -> None:
+    def _commit(self, batches: list[tuple]) -> None:
+        """The state of written ``batches`` (``_execute``'s results, in order) in one
+        transaction: each batch's outbox repairs, observations, xref links, routes,
+        index entries and checkpoint; the in-memory positions move once it commits."""
+        with self._state_lock, Session(self.state) as session:
+            conn = session.connection()
+            # Per target: (last_key, pending_hi, written) as this transaction leaves them.
+            marks: dict[str, tuple[str, str | None, int]] = {}
+            for batch in batches:
+                self._stage(session, conn, marks, *batch)
+            session.commit()
+            for target, (last, pending, written) in marks.items():
+                o = self.dirs[target]
+                o.after, o.durable_pending, o.written = last, pending, written
+        for d, _, applied, repairs, *_ in batches:
+            self.report.enqueued += len(repairs)
+            self.report.written[d.target] += len(applied)
+
+    def _stage(self, session, conn, marks: dict, d: _Direction, last: str,
+               applied: list[tuple[Applied, int]], repairs: list, links: list[str],
+               records: dict[str, CanonicalRecord], digests: dict[str, tuple[int, int | None]],
+               others: list) -> None:
+        """One batch's part of ``_commit``'s transaction."""
         from bus.outbox import add_to_outbox
         from workers.reconcile import index
         from workers.router import queues
         from workers.router.repair import repair_envelope
 
-        with self._state_lock, Session(self.state) as session:
-            conn = session.connection()
-            # The repairs commit with the checkpoint: a resumed run never sends them twice.
-            sor = "legacy" if d.target == "cloud" else "cloud"
-            for key, record in repairs:
-                env = repair_envelope(conn, record, domain=self.domain, key=key, sor=sor,
-                                      reason="reconciliation repair", run_id=self.run_id)
-                add_to_outbox(session, env, actor_name=queues.WRITE_ACTOR[d.target],
-                              queue_name=queues.WRITE_QUEUE[d.target])
-            if applied:
-                _observe(conn, d.target, self.domain, applied)
-            created = [(r.key, r.target_id if d.target == "cloud" else None)
-                       for r, _ in applied] + [(k, None) for k in links]
-            _link_many(conn, self.domain, created, self.report)
-            self.report.linked_on_resume += len(links)
-            if self.domain in DOCUMENT_DOMAINS:
-                from workers.router.state import put_routes
+        # The repairs commit with the checkpoint: a resumed run never sends them twice.
+        sor = "legacy" if d.target == "cloud" else "cloud"
+        for key, record in repairs:
+            env = repair_envelope(conn, record, domain=self.domain, key=key, sor=sor,
+                                  reason="reconciliation repair", run_id=self.run_id)
+            add_to_outbox(session, env, actor_name=queues.WRITE_ACTOR[d.target],
+                          queue_name=queues.WRITE_QUEUE[d.target])
+        if applied:
+            _observe(conn, d.target, self.domain, applied)
+        created = [(r.key, r.target_id if d.target == "cloud" else None)
+                   for r, _ in applied] + [(k, None) for k in links]
+        _link_many(conn, self.domain, created, self.report)
+        self.report.linked_on_resume += len(links)
+        if self.domain in DOCUMENT_DOMAINS:
+            from workers.router.state import put_routes
 
-                sor = "legacy" if d.target == "cloud" else "cloud"
-                put_routes(conn, [(self.domain, r.key, sor, v) for r, v in applied
-                                  if not is_closed(records.get(r.key))])
-            # The target now holds what the source held: its digest index (if built)
-            # says so, and the next warm reconciliation need not verify these records.
-            index.apply(conn, self.domain, d.target, {r.key: digests[r.key] for r, _ in applied
-                                                      if r.key in digests})
-            pending = {d.target: _still_pending(d, last)}
-            checkpoint.put(conn, self.domain, d.target, last_key=last,
-                           pending_hi=pending[d.target], written=d.written + len(applied),
-                           run_id=self.run_id)
-            for o in others:
-                if o.after is None or o.after < last:
-                    pending[o.target] = _still_pending(o, last)
-                    checkpoint.put(conn, self.domain, o.target, last_key=last,
-                                   pending_hi=pending[o.target], written=o.written,
-                                   run_id=self.run_id)
-            session.commit()
-            d.written += len(applied)
-            for o in (d, *others):
-                if o.target in pending:
-                    o.after, o.durable_pending = last, pending[o.target]
-        self.report.enqueued += len(repairs)
-        self.report.written[d.target] += len(applied)
+            put_routes(conn, [(self.domain, r.key, sor, v) for r, v in applied
+                              if not is_closed(records.get(r.key))])
+        # The target now holds what the source held: its digest index (if built)
+        # says so, and the next warm reconciliation need not verify these records.
+        index.apply(conn, self.domain, d.target, {r.key: digests[r.key] for r, _ in applied
+                                                  if r.key in digests})
+
+        def put(o: _Direction, written: int) -> None:
+            pending = _still_pending(o, last)
+            checkpoint.put(conn, self.domain, o.target, last_key=last, pending_hi=pending,
+                           written=written, run_id=self.run_id)
+            marks[o.target] = (last, pending, written)
+
+        def position(o: _Direction) -> tuple[str | None, int]:
+            mark = marks.get(o.target)
+            return (mark[0], mark[2]) if mark is not None else (o.after, o.written)
+
+        put(d, position(d)[1] + len(applied))
+        for o in others:
+            after, written = position(o)
+            if after is None or after < last:
+                put(o, written)
 
     def _count_upto(self, key: str) -> int:
         """Legacy records at or before ``key`` (what an earlier run already went past)."""
