@@ -198,6 +198,7 @@ class Backfill:
         self.domain, self.legacy, self.cloud, self.state = domain, legacy, cloud, state
         self.erps = {"legacy": legacy.erp, "cloud": cloud.erp}
         self.flag = flags.state(domain)
+        self._sor = None if self.flag.is_partial else str(self.flag.sor_for(""))
         self.run_id = run_id
         self.skip_keys = frozenset(skip_keys)
         self.progress = progress
@@ -323,7 +324,9 @@ class Backfill:
             self.report.skipped += 1
             self.report.error(f"{self.domain} {key}: {exc}")
             return
-        sor = str(self.flag.sor_for(key, segment_attrs(record)))
+        # A uniform flag (no rollout by segment or percentage) needs no segment values.
+        sor = self._sor if self._sor is not None else str(
+            self.flag.sor_for(key, segment_attrs(record)))
         target = "cloud" if sor == "legacy" else "legacy"
         d = dirs[target]
         if d.done(key):
