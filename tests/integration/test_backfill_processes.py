@@ -145,8 +145,9 @@ def test_a_backfill_past_its_timeout_exits_2_with_its_writes_committed_and_a_rer
     write_legacy(engine, list(iter_customers(N_CUSTOMERS, seed=24)))
     env = coexist_env(tmp_path, legacy_url=legacy_url, cloud_url=sim.url, state_url=state_url)
     args = ["reconcile", "customer", "--repair", "--yes", "--format", "json"]
-    # 10 batches of two requests each: at least 6 s, twice the timeout.
-    sim.faults(latency_ms=300)
+    # 10 batches of two requests each, three writer threads: at least ~6.7 s, twice the
+    # timeout (at 300 ms a request, three writers finished inside 3 s, exit 1).
+    sim.faults(latency_ms=1000)
     try:
         first = Process([*args, "--timeout", "3"], env, tmp_path / "first.log")
         assert first.popen.wait(60) == 2, first.output()[-2000:]
