@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -250,6 +251,63 @@ def test_a_slow_endpoint_never_delays_the_others(env, receiver):
     assert len(receiver.at("/slow")) == 2 and dispatcher.in_flight(1) == 2
     receiver.release()
     assert dispatcher.wait(10)
+
+
+class CountingWaits(threading.Event):
+    """An event whose ``wait`` counts how many attempts were in flight at each call and
+    never sleeps longer than ``cap_s`` (so a loop that sleeps wrongly is seen, not waited
+    out); ``entered`` is set at the first call."""
+
+    def __init__(self, dispatcher, entered: threading.Event,
+                 cap_s: float | None = None) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+        self.cap_s = cap_s
+        self.in_flight_at_wait: list[int] = []
+        self.entered = entered
+
+    def wait(self, timeout=None):
+        self.in_flight_at_wait.append(sum(self.dispatcher._in_flight.values()))
+        self.entered.set()
+        if self.cap_s is not None:
+            timeout = self.cap_s if timeout is None else min(timeout, self.cap_s)
+        return super().wait(timeout)
+
+
+def test_a_full_lane_claims_its_next_message_when_a_slot_frees_not_after_the_poll_interval(
+        env, receiver):
+    """One endpoint, two lane slots, three messages: the third is claimed when one of the
+    first two finishes.  Counted, not timed: while attempts are in flight, the loop waits on
+    "an attempt finished" and never sleeps its poll interval (it did, which held one
+    endpoint near per_endpoint / poll_s = 10 deliveries a second with 14 threads idle)."""
+    engine, registry, _, dispatcher = env
+    endpoint, _ = _add(registry, receiver.script("/lane", ["hang"]))
+    dispatcher.timeout_s = 30.0
+    dispatcher.http.timeout = 30.0
+    _queue(engine, registry, *(r.order(f"O{i}", "C1") for i in range(3)))
+    idle = threading.Event()  # set when the loop first waits, either way
+    stop = CountingWaits(dispatcher, idle, cap_s=0.05)
+    freed = dispatcher._freed = CountingWaits(dispatcher, idle)
+    loop = threading.Thread(target=dispatcher.run_forever, args=(stop,),
+                            kwargs={"poll_s": 60.0}, daemon=True)
+    loop.start()
+    try:
+        assert receiver.wait_for("/lane", 2, 10)
+        # The loop found nothing it may claim (the lane is full) and chose how to wait.
+        assert idle.wait(10)
+        assert dispatcher.in_flight(endpoint.id) == 2
+        receiver.release()
+        assert receiver.wait_for("/lane", 3, 10)
+    finally:
+        receiver.release()
+        stop.set()
+        loop.join(30)
+    assert not loop.is_alive()
+    poll_sleeps_while_busy = [n for n in stop.in_flight_at_wait if n > 0]
+    assert poll_sleeps_while_busy == []
+    assert freed.in_flight_at_wait and freed.in_flight_at_wait[0] == 2
+    with engine.connect() as conn:
+        assert set(conn.execute(select(DELIVERY.c.status)).scalars()) == {"delivered"}
 
 
 def test_payload_of_a_record_the_endpoint_may_not_see_is_never_queued(env, receiver):

@@ -168,9 +168,11 @@ class Dispatcher:
         self._view: tuple[int | None, float, dict[int, tuple]] | None = None
         self._in_flight: Counter[int] = Counter()
         self._futures: set[Future] = set()
-        #: Set when an attempt finishes: a loop whose threads were all busy claims again at
-        #: once instead of sleeping its poll interval (that capped a dispatcher at
-        #: threads / poll_s deliveries a second: 20/s with 4 threads).
+        #: Set when an attempt finishes: a loop with attempts in flight claims again at once
+        #: instead of sleeping its poll interval.  Sleeping it capped a dispatcher at
+        #: threads / poll_s deliveries a second when every thread was busy (20/s with 4
+        #: threads), and one endpoint at per_endpoint / poll_s (10/s) when its lane was full
+        #: with threads free: the freed slot waited out the interval.
         self._freed = threading.Event()
         # Group commit of successes: attempts finishing together share one transaction.
         self._delivered: list[tuple] = []
@@ -216,10 +218,11 @@ class Dispatcher:
             if self.run_once():
                 continue
             with self._lock:
-                busy = sum(self._in_flight.values()) >= self.threads
+                busy = sum(self._in_flight.values()) > 0
             if busy:
-                # Every thread is delivering: claim again as soon as one is free (the
-                # poll interval still bounds the wait, so ``stop`` is seen).
+                # Nothing claimable now, but attempts are in flight: a full lane or a full
+                # pool frees a slot when one finishes, so claim again then (the poll
+                # interval still bounds the wait, so ``stop`` and new messages are seen).
                 self._freed.wait(poll_s)
             else:
                 stop.wait(poll_s)
