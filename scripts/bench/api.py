@@ -527,7 +527,43 @@ def orders(args, home: Path) -> None:
         "load_generator": figure["load_generator"], "loadavg": os.getloadavg()}), flush=True)
 
 
+def _previous_loop_dispatcher():
+    """The dispatcher with the loop it had before the lane-wait fix (kept here only for the
+    same-run comparison, ``--compare-previous-loop``): with threads free but nothing
+    claimable (a full lane), it slept the whole poll interval instead of waiting for an
+    attempt to finish."""
+    from workers.portal.delivery import Dispatcher
+
+    class PreviousLoop(Dispatcher):
+        def run_forever(self, stop, poll_s: float = 0.2) -> None:
+            while not stop.is_set():
+                self._freed.clear()
+                if self.run_once():
+                    continue
+                with self._lock:
+                    busy = sum(self._in_flight.values()) >= self.threads
+                if busy:
+                    self._freed.wait(poll_s)
+                else:
+                    stop.wait(poll_s)
+            self.wait(self.timeout_s + 5)
+
+    return PreviousLoop
+
+
 def webhooks(args, home: Path) -> None:
+    """``portal_webhook_deliveries`` (and, with ``--compare-previous-loop``, the same
+    deliveries by the previous loop, alternating, in the same run)."""
+    loops = ["current"]
+    if args.compare_previous_loop:
+        loops = ["previous", "current"] * args.rounds
+    for i, loop in enumerate(loops):
+        run = home / f"webhooks-{i}"
+        run.mkdir()
+        _webhooks(args, run, loop)
+
+
+def _webhooks(args, home: Path, loop_kind: str) -> None:
     from datetime import UTC, datetime
 
     from sqlalchemy import func, select
@@ -567,7 +603,9 @@ def webhooks(args, home: Path) -> None:
                     order_owner=lambda k: None, now=now)
         with engine.connect() as conn:
             bodies = [(r.body, r.endpoint_id) for r in conn.execute(select(DELIVERY))]
-        dispatcher = Dispatcher(engine, registry, ExceptionStore(engine), threads=16)
+        kind = Dispatcher if loop_kind == "current" else _previous_loop_dispatcher()
+        dispatcher = kind(engine, registry, ExceptionStore(engine), threads=16)
+        load0 = os.getloadavg()
         cpu0 = time.process_time()
         started = time.perf_counter()
         deadline = time.monotonic() + args.timeout_s
@@ -603,13 +641,14 @@ def webhooks(args, home: Path) -> None:
         rate = args.deliveries / elapsed
         base = len(bodies) / b_elapsed
         print(json.dumps({
-            "name": "portal_webhook_deliveries", "records_per_s": round(rate, 1),
+            "name": "portal_webhook_deliveries", "loop": loop_kind,
+            "records_per_s": round(rate, 1),
             "baseline_per_s": round(base, 1), "ratio": round(rate / base, 3),
             "cpu_us_per_delivery": round(cpu / args.deliveries * 1e6, 1),
             "baseline_cpu_us_per_post": round(b_cpu / max(len(bodies), 1) * 1e6, 1),
             "deliveries": args.deliveries, "undelivered": left, "endpoints": args.endpoints,
             "threads": 16, "baseline": "httpx thread pool, same bodies, no signing or state",
-            "loadavg": os.getloadavg()}), flush=True)
+            "loadavg_start": load0, "loadavg": os.getloadavg()}), flush=True)
         engine.dispose()
     finally:
         stop(receiver)
@@ -635,6 +674,10 @@ def main() -> None:
                         "alike (coexist api serve --http).")
     p.add_argument("--paced-fraction", type=float, nargs="+", default=[0.5],
                    help="The paced warm runs' rates, as fractions of the bare endpoint's.")
+    p.add_argument("--compare-previous-loop", action="store_true",
+                   help="Webhooks: also run the dispatcher's loop as it was before the "
+                        "lane-wait fix, alternating with the current one (--rounds pairs).")
+    p.add_argument("--rounds", type=int, default=1, help="Pairs for the comparisons.")
     p.add_argument("--py-spy", metavar="DIR",
                    help="Record the server with py-spy --gil during each paced run (raw "
                         "collapsed stacks in DIR).")
