@@ -51,3 +51,17 @@ def test_the_key_lifecycle(engine):
     past = T0 + timedelta(seconds=idem.IDEMPOTENCY_TTL_S + 1)
     again = _begin(engine, "k1", now=past)
     assert isinstance(again, idem.Claimed) and again.order_key == "504"
+
+
+def test_a_new_key_stores_its_command_or_its_answer_in_the_claim_and_a_claimed_one_keeps_its_own(
+        engine):
+    claimed = _begin(engine, "k1", command=lambda number: f'{{"key": "{number}"}}')
+    assert (claimed.order_key, claimed.command) == ("501", '{"key": "501"}')
+    later = T0 + timedelta(seconds=idem.IN_FLIGHT_LEASE_S + 1)
+    resumed = _begin(engine, "k1", now=later, command=lambda number: "never stored",
+                     answer=(422, "never stored"))
+    assert (resumed.order_key, resumed.command) == ("501", '{"key": "501"}')
+    refused = _begin(engine, "k2", answer=(422, '{"code": "credit_hold"}'),
+                     command=lambda number: "never stored")
+    assert refused == idem.Answered(422, '{"code": "credit_hold"}')
+    assert _begin(engine, "k2", now=later) == idem.Replay(422, '{"code": "credit_hold"}')

@@ -379,6 +379,44 @@ def test_a_write_that_fails_after_the_order_was_built_resumes_with_the_same_comm
                 if c.key == "70000001"]) == 1
 
 
+def _state_commits(world, request) -> int:
+    from sqlalchemy import event
+
+    commits = []
+    listener = lambda conn: commits.append(1)  # noqa: E731
+    event.listen(world.state, "commit", listener)
+    try:
+        request()
+    finally:
+        event.remove(world.state, "commit", listener)
+    return len(commits)
+
+
+def test_an_accepted_order_commits_two_state_transactions_and_a_refused_one_one(world):
+    """The claim carries the command (built before it), a refusal found while building is
+    the key's stored answer in that same transaction; replays still replay."""
+    res = []
+    assert _state_commits(world, lambda: res.append(world.post(ORDER))) == 2
+    assert res[-1].status_code == 201
+    held = {**ORDER, "customer_key": w.HELD}
+    assert _state_commits(world, lambda: res.append(world.post(held, role="held"))) == 1
+    assert res[-1].json()["code"] == "credit_hold" and "idempotent-replayed" not in res[-1].headers
+    # A replay: the claim's one transaction reads the stored answer and writes nothing.
+    assert _state_commits(world, lambda: res.append(world.post(held, role="held"))) == 1
+    assert res[-1].headers["idempotent-replayed"] == "true"
+    assert res[-1].json() == res[-2].json()
+
+
+def test_a_replay_needs_no_sor_and_a_claimed_keys_stored_command_is_the_one_written(world):
+    first = world.post(ORDER)
+    world.down("legacy")
+    again = world.post(ORDER)
+    assert again.status_code == 201 and again.json() == first.json()
+    world.down("legacy", False)
+    assert len([c for c in world.legacy.inner.read(0, 10_000)
+                if c.domain == "order" and c.writer == "COEXPORTAL"]) == 1
+
+
 def _fingerprint(body):
     import hashlib
     import json

@@ -382,14 +382,41 @@ def create_app(deps: ApiDeps) -> GovernedApi:
     return app
 
 
+#: The order key an order is built under before the claim gives it its number.
+_UNNUMBERED = "0"
+
+
 def _place(deps: ApiDeps, consumer: Consumer, key: str, fingerprint: str,
            request: dict[str, Any], cid: str, unavailable) -> JSONResponse:
+    """One portal order: built from SoR reads first (no state transaction open), then
+    claimed with its command (or its refusal as the stored answer) in one transaction,
+    written into the SoR, and its answer stored: two state transactions when accepted,
+    one when refused.  A key already claimed (replay, in flight, a resumed execution)
+    keeps what its first request stored; the order built here is then discarded."""
     account = consumer.idempotency_account
+    now = deps.now()
+    built: Order | None = None
+    refusal: tuple[int, str] | None = None
+    try:
+        built = deps.intake.build(request, order_key=_UNNUMBERED, ordered_at=now)
+    except ApiError as exc:
+        refusal = (exc.status, problem_response(exc.status, exc.code, exc.detail,
+                                                field=exc.field, correlation_id=cid
+                                                ).body.decode())
+    except SorUnavailable:
+        pass  # claimed first (a replay needs no SoR), then built as a resumed one is
+    numbered: dict[str, Order] = {}
+
+    def command(order_key: str) -> str:
+        numbered[order_key] = record = built.model_copy(update={"key": order_key})
+        return record.model_dump_json()
+
     try:
         claim = idempotency.begin(
             deps.state, account, key, fingerprint, correlation_id=cid,
-            order_number_base=deps.settings.order_number_base, now=deps.now(),
-            ttl_s=deps.settings.idempotency_ttl_s)
+            order_number_base=deps.settings.order_number_base, now=now,
+            ttl_s=deps.settings.idempotency_ttl_s,
+            command=command if built is not None else None, answer=refusal)
     except idempotency.KeyReused:
         raise ApiError(422, "idempotency_key_reused",
                        "this Idempotency-Key was used for a different order; use a new key",
@@ -398,17 +425,23 @@ def _place(deps: ApiDeps, consumer: Consumer, key: str, fingerprint: str,
         raise ApiError(409, "idempotency_key_in_flight",
                        "the first request with this Idempotency-Key is still being processed; "
                        "retry later", "Idempotency-Key", headers={"Retry-After": "1"}) from None
+    if isinstance(claim, idempotency.Answered):
+        return JSONResponse(json.loads(claim.body), status_code=claim.status,
+                            media_type=_media(claim.status))
     if isinstance(claim, idempotency.Replay):
         return JSONResponse(json.loads(claim.body), status_code=claim.status,
                             headers={"Idempotent-Replayed": "true"},
                             media_type=_media(claim.status))
     try:
-        if claim.command is None:
+        record = numbered.get(claim.order_key) if claim.command is not None else None
+        if record is None and claim.command is not None:
+            record = Order.model_validate_json(claim.command)
+        elif record is None:
+            # A resumed execution whose first request stored no command (it stopped before
+            # building): built now, at its first time, and kept before it is written.
             record = deps.intake.build(request, order_key=claim.order_key,
                                        ordered_at=claim.created_at)
             idempotency.save_command(deps.state, account, key, record.model_dump_json())
-        else:
-            record = Order.model_validate_json(claim.command)
         accepted = deps.intake.write(record, message_id=claim.message_id,
                                      correlation_id=claim.correlation_id)
     except ApiError as exc:

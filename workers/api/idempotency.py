@@ -8,6 +8,10 @@ One ``api_idempotency`` row per (account, key), kept ``IDEMPOTENCY_TTL_S`` (24 h
 * same key, different request fingerprint: ``KeyReused`` (422);
 * same key while the first is in flight: ``InFlight`` (409);
 * same key after the first answered: the stored answer is replayed;
+* a first request's command (the order, built from SoR reads before the claim) is stored
+  in the claim's own transaction, and a refusal found while building it (credit hold,
+  unknown SKU) is stored as the key's answer in that same transaction: an accepted order
+  costs two state transactions (claim with command, answer), a refused one one;
 * a first request that failed technically (SoR unreachable) or whose process
   died gives its lease up (or lets it run out); the next request with the same
   key executes again with the same number and message id.
@@ -19,6 +23,7 @@ requests race on the primary key and the loser reads the winner's row.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -109,6 +114,14 @@ class Replay:
     body: str
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The key was new and its answer (a refusal known before the claim) is stored with it."""
+
+    status: int
+    body: str
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -147,9 +160,15 @@ def next_number(conn, name: str, base: int) -> int:
 
 def begin(engine: Engine, account: str, key: str, fingerprint: str, *, correlation_id: str,
           order_number_base: int, now: datetime | None = None,
-          lease_s: float = IN_FLIGHT_LEASE_S, ttl_s: float = IDEMPOTENCY_TTL_S
-          ) -> Claimed | Replay:
-    """Claim ``key`` for a first (or resumed) execution, or return the stored answer."""
+          lease_s: float = IN_FLIGHT_LEASE_S, ttl_s: float = IDEMPOTENCY_TTL_S,
+          command: Callable[[str], str] | None = None,
+          answer: tuple[int, str] | None = None) -> Claimed | Replay | Answered:
+    """Claim ``key`` for a first (or resumed) execution, or return the stored answer.
+
+    For a key that is new (or past its window), in the claim's transaction: ``command``
+    (given the new order number, the command's JSON) is stored with the claim, or
+    ``answer`` (status, body) is stored as the key's answer at once (``Answered``).  A key
+    already claimed ignores both: its own command and answer stand."""
     now = now or datetime.now(UTC)
     k = {"k_account": account, "k_key": key}
     for _ in range(3):
@@ -161,15 +180,19 @@ def begin(engine: Engine, account: str, key: str, fingerprint: str, *, correlati
                     conn.execute(_DROP, k)
                     row = None
                 if row is None:
-                    number = next_number(conn, "portal_order", order_number_base)
-                    claimed = Claimed(str(number), str(uuid.uuid4()), correlation_id, now, None)
+                    number = str(next_number(conn, "portal_order", order_number_base))
+                    made = command(number) if command is not None and answer is None else None
+                    claimed = Claimed(number, str(uuid.uuid4()), correlation_id, now, made)
                     conn.execute(_INSERT, {
                         "account": account, "idem_key": key, "fingerprint": fingerprint,
-                        "state": IN_FLIGHT, "lease_until": now + timedelta(seconds=lease_s),
+                        "state": IN_FLIGHT if answer is None else DONE,
+                        "lease_until": now + timedelta(seconds=lease_s),
                         "order_key": claimed.order_key, "message_id": claimed.message_id,
-                        "correlation_id": correlation_id, "created_at": now,
-                        "expires_at": now + timedelta(seconds=ttl_s)})
-                    return claimed
+                        "correlation_id": correlation_id, "command": made,
+                        "response_status": None if answer is None else answer[0],
+                        "response_body": None if answer is None else answer[1],
+                        "created_at": now, "expires_at": now + timedelta(seconds=ttl_s)})
+                    return claimed if answer is None else Answered(*answer)
                 if row.fingerprint != fingerprint:
                     raise KeyReused()
                 if row.state == DONE:
