@@ -440,6 +440,18 @@ def _clean_env(home: Path) -> dict[str, str]:
 
 
 def orders(args, home: Path) -> None:
+    """``api_portal_orders``; with ``--compare-src DIR`` also the server of another checkout
+    (``git archive main | tar -x -C DIR``), alternating with this one, in the same run."""
+    sources = [("this", ROOT)]
+    if args.compare_src:
+        sources = [("compare", Path(args.compare_src).resolve()), ("this", ROOT)] * args.rounds
+    for i, (label, src) in enumerate(sources):
+        run = home / f"orders-{i}"
+        run.mkdir()
+        _orders(args, run, src, label)
+
+
+def _orders(args, home: Path, src: Path, label: str) -> None:
     """Inbound portal orders end to end: ``POST /v1/orders`` (Idempotency-Key claimed in the
     state database, customer, contract prices and products read from the SoR, the order
     written into the SoR through ``route_command``, the answer stored for replays) against
@@ -456,7 +468,8 @@ def orders(args, home: Path) -> None:
 
     home = home / "orders"
     home.mkdir()
-    env = _clean_env(home)
+    env = {**_clean_env(home), "PYTHONPATH": str(src)}
+    load0 = os.getloadavg()
     subprocess.run([str(BIN / "coexist"), "legacy", "seed", "--customers", str(args.customers)],
                    env=env, check=True, capture_output=True, timeout=600)
     subprocess.run([str(BIN / "coexist"), "db", "upgrade"], env=env, check=True,
@@ -515,7 +528,8 @@ def orders(args, home: Path) -> None:
     sor_rate = n / (time.perf_counter() - w0)
     legacy_engine.dispose()
     print(json.dumps({
-        "name": "api_portal_orders", "orders_per_s": figure["requests_per_s"],
+        "name": "api_portal_orders", "server_src": label, "src": str(src),
+        "orders_per_s": figure["requests_per_s"],
         "accepted": accepted, "orders_in_sor": written, "statuses": figure["statuses"],
         "p50_ms": figure["p50_ms"], "p99_ms": figure["p99_ms"],
         "baseline_per_s": baseline["requests_per_s"],
@@ -524,7 +538,8 @@ def orders(args, home: Path) -> None:
         "sor_write_only_per_s": round(sor_rate, 1),
         "ratio_to_sor_write": round(figure["requests_per_s"] / sor_rate, 3),
         "concurrency": concurrency, "sor": "legacy reference ERP (SQLite)",
-        "load_generator": figure["load_generator"], "loadavg": os.getloadavg()}), flush=True)
+        "load_generator": figure["load_generator"], "loadavg_start": load0,
+        "loadavg": os.getloadavg()}), flush=True)
 
 
 def _previous_loop_dispatcher():
@@ -677,6 +692,9 @@ def main() -> None:
     p.add_argument("--compare-previous-loop", action="store_true",
                    help="Webhooks: also run the dispatcher's loop as it was before the "
                         "lane-wait fix, alternating with the current one (--rounds pairs).")
+    p.add_argument("--compare-src", metavar="DIR",
+                   help="Orders: also serve the API from this source tree (another "
+                        "checkout), alternating with this one (--rounds pairs).")
     p.add_argument("--rounds", type=int, default=1, help="Pairs for the comparisons.")
     p.add_argument("--py-spy", metavar="DIR",
                    help="Record the server with py-spy --gil during each paced run (raw "
