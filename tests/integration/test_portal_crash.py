@@ -39,7 +39,9 @@ CUSTOMERS = ("10001", "10002", "10003")
 #: even when the test process is descheduled for a while between seeing it and killing
 #: (with three, CI at load 9-10 once saw all 600 queued before the kill landed).
 EVENTS = 1200
-WAIT_S = 60.0
+#: The restart's delivery took 29-46 s at load 10-17 (three endpoints, two in flight each):
+#: the bound is what is lost, not speed, so it leaves room for a loaded CI machine.
+WAIT_S = 120.0
 
 
 class DedupingReceiver:
