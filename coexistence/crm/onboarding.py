@@ -183,5 +183,25 @@ def new_customer(key: str, fields: Mapping[str, Any],
     )
 
 
+def is_created_from(customer: Customer, body: Customer) -> bool:
+    """Whether ``customer`` (as its SoR holds it now) is the one a numbered create of
+    ``body`` made, before coexist knows its number: the same tax id, or the same name
+    (case aside; the SoR may have cut it to its width) at one of the same postal codes
+    (any, when the body had none).  A customer that only looks alike answers ``True``
+    too: that only delays it (see ``workers.crm.consumer``)."""
+    if (tax := tax_key(body.tax_id)) and tax == tax_key(customer.tax_id):
+        return True
+    held, asked = _name_fold(customer.name), _name_fold(body.name)
+    if not held or not asked.startswith(held):
+        return False
+    wanted = {k for s in body.sites if (k := postal_key(s.postal_code))}
+    return not wanted or bool(wanted & {k for s in customer.sites
+                                        if (k := postal_key(s.postal_code))})
+
+
+def _name_fold(name: str | None) -> str:
+    return " ".join((name or "").casefold().split())
+
+
 def _key_order(key: str) -> tuple[int, str]:
     return (len(key), key)

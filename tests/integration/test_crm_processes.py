@@ -51,12 +51,12 @@ SPEC = SampleSpec(customers=160, seed=41)
 
 
 def _home(tmp_path: Path, crm, cloud_url: str, *, state_url: str | None = None,
-          broker_url: str | None = None) -> tuple[dict, Path]:
+          broker_url: str | None = None, mode: Mode = Mode.LEGACY) -> tuple[dict, Path]:
     state = create_state_engine(state_url or f"sqlite:///{tmp_path / 'state.db'}")
     upgrade_schema(state)
     store = SqlFlagStore(state)
     store.commit(store.load()["customer"],
-                 FlagState("customer", Mode.LEGACY, Mode.LEGACY, Rollout(), 1),
+                 FlagState("customer", mode, mode, Rollout(), 1),
                  actor="alice", reason="CRM pilot", action="set")
     state.dispose()
     legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")

@@ -142,3 +142,31 @@ def test_a_company_that_exists_in_the_erp_creates_no_customer(i, typings):
 def test_different_companies_each_get_their_own_customer(names):
     assigned, created = onboard_all([(n, "80202", None) for n in names], [])
     assert len(created) == len(names) == len(set(assigned.values()))
+
+
+ACCOUNT = {"Name": "Walk-in Hardware & Garden Supply of Denver", "BillingStreet": "1 Main St",
+           "BillingCity": "Denver", "BillingState": "CO", "BillingPostalCode": "80202",
+           "BillingCountry": "US"}
+
+
+def test_the_sor_s_copy_of_a_numbered_create_is_recognised_before_its_number_is_known():
+    body = onboarding.new_customer("0", ACCOUNT)
+    # The legacy ERP keeps names upper case, cut to 30 characters.
+    legacy = body.model_copy(update={"key": "100000", "name": body.name.upper()[:30]})
+    assert onboarding.is_created_from(legacy, body)
+    assert onboarding.is_created_from(body.model_copy(update={"key": "500000"}), body)
+    # The same tax id is the same company whatever the name.
+    taxed = onboarding.new_customer("0", {**ACCOUNT, "Tax_Id__c": "84-1234567"})
+    assert onboarding.is_created_from(
+        legacy.model_copy(update={"name": "Other", "tax_id": "841234567"}), taxed)
+
+
+def test_another_customer_is_not_taken_for_a_pending_create():
+    body = onboarding.new_customer("0", ACCOUNT)
+    elsewhere = onboarding.new_customer("0", {**ACCOUNT, "BillingPostalCode": "10001"})
+    assert not onboarding.is_created_from(elsewhere.model_copy(update={"key": "7"}), body)
+    other = onboarding.new_customer("0", {**ACCOUNT, "Name": "Walk-in Lumber"})
+    assert not onboarding.is_created_from(other.model_copy(update={"key": "8"}), body)
+    # A longer name is not a cut copy of a shorter one.
+    assert not onboarding.is_created_from(
+        body.model_copy(update={"key": "9", "name": body.name + " East"}), body)

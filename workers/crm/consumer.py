@@ -33,6 +33,7 @@ checkpoint's compare-and-set guards that too), and only the lease holder polls.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -45,12 +46,15 @@ from sqlalchemy import Engine
 
 from bus.envelope import Envelope
 from bus.errors import TechnicalError
-from coexistence.canonical import CanonicalRecord, Customer
+from coexistence.canonical import CanonicalRecord, Customer, decode
+from coexistence.crm import onboarding
 from coexistence.crm.ports import ApiBudget, Crm, CrmPaused, CrmUnavailable, ReplayExpired
+from coexistence.errors import TranslationError
 from coexistence.router import placement
 from workers.crm import handlers, state
 from workers.crm.handlers import Outcome, Result
 from workers.crm.reports import CRM_QUEUE, OUTBOUND_ACTOR, ExceptionStoreReports, Reports
+from workers.router import queues
 
 if TYPE_CHECKING:
     from workers.bootstrap import App
@@ -68,10 +72,10 @@ BUDGET_WRITE_S = 5.0
 #: The inbound poller's lease, and how long a silent holder keeps it from the others.
 INBOUND_LEASE = "crm.inbound"
 INBOUND_LEASE_TTL_S = 10.0
-#: Longest a customer delivery waits for an onboarded customer's number to be recorded
-#: (``CrmConsumer._onboarded_first``), in seconds: past it (a poller down that long) the
-#: customer is shown as it is, and an account the poller keys later is reported as a
-#: ``CrmDuplicateAccount`` (never a second ERP customer).
+#: How long every customer delivery waits while an onboarded customer's number is not
+#: recorded yet (``CrmConsumer._onboarded_first``), in seconds; past it only the
+#: customers that may be that create's wait (until the number is known, however long:
+#: a poller down that long), and the others are shown.
 PENDING_HOLD_S = 120.0
 #: How soon a held customer delivery looks again, in seconds.
 PENDING_RECHECK_S = 1.0
@@ -174,11 +178,14 @@ class CrmConsumer:
         """A customer the SoR created for a person's CRM account reaches the CRM as that
         account, never as a second one: the SoR creates it (and its change may be routed
         here) before the inbound poller keyed the account by its number.  Key such
-        accounts first (the poller's link, idempotent); while a create's number is not
+        accounts first (the poller's link, idempotent).  While a create's number is not
         recorded yet (the moment between the SoR's create and coexist's record of it, or
-        after a crash there until the poller asks again), hold the delivery's customers
-        (retried) for up to ``PENDING_HOLD_S``.  Returns the message ids held.  One small
-        read per delivery (the open creates: most often none)."""
+        after a crash there until the poller asks again), hold (re-queue, no attempt
+        counted) the delivery's customers that are that create's (``is_created_from``
+        its kept body: no time limit, shown by ``coexist status``), and, for the first
+        ``PENDING_HOLD_S``, every customer of the delivery (a net for an SoR that keeps
+        the customer other than asked).  Returns the message ids held.  One small read
+        per delivery (the open creates: most often none)."""
         keys = {e.key for e in envelopes if e.domain == "customer"}
         if not keys:
             return set()
@@ -199,17 +206,51 @@ class CrmConsumer:
         if unlinked:
             return {e.message_id for e in envelopes
                     if e.domain == "customer" and e.key in unlinked}
-        if any(row.customer_key == state.NUMBER_PENDING and (
-                now - state._aware(row.decided_at)).total_seconds() < PENDING_HOLD_S
-               for row in open_):
+        pending = [row for row in open_ if row.customer_key == state.NUMBER_PENDING]
+        if not pending:
+            return set()
+        if any((now - state._aware(row.decided_at)).total_seconds() < PENDING_HOLD_S
+               for row in pending):
             return {e.message_id for e in envelopes if e.domain == "customer"}
-        return set()
+        held: dict[str, str] = {}
+        for e in envelopes:
+            if e.domain == "customer" and (crm_id := _pending_of(e, pending)) is not None:
+                held[e.message_id] = crm_id
+        if held:
+            state.note_held(self.engine, sorted(set(held.values())), now)
+        return set(held)
 
     def _defer_all(self, envelopes: Iterable[Envelope], wait: timedelta) -> None:
         delay = min(max(wait.total_seconds(), 1.0), MAX_DEFER_S)
         for env in envelopes:
             self.defer(env, delay)
             DEFERRED.inc()
+
+
+def _pending_of(env: Envelope, pending: Sequence[Any]) -> str | None:
+    """The CRM account of the pending numbered create that may have made the customer of
+    ``env``, or ``None``."""
+    record = env.payload.get("record") if env.kind == queues.KIND_EVENT else None
+    if not isinstance(record, dict):
+        return None
+    try:
+        customer = decode("customer", record)
+    except (TranslationError, ValueError):
+        return None  # the handler refuses it, with the reason
+    for row in pending:
+        if row.create_body:
+            try:
+                body = decode("customer", json.loads(row.create_body))
+            except (TranslationError, ValueError):
+                body = None
+            if body is not None and onboarding.is_created_from(customer, body):
+                return row.crm_account_id
+        candidate = onboarding.Candidate(row.crm_account_id, row.name_key,
+                                         frozenset(filter(None, row.postal_keys.split(","))),
+                                         row.tax_key)
+        if onboarding.match(candidate, [onboarding.Known.of(customer)]) is not None:
+            return row.crm_account_id
+    return None
 
 
 def _budget(crm: Crm) -> ApiBudget | None:
@@ -260,7 +301,6 @@ def sor_numbering(app: App) -> handlers.CreateNumbered:
     CRM channel's command writer, so its change capture routes it on (the shadow, and the
     CRM, where the number lands on the account)."""
     from coexistence.ports import NumberingErp
-    from workers.router import queues
 
     writer = queues.COMMAND_WRITERS[handlers.CHANNEL]
 

@@ -25,6 +25,7 @@ is idempotent, so a crash anywhere re-reads the same events and ends the same wa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -376,14 +377,17 @@ class _Inbound:
                 prior = state.decide(self.engine, candidate, state.LINK,
                                      decision.customer_key, crm_created_at=created)
             elif self.create_customer is not None:
-                # The decision first, its number still to come from the SoR (below).
+                # The decision first, its number still to come from the SoR (below), with
+                # the customer it asks for: asked again after a crash, the same body.
+                body = onboarding.new_customer("0", account.fields, self.defaults)
                 prior = state.decide(self.engine, candidate, state.CREATE,
-                                     state.NUMBER_PENDING, crm_created_at=created)
+                                     state.NUMBER_PENDING, crm_created_at=created,
+                                     create_body=body.model_dump_json())
             else:
                 prior = state.decide(self.engine, candidate, state.CREATE, base=self.base,
                                      crm_created_at=created)
         if prior.decision == state.CREATE and prior.customer_key == state.NUMBER_PENDING:
-            numbered = self.numbered(change, crm_id, account.fields)
+            numbered = self.numbered(change, prior, account.fields)
             if numbered is None:
                 return None
             prior = numbered
@@ -415,15 +419,23 @@ class _Inbound:
             self._known.append(candidate.known_as(key))
         return None
 
-    def numbered(self, change: CrmChange, crm_id: str, fields: dict[str, Any]):
+    def numbered(self, change: CrmChange, prior: state.CrmOnboarding,
+                 fields: dict[str, Any]):
         """The SoR creates the customer of a ``create`` decision and gives it its number;
         the decision keeps it.  Asked again after a crash between the two (the decision
         still without its number), the SoR answers the customer it made under the same
-        idempotency key: never a second one.  ``None`` when the SoR refused (reported)."""
+        idempotency key: never a second one.  The body is the decision's, as first sent
+        (an account edited since would be another body under the key, which the cloud
+        refuses); a decision from before it was kept is built from the account now.
+        ``None`` when the SoR refused (reported)."""
         assert self.create_customer is not None
+        crm_id = prior.crm_account_id
+        if prior.create_body:
+            customer = decode("customer", json.loads(prior.create_body))
+        else:
+            customer = onboarding.new_customer("0", fields, self.defaults)
         try:
-            number = self.create_customer(onboarding.new_customer("0", fields, self.defaults),
-                                          numbered_create_key(crm_id))
+            number = self.create_customer(customer, numbered_create_key(crm_id))
         except BusinessError as exc:
             state.forget_pending(self.engine, crm_id)
             self.report(change, "create", "CrmOnboardingRefused",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Engine, func, select, update
+from sqlalchemy import BigInteger, Column, Engine, Text, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import Field
@@ -64,6 +64,14 @@ class CrmOnboarding(StateTable, table=True):
     #: and set to the SoR's values; a new customer, once the SoR created it and the
     #: outbound channel wrote it (its number) onto the account.  ``None`` until then.
     completed_at: datetime | None = Field(default=None)
+    #: A ``create`` decision's customer as first asked of the SoR (canonical JSON, its key
+    #: ignored): asked again after a crash, the same body goes under the same idempotency
+    #: key, whatever the CRM account says by then (the cloud refuses another body under
+    #: a key with 422).  ``None`` for links, duplicates and decisions older than 0019.
+    create_body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: When the outbound consumer last held a customer delivery because it may be this
+    #: create's customer while its number is pending (``coexist status`` shows it).
+    held_at: datetime | None = Field(default=None)
 
 
 _T = CrmOnboarding.__table__
@@ -85,10 +93,12 @@ def known_pending(engine: Engine) -> list[Known]:
 
 def decide(engine: Engine, candidate: Candidate, decision: str,
            customer_key: str | None = None, *, base: int = CRM_CUSTOMER_NUMBER_BASE,
-           crm_created_at: datetime | None = None) -> CrmOnboarding:
+           crm_created_at: datetime | None = None,
+           create_body: str | None = None) -> CrmOnboarding:
     """Commit a decision for ``candidate``; idempotent.  A ``create`` names the number
     the SoR gave the customer (``customer_key``), or, without one, takes coexist's next
-    number from ``base`` up (no SoR to ask: handler tests, benches).
+    number from ``base`` up (no SoR to ask: handler tests, benches); ``create_body`` is
+    the customer it asks the SoR for (kept for a create asked again).
 
     A decision already taken for the account is returned unchanged.  Two decisions
     racing for one number: the loser's insert fails on the unique number and it
@@ -112,7 +122,7 @@ def decide(engine: Engine, candidate: Candidate, decision: str,
                                 name_key=candidate.name_key[:200],
                                 postal_keys=",".join(sorted(candidate.postal_keys))[:200],
                                 tax_key=candidate.tax_key[:40],
-                                crm_created_at=crm_created_at)
+                                crm_created_at=crm_created_at, create_body=create_body)
             session.add(row)
             try:
                 session.commit()
@@ -144,11 +154,33 @@ def set_number(engine: Engine, crm_account_id: str, customer_key: str) -> CrmOnb
 def open_creates(engine: Engine) -> list:
     """``create`` decisions whose customer the CRM does not show yet (its number not
     recorded, or not yet written onto the account): crm_account_id, customer_key,
-    decided_at."""
+    decided_at, create_body and the candidate's match keys (name_key, postal_keys,
+    tax_key)."""
     with engine.connect() as conn:
-        return list(conn.execute(select(_T.c.crm_account_id, _T.c.customer_key,
-                                        _T.c.decided_at).where(
+        return list(conn.execute(select(
+            _T.c.crm_account_id, _T.c.customer_key, _T.c.decided_at, _T.c.create_body,
+            _T.c.name_key, _T.c.postal_keys, _T.c.tax_key).where(
             _T.c.decision == CREATE, _T.c.completed_at.is_(None))).all())
+
+
+def numbers_pending(engine: Engine) -> list:
+    """``create`` decisions whose number the SoR has not given coexist yet (the moment
+    between its create and coexist's record of it, or a crash there until the poller
+    asks again): crm_account_id, decided_at, held_at, oldest first.  Their customers'
+    CRM writes are held meanwhile (``workers.crm.consumer``)."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(_T.c.crm_account_id, _T.c.decided_at,
+                                        _T.c.held_at).where(
+            _T.c.decision == CREATE, _T.c.customer_key == NUMBER_PENDING)
+            .order_by(_T.c.decided_at)).all())
+
+
+def note_held(engine: Engine, crm_account_ids: list[str], now: datetime) -> None:
+    """The consumer held a delivery for these pending creates' customers just now."""
+    with engine.begin() as conn:
+        conn.execute(update(_T).where(_T.c.crm_account_id.in_(crm_account_ids),
+                                      _T.c.customer_key == NUMBER_PENDING)
+                     .values(held_at=now))
 
 
 def forget_pending(engine: Engine, crm_account_id: str) -> None:

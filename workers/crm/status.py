@@ -22,16 +22,25 @@ from workers.crm import handlers, state
 def crm_channel(engine: Engine, configured: bool, now: datetime | None = None
                 ) -> dict[str, Any]:
     """``{"configured", "paused", "paused_until", "pause_reason", "budget_used",
-    "budget_max", "budget_at", "inbound_checkpoint", "inbound_holder", "onboarding_time"}``
-    (``onboarding_time``: see ``onboarding_time``)."""
+    "budget_max", "budget_at", "inbound_checkpoint", "inbound_holder", "onboarding_time",
+    "numbers_pending"}`` (``onboarding_time``: see ``onboarding_time``;
+    ``numbers_pending``: the onboardings whose customer number the SoR has not given
+    coexist yet, ``{"crm_account_id", "since", "held_at"}`` oldest first: while one is
+    there, CRM writes of the customer it may have made are held)."""
     now = now or datetime.now(UTC)
     out: dict[str, Any] = {"configured": configured, "paused": False, "paused_until": None,
                            "pause_reason": "", "budget_used": None, "budget_max": None,
                            "budget_at": None, "inbound_checkpoint": None,
-                           "inbound_holder": None, "onboarding_time": None}
+                           "inbound_holder": None, "onboarding_time": None,
+                           "numbers_pending": []}
     if not inspect(engine).has_table(state.CrmChannelState.__tablename__):
         return out
     out["onboarding_time"] = onboarding_time(engine, now=now)
+    out["numbers_pending"] = [
+        {"crm_account_id": r.crm_account_id,
+         "since": state._aware(r.decided_at).isoformat(),
+         "held_at": state._aware(r.held_at).isoformat() if r.held_at else None}
+        for r in state.numbers_pending(engine)]
     row = state.channel_state(engine)
     if row is not None:
         until = state._aware(row.paused_until) if row.paused_until else None
@@ -95,6 +104,11 @@ def describe(c: dict[str, Any]) -> str:
     inbound = (f"feed checkpoint {c['inbound_checkpoint']}, polled by "
                f"{c['inbound_holder'] or 'nobody now'}")
     line = f"CRM channel: {paused}; {budget}; {inbound}"
+    pending = c.get("numbers_pending") or []
+    if pending:
+        line += (f"; {len(pending)} onboarding(s) waiting for a customer number from the SoR "
+                 f"since {pending[0]['since']} (CRM account {pending[0]['crm_account_id']}: "
+                 "its customer's CRM writes are held until the inbound poller records it)")
     times = c.get("onboarding_time")
     if times and times["completed"]:
         line += (f"; onboarding time median {times['median_s']:g} s, p95 {times['p95_s']:g} s "
