@@ -10,6 +10,10 @@ Prints one JSON line per figure:
 * ``crm_accounts_first_load``: the same, creating the accounts (the duplicate rule and id
   allocation run for each), batched only: what a first sync of the customer base costs.
 
+* ``crm_one_by_one_baselines``: whether the baseline is a fair one: the same subset
+  one request each through the handler (the baseline above), through the CRM's
+  single-record upsert endpoint, and through the handler from 8 threads.
+
 * ``crm_inbound_echoes``: the inbound poller reading a feed of coexist's own writes (the
   rounds above), ``FEED_READ`` events a read against the former 200: CPU per event.
 
@@ -49,6 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bus.envelope import new_envelope  # noqa: E402
+from coexistence.canonical import decode  # noqa: E402
 from coexistence.crm.mapping import account_fields  # noqa: E402
 from coexistence.sample import iter_customers  # noqa: E402
 from workers.crm.client import CrmClient  # noqa: E402
@@ -88,6 +93,51 @@ def _run(crm: CrmClient, envs, batch: int) -> float:
         if bad:
             raise RuntimeError(f"{len(bad)} not synced, e.g. {bad[0]}")
     return time.perf_counter() - started
+
+
+def _sobject_upserts(crm: CrmClient, envs) -> float:
+    """The same records, one Salesforce single-record upsert each
+    (``PATCH sobjects/Account/Coexist_Id__c/{key}``, the external id in the URL, not the
+    body): what a client that never batches would send."""
+    from coexistence.crm.mapping import to_sobject
+    from coexistence.crm.ports import EXTERNAL_ID
+    from coexistence.router import routed_version
+
+    started = time.perf_counter()
+    for env in envs:
+        record = decode("customer", env.payload["record"])
+        body = to_sobject(record, version=routed_version(env.flag_version, env.source_version),
+                          correlation_id=env.correlation_id, sor=env.source_system)
+        body.pop(EXTERNAL_ID)
+        crm._call("PATCH", f"sobjects/Account/{EXTERNAL_ID}/{env.key}", json=body)
+    return time.perf_counter() - started
+
+
+def _threaded(crm: CrmClient, envs, threads: int) -> float:
+    """The handler one envelope per request, from ``threads`` threads (the worker's
+    ``--threads 8``): one by one, but as many requests in flight as the worker has."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reports = _Reports()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for results in pool.map(lambda e: sync_outbound([e], crm=crm, reports=reports), envs):
+            if results[0].outcome is not Outcome.SYNCED:
+                raise RuntimeError(f"not synced: {results[0]}")
+    return time.perf_counter() - started
+
+
+def _baselines(crm: CrmClient, customers, version: int) -> tuple[dict, int]:
+    """Is the one-by-one baseline a fair one?  The same subset through: the bench's
+    baseline (the handler, an sObject Collection of one record per request), the CRM's
+    single-record upsert endpoint, and the handler from 8 threads."""
+    out = {}
+    for name, run in (("collection_of_1", lambda e: _run(crm, e, 1)),
+                      ("sobject_upsert", lambda e: _sobject_upserts(crm, e)),
+                      ("collection_of_1_8_threads", lambda e: _threaded(crm, e, 8))):
+        version += 1
+        out[name] = round(len(customers) / run(_events(customers, version)))
+    return out, version
 
 
 PG_ADMIN_URL = os.environ.get("COEXIST_BENCH_PG_URL",
@@ -445,6 +495,10 @@ def main() -> None:
             seconds = _run(crm, _events(subset, version), 1)
             single.append(len(subset) / seconds)
         best, base = max(batched), max(single)
+        variants, version = _baselines(crm, customers[:args.single], version)
+        print(json.dumps({"name": "crm_one_by_one_baselines", "accounts": args.single,
+                          "records_per_s": variants, "load_avg": os.getloadavg()[0]}),
+              flush=True)
         print(json.dumps({
             "name": "crm_accounts_batched", "accounts": len(customers), "batch": BATCH,
             "records_per_s": round(best), "baseline_per_s": round(base),
