@@ -123,3 +123,39 @@ def test_a_refused_record_is_a_business_report_and_its_message_is_acked(parts):
     results = consumer([event(good, 1), bad])
     assert [r.outcome for r in results] == [Outcome.SYNCED, Outcome.REFUSED]
     assert [r.error_type for r in reports.all] == ["CrmRefused:BAD_EVENT"]
+
+
+def test_past_the_hold_only_a_pending_create_s_customer_waits_for_its_number(parts):
+    """A create whose number is pending (a crash before coexist recorded it, the poller
+    away): every customer waits for ``PENDING_HOLD_S``; after that, the one the create
+    may have made waits on (however long, noted for ``coexist status``), the rest go on."""
+    from coexistence.crm.onboarding import Candidate, new_customer
+    from workers.crm.consumer import PENDING_HOLD_S
+
+    consumer, crm, engine, _reports, deferred, clock = parts
+    fields = {"Name": "Walk-in Hardware", "BillingStreet": "1 Main St",
+              "BillingCity": "Denver", "BillingState": "CO", "BillingPostalCode": "80202",
+              "BillingCountry": "US"}
+    body = new_customer("0", fields)
+    state.decide(engine, Candidate.of("001PENDING", fields), state.CREATE,
+                 state.NUMBER_PENDING, create_body=body.model_dump_json())
+    with engine.begin() as conn:  # decided now, by the test's clock
+        conn.execute(state.CrmOnboarding.__table__.update().values(decided_at=clock.now))
+    made = body.model_copy(update={"key": "100000", "name": body.name.upper()})
+    other = SPEC.record("customer", 1)
+    envs = [event(made, 1), event(other, 1)]
+    assert {r.outcome for r in consumer(envs)} == {Outcome.PAUSED}
+    assert not crm.records.get("Account") and len(deferred) == 2
+    clock.now += timedelta(seconds=PENDING_HOLD_S + 1)
+    deferred.clear()
+    results = {r.message_id: r.outcome for r in consumer(envs)}
+    assert results == {envs[0].message_id: Outcome.PAUSED,
+                       envs[1].message_id: Outcome.SYNCED}
+    assert set(crm.records["Account"]) == {other.key}
+    assert [m for m, _ in deferred] == [envs[0].message_id]
+    [pending] = state.numbers_pending(engine)
+    assert state._aware(pending.held_at) == clock.now
+    # The number is recorded: the person's account is keyed first, then written.
+    state.set_number(engine, "001PENDING", made.key)
+    consumer([envs[0]])
+    assert set(crm.records["Account"]) == {other.key, made.key}
