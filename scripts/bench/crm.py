@@ -27,8 +27,11 @@ Prints one JSON line per figure:
   transaction) and is timed from before the first edit to the commit time of the last
   account's update in the CRM (its change feed); the best round is reported, every
   round listed.  CPU per account of each process comes from /proc; ``--profile DIR``
-  writes ``py-spy record --gil`` profiles (raw) of each process over the rounds.  Its
-  baseline is the one-by-one figure above.
+  writes ``py-spy record --gil`` profiles (raw) of each process (and the CRM simulator)
+  over the rounds.  Its baseline is the one-by-one figure above; ``--e2e-baseline`` adds
+  ``crm_accounts_end_to_end_one_by_one``: the same processes with the CRM channel
+  consumed one message per request (``scripts/bench/crm_unbatched.py``), the same path
+  without the channel's batching.
 
 The first two figures are the handler and the simulator on one machine.  Rounds of
 batched and one-by-one alternate so load from other processes hits both alike.  Usage:
@@ -273,10 +276,13 @@ def _edit_all(engine, keys: list[str], credit: Decimal, writer: str) -> None:
 
 
 def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
-                profile: Path | None, edit_rounds: int, flag_version: int = 5) -> dict:
+                profile: Path | None, edit_rounds: int, flag_version: int = 5,
+                unbatched: bool = False) -> dict:
     """The production path as OS processes, as supervisord runs them: ``coexist router``
     and ``coexist worker`` on RabbitMQ + PostgreSQL (``stack="rabbit"``), or ``coexist
-    run`` on the embedded broker and SQLite (``stack="embedded"``)."""
+    run`` on the embedded broker and SQLite (``stack="embedded"``).  ``unbatched``: the
+    worker (``run``) consumes the CRM channel one message per request
+    (``scripts/bench/crm_unbatched.py``), the end-to-end one-by-one baseline."""
     import subprocess
     import uuid
 
@@ -291,7 +297,7 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
     from workers.migrate import upgrade
 
-    home = tmp / f"e2e-{stack}"
+    home = tmp / f"e2e-{stack}{'-unbatched' if unbatched else ''}"
     home.mkdir()
     legacy_url = f"sqlite:///{home / 'legacy.db'}"
     engine = create_legacy_engine(legacy_url)
@@ -333,8 +339,10 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
         '[subscriptions.crm]\ndomains = ["customer"]\n\n'
         f'[crm]\nurl = "{sim.url}"\nclient_id = "bench"\npoll_interval_s = 5\n')
     coexist = [str(Path(sys.executable).with_name("coexist"))]
-    commands = {"run": ["run"]} if stack == "embedded" else {
-        "router": ["router"], "worker": ["worker", "--threads", "8"]}
+    consumer = [sys.executable, str(ROOT / "scripts" / "bench" / "crm_unbatched.py")] \
+        if unbatched else coexist
+    commands = {"run": consumer + ["run"]} if stack == "embedded" else {
+        "router": coexist + ["router"], "worker": consumer + ["worker", "--threads", "8"]}
     admin = CrmSimulatorAdmin(sim.url)
     reader = CrmClient(sim.url, client_id="bench", client_secret=secret)
     procs: dict[str, subprocess.Popen] = {}
@@ -346,7 +354,7 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
             for name, args in commands.items():
                 with open(home / f"{name}.log", "w") as out:
                     procs[name] = subprocess.Popen(
-                        coexist + [*args, "--log-level", "WARNING"], env=env, cwd=ROOT,
+                        [*args, "--log-level", "WARNING"], env=env, cwd=ROOT,
                         stdout=out, stderr=subprocess.STDOUT)
             legacy = LegacyErp(engine)
             # Warm-up: the customers enter the SoR one by one (people typing), all of them
@@ -363,12 +371,14 @@ def _end_to_end(customers, sim, secret: str, tmp: Path, stack: str,
             cpu0["crm_sim"] = _cpu_s(sim.process.pid)
             if profile is not None:
                 profile.mkdir(parents=True, exist_ok=True)
+                # (the CRM simulator too: its CPU is the channel's as much as the worker's)
                 spies = [subprocess.Popen(
                     [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                     str(p.pid), "--gil", "-r", "200", "-f", "raw", "-o",
+                     str(pid), "--gil", "-r", "200", "-f", "raw", "-o",
                      str(profile / f"{stack}-{n}.txt")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    for n, p in procs.items()]
+                    for n, pid in [*((n, p.pid) for n, p in procs.items()),
+                                   ("crm_sim", sim.process.pid)]]
                 time.sleep(1.0)  # py-spy attached
             ids = {r["Id"] for r in admin.query("SELECT Id, Coexist_Id__c FROM Account")
                    if r["Coexist_Id__c"] in set(keys)}
@@ -463,6 +473,9 @@ def main() -> None:
                         help="edit rounds of the end-to-end run (the best is reported)")
     parser.add_argument("--stack", choices=("rabbit", "embedded"), action="append",
                         help="the end-to-end run's stack (repeat for both; default rabbit)")
+    parser.add_argument("--e2e-baseline", action="store_true",
+                        help="also run the end-to-end path with the CRM channel consumed one "
+                        "message per request (the same processes otherwise), as a baseline")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder for py-spy --gil profiles (raw) of each process of the "
                         "end-to-end edit phase")
@@ -516,14 +529,27 @@ def main() -> None:
             "cpu_ratio": round(old["cpu_us_per_event"] / new["cpu_us_per_event"], 2),
             "load_avg": os.getloadavg()[0]}), flush=True)
         crm.close()
-        for n, stack in enumerate((args.stack or ["rabbit"]) if args.e2e else []):
+        runs = [(stack, False) for stack in (args.stack or ["rabbit"])] if args.e2e else []
+        if args.e2e and args.e2e_baseline:
+            runs += [(stack, True) for stack in (args.stack or ["rabbit"])]
+        batched_e2e: dict[str, int] = {}
+        for n, (stack, unbatched) in enumerate(runs):
             e2e = _end_to_end(customers[:args.e2e], sim, secret, Path(tmp), stack,
-                              args.profile, args.e2e_rounds, flag_version=5 * (n + 1))
-            print(json.dumps({
-                "name": "crm_accounts_end_to_end", **e2e, "baseline_per_s": round(base),
-                "ratio": round(e2e["records_per_s"] / base, 1),
-                "load_avg": os.getloadavg()[0],
-                "targets": {"records_per_s": 1000, "ratio": 5}}), flush=True)
+                              None if unbatched else args.profile, args.e2e_rounds,
+                              flag_version=5 * (n + 1), unbatched=unbatched)
+            line = {"name": "crm_accounts_end_to_end" + ("_one_by_one" if unbatched else ""),
+                    **e2e, "baseline_per_s": round(base),
+                    "ratio": round(e2e["records_per_s"] / base, 1),
+                    "load_avg": os.getloadavg()[0]}
+            if unbatched:
+                # The same path without the channel's batching: what batching buys end to end.
+                line["batched_per_s"] = batched_e2e.get(stack)
+                if batched_e2e.get(stack):
+                    line["batched_ratio"] = round(batched_e2e[stack] / e2e["records_per_s"], 1)
+            else:
+                batched_e2e[stack] = e2e["records_per_s"]
+                line["targets"] = {"records_per_s": 1000, "ratio": 5}
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
