@@ -169,6 +169,21 @@ class CrmContract:
         assert result.matched_ids == (first.crm_id,)
         assert crm.find("customer", "77777") is None
 
+    def test_the_duplicate_rule_follows_a_rename(self, crm):
+        c = record("customer", 13)
+        first = crm.upsert("customer", [item(c, 1)])[0]
+        other = c.model_copy(update={"key": "77778", "name": "Unrelated Widgets"})
+        assert isinstance(crm.upsert("customer", [item(other, 1)])[0], Synced)
+        # Renamed to the first's company: now its duplicate.
+        [result] = crm.upsert("customer", [item(other.model_copy(update={"name": c.name}), 2)])
+        assert isinstance(result, Refused) and result.code == "DUPLICATES_DETECTED"
+        assert result.matched_ids == (first.crm_id,)
+        # The first renamed away: its old name is free for the other.
+        assert isinstance(crm.upsert("customer", [item(
+            c.model_copy(update={"name": "Renamed Away Ltd"}), 2)])[0], Synced)
+        assert isinstance(crm.upsert("customer", [item(
+            other.model_copy(update={"name": c.name}), 3)])[0], Synced)
+
     # ----------------------------------------------------------------- whole requests
 
     def test_a_spent_budget_pauses_and_writes_nothing(self, harness, crm):

@@ -50,6 +50,7 @@ import re
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, unquote
@@ -424,7 +425,7 @@ class CrmSimulator:
                                   f"records[{i}]: type {kind} is not {obj.name}; a collection "
                                   "holds one type")
         values = [rec.get(field_name) for rec in records]
-        repeated = {v for v in values if v is not None and values.count(v) > 1}
+        repeated = {v for v, n in Counter(v for v in values if v is not None).items() if n > 1}
 
         def run() -> Response:
             results, failed = [], False

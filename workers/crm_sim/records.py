@@ -159,7 +159,7 @@ class Records:
         doc["LastModifiedById"] = ctx.user_id
         self._formulas(obj, doc)
         self.store.put(doc, obj.name, existing)
-        if obj.name == "Account":
+        if obj.name == "Account" and (created or not _same(doc, old, DUPLICATE_WATCHED)):
             self.store.set_dupkeys(doc["Id"], *duplicates.keys_of(doc))
             if dup_matches:
                 self._report_duplicates(ctx, [doc["Id"], *dup_matches])
@@ -231,8 +231,7 @@ class Records:
     def _duplicates(self, ctx: Ctx, doc: dict, old: dict) -> list[str]:
         """Ids the duplicate rule matches (empty when allowed to save or nothing matches
         being blocked raises)."""
-        watched = ("Name", "BillingPostalCode", "Phone")
-        if old and all(doc.get(n) == old.get(n) for n in watched):
+        if old and _same(doc, old, DUPLICATE_WATCHED):
             return []
         mine = duplicates.keys_of(doc)
         found = [id_ for id_, postal, phone in self.store.dup_candidates(mine[0])
@@ -373,6 +372,14 @@ class Records:
         }
         self.store.append_event(commit_ms, {"ChangeEventHeader": header, **fields})
         ctx.wrote_events = True
+
+
+#: The fields the duplicate rule's keys come from (``duplicates.keys_of``).
+DUPLICATE_WATCHED = ("Name", "BillingPostalCode", "Phone")
+
+
+def _same(doc: dict, old: dict, names: tuple[str, ...]) -> bool:
+    return all(doc.get(n) == old.get(n) for n in names)
 
 
 def _lower(new, old) -> bool:

@@ -26,6 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 
 #: Field types used by this org.
 STRING, TEXTAREA, BOOLEAN, CURRENCY, NUMBER, DATE, DATETIME, PICKLIST, REFERENCE, EMAIL, \
@@ -77,11 +78,13 @@ class SObject:
     #: Change data capture is enabled for the object.
     cdc: bool = True
 
-    @property
+    # Cached: read for every record saved (5 % of a collection's CPU when recomputed);
+    # an object's fields are fixed once the schema is built.
+    @cached_property
     def external_ids(self) -> tuple[str, ...]:
         return tuple(n for n, f in self.fields.items() if f.external_id)
 
-    @property
+    @cached_property
     def relationships(self) -> dict[str, Field]:
         return {f.relationship: f for f in self.fields.values() if f.relationship}
 
