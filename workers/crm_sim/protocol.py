@@ -28,8 +28,12 @@ class SfError(Exception):
         return cls(status, [entry])
 
 
+#: One encoder for every answer (``json.dumps`` with ``separators`` builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_response(status: int, doc, headers=None) -> Response:
-    body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
+    body = b"" if doc is None else _ENCODER.encode(doc).encode()
     return Response(status, body, list(headers or []))
 
 

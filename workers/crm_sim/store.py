@@ -212,10 +212,12 @@ class Store:
                               (commit_ms, _dumps(payload)))
         return int(cur.lastrowid)
 
-    def events_after(self, replay_id: int, limit: int) -> list[tuple[int, dict]]:
-        return [(r, json.loads(p)) for r, p in self.db.execute(
+    def events_after(self, replay_id: int, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` events after ``replay_id``: (replay id, the payload's JSON text as
+        stored, which the feed sends as it is)."""
+        return self.db.execute(
             "SELECT replay_id, payload FROM events WHERE replay_id > ? ORDER BY replay_id "
-            "LIMIT ?", (replay_id, limit))]
+            "LIMIT ?", (replay_id, limit)).fetchall()
 
     def latest_replay_id(self) -> int:
         row = self.db.execute("SELECT MAX(replay_id) FROM events").fetchone()
