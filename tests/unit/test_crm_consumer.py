@@ -146,6 +146,8 @@ def test_past_the_hold_only_a_pending_create_s_customer_waits_for_its_number(par
     envs = [event(made, 1), event(other, 1)]
     assert {r.outcome for r in consumer(envs)} == {Outcome.PAUSED}
     assert not crm.records.get("Account") and len(deferred) == 2
+    [pending] = state.numbers_pending(engine)  # the one that is the create's, noted
+    assert state._aware(pending.held_at) == clock.now
     clock.now += timedelta(seconds=PENDING_HOLD_S + 1)
     deferred.clear()
     results = {r.message_id: r.outcome for r in consumer(envs)}

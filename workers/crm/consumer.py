@@ -209,15 +209,15 @@ class CrmConsumer:
         pending = [row for row in open_ if row.customer_key == state.NUMBER_PENDING]
         if not pending:
             return set()
-        if any((now - state._aware(row.decided_at)).total_seconds() < PENDING_HOLD_S
-               for row in pending):
-            return {e.message_id for e in envelopes if e.domain == "customer"}
         held: dict[str, str] = {}
         for e in envelopes:
             if e.domain == "customer" and (crm_id := _pending_of(e, pending)) is not None:
                 held[e.message_id] = crm_id
         if held:
             state.note_held(self.engine, sorted(set(held.values())), now)
+        if any((now - state._aware(row.decided_at)).total_seconds() < PENDING_HOLD_S
+               for row in pending):
+            return {e.message_id for e in envelopes if e.domain == "customer"}
         return set(held)
 
     def _defer_all(self, envelopes: Iterable[Envelope], wait: timedelta) -> None:
