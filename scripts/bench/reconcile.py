@@ -34,6 +34,7 @@ Usage: ``python scripts/bench/reconcile.py [--customers 100000] [--diff-pct 0.1 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -157,6 +158,7 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
     legacy, cloud = LegacyReader(LegacyErp(engine)), CloudReader(erp)
     start = time.perf_counter()
     cpu = time.process_time()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     if warm:
         report, stats = reconcile_by_index("customer", legacy, cloud, state,
                                            on_finding=findings.append, seed=1)
@@ -169,6 +171,12 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
         extra = {}
     seconds = time.perf_counter() - start
     cpu_s = time.process_time() - cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The helper process that digests the cloud export (workers.reconcile.pipeline) has
+    # exited by now: its CPU and peak RSS are the children's.
+    extra["cpu_helper_s"] = (after.ru_utime + after.ru_stime) - (kids.ru_utime + kids.ru_stime)
+    extra["peak_rss_helper_mb"] = round(after.ru_maxrss / 1024, 1)
+    extra["helper_records"] = cloud.digester.offloaded if cloud.digester else 0
     del httpx
     c = report.counts
     return {"seconds": seconds, "rows": max(c.rows_legacy, c.rows_cloud),
@@ -294,6 +302,11 @@ def main() -> None:
                         help="reuse legacy.db + cloud.db built in DIR (see build()): build "
                              "the indexes from the files (index_build_direct), then measure "
                              "reconcile_index_warm only")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="keep the data sets in DIR/<customers>-<pct>pct and reuse them "
+                             "when already built (a 1M build takes minutes)")
+    parser.add_argument("--build-only", action="store_true",
+                        help="with --data-dir: build the data sets, measure nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -342,11 +355,28 @@ def main() -> None:
                       flush=True)
         return
     for pct in a.diff_pct:
-        with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
-            dir_ = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            if a.data_dir:
+                dir_ = Path(a.data_dir) / f"{a.customers}-{pct}pct-seed{a.seed}"
+                dir_.mkdir(parents=True, exist_ok=True)
+            else:
+                dir_ = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="bench-reconcile-")))
+            built_file = dir_ / "seeded.json"
             t0 = time.perf_counter()
-            seeded = build(dir_, a.customers, pct, a.seed)
+            if built_file.exists():
+                seeded = json.loads(built_file.read_text())
+            else:
+                for f in ("legacy.db", "cloud.db"):
+                    (dir_ / f).unlink(missing_ok=True)
+                seeded = build(dir_, a.customers, pct, a.seed)
+                built_file.write_text(json.dumps(seeded))
             build_s = time.perf_counter() - t0
+            if a.build_only:
+                print(json.dumps({"built": str(dir_), "seeded": seeded,
+                                  "build_s": round(build_s, 1)}), flush=True)
+                continue
+            (dir_ / "state.db").unlink(missing_ok=True)
             legacy_url = f"sqlite:///{dir_ / 'legacy.db'}"
             state_url = fresh_state(a.state_url or f"sqlite:///{dir_ / 'state.db'}")
             only = set(a.only or ("checksum", "full", "index"))
@@ -370,8 +400,11 @@ def main() -> None:
                                              "exclusive_cloud", "cloud_records_fetched",
                                              "segments", "segments_differing", "fell_back",
                                              "cloud_requests", "checksum_requests",
-                                             "suspects", "sampled", "stages") if k in r},
+                                             "suspects", "sampled", "stages", "helper_records",
+                                             "peak_rss_helper_mb") if k in r},
                         **({"cpu_s": round(r["cpu_s"], 2)} if "cpu_s" in r else {}),
+                        **({"cpu_helper_s": round(r["cpu_helper_s"], 2)}
+                           if "cpu_helper_s" in r else {}),
                         "loadavg": [round(x, 2) for x in os.getloadavg()]}
                 if base is not None:
                     base_per_s = base["rows"] / base["seconds"]

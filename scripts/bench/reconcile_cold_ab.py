@@ -76,7 +76,10 @@ def main() -> None:
                             "rows": r["rows"],
                             "seconds": round(r["seconds"], 2),
                             "cpu_s": round(r["cpu_s"], 2),
-                            "cpu_us_per_record": round(r["cpu_s"] / r["rows"] * 1e6, 1),
+                            "cpu_helper_s": round(r.get("cpu_helper_s", 0.0), 2),
+                            "cpu_us_per_record": round(
+                                (r["cpu_s"] + r.get("cpu_helper_s", 0.0)) / r["rows"] * 1e6, 1),
+                            "peak_rss_helper_mb": r.get("peak_rss_helper_mb"),
                             "peak_rss_mb": r["peak_rss_mb"],
                             "findings": r["findings"],
                             "mismatched": r["mismatched"],

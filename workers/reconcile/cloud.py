@@ -31,6 +31,7 @@ from coexistence.translate.cloud import (
     translator_for,
 )
 from workers.cloud_erp import CloudErp, CloudTechnicalError
+from workers.reconcile.pipeline import Digester
 
 
 class CloudUnavailable(CloudTechnicalError):
@@ -109,6 +110,10 @@ def _segment_rows(body: Any, path: str, key: str = "segments") -> list:
     return rows
 
 
+#: Helper processes digesting a full stream's cloud documents (one: the calling process
+#: has the legacy side, the merge and the index to do, about as much CPU).
+DIGEST_PROCESSES = 1
+
 #: How long the first checksum request may take, in seconds: the cloud digests every
 #: record written since the last run before it answers (minutes on a first run of
 #: millions of records).
@@ -120,8 +125,14 @@ class CloudReader:
 
     system = "cloud"
 
-    def __init__(self, erp: CloudErp, *, segments_timeout_s: float = SEGMENTS_TIMEOUT_S) -> None:
+    def __init__(self, erp: CloudErp, *, segments_timeout_s: float = SEGMENTS_TIMEOUT_S,
+                 digest_processes: int = DIGEST_PROCESSES) -> None:
+        """``digest_processes``: helper processes that validate and digest a full
+        stream's documents (0: all in this process)."""
         self.erp = erp
+        self.digest_processes = digest_processes
+        #: The last ``stream``'s digester (how many records its helper digested).
+        self.digester: Digester | None = None
         self.http = erp.http
         self.segments_timeout_s = segments_timeout_s
         #: Requests and records that crossed the network, for the report.
@@ -225,37 +236,55 @@ class CloudReader:
         export, sorted by key (works against any cloud ERP).  Like ``CloudErp.stream``,
         but a document that does not translate is an item carrying its error, not the
         end of the run; a cut stream resumes behind the last item, within the
-        adapter's retry budget."""
+        adapter's retry budget.  Past the first records the documents are validated
+        and digested in a helper process (``workers.reconcile.pipeline``)."""
         path = f"/export/{RESOURCES[domain]}"
         failures = 0
-        while True:
-            self.requests += 1
-            try:
-                self.erp.limiter.acquire()
-                with self.http.stream("GET", path, params={"after": after}) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        raise CloudUnavailable(f"cloud ERP answered {response.status_code} "
-                                               f"on {path}: {response.text[:200]}")
-                    for line in response.iter_lines():
-                        if not line:
-                            continue
-                        item = item_of_json(domain, line)
-                        if upto is not None and item.key > upto:
-                            return
-                        after = item.key
-                        self.records_fetched += 1
-                        yield item
+        digester = Digester(domain, processes=self.digest_processes)
+        self.digester = digester
+        try:
+            while True:
+                self.requests += 1
+                cut: httpx.TransportError | None = None
+                try:
+                    self.erp.limiter.acquire()
+                    with self.http.stream("GET", path, params={"after": after}) as response:
+                        if response.status_code != 200:
+                            response.read()
+                            raise CloudUnavailable(f"cloud ERP answered {response.status_code} "
+                                                   f"on {path}: {response.text[:200]}")
+                        try:
+                            for line in response.iter_lines():
+                                if not line:
+                                    continue
+                                for item in digester.feed(line):
+                                    if upto is not None and item.key > upto:
+                                        return
+                                    after = item.key
+                                    self.records_fetched += 1
+                                    yield item
+                        except httpx.TransportError as exc:
+                            cut = exc  # the lines read whole before the cut are still good
+                except httpx.TransportError as exc:
+                    cut = exc
+                except httpx.HTTPError as exc:
+                    raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: "
+                                           f"{type(exc).__name__}: {exc}") from None
+                for item in digester.flush():
+                    if upto is not None and item.key > upto:
+                        return
+                    after = item.key
+                    self.records_fetched += 1
+                    yield item
+                if cut is None:
                     return
-            except httpx.TransportError as exc:
                 failures += 1
                 if failures >= self.erp.attempts:
                     raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: export of "
                                            f"{domain} failed {failures} times: "
-                                           f"{type(exc).__name__}: {exc}") from None
-            except httpx.HTTPError as exc:
-                raise CloudUnavailable(f"cloud ERP {self.http.base_url}{path}: "
-                                       f"{type(exc).__name__}: {exc}") from None
+                                           f"{type(cut).__name__}: {cut}") from None
+        finally:
+            digester.close()
 
     def get(self, domain: str, key: str) -> CanonicalRecord | None:
         """The record as the cloud holds it now (for repairs), or ``None``."""
