@@ -156,8 +156,11 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
     engine = create_legacy_engine(legacy_url)
     state = create_state_engine(state_url)
     legacy, cloud = LegacyReader(LegacyErp(engine)), CloudReader(erp)
+    from workers.reconcile.by_index import run_queue_s
+
     start = time.perf_counter()
     cpu = time.process_time()
+    queued = run_queue_s()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     if warm:
         report, stats = reconcile_by_index("customer", legacy, cloud, state,
@@ -171,6 +174,10 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
         extra = {}
     seconds = time.perf_counter() - start
     cpu_s = time.process_time() - cpu
+    end_queued = run_queue_s()
+    if queued is not None and end_queued is not None:
+        # The main thread's time runnable without a CPU (the machine's load).
+        extra["run_queue_s"] = end_queued - queued
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The helper process that digests the cloud export (workers.reconcile.pipeline) has
     # exited by now: its CPU and peak RSS are the children's.
@@ -275,6 +282,15 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def in_subprocess(kind: str, *args: str) -> dict:
@@ -387,35 +403,57 @@ def main() -> None:
                 ("reconcile_index_cold", "index_cold", (state_url,), "index"),
                 ("reconcile_index_warm", "index_warm", (state_url,), "index"),
             ) if group in only]
+            # The baseline first and each line as soon as its figure exists: a long run
+            # cut short (a lock's timeout) keeps what it measured.
             with start_simulator(dir_ / "cloud.db") as sim:
-                runs = {name: in_subprocess(mode, legacy_url, sim.url, *args)
-                        for name, mode, args in plan}
-                base = None if a.no_baseline else in_subprocess("baseline", legacy_url, sim.url)
-            for name, r in runs.items():
-                per_s = r["rows"] / r["seconds"]
-                line = {"name": f"{name}_{a.customers}_{pct}pct", "records_per_s": round(per_s),
-                        "peak_rss_mb": r["peak_rss_mb"], "seconds": round(r["seconds"], 2),
-                        "seeded": seeded, "build_s": round(build_s, 1),
-                        **{k: r[k] for k in ("findings", "mismatched", "exclusive_legacy",
-                                             "exclusive_cloud", "cloud_records_fetched",
-                                             "segments", "segments_differing", "fell_back",
-                                             "cloud_requests", "checksum_requests",
-                                             "suspects", "sampled", "stages", "helper_records",
-                                             "peak_rss_helper_mb") if k in r},
-                        **({"cpu_s": round(r["cpu_s"], 2)} if "cpu_s" in r else {}),
-                        **({"cpu_helper_s": round(r["cpu_helper_s"], 2)}
-                           if "cpu_helper_s" in r else {}),
-                        "loadavg": [round(x, 2) for x in os.getloadavg()]}
-                if base is not None:
-                    base_per_s = base["rows"] / base["seconds"]
-                    line.update(baseline_per_s=round(base_per_s),
-                                ratio=round(per_s / base_per_s, 2),
-                                baseline_seconds=round(base["seconds"], 2),
-                                baseline_compare_only_s=round(base["compare_s"], 2),
-                                baseline_peak_rss_mb=base["peak_rss_mb"],
-                                baseline_differing_records=base["differing_records"])
-                print(json.dumps(line), flush=True)
+                base = None
+                if not a.no_baseline:
+                    load0 = os.getloadavg()
+                    base = in_subprocess("baseline", legacy_url, sim.url)
+                    print(json.dumps({
+                        "name": f"datacompy_{a.customers}_{pct}pct",
+                        "records_per_s": round(base["rows"] / base["seconds"]),
+                        "seconds": round(base["seconds"], 2),
+                        "compare_only_s": round(base["compare_s"], 2),
+                        "peak_rss_mb": base["peak_rss_mb"],
+                        "differing_records": base["differing_records"], "seeded": seeded,
+                        "loadavg_start": [round(x, 2) for x in load0],
+                        "loadavg": [round(x, 2) for x in os.getloadavg()]}), flush=True)
+                for name, mode, args in plan:
+                    load0 = os.getloadavg()
+                    before = process_cpu_s(sim.process.pid)
+                    r = in_subprocess(mode, legacy_url, sim.url, *args)
+                    r["cpu_cloud_sim_s"] = process_cpu_s(sim.process.pid) - before
+                    print(json.dumps(_line(f"{name}_{a.customers}_{pct}pct", r, base, seeded,
+                                           build_s, load0)), flush=True)
 
+
+def _line(name: str, r: dict, base: dict | None, seeded: dict, build_s: float,
+          load0: tuple) -> dict:
+    per_s = r["rows"] / r["seconds"]
+    line = {"name": name, "records_per_s": round(per_s),
+            "peak_rss_mb": r["peak_rss_mb"], "seconds": round(r["seconds"], 2),
+            "seeded": seeded, "build_s": round(build_s, 1),
+            **{k: r[k] for k in ("findings", "mismatched", "exclusive_legacy",
+                                 "exclusive_cloud", "cloud_records_fetched",
+                                 "segments", "segments_differing", "fell_back",
+                                 "cloud_requests", "checksum_requests",
+                                 "suspects", "sampled", "stages", "helper_records",
+                                 "peak_rss_helper_mb") if k in r},
+            **({"cpu_s": round(r["cpu_s"], 2)} if "cpu_s" in r else {}),
+            **{k: round(r[k], 2) for k in ("cpu_helper_s", "run_queue_s",
+                                           "cpu_cloud_sim_s") if k in r},
+            "loadavg_start": [round(x, 2) for x in load0],
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    if base is not None:
+        base_per_s = base["rows"] / base["seconds"]
+        line.update(baseline_per_s=round(base_per_s),
+                    ratio=round(per_s / base_per_s, 2),
+                    baseline_seconds=round(base["seconds"], 2),
+                    baseline_compare_only_s=round(base["compare_s"], 2),
+                    baseline_peak_rss_mb=base["peak_rss_mb"],
+                    baseline_differing_records=base["differing_records"])
+    return line
 
 if __name__ == "__main__":
     main()

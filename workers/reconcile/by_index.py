@@ -54,17 +54,32 @@ class IndexStats:
     sample_stale: int = 0
     legacy_live_count: int | None = None
     legacy_index_count: int = 0
-    #: Stage -> (wall seconds, this process's CPU seconds), in run order: where a run's
-    #: time goes (the wall beyond the CPU is waiting on the ERPs or the disk).
-    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Stage -> (wall seconds, this process's CPU seconds, seconds this thread waited
+    #: runnable for a CPU), in run order: where a run's time goes.  The wall beyond CPU and
+    #: run-queue wait is time blocked: waiting on the ERPs or the disk.  The run-queue wait
+    #: is ``None`` where the kernel does not say (``/proc/thread-self/schedstat``).
+    stages: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
 
     def lap(self, stage: str) -> None:
         """Close ``stage``: the time since the previous lap (or the start) goes to it."""
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, queued = time.perf_counter(), time.process_time(), run_queue_s()
         last = getattr(self, "_last", None)
         if last is not None:
-            self.stages[stage] = (round(wall - last[0], 3), round(cpu - last[1], 3))
-        self._last = (wall, cpu)
+            self.stages[stage] = (
+                round(wall - last[0], 3), round(cpu - last[1], 3),
+                None if queued is None or last[2] is None else round(queued - last[2], 3))
+        self._last = (wall, cpu, queued)
+
+
+def run_queue_s() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux's
+    schedstat), or ``None``: on a loaded machine, the part of a wall that is neither this
+    process's CPU nor waiting on I/O."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, state, *,
