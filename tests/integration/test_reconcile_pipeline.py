@@ -14,7 +14,7 @@ from coexistence.translate.cloud import to_json_dict
 from tests.integration.test_reconcile import as_tuple, seeded, write_cloud, write_legacy
 from tests.support import cloud_sim
 from workers.cloud_erp import CloudErp
-from workers.reconcile.cloud import CloudReader, CloudUnavailable
+from workers.reconcile.cloud import CloudReader, CloudUnavailable, item_of_json
 from workers.reconcile.pipeline import Digester
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
@@ -33,7 +33,7 @@ def _reader(erp: CloudErp, processes: int, monkeypatch) -> CloudReader:
     import workers.reconcile.cloud as cloud_module
 
     monkeypatch.setattr(cloud_module, "Digester",
-                        lambda domain, processes: Digester(domain, processes=processes, **SMALL))
+                        lambda *args, processes: Digester(*args, processes=processes, **SMALL))
     return CloudReader(erp, digest_processes=processes)
 
 
@@ -124,7 +124,7 @@ def test_a_document_without_a_number_past_the_inline_records_stops_the_stream(mo
 
     text = [json.dumps(d) for d in lines]
     text[9] = json.dumps({"unexpected": True})
-    digester = Digester("customer", processes=1, **SMALL)
+    digester = Digester("customer", item_of_json, CloudUnavailable, processes=1, **SMALL)
     got: list[str] = []
     try:
         with pytest.raises(CloudUnavailable, match="without a number"):

@@ -240,7 +240,8 @@ class CloudReader:
         and digested in a helper process (``workers.reconcile.pipeline``)."""
         path = f"/export/{RESOURCES[domain]}"
         failures = 0
-        digester = Digester(domain, processes=self.digest_processes)
+        digester = Digester(domain, item_of_json, CloudUnavailable,
+                            processes=self.digest_processes)
         self.digester = digester
         try:
             while True:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 
@@ -36,20 +36,16 @@ CHUNK_LINES = 1000
 AHEAD_CHUNKS = 4
 
 
-class DocumentWithoutNumber(Exception):
-    """A line the helper could not even name (``CloudUnavailable`` in the caller)."""
-
-
-def digest_lines(domain: str, lines: list[str]) -> list[tuple]:
-    """(key, digest, nk, error) per line, as ``item_of_json`` makes them; a line without a
-    number answers ``(None, message)`` (the caller raises, as ``item_of_json`` would)."""
-    from workers.reconcile.cloud import CloudUnavailable, item_of_json
-
+def digest_lines(make_item: Callable[[str, str], Item], stop: type[Exception], domain: str,
+                 lines: list[str]) -> list[tuple]:
+    """(key, digest, nk, error) per line, as ``make_item`` makes them (in the helper
+    process); a line on which it raises ``stop`` answers ``(None, message)`` and ends the
+    chunk (the caller raises ``stop`` there, as the inline path would)."""
     out: list[tuple] = []
     for line in lines:
         try:
-            item = item_of_json(domain, line)
-        except CloudUnavailable as exc:
+            item = make_item(domain, line)
+        except stop as exc:
             out.append((None, str(exc)))
             return out  # the stream ends there
         out.append((item.key, item.digest, item.nk, item.error))
@@ -61,13 +57,17 @@ def _load(domain: str, line: str):
 
 
 class Digester:
-    """Items of export lines, in order: inline for the first ``inline_records``, then
-    from one helper process (``processes=0``: always inline)."""
+    """Items of export lines, in order: ``make_item(domain, line)`` inline for the first
+    ``inline_records``, then the same in one helper process (``processes=0``: always
+    inline).  ``make_item`` and ``stop`` (the error that ends a stream) must be importable
+    by name (the helper is spawned)."""
 
-    def __init__(self, domain: str, *, processes: int = 1,
+    def __init__(self, domain: str, make_item: Callable[[str, str], Item],
+                 stop: type[Exception], *, processes: int = 1,
                  inline_records: int = INLINE_RECORDS, chunk_lines: int = CHUNK_LINES,
                  ahead_chunks: int = AHEAD_CHUNKS) -> None:
         self.domain = domain
+        self.make_item, self.stop = make_item, stop
         self.processes = processes
         self.inline_records = inline_records
         self.chunk_lines = chunk_lines
@@ -83,9 +83,7 @@ class Digester:
         """Items ready after ``line`` (none, one, or a chunk's worth)."""
         self._seen += 1
         if self.processes <= 0 or self._seen <= self.inline_records:
-            from workers.reconcile.cloud import item_of_json
-
-            yield item_of_json(self.domain, line)
+            yield self.make_item(self.domain, line)
             return
         self._chunk.append(line)
         if len(self._chunk) >= self.chunk_lines:
@@ -116,17 +114,16 @@ class Digester:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
         lines, self._chunk = self._chunk, []
-        self._pending.append((lines, self._pool.submit(digest_lines, self.domain, lines)))
+        self._pending.append((lines, self._pool.submit(
+            digest_lines, self.make_item, self.stop, self.domain, lines)))
 
     def _take(self) -> Iterator[Item]:
-        from workers.reconcile.cloud import CloudUnavailable
-
         lines, future = self._pending.popleft()
         answers = future.result()
         domain = self.domain
         for line, answer in zip(lines, answers, strict=False):
             if answer[0] is None:
-                raise CloudUnavailable(answer[1])
+                raise self.stop(answer[1])
             key, digest, nk, error = answer
             self.offloaded += 1
             if error is not None:
