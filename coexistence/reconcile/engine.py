@@ -148,19 +148,20 @@ class DuplicateTracker:
 
     def groups(self) -> list[list[str]]:
         """Keys sharing a natural key, each group sorted, groups sorted by first key."""
-        hashes = self.hashes
-        order = sorted(range(len(hashes)), key=hashes.__getitem__)
-        out: list[list[str]] = []
-        run: list[int] = []
-        for i in order:
-            if run and hashes[run[-1]] != hashes[i]:
-                if len(run) > 1:
-                    out.append(sorted(self._key(j) for j in run))
-                run = []
-            run.append(i)
-        if len(run) > 1:
-            out.append(sorted(self._key(j) for j in run))
-        return sorted(out)
+        # The repeated hashes first, from one sorted copy of the hashes (not a sorted list of
+        # indices keyed by hash: two lists of a million ints, the peak of a 1M-record run),
+        # then one pass for the keys of those few.
+        repeated: set[int] = set()
+        previous = None
+        for h in sorted(self.hashes):
+            if h == previous:
+                repeated.add(h)
+            previous = h
+        by_hash: dict[int, list[str]] = {}
+        for i, h in enumerate(self.hashes):
+            if h in repeated:
+                by_hash.setdefault(h, []).append(self._key(i))
+        return sorted(sorted(keys) for keys in by_hash.values())
 
 
 # --------------------------------------------------------------------------- reconciler
