@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -46,9 +45,9 @@ def main(argv: list[str]) -> None:
         return
     key = argv[3]
     if "--kill-at-rename" in argv:
-        def die(*_a, **_k):
-            os.kill(os.getpid(), signal.SIGKILL)
-        os.link = die  # the 810's final rename is an os.link: die right there
+        from workers.edi.transport import FAULT_KILL_BEFORE_RENAME
+
+        os.environ[FAULT_KILL_BEFORE_RENAME] = "810"  # die right before the final rename
     invoice = Invoice.model_validate({
         "key": key, "order_key": "100001", "customer_key": profile.customers[0],
         "status": "open", "currency": "USD", "issued_on": "2026-06-02", "due_on": "2026-07-02",

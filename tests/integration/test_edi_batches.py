@@ -24,7 +24,7 @@ from tests.integration.test_edi_channel import (
     outbound,
     shipment_of,
 )
-from workers.edi import control, handlers
+from workers.edi import control, handlers, transport
 from workers.edi.store import INTERCHANGE
 
 edi = test_edi_channel.edi  # the same fixture: two partners on SQLite, real folders
@@ -43,9 +43,10 @@ def test_a_pass_of_files_is_answered_in_one_state_transaction(edi):
     begun = _transactions(edi.engine)
     results = handlers.handle_inbound(edi)
     assert len(results) == 12 and all(r.ok for r in results)
-    # The batch; the flush's read of what is allocated and its update to written; the
-    # inputs marked moved: not one per file (the code before this change began 12 + 3).
-    assert len(begun) == 4, len(begun)
+    # The batch; the flush's read of what is allocated, its update to staged (the stage
+    # files fsynced) and to written; the inputs marked moved: not one per file (the code
+    # before this change began 12 + 3).
+    assert len(begun) == 5, len(begun)
     assert len(commands(edi)) == 12
     folder = edi.folder(edi.settings.partner("ACME"))
     isa13s = [int(p.name.split("-")[1]) for p in outbound(folder, "997")]
@@ -116,19 +117,20 @@ def test_a_batch_of_documents_is_one_transaction_and_files_appear_in_isa13_order
         dead = control.record_outbound(conn, profile, kind="855", at=NOW, sets=[
             control.OutSet("855", [["BAK", "00", "AD", "PO-1", "20260601"]], "order", "1")])
     linked: list[str] = []
-    real_link = os.link
+    real_rename = transport._rename_noreplace
 
-    def link(src, dst, *a, **kw):
+    def rename(src, dst):  # the final name is given by this one rename
         linked.append(os.path.basename(dst))
-        return real_link(src, dst, *a, **kw)
+        return real_rename(src, dst)
 
-    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(transport, "_rename_noreplace", rename)
     begun = _transactions(edi.engine)
     envs = [event(order), event(shipment_of(order)), event(invoice_of(order))]
     out = handlers.handle_events(envs, edi)
     assert [o.status for o in out] == ["sent", "sent", "sent"]
-    # The batch; the flush's read and its update (before this change: one per document).
-    assert len(begun) == 3, len(begun)
+    # The batch; the flush's read and its updates to staged and to written (before this
+    # change: one per document).
+    assert len(begun) == 4, len(begun)
     # The dead peer's lower number appeared first, then ours in ISA13 order (before this
     # change only the batch's own files were written and the peer's waited for a poll).
     assert linked == sorted(linked) and linked[0] == dead.file_name

@@ -66,7 +66,7 @@ def test_a_kill_between_allocation_and_rename_leaves_no_gap_and_no_reuse(pg_url,
     with engine.connect() as conn:
         [row] = conn.execute(select(INTERCHANGE.c.isa13, INTERCHANGE.c.status,
                                     INTERCHANGE.c.file_name, INTERCHANGE.c.content)).all()
-    assert (row.isa13, row.status) == (1, "allocated")
+    assert (row.isa13, row.status) == (1, "staged")  # fsynced under its stage name
     env = {**os.environ, "COEXIST_STATE_URL": pg_url, "COEXIST_CONFIG": str(config)}
     coexist = str(Path(sys.executable).parent / "coexist")
     flushed = subprocess.run([coexist, "edi", "flush"], cwd=ROOT,

@@ -26,6 +26,7 @@ from tests.support.processes import Process, coexist_env, wait_until
 from workers.bootstrap import App
 from workers.config import Settings
 from workers.db import create_state_engine
+from workers.edi.handlers import UNWRITTEN
 from workers.edi.store import DOCUMENT, INTERCHANGE
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
@@ -179,7 +180,7 @@ def exception_summary(w) -> list[tuple[str, str]]:
 
 
 def done(w, n_850: int, n_810: int):
-    """Every file there, and no interchange still ``allocated`` (a victim's file can be on
+    """Every file there, and no interchange still unwritten (a victim's file can be on
     disk before the peer's next pass records it written)."""
     folder = w["folder"]
     out = names(folder / "outbound")
@@ -189,7 +190,7 @@ def done(w, n_850: int, n_810: int):
         return False
     with w["state"].connect() as conn:
         return conn.execute(select(func.count()).select_from(INTERCHANGE).where(
-            INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated")
+            INTERCHANGE.c.direction == "out", INTERCHANGE.c.status.in_(UNWRITTEN))
         ).scalar_one() == 0
 
 
@@ -246,7 +247,7 @@ def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no
     with w["state"].connect() as conn:
         allocated = {r.file_name: bytes(r.content) for r in conn.execute(
             select(INTERCHANGE.c.file_name, INTERCHANGE.c.content).where(
-                INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated"))}
+                INTERCHANGE.c.direction == "out", INTERCHANGE.c.status.in_(UNWRITTEN)))}
     assert allocated and all(f.endswith("-810.x12") for f in allocated)
     peer = worker(w, "peer")
     try:
@@ -258,3 +259,61 @@ def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no
     # The killed worker's interchanges went out with the numbers and bytes it committed.
     for name, content in allocated.items():
         assert (outbound / name).read_bytes() == content
+
+
+def test_a_coexist_worker_killed_after_the_final_rename_sends_no_second_copy(world):
+    """The real ``coexist worker`` SIGKILLs itself (``COEXIST_FAULT_EDI_KILL_AFTER_RENAME``)
+    right after an 810's file got its final name, before the state says ``written``; the
+    partner then takes the file away (as mock-edi does: into ``outbound/processed/``).  The
+    next worker must not write that interchange again: in the chaos run the same name and
+    bytes reached the partner twice (mock-edi answered TA1 025, duplicate ISA13)."""
+    from workers.edi.transport import FAULT_KILL_AFTER_RENAME
+
+    w = world
+    n = 3
+    enqueue_invoices(w, n)
+    victim = Process(["worker", "--threads", "2"], {**w["env"], FAULT_KILL_AFTER_RENAME: "810"},
+                     w["home"] / "victim.log")
+    try:
+        victim.popen.wait(WAIT_S)
+    finally:
+        victim.stop()
+    assert victim.popen.returncode == -9, victim.output()[-3000:]
+    outbound = w["folder"] / "outbound"
+    taken = outbound / "processed"
+    taken.mkdir()
+    # The partner takes every file that is there (at least the one renamed at the kill).
+    first = names(outbound)
+    assert first and all(f.endswith("-810.x12") for f in first if f != "processed")
+    for f in first:
+        if f != "processed":
+            (outbound / f).rename(taken / f)
+    with w["state"].connect() as conn:
+        unwritten = conn.execute(select(func.count()).select_from(INTERCHANGE).where(
+            INTERCHANGE.c.direction == "out", INTERCHANGE.c.status.in_(UNWRITTEN))
+        ).scalar_one()
+    assert unwritten, "the kill left nothing unwritten"
+
+    def settled() -> bool:
+        with w["state"].connect() as conn:
+            rows = conn.execute(select(INTERCHANGE.c.status).where(
+                INTERCHANGE.c.direction == "out")).scalars().all()
+        return len(rows) == n and all(s == "written" for s in rows)
+
+    peer = worker(w, "peer")
+    try:
+        wait_until(settled, WAIT_S, "every 810 written", poll_s=0.05)
+        assert peer.stop() == 0
+    finally:
+        peer.stop()
+    # What the partner received over both runs: each interchange once, ISA13 1..n.
+    received = [p for p in (*taken.iterdir(), *outbound.iterdir())
+                if p.is_file() and not p.name.startswith(".")]
+    assert sorted(isa13(p) for p in received) == list(range(1, n + 1)), sorted(
+        p.name for p in received)
+    with w["state"].connect() as conn:
+        rows = conn.execute(select(INTERCHANGE.c.file_name, INTERCHANGE.c.content).where(
+            INTERCHANGE.c.direction == "out")).all()
+    by_name = {p.name: p.read_bytes() for p in received}
+    assert {r.file_name: bytes(r.content) for r in rows} == by_name
+    assert not [p for p in outbound.iterdir() if p.name.endswith(".tmp")]

@@ -9,8 +9,9 @@ same number, and a rolled-back transaction gives its numbers back: a number
 the partner sees is always one that was committed together with its bytes.
 
 A crash after the commit and before the file's final rename leaves the row
-``allocated``; ``flush_pending`` writes it with the same bytes, so the
-partner sees neither a gap nor a reused number.  Within ``numbering_batch`` (a
+``allocated`` (or ``staged``); ``flush_pending`` writes it with the same bytes, so the
+partner sees neither a gap nor a reused number; a crash after the rename leaves it
+``staged`` with its stage file gone, and it is marked written, never written twice.  Within ``numbering_batch`` (a
 batch's one transaction) each counter row is updated once at its first use, which
 takes the same lock, and once at the end with the final value.
 """

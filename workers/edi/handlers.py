@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from bus.envelope import Envelope, new_envelope
@@ -1074,25 +1075,77 @@ def _already_sent(conn, profile: PartnerProfile, doc: str, key: str) -> bool:
 # =========================================================================== files out
 
 
+#: Outbound rows whose file is not yet the partner's for sure: numbered and recorded
+#: (``allocated``), or fsynced under their stage name (``staged``).
+UNWRITTEN = ("allocated", "staged")
+#: PostgreSQL advisory lock key of ``flush_pending`` (one flusher at a time, any process).
+_FLUSH_LOCK_KEY = int.from_bytes(hashlib.sha256(b"coexist-edi-flush").digest()[:8], "big",
+                                 signed=True)
+_FLUSH_THREAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _flush_lock(engine: Engine):
+    """One ``flush_pending`` at a time: a thread lock within the process, and across
+    processes a PostgreSQL session advisory lock (released by the server when a killed
+    process's connection goes) or, on a SQLite file, an ``flock`` beside it.  Two flushers
+    writing the same ``allocated`` row's file, the second after the partner took the
+    first's, was the chaos run's "reused ISA13" (same name, same bytes, twice)."""
+    with _FLUSH_THREAD_LOCK:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _FLUSH_LOCK_KEY})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                 {"k": _FLUSH_LOCK_KEY})
+                    conn.commit()
+            return
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        import fcntl
+
+        with open(f"{database}.edi-flush.lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def flush_pending(deps: EdiDeps, ids: Sequence[int] | None = None) -> list[int]:
-    """Write every outbound interchange still ``allocated`` (or those ``ids``); returns ids written.
+    """Write every outbound interchange not yet ``written`` (or those ``ids``); returns ids
+    written.
 
     Called after each commit and at start-up: an interchange whose numbers were
     committed but whose file never got its final name (a crash in between) is
-    written now, with the same bytes.
+    written now, with the same bytes; one whose file got it (a crash after the rename,
+    the row still ``staged``) is never written again, even when the partner has taken the
+    file away already.  Under ``_flush_lock``: its file is fsynced under its stage name,
+    the row marked ``staged`` (committed), the stage renamed to the final name, the row
+    marked ``written``.
 
     Files are written in ISA13 order per partner, and with ``ids`` every lower number of
-    the same partner still ``allocated`` goes first, whoever committed it (another
+    the same partner still unwritten goes first, whoever committed it (another
     thread, another process, one killed before its rename): a partner never sees an
     ISA13 file appear after a higher one.  A number is committed before the next one is
     allocated (the counter row's lock), so every lower number is visible here.
     """
+    if ids is not None and not ids:
+        return []
+    with _flush_lock(deps.engine):
+        return _flush_locked(deps, ids)
+
+
+def _flush_locked(deps: EdiDeps, ids: Sequence[int] | None) -> list[int]:
     stmt = select(INTERCHANGE.c.id, INTERCHANGE.c.partner, INTERCHANGE.c.isa13,
-                  INTERCHANGE.c.file_name, INTERCHANGE.c.content).where(
-        INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated")
+                  INTERCHANGE.c.file_name, INTERCHANGE.c.content, INTERCHANGE.c.status).where(
+        INTERCHANGE.c.direction == "out", INTERCHANGE.c.status.in_(UNWRITTEN))
     if ids is not None:
-        if not ids:
-            return []
         partners = select(INTERCHANGE.c.partner).where(
             INTERCHANGE.c.id.in_(list(ids))).distinct()
         stmt = stmt.where(INTERCHANGE.c.partner.in_(partners))
@@ -1115,8 +1168,33 @@ def flush_pending(deps: EdiDeps, ids: Sequence[int] | None = None) -> list[int]:
         if profile is None:
             continue
         folder = deps.folder(profile)
-        written = folder.write_outbound_many([(r.file_name, bytes(r.content)) for r in mine])
-        for row, result in zip(mine, written, strict=True):
+        if not hasattr(folder, "stage_many"):  # SFTP: written as before, under the lock
+            written = folder.write_outbound_many([(r.file_name, bytes(r.content))
+                                                  for r in mine])
+            for row, result in zip(mine, written, strict=True):
+                if isinstance(result, OutboundExists):
+                    _record(deps, profile, f"out:{row.id}", "EdiOutboundNameTaken",
+                            str(result))
+                else:
+                    done.append(row.id)
+            folder.sync_outbound()
+            continue
+        fresh = [r for r in mine if r.status == "allocated"]
+        staged = folder.stage_many([(r.file_name, bytes(r.content)) for r in fresh])
+        taken = {r.id for r, res in zip(fresh, staged, strict=True)
+                 if isinstance(res, OutboundExists)}
+        for r, res in zip(fresh, staged, strict=True):
+            if isinstance(res, OutboundExists):
+                _record(deps, profile, f"out:{r.id}", "EdiOutboundNameTaken", str(res))
+        now_staged = [r.id for r, res in zip(fresh, staged, strict=True) if res is True]
+        if now_staged:
+            with deps.engine.begin() as conn:
+                conn.execute(update(INTERCHANGE).where(
+                    INTERCHANGE.c.id.in_(now_staged), INTERCHANGE.c.status == "allocated")
+                    .values(status="staged"))
+        publish = [r for r in mine if r.id not in taken]
+        results = folder.publish_many([(r.file_name, bytes(r.content)) for r in publish])
+        for row, result in zip(publish, results, strict=True):
             if isinstance(result, OutboundExists):
                 _record(deps, profile, f"out:{row.id}", "EdiOutboundNameTaken", str(result))
             else:
@@ -1125,7 +1203,7 @@ def flush_pending(deps: EdiDeps, ids: Sequence[int] | None = None) -> list[int]:
     if done:
         with deps.engine.begin() as conn:
             conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id.in_(done),
-                                                   INTERCHANGE.c.status == "allocated")
+                                                   INTERCHANGE.c.status.in_(UNWRITTEN))
                          .values(status="written", written_at=utcnow()))
     return done
 
@@ -1347,7 +1425,7 @@ def partner_status(engine: Engine, settings: EdiSettings, *, now: datetime,
     with engine.connect() as conn:
         pending = dict(conn.execute(
             select(INTERCHANGE.c.partner, func.count()).where(
-                INTERCHANGE.c.direction == "out", INTERCHANGE.c.status == "allocated",
+                INTERCHANGE.c.direction == "out", INTERCHANGE.c.status.in_(UNWRITTEN),
                 INTERCHANGE.c.created_at < now - timedelta(seconds=stale_after_s))
             .group_by(INTERCHANGE.c.partner)).all())
         held: dict[tuple[str, str], int] = {

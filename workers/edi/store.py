@@ -5,7 +5,8 @@
   allocates its control numbers, and marked ``written`` once its file has its
   final name; a row left ``allocated`` by a crash is written by the next
   ``flush_pending`` with the same bytes (so the partner never sees a gap and
-  a number is never used twice).  Inbound rows are unique per (partner,
+  a number is never used twice), and one left ``staged`` whose stage file is gone was
+  renamed already and is never written again (the partner may have taken it).  Inbound rows are unique per (partner,
   sender, ISA13, content digest), so a re-read of the same file after a crash
   finds its own row.
 * ``edi_document``: one row per transaction set in or out, with the business
@@ -70,7 +71,8 @@ class EdiInterchange(StateTable, table=True):
     problems: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     #: sha256 of the interchange's bytes.
     digest: str = Field(sa_column=Column(String(64), nullable=False))
-    #: Outbound: ``allocated`` -> ``written``.  Inbound: ``accepted``, ``rejected``,
+    #: Outbound: ``allocated`` -> ``staged`` (its bytes fsynced under the stage name, the
+    #: final rename next) -> ``written``.  Inbound: ``accepted``, ``rejected``,
     #: ``duplicate``, ``acknowledgment``.
     status: str = Field(sa_column=Column(String(16), nullable=False))
     #: What the interchange carries: ``997``, ``TA1``, ``855`` ... or ``850`` inbound.

@@ -20,7 +20,17 @@ Fault injection (tests only, off unless set): ``COEXIST_FAULT_EDI_KILL_BEFORE_RE
 (a document type, or ``any``) makes the process SIGKILL itself right before it gives an
 outbound file of that type its final name, after its control numbers were committed and
 its bytes fsynced under the temporary name: the crash test kills a real ``coexist worker``
-exactly there.
+exactly there.  ``COEXIST_FAULT_EDI_KILL_AFTER_RENAME`` (same values) kills it right
+after the final name was given, before the state says ``written``: the partner may have
+taken the file already, and the next run must not write it again.
+
+Publishing without a second copy (``stage_many`` / ``publish_many``, used by
+``flush_pending`` under its flush lock): a file is first written and fsynced under a
+deterministic stage name ``.NAME.stage.tmp`` and the state row marked ``staged`` (committed);
+then the stage is renamed to the final name by one atomic rename that refuses an existing
+name (``renameat2(RENAME_NOREPLACE)``; where the kernel or filesystem lacks it, ``link``
+then ``unlink``).  A ``staged`` row whose stage file is gone was published: the file is
+the partner's now (it may have moved it away already) and is never written again.
 """
 
 from __future__ import annotations
@@ -46,12 +56,15 @@ T = TypeVar("T")
 
 #: The fault-injection point's setting (see the module docstring).
 FAULT_KILL_BEFORE_RENAME = "COEXIST_FAULT_EDI_KILL_BEFORE_RENAME"
+FAULT_KILL_AFTER_RENAME = "COEXIST_FAULT_EDI_KILL_AFTER_RENAME"
+#: Suffix of an outbound file's stage name (``.NAME.stage.tmp``): a dot-name, never read.
+STAGE_SUFFIX = ".stage.tmp"
 
 
-def _fault_before_final_name(name: str) -> None:
-    """SIGKILL this process here when ``COEXIST_FAULT_EDI_KILL_BEFORE_RENAME`` names the
-    type of ``name`` (``ACME-000000001-810.x12``) or ``any``; nothing when it is unset."""
-    wanted = os.environ.get(FAULT_KILL_BEFORE_RENAME)
+def _fault_before_final_name(name: str, setting: str = FAULT_KILL_BEFORE_RENAME) -> None:
+    """SIGKILL this process here when ``setting`` names the type of ``name``
+    (``ACME-000000001-810.x12``) or ``any``; nothing when it is unset."""
+    wanted = os.environ.get(setting)
     if wanted and (wanted == "any" or name.endswith(f"-{wanted}.x12")):
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -269,6 +282,65 @@ class DropFolder:
                 tmp.unlink(missing_ok=True)
         return [o for o in out if o is not None]
 
+    def stage_path(self, name: str) -> Path:
+        return self.outbound / f".{name}{STAGE_SUFFIX}"
+
+    def stage_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool | OutboundExists]:
+        """Write each item's bytes under its stage name and fsync them (and the folder);
+        per item: True (staged), False (its final name already holds these bytes: nothing
+        to stage) or the ``OutboundExists`` it met.  The caller holds the flush lock, so a
+        stage file is only ever ours (a leftover of a crash is overwritten)."""
+        self.outbound.mkdir(parents=True, exist_ok=True)
+        out: list[bool | OutboundExists] = []
+        staged: list[Path] = []
+        for name, content in items:
+            final = self.outbound / name
+            if final.exists():
+                out.append(False if final.read_bytes() == content else OutboundExists(
+                    f"{final} already exists with other content; not overwritten"))
+                continue
+            stage = self.stage_path(name)
+            with open(stage, "wb") as fh:
+                fh.write(content)
+            staged.append(stage)
+            out.append(True)
+        if staged:
+            list(_fsync_pool().map(_fsync_file, staged))
+            _fsync_dir(self.outbound)
+        return out
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[Path | OutboundExists]:
+        """Give each staged item its final name, in order (the directory fsync is left to
+        ``sync_outbound``).  An item whose stage file is gone was published before (a crash
+        after the rename): nothing is written again, whether or not the partner has taken
+        the file."""
+        out: list[Path | OutboundExists] = []
+        for name, content in items:
+            stage, final = self.stage_path(name), self.outbound / name
+            try:
+                st = os.stat(stage)
+            except FileNotFoundError:
+                out.append(final)  # published already
+                continue
+            _fault_before_final_name(name)
+            if st.st_nlink > 1:  # link() done, unlink() not (the fallback, then a crash)
+                stage.unlink()
+                out.append(final)
+                continue
+            try:
+                _rename_noreplace(stage, final)
+            except FileExistsError:
+                if final.read_bytes() == content:
+                    stage.unlink(missing_ok=True)
+                    out.append(final)
+                else:
+                    out.append(OutboundExists(f"{final} appeared with other content; not "
+                                              "overwritten"))
+                continue
+            _fault_before_final_name(name, FAULT_KILL_AFTER_RENAME)
+            out.append(final)
+        return out
+
     def write_outbound_copy(self, name: str, content: bytes) -> Path:
         """Write ``content`` under ``name`` or, when taken, ``name.resend-N`` (a resend)."""
         return write_copy(self.write_outbound, name, content)
@@ -285,6 +357,46 @@ def write_copy(write_outbound: Callable[[str, bytes], Sequence[T]], name: str,
             return write_outbound(candidate, content)[0]
         except OutboundExists:
             n += 1
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_renameat2 = None
+
+
+def _libc_renameat2():
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = fn
+        except (OSError, AttributeError):
+            _renameat2 = False
+    return _renameat2 or None
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` atomically unless ``dst`` exists (``FileExistsError``)."""
+    import ctypes
+    import errno
+
+    fn = _libc_renameat2()
+    if fn is not None:
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(src))
+    os.link(src, dst)  # refuses an existing name; a crash before the unlink: nlink 2
+    os.unlink(src)
 
 
 def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = True) -> Path:
