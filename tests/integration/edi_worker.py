@@ -6,6 +6,9 @@
     python -m tests.integration.edi_worker invoice STATE_URL CONFIG KEY [--kill-at-rename]
         send one invoice event through ``handlers.handle_events``; with --kill-at-rename the
         process SIGKILLs itself when the 810's file is about to get its final name
+    python -m tests.integration.edi_worker flush STATE_URL CONFIG
+        ``handlers.flush_pending`` once (what every worker's poll and batch run), printing
+        the ids it wrote
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def main(argv: list[str]) -> None:
             gs06 = text.split("GS*", 1)[1].split("*")[5]
             st02 = text.split("ST*997*", 1)[1].split("~", 1)[0]
             print(out.isa13, gs06, st02, flush=True)
+        return
+    if mode == "flush":
+        deps = handlers.EdiDeps(engine, settings, ExceptionStore(engine),
+                                unit_of=lambda s: "EA", get_order=lambda k: None)
+        print(" ".join(map(str, handlers.flush_pending(deps))), flush=True)
         return
     key = argv[3]
     if "--kill-at-rename" in argv:

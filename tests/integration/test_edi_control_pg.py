@@ -4,6 +4,7 @@ rename leaves neither a gap nor a reuse (``coexist edi flush`` writes the same b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -86,4 +87,69 @@ def test_a_kill_between_allocation_and_rename_leaves_no_gap_and_no_reuse(pg_url,
                                                           "ACME-000000002-810.x12"]
     # The killed writer's temporary file is a dot-name: never read by a partner.
     assert all(n.endswith(".tmp") for n in names if n.startswith("."))
+    engine.dispose()
+
+
+def test_two_flushers_racing_a_partner_that_takes_files_write_each_file_once(pg_url, tmp_path):
+    """The chaos run's "reused ISA13": two processes flushed the same committed interchange
+    (a worker's batch and its peer's poll), the partner took the first copy in between, and
+    the second flusher, seeing no file of that name, wrote it again (mock-edi: TA1 025).
+    Here this process pauses right after giving a file its final name, the partner takes
+    it, and a second process runs ``flush_pending``: it must not write that file again."""
+    from datetime import UTC, datetime
+
+    from bus.exception_store import ExceptionStore
+    from coexistence.edi.profiles import EdiSettings
+    from workers.edi import control, handlers, transport
+
+    engine = create_state_engine(pg_url)
+    upgrade_schema(engine)
+    config = _config(tmp_path)
+    settings = EdiSettings.from_toml(config.read_text())
+    profile = settings.partners[0]
+    deps = handlers.EdiDeps(engine, settings, ExceptionStore(engine), unit_of=lambda s: "EA",
+                            get_order=lambda k: None)
+    body = [["AK1", "PO", "1"], ["AK9", "A", "0", "0", "0"]]
+    with engine.begin() as conn:
+        out = control.record_outbound(conn, profile, kind="997", at=datetime.now(UTC),
+                                      sets=[control.OutSet("997", body)])
+    outbound = tmp_path / "acme" / "outbound"
+    taken = tmp_path / "partner-took"
+    taken.mkdir()
+    peer: list[subprocess.Popen] = []
+    # The one call that gives a file its final name (main's code: os.link in transport).
+    name_of = "_rename_noreplace" if hasattr(transport, "_rename_noreplace") else None
+    real = getattr(transport, name_of) if name_of else os.link
+
+    def give_name(src, dst, *a, **kw):
+        result = real(src, dst, *a, **kw)
+        final = Path(dst)
+        if final.name == out.file_name and not peer:
+            final.rename(taken / final.name)  # the partner takes it at once
+            peer.append(_worker("flush", pg_url, config))
+            # The peer either finishes (no lock) or waits for this flusher.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                peer[0].wait(timeout=3)
+        return result
+
+    if name_of:
+        transport._rename_noreplace = give_name
+    else:
+        transport.os.link = give_name
+    try:
+        assert handlers.flush_pending(deps) == [out.id]
+    finally:
+        if name_of:
+            transport._rename_noreplace = real
+        else:
+            transport.os.link = real
+    stdout, stderr = peer[0].communicate(timeout=60)
+    assert peer[0].returncode == 0, stderr
+    assert stdout.strip() == ""  # the peer wrote nothing
+    got = sorted(p.name for d in (outbound, taken) for p in d.iterdir()
+                 if p.is_file() and not p.name.startswith("."))
+    assert got == [out.file_name]
+    with engine.connect() as conn:
+        assert conn.execute(select(INTERCHANGE.c.status).where(
+            INTERCHANGE.c.id == out.id)).scalar_one() == "written"
     engine.dispose()

@@ -11,9 +11,10 @@ the partner sees is always one that was committed together with its bytes.
 A crash after the commit and before the file's final rename leaves the row
 ``allocated`` (or ``staged``); ``flush_pending`` writes it with the same bytes, so the
 partner sees neither a gap nor a reused number; a crash after the rename leaves it
-``staged`` with its stage file gone, and it is marked written, never written twice.  Within ``numbering_batch`` (a
-batch's one transaction) each counter row is updated once at its first use, which
-takes the same lock, and once at the end with the final value.
+``staged`` with its stage file gone, and it is marked written, never written twice.
+Within ``numbering_batch`` (a batch's one transaction) each counter row is updated
+once at its first use, which takes the same lock, and once at the end with the final
+value.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@
   final name; a row left ``allocated`` by a crash is written by the next
   ``flush_pending`` with the same bytes (so the partner never sees a gap and
   a number is never used twice), and one left ``staged`` whose stage file is gone was
-  renamed already and is never written again (the partner may have taken it).  Inbound rows are unique per (partner,
-  sender, ISA13, content digest), so a re-read of the same file after a crash
-  finds its own row.
+  renamed already and is never written again (the partner may have taken it).
+  Inbound rows are unique per (partner, sender, ISA13, content digest), so a re-read of
+  the same file after a crash finds its own row.
 * ``edi_document``: one row per transaction set in or out, with the business
   object it belongs to (domain, key, order key), its correlation id, its
   group and set control numbers and, for outbound sets, its acknowledgment
