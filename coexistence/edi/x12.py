@@ -165,6 +165,8 @@ class Interchange:
     isa: tuple[str, ...]
     groups: list[Group] = field(default_factory=list)
     errors: list[Finding] = field(default_factory=list)
+    #: TA1 segments outside any group: the partner's interchange acknowledgments of ours.
+    ta1s: list[Segment] = field(default_factory=list)
     #: The interchange's own text, ISA through IEA (or to the end of the file).
     text: str = ""
     file_position: int = 1
@@ -381,6 +383,8 @@ def _read_one(text: str, start: int, file: str, position: int
             break
         elif current is not None:
             current.segments.append(seg)
+        elif seg.tag == "TA1" and group is None and not ic.groups:
+            ic.ta1s.append(seg)  # an interchange acknowledgment: before any group
         else:
             target = group.errors if group else ic.errors
             target.append(Finding(TA1_INVALID_CONTENT if group is None else "2", file,

@@ -618,3 +618,47 @@ def test_an_856_waits_for_no_855_when_the_partner_sets_no_hold(edi):
     edi.orders[order.key] = order
     out = handlers.handle_events([event(shipment_of(order)), event(invoice_of(order))], edi)
     assert [o.status for o in out] == ["sent", "sent"]
+
+
+def _partner_ta1(control_no: str, status: str, note: str, isa13: int) -> str:
+    """A TA1 the partner sends on one of our interchanges, as mock-edi writes it."""
+    return x12.write_interchange(sender=x12.Party("ZZ", "ACMEBUY"),
+                                 receiver=x12.Party("ZZ", "DISTCO"), control=isa13, at=NOW,
+                                 groups=[], extra=[["TA1", control_no, "260601", "1200",
+                                                    status, note]])
+
+
+def test_a_partners_ta1_is_recorded_on_our_interchange_never_answered_and_not_failed(edi):
+    """mock-edi answered a repeated ISA13 of ours with TA1 R 025; coexist put those files in
+    failed/ as "segment outside a transaction set" (chaos run).  A TA1 is the partner's
+    interchange acknowledgment: it is recorded on the interchange it names (``ta1``), an R or
+    E is an exception naming our interchange and the note, and nothing answers it."""
+    folder = drop(edi, "po77.edi", order_850())
+    handlers.handle_inbound(edi)
+    [ours] = outbound(folder, "997")
+    drop(edi, "ta1-1-ok.edi", _partner_ta1("000000001", "A", "000", 50))
+    drop(edi, "ta1-2-dup.edi", _partner_ta1("000000001", "R", "025", 51))
+    results = handlers.handle_inbound(edi)
+    assert [r.ok for r in results] == [True, True], [r.problems for r in results]
+    assert sorted(p.name for p in folder.processed.iterdir()) == [
+        "po77.edi", "ta1-1-ok.edi", "ta1-2-dup.edi"]
+    assert sorted(p.name for p in folder.outbound.iterdir()) == [ours.name]  # no answer
+    with edi.engine.connect() as conn:
+        assert conn.execute(select(INTERCHANGE.c.ta1).where(
+            INTERCHANGE.c.direction == "out")).scalar_one() == "R025"
+        kinds = conn.execute(select(INTERCHANGE.c.kind, INTERCHANGE.c.status).where(
+            INTERCHANGE.c.direction == "in", INTERCHANGE.c.kind == "TA1")).all()
+    assert sorted(kinds) == [("TA1", "acknowledgment")] * 2
+    [rec] = exceptions(edi)
+    assert rec.error_type == "EdiInterchangeRejected"
+    assert "ta1-2-dup.edi" in rec.error_message and "interchange 1 (997)" in rec.error_message
+    assert "duplicate interchange control number" in rec.error_message
+
+
+def test_a_ta1_for_an_interchange_we_never_sent_is_an_exception_and_goes_to_failed(edi):
+    folder = drop(edi, "ta1.edi", _partner_ta1("000000999", "R", "025", 52))
+    [result] = handlers.handle_inbound(edi)
+    assert not result.ok and (folder.failed / "ta1.edi").exists()
+    assert not list(folder.outbound.iterdir())
+    [rec] = exceptions(edi)
+    assert rec.error_type == "EdiUnmatchedAcknowledgment" and "999" in rec.error_message

@@ -327,7 +327,7 @@ def _settle(deps: EdiDeps, profile: PartnerProfile, w: _Work, result,
     outcome.problems.extend(problems)
     outcome.orders.extend(orders)
     outcome.answers.extend(answers)
-    if errors:
+    if any(e[0] not in _PARTNER_COMPLAINTS for e in errors):
         outcome.ok = False
 
 
@@ -477,8 +477,9 @@ def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claim
         answers.append(out.id)
         return problems, errors, orders, answers
 
-    kinds = sorted({ts.code for g in ic.groups for ts in g.sets}) or ["-"]
-    status = "acknowledgment" if kinds == ["997"] else (
+    kinds = sorted({ts.code for g in ic.groups for ts in g.sets}) or (
+        ["TA1"] if ic.ta1s else ["-"])
+    status = "acknowledgment" if kinds in (["997"], ["TA1"]) else (
         "accepted" if not plan.problems else "rejected")
     in_id = _insert_inbound(conn, profile, claimed, ic, now=now, digest=digest,
                             content=content, sender=sender, isa13=isa13, status=status,
@@ -494,6 +495,11 @@ def _interchange_transaction(conn, deps: EdiDeps, profile: PartnerProfile, claim
                         + (f" set {ack.control}" if ack.control else "")
                         + " which we never sent")
             errors.append(("EdiUnmatchedAcknowledgment", sentence, None))
+            problems.append(sentence)
+    # TA1s received: the partner's verdict on one of our interchanges (never answered).
+    for seg in ic.ta1s:
+        for error_type, sentence in _apply_ta1(conn, profile, ic, seg):
+            errors.append((error_type, sentence, None))
             problems.append(sentence)
     # 850s: order commands, or an 855 RD naming why not.
     commands: list[Envelope] = []
@@ -609,6 +615,45 @@ _ORDER_850 = select(DOCUMENT.c.detail, DOCUMENT.c.po_number).where(
     DOCUMENT.c.partner == bindparam("b_partner"), DOCUMENT.c.direction == "in",
     DOCUMENT.c.doc_type == "850", DOCUMENT.c.order_key == bindparam("b_order")
 ).order_by(DOCUMENT.c.id.desc()).limit(1)
+
+
+#: Exception types that report a partner's complaint about what we sent, not a fault in
+#: the file that carried it: the file still goes to ``processed/``.
+_PARTNER_COMPLAINTS = frozenset({"EdiInterchangeRejected"})
+#: TA1 note codes (X12 I18) as words, for the exception record.
+_TA1_NOTES = {"000": "no error", "001": "ISA13 and IEA02 do not match",
+              "021": "invalid number of included groups", "023": "improper end of file",
+              "024": "invalid interchange content", "025": "duplicate interchange control "
+              "number"}
+
+
+def _apply_ta1(conn, profile: PartnerProfile, ic: x12.Interchange, seg: x12.Segment
+               ) -> list[tuple[str, str]]:
+    """Record a TA1 the partner sent on our outbound interchange (``ta1`` = status and
+    note, e.g. ``R025``); returns the exception records it calls for: a rejection or an
+    error note, or a TA1 for an interchange we never sent."""
+    control_no, status, note = seg.get(1), seg.get(4), seg.get(5)
+    where = f"{ic.file}: segment {seg.file_position} (TA1)"
+    try:
+        ours = int(control_no)
+    except (TypeError, ValueError):
+        return [("EdiUnmatchedAcknowledgment",
+                 f"{where}, element TA101 = {control_no!r}: not an interchange control "
+                 "number")]
+    row = conn.execute(select(INTERCHANGE.c.id, INTERCHANGE.c.kind).where(
+        INTERCHANGE.c.partner == profile.id, INTERCHANGE.c.direction == "out",
+        INTERCHANGE.c.isa13 == ours).order_by(INTERCHANGE.c.id.desc())).first()
+    if row is None:
+        return [("EdiUnmatchedAcknowledgment",
+                 f"{where}: TA1 from {profile.id} acknowledges interchange {ours} which we "
+                 "never sent")]
+    conn.execute(update(INTERCHANGE).where(INTERCHANGE.c.id == row.id).values(
+        ta1=f"{status or '?'}{note or ''}"[:8]))
+    if status == "A" and note in (None, "", x12.TA1_NO_ERROR):
+        return []
+    return [("EdiInterchangeRejected",
+             f"{where}: {profile.id} answered our interchange {ours} ({row.kind}) with TA1 "
+             f"{status} note {note} ({_TA1_NOTES.get(note or '', 'unknown note')})")]
 
 
 def _insert_inbound(conn, profile, claimed: Claimed, ic: x12.Interchange, *, now, digest,
