@@ -1144,9 +1144,13 @@ def _flush_lock(engine: Engine):
                 try:
                     yield
                 finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"),
-                                 {"k": _FLUSH_LOCK_KEY})
-                    conn.commit()
+                    try:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                     {"k": _FLUSH_LOCK_KEY})
+                        conn.commit()
+                    except Exception:  # noqa: BLE001 - never pool a session holding it
+                        log.warning("EDI flush lock not released; closing its connection")
+                        conn.invalidate()
             return
         database = engine.url.database
         if not database or database == ":memory:":

@@ -329,6 +329,9 @@ class DropFolder:
                 continue
             try:
                 _rename_noreplace(stage, final)
+            except FileNotFoundError:  # another flusher renamed it just now
+                out.append(final)
+                continue
             except FileExistsError:
                 if final.read_bytes() == content:
                     stage.unlink(missing_ok=True)
