@@ -662,3 +662,29 @@ def test_a_ta1_for_an_interchange_we_never_sent_is_an_exception_and_goes_to_fail
     assert not list(folder.outbound.iterdir())
     [rec] = exceptions(edi)
     assert rec.error_type == "EdiUnmatchedAcknowledgment" and "999" in rec.error_message
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_a_published_file_the_partner_took_is_never_published_again(tmp_path, monkeypatch,
+                                                                      renameat2):
+    from workers.edi import transport
+
+    if not renameat2:  # the fallback: link, then unlink
+        monkeypatch.setattr(transport, "_libc_renameat2", lambda: None)
+    folder = DropFolder(tmp_path / "p").ensure()
+    items = [("P-000000001-997.x12", b"one"), ("P-000000002-855.x12", b"two")]
+    assert folder.stage_many(items) == [True, True]
+    assert [p.name for p in folder.publish_many(items)] == [n for n, _ in items]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    for name, _ in items:
+        (folder.outbound / name).rename(taken / name)
+    # A crash after the renames: the rows still say staged; the next flush publishes again.
+    assert [p.name for p in folder.publish_many(items)] == [n for n, _ in items]
+    assert sorted(p.name for p in folder.outbound.iterdir()) == []
+    # A name that holds other bytes is never replaced.
+    assert folder.stage_many([("P-000000003-810.x12", b"three")]) == [True]
+    (folder.outbound / "P-000000003-810.x12").write_bytes(b"other")
+    [res] = folder.publish_many([("P-000000003-810.x12", b"three")])
+    assert isinstance(res, OutboundExists)
+    assert (folder.outbound / "P-000000003-810.x12").read_bytes() == b"other"
