@@ -194,6 +194,17 @@ def done(w, n_850: int, n_810: int):
         ).scalar_one() == 0
 
 
+
+def _killed_at_810(w, fault: str) -> None:
+    """A ``coexist worker`` run with ``fault`` set for 810s, which must die by SIGKILL."""
+    victim = Process(["worker", "--threads", "2"], {**w["env"], fault: "810"},
+                     w["home"] / "victim.log")
+    try:
+        victim.popen.wait(WAIT_S)
+    finally:
+        victim.stop()
+    assert victim.popen.returncode == -9, victim.output()[-3000:]
+
 def test_a_killed_edi_worker_loses_nothing_and_its_peer_on_the_same_folders_doubles_nothing(
         world):
     """Two workers poll the same folders and consume the same queue; one is killed with
@@ -233,13 +244,7 @@ def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no
     w = world
     n = 3
     enqueue_invoices(w, n)
-    victim = Process(["worker", "--threads", "2"], {**w["env"], FAULT_KILL_BEFORE_RENAME: "810"},
-                     w["home"] / "victim.log")
-    try:
-        victim.popen.wait(WAIT_S)
-    finally:
-        victim.stop()
-    assert victim.popen.returncode == -9, victim.output()[-3000:]
+    _killed_at_810(w, FAULT_KILL_BEFORE_RENAME)
     outbound = w["folder"] / "outbound"
     # Killed at the rename: numbers committed, no file under its final name yet.
     assert names(outbound) == []
@@ -272,13 +277,7 @@ def test_a_coexist_worker_killed_after_the_final_rename_sends_no_second_copy(wor
     w = world
     n = 3
     enqueue_invoices(w, n)
-    victim = Process(["worker", "--threads", "2"], {**w["env"], FAULT_KILL_AFTER_RENAME: "810"},
-                     w["home"] / "victim.log")
-    try:
-        victim.popen.wait(WAIT_S)
-    finally:
-        victim.stop()
-    assert victim.popen.returncode == -9, victim.output()[-3000:]
+    _killed_at_810(w, FAULT_KILL_AFTER_RENAME)
     outbound = w["folder"] / "outbound"
     taken = outbound / "processed"
     taken.mkdir()
