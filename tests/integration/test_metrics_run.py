@@ -14,18 +14,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coexistence.canonical import decode
 from tests.support import cloud_sim
+from tests.support.records import ACME as CUSTOMER
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 #: Longest wait for the process to start serving, or for a counter to move.
 WAIT_S = 30.0
 

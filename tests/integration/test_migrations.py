@@ -20,20 +20,15 @@ from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 import workers.tables  # noqa: F401  (every state table registered)
 from bus.db import BUS_METADATA
-from coexistence.canonical import decode
 from migrations._env import compare_options
 from tests.support import cloud_sim
+from tests.support.records import ACME as CUSTOMER
 from workers import migrate
 from workers.db import STATE_METADATA, create_state_engine
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.capture import CAPTURE_METADATA
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 STATE_METADATAS = [BUS_METADATA, STATE_METADATA]

@@ -13,19 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from coexistence.canonical import decode
 from tests.support import cloud_sim, processes
+from tests.support.records import ACME as CUSTOMER
 from tests.support.state import shadow_home
 from workers.legacy_erp.adapter import LegacyErp
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
 COEXIST = str(Path(sys.executable).with_name("coexist"))
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 #: Longest wait for a process to do what it is asked, in seconds (a bound, not a figure).
 WAIT_S = 60
 

@@ -12,21 +12,15 @@ from click.testing import CliRunner
 
 from bus.errors import TechnicalError
 from bus.exception_store import ExceptionStore
-from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers.bootstrap import bootstrap
 from workers.cli import cli
 from workers.config import Settings
 from workers.driver import Driver
 from workers.erp_memory import InMemoryErp
 from workers.router.queues import Subscription
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.fixture(params=["embedded", "rabbitmq"])

@@ -13,20 +13,14 @@ import dramatiq
 import pytest
 from click.testing import CliRunner
 
-from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers.bootstrap import App, bootstrap
 from workers.cli import cli
 from workers.config import Settings
 from workers.erp_memory import InMemoryErp
 from workers.flags import SqlFlagStore
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 def routed_app(tmp_path, broker_url=None, **settings):

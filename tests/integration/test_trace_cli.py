@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from bus.exception_store import ExceptionStore
-from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers.bootstrap import bootstrap
 from workers.cli import cli
 from workers.config import Settings
@@ -23,12 +23,6 @@ from workers.erp_memory import InMemoryErp
 from workers.flags import SqlFlagStore
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 def move(app, domain: str, mode: str, actor: str, reason: str) -> FlagState:

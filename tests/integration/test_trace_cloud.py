@@ -8,19 +8,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from coexistence.canonical import decode
 from tests.support import cloud_sim
+from tests.support.records import ACME as CUSTOMER
 from tests.support.state import upgraded_state
 from workers.cli import cli
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
 
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.fixture

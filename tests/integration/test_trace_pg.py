@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from bus.exception_store import ExceptionStore
-from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.reconcile.findings import Finding, Kind
+from tests.support.records import ACME as CUSTOMER
 from tests.support.router_harness import Harness
 from workers.bootstrap import App
 from workers.config import Settings
@@ -21,12 +21,6 @@ from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.migrate import upgrade as upgrade_schema
 from workers.observe import build_trace, collect_status, parse_target
 from workers.reconcile.store import RunStore
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.fixture

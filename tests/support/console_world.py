@@ -11,9 +11,9 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from coexistence.canonical import decode
 from coexistence.flags import FlagState, Mode, Rollout
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers.bootstrap import bootstrap
 from workers.config import Settings
 from workers.driver import Driver
@@ -22,12 +22,6 @@ from workers.flags import SqlFlagStore
 from workers.legacy_erp.adapter import LegacyErp
 from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 from workers.reconcile.store import ReconcileRun, RunStore
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @dataclass

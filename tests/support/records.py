@@ -79,3 +79,12 @@ def invoice(key: str, order_key: str, customer_key: str, **kw) -> Invoice:
                         "unit_price": Decimal("9.00")},))
     data.update(kw)
     return Invoice.model_validate(data)
+
+
+#: The customer most CLI, trace and capture tests write: "Acme Supply", key 10042, as a
+#: person types it into either ERP (no tax id, no sites).
+ACME = Customer.model_validate({
+    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
+    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
+    "customer_group": "RETAIL", "region": "WEST",
+})

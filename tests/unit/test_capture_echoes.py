@@ -9,20 +9,14 @@ from sqlalchemy import event
 from sqlalchemy.pool import StaticPool
 
 from bus.db import create_state_engine
-from coexistence.canonical import decode
 from coexistence.flags import FlagSource
 from coexistence.ports import COEXIST_WRITER
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers.erp_memory import InMemoryErp
 from workers.migrate import upgrade as upgrade_schema
 from workers.router.capture import CaptureLoop
 from workers.router.queues import Subscription
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.fixture

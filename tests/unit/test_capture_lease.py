@@ -12,9 +12,9 @@ from sqlalchemy.pool import StaticPool
 
 from bus.db import create_state_engine
 from bus.outbox import backlog
-from coexistence.canonical import decode
 from coexistence.flags import FlagSource
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers import checkpoints
 from workers.erp_memory import InMemoryErp
 from workers.migrate import upgrade as upgrade_schema
@@ -22,11 +22,6 @@ from workers.router.capture import CaptureLoop, checkpoint_name
 from workers.router.lease import Lease, LeasedCaptures, LeaseLost, holders, lease_name
 from workers.router.queues import Subscription
 
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 NAME = lease_name(LEGACY)
 
 

@@ -20,9 +20,9 @@ from sqlalchemy.pool import StaticPool
 from bus import stages
 from bus.db import create_state_engine
 from bus.errors import TechnicalError
-from coexistence.canonical import decode
 from coexistence.flags import FlagSource
 from coexistence.router import CLOUD, LEGACY
+from tests.support.records import ACME as CUSTOMER
 from workers import checkpoints
 from workers.erp_memory import InMemoryErp
 from workers.migrate import upgrade as upgrade_schema
@@ -30,12 +30,6 @@ from workers.router import lease as lease_module
 from workers.router.capture import CaptureLoop, checkpoint_name
 from workers.router.lease import ACTIVE_WINDOW_S, LeasedCaptures
 from workers.router.queues import Subscription
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.fixture

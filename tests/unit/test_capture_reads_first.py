@@ -16,18 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from coexistence.canonical import decode
 from coexistence.router import CLOUD, LEGACY
 from coexistence.writes import StrayWrite
+from tests.support.records import ACME as CUSTOMER
 from tests.support.router_harness import Harness
 from workers.router import queues
 from workers.router.capture import CaptureLoop
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 class OpenTransactions:

@@ -16,17 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus.envelope import new_envelope
 from bus.exception_store import ExceptionStore
-from coexistence.canonical import decode
 from coexistence.router import CLOUD
+from tests.support.records import ACME as CUSTOMER
 from tests.support.router_harness import Harness
 from workers import metrics_server
 from workers.router import handlers, queues
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.fixture

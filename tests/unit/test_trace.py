@@ -8,17 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from coexistence.canonical import decode
+from tests.support.records import ACME as CUSTOMER
 from tests.support.router_harness import Harness
 from workers.observe import TraceInputError, build_trace, parse_since, parse_target
 from workers.observe.sources import SourceNote
 from workers.router.capture import correlation_of
-
-CUSTOMER = decode("customer", {
-    "schema_version": 2, "key": "10042", "name": "Acme Supply", "status": "active",
-    "currency": "USD", "credit_limit": "5000", "credit_hold": False, "terms": "net30",
-    "customer_group": "RETAIL", "region": "WEST",
-})
 
 
 @pytest.mark.parametrize("text, domain, key", [
