@@ -14,7 +14,7 @@
 
 Prints one JSON line per direction: documents per second, the baseline's, their ratio, and
 the CPU time per document of each (less dependent on the machine's load than the rates).
-coexist fsyncs a batch's files concurrently (``DropFolder.write_outbound_many``) where the
+coexist fsyncs a batch's files concurrently (``DropFolder.stage_many``) where the
 baseline fsyncs one file after another, so a second baseline (``baseline_batch_fsync``) moves
 the same files with the files of each 200 fsynced together: the I/O floor coexist itself
 works against.

@@ -5,6 +5,7 @@ sending 810s, and nothing is lost, nothing processed or sent twice."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from datetime import UTC, datetime, timedelta
@@ -41,9 +42,9 @@ N_810 = 30
 WAIT_S = 90
 
 
-@pytest.fixture
-def world(tmp_path, sim, pg_url, fresh_rabbit_vhost):
-    amqp, _vhost = fresh_rabbit_vhost
+def _world(tmp_path, sim, pg_url, amqp, sftp_server=None):
+    """The world's parts; with ``sftp_server`` (a ``LoopbackSftp``) the partner's folders are
+    on that SFTP server (its root is the world's ``folder``), else a file drop."""
     state = create_state_engine(pg_url)
     upgrade_schema(state)
     legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
@@ -53,14 +54,20 @@ def world(tmp_path, sim, pg_url, fresh_rabbit_vhost):
     customer = next(iter(erp.stream("customer"))).key
     units = {p.key: str(p.unit) for p in erp.stream("product")}
     skus = sorted(units)[:4]
-    folder = tmp_path / "acme"
+    if sftp_server is None:
+        folder = tmp_path / "acme"
+        partner = partner_toml(folder, [customer])
+    else:
+        folder = sftp_server.root
+        table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in sftp_server.settings().items())
+        partner = partner_toml("", [customer], transport="sftp") + f"sftp = {{ {table} }}\n"
     config = tmp_path / "coexist.toml"
     config.write_text('''
 [subscriptions.edi]
 domains = ["order", "shipment", "invoice"]
 kinds = ["event"]
 
-''' + partner_toml(folder, [customer]))
+''' + partner)
     env = coexist_env(tmp_path, state_url=pg_url, legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}",
                       cloud_url=sim.url, broker_url=amqp, config=str(config),
                       edi_poll_s="0.2", edi_claim_timeout_s="2")
@@ -71,6 +78,32 @@ kinds = ["event"]
            "folder": folder}
     state.dispose()
     legacy.dispose()
+
+
+@pytest.fixture
+def world(tmp_path, sim, pg_url, fresh_rabbit_vhost):
+    amqp, _vhost = fresh_rabbit_vhost
+    yield from _world(tmp_path, sim, pg_url, amqp)
+
+
+@pytest.fixture(params=["folder", "sftp"])
+def either_world(request, tmp_path, sim, pg_url, fresh_rabbit_vhost):
+    """``world`` on a file drop, and with the partner's folders on an SFTP server."""
+    amqp, _vhost = fresh_rabbit_vhost
+    if request.param == "folder":
+        yield from _world(tmp_path, sim, pg_url, amqp)
+        return
+    pytest.importorskip("asyncssh")
+    from tests.support.sftp_server import LoopbackSftp
+
+    root = tmp_path / "sftp-root"
+    for sub in ("inbound", "outbound", "processed", "failed"):
+        (root / sub).mkdir(parents=True)
+    server = LoopbackSftp(root, tmp_path / "keys").start()
+    try:
+        yield from _world(tmp_path, sim, pg_url, amqp, sftp_server=server)
+    finally:
+        server.stop()
 
 
 def drop_850s(w, n: int, first: int = 1) -> None:
@@ -233,15 +266,16 @@ def test_a_killed_edi_worker_loses_nothing_and_its_peer_on_the_same_folders_doub
     assert all("edi poller started" in p.output() for p in (victim, peer))
 
 
-def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no_number(world):
+def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no_number(
+        either_world):
     """The real ``coexist worker`` SIGKILLs itself (``COEXIST_FAULT_EDI_KILL_BEFORE_RENAME``)
     after the 810s' control numbers were committed and their bytes fsynced under temporary
     names, right before the first final rename.  The next worker writes those interchanges
     with the recorded bytes (no reuse, no gap) and sends nothing twice for the redelivered
-    invoice events."""
+    invoice events.  On the file drop and over SFTP."""
     from workers.edi.transport import FAULT_KILL_BEFORE_RENAME
 
-    w = world
+    w = either_world
     n = 3
     enqueue_invoices(w, n)
     _killed_at_810(w, FAULT_KILL_BEFORE_RENAME)
@@ -266,15 +300,16 @@ def test_a_coexist_worker_killed_between_numbering_and_the_final_rename_loses_no
         assert (outbound / name).read_bytes() == content
 
 
-def test_a_coexist_worker_killed_after_the_final_rename_sends_no_second_copy(world):
+def test_a_coexist_worker_killed_after_the_final_rename_sends_no_second_copy(either_world):
     """The real ``coexist worker`` SIGKILLs itself (``COEXIST_FAULT_EDI_KILL_AFTER_RENAME``)
     right after an 810's file got its final name, before the state says ``written``; the
     partner then takes the file away (as mock-edi does: into ``outbound/processed/``).  The
     next worker must not write that interchange again: in the chaos run the same name and
-    bytes reached the partner twice (mock-edi answered TA1 025, duplicate ISA13)."""
+    bytes reached the partner twice (mock-edi answered TA1 025, duplicate ISA13).  On the
+    file drop and over SFTP (the worker's session to the server dies with it)."""
     from workers.edi.transport import FAULT_KILL_AFTER_RENAME
 
-    w = world
+    w = either_world
     n = 3
     enqueue_invoices(w, n)
     _killed_at_810(w, FAULT_KILL_AFTER_RENAME)

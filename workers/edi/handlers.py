@@ -1217,17 +1217,6 @@ def _flush_locked(deps: EdiDeps, ids: Sequence[int] | None) -> list[int]:
         if profile is None:
             continue
         folder = deps.folder(profile)
-        if not hasattr(folder, "stage_many"):  # SFTP: written as before, under the lock
-            written = folder.write_outbound_many([(r.file_name, bytes(r.content))
-                                                  for r in mine])
-            for row, result in zip(mine, written, strict=True):
-                if isinstance(result, OutboundExists):
-                    _record(deps, profile, f"out:{row.id}", "EdiOutboundNameTaken",
-                            str(result))
-                else:
-                    done.append(row.id)
-            folder.sync_outbound()
-            continue
         fresh = [r for r in mine if r.status == "allocated"]
         staged = folder.stage_many([(r.file_name, bytes(r.content)) for r in fresh])
         taken = {r.id for r, res in zip(fresh, staged, strict=True)

@@ -17,6 +17,13 @@ operations:
   fsynced (``fsync@openssh.com`` when the server offers it), then renamed.  A temporary
   (dot-)file a dropped connection left behind is removed at a later write of the same name
   once it is older than ``LEFTOVER_AGE_S``.
+* Interchanges are published as from the file drop (``stage_many`` / ``publish_many``,
+  under the flush lock): bytes written and fsynced under the stage name
+  ``.NAME.stage.tmp``, the row committed ``staged``, the stage renamed to the final name
+  (the standard rename, which never replaces one), the row ``written``.  A ``staged`` row
+  whose stage file is gone was renamed before (a worker killed after the rename, or the
+  rename's answer lost with the connection): it is never written again, even when the
+  partner has taken the file away meanwhile.
 
 SFTP has no directory fsync: once the server answered a rename, its durability is the
 server's (``sync_dirs`` is a no-op here).  A dropped connection is a ``TechnicalError``
@@ -42,6 +49,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bus.errors import TechnicalError
 from workers.edi.transport import (
     CLAIM_SUFFIX,
+    FAULT_KILL_AFTER_RENAME,
+    STAGE_SUFFIX,
     TEMP_SUFFIXES,
     Claimed,
     OutboundExists,
@@ -354,7 +363,8 @@ class SftpFolder:
         asyncssh = _asyncssh()
         final = self.outbound / name
         for left in leftovers:  # a temporary file a dropped connection left behind
-            if left.startswith(f".{name}.") and left.endswith(".tmp"):
+            if (left.startswith(f".{name}.") and left.endswith(".tmp")
+                    and not left.endswith(STAGE_SUFFIX)):  # a stage is the flusher's
                 with contextlib.suppress(asyncssh.SFTPNoSuchFile):
                     await s.sftp.remove(str(self.outbound / left))
         if await s.sftp.exists(str(final)):
@@ -411,18 +421,69 @@ class SftpFolder:
 
         return self._call(op)
 
-    def write_outbound_many(self, items: Sequence[tuple[str, bytes]]
-                            ) -> list[PurePosixPath | OutboundExists]:
-        """``write_outbound`` for a batch, in the order of ``items``."""
+    def stage_path(self, name: str) -> PurePosixPath:
+        return self.outbound / f".{name}{STAGE_SUFFIX}"
+
+    def stage_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool | OutboundExists]:
+        """``DropFolder.stage_many`` over SFTP: each item's bytes written (replacing a crashed
+        flusher's stage: the caller holds the flush lock) and fsynced under its stage name;
+        per item True, False (its final name holds these bytes already) or the
+        ``OutboundExists`` it met."""
+        asyncssh = _asyncssh()
+
+        async def op(s: _Session) -> list[bool | OutboundExists]:
+            out: list[bool | OutboundExists] = []
+            for name, content in items:
+                final = self.outbound / name
+                if await s.sftp.exists(str(final)):
+                    out.append(False if await self._same(s, final, content) else OutboundExists(
+                        f"{self.target}{final} already exists with other content; "
+                        "not overwritten"))
+                    continue
+                async with s.sftp.open(str(self.stage_path(name)), "wb") as fh:
+                    await fh.write(content)
+                    if s.can_fsync:
+                        try:
+                            await fh.fsync()
+                        except asyncssh.SFTPOpUnsupported:
+                            s.can_fsync = False
+                out.append(True)
+            return out
+
+        return self._call(op) if items else []
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]
+                     ) -> list[PurePosixPath | OutboundExists]:
+        """``DropFolder.publish_many`` over SFTP: each staged item renamed to its final name,
+        in order.  An item whose stage file is gone was renamed before: nothing is written
+        again, whether or not the partner has taken the file."""
+        asyncssh = _asyncssh()
 
         async def op(s: _Session) -> list[PurePosixPath | OutboundExists]:
-            leftovers = await self._leftovers(s)
             out: list[PurePosixPath | OutboundExists] = []
             for name, content in items:
+                stage, final = self.stage_path(name), self.outbound / name
+                if not await s.sftp.exists(str(stage)):
+                    out.append(final)  # published already
+                    continue
+                _fault_before_final_name(name)
                 try:
-                    out.append((await self._write_one(s, name, content, leftovers))[0])
-                except OutboundExists as exc:
-                    out.append(exc)
+                    await s.sftp.rename(str(stage), str(final))
+                except asyncssh.SFTPNoSuchFile:
+                    out.append(final)  # renamed just now (its answer lost before)
+                    continue
+                except (asyncssh.SFTPFileAlreadyExists, asyncssh.SFTPFailure):
+                    # Taken (OpenSSH answers a plain failure for an existing name).
+                    if await s.sftp.exists(str(final)) and await self._same(s, final, content):
+                        with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                            await s.sftp.remove(str(stage))
+                        out.append(final)
+                    else:
+                        out.append(OutboundExists(f"{self.target}{final} appeared with other "
+                                                  "content; not overwritten"))
+                    continue
+                _fault_before_final_name(name, FAULT_KILL_AFTER_RENAME)
+                out.append(final)
             return out
 
         return self._call(op) if items else []

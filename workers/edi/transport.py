@@ -196,7 +196,7 @@ class DropFolder:
             return 0
 
     def sync_outbound(self) -> None:
-        """fsync ``outbound/``: the names ``write_outbound_many`` gave are durable."""
+        """fsync ``outbound/``: the names ``publish_many`` gave are durable."""
         _fsync_dir(self.outbound)
 
     def sync_dirs(self) -> None:
@@ -242,45 +242,6 @@ class DropFolder:
         if sync_dir:
             _fsync_dir(self.outbound)
         return final, True
-
-    def write_outbound_many(self, items: Sequence[tuple[str, bytes]]
-                            ) -> list[Path | OutboundExists]:
-        """``write_outbound`` for a batch, in order: every file's bytes written under a
-        temporary name and fsynced (concurrently: the filesystem commits them together, where
-        one fsync after another costs one journal commit each), then the final names given in
-        the order of ``items``, one after the other.  The directory fsync is left to
-        ``sync_dirs()``.  Returns, per item, its path or the ``OutboundExists`` it met."""
-        self.outbound.mkdir(parents=True, exist_ok=True)
-        out: list[Path | OutboundExists | None] = [None] * len(items)
-        temps: dict[int, Path] = {}
-        try:
-            for i, (name, content) in enumerate(items):
-                final = self.outbound / name
-                if final.exists():
-                    out[i] = final if final.read_bytes() == content else OutboundExists(
-                        f"{final} already exists with other content; not overwritten")
-                    continue
-                tmp = self.outbound / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                temps[i] = tmp
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(content)
-            if temps:
-                list(_fsync_pool().map(_fsync_file, temps.values()))
-            for i, tmp in temps.items():
-                name, content = items[i]
-                final = self.outbound / name
-                _fault_before_final_name(name)
-                try:
-                    os.link(tmp, final)
-                    out[i] = final
-                except FileExistsError:
-                    out[i] = final if final.read_bytes() == content else OutboundExists(
-                        f"{final} appeared with other content; not overwritten")
-        finally:
-            for tmp in temps.values():
-                tmp.unlink(missing_ok=True)
-        return [o for o in out if o is not None]
 
     def stage_path(self, name: str) -> Path:
         return self.outbound / f".{name}{STAGE_SUFFIX}"
@@ -423,7 +384,7 @@ def _link_free(src: Path, folder: Path, name: str, *, move: bool, sync: bool = T
     return dst
 
 
-#: Threads that fsync a batch's outbound files at once (``write_outbound_many``).
+#: Threads that fsync a batch's outbound files at once (``stage_many``).
 FSYNC_THREADS = 16
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
