@@ -23,17 +23,11 @@ from mockedi.testing import Mock  # noqa: E402
 from bus.envelope import new_envelope  # noqa: E402
 from bus.outbox import OutboxRecord  # noqa: E402
 from coexistence.canonical.models import Invoice, Order, Shipment  # noqa: E402
-from coexistence.sample import SampleSpec  # noqa: E402
 from tests.support import cloud_sim  # noqa: E402
-from tests.support.processes import Process, coexist_env, wait_until  # noqa: E402
+from tests.support.edi_world import worker_world  # noqa: E402
+from tests.support.processes import Process, wait_until  # noqa: E402
 from workers.bootstrap import App  # noqa: E402
-from workers.config import Settings  # noqa: E402
-from workers.db import create_state_engine  # noqa: E402
 from workers.edi.store import DOCUMENT, HELD  # noqa: E402
-from workers.legacy_erp.adapter import LegacyErp  # noqa: E402
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema  # noqa: E402
-from workers.legacy_erp.seed import seed_legacy  # noqa: E402
-from workers.migrate import upgrade as upgrade_schema  # noqa: E402
 from workers.router import queues  # noqa: E402
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
@@ -41,12 +35,7 @@ simulator, sim = cloud_sim.simulator, cloud_sim.sim
 WAIT_S = 90
 PO = "4500007001"
 #: mock-edi's own ids (its buyer, and the supplier it knows coexist as).
-PARTNER_TOML = '''
-[subscriptions.edi]
-domains = ["order", "shipment", "invoice"]
-kinds = ["event"]
-
-[[edi.partners]]
+PARTNER_TOML = '''[[edi.partners]]
 id = "MOCKEDI"
 partner_isa = {{ qualifier = "ZZ", id = "MOCKEDI" }}
 our_isa = {{ qualifier = "ZZ", id = "NORTHWIND" }}
@@ -61,32 +50,20 @@ folder = "{folder}"
 @pytest.fixture
 def world(tmp_path, sim, pg_url, fresh_rabbit_vhost):
     amqp, _vhost = fresh_rabbit_vhost
-    state = create_state_engine(pg_url)
-    upgrade_schema(state)
-    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
-    create_legacy_schema(legacy)
-    seed_legacy(legacy, SampleSpec(customers=4, products=20), domains=["customer", "product"])
-    erp = LegacyErp(legacy)
-    customer = next(iter(erp.stream("customer"))).key
-    units = {p.key: str(p.unit) for p in erp.stream("product")}
     folder = tmp_path / "mockedi"
     for sub in ("inbound", "outbound", "processed", "failed"):
         (folder / sub).mkdir(parents=True)
-    config = tmp_path / "coexist.toml"
-    config.write_text(PARTNER_TOML.format(customer=customer, folder=folder))
-    env = coexist_env(tmp_path, state_url=pg_url, legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}",
-                      cloud_url=sim.url, broker_url=amqp, config=str(config),
-                      edi_poll_s="0.2", edi_claim_timeout_s="5")
-    # The buyer reads our outbound/ as files appear (every 100 ms), as a partner's
-    # translator does, and answers into our inbound/.
-    mock = Mock.start(drop_dir=str(folder / "outbound"), pickup_dir=str(folder / "inbound"),
-                      drop_settle_ms=0, drop_interval_ms=100)
-    with mock:
-        yield {"home": tmp_path, "env": env, "state": state, "erp": erp, "mock": mock,
-               "customer": customer, "units": units, "folder": folder,
-               "settings": Settings(home=tmp_path, state_url=pg_url, broker_url=amqp)}
-    state.dispose()
-    legacy.dispose()
+
+    def partner(customer):
+        return folder, PARTNER_TOML.format(customer=customer, folder=folder)
+
+    with worker_world(tmp_path, sim.url, pg_url, amqp, partner, claim_timeout_s="5") as w:
+        # The buyer reads our outbound/ as files appear (every 100 ms), as a partner's
+        # translator does, and answers into our inbound/.
+        mock = Mock.start(drop_dir=str(folder / "outbound"), pickup_dir=str(folder / "inbound"),
+                          drop_settle_ms=0, drop_interval_ms=100)
+        with mock:
+            yield {**w, "mock": mock}
 
 
 def enqueue(w, record) -> None:

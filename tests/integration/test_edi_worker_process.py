@@ -19,20 +19,13 @@ from bus.envelope import new_envelope
 from bus.outbox import OutboxRecord
 from coexistence.canonical.models import Invoice, Order
 from coexistence.edi import documents
-from coexistence.edi.profiles import EdiSettings
-from coexistence.sample import SampleSpec
 from tests.support import cloud_sim
 from tests.support.edi import partner_toml
-from tests.support.processes import Process, coexist_env, wait_until
+from tests.support.edi_world import worker_world
+from tests.support.processes import Process, wait_until
 from workers.bootstrap import App
-from workers.config import Settings
-from workers.db import create_state_engine
 from workers.edi.handlers import UNWRITTEN
 from workers.edi.store import DOCUMENT, INTERCHANGE
-from workers.legacy_erp.adapter import LegacyErp
-from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
-from workers.legacy_erp.seed import seed_legacy
-from workers.migrate import upgrade as upgrade_schema
 from workers.router import queues
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
@@ -45,39 +38,15 @@ WAIT_S = 90
 def _world(tmp_path, sim, pg_url, amqp, sftp_server=None):
     """The world's parts; with ``sftp_server`` (a ``LoopbackSftp``) the partner's folders are
     on that SFTP server (its root is the world's ``folder``), else a file drop."""
-    state = create_state_engine(pg_url)
-    upgrade_schema(state)
-    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
-    create_legacy_schema(legacy)
-    seed_legacy(legacy, SampleSpec(customers=4, products=20), domains=["customer", "product"])
-    erp = LegacyErp(legacy)
-    customer = next(iter(erp.stream("customer"))).key
-    units = {p.key: str(p.unit) for p in erp.stream("product")}
-    skus = sorted(units)[:4]
-    if sftp_server is None:
-        folder = tmp_path / "acme"
-        partner = partner_toml(folder, [customer])
-    else:
-        folder = sftp_server.root
+    def partner(customer):
+        if sftp_server is None:
+            return tmp_path / "acme", partner_toml(tmp_path / "acme", [customer])
         table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in sftp_server.settings().items())
-        partner = partner_toml("", [customer], transport="sftp") + f"sftp = {{ {table} }}\n"
-    config = tmp_path / "coexist.toml"
-    config.write_text('''
-[subscriptions.edi]
-domains = ["order", "shipment", "invoice"]
-kinds = ["event"]
+        return sftp_server.root, (partner_toml("", [customer], transport="sftp")
+                                  + f"sftp = {{ {table} }}\n")
 
-''' + partner)
-    env = coexist_env(tmp_path, state_url=pg_url, legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}",
-                      cloud_url=sim.url, broker_url=amqp, config=str(config),
-                      edi_poll_s="0.2", edi_claim_timeout_s="2")
-    settings = Settings(home=tmp_path, state_url=pg_url, broker_url=amqp)
-    profile = EdiSettings.from_toml(config.read_text()).partners[0]
-    yield {"home": tmp_path, "env": env, "state": state, "profile": profile,
-           "customer": customer, "skus": skus, "units": units, "settings": settings,
-           "folder": folder}
-    state.dispose()
-    legacy.dispose()
+    with worker_world(tmp_path, sim.url, pg_url, amqp, partner) as w:
+        yield w
 
 
 @pytest.fixture

@@ -1,9 +1,16 @@
-"""An EDI partner's order and invoice on SQLite state, for the CLI tests of the channel:
-one 850 taken from the partner's ``inbound/``, then the order's and its invoice's events
-ready for ``handlers.handle_events`` (the caller asserts what they became)."""
+"""EDI worlds for the channel's tests.
+
+* ``ordered_and_invoiced``: a partner's order and invoice on SQLite state, for the CLI
+  tests: one 850 taken from the partner's ``inbound/``, then the order's and its invoice's
+  events ready for ``handlers.handle_events`` (the caller asserts what they became).
+* ``worker_world``: what a real ``coexist worker`` process needs for the channel:
+  PostgreSQL state at head, the legacy reference ERP (SQLite, 4 customers and 20 products)
+  as the SoR, a config naming the partner, and the process environment."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,9 +23,15 @@ from bus.exception_store import ExceptionStore
 from coexistence.canonical.models import Invoice, Order
 from coexistence.edi import documents
 from coexistence.edi.profiles import EdiSettings
+from coexistence.sample import SampleSpec
 from tests.support.edi import partner_toml
+from tests.support.processes import coexist_env
+from workers.config import Settings
 from workers.db import create_state_engine
 from workers.edi import handlers
+from workers.legacy_erp.adapter import LegacyErp
+from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
+from workers.legacy_erp.seed import seed_legacy
 from workers.migrate import upgrade as upgrade_schema
 
 UNITS = {"WID-01000": "EA"}
@@ -71,3 +84,47 @@ def ordered_and_invoiced(tmp_path: Path, now: datetime, **toml: Any) -> OrderedA
            "COEXIST_LEGACY_URL": f"sqlite:///{tmp_path / 'nolegacy.db'}",
            "COEXIST_CLOUD_URL": "", "COEXIST_BROKER_URL": "", "COEXIST_REDIS_URL": ""}
     return OrderedAndInvoiced(config, folder, inbound, engine, deps, key, envs, env)
+
+
+#: The edi channel's subscription, as a deployment's config holds it.
+SUBSCRIPTION_TOML = """
+[subscriptions.edi]
+domains = ["order", "shipment", "invoice"]
+kinds = ["event"]
+
+"""
+
+
+@contextmanager
+def worker_world(tmp_path: Path, cloud_url: str, pg_url: str, amqp: str,
+                 partner: Callable[[str], tuple[Path, str]], *,
+                 claim_timeout_s: str = "2") -> Iterator[dict[str, Any]]:
+    """The parts for ``coexist worker`` processes on the edi channel; ``partner(customer)``
+    gives the partner's folder and its ``[[edi.partners]]`` block for that customer (the
+    first of the seeded ones).  Yields home, env, state (engine), erp, profile, customer,
+    skus, units, settings and folder."""
+    state = create_state_engine(pg_url)
+    upgrade_schema(state)
+    legacy = create_legacy_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+    try:
+        create_legacy_schema(legacy)
+        seed_legacy(legacy, SampleSpec(customers=4, products=20),
+                    domains=["customer", "product"])
+        erp = LegacyErp(legacy)
+        customer = next(iter(erp.stream("customer"))).key
+        units = {p.key: str(p.unit) for p in erp.stream("product")}
+        folder, block = partner(customer)
+        config = tmp_path / "coexist.toml"
+        config.write_text(SUBSCRIPTION_TOML + block)
+        env = coexist_env(tmp_path, state_url=pg_url,
+                          legacy_url=f"sqlite:///{tmp_path / 'legacy.db'}", cloud_url=cloud_url,
+                          broker_url=amqp, config=str(config), edi_poll_s="0.2",
+                          edi_claim_timeout_s=claim_timeout_s)
+        yield {"home": tmp_path, "env": env, "state": state, "erp": erp,
+               "profile": EdiSettings.from_toml(config.read_text()).partners[0],
+               "customer": customer, "skus": sorted(units)[:4], "units": units,
+               "settings": Settings(home=tmp_path, state_url=pg_url, broker_url=amqp),
+               "folder": folder}
+    finally:
+        state.dispose()
+        legacy.dispose()
