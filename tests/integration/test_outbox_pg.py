@@ -243,3 +243,48 @@ def test_on_postgresql_a_quarantined_row_holds_back_only_its_key(engine):
     finally:
         relay.close()
     assert published == [("X", 2), ("Y", 4), ("P", 1), ("P", 3)]
+
+
+def test_the_sent_mark_writes_no_column_an_index_is_keyed_on(engine):
+    """PostgreSQL cannot update a row in place when the sent mark changes ``sent_at``
+    (the unsent indexes' predicate names it), so the new row version gets an entry in
+    every index it qualifies for; an index keyed on a column the mark writes was one more
+    (``ix_outbox_sent_at``, until revision 0020).  ``scripts/bench/bus_sent_mark.py``
+    counts the entries from the WAL."""
+    from sqlalchemy import inspect
+
+    written = {"sent_at", "attempts", "last_error"}
+    keyed = {ix["name"]: set(ix["column_names"]) for ix in inspect(engine).get_indexes("outbox")}
+    assert "ix_outbox_created_at" in keyed
+    assert {name: cols & written for name, cols in keyed.items() if cols & written} == {}
+
+
+def test_purge_finds_its_rows_through_the_created_at_index(engine):
+    """``purge_sent`` bounds ``created_at`` (a row is created before it is sent), which
+    the BRIN index serves; without the bound it could only scan the whole table."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    with engine.begin() as conn:
+        add_all_to_outbox(conn, [env(f"C{n}", n) for n in range(10)], actor_name="a",
+                          queue_name="q")
+        old = datetime.now(UTC) - timedelta(days=9)
+        t = outbox.OutboxRecord.__table__
+        conn.execute(update(t).where(t.c.partition_key.in_(["C1", "C2"]))
+                     .values(created_at=old, sent_at=old, settled_at=old))
+    plans: list[str] = []
+    from sqlalchemy import event
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT OUTBOX.ID"):
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plans.append("\n".join(r[0] for r in cursor.fetchall()))
+
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        assert outbox.purge_sent(engine, timedelta(days=7)) == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    assert plans and "ix_outbox_created_at" in plans[0], plans

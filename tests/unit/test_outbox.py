@@ -240,7 +240,8 @@ def test_purge_deletes_only_rows_sent_long_enough_ago_and_settled(engine):
         now = datetime.now(UTC)
         t = OutboxRecord.__table__
         conn.execute(update(t).where(t.c.partition_key.in_(["old", "old_unsettled"]))
-                     .values(sent_at=now - timedelta(days=8)))
+                     .values(created_at=now - timedelta(days=8, seconds=1),
+                             sent_at=now - timedelta(days=8)))
         conn.execute(update(t).where(t.c.partition_key == "old").values(settled_at=now))
         conn.execute(update(t).where(t.c.partition_key == "recent").values(sent_at=now))
     assert purge_sent(engine, timedelta(days=7)) == 1
