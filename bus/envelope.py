@@ -19,6 +19,8 @@ then carries a payload of today's schema version.
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -79,7 +81,20 @@ class Envelope(BaseModel):
 
 
 def new_message_id() -> str:
-    return str(uuid.uuid4())
+    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Message ids key b-tree indexes on every hop: the outbox's unique ``message_id`` and,
+    through an envelope's default correlation id, ``ix_outbox_correlation_id``; each
+    consumer's inbox primary key.  Ids that grow with time are inserted at the right
+    edge of those indexes, in the few pages a burst already touched, where random ones
+    (version 4) land on a different leaf page each, every one dirtied, split halfway and
+    written in full to the WAL after each checkpoint.  Unique as version 4 is for any
+    purpose here (74 random bits per millisecond); nothing reads the time back."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    return str(uuid.UUID(int=value))
 
 
 def new_envelope(

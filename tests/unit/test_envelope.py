@@ -185,3 +185,18 @@ json_values = st.recursive(
 def test_any_json_payload_survives_encode_and_decode(payload, key, source_version):
     env = make(payload=payload, key=key, source_version=source_version)
     assert decode(encode(env)) == env
+
+
+def test_message_ids_grow_with_time_so_their_indexes_are_appended_to(monkeypatch):
+    """Version 7 UUIDs: a later millisecond sorts after, as text too (the indexes' order);
+    unique within one millisecond."""
+    import uuid
+
+    clock = iter([1_800_000_000_000_000_000 + k * 1_000_000 for k in range(3) for _ in range(2)])
+    monkeypatch.setattr(envelope.time, "time_ns", lambda: next(clock))
+    ids = [envelope.new_message_id() for _ in range(6)]
+    assert [uuid.UUID(i).version for i in ids] == [7] * 6
+    assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == 6
+    assert max(ids[0:2]) < min(ids[2:4]) and max(ids[2:4]) < min(ids[4:6])
+    assert int(ids[0].replace("-", "")[:12], 16) == 1_800_000_000_000
