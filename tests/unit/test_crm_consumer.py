@@ -115,6 +115,27 @@ def test_a_locked_row_raises_a_technical_error_and_the_retry_writes_it(parts):
     assert not reports.all
 
 
+def test_a_batch_leaves_only_its_locked_record_to_the_per_message_path(parts):
+    """``many`` (the batch consumer's call): the locked record's position is left to the
+    per-message path, its neighbours are written once and settle with the batch; alone,
+    the locked one raises (the bus retries it) until the CRM takes it."""
+    consumer, crm, _engine, reports, _deferred, _clock = parts
+    customers = [SPEC.record("customer", i) for i in range(5)]
+    envs = [event(c, 1) for c in customers]
+    crm.lock(customers[2].key, times=2)
+    assert consumer.many(envs) == [2]
+    assert set(crm.records["Account"]) == {c.key for i, c in enumerate(customers) if i != 2}
+    with pytest.raises(CrmRetryLater):
+        consumer([envs[2]])  # alone, at once: still locked
+    assert [r.outcome for r in consumer([envs[2]])] == [Outcome.SYNCED]  # a retry lands
+    assert set(crm.records["Account"]) == {c.key for c in customers}
+    assert not reports.all
+    # Nothing written at all (the CRM down): the batch fails whole, as before.
+    crm.unavailable()
+    with pytest.raises(CrmRetryLater):
+        consumer.many(envs[:2])
+
+
 def test_a_refused_record_is_a_business_report_and_its_message_is_acked(parts):
     consumer, _crm, _engine, reports, _deferred, _clock = parts
     good = SPEC.record("customer", 3)

@@ -7,9 +7,12 @@ decides what happens to its message:
 
 * ``synced`` / ``stale`` (never regress) / ``skipped`` / ``refused`` (already in the
   exception store, replayable): acked;
-* ``retry`` (row lock, parent not in the CRM yet, CRM unavailable): ``CrmRetryLater`` is
-  raised, a technical error, so the bus's failure middleware retries the delivery with
-  backoff and records it as technical once the retries are spent;
+* ``retry`` (row lock, parent not in the CRM yet, CRM unavailable): in a batch
+  (``CrmConsumer.many``) only those records are left to the per-message path and the
+  rest settle with the batch; there, alone, ``CrmRetryLater`` is raised, a technical
+  error, so the bus's failure middleware retries that delivery with backoff and records
+  it as technical once the retries are spent (a batch of which nothing was written, the
+  CRM unavailable, raises it too: each message then goes alone);
 * ``paused`` (403 ``REQUEST_LIMIT_EXCEEDED``, or the client-side budget reserve reached):
   the channel is paused until a time (the ``crm_channel`` row, seen by every process and
   by ``coexist status``), and the message is re-queued with a delay, without counting an
@@ -83,6 +86,9 @@ PENDING_RECHECK_S = 1.0
 DEFERRED = Counter("coexist_crm_deferred_total",
                    "CRM channel messages re-queued while the channel is paused")
 PAUSES = Counter("coexist_crm_pauses_total", "Times the CRM channel paused (API budget)")
+RETRIED_ALONE = Counter("coexist_crm_retried_alone_total",
+                        "CRM records of a batch the CRM did not take now (row lock), "
+                        "left to the per-message path while the rest settled")
 
 
 class CrmRetryLater(TechnicalError):
@@ -116,6 +122,35 @@ class CrmConsumer:
             return self._until
 
     def __call__(self, delivery: Envelope | Sequence[Envelope]) -> list[Result]:
+        """Results of ``delivery``; raises ``CrmRetryLater`` when a record must be tried
+        again (the per-message path: the bus retries that delivery)."""
+        results = self._sync(delivery)
+        retry = [r for r in results if r.outcome is Outcome.RETRY]
+        if retry:
+            codes = sorted({r.code or "RETRY" for r in retry})
+            raise CrmRetryLater(f"{len(retry)} of {len(results)} CRM record(s) not written "
+                                f"now ({', '.join(codes)}): {retry[0].detail}")
+        return results
+
+    def many(self, envelopes: Sequence[Envelope]) -> list[int]:
+        """A batch delivery (``workers.router.actors``): the positions in ``envelopes`` of
+        the records the CRM did not take now (a row lock, a parent not there yet), left to
+        the per-message path, where each is retried alone with the bus's backoff and
+        failure classes; every other message settles with the batch.  When no record of
+        the delivery was written (the CRM unavailable), raises ``CrmRetryLater``: the
+        batch consumer then sends each alone, as for any failed batch."""
+        results = self._sync(envelopes)
+        retry = {r.message_id for r in results if r.outcome is Outcome.RETRY}
+        if not retry:
+            return []
+        if all(r.outcome is Outcome.RETRY for r in results):
+            codes = sorted({r.code or "RETRY" for r in results})
+            raise CrmRetryLater(f"none of {len(results)} CRM record(s) written now "
+                                f"({', '.join(codes)}): {results[0].detail}")
+        RETRIED_ALONE.inc(len(retry))
+        return [i for i, e in enumerate(envelopes) if e.message_id in retry]
+
+    def _sync(self, delivery: Envelope | Sequence[Envelope]) -> list[Result]:
         envelopes = [delivery] if isinstance(delivery, Envelope) else list(delivery)
         if not envelopes:
             return []
@@ -166,11 +201,6 @@ class CrmConsumer:
             results = [*results, *(Result(m, Outcome.PAUSED, "waiting for an onboarded "
                                           "customer's number from the SoR",
                                           "ONBOARDING_PENDING") for m in sorted(held))]
-        retry = [r for r in results if r.outcome is Outcome.RETRY]
-        if retry:
-            codes = sorted({r.code or "RETRY" for r in retry})
-            raise CrmRetryLater(f"{len(retry)} of {len(envelopes)} CRM record(s) not written "
-                                f"now ({', '.join(codes)}): {retry[0].detail}")
         return results
 
     def _onboarded_first(self, crm: Crm, envelopes: Sequence[Envelope],

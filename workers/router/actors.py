@@ -37,6 +37,12 @@ CHANNEL_BATCH_SIZE = 200
 #: A channel handler with this attribute set to False is consumed one message per call
 #: (dramatiq's own threads) instead of by the batch consumer.
 BATCHED_ATTR = "batched"
+#: A channel handler with this attribute (a function of a sequence of envelopes that
+#: returns positions into it) is called with each batch instead, and the deliveries at
+#: the positions it returns go through the per-message path one by one (the handler
+#: itself, with the bus's retries and failure classes) while the rest are acked with the
+#: batch: the CRM's per-record row locks.  Not with an inbox.
+MANY_ATTR = "many"
 #: How long the batch consumer waits for more deliveries after the first one.
 CHANNEL_BATCH_WAIT_MS = 5
 
@@ -106,8 +112,12 @@ def register_actors(
         def deliver(envelope: dict, _handle=handle) -> None:
             _handle([from_dict(envelope)])
 
-        def deliver_many(envelopes: list[dict], _handle=handle) -> None:
+        def deliver_many(envelopes: list[dict], _handle=handle,
+                         _many=getattr(handle, MANY_ATTR, None)) -> list[int] | None:
+            if _many is not None:
+                return _many([from_dict(e) for e in envelopes])
             _handle([from_dict(e) for e in envelopes])
+            return None
 
         options: dict[str, Any] = {}
         if getattr(handle, BATCHED_ATTR, True):
