@@ -10,10 +10,10 @@ coexist recorded its number.
   its number onto the account: one customer, no ``CrmOnboardingRefused``.
 * The legacy ERP is the SoR and the inbound poller stays away for long (another holder
   keeps its lease; the decision is old): the SoR's customer, routed to the CRM meanwhile,
-  is held (shown by ``coexist status``) instead of reaching the CRM as an account of its
-  own (a ``CrmDuplicateAccount`` later) or meeting the CRM's duplicate rule (refused), and
-  once the poller records the number it lands on the person's account: one account, no
-  exception.
+  stored as asked or very differently (another name and tax id: nothing to match it by),
+  is recognised by the SoR's own record of the create's idempotency key and lands on the
+  person's account without the poller, instead of reaching the CRM as an account of its
+  own (a ``CrmDuplicateAccount`` later) or meeting the CRM's duplicate rule (refused).
 """
 
 from __future__ import annotations
@@ -116,8 +116,15 @@ def _status(env) -> dict:
     return json.loads(done.stdout)["crm"]
 
 
-def test_a_customer_whose_number_is_pending_waits_for_the_poller_however_long(
-        tmp_path, sim, crm):
+@pytest.mark.parametrize("stored", ["as asked", "very differently"])
+def test_a_pending_create_s_customer_is_recognised_by_the_sor_s_record_of_it(
+        tmp_path, sim, crm, stored):
+    """The poller stays away (another holder keeps its lease) long after the crash, and
+    the SoR's customer is routed to the CRM meanwhile, stored as asked or very
+    differently (a person in the ERP changed its name and tax id since): the consumer asks
+    the SoR which customer the create's idempotency key made (the legacy ERP's record of
+    it), records the number and writes the customer onto the person's account: one
+    account, no exception, without the poller.  Once the poller is back, nothing more."""
     env, home = _home(tmp_path, crm, sim.url)
     legacy_engine = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
     legacy = LegacyErp(legacy_engine)
@@ -128,6 +135,10 @@ def test_a_customer_whose_number_is_pending_waits_for_the_poller_however_long(
     try:
         new = _killed_after_the_sor_create(env, home, crm)
         [made] = [c for c in legacy.stream("customer") if c.name.upper() == "WALK-IN HARDWARE"]
+        if stored == "very differently":
+            legacy.person_upsert(made.model_copy(update={
+                "name": "Zenith Regional Supply Cooperative", "tax_id": "98-7654321"}),
+                "JSMITH")
         # The crash was long ago (longer than every delivery is held for any pending
         # create); the killed process's lease runs out first.
         with state.begin() as conn:
@@ -135,33 +146,34 @@ def test_a_customer_whose_number_is_pending_waits_for_the_poller_however_long(
                          {"at": datetime.now(UTC) - timedelta(seconds=5 * PENDING_HOLD_S)})
         _wait(away.try_acquire, "the feed's lease for the poller that is away")
         proc = _start("run", env, home)
-        # The SoR's customer is routed to the CRM channel and held, twice at least (a held
-        # delivery looks again every second), never shown as an account of its own.
-        first = _wait(lambda: (p := _status(env)["numbers_pending"]) and p[0]["held_at"],
-                      f"the customer held while its number is pending\n{_logs(home)}", proc)
-        _wait(lambda: _status(env)["numbers_pending"][0]["held_at"] > first,
-              f"the customer held again\n{_logs(home)}", proc)
-        [pending] = _status(env)["numbers_pending"]
-        assert pending["crm_account_id"] == new
-        assert made.key not in {a["Coexist_Id__c"] for a in _accounts(crm).values()}
-        # The poller is back: it asks the SoR again, records the number, keys the account.
-        away.release()
-        # ... and the held customer is written onto it (the SoR's values, its version).
         account = _wait(lambda: (a := _accounts(crm)[new])["Coexist_Version__c"] and a,
                         f"the customer written onto the person's account\n{_logs(home)}",
                         proc)
         _wait(lambda: not _status(env)["numbers_pending"], "no number pending", proc)
+        assert away.held  # the poller was away all along
+        # The poller is back: it finds the decision numbered and keys the account (the
+        # same key): no second customer, no second account.
+        away.release()
+        _wait(lambda: _status(env)["inbound_checkpoint"] > 0,
+              f"the poller reading the feed again\n{_logs(home)}", proc)
+        accounts = _accounts(crm)
+        customers = list(legacy.stream("customer"))
     finally:
         if proc is not None:
             _stop(proc)
         state.dispose()
         legacy_engine.dispose()
     assert account["Coexist_Id__c"] == account["AccountNumber"] == made.key
-    assert [a["Id"] for a in _accounts(crm).values() if a["Coexist_Id__c"] == made.key] == [new]
-    assert [c.key for c in legacy.stream("customer")] == [made.key]
-    # Not a duplicate account, nor a write the CRM's duplicate rule refused (what the
-    # customer's write met before, once its hold had run out: the person's account looks
-    # the same).
+    assert [a["Id"] for a in accounts.values() if a["Coexist_Id__c"] == made.key] == [new]
+    assert len(accounts) == 1
+    assert [c.key for c in customers] == [made.key]
+    if stored == "very differently":
+        # (the SoR's values: the legacy ERP keeps 30 upper-case characters of a name)
+        assert account["Name"].upper() == customers[0].name.upper()
+        assert customers[0].name.upper().startswith("ZENITH REGIONAL")
+        assert customers[0].tax_id == "98-7654321"
+    # Not an account of its own (a ``CrmDuplicateAccount`` later), nor a write the CRM's
+    # duplicate rule refused.
     assert _exceptions(home) == []
     assert proc.returncode == 0, _logs(home)
     assert "Traceback" not in (home / "run.log").read_text()

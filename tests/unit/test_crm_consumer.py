@@ -182,3 +182,55 @@ def test_past_the_hold_only_a_pending_create_s_customer_waits_for_its_number(par
     state.set_number(engine, "001PENDING", made.key)
     consumer([envs[0]])
     assert set(crm.records["Account"]) == {other.key, made.key}
+
+
+def test_a_pending_create_the_sor_answers_for_is_numbered_by_the_consumer(parts):
+    """With ``created_by`` (the SoR's record of the create's idempotency key), a create
+    pending longer than ``PENDING_RESOLVE_S`` is numbered by the consumer: the customer,
+    however differently the SoR stores it, is written onto the person's account, the
+    poller away or not.  The SoR saying it made none holds nothing; a SoR that cannot
+    answer now leaves the hold as it was."""
+    from coexistence.crm.onboarding import Candidate, new_customer
+    from workers.crm.consumer import PENDING_RESOLVE_S
+    from workers.crm.handlers import numbered_create_key
+
+    _consumer, crm, engine, reports, deferred, clock = parts
+    answers: dict[str, str | None] = {}
+    asked: list[str] = []
+
+    def created_by(body, key):
+        asked.append(key)
+        answer = answers.get(key, RuntimeError("the SoR is down"))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    consumer = CrmConsumer(crm=lambda: crm, engine=engine, reports=reports,
+                           defer=lambda env, s: deferred.append((env.message_id, s)),
+                           pause_s=120, clock=clock, created_by=created_by)
+    fields = {"Name": "Walk-in Hardware", "BillingPostalCode": "80202"}
+    crm_id = crm.person_create("Account", fields)
+    body = new_customer("0", fields)
+    state.decide(engine, Candidate.of(crm_id, fields), state.CREATE, state.NUMBER_PENDING,
+                 create_body=body.model_dump_json())
+    with engine.begin() as conn:
+        conn.execute(state.CrmOnboarding.__table__.update().values(decided_at=clock.now))
+    # Stored very differently: nothing of the body to match it by.
+    made = SPEC.record("customer", 7).model_copy(update={"key": "100000"})
+    env = event(made, 1)
+    # Younger than PENDING_RESOLVE_S: held, the SoR not asked (the poller is at it).
+    assert [r.outcome for r in consumer([env])] == [Outcome.PAUSED] and not asked
+    clock.now += timedelta(seconds=PENDING_RESOLVE_S + 1)
+    # The SoR cannot answer now: still held.
+    assert [r.outcome for r in consumer([env])] == [Outcome.PAUSED]
+    assert asked == [numbered_create_key(crm_id)]
+    # The SoR made none under the key: this customer is not that create's; not held.
+    answers[numbered_create_key(crm_id)] = None
+    other = SPEC.record("customer", 8)
+    assert [r.outcome for r in consumer([event(other, 1)])] == [Outcome.SYNCED]
+    # The SoR made "100000": numbered, the person's account keyed and written.
+    answers[numbered_create_key(crm_id)] = "100000"
+    assert [r.outcome for r in consumer([env])] == [Outcome.SYNCED]
+    assert state.decision_of(engine, crm_id).customer_key == "100000"
+    assert crm.records["Account"]["100000"]["Id"] == crm_id
+    assert not state.numbers_pending(engine) and not reports.all

@@ -41,7 +41,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import dramatiq
 from prometheus_client import Counter
@@ -82,6 +82,10 @@ INBOUND_LEASE_TTL_S = 10.0
 PENDING_HOLD_S = 120.0
 #: How soon a held customer delivery looks again, in seconds.
 PENDING_RECHECK_S = 1.0
+#: How old a pending create must be before a consumer asks the SoR itself which customer
+#: it made (``CrmConsumer._resolve``), in seconds: the poller records the number within
+#: milliseconds of the SoR's answer, so before this the two would ask the SoR together.
+PENDING_RESOLVE_S = 10.0
 
 DEFERRED = Counter("coexist_crm_deferred_total",
                    "CRM channel messages re-queued while the channel is paused")
@@ -103,8 +107,10 @@ class CrmConsumer:
 
     def __init__(self, *, crm: Callable[[], Crm], engine: Engine, reports: Reports,
                  defer: Callable[[Envelope, float], None], pause_s: float = 60.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 created_by: CreatedBy | None = None):
         self._crm, self.engine, self.reports = crm, engine, reports
+        self.created_by = created_by
         self.defer, self.pause_s, self.clock = defer, pause_s, clock
         self._lock = threading.Lock()
         self._until: datetime | None = None
@@ -222,6 +228,9 @@ class CrmConsumer:
         open_ = state.open_creates(self.engine)
         if not open_:
             return set()
+        none_made: set[str] = set()
+        if self.created_by is not None:
+            open_, none_made = self._resolve(open_, now)
         unlinked: set[str] = set()
         for row in open_:
             if row.customer_key in keys:
@@ -236,7 +245,8 @@ class CrmConsumer:
         if unlinked:
             return {e.message_id for e in envelopes
                     if e.domain == "customer" and e.key in unlinked}
-        pending = [row for row in open_ if row.customer_key == state.NUMBER_PENDING]
+        pending = [row for row in open_ if row.customer_key == state.NUMBER_PENDING
+                   and row.crm_account_id not in none_made]
         if not pending:
             return set()
         held: dict[str, str] = {}
@@ -249,6 +259,39 @@ class CrmConsumer:
                for row in pending):
             return {e.message_id for e in envelopes if e.domain == "customer"}
         return set(held)
+
+    def _resolve(self, open_: list, now: datetime) -> tuple[list, set[str]]:
+        """Ask the SoR which customer each pending create older than ``PENDING_RESOLVE_S``
+        made (``created_by``: its record of the create's idempotency key, or its answer to
+        the same create asked again), and record the number: the customer is then known
+        by its key, however differently the SoR stores it (another name, another tax id)
+        than the body onboarding sent.  Returns the open creates as they are now, and the
+        pending ones the SoR says it made no customer for (their creates hold nothing:
+        no customer of the SoR can be theirs yet).  A create the SoR cannot answer for
+        now stays pending and held as before."""
+        resolved = False
+        none_made: set[str] = set()
+        for row in open_:
+            if row.customer_key != state.NUMBER_PENDING or not row.create_body or \
+                    (now - state._aware(row.decided_at)).total_seconds() < PENDING_RESOLVE_S:
+                continue
+            crm_id = row.crm_account_id
+            try:
+                body = decode("customer", json.loads(row.create_body))
+                number = self.created_by(body, handlers.numbered_create_key(crm_id))
+            except Exception as exc:  # business or technical: the poller's to report
+                log.info("CRM onboarding of account %s: the SoR did not say which customer "
+                         "its create made (%s: %s); its customers stay held", crm_id,
+                         type(exc).__name__, exc)
+                continue
+            if number is None:
+                none_made.add(crm_id)
+                continue
+            state.set_number(self.engine, crm_id, number)
+            log.info("CRM onboarding of account %s: the SoR made customer %s (recorded by "
+                     "the consumer; the poller had not)", crm_id, number)
+            resolved = True
+        return (state.open_creates(self.engine) if resolved else open_), none_made
 
     def _defer_all(self, envelopes: Iterable[Envelope], wait: timedelta) -> None:
         delay = min(max(wait.total_seconds(), 1.0), MAX_DEFER_S)
@@ -283,6 +326,39 @@ def _pending_of(env: Envelope, pending: Sequence[Any]) -> str | None:
     return None
 
 
+#: ``(body, idempotency_key) -> key | None``: the customer the SoR's numbered create
+#: under ``idempotency_key`` made, ``None`` when it made none (``sor_created``).
+CreatedBy = Callable[[Customer, str], "str | None"]
+
+
+@runtime_checkable
+class CreateLookup(Protocol):
+    """An ERP that tells which record a numbered create made, by its idempotency key,
+    without creating anything (the legacy ERP's ``XCOEXNUM``)."""
+
+    def created_by(self, domain: str, idempotency_key: str) -> str | None: ...
+
+
+def sor_created(app: App) -> CreatedBy:
+    """Which customer an onboarding create made: from any ERP's record of the key
+    (``CreateLookup``: read only), else the SoR's answer to the same create asked again
+    (the kept body under the same idempotency key: the first answer replayed, or, when
+    the first never reached the SoR, the create the decision asked for made now)."""
+    create = sor_numbering(app)
+
+    def created_by(body: Customer, idempotency_key: str) -> str | None:
+        for erp in app.erps.values():
+            if isinstance(erp, CreateLookup) and \
+                    (key := erp.created_by("customer", idempotency_key)) is not None:
+                return key
+        sor = placement("customer", "", app.flags.state("customer"), {}, None)[1]
+        if isinstance(app.erps[sor], CreateLookup):
+            return None  # the SoR keeps its creates' keys: none was made under this one
+        return create(body, idempotency_key)
+
+    return created_by
+
+
 def _budget(crm: Crm) -> ApiBudget | None:
     try:
         budget = crm.budget()
@@ -303,7 +379,8 @@ def channel_handler(app: App) -> Callable[[Envelope | Sequence[Envelope]], Any]:
     section = app.settings.crm
     return CrmConsumer(crm=lambda: app.crm, engine=app.state,
                        reports=ExceptionStoreReports(app.exceptions), defer=defer,
-                       pause_s=section.pause_s if section else 60.0)
+                       pause_s=section.pause_s if section else 60.0,
+                       created_by=sor_created(app))
 
 
 # ===================================================================== inbound

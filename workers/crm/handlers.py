@@ -410,6 +410,17 @@ class _Inbound:
             if self.set_back(change, "customer", key, None):
                 self.completed.append(crm_id)
             return None
+        if account.key == key and account.version:
+            # The CRM shows the SoR's customer on the account already: a consumer asked the
+            # SoR which customer the create made and wrote it there while this poller was
+            # away (``workers.crm.consumer``).  The account holds the SoR's values now; a
+            # command built from it would only echo them back (or differ in what the SoR
+            # derives, as site names: a false ownership report).  A contact of this poll
+            # goes to the SoR as a command of its own.
+            self.completed.append(crm_id)
+            self.stats.created += 1
+            ONBOARDED.labels("create").inc()
+            return None
         customer = onboarding.new_customer(key, account.fields, self.defaults)
         self.creating[key] = len(self.commands)
         self.command(change, f"onboard:{crm_id}", customer, crm_account_id=crm_id)
