@@ -224,15 +224,14 @@ def index_direct(legacy_url: str, cloud_db: str, state_url: str) -> dict:
     from workers.legacy_erp.adapter import LegacyErp
     from workers.legacy_erp.schema import create_legacy_engine
     from workers.reconcile.cloud import item_of_json
-    from workers.reconcile.index import Rebuild
+    from workers.reconcile.index import Rebuild, finish_all
     from workers.reconcile.legacy import LegacyReader
 
     state = create_state_engine(state_url)
     start = time.perf_counter()
-    rebuild = Rebuild(state, "customer", "legacy")
+    legacy = Rebuild(state, "customer", "legacy")
     for item in LegacyReader(LegacyErp(create_legacy_engine(legacy_url))).items("customer"):
-        rebuild.add(item.key, item.digest, item.nk)
-    rebuild.finish()
+        legacy.add(item.key, item.digest, item.nk)
     rebuild = Rebuild(state, "customer", "cloud")
     db = sqlite3.connect(cloud_db)
     for (data,) in db.execute("SELECT data FROM entities WHERE entity_set = 'customers' "
@@ -240,7 +239,7 @@ def index_direct(legacy_url: str, cloud_db: str, state_url: str) -> dict:
         doc = json.loads(data)
         item = item_of_json("customer", doc)
         rebuild.add(item.key, None if item.error else item.digest, item.nk)
-    rebuild.finish()
+    finish_all([legacy, rebuild])  # as a cold run does: both sides in one transaction
     return {"seconds": time.perf_counter() - start, "rows": rebuild.records}
 
 

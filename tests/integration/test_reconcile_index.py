@@ -287,3 +287,68 @@ def test_a_cloud_without_batch_is_read_one_get_per_record(state, sim, tmp_path):
         ("mismatch", records[0].key), ("missing_in_cloud", records[-1].key)]
     assert transport.paths.count("/$batch") == 1  # asked once, then one GET per record
     assert sum(p.startswith("/customers(") for p in transport.paths) == 2
+
+
+def _index_ddl(engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                    "AND tbl_name = 'reconcile_index' AND sql IS NOT NULL "
+                                    "ORDER BY name").all()
+
+
+def _traced_rebuild(engine, rebuilds) -> list[str]:
+    """``finish_all`` with the statements SQLite ran, in order."""
+    seen: list[str] = []
+
+    def trace(dbapi_conn, _record):
+        dbapi_conn.set_trace_callback(seen.append)
+
+    engine.dispose()  # new connections get the trace
+    from sqlalchemy import event
+
+    event.listen(engine, "connect", trace)
+    try:
+        index.finish_all(rebuilds)
+    finally:
+        event.remove(engine, "connect", trace)
+        engine.dispose()
+    return seen
+
+
+def test_a_rebuild_of_both_sides_on_sqlite_inserts_with_the_secondary_indexes_dropped(tmp_path):
+    """A cold run's rebuild writes both sides in one transaction with the table's secondary
+    indexes dropped (CREATE INDEX sorts; inserting into them scatters writes) and creates
+    them again from their own DDL; a small rebuild beside a large index keeps them."""
+    from tests.support.state import upgraded_state
+
+    state = create_state_engine(upgraded_state(f"sqlite:///{tmp_path / 'state.db'}"))
+    before = _index_ddl(state)
+    assert len(before) >= 3
+    records = list(iter_customers(300, seed=4))
+    rebuilds = []
+    for side in index.SIDES:
+        rb = index.Rebuild(state, "customer", side)
+        for r in records:
+            rb.add(r.key, *index.digest_of(r))
+        rebuilds.append(rb)
+    seen = _traced_rebuild(state, rebuilds)
+    first_insert = next(i for i, s in enumerate(seen)
+                        if s.startswith('INSERT INTO "reconcile_index"'))
+    drops = [i for i, s in enumerate(seen) if s.startswith("DROP INDEX")]
+    creates = [i for i, s in enumerate(seen) if s.startswith("CREATE INDEX")]
+    assert len(drops) == len(before) == len(creates)
+    assert max(drops) < first_insert < min(creates)
+    assert sum(s == "COMMIT" for s in seen) == 1  # both sides in one transaction
+    assert _index_ddl(state) == before
+    with state.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        for side in index.SIDES:
+            assert sum(c for c, _, _ in index.buckets(conn, "customer", side).values()) == 300
+        assert index.duplicate_groups(conn, "customer", "legacy") == []
+    # Ten records rebuilt beside the other side's 300: the indexes stay.
+    small = index.Rebuild(state, "customer", "legacy")
+    for r in records[:10]:
+        small.add(r.key, *index.digest_of(r))
+    seen = _traced_rebuild(state, [small])
+    assert not any(s.startswith(("DROP INDEX", "CREATE INDEX")) for s in seen)
+    assert _index_ddl(state) == before

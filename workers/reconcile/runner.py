@@ -133,14 +133,13 @@ def reconcile_domain(
         return _reconcile_domain(domain, legacy, cloud, xref=xref, mode=mode,
                                  on_finding=on_finding, progress=progress, deadline=deadline,
                                  tuning=tuning, tees=None)
-    from workers.reconcile.index import IndexTee
+    from workers.reconcile.index import IndexTee, finish_all
 
     tees = {side: IndexTee(rebuild_index, domain, side) for side in ("legacy", "cloud")}
     report = _reconcile_domain(domain, legacy, cloud, xref=xref, mode="full",
                                on_finding=on_finding, progress=progress,
                                deadline=deadline, tuning=tuning, tees=tees)
-    for tee in tees.values():
-        tee.rebuild.finish()
+    finish_all([tee.rebuild for tee in tees.values()])  # both sides in one transaction
     report.mode = "full+index"
     return report
 
