@@ -175,7 +175,7 @@ def index_run(legacy_url: str, cloud_url: str, state_url: str, warm: bool) -> di
             real_lap(self, stage)
             now = process_cpu_s(sim_pid)
             if stage != "start":
-                sim_cpu[stage] = round(now - mark[0], 3)
+                sim_cpu[stage] = round(sim_cpu.get(stage, 0) + now - mark[0], 3)
             mark[0] = now
 
         IndexStats.lap = lap

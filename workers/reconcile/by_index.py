@@ -44,6 +44,8 @@ from workers.reconcile.runner import ReconcileTimeout
 SAMPLE_RECORDS = 200
 #: Keys per legacy get_many.
 LEGACY_READ_CHUNK = 500
+#: Keys verified live together (their records of both sides held at once).
+VERIFY_CHUNK = 1000
 
 
 @dataclass
@@ -61,13 +63,15 @@ class IndexStats:
     stages: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
 
     def lap(self, stage: str) -> None:
-        """Close ``stage``: the time since the previous lap (or the start) goes to it."""
+        """Close ``stage``: the time since the previous lap (or the start) is added to it."""
         wall, cpu, queued = time.perf_counter(), time.process_time(), run_queue_s()
         last = getattr(self, "_last", None)
         if last is not None:
-            self.stages[stage] = (
-                round(wall - last[0], 3), round(cpu - last[1], 3),
-                None if queued is None or last[2] is None else round(queued - last[2], 3))
+            # A stage run several times (chunk by chunk) adds up.
+            w0, c0, q0 = self.stages.get(stage, (0.0, 0.0, 0.0))
+            q = None if queued is None or last[2] is None or q0 is None else (
+                round(q0 + queued - last[2], 3))
+            self.stages[stage] = (round(w0 + wall - last[0], 3), round(c0 + cpu - last[1], 3), q)
         self._last = (wall, cpu, queued)
 
 
@@ -124,33 +128,45 @@ def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, st
     check_clock()
     stats.legacy_index_count = totals["legacy"]
 
-    live_l = _legacy_items(legacy, domain, check, check_clock)
-    stats.lap("legacy_live")
-    live_c = _cloud_items(cloud, domain, check, check_clock)
-    stats.lap("cloud_live")
-    report.cloud_records_fetched = len(live_c)
-
-    # Sampled keys whose live digest is not what the index holds: the index missed a
-    # write (one that bypassed capture, or an echo not yet verified).
+    # Suspects and sample verified live a chunk at a time, in key order: only one chunk's
+    # records are held (at 1 % drift of 1M records, ~20,000 records read live).
     held = _held(state, domain, sampled)
-    for key in sampled:
-        for side, live in (("legacy", live_l), ("cloud", live_c)):
-            item = live.get(key)
-            if item is None:
-                stale = key in held[side]
-            else:
-                stale = held[side].get(key, (None,))[0] != (None if item.error else item.digest)
-            stats.sample_stale += stale
     indexed = {side: {k for k in check if k in entries[side] or k in held[side]}
                for side in index.SIDES}
-
     rec = Reconciler(domain, xref=(XrefEntry(domain, k) for k in sorted(with_xref)),
                      on_finding=on_finding)
-    for key in check:
-        a, b = live_l.get(key), live_c.get(key)
-        if a is not None or b is not None:
-            rec.pair(a, b)
-        # Gone from both since the index knew it: an xref entry of it is an orphan.
+    back: dict[str, dict[str, tuple[int | None, int | None] | None]] = {
+        side: {} for side in index.SIDES}
+    live_legacy = 0
+    for start in range(0, len(check), VERIFY_CHUNK):
+        chunk = check[start:start + VERIFY_CHUNK]
+        live_l = _legacy_items(legacy, domain, chunk, check_clock)
+        stats.lap("legacy_live")
+        live_c = _cloud_items(cloud, domain, chunk, check_clock)
+        stats.lap("cloud_live")
+        report.cloud_records_fetched += len(live_c)
+        live_legacy += len(live_l)
+        for key in chunk:
+            # A sampled key whose live digest is not what the index holds: the index
+            # missed a write (one that bypassed capture, or an echo not yet verified).
+            if key in sampled:
+                for side, live in (("legacy", live_l), ("cloud", live_c)):
+                    item = live.get(key)
+                    if item is None:
+                        stale = key in held[side]
+                    else:
+                        stale = held[side].get(key, (None,))[0] != (
+                            None if item.error else item.digest)
+                    stats.sample_stale += stale
+            a, b = live_l.get(key), live_c.get(key)
+            if a is not None or b is not None:
+                rec.pair(a, b)
+            # (Gone from both since the index knew it: an xref entry of it is an orphan.)
+            for side, live in (("legacy", live_l), ("cloud", live_c)):
+                item = live.get(key)
+                back[side][key] = (index.REMOVED if item is None
+                                   else (None if item.error else item.digest, item.nk))
+        stats.lap("match")
     for side, groups in dup_groups.items():
         rec.side_duplicates(side, groups)
     counts = rec.finish()
@@ -170,14 +186,12 @@ def reconcile_by_index(domain: str, legacy: LegacyReader, cloud: CloudReader, st
     stats.lap("match")
     # What was read goes back into the index.
     with state.begin() as conn:
-        for side, live in (("legacy", live_l), ("cloud", live_c)):
-            index.apply(conn, domain, side, {
-                k: (None if live[k].error else live[k].digest, live[k].nk) if k in live
-                else index.REMOVED for k in check})
+        for side in index.SIDES:
+            index.apply(conn, domain, side, back[side])
     stats.lap("write_back")
     stats.legacy_live_count = _legacy_count(legacy, domain)
     stats.lap("legacy_count")
-    now_indexed = totals["legacy"] - len(indexed["legacy"]) + len(live_l)
+    now_indexed = totals["legacy"] - len(indexed["legacy"]) + live_legacy
     if stats.legacy_live_count != now_indexed:
         report.tolerances += (
             f"the legacy ERP holds {stats.legacy_live_count} {domain} records, the index "
