@@ -465,9 +465,13 @@ def duplicate_groups(conn: Connection, domain: str, side: str) -> list[list[str]
     repeated = [nk for (nk,) in conn.execute(
         select(ENTRY.c.nk).where(base).group_by(ENTRY.c.nk).having(_count() > 1))]
     groups: dict[int, list[str]] = {}
+    # No ``nk IS NOT NULL`` here (IN excludes NULL anyway): with it SQLite searched the
+    # index by the range ``nk > NULL``, the whole side, once per chunk (0.27 s CPU a chunk
+    # of 500 at 1M, 5 s in all) instead of one lookup per value.
+    same_side = and_(ENTRY.c.domain == domain, ENTRY.c.side == side)
     for start in range(0, len(repeated), IN_CHUNK):
         for key, nk in conn.execute(select(ENTRY.c.key, ENTRY.c.nk).where(
-                and_(base, ENTRY.c.nk.in_(repeated[start:start + IN_CHUNK])))):
+                and_(same_side, ENTRY.c.nk.in_(repeated[start:start + IN_CHUNK])))):
             groups.setdefault(nk, []).append(key)
     return sorted(sorted(g) for g in groups.values())
 
