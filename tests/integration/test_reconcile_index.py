@@ -402,7 +402,7 @@ def test_a_warm_run_verifies_its_suspects_a_chunk_at_a_time(state, sim, tmp_path
 
 def test_duplicate_groups_come_from_a_group_by_not_a_window_over_the_side(state):
     """One GROUP BY pass for the repeated natural-key hashes, then their keys (a window
-    count over the side cost 11.9 s of a warm 1M-record run's 13.8 s CPU on SQLite)."""
+    count over each side cost ~16 s CPU at 1M records a side on SQLite)."""
     from sqlalchemy import event
 
     records = list(iter_customers(200, seed=21))
