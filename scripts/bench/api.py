@@ -569,16 +569,18 @@ def _previous_loop_dispatcher():
 def webhooks(args, home: Path) -> None:
     """``portal_webhook_deliveries`` (and, with ``--compare-previous-loop``, the same
     deliveries by the previous loop, alternating, in the same run)."""
-    loops = ["current"]
+    loops = [("current", args.webhook_batch)]
     if args.compare_previous_loop:
-        loops = ["previous", "current"] * args.rounds
-    for i, loop in enumerate(loops):
+        loops = [("previous", 1), ("current", args.webhook_batch)] * args.rounds
+    elif args.compare_batch:
+        loops = [("current", 1), ("current", args.webhook_batch)] * args.rounds
+    for i, (loop, batch) in enumerate(loops):
         run = home / f"webhooks-{i}"
         run.mkdir()
-        _webhooks(args, run, loop)
+        _webhooks(args, run, loop, batch)
 
 
-def _webhooks(args, home: Path, loop_kind: str) -> None:
+def _webhooks(args, home: Path, loop_kind: str, batch: int) -> None:
     from datetime import UTC, datetime
 
     from sqlalchemy import func, select
@@ -619,7 +621,7 @@ def _webhooks(args, home: Path, loop_kind: str) -> None:
         with engine.connect() as conn:
             bodies = [(r.body, r.endpoint_id) for r in conn.execute(select(DELIVERY))]
         kind = Dispatcher if loop_kind == "current" else _previous_loop_dispatcher()
-        dispatcher = kind(engine, registry, ExceptionStore(engine), threads=16)
+        dispatcher = kind(engine, registry, ExceptionStore(engine), threads=16, batch=batch)
         load0 = os.getloadavg()
         cpu0 = time.process_time()
         started = time.perf_counter()
@@ -656,7 +658,7 @@ def _webhooks(args, home: Path, loop_kind: str) -> None:
         rate = args.deliveries / elapsed
         base = len(bodies) / b_elapsed
         print(json.dumps({
-            "name": "portal_webhook_deliveries", "loop": loop_kind,
+            "name": "portal_webhook_deliveries", "loop": loop_kind, "slot_batch": batch,
             "records_per_s": round(rate, 1),
             "baseline_per_s": round(base, 1), "ratio": round(rate / base, 3),
             "cpu_us_per_delivery": round(cpu / args.deliveries * 1e6, 1),
@@ -692,6 +694,12 @@ def main() -> None:
     p.add_argument("--compare-previous-loop", action="store_true",
                    help="Webhooks: also run the dispatcher's loop as it was before the "
                         "lane-wait fix, alternating with the current one (--rounds pairs).")
+    p.add_argument("--webhook-batch", type=int, default=8,
+                   help="Webhooks: messages per lane slot (coexist portal deliver's "
+                        "SLOT_BATCH; 1 is the dispatcher as before).")
+    p.add_argument("--compare-batch", action="store_true",
+                   help="Webhooks: slots of one message alternating with --webhook-batch "
+                        "(--rounds pairs).")
     p.add_argument("--compare-src", metavar="DIR",
                    help="Orders: also serve the API from this source tree (another "
                         "checkout), alternating with this one (--rounds pairs).")

@@ -319,3 +319,67 @@ def test_payload_of_a_record_the_endpoint_may_not_see_is_never_queued(env, recei
     assert step(dispatcher, T0) == 0  # products are not a portal event
     body = json.dumps([x.body for x in receiver.requests])
     assert "C9" not in body
+
+
+def test_a_lane_slot_takes_several_messages_and_records_them_in_one_commit(env, receiver):
+    """With ``batch`` 8, one claim round gives one endpoint's two lane slots 8 messages
+    each: 16 deliveries from one round (with 1 each it was 2 a round), the successes of a
+    slot committed together (2 commits of successes, not 16)."""
+    engine, registry, _, dispatcher = env
+    dispatcher.batch = 8
+    _, secret = _add(registry, receiver.script("/many", [200]))
+    _queue(engine, registry, *(r.order(f"O{i}", "C1") for i in range(20)))
+    commits = []
+    original = dispatcher._record_delivered_all
+    dispatcher._record_delivered_all = lambda e: (commits.append(len(e)), original(e))[1]
+    assert step(dispatcher, T0) == 16
+    assert sorted(commits) == [8, 8] and dispatcher.in_flight(1) == 0
+    assert len(receiver.at("/many")) == 16
+    assert all(_verify(secret, q) for q in receiver.at("/many"))
+    assert step(dispatcher, T0) == 4
+    with engine.connect() as conn:
+        assert set(conn.execute(select(DELIVERY.c.status)).scalars()) == {"delivered"}
+    assert [a.outcome for a in _attempts(engine)] == ["delivered"] * 20
+
+
+def test_a_slot_stops_at_its_first_failure_and_gives_the_rest_back_unattempted(
+        env, receiver):
+    engine, registry, _, dispatcher = env
+    dispatcher.batch, dispatcher.per_endpoint = 8, 1
+    _add(registry, receiver.script("/third", [200, 200, 500, 200]))
+    _queue(engine, registry, *(r.order(f"O{i}", "C1") for i in range(6)))
+    assert step(dispatcher, T0) == 6  # claimed
+    assert len(receiver.at("/third")) == 3
+    # (the slot's successes are committed at its end, after the retry)
+    assert sorted(a.outcome for a in _attempts(engine)) == ["delivered", "delivered", "retry"]
+    with engine.connect() as conn:
+        rows = conn.execute(select(DELIVERY).order_by(DELIVERY.c.id)).all()
+    assert [x.status for x in rows] == ["delivered"] * 2 + ["pending"] * 4
+    assert [x.attempts for x in rows] == [1, 1, 1, 0, 0, 0]
+    assert all(x.lease_until is None for x in rows[2:])
+    # The three given back are claimable at once; the failed one waits for its retry.
+    assert step(dispatcher, T0) == 3
+    assert len(receiver.at("/third")) == 6
+
+
+def test_a_slot_that_would_outlive_its_lease_renews_it(env, receiver):
+    engine, registry, _, dispatcher = env
+    dispatcher.batch, dispatcher.per_endpoint = 4, 1
+    wall = [T0.timestamp()]
+    dispatcher.wall = lambda: wall[0]
+    _add(registry, receiver.script("/slowish", [200]))
+    _queue(engine, registry, *(r.order(f"O{i}", "C1") for i in range(3)))
+    original = dispatcher.attempt
+
+    def attempt(claim, now, **kw):  # each attempt "takes" most of a lease
+        wall[0] += dispatcher.timeout_s + dispatcher.lease_margin_s - 0.5
+        return original(claim, now, **kw)
+
+    dispatcher.attempt = attempt
+    renewed = []
+    original_renew = dispatcher._renew
+    dispatcher._renew = lambda claims: (renewed.append(len(claims)),
+                                        original_renew(claims))[1]
+    assert step(dispatcher, T0) == 3
+    assert renewed == [2, 1]
+    assert [a.outcome for a in _attempts(engine)] == ["delivered"] * 3

@@ -66,6 +66,15 @@ DISABLE_AFTER_FAILING_S = 5 * 24 * 3600.0
 #: Deliveries in flight per endpoint (its lane) and in the whole pool.
 PER_ENDPOINT_IN_FLIGHT = 2
 POOL_THREADS = 16
+#: Messages of one endpoint a lane slot takes per claim (``coexist portal deliver``; the
+#: Dispatcher's own default is 1).  The slot POSTs them one after another on its kept-alive
+#: connection and records the successes in one transaction; it stops at the first attempt
+#: that does not succeed and gives the rest back (unattempted).  With one message per slot
+#: each delivery paid a claim round (the audit-mark read, the due read, the leasing UPDATE)
+#: and a commit of its own in a lane of two: ~20-36 deliveries/s to one endpoint, measured
+#: with py-spy --idle (the loop spent half its time waiting for a lane slot, the rest in the
+#: claim's statements; the attempt threads in the success commit and the POST).
+SLOT_BATCH = 8
 #: Longest a dispatcher signs with the endpoints and secrets it read (changes made through
 #: the registry are seen on the next round: each is an audit row).
 ENDPOINT_REFRESH_S = 1.0
@@ -146,8 +155,10 @@ class Dispatcher:
                  per_endpoint: int = PER_ENDPOINT_IN_FLIGHT, threads: int = POOL_THREADS,
                  rng: random.Random | None = None,
                  wall: Callable[[], float] = time.time,
-                 lease_margin_s: float = LEASE_MARGIN_S) -> None:
+                 lease_margin_s: float = LEASE_MARGIN_S, batch: int = 1) -> None:
         self.engine = engine
+        #: Messages per lane slot and claim (see ``SLOT_BATCH``).
+        self.batch = max(1, batch)
         self.registry = registry
         self.exceptions = exceptions
         self.timeout_s = timeout_s
@@ -189,14 +200,18 @@ class Dispatcher:
         if free <= 0:
             return 0
         started = 0
-        for claim in self._claim(now, free):
+        for slot in self._claim_slots(now, free):
+            endpoint_id = slot[0].endpoint_id
             with self._lock:
-                self._in_flight[claim.endpoint_id] += 1
-            future = self.pool.submit(self._attempt_safely, claim, now)
+                self._in_flight[endpoint_id] += 1
+            if len(slot) == 1:
+                future = self.pool.submit(self._attempt_safely, slot[0], now)
+            else:
+                future = self.pool.submit(self._attempt_slot, slot, now)
             with self._lock:
                 self._futures.add(future)
-            future.add_done_callback(self._done(claim.endpoint_id))
-            started += 1
+            future.add_done_callback(self._done(endpoint_id))
+            started += len(slot)
         return started
 
     def wait(self, timeout_s: float = 30.0) -> bool:
@@ -247,6 +262,16 @@ class Dispatcher:
     # ------------------------------------------------------------------ claiming
 
     def _claim(self, now: datetime, limit: int) -> list[Claim]:
+        """Claim what is due at ``now`` in at most ``limit`` lane slots (flattened)."""
+        return [c for slot in self._claim_slots(now, limit) for c in slot]
+
+    def _lease(self) -> datetime:
+        return datetime.fromtimestamp(self.wall(), UTC) + timedelta(
+            seconds=self.timeout_s + self.lease_margin_s)
+
+    def _claim_slots(self, now: datetime, limit: int) -> list[list[Claim]]:
+        """Claim what is due at ``now`` for at most ``limit`` lane slots, each up to
+        ``batch`` messages of one endpoint, lanes permitting (``per_endpoint`` slots)."""
         wall_now = datetime.fromtimestamp(self.wall(), UTC)
         lease = wall_now + timedelta(seconds=self.timeout_s + self.lease_margin_s)
         with self._lock:
@@ -259,7 +284,7 @@ class Dispatcher:
                       DELIVERY.c.endpoint_id.in_(active),
                       or_(DELIVERY.c.lease_until.is_(None), DELIVERY.c.lease_until < wall_now))
                .order_by(DELIVERY.c.next_attempt_at, DELIVERY.c.id)
-               .limit(limit * 8))
+               .limit(limit * max(8, self.batch * self.per_endpoint)))
         # Read what is due without the write lock (SQLite has one): most rounds find nothing.
         with self.engine.connect() as conn:
             rows = conn.execute(due).all()
@@ -268,12 +293,23 @@ class Dispatcher:
         # Pick within the lanes first, then take them all in one statement: an UPDATE per
         # row plus a SELECT per row held the write lock for 2 statements per delivery.
         chosen: list[int] = []
+        slots: list[list[int]] = []
+        filling: dict[int, list[int]] = {}  # endpoint -> its slot still taking messages
         for row in rows:
-            if len(chosen) >= limit:
-                break
+            slot = filling.get(row.endpoint_id)
+            if slot is not None and len(slot) < self.batch:
+                slot.append(row.id)
+                chosen.append(row.id)
+                continue
+            if len(slots) >= limit:
+                if all(len(s) >= self.batch for s in filling.values()):
+                    break
+                continue
             if busy.get(row.endpoint_id, 0) >= self.per_endpoint:
                 continue
             busy[row.endpoint_id] = busy.get(row.endpoint_id, 0) + 1
+            slot = filling[row.endpoint_id] = [row.id]
+            slots.append(slot)
             chosen.append(row.id)
         if not chosen:
             return []
@@ -288,9 +324,14 @@ class Dispatcher:
                            DELIVERY.c.body, DELIVERY.c.attempts, DELIVERY.c.correlation_id))
         with self.engine.begin() as conn:
             taken = {r.id: r for r in conn.execute(take)}
-        return [Claim(r.id, r.endpoint_id, r.webhook_id, r.event_type, r.domain, r.object_key,
-                      r.body, r.attempts, r.correlation_id)
-                for r in (taken[i] for i in chosen if i in taken)]
+        out = []
+        for slot in slots:
+            claims = [Claim(r.id, r.endpoint_id, r.webhook_id, r.event_type, r.domain,
+                            r.object_key, r.body, r.attempts, r.correlation_id)
+                      for r in (taken[i] for i in slot if i in taken)]
+            if claims:
+                out.append(claims)
+        return out
 
     def _endpoints(self) -> dict[int, tuple]:
         """Active endpoints with their signing secrets, read again when an endpoint changed
@@ -327,8 +368,55 @@ class Dispatcher:
             log.exception("webhook delivery %s to endpoint %s could not be recorded",
                           claim.webhook_id, claim.endpoint_id)
 
-    def attempt(self, claim: Claim, now: datetime) -> str:
-        """POST one claimed message and record what happened; returns the outcome."""
+    def _attempt_slot(self, slot: list[Claim], now: datetime) -> None:
+        """One lane slot's messages (one endpoint), one after another; successes are
+        recorded together at the end.  The first attempt that does not succeed (or cannot
+        be made) ends the slot: the messages after it go back unattempted.  A slot that
+        would outlive its lease renews the lease of the messages it still holds."""
+        delivered: list[tuple] = []
+        lease_until = self.wall() + self.timeout_s + self.lease_margin_s
+        done = 0
+        try:
+            for claim in slot:
+                if done and self.wall() + self.timeout_s + 1 >= lease_until:
+                    lease_until = self._renew(slot[done:])
+                try:
+                    outcome = self.attempt(claim, now, deferred=delivered)
+                except Exception:  # the lease runs out and the row is tried again
+                    log.exception("webhook delivery %s to endpoint %s could not be recorded",
+                                  claim.webhook_id, claim.endpoint_id)
+                    outcome = "error"
+                done += 1
+                if outcome != "delivered":
+                    break
+        finally:
+            try:
+                if delivered:
+                    self._record_delivered_all(delivered)
+                if done < len(slot):
+                    self._release_all(slot[done:])
+            except Exception:  # the leases run out and the rows are tried again
+                log.exception("webhook deliveries to endpoint %s could not be recorded",
+                              slot[0].endpoint_id)
+
+    def _renew(self, claims: list[Claim]) -> float:
+        lease = self._lease()
+        with self.engine.begin() as conn:
+            conn.execute(update(DELIVERY).where(DELIVERY.c.id.in_([c.id for c in claims]),
+                                                DELIVERY.c.status == PENDING)
+                         .values(lease_until=lease))
+        return lease.timestamp()
+
+    def _release_all(self, claims: list[Claim]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(DELIVERY).where(DELIVERY.c.id.in_([c.id for c in claims]),
+                                                DELIVERY.c.status == PENDING)
+                         .values(lease_until=None))
+
+    def attempt(self, claim: Claim, now: datetime, *, deferred: list | None = None) -> str:
+        """POST one claimed message and record what happened; returns the outcome.  With
+        ``deferred``, a success is appended to it for the caller to record
+        (``_record_delivered_all``) instead of being recorded here."""
         with self._lock:
             held = self._view[2].get(claim.endpoint_id) if self._view is not None else None
         if held is None:
@@ -361,8 +449,12 @@ class Dispatcher:
         duration_ms = int((time.monotonic() - started) * 1000)
         attempt_no = claim.attempts + 1
         if status is not None and 200 <= status < 300:
-            self._record_delivered(claim, attempt_no, now, status, duration_ms,
-                                   healthy=endpoint.failing_since is not None)
+            healthy = endpoint.failing_since is not None
+            if deferred is not None:
+                deferred.append((claim, attempt_no, now, status, duration_ms, healthy))
+            else:
+                self._record_delivered(claim, attempt_no, now, status, duration_ms,
+                                       healthy=healthy)
             return "delivered"
         if status == 410:
             reason = f"receiver answered 410 Gone to {claim.webhook_id}"
@@ -423,8 +515,13 @@ class Dispatcher:
         another thread commits are committed together by the next one (group commit), so
         16 threads delivering do not queue for the state database's write lock one by one
         (SQLite has one)."""
+        self._record_delivered_all([(claim, attempt_no, now, status, duration_ms, healthy)])
+
+    def _record_delivered_all(self, entries: list[tuple]) -> None:
+        """``_record_delivered`` for several successes (claim, attempt_no, now, status,
+        duration_ms, healthy); returns once they are committed."""
         with self._delivered_lock:
-            self._delivered.append((claim, attempt_no, now, status, duration_ms, healthy))
+            self._delivered.extend(entries)
         with self._commit_lock:
             with self._delivered_lock:
                 batch, self._delivered = self._delivered, []

@@ -24,6 +24,7 @@ from workers.portal.delivery import (
     POOL_THREADS,
     REDELIVER_ACTOR,
     REDELIVER_QUEUE,
+    SLOT_BATCH,
     Dispatcher,
     redeliver,
 )
@@ -38,7 +39,8 @@ class Delivery:
 
     def __init__(self, app: App, *, threads: int = POOL_THREADS,
                  timeout_s: float = DELIVERY_TIMEOUT_S,
-                 lease_margin_s: float = LEASE_MARGIN_S, poll_s: float = 0.2) -> None:
+                 lease_margin_s: float = LEASE_MARGIN_S, poll_s: float = 0.2,
+                 batch: int = SLOT_BATCH) -> None:
         self.app = app
         self.registry = EndpointRegistry(app.state)
         self.poll_s = poll_s
@@ -52,7 +54,8 @@ class Delivery:
                 portal_redeliver, actor_name=REDELIVER_ACTOR, queue_name=REDELIVER_QUEUE,
                 broker=app.broker)
         self.dispatcher = Dispatcher(app.state, registry, app.exceptions, threads=threads,
-                                     timeout_s=timeout_s, lease_margin_s=lease_margin_s)
+                                     timeout_s=timeout_s, lease_margin_s=lease_margin_s,
+                                     batch=batch)
         self.thread: threading.Thread | None = None
 
     def start(self, stop: threading.Event) -> threading.Thread:
