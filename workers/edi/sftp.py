@@ -375,13 +375,7 @@ class SftpFolder:
         tmp = self.outbound / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         renamed = False
         try:
-            async with s.sftp.open(str(tmp), "xb") as fh:
-                await fh.write(content)
-                if s.can_fsync:
-                    try:
-                        await fh.fsync()
-                    except asyncssh.SFTPOpUnsupported:
-                        s.can_fsync = False
+            await self._write_synced(s, tmp, content, "xb")
             _fault_before_final_name(name)
             try:
                 await s.sftp.rename(str(tmp), str(final))
@@ -398,6 +392,19 @@ class SftpFolder:
                     await s.sftp.remove(str(tmp))
             except (OSError, asyncssh.Error):
                 pass  # the connection dropped: the next write of this name removes it
+
+    async def _write_synced(self, s: _Session, path: PurePosixPath, content: bytes,
+                            mode: str) -> None:
+        """Write ``content`` to ``path`` (``xb``: a new file, ``wb``: replacing one) and
+        fsync it when the server offers ``fsync@openssh.com``."""
+        asyncssh = _asyncssh()
+        async with s.sftp.open(str(path), mode) as fh:
+            await fh.write(content)
+            if s.can_fsync:
+                try:
+                    await fh.fsync()
+                except asyncssh.SFTPOpUnsupported:
+                    s.can_fsync = False
 
     async def _same(self, s: _Session, path: PurePosixPath, content: bytes) -> bool:
         async with s.sftp.open(str(path), "rb") as fh:
@@ -429,7 +436,6 @@ class SftpFolder:
         flusher's stage: the caller holds the flush lock) and fsynced under its stage name;
         per item True, False (its final name holds these bytes already) or the
         ``OutboundExists`` it met."""
-        asyncssh = _asyncssh()
 
         async def op(s: _Session) -> list[bool | OutboundExists]:
             out: list[bool | OutboundExists] = []
@@ -440,13 +446,7 @@ class SftpFolder:
                         f"{self.target}{final} already exists with other content; "
                         "not overwritten"))
                     continue
-                async with s.sftp.open(str(self.stage_path(name)), "wb") as fh:
-                    await fh.write(content)
-                    if s.can_fsync:
-                        try:
-                            await fh.fsync()
-                        except asyncssh.SFTPOpUnsupported:
-                            s.can_fsync = False
+                await self._write_synced(s, self.stage_path(name), content, "wb")
                 out.append(True)
             return out
 
