@@ -28,17 +28,17 @@ from sqlalchemy import text
 
 from bus.exception_store import ExceptionStore
 from coexistence.flags import Mode
-from tests.integration.test_crm_processes import (
+from tests.support import cloud_sim, crm_sim
+from tests.support.crm_world import (
     COEXIST,
     WAIT_S,
-    _accounts,
-    _home,
-    _logs,
-    _start,
-    _stop,
-    _wait,
+    crm_accounts,
+    crm_home,
+    logs,
+    start,
+    stop,
+    wait_for,
 )
-from tests.support import cloud_sim, crm_sim
 from workers.cloud_erp import CloudErp
 from workers.crm import state as crm_state
 from workers.crm.consumer import INBOUND_LEASE, PENDING_HOLD_S
@@ -67,25 +67,25 @@ def _exceptions(home) -> list[str]:
 
 def _killed_after_the_sor_create(env, home, crm) -> str:
     """A person's new account; ``coexist run`` dies right after the SoR's create."""
-    killed = _start("run", {**env, FAULT_KILL_AFTER_SOR_CREATE: "1"}, home, "killed")
+    killed = start("run", {**env, FAULT_KILL_AFTER_SOR_CREATE: "1"}, home, "killed")
     try:
         new = crm.person_create("rep1", "Account", ACCOUNT).json()["id"]
         killed.wait(WAIT_S)
     finally:
-        _stop(killed)
-    assert killed.returncode == -signal.SIGKILL, _logs(home)
+        stop(killed)
+    assert killed.returncode == -signal.SIGKILL, logs(home)
     state = create_state_engine(f"sqlite:///{home / 'state.db'}")
     try:
         assert crm_state.decision_of(state, new).customer_key == crm_state.NUMBER_PENDING
     finally:
         state.dispose()
-    assert not _accounts(crm)[new]["Coexist_Id__c"]
+    assert not crm_accounts(crm)[new]["Coexist_Id__c"]
     return new
 
 
 def test_a_cloud_create_asked_again_after_the_account_was_edited_is_the_same_customer(
         tmp_path, sim, crm):
-    env, home = _home(tmp_path, crm, sim.url, mode=Mode.CLOUD)
+    env, home = crm_home(tmp_path, crm, sim.url, mode=Mode.CLOUD)
     new = _killed_after_the_sor_create(env, home, crm)
     with CloudErp(sim.url, attempts=1) as cloud:
         [made] = list(cloud.stream("customer"))
@@ -93,20 +93,20 @@ def test_a_cloud_create_asked_again_after_the_account_was_edited_is_the_same_cus
     # than the body the cloud took under the account's Idempotency-Key.
     crm.person_update("rep1", "Account", new, {"BillingStreet": "12 Main St"}
                       ).raise_for_status()
-    proc = _start("run", env, home)
+    proc = start("run", env, home)
     try:
-        account = _wait(lambda: (a := _accounts(crm)[new])["AccountNumber"] and a,
-                        f"the cloud's number on the person's account\n{_logs(home)}", proc)
+        account = wait_for(lambda: (a := crm_accounts(crm)[new])["AccountNumber"] and a,
+                           f"the cloud's number on the person's account\n{logs(home)}", proc)
         with CloudErp(sim.url, attempts=1) as cloud:
             customers = list(cloud.stream("customer"))
     finally:
-        _stop(proc)
+        stop(proc)
     assert account["Coexist_Id__c"] == account["AccountNumber"] == made.key
     assert [c.key for c in customers] == [made.key]
-    assert [a["Id"] for a in _accounts(crm).values()
+    assert [a["Id"] for a in crm_accounts(crm).values()
             if a["Name"].upper() == "WALK-IN HARDWARE"] == [new]
     assert "CrmOnboardingRefused" not in _exceptions(home)
-    assert proc.returncode == 0, _logs(home)
+    assert proc.returncode == 0, logs(home)
     assert "Traceback" not in (home / "run.log").read_text()
 
 
@@ -125,7 +125,7 @@ def test_a_pending_create_s_customer_is_recognised_by_the_sor_s_record_of_it(
     the SoR which customer the create's idempotency key made (the legacy ERP's record of
     it), records the number and writes the customer onto the person's account: one
     account, no exception, without the poller.  Once the poller is back, nothing more."""
-    env, home = _home(tmp_path, crm, sim.url)
+    env, home = crm_home(tmp_path, crm, sim.url)
     legacy_engine = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
     legacy = LegacyErp(legacy_engine)
     state = create_state_engine(f"sqlite:///{home / 'state.db'}")
@@ -144,23 +144,23 @@ def test_a_pending_create_s_customer_is_recognised_by_the_sor_s_record_of_it(
         with state.begin() as conn:
             conn.execute(text("UPDATE crm_onboarding SET decided_at = :at"),
                          {"at": datetime.now(UTC) - timedelta(seconds=5 * PENDING_HOLD_S)})
-        _wait(away.try_acquire, "the feed's lease for the poller that is away")
-        proc = _start("run", env, home)
-        account = _wait(lambda: (a := _accounts(crm)[new])["Coexist_Version__c"] and a,
-                        f"the customer written onto the person's account\n{_logs(home)}",
-                        proc)
-        _wait(lambda: not _status(env)["numbers_pending"], "no number pending", proc)
+        wait_for(away.try_acquire, "the feed's lease for the poller that is away")
+        proc = start("run", env, home)
+        account = wait_for(lambda: (a := crm_accounts(crm)[new])["Coexist_Version__c"] and a,
+                           f"the customer written onto the person's account\n{logs(home)}",
+                           proc)
+        wait_for(lambda: not _status(env)["numbers_pending"], "no number pending", proc)
         assert away.held  # the poller was away all along
         # The poller is back: it finds the decision numbered and keys the account (the
         # same key): no second customer, no second account.
         away.release()
-        _wait(lambda: _status(env)["inbound_checkpoint"] > 0,
-              f"the poller reading the feed again\n{_logs(home)}", proc)
-        accounts = _accounts(crm)
+        wait_for(lambda: _status(env)["inbound_checkpoint"] > 0,
+                 f"the poller reading the feed again\n{logs(home)}", proc)
+        accounts = crm_accounts(crm)
         customers = list(legacy.stream("customer"))
     finally:
         if proc is not None:
-            _stop(proc)
+            stop(proc)
         state.dispose()
         legacy_engine.dispose()
     assert account["Coexist_Id__c"] == account["AccountNumber"] == made.key
@@ -175,5 +175,5 @@ def test_a_pending_create_s_customer_is_recognised_by_the_sor_s_record_of_it(
     # Not an account of its own (a ``CrmDuplicateAccount`` later), nor a write the CRM's
     # duplicate rule refused.
     assert _exceptions(home) == []
-    assert proc.returncode == 0, _logs(home)
+    assert proc.returncode == 0, logs(home)
     assert "Traceback" not in (home / "run.log").read_text()

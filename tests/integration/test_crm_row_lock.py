@@ -14,17 +14,17 @@ import pytest
 
 from bus.exception_store import ExceptionStore
 from coexistence.sample import SampleSpec
-from tests.integration.test_crm_processes import (
-    _accounts,
-    _creates,
-    _home,
-    _keyed,
-    _logs,
-    _start,
-    _stop,
-    _wait,
-)
 from tests.support import cloud_sim, crm_sim
+from tests.support.crm_world import (
+    account_creates,
+    crm_accounts,
+    crm_home,
+    keyed_accounts,
+    logs,
+    start,
+    stop,
+    wait_for,
+)
 from workers.crm.client import CrmClient
 from workers.db import create_state_engine
 from workers.legacy_erp.adapter import LegacyErp
@@ -57,7 +57,7 @@ def _account_events(crm) -> dict[str, list[str]]:
 
 
 def test_a_locked_record_is_retried_alone_and_its_neighbours_settle_once(tmp_path, sim, crm):
-    env, home = _home(tmp_path, crm, sim.url)
+    env, home = crm_home(tmp_path, crm, sim.url)
     env.update({"COEXIST_RETRY_MIN_BACKOFF_S": "0.2", "COEXIST_RETRY_MAX_BACKOFF_S": "1"})
     legacy_engine = create_legacy_engine(f"sqlite:///{home / 'legacy.db'}")
     legacy = LegacyErp(legacy_engine)
@@ -68,25 +68,25 @@ def test_a_locked_record_is_retried_alone_and_its_neighbours_settle_once(tmp_pat
     # so the channel gets them in one or a few batches, the locked one among them.
     for c in customers:
         legacy.person_upsert(c, "JSMITH")
-    proc = _start("run", env, home)
+    proc = start("run", env, home)
     try:
         keys = {c.key for c in customers}
-        _wait(lambda: keys <= set(_keyed(crm)), f"every customer in the CRM\n{_logs(home)}",
-              proc)
+        wait_for(lambda: keys <= set(keyed_accounts(crm)),
+                 f"every customer in the CRM\n{logs(home)}", proc)
         left = crm.admin.http.get("/admin/faults").json()["lock"][locked]
     finally:
-        _stop(proc)
+        stop(proc)
         legacy_engine.dispose()
-    assert proc.returncode == 0, _logs(home)
+    assert proc.returncode == 0, logs(home)
     assert left == 0, "the locked account was not refused as often as set"
-    shown = _keyed(crm)
-    assert len(_accounts(crm)) == len(shown) == len(customers)
+    shown = keyed_accounts(crm)
+    assert len(crm_accounts(crm)) == len(shown) == len(customers)
     # Each account saved once (one CREATE, no second save at the same version): the
     # batch's neighbours of the locked account were not sent again one by one.
     events = _account_events(crm)
     assert {shown[k]["Id"]: events.get(shown[k]["Id"]) for k in keys} == {
         shown[k]["Id"]: ["CREATE"] for k in keys}
-    assert {k: n for k, n in _creates(crm).items() if n != 1} == {}
+    assert {k: n for k, n in account_creates(crm).items() if n != 1} == {}
     state = create_state_engine(f"sqlite:///{home / 'state.db'}")
     try:
         assert ExceptionStore(state).list() == []
