@@ -48,6 +48,8 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from queue import PriorityQueue
 from typing import Any
 
@@ -78,6 +80,8 @@ BATCH_CONSUMERS = 2
 IDLE_TIMEOUT_MS = 1_000
 #: Pause before a consumer whose connection broke is opened again.
 RESTART_DELAY_S = 1.0
+#: How often the connection is pumped (heartbeats, acks) while a batch is handled.
+PUMP_EVERY_S = 0.2
 _NO_QUEUE = "\x00coexist-no-queue"
 
 BATCHES = Counter("coexist_bus_batches_total", "Batches handled by the batch consumer",
@@ -163,6 +167,8 @@ class BatchConsumer(threading.Thread):
         self.batch_wait_s = max(waits) / 1000
         #: Deliveries in the last batch taken (``_linger``).
         self._last_size = 0
+        #: Where a batch is handled while this thread pumps the connection (RabbitMQ).
+        self._work: ThreadPoolExecutor | None = None
 
     def stop(self) -> None:
         self.running = False
@@ -177,7 +183,7 @@ class BatchConsumer(threading.Thread):
                 while self.running:
                     batch = self.take()
                     if batch:
-                        self.handle(batch)
+                        self._handle_pumping(batch)
             except BrokerConnectionError as e:
                 log.warning("Batch consumer of %s lost its broker connection: %s",
                             self.queue_name, e)
@@ -195,6 +201,44 @@ class BatchConsumer(threading.Thread):
                 self._close()
             if self.running:
                 time.sleep(RESTART_DELAY_S)
+        if self._work is not None:
+            self._work.shutdown(wait=True)
+            self._work = None
+
+    def _handle_pumping(self, batch: list[Any]) -> None:
+        """``handle(batch)``, with the consumer's connection kept alive meanwhile.
+
+        pika's ``BlockingConnection`` does no I/O between calls into it: while this thread
+        handled a batch, nothing answered RabbitMQ's heartbeats, and a batch that took
+        longer than the heartbeat timeout (a batch of legacy writes at load ~25 in the
+        full-size chaos run: 80 s) cost the connection. Every delivery not yet acked then
+        came back and was taken, applied and dropped again: a queue that never drained.
+        So on a consumer that can ``pump`` (RabbitMQ) the batch is handled on this
+        consumer's work thread while this thread, which owns the connection, pumps it;
+        acks and nacks reach it through ``add_callback_threadsafe`` as before. The embedded
+        broker has no connection to keep: it handles the batch here.
+        """
+        pump = getattr(self.consumer, "pump", None)
+        if pump is None:
+            self.handle(batch)
+            return
+        if self._work is None:
+            self._work = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix=f"{self.name}-work")
+        done = self._work.submit(self.handle, batch)
+        lost: BrokerConnectionError | None = None
+        while True:
+            finished = bool(futures.wait([done], timeout=PUMP_EVERY_S).done)
+            if lost is None:  # once more when finished: the batch's acks go now
+                try:
+                    pump()
+                except BrokerConnectionError as e:
+                    lost = e  # the handler may still be at work: wait for it first
+            if finished:
+                break
+        done.result()
+        if lost is not None:
+            raise lost
 
     def _start_delay_consumer(self):
         # RabbitMQ keeps retries in <queue>.DQ until their eta; dramatiq's own consumer

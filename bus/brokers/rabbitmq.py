@@ -211,6 +211,21 @@ class _CoexistRabbitmqConsumer(_RabbitmqConsumer):
             raise ConnectionClosed(e) from None
         return next(self)
 
+    def pump(self) -> None:
+        """Let the connection do its I/O now, without waiting: send the acks queued by
+        ``add_callback_threadsafe`` and the heartbeats, and buffer what arrived.
+
+        A ``BlockingConnection`` does no I/O between calls into it: the batch consumer's
+        thread calls this while its work thread handles a long batch (``bus.batch``);
+        otherwise RabbitMQ drops the connection after missed heartbeats ("missed
+        heartbeats from client") and every delivery not yet acked comes back. Only the
+        thread that owns the connection may call it.
+        """
+        try:
+            self.connection.process_data_events(time_limit=0)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+
     def ack_many(self, messages) -> None:
         """Ack ``messages`` with ONE ``basic_ack(multiple=True)`` of the highest tag.
 
