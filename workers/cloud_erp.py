@@ -71,6 +71,7 @@ from coexistence.translate.cloud import (
     RESOURCES,
     canonical_from_json,
     from_canonical,
+    to_json_bytes,
     to_json_dict,
 )
 from coexistence.writes import applies
@@ -467,6 +468,28 @@ class CloudErp:
             results[entry.index] = result
         return results  # type: ignore[return-value]
 
+    def create_many(
+        self,
+        items: Sequence[tuple[CanonicalRecord, int, str]],
+        *,
+        writer: str = COEXIST_WRITER,
+    ) -> list[WriteResult | CloudBusinessError]:
+        """Create (record, source_version, idempotency_key) items the caller knows the
+        cloud does not hold (a backfill into an empty cloud), in one ``$batch`` of
+        POSTs with no read first.  Each POST is conditioned on the number being unused,
+        tombstones included (``If-None-Match: *``), so a record created meanwhile (or
+        created and deleted) is never overwritten or revived: it answers ``Changed``
+        with the state read then, as a lost race of :meth:`upsert_many` does.  A cloud
+        that ignores ``If-None-Match`` on a POST still refuses a number in use (409).
+        The result for each item is ``Applied``, ``Changed`` or the cloud's
+        ``CloudBusinessError``.  At most ``CLOUD_BATCH_MAX`` items.
+        """
+        if len(items) > CLOUD_BATCH_MAX:
+            raise ValueError(f"{len(items)} items; at most {CLOUD_BATCH_MAX} per batch")
+        entries = [_Entry(i, record.domain, record.key, record, version, idem, None, False)
+                   for i, (record, version, idem) in enumerate(items)]
+        return self._write_entries(entries, writer, absent=True)
+
     # ------------------------------------------------------------------ BatchErp
 
     def read_many(self, domain: str, keys: Sequence[str]
@@ -506,10 +529,12 @@ class CloudErp:
                 results[entry.index] = result
         return results  # type: ignore[return-value]
 
-    def _write_entries(self, entries: Sequence[_Entry], writer: str
+    def _write_entries(self, entries: Sequence[_Entry], writer: str, *, absent: bool = False
                        ) -> list[WriteResult | CloudBusinessError]:
         """Write ``entries`` (each conditioned on its ``current``) in ``$batch`` requests;
-        lost races answer ``Changed`` with the state read again in one more batch."""
+        lost races answer ``Changed`` with the state read again in one more batch.
+        ``absent``: every entry is a create of a number not in use, not even by a
+        tombstone (``If-None-Match: *``; ``create_many``)."""
         results: list[WriteResult | CloudBusinessError | None] = [None] * len(entries)
         pending: list[tuple[int, dict]] = []
         for n, e in enumerate(entries):
@@ -527,9 +552,11 @@ class CloudErp:
                                 "X-Coexist-Source-Version": str(e.version),
                                 "Idempotency-Key": f"{e.idempotency_key}:{current.etag}"}}))
             else:
-                pending.append((n, _write_op(str(n), e.domain, current,
-                                             _document(e.record, e.version),
-                                             e.idempotency_key)))
+                op = _write_op(str(n), e.domain, current,
+                               _document_bytes(e.record, e.version), e.idempotency_key)
+                if absent:
+                    op["headers"]["If-None-Match"] = "*"
+                pending.append((n, op))
         lost: list[int] = []
         headers = {"X-Client-Id": writer}
         for start in range(0, len(pending), CLOUD_BATCH_MAX):
@@ -585,7 +612,7 @@ class CloudErp:
                              content=body, ok=(*_WRITTEN, 404, 409, 412))
 
     def _batch(self, operations: list[dict], headers: dict | None = None) -> list[dict]:
-        content = json.dumps({"requests": operations}, separators=(",", ":")).encode()
+        content = _batch_body(operations)
         response = self._request("POST", "/$batch", content=content, cost=len(operations),
                                  headers={"Content-Type": "application/json", **(headers or {})})
         answers = response.json()["responses"]
@@ -702,7 +729,28 @@ def _document(record: CanonicalRecord, source_version: int) -> dict:
     return to_json_dict(from_canonical(record, source_version=source_version), body=True)
 
 
-def _write_op(op_id: str, domain: str, current: _Current | None, body: dict | None,
+def _document_bytes(record: CanonicalRecord, source_version: int) -> bytes:
+    """``_document`` serialised once, by pydantic-core (no dict, no ``json.dumps``):
+    spliced into a ``$batch`` as it is (``_batch_body``)."""
+    return to_json_bytes(from_canonical(record, source_version=source_version), body=True)
+
+
+def _batch_body(operations: list[dict]) -> bytes:
+    """The ``$batch`` request's JSON; an operation's ``body`` given as bytes (a document
+    already serialised) is spliced in as it is."""
+    parts = []
+    for op in operations:
+        body = op.get("body")
+        if isinstance(body, bytes):
+            head = json.dumps({k: v for k, v in op.items() if k != "body"},
+                              separators=(",", ":")).encode()
+            parts.append(head[:-1] + b',"body":' + body + b"}")
+        else:
+            parts.append(json.dumps(op, separators=(",", ":")).encode())
+    return b'{"requests":[' + b",".join(parts) + b"]}"
+
+
+def _write_op(op_id: str, domain: str, current: _Current | None, body: dict | bytes | None,
               idempotency_key: str) -> dict:
     entity_set = _entity_set(domain)
     if current is None or current.deleted:
