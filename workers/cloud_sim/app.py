@@ -7,7 +7,8 @@ Routes (``{set}`` is an entity set of ``coexistence.cloud.models.RESOURCE_MODELS
                                      ``lastModifiedDateTime gt <ISO>``, joined by ``and``),
                                      ``modifiedSince=<ISO>``; ``value`` + ``@odata.nextLink``
 ``POST /{set}``                      create; the server assigns the UUID ``id``; 409 when the
-                                     number exists (a tombstone with that number is revived);
+                                     number exists (a tombstone with that number is revived,
+                                     unless ``If-None-Match: *``: then 412);
                                      ``customers`` without a ``number``: the server assigns
                                      the next of its sequence (``NUMBERED_SETS``)
 ``GET|PATCH|DELETE /{set}({id})``    by id, or by alternate key ``/{set}(number='10042')``;
@@ -68,6 +69,7 @@ from workers.cloud_sim.protocol import (
     resource_model,
     selected_fields,
     validate,
+    validate_stored,
 )
 from workers.cloud_sim.store import Row, Store
 from workers.ratelimit import LocalTokenBucket
@@ -368,18 +370,21 @@ class CloudSimulator:
             # request's transaction (an Idempotency-Key replay answers the same number).
             body = {**body, "number": self.store.next_number(entity_set,
                                                              NUMBERED_SETS[entity_set])}
-        data = validate(model, body)
-        number = data["number"]
+        raw, number, version = validate_stored(model, body)
         existing = self.store.by_number(entity_set, number)
         if existing is not None and not existing.deleted:
             raise ApiError(409, "EntityAlreadyExists",
                            f"{entity_set} number {number!r} already exists as {existing.id}",
                            ["number"])
-        version = data.get("coexistSourceVersion")
+        if existing is not None and headers.get("if-none-match") == "*":
+            # A create of a number never used: not the revival of its tombstone.
+            raise ApiError(412, "PreconditionFailed",
+                           f"If-None-Match *: {entity_set} number {number!r} is held by a "
+                           f"deleted record {existing.id}", headers=[("ETag", existing.etag)])
         if existing is not None:
-            row = self.store.replace(existing, data, version, client)
+            row = self.store.replace(existing, raw, version, client)
         else:
-            row = self.store.insert(entity_set, number, data, version, client)
+            row = self.store.insert(entity_set, number, raw, version, client)
         location = f"{self.base_url}/{entity_set}({row.id})"
         out = [("ETag", row.etag), ("Location", location)]
         if minimal(headers):

@@ -271,9 +271,11 @@ class Store:
     # ----------------------------------------------------------------- writes
 
     def insert(
-        self, entity_set: str, number: str, data: dict, source_version: int | None, client: str
+        self, entity_set: str, number: str, data: dict | str, source_version: int | None,
+        client: str,
     ) -> Row:
-        raw = _dumps(data)
+        """A new row; ``data`` is the document, or its JSON text already serialised."""
+        raw = data if isinstance(data, str) else _dumps(data)
         row = Row(entity_set, str(uuid.uuid4()), number, 1, source_version, raw, self.now, False,
                   client)
         self.db.execute(
@@ -302,9 +304,11 @@ class Store:
             (entity_set, number + 1))
         return str(number)
 
-    def replace(self, row: Row, data: dict, source_version: int | None, client: str) -> Row:
-        """Overwrite a live row or revive a tombstone; bumps the revision."""
-        raw = _dumps(data)
+    def replace(self, row: Row, data: dict | str, source_version: int | None,
+                client: str) -> Row:
+        """Overwrite a live row or revive a tombstone; bumps the revision.  ``data`` as
+        for ``insert``."""
+        raw = data if isinstance(data, str) else _dumps(data)
         new = Row(
             row.entity_set, row.id, row.number, row.rev + 1, source_version, raw, self.now, False,
             client,
