@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,30 @@ def build_legacy(dir_: Path, n: int, seed: int) -> str:
     flush()
     engine.dispose()
     return url
+
+
+def legacy_db(dir_: Path, n: int, seed: int, path: str | None) -> str:
+    """The legacy ERP's URL: built in ``dir_``, or at ``path`` (kept), reused when it is
+    there already with ``n`` customers (a 1M build takes minutes; the run only reads it)."""
+    import sqlite3
+
+    if path is None:
+        return build_legacy(dir_, n, seed)
+    target = Path(path)
+    if target.exists():
+        with sqlite3.connect(target) as conn:
+            held = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'CUSTMAST'"
+                                ).fetchone()[0]
+            rows = conn.execute("SELECT count(*) FROM CUSTMAST").fetchone()[0] if held else 0
+        if rows == n:
+            return f"sqlite:///{target}"
+        target.unlink()
+    build = target.parent / f"build-{os.getpid()}"
+    build.mkdir(parents=True, exist_ok=True)
+    build_legacy(build, n, seed)
+    (build / "legacy.db").rename(target)
+    shutil.rmtree(build)
+    return f"sqlite:///{target}"
 
 
 def fresh_state(url: str) -> str:
@@ -187,6 +212,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--baseline-records", type=int, default=20_000)
     parser.add_argument("--old-records", type=int, default=500)
+    parser.add_argument("--legacy-db", default=None, metavar="PATH",
+                        help="the legacy SQLite database to read, built there first when "
+                             "absent (reused as it is when present: only read by the run)")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build --legacy-db and stop")
     parser.add_argument("--state-url", default=None,
                         help="state database (default: SQLite in the temporary directory; "
                              "a PostgreSQL URL has the backfill's tables emptied first)")
@@ -199,8 +229,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
         dir_ = Path(tmp)
         t0 = time.perf_counter()
-        legacy_url = build_legacy(dir_, a.customers, a.seed)
+        legacy_url = legacy_db(dir_, a.customers, a.seed, a.legacy_db)
         build_s = time.perf_counter() - t0
+        if a.build_only:
+            print(json.dumps({"name": "build", "url": legacy_url, "seconds": round(build_s, 1),
+                              "customers": a.customers}), flush=True)
+            return
         state_url = fresh_state(a.state_url or f"sqlite:///{dir_ / 'state.db'}")
         with start_simulator(dir_ / "base.db") as sim:
             base = batch_writes_only(legacy_url, sim.url, a.baseline_records)

@@ -147,7 +147,8 @@ def test_a_resumed_backfill_into_an_empty_cloud_writes_only_the_rest(world, sim)
     engine, state, erp = world
     records = list(iter_customers(N, seed=32))
     write_legacy(engine, records)
-    batches, original = [], erp.upsert_many
+    # Into a cloud known empty the creates go out without a read (``create_many``).
+    batches, original = [], erp.create_many
 
     def fails_on_the_last_batch(batch):
         batches.append(len(batch))
@@ -155,12 +156,12 @@ def test_a_resumed_backfill_into_an_empty_cloud_writes_only_the_rest(world, sim)
             raise CloudTechnicalError("cloud ERP unreachable")
         return original(batch)
 
-    erp.upsert_many = fails_on_the_last_batch
+    erp.create_many = fails_on_the_last_batch
     first = IntoEmpty("customer", *_readers(engine, erp), state, FlagSource({}),
                       empty="cloud", run_id="run-1")
     with pytest.raises(CloudTechnicalError):
         first.run()
-    erp.upsert_many = original
+    erp.create_many = original
     with state.connect() as conn:
         mark = checkpoint.load(conn, "customer")["cloud"]
     in_cloud = sum(1 for _ in erp.stream("customer"))
@@ -182,6 +183,44 @@ def test_a_resumed_backfill_into_an_empty_cloud_writes_only_the_rest(world, sim)
     assert set(_cloud_writes(sim).values()) == {1} and len(_cloud_writes(sim)) == N
     # A resumed run rebuilt no index: the next reconciliation is cold (and builds both).
     assert not index.built(state, "customer")
+
+
+def test_into_an_empty_cloud_a_record_created_or_deleted_meanwhile_is_left_as_it_is(
+        world, sim, monkeypatch):
+    """The creates go out without a read, each conditioned on its number being unused:
+    a record a person created in the cloud after the stream began is not overwritten,
+    and one created and deleted meanwhile is not revived (the tombstone is kept)."""
+    from decimal import Decimal
+
+    engine, state, erp = world
+    records = list(iter_customers(6, seed=34))
+    write_legacy(engine, records)
+    created, deleted = records[1], records[3]
+    person_copy = created.model_copy(update={"credit_limit": Decimal(1)})
+    original = erp.create_many
+    reads = []
+
+    def meanwhile(batch):
+        sim.person_upsert(person_copy, "ana.cloud")
+        sim.person_upsert(deleted, "ana.cloud")
+        sim.person_delete("customer", deleted.key, "ana.cloud")
+        monkeypatch.setattr(erp, "create_many", original)
+        return original(batch)
+
+    monkeypatch.setattr(erp, "create_many", meanwhile)
+    monkeypatch.setattr(erp, "upsert_many", lambda *a, **k: reads.append(a) or [])
+    run = IntoEmpty("customer", *_readers(engine, erp), state, FlagSource({}),
+                    empty="cloud", run_id="run-1")
+    report = run.run()
+    assert reads == []  # not the read-then-write path
+    assert report.written["cloud"] == 4 and report.changed == 2, report.to_dict()
+    assert erp.get("customer", created.key).credit_limit == 1  # the person's record
+    assert erp.get("customer", deleted.key) is None  # still deleted
+    current = erp.get_current("customer", deleted.key)
+    assert current is not None and not current.exists and current.writer == "ana.cloud"
+    writes = _cloud_writes(sim)
+    assert writes[created.key] == 1 and writes[deleted.key] == 2  # the person's only
+    assert SqlXref(state).by_canonical("customer", created.key) is None  # not ours
 
 
 def _cli(*args):

@@ -221,6 +221,9 @@ class Backfill:
         self._reads = None  # the engine the writer reads routes through
         self._failed: BaseException | None = None
         self.started_at = datetime.now(UTC)
+        #: The target known to hold none of the records this run creates (``IntoEmpty``):
+        #: its creates are written without reading the target first.
+        self.absent: str | None = None
 
     # ------------------------------------------------------------------ the run
 
@@ -510,6 +513,10 @@ class Backfill:
         if not items:
             return []
         erp = self.erps[target]
+        if target == "cloud" and self.absent == "cloud":
+            # Known empty (``IntoEmpty``): no read first; each create is conditioned on
+            # the number being unused, so one made meanwhile answers Changed.
+            return erp.create_many(items)
         if target == "cloud":
             return erp.upsert_many(items)
         # Legacy: one transaction; an equal version re-applies, as a repair's does.  One

@@ -86,7 +86,7 @@ class IntoEmpty(Backfill):
         super().__init__(domain, legacy, cloud, state, flags, **kwargs)
         if empty not in ("legacy", "cloud"):
             raise ValueError(f"empty side must be legacy or cloud, not {empty!r}")
-        self.empty = empty
+        self.empty = self.absent = empty
         self.source = "legacy" if empty == "cloud" else "cloud"
         self.on_finding = on_finding
         self.reconciled: Report | None = None
