@@ -125,12 +125,17 @@ def main() -> None:
                  "-o", str(sim_raw), "-p", str(sim.process.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wall = time.perf_counter()
-            cli = subprocess.Popen(
-                [py_spy(), "record", "--format", "raw", "--threads", *mode, "-r", str(RATE_HZ),
-                 "-o", str(cli_raw), "--", str(exe), "reconcile", "customer", "--repair",
-                 "--yes", "--format", "json", "--no-progress"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            out, err = cli.communicate()
+            # The command's JSON (up to 100k findings) to a file, not a pipe: py-spy's
+            # child lost the end of a 50 MB stdout through a pipe (100k run, truncated).
+            out_path, err_path = work / "cli.out", work / "cli.err"
+            with out_path.open("w") as out_f, err_path.open("w") as err_f:
+                cli = subprocess.Popen(
+                    [py_spy(), "record", "--format", "raw", "--threads", *mode, "-r",
+                     str(RATE_HZ), "-o", str(cli_raw), "--", str(exe), "reconcile", "customer",
+                     "--repair", "--yes", "--format", "json", "--no-progress"],
+                    env=env, stdout=out_f, stderr=err_f)
+                cli.wait()
+            out, err = out_path.read_text(), err_path.read_text()
             wall = time.perf_counter() - wall
             sim_cpu = cpu_of(sim.process.pid) - sim_cpu0
             spy_sim.send_signal(2)  # SIGINT: py-spy writes its file and exits
