@@ -532,8 +532,12 @@ class Backfill:
             conn = session.connection()
             # Per target: (last_key, pending_hi, written) as this transaction leaves them.
             marks: dict[str, tuple[str, str | None, int]] = {}
+            # The group's writes, per target: observed, linked and indexed once for all.
+            staged: dict[str, _Staged] = {}
             for batch in batches:
-                self._stage(session, conn, marks, *batch)
+                self._stage(session, conn, marks, staged, *batch)
+            for target, group in staged.items():
+                self._stage_writes(conn, target, group)
             session.commit()
             for target, (last, pending, written) in marks.items():
                 o = self.dirs[target]
@@ -542,13 +546,29 @@ class Backfill:
             self.report.enqueued += len(repairs)
             self.report.written[d.target] += len(applied)
 
-    def _stage(self, session, conn, marks: dict, d: _Direction, last: str,
+    def _stage_writes(self, conn, target: str, group: _Staged) -> None:
+        """The writes of a commit group into ``target``: their observations, xref links,
+        routes and digest index entries, one statement set for the whole group."""
+        from workers.reconcile import index
+
+        if group.applied:
+            _observe(conn, target, self.domain, group.applied)
+        _link_many(conn, self.domain, group.links, self.report)
+        if group.routes:
+            from workers.router.state import put_routes
+
+            put_routes(conn, group.routes)
+        # The target now holds what the source held: its digest index (if built)
+        # says so, and the next warm reconciliation need not verify these records.
+        index.apply(conn, self.domain, target, group.digests)
+
+    def _stage(self, session, conn, marks: dict, staged: dict, d: _Direction, last: str,
                applied: list[tuple[Applied, int]], repairs: list, links: list[str],
                records: dict[str, CanonicalRecord], digests: dict[str, tuple[int, int | None]],
                others: list) -> None:
-        """One batch's part of ``_commit``'s transaction."""
+        """One batch's part of ``_commit``'s transaction (its writes' state is gathered
+        in ``staged`` for ``_stage_writes``)."""
         from bus.outbox import add_to_outbox
-        from workers.reconcile import index
         from workers.router import queues
         from workers.router.repair import repair_envelope
 
@@ -559,21 +579,17 @@ class Backfill:
                                   reason="reconciliation repair", run_id=self.run_id)
             add_to_outbox(session, env, actor_name=queues.WRITE_ACTOR[d.target],
                           queue_name=queues.WRITE_QUEUE[d.target])
-        if applied:
-            _observe(conn, d.target, self.domain, applied)
-        created = [(r.key, r.target_id if d.target == "cloud" else None)
-                   for r, _ in applied] + [(k, None) for k in links]
-        _link_many(conn, self.domain, created, self.report)
+        group = staged.get(d.target)
+        if group is None:
+            group = staged[d.target] = _Staged()
+        group.applied += applied
+        group.links += [(r.key, r.target_id if d.target == "cloud" else None)
+                        for r, _ in applied] + [(k, None) for k in links]
         self.report.linked_on_resume += len(links)
         if self.domain in DOCUMENT_DOMAINS:
-            from workers.router.state import put_routes
-
-            put_routes(conn, [(self.domain, r.key, sor, v) for r, v in applied
-                              if not is_closed(records.get(r.key))])
-        # The target now holds what the source held: its digest index (if built)
-        # says so, and the next warm reconciliation need not verify these records.
-        index.apply(conn, self.domain, d.target, {r.key: digests[r.key] for r, _ in applied
-                                                  if r.key in digests})
+            group.routes += [(self.domain, r.key, sor, v) for r, v in applied
+                             if not is_closed(records.get(r.key))]
+        group.digests.update((r.key, digests[r.key]) for r, _ in applied if r.key in digests)
 
         def put(o: _Direction, written: int) -> None:
             pending = _still_pending(o, last)
@@ -598,6 +614,16 @@ class Backfill:
         with self.legacy.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.header).where(
                 t.sort_key(t.header, dialect) <= key)).scalar() or 0)
+
+
+@dataclass
+class _Staged:
+    """The writes into one target of a commit group, staged by ``_stage``."""
+
+    applied: list = field(default_factory=list)
+    links: list = field(default_factory=list)
+    routes: list = field(default_factory=list)
+    digests: dict = field(default_factory=dict)
 
 
 def _still_pending(d: _Direction, last: str) -> str | None:
