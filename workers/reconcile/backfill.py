@@ -8,8 +8,10 @@ For each record that differs, the system of record comes from the cutover flags
 
 * a record **missing in the target** is written directly, in batches: into the
   cloud through ``CloudErp.upsert_many`` (one ``$batch`` read of the current
-  versions and one ``$batch`` of writes, up to 200 records), into the legacy ERP
-  through ``LegacyErp.upsert_many`` (one transaction per batch);
+  versions and one ``$batch`` of writes, up to 200 records) or, into a cloud known
+  empty (``IntoEmpty``), ``CloudErp.create_many`` (the writes alone, each create
+  conditioned on its number being unused); into the legacy ERP through
+  ``LegacyErp.upsert_many`` (one transaction per batch);
 * a **mismatch** (both hold the record, they differ) and a record the SoR does
   not hold (a delete) are few: they go through the outbox as today's repairs do
   (``workers.router.repair.enqueue_repairs``), whose writer decides a person's
@@ -38,7 +40,8 @@ batches each): the caller's thread reads both streams and builds batches; the
 into the target; the *committer* commits each written batch's state, in order, on
 its own connection while the writer writes the next one.  So a checkpoint moves to
 a batch's last key only after that batch's target write and the state commits of
-every earlier batch.  Before a batch is written, the checkpoint's ``pending_hi``
+every earlier batch; the writes of the batches one transaction commits are observed,
+linked and indexed together.  Before a batch is written, the checkpoint's ``pending_hi``
 must durably cover its last key: each commit sets it to the last key of every batch
 already handed to the writer, so the writer only commits it itself when it got
 ahead of that (the first batch).  Every state write of the run's threads is taken
