@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 
 from coexistence.canonical.models import ISO_CURRENCIES
@@ -97,28 +98,31 @@ _WHERE = Where("customer", None)
 
 
 def _customer(doc) -> tuple[int, int | None] | None:
-    key = doc.number
+    """(digest, natural-key hash) of a validated cloud customer (``CloudCustomer``)."""
+    return _customer_values(
+        doc.number, doc.status, doc.payment_terms_code, doc.currency_code, doc.credit_limit,
+        doc.credit_hold, doc.tax_registration_number, doc.customer_group_code,
+        doc.sales_region_code, doc.contact_name, doc.email, doc.phone_number, doc.display_name,
+        [(a.code, a.address_type, a.name, a.address_line1, a.address_line2, a.city, a.state,
+          a.postal_code, a.country) for a in doc.addresses])
+
+
+def _customer_values(key, status_code, terms_code, currency, credit_limit, credit_hold, tax_id,
+                     group, region, contact, email, phone, name, addresses,
+                     ) -> tuple[int, int | None] | None:
     # Canonical Key, then the legacy CUSTNO (pad_number: digits, no leading zero, <= 10).
     if not (len(key) <= 10 and key.isascii() and key.isdigit() and (key[0] != "0" or key == "0")):
         return None
     custno = key.zfill(10)
-    status = _STATUS.get(doc.status)
-    terms = _TERMS.get(doc.payment_terms_code)
-    credit_limit = doc.credit_limit
-    tax_id, group, region = (
-        doc.tax_registration_number,
-        doc.customer_group_code,
-        doc.sales_region_code,
-    )
-    contact, email, phone = doc.contact_name, doc.email, doc.phone_number
-    name = doc.display_name
+    status = _STATUS.get(status_code)
+    terms = _TERMS.get(terms_code)
     # Canonical Customer's constraints (the cloud model already holds the text valid
     # Unicode, the decimal finite).
     if not (
         status is not None
         and terms is not None
         and 0 < len(name) <= 120
-        and doc.currency_code in ISO_CURRENCIES
+        and currency in ISO_CURRENCIES
         and type(credit_limit) is Decimal
         and credit_limit >= 0
         and (tax_id is None or len(tax_id) <= 20)
@@ -142,9 +146,9 @@ def _customer(doc) -> tuple[int, int | None] | None:
         custno,
         char(n_name, NAME_WIDTH),
         status,
-        doc.currency_code,
+        currency,
         cents,
-        "Y" if doc.credit_hold else "N",
+        "Y" if credit_hold else "N",
         terms,
         char(n_tax, TAXID_WIDTH),
         char(fit_text(group, GROUP_WIDTH), GROUP_WIDTH),
@@ -154,10 +158,9 @@ def _customer(doc) -> tuple[int, int | None] | None:
         char(fit_optional_text(phone, PHONE_WIDTH), PHONE_WIDTH),
     )
     sites = []
-    for a in doc.addresses:
-        site_id = a.code
-        kind = _KIND.get(a.address_type)
-        line2 = a.address_line2
+    for site_id, address_type, a_name, line1, line2, city, state, postal_code, country in (
+            addresses):
+        kind = _KIND.get(address_type)
         # Canonical Site (Key, Text <= 200, region <= 40, postal 1..12; the country is
         # checked by the cloud model), then code(): upper-case, no space, <= 8.
         if not (
@@ -165,15 +168,15 @@ def _customer(doc) -> tuple[int, int | None] | None:
             and len(site_id) <= SITE_WIDTH
             and _is_key(site_id)
             and site_id.upper() == site_id
-            and len(a.name) <= 200
-            and len(a.address_line1) <= 200
+            and len(a_name) <= 200
+            and len(line1) <= 200
             and (line2 is None or len(line2) <= 200)
-            and len(a.city) <= 200
-            and len(a.state) <= 40
-            and 0 < len(a.postal_code) <= 12
+            and len(city) <= 200
+            and len(state) <= 40
+            and 0 < len(postal_code) <= 12
         ):
             return None
-        postal = fit_text(a.postal_code, ZIP_WIDTH)
+        postal = fit_text(postal_code, ZIP_WIDTH)
         if not postal:
             return None  # normalise's re-validation refuses an empty postal code
         sites.append(
@@ -181,13 +184,13 @@ def _customer(doc) -> tuple[int, int | None] | None:
                 custno,
                 site_id.ljust(SITE_WIDTH),
                 kind[1],
-                char(fit_text(a.name, NAME_WIDTH), NAME_WIDTH),
-                char(fit_text(a.address_line1, NAME_WIDTH), NAME_WIDTH),
+                char(fit_text(a_name, NAME_WIDTH), NAME_WIDTH),
+                char(fit_text(line1, NAME_WIDTH), NAME_WIDTH),
                 char(fit_optional_text(line2, NAME_WIDTH), NAME_WIDTH),
-                char(fit_text(a.city, CITY_WIDTH), CITY_WIDTH),
-                char(fit_text(a.state, STATE_WIDTH), STATE_WIDTH),
+                char(fit_text(city, CITY_WIDTH), CITY_WIDTH),
+                char(fit_text(state, STATE_WIDTH), STATE_WIDTH),
                 char(postal, ZIP_WIDTH),
-                a.country,
+                country,
                 site_id,
                 postal,
             )
@@ -203,9 +206,126 @@ def _customer(doc) -> tuple[int, int | None] | None:
     return values_digest(header, children), natural_key_hash((n_name, bill_to, n_tax))
 
 
+# --------------------------------------------------------------------------- decoded JSON
+#
+# The same digest from the decoded JSON document (``json.loads``), without pydantic's
+# validation of the cloud model: the checks below accept a document only where
+# ``CloudCustomer`` would accept it with the same values (in JSON mode from the text and
+# in Python mode from the decoded dict); anything they cannot vouch for (a field of
+# another type, a snake_case or unknown name, a decimal, id or timestamp in a form other
+# than the plainest, a string holding surrogates, which the JSON decoders treat
+# differently) returns ``None``, and the caller validates the document with pydantic.
+
+_plain_decimal = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
+_plain_uuid = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}").fullmatch
+# Years 1900-2999 only: ``astimezone`` (the model's UTC normalisation) cannot overflow.
+_plain_datetime = re.compile(
+    r"(?:19|2[0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])").fullmatch
+_surrogate = re.compile("[\ud800-\udfff]").search
+_COUNTRY = frozenset(chr(a) + chr(b) for a in range(65, 91) for b in range(65, 91))
+_ADDRESS_FIELDS = frozenset({"code", "addressType", "name", "addressLine1", "addressLine2",
+                             "city", "state", "postalCode", "country"})
+_CUSTOMER_FIELDS = frozenset({
+    "@odata.etag", "id", "number", "lastModifiedDateTime", "coexistSourceVersion",
+    "displayName", "status", "currencyCode", "creditLimit", "creditHold", "paymentTermsCode",
+    "taxRegistrationNumber", "customerGroupCode", "salesRegionCode", "contactName", "email",
+    "phoneNumber", "addresses",
+    # Server metadata no model holds: dropped before validation (``parse_document``).
+    "lastModifiedBy",
+})
+_MISSING = object()
+
+
+class _Refused(Exception):
+    """A value the decoded-JSON path cannot vouch for (the caller validates instead)."""
+
+
+def _text(value, max_len: int):
+    """A JSON string of at most ``max_len`` characters, as the model validates it."""
+    if type(value) is not str or len(value) > max_len or (
+            not value.isascii() and _surrogate(value)):
+        raise _Refused
+    return value
+
+
+def _optional_text(value, max_len: int):
+    return None if value is None else _text(value, max_len)
+
+
+def _customer_json(d) -> tuple[str, int, int | None] | None:
+    """(key, digest, natural-key hash) of a decoded cloud customer document, or ``None``."""
+    if type(d) is not dict or not d.keys() <= _CUSTOMER_FIELDS:
+        return None
+    try:
+        key = _text(d["number"], 50)
+        if not key:
+            return None
+        etag = d.get("@odata.etag")
+        if etag is not None:
+            _text(etag, 1 << 30)
+        cloud_id = d.get("id")
+        if cloud_id is not None and (type(cloud_id) is not str or not _plain_uuid(cloud_id)):
+            return None
+        modified = d.get("lastModifiedDateTime")
+        if modified is not None:
+            if type(modified) is not str or not _plain_datetime(modified):
+                return None
+            datetime.fromisoformat(modified)  # a real date and time (not 02-30, not 24:00)
+        version = d.get("coexistSourceVersion")
+        if version is not None and not (type(version) is int and 0 <= version < 1 << 63):
+            return None
+        limit = d["creditLimit"]
+        if not ((type(limit) is str and _plain_decimal(limit))
+                or (type(limit) is int and -(1 << 63) < limit < 1 << 63)):
+            return None
+        credit_limit = Decimal(limit)
+        credit_hold = d["creditHold"]
+        if type(credit_hold) is not bool:
+            return None
+        status, terms = d["status"], d["paymentTermsCode"]
+        currency = d["currencyCode"]
+        if type(status) is not str or type(terms) is not str or type(currency) is not str:
+            return None
+        raw_addresses = d.get("addresses", _MISSING)
+        if raw_addresses is _MISSING:
+            raw_addresses = []
+        elif type(raw_addresses) is not list:
+            return None
+        addresses = []
+        for a in raw_addresses:
+            if type(a) is not dict or not a.keys() <= _ADDRESS_FIELDS:
+                return None
+            code = _text(a["code"], 50)
+            country = a["country"]
+            if not code or type(country) is not str or country not in _COUNTRY:
+                return None
+            address_type = a["addressType"]
+            if type(address_type) is not str:
+                return None
+            addresses.append((
+                code, address_type, _text(a["name"], 250), _text(a["addressLine1"], 250),
+                _optional_text(a.get("addressLine2"), 250), _text(a["city"], 250),
+                _text(a["state"], 250), _text(a["postalCode"], 20), country))
+        got = _customer_values(
+            key, status, terms, currency, credit_limit, credit_hold,
+            _optional_text(d.get("taxRegistrationNumber"), 50),
+            _text(d["customerGroupCode"], 20), _text(d["salesRegionCode"], 20),
+            _optional_text(d.get("contactName"), 250), _optional_text(d.get("email"), 250),
+            _optional_text(d.get("phoneNumber"), 50), _text(d["displayName"], 250), addresses)
+    except (_Refused, KeyError, ValueError):
+        return None
+    return None if got is None else (key, *got)
+
+
 #: Domain -> fast (digest, natural-key hash) of a validated cloud document, or ``None``
 #: when the oracle must decide.
 CLOUD_DIGESTS: dict[str, Callable] = {"customer": _customer}
+
+#: Domain -> fast (key, digest, natural-key hash) of a decoded cloud JSON document (no
+#: pydantic), or ``None`` when the validated path must decide.
+JSON_DIGESTS: dict[str, Callable] = {"customer": _customer_json}
 
 
 def cloud_digest(domain: str, doc) -> tuple[int, int | None] | None:

@@ -21,7 +21,7 @@ from coexistence.canonical import CanonicalRecord
 from coexistence.errors import CoexistError
 from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
 from coexistence.reconcile.engine import Item
-from coexistence.reconcile.fast import CLOUD_DIGESTS
+from coexistence.reconcile.fast import CLOUD_DIGESTS, JSON_DIGESTS
 from coexistence.reconcile.segments import Segment
 from coexistence.reconcile.tolerances import normalise
 from coexistence.translate.cloud import (
@@ -53,15 +53,31 @@ def _normalised(domain: str, doc) -> CanonicalRecord:
     return normalise(translator_for(domain).to_canonical(doc))
 
 
+def _normalised_json(domain: str, line: bytes | str | dict) -> CanonicalRecord:
+    return normalise(canonical_from_json(domain, line))
+
+
 def item_of_json(domain: str, line: bytes | str | dict) -> Item:
     """A cloud document as an ``Item``; one the canonical model cannot hold (a
     150-character name, a negative price) becomes an item carrying its error, so
     the run reports it and goes on.
 
-    Where the domain has one, the digest comes from the validated document without
+    Where the domain has one, the digest comes from the decoded JSON document without
+    pydantic's validation (``fast.JSON_DIGESTS``), else from the validated document without
     building the canonical record (``coexistence.reconcile.fast``; the record is built
     only when a comparison asks for it); a document the fast path cannot vouch for
     takes the canonical path (``item_of_slow``), which names its defect."""
+    from_json = JSON_DIGESTS.get(domain)
+    if from_json is not None:
+        # The decoded JSON first, without pydantic (``fast._customer_json``): most
+        # documents need nothing else; the record is validated only if compared.
+        try:
+            decoded = line if isinstance(line, dict) else json.loads(line)
+        except (ValueError, RecursionError):
+            decoded = None
+        got = from_json(decoded) if decoded is not None else None
+        if got is not None:
+            return Item(got[0], got[1], got[2], load=partial(_normalised_json, domain, line))
     fast = CLOUD_DIGESTS.get(domain)
     if fast is not None:
         try:
