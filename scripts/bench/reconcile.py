@@ -49,9 +49,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
+#: Records per flush of ``build`` (and per step of its progress).
+BUILD_FLUSH_RECORDS = 5000
+
+
 def build(dir_: Path, n: int, diff_pct: float, seed: int) -> dict:
-    """Both databases; returns the seeded difference counts."""
-    from sqlalchemy import insert
+    """Both databases; returns the seeded difference counts.
+
+    Resumable: after each flush (both databases committed) ``build-progress.json`` records
+    the next record index, so a build cut short (a lock's timeout: a 1M build can take
+    longer than one bench-lock hold on a loaded machine) goes on from there when run
+    again, with the same data as one uninterrupted build (the drift draws are replayed)."""
+    from sqlalchemy import delete, insert
 
     from coexistence.sample import iter_customers
     from coexistence.translate.cloud import from_canonical, to_json_bytes
@@ -60,6 +69,11 @@ def build(dir_: Path, n: int, diff_pct: float, seed: int) -> dict:
     from workers.legacy_erp.schema import create_legacy_engine, create_legacy_schema
 
     t = LEGACY_TRANSLATORS["customer"]
+    progress_file = dir_ / "build-progress.json"
+    start = json.loads(progress_file.read_text())["next"] if progress_file.exists() else 0
+    if start == 0:
+        for f in ("legacy.db", "cloud.db"):
+            (dir_ / f).unlink(missing_ok=True)
     engine = create_legacy_engine(f"sqlite:///{dir_ / 'legacy.db'}")
     create_legacy_schema(engine)
     store = Store(dir_ / "cloud.db")
@@ -69,33 +83,54 @@ def build(dir_: Path, n: int, diff_pct: float, seed: int) -> dict:
     counts = {"mismatch": 0, "missing_in_cloud": 0, "missing_in_legacy": 0}
     heads, sites, docs = [], [], []
     modified = now_iso()
+    # A flush cut short may have left part of its rows: the first flush after a resume
+    # deletes its keys first.
+    resumed = [start > 0]
 
-    def flush():
+    def flush(upto: int):
         with engine.begin() as conn:
+            if resumed[0]:
+                keys = [h["CUSTNO"] for h in heads]
+                conn.execute(delete(t.TABLE.__table__).where(
+                    t.TABLE.__table__.c.CUSTNO.in_(keys)))
+                conn.execute(delete(t.CHILD_TABLE.__table__).where(
+                    t.CHILD_TABLE.__table__.c.CUSTNO.in_(keys)))
             if heads:
                 conn.execute(insert(t.TABLE.__table__), heads)
             if sites:
                 conn.execute(insert(t.CHILD_TABLE.__table__), sites)
         store.db.execute("BEGIN")
+        if resumed[0]:
+            store.db.executemany("DELETE FROM entities WHERE entity_set = 'customers' AND "
+                                 "number = ?", [(d[1],) for d in docs])
+            resumed[0] = False
         store.db.executemany(
             "INSERT INTO entities (entity_set, id, number, rev, source_version, data, modified,"
             " deleted) VALUES ('customers', ?, ?, 1, 1, ?, ?, 0)", docs)
         store.db.execute("COMMIT")
         heads.clear(), sites.clear(), docs.clear()
+        progress_file.write_text(json.dumps({"next": upto}))
 
-    for i, record in enumerate(iter_customers(n, seed)):
+    def roll_of() -> str:
+        roll = rnd.random()
+        kind = ("mismatch" if roll < 0.70 else "missing_in_cloud" if roll < 0.85
+                else "missing_in_legacy")
+        counts[kind] += 1
+        return kind
+
+    for _ in sorted(c for c in chosen if c < start):
+        roll_of()  # the draws the records before ``start`` took
+    i = start - 1
+    for i, record in enumerate(iter_customers(n, seed, start=start), start):
         cloud_record, in_legacy, in_cloud = record, True, True
         if i in chosen:
-            roll = rnd.random()
-            if roll < 0.70:
+            kind = roll_of()
+            if kind == "mismatch":
                 cloud_record = record.model_copy(update={"credit_limit": record.credit_limit + 1})
-                counts["mismatch"] += 1
-            elif roll < 0.85:
+            elif kind == "missing_in_cloud":
                 in_cloud = False
-                counts["missing_in_cloud"] += 1
             else:
                 in_legacy = False
-                counts["missing_in_legacy"] += 1
         if in_legacy:
             h, c = t.from_canonical(record)
             heads.append(h)
@@ -103,9 +138,9 @@ def build(dir_: Path, n: int, diff_pct: float, seed: int) -> dict:
         if in_cloud:
             body = to_json_bytes(from_canonical(cloud_record, source_version=1), body=True)
             docs.append((str(uuid.uuid4()), cloud_record.key, body.decode(), modified))
-        if len(heads) >= 5000:
-            flush()
-    flush()
+        if len(heads) >= BUILD_FLUSH_RECORDS:
+            flush(i + 1)
+    flush(i + 1)
     engine.dispose()
     store.close()
     return counts
@@ -399,8 +434,6 @@ def main() -> None:
             if built_file.exists():
                 seeded = json.loads(built_file.read_text())
             else:
-                for f in ("legacy.db", "cloud.db"):
-                    (dir_ / f).unlink(missing_ok=True)
                 seeded = build(dir_, a.customers, pct, a.seed)
                 built_file.write_text(json.dumps(seeded))
             build_s = time.perf_counter() - t0
