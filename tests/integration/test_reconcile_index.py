@@ -17,7 +17,7 @@ from sqlalchemy import insert, text
 from coexistence.ports import COEXIST_WRITER, Change
 from coexistence.sample import iter_customers
 from coexistence.translate.legacy import LEGACY_TRANSLATORS
-from tests.integration.test_reconcile import seeded, write_cloud, write_legacy
+from tests.integration.test_reconcile import legacy_engine, seeded, write_cloud, write_legacy
 from tests.integration.test_reconcile_cli import env, run
 from tests.support import cloud_sim
 from workers.db import create_state_engine
@@ -26,7 +26,7 @@ from workers.reconcile.store import RunStore
 from workers.xref_sql import SqlXref
 
 simulator, sim = cloud_sim.simulator, cloud_sim.sim
-__all__ = ["env"]
+__all__ = ["env", "legacy_engine"]  # fixtures used here
 
 
 def _findings(result) -> tuple[set[tuple], dict]:
@@ -382,9 +382,9 @@ def test_a_warm_run_verifies_its_suspects_a_chunk_at_a_time(state, sim, tmp_path
         legacy_reader, cloud_reader = LegacyReader(LegacyErp(engine)), CloudReader(erp)
         reconcile_domain("customer", legacy_reader, cloud_reader, mode="full",
                          xref=xref.entries("customer"), rebuild_index=state)
-        get_many, items_of = legacy_reader.erp.get_many, cloud_reader.items_of
-        monkeypatch.setattr(legacy_reader.erp, "get_many", lambda domain, keys: (
-            reads.append(("legacy", len(keys))), get_many(domain, keys))[1])
+        legacy_items_of, items_of = legacy_reader.items_of, cloud_reader.items_of
+        monkeypatch.setattr(legacy_reader, "items_of", lambda domain, keys: (
+            reads.append(("legacy", len(keys))), legacy_items_of(domain, keys))[1])
         monkeypatch.setattr(cloud_reader, "items_of", lambda domain, keys: (
             reads.append(("cloud", len(keys))), items_of(domain, keys))[1])
         warm: list = []
@@ -425,3 +425,37 @@ def test_duplicate_groups_come_from_a_group_by_not_a_window_over_the_side(state)
     assert groups == sorted([sorted(records[i].key for i in (3, 50, 199)),
                              sorted([records[10].key, records[11].key])])
     assert statements and not any(" OVER " in s.upper() for s in statements)
+
+
+def test_a_warm_run_reads_legacy_suspects_as_rows_digested_like_the_cold_reader(
+        legacy_engine, monkeypatch):
+    """The live verification's legacy items (``LegacyReader.items_of``) carry the digests
+    and natural keys the cold run's reader (``items``) gives the same rows, and their
+    records (translated only when loaded) are what ``LegacyErp.get`` reads, normalised;
+    a key the legacy ERP cannot hold is an item carrying the error, an absent key none."""
+    from coexistence.reconcile.tolerances import normalise
+    from workers.legacy_erp.adapter import LegacyErp
+    from workers.reconcile.legacy import LegacyReader
+
+    records = list(iter_customers(60, seed=8))
+    # A name typed by hand in mixed case (within the case tolerance once normalised).
+    write_legacy(legacy_engine, records)
+    with legacy_engine.begin() as conn:
+        conn.execute(text("UPDATE \"CUSTMAST\" SET \"CUSTNAME\" = 'Hand Typed Name' "
+                          "WHERE \"CUSTNO\" = :k"), {"k": records[6].key.zfill(10)})
+    reader = LegacyReader(LegacyErp(legacy_engine))
+    cold = {i.key: (i.digest, i.nk) for i in reader.items("customer")}
+    translated: list[str] = []
+    real = reader.erp._domain("customer").t.to_canonical
+    keys = [r.key for r in records[::3]] + ["999999999", "A1"]
+    monkeypatch.setattr(reader.erp._domain("customer").t, "to_canonical",
+                        lambda h, c=(): (translated.append(h["CUSTNO"]), real(h, c))[1])
+    items = reader.items_of("customer", keys)
+    assert not translated  # digests without translating
+    assert set(items) == {r.key for r in records[::3]} | {"A1"}
+    assert items["A1"].error and items["A1"].digest == 0
+    for key, item in items.items():
+        if key == "A1":
+            continue
+        assert (item.digest, item.nk) == cold[key]
+        assert item.record == normalise(reader.erp.get("customer", key))

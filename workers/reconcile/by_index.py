@@ -227,7 +227,8 @@ def _legacy_items(legacy: LegacyReader, domain: str, keys: list[str],
         check_clock()
         chunk = keys[start:start + LEGACY_READ_CHUNK]
         try:
-            found = erp.get_many(domain, chunk)
+            out.update(legacy.items_of(domain, chunk))
+            continue
         except CoexistError:
             found = {}
             for key in chunk:
@@ -256,8 +257,9 @@ def _cloud_items(cloud: CloudReader, domain: str, keys: list[str],
 def _item(record) -> Item:
     from coexistence.reconcile.tolerances import normalise
 
-    digest, nk = index.digest_of(record)
-    return Item(record.key, digest, nk, record=normalise(record))
+    record = normalise(record)
+    digest, nk = index.digest_of(record, normalised=True)
+    return Item(record.key, digest, nk, record=record)
 
 
 def _legacy_count(legacy: LegacyReader, domain: str) -> int | None:

@@ -102,6 +102,69 @@ class LegacyReader:
         finally:
             conn.close()
 
+    def items_of(self, domain: str, keys: list[str]) -> dict[str, Item]:
+        """The records of ``keys`` that exist now, as ``Item``s digested from their rows as
+        ``items`` digests them (no translation: a record is translated only when a
+        comparison loads it), by the adapter's key lookups (``IN`` lists of
+        ``GET_MANY_CHUNK`` keys: a warm run's live verification).  A key the legacy ERP
+        cannot hold (``legacy_key`` refuses it) is an item carrying the error, as
+        ``LegacyErp.get`` would have raised it."""
+        from coexistence.errors import CoexistError
+        from workers.legacy_erp.adapter import GET_MANY_CHUNK
+
+        d = self.erp._domain(domain)
+        head_cols, child_cols = digest_columns(domain)
+        h_names = [c.name for c in d.header.c]
+        h_idx = [h_names.index(c) for c in head_cols]
+        c_names = [c.name for c in d.child.c] if d.child is not None else []
+        c_idx = [c_names.index(c) for c in child_cols]
+        k_idx = [h_names.index(k) for k in d.keys]
+        ck_idx = [c_names.index(k) for k in d.keys] if d.child is not None else []
+        nk_spec = ROW_NATURAL_KEYS.get(domain)
+        if nk_spec is not None:
+            nk_h = [h_names.index(c) for c in nk_spec[0]]
+            nk_c = [c_names.index(c) for c in nk_spec[1]]
+            nk_fn = nk_spec[2]
+        translate = d.t.to_canonical
+        number_keys = [c for c, kind in CANONICAL_KEY_PARTS[domain] if kind == "number"]
+        out: dict[str, Item] = {}
+        wanted: dict[tuple[str, ...], list[str]] = {}
+        for key in dict.fromkeys(keys):
+            try:
+                values = d.t.key_columns(d.t.legacy_key(key))
+            except CoexistError as exc:
+                out[key] = Item(key, 0, None, error=str(exc))
+                continue
+            wanted.setdefault(d.ident(values), []).append(key)
+        idents = list(wanted)
+        with self.engine.connect() as conn:
+            for start in range(0, len(idents), GET_MANY_CHUNK):
+                chunk = idents[start:start + GET_MANY_CHUNK]
+                headers = {}
+                for row in conn.execute(
+                        d.read_headers, {"keys": [d.in_value(d.header, i) for i in chunk]}):
+                    headers[tuple(str(row[i]).rstrip() for i in k_idx)] = tuple(row)
+                if not headers:
+                    continue
+                lines: dict[tuple[str, ...], list[tuple]] = {}
+                if d.read_lines is not None:
+                    for row in conn.execute(d.read_lines, {"keys": [
+                            d.in_value(d.child, i) for i in headers]}):
+                        lines.setdefault(tuple(str(row[i]).rstrip() for i in ck_idx),
+                                         []).append(tuple(row))
+                for ident, header in headers.items():
+                    children = lines.get(ident, [])
+                    digest = _digest(tuple(header[i] for i in h_idx),
+                                     tuple(tuple(r[i] for i in c_idx) for r in children))
+                    nk = None
+                    if nk_spec is not None:
+                        nk = natural_key_hash(nk_fn([header[i] for i in nk_h],
+                                                    [[r[i] for i in nk_c] for r in children]))
+                    load = _loader(translate, h_names, header, c_names, children, number_keys)
+                    for key in wanted[ident]:
+                        out[key] = Item(key, digest, nk, load)
+        return out
+
     def get(self, domain: str, key: str):
         """The record as the legacy ERP holds it now (for repairs), or ``None``."""
         return self.erp.get(domain, key)
