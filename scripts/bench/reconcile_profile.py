@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -76,7 +77,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
             sim_cpu = bench.process_cpu_s(sim.process.pid) - sim0
             if sim_spy is not None:
-                sim_spy.terminate()
+                sim_spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 sim_spy.wait(30)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             if done.returncode != 0 or not lines:

@@ -459,3 +459,23 @@ def test_a_warm_run_reads_legacy_suspects_as_rows_digested_like_the_cold_reader(
             continue
         assert (item.digest, item.nk) == cold[key]
         assert item.record == normalise(reader.erp.get("customer", key))
+
+
+def test_a_rebuild_inserts_in_primary_key_order(tmp_path):
+    """Both sides of a cold run's rebuild go in in the table's key order (domain, side,
+    key): the cloud side first, each sorted by key, so SQLite appends to the key's B-tree."""
+    from tests.support.state import upgraded_state
+
+    state = create_state_engine(upgraded_state(f"sqlite:///{tmp_path / 'state.db'}"))
+    records = sorted(iter_customers(200, seed=6), key=lambda r: r.key)
+    rebuilds = []
+    for side in index.SIDES:  # legacy first, as a cold run makes them
+        rb = index.Rebuild(state, "customer", side)
+        for r in records:
+            rb.add(r.key, *index.digest_of(r))
+        rebuilds.append(rb)
+    index.finish_all(rebuilds)
+    with state.connect() as conn:
+        by_rowid = conn.exec_driver_sql(
+            'SELECT "domain", "side", "key" FROM "reconcile_index" ORDER BY rowid').all()
+    assert len(by_rowid) == 400 and [tuple(r) for r in by_rowid] == sorted(map(tuple, by_rowid))

@@ -323,3 +323,25 @@ def test_duplicate_names_and_escapes_in_the_text_give_the_oracles_item():
     ):
         _same(line.encode())
         _same(line)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b'{"a": 1}', b'{"number": "10001"}', b"", b" ", b"\r",
+                                 b'{"x": "\\u00e9"}', "{\"é\": 1}".encode()]), max_size=12),
+       st.sampled_from([b"\n", b"\r\n"]), st.booleans(), st.data())
+def test_export_lines_are_split_from_raw_chunks_as_whole_lines(lines, end, last_end, data):
+    """``CloudReader.stream`` splits the export's raw bytes itself (not httpx's
+    ``iter_lines``): every non-blank line once, whole, however the body is chunked."""
+    from workers.reconcile.cloud import _ndjson_lines
+
+    body = end.join(lines) + (end if last_end else b"")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+    class Response:
+        def iter_bytes(self):
+            yield from chunks
+
+    got = list(_ndjson_lines(Response()))
+    assert [g.rstrip(b"\r") for g in got] == [ln for ln in lines if ln.strip()]
+    assert all(json.loads(g) is not None for g in got if g.strip())

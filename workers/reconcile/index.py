@@ -323,7 +323,10 @@ def finish_all(rebuilds: list[Rebuild]) -> None:
                 conn.execute(insert(SIDE).values(domain=rb.domain, side=rb.side, built_at=None))
         saved = _drop_indexes(conn, sum(rb.records for rb in rebuilds),
                               [(rb.domain, rb.side) for rb in rebuilds])
-        for rb in rebuilds:
+        # In primary-key order (domain, side, then key: each stream is sorted by key), so
+        # every insert appends at the right edge of the key's B-tree ("cloud" before
+        # "legacy") instead of splitting pages in front of the other side's rows.
+        for rb in sorted(rebuilds, key=lambda rb: (rb.domain, rb.side)):
             conn.execute(delete(ENTRY).where(and_(ENTRY.c.domain == rb.domain,
                                                   ENTRY.c.side == rb.side)))
             conn.execute(delete(BUCKET).where(and_(BUCKET.c.domain == rb.domain,
