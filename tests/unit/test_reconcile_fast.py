@@ -213,7 +213,7 @@ def _same_both(doc: dict) -> None:
     if got is not None:
         # What the decoded path vouched for, pydantic accepts with the same digests.
         parsed = parse_document("customer", line)
-        assert (parsed.number, *cloud_digest("customer", parsed)) == got
+        assert (parsed.number, *cloud_digest("customer", parsed)) == got[:3]
 
 
 def test_the_sample_data_takes_the_decoded_json_path(monkeypatch):

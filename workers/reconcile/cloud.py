@@ -21,7 +21,7 @@ from coexistence.canonical import CanonicalRecord
 from coexistence.errors import CoexistError
 from coexistence.reconcile.digest import natural_key, natural_key_hash, record_digest
 from coexistence.reconcile.engine import Item
-from coexistence.reconcile.fast import CLOUD_DIGESTS, JSON_DIGESTS
+from coexistence.reconcile.fast import CLOUD_DIGESTS, JSON_DIGESTS, record_of_rows
 from coexistence.reconcile.segments import Segment
 from coexistence.reconcile.tolerances import normalise
 from coexistence.translate.cloud import (
@@ -69,10 +69,6 @@ def _normalised(domain: str, doc) -> CanonicalRecord:
     return normalise(translator_for(domain).to_canonical(doc))
 
 
-def _normalised_json(domain: str, line: bytes | str | dict) -> CanonicalRecord:
-    return normalise(canonical_from_json(domain, line))
-
-
 def item_of_json(domain: str, line: bytes | str | dict) -> Item:
     """A cloud document as an ``Item``; one the canonical model cannot hold (a
     150-character name, a negative price) becomes an item carrying its error, so
@@ -93,7 +89,7 @@ def item_of_json(domain: str, line: bytes | str | dict) -> Item:
             decoded = None
         got = from_json(decoded) if decoded is not None else None
         if got is not None:
-            return Item(got[0], got[1], got[2], load=partial(_normalised_json, domain, line))
+            return Item(got[0], got[1], got[2], load=partial(record_of_rows, domain, got[3]))
     fast = CLOUD_DIGESTS.get(domain)
     if fast is not None:
         try:
