@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coexistence.flags import FlagSource
-from workers.api.ids import new_correlation_id
+from workers.api.ids import new_correlation_id_bytes
 
 #: Answers kept (LRU).
 MAX_ENTRIES = 20_000
@@ -45,6 +45,35 @@ _CORRELATION = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 #: Stands for ``meta.age_s`` in a kept answer's encoding; split out at ``put``.
 _AGE = "\x00coexist-age\x00"
 _AGE_JSON = json.dumps(_AGE).encode()
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+def age_of(age_s: float) -> tuple[float, bytes]:
+    """``round(age_s, 3)`` and its JSON text (``repr``), as ``json.dumps`` writes it.
+
+    From whole milliseconds (``m / 1000`` is the double nearest to the 3-decimal value,
+    exactly what ``round`` gives) unless ``age_s`` lies within a millionth of a
+    millisecond of a half (then ``round`` itself decides the tie); the text of a kept
+    millisecond count is remembered.  ``round`` and ``repr`` of a float each work through
+    a decimal conversion: together they were the warm answer's dearest step."""
+    ms = age_s * 1000.0
+    m = int(ms + 0.5)
+    if not 0.0 <= ms < 1e9 or abs(m - ms - 0.5) < 1e-6 or abs(m - ms + 0.5) < 1e-6:
+        age = round(age_s, 3)
+        return age, repr(age).encode()
+    text = _AGE_TEXT.get(m)
+    if text is None:
+        text = repr(m / 1000).encode()
+        if len(_AGE_TEXT) < AGE_TEXTS_MAX:
+            _AGE_TEXT[m] = text
+    return m / 1000, text
+
+
+#: Millisecond counts whose text is remembered: ages up to a minute (a few MB at most).
+AGE_TEXTS_MAX = 60_000
+_AGE_TEXT: dict[int, bytes] = {}
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -64,7 +93,8 @@ class Entry:
     #: the value of ``meta.age_s``, which ``serve`` puts between them.
     head: bytes = b""
     tail: bytes = b""
-    cache_control: bytes = b""
+    #: The ``Cache-Control`` header as sent.
+    cache_control: tuple[bytes, bytes] = (b"cache-control", b"")
 
 
 class EdgeCache:
@@ -104,7 +134,7 @@ class EdgeCache:
         now = self.clock()
         entry = Entry(body, versions, now, meta["age_s"],
                       now + max(meta["max_age_s"] - meta["age_s"], 0.0), head, tail,
-                      f"max-age={int(meta['max_age_s'])}".encode())
+                      (b"cache-control", f"max-age={int(meta['max_age_s'])}".encode()))
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
@@ -112,11 +142,17 @@ class EdgeCache:
                 self._entries.popitem(last=False)
 
     def get(self, scope, authorization: bytes | None = None) -> Entry | None:
-        key = self.key(scope, authorization)
-        if key is None:
-            return None
-        with self._lock:
-            entry = self._entries.get(key)
+        auth = authorization
+        if auth is None:
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    auth = value
+                    break
+            if auth is None:
+                return None
+        key = (auth, scope["path"], scope.get("query_string", b""))
+        # One C call, atomic under the GIL: a read needs no lock (writers take it).
+        entry = self._entries.get(key)
         if entry is None:
             return None
         fresh = self.clock() < entry.expires_at
@@ -139,8 +175,11 @@ class EdgeCache:
         """Send the kept answer (with ``headers`` added: the rate-limit fields); its
         correlation id (the request's ``correlation_id`` when valid, else found in
         ``scope`` or new) and the ``meta.age_s`` it carried.  The body is the kept
-        encoding with the age spliced in: what ``json.dumps`` of the answer would give."""
-        age = round(entry.base_age_s + max(self.clock() - entry.stored_at, 0.0), 3)
+        encoding with the age spliced in: what ``json.dumps`` of the answer would give;
+        the headers are the route's (``JSONResponse`` with ``Cache-Control`` and ``Age``,
+        then the correlation id, then ``headers``), in its order."""
+        elapsed = self.clock() - entry.stored_at
+        age, text = age_of(entry.base_age_s + elapsed if elapsed > 0.0 else entry.base_age_s)
         cid = correlation_id
         if cid is None:
             for name, value in scope["headers"]:
@@ -148,14 +187,11 @@ class EdgeCache:
                     cid = value
                     break
         if cid is None or not _CORRELATION.match(cid):
-            cid = new_correlation_id().encode()
-        raw = b"%b%r%b" % (entry.head, age, entry.tail)
+            cid = new_correlation_id_bytes()
+        raw = entry.head + text + entry.tail
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-length", b"%d" % len(raw)),
-            (b"content-type", b"application/json"),
-            (b"cache-control", entry.cache_control),
-            (b"age", b"%d" % age),
-            (b"x-correlation-id", cid), *headers]})
+            entry.cache_control, (b"age", b"%d" % age), (b"content-length", b"%d" % len(raw)),
+            _JSON_TYPE, (b"x-correlation-id", cid), *headers]})
         await send({"type": "http.response.body", "body": raw})
         return cid, age
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from workers.api.auth import Consumer, Consumers
+from workers.api.counting import LoopCounter
 from workers.api.ids import new_correlation_id
 from workers.api.schemas import Problem
 from workers.ratelimit import AsyncRedisTokenBucket, LocalTokenBucket, Taken
@@ -57,7 +58,7 @@ REDIS_TIMEOUT_S = 0.25
 POLICY = "consumer"
 _POLICY_NAME = POLICY.encode()
 
-REQUESTS = Counter("coexist_api_requests_total",
+REQUESTS = LoopCounter("coexist_api_requests_total",
                    "Requests of the governed API with a valid credential, by consumer and "
                    "outcome (admitted, or throttled: 429 over the consumer's budget)",
                    ["consumer", "outcome"])
@@ -92,25 +93,27 @@ class Verdict:
     frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost more than the
     draw itself."""
 
-    __slots__ = ("consumer", "budget", "taken", "_policy")
+    __slots__ = ("consumer", "budget", "wait_s", "tokens", "allowed", "_policy")
 
-    def __init__(self, consumer: Consumer, budget: Budget, taken: Taken,
+    def __init__(self, consumer: Consumer, budget: Budget, taken: tuple[float, float],
                  policy: bytes | None = None) -> None:
         self.consumer = consumer
         self.budget = budget
-        self.taken = taken
+        self.wait_s, self.tokens = taken
+        self.allowed = self.wait_s <= 0
         self._policy = policy if policy is not None else budget.policy()
 
     @property
-    def allowed(self) -> bool:
-        return self.taken.wait_s <= 0
+    def taken(self) -> Taken:
+        return Taken(self.wait_s, self.tokens)
 
     @property
     def retry_after_s(self) -> int:
-        return max(1, math.ceil(self.taken.wait_s))
+        return max(1, math.ceil(self.wait_s))
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        wait_s, tokens = self.taken
+        wait_s = self.wait_s
+        tokens = self.tokens
         budget = self.budget
         if wait_s <= 0:
             reset = math.ceil((budget.burst - tokens) / budget.rate_per_s)
@@ -121,23 +124,64 @@ class Verdict:
                 (b"ratelimit", b'"%b";r=%d;t=%d' % (_POLICY_NAME, remaining, reset))]
 
 
+class _Bucket(LocalTokenBucket):
+    """``LocalTokenBucket`` with the one-token draw of every request as a plain tuple
+    (``take()`` builds a ``Taken`` and checks ``n``: a third of the draw's cost)."""
+
+    def take1(self) -> tuple[float, float]:
+        """``tuple(self.take(1))``: the same arithmetic, under the same lock."""
+        with self._lock:
+            now = self.clock()
+            tokens = self._tokens + (now - self._at) * self.rate_per_s
+            if tokens > self.burst:
+                tokens = self.burst
+            self._at = now
+            if tokens >= 1:
+                self._tokens = tokens = tokens - 1
+                return 0.0, tokens
+            self._tokens = tokens
+            return (1 - tokens) / self.rate_per_s, tokens
+
+
+class _Held:
+    """What a consumer's draw needs, worked out once: its budget and policy field, its
+    bucket in this process, its two counters (bound ``hit`` methods)."""
+
+    __slots__ = ("consumer", "budget", "policy", "bucket", "admitted", "throttled")
+
+    def __init__(self, consumer: Consumer, budget: Budget, bucket: _Bucket) -> None:
+        self.consumer = consumer
+        self.budget = budget
+        self.policy = budget.policy()
+        self.bucket = bucket
+        self.admitted = REQUESTS.labels(consumer.name, "admitted").hit
+        self.throttled = REQUESTS.labels(consumer.name, "throttled").hit
+
+
 class ConsumerLimits:
-    """The buckets of every consumer; ``await check(scope)`` before serving a request."""
+    """The buckets of every consumer; ``draw`` (in this process) or ``await take``
+    (Redis when configured) before serving a request."""
 
     def __init__(self, consumers: Consumers, default: Budget, *, redis_url: str | None = None,
-                 prefix: str = "coexist:") -> None:
+                 prefix: str = "coexist:", clock=time.monotonic) -> None:
         self.consumers = consumers
         self.default = default
         self.redis_url = redis_url
         self.prefix = prefix
-        self._local: dict[str, LocalTokenBucket] = {}
+        #: The clock of the buckets in this process (made at a consumer's first draw).
+        self.clock = clock
+        self._local: dict[str, _Bucket] = {}
         self._redis: dict[int, tuple[asyncio.AbstractEventLoop, object,
                                      dict[str, AsyncRedisTokenBucket]]] = {}
         self._redis_down_until = 0.0
-        self._counters: dict[str, tuple] = {}
-        #: Per consumer name: (the consumer, its budget, its policy field) - the budget is
-        #: worked out once, not per request.
-        self._budgets: dict[str, tuple[Consumer, Budget, bytes]] = {}
+        #: Per consumer name: what its draw needs (``_Held``), not worked out per request.
+        self._held: dict[str, _Held] = {}
+
+    @property
+    def local(self) -> bool:
+        """Whether the buckets are this process's (no Redis): ``draw`` then needs no
+        ``await``."""
+        return not self.redis_url
 
     def budget_of(self, consumer: Consumer) -> Budget:
         return Budget(consumer.rate_per_s or self.default.rate_per_s,
@@ -155,13 +199,17 @@ class ConsumerLimits:
             return None
         return self.consumers.authenticate_header(authorization)
 
-    def _local_take(self, consumer: Consumer, budget: Budget) -> Taken:
-        bucket = self._local.get(consumer.name)
-        if bucket is None or (bucket.rate_per_s, bucket.burst) != (budget.rate_per_s,
-                                                                    budget.burst):
-            bucket = self._local[consumer.name] = LocalTokenBucket(budget.rate_per_s,
-                                                                   budget.burst)
-        return bucket.take()
+    def _hold(self, consumer: Consumer) -> _Held:
+        held = self._held.get(consumer.name)
+        if held is None or held.consumer is not consumer:
+            budget = self.budget_of(consumer)
+            bucket = self._local.get(consumer.name)
+            if bucket is None or (bucket.rate_per_s, bucket.burst) != (budget.rate_per_s,
+                                                                        budget.burst):
+                bucket = self._local[consumer.name] = _Bucket(
+                    budget.rate_per_s, budget.burst, clock=self.clock)
+            held = self._held[consumer.name] = _Held(consumer, budget, bucket)
+        return held
 
     def _redis_bucket(self, consumer: Consumer, budget: Budget) -> AsyncRedisTokenBucket:
         loop = asyncio.get_running_loop()
@@ -182,31 +230,41 @@ class ConsumerLimits:
                 prefix=self.prefix)
         return bucket
 
+    def draw(self, consumer: Consumer) -> Verdict:
+        """One token from the consumer's bucket in this process (``take`` without Redis,
+        and without a coroutine: this runs on every request)."""
+        held = self._held.get(consumer.name)
+        if held is None or held.consumer is not consumer:
+            held = self._hold(consumer)
+        verdict = Verdict(consumer, held.budget, held.bucket.take1(), held.policy)
+        if verdict.allowed:
+            held.admitted()
+        else:
+            held.throttled()
+        return verdict
+
     async def take(self, consumer: Consumer) -> Verdict:
-        held = self._budgets.get(consumer.name)
-        if held is None or held[0] is not consumer:
-            budget = self.budget_of(consumer)
-            held = self._budgets[consumer.name] = (consumer, budget, budget.policy())
-        budget = held[1]
+        """One token from the consumer's bucket: in Redis when configured (this process's
+        own while Redis does not answer), else ``draw``."""
+        if not self.redis_url:
+            return self.draw(consumer)
+        held = self._hold(consumer)
         taken = None
-        if self.redis_url and time.monotonic() >= self._redis_down_until:
+        if time.monotonic() >= self._redis_down_until:
             try:
-                taken = await self._redis_bucket(consumer, budget).take()
+                taken = await self._redis_bucket(consumer, held.budget).take()
             except Exception as exc:  # noqa: BLE001 - any Redis failure: limit locally
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_S
                 log.warning("rate limits: Redis did not answer (%s); limiting in this "
                             "process for %.0f s", type(exc).__name__, REDIS_RETRY_S)
         if taken is None:
-            if self.redis_url:
-                FALLBACKS.inc()
-            taken = self._local_take(consumer, budget)
-        verdict = Verdict(consumer, budget, taken, held[2])
-        counters = self._counters.get(consumer.name)
-        if counters is None:
-            counters = self._counters[consumer.name] = (
-                REQUESTS.labels(consumer.name, "admitted"),
-                REQUESTS.labels(consumer.name, "throttled"))
-        counters[0 if verdict.allowed else 1].inc()
+            FALLBACKS.inc()
+            taken = held.bucket.take1()
+        verdict = Verdict(consumer, held.budget, taken, held.policy)
+        if verdict.allowed:
+            held.admitted()
+        else:
+            held.throttled()
         return verdict
 
     async def refuse(self, verdict: Verdict, scope, send) -> None:

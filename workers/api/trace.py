@@ -39,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
-from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -55,6 +54,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field
 
+from workers.api.counting import LoopCounter
 from workers.db import StateTable
 from workers.ratelimit import LocalTokenBucket
 
@@ -73,7 +73,7 @@ PURGE_S = 300.0
 #: Inquiries held in memory waiting for the writer (more are counted, not kept).
 QUEUE_MAX = 10_000
 
-UNTRACED = Counter("coexist_api_inquiries_untraced_total",
+UNTRACED = LoopCounter("coexist_api_inquiries_untraced_total",
                    "Inquiries not kept in the inquiry trace (sampled out, over the per-second "
                    "cap, queue full, or the write failed)", ["reason"])
 _SAMPLED_OUT = UNTRACED.labels("sampled_out")
@@ -161,20 +161,20 @@ class InquiryTrace:
         if not self.enabled:
             return False
         if self.sample < 1 and random.random() >= self.sample:
-            _SAMPLED_OUT.inc()
+            _SAMPLED_OUT.hit()
             return False
         assert self._bucket is not None
         now = time.monotonic()
         if now < self._closed_until:
-            _OVER_CAP.inc()
+            _OVER_CAP.hit()
             return False
         wait_s = self._bucket.try_acquire()
         if wait_s > 0:
             self._closed_until = now + wait_s
-            _OVER_CAP.inc()
+            _OVER_CAP.hit()
             return False
         if len(self._queue) >= QUEUE_MAX:
-            _QUEUE_FULL.inc()
+            _QUEUE_FULL.hit()
             return False
         return True
 
