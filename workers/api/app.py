@@ -190,9 +190,10 @@ class GovernedApi(FastAPI):
         if edge is not None and scope["method"] == "GET" and authorization is not None:
             entry = edge.get(scope, authorization)
             if entry is not None:
-                cid, age = await edge.serve(
-                    entry, scope, send, correlation_id=correlation,
-                    headers=verdict.headers() if verdict is not None else ())
+                start, body, cid, age = edge.response(
+                    entry, correlation, verdict.headers() if verdict is not None else ())
+                await send(start)
+                await send(body)
                 trace = self.inquiry_trace
                 if consumer is not None and trace is not None and trace.admit():
                     trace.keep(consumer, scope, 200, edge.meta(entry, age), cid.decode())

@@ -48,6 +48,8 @@ _AGE_JSON = json.dumps(_AGE).encode()
 
 
 _JSON_TYPE = (b"content-type", b"application/json")
+#: ``Age`` headers of whole seconds up to an hour, made once.
+_AGE_HEADERS = tuple((b"age", b"%d" % n) for n in range(3600))
 
 
 def age_of(age_s: float) -> tuple[float, bytes]:
@@ -169,30 +171,43 @@ class EdgeCache:
             return None
         return entry
 
+    def response(self, entry: Entry, correlation_id: bytes | None,
+                 headers: list[tuple[bytes, bytes]] | tuple = ()
+                 ) -> tuple[dict, dict, bytes, float]:
+        """The kept answer's two ASGI messages (with ``headers`` added: the rate-limit
+        fields), its correlation id (``correlation_id`` when valid, else new) and the
+        ``meta.age_s`` it carries.  The body is the kept encoding with the age spliced in:
+        what ``json.dumps`` of the answer would give; the headers are the route's
+        (``JSONResponse`` with ``Cache-Control`` and ``Age``, then the correlation id, then
+        ``headers``), in its order."""
+        elapsed = self.clock() - entry.stored_at
+        age, text = age_of(entry.base_age_s + elapsed if elapsed > 0.0 else entry.base_age_s)
+        cid = correlation_id
+        if cid is None or not _CORRELATION.match(cid):
+            cid = new_correlation_id_bytes()
+        raw = entry.head + text + entry.tail
+        whole = int(age)
+        return ({"type": "http.response.start", "status": 200, "headers": [
+                    entry.cache_control,
+                    _AGE_HEADERS[whole] if whole < len(_AGE_HEADERS) else (b"age", b"%d" % whole),
+                    (b"content-length", b"%d" % len(raw)), _JSON_TYPE,
+                    (b"x-correlation-id", cid), *headers]},
+                {"type": "http.response.body", "body": raw}, cid, age)
+
     async def serve(self, entry: Entry, scope, send, *, correlation_id: bytes | None = None,
                     headers: list[tuple[bytes, bytes]] | tuple = ()
                     ) -> tuple[bytes, float]:
-        """Send the kept answer (with ``headers`` added: the rate-limit fields); its
-        correlation id (the request's ``correlation_id`` when valid, else found in
-        ``scope`` or new) and the ``meta.age_s`` it carried.  The body is the kept
-        encoding with the age spliced in: what ``json.dumps`` of the answer would give;
-        the headers are the route's (``JSONResponse`` with ``Cache-Control`` and ``Age``,
-        then the correlation id, then ``headers``), in its order."""
-        elapsed = self.clock() - entry.stored_at
-        age, text = age_of(entry.base_age_s + elapsed if elapsed > 0.0 else entry.base_age_s)
+        """Send ``response`` (the correlation id the request's, found in ``scope`` when not
+        given); its correlation id and ``meta.age_s``."""
         cid = correlation_id
         if cid is None:
             for name, value in scope["headers"]:
                 if name == b"x-correlation-id":
                     cid = value
                     break
-        if cid is None or not _CORRELATION.match(cid):
-            cid = new_correlation_id_bytes()
-        raw = entry.head + text + entry.tail
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            entry.cache_control, (b"age", b"%d" % age), (b"content-length", b"%d" % len(raw)),
-            _JSON_TYPE, (b"x-correlation-id", cid), *headers]})
-        await send({"type": "http.response.body", "body": raw})
+        start, body, cid, age = self.response(entry, cid, headers)
+        await send(start)
+        await send(body)
         return cid, age
 
     @staticmethod

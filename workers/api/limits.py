@@ -119,7 +119,7 @@ class Verdict:
             reset = math.ceil((budget.burst - tokens) / budget.rate_per_s)
         else:
             reset = math.ceil(wait_s)
-        remaining = max(0, math.floor(tokens))
+        remaining = int(tokens) if tokens > 0 else 0  # max(0, floor(tokens)), cheaper
         return [(b"ratelimit-policy", self._policy),
                 (b"ratelimit", b'"%b";r=%d;t=%d' % (_POLICY_NAME, remaining, reset))]
 

@@ -158,9 +158,10 @@ class InquiryTrace:
     def admit(self) -> bool:
         """Whether the next inquiry is to be kept (the sample, the cap, the queue's room);
         one not admitted is counted by reason.  ``keep`` it when true."""
-        if not self.enabled:
+        sample = self.sample
+        if self._bucket is None or sample <= 0:  # not enabled
             return False
-        if self.sample < 1 and random.random() >= self.sample:
+        if sample < 1 and random.random() >= sample:
             _SAMPLED_OUT.hit()
             return False
         assert self._bucket is not None
