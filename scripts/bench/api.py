@@ -342,6 +342,7 @@ def _py_spy(args, pid: int, name: str):
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [str(BIN / "py-spy"), "record", "--gil", "--nonblocking", "--format", "raw",
+         "--rate", str(args.py_spy_rate),
          "--duration", str(int(args.duration_s + 2)), "--pid", str(pid), "-o", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -707,6 +708,8 @@ def main() -> None:
     p.add_argument("--py-spy", metavar="DIR",
                    help="Record the server with py-spy --gil during each paced run (raw "
                         "collapsed stacks in DIR).")
+    p.add_argument("--py-spy-rate", type=int, default=100,
+                   help="py-spy samples per second (--py-spy).")
     args = p.parse_args()
     GENERATOR.update(name=args.generator, processes=args.gen_processes, http=args.http)
     with tempfile.TemporaryDirectory(prefix="coexist-bench-api-") as tmp:
