@@ -107,6 +107,9 @@ class EdgeCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, Entry] = OrderedDict()
         self._lock = threading.Lock()
+        #: Whether ``flags.state(d)`` is ``flags.states[d]`` (``FlagSource``'s own): a hit
+        #: then reads the dict (read anew each time) instead of calling per domain.
+        self._plain_states = getattr(type(flags), "state", None) is FlagSource.state
 
     @staticmethod
     def key(scope, authorization: bytes | None = None) -> tuple | None:
@@ -159,11 +162,18 @@ class EdgeCache:
             return None
         fresh = self.clock() < entry.expires_at
         if fresh:
-            state = self.flags.state
-            for domain, version in entry.versions:  # a loop, not any(genexpr): per request
-                if state(domain).version != version:
-                    fresh = False
-                    break
+            if self._plain_states:
+                states = self.flags.states
+                for domain, version in entry.versions:  # a loop, not any(genexpr)
+                    if states[domain].version != version:
+                        fresh = False
+                        break
+            else:
+                state = self.flags.state
+                for domain, version in entry.versions:
+                    if state(domain).version != version:
+                        fresh = False
+                        break
         if not fresh:
             with self._lock:
                 if self._entries.get(key) is entry:
